@@ -1,0 +1,732 @@
+//! The ledger of one campaign: a sans-IO state machine over verified messages.
+//!
+//! `Ledger::handle(input, now)` ingests verified messages and locally derived job specs,
+//! de-duplicates, enforces commit–reveal, detects equivocation, and emits settlements and
+//! verdicts. The final state — settlements, scores, [`Ledger::settlement_root`] — is a function
+//! of the *set* of messages ingested, never of their order: wherever the ledger must choose
+//! between equivalent messages it keeps the one with the lowest [`MessageId`].
+//!
+//! Evidence rules for one job:
+//! * an executor's result counts once it has exactly one commitment and one reveal (compared
+//!   without their timestamps) and the reveal opens the commitment;
+//! * two different commitments, two different reveals, or a reveal that does not open the
+//!   commitment are an equivocation: both signed messages are kept as proof, and the signer's
+//!   result for that job is discarded;
+//! * audit reports count as evidence beside executors' results (one vote per peer), so an
+//!   audit that agrees with a dissenting minority, plus tie-breakers, can overturn a colluding
+//!   quorum; a report from a peer that also executed the job is ignored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use crate::agreement::{Settlement, agree, settle};
+use crate::envelope::{AnySigned, Signed};
+use crate::error::{DecodeError, PeerAction};
+use crate::id::{CampaignId, JobId, MessageId};
+use crate::identity::PeerKey;
+use crate::message::{AuditReport, Claim, Commitment, Heartbeat, JobResult, Kind, Message, Reveal};
+use crate::scoring::{JobRecord, PeerScore, ScoringRules, score};
+use crate::spec::{CampaignSpec, JobSpec};
+use crate::time::Timestamp;
+
+/// Limits and weights of a ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Most distinct signers whose messages are kept per job (executors, auditors and
+    /// tie-breakers together); messages from further signers are ignored.
+    pub max_signers_per_job: usize,
+    /// Most messages kept per signer for jobs not yet derived locally.
+    pub max_unregistered_per_signer: usize,
+    /// Scoring weights.
+    pub scoring: ScoringRules,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            max_signers_per_job: 64,
+            max_unregistered_per_signer: 256,
+            scoring: ScoringRules::default(),
+        }
+    }
+}
+
+/// What the ledger is told.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A verified message from the network, sync, or this node itself.
+    Message(AnySigned),
+    /// A job this node derived (jobs are never announced; every node derives the same ones).
+    RegisterJob(JobSpec),
+}
+
+/// Why a message was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IgnoreReason {
+    /// The same bytes were seen before.
+    Duplicate,
+    /// An equivalent message (same content, other timestamp) is already kept.
+    Equivalent,
+    /// The job already has the most signers kept.
+    JobFull,
+    /// The signer has the most messages kept for jobs not yet derived.
+    TooManyUnregistered,
+    /// The signer already equivocated on this job; further statements add nothing.
+    AlreadyEquivocated,
+    /// The campaign spec this ledger was built from.
+    OwnCampaign,
+}
+
+/// What kind of provable misbehaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Offence {
+    /// Two different commitments for one job.
+    ConflictingCommitments,
+    /// Two different reveals (results or salts) for one job.
+    ConflictingReveals,
+    /// A reveal that does not open the signer's commitment.
+    RevealMismatch,
+    /// Two different audit reports for one job.
+    ConflictingAudits,
+}
+
+/// Two signed messages by one peer that cannot both be honest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EquivocationProof {
+    /// The signer.
+    pub peer: PeerKey,
+    /// The job.
+    pub job: JobId,
+    /// What they did.
+    pub offence: Offence,
+    /// The two messages (lowest id first).
+    pub messages: [MessageId; 2],
+}
+
+/// What the ledger asks its driver to do or know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The message was new evidence and is stored: accept and forward it.
+    Accepted {
+        /// Its id.
+        id: MessageId,
+        /// Its kind.
+        kind: Kind,
+    },
+    /// The message was not stored; drop it without blame.
+    Ignored {
+        /// Its id.
+        id: MessageId,
+        /// Why.
+        reason: IgnoreReason,
+    },
+    /// The message breaks a rule; drop it and take `action` against the forwarder.
+    Rejected {
+        /// Its id.
+        id: MessageId,
+        /// The rule.
+        error: DecodeError,
+        /// What to do with the forwarder.
+        action: PeerAction,
+    },
+    /// A job settled, or its settlement changed with new evidence.
+    Settled {
+        /// The job.
+        job: JobId,
+        /// The settlement.
+        settlement: Settlement,
+        /// When (the `now` of the input that settled it).
+        at: Timestamp,
+    },
+    /// New evidence (an equivocation, a contesting audit) undid a job's settlement.
+    Unsettled {
+        /// The job.
+        job: JobId,
+    },
+    /// A peer signed conflicting statements: penalise it (not the forwarder).
+    Equivocation(EquivocationProof),
+    /// An audit report disagrees with the job's settlement: a dispute is open.
+    AuditMismatch {
+        /// The job.
+        job: JobId,
+        /// The auditor.
+        auditor: PeerKey,
+    },
+}
+
+/// Up to two distinct statements by one peer on one job; two means equivocation.
+#[derive(Debug, Clone)]
+struct Statements<T> {
+    /// Distinct statements, lowest id kept among equivalent ones; at most two.
+    kept: Vec<Signed<T>>,
+}
+
+impl<T> Default for Statements<T> {
+    fn default() -> Self {
+        Statements { kept: Vec::new() }
+    }
+}
+
+enum AddOutcome {
+    New,
+    Replaced,
+    Equivalent,
+    Conflict([MessageId; 2]),
+    AlreadyConflicting,
+}
+
+impl<T: Clone> Statements<T> {
+    /// Adds `msg`; `same` says whether two statements are equivalent (timestamps aside).
+    fn add(&mut self, msg: Signed<T>, same: impl Fn(&T, &T) -> bool) -> AddOutcome {
+        if self.kept.len() >= 2 {
+            return AddOutcome::AlreadyConflicting;
+        }
+        if let Some(existing) = self
+            .kept
+            .iter_mut()
+            .find(|e| same(e.message(), msg.message()))
+        {
+            if msg.id() < existing.id() {
+                *existing = msg;
+                return AddOutcome::Replaced;
+            }
+            return AddOutcome::Equivalent;
+        }
+        self.kept.push(msg);
+        self.kept.sort_by_key(|s| s.id());
+        if self.kept.len() == 2 {
+            AddOutcome::Conflict([self.kept[0].id(), self.kept[1].id()])
+        } else {
+            AddOutcome::New
+        }
+    }
+
+    fn single(&self) -> Option<&Signed<T>> {
+        match self.kept.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct JobEntry {
+    spec: Option<JobSpec>,
+    claims: BTreeMap<PeerKey, Signed<Claim>>,
+    commitments: BTreeMap<PeerKey, Statements<Commitment>>,
+    reveals: BTreeMap<PeerKey, Statements<Reveal>>,
+    audits: BTreeMap<PeerKey, Statements<AuditReport>>,
+    equivocators: BTreeMap<PeerKey, EquivocationProof>,
+    settlement: Option<Settlement>,
+    mismatches_reported: BTreeSet<PeerKey>,
+}
+
+impl JobEntry {
+    fn signers(&self) -> BTreeSet<PeerKey> {
+        self.claims
+            .keys()
+            .chain(self.commitments.keys())
+            .chain(self.reveals.keys())
+            .chain(self.audits.keys())
+            .copied()
+            .collect()
+    }
+
+    fn has_signer(&self, p: &PeerKey) -> bool {
+        self.claims.contains_key(p)
+            || self.commitments.contains_key(p)
+            || self.reveals.contains_key(p)
+            || self.audits.contains_key(p)
+    }
+
+    /// An executor's counted result: one commitment, one reveal, and the reveal opens it.
+    fn executor_result(&self, peer: &PeerKey) -> Option<&JobResult> {
+        if self.equivocators.contains_key(peer) {
+            return None;
+        }
+        let c = self.commitments.get(peer)?.single()?;
+        let r = self.reveals.get(peer)?.single()?;
+        r.message()
+            .opens(peer, c.message())
+            .then_some(&r.message().result)
+    }
+
+    /// `(peer, outcome, is_auditor)` for every counted piece of evidence.
+    fn evidence(&self) -> Vec<(PeerKey, crate::message::Outcome, bool)> {
+        let mut out = Vec::new();
+        for peer in self.reveals.keys() {
+            if let Some(r) = self.executor_result(peer) {
+                out.push((*peer, r.outcome.clone(), false));
+            }
+        }
+        for (peer, audits) in &self.audits {
+            if self.equivocators.contains_key(peer) || self.reveals.contains_key(peer) {
+                continue;
+            }
+            if let Some(a) = audits.single() {
+                out.push((*peer, a.message().result.outcome.clone(), true));
+            }
+        }
+        out
+    }
+}
+
+/// The ledger of one campaign.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    campaign: CampaignId,
+    spec: CampaignSpec,
+    config: LedgerConfig,
+    seen: HashSet<MessageId>,
+    jobs: BTreeMap<JobId, JobEntry>,
+    unregistered: HashMap<PeerKey, usize>,
+    heartbeats: BTreeMap<PeerKey, Signed<Heartbeat>>,
+    outputs: VecDeque<Output>,
+}
+
+impl Ledger {
+    /// An empty ledger for the campaign `spec`.
+    pub fn new(spec: CampaignSpec, config: LedgerConfig) -> Self {
+        Ledger {
+            campaign: spec.id(),
+            spec,
+            config,
+            seen: HashSet::new(),
+            jobs: BTreeMap::new(),
+            unregistered: HashMap::new(),
+            heartbeats: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The campaign.
+    pub fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+
+    /// The campaign spec.
+    pub fn spec(&self) -> &CampaignSpec {
+        &self.spec
+    }
+
+    /// Feeds one input; returns what to do about it.
+    pub fn handle(&mut self, input: Input, now: Timestamp) -> impl Iterator<Item = Output> + '_ {
+        match input {
+            Input::Message(m) => self.on_message(m, now),
+            Input::RegisterJob(spec) => self.on_register_job(spec, now),
+        }
+        self.outputs.drain(..)
+    }
+
+    fn on_register_job(&mut self, spec: JobSpec, now: Timestamp) {
+        if spec.campaign != self.campaign {
+            return;
+        }
+        let id = spec.id();
+        let entry = self.jobs.entry(id).or_default();
+        if entry.spec.is_some() {
+            return;
+        }
+        entry.spec = Some(spec);
+        for signer in entry.signers() {
+            if let Some(n) = self.unregistered.get_mut(&signer) {
+                *n = n.saturating_sub(count_messages(entry, &signer));
+            }
+        }
+        self.resettle(id, now);
+    }
+
+    fn on_message(&mut self, msg: AnySigned, now: Timestamp) {
+        let id = msg.id();
+        if !self.seen.insert(id) {
+            self.outputs.push_back(Output::Ignored {
+                id,
+                reason: IgnoreReason::Duplicate,
+            });
+            return;
+        }
+        match msg {
+            AnySigned::Campaign(s) => {
+                if s.message().id() == self.campaign {
+                    self.ignore(id, IgnoreReason::OwnCampaign);
+                } else {
+                    self.reject_wrong_campaign(id, s.message().id());
+                }
+            }
+            AnySigned::Claim(s) => self.on_claim(s, now),
+            AnySigned::Commitment(s) => self.on_commitment(s, now),
+            AnySigned::Reveal(s) => self.on_reveal(s, now),
+            AnySigned::AuditReport(s) => self.on_audit(s, now),
+            AnySigned::Heartbeat(s) => self.on_heartbeat(s),
+        }
+    }
+
+    fn ignore(&mut self, id: MessageId, reason: IgnoreReason) {
+        self.outputs.push_back(Output::Ignored { id, reason });
+    }
+
+    fn reject_wrong_campaign(&mut self, id: MessageId, found: CampaignId) {
+        let error = DecodeError::WrongCampaign {
+            expected: self.campaign,
+            found,
+        };
+        self.outputs.push_back(Output::Rejected {
+            id,
+            action: error.peer_action(),
+            error,
+        });
+    }
+
+    /// Checks campaign and capacity for a job-bound message; on success returns whether the
+    /// job is registered.
+    fn admit<T: Message>(&mut self, s: &Signed<T>, job: JobId) -> Option<bool> {
+        let id = s.id();
+        if s.message().campaign() != self.campaign {
+            self.reject_wrong_campaign(id, s.message().campaign());
+            return None;
+        }
+        let signer = s.signer();
+        let entry = self.jobs.entry(job).or_default();
+        let registered = entry.spec.is_some();
+        if !entry.has_signer(&signer) && entry.signers().len() >= self.config.max_signers_per_job {
+            self.ignore(id, IgnoreReason::JobFull);
+            return None;
+        }
+        if entry.equivocators.contains_key(&signer) {
+            self.ignore(id, IgnoreReason::AlreadyEquivocated);
+            return None;
+        }
+        if !registered {
+            let n = self.unregistered.entry(signer).or_default();
+            if *n >= self.config.max_unregistered_per_signer {
+                self.ignore(id, IgnoreReason::TooManyUnregistered);
+                return None;
+            }
+        }
+        Some(registered)
+    }
+
+    fn stored(&mut self, id: MessageId, kind: Kind, signer: PeerKey, registered: bool) {
+        if !registered {
+            *self.unregistered.entry(signer).or_default() += 1;
+        }
+        self.outputs.push_back(Output::Accepted { id, kind });
+    }
+
+    fn on_claim(&mut self, s: Signed<Claim>, now: Timestamp) {
+        let job = s.message().job;
+        let Some(registered) = self.admit(&s, job) else {
+            return;
+        };
+        let (id, signer) = (s.id(), s.signer());
+        let entry = self.jobs.entry(job).or_default();
+        match entry.claims.get(&signer) {
+            Some(existing) if existing.id() < id => {
+                self.ignore(id, IgnoreReason::Equivalent);
+                return;
+            }
+            Some(_) => {
+                entry.claims.insert(signer, s);
+                self.outputs.push_back(Output::Accepted {
+                    id,
+                    kind: Kind::Claim,
+                });
+            }
+            None => {
+                entry.claims.insert(signer, s);
+                self.stored(id, Kind::Claim, signer, registered);
+            }
+        }
+        let _ = now;
+    }
+
+    fn on_commitment(&mut self, s: Signed<Commitment>, now: Timestamp) {
+        let job = s.message().job;
+        let Some(registered) = self.admit(&s, job) else {
+            return;
+        };
+        let (id, signer) = (s.id(), s.signer());
+        let entry = self.jobs.entry(job).or_default();
+        let outcome = entry
+            .commitments
+            .entry(signer)
+            .or_default()
+            .add(s, |a, b| a.digest == b.digest);
+        self.after_add(
+            job,
+            id,
+            Kind::Commitment,
+            signer,
+            registered,
+            outcome,
+            Offence::ConflictingCommitments,
+            now,
+        );
+    }
+
+    fn on_reveal(&mut self, s: Signed<Reveal>, now: Timestamp) {
+        let job = s.message().job;
+        let Some(registered) = self.admit(&s, job) else {
+            return;
+        };
+        let (id, signer) = (s.id(), s.signer());
+        let entry = self.jobs.entry(job).or_default();
+        let outcome = entry
+            .reveals
+            .entry(signer)
+            .or_default()
+            .add(s, |a, b| a.result == b.result && a.salt == b.salt);
+        self.after_add(
+            job,
+            id,
+            Kind::Reveal,
+            signer,
+            registered,
+            outcome,
+            Offence::ConflictingReveals,
+            now,
+        );
+    }
+
+    fn on_audit(&mut self, s: Signed<AuditReport>, now: Timestamp) {
+        let job = s.message().job;
+        let Some(registered) = self.admit(&s, job) else {
+            return;
+        };
+        let (id, signer) = (s.id(), s.signer());
+        let entry = self.jobs.entry(job).or_default();
+        let outcome = entry
+            .audits
+            .entry(signer)
+            .or_default()
+            .add(s, |a, b| a.result == b.result);
+        self.after_add(
+            job,
+            id,
+            Kind::AuditReport,
+            signer,
+            registered,
+            outcome,
+            Offence::ConflictingAudits,
+            now,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn after_add(
+        &mut self,
+        job: JobId,
+        id: MessageId,
+        kind: Kind,
+        signer: PeerKey,
+        registered: bool,
+        outcome: AddOutcome,
+        offence: Offence,
+        now: Timestamp,
+    ) {
+        match outcome {
+            AddOutcome::New => self.stored(id, kind, signer, registered),
+            AddOutcome::Replaced => self.outputs.push_back(Output::Accepted { id, kind }),
+            AddOutcome::Equivalent => {
+                self.ignore(id, IgnoreReason::Equivalent);
+                return;
+            }
+            AddOutcome::AlreadyConflicting => {
+                self.ignore(id, IgnoreReason::AlreadyEquivocated);
+                return;
+            }
+            AddOutcome::Conflict(messages) => {
+                self.stored(id, kind, signer, registered);
+                self.mark_equivocator(job, signer, offence, messages);
+            }
+        }
+        self.check_opening(job, signer);
+        self.resettle(job, now);
+    }
+
+    /// A reveal that does not open the signer's (single) commitment is an equivocation.
+    fn check_opening(&mut self, job: JobId, signer: PeerKey) {
+        let Some(entry) = self.jobs.get(&job) else {
+            return;
+        };
+        if entry.equivocators.contains_key(&signer) {
+            return;
+        }
+        let (Some(c), Some(r)) = (
+            entry.commitments.get(&signer).and_then(Statements::single),
+            entry.reveals.get(&signer).and_then(Statements::single),
+        ) else {
+            return;
+        };
+        if !r.message().opens(&signer, c.message()) {
+            let mut ids = [c.id(), r.id()];
+            ids.sort();
+            self.mark_equivocator(job, signer, Offence::RevealMismatch, ids);
+        }
+    }
+
+    fn mark_equivocator(
+        &mut self,
+        job: JobId,
+        peer: PeerKey,
+        offence: Offence,
+        messages: [MessageId; 2],
+    ) {
+        let entry = self.jobs.entry(job).or_default();
+        if entry.equivocators.contains_key(&peer) {
+            return;
+        }
+        let proof = EquivocationProof {
+            peer,
+            job,
+            offence,
+            messages,
+        };
+        entry.equivocators.insert(peer, proof.clone());
+        self.outputs.push_back(Output::Equivocation(proof));
+    }
+
+    fn resettle(&mut self, job: JobId, now: Timestamp) {
+        let q = usize::from(self.spec.quorum);
+        let tol = self.spec.tolerance;
+        let Some(entry) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if entry.spec.is_none() {
+            return;
+        }
+        let evidence = entry.evidence();
+        let pairs: Vec<_> = evidence.iter().map(|(p, o, _)| (*p, o.clone())).collect();
+        let new = settle(&pairs, q, &tol);
+        if new != entry.settlement {
+            match &new {
+                Some(s) => self.outputs.push_back(Output::Settled {
+                    job,
+                    settlement: s.clone(),
+                    at: now,
+                }),
+                None => self.outputs.push_back(Output::Unsettled { job }),
+            }
+            entry.settlement = new;
+        }
+        // Audits that disagree with the settlement (or find it contested) open a dispute.
+        for (auditor, outcome, is_auditor) in &evidence {
+            if !is_auditor || entry.mismatches_reported.contains(auditor) {
+                continue;
+            }
+            let matches = entry
+                .settlement
+                .as_ref()
+                .is_some_and(|s| agree(&s.canonical, outcome, &tol));
+            if !matches {
+                entry.mismatches_reported.insert(*auditor);
+                self.outputs.push_back(Output::AuditMismatch {
+                    job,
+                    auditor: *auditor,
+                });
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, s: Signed<Heartbeat>) {
+        let id = s.id();
+        if s.message().campaign != self.campaign {
+            self.reject_wrong_campaign(id, s.message().campaign);
+            return;
+        }
+        let signer = s.signer();
+        let newer = match self.heartbeats.get(&signer) {
+            None => true,
+            Some(old) => {
+                (s.message().issued_at, std::cmp::Reverse(id))
+                    > (old.message().issued_at, std::cmp::Reverse(old.id()))
+            }
+        };
+        if newer {
+            self.heartbeats.insert(signer, s);
+            self.outputs.push_back(Output::Accepted {
+                id,
+                kind: Kind::Heartbeat,
+            });
+        } else {
+            self.ignore(id, IgnoreReason::Equivalent);
+        }
+    }
+
+    /// The settlement of `job`, if it has settled.
+    pub fn settlement(&self, job: &JobId) -> Option<&Settlement> {
+        self.jobs.get(job).and_then(|j| j.settlement.as_ref())
+    }
+
+    /// Every settled job and its settlement, in job-id order.
+    pub fn settlements(&self) -> impl Iterator<Item = (&JobId, &Settlement)> {
+        self.jobs
+            .iter()
+            .filter_map(|(id, j)| j.settlement.as_ref().map(|s| (id, s)))
+    }
+
+    /// Every equivocation proven so far, in job-then-peer order.
+    pub fn equivocations(&self) -> impl Iterator<Item = &EquivocationProof> {
+        self.jobs.values().flat_map(|j| j.equivocators.values())
+    }
+
+    /// The newest heartbeat of each peer.
+    pub fn heartbeats(&self) -> impl Iterator<Item = &Signed<Heartbeat>> {
+        self.heartbeats.values()
+    }
+
+    /// One digest over every settlement: two nodes with the same root agree on every job.
+    pub fn settlement_root(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("hivemesh 2026-11 settlement root v1");
+        for (job, s) in self.settlements() {
+            h.update(job.as_bytes());
+            h.update(&s.digest());
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Every peer's score, derived from the settled, registered jobs and the equivocations.
+    pub fn scores(&self) -> BTreeMap<PeerKey, PeerScore> {
+        let mut claimers_of: Vec<BTreeSet<PeerKey>> = Vec::new();
+        let mut auditors_of: Vec<BTreeSet<PeerKey>> = Vec::new();
+        let mut settled: Vec<(&JobSpec, &Settlement)> = Vec::new();
+        for j in self.jobs.values() {
+            if let (Some(spec), Some(s)) = (&j.spec, &j.settlement) {
+                claimers_of.push(j.claims.keys().copied().collect());
+                auditors_of.push(
+                    j.evidence()
+                        .into_iter()
+                        .filter(|e| e.2)
+                        .map(|e| e.0)
+                        .collect(),
+                );
+                settled.push((spec, s));
+            }
+        }
+        let records: Vec<JobRecord<'_>> = settled
+            .iter()
+            .zip(&claimers_of)
+            .zip(&auditors_of)
+            .map(|(((spec, s), claimers), auditors)| JobRecord {
+                generation: spec.generation,
+                compute: spec.compute,
+                settlement: s,
+                claimers,
+                auditors,
+            })
+            .collect();
+        let equivocations: Vec<(PeerKey, u32)> = self
+            .jobs
+            .values()
+            .filter_map(|j| j.spec.as_ref().map(|s| (j, s.generation)))
+            .flat_map(|(j, g)| j.equivocators.keys().map(move |p| (*p, g)))
+            .collect();
+        score(&records, &equivocations, &self.config.scoring)
+    }
+}
+
+fn count_messages(entry: &JobEntry, signer: &PeerKey) -> usize {
+    usize::from(entry.claims.contains_key(signer))
+        + entry.commitments.get(signer).map_or(0, |s| s.kept.len())
+        + entry.reveals.get(signer).map_or(0, |s| s.kept.len())
+        + entry.audits.get(signer).map_or(0, |s| s.kept.len())
+}

@@ -1,0 +1,353 @@
+//! The signed messages peers gossip, each bound to one campaign.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::id::{BlobId, CampaignId, JobId, context, hash_canonical};
+use crate::identity::PeerKey;
+use crate::spec::CampaignSpec;
+use crate::time::Timestamp;
+
+/// Kinds of signed message, as the byte in the envelope header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Kind {
+    /// A [`CampaignSpec`], signed by its creator.
+    Campaign = 1,
+    /// A [`Claim`] on a job.
+    Claim = 2,
+    /// A [`Commitment`] to a result.
+    Commitment = 3,
+    /// A [`Reveal`] of a committed result.
+    Reveal = 4,
+    /// An [`AuditReport`].
+    AuditReport = 5,
+    /// A [`Heartbeat`].
+    Heartbeat = 6,
+}
+
+impl Kind {
+    /// Every kind, in byte order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Campaign,
+        Kind::Claim,
+        Kind::Commitment,
+        Kind::Reveal,
+        Kind::AuditReport,
+        Kind::Heartbeat,
+    ];
+
+    /// The kind with this header byte.
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == b)
+    }
+
+    /// The largest body this kind may have, in bytes.
+    pub const fn max_body_len(self) -> usize {
+        match self {
+            Kind::Campaign => 16 * 1024,
+            Kind::Claim | Kind::Commitment => 256,
+            Kind::Reveal | Kind::AuditReport => 4 * 1024,
+            Kind::Heartbeat => 512,
+        }
+    }
+
+    /// A short stable label for metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Kind::Campaign => "campaign",
+            Kind::Claim => "claim",
+            Kind::Commitment => "commitment",
+            Kind::Reveal => "reveal",
+            Kind::AuditReport => "audit_report",
+            Kind::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// A type that travels as the body of a signed envelope.
+pub trait Message: Serialize + DeserializeOwned + Clone + core::fmt::Debug {
+    /// Its kind byte.
+    const KIND: Kind;
+
+    /// The campaign the message is bound to (a campaign spec is bound to its own id).
+    fn campaign(&self) -> CampaignId;
+
+    /// When the signer issued it.
+    fn issued_at(&self) -> Timestamp;
+
+    /// Checks the rules of this kind beyond decoding; the error says which rule.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Message for CampaignSpec {
+    const KIND: Kind = Kind::Campaign;
+    fn campaign(&self) -> CampaignId {
+        self.id()
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.created_at
+    }
+    fn validate(&self) -> Result<(), String> {
+        CampaignSpec::validate(self).map_err(|e| e.to_string())
+    }
+}
+
+/// "I am running this job." Gossiped before training so others can see who took what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The job claimed.
+    pub job: JobId,
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Message for Claim {
+    const KIND: Kind = Kind::Claim;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+}
+
+/// A binding, hiding commitment to a result: published before any result is revealed, so a
+/// lazy peer cannot copy others' results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commitment {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The job.
+    pub job: JobId,
+    /// [`commitment_digest`] of the result, salt and signer.
+    pub digest: [u8; 32],
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Message for Commitment {
+    const KIND: Kind = Kind::Commitment;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+}
+
+/// The opening of a [`Commitment`]: the result itself and the salt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reveal {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The job.
+    pub job: JobId,
+    /// What the executor computed.
+    pub result: JobResult,
+    /// The random salt that hid the result in the commitment.
+    pub salt: [u8; 32],
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Reveal {
+    /// Whether this reveal, signed by `signer`, opens `commitment`.
+    pub fn opens(&self, signer: &PeerKey, commitment: &Commitment) -> bool {
+        commitment.job == self.job
+            && commitment.digest == commitment_digest(&self.job, signer, &self.result, &self.salt)
+    }
+}
+
+impl Message for Reveal {
+    const KIND: Kind = Kind::Reveal;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.result.validate()
+    }
+}
+
+/// The digest a [`Commitment`] carries: binds the job, the signer (so a commitment cannot be
+/// copied by another peer), the result and a secret salt (so the result cannot be guessed
+/// from the digest).
+pub fn commitment_digest(
+    job: &JobId,
+    signer: &PeerKey,
+    result: &JobResult,
+    salt: &[u8; 32],
+) -> [u8; 32] {
+    hash_canonical(context::COMMITMENT, &(job, signer, result, salt))
+}
+
+/// What an executor reports for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The outcome (the part peers must agree on).
+    pub outcome: Outcome,
+    /// How long the job took on the executor (informational; not compared).
+    pub wall_time_ms: u64,
+}
+
+/// The most named extra metrics in a result.
+pub const MAX_EXTRA_METRICS: usize = 16;
+/// The longest extra-metric name, in bytes.
+pub const MAX_METRIC_NAME_LEN: usize = 32;
+/// The most artifacts in a result.
+pub const MAX_ARTIFACTS: usize = 8;
+/// The longest failure detail, in bytes.
+pub const MAX_FAILURE_DETAIL_LEN: usize = 256;
+
+impl JobResult {
+    /// Checks the size rules of a result.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.outcome {
+            Outcome::Success(m) => {
+                if m.correct > m.total {
+                    return Err(format!(
+                        "correct count {} exceeds total {}",
+                        m.correct, m.total
+                    ));
+                }
+                if m.extra.len() > MAX_EXTRA_METRICS {
+                    return Err(format!("more than {MAX_EXTRA_METRICS} extra metrics"));
+                }
+                if m.extra
+                    .keys()
+                    .any(|k| k.is_empty() || k.len() > MAX_METRIC_NAME_LEN)
+                {
+                    return Err(format!(
+                        "extra metric names must be 1 to {MAX_METRIC_NAME_LEN} bytes"
+                    ));
+                }
+                if m.artifacts.len() > MAX_ARTIFACTS {
+                    return Err(format!("more than {MAX_ARTIFACTS} artifacts"));
+                }
+            }
+            Outcome::Failure(f) => {
+                if f.detail.len() > MAX_FAILURE_DETAIL_LEN {
+                    return Err(format!(
+                        "failure detail longer than {MAX_FAILURE_DETAIL_LEN} bytes"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A job's outcome: metrics, or a failure that must itself be agreed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Training finished and was evaluated.
+    Success(Metrics),
+    /// Training could not finish.
+    Failure(Failure),
+}
+
+impl Outcome {
+    /// The content digest of this outcome (order key for deterministic choices).
+    pub fn digest(&self) -> [u8; 32] {
+        hash_canonical(context::OUTCOME, self)
+    }
+}
+
+/// Metrics of a finished job. Integers, so that comparisons give every node the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Correct predictions on the evaluation split.
+    pub correct: u64,
+    /// Size of the evaluation split.
+    pub total: u64,
+    /// Trainable parameters of the model (exact).
+    pub params: u64,
+    /// FLOPs of one forward pass of one sample (exact; one multiply-add = 2 FLOPs).
+    pub flops: u64,
+    /// Named extra metrics as integers (fixed point where the value is fractional; the name
+    /// says the scale, e.g. `val_loss_micro`). Sorted by name.
+    pub extra: BTreeMap<String, i64>,
+    /// Blobs produced (weights, shards).
+    pub artifacts: Vec<BlobId>,
+}
+
+/// A job that could not finish.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Failure {
+    /// What went wrong (compared when agreeing).
+    pub kind: FailureKind,
+    /// Free-text detail (not compared).
+    pub detail: String,
+}
+
+/// Classes of job failure. Only the class is compared between executors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The loss or weights became NaN or infinite.
+    NonFinite,
+    /// The job spec cannot be executed (e.g. a genome that decodes to no valid model).
+    InvalidJob,
+    /// The dataset or another blob could not be obtained.
+    DataUnavailable,
+    /// Ran out of memory.
+    OutOfMemory,
+}
+
+/// An auditor's re-execution of a settled job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The job audited.
+    pub job: JobId,
+    /// What the auditor computed.
+    pub result: JobResult,
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Message for AuditReport {
+    const KIND: Kind = Kind::AuditReport;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.result.validate()
+    }
+}
+
+/// "I am alive and working on this campaign."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The newest generation the sender has closed.
+    pub generation: u32,
+    /// Jobs the sender is running now.
+    pub running: u16,
+    /// Jobs the sender can run at once.
+    pub capacity: u16,
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Message for Heartbeat {
+    const KIND: Kind = Kind::Heartbeat;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+}

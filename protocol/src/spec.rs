@@ -1,0 +1,571 @@
+//! Campaign and job specifications: what a researcher asks the swarm to compute.
+//!
+//! A [`CampaignSpec`] is signed by its creator and gossiped; its [`CampaignId`] is the hash of
+//! its canonical encoding. Jobs are not announced: every node derives the same [`JobSpec`]s from
+//! the spec (generation 0) and from each generation's agreed results (later generations), and a
+//! job's [`JobId`] is the hash of its spec.
+
+use serde::{Deserialize, Serialize};
+
+use crate::agreement::Tolerance;
+use crate::id::{BlobId, CampaignId, JobId, context, hash_canonical};
+use crate::time::Timestamp;
+
+/// The most executors a job may have.
+pub const MAX_REDUNDANCY: u8 = 16;
+/// The longest campaign name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// The longest code-version string, in bytes.
+pub const MAX_CODE_VERSION_LEN: usize = 64;
+/// Audit rates are expressed in parts per million.
+pub const PPM: u32 = 1_000_000;
+
+/// What a researcher asks the swarm to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignSpec {
+    /// A human-readable name (not unique; the id is).
+    pub name: String,
+    /// When the creator made it (distinguishes otherwise identical campaigns).
+    pub created_at: Timestamp,
+    /// The search to run and its parameters.
+    pub search: Search,
+    /// The data every job trains and evaluates on.
+    pub dataset: DatasetRef,
+    /// How much training each job gets.
+    pub budget: TrainingBudget,
+    /// The campaign's root seed; job seeds derive from it and from closures.
+    pub seed: u64,
+    /// Executors per job (`r`).
+    pub redundancy: u8,
+    /// Agreeing executors needed to settle a job (`q`).
+    pub quorum: u8,
+    /// How far agreeing results may differ.
+    pub tolerance: Tolerance,
+    /// Fraction of settled jobs that auditors re-execute, in parts per million.
+    pub audit_rate_ppm: u32,
+    /// The class of backend executors must use (CPU results are bit-exact; GPU ones are not).
+    pub backend: BackendClass,
+    /// The trainer code version executors must run (results from other versions are not
+    /// comparable).
+    pub code_version: String,
+}
+
+/// The kind of a campaign, without its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CampaignKind {
+    /// Architecture search.
+    Nas,
+    /// Loss-function search.
+    Loss,
+    /// Distillation shards.
+    Distill,
+}
+
+/// The search a campaign runs, with its typed parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Search {
+    /// Architecture search: genomes trained and scored on `[accuracy, params, FLOPs]`.
+    Nas(NasParams),
+    /// Loss-function search: GP expressions used as the loss of a fixed reference model.
+    Loss(LossParams),
+    /// Distillation: a teacher's top-k soft labels over shards of the dataset.
+    Distill(DistillParams),
+}
+
+/// Architecture-search parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NasParams {
+    /// The space genomes come from.
+    pub space: NasSpace,
+    /// The evolutionary strategy.
+    pub strategy: Strategy,
+    /// Genomes per generation.
+    pub population: u32,
+    /// Generations to run.
+    pub generations: u32,
+}
+
+/// An architecture search space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NasSpace {
+    /// Multi-layer perceptrons for small inputs: up to `max_layers` hidden layers, each with a
+    /// width from `widths`.
+    Mlp {
+        /// Most hidden layers.
+        max_layers: u8,
+        /// Allowed hidden widths.
+        widths: Vec<u32>,
+    },
+    /// NSGA-Net macro space: `phases` phases of `nodes_per_phase` nodes with connection bits,
+    /// per-phase channel and kernel choices.
+    Macro {
+        /// Number of phases.
+        phases: u8,
+        /// Nodes per phase.
+        nodes_per_phase: u8,
+        /// Allowed channel counts.
+        channels: Vec<u32>,
+        /// Allowed kernel sizes.
+        kernels: Vec<u8>,
+    },
+}
+
+/// An evolutionary strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// NSGA-II (Deb et al. 2002).
+    Nsga2,
+    /// Regularised (aging) evolution (Real et al. 2019).
+    RegularizedEvolution,
+}
+
+/// Loss-function search parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossParams {
+    /// Expressions per generation.
+    pub population: u32,
+    /// Generations to run.
+    pub generations: u32,
+    /// Deepest expression tree.
+    pub max_depth: u8,
+    /// Most nodes in an expression tree.
+    pub max_size: u16,
+    /// The fixed reference model every candidate loss trains (its architecture IR, as a blob).
+    pub reference_model: BlobId,
+    /// Gradient steps spent tuning an expression's constants before the main training.
+    pub constant_tuning_steps: u32,
+}
+
+/// Distillation parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillParams {
+    /// The teacher model: architecture and weights, as a blob.
+    pub teacher: BlobId,
+    /// Probabilities kept per sample.
+    pub top_k: u8,
+    /// Samples per shard (one job per shard).
+    pub shard_size: u32,
+}
+
+/// A dataset, named by content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    /// Hash of the dataset's canonical bytes.
+    pub id: BlobId,
+    /// A human-readable name, e.g. `digits-8x8`.
+    pub name: String,
+    /// Where to get it: `builtin:digits`, a provider hint, a path; tried in order, and the
+    /// bytes are always checked against `id`.
+    pub sources: Vec<String>,
+}
+
+/// How much training a job gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingBudget {
+    /// Passes over the training split.
+    pub epochs: u32,
+    /// Optional cap on optimiser steps (whichever of epochs and steps ends first).
+    pub max_steps: Option<u64>,
+    /// Samples per step.
+    pub batch_size: u32,
+    /// The optimiser.
+    pub optimizer: Optimizer,
+    /// The peak learning rate.
+    pub learning_rate: f32,
+    /// How the learning rate changes over training.
+    pub schedule: LrSchedule,
+}
+
+/// An optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Optimizer {
+    /// Stochastic gradient descent with momentum.
+    Sgd {
+        /// Momentum coefficient in `[0, 1)`.
+        momentum: f32,
+    },
+    /// Adam with the usual defaults.
+    Adam,
+}
+
+/// A learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LrSchedule {
+    /// The same rate throughout.
+    Constant,
+    /// Cosine decay to zero over the budget.
+    Cosine,
+}
+
+/// The class of backend that produced a result. Results are only compared within a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackendClass {
+    /// burn's ndarray CPU backend: bit-exact across machines (measured on x86-64 with FMA).
+    CpuNdarray,
+    /// burn's CUDA backend: results differ in the last bits across GPU models.
+    Cuda,
+}
+
+/// Why a campaign spec is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A field is out of range; the message says which and what is allowed.
+    #[error("campaign spec field `{field}`: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> SpecError {
+    SpecError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl CampaignSpec {
+    /// The campaign's id: the hash of this spec's canonical encoding.
+    pub fn id(&self) -> CampaignId {
+        CampaignId(hash_canonical(context::CAMPAIGN, self))
+    }
+
+    /// The campaign's kind.
+    pub fn kind(&self) -> CampaignKind {
+        match self.search {
+            Search::Nas(_) => CampaignKind::Nas,
+            Search::Loss(_) => CampaignKind::Loss,
+            Search::Distill(_) => CampaignKind::Distill,
+        }
+    }
+
+    /// Checks every field against its allowed range.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.trim().is_empty() || self.name.len() > MAX_NAME_LEN {
+            return Err(field(
+                "name",
+                format!("must be 1 to {MAX_NAME_LEN} bytes and not blank"),
+            ));
+        }
+        if self.redundancy == 0 || self.redundancy > MAX_REDUNDANCY {
+            return Err(field(
+                "redundancy",
+                format!("is {}, must be 1 to {MAX_REDUNDANCY}", self.redundancy),
+            ));
+        }
+        if self.quorum == 0 || self.quorum > self.redundancy {
+            return Err(field(
+                "quorum",
+                format!(
+                    "is {}, must be 1 to redundancy ({})",
+                    self.quorum, self.redundancy
+                ),
+            ));
+        }
+        if self.audit_rate_ppm > PPM {
+            return Err(field(
+                "audit_rate",
+                format!(
+                    "is {} ppm, must be at most {PPM} (100%)",
+                    self.audit_rate_ppm
+                ),
+            ));
+        }
+        if self.code_version.is_empty() || self.code_version.len() > MAX_CODE_VERSION_LEN {
+            return Err(field(
+                "code_version",
+                format!("must be 1 to {MAX_CODE_VERSION_LEN} bytes"),
+            ));
+        }
+        if self.dataset.name.is_empty() || self.dataset.name.len() > MAX_NAME_LEN {
+            return Err(field(
+                "dataset.name",
+                format!("must be 1 to {MAX_NAME_LEN} bytes"),
+            ));
+        }
+        if self.dataset.sources.len() > 8 || self.dataset.sources.iter().any(|s| s.len() > 256) {
+            return Err(field(
+                "dataset.sources",
+                "at most 8 sources of at most 256 bytes each",
+            ));
+        }
+        self.budget.validate()?;
+        match &self.search {
+            Search::Nas(p) => p.validate(),
+            Search::Loss(p) => p.validate(),
+            Search::Distill(p) => p.validate(),
+        }
+    }
+}
+
+impl TrainingBudget {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.epochs == 0 && self.max_steps.is_none_or(|s| s == 0) {
+            return Err(field("budget", "needs epochs >= 1 or max_steps >= 1"));
+        }
+        if self.batch_size == 0 || self.batch_size > 1 << 16 {
+            return Err(field("budget.batch_size", "must be 1 to 65536"));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(field(
+                "budget.learning_rate",
+                format!(
+                    "is {}, must be a positive finite number",
+                    self.learning_rate
+                ),
+            ));
+        }
+        if let Optimizer::Sgd { momentum } = self.optimizer
+            && !(0.0..1.0).contains(&momentum)
+        {
+            return Err(field(
+                "budget.optimizer.momentum",
+                format!("is {momentum}, must be in [0, 1)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_population(population: u32, generations: u32) -> Result<(), SpecError> {
+    if !(2..=100_000).contains(&population) {
+        return Err(field("population", "must be 2 to 100000"));
+    }
+    if !(1..=100_000).contains(&generations) {
+        return Err(field("generations", "must be 1 to 100000"));
+    }
+    Ok(())
+}
+
+impl NasParams {
+    fn validate(&self) -> Result<(), SpecError> {
+        check_population(self.population, self.generations)?;
+        match &self.space {
+            NasSpace::Mlp { max_layers, widths } => {
+                if *max_layers == 0 || *max_layers > 16 {
+                    return Err(field("space.max_layers", "must be 1 to 16"));
+                }
+                if widths.is_empty() || widths.len() > 32 || widths.iter().any(|w| *w == 0) {
+                    return Err(field("space.widths", "1 to 32 positive widths"));
+                }
+            }
+            NasSpace::Macro {
+                phases,
+                nodes_per_phase,
+                channels,
+                kernels,
+            } => {
+                if *phases == 0 || *phases > 8 {
+                    return Err(field("space.phases", "must be 1 to 8"));
+                }
+                if *nodes_per_phase == 0 || *nodes_per_phase > 12 {
+                    return Err(field("space.nodes_per_phase", "must be 1 to 12"));
+                }
+                if channels.is_empty() || channels.len() > 16 || channels.iter().any(|c| *c == 0) {
+                    return Err(field("space.channels", "1 to 16 positive channel counts"));
+                }
+                if kernels.is_empty()
+                    || kernels.len() > 8
+                    || kernels.iter().any(|k| *k == 0 || k % 2 == 0)
+                {
+                    return Err(field("space.kernels", "1 to 8 odd kernel sizes"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LossParams {
+    fn validate(&self) -> Result<(), SpecError> {
+        check_population(self.population, self.generations)?;
+        if self.max_depth == 0 || self.max_depth > 32 {
+            return Err(field("max_depth", "must be 1 to 32"));
+        }
+        if self.max_size == 0 || self.max_size > 1024 {
+            return Err(field("max_size", "must be 1 to 1024"));
+        }
+        Ok(())
+    }
+}
+
+impl DistillParams {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.top_k == 0 {
+            return Err(field("top_k", "must be at least 1"));
+        }
+        if self.shard_size == 0 {
+            return Err(field("shard_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// One unit of work, derived deterministically by every node (never announced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The campaign it belongs to.
+    pub campaign: CampaignId,
+    /// The generation it belongs to.
+    pub generation: u32,
+    /// Its index within the generation.
+    pub index: u32,
+    /// What to compute.
+    pub payload: JobPayload,
+    /// The seed for everything random in the job (weight init, shuffling).
+    pub seed: u64,
+    /// The trainer code version executors must run.
+    pub code_version: String,
+    /// The backend class executors must use.
+    pub backend: BackendClass,
+    /// Estimated work in compute units (the scoring weight of an agreed result).
+    pub compute: u64,
+}
+
+/// What a job computes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPayload {
+    /// Train and evaluate an architecture genome (evolve's canonical genome encoding).
+    Nas {
+        /// The encoded genome.
+        genome: Vec<u8>,
+    },
+    /// Train the reference model with a loss expression (evolve's canonical encoding).
+    Loss {
+        /// The encoded expression.
+        expression: Vec<u8>,
+    },
+    /// Run the teacher over samples `start..end` of the dataset.
+    Distill {
+        /// First sample.
+        start: u64,
+        /// One past the last sample.
+        end: u64,
+    },
+}
+
+impl JobSpec {
+    /// The job's id: the hash of this spec's canonical encoding.
+    pub fn id(&self) -> JobId {
+        JobId(hash_canonical(context::JOB, self))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small valid NAS campaign for tests.
+    pub(crate) fn sample_spec() -> CampaignSpec {
+        CampaignSpec {
+            name: "digits-mlp".into(),
+            created_at: Timestamp(1_700_000_000_000),
+            search: Search::Nas(NasParams {
+                space: NasSpace::Mlp {
+                    max_layers: 3,
+                    widths: vec![16, 32, 64],
+                },
+                strategy: Strategy::Nsga2,
+                population: 20,
+                generations: 5,
+            }),
+            dataset: DatasetRef {
+                id: BlobId::of_bytes(b"digits"),
+                name: "digits-8x8".into(),
+                sources: vec!["builtin:digits".into()],
+            },
+            budget: TrainingBudget {
+                epochs: 2,
+                max_steps: None,
+                batch_size: 64,
+                optimizer: Optimizer::Adam,
+                learning_rate: 1e-3,
+                schedule: LrSchedule::Constant,
+            },
+            seed: 42,
+            redundancy: 3,
+            quorum: 2,
+            tolerance: Tolerance::EXACT,
+            audit_rate_ppm: 50_000,
+            backend: BackendClass::CpuNdarray,
+            code_version: "hivemesh-trainer/0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn sample_is_valid_and_id_is_stable() {
+        let s = sample_spec();
+        s.validate().unwrap();
+        assert_eq!(s.id(), s.clone().id());
+        let mut t = s.clone();
+        t.seed += 1;
+        assert_ne!(s.id(), t.id());
+        assert_eq!(s.kind(), CampaignKind::Nas);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut s = sample_spec();
+        s.quorum = 4;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("quorum") && e.contains("redundancy (3)"), "{e}");
+
+        let mut s = sample_spec();
+        s.budget.learning_rate = f32::NAN;
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("learning_rate")
+        );
+
+        let mut s = sample_spec();
+        s.audit_rate_ppm = PPM + 1;
+        assert!(s.validate().unwrap_err().to_string().contains("audit_rate"));
+
+        let mut s = sample_spec();
+        s.redundancy = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("redundancy"));
+
+        let mut s = sample_spec();
+        s.name = " ".into();
+        assert!(s.validate().unwrap_err().to_string().contains("name"));
+
+        let mut s = sample_spec();
+        s.search = Search::Nas(NasParams {
+            space: NasSpace::Macro {
+                phases: 2,
+                nodes_per_phase: 4,
+                channels: vec![16],
+                kernels: vec![4],
+            },
+            strategy: Strategy::Nsga2,
+            population: 10,
+            generations: 2,
+        });
+        assert!(s.validate().unwrap_err().to_string().contains("kernels"));
+    }
+
+    #[test]
+    fn job_ids_differ_by_every_field() {
+        let base = JobSpec {
+            campaign: sample_spec().id(),
+            generation: 0,
+            index: 0,
+            payload: JobPayload::Nas { genome: vec![1, 2] },
+            seed: 9,
+            code_version: "v".into(),
+            backend: BackendClass::CpuNdarray,
+            compute: 10,
+        };
+        let mut other = base.clone();
+        other.index = 1;
+        assert_ne!(base.id(), other.id());
+        let mut other = base.clone();
+        other.payload = JobPayload::Nas { genome: vec![1, 3] };
+        assert_ne!(base.id(), other.id());
+        assert_eq!(base.id(), base.clone().id());
+    }
+}
