@@ -88,7 +88,7 @@ impl Settlement {
 pub fn settle(results: &[(PeerKey, Outcome)], q: usize, tol: &Tolerance) -> Option<Settlement> {
     let mut entries: Vec<(PeerKey, [u8; 32], &Outcome)> =
         results.iter().map(|(p, o)| (*p, o.digest(), o)).collect();
-    entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    entries.sort_by_key(|e| (e.0, e.1));
     entries.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     // Drop peers that still appear twice (two different outcomes).
     let mut unique: Vec<(PeerKey, [u8; 32], &Outcome)> = Vec::with_capacity(entries.len());
@@ -104,7 +104,7 @@ pub fn settle(results: &[(PeerKey, Outcome)], q: usize, tol: &Tolerance) -> Opti
         i = j;
     }
     // Order key for deterministic choices: (digest, peer).
-    unique.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+    unique.sort_by_key(|e| (e.1, e.0));
     let n = unique.len();
     if q == 0 || n < q {
         return None;
@@ -131,7 +131,7 @@ pub fn settle(results: &[(PeerKey, Outcome)], q: usize, tol: &Tolerance) -> Opti
         .iter()
         .filter(|e| agree(unique[anchor].2, e.2, tol))
         .collect();
-    agreeing.sort_by(|a, b| (correct_of(a.2), a.1).cmp(&(correct_of(b.2), b.1)));
+    agreeing.sort_by_key(|e| (correct_of(e.2), e.1));
     let canonical = agreeing[(agreeing.len() - 1) / 2].2.clone();
     let mut agreeing_peers: Vec<PeerKey> = agreeing.iter().map(|e| e.0).collect();
     agreeing_peers.sort();

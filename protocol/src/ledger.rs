@@ -691,7 +691,15 @@ impl Ledger {
         let mut settled: Vec<(&JobSpec, &Settlement)> = Vec::new();
         for j in self.jobs.values() {
             if let (Some(spec), Some(s)) = (&j.spec, &j.settlement) {
-                claimers_of.push(j.claims.keys().copied().collect());
+                // Equivocators are penalised for the job as such; whether their claim was
+                // stored depends on arrival order, so it must not count.
+                claimers_of.push(
+                    j.claims
+                        .keys()
+                        .filter(|p| !j.equivocators.contains_key(p))
+                        .copied()
+                        .collect(),
+                );
                 auditors_of.push(
                     j.evidence()
                         .into_iter()

@@ -347,7 +347,7 @@ impl NasParams {
                 if *max_layers == 0 || *max_layers > 16 {
                     return Err(field("space.max_layers", "must be 1 to 16"));
                 }
-                if widths.is_empty() || widths.len() > 32 || widths.iter().any(|w| *w == 0) {
+                if widths.is_empty() || widths.len() > 32 || widths.contains(&0) {
                     return Err(field("space.widths", "1 to 32 positive widths"));
                 }
             }
@@ -363,7 +363,7 @@ impl NasParams {
                 if *nodes_per_phase == 0 || *nodes_per_phase > 12 {
                     return Err(field("space.nodes_per_phase", "must be 1 to 12"));
                 }
-                if channels.is_empty() || channels.len() > 16 || channels.iter().any(|c| *c == 0) {
+                if channels.is_empty() || channels.len() > 16 || channels.contains(&0) {
                     return Err(field("space.channels", "1 to 16 positive channel counts"));
                 }
                 if kernels.is_empty()
