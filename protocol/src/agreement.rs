@@ -86,8 +86,20 @@ impl Settlement {
 /// treated as an equivocator and ignored; listed twice with the same outcome, once. The answer
 /// depends only on the set of `(peer, outcome)` pairs, never on their order.
 pub fn settle(results: &[(PeerKey, Outcome)], q: usize, tol: &Tolerance) -> Option<Settlement> {
-    let mut entries: Vec<(PeerKey, [u8; 32], &Outcome)> =
-        results.iter().map(|(p, o)| (*p, o.digest(), o)).collect();
+    let entries: Vec<(PeerKey, [u8; 32], &Outcome)> = results
+        .iter()
+        .map(|(p, o)| (*p, o.digest(), o))
+        .collect();
+    settle_digested(entries, q, tol)
+}
+
+/// [`settle`] on results whose [`Outcome::digest`]s are already known (the ledger caches
+/// them). `entries` are `(peer, digest of outcome, outcome)`.
+pub(crate) fn settle_digested(
+    mut entries: Vec<(PeerKey, [u8; 32], &Outcome)>,
+    q: usize,
+    tol: &Tolerance,
+) -> Option<Settlement> {
     entries.sort_by_key(|e| (e.0, e.1));
     entries.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     // Drop peers that still appear twice (two different outcomes).

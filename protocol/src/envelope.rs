@@ -20,6 +20,7 @@
 //! be decoded into a [`Signed<T>`].
 
 use core::time::Duration;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand_core::SeedableRng;
@@ -216,49 +217,115 @@ impl<'a> Envelope<'a> {
         signed_bytes(&self.bytes[..self.body_end])
     }
 
-    fn verification_key(&self) -> Result<ed25519_zebra::VerificationKeyBytes, DecodeError> {
-        if !self.signer.is_valid_signer() {
-            return Err(DecodeError::BadSigner);
-        }
-        Ok(ed25519_zebra::VerificationKeyBytes::from(self.signer.0))
-    }
-
-    /// Checks the signature (ZIP-215 rules) over the exact bytes.
+    /// Checks the signature (ZIP-215 rules) over the exact bytes. To verify many messages,
+    /// keep a [`Verifier`]: it remembers checked signer keys.
     pub fn verify(self) -> Result<Verified<'a>, DecodeError> {
-        let vk = ed25519_zebra::VerificationKey::try_from(self.verification_key()?)
-            .map_err(|_| DecodeError::BadSigner)?;
-        let sig = ed25519_zebra::Signature::from_bytes(&self.signature);
-        vk.verify(&sig, &self.signed_bytes())
-            .map_err(|_| DecodeError::BadSignature)?;
-        Ok(Verified(self))
+        Verifier::new(0).verify(self)
     }
 }
 
-/// Verifies many envelopes at once. The verdict on each is exactly what
-/// [`Envelope::verify`] would give (ZIP-215 makes batch and single verification agree); a
-/// batch with a bad signature falls back to checking each one alone.
+/// Verifies many envelopes at once with a throwaway [`Verifier`]; see
+/// [`Verifier::verify_batch`].
 pub fn verify_batch(envelopes: Vec<Envelope<'_>>) -> Vec<Result<Verified<'_>, DecodeError>> {
-    let mut batch = ed25519_zebra::batch::Verifier::new();
-    let mut transcript = blake3::Hasher::new_derive_key("hivemesh 2026-11 batch verify seed v1");
-    let mut any_bad_signer = false;
-    for env in &envelopes {
-        match env.verification_key() {
-            Ok(vk) => {
-                let sig = ed25519_zebra::Signature::from_bytes(&env.signature);
-                batch.queue((vk, sig, &env.signed_bytes()[..]));
-                transcript.update(env.id().as_bytes());
-            }
-            Err(_) => any_bad_signer = true,
+    Verifier::new(0).verify_batch(envelopes)
+}
+
+/// The default number of signer keys a [`Verifier`] remembers.
+pub const DEFAULT_KEY_CACHE: usize = 4096;
+
+/// Signature verification with a bounded cache of checked signer keys.
+///
+/// Checking that a signer key is a usable point (decompression and a small-order test) costs
+/// about as much as an eighth of a verification; a swarm has a bounded set of signers, so the
+/// verdict per key is remembered. The cache changes only speed, never a verdict: a key's
+/// validity is a pure function of its bytes. When full, the cache is cleared.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: HashMap<PeerKey, Option<ed25519_zebra::VerificationKey>>,
+    capacity: usize,
+}
+
+impl core::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("cached_keys", &self.keys.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier::new(DEFAULT_KEY_CACHE)
+    }
+}
+
+impl Verifier {
+    /// A verifier remembering up to `capacity` signer keys (0: none).
+    pub fn new(capacity: usize) -> Self {
+        Verifier {
+            keys: HashMap::new(),
+            capacity,
         }
     }
-    // The batch's random coefficients must be unpredictable to a signer who does not control
-    // every message in it; deriving them from all the messages' ids achieves that without a
-    // source of randomness (as ed25519-dalek does), so the verdict is reproducible.
-    let rng = rand_chacha::ChaCha20Rng::from_seed(*transcript.finalize().as_bytes());
-    if !any_bad_signer && batch.verify(rng).is_ok() {
-        return envelopes.into_iter().map(|e| Ok(Verified(e))).collect();
+
+    fn key(&mut self, signer: PeerKey) -> Option<ed25519_zebra::VerificationKey> {
+        if let Some(k) = self.keys.get(&signer) {
+            return *k;
+        }
+        let key = signer
+            .is_valid_signer()
+            .then(|| ed25519_zebra::VerificationKey::try_from(signer.0).ok())
+            .flatten();
+        if self.capacity > 0 {
+            if self.keys.len() >= self.capacity {
+                self.keys.clear();
+            }
+            self.keys.insert(signer, key);
+        }
+        key
     }
-    envelopes.into_iter().map(Envelope::verify).collect()
+
+    /// Checks one envelope's signature (ZIP-215 rules) over its exact bytes.
+    pub fn verify<'a>(&mut self, env: Envelope<'a>) -> Result<Verified<'a>, DecodeError> {
+        let vk = self.key(env.signer).ok_or(DecodeError::BadSigner)?;
+        let sig = ed25519_zebra::Signature::from_bytes(&env.signature);
+        vk.verify(&sig, &env.signed_bytes())
+            .map_err(|_| DecodeError::BadSignature)?;
+        Ok(Verified(env))
+    }
+
+    /// Verifies many envelopes at once. The verdict on each is exactly what
+    /// [`Verifier::verify`] would give (ZIP-215 makes batch and single verification agree);
+    /// a batch with a bad signature falls back to checking each one alone.
+    pub fn verify_batch<'a>(
+        &mut self,
+        envelopes: Vec<Envelope<'a>>,
+    ) -> Vec<Result<Verified<'a>, DecodeError>> {
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        let mut transcript =
+            blake3::Hasher::new_derive_key("hivemesh 2026-11 batch verify seed v1");
+        let mut any_bad_signer = false;
+        for env in &envelopes {
+            if self.key(env.signer).is_none() {
+                any_bad_signer = true;
+                continue;
+            }
+            let sig = ed25519_zebra::Signature::from_bytes(&env.signature);
+            let vk = ed25519_zebra::VerificationKeyBytes::from(env.signer.0);
+            batch.queue((vk, sig, &env.signed_bytes()[..]));
+            transcript.update(&env.signature);
+        }
+        // The batch's random coefficients must be unpredictable to a signer who does not
+        // control every message in it; deriving them from all the signatures achieves that
+        // without a source of randomness (as ed25519-dalek does), so the verdict is
+        // reproducible.
+        let rng = rand_chacha::ChaCha20Rng::from_seed(*transcript.finalize().as_bytes());
+        if !any_bad_signer && batch.verify(rng).is_ok() {
+            return envelopes.into_iter().map(|e| Ok(Verified(e))).collect();
+        }
+        envelopes.into_iter().map(|e| self.verify(e)).collect()
+    }
 }
 
 /// An envelope whose signature has been checked. Only these can be decoded.

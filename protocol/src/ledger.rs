@@ -18,12 +18,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use crate::agreement::{Settlement, agree, settle};
+use crate::agreement::{Settlement, agree, settle_digested};
 use crate::envelope::{AnySigned, Signed};
 use crate::error::{DecodeError, PeerAction};
 use crate::id::{CampaignId, JobId, MessageId};
 use crate::identity::PeerKey;
-use crate::message::{AuditReport, Claim, Commitment, Heartbeat, JobResult, Kind, Message, Reveal};
+use crate::message::{AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Outcome, Reveal};
 use crate::scoring::{JobRecord, PeerScore, ScoringRules, score};
 use crate::spec::{CampaignSpec, JobSpec};
 use crate::time::Timestamp;
@@ -208,65 +208,78 @@ impl<T: Clone> Statements<T> {
     }
 }
 
+/// A peer's evidence on a job as it currently counts, with its outcome's digest cached.
+#[derive(Debug, Clone)]
+struct Counted {
+    digest: [u8; 32],
+    outcome: Outcome,
+    auditor: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 struct JobEntry {
     spec: Option<JobSpec>,
+    signers: BTreeSet<PeerKey>,
     claims: BTreeMap<PeerKey, Signed<Claim>>,
     commitments: BTreeMap<PeerKey, Statements<Commitment>>,
     reveals: BTreeMap<PeerKey, Statements<Reveal>>,
     audits: BTreeMap<PeerKey, Statements<AuditReport>>,
     equivocators: BTreeMap<PeerKey, EquivocationProof>,
+    /// What each peer's statements currently count as (derived from the maps above).
+    counted: BTreeMap<PeerKey, Counted>,
     settlement: Option<Settlement>,
     mismatches_reported: BTreeSet<PeerKey>,
 }
 
+/// What a peer's statements on a job amount to.
+enum Standing {
+    /// Nothing counts (yet).
+    Nothing,
+    /// This outcome counts, as an execution or as an audit.
+    Counts(Counted),
+    /// The reveal does not open the commitment: these two messages prove it.
+    BadOpening([MessageId; 2]),
+}
+
 impl JobEntry {
-    fn signers(&self) -> BTreeSet<PeerKey> {
-        self.claims
-            .keys()
-            .chain(self.commitments.keys())
-            .chain(self.reveals.keys())
-            .chain(self.audits.keys())
-            .copied()
-            .collect()
-    }
-
-    fn has_signer(&self, p: &PeerKey) -> bool {
-        self.claims.contains_key(p)
-            || self.commitments.contains_key(p)
-            || self.reveals.contains_key(p)
-            || self.audits.contains_key(p)
-    }
-
-    /// An executor's counted result: one commitment, one reveal, and the reveal opens it.
-    fn executor_result(&self, peer: &PeerKey) -> Option<&JobResult> {
+    /// Derives what `peer`'s statements count as:
+    /// * an executor's result counts once it has exactly one commitment and one reveal and the
+    ///   reveal opens the commitment;
+    /// * an audit counts when the peer has exactly one audit report and no reveal.
+    fn standing(&self, peer: &PeerKey) -> Standing {
         if self.equivocators.contains_key(peer) {
-            return None;
+            return Standing::Nothing;
         }
-        let c = self.commitments.get(peer)?.single()?;
-        let r = self.reveals.get(peer)?.single()?;
-        r.message()
-            .opens(peer, c.message())
-            .then_some(&r.message().result)
-    }
-
-    /// `(peer, outcome, is_auditor)` for every counted piece of evidence.
-    fn evidence(&self) -> Vec<(PeerKey, crate::message::Outcome, bool)> {
-        let mut out = Vec::new();
-        for peer in self.reveals.keys() {
-            if let Some(r) = self.executor_result(peer) {
-                out.push((*peer, r.outcome.clone(), false));
+        if let Some(reveals) = self.reveals.get(peer) {
+            let (Some(c), Some(r)) = (
+                self.commitments.get(peer).and_then(Statements::single),
+                reveals.single(),
+            ) else {
+                return Standing::Nothing;
+            };
+            if !r.message().opens(peer, c.message()) {
+                let mut ids = [c.id(), r.id()];
+                ids.sort();
+                return Standing::BadOpening(ids);
             }
+            let outcome = r.message().result.outcome.clone();
+            return Standing::Counts(Counted {
+                digest: outcome.digest(),
+                outcome,
+                auditor: false,
+            });
         }
-        for (peer, audits) in &self.audits {
-            if self.equivocators.contains_key(peer) || self.reveals.contains_key(peer) {
-                continue;
+        match self.audits.get(peer).and_then(Statements::single) {
+            Some(a) => {
+                let outcome = a.message().result.outcome.clone();
+                Standing::Counts(Counted {
+                    digest: outcome.digest(),
+                    outcome,
+                    auditor: true,
+                })
             }
-            if let Some(a) = audits.single() {
-                out.push((*peer, a.message().result.outcome.clone(), true));
-            }
+            None => Standing::Nothing,
         }
-        out
     }
 }
 
@@ -327,9 +340,9 @@ impl Ledger {
             return;
         }
         entry.spec = Some(spec);
-        for signer in entry.signers() {
-            if let Some(n) = self.unregistered.get_mut(&signer) {
-                *n = n.saturating_sub(count_messages(entry, &signer));
+        for signer in &entry.signers {
+            if let Some(n) = self.unregistered.get_mut(signer) {
+                *n = n.saturating_sub(count_messages(entry, signer));
             }
         }
         self.resettle(id, now);
@@ -387,7 +400,7 @@ impl Ledger {
         let signer = s.signer();
         let entry = self.jobs.entry(job).or_default();
         let registered = entry.spec.is_some();
-        if !entry.has_signer(&signer) && entry.signers().len() >= self.config.max_signers_per_job {
+        if !entry.signers.contains(&signer) && entry.signers.len() >= self.config.max_signers_per_job {
             self.ignore(id, IgnoreReason::JobFull);
             return None;
         }
@@ -401,6 +414,11 @@ impl Ledger {
                 self.ignore(id, IgnoreReason::TooManyUnregistered);
                 return None;
             }
+        }
+        // Every admitted message is either stored or equivalent to one the signer already
+        // has stored, so the signer has a message on this job from here on.
+        if let Some(entry) = self.jobs.get_mut(&job) {
+            entry.signers.insert(signer);
         }
         Some(registered)
     }
@@ -539,29 +557,37 @@ impl Ledger {
                 self.mark_equivocator(job, signer, offence, messages);
             }
         }
-        self.check_opening(job, signer);
-        self.resettle(job, now);
+        if self.refresh(job, signer) {
+            self.resettle(job, now);
+        }
     }
 
+    /// Re-derives what `peer`'s statements on `job` count as; returns whether that changed.
     /// A reveal that does not open the signer's (single) commitment is an equivocation.
-    fn check_opening(&mut self, job: JobId, signer: PeerKey) {
+    fn refresh(&mut self, job: JobId, peer: PeerKey) -> bool {
         let Some(entry) = self.jobs.get(&job) else {
-            return;
+            return false;
         };
-        if entry.equivocators.contains_key(&signer) {
-            return;
-        }
-        let (Some(c), Some(r)) = (
-            entry.commitments.get(&signer).and_then(Statements::single),
-            entry.reveals.get(&signer).and_then(Statements::single),
-        ) else {
-            return;
+        let new = match entry.standing(&peer) {
+            Standing::Counts(c) => Some(c),
+            Standing::Nothing => None,
+            Standing::BadOpening(ids) => {
+                self.mark_equivocator(job, peer, Offence::RevealMismatch, ids);
+                None
+            }
         };
-        if !r.message().opens(&signer, c.message()) {
-            let mut ids = [c.id(), r.id()];
-            ids.sort();
-            self.mark_equivocator(job, signer, Offence::RevealMismatch, ids);
+        let Some(entry) = self.jobs.get_mut(&job) else {
+            return false;
+        };
+        let old = entry.counted.get(&peer).map(|c| (c.digest, c.auditor));
+        if old == new.as_ref().map(|c| (c.digest, c.auditor)) {
+            return false;
         }
+        match new {
+            Some(c) => entry.counted.insert(peer, c),
+            None => entry.counted.remove(&peer),
+        };
+        true
     }
 
     fn mark_equivocator(
@@ -594,9 +620,12 @@ impl Ledger {
         if entry.spec.is_none() {
             return;
         }
-        let evidence = entry.evidence();
-        let pairs: Vec<_> = evidence.iter().map(|(p, o, _)| (*p, o.clone())).collect();
-        let new = settle(&pairs, q, &tol);
+        let evidence: Vec<(PeerKey, [u8; 32], &Outcome)> = entry
+            .counted
+            .iter()
+            .map(|(p, c)| (*p, c.digest, &c.outcome))
+            .collect();
+        let new = settle_digested(evidence, q, &tol);
         if new != entry.settlement {
             match &new {
                 Some(s) => self.outputs.push_back(Output::Settled {
@@ -609,14 +638,14 @@ impl Ledger {
             entry.settlement = new;
         }
         // Audits that disagree with the settlement (or find it contested) open a dispute.
-        for (auditor, outcome, is_auditor) in &evidence {
-            if !is_auditor || entry.mismatches_reported.contains(auditor) {
+        for (auditor, c) in &entry.counted {
+            if !c.auditor || entry.mismatches_reported.contains(auditor) {
                 continue;
             }
             let matches = entry
                 .settlement
                 .as_ref()
-                .is_some_and(|s| agree(&s.canonical, outcome, &tol));
+                .is_some_and(|s| agree(&s.canonical, &c.outcome, &tol));
             if !matches {
                 entry.mismatches_reported.insert(*auditor);
                 self.outputs.push_back(Output::AuditMismatch {
@@ -701,10 +730,10 @@ impl Ledger {
                         .collect(),
                 );
                 auditors_of.push(
-                    j.evidence()
-                        .into_iter()
-                        .filter(|e| e.2)
-                        .map(|e| e.0)
+                    j.counted
+                        .iter()
+                        .filter(|(_, c)| c.auditor)
+                        .map(|(p, _)| *p)
                         .collect(),
                 );
                 settled.push((spec, s));

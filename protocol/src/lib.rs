@@ -45,7 +45,7 @@ pub mod spec;
 pub mod time;
 
 pub use agreement::{Settlement, Tolerance, agree, settle};
-pub use envelope::{AnySigned, Context, Envelope, Signed, Verified, verify_batch};
+pub use envelope::{AnySigned, Context, Envelope, Signed, Verified, Verifier, verify_batch};
 pub use error::{DecodeError, EncodeError, PeerAction};
 pub use id::{BlobId, CampaignId, IdParseError, JobId, MessageId};
 pub use identity::{Keypair, PeerKey};
