@@ -1,5 +1,7 @@
 //! The `hivemesh-netsim` command: see `hivemesh-netsim --help`.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use hivemesh_netsim::demo::{self, DemoConfig};
 
@@ -59,8 +61,17 @@ impl Default for DemoArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let Command::Demo(a) = cli.command.unwrap_or(Command::Demo(DemoArgs::default()));
     let cfg = DemoConfig {
         peers: a.peers,

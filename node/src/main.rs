@@ -1,8 +1,8 @@
 //! The `hivemesh` command: see `hivemesh --help`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hivemesh_node::identity;
 
@@ -45,8 +45,18 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("hivemesh-data")
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen { force } => {
             let key = identity::generate()?;
@@ -55,12 +65,17 @@ fn main() -> anyhow::Result<()> {
             println!("peer key {}", key.public());
         }
         Command::Id => {
-            let key = identity::load(&cli.data_dir).with_context(|| {
-                format!(
-                    "no usable identity in {}: run `hivemesh keygen` first",
-                    cli.data_dir.display()
-                )
-            })?;
+            let key = match identity::load(&cli.data_dir) {
+                Err(identity::IdentityError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    anyhow::bail!(
+                        "no identity in {}: run `hivemesh keygen` first (or pass --data-dir)",
+                        cli.data_dir.display()
+                    )
+                }
+                other => other?,
+            };
             println!("{}", key.public());
         }
     }

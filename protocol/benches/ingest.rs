@@ -114,7 +114,12 @@ fn workload() -> Workload {
                 salt,
                 issued_at: Timestamp(20),
             };
-            wire.push(Signed::sign_and_encode(commitment, k).unwrap().bytes().to_vec());
+            wire.push(
+                Signed::sign_and_encode(commitment, k)
+                    .unwrap()
+                    .bytes()
+                    .to_vec(),
+            );
             wire.push(Signed::sign_and_encode(reveal, k).unwrap().bytes().to_vec());
         }
     }

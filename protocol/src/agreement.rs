@@ -86,10 +86,8 @@ impl Settlement {
 /// treated as an equivocator and ignored; listed twice with the same outcome, once. The answer
 /// depends only on the set of `(peer, outcome)` pairs, never on their order.
 pub fn settle(results: &[(PeerKey, Outcome)], q: usize, tol: &Tolerance) -> Option<Settlement> {
-    let entries: Vec<(PeerKey, [u8; 32], &Outcome)> = results
-        .iter()
-        .map(|(p, o)| (*p, o.digest(), o))
-        .collect();
+    let entries: Vec<(PeerKey, [u8; 32], &Outcome)> =
+        results.iter().map(|(p, o)| (*p, o.digest(), o)).collect();
     settle_digested(entries, q, tol)
 }
 

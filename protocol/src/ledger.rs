@@ -400,7 +400,9 @@ impl Ledger {
         let signer = s.signer();
         let entry = self.jobs.entry(job).or_default();
         let registered = entry.spec.is_some();
-        if !entry.signers.contains(&signer) && entry.signers.len() >= self.config.max_signers_per_job {
+        if !entry.signers.contains(&signer)
+            && entry.signers.len() >= self.config.max_signers_per_job
+        {
             self.ignore(id, IgnoreReason::JobFull);
             return None;
         }

@@ -1,5 +1,8 @@
 //! Every class of bad input gets its own error and peer action; good input round-trips.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -63,7 +66,8 @@ fn layout_is_postcard_of_the_envelope_tuple() {
     let (s, _) = signed_claim();
     let b = s.bytes();
     // (u8, u8, Vec<u8>, [u8; 32], then 64 signature bytes)
-    let (v, rest): ((u8, u8, Vec<u8>, [u8; 32]), &[u8]) = postcard::take_from_bytes(b).unwrap();
+    type Head = (u8, u8, Vec<u8>, [u8; 32]);
+    let (v, rest): (Head, &[u8]) = postcard::take_from_bytes(b).unwrap();
     assert_eq!(v.0, VERSION);
     assert_eq!(v.1, Kind::Claim as u8);
     assert_eq!(postcard::from_bytes::<Claim>(&v.2).unwrap(), *s.message());

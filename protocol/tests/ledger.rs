@@ -1,5 +1,8 @@
 //! The ledger's rules, one behaviour per test.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -1,5 +1,8 @@
 //! Property tests: decoding never panics, round trips hold, and ledgers are order-independent.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -146,7 +149,7 @@ fn messages(plan: &[Vec<Behaviour>], c: CampaignId, jobs: &[JobSpec]) -> Vec<Any
                 Behaviour::FalseAudit => out.push(audit(&k, c, id, &result(2), 8)),
             }
             // Equivalent re-signings with another timestamp, and exact duplicates.
-            if n % 3 == 0 && !matches!(b, Behaviour::Absent) {
+            if n.is_multiple_of(3) && !matches!(b, Behaviour::Absent) {
                 out.push(claim(&k, c, id, 11));
                 out.push(claim(&k, c, id, 12));
             }
