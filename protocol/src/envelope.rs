@@ -296,8 +296,9 @@ impl Verifier {
     }
 
     /// Verifies many envelopes at once. The verdict on each is exactly what
-    /// [`Verifier::verify`] would give (ZIP-215 makes batch and single verification agree);
-    /// a batch with a bad signature falls back to checking each one alone.
+    /// [`Verifier::verify`] would give (ZIP-215 makes batch and single verification agree).
+    /// Envelopes with an unusable signer key are answered `BadSigner` without joining the
+    /// batch; if the batch fails, each of its envelopes is checked alone.
     pub fn verify_batch<'a>(
         &mut self,
         envelopes: Vec<Envelope<'a>>,
@@ -305,12 +306,11 @@ impl Verifier {
         let mut batch = ed25519_zebra::batch::Verifier::new();
         let mut transcript =
             blake3::Hasher::new_derive_key("hivemesh 2026-11 batch verify seed v1");
-        let mut any_bad_signer = false;
-        for env in &envelopes {
-            if self.key(env.signer).is_none() {
-                any_bad_signer = true;
-                continue;
-            }
+        let usable: Vec<bool> = envelopes
+            .iter()
+            .map(|env| self.key(env.signer).is_some())
+            .collect();
+        for (env, _) in envelopes.iter().zip(&usable).filter(|(_, ok)| **ok) {
             let sig = ed25519_zebra::Signature::from_bytes(&env.signature);
             let vk = ed25519_zebra::VerificationKeyBytes::from(env.signer.0);
             batch.queue((vk, sig, &env.signed_bytes()[..]));
@@ -321,10 +321,16 @@ impl Verifier {
         // without a source of randomness (as ed25519-dalek does), so the verdict is
         // reproducible.
         let rng = rand_chacha::ChaCha20Rng::from_seed(*transcript.finalize().as_bytes());
-        if !any_bad_signer && batch.verify(rng).is_ok() {
-            return envelopes.into_iter().map(|e| Ok(Verified(e))).collect();
-        }
-        envelopes.into_iter().map(|e| self.verify(e)).collect()
+        let batch_ok = batch.verify(rng).is_ok();
+        envelopes
+            .into_iter()
+            .zip(usable)
+            .map(|(env, usable)| match (usable, batch_ok) {
+                (false, _) => Err(DecodeError::BadSigner),
+                (true, true) => Ok(Verified(env)),
+                (true, false) => self.verify(env),
+            })
+            .collect()
     }
 }
 

@@ -365,7 +365,7 @@ impl Ledger {
                     self.reject_wrong_campaign(id, s.message().id());
                 }
             }
-            AnySigned::Claim(s) => self.on_claim(s, now),
+            AnySigned::Claim(s) => self.on_claim(s),
             AnySigned::Commitment(s) => self.on_commitment(s, now),
             AnySigned::Reveal(s) => self.on_reveal(s, now),
             AnySigned::AuditReport(s) => self.on_audit(s, now),
@@ -432,7 +432,7 @@ impl Ledger {
         self.outputs.push_back(Output::Accepted { id, kind });
     }
 
-    fn on_claim(&mut self, s: Signed<Claim>, now: Timestamp) {
+    fn on_claim(&mut self, s: Signed<Claim>) {
         let job = s.message().job;
         let Some(registered) = self.admit(&s, job) else {
             return;
@@ -442,7 +442,6 @@ impl Ledger {
         match entry.claims.get(&signer) {
             Some(existing) if existing.id() < id => {
                 self.ignore(id, IgnoreReason::Equivalent);
-                return;
             }
             Some(_) => {
                 entry.claims.insert(signer, s);
@@ -456,7 +455,6 @@ impl Ledger {
                 self.stored(id, Kind::Claim, signer, registered);
             }
         }
-        let _ = now;
     }
 
     fn on_commitment(&mut self, s: Signed<Commitment>, now: Timestamp) {

@@ -483,4 +483,24 @@ fn batch_verification_agrees_with_single() {
         .collect();
     assert_eq!(batch, single);
     assert_eq!(batch.iter().filter(|ok| !**ok).count(), 2);
+
+    // A small-order signer among good messages is refused alone; the rest still verify.
+    let mut wire: Vec<Vec<u8>> = wire
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 17)
+        .map(|(_, w)| w)
+        .collect();
+    let n = wire[5].len();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    wire[5][n - 96..n - 64].copy_from_slice(&identity);
+    let verdicts = verify_batch(wire.iter().map(|b| Envelope::parse(b).unwrap()).collect());
+    for (i, v) in verdicts.iter().enumerate() {
+        if i == 5 {
+            assert_eq!(v.as_ref().unwrap_err(), &DecodeError::BadSigner);
+        } else {
+            assert!(v.is_ok(), "message {i}");
+        }
+    }
 }
