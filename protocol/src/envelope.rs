@@ -438,6 +438,24 @@ fn write_varint_u32(mut v: u32, out: &mut Vec<u8>) {
     }
 }
 
+/// Frames `body` as a version-1 envelope of kind byte `kind` and signs it with `key`,
+/// **without checking** the kind, the body or its size: peers may reject the result.
+///
+/// [`Signed::sign_and_encode`] is the checked way to make a message; this exists for it, and
+/// for tests, fuzzers and tools that must produce what a malicious signer could.
+pub fn seal(kind: u8, body: &[u8], key: &Keypair) -> Vec<u8> {
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let mut bytes = Vec::with_capacity(2 + 5 + body.len() + TRAILER_LEN);
+    bytes.push(VERSION);
+    bytes.push(kind);
+    write_varint_u32(len, &mut bytes);
+    bytes.extend_from_slice(body);
+    let signature = key.sign(&signed_bytes(&bytes));
+    bytes.extend_from_slice(key.public().as_bytes());
+    bytes.extend_from_slice(&signature);
+    bytes
+}
+
 /// A message whose signature has been verified (or that this node signed), with its exact
 /// bytes kept for re-gossip, storage and evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -468,19 +486,11 @@ impl<T: Message> Signed<T> {
                 limit,
             });
         }
-        let mut bytes = Vec::with_capacity(2 + 5 + body.len() + TRAILER_LEN);
-        bytes.push(VERSION);
-        bytes.push(T::KIND as u8);
-        write_varint_u32(body.len() as u32, &mut bytes);
-        bytes.extend_from_slice(&body);
-        let signature = key.sign(&signed_bytes(&bytes));
-        let signer = key.public();
-        bytes.extend_from_slice(signer.as_bytes());
-        bytes.extend_from_slice(&signature);
+        let bytes = seal(T::KIND as u8, &body, key);
         Ok(Signed {
             id: MessageId::of_envelope(&bytes),
             message,
-            signer,
+            signer: key.public(),
             bytes: Arc::from(bytes),
         })
     }

@@ -208,6 +208,57 @@ impl<T: Clone> Statements<T> {
     }
 }
 
+/// A message kind of which a peer may make at most one (distinct) statement per job.
+trait Statement: Message {
+    /// What two distinct statements of this kind amount to.
+    const OFFENCE: Offence;
+    /// The job it is about.
+    fn job(&self) -> JobId;
+    /// Same content apart from the timestamp.
+    fn equivalent(&self, other: &Self) -> bool;
+    /// Where a job keeps statements of this kind.
+    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>>;
+}
+
+impl Statement for Commitment {
+    const OFFENCE: Offence = Offence::ConflictingCommitments;
+    fn job(&self) -> JobId {
+        self.job
+    }
+    fn equivalent(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>> {
+        &mut entry.commitments
+    }
+}
+
+impl Statement for Reveal {
+    const OFFENCE: Offence = Offence::ConflictingReveals;
+    fn job(&self) -> JobId {
+        self.job
+    }
+    fn equivalent(&self, other: &Self) -> bool {
+        self.result == other.result && self.salt == other.salt
+    }
+    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>> {
+        &mut entry.reveals
+    }
+}
+
+impl Statement for AuditReport {
+    const OFFENCE: Offence = Offence::ConflictingAudits;
+    fn job(&self) -> JobId {
+        self.job
+    }
+    fn equivalent(&self, other: &Self) -> bool {
+        self.result == other.result
+    }
+    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>> {
+        &mut entry.audits
+    }
+}
+
 /// A peer's evidence on a job as it currently counts, with its outcome's digest cached.
 #[derive(Debug, Clone)]
 struct Counted {
@@ -366,9 +417,9 @@ impl Ledger {
                 }
             }
             AnySigned::Claim(s) => self.on_claim(s),
-            AnySigned::Commitment(s) => self.on_commitment(s, now),
-            AnySigned::Reveal(s) => self.on_reveal(s, now),
-            AnySigned::AuditReport(s) => self.on_audit(s, now),
+            AnySigned::Commitment(s) => self.on_statement(s, now),
+            AnySigned::Reveal(s) => self.on_statement(s, now),
+            AnySigned::AuditReport(s) => self.on_statement(s, now),
             AnySigned::Heartbeat(s) => self.on_heartbeat(s),
         }
     }
@@ -457,93 +508,24 @@ impl Ledger {
         }
     }
 
-    fn on_commitment(&mut self, s: Signed<Commitment>, now: Timestamp) {
-        let job = s.message().job;
+    /// Stores a commitment, reveal or audit report: at most two distinct statements per peer
+    /// and job, two being an equivocation.
+    fn on_statement<T: Statement>(&mut self, s: Signed<T>, now: Timestamp) {
+        let job = s.message().job();
         let Some(registered) = self.admit(&s, job) else {
             return;
         };
         let (id, signer) = (s.id(), s.signer());
         let entry = self.jobs.entry(job).or_default();
-        let outcome = entry
-            .commitments
+        let outcome = T::statements(entry)
             .entry(signer)
             .or_default()
-            .add(s, |a, b| a.digest == b.digest);
-        self.after_add(
-            job,
-            id,
-            Kind::Commitment,
-            signer,
-            registered,
-            outcome,
-            Offence::ConflictingCommitments,
-            now,
-        );
-    }
-
-    fn on_reveal(&mut self, s: Signed<Reveal>, now: Timestamp) {
-        let job = s.message().job;
-        let Some(registered) = self.admit(&s, job) else {
-            return;
-        };
-        let (id, signer) = (s.id(), s.signer());
-        let entry = self.jobs.entry(job).or_default();
-        let outcome = entry
-            .reveals
-            .entry(signer)
-            .or_default()
-            .add(s, |a, b| a.result == b.result && a.salt == b.salt);
-        self.after_add(
-            job,
-            id,
-            Kind::Reveal,
-            signer,
-            registered,
-            outcome,
-            Offence::ConflictingReveals,
-            now,
-        );
-    }
-
-    fn on_audit(&mut self, s: Signed<AuditReport>, now: Timestamp) {
-        let job = s.message().job;
-        let Some(registered) = self.admit(&s, job) else {
-            return;
-        };
-        let (id, signer) = (s.id(), s.signer());
-        let entry = self.jobs.entry(job).or_default();
-        let outcome = entry
-            .audits
-            .entry(signer)
-            .or_default()
-            .add(s, |a, b| a.result == b.result);
-        self.after_add(
-            job,
-            id,
-            Kind::AuditReport,
-            signer,
-            registered,
-            outcome,
-            Offence::ConflictingAudits,
-            now,
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn after_add(
-        &mut self,
-        job: JobId,
-        id: MessageId,
-        kind: Kind,
-        signer: PeerKey,
-        registered: bool,
-        outcome: AddOutcome,
-        offence: Offence,
-        now: Timestamp,
-    ) {
+            .add(s, T::equivalent);
         match outcome {
-            AddOutcome::New => self.stored(id, kind, signer, registered),
-            AddOutcome::Replaced => self.outputs.push_back(Output::Accepted { id, kind }),
+            AddOutcome::New => self.stored(id, T::KIND, signer, registered),
+            AddOutcome::Replaced => self
+                .outputs
+                .push_back(Output::Accepted { id, kind: T::KIND }),
             AddOutcome::Equivalent => {
                 self.ignore(id, IgnoreReason::Equivalent);
                 return;
@@ -553,8 +535,8 @@ impl Ledger {
                 return;
             }
             AddOutcome::Conflict(messages) => {
-                self.stored(id, kind, signer, registered);
-                self.mark_equivocator(job, signer, offence, messages);
+                self.stored(id, T::KIND, signer, registered);
+                self.mark_equivocator(job, signer, T::OFFENCE, messages);
             }
         }
         if self.refresh(job, signer) {

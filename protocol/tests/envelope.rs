@@ -116,22 +116,7 @@ fn trailing_bytes_inside_a_signed_body() {
 
 /// Frames and signs an arbitrary body, as a malicious signer could.
 fn forge(k: &Keypair, kind: Kind, body: &[u8]) -> Vec<u8> {
-    let mut b = vec![VERSION, kind as u8];
-    let mut n = body.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            b.push(byte);
-            break;
-        }
-        b.push(byte | 0x80);
-    }
-    b.extend_from_slice(body);
-    let sig = k.sign(&[SIGNING_DOMAIN, &b].concat());
-    b.extend_from_slice(k.public().as_bytes());
-    b.extend_from_slice(&sig);
-    b
+    envelope::seal(kind as u8, body, k)
 }
 
 #[test]

@@ -35,13 +35,7 @@ proptest! {
         body in proptest::collection::vec(any::<u8>(), 0..300),
     ) {
         // Correctly framed and signed, arbitrary body: reaches the body decoder.
-        let k = key(1);
-        let mut b = vec![envelope::VERSION, kind, body.len() as u8 | if body.len() >= 128 { 0x80 } else { 0 }];
-        if body.len() >= 128 { b.push((body.len() >> 7) as u8); }
-        b.extend_from_slice(&body);
-        let sig = k.sign(&[envelope::SIGNING_DOMAIN, &b].concat());
-        b.extend_from_slice(k.public().as_bytes());
-        b.extend_from_slice(&sig);
+        let b = envelope::seal(kind, &body, &key(1));
         let _ = AnySigned::verify_and_decode(&b, &Context::sync(spec().id()));
     }
 
