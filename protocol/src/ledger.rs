@@ -454,6 +454,8 @@ impl Ledger {
         if !entry.signers.contains(&signer)
             && entry.signers.len() >= self.config.max_signers_per_job
         {
+            // Not a verdict on the message: forget it, so it can be delivered again later.
+            self.seen.remove(&id);
             self.ignore(id, IgnoreReason::JobFull);
             return None;
         }
@@ -464,6 +466,7 @@ impl Ledger {
         if !registered {
             let n = self.unregistered.entry(signer).or_default();
             if *n >= self.config.max_unregistered_per_signer {
+                self.seen.remove(&id);
                 self.ignore(id, IgnoreReason::TooManyUnregistered);
                 return None;
             }

@@ -214,10 +214,53 @@ fn unregistered_messages_are_capped_per_signer() {
         })
         .count();
     assert_eq!(ignored, 2);
-    // Registering a job frees its signer's slots.
+    // A message dropped for capacity is not remembered: once the job is derived (which frees
+    // the signer's slots), the same bytes are accepted.
     let j = job(c, 1);
-    feed(&mut l, [claim(&key(2), c, j.id(), 1)]);
-    let _ = l.handle(Input::RegisterJob(j), Timestamp(0)).count();
+    let late = claim(&key(1), c, j.id(), 1);
+    let out = feed(&mut l, [late.clone()]);
+    assert!(matches!(
+        out[0],
+        Output::Ignored {
+            reason: IgnoreReason::TooManyUnregistered,
+            ..
+        }
+    ));
+    let _ = l
+        .handle(Input::RegisterJob(j.clone()), Timestamp(0))
+        .count();
+    let out = feed(&mut l, [late]);
+    assert!(
+        matches!(
+            out[0],
+            Output::Accepted {
+                kind: Kind::Claim,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    // Registering a job frees the slots its messages held.
+    let held = job(c, 2);
+    let mut l2 = Ledger::new(
+        spec(),
+        LedgerConfig {
+            max_unregistered_per_signer: 1,
+            ..LedgerConfig::default()
+        },
+    );
+    feed(&mut l2, [claim(&key(1), c, held.id(), 1)]);
+    let out = feed(&mut l2, [claim(&key(1), c, JobId([9; 32]), 1)]);
+    assert!(matches!(
+        out[0],
+        Output::Ignored {
+            reason: IgnoreReason::TooManyUnregistered,
+            ..
+        }
+    ));
+    let _ = l2.handle(Input::RegisterJob(held), Timestamp(0)).count();
+    let out = feed(&mut l2, [claim(&key(1), c, JobId([9; 32]), 1)]);
+    assert!(matches!(out[0], Output::Accepted { .. }), "{out:?}");
 }
 
 #[test]
