@@ -1,18 +1,41 @@
 //! # hivemesh-evolve
 //!
-//! The search algorithms of hivemesh, as a pure library (no I/O, no networking, no `burn`; every
-//! random choice draws from a seeded ChaCha RNG passed in, so every peer derives the same next
-//! generation from the same agreed results).
+//! The search algorithms of hivemesh, as a pure library: no I/O, no networking, no `burn`.
+//! Every random choice draws from an RNG passed in (a seeded ChaCha in practice) through the
+//! few sampling functions in [`random`], and every transcendental function comes from the
+//! pure-Rust `libm`, so every peer derives the bit-identical next generation from the same
+//! seed and the same agreed results.
 //!
-//! It will own (see the `evolve` issue):
-//! * NSGA-II (Deb et al. 2002, <https://doi.org/10.1109/4235.996017>): fast non-dominated
-//!   sorting, crowding distance, binary tournament, elitist survival, with an `ask`/`tell` step
-//!   API so candidates are evaluated elsewhere (on the swarm); regularised evolution as a
-//!   second strategy;
-//! * the architecture search space (NSGA-Net macro style, Lu et al. 2019,
-//!   <https://arxiv.org/abs/1810.03522>, and an MLP space) and its architecture IR with exact
-//!   parameter and FLOP counts;
-//! * genetic-programming loss expressions (AutoML-Zero / GLO style) with simplification,
-//!   canonical hashing and behavioural fingerprints.
+//! ## Multi-objective search: NSGA-II
+//! [`nsga2::Nsga2`] implements NSGA-II (Deb, Pratap, Agarwal & Meyarivan, *A fast and elitist
+//! multiobjective genetic algorithm: NSGA-II*, IEEE TEC 2002,
+//! <https://doi.org/10.1109/4235.996017>): non-dominated sorting into fronts ([`sort`]:
+//! O(N log N) for two objectives, ENS-BS for more), crowding distance to keep fronts spread,
+//! binary tournaments on (rank, crowding), elitist survival of parents and children together,
+//! feasible solutions before infeasible ones, and duplicate elimination. It is driven by an
+//! `ask`/`tell` step API so that evaluation — training a network for a fixed budget — happens
+//! on the swarm. hivemesh uses it the way NSGA-Net does (Lu et al., *NSGA-Net: Neural
+//! Architecture Search using Multi-Objective Genetic Algorithm*, GECCO 2019,
+//! <https://arxiv.org/abs/1810.03522>): objectives are error, parameters and FLOPs.
 //!
-//! Nothing is implemented yet: this crate is a placeholder so the workspace has its final shape.
+//! ## Single-objective search: regularised evolution
+//! [`regularized::RegularizedEvolution`] (Real et al. 2019) keeps a queue of recent genomes and
+//! retires the oldest, whatever its fitness.
+//!
+//! ## Operators, problems, measures
+//! [`operators`]: SBX and polynomial mutation for reals, uniform/two-point crossover and bit
+//! flips for bit strings, two-point crossover and rounded polynomial mutation for integers.
+//! [`benchmarks`]: ZDT1–3 and DTLZ2. [`hypervolume`]: exact hypervolume in 2 and 3 dimensions.
+
+pub mod benchmarks;
+pub mod hypervolume;
+pub mod nsga2;
+pub mod operators;
+pub mod problem;
+pub mod random;
+pub mod regularized;
+pub mod sort;
+
+pub use nsga2::{Individual, Nsga2, Nsga2Config, Truncation};
+pub use problem::{Evaluation, EvolveError, Problem};
+pub use regularized::{RegularizedConfig, RegularizedEvolution};
