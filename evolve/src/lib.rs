@@ -27,6 +27,7 @@
 //! flips for bit strings, two-point crossover and rounded polynomial mutation for integers.
 //! [`benchmarks`]: ZDT1–3 and DTLZ2. [`hypervolume`]: exact hypervolume in 2 and 3 dimensions.
 
+pub mod arch;
 pub mod benchmarks;
 pub mod hypervolume;
 pub mod nsga2;
