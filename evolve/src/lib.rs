@@ -29,6 +29,7 @@
 
 pub mod arch;
 pub mod benchmarks;
+pub mod gp;
 pub mod hypervolume;
 pub mod nsga2;
 pub mod operators;
