@@ -22,6 +22,19 @@
 //! [`regularized::RegularizedEvolution`] (Real et al. 2019) keeps a queue of recent genomes and
 //! retires the oldest, whatever its fitness.
 //!
+//! ## Architectures
+//! [`arch`] decodes genomes from an MLP space and from the NSGA-Net macro space into an
+//! architecture IR (a DAG of conv, pooling, dense, activation, batch-norm, add and flatten
+//! layers) with inferred shapes, exact parameter and FLOP counts (one multiply-add = 2 FLOPs)
+//! and a content id.
+//!
+//! ## Loss functions: genetic programming
+//! [`gp`] evolves typed loss expressions over targets, logits and probabilities, as in
+//! AutoML-Zero (Real, Liang, So & Le 2020, <https://arxiv.org/abs/2003.03384>) and GLO
+//! (Gonzalez & Miikkulainen 2020, <https://arxiv.org/abs/1905.11528>): protected operations,
+//! ramped half-and-half initialisation, subtree crossover, four mutations, simplification,
+//! canonical ids, behavioural fingerprints and tunable constant slots.
+//!
 //! ## Operators, problems, measures
 //! [`operators`]: SBX and polynomial mutation for reals, uniform/two-point crossover and bit
 //! flips for bit strings, two-point crossover and rounded polynomial mutation for integers.
