@@ -765,11 +765,15 @@ impl Expr {
         Ok(Expr::from_tree(&order_tree(simplify_tree(self.to_tree()?))))
     }
 
+    /// The genes and the constants' exact bits, encoded: equal bytes, identical expression.
+    fn exact_bytes(&self) -> Vec<u8> {
+        let bits: Vec<u32> = self.constants.iter().map(|v| v.to_bits()).collect();
+        postcard::to_stdvec(&(&self.genes, bits)).expect("expression types always encode")
+    }
+
     /// Content id: blake3 of the canonical form (constants by their exact bits).
     pub fn id(&self) -> Result<[u8; 32], GpError> {
-        let c = self.canonical()?;
-        let bits: Vec<u32> = c.constants.iter().map(|v| v.to_bits()).collect();
-        let bytes = postcard::to_stdvec(&(&c.genes, bits)).expect("expression types always encode");
+        let bytes = self.canonical()?.exact_bytes();
         Ok(
             *blake3::Hasher::new_derive_key("hivemesh 2026-11 loss expression id v1")
                 .update(&bytes)
@@ -862,11 +866,7 @@ fn order_tree(t: Tree) -> Tree {
     let Tree::Node(op, args) = t else { return t };
     let mut args: Vec<Tree> = args.into_iter().map(order_tree).collect();
     if op.commutative() {
-        args.sort_by_key(|a| {
-            let e = Expr::from_tree(a);
-            let bits: Vec<u32> = e.constants.iter().map(|v| v.to_bits()).collect();
-            postcard::to_stdvec(&(&e.genes, bits)).unwrap_or_default()
-        });
+        args.sort_by_key(|a| Expr::from_tree(a).exact_bytes());
     }
     Tree::Node(op, args)
 }

@@ -12,7 +12,7 @@
 
 use rand_core::Rng;
 
-use crate::problem::{Evaluation, EvolveError, Problem};
+use crate::problem::{Evaluation, EvolveError, Problem, check_told};
 use crate::random::{below, chance};
 use crate::sort::{crowding_distance, non_dominated_sort};
 
@@ -185,15 +185,7 @@ impl<P: Problem> Nsga2<P> {
     /// Takes the evaluations of the last [`ask`](Self::ask), in order, and selects the next
     /// population. Non-finite objectives count as the worst possible evaluation.
     pub fn tell(&mut self, evaluations: Vec<Evaluation>) -> Result<(), EvolveError> {
-        if self.pending.is_empty() {
-            return Err(EvolveError::NothingAsked);
-        }
-        if evaluations.len() != self.pending.len() {
-            return Err(EvolveError::CountMismatch {
-                asked: self.pending.len(),
-                got: evaluations.len(),
-            });
-        }
+        check_told(self.pending.len(), evaluations.len())?;
         let m = self.problem.n_objectives();
         let mut merged: Vec<(P::Genome, Evaluation)> = self
             .population

@@ -88,3 +88,14 @@ pub enum EvolveError {
     #[error("invalid configuration: {0}")]
     Config(String),
 }
+
+/// Checks that `got` evaluations answer an outstanding batch of `asked` candidates.
+pub(crate) fn check_told(asked: usize, got: usize) -> Result<(), EvolveError> {
+    if asked == 0 {
+        return Err(EvolveError::NothingAsked);
+    }
+    if got != asked {
+        return Err(EvolveError::CountMismatch { asked, got });
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use rand_core::Rng;
 
-use crate::problem::{Evaluation, EvolveError, Problem};
+use crate::problem::{Evaluation, EvolveError, Problem, check_told};
 use crate::random::below;
 
 /// Regularised-evolution settings.
@@ -99,15 +99,7 @@ impl<P: Problem> RegularizedEvolution<P> {
 
     /// The evaluations of the last `ask`, in order.
     pub fn tell(&mut self, evaluations: Vec<Evaluation>) -> Result<(), EvolveError> {
-        if self.pending.is_empty() {
-            return Err(EvolveError::NothingAsked);
-        }
-        if evaluations.len() != self.pending.len() {
-            return Err(EvolveError::CountMismatch {
-                asked: self.pending.len(),
-                got: evaluations.len(),
-            });
-        }
+        check_told(self.pending.len(), evaluations.len())?;
         let m = self.problem.n_objectives();
         for (g, e) in self.pending.drain(..).zip(evaluations) {
             let e = e.sanitized(m);
