@@ -449,23 +449,25 @@ impl Ledger {
             return None;
         }
         let signer = s.signer();
-        let entry = self.jobs.entry(job).or_default();
-        let registered = entry.spec.is_some();
-        if !entry.signers.contains(&signer)
-            && entry.signers.len() >= self.config.max_signers_per_job
-        {
+        // Read without inserting: a message that is turned away must not leave an (empty)
+        // job entry behind, or a signer over its cap could still grow memory per job id.
+        let entry = self.jobs.get(&job);
+        let registered = entry.is_some_and(|e| e.spec.is_some());
+        let signers = entry.map_or(0, |e| e.signers.len());
+        let known_signer = entry.is_some_and(|e| e.signers.contains(&signer));
+        if !known_signer && signers >= self.config.max_signers_per_job {
             // Not a verdict on the message: forget it, so it can be delivered again later.
             self.seen.remove(&id);
             self.ignore(id, IgnoreReason::JobFull);
             return None;
         }
-        if entry.equivocators.contains_key(&signer) {
+        if entry.is_some_and(|e| e.equivocators.contains_key(&signer)) {
             self.ignore(id, IgnoreReason::AlreadyEquivocated);
             return None;
         }
         if !registered {
-            let n = self.unregistered.entry(signer).or_default();
-            if *n >= self.config.max_unregistered_per_signer {
+            let n = self.unregistered.get(&signer).copied().unwrap_or(0);
+            if n >= self.config.max_unregistered_per_signer {
                 self.seen.remove(&id);
                 self.ignore(id, IgnoreReason::TooManyUnregistered);
                 return None;
@@ -473,9 +475,7 @@ impl Ledger {
         }
         // Every admitted message is either stored or equivalent to one the signer already
         // has stored, so the signer has a message on this job from here on.
-        if let Some(entry) = self.jobs.get_mut(&job) {
-            entry.signers.insert(signer);
-        }
+        self.jobs.entry(job).or_default().signers.insert(signer);
         Some(registered)
     }
 
@@ -676,6 +676,11 @@ impl Ledger {
         self.jobs
             .iter()
             .filter_map(|(id, j)| j.settlement.as_ref().map(|s| (id, s)))
+    }
+
+    /// How many jobs the ledger holds state for (derived jobs and jobs with stored messages).
+    pub fn tracked_jobs(&self) -> usize {
+        self.jobs.len()
     }
 
     /// Every equivocation proven so far, in job-then-peer order.

@@ -214,6 +214,20 @@ fn unregistered_messages_are_capped_per_signer() {
         })
         .count();
     assert_eq!(ignored, 2);
+    // Turned-away messages leave no state behind: only the 3 stored jobs are tracked, however
+    // many further job ids the signer tries.
+    let out = feed(
+        &mut l,
+        (10..200).map(|i| claim(&key(1), c, JobId([i; 32]), 1)),
+    );
+    assert!(out.iter().all(|o| matches!(
+        o,
+        Output::Ignored {
+            reason: IgnoreReason::TooManyUnregistered,
+            ..
+        }
+    )));
+    assert_eq!(l.tracked_jobs(), 3);
     // A message dropped for capacity is not remembered: once the job is derived (which frees
     // the signer's slots), the same bytes are accepted.
     let j = job(c, 1);
