@@ -7,13 +7,15 @@ cd "$(dirname "$0")/../.."
 SEEDS="${SEEDS:-1 2 3 4 5}"
 GENS="${GENS:-25 200}"
 PROBLEMS="${PROBLEMS:-zdt1 zdt2 zdt3 dtlz2}"
+TRUNCATION="${TRUNCATION:-auto}"      # ours: auto | iterative | mnn | crowding
+PYMOO_CROWDING="${PYMOO_CROWDING:-cd}" # pymoo's crowding_func: cd (its default) | pcd | mnn
 cargo build --release -q -p hivemesh-evolve --example zdt
 out=$(mktemp -d)
 for p in $PROBLEMS; do for g in $GENS; do for s in $SEEDS; do
-  ./target/release/examples/zdt --problem "$p" --pop 100 --gens "$g" --seed "$s" | tail -1 | sed "s/^/$p $g $s /" >> "$out/ours"
+  ./target/release/examples/zdt --problem "$p" --pop 100 --gens "$g" --seed "$s" --truncation "$TRUNCATION" | tail -1 | sed "s/^/$p $g $s /" >> "$out/ours"
 done; done; done
 # shellcheck disable=SC2086
-python3 evolve/benches/pymoo_nsga2.py --problems $PROBLEMS --gens $GENS --seeds $SEEDS > "$out/pymoo"
+python3 evolve/benches/pymoo_nsga2.py --problems $PROBLEMS --gens $GENS --seeds $SEEDS --crowding "$PYMOO_CROWDING" > "$out/pymoo"
 python3 - "$out/ours" "$out/pymoo" <<'PY'
 import statistics, sys
 def load(path):

@@ -11,6 +11,7 @@ import argparse
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.indicators.hv import HV
+from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
 from pymoo.optimize import minimize
 from pymoo.problems import get_problem
 
@@ -21,6 +22,7 @@ def main():
     ap.add_argument("--gens", nargs="+", type=int, default=[25, 200])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     ap.add_argument("--pop", type=int, default=100)
+    ap.add_argument("--crowding", default="cd", help="pymoo crowding_func: cd (default), pcd, mnn, 2nn")
     a = ap.parse_args()
     for name in a.problems:
         problem = get_problem(name, n_var=12, n_obj=3) if name == "dtlz2" else get_problem(name, n_var=30)
@@ -29,7 +31,7 @@ def main():
             for seed in a.seeds:
                 # n_gen counts the initial population: gens generations of offspring after it,
                 # the same budget as `--gens` in the Rust example.
-                res = minimize(problem, NSGA2(pop_size=a.pop), ("n_gen", gens + 1), seed=seed, verbose=False)
+                res = minimize(problem, NSGA2(pop_size=a.pop, survival=RankAndCrowding(crowding_func=a.crowding)), ("n_gen", gens + 1), seed=seed, verbose=False)
                 print(f"{name} {gens} {seed} hv={HV(ref_point=ref)(res.F):.6f}", flush=True)
 
 

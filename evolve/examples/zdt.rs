@@ -25,9 +25,11 @@ struct Args {
     /// RNG seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// How the last front is cut: `iterative` (Kukkonen & Deb 2006, default) or `crowding`
+    /// How the last front is cut: `auto` (default: `iterative` for two objectives, `mnn` for
+    /// three or more), `iterative` (crowding distance recomputed after each removal, Kukkonen &
+    /// Deb 2006), `mnn` (M-nearest-neighbour pruning, Kukkonen & Deb 2006b) or `crowding`
     /// (Deb et al. 2002, one pass).
-    #[arg(long, default_value = "iterative")]
+    #[arg(long, default_value = "auto")]
     truncation: String,
     /// Print the hypervolume every N generations.
     #[arg(long, default_value_t = 0)]
@@ -45,12 +47,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Nsga2Config {
             pop_size: args.pop,
             truncation: match args.truncation.as_str() {
+                "auto" => Truncation::Auto,
                 "iterative" => Truncation::IterativeCrowding,
                 "crowding" => Truncation::Crowding,
+                "mnn" => Truncation::NearestNeighbours,
                 other => {
-                    return Err(
-                        format!("--truncation {other}: expected iterative or crowding").into(),
-                    );
+                    return Err(format!(
+                        "--truncation {other}: expected auto, iterative, crowding or mnn"
+                    )
+                    .into());
                 }
             },
             ..Nsga2Config::default()

@@ -4,7 +4,10 @@
 //! a coin) pick parents; crossover and mutation make `pop_size` children, duplicates of the
 //! population or of each other re-drawn; parents and children are merged, sorted into fronts
 //! (feasible solutions first, infeasible ones after, by constraint violation), and the best
-//! `pop_size` survive, the last front cut by crowding distance (elitism).
+//! `pop_size` survive (elitism). The last front is cut by [`Truncation`]: by default crowding
+//! distance recomputed after each removal for two objectives, and M-nearest-neighbour pruning
+//! for three or more (Kukkonen & Deb 2006a/b), which beat the one-pass cut of the 2002 paper
+//! on the ZDT and DTLZ2 benchmarks (BENCHMARKS.md).
 //!
 //! The step API separates the algorithm from evaluation: [`Nsga2::ask`] hands out candidates,
 //! [`Nsga2::tell`] takes their [`Evaluation`]s. With the same seeded RNG and evaluations, every
@@ -14,7 +17,7 @@ use rand_core::Rng;
 
 use crate::problem::{Evaluation, EvolveError, Problem, check_told};
 use crate::random::{below, chance};
-use crate::sort::{crowding_distance, non_dominated_sort};
+use crate::sort::{crowding_distance, non_dominated_sort, prune_nearest_neighbours};
 
 /// NSGA-II settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +33,7 @@ pub struct Nsga2Config {
 }
 
 /// How survival cuts the last front that does not fit into the population.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Truncation {
     /// Deb et al. 2002: compute crowding distances once, keep the largest.
     Crowding,
@@ -39,6 +42,17 @@ pub enum Truncation {
     /// one at a time, recomputing crowding distances after each removal, so that removing one
     /// of two close neighbours protects the other.
     IterativeCrowding,
+    /// Kukkonen & Deb 2006b: remove the member whose `M` nearest neighbours (in normalised
+    /// objective space) are closest, one at a time; see
+    /// [`prune_nearest_neighbours`](crate::sort::prune_nearest_neighbours). Survivors still carry
+    /// their crowding distance for the tournament.
+    NearestNeighbours,
+    /// [`IterativeCrowding`](Truncation::IterativeCrowding) for two objectives,
+    /// [`NearestNeighbours`](Truncation::NearestNeighbours) for three or more, where the
+    /// per-axis crowding distance no longer measures how isolated a point is (on DTLZ2 this
+    /// lifts the hypervolume after 200 generations by about 4%; see BENCHMARKS.md).
+    #[default]
+    Auto,
 }
 
 impl Default for Nsga2Config {
@@ -47,7 +61,7 @@ impl Default for Nsga2Config {
             pop_size: 100,
             eliminate_duplicates: true,
             max_redraws: 100,
-            truncation: Truncation::IterativeCrowding,
+            truncation: Truncation::Auto,
         }
     }
 }
@@ -255,6 +269,12 @@ pub fn survive<G: Clone>(
                 .zip(crowding_distance(&points, front))
                 .collect()
         } else {
+            let objectives = points.get(front[0]).map_or(0, Vec::len);
+            let truncation = match truncation {
+                Truncation::Auto if objectives >= 3 => Truncation::NearestNeighbours,
+                Truncation::Auto => Truncation::IterativeCrowding,
+                other => other,
+            };
             match truncation {
                 Truncation::Crowding => {
                     let crowd = crowding_distance(&points, front);
@@ -274,6 +294,11 @@ pub fn survive<G: Clone>(
                             .unwrap_or(0);
                         kept.remove(worst);
                     }
+                    let crowd = crowding_distance(&points, &kept);
+                    kept.into_iter().zip(crowd).collect()
+                }
+                Truncation::NearestNeighbours | Truncation::Auto => {
+                    let kept = prune_nearest_neighbours(&points, front, room);
                     let crowd = crowding_distance(&points, &kept);
                     kept.into_iter().zip(crowd).collect()
                 }

@@ -172,6 +172,104 @@ fn distinct_crowding_distance(points: &[Vec<f64>], front: &[usize]) -> Vec<f64> 
     distance
 }
 
+/// Prunes `front` to `keep` members by M-nearest-neighbour crowding (Kukkonen & Deb 2006,
+/// "A fast and effective method for pruning of non-dominated solutions in many-objective
+/// problems", PPSN IX, <https://doi.org/10.1007/11844297_56>): objectives are normalised by the
+/// front's range, each member's crowding is the product of its distances to its `M` nearest
+/// neighbours (`M` = number of objectives), the extreme members of every objective are never
+/// removed, and the most crowded member is removed one at a time with its former neighbours'
+/// crowding recomputed. Unlike the per-axis crowding distance, this sees crowding in every
+/// direction, which matters from three objectives on. Ties go against the later index, so the
+/// result depends only on the input order. Returns the kept members in their original order.
+pub fn prune_nearest_neighbours(points: &[Vec<f64>], front: &[usize], keep: usize) -> Vec<usize> {
+    let n = front.len();
+    if n <= keep {
+        return front.to_vec();
+    }
+    let m = points[front[0]].len();
+    let k = m.min(n - 1).max(1);
+    let mut lo = vec![f64::INFINITY; m];
+    let mut hi = vec![f64::NEG_INFINITY; m];
+    for &i in front {
+        for (o, &v) in points[i].iter().enumerate() {
+            lo[o] = lo[o].min(v);
+            hi[o] = hi[o].max(v);
+        }
+    }
+    let mut protected = vec![false; n];
+    // `o` indexes the objective vectors of several different points.
+    #[allow(clippy::needless_range_loop)]
+    for o in 0..m {
+        let by = |a: &usize, b: &usize| points[front[*a]][o].total_cmp(&points[front[*b]][o]);
+        let idx: Vec<usize> = (0..n).collect();
+        if let Some(&a) = idx.iter().min_by(|a, b| by(a, b).then(a.cmp(b))) {
+            protected[a] = true;
+        }
+        if let Some(&b) = idx.iter().max_by(|a, b| by(a, b).then(b.cmp(a))) {
+            protected[b] = true;
+        }
+    }
+    let scale: Vec<f64> = lo
+        .iter()
+        .zip(&hi)
+        .map(|(l, h)| {
+            let span = h - l;
+            if span > 0.0 && span.is_finite() {
+                1.0 / span
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    // Squared normalised distances; the product of squares orders members as the product of
+    // distances does.
+    let mut dist = vec![0.0f64; n * n];
+    for a in 0..n {
+        for b in a + 1..n {
+            let d: f64 = (0..m)
+                .map(|o| {
+                    let x = (points[front[a]][o] - points[front[b]][o]) * scale[o];
+                    x * x
+                })
+                .sum();
+            dist[a * n + b] = d;
+            dist[b * n + a] = d;
+        }
+    }
+    let mut alive = vec![true; n];
+    // For each member: its k nearest alive neighbours and their product.
+    let neighbours = |a: usize, alive: &[bool]| -> (Vec<usize>, f64) {
+        let mut near: Vec<usize> = (0..n).filter(|&b| b != a && alive[b]).collect();
+        near.sort_by(|&x, &y| dist[a * n + x].total_cmp(&dist[a * n + y]).then(x.cmp(&y)));
+        near.truncate(k);
+        let product = near.iter().map(|&b| dist[a * n + b]).product();
+        (near, product)
+    };
+    let mut state: Vec<(Vec<usize>, f64)> = (0..n).map(|a| neighbours(a, &alive)).collect();
+    let mut remaining = n;
+    while remaining > keep {
+        let worst = (0..n)
+            .filter(|&a| alive[a] && !protected[a])
+            .min_by(|&a, &b| state[a].1.total_cmp(&state[b].1).then(b.cmp(&a)));
+        // Everything left is an extreme point: drop the latest of them.
+        let worst = match worst {
+            Some(w) => w,
+            None => match (0..n).rev().find(|&a| alive[a]) {
+                Some(w) => w,
+                None => break,
+            },
+        };
+        alive[worst] = false;
+        remaining -= 1;
+        for a in 0..n {
+            if alive[a] && state[a].0.contains(&worst) {
+                state[a] = neighbours(a, &alive);
+            }
+        }
+    }
+    (0..n).filter(|&a| alive[a]).map(|a| front[a]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +323,31 @@ mod tests {
         assert!((d[1] - (2.0 / 3.0 + 2.0 / 3.0)).abs() < 1e-12);
     }
 
+    #[test]
+    fn nearest_neighbour_pruning_drops_the_most_crowded() {
+        // Three objectives; point 4 sits right next to point 3, point 5 is a copy of point 1.
+        let p = vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+            vec![0.5, 0.5, 0.0],
+            vec![0.52, 0.48, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 0.5, 0.5],
+        ];
+        let all: Vec<usize> = (0..p.len()).collect();
+        // The copy goes first, then one of the close pair; the extremes 0, 1, 2 stay.
+        assert_eq!(
+            prune_nearest_neighbours(&p, &all, 6),
+            vec![0, 1, 2, 3, 4, 6]
+        );
+        let five = prune_nearest_neighbours(&p, &all, 5);
+        assert_eq!(five.len(), 5);
+        assert!(five.contains(&0) && five.contains(&1) && five.contains(&2) && five.contains(&6));
+        assert!(five.contains(&3) != five.contains(&4), "{five:?}");
+        assert_eq!(prune_nearest_neighbours(&p, &all, 10), all);
+    }
+
     proptest! {
         #[test]
         fn fast_sort_equals_naive(
@@ -235,6 +358,27 @@ mod tests {
             let points: Vec<Vec<f64>> =
                 raw.iter().map(|p| p[..m].iter().map(|&x| f64::from(x)).collect()).collect();
             prop_assert_eq!(sorted_fronts(non_dominated_sort(&points)), naive_non_dominated_sort(&points));
+        }
+
+        #[test]
+        fn pruning_keeps_extremes_and_the_requested_count(
+            raw in proptest::collection::vec(proptest::collection::vec(0u8..20, 3), 1..40),
+            keep_frac in 0.0f64..1.0,
+        ) {
+            let points: Vec<Vec<f64>> =
+                raw.iter().map(|p| p.iter().map(|&x| f64::from(x)).collect()).collect();
+            let front: Vec<usize> = (0..points.len()).collect();
+            // At least the six extreme slots, so the protected members always fit.
+            let keep = 6 + (keep_frac * points.len() as f64) as usize;
+            let kept = prune_nearest_neighbours(&points, &front, keep);
+            prop_assert_eq!(kept.len(), keep.min(points.len()));
+            prop_assert!(kept.windows(2).all(|w| w[0] < w[1]));
+            for o in 0..3 {
+                let best = points.iter().map(|q| q[o]).fold(f64::INFINITY, f64::min);
+                let worst = points.iter().map(|q| q[o]).fold(f64::NEG_INFINITY, f64::max);
+                prop_assert!(kept.iter().any(|&i| points[i][o] == best));
+                prop_assert!(kept.iter().any(|&i| points[i][o] == worst));
+            }
         }
     }
 }
