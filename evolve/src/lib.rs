@@ -49,6 +49,7 @@ pub mod operators;
 pub mod problem;
 pub mod random;
 pub mod regularized;
+pub mod search_problems;
 pub mod sort;
 
 pub use nsga2::{Individual, Nsga2, Nsga2Config, Truncation};

@@ -57,6 +57,8 @@ fn spec() -> CampaignSpec {
         audit_rate_ppm: 0,
         backend: BackendClass::CpuNdarray,
         code_version: "bench".into(),
+        roster: vec![hivemesh_protocol::Keypair::from_secret_bytes([1; 32]).public()],
+        schedule: hivemesh_protocol::spec::Schedule::default(),
     }
 }
 

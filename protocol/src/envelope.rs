@@ -28,7 +28,9 @@ use rand_core::SeedableRng;
 use crate::error::{DecodeError, EncodeError};
 use crate::id::{CampaignId, MessageId};
 use crate::identity::{Keypair, PeerKey};
-use crate::message::{AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Reveal};
+use crate::message::{
+    AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Proposal, Reveal, Vote,
+};
 use crate::spec::CampaignSpec;
 use crate::time::Timestamp;
 
@@ -388,6 +390,8 @@ impl<'a> Verified<'a> {
             Kind::Reveal => AnySigned::Reveal(self.decode(ctx)?),
             Kind::AuditReport => AnySigned::AuditReport(self.decode(ctx)?),
             Kind::Heartbeat => AnySigned::Heartbeat(self.decode(ctx)?),
+            Kind::Proposal => AnySigned::Proposal(self.decode(ctx)?),
+            Kind::Vote => AnySigned::Vote(self.decode(ctx)?),
         })
     }
 }
@@ -539,6 +543,10 @@ pub enum AnySigned {
     AuditReport(Signed<AuditReport>),
     /// A heartbeat.
     Heartbeat(Signed<Heartbeat>),
+    /// A closure proposal.
+    Proposal(Signed<Proposal>),
+    /// A closure vote.
+    Vote(Signed<Vote>),
 }
 
 impl AnySigned {
@@ -556,6 +564,8 @@ impl AnySigned {
             AnySigned::Reveal(s) => s.id(),
             AnySigned::AuditReport(s) => s.id(),
             AnySigned::Heartbeat(s) => s.id(),
+            AnySigned::Proposal(s) => s.id(),
+            AnySigned::Vote(s) => s.id(),
         }
     }
 
@@ -568,6 +578,8 @@ impl AnySigned {
             AnySigned::Reveal(_) => Kind::Reveal,
             AnySigned::AuditReport(_) => Kind::AuditReport,
             AnySigned::Heartbeat(_) => Kind::Heartbeat,
+            AnySigned::Proposal(_) => Kind::Proposal,
+            AnySigned::Vote(_) => Kind::Vote,
         }
     }
 
@@ -580,6 +592,8 @@ impl AnySigned {
             AnySigned::Reveal(s) => s.bytes(),
             AnySigned::AuditReport(s) => s.bytes(),
             AnySigned::Heartbeat(s) => s.bytes(),
+            AnySigned::Proposal(s) => s.bytes(),
+            AnySigned::Vote(s) => s.bytes(),
         }
     }
 }

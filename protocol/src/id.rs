@@ -128,6 +128,11 @@ pub(crate) mod context {
     pub(crate) const JOB: &str = "hivemesh 2026-11 job id v1";
     pub(crate) const COMMITMENT: &str = "hivemesh 2026-11 result commitment v1";
     pub(crate) const OUTCOME: &str = "hivemesh 2026-11 outcome digest v1";
+    pub(crate) const CLOSURE: &str = "hivemesh 2026-11 closure root v1";
+    pub(crate) const SEED: &str = "hivemesh 2026-11 generation seed v1";
+    pub(crate) const RANK: &str = "hivemesh 2026-11 assignment rank v1";
+    pub(crate) const PROPOSER: &str = "hivemesh 2026-11 proposer rank v1";
+    pub(crate) const JOB_SEED: &str = "hivemesh 2026-11 job seed v1";
 }
 
 #[cfg(test)]

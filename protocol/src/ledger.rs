@@ -59,6 +59,21 @@ pub enum Input {
     RegisterJob(JobSpec),
 }
 
+/// One executor's counted result on a job.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorResult<'a> {
+    /// The executor.
+    pub peer: PeerKey,
+    /// What it revealed.
+    pub outcome: &'a Outcome,
+    /// The outcome's digest.
+    pub digest: [u8; 32],
+    /// Its reported wall time.
+    pub wall_time_ms: u64,
+    /// Its commitment reached this node after another executor's reveal.
+    pub late: bool,
+}
+
 /// Why a message was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IgnoreReason {
@@ -74,6 +89,8 @@ pub enum IgnoreReason {
     AlreadyEquivocated,
     /// The campaign spec this ledger was built from.
     OwnCampaign,
+    /// A closure proposal or vote: handled by `consensus`, not the ledger.
+    Consensus,
 }
 
 /// What kind of provable misbehaviour.
@@ -265,6 +282,7 @@ struct Counted {
     digest: [u8; 32],
     outcome: Outcome,
     auditor: bool,
+    wall_time_ms: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -280,6 +298,10 @@ struct JobEntry {
     counted: BTreeMap<PeerKey, Counted>,
     settlement: Option<Settlement>,
     mismatches_reported: BTreeSet<PeerKey>,
+    /// Executors whose commitment reached this node after another executor's reveal (they
+    /// could have copied it). Arrival order is local knowledge: it only guides what an honest
+    /// proposer puts in a closure, never a verdict that other nodes must share.
+    late: BTreeSet<PeerKey>,
 }
 
 /// What a peer's statements on a job amount to.
@@ -318,6 +340,7 @@ impl JobEntry {
                 digest: outcome.digest(),
                 outcome,
                 auditor: false,
+                wall_time_ms: r.message().result.wall_time_ms,
             });
         }
         match self.audits.get(peer).and_then(Statements::single) {
@@ -327,6 +350,7 @@ impl JobEntry {
                     digest: outcome.digest(),
                     outcome,
                     auditor: true,
+                    wall_time_ms: a.message().result.wall_time_ms,
                 })
             }
             None => Standing::Nothing,
@@ -421,6 +445,11 @@ impl Ledger {
             AnySigned::Reveal(s) => self.on_statement(s, now),
             AnySigned::AuditReport(s) => self.on_statement(s, now),
             AnySigned::Heartbeat(s) => self.on_heartbeat(s),
+            AnySigned::Proposal(_) | AnySigned::Vote(_) => {
+                // Consensus messages belong to `consensus`; the ledger holds evidence only.
+                self.seen.remove(&id);
+                self.ignore(id, IgnoreReason::Consensus);
+            }
         }
     }
 
@@ -524,6 +553,12 @@ impl Ledger {
             .entry(signer)
             .or_default()
             .add(s, T::equivalent);
+        if T::KIND == Kind::Commitment
+            && matches!(outcome, AddOutcome::New)
+            && entry.reveals.keys().any(|p| *p != signer)
+        {
+            entry.late.insert(signer);
+        }
         match outcome {
             AddOutcome::New => self.stored(id, T::KIND, signer, registered),
             AddOutcome::Replaced => self
@@ -676,6 +711,36 @@ impl Ledger {
         self.jobs
             .iter()
             .filter_map(|(id, j)| j.settlement.as_ref().map(|s| (id, s)))
+    }
+
+    /// The executors' results on `job` that currently count (commitment opened by its reveal,
+    /// no equivocation), with their wall times and whether their commitment arrived late.
+    pub fn executor_results(&self, job: &JobId) -> Vec<ExecutorResult<'_>> {
+        self.jobs.get(job).map_or_else(Vec::new, |j| {
+            j.counted
+                .iter()
+                .filter(|(_, c)| !c.auditor)
+                .map(|(p, c)| ExecutorResult {
+                    peer: *p,
+                    outcome: &c.outcome,
+                    digest: c.digest,
+                    wall_time_ms: c.wall_time_ms,
+                    late: j.late.contains(p),
+                })
+                .collect()
+        })
+    }
+
+    /// Distinct peers with a commitment on `job` (equivocators included).
+    pub fn commitment_count(&self, job: &JobId) -> usize {
+        self.jobs.get(job).map_or(0, |j| j.commitments.len())
+    }
+
+    /// Whether `peer` has a commitment on `job`.
+    pub fn has_committed(&self, job: &JobId, peer: &PeerKey) -> bool {
+        self.jobs
+            .get(job)
+            .is_some_and(|j| j.commitments.contains_key(peer))
     }
 
     /// How many jobs the ledger holds state for (derived jobs and jobs with stored messages).

@@ -34,12 +34,17 @@
 //! [Byzantine fault tolerance by replication]: https://doi.org/10.1145/357172.357176
 
 pub mod agreement;
+pub mod assign;
+pub mod closure;
+pub mod consensus;
+pub mod derive;
 pub mod envelope;
 pub mod error;
 pub mod id;
 pub mod identity;
 pub mod ledger;
 pub mod message;
+pub mod peer;
 pub mod scoring;
 pub mod spec;
 pub mod time;
@@ -52,12 +57,12 @@ pub use identity::{Keypair, PeerKey};
 pub use ledger::{Input, Ledger, LedgerConfig, Output};
 pub use message::{
     AuditReport, Claim, Commitment, Failure, FailureKind, Heartbeat, JobResult, Kind, Message,
-    Metrics, Outcome, Reveal, commitment_digest,
+    Metrics, Outcome, Proposal, Reveal, Step, Vote, commitment_digest,
 };
 pub use scoring::{PeerScore, ScoringRules};
 pub use spec::{
     BackendClass, CampaignKind, CampaignSpec, DatasetRef, DistillParams, JobPayload, JobSpec,
-    LossParams, LrSchedule, NasParams, NasSpace, Optimizer, Search, SpecError, Strategy,
+    LossParams, LrSchedule, NasParams, NasSpace, Optimizer, Schedule, Search, SpecError, Strategy,
     TrainingBudget,
 };
 pub use time::Timestamp;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::closure::Closure;
 use crate::id::{BlobId, CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
 use crate::spec::CampaignSpec;
@@ -25,17 +26,23 @@ pub enum Kind {
     AuditReport = 5,
     /// A [`Heartbeat`].
     Heartbeat = 6,
+    /// A closure [`Proposal`].
+    Proposal = 7,
+    /// A closure [`Vote`].
+    Vote = 8,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Campaign,
         Kind::Claim,
         Kind::Commitment,
         Kind::Reveal,
         Kind::AuditReport,
         Kind::Heartbeat,
+        Kind::Proposal,
+        Kind::Vote,
     ];
 
     /// The kind with this header byte.
@@ -50,6 +57,8 @@ impl Kind {
             Kind::Claim | Kind::Commitment => 256,
             Kind::Reveal | Kind::AuditReport => 4 * 1024,
             Kind::Heartbeat => 512,
+            Kind::Proposal => 4 * 1024 * 1024,
+            Kind::Vote => 256,
         }
     }
 
@@ -62,6 +71,8 @@ impl Kind {
             Kind::Reveal => "reveal",
             Kind::AuditReport => "audit_report",
             Kind::Heartbeat => "heartbeat",
+            Kind::Proposal => "proposal",
+            Kind::Vote => "vote",
         }
     }
 }
@@ -344,6 +355,87 @@ pub struct Heartbeat {
 
 impl Message for Heartbeat {
     const KIND: Kind = Kind::Heartbeat;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+}
+
+/// A proposed closure for a generation, by that round's proposer (ADR 0003).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The round of the generation's vote.
+    pub round: u32,
+    /// The round in which the proposer saw 2/3 prevotes for this closure, if any.
+    pub valid_round: Option<u32>,
+    /// The closure (its `generation` is the vote's height).
+    pub closure: Closure,
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Message for Proposal {
+    const KIND: Kind = Kind::Proposal;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.closure.campaign != self.campaign {
+            return Err("the closure belongs to another campaign".into());
+        }
+        if self.valid_round.is_some_and(|v| v >= self.round) {
+            return Err("valid_round must be below round".into());
+        }
+        if !self
+            .closure
+            .entries
+            .windows(2)
+            .all(|w| w[0].job() < w[1].job())
+        {
+            return Err("closure entries must be in ascending job order".into());
+        }
+        if !self.closure.members.windows(2).all(|w| w[0] < w[1]) {
+            return Err("closure members must be sorted and distinct".into());
+        }
+        Ok(())
+    }
+}
+
+/// The two voting steps of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Step {
+    /// First step: "this proposal is valid and I am not locked on another".
+    Prevote,
+    /// Second step: "2/3 prevoted it; I lock on it".
+    Precommit,
+}
+
+/// A vote on a closure root (or nil).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The generation voted on.
+    pub generation: u32,
+    /// The round.
+    pub round: u32,
+    /// Which step.
+    pub step: Step,
+    /// The closure root voted for; `None` is nil.
+    pub root: Option<[u8; 32]>,
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Message for Vote {
+    const KIND: Kind = Kind::Vote;
     fn campaign(&self) -> CampaignId {
         self.campaign
     }

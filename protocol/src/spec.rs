@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agreement::Tolerance;
 use crate::id::{BlobId, CampaignId, JobId, context, hash_canonical};
+use crate::identity::PeerKey;
 use crate::time::Timestamp;
 
 /// The most executors a job may have.
@@ -19,6 +20,10 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_CODE_VERSION_LEN: usize = 64;
 /// Audit rates are expressed in parts per million.
 pub const PPM: u32 = 1_000_000;
+/// Most members of a campaign's voting roster (ADR 0003: consensus cost grows with it).
+pub const MAX_ROSTER: usize = 128;
+/// Most jobs in one generation.
+pub const MAX_JOBS_PER_GENERATION: u64 = 20_000;
 
 /// What a researcher asks the swarm to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +53,41 @@ pub struct CampaignSpec {
     /// The trainer code version executors must run (results from other versions are not
     /// comparable).
     pub code_version: String,
+    /// The genesis roster: peers that vote on generation 0's closure (sorted, distinct; the
+    /// creator enrols them). Later rosters are fixed by closures (ADR 0003).
+    pub roster: Vec<PeerKey>,
+    /// Deadlines and timeouts.
+    pub schedule: Schedule,
+}
+
+/// Deadlines and timeouts of a campaign, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Generation 0's job deadline: after it, the next-ranked peers may take a job that has
+    /// no quorum yet. Later generations adapt it to observed job times (see
+    /// `closure::next_deadline`).
+    pub job_deadline_ms: u64,
+    /// Smallest and largest adapted job deadline.
+    pub min_deadline_ms: u64,
+    /// See `min_deadline_ms`.
+    pub max_deadline_ms: u64,
+    /// Extra executors a job may get beyond `redundancy` (one more per deadline passed, and
+    /// idle peers within this bound).
+    pub max_extra_executors: u8,
+    /// Base timeout of a consensus round step; round `k` waits `(1 + k)` times this.
+    pub round_timeout_ms: u64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            job_deadline_ms: 10 * 60_000,
+            min_deadline_ms: 10_000,
+            max_deadline_ms: 24 * 3_600_000,
+            max_extra_executors: 3,
+            round_timeout_ms: 2_000,
+        }
+    }
 }
 
 /// The kind of a campaign, without its parameters.
@@ -145,6 +185,8 @@ pub struct DistillParams {
     pub top_k: u8,
     /// Samples per shard (one job per shard).
     pub shard_size: u32,
+    /// Samples of the dataset to label (shards cover `0..samples`).
+    pub samples: u64,
 }
 
 /// A dataset, named by content.
@@ -291,6 +333,37 @@ impl CampaignSpec {
                 "at most 8 sources of at most 256 bytes each",
             ));
         }
+        if self.roster.is_empty() || self.roster.len() > MAX_ROSTER {
+            return Err(field(
+                "roster",
+                format!(
+                    "has {} members, must have 1 to {MAX_ROSTER}",
+                    self.roster.len()
+                ),
+            ));
+        }
+        if self.roster.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(field("roster", "must be sorted and without repeats"));
+        }
+        if let Some(bad) = self.roster.iter().find(|k| !k.is_valid_signer()) {
+            return Err(field(
+                "roster",
+                format!("{} is not a valid ed25519 public key", bad.short()),
+            ));
+        }
+        let sc = &self.schedule;
+        if sc.min_deadline_ms == 0
+            || sc.min_deadline_ms > sc.max_deadline_ms
+            || !(sc.min_deadline_ms..=sc.max_deadline_ms).contains(&sc.job_deadline_ms)
+        {
+            return Err(field(
+                "schedule",
+                "need 0 < min_deadline_ms <= job_deadline_ms <= max_deadline_ms",
+            ));
+        }
+        if sc.round_timeout_ms == 0 {
+            return Err(field("schedule.round_timeout_ms", "must be at least 1"));
+        }
         self.budget.validate()?;
         match &self.search {
             Search::Nas(p) => p.validate(),
@@ -330,8 +403,11 @@ impl TrainingBudget {
 }
 
 fn check_population(population: u32, generations: u32) -> Result<(), SpecError> {
-    if !(2..=100_000).contains(&population) {
-        return Err(field("population", "must be 2 to 100000"));
+    if !(2..=MAX_JOBS_PER_GENERATION as u32).contains(&population) {
+        return Err(field(
+            "population",
+            format!("must be 2 to {MAX_JOBS_PER_GENERATION}"),
+        ));
     }
     if !(1..=100_000).contains(&generations) {
         return Err(field("generations", "must be 1 to 100000"));
@@ -398,6 +474,14 @@ impl DistillParams {
         }
         if self.shard_size == 0 {
             return Err(field("shard_size", "must be at least 1"));
+        }
+        if self.samples == 0
+            || self.samples.div_ceil(u64::from(self.shard_size)) > MAX_JOBS_PER_GENERATION
+        {
+            return Err(field(
+                "samples",
+                format!("must be at least 1 and make at most {MAX_JOBS_PER_GENERATION} shards"),
+            ));
         }
         Ok(())
     }
@@ -491,6 +575,8 @@ pub(crate) mod tests {
             audit_rate_ppm: 50_000,
             backend: BackendClass::CpuNdarray,
             code_version: "hivemesh-trainer/0.1.0".into(),
+            roster: vec![crate::identity::Keypair::from_secret_bytes([1; 32]).public()],
+            schedule: Schedule::default(),
         }
     }
 

@@ -45,6 +45,8 @@ pub(crate) fn spec() -> CampaignSpec {
         audit_rate_ppm: 100_000,
         backend: BackendClass::CpuNdarray,
         code_version: "test".into(),
+        roster: vec![hivemesh_protocol::Keypair::from_secret_bytes([1; 32]).public()],
+        schedule: hivemesh_protocol::spec::Schedule::default(),
     }
 }
 

@@ -1,0 +1,129 @@
+//! Who runs which job: a ranking of the generation's members per job, seeded by the previous
+//! closure and weighted by reputation (DESIGN §2.3).
+//!
+//! Each member gets the key `h(job, seed, peer) / weight(peer)` (`h` a 64-bit hash, widened so
+//! the division keeps precision); members are ranked by ascending key, ties by key bytes. A
+//! higher weight lowers the key, so reputable peers are ranked first more often, while every
+//! member keeps a chance: this is weighted rendezvous hashing with integer arithmetic, so every
+//! node computes exactly the same order. The seed comes from the previous closure, so no one
+//! can grind an identity that ranks first for a job in advance.
+//!
+//! The top `r` run a job. [`eligible`] widens the set over time — one more rank each time the
+//! job deadline passes without a quorum, and idle peers may take a job within the widened set
+//! early — never beyond `r + max_extra`.
+
+use crate::id::{JobId, context, hash_canonical};
+use crate::identity::PeerKey;
+
+/// Weight of a peer with no agreed results (new peers).
+pub const BASE_WEIGHT: u64 = 4;
+/// Largest weight (a peer with many agreed results is at most this / `BASE_WEIGHT` times as
+/// likely to rank first).
+pub const MAX_WEIGHT: u64 = 16;
+
+/// The assignment weight of a peer with `agreed` agreed results and `penalties` proven
+/// offences (failed audits, equivocations): offenders drop to weight 1.
+pub fn weight(agreed: u64, penalties: u64) -> u64 {
+    if penalties > 0 {
+        1
+    } else {
+        (BASE_WEIGHT + agreed / 4).min(MAX_WEIGHT)
+    }
+}
+
+/// `members` ranked for `job` (best first).
+pub fn rank(
+    job: &JobId,
+    seed: &[u8; 32],
+    members: &[PeerKey],
+    weight_of: impl Fn(&PeerKey) -> u64,
+) -> Vec<PeerKey> {
+    let mut keyed: Vec<(u128, PeerKey)> = members
+        .iter()
+        .map(|p| {
+            let h = hash_canonical(context::RANK, &(job, seed, p));
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h[..8]);
+            let x = u128::from(u64::from_le_bytes(b)) << 32;
+            (x / u128::from(weight_of(p).max(1)), *p)
+        })
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, p)| p).collect()
+}
+
+/// How many of the ranked members may run a job `elapsed_ms` after its generation started:
+/// `r`, plus one per deadline passed, plus `max_extra` for an idle peer — at most
+/// `r + max_extra` (and at most the number of members).
+pub fn eligible(
+    r: usize,
+    max_extra: usize,
+    elapsed_ms: u64,
+    deadline_ms: u64,
+    idle: bool,
+    members: usize,
+) -> usize {
+    let passed = usize::try_from(elapsed_ms / deadline_ms.max(1)).unwrap_or(usize::MAX);
+    let extra = if idle {
+        max_extra
+    } else {
+        passed.min(max_extra)
+    };
+    (r + extra).min(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Keypair;
+
+    fn peers(n: u8) -> Vec<PeerKey> {
+        (0..n)
+            .map(|i| Keypair::from_secret_bytes([i; 32]).public())
+            .collect()
+    }
+
+    #[test]
+    fn ranking_is_a_deterministic_permutation() {
+        let m = peers(20);
+        let job = JobId([7; 32]);
+        let a = rank(&job, &[1; 32], &m, |_| BASE_WEIGHT);
+        let mut shuffled = m.clone();
+        shuffled.reverse();
+        assert_eq!(a, rank(&job, &[1; 32], &shuffled, |_| BASE_WEIGHT));
+        let mut sorted = a.clone();
+        sorted.sort();
+        let mut ms = m.clone();
+        ms.sort();
+        assert_eq!(sorted, ms);
+        assert_ne!(a, rank(&job, &[2; 32], &m, |_| BASE_WEIGHT));
+    }
+
+    #[test]
+    fn weight_shifts_first_places() {
+        let m = peers(10);
+        let heavy = m[3];
+        let w = |p: &PeerKey| if *p == heavy { MAX_WEIGHT } else { BASE_WEIGHT };
+        let firsts = (0..2000u32)
+            .filter(|i| {
+                let mut j = [0u8; 32];
+                j[..4].copy_from_slice(&i.to_le_bytes());
+                rank(&JobId(j), &[0; 32], &m, w)[0] == heavy
+            })
+            .count();
+        // Uniform would give 200 of 2000; weight 4x should give clearly more.
+        assert!(firsts > 400, "{firsts}");
+        assert_eq!(weight(0, 0), BASE_WEIGHT);
+        assert_eq!(weight(1000, 0), MAX_WEIGHT);
+        assert_eq!(weight(1000, 1), 1);
+    }
+
+    #[test]
+    fn eligibility_grows_with_deadlines_up_to_the_bound() {
+        assert_eq!(eligible(3, 2, 0, 100, false, 10), 3);
+        assert_eq!(eligible(3, 2, 150, 100, false, 10), 4);
+        assert_eq!(eligible(3, 2, 10_000, 100, false, 10), 5);
+        assert_eq!(eligible(3, 2, 0, 100, true, 10), 5);
+        assert_eq!(eligible(3, 2, 0, 100, true, 4), 4);
+    }
+}

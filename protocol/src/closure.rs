@@ -1,0 +1,152 @@
+//! The closure of a generation: the frozen, agreed record of its jobs' results (ADR 0003).
+//!
+//! Every honest peer adopts the same closure for generation `g` (by the voting in
+//! [`crate::consensus`]) before deriving generation `g + 1` from it. A closure lists one
+//! [`Entry`] per job, the members of the next generation, and the next job deadline; its
+//! [`root`](Closure::root) names it and its [`seed`](Closure::seed) seeds everything random
+//! about the next generation (job derivation, assignment, proposer order, audit sampling), so
+//! none of that can be predicted or ground before the closure is final.
+
+use serde::{Deserialize, Serialize};
+
+use crate::agreement::Settlement;
+use crate::id::{CampaignId, JobId, context, hash_canonical};
+use crate::identity::PeerKey;
+use crate::message::Outcome;
+use crate::spec::Schedule;
+
+/// What a closure records for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// `settlement.agreeing` (at least `q` peers) committed and revealed results that agree
+    /// with `settlement.canonical`; `settlement.dissenting` revealed others.
+    Settled {
+        /// The job.
+        job: JobId,
+        /// The agreed outcome and who agreed and dissented.
+        settlement: Settlement,
+        /// The lower median of the agreeing executors' reported wall times.
+        wall_time_ms: u64,
+    },
+    /// No quorum by the deadline: the job is dropped (the search treats it as failed).
+    Void {
+        /// The job.
+        job: JobId,
+    },
+}
+
+impl Entry {
+    /// The job.
+    pub fn job(&self) -> JobId {
+        match self {
+            Entry::Settled { job, .. } | Entry::Void { job } => *job,
+        }
+    }
+
+    /// The agreed outcome, if the job settled.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match self {
+            Entry::Settled { settlement, .. } => Some(&settlement.canonical),
+            Entry::Void { .. } => None,
+        }
+    }
+}
+
+/// The agreed record of one generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closure {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The generation closed.
+    pub generation: u32,
+    /// The root of the previous generation's closure (all zeros for generation 0).
+    pub previous: [u8; 32],
+    /// One entry per job of the generation, in job-id order.
+    pub entries: Vec<Entry>,
+    /// The members of the next generation (sorted): who executes and from whom its voters are
+    /// drawn.
+    pub members: Vec<PeerKey>,
+    /// The next generation's job deadline ([`next_deadline`]).
+    pub deadline_ms: u64,
+}
+
+impl Closure {
+    /// The closure's name: the hash of its canonical encoding.
+    pub fn root(&self) -> [u8; 32] {
+        hash_canonical(context::CLOSURE, self)
+    }
+
+    /// The next generation's seed.
+    pub fn seed(&self) -> [u8; 32] {
+        generation_seed(&self.campaign, self.generation + 1, &self.root())
+    }
+}
+
+/// The seed of generation `generation`: from the campaign alone for generation 0 (`previous`
+/// all zeros), else from the previous closure's root.
+pub fn generation_seed(campaign: &CampaignId, generation: u32, previous: &[u8; 32]) -> [u8; 32] {
+    hash_canonical(context::SEED, &(campaign, generation, previous))
+}
+
+/// The next job deadline: twice the 90th percentile of the settled jobs' wall times, clamped
+/// to the schedule's bounds; the previous deadline when nothing settled.
+pub fn next_deadline(entries: &[Entry], previous_ms: u64, schedule: &Schedule) -> u64 {
+    let mut times: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Settled { wall_time_ms, .. } => Some(*wall_time_ms),
+            Entry::Void { .. } => None,
+        })
+        .collect();
+    if times.is_empty() {
+        return previous_ms.clamp(schedule.min_deadline_ms, schedule.max_deadline_ms);
+    }
+    times.sort_unstable();
+    let p90 = times[(times.len() * 9).div_ceil(10).saturating_sub(1)];
+    p90.saturating_mul(2)
+        .clamp(schedule.min_deadline_ms, schedule.max_deadline_ms)
+}
+
+/// The lower median of some wall times (0 for none).
+pub fn lower_median(mut times: Vec<u64>) -> u64 {
+    times.sort_unstable();
+    times
+        .get(times.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_adapts_and_is_clamped() {
+        let s = Schedule {
+            job_deadline_ms: 1000,
+            min_deadline_ms: 100,
+            max_deadline_ms: 5000,
+            max_extra_executors: 1,
+            round_timeout_ms: 10,
+        };
+        let job = JobId([0; 32]);
+        let settled = |t| Entry::Settled {
+            job,
+            settlement: Settlement {
+                canonical: Outcome::Failure(crate::message::Failure {
+                    kind: crate::message::FailureKind::NonFinite,
+                    detail: String::new(),
+                }),
+                agreeing: vec![],
+                dissenting: vec![],
+            },
+            wall_time_ms: t,
+        };
+        let e: Vec<Entry> = (1..=10).map(|i| settled(i * 100)).collect();
+        assert_eq!(next_deadline(&e, 1000, &s), 1800);
+        assert_eq!(next_deadline(&[settled(10)], 1000, &s), 100);
+        assert_eq!(next_deadline(&[settled(10_000)], 1000, &s), 5000);
+        assert_eq!(next_deadline(&[Entry::Void { job }], 1000, &s), 1000);
+        assert_eq!(lower_median(vec![5, 1, 3, 2]), 2);
+    }
+}

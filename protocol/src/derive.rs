@@ -1,0 +1,353 @@
+//! Deterministic job derivation: generation 0 from the campaign spec, generation `g + 1` from
+//! the closure of `g` through evolve's search strategy, seeded from that closure (DESIGN §2.2).
+//!
+//! Every node runs the same [`Derivation`] over the same closures and so derives the same
+//! jobs; jobs are never announced. NAS campaigns evolve integer genomes of the spec's space
+//! (NSGA-II on `[error, params, FLOPs]`, or regularised evolution on error); loss campaigns
+//! evolve GP expressions (NSGA-II on `[error, size]`: accuracy with parsimony pressure);
+//! distillation campaigns have one generation, one job per shard.
+
+use hivemesh_evolve::gp::{Expr, GpConfig};
+use hivemesh_evolve::search_problems::{GeneProblem, GpProblem};
+use hivemesh_evolve::{Evaluation, Nsga2, Nsga2Config, RegularizedConfig, RegularizedEvolution};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+use crate::closure::{Closure, generation_seed};
+use crate::id::{CampaignId, context, hash_canonical};
+use crate::message::Outcome;
+use crate::spec::{CampaignSpec, JobPayload, JobSpec, NasSpace, Search, Strategy};
+
+/// Why jobs cannot be derived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeriveError {
+    /// The spec does not describe a search evolve can run.
+    #[error("campaign cannot be searched: {0}")]
+    Spec(String),
+    /// A closure that does not follow the last derived generation.
+    #[error("closure of generation {got} does not close the current generation {expected}")]
+    OutOfOrder {
+        /// The generation awaiting closure.
+        expected: u32,
+        /// The closure's generation.
+        got: u32,
+    },
+    /// The closure's entries do not match the derived jobs.
+    #[error("closure lists {got} jobs, generation has {expected}")]
+    Mismatch {
+        /// Jobs derived.
+        expected: usize,
+        /// Entries in the closure.
+        got: usize,
+    },
+}
+
+enum State {
+    NasNsga2(Box<Nsga2<GeneProblem>>),
+    NasRegularized(Box<RegularizedEvolution<GeneProblem>>),
+    Loss(Box<Nsga2<GpProblem>>),
+    Distill,
+}
+
+/// The search state of one campaign, advanced one closure at a time.
+pub struct Derivation {
+    spec: CampaignSpec,
+    campaign: CampaignId,
+    state: State,
+    population: usize,
+    generations: u32,
+    /// The generation whose jobs were derived last.
+    generation: u32,
+    jobs: Vec<JobSpec>,
+}
+
+impl core::fmt::Debug for Derivation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Derivation")
+            .field("campaign", &self.campaign)
+            .field("generation", &self.generation)
+            .field("jobs", &self.jobs.len())
+            .finish()
+    }
+}
+
+fn gene_limits(space: &NasSpace) -> Vec<u32> {
+    match space {
+        NasSpace::Mlp { max_layers, widths } => {
+            vec![widths.len() as u32 + 1; usize::from(*max_layers)]
+        }
+        NasSpace::Macro {
+            phases,
+            nodes_per_phase,
+            channels,
+            kernels,
+        } => {
+            let n = usize::from(*nodes_per_phase);
+            let mut one = vec![2u32; n * n.saturating_sub(1) / 2 + 1];
+            one.push(channels.len() as u32);
+            one.push(kernels.len() as u32);
+            one.iter()
+                .copied()
+                .cycle()
+                .take(usize::from(*phases) * one.len())
+                .collect()
+        }
+    }
+}
+
+fn rng_for(campaign: &CampaignId, generation: u32, previous: &[u8; 32]) -> ChaCha8Rng {
+    ChaCha8Rng::from_seed(generation_seed(campaign, generation, previous))
+}
+
+/// The objectives of an architecture from its agreed outcome: error rate, params, FLOPs;
+/// "worst" for failed or void jobs.
+pub fn nas_objectives(outcome: Option<&Outcome>) -> Evaluation {
+    match outcome {
+        Some(Outcome::Success(m)) if m.total > 0 => Evaluation::feasible(vec![
+            1.0 - m.correct as f64 / m.total as f64,
+            m.params as f64,
+            m.flops as f64,
+        ]),
+        _ => Evaluation::worst(3),
+    }
+}
+
+impl Derivation {
+    /// The search of `spec`, before generation 0.
+    pub fn new(spec: &CampaignSpec) -> Result<Self, DeriveError> {
+        let err = |e: hivemesh_evolve::EvolveError| DeriveError::Spec(e.to_string());
+        let (state, population, generations) = match &spec.search {
+            Search::Nas(p) => {
+                let problem = GeneProblem {
+                    limits: gene_limits(&p.space),
+                    objectives: 3,
+                };
+                if problem.limits.is_empty() || problem.limits.contains(&0) {
+                    return Err(DeriveError::Spec("the NAS space has no genes".into()));
+                }
+                let pop = p.population as usize;
+                let state = match p.strategy {
+                    Strategy::Nsga2 => State::NasNsga2(Box::new(
+                        Nsga2::new(
+                            problem,
+                            Nsga2Config {
+                                pop_size: pop,
+                                ..Nsga2Config::default()
+                            },
+                        )
+                        .map_err(err)?,
+                    )),
+                    Strategy::RegularizedEvolution => State::NasRegularized(Box::new(
+                        RegularizedEvolution::new(
+                            problem,
+                            RegularizedConfig {
+                                population: pop,
+                                sample: (pop / 4).clamp(2, pop),
+                            },
+                        )
+                        .map_err(err)?,
+                    )),
+                };
+                (state, pop, p.generations)
+            }
+            Search::Loss(p) => {
+                let problem = GpProblem {
+                    config: GpConfig {
+                        max_depth: usize::from(p.max_depth).max(3),
+                        max_size: usize::from(p.max_size).max(8),
+                        ..GpConfig::default()
+                    },
+                    objectives: 2,
+                };
+                let pop = p.population as usize;
+                let state = State::Loss(Box::new(
+                    Nsga2::new(
+                        problem,
+                        Nsga2Config {
+                            pop_size: pop,
+                            ..Nsga2Config::default()
+                        },
+                    )
+                    .map_err(err)?,
+                ));
+                (state, pop, p.generations)
+            }
+            Search::Distill(p) => {
+                let shards = p.samples.div_ceil(u64::from(p.shard_size.max(1)));
+                (State::Distill, usize::try_from(shards).unwrap_or(0), 1)
+            }
+        };
+        Ok(Derivation {
+            campaign: spec.id(),
+            spec: spec.clone(),
+            state,
+            population,
+            generations: generations.max(1),
+            generation: 0,
+            jobs: Vec::new(),
+        })
+    }
+
+    /// Generations in the campaign.
+    pub fn generations(&self) -> u32 {
+        self.generations
+    }
+
+    /// The jobs of generation 0 (derived once; later calls return the same jobs).
+    pub fn generation_zero(&mut self) -> &[JobSpec] {
+        if self.jobs.is_empty() && self.generation == 0 {
+            self.jobs = self.make_jobs(0, &[0; 32]);
+        }
+        &self.jobs
+    }
+
+    /// The jobs of the generation derived last.
+    pub fn jobs(&self) -> &[JobSpec] {
+        &self.jobs
+    }
+
+    /// The generation derived last.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Feeds the closure of the current generation; returns the next generation's jobs, or
+    /// an empty list when the campaign is finished.
+    pub fn advance(&mut self, closure: &Closure) -> Result<&[JobSpec], DeriveError> {
+        if closure.generation != self.generation {
+            return Err(DeriveError::OutOfOrder {
+                expected: self.generation,
+                got: closure.generation,
+            });
+        }
+        if closure.entries.len() != self.jobs.len() {
+            return Err(DeriveError::Mismatch {
+                expected: self.jobs.len(),
+                got: closure.entries.len(),
+            });
+        }
+        // Outcomes in job-index order (the closure is in job-id order).
+        let by_id: std::collections::BTreeMap<_, _> =
+            closure.entries.iter().map(|e| (e.job(), e)).collect();
+        let outcomes: Vec<Option<&Outcome>> = self
+            .jobs
+            .iter()
+            .map(|j| by_id.get(&j.id()).and_then(|e| e.outcome()))
+            .collect();
+        let told = match &mut self.state {
+            State::NasNsga2(s) => s.tell(outcomes.iter().map(|o| nas_objectives(*o)).collect()),
+            State::NasRegularized(s) => s.tell(
+                outcomes
+                    .iter()
+                    .map(|o| {
+                        let e = nas_objectives(*o);
+                        Evaluation {
+                            objectives: e.objectives[..1].to_vec(),
+                            violation: e.violation,
+                        }
+                    })
+                    .collect(),
+            ),
+            State::Loss(s) => {
+                let sizes: Vec<f64> = self
+                    .jobs
+                    .iter()
+                    .map(|j| match &j.payload {
+                        JobPayload::Loss { expression } => expression.len() as f64,
+                        _ => f64::INFINITY,
+                    })
+                    .collect();
+                s.tell(
+                    outcomes
+                        .iter()
+                        .zip(sizes)
+                        .map(|(o, size)| {
+                            let e = nas_objectives(*o);
+                            if e.is_feasible() {
+                                Evaluation::feasible(vec![e.objectives[0], size])
+                            } else {
+                                Evaluation::worst(2)
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            State::Distill => Ok(()),
+        };
+        told.map_err(|e| DeriveError::Spec(e.to_string()))?;
+        self.generation += 1;
+        self.jobs = if self.generation >= self.generations {
+            Vec::new()
+        } else {
+            self.make_jobs(self.generation, &closure.root())
+        };
+        Ok(&self.jobs)
+    }
+
+    fn make_jobs(&mut self, generation: u32, previous: &[u8; 32]) -> Vec<JobSpec> {
+        let mut rng = rng_for(&self.campaign, generation, previous);
+        let payloads: Vec<JobPayload> = match &mut self.state {
+            State::NasNsga2(s) => s
+                .ask(&mut rng)
+                .iter()
+                .map(|g| JobPayload::Nas {
+                    genome: postcard::to_stdvec(g).unwrap_or_default(),
+                })
+                .collect(),
+            State::NasRegularized(s) => s
+                .ask(self.population, &mut rng)
+                .iter()
+                .map(|g| JobPayload::Nas {
+                    genome: postcard::to_stdvec(g).unwrap_or_default(),
+                })
+                .collect(),
+            State::Loss(s) => s
+                .ask(&mut rng)
+                .iter()
+                .map(|e: &Expr| JobPayload::Loss {
+                    expression: postcard::to_stdvec(e).unwrap_or_default(),
+                })
+                .collect(),
+            State::Distill => {
+                let (size, samples) = match &self.spec.search {
+                    Search::Distill(p) => (u64::from(p.shard_size.max(1)), p.samples),
+                    _ => (1, 0),
+                };
+                (0..samples.div_ceil(size))
+                    .map(|k| JobPayload::Distill {
+                        start: k * size,
+                        end: ((k + 1) * size).min(samples),
+                    })
+                    .collect()
+            }
+        };
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(index, payload)| {
+                let index = index as u32;
+                let h = hash_canonical(
+                    context::JOB_SEED,
+                    &(self.campaign, generation, index, previous),
+                );
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&h[..8]);
+                JobSpec {
+                    campaign: self.campaign,
+                    generation,
+                    index,
+                    payload,
+                    seed: u64::from_le_bytes(b) ^ self.spec.seed,
+                    code_version: self.spec.code_version.clone(),
+                    backend: self.spec.backend,
+                    compute: 1,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Decodes a NAS job's genome.
+pub fn decode_genome(genome: &[u8]) -> Option<Vec<u32>> {
+    postcard::from_bytes(genome).ok()
+}

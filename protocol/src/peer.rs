@@ -1,0 +1,839 @@
+//! One participant of one campaign, as a sans-IO state machine: the ledger, job derivation,
+//! assignment, commit–reveal of its own results, and the closure vote, wired together.
+//!
+//! [`Peer::handle`] takes a verified message, a finished job, or a clock tick, and returns what
+//! to do: gossip a message, start a job, report a closed generation. The node binary drives one
+//! `Peer` per campaign over libp2p; `netsim` drives thousands on a virtual clock.
+//!
+//! Life of a generation at this peer:
+//! 1. derive the generation's jobs ([`crate::derive`]) and register them with the ledger;
+//! 2. run the jobs it is eligible for ([`crate::assign`]): its top-`r` ranks first, further
+//!    ranks as deadlines pass or when idle (bounded by `max_extra_executors`); claim each;
+//! 3. when a job finishes, gossip a commitment; reveal once `q` peers have committed to the job
+//!    or the job deadline passed (commit–reveal: nobody can copy a result before committing);
+//! 4. once every job has settled (or the void deadline passed), start voting on the closure
+//!    ([`crate::consensus`]); on a decision, record it and go to 1 with the next generation.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use crate::agreement::{Settlement, settle_digested};
+use crate::assign::{eligible, rank, weight};
+use crate::closure::{Closure, Entry, generation_seed, lower_median, next_deadline};
+use crate::consensus::{Action, Env, Instance};
+use crate::derive::{Derivation, DeriveError};
+use crate::envelope::{AnySigned, Signed};
+use crate::error::{DecodeError, PeerAction};
+use crate::id::{CampaignId, JobId, MessageId, context, hash_canonical};
+use crate::identity::{Keypair, PeerKey};
+use crate::ledger::{Input, Ledger, LedgerConfig, Output};
+use crate::message::{Claim, Commitment, Heartbeat, JobResult, Reveal, commitment_digest};
+use crate::spec::{CampaignSpec, JobSpec, MAX_ROSTER};
+use crate::time::Timestamp;
+
+/// Settings of one peer (local choices, not campaign rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Jobs this peer runs at once.
+    pub capacity: u16,
+    /// Most consensus messages buffered for generations this peer has not reached.
+    pub max_future_messages: usize,
+    /// Most peers admitted to the members per generation.
+    pub max_joins_per_generation: usize,
+    /// How often to send a heartbeat while not yet a member (joining), in milliseconds.
+    pub join_heartbeat_ms: u64,
+    /// Ledger limits.
+    pub ledger: LedgerConfig,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            capacity: 1,
+            max_future_messages: 10_000,
+            max_joins_per_generation: 64,
+            join_heartbeat_ms: 5_000,
+            ledger: LedgerConfig::default(),
+        }
+    }
+}
+
+/// What a peer is told.
+#[derive(Debug, Clone)]
+pub enum PeerInput {
+    /// A verified message from the network or from sync.
+    Message(AnySigned),
+    /// A job this peer was asked to run has finished.
+    JobDone {
+        /// The job.
+        job: JobId,
+        /// Its result.
+        result: JobResult,
+    },
+    /// Time passed (call at [`Peer::next_wakeup`] at the latest).
+    Tick,
+}
+
+/// What a peer asks its driver to do.
+#[derive(Debug, Clone)]
+pub enum PeerOutput {
+    /// Gossip this message to the campaign's topic.
+    Broadcast(AnySigned),
+    /// Run this job and report [`PeerInput::JobDone`].
+    Execute(JobSpec),
+    /// A message broke a rule: drop it and act against the forwarder.
+    Rejected {
+        /// The message.
+        id: MessageId,
+        /// The rule.
+        error: DecodeError,
+        /// What to do with the forwarder.
+        action: PeerAction,
+    },
+    /// A generation closed.
+    Closed {
+        /// The generation.
+        generation: u32,
+        /// Its closure root.
+        root: [u8; 32],
+    },
+    /// The campaign's last generation closed.
+    Finished,
+}
+
+/// Why a peer could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The campaign spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// Jobs cannot be derived from it.
+    #[error(transparent)]
+    Derive(#[from] DeriveError),
+}
+
+#[derive(Debug, Clone)]
+struct OwnJob {
+    result: JobResult,
+    salt: [u8; 32],
+    revealed: bool,
+}
+
+/// The state of the current generation that closure validation needs.
+#[derive(Debug, Clone)]
+struct Generation {
+    number: u32,
+    seed: [u8; 32],
+    previous: [u8; 32],
+    started_at: Timestamp,
+    deadline_ms: u64,
+    members: Vec<PeerKey>,
+    jobs: BTreeMap<JobId, JobSpec>,
+}
+
+/// One participant of one campaign.
+#[derive(Debug)]
+pub struct Peer {
+    key: Keypair,
+    me: PeerKey,
+    spec: CampaignSpec,
+    campaign: CampaignId,
+    config: PeerConfig,
+    ledger: Ledger,
+    derivation: Derivation,
+    cur: Generation,
+    instance: Instance,
+    closures: Vec<(Closure, Vec<PeerKey>)>,
+    history: Vec<AnySigned>,
+    running: BTreeSet<JobId>,
+    taken: BTreeSet<JobId>,
+    own: BTreeMap<JobId, OwnJob>,
+    future: VecDeque<AnySigned>,
+    agreed: BTreeMap<PeerKey, u64>,
+    offences: BTreeMap<PeerKey, u64>,
+    last_heartbeat: Option<Timestamp>,
+    finished: bool,
+}
+
+/// Voters of a generation: all members when they fit the roster cap, else the `MAX_ROSTER`
+/// members ranked first by the generation's seed.
+pub fn voters(members: &[PeerKey], seed: &[u8; 32]) -> Vec<PeerKey> {
+    if members.len() <= MAX_ROSTER {
+        return members.to_vec();
+    }
+    let mut v = rank(&JobId(*seed), seed, members, |_| 1);
+    v.truncate(MAX_ROSTER);
+    v.sort();
+    v
+}
+
+impl Peer {
+    /// A participant of the campaign `spec`, starting at `now`.
+    pub fn new(
+        spec: CampaignSpec,
+        key: Keypair,
+        config: PeerConfig,
+        now: Timestamp,
+    ) -> Result<Self, PeerError> {
+        spec.validate()?;
+        let campaign = spec.id();
+        let mut derivation = Derivation::new(&spec)?;
+        let jobs: BTreeMap<JobId, JobSpec> = derivation
+            .generation_zero()
+            .iter()
+            .map(|j| (j.id(), j.clone()))
+            .collect();
+        let seed = generation_seed(&campaign, 0, &[0; 32]);
+        let members = spec.roster.clone();
+        let instance = Instance::new(
+            campaign,
+            0,
+            voters(&members, &seed),
+            seed,
+            spec.schedule.round_timeout_ms,
+        );
+        let mut ledger = Ledger::new(spec.clone(), config.ledger);
+        for j in jobs.values() {
+            ledger
+                .handle(Input::RegisterJob(j.clone()), now)
+                .for_each(drop);
+        }
+        Ok(Peer {
+            me: key.public(),
+            key,
+            campaign,
+            config,
+            ledger,
+            derivation,
+            cur: Generation {
+                number: 0,
+                seed,
+                previous: [0; 32],
+                started_at: now,
+                deadline_ms: spec.schedule.job_deadline_ms,
+                members,
+                jobs,
+            },
+            spec,
+            instance,
+            closures: Vec::new(),
+            history: Vec::new(),
+            running: BTreeSet::new(),
+            taken: BTreeSet::new(),
+            own: BTreeMap::new(),
+            future: VecDeque::new(),
+            agreed: BTreeMap::new(),
+            offences: BTreeMap::new(),
+            last_heartbeat: None,
+            finished: false,
+        })
+    }
+
+    /// This peer's key.
+    pub fn key(&self) -> PeerKey {
+        self.me
+    }
+
+    /// The campaign.
+    pub fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+
+    /// The generation being worked on.
+    pub fn generation(&self) -> u32 {
+        self.cur.number
+    }
+
+    /// Whether the last generation has closed.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Every decided closure with its certificate, oldest first.
+    pub fn closures(&self) -> &[(Closure, Vec<PeerKey>)] {
+        &self.closures
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The members of the current generation.
+    pub fn members(&self) -> &[PeerKey] {
+        &self.cur.members
+    }
+
+    /// Agreed results per peer over all closures (the reputation that weights assignment).
+    pub fn agreed_results(&self) -> &BTreeMap<PeerKey, u64> {
+        &self.agreed
+    }
+
+    /// Dissents recorded against each peer over all closures.
+    pub fn offences(&self) -> &BTreeMap<PeerKey, u64> {
+        &self.offences
+    }
+
+    /// Jobs this peer is running.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Every message a syncing peer needs from this one: the consensus history and the
+    /// current generation's votes (ledger evidence is synced by the driver from its store).
+    pub fn consensus_messages(&self) -> impl Iterator<Item = &AnySigned> {
+        self.history.iter().chain(self.instance.messages())
+    }
+
+    /// When the peer next needs a [`PeerInput::Tick`] (deadlines, timeouts, heartbeats).
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        if self.finished {
+            return None;
+        }
+        let mut t: Vec<Timestamp> = Vec::new();
+        if let Some(x) = self.instance.next_timeout() {
+            t.push(x);
+        }
+        // Deadlines: each passing widens eligibility, lets reveals go out, or voids jobs.
+        let d = self.cur.deadline_ms.max(1);
+        let extra = u64::from(self.spec.schedule.max_extra_executors);
+        for k in 1..=extra + 2 {
+            let at = self
+                .cur
+                .started_at
+                .saturating_add(Duration::from_millis(d.saturating_mul(k)));
+            t.push(at);
+        }
+        if !self.is_member() {
+            let last = self.last_heartbeat.unwrap_or(Timestamp::ZERO);
+            t.push(last.saturating_add(Duration::from_millis(self.config.join_heartbeat_ms)));
+        }
+        t.into_iter().min()
+    }
+
+    fn is_member(&self) -> bool {
+        self.cur.members.binary_search(&self.me).is_ok()
+    }
+
+    fn void_deadline(&self) -> Timestamp {
+        let k = u64::from(self.spec.schedule.max_extra_executors) + 2;
+        self.cur.started_at.saturating_add(Duration::from_millis(
+            self.cur.deadline_ms.saturating_mul(k),
+        ))
+    }
+
+    /// Feeds one input; returns what to do.
+    pub fn handle(&mut self, input: PeerInput, now: Timestamp) -> Vec<PeerOutput> {
+        let mut out = Vec::new();
+        if self.finished {
+            if let PeerInput::Message(m) = input {
+                // Still record evidence (late reveals, audits) so scores stay complete.
+                self.ingest_evidence(m, now, &mut out);
+            }
+            return out;
+        }
+        match input {
+            PeerInput::Message(m) => self.on_message(m, now, &mut out),
+            PeerInput::JobDone { job, result } => self.on_job_done(job, result, now, &mut out),
+            PeerInput::Tick => {
+                let actions = {
+                    let (instance, mut env) = self.split(now);
+                    instance.tick(Some(&env.peer_key()), &mut env, now)
+                };
+                self.apply(actions, now, &mut out);
+            }
+        }
+        self.step(now, &mut out);
+        out
+    }
+
+    fn split(&mut self, now: Timestamp) -> (&mut Instance, PeerEnv<'_>) {
+        let void_at = self.void_deadline();
+        let env = PeerEnv {
+            key: &self.key,
+            ledger: &self.ledger,
+            cur: &self.cur,
+            spec: &self.spec,
+            max_joins: self.config.max_joins_per_generation,
+            now,
+            void_at,
+        };
+        (&mut self.instance, env)
+    }
+
+    fn ingest_evidence(&mut self, m: AnySigned, now: Timestamp, out: &mut Vec<PeerOutput>) -> bool {
+        let mut changed = false;
+        for o in self.ledger.handle(Input::Message(m), now) {
+            match o {
+                Output::Rejected { id, error, action } => {
+                    out.push(PeerOutput::Rejected { id, error, action });
+                }
+                Output::Accepted { .. }
+                | Output::Settled { .. }
+                | Output::Unsettled { .. }
+                | Output::Equivocation(_) => changed = true,
+                Output::Ignored { .. } | Output::AuditMismatch { .. } => {}
+            }
+        }
+        changed
+    }
+
+    fn on_message(&mut self, m: AnySigned, now: Timestamp, out: &mut Vec<PeerOutput>) {
+        match &m {
+            AnySigned::Proposal(_) | AnySigned::Vote(_) => {
+                let generation = match &m {
+                    AnySigned::Proposal(p) => p.message().closure.generation,
+                    AnySigned::Vote(v) => v.message().generation,
+                    _ => return,
+                };
+                let campaign = match &m {
+                    AnySigned::Proposal(p) => p.message().campaign,
+                    AnySigned::Vote(v) => v.message().campaign,
+                    _ => return,
+                };
+                if campaign != self.campaign {
+                    let error = DecodeError::WrongCampaign {
+                        expected: self.campaign,
+                        found: campaign,
+                    };
+                    out.push(PeerOutput::Rejected {
+                        id: m.id(),
+                        action: error.peer_action(),
+                        error,
+                    });
+                    return;
+                }
+                if generation > self.cur.number {
+                    if self.future.len() < self.config.max_future_messages {
+                        self.future.push_back(m);
+                    }
+                    return;
+                }
+                if generation < self.cur.number {
+                    return;
+                }
+                let result = {
+                    let (instance, mut env) = self.split(now);
+                    let key = env.peer_key();
+                    instance.handle(m, Some(&key), &mut env, now)
+                };
+                if let Ok(actions) = result {
+                    self.apply(actions, now, out);
+                }
+            }
+            _ => {
+                if self.ingest_evidence(m, now, out) {
+                    self.instance.evidence_changed();
+                    let actions = {
+                        let (instance, mut env) = self.split(now);
+                        let key = env.peer_key();
+                        instance.poke(Some(&key), &mut env, now)
+                    };
+                    self.apply(actions, now, out);
+                }
+            }
+        }
+    }
+
+    fn sign_and_send<T: crate::message::Message>(
+        &mut self,
+        msg: T,
+        wrap: fn(Signed<T>) -> AnySigned,
+        now: Timestamp,
+        out: &mut Vec<PeerOutput>,
+    ) {
+        if let Ok(s) = Signed::sign_and_encode(msg, &self.key) {
+            let any = wrap(s);
+            self.ingest_evidence(any.clone(), now, out);
+            out.push(PeerOutput::Broadcast(any));
+        }
+    }
+
+    fn on_job_done(
+        &mut self,
+        job: JobId,
+        result: JobResult,
+        now: Timestamp,
+        out: &mut Vec<PeerOutput>,
+    ) {
+        if !self.running.remove(&job) || !self.cur.jobs.contains_key(&job) {
+            return;
+        }
+        let salt = hash_canonical(context::COMMITMENT, &(self.key.secret_bytes(), job));
+        let digest = commitment_digest(&job, &self.me, &result, &salt);
+        self.own.insert(
+            job,
+            OwnJob {
+                result,
+                salt,
+                revealed: false,
+            },
+        );
+        let c = Commitment {
+            campaign: self.campaign,
+            job,
+            digest,
+            issued_at: now,
+        };
+        self.sign_and_send(c, AnySigned::Commitment, now, out);
+        self.instance.evidence_changed();
+    }
+
+    fn rank_position(&self, job: &JobId) -> Option<usize> {
+        let agreed = &self.agreed;
+        let offences = &self.offences;
+        rank(job, &self.cur.seed, &self.cur.members, |p| {
+            weight(
+                agreed.get(p).copied().unwrap_or(0),
+                offences.get(p).copied().unwrap_or(0),
+            )
+        })
+        .iter()
+        .position(|p| *p == self.me)
+    }
+
+    fn step(&mut self, now: Timestamp, out: &mut Vec<PeerOutput>) {
+        if self.finished {
+            return;
+        }
+        let q = usize::from(self.spec.quorum);
+        let elapsed = now.saturating_since(self.cur.started_at).as_millis() as u64;
+        let past_deadline = elapsed >= self.cur.deadline_ms;
+        // Reveal: once q peers committed, or the deadline passed.
+        let to_reveal: Vec<JobId> = self
+            .own
+            .iter()
+            .filter(|(j, o)| !o.revealed && (past_deadline || self.ledger.commitment_count(j) >= q))
+            .map(|(j, _)| *j)
+            .collect();
+        for job in to_reveal {
+            if let Some(o) = self.own.get_mut(&job) {
+                o.revealed = true;
+                let r = Reveal {
+                    campaign: self.campaign,
+                    job,
+                    result: o.result.clone(),
+                    salt: o.salt,
+                    issued_at: now,
+                };
+                self.sign_and_send(r, AnySigned::Reveal, now, out);
+                self.instance.evidence_changed();
+            }
+        }
+        // Joiners announce themselves.
+        if !self.is_member() {
+            let due = self.last_heartbeat.is_none_or(|t| {
+                now.saturating_since(t).as_millis() as u64 >= self.config.join_heartbeat_ms
+            });
+            if due {
+                self.last_heartbeat = Some(now);
+                let hb = Heartbeat {
+                    campaign: self.campaign,
+                    generation: self.cur.number,
+                    running: self.running.len() as u16,
+                    capacity: self.config.capacity,
+                    issued_at: now,
+                };
+                self.sign_and_send(hb, AnySigned::Heartbeat, now, out);
+            }
+        }
+        // Take jobs, members only.
+        if self.is_member() && self.config.capacity > 0 {
+            let r = usize::from(self.spec.redundancy);
+            let extra = usize::from(self.spec.schedule.max_extra_executors);
+            let n = self.cur.members.len();
+            let idle = self.running.is_empty();
+            let mut candidates: Vec<(usize, u32, JobId)> = Vec::new();
+            for (id, spec) in &self.cur.jobs {
+                if self.taken.contains(id) || self.ledger.settlement(id).is_some() {
+                    continue;
+                }
+                let Some(pos) = self.rank_position(id) else {
+                    continue;
+                };
+                let limit = eligible(r, extra, elapsed, self.cur.deadline_ms, false, n);
+                let idle_limit = eligible(r, extra, elapsed, self.cur.deadline_ms, idle, n);
+                let ok = pos < limit || (pos < idle_limit && self.ledger.commitment_count(id) < q);
+                if ok {
+                    candidates.push((pos, spec.index, *id));
+                }
+            }
+            candidates.sort();
+            for (_, _, id) in candidates {
+                if self.running.len() >= usize::from(self.config.capacity) {
+                    break;
+                }
+                let Some(spec) = self.cur.jobs.get(&id).cloned() else {
+                    continue;
+                };
+                self.taken.insert(id);
+                self.running.insert(id);
+                let claim = Claim {
+                    campaign: self.campaign,
+                    job: id,
+                    issued_at: now,
+                };
+                self.sign_and_send(claim, AnySigned::Claim, now, out);
+                out.push(PeerOutput::Execute(spec));
+            }
+        }
+        // Ready to close: every job settled, or the void deadline passed.
+        if !self.instance.started() {
+            let all_settled = self
+                .cur
+                .jobs
+                .keys()
+                .all(|j| self.ledger.settlement(j).is_some());
+            if all_settled || now >= self.void_deadline() {
+                let actions = {
+                    let (instance, mut env) = self.split(now);
+                    let key = env.peer_key();
+                    instance.start(Some(&key), &mut env, now)
+                };
+                self.apply(actions, now, out);
+            }
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<Action>, now: Timestamp, out: &mut Vec<PeerOutput>) {
+        for a in actions {
+            match a {
+                Action::Broadcast(m) => out.push(PeerOutput::Broadcast(m)),
+                Action::Decided {
+                    closure,
+                    certificate,
+                    ..
+                } => {
+                    self.on_decided(*closure, certificate, now, out);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_decided(
+        &mut self,
+        closure: Closure,
+        certificate: Vec<PeerKey>,
+        now: Timestamp,
+        out: &mut Vec<PeerOutput>,
+    ) {
+        let root = closure.root();
+        for e in &closure.entries {
+            if let Entry::Settled { settlement, .. } = e {
+                for p in &settlement.agreeing {
+                    *self.agreed.entry(*p).or_default() += 1;
+                }
+                for p in &settlement.dissenting {
+                    *self.offences.entry(*p).or_default() += 1;
+                }
+            }
+        }
+        out.push(PeerOutput::Closed {
+            generation: closure.generation,
+            root,
+        });
+        let next: Vec<JobSpec> = match self.derivation.advance(&closure) {
+            Ok(jobs) => jobs.to_vec(),
+            Err(_) => Vec::new(),
+        };
+        let seed = closure.seed();
+        let members = closure.members.clone();
+        let deadline = closure.deadline_ms;
+        self.history
+            .extend(self.instance.messages().iter().cloned());
+        self.closures.push((closure, certificate));
+        self.running.clear();
+        self.taken.clear();
+        self.own.clear();
+        self.cur = Generation {
+            number: self.cur.number + 1,
+            seed,
+            previous: root,
+            started_at: now,
+            deadline_ms: deadline,
+            members: members.clone(),
+            jobs: next.iter().map(|j| (j.id(), j.clone())).collect(),
+        };
+        self.instance = Instance::new(
+            self.campaign,
+            self.cur.number,
+            voters(&members, &seed),
+            seed,
+            self.spec.schedule.round_timeout_ms,
+        );
+        if next.is_empty() {
+            self.finished = true;
+            out.push(PeerOutput::Finished);
+            return;
+        }
+        for j in next {
+            self.ledger
+                .handle(Input::RegisterJob(j), now)
+                .for_each(drop);
+        }
+        // Replay consensus messages that arrived early.
+        let future: Vec<AnySigned> = self.future.drain(..).collect();
+        for m in future {
+            if self.finished {
+                break;
+            }
+            self.on_message(m, now, out);
+        }
+    }
+}
+
+/// The peer's side of [`Env`]: validity and proposals from its ledger.
+struct PeerEnv<'a> {
+    key: &'a Keypair,
+    ledger: &'a Ledger,
+    cur: &'a Generation,
+    spec: &'a CampaignSpec,
+    max_joins: usize,
+    now: Timestamp,
+    void_at: Timestamp,
+}
+
+impl PeerEnv<'_> {
+    fn peer_key(&self) -> Keypair {
+        self.key.clone()
+    }
+
+    /// The settlement of `job` from the executors' results this peer would list, and their
+    /// median wall time. `exclude_late` drops executors whose commitment came after a reveal.
+    fn settle_job(
+        &self,
+        job: &JobId,
+        only: Option<&BTreeSet<PeerKey>>,
+    ) -> Option<(Settlement, u64)> {
+        let results = self.ledger.executor_results(job);
+        let chosen: Vec<_> = results
+            .iter()
+            .filter(|r| match only {
+                Some(set) => set.contains(&r.peer),
+                None => !r.late,
+            })
+            .collect();
+        if only.is_some_and(|set| set.len() != chosen.len()) {
+            return None;
+        }
+        let evidence = chosen
+            .iter()
+            .map(|r| (r.peer, r.digest, r.outcome))
+            .collect();
+        let s = settle_digested(
+            evidence,
+            usize::from(self.spec.quorum),
+            &self.spec.tolerance,
+        )?;
+        let times = chosen
+            .iter()
+            .filter(|r| s.agreeing.binary_search(&r.peer).is_ok())
+            .map(|r| r.wall_time_ms)
+            .collect();
+        Some((s, lower_median(times)))
+    }
+
+    fn next_members(&self) -> Vec<PeerKey> {
+        let mut members: BTreeSet<PeerKey> = self.cur.members.iter().copied().collect();
+        let mut joins = 0;
+        for hb in self.ledger.heartbeats() {
+            let p = hb.signer();
+            if hb.message().capacity == 0 {
+                members.remove(&p);
+            } else if !members.contains(&p) && joins < self.max_joins {
+                members.insert(p);
+                joins += 1;
+            }
+        }
+        members.into_iter().collect()
+    }
+}
+
+impl Env for PeerEnv<'_> {
+    fn valid(&mut self, c: &Closure) -> bool {
+        if c.campaign != self.spec.id()
+            || c.generation != self.cur.number
+            || c.previous != self.cur.previous
+            || c.entries.len() != self.cur.jobs.len()
+        {
+            return false;
+        }
+        for (e, job) in c.entries.iter().zip(self.cur.jobs.keys()) {
+            if e.job() != *job {
+                return false;
+            }
+            match e {
+                Entry::Settled {
+                    settlement,
+                    wall_time_ms,
+                    ..
+                } => {
+                    let listed: BTreeSet<PeerKey> = settlement
+                        .agreeing
+                        .iter()
+                        .chain(&settlement.dissenting)
+                        .copied()
+                        .collect();
+                    match self.settle_job(job, Some(&listed)) {
+                        Some((s, t)) if s == *settlement && t == *wall_time_ms => {}
+                        _ => return false,
+                    }
+                }
+                Entry::Void { .. } => {
+                    if self.now < self.void_at || self.settle_job(job, None).is_some() {
+                        return false;
+                    }
+                }
+            }
+        }
+        // Membership changes must be backed by heartbeats this peer holds.
+        let current: BTreeSet<&PeerKey> = self.cur.members.iter().collect();
+        let next: BTreeSet<&PeerKey> = c.members.iter().collect();
+        let beats: BTreeMap<PeerKey, u16> = self
+            .ledger
+            .heartbeats()
+            .map(|h| (h.signer(), h.message().capacity))
+            .collect();
+        let joined = next.difference(&current).count();
+        if joined > self.max_joins {
+            return false;
+        }
+        for p in next.difference(&current) {
+            if beats.get(*p).is_none_or(|c| *c == 0) {
+                return false;
+            }
+        }
+        for p in current.difference(&next) {
+            if beats.get(*p) != Some(&0) {
+                return false;
+            }
+        }
+        c.members.len() <= crate::spec::MAX_JOBS_PER_GENERATION as usize
+            && c.deadline_ms == next_deadline(&c.entries, self.cur.deadline_ms, &self.spec.schedule)
+    }
+
+    fn build(&mut self) -> Option<Closure> {
+        let mut entries = Vec::with_capacity(self.cur.jobs.len());
+        for job in self.cur.jobs.keys() {
+            match self.settle_job(job, None) {
+                Some((settlement, wall_time_ms)) => entries.push(Entry::Settled {
+                    job: *job,
+                    settlement,
+                    wall_time_ms,
+                }),
+                None if self.now >= self.void_at => entries.push(Entry::Void { job: *job }),
+                None => return None,
+            }
+        }
+        let deadline_ms = next_deadline(&entries, self.cur.deadline_ms, &self.spec.schedule);
+        Some(Closure {
+            campaign: self.spec.id(),
+            generation: self.cur.number,
+            previous: self.cur.previous,
+            entries,
+            members: self.next_members(),
+            deadline_ms,
+        })
+    }
+}
