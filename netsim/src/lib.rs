@@ -15,3 +15,5 @@
 //! receiving the messages in its own order, with a Byzantine executor among them.
 
 pub mod demo;
+pub mod scenario;
+pub mod sim;

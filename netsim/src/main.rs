@@ -23,6 +23,18 @@ struct Cli {
 enum Command {
     /// Run the protocol-core demonstration (no training yet: executors are stubs).
     Demo(DemoArgs),
+    /// Run a tier-1 scenario (TOML, see netsim/scenarios/) under each of its seeds and
+    /// print a report; exits 1 if an honest node did not finish or honest nodes disagree.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// The scenario file.
+    scenario: std::path::PathBuf,
+    /// Run only these seeds (default: the scenario's list).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +84,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Demo(a) = cli.command.unwrap_or(Command::Demo(DemoArgs::default()));
+    let a = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
+        Command::Demo(a) => a,
+        Command::Sim(s) => return sim(&s),
+    };
     let cfg = DemoConfig {
         peers: a.peers,
         byzantine: a.byzantine,
@@ -122,5 +137,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             r.distinct_roots,
             cfg.peers
         )
+    }
+}
+
+fn sim(a: &SimArgs) -> anyhow::Result<()> {
+    let sc = hivemesh_netsim::scenario::Scenario::load(&a.scenario)?;
+    let seeds = if a.seeds.is_empty() {
+        sc.seeds.clone()
+    } else {
+        a.seeds.clone()
+    };
+    let byz: usize = sc.byzantine.iter().map(|b| b.count).sum();
+    println!(
+        "scenario {}: {} nodes ({} Byzantine), {} generations x {} jobs, r={} q={}, seeds {:?}",
+        sc.name, sc.nodes, byz, sc.generations, sc.population, sc.redundancy, sc.quorum, seeds
+    );
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let started = std::time::Instant::now();
+        let r = hivemesh_netsim::sim::run(&sc, seed).map_err(anyhow::Error::msg)?;
+        print!("{}", hivemesh_netsim::sim::describe(&r));
+        println!("  wall time {:.2} s", started.elapsed().as_secs_f64());
+        if !r.sound() {
+            failed.push(seed);
+        }
+    }
+    if failed.is_empty() {
+        println!("all runs: every honest node finished with the same closure roots");
+        Ok(())
+    } else {
+        anyhow::bail!("runs with seeds {failed:?} did not finish in agreement")
     }
 }

@@ -167,6 +167,40 @@ impl Instance {
         self.started
     }
 
+    /// A diagnostic summary of the current round.
+    pub fn summary(&self) -> String {
+        let r = self.round;
+        let tally = |step| {
+            let mut t: BTreeMap<String, usize> = BTreeMap::new();
+            if let Some(v) = self.votes.get(&(r, step)) {
+                for root in v.values() {
+                    *t.entry(root.map_or("nil".into(), |x| format!("{:02x}", x[0])))
+                        .or_default() += 1;
+                }
+            }
+            t
+        };
+        format!(
+            "phase {:?} locked {:?} valid {:?} proposal {:?} prevotes {:?} precommits {:?} timeouts {}",
+            self.phase,
+            self.locked.map(|(r, x)| (r, x[0])),
+            self.valid.map(|(r, x)| (r, x[0])),
+            self.proposals
+                .get(&r)
+                .map(|p| (p.message().closure.root()[0], p.message().valid_round)),
+            tally(Step::Prevote),
+            tally(Step::Precommit),
+            self.timeouts.len()
+        )
+    }
+
+    /// The closure proposed in the current round, if any.
+    pub fn current_proposal(&self) -> Option<&Closure> {
+        self.proposals
+            .get(&self.round)
+            .map(|p| &p.message().closure)
+    }
+
     /// The decided closure root.
     pub fn decided(&self) -> Option<Root> {
         self.decided
@@ -414,6 +448,8 @@ impl Instance {
     ) {
         self.round = round;
         self.phase = Phase::Propose;
+        // Validity can change with time (deadlines) as well as evidence: re-ask each round.
+        self.validity.retain(|_, v| *v);
         if !self.started {
             return;
         }

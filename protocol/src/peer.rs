@@ -152,6 +152,7 @@ pub struct Peer {
     agreed: BTreeMap<PeerKey, u64>,
     offences: BTreeMap<PeerKey, u64>,
     last_heartbeat: Option<Timestamp>,
+    last_now: Timestamp,
     finished: bool,
 }
 
@@ -225,6 +226,7 @@ impl Peer {
             agreed: BTreeMap::new(),
             offences: BTreeMap::new(),
             last_heartbeat: None,
+            last_now: now,
             finished: false,
         })
     }
@@ -274,6 +276,67 @@ impl Peer {
         &self.offences
     }
 
+    /// A one-line summary of where this peer stands (for diagnostics).
+    pub fn status_line(&self) -> String {
+        let settled = self
+            .cur
+            .jobs
+            .keys()
+            .filter(|j| self.ledger.settlement(j).is_some())
+            .count();
+        let unsettled: Vec<String> = self
+            .cur
+            .jobs
+            .keys()
+            .filter(|j| self.ledger.settlement(j).is_none())
+            .map(|j| {
+                format!(
+                    "{}(c{} r{})",
+                    j.short(),
+                    self.ledger.commitment_count(j),
+                    self.ledger.executor_results(j).len()
+                )
+            })
+            .collect();
+        let now = self.last_now;
+        let built = {
+            let void_at = self.void_deadline();
+            let mut env = PeerEnv {
+                key: &self.key,
+                ledger: &self.ledger,
+                cur: &self.cur,
+                spec: &self.spec,
+                max_joins: self.config.max_joins_per_generation,
+                now,
+                void_at,
+            };
+            let theirs = self.instance.current_proposal().map(|c| env.check(c));
+            env.build().map(|c| {
+                let ok = env.valid(&c);
+                (c.root()[0], ok, theirs)
+            })
+        };
+        format!(
+            "{} built {:?} proposer {:?} gen {} round {} started {} settled {}/{} running {} own {:?} unsettled {:?}",
+            self.instance.summary(),
+            built,
+            self.instance
+                .proposer(self.instance.round())
+                .map(|p| p.short()),
+            self.cur.number,
+            self.instance.round(),
+            self.instance.started(),
+            settled,
+            self.cur.jobs.len(),
+            self.running.len(),
+            self.own
+                .iter()
+                .map(|(j, o)| (j.short(), o.revealed))
+                .collect::<Vec<_>>(),
+            unsettled
+        )
+    }
+
     /// Jobs this peer is running.
     pub fn running(&self) -> usize {
         self.running.len()
@@ -302,7 +365,9 @@ impl Peer {
                 .cur
                 .started_at
                 .saturating_add(Duration::from_millis(d.saturating_mul(k)));
-            t.push(at);
+            if at > self.last_now {
+                t.push(at);
+            }
         }
         if !self.is_member() {
             let last = self.last_heartbeat.unwrap_or(Timestamp::ZERO);
@@ -325,6 +390,7 @@ impl Peer {
     /// Feeds one input; returns what to do.
     pub fn handle(&mut self, input: PeerInput, now: Timestamp) -> Vec<PeerOutput> {
         let mut out = Vec::new();
+        self.last_now = self.last_now.max(now);
         if self.finished {
             if let PeerInput::Message(m) = input {
                 // Still record evidence (late reveals, audits) so scores stay complete.
@@ -699,19 +765,41 @@ impl PeerEnv<'_> {
         self.key.clone()
     }
 
-    /// The settlement of `job` from the executors' results this peer would list, and their
-    /// median wall time. `exclude_late` drops executors whose commitment came after a reveal.
+    /// Jobs each member runs in turn: `⌈jobs · r / members⌉`.
+    fn load(&self) -> u64 {
+        let work = self.cur.jobs.len() as u64 * u64::from(self.spec.redundancy);
+        work.div_ceil(self.cur.members.len().max(1) as u64)
+    }
+
+    /// The settlement of `job` from the executors' results listed in `only`, or, without a
+    /// list, the one this peer would propose: from the results whose commitment arrived before
+    /// any reveal (no copies) if those reach a quorum, else from all results. Also returns the
+    /// agreeing executors' median wall time.
     fn settle_job(
         &self,
         job: &JobId,
         only: Option<&BTreeSet<PeerKey>>,
+    ) -> Option<(Settlement, u64)> {
+        if only.is_none() {
+            return self
+                .settle_with(job, None, true)
+                .or_else(|| self.settle_with(job, None, false));
+        }
+        self.settle_with(job, only, false)
+    }
+
+    fn settle_with(
+        &self,
+        job: &JobId,
+        only: Option<&BTreeSet<PeerKey>>,
+        punctual: bool,
     ) -> Option<(Settlement, u64)> {
         let results = self.ledger.executor_results(job);
         let chosen: Vec<_> = results
             .iter()
             .filter(|r| match only {
                 Some(set) => set.contains(&r.peer),
-                None => !r.late,
+                None => !(punctual && r.late),
             })
             .collect();
         if only.is_some_and(|set| set.len() != chosen.len()) {
@@ -750,18 +838,19 @@ impl PeerEnv<'_> {
     }
 }
 
-impl Env for PeerEnv<'_> {
-    fn valid(&mut self, c: &Closure) -> bool {
+impl PeerEnv<'_> {
+    /// Why `c` is not valid here, if it is not.
+    fn check(&self, c: &Closure) -> Result<(), String> {
         if c.campaign != self.spec.id()
             || c.generation != self.cur.number
             || c.previous != self.cur.previous
             || c.entries.len() != self.cur.jobs.len()
         {
-            return false;
+            return Err("header".into());
         }
         for (e, job) in c.entries.iter().zip(self.cur.jobs.keys()) {
             if e.job() != *job {
-                return false;
+                return Err("job set".into());
             }
             match e {
                 Entry::Settled {
@@ -777,12 +866,24 @@ impl Env for PeerEnv<'_> {
                         .collect();
                     match self.settle_job(job, Some(&listed)) {
                         Some((s, t)) if s == *settlement && t == *wall_time_ms => {}
-                        _ => return false,
+                        other => {
+                            return Err(format!(
+                                "job {}: listed {} got {:?} want {:?}",
+                                job.short(),
+                                listed.len(),
+                                other.map(|(s, t)| (s.agreeing.len(), s.dissenting.len(), t)),
+                                (
+                                    settlement.agreeing.len(),
+                                    settlement.dissenting.len(),
+                                    wall_time_ms
+                                )
+                            ));
+                        }
                     }
                 }
                 Entry::Void { .. } => {
                     if self.now < self.void_at || self.settle_job(job, None).is_some() {
-                        return false;
+                        return Err(format!("void {}", job.short()));
                     }
                 }
             }
@@ -797,20 +898,34 @@ impl Env for PeerEnv<'_> {
             .collect();
         let joined = next.difference(&current).count();
         if joined > self.max_joins {
-            return false;
+            return Err("too many joins".into());
         }
         for p in next.difference(&current) {
             if beats.get(*p).is_none_or(|c| *c == 0) {
-                return false;
+                return Err(format!("join of {} without a heartbeat here", p.short()));
             }
         }
         for p in current.difference(&next) {
             if beats.get(*p) != Some(&0) {
-                return false;
+                return Err(format!("removal of {} without a leave here", p.short()));
             }
         }
-        c.members.len() <= crate::spec::MAX_JOBS_PER_GENERATION as usize
-            && c.deadline_ms == next_deadline(&c.entries, self.cur.deadline_ms, &self.spec.schedule)
+        let want = next_deadline(
+            &c.entries,
+            self.cur.deadline_ms,
+            self.load(),
+            &self.spec.schedule,
+        );
+        if c.deadline_ms != want {
+            return Err(format!("deadline {} want {want}", c.deadline_ms));
+        }
+        Ok(())
+    }
+}
+
+impl Env for PeerEnv<'_> {
+    fn valid(&mut self, c: &Closure) -> bool {
+        self.check(c).is_ok()
     }
 
     fn build(&mut self) -> Option<Closure> {
@@ -826,7 +941,12 @@ impl Env for PeerEnv<'_> {
                 None => return None,
             }
         }
-        let deadline_ms = next_deadline(&entries, self.cur.deadline_ms, &self.spec.schedule);
+        let deadline_ms = next_deadline(
+            &entries,
+            self.cur.deadline_ms,
+            self.load(),
+            &self.spec.schedule,
+        );
         Some(Closure {
             campaign: self.spec.id(),
             generation: self.cur.number,

@@ -1,0 +1,963 @@
+//! netsim tier 1: a seeded discrete-event simulator running many [`Peer`]s on a virtual clock.
+//!
+//! Each node is a real `hivemesh-protocol` [`Peer`] with its own ed25519 key. The network is
+//! modelled as gossip that reaches every reachable node after a random latency, loses single
+//! deliveries with some probability, and is repaired by anti-entropy: every node periodically
+//! pulls the messages it lacks from a random reachable node (the node's sync protocol).
+//! Partitions cut delivery and sync between groups until they heal. A crashed node loses its
+//! memory but keeps its store (the messages it had), and restarts from it. Joiners start
+//! empty and catch up by sync.
+//!
+//! Executors are stubs: a job's "true" outcome is a seeded function of its id, so every
+//! finalised result can be checked. Byzantine nodes follow a [`Behaviour`].
+//!
+//! Every message a node sends is encoded and signed for real; the simulator verifies each
+//! distinct message once (every receiver would reach the same verdict) unless the scenario
+//! turns verification off for scale runs.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hivemesh_protocol::closure::Entry;
+use hivemesh_protocol::envelope::seal;
+use hivemesh_protocol::message::commitment_digest;
+use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
+use hivemesh_protocol::spec::Schedule;
+use hivemesh_protocol::{
+    AnySigned, BackendClass, CampaignSpec, Claim, Commitment, Context, DatasetRef, JobId,
+    JobPayload, JobResult, JobSpec, Keypair, Kind, LrSchedule, Metrics, NasParams, NasSpace,
+    Optimizer, Outcome, PeerKey, Search, Signed, Strategy, Timestamp, Tolerance, TrainingBudget,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::scenario::{Behaviour, Fault, Scenario};
+
+/// What one run of a scenario under one seed produced.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Honest nodes at the end (alive, not Byzantine).
+    pub honest: usize,
+    /// Honest nodes that closed every generation.
+    pub honest_finished: usize,
+    /// Generations in the campaign.
+    pub generations: u32,
+    /// Per generation: distinct closure roots among honest nodes that closed it.
+    pub distinct_roots: Vec<usize>,
+    /// Settled entries whose outcome is not the job's true outcome (in the reference closures).
+    pub wrong_finalised: usize,
+    /// Void entries (jobs dropped without quorum).
+    pub void_entries: usize,
+    /// Settled entries.
+    pub settled_entries: usize,
+    /// Virtual time when the last honest node finished (or the run stopped).
+    pub end_ms: u64,
+    /// Per generation: virtual ms from the first honest node entering it to each honest node
+    /// closing it.
+    pub closure_times_ms: Vec<Vec<u64>>,
+    /// Message deliveries to honest nodes, divided by honest nodes and jobs.
+    pub messages_per_node_per_job: f64,
+    /// Distinct messages sent (signed envelopes).
+    pub distinct_messages: usize,
+    /// Messages turned away at ingress (bad signature, wrong campaign, garbage).
+    pub rejected_at_ingress: usize,
+    /// Agreed results credited to each behaviour class ("honest" for honest nodes) in the
+    /// reference closures, and how many nodes are in the class.
+    pub agreed_by_class: BTreeMap<String, (u64, usize)>,
+    /// Dissents recorded against each class.
+    pub dissents_by_class: BTreeMap<String, u64>,
+    /// Jobs (over all generations) where a colluding group formed the settled outcome.
+    pub collusion_settled: usize,
+    /// Jobs where at least `q` colluders were among the top-`r` executors (they could form a
+    /// quorum); with the settled ones above this gives the observed capture rate.
+    pub collusion_quorum_possible: usize,
+    /// Nodes that equivocated and were detected by the reference honest node's ledger.
+    pub equivocators_detected: usize,
+    /// Events processed.
+    pub events: u64,
+}
+
+impl RunReport {
+    /// Whether the core properties hold: every honest node finished, with one closure root per
+    /// generation, and no wrong result was finalised.
+    pub fn sound(&self) -> bool {
+        self.honest_finished == self.honest
+            && self.distinct_roots.len() == self.generations as usize
+            && self.distinct_roots.iter().all(|&d| d == 1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Deliver { to: usize, msg: usize },
+    JobDone { node: usize, pending: usize },
+    Wake { node: usize },
+    Sync { node: usize },
+    Fault { index: usize, restart: bool },
+    Heal { index: usize },
+    Join { index: usize },
+    Spam { node: usize },
+}
+
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+    fn set(&mut self, i: usize) {
+        if self.0.len() <= i / 64 {
+            self.0.resize(i / 64 + 1, 0);
+        }
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+}
+
+struct Node {
+    key: Keypair,
+    peer: Option<Peer>,
+    behaviour: Option<Behaviour>,
+    have: Bits,
+    up: bool,
+    group: usize,
+    wake_at: Option<u64>,
+    closed_at: BTreeMap<u32, (u64, [u8; 32])>,
+    waiting_copy: BTreeSet<JobId>,
+    rejected: usize,
+}
+
+/// The simulator.
+pub struct Sim {
+    sc: Scenario,
+    spec: CampaignSpec,
+    other_campaign_claim: Option<Vec<u8>>,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    nodes: Vec<Node>,
+    log: Vec<Arc<AnySigned>>,
+    log_ids: HashMap<hivemesh_protocol::MessageId, usize>,
+    pending: Vec<Option<(hivemesh_protocol::JobId, JobResult)>>,
+    deliveries_to_honest: u64,
+    rejected_at_ingress: usize,
+    jobs_by_id: HashMap<JobId, JobSpec>,
+    first_entered: BTreeMap<u32, u64>,
+    events: u64,
+}
+
+/// The true outcome of a job (what an honest executor reports).
+pub fn true_outcome(job: &JobSpec) -> Outcome {
+    let h = blake3::hash(&postcard_job(job));
+    let b = h.as_bytes();
+    let genes: u64 = match &job.payload {
+        JobPayload::Nas { genome } => genome.iter().map(|&g| u64::from(g)).sum(),
+        _ => 0,
+    };
+    let correct = 600 + (genes * 37 + u64::from(b[0])) % 390;
+    Outcome::Success(Metrics {
+        correct,
+        total: 1000,
+        params: 1000 + genes * 512 + u64::from(b[1]),
+        flops: 2000 + genes * 1024 + u64::from(b[2]),
+        extra: BTreeMap::new(),
+        artifacts: Vec::new(),
+    })
+}
+
+fn postcard_job(job: &JobSpec) -> Vec<u8> {
+    job.id().as_bytes().to_vec()
+}
+
+fn perturb(o: &Outcome, by: u64) -> Outcome {
+    match o {
+        Outcome::Success(m) => {
+            let mut m = m.clone();
+            m.correct = (m.correct + by) % m.total.max(1);
+            Outcome::Success(m)
+        }
+        f => f.clone(),
+    }
+}
+
+fn spec_for(sc: &Scenario, roster: Vec<PeerKey>, name: &str) -> CampaignSpec {
+    CampaignSpec {
+        name: format!("netsim: {name}"),
+        created_at: Timestamp::from_millis(1_700_000_000_000),
+        search: Search::Nas(NasParams {
+            space: NasSpace::Mlp {
+                max_layers: 4,
+                widths: vec![16, 32, 64, 128],
+            },
+            strategy: Strategy::Nsga2,
+            population: sc.population,
+            generations: sc.generations,
+        }),
+        dataset: DatasetRef {
+            id: hivemesh_protocol::BlobId::of_bytes(b"netsim stub data"),
+            name: "stub".into(),
+            sources: vec!["builtin:stub".into()],
+        },
+        budget: TrainingBudget {
+            epochs: 1,
+            max_steps: None,
+            batch_size: 64,
+            optimizer: Optimizer::Adam,
+            learning_rate: 1e-3,
+            schedule: LrSchedule::Constant,
+        },
+        seed: 7,
+        redundancy: sc.redundancy,
+        quorum: sc.quorum,
+        tolerance: Tolerance::EXACT,
+        audit_rate_ppm: 0,
+        backend: BackendClass::CpuNdarray,
+        code_version: "netsim-stub/1".into(),
+        roster,
+        schedule: Schedule {
+            job_deadline_ms: sc.job_deadline_ms,
+            min_deadline_ms: sc.job_deadline_ms.min(1_000),
+            max_deadline_ms: sc.job_deadline_ms.max(1_000) * 10,
+            max_extra_executors: 3,
+            round_timeout_ms: sc.round_timeout_ms,
+        },
+    }
+}
+
+fn uniform(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> u64 {
+    if hi <= lo {
+        lo
+    } else {
+        lo + rng.next_u64() % (hi - lo + 1)
+    }
+}
+
+fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
+    p > 0.0 && (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+}
+
+impl Sim {
+    /// A simulation of `sc` under `seed`.
+    pub fn new(sc: &Scenario, seed: u64) -> Result<Self, String> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let total = sc.nodes + sc.joins.iter().map(|j| j.count).sum::<usize>();
+        let keys: Vec<Keypair> = (0..total)
+            .map(|_| {
+                let mut b = [0u8; 32];
+                rng.fill_bytes(&mut b);
+                Keypair::from_secret_bytes(b)
+            })
+            .collect();
+        let mut behaviours: Vec<Option<Behaviour>> = vec![None; total];
+        let mut next = sc.nodes;
+        for b in &sc.byzantine {
+            for _ in 0..b.count {
+                next -= 1;
+                if next == 0 {
+                    return Err("Byzantine nodes would include the creator (node 0)".into());
+                }
+                behaviours[next] = Some(b.behaviour);
+            }
+        }
+        let mut roster: Vec<PeerKey> = keys[..sc.nodes].iter().map(Keypair::public).collect();
+        roster.sort();
+        roster.truncate(hivemesh_protocol::spec::MAX_ROSTER);
+        let spec = spec_for(sc, roster.clone(), &sc.name);
+        spec.validate().map_err(|e| e.to_string())?;
+        let other = spec_for(sc, roster, "another campaign");
+        let other_claim = Signed::sign_and_encode(
+            Claim {
+                campaign: other.id(),
+                job: JobId([9; 32]),
+                issued_at: Timestamp::from_millis(0),
+            },
+            &keys[0],
+        )
+        .ok()
+        .map(|s| s.bytes().to_vec());
+        let nodes = keys
+            .into_iter()
+            .zip(behaviours)
+            .map(|(key, behaviour)| Node {
+                key,
+                peer: None,
+                behaviour,
+                have: Bits(Vec::new()),
+                up: false,
+                group: 0,
+                wake_at: None,
+                closed_at: BTreeMap::new(),
+                waiting_copy: BTreeSet::new(),
+                rejected: 0,
+            })
+            .collect();
+        let mut sim = Sim {
+            sc: sc.clone(),
+            spec,
+            other_campaign_claim: other_claim,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            log: Vec::new(),
+            log_ids: HashMap::new(),
+            pending: Vec::new(),
+            deliveries_to_honest: 0,
+            rejected_at_ingress: 0,
+            jobs_by_id: HashMap::new(),
+            first_entered: BTreeMap::new(),
+            events: 0,
+        };
+        for i in 0..sc.nodes {
+            sim.start_node(i);
+        }
+        for (index, f) in sc.faults.iter().enumerate() {
+            match f {
+                Fault::Crash {
+                    at_ms, restart_ms, ..
+                } => {
+                    sim.push(
+                        *at_ms,
+                        Event::Fault {
+                            index,
+                            restart: false,
+                        },
+                    );
+                    if let Some(r) = restart_ms {
+                        sim.push(
+                            *r,
+                            Event::Fault {
+                                index,
+                                restart: true,
+                            },
+                        );
+                    }
+                }
+                Fault::Partition { at_ms, heal_ms, .. } => {
+                    sim.push(
+                        *at_ms,
+                        Event::Fault {
+                            index,
+                            restart: false,
+                        },
+                    );
+                    sim.push(*heal_ms, Event::Heal { index });
+                }
+            }
+        }
+        for (index, j) in sc.joins.iter().enumerate() {
+            sim.push(j.at_ms, Event::Join { index });
+        }
+        Ok(sim)
+    }
+
+    fn push(&mut self, at: u64, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, e)));
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let peer = Peer::new(
+            self.spec.clone(),
+            self.nodes[i].key.clone(),
+            PeerConfig {
+                capacity: self.sc.capacity,
+                join_heartbeat_ms: self.sc.sync_interval_ms,
+                ..PeerConfig::default()
+            },
+            Timestamp::from_millis(self.now),
+        );
+        let Ok(peer) = peer else { return };
+        self.nodes[i].peer = Some(peer);
+        self.nodes[i].up = true;
+        self.nodes[i].wake_at = None;
+        self.nodes[i].waiting_copy.clear();
+        // Restart from the store: replay what this node had, in arrival-log order.
+        let had: Vec<usize> = (0..self.log.len())
+            .filter(|&m| self.nodes[i].have.get(m))
+            .collect();
+        for m in had {
+            self.feed(i, m);
+        }
+        let jitter = uniform(&mut self.rng, 0, self.sc.sync_interval_ms);
+        self.push(self.now + jitter, Event::Sync { node: i });
+        if self.nodes[i].behaviour == Some(Behaviour::Spam)
+            || self.nodes[i].behaviour == Some(Behaviour::Forge)
+            || self.nodes[i].behaviour == Some(Behaviour::Replay)
+        {
+            self.push(self.now + 1_000, Event::Spam { node: i });
+        }
+        self.tick(i);
+    }
+
+    /// Runs to completion (or the time limit) and reports.
+    pub fn run(mut self) -> RunReport {
+        while let Some(Reverse((at, _, e))) = self.queue.pop() {
+            if at > self.sc.max_time_ms {
+                break;
+            }
+            self.now = at;
+            self.events += 1;
+            match e {
+                Event::Deliver { to, msg } => self.deliver(to, msg),
+                Event::JobDone { node, pending } => self.job_done(node, pending),
+                Event::Wake { node } => {
+                    if self.nodes[node].wake_at == Some(at) {
+                        self.nodes[node].wake_at = None;
+                        self.tick(node);
+                    }
+                }
+                Event::Sync { node } => self.sync(node),
+                Event::Fault { index, restart } => self.fault(index, restart),
+                Event::Heal { .. } => {
+                    for n in &mut self.nodes {
+                        n.group = 0;
+                    }
+                }
+                Event::Join { index } => {
+                    let before = self.sc.nodes
+                        + self.sc.joins[..index]
+                            .iter()
+                            .map(|j| j.count)
+                            .sum::<usize>();
+                    for i in before..before + self.sc.joins[index].count {
+                        self.start_node(i);
+                    }
+                }
+                Event::Spam { node } => self.spam(node),
+            }
+            if self.all_honest_finished() {
+                break;
+            }
+        }
+        self.report()
+    }
+
+    fn honest(&self, i: usize) -> bool {
+        self.nodes[i].behaviour.is_none()
+    }
+
+    fn all_honest_finished(&self) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .all(|(i, n)| !self.honest(i) || !n.up || n.peer.as_ref().is_some_and(Peer::finished))
+    }
+
+    fn fault(&mut self, index: usize, restart: bool) {
+        match self.sc.faults[index].clone() {
+            Fault::Crash { node, .. } => {
+                if restart {
+                    if !self.nodes[node].up {
+                        self.start_node(node);
+                    }
+                } else {
+                    self.nodes[node].up = false;
+                    self.nodes[node].peer = None;
+                }
+            }
+            Fault::Partition { groups, .. } => {
+                for n in &mut self.nodes {
+                    n.group = groups.len() + 1;
+                }
+                for (g, members) in groups.iter().enumerate() {
+                    for &m in members {
+                        self.nodes[m].group = g + 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        self.nodes[b].up && self.nodes[a].group == self.nodes[b].group
+    }
+
+    /// Verifies (once) and logs a message; returns its log index, or `None` if rejected.
+    fn intern(&mut self, msg: AnySigned) -> Option<usize> {
+        let id = msg.id();
+        if let Some(&i) = self.log_ids.get(&id) {
+            return Some(i);
+        }
+        if self.sc.verify {
+            let ctx = Context::sync(self.spec.id());
+            if AnySigned::verify_and_decode(msg.bytes(), &ctx).is_err() {
+                self.rejected_at_ingress += 1;
+                return None;
+            }
+        }
+        let i = self.log.len();
+        self.log.push(Arc::new(msg));
+        self.log_ids.insert(id, i);
+        Some(i)
+    }
+
+    fn broadcast(&mut self, from: usize, msg: AnySigned) {
+        let Some(m) = self.intern(msg) else { return };
+        self.nodes[from].have.set(m);
+        for to in 0..self.nodes.len() {
+            if to == from || !self.reachable(from, to) {
+                continue;
+            }
+            if chance(&mut self.rng, self.sc.loss) {
+                continue;
+            }
+            let lat = uniform(
+                &mut self.rng,
+                self.sc.latency_ms.min,
+                self.sc.latency_ms.max,
+            );
+            self.push(self.now + lat, Event::Deliver { to, msg: m });
+        }
+    }
+
+    /// Raw bytes from a misbehaving node: checked as a receiver's gossip validator would.
+    fn broadcast_bytes(&mut self, from: usize, bytes: &[u8]) {
+        let ctx = Context::gossip(self.spec.id(), Timestamp::from_millis(self.now));
+        match AnySigned::verify_and_decode(bytes, &ctx) {
+            Ok(m) => self.broadcast(from, m),
+            Err(_) => {
+                // Each reachable neighbour rejects it and penalises the sender; it spreads no
+                // further.
+                self.rejected_at_ingress += 1;
+                self.nodes[from].rejected += 1;
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: usize, m: usize) {
+        if !self.nodes[to].up || self.nodes[to].have.get(m) {
+            return;
+        }
+        self.nodes[to].have.set(m);
+        if self.honest(to) {
+            self.deliveries_to_honest += 1;
+        }
+        self.feed(to, m);
+        // A copier waiting for this job's reveal copies it.
+        if let AnySigned::Reveal(r) = &*self.log[m] {
+            let job = r.message().job;
+            if self.nodes[to].waiting_copy.remove(&job) {
+                let result = r.message().result.clone();
+                let p = self.pending.len();
+                self.pending.push(Some((job, result)));
+                self.push(
+                    self.now + 1,
+                    Event::JobDone {
+                        node: to,
+                        pending: p,
+                    },
+                );
+            }
+        }
+    }
+
+    fn feed(&mut self, i: usize, m: usize) {
+        let msg = (*self.log[m]).clone();
+        let Some(peer) = self.nodes[i].peer.as_mut() else {
+            return;
+        };
+        let out = peer.handle(PeerInput::Message(msg), Timestamp::from_millis(self.now));
+        self.outputs(i, out);
+    }
+
+    fn tick(&mut self, i: usize) {
+        let Some(peer) = self.nodes[i].peer.as_mut() else {
+            return;
+        };
+        let out = peer.handle(PeerInput::Tick, Timestamp::from_millis(self.now));
+        self.outputs(i, out);
+    }
+
+    fn job_done(&mut self, node: usize, pending: usize) {
+        let Some((job, result)) = self.pending.get_mut(pending).and_then(Option::take) else {
+            return;
+        };
+        if !self.nodes[node].up {
+            return;
+        }
+        if self.nodes[node].behaviour == Some(Behaviour::Equivocate) {
+            // A second, different commitment for the same job.
+            let other = JobResult {
+                outcome: perturb(&result.outcome, 1),
+                wall_time_ms: result.wall_time_ms,
+            };
+            let key = self.nodes[node].key.clone();
+            let c = Commitment {
+                campaign: self.spec.id(),
+                job,
+                digest: commitment_digest(&job, &key.public(), &other, &[7; 32]),
+                issued_at: Timestamp::from_millis(self.now),
+            };
+            if let Ok(s) = Signed::sign_and_encode(c, &key) {
+                self.broadcast(node, AnySigned::Commitment(s));
+            }
+        }
+        let Some(peer) = self.nodes[node].peer.as_mut() else {
+            return;
+        };
+        let out = peer.handle(
+            PeerInput::JobDone { job, result },
+            Timestamp::from_millis(self.now),
+        );
+        self.outputs(node, out);
+    }
+
+    fn outputs(&mut self, i: usize, out: Vec<PeerOutput>) {
+        for o in out {
+            match o {
+                PeerOutput::Broadcast(m) => self.broadcast(i, m),
+                PeerOutput::Execute(job) => self.execute(i, job),
+                PeerOutput::Closed { generation, root } => {
+                    self.nodes[i].closed_at.insert(generation, (self.now, root));
+                    self.first_entered.entry(generation + 1).or_insert(self.now);
+                }
+                PeerOutput::Rejected { .. } | PeerOutput::Finished => {}
+            }
+        }
+        self.schedule_wake(i);
+    }
+
+    fn schedule_wake(&mut self, i: usize) {
+        let Some(at) = self.nodes[i]
+            .peer
+            .as_ref()
+            .and_then(Peer::next_wakeup)
+            .map(|t| t.as_millis().max(self.now + 1))
+        else {
+            return;
+        };
+        if self.nodes[i]
+            .wake_at
+            .is_none_or(|w| at < w || w <= self.now)
+        {
+            self.nodes[i].wake_at = Some(at);
+            self.push(at, Event::Wake { node: i });
+        }
+    }
+
+    fn execute(&mut self, i: usize, job: JobSpec) {
+        let id = job.id();
+        self.jobs_by_id.entry(id).or_insert_with(|| job.clone());
+        let truth = true_outcome(&job);
+        let outcome = match self.nodes[i].behaviour {
+            None | Some(Behaviour::Spam | Behaviour::Forge | Behaviour::Replay) => truth,
+            Some(Behaviour::Equivocate) => truth,
+            Some(Behaviour::Wrong) => perturb(&truth, 1 + i as u64),
+            Some(Behaviour::Collude) => perturb(&truth, 777),
+            Some(Behaviour::Withhold) => return,
+            Some(Behaviour::Copy) => {
+                self.nodes[i].waiting_copy.insert(id);
+                return;
+            }
+        };
+        let took = uniform(
+            &mut self.rng,
+            self.sc.job_time_ms.min,
+            self.sc.job_time_ms.max,
+        );
+        let p = self.pending.len();
+        self.pending.push(Some((
+            id,
+            JobResult {
+                outcome,
+                wall_time_ms: took,
+            },
+        )));
+        self.push(
+            self.now + took,
+            Event::JobDone {
+                node: i,
+                pending: p,
+            },
+        );
+    }
+
+    fn sync(&mut self, i: usize) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let next = self.now + self.sc.sync_interval_ms;
+        let finished = self.nodes[i].peer.as_ref().is_some_and(Peer::finished);
+        if !finished {
+            self.push(next, Event::Sync { node: i });
+        }
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| j != i && self.reachable(i, j))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let j = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
+        let missing: Vec<usize> = (0..self.log.len())
+            .filter(|&m| self.nodes[j].have.get(m) && !self.nodes[i].have.get(m))
+            .collect();
+        for m in missing {
+            self.deliver(i, m);
+        }
+    }
+
+    fn spam(&mut self, i: usize) {
+        if !self.nodes[i].up || self.nodes[i].peer.as_ref().is_some_and(Peer::finished) {
+            return;
+        }
+        match self.nodes[i].behaviour {
+            Some(Behaviour::Spam) => {
+                let mut junk = vec![0u8; 64 + (self.rng.next_u64() % 512) as usize];
+                self.rng.fill_bytes(&mut junk);
+                self.broadcast_bytes(i, &junk);
+                // An oversized but well-framed reveal, signed for real.
+                let big = vec![0u8; Kind::Reveal.max_body_len() + 1];
+                let bytes = seal(Kind::Reveal as u8, &big, &self.nodes[i].key);
+                self.broadcast_bytes(i, &bytes);
+            }
+            Some(Behaviour::Forge) => {
+                // Claims in another node's name: the signature cannot match.
+                let victim = self.nodes[0].key.public();
+                let claim = Claim {
+                    campaign: self.spec.id(),
+                    job: JobId([self.rng.next_u32() as u8; 32]),
+                    issued_at: Timestamp::from_millis(self.now),
+                };
+                if let Ok(s) = Signed::sign_and_encode(claim, &self.nodes[i].key) {
+                    let mut bytes = s.bytes().to_vec();
+                    let n = bytes.len();
+                    bytes[n - 96..n - 64].copy_from_slice(victim.as_bytes());
+                    self.broadcast_bytes(i, &bytes);
+                }
+            }
+            Some(Behaviour::Replay) => {
+                if let Some(b) = self.other_campaign_claim.clone() {
+                    self.broadcast_bytes(i, &b);
+                }
+            }
+            _ => return,
+        }
+        self.push(self.now + 1_000, Event::Spam { node: i });
+    }
+
+    fn class(&self, i: usize) -> String {
+        match self.nodes[i].behaviour {
+            None => "honest".into(),
+            Some(b) => format!("{b:?}").to_lowercase(),
+        }
+    }
+
+    fn report(&self) -> RunReport {
+        let honest: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.honest(i) && self.nodes[i].up)
+            .collect();
+        let g = self.sc.generations;
+        let mut r = RunReport {
+            seed: 0,
+            honest: honest.len(),
+            generations: g,
+            end_ms: self.now,
+            events: self.events,
+            distinct_messages: self.log.len(),
+            rejected_at_ingress: self.rejected_at_ingress,
+            ..RunReport::default()
+        };
+        r.honest_finished = honest
+            .iter()
+            .filter(|&&i| self.nodes[i].peer.as_ref().is_some_and(Peer::finished))
+            .count();
+        for gn in 0..g {
+            let roots: BTreeSet<[u8; 32]> = honest
+                .iter()
+                .filter_map(|&i| self.nodes[i].closed_at.get(&gn).map(|x| x.1))
+                .collect();
+            if roots.is_empty() {
+                break;
+            }
+            r.distinct_roots.push(roots.len());
+            let start = self.first_entered.get(&gn).copied().unwrap_or(0);
+            r.closure_times_ms.push(
+                honest
+                    .iter()
+                    .filter_map(|&i| self.nodes[i].closed_at.get(&gn).map(|x| x.0 - start))
+                    .collect(),
+            );
+        }
+        let total_jobs = u64::from(self.sc.population) * u64::from(g);
+        r.messages_per_node_per_job = self.deliveries_to_honest as f64
+            / honest.len().max(1) as f64
+            / total_jobs.max(1) as f64;
+        // Reference: the honest node with the most closures.
+        if std::env::var_os("NETSIM_DEBUG").is_some() {
+            for &i in &honest {
+                if let Some(p) = &self.nodes[i].peer {
+                    eprintln!("node {i}: {}", p.status_line());
+                }
+            }
+        }
+        let Some(reference) = honest
+            .iter()
+            .filter_map(|&i| self.nodes[i].peer.as_ref().map(|p| (p.closures().len(), i)))
+            .max()
+            .map(|x| x.1)
+        else {
+            return r;
+        };
+        let Some(peer) = self.nodes[reference].peer.as_ref() else {
+            return r;
+        };
+        let class_of: HashMap<PeerKey, String> = (0..self.nodes.len())
+            .map(|i| (self.nodes[i].key.public(), self.class(i)))
+            .collect();
+        for i in 0..self.nodes.len() {
+            r.agreed_by_class.entry(self.class(i)).or_default().1 += 1;
+        }
+        let colluders: BTreeSet<PeerKey> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].behaviour == Some(Behaviour::Collude))
+            .map(|i| self.nodes[i].key.public())
+            .collect();
+        for (closure, _) in peer.closures() {
+            for e in &closure.entries {
+                match e {
+                    Entry::Settled {
+                        job, settlement, ..
+                    } => {
+                        r.settled_entries += 1;
+                        if let Some(spec) = self.jobs_by_id.get(job) {
+                            if settlement.canonical != true_outcome(spec) {
+                                r.wrong_finalised += 1;
+                                if settlement.agreeing.iter().all(|p| colluders.contains(p)) {
+                                    r.collusion_settled += 1;
+                                }
+                            }
+                        }
+                        for p in &settlement.agreeing {
+                            if let Some(c) = class_of.get(p) {
+                                r.agreed_by_class.entry(c.clone()).or_default().0 += 1;
+                            }
+                        }
+                        for p in &settlement.dissenting {
+                            if let Some(c) = class_of.get(p) {
+                                *r.dissents_by_class.entry(c.clone()).or_default() += 1;
+                            }
+                        }
+                    }
+                    Entry::Void { job } => {
+                        r.void_entries += 1;
+                        if std::env::var_os("NETSIM_DEBUG").is_some() {
+                            eprintln!(
+                                "void g{} job {}: commitments {} results {:?}",
+                                closure.generation,
+                                job.short(),
+                                peer.ledger().commitment_count(job),
+                                peer.ledger()
+                                    .executor_results(job)
+                                    .iter()
+                                    .map(|x| (x.peer.short(), x.late))
+                                    .collect::<Vec<_>>()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if !colluders.is_empty() {
+            // Jobs where colluders held at least q of the top-r ranks.
+            for (gn, (closure, _)) in peer.closures().iter().enumerate() {
+                let seed = if gn == 0 {
+                    hivemesh_protocol::closure::generation_seed(&self.spec.id(), 0, &[0; 32])
+                } else {
+                    peer.closures()[gn - 1].0.seed()
+                };
+                let members = if gn == 0 {
+                    self.spec.roster.clone()
+                } else {
+                    peer.closures()[gn - 1].0.members.clone()
+                };
+                for e in &closure.entries {
+                    let ranked = hivemesh_protocol::assign::rank(&e.job(), &seed, &members, |_| {
+                        hivemesh_protocol::assign::BASE_WEIGHT
+                    });
+                    let top = ranked
+                        .iter()
+                        .take(usize::from(self.sc.redundancy))
+                        .filter(|p| colluders.contains(p))
+                        .count();
+                    if top >= usize::from(self.sc.quorum) {
+                        r.collusion_quorum_possible += 1;
+                    }
+                }
+            }
+        }
+        let equivocators: BTreeSet<PeerKey> =
+            peer.ledger().equivocations().map(|e| e.peer).collect();
+        r.equivocators_detected = equivocators.len();
+        r
+    }
+}
+
+/// Runs `sc` under `seed`.
+pub fn run(sc: &Scenario, seed: u64) -> Result<RunReport, String> {
+    let mut r = Sim::new(sc, seed)?.run();
+    r.seed = seed;
+    Ok(r)
+}
+
+/// Formats a run as report lines.
+pub fn describe(r: &RunReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "seed {}: {}/{} honest nodes finished {} generations at {:.1} s virtual; roots per generation {:?}",
+        r.seed,
+        r.honest_finished,
+        r.honest,
+        r.distinct_roots.len(),
+        r.end_ms as f64 / 1000.0,
+        r.distinct_roots
+    );
+    let _ = writeln!(
+        s,
+        "  entries: {} settled, {} void; wrong results finalised: {}",
+        r.settled_entries, r.void_entries, r.wrong_finalised
+    );
+    let _ = writeln!(
+        s,
+        "  messages: {} distinct, {:.1} deliveries per honest node per job; {} rejected at ingress; {} events",
+        r.distinct_messages, r.messages_per_node_per_job, r.rejected_at_ingress, r.events
+    );
+    for (class, (agreed, n)) in &r.agreed_by_class {
+        let _ = writeln!(
+            s,
+            "  {class:<10} {n:>4} nodes: {agreed:>5} agreed results, {:>4} dissents",
+            r.dissents_by_class.get(class).copied().unwrap_or(0)
+        );
+    }
+    if r.collusion_quorum_possible > 0 || r.collusion_settled > 0 {
+        let _ = writeln!(
+            s,
+            "  collusion: quorum possible on {} jobs, colluders' result finalised on {}",
+            r.collusion_quorum_possible, r.collusion_settled
+        );
+    }
+    if r.equivocators_detected > 0 {
+        let _ = writeln!(s, "  equivocators detected: {}", r.equivocators_detected);
+    }
+    for (g, times) in r.closure_times_ms.iter().enumerate() {
+        let mut t = times.clone();
+        t.sort_unstable();
+        if let (Some(first), Some(last)) = (t.first(), t.last()) {
+            let _ = writeln!(
+                s,
+                "  generation {g}: closed {:.1}–{:.1} s after it began (median {:.1} s)",
+                *first as f64 / 1000.0,
+                *last as f64 / 1000.0,
+                t[(t.len() - 1) / 2] as f64 / 1000.0
+            );
+        }
+    }
+    let _ = Duration::ZERO;
+    s
+}
