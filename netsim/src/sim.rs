@@ -18,7 +18,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hivemesh_protocol::closure::Entry;
 use hivemesh_protocol::envelope::seal;
@@ -77,6 +76,10 @@ pub struct RunReport {
     pub collusion_quorum_possible: usize,
     /// Nodes that equivocated and were detected by the reference honest node's ledger.
     pub equivocators_detected: usize,
+    /// Agreed results credited to nodes that joined mid-campaign.
+    pub joiners_agreed: u64,
+    /// Members of the last generation (by the reference node's closures).
+    pub final_members: usize,
     /// Events processed.
     pub events: u64,
 }
@@ -131,6 +134,7 @@ struct Node {
 }
 
 /// The simulator.
+#[allow(missing_debug_implementations)]
 pub struct Sim {
     sc: Scenario,
     spec: CampaignSpec,
@@ -813,6 +817,10 @@ impl Sim {
         for i in 0..self.nodes.len() {
             r.agreed_by_class.entry(self.class(i)).or_default().1 += 1;
         }
+        let joiners: BTreeSet<PeerKey> = (self.sc.nodes..self.nodes.len())
+            .map(|i| self.nodes[i].key.public())
+            .collect();
+        r.final_members = peer.closures().last().map_or(0, |c| c.0.members.len());
         let colluders: BTreeSet<PeerKey> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].behaviour == Some(Behaviour::Collude))
             .map(|i| self.nodes[i].key.public())
@@ -824,17 +832,20 @@ impl Sim {
                         job, settlement, ..
                     } => {
                         r.settled_entries += 1;
-                        if let Some(spec) = self.jobs_by_id.get(job) {
-                            if settlement.canonical != true_outcome(spec) {
-                                r.wrong_finalised += 1;
-                                if settlement.agreeing.iter().all(|p| colluders.contains(p)) {
-                                    r.collusion_settled += 1;
-                                }
+                        if let Some(spec) = self.jobs_by_id.get(job)
+                            && settlement.canonical != true_outcome(spec)
+                        {
+                            r.wrong_finalised += 1;
+                            if settlement.agreeing.iter().all(|p| colluders.contains(p)) {
+                                r.collusion_settled += 1;
                             }
                         }
                         for p in &settlement.agreeing {
                             if let Some(c) = class_of.get(p) {
                                 r.agreed_by_class.entry(c.clone()).or_default().0 += 1;
+                            }
+                            if joiners.contains(p) {
+                                r.joiners_agreed += 1;
                             }
                         }
                         for p in &settlement.dissenting {
@@ -942,6 +953,13 @@ pub fn describe(r: &RunReport) -> String {
             r.collusion_quorum_possible, r.collusion_settled
         );
     }
+    if r.joiners_agreed > 0 {
+        let _ = writeln!(
+            s,
+            "  joiners: {} agreed results; {} members at the end",
+            r.joiners_agreed, r.final_members
+        );
+    }
     if r.equivocators_detected > 0 {
         let _ = writeln!(s, "  equivocators detected: {}", r.equivocators_detected);
     }
@@ -958,6 +976,5 @@ pub fn describe(r: &RunReport) -> String {
             );
         }
     }
-    let _ = Duration::ZERO;
     s
 }

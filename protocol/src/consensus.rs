@@ -568,23 +568,23 @@ impl Instance {
                 .get(&round)
                 .map(|p| (p.message().closure.root(), p.message().valid_round));
             // L22 / L28.
-            if self.phase == Phase::Propose {
-                if let Some((root, vr)) = proposal {
-                    let decision = match vr {
-                        None => Some(
-                            self.is_valid(&root, env) && self.locked.is_none_or(|(_, l)| l == root),
-                        ),
-                        Some(vr) if self.count(vr, Step::Prevote, Some(root)) >= q => Some(
-                            self.is_valid(&root, env)
-                                && self.locked.is_none_or(|(lr, l)| lr <= vr || l == root),
-                        ),
-                        Some(_) => None,
-                    };
-                    if let Some(yes) = decision {
-                        self.vote(Step::Prevote, yes.then_some(root), key, now, out);
-                        self.phase = Phase::Prevote;
-                        continue;
-                    }
+            if self.phase == Phase::Propose
+                && let Some((root, vr)) = proposal
+            {
+                let decision = match vr {
+                    None => Some(
+                        self.is_valid(&root, env) && self.locked.is_none_or(|(_, l)| l == root),
+                    ),
+                    Some(vr) if self.count(vr, Step::Prevote, Some(root)) >= q => Some(
+                        self.is_valid(&root, env)
+                            && self.locked.is_none_or(|(lr, l)| lr <= vr || l == root),
+                    ),
+                    Some(_) => None,
+                };
+                if let Some(yes) = decision {
+                    self.vote(Step::Prevote, yes.then_some(root), key, now, out);
+                    self.phase = Phase::Prevote;
+                    continue;
                 }
             }
             // L34: 2/3 of any prevotes → prevote timeout.
@@ -595,21 +595,20 @@ impl Instance {
                 self.schedule(now, Timeout::Prevote(round));
             }
             // L36: 2/3 prevotes for the valid proposal's root.
-            if let Some((root, _)) = proposal {
-                if self.phase >= Phase::Prevote
-                    && !self.locked_rounds.contains(&round)
-                    && self.count(round, Step::Prevote, Some(root)) >= q
-                    && self.is_valid(&root, env)
-                {
-                    self.locked_rounds.insert(round);
-                    if self.phase == Phase::Prevote {
-                        self.locked = Some((round, root));
-                        self.vote(Step::Precommit, Some(root), key, now, out);
-                        self.phase = Phase::Precommit;
-                    }
-                    self.valid = Some((round, root));
-                    continue;
+            if let Some((root, _)) = proposal
+                && self.phase >= Phase::Prevote
+                && !self.locked_rounds.contains(&round)
+                && self.count(round, Step::Prevote, Some(root)) >= q
+                && self.is_valid(&root, env)
+            {
+                self.locked_rounds.insert(round);
+                if self.phase == Phase::Prevote {
+                    self.locked = Some((round, root));
+                    self.vote(Step::Precommit, Some(root), key, now, out);
+                    self.phase = Phase::Precommit;
                 }
+                self.valid = Some((round, root));
+                continue;
             }
             // L44: 2/3 nil prevotes → precommit nil.
             if self.phase == Phase::Prevote && self.count(round, Step::Prevote, None) >= q {
