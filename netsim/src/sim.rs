@@ -152,6 +152,7 @@ pub struct Sim {
     jobs_by_id: HashMap<JobId, JobSpec>,
     first_entered: BTreeMap<u32, u64>,
     events: u64,
+    check_finished: bool,
 }
 
 /// The true outcome of a job (what an honest executor reports).
@@ -316,6 +317,7 @@ impl Sim {
             jobs_by_id: HashMap::new(),
             first_entered: BTreeMap::new(),
             events: 0,
+            check_finished: false,
         };
         for i in 0..sc.nodes {
             sim.start_node(i);
@@ -372,6 +374,7 @@ impl Sim {
             PeerConfig {
                 capacity: self.sc.capacity,
                 join_heartbeat_ms: self.sc.sync_interval_ms,
+                max_joins_per_generation: self.nodes.len(),
                 ..PeerConfig::default()
             },
             Timestamp::from_millis(self.now),
@@ -435,9 +438,10 @@ impl Sim {
                 }
                 Event::Spam { node } => self.spam(node),
             }
-            if self.all_honest_finished() {
+            if self.check_finished && self.all_honest_finished() {
                 break;
             }
+            self.check_finished = false;
         }
         self.report()
     }
@@ -463,6 +467,7 @@ impl Sim {
                 } else {
                     self.nodes[node].up = false;
                     self.nodes[node].peer = None;
+                    self.check_finished = true;
                 }
             }
             Fault::Partition { groups, .. } => {
@@ -621,7 +626,8 @@ impl Sim {
                     self.nodes[i].closed_at.insert(generation, (self.now, root));
                     self.first_entered.entry(generation + 1).or_insert(self.now);
                 }
-                PeerOutput::Rejected { .. } | PeerOutput::Finished => {}
+                PeerOutput::Finished => self.check_finished = true,
+                PeerOutput::Rejected { .. } => {}
             }
         }
         self.schedule_wake(i);

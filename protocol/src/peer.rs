@@ -153,6 +153,8 @@ pub struct Peer {
     offences: BTreeMap<PeerKey, u64>,
     last_heartbeat: Option<Timestamp>,
     last_now: Timestamp,
+    /// This peer's rank for each job of the generation (computed once per job).
+    my_ranks: BTreeMap<JobId, Option<usize>>,
     finished: bool,
 }
 
@@ -227,6 +229,7 @@ impl Peer {
             offences: BTreeMap::new(),
             last_heartbeat: None,
             last_now: now,
+            my_ranks: BTreeMap::new(),
             finished: false,
         })
     }
@@ -545,17 +548,22 @@ impl Peer {
         self.instance.evidence_changed();
     }
 
-    fn rank_position(&self, job: &JobId) -> Option<usize> {
+    fn rank_position(&mut self, job: &JobId) -> Option<usize> {
+        if let Some(p) = self.my_ranks.get(job) {
+            return *p;
+        }
         let agreed = &self.agreed;
         let offences = &self.offences;
-        rank(job, &self.cur.seed, &self.cur.members, |p| {
+        let pos = rank(job, &self.cur.seed, &self.cur.members, |p| {
             weight(
                 agreed.get(p).copied().unwrap_or(0),
                 offences.get(p).copied().unwrap_or(0),
             )
         })
         .iter()
-        .position(|p| *p == self.me)
+        .position(|p| *p == self.me);
+        self.my_ranks.insert(*job, pos);
+        pos
     }
 
     fn step(&mut self, now: Timestamp, out: &mut Vec<PeerOutput>) {
@@ -604,24 +612,28 @@ impl Peer {
             }
         }
         // Take jobs, members only.
-        if self.is_member() && self.config.capacity > 0 {
+        if self.is_member() && self.running.len() < usize::from(self.config.capacity) {
             let r = usize::from(self.spec.redundancy);
             let extra = usize::from(self.spec.schedule.max_extra_executors);
             let n = self.cur.members.len();
             let idle = self.running.is_empty();
             let mut candidates: Vec<(usize, u32, JobId)> = Vec::new();
-            for (id, spec) in &self.cur.jobs {
-                if self.taken.contains(id) || self.ledger.settlement(id).is_some() {
-                    continue;
-                }
-                let Some(pos) = self.rank_position(id) else {
+            let open: Vec<(JobId, u32)> = self
+                .cur
+                .jobs
+                .iter()
+                .filter(|(id, _)| !self.taken.contains(id) && self.ledger.settlement(id).is_none())
+                .map(|(id, spec)| (*id, spec.index))
+                .collect();
+            let limit = eligible(r, extra, elapsed, self.cur.deadline_ms, false, n);
+            let idle_limit = eligible(r, extra, elapsed, self.cur.deadline_ms, idle, n);
+            for (id, index) in open {
+                let Some(pos) = self.rank_position(&id) else {
                     continue;
                 };
-                let limit = eligible(r, extra, elapsed, self.cur.deadline_ms, false, n);
-                let idle_limit = eligible(r, extra, elapsed, self.cur.deadline_ms, idle, n);
-                let ok = pos < limit || (pos < idle_limit && self.ledger.commitment_count(id) < q);
+                let ok = pos < limit || (pos < idle_limit && self.ledger.commitment_count(&id) < q);
                 if ok {
-                    candidates.push((pos, spec.index, *id));
+                    candidates.push((pos, index, id));
                 }
             }
             candidates.sort();
@@ -711,6 +723,7 @@ impl Peer {
         self.closures.push((closure, certificate));
         self.running.clear();
         self.taken.clear();
+        self.my_ranks.clear();
         self.own.clear();
         self.cur = Generation {
             number: self.cur.number + 1,
