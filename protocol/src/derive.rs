@@ -71,27 +71,32 @@ impl core::fmt::Debug for Derivation {
     }
 }
 
+/// The genome layout of a NAS space: evolve's own spaces say it (the input shape and class
+/// count do not change the genes, so placeholders are used).
 fn gene_limits(space: &NasSpace) -> Vec<u32> {
+    use hivemesh_evolve::arch::{MacroSpace, MlpSpace, Shape};
     match space {
-        NasSpace::Mlp { max_layers, widths } => {
-            vec![widths.len() as u32 + 1; usize::from(*max_layers)]
+        NasSpace::Mlp { max_layers, widths } => MlpSpace {
+            input: Shape::Flat(1),
+            classes: 1,
+            max_layers: usize::from(*max_layers),
+            widths: widths.clone(),
         }
+        .gene_limits(),
         NasSpace::Macro {
             phases,
             nodes_per_phase,
             channels,
             kernels,
-        } => {
-            let n = usize::from(*nodes_per_phase);
-            let mut one = vec![2u32; n * n.saturating_sub(1) / 2 + 1];
-            one.push(channels.len() as u32);
-            one.push(kernels.len() as u32);
-            one.iter()
-                .copied()
-                .cycle()
-                .take(usize::from(*phases) * one.len())
-                .collect()
+        } => MacroSpace {
+            input: Shape::Image { c: 1, h: 1, w: 1 },
+            classes: 1,
+            phases: usize::from(*phases),
+            nodes: usize::from(*nodes_per_phase),
+            channels: channels.clone(),
+            kernels: kernels.iter().map(|&k| u32::from(k)).collect(),
         }
+        .gene_limits(),
     }
 }
 
@@ -350,4 +355,65 @@ impl Derivation {
 /// Decodes a NAS job's genome.
 pub fn decode_genome(genome: &[u8]) -> Option<Vec<u32>> {
     postcard::from_bytes(genome).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::closure::Entry;
+    use crate::spec::tests::sample_spec;
+
+    fn closure_for(spec: &CampaignSpec, jobs: &[JobSpec], generation: u32) -> Closure {
+        let mut entries: Vec<Entry> = jobs.iter().map(|j| Entry::Void { job: j.id() }).collect();
+        entries.sort_by_key(Entry::job);
+        Closure {
+            campaign: spec.id(),
+            generation,
+            previous: [0; 32],
+            entries,
+            members: spec.roster.clone(),
+            deadline_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn every_node_derives_the_same_generations() {
+        let spec = sample_spec();
+        let mut a = Derivation::new(&spec).expect("derivation");
+        let mut b = Derivation::new(&spec).expect("derivation");
+        let g0: Vec<JobSpec> = a.generation_zero().to_vec();
+        assert_eq!(g0, b.generation_zero());
+        assert_eq!(g0.len(), 20);
+        let limits = gene_limits(match &spec.search {
+            Search::Nas(p) => &p.space,
+            _ => unreachable!("sample is NAS"),
+        });
+        for j in &g0 {
+            let JobPayload::Nas { genome } = &j.payload else {
+                panic!("NAS job expected")
+            };
+            let g = decode_genome(genome).expect("genome decodes");
+            assert!(g.iter().zip(&limits).all(|(x, l)| x < l));
+        }
+        let c = closure_for(&spec, &g0, 0);
+        let g1a = a.advance(&c).expect("advance").to_vec();
+        let g1b = b.advance(&c).expect("advance").to_vec();
+        assert_eq!(g1a, g1b);
+        assert!(g1a.iter().all(|j| j.generation == 1));
+        // A different closure (another root) seeds a different generation.
+        let mut c2 = c.clone();
+        c2.deadline_ms = 2000;
+        let mut d = Derivation::new(&spec).expect("derivation");
+        d.generation_zero();
+        let g1d = d.advance(&c2).expect("advance").to_vec();
+        assert_ne!(g1a, g1d);
+        // Out-of-order closures are refused.
+        assert!(matches!(
+            a.advance(&c),
+            Err(DeriveError::OutOfOrder {
+                expected: 1,
+                got: 0
+            })
+        ));
+    }
 }
