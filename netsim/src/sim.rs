@@ -802,7 +802,7 @@ impl Sim {
         if std::env::var_os("NETSIM_DEBUG").is_some() {
             for &i in &honest {
                 if let Some(p) = &self.nodes[i].peer {
-                    eprintln!("node {i}: {}", p.status_line());
+                    eprintln!("node {i}: generation {}", p.generation());
                 }
             }
         }

@@ -422,8 +422,19 @@ impl Instance {
             root,
             issued_at: now,
         };
-        if let Ok(signed) = Signed::sign_and_encode(vote, key) {
-            let msg = AnySigned::Vote(signed);
+        self.publish(vote, AnySigned::Vote, key, out);
+    }
+
+    /// Signs one of this peer's own messages, applies it, and asks for it to be gossiped.
+    fn publish<T: crate::message::Message>(
+        &mut self,
+        msg: T,
+        wrap: fn(Signed<T>) -> AnySigned,
+        key: &Keypair,
+        out: &mut Vec<Action>,
+    ) {
+        if let Ok(signed) = Signed::sign_and_encode(msg, key) {
+            let msg = wrap(signed);
             if self.accept(msg.clone()).is_ok() {
                 out.push(Action::Broadcast(msg));
             }
@@ -490,12 +501,7 @@ impl Instance {
             closure,
             issued_at: now,
         };
-        if let Ok(signed) = Signed::sign_and_encode(proposal, key) {
-            let msg = AnySigned::Proposal(signed);
-            if self.accept(msg.clone()).is_ok() {
-                out.push(Action::Broadcast(msg));
-            }
-        }
+        self.publish(proposal, AnySigned::Proposal, key, out);
     }
 
     fn progress(

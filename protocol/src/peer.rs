@@ -280,7 +280,7 @@ impl Peer {
     }
 
     /// A one-line summary of where this peer stands (for diagnostics).
-    pub fn status_line(&self) -> String {
+    pub fn status_line(&mut self) -> String {
         let settled = self
             .cur
             .jobs
@@ -303,17 +303,8 @@ impl Peer {
             .collect();
         let now = self.last_now;
         let built = {
-            let void_at = self.void_deadline();
-            let mut env = PeerEnv {
-                key: &self.key,
-                ledger: &self.ledger,
-                cur: &self.cur,
-                spec: &self.spec,
-                max_joins: self.config.max_joins_per_generation,
-                now,
-                void_at,
-            };
-            let theirs = self.instance.current_proposal().map(|c| env.check(c));
+            let (instance, mut env) = self.split(now);
+            let theirs = instance.current_proposal().map(|c| env.check(c));
             env.build().map(|c| {
                 let ok = env.valid(&c);
                 (c.root()[0], ok, theirs)
