@@ -443,6 +443,13 @@ impl Sim {
             }
             self.check_finished = false;
         }
+        if std::env::var_os("NETSIM_DEBUG").is_some() {
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if let Some(p) = n.peer.as_mut().filter(|p| !p.finished()) {
+                    eprintln!("node {i}: {}", p.status_line());
+                }
+            }
+        }
         self.report()
     }
 
@@ -799,13 +806,6 @@ impl Sim {
             / honest.len().max(1) as f64
             / total_jobs.max(1) as f64;
         // Reference: the honest node with the most closures.
-        if std::env::var_os("NETSIM_DEBUG").is_some() {
-            for &i in &honest {
-                if let Some(p) = &self.nodes[i].peer {
-                    eprintln!("node {i}: generation {}", p.generation());
-                }
-            }
-        }
         let Some(reference) = honest
             .iter()
             .filter_map(|&i| self.nodes[i].peer.as_ref().map(|p| (p.closures().len(), i)))

@@ -396,15 +396,27 @@ impl Peer {
             PeerInput::Message(m) => self.on_message(m, now, &mut out),
             PeerInput::JobDone { job, result } => self.on_job_done(job, result, now, &mut out),
             PeerInput::Tick => {
-                let actions = {
-                    let (instance, mut env) = self.split(now);
-                    instance.tick(Some(&env.peer_key()), &mut env, now)
-                };
-                self.apply(actions, now, &mut out);
+                self.vote_with(now, &mut out, |i, key, env| i.tick(Some(key), env, now))
             }
         }
         self.step(now, &mut out);
         out
+    }
+
+    /// Runs one step of the closure vote with this peer's key and environment, and carries
+    /// out what it asks.
+    fn vote_with(
+        &mut self,
+        now: Timestamp,
+        out: &mut Vec<PeerOutput>,
+        step: impl FnOnce(&mut Instance, &Keypair, &mut PeerEnv<'_>) -> Vec<Action>,
+    ) {
+        let actions = {
+            let (instance, mut env) = self.split(now);
+            let key = env.key;
+            step(instance, key, &mut env)
+        };
+        self.apply(actions, now, out);
     }
 
     fn split(&mut self, now: Timestamp) -> (&mut Instance, PeerEnv<'_>) {
@@ -439,59 +451,41 @@ impl Peer {
     }
 
     fn on_message(&mut self, m: AnySigned, now: Timestamp, out: &mut Vec<PeerOutput>) {
-        match &m {
-            AnySigned::Proposal(_) | AnySigned::Vote(_) => {
-                let generation = match &m {
-                    AnySigned::Proposal(p) => p.message().closure.generation,
-                    AnySigned::Vote(v) => v.message().generation,
-                    _ => return,
-                };
-                let campaign = match &m {
-                    AnySigned::Proposal(p) => p.message().campaign,
-                    AnySigned::Vote(v) => v.message().campaign,
-                    _ => return,
-                };
-                if campaign != self.campaign {
-                    let error = DecodeError::WrongCampaign {
-                        expected: self.campaign,
-                        found: campaign,
-                    };
-                    out.push(PeerOutput::Rejected {
-                        id: m.id(),
-                        action: error.peer_action(),
-                        error,
-                    });
-                    return;
-                }
-                if generation > self.cur.number {
-                    if self.future.len() < self.config.max_future_messages {
-                        self.future.push_back(m);
-                    }
-                    return;
-                }
-                if generation < self.cur.number {
-                    return;
-                }
-                let result = {
-                    let (instance, mut env) = self.split(now);
-                    let key = env.peer_key();
-                    instance.handle(m, Some(&key), &mut env, now)
-                };
-                if let Ok(actions) = result {
-                    self.apply(actions, now, out);
-                }
+        let slot = match &m {
+            AnySigned::Proposal(p) => Some((p.message().campaign, p.message().closure.generation)),
+            AnySigned::Vote(v) => Some((v.message().campaign, v.message().generation)),
+            _ => None,
+        };
+        let Some((campaign, generation)) = slot else {
+            // Evidence for the ledger; new evidence may make a proposal valid.
+            if self.ingest_evidence(m, now, out) {
+                self.instance.evidence_changed();
+                self.vote_with(now, out, |i, key, env| i.poke(Some(key), env, now));
             }
-            _ => {
-                if self.ingest_evidence(m, now, out) {
-                    self.instance.evidence_changed();
-                    let actions = {
-                        let (instance, mut env) = self.split(now);
-                        let key = env.peer_key();
-                        instance.poke(Some(&key), &mut env, now)
-                    };
-                    self.apply(actions, now, out);
-                }
+            return;
+        };
+        if campaign != self.campaign {
+            let error = DecodeError::WrongCampaign {
+                expected: self.campaign,
+                found: campaign,
+            };
+            out.push(PeerOutput::Rejected {
+                id: m.id(),
+                action: error.peer_action(),
+                error,
+            });
+            return;
+        }
+        if generation > self.cur.number {
+            if self.future.len() < self.config.max_future_messages {
+                self.future.push_back(m);
             }
+            return;
+        }
+        if generation == self.cur.number {
+            self.vote_with(now, out, |i, key, env| {
+                i.handle(m, Some(key), env, now).unwrap_or_default()
+            });
         }
     }
 
@@ -654,12 +648,7 @@ impl Peer {
                 .keys()
                 .all(|j| self.ledger.settlement(j).is_some());
             if all_settled || now >= self.void_deadline() {
-                let actions = {
-                    let (instance, mut env) = self.split(now);
-                    let key = env.peer_key();
-                    instance.start(Some(&key), &mut env, now)
-                };
-                self.apply(actions, now, out);
+                self.vote_with(now, out, |i, key, env| i.start(Some(key), env, now));
             }
         }
     }
@@ -765,10 +754,6 @@ struct PeerEnv<'a> {
 }
 
 impl PeerEnv<'_> {
-    fn peer_key(&self) -> Keypair {
-        self.key.clone()
-    }
-
     /// Jobs each member runs in turn: `⌈jobs · r / members⌉`.
     fn load(&self) -> u64 {
         let work = self.cur.jobs.len() as u64 * u64::from(self.spec.redundancy);
