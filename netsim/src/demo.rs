@@ -200,6 +200,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport, String> {
                 job: id,
                 result,
                 salt,
+                witnessed: Vec::new(),
                 issued_at: t,
             };
             wire.push(

@@ -33,6 +33,9 @@ pub enum Behaviour {
     Forge,
     /// Replays valid messages signed for another campaign.
     Replay,
+    /// Executes honestly but runs in audit mode and reports a wrong result on every audit
+    /// (a false accuser).
+    Slander,
 }
 
 /// Peers of one behaviour.
@@ -174,6 +177,12 @@ pub struct Scenario {
     /// need it).
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// Fraction of settled jobs sampled for audit (the campaign's audit rate).
+    #[serde(default)]
+    pub audit_rate: f64,
+    /// Honest nodes in audit mode (nodes 1, 2, …).
+    #[serde(default)]
+    pub auditors: usize,
     /// Byzantine peers.
     #[serde(default)]
     pub byzantine: Vec<Byzantine>,
@@ -243,6 +252,18 @@ impl Scenario {
             return Err(invalid(format!(
                 "{byz} Byzantine nodes leave no honest node among {}",
                 s.nodes
+            )));
+        }
+        if !(0.0..=1.0).contains(&s.audit_rate) {
+            return Err(invalid(format!(
+                "audit_rate {} must be in [0, 1]",
+                s.audit_rate
+            )));
+        }
+        if s.auditors + byz >= s.nodes {
+            return Err(invalid(format!(
+                "{} auditors and {byz} Byzantine nodes do not fit among {} nodes beside the creator",
+                s.auditors, s.nodes
             )));
         }
         if !(0.0..1.0).contains(&s.loss) {

@@ -34,6 +34,32 @@ use rand_core::{Rng, SeedableRng};
 
 use crate::scenario::{Behaviour, Fault, Scenario};
 
+/// What audits did in one run (from the reference node's closures).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditStats {
+    /// Settled jobs subject to sampling, and how many were sampled.
+    pub drawn: (usize, usize),
+    /// The expected number sampled: the sum of the sampling rates.
+    pub expected_sampled: f64,
+    /// Verdicts given; of those, closures overturned.
+    pub verdicts: usize,
+    /// Verdicts that overturned a closure's outcome.
+    pub overturned: usize,
+    /// Auditors contradicted by the jury (false accusations punished).
+    pub contradicted: usize,
+    /// Wrong outcomes settled by colluders at closure, the number theory expects audits to
+    /// catch (the sum of their sampling rates), and how many were caught (overturned).
+    pub captured: usize,
+    /// Theory's expectation of `caught`: the sum of the captured jobs' sampling rates.
+    pub captured_expected: f64,
+    /// Captured jobs that were sampled.
+    pub captured_sampled: usize,
+    /// Captured jobs overturned by a verdict.
+    pub caught: usize,
+    /// Failed audits per behaviour class.
+    pub failed_by_class: BTreeMap<String, u64>,
+}
+
 /// What one run of a scenario under one seed produced.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
@@ -47,8 +73,13 @@ pub struct RunReport {
     pub generations: u32,
     /// Per generation: distinct closure roots among honest nodes that closed it.
     pub distinct_roots: Vec<usize>,
-    /// Settled entries whose outcome is not the job's true outcome (in the reference closures).
+    /// Settled jobs whose final outcome (after audit verdicts) is not the job's true outcome,
+    /// in the reference node's closures.
     pub wrong_finalised: usize,
+    /// Settled entries whose outcome was wrong when their generation closed (before audits).
+    pub wrong_at_closure: usize,
+    /// Audits: what the campaign's sampling and verdicts did.
+    pub audits: AuditStats,
     /// Void entries (jobs dropped without quorum).
     pub void_entries: usize,
     /// Settled entries.
@@ -219,7 +250,7 @@ fn spec_for(sc: &Scenario, roster: Vec<PeerKey>, name: &str) -> CampaignSpec {
         redundancy: sc.redundancy,
         quorum: sc.quorum,
         tolerance: Tolerance::EXACT,
-        audit_rate_ppm: 0,
+        audit_rate_ppm: (sc.audit_rate * 1e6).round() as u32,
         backend: BackendClass::CpuNdarray,
         code_version: "netsim-stub/1".into(),
         roster,
@@ -375,6 +406,8 @@ impl Sim {
                 capacity: self.sc.capacity,
                 join_heartbeat_ms: self.sc.sync_interval_ms,
                 max_joins_per_generation: self.nodes.len(),
+                audit: (1..=self.sc.auditors).contains(&i)
+                    || self.nodes[i].behaviour == Some(Behaviour::Slander),
                 ..PeerConfig::default()
             },
             Timestamp::from_millis(self.now),
@@ -630,6 +663,9 @@ impl Sim {
                 PeerOutput::Broadcast(m) => self.broadcast(i, m),
                 PeerOutput::Execute(job) => self.execute(i, job),
                 PeerOutput::Closed { generation, root } => {
+                    if i == 0 && std::env::var_os("NETSIM_DEBUG").is_some() {
+                        eprintln!("node 0 closed generation {generation} at {} ms", self.now);
+                    }
                     self.nodes[i].closed_at.insert(generation, (self.now, root));
                     self.first_entered.entry(generation + 1).or_insert(self.now);
                 }
@@ -662,8 +698,14 @@ impl Sim {
         let id = job.id();
         self.jobs_by_id.entry(id).or_insert_with(|| job.clone());
         let truth = true_outcome(&job);
+        let auditing = self.nodes[i]
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.pending_audits().contains_key(&id));
         let outcome = match self.nodes[i].behaviour {
             None | Some(Behaviour::Spam | Behaviour::Forge | Behaviour::Replay) => truth,
+            Some(Behaviour::Slander) if auditing => perturb(&truth, 999),
+            Some(Behaviour::Slander) => truth,
             Some(Behaviour::Equivocate) => truth,
             Some(Behaviour::Wrong) => perturb(&truth, 1 + i as u64),
             Some(Behaviour::Collude) => perturb(&truth, 777),
@@ -831,6 +873,12 @@ impl Sim {
             .filter(|&i| self.nodes[i].behaviour == Some(Behaviour::Collude))
             .map(|i| self.nodes[i].key.public())
             .collect();
+        let tol = self.spec.tolerance;
+        let verdicts: HashMap<JobId, &hivemesh_protocol::audit::Verdict> = peer
+            .closures()
+            .iter()
+            .flat_map(|(c, _)| c.verdicts.iter().map(|v| (v.job, v)))
+            .collect();
         for (closure, _) in peer.closures() {
             for e in &closure.entries {
                 match e {
@@ -838,21 +886,38 @@ impl Sim {
                         job, settlement, ..
                     } => {
                         r.settled_entries += 1;
-                        if let Some(spec) = self.jobs_by_id.get(job)
-                            && settlement.canonical != true_outcome(spec)
-                        {
+                        let truth = self.jobs_by_id.get(job).map(true_outcome);
+                        let wrong = truth.as_ref().is_some_and(|t| settlement.canonical != *t);
+                        let verdict = verdicts.get(job);
+                        let final_outcome =
+                            verdict.map_or(&settlement.canonical, |v| v.outcome(settlement));
+                        if truth.as_ref().is_some_and(|t| final_outcome != t) {
                             r.wrong_finalised += 1;
+                        }
+                        let draw = peer.audit_draws().get(job).copied();
+                        if let Some((rate, drawn)) = draw {
+                            r.audits.drawn.0 += 1;
+                            r.audits.drawn.1 += usize::from(drawn);
+                            r.audits.expected_sampled += f64::from(rate) / 1e6;
+                        }
+                        if wrong {
+                            r.wrong_at_closure += 1;
                             if settlement.agreeing.iter().all(|p| colluders.contains(p)) {
                                 r.collusion_settled += 1;
+                                r.audits.captured += 1;
+                                if let Some((rate, drawn)) = draw {
+                                    r.audits.captured_expected += f64::from(rate) / 1e6;
+                                    r.audits.captured_sampled += usize::from(drawn);
+                                }
+                                if verdict.is_some_and(|v| v.overturned(settlement, &tol)) {
+                                    r.audits.caught += 1;
+                                }
                             }
                         }
-                        for p in &settlement.agreeing {
-                            if let Some(c) = class_of.get(p) {
-                                r.agreed_by_class.entry(c.clone()).or_default().0 += 1;
-                            }
-                            if joiners.contains(p) {
-                                r.joiners_agreed += 1;
-                            }
+                        if let Some(v) = verdict {
+                            r.audits.verdicts += 1;
+                            r.audits.overturned += usize::from(v.overturned(settlement, &tol));
+                            r.audits.contradicted += v.contradicted.len();
                         }
                         for p in &settlement.dissenting {
                             if let Some(c) = class_of.get(p) {
@@ -877,6 +942,36 @@ impl Sim {
                         }
                     }
                 }
+            }
+        }
+        if std::env::var_os("NETSIM_DEBUG").is_some() {
+            for (job, a) in peer.pending_audits() {
+                eprintln!(
+                    "pending audit g{} {}: executors {:?} reports {:?} jury {:?}",
+                    a.generation,
+                    job.short(),
+                    a.executors.iter().map(PeerKey::short).collect::<Vec<_>>(),
+                    peer.ledger()
+                        .audit_results(job)
+                        .iter()
+                        .map(|(p, o, _)| (p.short(), *o == &true_outcome(&a.spec)))
+                        .collect::<Vec<_>>(),
+                    a.jury.iter().map(PeerKey::short).collect::<Vec<_>>()
+                );
+            }
+        }
+        // Credit after audits, as the reference node's reputation counts it.
+        for (p, n) in peer.agreed_results() {
+            if let Some(c) = class_of.get(p) {
+                r.agreed_by_class.entry(c.clone()).or_default().0 += n;
+            }
+            if joiners.contains(p) {
+                r.joiners_agreed += n;
+            }
+        }
+        for (p, n) in peer.failed_audits() {
+            if let Some(c) = class_of.get(p) {
+                *r.audits.failed_by_class.entry(c.clone()).or_default() += n;
             }
         }
         if !colluders.is_empty() {
@@ -937,9 +1032,27 @@ pub fn describe(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  entries: {} settled, {} void; wrong results finalised: {}",
-        r.settled_entries, r.void_entries, r.wrong_finalised
+        "  entries: {} settled, {} void; wrong results: {} at closure, {} after audits",
+        r.settled_entries, r.void_entries, r.wrong_at_closure, r.wrong_finalised
     );
+    let a = &r.audits;
+    if a.drawn.0 > 0 {
+        let _ = writeln!(
+            s,
+            "  audits: {} of {} settled jobs sampled (expected {:.1}); {} verdicts, {} overturned, {} false accusations punished",
+            a.drawn.1, a.drawn.0, a.expected_sampled, a.verdicts, a.overturned, a.contradicted
+        );
+        if a.captured > 0 {
+            let _ = writeln!(
+                s,
+                "  collusion caught by audits: predicted {:.2} of {} captured jobs (sum of sampling rates), observed {} ({} sampled)",
+                a.captured_expected, a.captured, a.caught, a.captured_sampled
+            );
+        }
+        if !a.failed_by_class.is_empty() {
+            let _ = writeln!(s, "  failed audits by class: {:?}", a.failed_by_class);
+        }
+    }
     let _ = writeln!(
         s,
         "  messages: {} distinct, {:.1} deliveries per honest node per job; {} rejected at ingress; {} events",
@@ -948,7 +1061,7 @@ pub fn describe(r: &RunReport) -> String {
     for (class, (agreed, n)) in &r.agreed_by_class {
         let _ = writeln!(
             s,
-            "  {class:<10} {n:>4} nodes: {agreed:>5} agreed results, {:>4} dissents",
+            "  {class:<10} {n:>4} nodes: {agreed:>5} credited results, {:>4} dissents",
             r.dissents_by_class.get(class).copied().unwrap_or(0)
         );
     }

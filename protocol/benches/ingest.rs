@@ -114,6 +114,7 @@ fn workload() -> Workload {
                 job: id,
                 result: result.clone(),
                 salt,
+                witnessed: Vec::new(),
                 issued_at: Timestamp(20),
             };
             wire.push(

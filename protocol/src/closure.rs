@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::agreement::Settlement;
+use crate::audit::Verdict;
 use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
 use crate::message::Outcome;
@@ -27,6 +28,8 @@ pub enum Entry {
         settlement: Settlement,
         /// The lower median of the agreeing executors' reported wall times.
         wall_time_ms: u64,
+        /// The agreeing executors that earn credit ([`credited`]): not copiers.
+        credited: Vec<PeerKey>,
     },
     /// No quorum by the deadline: the job is dropped (the search treats it as failed).
     Void {
@@ -63,6 +66,8 @@ pub struct Closure {
     pub previous: [u8; 32],
     /// One entry per job of the generation, in job-id order.
     pub entries: Vec<Entry>,
+    /// Verdicts on jobs of earlier generations audited since (in job-id order).
+    pub verdicts: Vec<Verdict>,
     /// The members of the next generation (sorted): who executes and from whom its voters are
     /// drawn.
     pub members: Vec<PeerKey>,
@@ -109,6 +114,28 @@ pub fn next_deadline(entries: &[Entry], previous_ms: u64, load: u64, schedule: &
         .clamp(schedule.min_deadline_ms, schedule.max_deadline_ms)
 }
 
+/// Which agreeing executors earn credit for a job: those whose commitment most of the other
+/// agreeing executors witnessed (held before any result was public), per their reveals'
+/// `witnessed` lists; a lone agreeing executor always. A lazy copier can only commit after
+/// seeing a reveal, so the executors it copied never witness it. `agreeing` is sorted.
+pub fn credited<'a>(
+    agreeing: &[PeerKey],
+    witnessed: impl Fn(&PeerKey) -> &'a [PeerKey],
+) -> Vec<PeerKey> {
+    let others = agreeing.len().saturating_sub(1);
+    agreeing
+        .iter()
+        .filter(|p| {
+            let by = agreeing
+                .iter()
+                .filter(|a| *a != *p && witnessed(a).binary_search(p).is_ok())
+                .count();
+            others == 0 || 2 * by > others
+        })
+        .copied()
+        .collect()
+}
+
 /// The lower median of some wall times (0 for none).
 pub fn lower_median(mut times: Vec<u64>) -> u64 {
     times.sort_unstable();
@@ -121,6 +148,7 @@ pub fn lower_median(mut times: Vec<u64>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn deadline_adapts_and_is_clamped() {
@@ -143,6 +171,7 @@ mod tests {
                 dissenting: vec![],
             },
             wall_time_ms: t,
+            credited: vec![],
         };
         let e: Vec<Entry> = (1..=10).map(|i| settled(i * 100)).collect();
         assert_eq!(next_deadline(&e, 1000, 1, &s), 1800);
@@ -151,5 +180,48 @@ mod tests {
         assert_eq!(next_deadline(&[settled(10_000)], 1000, 1, &s), 5000);
         assert_eq!(next_deadline(&[Entry::Void { job }], 1000, 1, &s), 1000);
         assert_eq!(lower_median(vec![5, 1, 3, 2]), 2);
+    }
+
+    #[test]
+    fn credit_needs_witnesses_from_most_fellow_executors() {
+        let k = |b: u8| PeerKey([b; 32]);
+        let (h1, h2, c1, c2) = (k(1), k(2), k(3), k(4));
+        let lists: BTreeMap<PeerKey, Vec<PeerKey>> = [
+            (h1, vec![h2]),
+            (h2, vec![h1]),
+            // Copiers list everyone, each other included.
+            (c1, vec![h1, h2, c2]),
+            (c2, vec![h1, h2, c1]),
+        ]
+        .into_iter()
+        .collect();
+        let w = |p: &PeerKey| lists.get(p).map_or(&[][..], Vec::as_slice);
+        let mut all = vec![h1, h2, c1, c2];
+        all.sort();
+        assert_eq!(credited(&all, w), vec![h1, h2]);
+        assert_eq!(credited(&[h1], w), vec![h1]);
+        // A copier beside one honest executor: only the honest one is credited.
+        let mut pair = vec![h1, c1];
+        pair.sort();
+        assert_eq!(credited(&pair, w), vec![h1]);
+        // Two copiers beside one honest executor each have only one of two witnesses.
+        let mut three = vec![h1, c1, c2];
+        three.sort();
+        assert_eq!(credited(&three, w), vec![h1]);
+        // Copiers that out-number the honest executors two to one credit each other: that is
+        // collusion, which audits address.
+        let c3 = k(5);
+        let lists3: BTreeMap<PeerKey, Vec<PeerKey>> = [
+            (h1, vec![]),
+            (c1, vec![h1, c2, c3]),
+            (c2, vec![h1, c1, c3]),
+            (c3, vec![h1, c1, c2]),
+        ]
+        .into_iter()
+        .collect();
+        let w3 = |p: &PeerKey| lists3.get(p).map_or(&[][..], Vec::as_slice);
+        let mut four = vec![h1, c1, c2, c3];
+        four.sort();
+        assert_eq!(credited(&four, w3), four);
     }
 }

@@ -371,6 +371,7 @@ mod tests {
             generation,
             previous: [0; 32],
             entries,
+            verdicts: vec![],
             members: spec.roster.clone(),
             deadline_ms: 1000,
         }

@@ -133,6 +133,8 @@ pub(crate) mod context {
     pub(crate) const RANK: &str = "hivemesh 2026-11 assignment rank v1";
     pub(crate) const PROPOSER: &str = "hivemesh 2026-11 proposer rank v1";
     pub(crate) const JOB_SEED: &str = "hivemesh 2026-11 job seed v1";
+    pub(crate) const AUDIT_SAMPLE: &str = "hivemesh 2026-11 audit sample v1";
+    pub(crate) const DISPUTE: &str = "hivemesh 2026-11 dispute jury v1";
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ pub struct ExecutorResult<'a> {
     pub wall_time_ms: u64,
     /// Its commitment reached this node after another executor's reveal.
     pub late: bool,
+    /// The commitments its reveal says it held before any result was public.
+    pub witnessed: &'a [PeerKey],
 }
 
 /// Why a message was not stored.
@@ -256,7 +258,7 @@ impl Statement for Reveal {
         self.job
     }
     fn equivalent(&self, other: &Self) -> bool {
-        self.result == other.result && self.salt == other.salt
+        self.result == other.result && self.salt == other.salt && self.witnessed == other.witnessed
     }
     fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>> {
         &mut entry.reveals
@@ -283,6 +285,7 @@ struct Counted {
     outcome: Outcome,
     auditor: bool,
     wall_time_ms: u64,
+    witnessed: Vec<PeerKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -341,6 +344,7 @@ impl JobEntry {
                 outcome,
                 auditor: false,
                 wall_time_ms: r.message().result.wall_time_ms,
+                witnessed: r.message().witnessed.clone(),
             });
         }
         match self.audits.get(peer).and_then(Statements::single) {
@@ -351,6 +355,7 @@ impl JobEntry {
                     outcome,
                     auditor: true,
                     wall_time_ms: a.message().result.wall_time_ms,
+                    witnessed: Vec::new(),
                 })
             }
             None => Standing::Nothing,
@@ -726,7 +731,31 @@ impl Ledger {
                     digest: c.digest,
                     wall_time_ms: c.wall_time_ms,
                     late: j.late.contains(p),
+                    witnessed: &c.witnessed,
                 })
+                .collect()
+        })
+    }
+
+    /// The auditors' reports on `job` that currently count: `(auditor, outcome, digest)`.
+    pub fn audit_results(&self, job: &JobId) -> Vec<(PeerKey, &Outcome, [u8; 32])> {
+        self.jobs.get(job).map_or_else(Vec::new, |j| {
+            j.counted
+                .iter()
+                .filter(|(_, c)| c.auditor)
+                .map(|(p, c)| (*p, &c.outcome, c.digest))
+                .collect()
+        })
+    }
+
+    /// Peers other than `except` whose commitment on `job` reached this node before any
+    /// executor's reveal (sorted): what a reveal lists as witnessed.
+    pub fn punctual_committers(&self, job: &JobId, except: &PeerKey) -> Vec<PeerKey> {
+        self.jobs.get(job).map_or_else(Vec::new, |j| {
+            j.commitments
+                .keys()
+                .filter(|p| *p != except && !j.late.contains(p) && !j.equivocators.contains_key(p))
+                .copied()
                 .collect()
         })
     }

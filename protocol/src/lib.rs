@@ -35,6 +35,7 @@
 
 pub mod agreement;
 pub mod assign;
+pub mod audit;
 pub mod closure;
 pub mod consensus;
 pub mod derive;

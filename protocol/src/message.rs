@@ -163,9 +163,17 @@ pub struct Reveal {
     pub result: JobResult,
     /// The random salt that hid the result in the commitment.
     pub salt: [u8; 32],
+    /// Other executors whose commitments the signer held before any executor's reveal of
+    /// this job reached it (sorted, at most [`MAX_WITNESSED`]): commitments made before any
+    /// result was public, so not copies. Only an executor witnessed by most of its fellow
+    /// agreeing executors earns credit for a job (ADR 0003).
+    pub witnessed: Vec<PeerKey>,
     /// When.
     pub issued_at: Timestamp,
 }
+
+/// Most peers a [`Reveal`] may list as witnessed.
+pub const MAX_WITNESSED: usize = 64;
 
 impl Reveal {
     /// Whether this reveal, signed by `signer`, opens `commitment`.
@@ -184,6 +192,15 @@ impl Message for Reveal {
         self.issued_at
     }
     fn validate(&self) -> Result<(), String> {
+        if self.witnessed.len() > MAX_WITNESSED {
+            return Err(format!(
+                "{} witnessed commitments (at most {MAX_WITNESSED})",
+                self.witnessed.len()
+            ));
+        }
+        if self.witnessed.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("witnessed commitments are not sorted and distinct".into());
+        }
         self.result.validate()
     }
 }

@@ -17,9 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use crate::agreement::{Settlement, settle_digested};
+use crate::agreement::settle_digested;
 use crate::assign::{eligible, rank, weight};
-use crate::closure::{Closure, Entry, generation_seed, lower_median, next_deadline};
+use crate::audit::{self, PendingAudit, Verdict, judge};
+use crate::closure::{Closure, Entry, credited, generation_seed, lower_median, next_deadline};
 use crate::consensus::{Action, Env, Instance};
 use crate::derive::{Derivation, DeriveError};
 use crate::envelope::{AnySigned, Signed};
@@ -27,7 +28,9 @@ use crate::error::{DecodeError, PeerAction};
 use crate::id::{CampaignId, JobId, MessageId, context, hash_canonical};
 use crate::identity::{Keypair, PeerKey};
 use crate::ledger::{Input, Ledger, LedgerConfig, Output};
-use crate::message::{Claim, Commitment, Heartbeat, JobResult, Reveal, commitment_digest};
+use crate::message::{
+    AuditReport, Claim, Commitment, Heartbeat, JobResult, Reveal, commitment_digest,
+};
 use crate::spec::{CampaignSpec, JobSpec, MAX_ROSTER};
 use crate::time::Timestamp;
 
@@ -42,6 +45,9 @@ pub struct PeerConfig {
     pub max_joins_per_generation: usize,
     /// How often to send a heartbeat while not yet a member (joining), in milliseconds.
     pub join_heartbeat_ms: u64,
+    /// Audit mode: re-execute every job sampled for audit that this peer did not execute, before
+    /// taking jobs of its own, and report (validators run nodes this way).
+    pub audit: bool,
     /// Ledger limits.
     pub ledger: LedgerConfig,
 }
@@ -53,6 +59,7 @@ impl Default for PeerConfig {
             max_future_messages: 10_000,
             max_joins_per_generation: 64,
             join_heartbeat_ms: 5_000,
+            audit: false,
             ledger: LedgerConfig::default(),
         }
     }
@@ -151,6 +158,18 @@ pub struct Peer {
     future: VecDeque<AnySigned>,
     agreed: BTreeMap<PeerKey, u64>,
     offences: BTreeMap<PeerKey, u64>,
+    /// Audits failed per peer (as an overturned executor or a contradicted auditor).
+    failed_audits: BTreeMap<PeerKey, u64>,
+    /// Settled jobs sampled for audit that have no verdict yet.
+    pending: BTreeMap<JobId, PendingAudit>,
+    /// Every settled job's audit rate and whether it was sampled.
+    audit_draws: BTreeMap<JobId, (u32, bool)>,
+    /// Audits and jury duties this peer took (running or reported).
+    audits_taken: BTreeSet<JobId>,
+    /// Audits and jury duties running.
+    auditing: BTreeSet<JobId>,
+    /// The job-less generation after the last one, in which outstanding audits are judged.
+    epilogue: bool,
     last_heartbeat: Option<Timestamp>,
     last_now: Timestamp,
     /// This peer's rank for each job of the generation (computed once per job).
@@ -227,6 +246,12 @@ impl Peer {
             future: VecDeque::new(),
             agreed: BTreeMap::new(),
             offences: BTreeMap::new(),
+            failed_audits: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            audit_draws: BTreeMap::new(),
+            audits_taken: BTreeSet::new(),
+            auditing: BTreeSet::new(),
+            epilogue: false,
             last_heartbeat: None,
             last_now: now,
             my_ranks: BTreeMap::new(),
@@ -274,9 +299,30 @@ impl Peer {
         &self.agreed
     }
 
-    /// Dissents recorded against each peer over all closures.
+    /// Offences recorded against each peer over all closures: dissents and failed audits.
     pub fn offences(&self) -> &BTreeMap<PeerKey, u64> {
         &self.offences
+    }
+
+    /// Failed audits per peer over all closures.
+    pub fn failed_audits(&self) -> &BTreeMap<PeerKey, u64> {
+        &self.failed_audits
+    }
+
+    /// Settled jobs sampled for audit and not judged yet.
+    pub fn pending_audits(&self) -> &BTreeMap<JobId, PendingAudit> {
+        &self.pending
+    }
+
+    /// Audits and jury duties this peer has taken on (running or reported).
+    pub fn audits_taken(&self) -> &BTreeSet<JobId> {
+        &self.audits_taken
+    }
+
+    /// For every settled job (when the campaign audits): the rate it was sampled at, in parts
+    /// per million, and whether it was sampled.
+    pub fn audit_draws(&self) -> &BTreeMap<JobId, (u32, bool)> {
+        &self.audit_draws
     }
 
     /// A one-line summary of where this peer stands (for diagnostics).
@@ -331,9 +377,9 @@ impl Peer {
         )
     }
 
-    /// Jobs this peer is running.
+    /// Jobs (audits included) this peer is running.
     pub fn running(&self) -> usize {
-        self.running.len()
+        self.running.len() + self.auditing.len()
     }
 
     /// Every message a syncing peer needs from this one: the consensus history and the
@@ -394,6 +440,16 @@ impl Peer {
         }
         match input {
             PeerInput::Message(m) => self.on_message(m, now, &mut out),
+            PeerInput::JobDone { job, result } if self.auditing.remove(&job) => {
+                let report = AuditReport {
+                    campaign: self.campaign,
+                    job,
+                    result,
+                    issued_at: now,
+                };
+                self.sign_and_send(report, AnySigned::AuditReport, now, &mut out);
+                self.instance.evidence_changed();
+            }
             PeerInput::JobDone { job, result } => self.on_job_done(job, result, now, &mut out),
             PeerInput::Tick => {
                 self.vote_with(now, &mut out, |i, key, env| i.tick(Some(key), env, now))
@@ -426,6 +482,9 @@ impl Peer {
             ledger: &self.ledger,
             cur: &self.cur,
             spec: &self.spec,
+            pending: &self.pending,
+            failed_audits: &self.failed_audits,
+            epilogue: self.epilogue,
             max_joins: self.config.max_joins_per_generation,
             now,
             void_at,
@@ -556,26 +615,32 @@ impl Peer {
             return;
         }
         let q = usize::from(self.spec.quorum);
+        let r = usize::from(self.spec.redundancy);
         let elapsed = now.saturating_since(self.cur.started_at).as_millis() as u64;
         let past_deadline = elapsed >= self.cur.deadline_ms;
-        // Reveal: once q peers committed, or the deadline passed.
+        // Reveal: once all r executors committed, or q did and the deadline passed.
         let to_reveal: Vec<JobId> = self
             .own
             .iter()
-            .filter(|(j, o)| !o.revealed && (past_deadline || self.ledger.commitment_count(j) >= q))
+            .filter(|(j, o)| {
+                let c = self.ledger.commitment_count(j);
+                !o.revealed && (c >= r || (past_deadline && c >= q))
+            })
             .map(|(j, _)| *j)
             .collect();
         for job in to_reveal {
+            let witnessed = self.ledger.punctual_committers(&job, &self.me);
             if let Some(o) = self.own.get_mut(&job) {
                 o.revealed = true;
-                let r = Reveal {
+                let reveal = Reveal {
                     campaign: self.campaign,
                     job,
                     result: o.result.clone(),
                     salt: o.salt,
+                    witnessed,
                     issued_at: now,
                 };
-                self.sign_and_send(r, AnySigned::Reveal, now, out);
+                self.sign_and_send(reveal, AnySigned::Reveal, now, out);
                 self.instance.evidence_changed();
             }
         }
@@ -596,9 +661,13 @@ impl Peer {
                 self.sign_and_send(hb, AnySigned::Heartbeat, now, out);
             }
         }
+        // Jury duty comes first (a dispute blocks a verdict); then, in audit mode, audits.
+        self.take_audits(true, now, out);
+        if self.config.audit {
+            self.take_audits(false, now, out);
+        }
         // Take jobs, members only.
-        if self.is_member() && self.running.len() < usize::from(self.config.capacity) {
-            let r = usize::from(self.spec.redundancy);
+        if self.is_member() && self.running() < usize::from(self.config.capacity) {
             let extra = usize::from(self.spec.schedule.max_extra_executors);
             let n = self.cur.members.len();
             let idle = self.running.is_empty();
@@ -623,7 +692,7 @@ impl Peer {
             }
             candidates.sort();
             for (_, _, id) in candidates {
-                if self.running.len() >= usize::from(self.config.capacity) {
+                if self.running() >= usize::from(self.config.capacity) {
                     break;
                 }
                 let Some(spec) = self.cur.jobs.get(&id).cloned() else {
@@ -640,17 +709,68 @@ impl Peer {
                 out.push(PeerOutput::Execute(spec));
             }
         }
-        // Ready to close: every job settled, or the void deadline passed.
+        // Ready to close: every job settled (in the epilogue: every audit judged), or the void
+        // deadline passed.
         if !self.instance.started() {
-            let all_settled = self
-                .cur
-                .jobs
-                .keys()
-                .all(|j| self.ledger.settlement(j).is_some());
-            if all_settled || now >= self.void_deadline() {
+            let ready = if self.epilogue {
+                let (_, env) = self.split(now);
+                env.pending.values().all(|a| env.verdict(a).is_some())
+            } else {
+                self.cur
+                    .jobs
+                    .keys()
+                    .all(|j| self.ledger.settlement(j).is_some())
+            };
+            if ready || now >= self.void_deadline() {
                 self.vote_with(now, out, |i, key, env| i.start(Some(key), env, now));
             }
         }
+    }
+
+    /// Starts jury duties (`jury` true: disputed jobs whose jury includes this peer) or, in
+    /// audit mode, audits (every sampled job this peer did not execute), within capacity.
+    fn take_audits(&mut self, jury: bool, _now: Timestamp, out: &mut Vec<PeerOutput>) {
+        let capacity = usize::from(self.config.capacity);
+        if self.running() >= capacity || self.pending.is_empty() {
+            return;
+        }
+        let todo: Vec<JobId> = self
+            .pending
+            .iter()
+            .filter(|(j, a)| {
+                !self.audits_taken.contains(j)
+                    && a.executors.binary_search(&self.me).is_err()
+                    && !self.ledger.has_committed(j, &self.me)
+                    && (!jury || a.jury.binary_search(&self.me).is_ok() && self.disputed(a))
+            })
+            .map(|(j, _)| *j)
+            .collect();
+        for job in todo {
+            if self.running() >= capacity {
+                break;
+            }
+            let Some(a) = self.pending.get(&job) else {
+                continue;
+            };
+            out.push(PeerOutput::Execute(a.spec.clone()));
+            self.audits_taken.insert(job);
+            self.auditing.insert(job);
+        }
+    }
+
+    /// Whether a report on `a` held here disagrees with its closure.
+    fn disputed(&self, a: &PendingAudit) -> bool {
+        let reports = self.ledger.audit_results(&a.spec.id());
+        audit::disputed(
+            a,
+            &reports,
+            |p| self.eligible_auditor(p),
+            &self.spec.tolerance,
+        )
+    }
+
+    fn eligible_auditor(&self, p: &PeerKey) -> bool {
+        self.cur.members.binary_search(p).is_ok() && !self.failed_audits.contains_key(p)
     }
 
     fn apply(&mut self, actions: Vec<Action>, now: Timestamp, out: &mut Vec<PeerOutput>) {
@@ -678,8 +798,13 @@ impl Peer {
     ) {
         let root = closure.root();
         for e in &closure.entries {
-            if let Entry::Settled { settlement, .. } = e {
-                for p in &settlement.agreeing {
+            if let Entry::Settled {
+                settlement,
+                credited,
+                ..
+            } = e
+            {
+                for p in credited {
                     *self.agreed.entry(*p).or_default() += 1;
                 }
                 for p in &settlement.dissenting {
@@ -687,16 +812,26 @@ impl Peer {
                 }
             }
         }
+        for v in &closure.verdicts {
+            if let Some(a) = self.pending.remove(&v.job) {
+                self.apply_verdict(&a, v);
+            }
+        }
         out.push(PeerOutput::Closed {
             generation: closure.generation,
             root,
         });
-        let next: Vec<JobSpec> = match self.derivation.advance(&closure) {
-            Ok(jobs) => jobs.to_vec(),
-            Err(_) => Vec::new(),
+        let next: Vec<JobSpec> = if self.epilogue {
+            Vec::new()
+        } else {
+            match self.derivation.advance(&closure) {
+                Ok(jobs) => jobs.to_vec(),
+                Err(_) => Vec::new(),
+            }
         };
         let seed = closure.seed();
         let members = closure.members.clone();
+        self.sample_audits(&closure, &seed, &members);
         let deadline = closure.deadline_ms;
         self.history
             .extend(self.instance.messages().iter().cloned());
@@ -722,9 +857,13 @@ impl Peer {
             self.spec.schedule.round_timeout_ms,
         );
         if next.is_empty() {
-            self.finished = true;
-            out.push(PeerOutput::Finished);
-            return;
+            if self.epilogue || self.pending.is_empty() {
+                self.finished = true;
+                out.push(PeerOutput::Finished);
+                return;
+            }
+            // One more, job-less generation to judge the last generations' audits.
+            self.epilogue = true;
         }
         for j in next {
             self.ledger
@@ -740,6 +879,105 @@ impl Peer {
             self.on_message(m, now, out);
         }
     }
+
+    /// Penalties and credits of a verdict (a function of the closure chain alone).
+    fn apply_verdict(&mut self, a: &PendingAudit, v: &Verdict) {
+        let fail = |p: &PeerKey, s: &mut Self| {
+            *s.failed_audits.entry(*p).or_default() += 1;
+            *s.offences.entry(*p).or_default() += 1;
+        };
+        for p in &v.contradicted {
+            fail(p, self);
+        }
+        if v.overturned(&a.original, &self.spec.tolerance) {
+            // The accusation stands: the agreeing executors lose their credit and fail.
+            for p in &a.original.agreeing {
+                fail(p, self);
+            }
+            for p in &a.credited {
+                if let Some(n) = self.agreed.get_mut(p) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            for p in &v.upheld_by {
+                *self.agreed.entry(*p).or_default() += 1;
+            }
+        }
+        if let Some(jury) = &v.jury {
+            for p in &jury.agreeing {
+                *self.agreed.entry(*p).or_default() += 1;
+            }
+            for p in &jury.dissenting {
+                *self.offences.entry(*p).or_default() += 1;
+            }
+        }
+    }
+
+    /// Samples the settled jobs of a just-decided closure for audit (seeded by the closure).
+    fn sample_audits(&mut self, closure: &Closure, seed: &[u8; 32], members: &[PeerKey]) {
+        if self.spec.audit_rate_ppm == 0 {
+            return;
+        }
+        let size =
+            usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors);
+        for e in &closure.entries {
+            let Entry::Settled {
+                job,
+                settlement,
+                credited,
+                ..
+            } = e
+            else {
+                continue;
+            };
+            let flagged = settlement
+                .agreeing
+                .iter()
+                .any(|p| self.failed_audits.contains_key(p));
+            let rate_ppm = audit::rate(self.spec.audit_rate_ppm, flagged);
+            let Some(spec) = self.cur.jobs.get(job) else {
+                continue;
+            };
+            let drawn = audit::sampled(seed, job, rate_ppm);
+            self.audit_draws.insert(*job, (rate_ppm, drawn));
+            if !drawn {
+                continue;
+            }
+            let mut executors: Vec<PeerKey> = settlement
+                .agreeing
+                .iter()
+                .chain(&settlement.dissenting)
+                .copied()
+                .collect();
+            executors.sort();
+            let (agreed, offences) = (&self.agreed, &self.offences);
+            let jury = audit::jury(
+                job,
+                seed,
+                members,
+                |p| {
+                    weight(
+                        agreed.get(p).copied().unwrap_or(0),
+                        offences.get(p).copied().unwrap_or(0),
+                    )
+                },
+                &executors,
+                size,
+            );
+            self.pending.insert(
+                *job,
+                PendingAudit {
+                    spec: spec.clone(),
+                    generation: closure.generation,
+                    original: settlement.clone(),
+                    credited: credited.clone(),
+                    executors,
+                    jury,
+                    rate_ppm,
+                },
+            );
+        }
+    }
 }
 
 /// The peer's side of [`Env`]: validity and proposals from its ledger.
@@ -748,6 +986,9 @@ struct PeerEnv<'a> {
     ledger: &'a Ledger,
     cur: &'a Generation,
     spec: &'a CampaignSpec,
+    pending: &'a BTreeMap<JobId, PendingAudit>,
+    failed_audits: &'a BTreeMap<PeerKey, u64>,
+    epilogue: bool,
     max_joins: usize,
     now: Timestamp,
     void_at: Timestamp,
@@ -760,15 +1001,10 @@ impl PeerEnv<'_> {
         work.div_ceil(self.cur.members.len().max(1) as u64)
     }
 
-    /// The settlement of `job` from the executors' results listed in `only`, or, without a
-    /// list, the one this peer would propose: from the results whose commitment arrived before
-    /// any reveal (no copies) if those reach a quorum, else from all results. Also returns the
-    /// agreeing executors' median wall time.
-    fn settle_job(
-        &self,
-        job: &JobId,
-        only: Option<&BTreeSet<PeerKey>>,
-    ) -> Option<(Settlement, u64)> {
+    /// The closure entry for `job` from the executors' results listed in `only`, or, without
+    /// a list, the one this peer would propose: from the results whose commitment arrived
+    /// before any reveal (no copies) if those reach a quorum, else from all results.
+    fn settle_job(&self, job: &JobId, only: Option<&BTreeSet<PeerKey>>) -> Option<Entry> {
         if only.is_none() {
             return self
                 .settle_with(job, None, true)
@@ -782,7 +1018,7 @@ impl PeerEnv<'_> {
         job: &JobId,
         only: Option<&BTreeSet<PeerKey>>,
         punctual: bool,
-    ) -> Option<(Settlement, u64)> {
+    ) -> Option<Entry> {
         let results = self.ledger.executor_results(job);
         let chosen: Vec<_> = results
             .iter()
@@ -798,17 +1034,40 @@ impl PeerEnv<'_> {
             .iter()
             .map(|r| (r.peer, r.digest, r.outcome))
             .collect();
-        let s = settle_digested(
+        let settlement = settle_digested(
             evidence,
             usize::from(self.spec.quorum),
             &self.spec.tolerance,
         )?;
-        let times = chosen
+        let agreeing: Vec<_> = chosen
             .iter()
-            .filter(|r| s.agreeing.binary_search(&r.peer).is_ok())
-            .map(|r| r.wall_time_ms)
+            .filter(|r| settlement.agreeing.binary_search(&r.peer).is_ok())
             .collect();
-        Some((s, lower_median(times)))
+        let wall_time_ms = lower_median(agreeing.iter().map(|r| r.wall_time_ms).collect());
+        let credited = credited(&settlement.agreeing, |p| {
+            agreeing
+                .iter()
+                .find(|r| r.peer == *p)
+                .map_or(&[][..], |r| r.witnessed)
+        });
+        Some(Entry::Settled {
+            job: *job,
+            settlement,
+            wall_time_ms,
+            credited,
+        })
+    }
+
+    /// The verdict this peer would give on `audit` (see [`judge`]).
+    fn verdict(&self, audit: &PendingAudit) -> Option<Verdict> {
+        let reports = self.ledger.audit_results(&audit.spec.id());
+        judge(
+            audit,
+            &reports,
+            |p| self.cur.members.binary_search(p).is_ok() && !self.failed_audits.contains_key(p),
+            usize::from(self.spec.quorum),
+            &self.spec.tolerance,
+        )
     }
 
     fn next_members(&self) -> Vec<PeerKey> {
@@ -842,38 +1101,47 @@ impl PeerEnv<'_> {
                 return Err("job set".into());
             }
             match e {
-                Entry::Settled {
-                    settlement,
-                    wall_time_ms,
-                    ..
-                } => {
+                Entry::Settled { settlement, .. } => {
                     let listed: BTreeSet<PeerKey> = settlement
                         .agreeing
                         .iter()
                         .chain(&settlement.dissenting)
                         .copied()
                         .collect();
-                    match self.settle_job(job, Some(&listed)) {
-                        Some((s, t)) if s == *settlement && t == *wall_time_ms => {}
-                        other => {
-                            return Err(format!(
-                                "job {}: listed {} got {:?} want {:?}",
-                                job.short(),
-                                listed.len(),
-                                other.map(|(s, t)| (s.agreeing.len(), s.dissenting.len(), t)),
-                                (
-                                    settlement.agreeing.len(),
-                                    settlement.dissenting.len(),
-                                    wall_time_ms
-                                )
-                            ));
-                        }
+                    if self.settle_job(job, Some(&listed)).as_ref() != Some(e) {
+                        return Err(format!(
+                            "job {}: the {} listed results do not give this entry here",
+                            job.short(),
+                            listed.len()
+                        ));
                     }
                 }
                 Entry::Void { .. } => {
                     if self.now < self.void_at || self.settle_job(job, None).is_some() {
                         return Err(format!("void {}", job.short()));
                     }
+                }
+            }
+        }
+        if c.verdicts.windows(2).any(|w| w[0].job >= w[1].job) {
+            return Err("verdicts not in job order".into());
+        }
+        for v in &c.verdicts {
+            let Some(a) = self.pending.get(&v.job) else {
+                return Err(format!("verdict on {}, not awaiting audit", v.job.short()));
+            };
+            if self.verdict(a).as_ref() != Some(v) {
+                return Err(format!("verdict on {} differs here", v.job.short()));
+            }
+        }
+        // The epilogue exists to judge audits: it may leave one out only after its deadline,
+        // and only one this peer cannot judge either (like a void job).
+        if self.epilogue {
+            for (job, a) in self.pending {
+                if c.verdicts.binary_search_by(|v| v.job.cmp(job)).is_err()
+                    && (self.now < self.void_at || self.verdict(a).is_some())
+                {
+                    return Err(format!("no verdict on {}", job.short()));
                 }
             }
         }
@@ -921,14 +1189,18 @@ impl Env for PeerEnv<'_> {
         let mut entries = Vec::with_capacity(self.cur.jobs.len());
         for job in self.cur.jobs.keys() {
             match self.settle_job(job, None) {
-                Some((settlement, wall_time_ms)) => entries.push(Entry::Settled {
-                    job: *job,
-                    settlement,
-                    wall_time_ms,
-                }),
+                Some(e) => entries.push(e),
                 None if self.now >= self.void_at => entries.push(Entry::Void { job: *job }),
                 None => return None,
             }
+        }
+        let verdicts: Vec<Verdict> = self
+            .pending
+            .values()
+            .filter_map(|a| self.verdict(a))
+            .collect();
+        if self.epilogue && self.now < self.void_at && verdicts.len() < self.pending.len() {
+            return None;
         }
         let deadline_ms = next_deadline(
             &entries,
@@ -941,6 +1213,7 @@ impl Env for PeerEnv<'_> {
             generation: self.cur.number,
             previous: self.cur.previous,
             entries,
+            verdicts,
             members: self.next_members(),
             deadline_ms,
         })

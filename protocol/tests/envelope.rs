@@ -204,6 +204,7 @@ fn oversized_envelope_and_body() {
                 job: JobId([0; 32]),
                 result: r,
                 salt: [0; 32],
+                witnessed: Vec::new(),
                 issued_at: Timestamp(0)
             },
             &key(1)
@@ -298,6 +299,7 @@ fn non_canonical_encodings_are_refused() {
         job: JobId([1; 32]),
         result: r,
         salt: [0; 32],
+        witnessed: Vec::new(),
         issued_at: Timestamp(1_000_000),
     };
     let mut body = postcard::to_stdvec(&reveal).unwrap();
@@ -362,6 +364,7 @@ fn invalid_content_is_refused_at_both_ends() {
         job: JobId([1; 32]),
         result: r,
         salt: [0; 32],
+        witnessed: Vec::new(),
         issued_at: Timestamp(1_000_000),
     };
     assert!(matches!(

@@ -80,7 +80,7 @@ proptest! {
             }),
             wall_time_ms: seed % 100_000,
         };
-        let r = Reveal { campaign: c, job: JobId(job_bytes), result, salt: salt(seed), issued_at: Timestamp(t) };
+        let r = Reveal { campaign: c, job: JobId(job_bytes), result, salt: salt(seed), witnessed: Vec::new(), issued_at: Timestamp(t) };
         let s = Signed::sign_and_encode(r.clone(), &k).unwrap();
         let back = Signed::<Reveal>::verify_and_decode(s.bytes(), &Context::sync(c)).unwrap();
         prop_assert_eq!(back.message(), &r);

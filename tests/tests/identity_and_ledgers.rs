@@ -109,6 +109,7 @@ fn stored_identities_sign_results_that_every_ledger_settles_alike() {
             job: job.id(),
             result,
             salt,
+            witnessed: Vec::new(),
             issued_at: Timestamp(7_000),
         };
         wire.push(

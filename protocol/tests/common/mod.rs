@@ -138,6 +138,7 @@ pub(crate) fn reveal(
                 job,
                 result: r.clone(),
                 salt,
+                witnessed: Vec::new(),
                 issued_at: Timestamp(t),
             },
             k,
