@@ -1072,12 +1072,9 @@ pub fn describe(r: &RunReport) -> String {
             r.collusion_quorum_possible, r.collusion_settled
         );
     }
+    let _ = writeln!(s, "  members at the end: {}", r.final_members);
     if r.joiners_agreed > 0 {
-        let _ = writeln!(
-            s,
-            "  joiners: {} agreed results; {} members at the end",
-            r.joiners_agreed, r.final_members
-        );
+        let _ = writeln!(s, "  joiners: {} credited results", r.joiners_agreed);
     }
     if r.equivocators_detected > 0 {
         let _ = writeln!(s, "  equivocators detected: {}", r.equivocators_detected);

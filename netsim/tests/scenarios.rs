@@ -140,6 +140,22 @@ fn campaign_survives_its_creator_leaving_and_a_crash_restart() {
 }
 
 #[test]
+fn silent_members_are_evicted_so_more_than_f_crashes_over_time_do_not_stall() {
+    for r in runs("attrition") {
+        // 5 of the 10 initial voters crashed for good: without evictions no 7-vote quorum
+        // could form after the second wave. The survivors finished and shrank the roster.
+        assert_eq!(r.honest, 5);
+        assert!(r.final_members <= 7, "seed {}: {}", r.seed, describe(&r));
+        assert!(
+            r.final_members >= 5,
+            "seed {}: live members evicted",
+            r.seed
+        );
+        assert_eq!(r.wrong_finalised, 0);
+    }
+}
+
+#[test]
 fn partition_heals_to_one_ledger() {
     for r in runs("partition") {
         assert_eq!(r.wrong_finalised, 0);

@@ -569,6 +569,20 @@ impl AnySigned {
         }
     }
 
+    /// Who signed it.
+    pub fn signer(&self) -> PeerKey {
+        match self {
+            AnySigned::Campaign(s) => s.signer(),
+            AnySigned::Claim(s) => s.signer(),
+            AnySigned::Commitment(s) => s.signer(),
+            AnySigned::Reveal(s) => s.signer(),
+            AnySigned::AuditReport(s) => s.signer(),
+            AnySigned::Heartbeat(s) => s.signer(),
+            AnySigned::Proposal(s) => s.signer(),
+            AnySigned::Vote(s) => s.signer(),
+        }
+    }
+
     /// Its kind.
     pub fn kind(&self) -> Kind {
         match self {

@@ -170,6 +170,10 @@ pub struct Peer {
     auditing: BTreeSet<JobId>,
     /// The job-less generation after the last one, in which outstanding audits are judged.
     epilogue: bool,
+    /// The generation in which a message signed by each peer last reached this one.
+    last_seen: BTreeMap<PeerKey, u32>,
+    /// Whether this peer sent anything in the current generation.
+    spoke: bool,
     last_heartbeat: Option<Timestamp>,
     last_now: Timestamp,
     /// This peer's rank for each job of the generation (computed once per job).
@@ -252,6 +256,8 @@ impl Peer {
             audits_taken: BTreeSet::new(),
             auditing: BTreeSet::new(),
             epilogue: false,
+            last_seen: BTreeMap::new(),
+            spoke: false,
             last_heartbeat: None,
             last_now: now,
             my_ranks: BTreeMap::new(),
@@ -485,6 +491,7 @@ impl Peer {
             pending: &self.pending,
             failed_audits: &self.failed_audits,
             epilogue: self.epilogue,
+            last_seen: &self.last_seen,
             max_joins: self.config.max_joins_per_generation,
             now,
             void_at,
@@ -510,6 +517,7 @@ impl Peer {
     }
 
     fn on_message(&mut self, m: AnySigned, now: Timestamp, out: &mut Vec<PeerOutput>) {
+        self.last_seen.insert(m.signer(), self.cur.number);
         let slot = match &m {
             AnySigned::Proposal(p) => Some((p.message().campaign, p.message().closure.generation)),
             AnySigned::Vote(v) => Some((v.message().campaign, v.message().generation)),
@@ -556,6 +564,7 @@ impl Peer {
         out: &mut Vec<PeerOutput>,
     ) {
         if let Ok(s) = Signed::sign_and_encode(msg, &self.key) {
+            self.spoke = true;
             let any = wrap(s);
             self.ingest_evidence(any.clone(), now, out);
             out.push(PeerOutput::Broadcast(any));
@@ -644,11 +653,13 @@ impl Peer {
                 self.instance.evidence_changed();
             }
         }
-        // Joiners announce themselves.
-        if !self.is_member() {
+        // Joiners announce themselves; a member that has said nothing this generation by its
+        // deadline shows it is alive (silent members are evicted).
+        let member = self.is_member();
+        if !member || (!self.spoke && past_deadline) {
             let due = self.last_heartbeat.is_none_or(|t| {
                 now.saturating_since(t).as_millis() as u64 >= self.config.join_heartbeat_ms
-            });
+            }) || member;
             if due {
                 self.last_heartbeat = Some(now);
                 let hb = Heartbeat {
@@ -840,6 +851,7 @@ impl Peer {
         self.taken.clear();
         self.my_ranks.clear();
         self.own.clear();
+        self.spoke = false;
         self.cur = Generation {
             number: self.cur.number + 1,
             seed,
@@ -989,6 +1001,7 @@ struct PeerEnv<'a> {
     pending: &'a BTreeMap<JobId, PendingAudit>,
     failed_audits: &'a BTreeMap<PeerKey, u64>,
     epilogue: bool,
+    last_seen: &'a BTreeMap<PeerKey, u32>,
     max_joins: usize,
     now: Timestamp,
     void_at: Timestamp,
@@ -1082,7 +1095,32 @@ impl PeerEnv<'_> {
                 joins += 1;
             }
         }
+        // Evict members silent here for this generation and the one before (at most as many
+        // as may join; never this peer, never the whole roster).
+        let silent: Vec<PeerKey> = self
+            .cur
+            .members
+            .iter()
+            .filter(|p| **p != self.key.public() && self.silent_since(p, 1))
+            .take(self.max_joins)
+            .copied()
+            .collect();
+        if silent.len() < members.len() {
+            for p in silent {
+                members.remove(&p);
+            }
+        }
         members.into_iter().collect()
+    }
+
+    /// Whether no message from `p` reached this peer in the current generation nor in the
+    /// `back` generations before it (never, before generation `back`).
+    fn silent_since(&self, p: &PeerKey, back: u32) -> bool {
+        self.cur.number > back
+            && self
+                .last_seen
+                .get(p)
+                .is_none_or(|g| g + back < self.cur.number)
     }
 }
 
@@ -1163,9 +1201,20 @@ impl PeerEnv<'_> {
             }
         }
         for p in current.difference(&next) {
-            if beats.get(*p) != Some(&0) {
-                return Err(format!("removal of {} without a leave here", p.short()));
+            // A leave, or silence here for this whole generation (the proposer waits for two).
+            if beats.get(*p) != Some(&0) && !self.silent_since(p, 0) {
+                return Err(format!(
+                    "removal of {} without a leave or silence here",
+                    p.short()
+                ));
             }
+        }
+        let evicted = current
+            .difference(&next)
+            .filter(|p| beats.get(**p) != Some(&0))
+            .count();
+        if evicted > self.max_joins || next.is_empty() {
+            return Err("too many evictions".into());
         }
         let want = next_deadline(
             &c.entries,
