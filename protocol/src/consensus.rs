@@ -96,7 +96,8 @@ pub struct Instance {
     locked: Option<(u32, Root)>,
     valid: Option<(u32, Root)>,
     decided: Option<Root>,
-    proposals: BTreeMap<u32, Signed<Proposal>>,
+    /// Each round's proposal and its closure's root (hashed once: a closure can be large).
+    proposals: BTreeMap<u32, (Signed<Proposal>, Root)>,
     proposed: BTreeSet<u32>,
     closures: HashMap<Root, Closure>,
     votes: BTreeMap<(u32, Step), BTreeMap<PeerKey, Option<Root>>>,
@@ -187,7 +188,7 @@ impl Instance {
             self.valid.map(|(r, x)| (r, x[0])),
             self.proposals
                 .get(&r)
-                .map(|p| (p.message().closure.root()[0], p.message().valid_round)),
+                .map(|(p, root)| (root[0], p.message().valid_round)),
             tally(Step::Prevote),
             tally(Step::Precommit),
             self.timeouts.len()
@@ -198,7 +199,7 @@ impl Instance {
     pub fn current_proposal(&self) -> Option<&Closure> {
         self.proposals
             .get(&self.round)
-            .map(|p| &p.message().closure)
+            .map(|(p, _)| &p.message().closure)
     }
 
     /// The decided closure root.
@@ -339,7 +340,7 @@ impl Instance {
                 if self.proposer(m.round) != Some(p.signer()) {
                     return Err(Refusal::NotEntitled);
                 }
-                if let Some(existing) = self.proposals.get(&m.round) {
+                if let Some((existing, _)) = self.proposals.get(&m.round) {
                     if existing.id() == p.id() {
                         return Err(Refusal::Duplicate);
                     }
@@ -351,7 +352,7 @@ impl Instance {
                     .entry(root)
                     .or_insert_with(|| m.closure.clone());
                 self.heard.entry(m.round).or_default().insert(p.signer());
-                self.proposals.insert(m.round, p.clone());
+                self.proposals.insert(m.round, (p.clone(), root));
             }
             AnySigned::Vote(v) => {
                 let m = v.message();
@@ -572,7 +573,7 @@ impl Instance {
             let proposal = self
                 .proposals
                 .get(&round)
-                .map(|p| (p.message().closure.root(), p.message().valid_round));
+                .map(|(p, root)| (*root, p.message().valid_round));
             // L22 / L28.
             if self.phase == Phase::Propose
                 && let Some((root, vr)) = proposal
