@@ -12,7 +12,7 @@
 //! job deadline passes without a quorum, and idle peers may take a job within the widened set
 //! early — never beyond `r + max_extra`.
 
-use crate::id::{JobId, context, hash_canonical};
+use crate::id::{JobId, context};
 use crate::identity::PeerKey;
 
 /// Weight of a peer with no agreed results (new peers).
@@ -40,16 +40,41 @@ pub fn rank(
 ) -> Vec<PeerKey> {
     let mut keyed: Vec<(u128, PeerKey)> = members
         .iter()
-        .map(|p| {
-            let h = hash_canonical(context::RANK, &(job, seed, p));
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&h[..8]);
-            let x = u128::from(u64::from_le_bytes(b)) << 32;
-            (x / u128::from(weight_of(p).max(1)), *p)
-        })
+        .map(|p| (rank_key(job, seed, p, weight_of(p)), *p))
         .collect();
     keyed.sort();
     keyed.into_iter().map(|(_, p)| p).collect()
+}
+
+/// `me`'s place in [`rank`]'s order (0 = first), without sorting; `None` if not a member.
+pub fn position(
+    job: &JobId,
+    seed: &[u8; 32],
+    members: &[PeerKey],
+    weight_of: impl Fn(&PeerKey) -> u64,
+    me: &PeerKey,
+) -> Option<usize> {
+    members.binary_search(me).ok()?;
+    let mine = (rank_key(job, seed, me, weight_of(me)), *me);
+    Some(
+        members
+            .iter()
+            .filter(|p| (rank_key(job, seed, p, weight_of(p)), **p) < mine)
+            .count(),
+    )
+}
+
+/// A member's ranking key for a job: `h(job, seed, peer) / weight`, widened so the division
+/// keeps precision. `h` is the first 8 bytes of the keyed hash of the three 32-byte values
+/// (their canonical encoding is their concatenation).
+fn rank_key(job: &JobId, seed: &[u8; 32], p: &PeerKey, weight: u64) -> u128 {
+    let mut h = blake3::Hasher::new_derive_key(context::RANK);
+    h.update(job.as_bytes());
+    h.update(seed);
+    h.update(p.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    (u128::from(u64::from_le_bytes(b)) << 32) / u128::from(weight.max(1))
 }
 
 /// How many of the ranked members may run a job `elapsed_ms` after its generation started:
@@ -75,6 +100,32 @@ pub fn eligible(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::hash_canonical;
+
+    #[test]
+    fn rank_key_hashes_the_canonical_encoding_and_position_matches_rank() {
+        let members = {
+            let mut m = peers(30);
+            m.sort();
+            m
+        };
+        let (job, seed) = (JobId([3; 32]), [4u8; 32]);
+        let h = hash_canonical(context::RANK, &(job, seed, members[0]));
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[..8]);
+        assert_eq!(
+            rank_key(&job, &seed, &members[0], 4),
+            (u128::from(u64::from_le_bytes(b)) << 32) / 4
+        );
+        let w = |p: &PeerKey| u64::from(p.0[0] % 16) + 1;
+        let ranked = rank(&job, &seed, &members, w);
+        for p in &members {
+            let at = ranked.iter().position(|x| x == p);
+            assert_eq!(position(&job, &seed, &members, w, p), at);
+        }
+        let outsider = Keypair::from_secret_bytes([99; 32]).public();
+        assert_eq!(position(&job, &seed, &members, w, &outsider), None);
+    }
     use crate::identity::Keypair;
 
     fn peers(n: u8) -> Vec<PeerKey> {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::agreement::settle_digested;
-use crate::assign::{eligible, rank, weight};
+use crate::assign::{eligible, position, rank, weight};
 use crate::audit::{self, PendingAudit, Verdict, judge};
 use crate::closure::{Closure, Entry, credited, generation_seed, lower_median, next_deadline};
 use crate::consensus::{Action, Env, Instance};
@@ -176,8 +176,9 @@ pub struct Peer {
     spoke: bool,
     last_heartbeat: Option<Timestamp>,
     last_now: Timestamp,
-    /// This peer's rank for each job of the generation (computed once per job).
-    my_ranks: BTreeMap<JobId, Option<usize>>,
+    /// The jobs of the generation this peer may ever run (rank below `r + max_extra`), as
+    /// `(rank, index, job)` in that order; computed once per generation.
+    my_jobs: Option<Vec<(usize, u32, JobId)>>,
     finished: bool,
 }
 
@@ -260,7 +261,7 @@ impl Peer {
             spoke: false,
             last_heartbeat: None,
             last_now: now,
-            my_ranks: BTreeMap::new(),
+            my_jobs: None,
             finished: false,
         })
     }
@@ -601,22 +602,30 @@ impl Peer {
         self.instance.evidence_changed();
     }
 
-    fn rank_position(&mut self, job: &JobId) -> Option<usize> {
-        if let Some(p) = self.my_ranks.get(job) {
-            return *p;
-        }
-        let agreed = &self.agreed;
-        let offences = &self.offences;
-        let pos = rank(job, &self.cur.seed, &self.cur.members, |p| {
-            weight(
-                agreed.get(p).copied().unwrap_or(0),
-                offences.get(p).copied().unwrap_or(0),
-            )
+    /// The jobs this peer may run this generation (see `my_jobs`).
+    fn my_jobs(&mut self) -> &[(usize, u32, JobId)] {
+        let bound =
+            usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors);
+        let (agreed, offences) = (&self.agreed, &self.offences);
+        let (cur, me) = (&self.cur, &self.me);
+        self.my_jobs.get_or_insert_with(|| {
+            let w = |p: &PeerKey| {
+                weight(
+                    agreed.get(p).copied().unwrap_or(0),
+                    offences.get(p).copied().unwrap_or(0),
+                )
+            };
+            let mut mine: Vec<(usize, u32, JobId)> = cur
+                .jobs
+                .iter()
+                .filter_map(|(id, spec)| {
+                    let pos = position(id, &cur.seed, &cur.members, w, me)?;
+                    (pos < bound).then_some((pos, spec.index, *id))
+                })
+                .collect();
+            mine.sort();
+            mine
         })
-        .iter()
-        .position(|p| *p == self.me);
-        self.my_ranks.insert(*job, pos);
-        pos
     }
 
     fn step(&mut self, now: Timestamp, out: &mut Vec<PeerOutput>) {
@@ -682,27 +691,20 @@ impl Peer {
             let extra = usize::from(self.spec.schedule.max_extra_executors);
             let n = self.cur.members.len();
             let idle = self.running.is_empty();
-            let mut candidates: Vec<(usize, u32, JobId)> = Vec::new();
-            let open: Vec<(JobId, u32)> = self
-                .cur
-                .jobs
-                .iter()
-                .filter(|(id, _)| !self.taken.contains(id) && self.ledger.settlement(id).is_none())
-                .map(|(id, spec)| (*id, spec.index))
-                .collect();
             let limit = eligible(r, extra, elapsed, self.cur.deadline_ms, false, n);
             let idle_limit = eligible(r, extra, elapsed, self.cur.deadline_ms, idle, n);
-            for (id, index) in open {
-                let Some(pos) = self.rank_position(&id) else {
-                    continue;
-                };
-                let ok = pos < limit || (pos < idle_limit && self.ledger.commitment_count(&id) < q);
-                if ok {
-                    candidates.push((pos, index, id));
-                }
-            }
-            candidates.sort();
-            for (_, _, id) in candidates {
+            let mine = self.my_jobs().to_vec();
+            let candidates: Vec<JobId> = mine
+                .into_iter()
+                .filter(|(pos, _, id)| {
+                    !self.taken.contains(id)
+                        && self.ledger.settlement(id).is_none()
+                        && (*pos < limit
+                            || (*pos < idle_limit && self.ledger.commitment_count(id) < q))
+                })
+                .map(|(_, _, id)| id)
+                .collect();
+            for id in candidates {
                 if self.running() >= usize::from(self.config.capacity) {
                     break;
                 }
@@ -849,7 +851,7 @@ impl Peer {
         self.closures.push((closure, certificate));
         self.running.clear();
         self.taken.clear();
-        self.my_ranks.clear();
+        self.my_jobs = None;
         self.own.clear();
         self.spoke = false;
         self.cur = Generation {
