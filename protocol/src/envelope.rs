@@ -374,7 +374,7 @@ impl<'a> Verified<'a> {
         })?;
         ctx.check(&message)?;
         Ok(Signed {
-            message,
+            message: Arc::new(message),
             signer: env.signer,
             id: env.id(),
             bytes: Arc::from(env.bytes),
@@ -461,10 +461,11 @@ pub fn seal(kind: u8, body: &[u8], key: &Keypair) -> Vec<u8> {
 }
 
 /// A message whose signature has been verified (or that this node signed), with its exact
-/// bytes kept for re-gossip, storage and evidence.
+/// bytes kept for re-gossip, storage and evidence. Cloning is cheap: the decoded message and
+/// the bytes are shared, so a ledger, a gossip queue and a store can all hold one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed<T> {
-    message: T,
+    message: Arc<T>,
     signer: PeerKey,
     id: MessageId,
     bytes: Arc<[u8]>,
@@ -493,7 +494,7 @@ impl<T: Message> Signed<T> {
         let bytes = seal(T::KIND as u8, &body, key);
         Ok(Signed {
             id: MessageId::of_envelope(&bytes),
-            message,
+            message: Arc::new(message),
             signer: key.public(),
             bytes: Arc::from(bytes),
         })
