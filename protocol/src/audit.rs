@@ -202,23 +202,13 @@ pub fn judge(
 mod tests {
     use super::*;
     use crate::agreement::tests::{metrics, peer};
-    use crate::spec::tests::sample_spec;
-    use crate::spec::{BackendClass, JobPayload};
+    use crate::spec::tests::sample_job;
 
     /// A job settled on a wrong result (correct count 500) by executors 1 and 2 over 3, with
     /// a jury of 10..=15.
     fn captured() -> PendingAudit {
         PendingAudit {
-            spec: JobSpec {
-                campaign: sample_spec().id(),
-                generation: 0,
-                index: 0,
-                payload: JobPayload::Nas { genome: vec![1, 2] },
-                seed: 9,
-                code_version: "v".into(),
-                backend: BackendClass::CpuNdarray,
-                compute: 10,
-            },
+            spec: sample_job(),
             generation: 0,
             original: Settlement {
                 canonical: metrics(500),

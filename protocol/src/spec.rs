@@ -634,9 +634,9 @@ pub(crate) mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("kernels"));
     }
 
-    #[test]
-    fn job_ids_differ_by_every_field() {
-        let base = JobSpec {
+    /// A small NAS job of [`sample_spec`]'s campaign.
+    pub(crate) fn sample_job() -> JobSpec {
+        JobSpec {
             campaign: sample_spec().id(),
             generation: 0,
             index: 0,
@@ -645,7 +645,12 @@ pub(crate) mod tests {
             code_version: "v".into(),
             backend: BackendClass::CpuNdarray,
             compute: 10,
-        };
+        }
+    }
+
+    #[test]
+    fn job_ids_differ_by_every_field() {
+        let base = sample_job();
         let mut other = base.clone();
         other.index = 1;
         assert_ne!(base.id(), other.id());
