@@ -602,8 +602,8 @@ impl Peer {
         self.instance.evidence_changed();
     }
 
-    /// The jobs this peer may run this generation (see `my_jobs`).
-    fn my_jobs(&mut self) -> &[(usize, u32, JobId)] {
+    /// Lists the jobs this peer may run this generation (`my_jobs`), once per generation.
+    fn list_my_jobs(&mut self) {
         let bound =
             usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors);
         let (agreed, offences) = (&self.agreed, &self.offences);
@@ -625,7 +625,7 @@ impl Peer {
                 .collect();
             mine.sort();
             mine
-        })
+        });
     }
 
     fn step(&mut self, now: Timestamp, out: &mut Vec<PeerOutput>) {
@@ -682,9 +682,9 @@ impl Peer {
             }
         }
         // Jury duty comes first (a dispute blocks a verdict); then, in audit mode, audits.
-        self.take_audits(true, now, out);
+        self.take_audits(true, out);
         if self.config.audit {
-            self.take_audits(false, now, out);
+            self.take_audits(false, out);
         }
         // Take jobs, members only.
         if self.is_member() && self.running() < usize::from(self.config.capacity) {
@@ -693,16 +693,18 @@ impl Peer {
             let idle = self.running.is_empty();
             let limit = eligible(r, extra, elapsed, self.cur.deadline_ms, false, n);
             let idle_limit = eligible(r, extra, elapsed, self.cur.deadline_ms, idle, n);
-            let mine = self.my_jobs().to_vec();
-            let candidates: Vec<JobId> = mine
-                .into_iter()
+            self.list_my_jobs();
+            let candidates: Vec<JobId> = self
+                .my_jobs
+                .iter()
+                .flatten()
                 .filter(|(pos, _, id)| {
                     !self.taken.contains(id)
                         && self.ledger.settlement(id).is_none()
                         && (*pos < limit
                             || (*pos < idle_limit && self.ledger.commitment_count(id) < q))
                 })
-                .map(|(_, _, id)| id)
+                .map(|(_, _, id)| *id)
                 .collect();
             for id in candidates {
                 if self.running() >= usize::from(self.config.capacity) {
@@ -742,7 +744,7 @@ impl Peer {
 
     /// Starts jury duties (`jury` true: disputed jobs whose jury includes this peer) or, in
     /// audit mode, audits (every sampled job this peer did not execute), within capacity.
-    fn take_audits(&mut self, jury: bool, _now: Timestamp, out: &mut Vec<PeerOutput>) {
+    fn take_audits(&mut self, jury: bool, out: &mut Vec<PeerOutput>) {
         let capacity = usize::from(self.config.capacity);
         if self.running() >= capacity || self.pending.is_empty() {
             return;
