@@ -182,6 +182,25 @@ pub struct Peer {
     finished: bool,
 }
 
+/// The assignment weight of each peer, from the agreed results and offences recorded in the
+/// closures so far.
+fn reputation<'a>(
+    agreed: &'a BTreeMap<PeerKey, u64>,
+    offences: &'a BTreeMap<PeerKey, u64>,
+) -> impl Fn(&PeerKey) -> u64 + 'a {
+    |p| {
+        weight(
+            agreed.get(p).copied().unwrap_or(0),
+            offences.get(p).copied().unwrap_or(0),
+        )
+    }
+}
+
+/// Whether `p`'s audit reports count: a member (`members` sorted) that never failed an audit.
+fn may_report(members: &[PeerKey], failed_audits: &BTreeMap<PeerKey, u64>, p: &PeerKey) -> bool {
+    members.binary_search(p).is_ok() && !failed_audits.contains_key(p)
+}
+
 /// Voters of a generation: all members when they fit the roster cap, else the `MAX_ROSTER`
 /// members ranked first by the generation's seed.
 pub fn voters(members: &[PeerKey], seed: &[u8; 32]) -> Vec<PeerKey> {
@@ -606,20 +625,14 @@ impl Peer {
     fn list_my_jobs(&mut self) {
         let bound =
             usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors);
-        let (agreed, offences) = (&self.agreed, &self.offences);
+        let w = reputation(&self.agreed, &self.offences);
         let (cur, me) = (&self.cur, &self.me);
         self.my_jobs.get_or_insert_with(|| {
-            let w = |p: &PeerKey| {
-                weight(
-                    agreed.get(p).copied().unwrap_or(0),
-                    offences.get(p).copied().unwrap_or(0),
-                )
-            };
             let mut mine: Vec<(usize, u32, JobId)> = cur
                 .jobs
                 .iter()
                 .filter_map(|(id, spec)| {
-                    let pos = position(id, &cur.seed, &cur.members, w, me)?;
+                    let pos = position(id, &cur.seed, &cur.members, &w, me)?;
                     (pos < bound).then_some((pos, spec.index, *id))
                 })
                 .collect();
@@ -785,7 +798,7 @@ impl Peer {
     }
 
     fn eligible_auditor(&self, p: &PeerKey) -> bool {
-        self.cur.members.binary_search(p).is_ok() && !self.failed_audits.contains_key(p)
+        may_report(&self.cur.members, &self.failed_audits, p)
     }
 
     fn apply(&mut self, actions: Vec<Action>, now: Timestamp, out: &mut Vec<PeerOutput>) {
@@ -966,17 +979,11 @@ impl Peer {
                 .copied()
                 .collect();
             executors.sort();
-            let (agreed, offences) = (&self.agreed, &self.offences);
             let jury = audit::jury(
                 job,
                 seed,
                 members,
-                |p| {
-                    weight(
-                        agreed.get(p).copied().unwrap_or(0),
-                        offences.get(p).copied().unwrap_or(0),
-                    )
-                },
+                reputation(&self.agreed, &self.offences),
                 &executors,
                 size,
             );
@@ -1081,7 +1088,7 @@ impl PeerEnv<'_> {
         judge(
             audit,
             &reports,
-            |p| self.cur.members.binary_search(p).is_ok() && !self.failed_audits.contains_key(p),
+            |p| may_report(&self.cur.members, self.failed_audits, p),
             usize::from(self.spec.quorum),
             &self.spec.tolerance,
         )
