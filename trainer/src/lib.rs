@@ -1,12 +1,25 @@
 //! # hivemesh-trainer
 //!
-//! Real training for hivemesh jobs, with `burn` (CPU `ndarray` backend by default, CUDA behind
-//! a `cuda` feature). It knows nothing of peers or messages: it turns a job spec into metrics.
+//! Real training for hivemesh jobs, with `burn` 0.21 (CPU `ndarray` backend by default, CUDA
+//! behind the `cuda` feature). It knows nothing of peers or messages: it turns a job (an
+//! architecture, a loss expression or a distillation shard, a dataset, a budget and a seed)
+//! into metrics and artifacts.
 //!
-//! It will own (see the `trainer` issue): burn models built from evolve's architecture IR,
-//! reproducible training loops with weights initialised from the job's own seeded RNG (so
-//! concurrent jobs stay bit-identical), GP loss expressions compiled to tensor ops, distillation
-//! (teacher top-k soft labels, student KD loss), and datasets (IDX, the embedded 8x8 digits CSV,
-//! text corpora) with content ids and deterministic splits.
-//!
-//! Nothing is implemented yet: this crate is a placeholder so the workspace has its final shape.
+//! * [`data`]: datasets (IDX, the embedded 8x8 digits, text corpora), splits, shards, ids;
+//! * [`model`]: burn models from evolve's architecture IR, weights from the job's own seeded RNG
+//!   (so concurrent jobs stay bit-identical), content-addressed weights artifacts;
+//! * [`train`]: the training loop (optimisers, schedules, progress, memory budget) and the NAS job;
+//! * [`backend`]: choosing the device, with a clear error where CUDA is not usable.
+
+pub mod backend;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod train;
+
+pub use error::{DataError, TrainError};
+
+/// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).
+pub type Cpu = burn::backend::NdArray<f32>;
+/// The CPU backend with autodiff, for training.
+pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;

@@ -1,0 +1,122 @@
+//! Choosing where training runs.
+//!
+//! CPU (`ndarray`) is always available and bit-exact. CUDA needs the `cuda` feature at build
+//! time and an NVIDIA driver at run time; burn panics deep inside when the driver library
+//! cannot be loaded, so [`cuda_available`] probes for it first and [`BackendChoice::check`]
+//! turns its absence into an error that says what is missing.
+
+use std::path::Path;
+
+use crate::error::TrainError;
+
+/// Where to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// burn's ndarray backend (bit-exact, the default).
+    #[default]
+    Cpu,
+    /// burn's CUDA backend (needs the `cuda` feature and an NVIDIA driver).
+    Cuda,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "cpu" => Ok(BackendChoice::Cpu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            other => Err(TrainError::Backend(format!(
+                "unknown backend {other:?} (choose cpu or cuda)"
+            ))),
+        }
+    }
+}
+
+/// Folders where the NVIDIA driver's `libcuda.so.1` is usually installed.
+const DRIVER_DIRS: [&str; 6] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/nvidia/lib64",
+    "/usr/lib/wsl/lib",
+    "/usr/local/cuda/lib64/stubs",
+];
+
+/// Whether the CUDA driver library can be found (in `LD_LIBRARY_PATH` or the usual folders)
+/// and a GPU device node exists. This is what burn needs before its first CUDA call.
+pub fn cuda_available() -> Result<(), String> {
+    let mut dirs: Vec<String> = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect();
+    dirs.extend(DRIVER_DIRS.iter().map(|d| d.to_string()));
+    let lib = dirs
+        .iter()
+        .map(|d| Path::new(d).join("libcuda.so.1"))
+        .find(|p| p.exists());
+    if lib.is_none() {
+        return Err(format!(
+            "the NVIDIA driver library libcuda.so.1 was not found (looked in LD_LIBRARY_PATH and {}); install the driver or use the CPU backend",
+            DRIVER_DIRS.join(", ")
+        ));
+    }
+    if !Path::new("/dev/nvidiactl").exists() && !Path::new("/dev/dxg").exists() {
+        return Err(
+            "no NVIDIA device node (/dev/nvidiactl): is a GPU attached and the driver loaded?"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+impl BackendChoice {
+    /// Checks that this backend can run here: CUDA needs the feature and a driver.
+    pub fn check(self) -> Result<(), TrainError> {
+        match self {
+            BackendChoice::Cpu => Ok(()),
+            BackendChoice::Cuda if !cfg!(feature = "cuda") => Err(TrainError::Backend(
+                "this build has no CUDA support: rebuild with `--features cuda`".into(),
+            )),
+            BackendChoice::Cuda => cuda_available().map_err(TrainError::Backend),
+        }
+    }
+}
+
+/// burn's CUDA backend with autodiff.
+#[cfg(feature = "cuda")]
+pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_always_available_and_names_parse() {
+        assert!(BackendChoice::Cpu.check().is_ok());
+        assert_eq!(
+            "cuda".parse::<BackendChoice>().ok(),
+            Some(BackendChoice::Cuda)
+        );
+        assert!("tpu".parse::<BackendChoice>().is_err());
+    }
+
+    #[test]
+    fn cuda_without_feature_or_driver_is_a_clear_error() {
+        // On hosts without a driver (CI), the error names what is missing; with one and the
+        // feature, it passes.
+        match BackendChoice::Cuda.check() {
+            Ok(()) => assert!(cfg!(feature = "cuda") && cuda_available().is_ok()),
+            Err(e) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains("features cuda")
+                        || m.contains("libcuda")
+                        || m.contains("device node"),
+                    "{m}"
+                );
+            }
+        }
+    }
+}

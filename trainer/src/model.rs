@@ -1,0 +1,704 @@
+//! burn models built from evolve's architecture IR, with weights from the job's own RNG.
+//!
+//! [`Model`] holds the IR's trainable layers in three lists (convolutions, dense layers, batch
+//! norms) and a plan that walks the IR's DAG. Initial weights are drawn from a ChaCha RNG seeded
+//! by the job, in node order, never from burn's process-global RNG: burn initialises parameters
+//! lazily from that global RNG, so two jobs training at once in one process would interleave
+//! their draws (measured in DEPENDENCIES.md). The initialisation is PyTorch's default for both
+//! layer kinds: `U(-1/√fan_in, 1/√fan_in)` for weights and biases.
+//!
+//! Weights are saved as a content-addressed artifact ([`WeightsFile`]): the IR and every tensor
+//! (name, shape, little-endian `f32` bytes) in a fixed order, encoded with postcard; its id is
+//! blake3 of those bytes, and [`Model::weights_hash`] hashes the same tensors, so the hash is
+//! the same whether computed in memory or from a file.
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::{BatchNorm, Linear};
+use burn::prelude::Backend;
+use burn::tensor::activation::{relu, sigmoid, tanh};
+use burn::tensor::module::{avg_pool2d, max_pool2d};
+use burn::tensor::{Tensor, TensorData};
+use hivemesh_evolve::arch::{Activation, Architecture, Op, Shape};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// One step of the plan: what a node does and which layer list holds its parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    Input,
+    Conv(usize),
+    Dense(usize),
+    Norm(usize),
+    Act(Activation),
+    MaxPool(usize),
+    AvgPool(usize),
+    GlobalAvgPool,
+    Flatten,
+    Add,
+}
+
+/// How to walk the DAG (not a module: no parameters).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    steps: Vec<Step>,
+    inputs: Vec<Vec<usize>>,
+    shapes: Vec<Shape>,
+    /// For each node, the last node that reads it (its value is dropped after that).
+    last_use: Vec<usize>,
+}
+
+/// A 2-D convolution, stride 1, "same" zero padding, with bias, computed as im2col + one
+/// matrix multiplication: the `k·k` shifted views of the padded input are concatenated along
+/// the channels and multiplied by the weight matrix. burn-ndarray's own convolution (and its
+/// backward, a transposed convolution) is a direct loop that measured 50–100x slower than
+/// this on the CNNs we train; the matrix multiplication here is the same GEMM the dense
+/// layers use, and everything is built from differentiable tensor ops, so autodiff needs no
+/// custom backward. Weights keep PyTorch's `[out, in, k, k]` layout in artifacts.
+#[derive(Module, Debug)]
+pub struct Conv<B: Backend> {
+    /// `[out, in, k, k]`.
+    pub weight: Param<Tensor<B, 4>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    kernel: usize,
+}
+
+impl<B: Backend> Conv<B> {
+    /// `[b, c, h, w]` → `[b, out, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let k = self.kernel;
+        let p = k / 2;
+        let x = if p > 0 {
+            let device = x.device();
+            let rows = Tensor::zeros([b, c, p, w], &device);
+            let x = Tensor::cat(vec![rows.clone(), x, rows], 2);
+            let cols = Tensor::zeros([b, c, h + 2 * p, p], &device);
+            Tensor::cat(vec![cols.clone(), x, cols], 3)
+        } else {
+            x
+        };
+        // [b, k·k·c, h, w], ordered (dy, dx, channel).
+        let patches = if k == 1 {
+            x
+        } else {
+            let mut views = Vec::with_capacity(k * k);
+            for dy in 0..k {
+                for dx in 0..k {
+                    views.push(x.clone().slice([0..b, 0..c, dy..dy + h, dx..dx + w]));
+                }
+            }
+            Tensor::cat(views, 1)
+        };
+        let kkc = k * k * c;
+        let cols = patches.permute([0, 2, 3, 1]).reshape([b * h * w, kkc]);
+        let [o, ..] = self.weight.dims();
+        let wmat = self
+            .weight
+            .val()
+            .permute([0, 2, 3, 1])
+            .reshape([o, kkc])
+            .transpose();
+        let y = cols.matmul(wmat) + self.bias.val().reshape([1, o]);
+        y.reshape([b, h, w, o]).permute([0, 3, 1, 2])
+    }
+}
+
+/// A network built from an [`Architecture`].
+#[derive(Module, Debug)]
+pub struct Model<B: Backend> {
+    convs: Vec<Conv<B>>,
+    denses: Vec<Linear<B>>,
+    norms: Vec<BatchNorm<B>>,
+    #[module(skip)]
+    plan: Plan,
+}
+
+/// A node's value: an image batch or a flat batch.
+enum Value<B: Backend> {
+    Img(Tensor<B, 4>),
+    Flat(Tensor<B, 2>),
+}
+
+/// Where initial tensors come from.
+pub(crate) trait InitSource {
+    /// Values for tensor `name` of `shape`; `fan_in` sets the uniform bound when random.
+    fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        fan_in: usize,
+    ) -> Result<Vec<f32>, TrainError>;
+    /// Values for a tensor whose fresh value is the constant `value` (batch-norm scale, shift
+    /// and running statistics): no random draw.
+    fn fixed(&mut self, name: &str, len: usize, value: f32) -> Result<Vec<f32>, TrainError>;
+}
+
+/// PyTorch-default uniform initialisation from a seeded ChaCha RNG.
+pub(crate) struct SeededInit(pub(crate) ChaCha8Rng);
+
+impl InitSource for SeededInit {
+    fn tensor(&mut self, _: &str, shape: &[usize], fan_in: usize) -> Result<Vec<f32>, TrainError> {
+        let n: usize = shape.iter().product();
+        let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+        Ok((0..n)
+            .map(|_| {
+                // 24 random bits → [0, 1) exactly representable, then [-bound, bound).
+                let u = (self.0.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+                (2.0 * u - 1.0) * bound
+            })
+            .collect())
+    }
+
+    fn fixed(&mut self, _: &str, len: usize, value: f32) -> Result<Vec<f32>, TrainError> {
+        Ok(vec![value; len])
+    }
+}
+
+/// Tensors read back from a [`WeightsFile`], by name.
+struct FileInit<'a>(&'a WeightsFile);
+
+impl InitSource for FileInit<'_> {
+    fn tensor(&mut self, name: &str, shape: &[usize], _: usize) -> Result<Vec<f32>, TrainError> {
+        let t = self
+            .0
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| TrainError::Artifact(format!("tensor {name} is missing")))?;
+        let want: Vec<u32> = shape.iter().map(|&d| d as u32).collect();
+        if t.shape != want || t.data.len() != 4 * shape.iter().product::<usize>() {
+            return Err(TrainError::Artifact(format!(
+                "tensor {name} has shape {:?} ({} bytes), the architecture needs {want:?}",
+                t.shape,
+                t.data.len()
+            )));
+        }
+        Ok(t.data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn fixed(&mut self, name: &str, len: usize, _: f32) -> Result<Vec<f32>, TrainError> {
+        self.tensor(name, &[len], 1)
+    }
+}
+
+/// A saved tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedTensor {
+    /// e.g. `n3.conv.weight`.
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<u32>,
+    /// Little-endian `f32` values.
+    pub data: Vec<u8>,
+}
+
+/// A model's architecture and weights: the content-addressed weights artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsFile {
+    /// Format version (1).
+    pub version: u32,
+    /// The architecture.
+    pub arch: Architecture,
+    /// Every tensor, in the model's fixed order.
+    pub tensors: Vec<SavedTensor>,
+}
+
+impl WeightsFile {
+    /// The encoded artifact.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("weights always encode")
+    }
+
+    /// Decodes an artifact (checks nothing about the tensors; [`Model::from_weights`] does).
+    pub fn from_bytes(bytes: &[u8]) -> Result<WeightsFile, TrainError> {
+        let w: WeightsFile = postcard::from_bytes(bytes)
+            .map_err(|e| TrainError::Artifact(format!("not a weights file: {e}")))?;
+        if w.version != 1 {
+            return Err(TrainError::Artifact(format!(
+                "format version {} (this build reads 1)",
+                w.version
+            )));
+        }
+        Ok(w)
+    }
+
+    /// The artifact's content id: blake3 of its bytes.
+    pub fn id(&self) -> [u8; 32] {
+        *blake3::hash(&self.to_bytes()).as_bytes()
+    }
+}
+
+fn param<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_data(TensorData::new(values, shape), device)
+}
+
+impl Plan {
+    fn of(arch: &Architecture) -> Result<Plan, TrainError> {
+        let shapes = arch.shapes().map_err(|e| TrainError::Arch(e.to_string()))?;
+        let n = arch.nodes.len();
+        let mut last_use: Vec<usize> = (0..n).collect();
+        let (mut convs, mut denses, mut norms) = (0, 0, 0);
+        let mut steps = Vec::with_capacity(n);
+        for (i, node) in arch.nodes.iter().enumerate() {
+            for &j in &node.inputs {
+                last_use[j as usize] = i;
+            }
+            let next = |c: &mut usize| {
+                *c += 1;
+                *c - 1
+            };
+            steps.push(match node.op {
+                Op::Input => Step::Input,
+                Op::Conv { .. } => Step::Conv(next(&mut convs)),
+                Op::Dense { .. } => Step::Dense(next(&mut denses)),
+                Op::BatchNorm => Step::Norm(next(&mut norms)),
+                Op::Act(a) => Step::Act(a),
+                Op::MaxPool { kernel } => Step::MaxPool(kernel as usize),
+                Op::AvgPool { kernel } => Step::AvgPool(kernel as usize),
+                Op::GlobalAvgPool => Step::GlobalAvgPool,
+                Op::Flatten => Step::Flatten,
+                Op::Add => Step::Add,
+            });
+        }
+        Ok(Plan {
+            steps,
+            inputs: arch
+                .nodes
+                .iter()
+                .map(|n| n.inputs.iter().map(|&j| j as usize).collect())
+                .collect(),
+            shapes,
+            last_use,
+        })
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// A model with fresh weights drawn from `seed` (see the module docs).
+    pub fn new(
+        arch: &Architecture,
+        seed: [u8; 32],
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        Self::build(arch, &mut SeededInit(ChaCha8Rng::from_seed(seed)), device)
+    }
+
+    /// A model with the weights of an artifact (its architecture and every tensor's shape are
+    /// checked).
+    pub fn from_weights(file: &WeightsFile, device: &B::Device) -> Result<Self, TrainError> {
+        let model = Self::build(&file.arch, &mut FileInit(file), device)?;
+        let expected = model.tensor_names().len();
+        if file.tensors.len() != expected {
+            return Err(TrainError::Artifact(format!(
+                "{} tensors, the architecture has {expected}",
+                file.tensors.len()
+            )));
+        }
+        Ok(model)
+    }
+
+    fn build(
+        arch: &Architecture,
+        init: &mut dyn InitSource,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let plan = Plan::of(arch)?;
+        let (mut convs, mut denses, mut norms) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, node) in arch.nodes.iter().enumerate() {
+            let input = node.inputs.first().map(|&j| plan.shapes[j as usize]);
+            match (node.op, input) {
+                (Op::Conv { out, kernel }, Some(Shape::Image { c, .. })) => {
+                    let (o, c, k) = (out as usize, c as usize, kernel as usize);
+                    let fan_in = c * k * k;
+                    let w = init.tensor(&format!("n{i}.conv.weight"), &[o, c, k, k], fan_in)?;
+                    let b = init.tensor(&format!("n{i}.conv.bias"), &[o], fan_in)?;
+                    convs.push(Conv {
+                        weight: param::<B, 4>(w, [o, c, k, k], device),
+                        bias: param::<B, 1>(b, [o], device),
+                        kernel: k,
+                    });
+                }
+                (Op::Dense { out }, Some(s)) => {
+                    let (n_in, o) = (s.numel() as usize, out as usize);
+                    let w = init.tensor(&format!("n{i}.dense.weight"), &[n_in, o], n_in)?;
+                    let b = init.tensor(&format!("n{i}.dense.bias"), &[o], n_in)?;
+                    denses.push(Linear {
+                        weight: param::<B, 2>(w, [n_in, o], device),
+                        bias: Some(param::<B, 1>(b, [o], device)),
+                    });
+                }
+                (Op::BatchNorm, Some(s)) => {
+                    let c = match s {
+                        Shape::Image { c, .. } => c as usize,
+                        Shape::Flat(n) => n as usize,
+                    };
+                    let g = init.fixed(&format!("n{i}.bn.gamma"), c, 1.0)?;
+                    let b = init.fixed(&format!("n{i}.bn.beta"), c, 0.0)?;
+                    let m = init.fixed(&format!("n{i}.bn.mean"), c, 0.0)?;
+                    let v = init.fixed(&format!("n{i}.bn.var"), c, 1.0)?;
+                    norms.push(BatchNorm {
+                        gamma: param::<B, 1>(g, [c], device),
+                        beta: param::<B, 1>(b, [c], device),
+                        running_mean: RunningState::new(Tensor::from_data(
+                            TensorData::new(m, [c]),
+                            device,
+                        )),
+                        running_var: RunningState::new(Tensor::from_data(
+                            TensorData::new(v, [c]),
+                            device,
+                        )),
+                        momentum: 0.1,
+                        epsilon: 1e-5,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(Model {
+            convs,
+            denses,
+            norms,
+            plan,
+        })
+    }
+}
+
+fn tensor_bytes<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<u32>, Vec<u8>) {
+    let shape = t.dims().iter().map(|&d| d as u32).collect();
+    let data = t.into_data();
+    let values: Vec<f32> = data.to_vec().unwrap_or_default();
+    let mut bytes = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    (shape, bytes)
+}
+
+impl<B: Backend> Model<B> {
+    /// Logits for a batch of flat inputs `[batch, input numel]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let p = &self.plan;
+        let mut values: Vec<Option<Value<B>>> = Vec::with_capacity(p.steps.len());
+        for (i, step) in p.steps.iter().enumerate() {
+            let arg = |values: &Vec<Option<Value<B>>>, k: usize| -> Value<B> {
+                match values[p.inputs[i][k]].as_ref() {
+                    Some(Value::Img(t)) => Value::Img(t.clone()),
+                    Some(Value::Flat(t)) => Value::Flat(t.clone()),
+                    None => unreachable!("plan drops values only after their last use"),
+                }
+            };
+            let v = match *step {
+                Step::Input => match p.shapes[0] {
+                    Shape::Image { c, h, w } => {
+                        let b = x.dims()[0];
+                        Value::Img(x.clone().reshape([b, c as usize, h as usize, w as usize]))
+                    }
+                    Shape::Flat(_) => Value::Flat(x.clone()),
+                },
+                Step::Conv(k) => Value::Img(self.convs[k].forward(img(arg(&values, 0)))),
+                Step::Dense(k) => Value::Flat(self.denses[k].forward(flat(arg(&values, 0)))),
+                Step::Norm(k) => match arg(&values, 0) {
+                    Value::Img(t) => Value::Img(self.norms[k].forward(t)),
+                    Value::Flat(t) => Value::Flat(self.norms[k].forward(t)),
+                },
+                Step::Act(a) => match arg(&values, 0) {
+                    Value::Img(t) => Value::Img(activate(a, t)),
+                    Value::Flat(t) => Value::Flat(activate(a, t)),
+                },
+                Step::MaxPool(k) => Value::Img(max_pool2d(
+                    img(arg(&values, 0)),
+                    [k, k],
+                    [k, k],
+                    [0, 0],
+                    [1, 1],
+                    false,
+                )),
+                Step::AvgPool(k) => Value::Img(avg_pool2d(
+                    img(arg(&values, 0)),
+                    [k, k],
+                    [k, k],
+                    [0, 0],
+                    true,
+                    false,
+                )),
+                Step::GlobalAvgPool => {
+                    let t = img(arg(&values, 0));
+                    let [b, c, h, w] = t.dims();
+                    Value::Flat(t.reshape([b, c, h * w]).mean_dim(2).reshape([b, c]))
+                }
+                Step::Flatten => Value::Flat(flat(arg(&values, 0))),
+                Step::Add => {
+                    let mut acc = arg(&values, 0);
+                    for k in 1..p.inputs[i].len() {
+                        acc = match (acc, arg(&values, k)) {
+                            (Value::Img(a), Value::Img(b)) => Value::Img(a + b),
+                            (Value::Flat(a), Value::Flat(b)) => Value::Flat(a + b),
+                            (a, _) => a,
+                        };
+                    }
+                    acc
+                }
+            };
+            // Free inputs whose last reader is this node.
+            for &j in &p.inputs[i] {
+                if p.last_use[j] == i {
+                    values[j] = None;
+                }
+            }
+            values.push(Some(v));
+        }
+        match values.pop().flatten() {
+            Some(v) => flat(v),
+            None => unreachable!("an architecture has at least the input node"),
+        }
+    }
+
+    /// Every tensor (weights, biases, batch-norm scale, shift and running statistics) in node
+    /// order, as saved in a [`WeightsFile`].
+    pub fn saved_tensors(&self) -> Vec<SavedTensor> {
+        let mut out = Vec::new();
+        let mut push = |name: String, (shape, data): (Vec<u32>, Vec<u8>)| {
+            out.push(SavedTensor { name, shape, data });
+        };
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            match *step {
+                Step::Conv(k) => {
+                    let c = &self.convs[k];
+                    push(format!("n{i}.conv.weight"), tensor_bytes(c.weight.val()));
+                    push(format!("n{i}.conv.bias"), tensor_bytes(c.bias.val()));
+                }
+                Step::Dense(k) => {
+                    let d = &self.denses[k];
+                    push(format!("n{i}.dense.weight"), tensor_bytes(d.weight.val()));
+                    if let Some(b) = &d.bias {
+                        push(format!("n{i}.dense.bias"), tensor_bytes(b.val()));
+                    }
+                }
+                Step::Norm(k) => {
+                    let n = &self.norms[k];
+                    push(format!("n{i}.bn.gamma"), tensor_bytes(n.gamma.val()));
+                    push(format!("n{i}.bn.beta"), tensor_bytes(n.beta.val()));
+                    push(
+                        format!("n{i}.bn.mean"),
+                        tensor_bytes(n.running_mean.value()),
+                    );
+                    push(format!("n{i}.bn.var"), tensor_bytes(n.running_var.value()));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Trainable parameters of the burn module: burn's `num_params` less the batch-norm
+    /// running statistics, which burn counts but which are not trained (the IR's convention).
+    pub fn trainable_params(&self) -> u64 {
+        let running: usize = self
+            .norms
+            .iter()
+            .map(|n| n.running_mean.value().dims()[0] + n.running_var.value().dims()[0])
+            .sum();
+        (self.num_params() - running) as u64
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        self.saved_tensors().into_iter().map(|t| t.name).collect()
+    }
+
+    /// The weights artifact of this model.
+    pub fn weights_file(&self, arch: &Architecture) -> WeightsFile {
+        WeightsFile {
+            version: 1,
+            arch: arch.clone(),
+            tensors: self.saved_tensors(),
+        }
+    }
+
+    /// blake3 over every tensor's name, shape and bytes, in order: equal hashes mean
+    /// bit-identical weights.
+    pub fn weights_hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("hivemesh 2026-11 weights hash v1");
+        for t in self.saved_tensors() {
+            h.update(&(t.name.len() as u64).to_le_bytes());
+            h.update(t.name.as_bytes());
+            for d in &t.shape {
+                h.update(&d.to_le_bytes());
+            }
+            h.update(&t.data);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether every weight is finite.
+    pub fn is_finite(&self) -> bool {
+        self.saved_tensors().iter().all(|t| {
+            t.data
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+        })
+    }
+}
+
+fn img<B: Backend>(v: Value<B>) -> Tensor<B, 4> {
+    match v {
+        Value::Img(t) => t,
+        Value::Flat(t) => {
+            let [b, n] = t.dims();
+            t.reshape([b, n, 1, 1])
+        }
+    }
+}
+
+fn flat<B: Backend>(v: Value<B>) -> Tensor<B, 2> {
+    match v {
+        Value::Flat(t) => t,
+        Value::Img(t) => {
+            let [b, c, h, w] = t.dims();
+            t.reshape([b, c * h * w])
+        }
+    }
+}
+
+fn activate<B: Backend, const D: usize>(a: Activation, t: Tensor<B, D>) -> Tensor<B, D> {
+    match a {
+        Activation::Relu => relu(t),
+        Activation::Tanh => tanh(t),
+        Activation::Sigmoid => sigmoid(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cpu;
+    use hivemesh_evolve::arch::{MacroSpace, MlpSpace};
+
+    pub(crate) fn macro_arch() -> Architecture {
+        let space = MacroSpace {
+            input: Shape::Image { c: 1, h: 8, w: 8 },
+            classes: 10,
+            phases: 2,
+            nodes: 3,
+            channels: vec![4, 8],
+            kernels: vec![3, 5],
+        };
+        let mut genome = vec![1u32; space.genome_len()];
+        genome[2] = 0;
+        space.decode(&genome).expect("valid genome")
+    }
+
+    #[test]
+    fn burn_parameter_count_equals_the_irs() {
+        let mlp = MlpSpace {
+            input: Shape::Image { c: 1, h: 8, w: 8 },
+            classes: 10,
+            max_layers: 3,
+            widths: vec![16, 32],
+        }
+        .decode(&[1, 2, 0])
+        .expect("valid");
+        for arch in [mlp, macro_arch()] {
+            let m = Model::<Cpu>::new(&arch, [7; 32], &Default::default()).expect("builds");
+            assert_eq!(
+                m.trainable_params(),
+                arch.params().expect("valid"),
+                "{arch:?}"
+            );
+            let out = m.forward(Tensor::zeros([3, 64], &Default::default()));
+            assert_eq!(out.dims(), [3, 10]);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_weights_other_seed_other_weights() {
+        let arch = macro_arch();
+        let d = Default::default();
+        let a = Model::<Cpu>::new(&arch, [1; 32], &d).expect("builds");
+        let b = Model::<Cpu>::new(&arch, [1; 32], &d).expect("builds");
+        let c = Model::<Cpu>::new(&arch, [2; 32], &d).expect("builds");
+        assert_eq!(a.weights_hash(), b.weights_hash());
+        assert_ne!(a.weights_hash(), c.weights_hash());
+    }
+
+    #[test]
+    fn weights_round_trip_through_the_artifact() {
+        let arch = macro_arch();
+        let d = Default::default();
+        let a = Model::<Cpu>::new(&arch, [3; 32], &d).expect("builds");
+        let file = a.weights_file(&arch);
+        let bytes = file.to_bytes();
+        let back = WeightsFile::from_bytes(&bytes).expect("decodes");
+        let b = Model::<Cpu>::from_weights(&back, &d).expect("loads");
+        assert_eq!(a.weights_hash(), b.weights_hash());
+        let x = Tensor::<Cpu, 2>::ones([2, 64], &d);
+        assert_eq!(
+            a.forward(x.clone())
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32"),
+            b.forward(x).into_data().to_vec::<f32>().expect("f32")
+        );
+        // A truncated artifact and a tensor of the wrong shape are errors, not panics.
+        assert!(WeightsFile::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+        let mut wrong = back.clone();
+        wrong.tensors[0].shape[0] += 1;
+        let msg = Model::<Cpu>::from_weights(&wrong, &d)
+            .expect_err("bad shape")
+            .to_string();
+        assert!(msg.contains("n"), "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod conv_tests {
+    use super::*;
+    use crate::Cpu;
+
+    /// The im2col convolution equals burn's reference convolution.
+    #[test]
+    fn im2col_conv_matches_burns_conv2d() {
+        let d = Default::default();
+        for k in [1usize, 3, 5] {
+            let mut init = SeededInit(ChaCha8Rng::seed_from_u64(k as u64));
+            let w = init.tensor("w", &[4, 3, k, k], 27).expect("random");
+            let b = init.tensor("b", &[4], 27).expect("random");
+            let x = init.tensor("x", &[2, 3, 6, 7], 1).expect("random");
+            let x = Tensor::<Cpu, 4>::from_data(TensorData::new(x, [2, 3, 6, 7]), &d);
+            let conv = Conv::<Cpu> {
+                weight: param::<Cpu, 4>(w.clone(), [4, 3, k, k], &d),
+                bias: param::<Cpu, 1>(b.clone(), [4], &d),
+                kernel: k,
+            };
+            let ours = conv
+                .forward(x.clone())
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32");
+            let reference = burn::tensor::module::conv2d(
+                x,
+                Tensor::from_data(TensorData::new(w, [4, 3, k, k]), &d),
+                Some(Tensor::from_data(TensorData::new(b, [4]), &d)),
+                burn::tensor::ops::ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], 1),
+            )
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32");
+            assert_eq!(ours.len(), reference.len());
+            for (a, r) in ours.iter().zip(&reference) {
+                assert!((a - r).abs() < 1e-5, "k={k}: {a} vs {r}");
+            }
+        }
+    }
+}

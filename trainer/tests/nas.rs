@@ -1,0 +1,228 @@
+//! NAS jobs on the embedded digits: learning, bit-exact reproducibility (alone and concurrent),
+//! and clear refusals.
+
+use hivemesh_evolve::arch::{Architecture, MacroSpace, MlpSpace, Shape};
+use hivemesh_trainer::data::{Splits, digits};
+use hivemesh_trainer::train::{
+    Budget, Limits, NasJob, NasResult, OptimizerKind, Schedule, run_nas,
+};
+use hivemesh_trainer::{CpuAutodiff, TrainError};
+
+fn mlp() -> Architecture {
+    MlpSpace {
+        input: Shape::Image { c: 1, h: 8, w: 8 },
+        classes: 10,
+        max_layers: 2,
+        widths: vec![32, 64],
+    }
+    .decode(&[2, 0])
+    .expect("valid")
+}
+
+fn cnn() -> Architecture {
+    let space = MacroSpace {
+        input: Shape::Image { c: 1, h: 8, w: 8 },
+        classes: 10,
+        phases: 2,
+        nodes: 3,
+        channels: vec![8],
+        kernels: vec![3],
+    };
+    let genome: Vec<u32> = space.gene_limits().iter().map(|l| l - 1).collect();
+    space.decode(&genome).expect("valid")
+}
+
+fn run(arch: &Architecture, budget: &Budget, seed: u64, splits: &Splits) -> NasResult {
+    let data = digits();
+    let job = NasJob {
+        arch,
+        data: &data,
+        splits,
+        budget,
+        seed,
+    };
+    run_nas::<CpuAutodiff>(&job, &Limits::default(), &Default::default(), &mut |_| {})
+        .expect("trains")
+}
+
+fn budget(epochs: u32) -> Budget {
+    Budget {
+        epochs,
+        max_steps: None,
+        batch_size: 32,
+        optimizer: OptimizerKind::Adam,
+        learning_rate: 3e-3,
+        schedule: Schedule::Cosine,
+    }
+}
+
+#[test]
+fn an_mlp_learns_the_digits_and_the_same_spec_gives_identical_results() {
+    let splits = digits().default_splits(None);
+    let a = run(&mlp(), &budget(8), 1, &splits);
+    assert!(a.accuracy() > 0.9, "accuracy {}", a.accuracy());
+    assert_eq!(a.total, splits.test.len() as u64);
+    assert_eq!(a.params, 64 * 64 + 64 + 64 * 10 + 10);
+    let b = run(&mlp(), &budget(8), 1, &splits);
+    assert_eq!(
+        (a.correct, a.weights_hash, a.fit.final_loss.to_bits()),
+        (b.correct, b.weights_hash, b.fit.final_loss.to_bits())
+    );
+    assert_eq!(a.weights.id(), b.weights.id());
+    let c = run(&mlp(), &budget(8), 2, &splits);
+    assert_ne!(
+        a.weights_hash, c.weights_hash,
+        "another seed, other weights"
+    );
+}
+
+#[test]
+fn a_cnn_with_batch_norm_learns_and_concurrent_jobs_match_solo_runs() {
+    let splits = digits().default_splits(None);
+    let b = Budget {
+        max_steps: Some(60),
+        ..budget(2)
+    };
+    let solo_cnn = run(&cnn(), &b, 5, &splits);
+    let solo_mlp = run(&mlp(), &b, 6, &splits);
+    assert!(
+        solo_cnn.accuracy() > 0.5,
+        "accuracy {}",
+        solo_cnn.accuracy()
+    );
+    // Two at once, twice over, in one process: each must equal its solo run bit for bit.
+    for _ in 0..2 {
+        let (x, y) = std::thread::scope(|s| {
+            let x = s.spawn(|| run(&cnn(), &b, 5, &splits));
+            let y = s.spawn(|| run(&mlp(), &b, 6, &splits));
+            (x.join().expect("cnn thread"), y.join().expect("mlp thread"))
+        });
+        assert_eq!(x.weights_hash, solo_cnn.weights_hash);
+        assert_eq!(y.weights_hash, solo_mlp.weights_hash);
+        assert_eq!(x.correct, solo_cnn.correct);
+    }
+}
+
+#[test]
+fn an_ir_that_does_not_fit_the_data_names_the_layer() {
+    let data = digits();
+    let splits = data.default_splits(None);
+    let wrong = MlpSpace {
+        input: Shape::Image { c: 1, h: 28, w: 28 },
+        classes: 10,
+        max_layers: 1,
+        widths: vec![8],
+    }
+    .decode(&[1])
+    .expect("valid");
+    let job = NasJob {
+        arch: &wrong,
+        data: &data,
+        splits: &splits,
+        budget: &budget(1),
+        seed: 0,
+    };
+    let err = run_nas::<CpuAutodiff>(&job, &Limits::default(), &Default::default(), &mut |_| {})
+        .expect_err("input mismatch");
+    assert!(
+        matches!(err, TrainError::Arch(_)) && err.to_string().contains("node 0"),
+        "{err}"
+    );
+
+    let twelve = MlpSpace {
+        classes: 12,
+        ..MlpSpace {
+            input: data.shape,
+            classes: 10,
+            max_layers: 1,
+            widths: vec![8],
+        }
+    }
+    .decode(&[1])
+    .expect("valid");
+    let job = NasJob {
+        arch: &twelve,
+        ..job
+    };
+    let err = run_nas::<CpuAutodiff>(&job, &Limits::default(), &Default::default(), &mut |_| {})
+        .expect_err("class mismatch");
+    assert!(err.to_string().contains("classes"), "{err}");
+}
+
+#[test]
+fn a_job_over_the_memory_budget_is_refused_before_training() {
+    let data = digits();
+    let splits = data.default_splits(None);
+    let arch = cnn();
+    let job = NasJob {
+        arch: &arch,
+        data: &data,
+        splits: &splits,
+        budget: &budget(1),
+        seed: 0,
+    };
+    let mut steps = 0;
+    let err = run_nas::<CpuAutodiff>(
+        &job,
+        &Limits {
+            memory_budget: Some(1 << 20),
+        },
+        &Default::default(),
+        &mut |_| steps += 1,
+    )
+    .expect_err("over budget");
+    assert!(matches!(err, TrainError::MemoryBudget { .. }), "{err}");
+    assert_eq!(steps, 0, "refused before any step");
+}
+
+#[test]
+fn a_diverging_run_is_a_failure_not_a_panic() {
+    let splits = digits().default_splits(None);
+    let data = digits();
+    let arch = mlp();
+    let b = Budget {
+        learning_rate: 1e9,
+        optimizer: OptimizerKind::Sgd { momentum: 0.9 },
+        ..budget(3)
+    };
+    let job = NasJob {
+        arch: &arch,
+        data: &data,
+        splits: &splits,
+        budget: &b,
+        seed: 0,
+    };
+    let err = run_nas::<CpuAutodiff>(&job, &Limits::default(), &Default::default(), &mut |_| {})
+        .expect_err("diverges");
+    assert!(matches!(err, TrainError::Diverged { .. }), "{err}");
+}
+
+#[test]
+fn progress_is_reported_every_step() {
+    let data = digits();
+    let splits = data.default_splits(None);
+    let arch = mlp();
+    let b = Budget {
+        max_steps: Some(25),
+        ..budget(1)
+    };
+    let job = NasJob {
+        arch: &arch,
+        data: &data,
+        splits: &splits,
+        budget: &b,
+        seed: 0,
+    };
+    let mut seen = Vec::new();
+    run_nas::<CpuAutodiff>(&job, &Limits::default(), &Default::default(), &mut |p| {
+        seen.push(*p)
+    })
+    .expect("trains");
+    assert_eq!(seen.len(), 25);
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, p)| p.step == i as u64 + 1 && p.total_steps == 25)
+    );
+    assert!(seen[9].loss.is_some() && seen[24].loss.is_some() && seen[0].loss.is_none());
+}
