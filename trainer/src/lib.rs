@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod loss;
 pub mod model;
 pub mod train;
 
