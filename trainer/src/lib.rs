@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod loss;
 pub mod model;
