@@ -15,7 +15,6 @@
 //! backends that differ in the last bits: blake3 over each sample's top-1 class and its
 //! probability rounded to 1/64.
 
-use burn::module::AutodiffModule;
 use burn::prelude::Backend;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::AutodiffBackend;
@@ -26,8 +25,7 @@ use crate::data::{Dataset, Splits};
 use crate::error::TrainError;
 use crate::model::{Model, WeightsFile};
 use crate::train::{
-    Budget, FitPlan, FitStats, Limits, Progress, check_fit, evaluate, fit, input_batch, one_hot,
-    sub_seed,
+    Budget, FitStats, Limits, NasJob, Progress, input_batch, one_hot, train_and_test,
 };
 
 const MAGIC: &[u8; 4] = b"HMKD";
@@ -258,8 +256,14 @@ pub fn run_student<B: AutodiffBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<StudentResult, TrainError> {
-    job.budget.validate()?;
-    check_fit(job.arch, job.data, job.budget.batch_size as usize, limits)?;
+    let run = NasJob {
+        arch: job.arch,
+        data: job.data,
+        splits: job.splits,
+        budget: job.budget,
+        seed: job.seed,
+    };
+    run.check(limits)?;
     if !(job.kd.temperature > 0.0 && (0.0..=1.0).contains(&job.kd.alpha)) {
         return Err(TrainError::Options(
             "KD temperature must be > 0 and alpha in [0, 1]".into(),
@@ -272,7 +276,6 @@ pub fn run_student<B: AutodiffBackend>(
         )));
     }
     let classes = job.data.classes as usize;
-    let model = Model::<B>::new(job.arch, sub_seed(job.seed, "init"), device)?;
     let data = job.data;
     let mut loss = |logits: Tensor<B, 2>, batch: &[u32]| {
         let recs: Vec<&[(u8, u16)]> = batch.iter().filter_map(|&i| record(i)).collect();
@@ -286,17 +289,10 @@ pub fn run_student<B: AutodiffBackend>(
         let hard = one_hot::<B>(&data.targets(batch), classes, device);
         kd_loss(logits, soft, hard, job.kd)
     };
-    let plan = FitPlan {
-        data: job.data,
-        train: &job.splits.train,
-        budget: job.budget,
-        order_seed: sub_seed(job.seed, "order"),
-    };
-    let (model, fit) = fit(model, &plan, device, &mut loss, progress)?;
-    let (correct, total) = evaluate(&model.valid(), job.data, &job.splits.test, 1000, device);
+    let t = train_and_test(&run, device, &mut loss, progress)?;
     Ok(StudentResult {
-        correct,
-        total,
-        fit,
+        correct: t.correct,
+        total: t.total,
+        fit: t.fit,
     })
 }

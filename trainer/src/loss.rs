@@ -33,8 +33,8 @@ use crate::data::{Dataset, Splits, shuffle};
 use crate::error::TrainError;
 use crate::model::Model;
 use crate::train::{
-    Budget, FitPlan, FitStats, Limits, Progress, check_fit, cross_entropy, evaluate, fit,
-    input_batch, one_hot, sub_seed,
+    Budget, FitStats, Limits, NasJob, Progress, cross_entropy, input_batch, one_hot, sub_seed,
+    train_and_test,
 };
 
 /// A value on the evaluation stack.
@@ -196,6 +196,19 @@ pub struct LossJob<'a> {
     pub tuning_steps: u32,
     /// The job's seed.
     pub seed: u64,
+}
+
+impl LossJob<'_> {
+    /// The training run it shares with a NAS job (same model, data, budget and seed).
+    fn run(&self) -> NasJob<'_> {
+        NasJob {
+            arch: self.arch,
+            data: self.data,
+            splits: self.splits,
+            budget: self.budget,
+            seed: self.seed,
+        }
+    }
 }
 
 /// What a loss job reports.
@@ -375,14 +388,13 @@ pub fn run_loss<B: AutodiffBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<LossResult, TrainError> {
-    job.budget.validate()?;
+    let run = job.run();
+    run.check(limits)?;
     job.expr
         .check()
         .map_err(|e| TrainError::Loss(e.to_string()))?;
-    check_fit(job.arch, job.data, job.budget.batch_size as usize, limits)?;
-    let init = sub_seed(job.seed, "init");
-    let constants = tune_constants(job, Model::<B>::new(job.arch, init, device)?, device)?;
-    let model = Model::<B>::new(job.arch, init, device)?;
+    let init = Model::<B>::new(job.arch, sub_seed(job.seed, "init"), device)?;
+    let constants = tune_constants(job, init, device)?;
     let fixed = Tensor::<B, 1>::from_data(
         TensorData::new(constants.clone(), [constants.len()]),
         device,
@@ -400,25 +412,17 @@ pub fn run_loss<B: AutodiffBackend>(
             }
         }
     };
-    let plan = FitPlan {
-        data: job.data,
-        train: &job.splits.train,
-        budget: job.budget,
-        order_seed: sub_seed(job.seed, "order"),
-    };
-    let fitted = fit(model, &plan, device, &mut loss, progress);
+    let tested = train_and_test(&run, device, &mut loss, progress);
     if let Some(e) = failure {
         return Err(e);
     }
-    let (model, fit) = fitted?;
-    let model = model.valid();
-    let (correct, total) = evaluate(&model, job.data, &job.splits.test, 1000, device);
+    let t = tested?;
     Ok(LossResult {
-        correct,
-        total,
+        correct: t.correct,
+        total: t.total,
         constants,
-        fit,
-        weights_hash: model.weights_hash(),
+        fit: t.fit,
+        weights_hash: t.model.weights_hash(),
     })
 }
 

@@ -211,7 +211,26 @@ pub struct WeightsFile {
     pub tensors: Vec<SavedTensor>,
 }
 
+/// blake3 over every tensor's name, shape and bytes, in order.
+fn hash_tensors(tensors: &[SavedTensor]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("hivemesh 2026-11 weights hash v1");
+    for t in tensors {
+        h.update(&(t.name.len() as u64).to_le_bytes());
+        h.update(t.name.as_bytes());
+        for d in &t.shape {
+            h.update(&d.to_le_bytes());
+        }
+        h.update(&t.data);
+    }
+    *h.finalize().as_bytes()
+}
+
 impl WeightsFile {
+    /// The hash of the weights it holds: equal to [`Model::weights_hash`] of the model saved.
+    pub fn weights_hash(&self) -> [u8; 32] {
+        hash_tensors(&self.tensors)
+    }
+
     /// The encoded artifact.
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("weights always encode")
@@ -299,7 +318,7 @@ impl<B: Backend> Model<B> {
     /// checked).
     pub fn from_weights(file: &WeightsFile, device: &B::Device) -> Result<Self, TrainError> {
         let model = Self::build(&file.arch, &mut FileInit(file), device)?;
-        let expected = model.tensor_names().len();
+        let expected = model.tensor_count();
         if file.tensors.len() != expected {
             return Err(TrainError::Artifact(format!(
                 "{} tensors, the architecture has {expected}",
@@ -513,8 +532,9 @@ impl<B: Backend> Model<B> {
         (self.num_params() - running) as u64
     }
 
-    fn tensor_names(&self) -> Vec<String> {
-        self.saved_tensors().into_iter().map(|t| t.name).collect()
+    /// How many tensors [`Model::saved_tensors`] lists (without copying them).
+    fn tensor_count(&self) -> usize {
+        2 * self.convs.len() + 2 * self.denses.len() + 4 * self.norms.len()
     }
 
     /// The weights artifact of this model.
@@ -529,16 +549,7 @@ impl<B: Backend> Model<B> {
     /// blake3 over every tensor's name, shape and bytes, in order: equal hashes mean
     /// bit-identical weights.
     pub fn weights_hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("hivemesh 2026-11 weights hash v1");
-        for t in self.saved_tensors() {
-            h.update(&(t.name.len() as u64).to_le_bytes());
-            h.update(t.name.as_bytes());
-            for d in &t.shape {
-                h.update(&d.to_le_bytes());
-            }
-            h.update(&t.data);
-        }
-        *h.finalize().as_bytes()
+        hash_tensors(&self.saved_tensors())
     }
 
     /// Whether every weight is finite.

@@ -392,6 +392,54 @@ pub fn check_fit(
     Ok(())
 }
 
+impl NasJob<'_> {
+    /// Checks the budget, that the architecture fits the data and the job fits `limits`.
+    pub fn check(&self, limits: &Limits) -> Result<(), TrainError> {
+        self.budget.validate()?;
+        check_fit(
+            self.arch,
+            self.data,
+            self.budget.batch_size as usize,
+            limits,
+        )
+    }
+}
+
+/// A model trained and tested by [`train_and_test`].
+pub(crate) struct Tested<B: Backend> {
+    pub(crate) model: Model<B>,
+    pub(crate) fit: FitStats,
+    pub(crate) correct: u64,
+    pub(crate) total: u64,
+}
+
+/// The run every job kind shares: a fresh model from the job's `"init"` sub-seed, trained with
+/// `loss` on the training split in the order of the `"order"` sub-seed, then evaluated on the
+/// test split. Callers check the job first ([`NasJob::check`]).
+pub(crate) fn train_and_test<B: AutodiffBackend>(
+    run: &NasJob<'_>,
+    device: &B::Device,
+    loss: &mut StepLoss<'_, B>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Tested<B::InnerBackend>, TrainError> {
+    let model = Model::<B>::new(run.arch, sub_seed(run.seed, "init"), device)?;
+    let plan = FitPlan {
+        data: run.data,
+        train: &run.splits.train,
+        budget: run.budget,
+        order_seed: sub_seed(run.seed, "order"),
+    };
+    let (model, fit) = fit(model, &plan, device, loss, progress)?;
+    let model = model.valid();
+    let (correct, total) = evaluate(&model, run.data, &run.splits.test, 1000, device);
+    Ok(Tested {
+        model,
+        fit,
+        correct,
+        total,
+    })
+}
+
 /// Runs a NAS job on backend `B`.
 pub fn run_nas<B: AutodiffBackend>(
     job: &NasJob<'_>,
@@ -399,27 +447,18 @@ pub fn run_nas<B: AutodiffBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<NasResult, TrainError> {
-    job.budget.validate()?;
-    check_fit(job.arch, job.data, job.budget.batch_size as usize, limits)?;
-    let model = Model::<B>::new(job.arch, sub_seed(job.seed, "init"), device)?;
+    job.check(limits)?;
     let classes = job.data.classes as usize;
     let data = job.data;
     let mut loss = |logits: Tensor<B, 2>, batch: &[u32]| {
         let y = one_hot::<B>(&data.targets(batch), classes, device);
         cross_entropy(logits, y)
     };
-    let plan = FitPlan {
-        data: job.data,
-        train: &job.splits.train,
-        budget: job.budget,
-        order_seed: sub_seed(job.seed, "order"),
-    };
-    let (model, fit) = fit(model, &plan, device, &mut loss, progress)?;
-    let model = model.valid();
-    let (correct, total) = evaluate(&model, job.data, &job.splits.test, 1000, device);
+    let t = train_and_test(job, device, &mut loss, progress)?;
+    let weights = t.model.weights_file(job.arch);
     Ok(NasResult {
-        correct,
-        total,
+        correct: t.correct,
+        total: t.total,
         params: job
             .arch
             .params()
@@ -428,8 +467,8 @@ pub fn run_nas<B: AutodiffBackend>(
             .arch
             .flops()
             .map_err(|e| TrainError::Arch(e.to_string()))?,
-        fit,
-        weights_hash: model.weights_hash(),
-        weights: model.weights_file(job.arch),
+        fit: t.fit,
+        weights_hash: weights.weights_hash(),
+        weights,
     })
 }
