@@ -17,13 +17,13 @@
 
 use burn::prelude::Backend;
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use hivemesh_evolve::arch::Architecture;
 
 use crate::data::{Dataset, Splits};
 use crate::error::TrainError;
 use crate::model::{Model, WeightsFile};
+use crate::ops::{ModelBackend, TrainBackend};
 use crate::train::{
     Budget, FitStats, Limits, NasJob, Progress, input_batch, one_hot, train_and_test,
 };
@@ -123,7 +123,7 @@ impl ShardLabels {
 }
 
 /// Runs `teacher` over samples `range` of `data` and keeps the top `k` probabilities of each.
-pub fn label_shard<B: Backend>(
+pub fn label_shard<B: ModelBackend>(
     teacher: &WeightsFile,
     data: &Dataset,
     range: std::ops::Range<u64>,
@@ -250,7 +250,7 @@ impl StudentResult {
 }
 
 /// Trains a student with the KD loss on backend `B`.
-pub fn run_student<B: AutodiffBackend>(
+pub fn run_student<B: TrainBackend>(
     job: &StudentJob<'_>,
     limits: &Limits,
     device: &B::Device,

@@ -9,18 +9,23 @@
 //! * [`model`]: burn models from evolve's architecture IR, weights from the job's own seeded RNG
 //!   (so concurrent jobs stay bit-identical), content-addressed weights artifacts;
 //! * [`train`]: the training loop (optimisers, schedules, progress, memory budget) and the NAS job;
+//! * [`ops`]: the layer operations per backend (fast CPU convolution and pooling with their own
+//!   backward passes; burn's kernels on CUDA);
 //! * [`backend`]: choosing the device, with a clear error where CUDA is not usable.
 
 pub mod backend;
 pub mod data;
 pub mod distill;
 pub mod error;
+mod kernels;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod train;
 pub mod zoo;
 
 pub use error::{DataError, TrainError};
+pub use ops::{ModelBackend, TrainBackend};
 
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).
 pub type Cpu = burn::backend::NdArray<f32>;

@@ -22,7 +22,6 @@ use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::Backend;
 use burn::tensor::activation::{relu, sigmoid, softmax, tanh};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use hivemesh_evolve::arch::Architecture;
 use hivemesh_evolve::gp::{EPS, Expr, Op};
@@ -32,6 +31,7 @@ use rand_core::SeedableRng;
 use crate::data::{Dataset, Splits, shuffle};
 use crate::error::TrainError;
 use crate::model::Model;
+use crate::ops::TrainBackend;
 use crate::train::{
     Budget, FitStats, Limits, NasJob, Progress, cross_entropy, input_batch, one_hot, sub_seed,
     train_and_test,
@@ -251,7 +251,7 @@ impl<B: Backend> ModuleMapper<B> for Perturb<'_> {
 }
 
 /// Euclidean norm of all gradients in `grads` for `model`'s parameters.
-fn grad_norm<B: AutodiffBackend>(model: &Model<B>, grads: &GradientsParams) -> f32 {
+fn grad_norm<B: TrainBackend>(model: &Model<B>, grads: &GradientsParams) -> f32 {
     struct Norm<'a> {
         grads: &'a GradientsParams,
         sum: f64,
@@ -271,7 +271,7 @@ fn grad_norm<B: AutodiffBackend>(model: &Model<B>, grads: &GradientsParams) -> f
 }
 
 /// Tunes `constants` by the one-step hypergradient (see the module docs).
-fn tune_constants<B: AutodiffBackend>(
+fn tune_constants<B: TrainBackend>(
     job: &LossJob<'_>,
     mut model: Model<B>,
     device: &B::Device,
@@ -382,7 +382,7 @@ fn check_finite<B: Backend>(loss: &Tensor<B, 1>, step: usize) -> Result<(), Trai
 
 /// Runs a loss job on backend `B`: tune constants, train the reference model from the job's
 /// initial weights with the tuned loss, evaluate on the test split.
-pub fn run_loss<B: AutodiffBackend>(
+pub fn run_loss<B: TrainBackend>(
     job: &LossJob<'_>,
     limits: &Limits,
     device: &B::Device,

@@ -16,7 +16,7 @@ use burn::module::{Module, Param, RunningState};
 use burn::nn::{BatchNorm, Linear};
 use burn::prelude::Backend;
 use burn::tensor::activation::{relu, sigmoid, tanh};
-use burn::tensor::module::{avg_pool2d, max_pool2d};
+use burn::tensor::module::avg_pool2d;
 use burn::tensor::{Tensor, TensorData};
 use hivemesh_evolve::arch::{Activation, Architecture, Op, Shape};
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +24,7 @@ use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::ops::ModelBackend;
 
 /// One step of the plan: what a node does and which layer list holds its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,61 +51,21 @@ pub struct Plan {
     last_use: Vec<usize>,
 }
 
-/// A 2-D convolution, stride 1, "same" zero padding, with bias, computed as im2col + one
-/// matrix multiplication: the `k·k` shifted views of the padded input are concatenated along
-/// the channels and multiplied by the weight matrix. burn-ndarray's own convolution (and its
-/// backward, a transposed convolution) is a direct loop that measured 50–100x slower than
-/// this on the CNNs we train; the matrix multiplication here is the same GEMM the dense
-/// layers use, and everything is built from differentiable tensor ops, so autodiff needs no
-/// custom backward. Weights keep PyTorch's `[out, in, k, k]` layout in artifacts.
+/// A 2-D convolution, stride 1, "same" zero padding, with bias; computed by the backend's
+/// [`ModelBackend::conv_same`] (on CPU: im2col + GEMM with its own backward pass). Weights keep
+/// PyTorch's `[out, in, k, k]` layout in artifacts.
 #[derive(Module, Debug)]
 pub struct Conv<B: Backend> {
     /// `[out, in, k, k]`.
     pub weight: Param<Tensor<B, 4>>,
     /// `[out]`.
     pub bias: Param<Tensor<B, 1>>,
-    #[module(skip)]
-    kernel: usize,
 }
 
-impl<B: Backend> Conv<B> {
+impl<B: ModelBackend> Conv<B> {
     /// `[b, c, h, w]` → `[b, out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, c, h, w] = x.dims();
-        let k = self.kernel;
-        let p = k / 2;
-        let x = if p > 0 {
-            let device = x.device();
-            let rows = Tensor::zeros([b, c, p, w], &device);
-            let x = Tensor::cat(vec![rows.clone(), x, rows], 2);
-            let cols = Tensor::zeros([b, c, h + 2 * p, p], &device);
-            Tensor::cat(vec![cols.clone(), x, cols], 3)
-        } else {
-            x
-        };
-        // [b, k·k·c, h, w], ordered (dy, dx, channel).
-        let patches = if k == 1 {
-            x
-        } else {
-            let mut views = Vec::with_capacity(k * k);
-            for dy in 0..k {
-                for dx in 0..k {
-                    views.push(x.clone().slice([0..b, 0..c, dy..dy + h, dx..dx + w]));
-                }
-            }
-            Tensor::cat(views, 1)
-        };
-        let kkc = k * k * c;
-        let cols = patches.permute([0, 2, 3, 1]).reshape([b * h * w, kkc]);
-        let [o, ..] = self.weight.dims();
-        let wmat = self
-            .weight
-            .val()
-            .permute([0, 2, 3, 1])
-            .reshape([o, kkc])
-            .transpose();
-        let y = cols.matmul(wmat) + self.bias.val().reshape([1, o]);
-        y.reshape([b, h, w, o]).permute([0, 3, 1, 2])
+        B::conv_same(x, self.weight.val(), self.bias.val())
     }
 }
 
@@ -346,7 +307,6 @@ impl<B: Backend> Model<B> {
                     convs.push(Conv {
                         weight: param::<B, 4>(w, [o, c, k, k], device),
                         bias: param::<B, 1>(b, [o], device),
-                        kernel: k,
                     });
                 }
                 (Op::Dense { out }, Some(s)) => {
@@ -405,7 +365,7 @@ fn tensor_bytes<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<u32>, Vec<u
     (shape, bytes)
 }
 
-impl<B: Backend> Model<B> {
+impl<B: ModelBackend> Model<B> {
     /// Logits for a batch of flat inputs `[batch, input numel]`.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let p = &self.plan;
@@ -436,14 +396,7 @@ impl<B: Backend> Model<B> {
                     Value::Img(t) => Value::Img(activate(a, t)),
                     Value::Flat(t) => Value::Flat(activate(a, t)),
                 },
-                Step::MaxPool(k) => Value::Img(max_pool2d(
-                    img(arg(&values, 0)),
-                    [k, k],
-                    [k, k],
-                    [0, 0],
-                    [1, 1],
-                    false,
-                )),
+                Step::MaxPool(k) => Value::Img(B::max_pool(img(arg(&values, 0)), k)),
                 Step::AvgPool(k) => Value::Img(avg_pool2d(
                     img(arg(&values, 0)),
                     [k, k],
@@ -483,7 +436,9 @@ impl<B: Backend> Model<B> {
             None => unreachable!("an architecture has at least the input node"),
         }
     }
+}
 
+impl<B: Backend> Model<B> {
     /// Every tensor (weights, biases, batch-norm scale, shift and running statistics) in node
     /// order, as saved in a [`WeightsFile`].
     pub fn saved_tensors(&self) -> Vec<SavedTensor> {
@@ -677,9 +632,9 @@ mod conv_tests {
     use super::*;
     use crate::Cpu;
 
-    /// The im2col convolution equals burn's reference convolution.
+    /// The model's convolution (the CPU kernels) equals burn's reference convolution.
     #[test]
-    fn im2col_conv_matches_burns_conv2d() {
+    fn conv_matches_burns_conv2d() {
         let d = Default::default();
         for k in [1usize, 3, 5] {
             let mut init = SeededInit(ChaCha8Rng::seed_from_u64(k as u64));
@@ -690,7 +645,6 @@ mod conv_tests {
             let conv = Conv::<Cpu> {
                 weight: param::<Cpu, 4>(w.clone(), [4, 3, k, k], &d),
                 bias: param::<Cpu, 1>(b.clone(), [4], &d),
-                kernel: k,
             };
             let ours = conv
                 .forward(x.clone())

@@ -15,7 +15,6 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::Backend;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use hivemesh_evolve::arch::Architecture;
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +23,7 @@ use rand_core::SeedableRng;
 use crate::data::{Dataset, Splits, shuffle};
 use crate::error::TrainError;
 use crate::model::{Model, WeightsFile};
+use crate::ops::{ModelBackend, TrainBackend};
 
 /// How the learning rate changes over training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -209,7 +209,7 @@ pub struct FitPlan<'a> {
 }
 
 /// Trains `model` under `plan` with `loss`.
-pub fn fit<B: AutodiffBackend>(
+pub fn fit<B: TrainBackend>(
     model: Model<B>,
     plan: &FitPlan<'_>,
     device: &B::Device,
@@ -237,7 +237,7 @@ pub fn fit<B: AutodiffBackend>(
     }
 }
 
-fn fit_with<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
+fn fit_with<B: TrainBackend, O: Optimizer<Model<B>, B>>(
     mut model: Model<B>,
     mut opt: O,
     plan: &FitPlan<'_>,
@@ -300,7 +300,7 @@ fn fit_with<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
 }
 
 /// Correct predictions and total over `idx`, in batches of `batch`.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: ModelBackend>(
     model: &Model<B>,
     data: &Dataset,
     idx: &[u32],
@@ -406,7 +406,7 @@ impl NasJob<'_> {
 }
 
 /// A model trained and tested by [`train_and_test`].
-pub(crate) struct Tested<B: Backend> {
+pub(crate) struct Tested<B: ModelBackend> {
     pub(crate) model: Model<B>,
     pub(crate) fit: FitStats,
     pub(crate) correct: u64,
@@ -416,7 +416,7 @@ pub(crate) struct Tested<B: Backend> {
 /// The run every job kind shares: a fresh model from the job's `"init"` sub-seed, trained with
 /// `loss` on the training split in the order of the `"order"` sub-seed, then evaluated on the
 /// test split. Callers check the job first ([`NasJob::check`]).
-pub(crate) fn train_and_test<B: AutodiffBackend>(
+pub(crate) fn train_and_test<B: TrainBackend>(
     run: &NasJob<'_>,
     device: &B::Device,
     loss: &mut StepLoss<'_, B>,
@@ -441,7 +441,7 @@ pub(crate) fn train_and_test<B: AutodiffBackend>(
 }
 
 /// Runs a NAS job on backend `B`.
-pub fn run_nas<B: AutodiffBackend>(
+pub fn run_nas<B: TrainBackend>(
     job: &NasJob<'_>,
     limits: &Limits,
     device: &B::Device,

@@ -1,0 +1,415 @@
+//! CPU kernels for the two layers burn-ndarray computes slowly: "same" convolution and
+//! non-overlapping max pooling, forward and backward, on contiguous `f32` slices in NCHW order.
+//!
+//! A convolution is im2col + matrix multiplication (ndarray's `general_mat_mul`, the same
+//! matrixmultiply GEMM burn-ndarray uses for dense layers). The batch is cut into
+//! [`CHUNKS`] runs of samples that rayon processes in parallel, each with its own patch
+//! matrix, so a GEMM's output rows (the output channels, often just 32 or 64) need not be
+//! split across threads. The backward pass recomputes the patches from the saved input
+//! instead of keeping them, which keeps a job's memory at the size of its activations.
+//!
+//! Determinism: the chunks depend on the batch size only, never on the thread count; the
+//! weight gradient is summed chunk by chunk in chunk order; every other output is written by
+//! exactly one task. So results are bit-identical across runs, thread counts and machines with
+//! the same GEMM kernel.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+
+/// How many runs of samples a batch is cut into (fewer if the batch is smaller).
+pub(crate) const CHUNKS: usize = 8;
+
+/// Sizes of one convolution: input `[b, c, h, w]`, weight `[o, c, k, k]`, output `[b, o, h, w]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvDims {
+    pub(crate) b: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) o: usize,
+    pub(crate) k: usize,
+}
+
+impl ConvDims {
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    /// Rows of the patch matrix: `(channel, dy, dx)`, the weight's own order.
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// Samples per chunk.
+    fn chunk(&self) -> usize {
+        self.b.div_ceil(CHUNKS).max(1)
+    }
+    /// The same convolution over `b` samples.
+    fn with_batch(&self, b: usize) -> ConvDims {
+        ConvDims { b, ..*self }
+    }
+    /// Where, along one image row, output column `x` reads input `x + dx - k/2`: the output
+    /// range whose input lies inside the image, and the input offset of its first element.
+    fn x_span(&self, dx: usize) -> (usize, usize, usize) {
+        let p = self.k / 2;
+        let x0 = p.saturating_sub(dx);
+        let x1 = (self.w + p).saturating_sub(dx).min(self.w);
+        (x0, x1, x0 + dx - p)
+    }
+    /// The input row read by output row `y` at kernel row `dy`, if inside the image.
+    fn src_row(&self, y: usize, dy: usize) -> Option<usize> {
+        let iy = (y + dy).checked_sub(self.k / 2)?;
+        (iy < self.h).then_some(iy)
+    }
+}
+
+/// The patch matrix `[c·k·k, b·h·w]` of `x` `[b, c, h, w]` (zero padding outside the image).
+fn im2col(x: &[f32], d: &ConvDims) -> Vec<f32> {
+    let (hw, kk) = (d.hw(), d.k * d.k);
+    let n = d.b * hw;
+    let mut cols = vec![0f32; d.rows() * n];
+    for (r, row) in cols.chunks_mut(n).enumerate() {
+        let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
+        let (x0, x1, src0) = d.x_span(dx);
+        if x0 >= x1 {
+            continue;
+        }
+        for s in 0..d.b {
+            let plane = &x[(s * d.c + ci) * hw..][..hw];
+            let out = &mut row[s * hw..][..hw];
+            for y in 0..d.h {
+                if let Some(iy) = d.src_row(y, dy) {
+                    out[y * d.w + x0..y * d.w + x1]
+                        .copy_from_slice(&plane[iy * d.w + src0..][..x1 - x0]);
+                }
+            }
+        }
+    }
+    cols
+}
+
+/// The adjoint of [`im2col`]: sums the patch-matrix gradient back into `gx` `[b, c, h, w]`.
+fn col2im(gcols: &[f32], d: &ConvDims, gx: &mut [f32]) {
+    let (hw, kk) = (d.hw(), d.k * d.k);
+    let n = d.b * hw;
+    for (s, sample) in gx.chunks_mut(d.c * hw).enumerate() {
+        for r in 0..d.rows() {
+            let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
+            let (x0, x1, src0) = d.x_span(dx);
+            if x0 >= x1 {
+                continue;
+            }
+            let src = &gcols[r * n + s * hw..][..hw];
+            let plane = &mut sample[ci * hw..][..hw];
+            for y in 0..d.h {
+                if let Some(iy) = d.src_row(y, dy) {
+                    let dst = &mut plane[iy * d.w + src0..][..x1 - x0];
+                    for (g, v) in dst.iter_mut().zip(&src[y * d.w + x0..y * d.w + x1]) {
+                        *g += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn view<'a>(rows: usize, cols: usize, data: &'a [f32]) -> ArrayView2<'a, f32> {
+    match ArrayView2::from_shape((rows, cols), data) {
+        Ok(v) => v,
+        Err(e) => unreachable!("kernel buffers are sized from their dims: {e}"),
+    }
+}
+
+/// `a × b` as a row-major vector.
+fn matmul(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Vec<f32> {
+    let mut c = Array2::<f32>::zeros((a.nrows(), b.ncols()));
+    general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+    c.into_raw_vec_and_offset().0
+}
+
+/// `y = conv(x, weight) + bias`: `x` `[b, c, h, w]`, `weight` `[o, c, k, k]`, `bias` `[o]`.
+pub(crate) fn conv_forward(x: &[f32], weight: &[f32], bias: &[f32], d: &ConvDims) -> Vec<f32> {
+    let (hw, per) = (d.hw(), d.chunk());
+    let mut y = vec![0f32; d.b * d.o * hw];
+    let wm = view(d.o, d.rows(), weight);
+    y.par_chunks_mut(per * d.o * hw)
+        .zip(x.par_chunks(per * d.c * hw))
+        .for_each(|(y, x)| {
+            let dc = d.with_batch(x.len() / (d.c * hw));
+            let n = dc.b * hw;
+            let cols = im2col(x, &dc);
+            let ym = matmul(wm, view(d.rows(), n, &cols));
+            // [o, (sample, pixel)] → [sample, o, pixel], plus the bias.
+            for (s, sample) in y.chunks_mut(d.o * hw).enumerate() {
+                for (oi, (dst, b)) in sample.chunks_mut(hw).zip(bias).enumerate() {
+                    for (v, m) in dst.iter_mut().zip(&ym[oi * n + s * hw..][..hw]) {
+                        *v = m + b;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Gradients of [`conv_forward`] given the output gradient `gy` `[b, o, h, w]`:
+/// `(gx, gweight, gbias)`; `gx` is empty unless `want_x`.
+pub(crate) fn conv_backward(
+    x: &[f32],
+    weight: &[f32],
+    gy: &[f32],
+    d: &ConvDims,
+    want_x: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (hw, per) = (d.hw(), d.chunk());
+    let wm = view(d.o, d.rows(), weight);
+    let mut gx = vec![0f32; if want_x { d.b * d.c * hw } else { 0 }];
+    let mut gx_chunks = gx.chunks_mut(per * d.c * hw);
+    let tasks: Vec<(usize, Option<&mut [f32]>)> = (0..d.b.div_ceil(per))
+        .map(|i| (i, gx_chunks.next()))
+        .collect();
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(i, gx)| {
+            let (s0, s1) = (i * per, ((i + 1) * per).min(d.b));
+            let dc = d.with_batch(s1 - s0);
+            let n = dc.b * hw;
+            // The output gradient as [o, (sample, pixel)], the patch matrix's column order.
+            let mut g = vec![0f32; d.o * n];
+            for (oi, row) in g.chunks_mut(n).enumerate() {
+                for (s, dst) in row.chunks_mut(hw).enumerate() {
+                    dst.copy_from_slice(&gy[((s0 + s) * d.o + oi) * hw..][..hw]);
+                }
+            }
+            let gb: Vec<f32> = g.chunks(n).map(|row| row.iter().sum()).collect();
+            let gm = view(d.o, n, &g);
+            let cols = im2col(&x[s0 * d.c * hw..s1 * d.c * hw], &dc);
+            let gw = matmul(gm, view(d.rows(), n, &cols).t());
+            drop(cols);
+            if let Some(gx) = gx {
+                col2im(&matmul(wm.t(), gm), &dc, gx);
+            }
+            (gw, gb)
+        })
+        .collect();
+    let mut gw = vec![0f32; d.o * d.rows()];
+    let mut gb = vec![0f32; d.o];
+    for (pw, pb) in &partial {
+        for (a, v) in gw.iter_mut().zip(pw) {
+            *a += v;
+        }
+        for (a, v) in gb.iter_mut().zip(pb) {
+            *a += v;
+        }
+    }
+    (gx, gw, gb)
+}
+
+/// `k×k` max pooling with stride `k`, no padding, floor mode, over `planes` planes of `h×w`:
+/// the output and, per output, the index within its plane of the maximum (the first one on
+/// ties).
+pub(crate) fn max_pool_forward(
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    let (oh, ow) = (h / k, w / k);
+    let mut out = vec![0f32; planes * oh * ow];
+    let mut arg = vec![0u32; planes * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .zip(arg.par_chunks_mut(oh * ow))
+        .enumerate()
+        .for_each(|(pl, (out, arg))| {
+            let plane = &x[pl * h * w..][..h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let first = oy * k * w + ox * k;
+                    let (mut best, mut at) = (plane[first], first);
+                    for dy in 0..k {
+                        for dx in 0..k {
+                            let i = first + dy * w + dx;
+                            if plane[i] > best {
+                                (best, at) = (plane[i], i);
+                            }
+                        }
+                    }
+                    out[oy * ow + ox] = best;
+                    arg[oy * ow + ox] = at as u32;
+                }
+            }
+        });
+    (out, arg)
+}
+
+/// The input gradient of [`max_pool_forward`]: each output's gradient goes to its maximum.
+pub(crate) fn max_pool_backward(gy: &[f32], arg: &[u32], planes: usize, hw: usize) -> Vec<f32> {
+    let mut gx = vec![0f32; planes * hw];
+    let per = gy.len() / planes.max(1);
+    gx.par_chunks_mut(hw).enumerate().for_each(|(pl, plane)| {
+        for (g, &a) in gy[pl * per..][..per].iter().zip(&arg[pl * per..][..per]) {
+            plane[a as usize] += g;
+        }
+    });
+    gx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution straight from its definition.
+    fn naive_conv(x: &[f32], wt: &[f32], bias: &[f32], d: &ConvDims) -> Vec<f32> {
+        let p = d.k as isize / 2;
+        let mut y = vec![0f32; d.b * d.o * d.h * d.w];
+        for s in 0..d.b {
+            for o in 0..d.o {
+                for yy in 0..d.h {
+                    for xx in 0..d.w {
+                        let mut acc = bias[o];
+                        for c in 0..d.c {
+                            for dy in 0..d.k {
+                                for dx in 0..d.k {
+                                    let iy = yy as isize + dy as isize - p;
+                                    let ix = xx as isize + dx as isize - p;
+                                    if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((s * d.c + c) * d.h + iy as usize) * d.w + ix as usize;
+                                    let wi = ((o * d.c + c) * d.k + dy) * d.k + dx;
+                                    acc += x[xi] * wt[wi];
+                                }
+                            }
+                        }
+                        y[((s * d.o + o) * d.h + yy) * d.w + xx] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn ramp(n: usize, mul: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(mul) % 97) as f32 - 48.0) / 31.0)
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn conv_forward_matches_the_definition_for_every_odd_kernel() {
+        for (b, k) in [(2, 1), (2, 3), (11, 3), (3, 5)] {
+            let d = ConvDims {
+                b,
+                c: 3,
+                h: 5,
+                w: 7,
+                o: 4,
+                k,
+            };
+            let x = ramp(d.b * d.c * d.h * d.w, 7);
+            let wt = ramp(d.o * d.c * k * k, 13);
+            let bias = ramp(d.o, 5);
+            close(
+                &conv_forward(&x, &wt, &bias, &d),
+                &naive_conv(&x, &wt, &bias, &d),
+                1e-5,
+            );
+        }
+    }
+
+    /// The backward pass is the adjoint of the forward: for random `x`, `w` and output
+    /// gradient `g`, `<g, conv(x, w)>` is bilinear, so its derivative along `x` is `<gx, δx>`
+    /// and along `w` is `<gw, δw>`; checked against the naive forward.
+    #[test]
+    fn conv_backward_is_the_adjoint_of_the_forward() {
+        // 11 samples: chunks of 2 and a last chunk of 1.
+        for (b, k) in [(2, 1), (11, 3), (3, 5)] {
+            let d = ConvDims {
+                b,
+                c: 3,
+                h: 6,
+                w: 5,
+                o: 2,
+                k,
+            };
+            let x = ramp(d.b * d.c * d.h * d.w, 11);
+            let wt = ramp(d.o * d.c * k * k, 17);
+            let zero = vec![0f32; d.o];
+            let g = ramp(d.b * d.o * d.h * d.w, 23);
+            let (gx, gw, gb) = conv_backward(&x, &wt, &g, &d, true);
+            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>();
+            let dx = ramp(x.len(), 29);
+            let dw = ramp(wt.len(), 31);
+            // conv is linear in x (with zero bias) and in w.
+            let lin_x = dot(&g, &naive_conv(&dx, &wt, &zero, &d));
+            let lin_w = dot(&g, &naive_conv(&x, &dw, &zero, &d));
+            close(&[dot(&gx, &dx)], &[lin_x], 1e-4);
+            close(&[dot(&gw, &dw)], &[lin_w], 1e-4);
+            let per_o: Vec<f32> = (0..d.o)
+                .map(|o| {
+                    (0..d.b)
+                        .map(|s| g[(s * d.o + o) * 30..][..30].iter().sum::<f32>())
+                        .sum()
+                })
+                .collect();
+            close(&gb, &per_o, 1e-5);
+            let (none, _, _) = conv_backward(&x, &wt, &g, &d, false);
+            assert!(none.is_empty());
+        }
+    }
+
+    /// Chunks depend on the batch, not on the threads: one thread and four give the same bits.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let d = ConvDims {
+            b: 13,
+            c: 4,
+            h: 9,
+            w: 9,
+            o: 6,
+            k: 3,
+        };
+        let x = ramp(d.b * d.c * d.h * d.w, 7);
+        let wt = ramp(d.o * d.rows(), 13);
+        let g = ramp(d.b * d.o * d.h * d.w, 19);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| {
+                let y = conv_forward(&x, &wt, &ramp(d.o, 3), &d);
+                (y, conv_backward(&x, &wt, &g, &d, true))
+            })
+        };
+        assert_eq!(run(1), run(4));
+    }
+
+    #[test]
+    fn max_pool_picks_the_first_maximum_and_routes_its_gradient() {
+        // One 4x5 plane, k = 2: output 2x2 (the last column is dropped, floor mode).
+        let x = [
+            1.0, 3.0, 0.0, 0.0, 9.0, //
+            2.0, 3.0, -1.0, -2.0, 9.0, //
+            5.0, 5.0, 7.0, 6.0, 9.0, //
+            5.0, 4.0, 6.0, 7.0, 9.0,
+        ];
+        let (out, arg) = max_pool_forward(&x, 1, 4, 5, 2);
+        assert_eq!(out, vec![3.0, 0.0, 5.0, 7.0]);
+        assert_eq!(arg, vec![1, 2, 10, 12]);
+        let gx = max_pool_backward(&[1.0, 2.0, 3.0, 4.0], &arg, 1, 20);
+        let mut want = vec![0f32; 20];
+        for (a, g) in arg.iter().zip([1.0, 2.0, 3.0, 4.0]) {
+            want[*a as usize] = g;
+        }
+        assert_eq!(gx, want);
+    }
+}

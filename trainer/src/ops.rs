@@ -1,0 +1,389 @@
+//! The layer operations a [`Model`](crate::model::Model) needs from its backend.
+//!
+//! On the CPU backend, convolution and max pooling run the kernels in [`crate::kernels`]
+//! (im2col + GEMM; argmax routing), with their own autodiff backward passes: burn-ndarray's
+//! built-in convolution and pooling (and their backward passes) measured 10–100x slower than
+//! PyTorch on the CNNs we train. On CUDA they are burn's own kernels. Both compute the same
+//! functions (cross-correlation with "same" zero padding; first maximum on ties).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ndarray::NdArrayTensor;
+use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use ndarray::{ArcArray, IxDyn};
+
+use crate::Cpu;
+use crate::kernels::{self, ConvDims};
+
+/// A backend a model can run on.
+pub trait ModelBackend: Backend {
+    /// Stride-1 convolution with "same" zero padding (`k / 2`, odd `k`) and bias:
+    /// `x` `[b, c, h, w]`, `weight` `[o, c, k, k]`, `bias` `[o]` → `[b, o, h, w]`.
+    fn conv_same(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+    ) -> Tensor<Self, 4>;
+    /// `k×k` max pooling with stride `k`, no padding, floor mode.
+    fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4>;
+}
+
+/// A backend a model can be trained on: autodiff over a [`ModelBackend`].
+pub trait TrainBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
+
+impl<T: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend> TrainBackend for T {}
+
+fn dims(x: [usize; 4], weight: [usize; 4]) -> ConvDims {
+    ConvDims {
+        b: x[0],
+        c: x[1],
+        h: x[2],
+        w: x[3],
+        o: weight[0],
+        k: weight[2],
+    }
+}
+
+/// The values of a CPU tensor in row-major order, borrowed when its storage is already laid
+/// out that way. (burn's `into_data` copies element by element whenever the array is shared,
+/// which autodiff's saved activations always are: it cost more than the convolutions.)
+fn host(p: &FloatTensor<Cpu>) -> Cow<'_, [f32]> {
+    match p {
+        NdArrayTensor::F32(storage) => {
+            let view = storage.view();
+            match view.to_slice() {
+                Some(s) => Cow::Borrowed(s),
+                None => Cow::Owned(view.iter().copied().collect()),
+            }
+        }
+        other => {
+            let data =
+                Tensor::<Cpu, 1>::from_primitive(TensorPrimitive::Float(other.clone())).into_data();
+            Cow::Owned(data.iter::<f32>().collect())
+        }
+    }
+}
+
+/// A CPU tensor owning `values` (no copy).
+fn cpu<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Cpu> {
+    match ArcArray::from_shape_vec(IxDyn(&shape), values) {
+        Ok(a) => NdArrayTensor::from(a),
+        Err(e) => unreachable!("kernel outputs are sized from their shapes: {e}"),
+    }
+}
+
+impl ModelBackend for Cpu {
+    fn conv_same(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+    ) -> Tensor<Self, 4> {
+        let d = dims(x.dims(), weight.dims());
+        let (x, weight, bias) = (
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        );
+        let y = kernels::conv_forward(&host(&x), &host(&weight), &host(&bias), &d);
+        Tensor::from_primitive(TensorPrimitive::Float(cpu(y, [d.b, d.o, d.h, d.w])))
+    }
+
+    fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
+        let [b, c, h, w] = x.dims();
+        let x = x.into_primitive().tensor();
+        let (y, _) = kernels::max_pool_forward(&host(&x), b * c, h, w, k);
+        Tensor::from_primitive(TensorPrimitive::Float(cpu(y, [b, c, h / k, w / k])))
+    }
+}
+
+/// What the convolution's backward pass needs: its input and weight (shared, not copied).
+#[derive(Clone)]
+struct ConvSaved {
+    x: FloatTensor<Cpu>,
+    weight: FloatTensor<Cpu>,
+    dims: ConvDims,
+}
+
+impl fmt::Debug for ConvSaved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConvSaved")
+            .field("dims", &self.dims)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct ConvOp;
+
+impl Backward<Cpu, 3> for ConvOp {
+    type State = ConvSaved;
+
+    fn backward(self, ops: Ops<ConvSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let gy = grads.consume::<Cpu>(&ops.node);
+        let s = ops.state;
+        let d = s.dims;
+        let (gx, gw, gb) = kernels::conv_backward(
+            &host(&s.x),
+            &host(&s.weight),
+            &host(&gy),
+            &d,
+            node_x.is_some(),
+        );
+        if let Some(node) = node_x {
+            grads.register::<Cpu>(node.id, cpu(gx, [d.b, d.c, d.h, d.w]));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Cpu>(node.id, cpu(gw, [d.o, d.c, d.k, d.k]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Cpu>(node.id, cpu(gb, [d.o]));
+        }
+    }
+}
+
+/// What max pooling's backward pass needs: where each output's maximum came from.
+#[derive(Clone)]
+struct PoolSaved {
+    arg: Arc<Vec<u32>>,
+    shape: [usize; 4],
+}
+
+impl fmt::Debug for PoolSaved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolSaved")
+            .field("shape", &self.shape)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct PoolOp;
+
+impl Backward<Cpu, 1> for PoolOp {
+    type State = PoolSaved;
+
+    fn backward(self, ops: Ops<PoolSaved, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let gy = grads.consume::<Cpu>(&ops.node);
+        if let Some(node) = node_x {
+            let [b, c, h, w] = ops.state.shape;
+            let gx = kernels::max_pool_backward(&host(&gy), &ops.state.arg, b * c, h * w);
+            grads.register::<Cpu>(node.id, cpu(gx, [b, c, h, w]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
+    fn conv_same(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 4>,
+        bias: Tensor<Self, 1>,
+    ) -> Tensor<Self, 4> {
+        let d = dims(x.dims(), weight.dims());
+        let (x, weight, bias) = (
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        );
+        let y = kernels::conv_forward(
+            &host(&x.primitive),
+            &host(&weight.primitive),
+            &host(&bias.primitive),
+            &d,
+        );
+        let y = cpu(y, [d.b, d.o, d.h, d.w]);
+        let out = match ConvOp
+            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                ConvSaved {
+                    x: x.primitive.clone(),
+                    weight: weight.primitive.clone(),
+                    dims: d,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
+        let shape = x.dims();
+        let [b, c, h, w] = shape;
+        let x = x.into_primitive().tensor();
+        let (y, arg) = kernels::max_pool_forward(&host(&x.primitive), b * c, h, w, k);
+        let y = cpu(y, [b, c, h / k, w / k]);
+        let out = match PoolOp
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                PoolSaved {
+                    arg: Arc::new(arg),
+                    shape,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+}
+
+/// burn's own convolution and pooling, for backends with fast native kernels (CUDA).
+#[cfg(feature = "cuda")]
+mod native {
+    use burn::tensor::module::{conv2d, max_pool2d};
+    use burn::tensor::ops::ConvOptions;
+
+    use super::*;
+
+    pub(super) fn conv_same<B: Backend>(
+        x: Tensor<B, 4>,
+        weight: Tensor<B, 4>,
+        bias: Tensor<B, 1>,
+    ) -> Tensor<B, 4> {
+        let p = weight.dims()[2] / 2;
+        conv2d(
+            x,
+            weight,
+            Some(bias),
+            ConvOptions::new([1, 1], [p, p], [1, 1], 1),
+        )
+    }
+
+    pub(super) fn max_pool<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
+        max_pool2d(x, [k, k], [k, k], [0, 0], [1, 1], false)
+    }
+
+    impl ModelBackend for burn::backend::Cuda {
+        fn conv_same(
+            x: Tensor<Self, 4>,
+            w: Tensor<Self, 4>,
+            b: Tensor<Self, 1>,
+        ) -> Tensor<Self, 4> {
+            conv_same(x, w, b)
+        }
+        fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
+            max_pool(x, k)
+        }
+    }
+
+    impl<C: CheckpointStrategy> ModelBackend for Autodiff<burn::backend::Cuda, C> {
+        fn conv_same(
+            x: Tensor<Self, 4>,
+            w: Tensor<Self, 4>,
+            b: Tensor<Self, 1>,
+        ) -> Tensor<Self, 4> {
+            conv_same(x, w, b)
+        }
+        fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
+            max_pool(x, k)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::TensorData;
+    use burn::tensor::module::{conv2d, max_pool2d};
+    use burn::tensor::ops::ConvOptions;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::CpuAutodiff;
+
+    fn random<B: Backend, const D: usize>(shape: [usize; D], rng: &mut ChaCha8Rng) -> Tensor<B, D> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0)
+            .collect();
+        Tensor::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    fn assert_close<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>, what: &str) {
+        let (a, b) = (a.into_data().to_vec::<f32>(), b.into_data().to_vec::<f32>());
+        let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what} at {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Our forward and backward passes equal burn's own conv2d and max_pool2d under autodiff
+    /// (up to float rounding order), through a small network with a loss that weights every
+    /// output differently.
+    #[test]
+    fn gradients_match_burns_own_layers() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        type A = CpuAutodiff;
+        let x = random::<A, 4>([3, 2, 7, 6], &mut rng);
+        let w = random::<A, 4>([4, 2, 3, 3], &mut rng);
+        let b = random::<A, 1>([4], &mut rng);
+        let mix = random::<A, 4>([3, 4, 3, 3], &mut rng);
+        let run = |ours: bool| {
+            let (x, w, b) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                b.clone().require_grad(),
+            );
+            let y = if ours {
+                A::max_pool(A::conv_same(x.clone(), w.clone(), b.clone()), 2)
+            } else {
+                let c = conv2d(
+                    x.clone(),
+                    w.clone(),
+                    Some(b.clone()),
+                    ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+                );
+                max_pool2d(c, [2, 2], [2, 2], [0, 0], [1, 1], false)
+            };
+            let loss = (y.clone() * mix.clone()).sum();
+            let g = loss.backward();
+            let grad = |t: &Tensor<A, 4>| t.grad(&g).expect("has a gradient");
+            (
+                y.inner(),
+                grad(&x),
+                grad(&w),
+                b.grad(&g).expect("bias gradient"),
+            )
+        };
+        let (y1, gx1, gw1, gb1) = run(true);
+        let (y2, gx2, gw2, gb2) = run(false);
+        assert_close(y1, y2, "output");
+        assert_close(gx1, gx2, "input gradient");
+        assert_close(gw1, gw2, "weight gradient");
+        assert_close(gb1, gb2, "bias gradient");
+    }
+
+    #[test]
+    fn inference_and_training_forward_passes_agree() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let x = random::<CpuAutodiff, 4>([2, 3, 5, 5], &mut rng);
+        let w = random::<CpuAutodiff, 4>([2, 3, 5, 5], &mut rng);
+        let b = random::<CpuAutodiff, 1>([2], &mut rng);
+        let train = CpuAutodiff::conv_same(x.clone(), w.clone(), b.clone()).inner();
+        let infer = Cpu::conv_same(x.inner(), w.inner(), b.inner());
+        assert_eq!(train.into_data(), infer.into_data());
+    }
+}
