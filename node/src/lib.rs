@@ -8,6 +8,8 @@
 //! execution off the event loop, the redb store, the HTTP API and audit mode. It holds no
 //! protocol rules of its own.
 //!
-//! Today it owns the node's identity on disk: [`identity`].
+//! Today it owns the node's identity on disk ([`identity`]) and job execution ([`executor`]:
+//! a protocol job spec run by the trainer, as a result to publish).
 
+pub mod executor;
 pub mod identity;

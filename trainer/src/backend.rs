@@ -5,9 +5,16 @@
 //! cannot be loaded, so [`cuda_available`] probes for it first and [`BackendChoice::check`]
 //! turns its absence into an error that says what is missing.
 
+use std::ops::Range;
 use std::path::Path;
 
+use crate::data::Dataset;
+use crate::distill::ShardLabels;
 use crate::error::TrainError;
+use crate::loss::{LossJob, LossResult};
+use crate::model::WeightsFile;
+use crate::ops::TrainBackend;
+use crate::train::{Limits, NasJob, NasResult, Progress};
 
 /// Where to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,6 +94,92 @@ impl BackendChoice {
 /// burn's CUDA backend with autodiff.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// The three job kinds on one backend, behind a trait object.
+///
+/// The entry points are generic over the backend, and generic code is compiled where it is
+/// instantiated: a caller built without optimisation (a debug node binary, its tests) would
+/// train 100x slower. Instantiating them here, in this crate (which is optimised even in dev
+/// builds, see the workspace `Cargo.toml`), keeps every caller fast and lets it choose the
+/// backend at run time.
+pub trait Runner: Send + Sync + std::fmt::Debug {
+    /// [`crate::train::run_nas`].
+    fn nas(
+        &self,
+        job: &NasJob<'_>,
+        limits: &Limits,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<NasResult, TrainError>;
+    /// [`crate::loss::run_loss`].
+    fn loss(
+        &self,
+        job: &LossJob<'_>,
+        limits: &Limits,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<LossResult, TrainError>;
+    /// [`crate::distill::label_shard`].
+    fn label(
+        &self,
+        teacher: &WeightsFile,
+        data: &Dataset,
+        range: Range<u64>,
+        k: u8,
+    ) -> Result<ShardLabels, TrainError>;
+}
+
+/// Runs jobs on backend `B` (training) and its inner backend (inference).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct On<B>(std::marker::PhantomData<B>);
+
+impl<B: TrainBackend> Runner for On<B> {
+    fn nas(
+        &self,
+        job: &NasJob<'_>,
+        limits: &Limits,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<NasResult, TrainError> {
+        crate::train::run_nas::<B>(job, limits, &Default::default(), progress)
+    }
+    fn loss(
+        &self,
+        job: &LossJob<'_>,
+        limits: &Limits,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<LossResult, TrainError> {
+        crate::loss::run_loss::<B>(job, limits, &Default::default(), progress)
+    }
+    fn label(
+        &self,
+        teacher: &WeightsFile,
+        data: &Dataset,
+        range: Range<u64>,
+        k: u8,
+    ) -> Result<ShardLabels, TrainError> {
+        crate::distill::label_shard::<B::InnerBackend>(teacher, data, range, k, &Default::default())
+    }
+}
+
+impl BackendChoice {
+    /// A runner for this backend, after [`BackendChoice::check`].
+    pub fn runner(self) -> Result<Box<dyn Runner>, TrainError> {
+        self.check()?;
+        match self {
+            BackendChoice::Cpu => Ok(Box::new(On::<crate::CpuAutodiff>::default())),
+            BackendChoice::Cuda => cuda_runner(),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_runner() -> Result<Box<dyn Runner>, TrainError> {
+    Ok(Box::new(On::<CudaAutodiff>::default()))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_runner() -> Result<Box<dyn Runner>, TrainError> {
+    BackendChoice::Cuda.check()?;
+    Err(TrainError::Backend("this build has no CUDA support".into()))
+}
 
 #[cfg(test)]
 mod tests {

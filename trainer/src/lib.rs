@@ -27,6 +27,10 @@ pub mod zoo;
 pub use error::{DataError, TrainError};
 pub use ops::{ModelBackend, TrainBackend};
 
+/// The trainer's code version: jobs name it, and results of different versions are not
+/// compared.
+pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"));
+
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).
 pub type Cpu = burn::backend::NdArray<f32>;
 /// The CPU backend with autodiff, for training.

@@ -1,0 +1,268 @@
+//! The executor runs protocol jobs with the trainer: real results for each job kind,
+//! deterministic failures as results, and "cannot run here" as errors.
+
+use std::collections::BTreeMap;
+
+use hivemesh_evolve::arch::{Architecture, MlpSpace, Shape};
+use hivemesh_evolve::gp::Expr;
+use hivemesh_node::executor::{CODE_VERSION, ExecError, Executed, Executor, builtin_digits};
+use hivemesh_protocol::Tolerance;
+use hivemesh_protocol::derive::{Derivation, decode_genome};
+use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::identity::Keypair;
+use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
+use hivemesh_protocol::spec::{
+    BackendClass, CampaignSpec, DistillParams, JobPayload, JobSpec, LossParams, LrSchedule,
+    NasParams, NasSpace, Optimizer, Schedule, Search, Strategy, TrainingBudget,
+};
+use hivemesh_protocol::time::Timestamp;
+use hivemesh_trainer::distill::ShardLabels;
+use hivemesh_trainer::model::{Model, WeightsFile};
+
+type Blobs = BTreeMap<BlobId, Vec<u8>>;
+
+fn campaign(search: Search) -> CampaignSpec {
+    CampaignSpec {
+        name: "executor-test".into(),
+        created_at: Timestamp(1_700_000_000_000),
+        search,
+        dataset: builtin_digits(),
+        budget: TrainingBudget {
+            epochs: 1,
+            max_steps: Some(40),
+            batch_size: 32,
+            optimizer: Optimizer::Adam,
+            learning_rate: 1e-2,
+            schedule: LrSchedule::Constant,
+        },
+        seed: 7,
+        redundancy: 3,
+        quorum: 2,
+        tolerance: Tolerance::EXACT,
+        audit_rate_ppm: 0,
+        backend: BackendClass::CpuNdarray,
+        code_version: CODE_VERSION.into(),
+        roster: vec![Keypair::from_secret_bytes([1; 32]).public()],
+        schedule: Schedule::default(),
+    }
+}
+
+fn nas_space() -> NasSpace {
+    NasSpace::Mlp {
+        max_layers: 2,
+        widths: vec![16, 32],
+    }
+}
+
+fn nas_campaign() -> CampaignSpec {
+    campaign(Search::Nas(NasParams {
+        space: nas_space(),
+        strategy: Strategy::Nsga2,
+        population: 4,
+        generations: 2,
+    }))
+}
+
+fn first_job(spec: &CampaignSpec) -> JobSpec {
+    let mut d = Derivation::new(spec).expect("derivation");
+    d.generation_zero()[0].clone()
+}
+
+fn run(spec: &CampaignSpec, job: &JobSpec, blobs: &Blobs) -> Result<Executed, ExecError> {
+    Executor::default().run(spec, job, blobs, &mut |_| {})
+}
+
+fn success(e: &Executed) -> &Metrics {
+    match &e.result.outcome {
+        Outcome::Success(m) => m,
+        Outcome::Failure(f) => panic!("expected success, got {f:?}"),
+    }
+}
+
+fn digits_mlp(width: u32) -> Architecture {
+    MlpSpace {
+        input: Shape::Image { c: 1, h: 8, w: 8 },
+        classes: 10,
+        max_layers: 1,
+        widths: vec![width],
+    }
+    .decode(&[1])
+    .expect("valid")
+}
+
+#[test]
+fn a_nas_job_trains_reproducibly_and_reports_the_irs_size_and_its_weights() {
+    let spec = nas_campaign();
+    let job = first_job(&spec);
+    let a = run(&spec, &job, &Blobs::new()).expect("runs");
+    let b = run(&spec, &job, &Blobs::new()).expect("runs");
+    assert_eq!(a.result.outcome, b.result.outcome, "same job, same outcome");
+    assert_eq!(a.blobs, b.blobs, "same weights, bit for bit");
+
+    let m = success(&a);
+    // The genome decoded against the data gives the reported size.
+    let JobPayload::Nas { genome } = &job.payload else {
+        panic!("a NAS job")
+    };
+    let genes = decode_genome(genome).expect("decodes");
+    let arch = MlpSpace {
+        input: Shape::Image { c: 1, h: 8, w: 8 },
+        classes: 10,
+        max_layers: 2,
+        widths: vec![16, 32],
+    }
+    .decode(&genes)
+    .expect("valid");
+    assert_eq!(m.params, arch.params().expect("params"));
+    assert_eq!(m.flops, arch.flops().expect("flops"));
+    // It learned something in 40 steps (10 classes: chance is 0.1).
+    assert!(
+        m.total > 0 && m.correct * 2 > m.total,
+        "{}/{}",
+        m.correct,
+        m.total
+    );
+    // The artifact is the weights file, named by the hash of its bytes.
+    assert_eq!(m.artifacts.len(), 1);
+    let (id, bytes) = &a.blobs[0];
+    assert_eq!(m.artifacts[0], *id);
+    assert_eq!(BlobId::of_bytes(bytes), *id);
+    let w = WeightsFile::from_bytes(bytes).expect("a weights file");
+    assert_eq!(w.arch, arch);
+}
+
+#[test]
+fn jobs_this_node_cannot_run_are_errors_not_results() {
+    let spec = nas_campaign();
+    let job = first_job(&spec);
+
+    let mut other_version = job.clone();
+    other_version.code_version = "hivemesh-trainer/0.0.1".into();
+    let e = run(&spec, &other_version, &Blobs::new()).expect_err("refused");
+    assert!(matches!(e, ExecError::CodeVersion { .. }), "{e}");
+
+    let mut cuda = job.clone();
+    cuda.backend = BackendClass::Cuda;
+    let e = run(&spec, &cuda, &Blobs::new()).expect_err("refused");
+    assert!(e.to_string().to_lowercase().contains("cuda"), "{e}");
+
+    let mut other = nas_campaign();
+    other.seed += 1;
+    let e = run(&other, &job, &Blobs::new()).expect_err("refused");
+    assert!(matches!(e, ExecError::WrongCampaign { .. }), "{e}");
+
+    let mut wrong_data = nas_campaign();
+    wrong_data.dataset.id = BlobId::of_bytes(b"not the digits");
+    wrong_data.dataset.sources = vec!["builtin:digits".into(), "builtin:cifar".into()];
+    let job = first_job(&wrong_data);
+    let e = run(&wrong_data, &job, &Blobs::new()).expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("builtin:digits: has id") && msg.contains("no built-in dataset `cifar`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_genome_that_does_not_decode_is_an_invalid_job_result() {
+    let spec = nas_campaign();
+    let mut job = first_job(&spec);
+    job.payload = JobPayload::Nas {
+        genome: vec![0xff; 3],
+    };
+    let e = run(&spec, &job, &Blobs::new()).expect("a result");
+    match &e.result.outcome {
+        Outcome::Failure(f) => assert_eq!(f.kind, FailureKind::InvalidJob),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_distill_job_labels_its_shard_with_the_teacher_from_the_store() {
+    let arch = digits_mlp(16);
+    let teacher = Model::<hivemesh_trainer::Cpu>::new(&arch, [3; 32], &Default::default())
+        .expect("builds")
+        .weights_file(&arch)
+        .to_bytes();
+    let teacher_id = BlobId::of_bytes(&teacher);
+    let spec = campaign(Search::Distill(DistillParams {
+        teacher: teacher_id,
+        top_k: 3,
+        shard_size: 500,
+        samples: 1000,
+    }));
+    let jobs = Derivation::new(&spec)
+        .expect("derivation")
+        .generation_zero()
+        .to_vec();
+    assert_eq!(jobs.len(), 2);
+    let mut blobs = Blobs::new();
+
+    let e = run(&spec, &jobs[1], &blobs).expect_err("no teacher yet");
+    assert!(
+        matches!(
+            e,
+            ExecError::Blob {
+                what: "teacher",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    blobs.insert(teacher_id, b"not the teacher".to_vec());
+    let e = run(&spec, &jobs[1], &blobs).expect_err("wrong bytes");
+    assert!(e.to_string().contains("do not hash to the id"), "{e}");
+
+    blobs.insert(teacher_id, teacher);
+    let a = run(&spec, &jobs[1], &blobs).expect("runs");
+    let m = success(&a);
+    assert_eq!((m.total, m.params), (500, arch.params().expect("params")));
+    assert!(m.correct <= m.total);
+    let (id, shard) = &a.blobs[0];
+    assert_eq!((m.artifacts[0], BlobId::of_bytes(shard)), (*id, *id));
+    let labels = ShardLabels::from_bytes(shard).expect("a shard blob");
+    assert_eq!((labels.start, labels.len(), labels.k), (500, 500, 3));
+    assert!(m.extra.contains_key("fingerprint"));
+    let b = run(&spec, &jobs[1], &blobs).expect("runs");
+    assert_eq!(a.result.outcome, b.result.outcome);
+}
+
+#[test]
+fn a_loss_job_trains_the_reference_model_from_the_store() {
+    let reference = digits_mlp(32);
+    let bytes = postcard::to_stdvec(&reference).expect("encodes");
+    let id = BlobId::of_bytes(&bytes);
+    let spec = campaign(Search::Loss(LossParams {
+        population: 4,
+        generations: 1,
+        max_depth: 4,
+        max_size: 16,
+        reference_model: id,
+        constant_tuning_steps: 2,
+    }));
+    let mut job = first_job(&spec);
+    job.payload = JobPayload::Loss {
+        expression: postcard::to_stdvec(&Expr::cross_entropy()).expect("encodes"),
+    };
+    let blobs: Blobs = [(id, bytes)].into();
+    let a = run(&spec, &job, &blobs).expect("runs");
+    let m = success(&a);
+    assert_eq!(m.params, reference.params().expect("params"));
+    assert!(m.correct * 2 > m.total, "{}/{}", m.correct, m.total);
+    assert_eq!(
+        a.result.outcome,
+        run(&spec, &job, &blobs).expect("runs").result.outcome
+    );
+
+    let e = run(&spec, &job, &Blobs::new()).expect_err("no reference model");
+    assert!(
+        matches!(
+            e,
+            ExecError::Blob {
+                what: "reference model",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
