@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hivemesh_evolve::arch::{Architecture, MacroSpace, MlpSpace, Shape};
+use hivemesh_evolve::arch::Architecture;
 use hivemesh_evolve::gp::Expr;
 use hivemesh_protocol::derive::decode_genome;
 use hivemesh_protocol::id::BlobId;
@@ -406,33 +406,10 @@ fn fetch(blobs: &dyn BlobSource, id: &BlobId, what: &'static str) -> Result<Vec<
 /// A NAS genome as an architecture for `data`, or why it is not a valid model for it.
 fn architecture(space: &NasSpace, genome: &[u8], data: &Dataset) -> Result<Architecture, String> {
     let genes = decode_genome(genome).ok_or("the genome does not decode")?;
-    let arch = match space {
-        NasSpace::Mlp { max_layers, widths } => MlpSpace {
-            input: data.shape,
-            classes: data.classes,
-            max_layers: usize::from(*max_layers),
-            widths: widths.clone(),
-        }
-        .decode(&genes),
-        NasSpace::Macro {
-            phases,
-            nodes_per_phase,
-            channels,
-            kernels,
-        } => MacroSpace {
-            input: match data.shape {
-                s @ Shape::Image { .. } => s,
-                Shape::Flat(_) => return Err("the macro space needs image data".into()),
-            },
-            classes: data.classes,
-            phases: usize::from(*phases),
-            nodes: usize::from(*nodes_per_phase),
-            channels: channels.clone(),
-            kernels: kernels.iter().map(|&k| u32::from(k)).collect(),
-        }
-        .decode(&genes),
-    };
-    arch.map_err(|e| e.to_string())
+    space
+        .for_data(data.shape, data.classes)
+        .decode(&genes)
+        .map_err(|e| e.to_string())
 }
 
 /// The trainer's budget for the campaign's.

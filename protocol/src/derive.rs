@@ -71,32 +71,63 @@ impl core::fmt::Debug for Derivation {
     }
 }
 
-/// The genome layout of a NAS space: evolve's own spaces say it (the input shape and class
-/// count do not change the genes, so placeholders are used).
+/// The genome layout of a NAS space (the input shape and class count do not change the genes,
+/// so placeholders are used).
 fn gene_limits(space: &NasSpace) -> Vec<u32> {
-    use hivemesh_evolve::arch::{MacroSpace, MlpSpace, Shape};
-    match space {
-        NasSpace::Mlp { max_layers, widths } => MlpSpace {
-            input: Shape::Flat(1),
-            classes: 1,
-            max_layers: usize::from(*max_layers),
-            widths: widths.clone(),
+    use hivemesh_evolve::arch::Shape;
+    match space.for_data(Shape::Image { c: 1, h: 1, w: 1 }, 1) {
+        EvolveSpace::Mlp(s) => s.gene_limits(),
+        EvolveSpace::Macro(s) => s.gene_limits(),
+    }
+}
+
+/// A NAS space as evolve's search space for data of one shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvolveSpace {
+    /// Multi-layer perceptrons.
+    Mlp(hivemesh_evolve::arch::MlpSpace),
+    /// The NSGA-Net macro space.
+    Macro(hivemesh_evolve::arch::MacroSpace),
+}
+
+impl NasSpace {
+    /// This space for data of shape `input` with `classes` classes.
+    pub fn for_data(&self, input: hivemesh_evolve::arch::Shape, classes: u32) -> EvolveSpace {
+        use hivemesh_evolve::arch::{MacroSpace, MlpSpace};
+        match self {
+            NasSpace::Mlp { max_layers, widths } => EvolveSpace::Mlp(MlpSpace {
+                input,
+                classes,
+                max_layers: usize::from(*max_layers),
+                widths: widths.clone(),
+            }),
+            NasSpace::Macro {
+                phases,
+                nodes_per_phase,
+                channels,
+                kernels,
+            } => EvolveSpace::Macro(MacroSpace {
+                input,
+                classes,
+                phases: usize::from(*phases),
+                nodes: usize::from(*nodes_per_phase),
+                channels: channels.clone(),
+                kernels: kernels.iter().map(|&k| u32::from(k)).collect(),
+            }),
         }
-        .gene_limits(),
-        NasSpace::Macro {
-            phases,
-            nodes_per_phase,
-            channels,
-            kernels,
-        } => MacroSpace {
-            input: Shape::Image { c: 1, h: 1, w: 1 },
-            classes: 1,
-            phases: usize::from(*phases),
-            nodes: usize::from(*nodes_per_phase),
-            channels: channels.clone(),
-            kernels: kernels.iter().map(|&k| u32::from(k)).collect(),
+    }
+}
+
+impl EvolveSpace {
+    /// The architecture a genome encodes, or why it is not a valid model for the data.
+    pub fn decode(
+        &self,
+        genes: &[u32],
+    ) -> Result<hivemesh_evolve::arch::Architecture, hivemesh_evolve::arch::ArchError> {
+        match self {
+            EvolveSpace::Mlp(s) => s.decode(genes),
+            EvolveSpace::Macro(s) => s.decode(genes),
         }
-        .gene_limits(),
     }
 }
 

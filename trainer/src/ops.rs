@@ -7,7 +7,6 @@
 //! functions (cross-correlation with "same" zero padding; first maximum on ties).
 
 use std::borrow::Cow;
-use std::fmt;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
@@ -108,19 +107,11 @@ impl ModelBackend for Cpu {
 }
 
 /// What the convolution's backward pass needs: its input and weight (shared, not copied).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct ConvSaved {
     x: FloatTensor<Cpu>,
     weight: FloatTensor<Cpu>,
     dims: ConvDims,
-}
-
-impl fmt::Debug for ConvSaved {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConvSaved")
-            .field("dims", &self.dims)
-            .finish()
-    }
 }
 
 #[derive(Debug)]
@@ -154,18 +145,10 @@ impl Backward<Cpu, 3> for ConvOp {
 }
 
 /// What max pooling's backward pass needs: where each output's maximum came from.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct PoolSaved {
     arg: Arc<Vec<u32>>,
     shape: [usize; 4],
-}
-
-impl fmt::Debug for PoolSaved {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolSaved")
-            .field("shape", &self.shape)
-            .finish()
-    }
 }
 
 #[derive(Debug)]
