@@ -82,6 +82,17 @@ fn cpu<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Cpu> 
     }
 }
 
+/// The convolution of CPU tensors.
+fn conv_cpu(
+    x: &FloatTensor<Cpu>,
+    weight: &FloatTensor<Cpu>,
+    bias: &FloatTensor<Cpu>,
+    d: &ConvDims,
+) -> FloatTensor<Cpu> {
+    let y = kernels::conv_forward(&host(x), &host(weight), &host(bias), d);
+    cpu(y, [d.b, d.o, d.h, d.w])
+}
+
 impl ModelBackend for Cpu {
     fn conv_same(
         x: Tensor<Self, 4>,
@@ -94,8 +105,7 @@ impl ModelBackend for Cpu {
             weight.into_primitive().tensor(),
             bias.into_primitive().tensor(),
         );
-        let y = kernels::conv_forward(&host(&x), &host(&weight), &host(&bias), &d);
-        Tensor::from_primitive(TensorPrimitive::Float(cpu(y, [d.b, d.o, d.h, d.w])))
+        Tensor::from_primitive(TensorPrimitive::Float(conv_cpu(&x, &weight, &bias, &d)))
     }
 
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
@@ -180,13 +190,7 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
             weight.into_primitive().tensor(),
             bias.into_primitive().tensor(),
         );
-        let y = kernels::conv_forward(
-            &host(&x.primitive),
-            &host(&weight.primitive),
-            &host(&bias.primitive),
-            &d,
-        );
-        let y = cpu(y, [d.b, d.o, d.h, d.w]);
+        let y = conv_cpu(&x.primitive, &weight.primitive, &bias.primitive, &d);
         let out = match ConvOp
             .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
             .compute_bound()
