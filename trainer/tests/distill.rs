@@ -1,38 +1,18 @@
 //! Distillation on the embedded digits: a teacher labels shards, the blobs are reproducible
 //! and well-formed, and a student learns from them.
 
-use hivemesh_evolve::arch::{Architecture, MlpSpace, Shape};
+mod common;
+
+use common::{budget, digits_mlp};
 use hivemesh_trainer::distill::{KdConfig, ShardLabels, StudentJob, label_shard, run_student};
-use hivemesh_trainer::train::{Budget, Limits, NasJob, OptimizerKind, Schedule, run_nas};
+use hivemesh_trainer::train::{Limits, NasJob, run_nas};
 use hivemesh_trainer::{Cpu, CpuAutodiff};
-
-fn mlp(width_gene: u32) -> Architecture {
-    MlpSpace {
-        input: Shape::Image { c: 1, h: 8, w: 8 },
-        classes: 10,
-        max_layers: 1,
-        widths: vec![32, 64],
-    }
-    .decode(&[width_gene])
-    .expect("valid")
-}
-
-fn budget(epochs: u32) -> Budget {
-    Budget {
-        epochs,
-        max_steps: None,
-        batch_size: 32,
-        optimizer: OptimizerKind::Adam,
-        learning_rate: 3e-3,
-        schedule: Schedule::Cosine,
-    }
-}
 
 #[test]
 fn a_teacher_labels_shards_reproducibly_and_a_student_learns_from_them() {
     let data = hivemesh_trainer::data::digits();
     let splits = data.default_splits(None);
-    let arch = mlp(2);
+    let arch = digits_mlp(&[32, 64], &[2]);
     let teacher = run_nas::<CpuAutodiff>(
         &NasJob {
             arch: &arch,
@@ -74,7 +54,7 @@ fn a_teacher_labels_shards_reproducibly_and_a_student_learns_from_them() {
     assert!(label_shard::<Cpu>(&teacher.weights, &data, n - 5..n + 5, 3, &d).is_err());
 
     // A small student learns from the soft labels.
-    let student = mlp(1);
+    let student = digits_mlp(&[32, 64], &[1]);
     let s = run_student::<CpuAutodiff>(
         &StudentJob {
             arch: &student,

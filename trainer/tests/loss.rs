@@ -1,23 +1,14 @@
 //! Loss jobs: a GP expression trains the reference model; constants are tuned by the
 //! hypergradient; broken losses fail cleanly.
 
-use hivemesh_evolve::arch::{Architecture, MlpSpace, Shape};
+mod common;
+
+use common::digits_mlp;
 use hivemesh_evolve::gp::{Expr, Op};
 use hivemesh_trainer::data::digits;
 use hivemesh_trainer::loss::{LossJob, run_loss};
 use hivemesh_trainer::train::{Budget, Limits, NasJob, OptimizerKind, Schedule, run_nas};
 use hivemesh_trainer::{CpuAutodiff, TrainError};
-
-fn reference() -> Architecture {
-    MlpSpace {
-        input: Shape::Image { c: 1, h: 8, w: 8 },
-        classes: 10,
-        max_layers: 1,
-        widths: vec![32],
-    }
-    .decode(&[1])
-    .expect("valid")
-}
 
 fn budget() -> Budget {
     Budget {
@@ -52,7 +43,7 @@ fn scaled_ce(c0: f32) -> Expr {
 fn the_cross_entropy_expression_trains_as_well_as_built_in_cross_entropy() {
     let data = digits();
     let splits = data.default_splits(None);
-    let arch = reference();
+    let arch = digits_mlp(&[32], &[1]);
     let b = budget();
     let ce = Expr::cross_entropy();
     let job = LossJob {
@@ -92,7 +83,7 @@ fn the_cross_entropy_expression_trains_as_well_as_built_in_cross_entropy() {
 fn tuning_raises_a_too_small_loss_scale_and_is_deterministic() {
     let data = digits();
     let splits = data.default_splits(None);
-    let arch = reference();
+    let arch = digits_mlp(&[32], &[1]);
     let b = Budget {
         epochs: 1,
         ..budget()
@@ -144,7 +135,7 @@ fn tuning_raises_a_too_small_loss_scale_and_is_deterministic() {
 fn an_overflowing_loss_is_a_failed_job_not_a_panic() {
     let data = digits();
     let splits = data.default_splits(None);
-    let arch = reference();
+    let arch = digits_mlp(&[32], &[1]);
     let b = budget();
     // mean(sum(square(square(square(exp(z · 20)))))) overflows to infinity.
     let expr = Expr {

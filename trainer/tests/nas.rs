@@ -1,23 +1,13 @@
 //! NAS jobs on the embedded digits: learning, bit-exact reproducibility (alone and concurrent),
 //! and clear refusals.
 
+mod common;
+
+use common::{budget, digits_mlp, run_cpu};
 use hivemesh_evolve::arch::{Architecture, MacroSpace, MlpSpace, Shape};
 use hivemesh_trainer::data::{Splits, digits};
-use hivemesh_trainer::train::{
-    Budget, Limits, NasJob, NasResult, OptimizerKind, Schedule, run_nas,
-};
+use hivemesh_trainer::train::{Budget, Limits, NasJob, NasResult, OptimizerKind, run_nas};
 use hivemesh_trainer::{CpuAutodiff, TrainError};
-
-fn mlp() -> Architecture {
-    MlpSpace {
-        input: Shape::Image { c: 1, h: 8, w: 8 },
-        classes: 10,
-        max_layers: 2,
-        widths: vec![32, 64],
-    }
-    .decode(&[2, 0])
-    .expect("valid")
-}
 
 fn cnn() -> Architecture {
     let space = MacroSpace {
@@ -41,35 +31,23 @@ fn run(arch: &Architecture, budget: &Budget, seed: u64, splits: &Splits) -> NasR
         budget,
         seed,
     };
-    run_nas::<CpuAutodiff>(&job, &Limits::default(), &Default::default(), &mut |_| {})
-        .expect("trains")
-}
-
-fn budget(epochs: u32) -> Budget {
-    Budget {
-        epochs,
-        max_steps: None,
-        batch_size: 32,
-        optimizer: OptimizerKind::Adam,
-        learning_rate: 3e-3,
-        schedule: Schedule::Cosine,
-    }
+    run_cpu(&job)
 }
 
 #[test]
 fn an_mlp_learns_the_digits_and_the_same_spec_gives_identical_results() {
     let splits = digits().default_splits(None);
-    let a = run(&mlp(), &budget(8), 1, &splits);
+    let a = run(&digits_mlp(&[32, 64], &[2, 0]), &budget(8), 1, &splits);
     assert!(a.accuracy() > 0.9, "accuracy {}", a.accuracy());
     assert_eq!(a.total, splits.test.len() as u64);
     assert_eq!(a.params, 64 * 64 + 64 + 64 * 10 + 10);
-    let b = run(&mlp(), &budget(8), 1, &splits);
+    let b = run(&digits_mlp(&[32, 64], &[2, 0]), &budget(8), 1, &splits);
     assert_eq!(
         (a.correct, a.weights_hash, a.fit.final_loss.to_bits()),
         (b.correct, b.weights_hash, b.fit.final_loss.to_bits())
     );
     assert_eq!(a.weights.id(), b.weights.id());
-    let c = run(&mlp(), &budget(8), 2, &splits);
+    let c = run(&digits_mlp(&[32, 64], &[2, 0]), &budget(8), 2, &splits);
     assert_ne!(
         a.weights_hash, c.weights_hash,
         "another seed, other weights"
@@ -84,7 +62,7 @@ fn a_cnn_with_batch_norm_learns_and_concurrent_jobs_match_solo_runs() {
         ..budget(2)
     };
     let solo_cnn = run(&cnn(), &b, 5, &splits);
-    let solo_mlp = run(&mlp(), &b, 6, &splits);
+    let solo_mlp = run(&digits_mlp(&[32, 64], &[2, 0]), &b, 6, &splits);
     assert!(
         solo_cnn.accuracy() > 0.5,
         "accuracy {}",
@@ -94,7 +72,7 @@ fn a_cnn_with_batch_norm_learns_and_concurrent_jobs_match_solo_runs() {
     for _ in 0..2 {
         let (x, y) = std::thread::scope(|s| {
             let x = s.spawn(|| run(&cnn(), &b, 5, &splits));
-            let y = s.spawn(|| run(&mlp(), &b, 6, &splits));
+            let y = s.spawn(|| run(&digits_mlp(&[32, 64], &[2, 0]), &b, 6, &splits));
             (x.join().expect("cnn thread"), y.join().expect("mlp thread"))
         });
         assert_eq!(x.weights_hash, solo_cnn.weights_hash);
@@ -179,7 +157,7 @@ fn a_job_over_the_memory_budget_is_refused_before_training() {
 fn a_diverging_run_is_a_failure_not_a_panic() {
     let splits = digits().default_splits(None);
     let data = digits();
-    let arch = mlp();
+    let arch = digits_mlp(&[32, 64], &[2, 0]);
     let b = Budget {
         learning_rate: 1e9,
         optimizer: OptimizerKind::Sgd { momentum: 0.9 },
@@ -201,7 +179,7 @@ fn a_diverging_run_is_a_failure_not_a_panic() {
 fn progress_is_reported_every_step() {
     let data = digits();
     let splits = data.default_splits(None);
-    let arch = mlp();
+    let arch = digits_mlp(&[32, 64], &[2, 0]);
     let b = Budget {
         max_steps: Some(25),
         ..budget(1)
