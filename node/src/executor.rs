@@ -112,7 +112,7 @@ pub struct Executed {
     pub blobs: Vec<(BlobId, Vec<u8>)>,
 }
 
-/// A dataset with the index where its official test part starts, if it has one.
+/// A loaded dataset and its deterministic splits (MNIST keeps its official test part).
 #[derive(Debug)]
 struct Loaded {
     data: Dataset,

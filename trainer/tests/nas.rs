@@ -108,13 +108,10 @@ fn an_ir_that_does_not_fit_the_data_names_the_layer() {
     );
 
     let twelve = MlpSpace {
+        input: data.shape,
         classes: 12,
-        ..MlpSpace {
-            input: data.shape,
-            classes: 10,
-            max_layers: 1,
-            widths: vec![8],
-        }
+        max_layers: 1,
+        widths: vec![8],
     }
     .decode(&[1])
     .expect("valid");
