@@ -11,5 +11,8 @@
 //! Today it owns the node's identity on disk ([`identity`]) and job execution ([`executor`]:
 //! a protocol job spec run by the trainer, as a result to publish).
 
+pub mod daemon;
 pub mod executor;
 pub mod identity;
+pub mod net;
+pub mod store;

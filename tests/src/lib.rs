@@ -13,3 +13,173 @@ pub fn test_key(i: u64) -> Keypair {
     secret[31] = 0x5a;
     Keypair::from_secret_bytes(secret)
 }
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hivemesh_node::daemon::{self, Client, Config, Event};
+use hivemesh_node::executor::{CODE_VERSION, builtin_digits};
+use hivemesh_protocol::spec::{
+    BackendClass, CampaignSpec, LrSchedule, NasParams, NasSpace, Optimizer, Schedule, Search,
+    Strategy, TrainingBudget,
+};
+use hivemesh_protocol::{PeerKey, Timestamp, Tolerance};
+use libp2p::Multiaddr;
+use tokio::sync::{broadcast, oneshot};
+
+/// A directory under the system temp dir, removed (with its contents) on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory named after `tag`.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "hivemesh-test-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node running on loopback in this process.
+#[derive(Debug)]
+pub struct TestNode {
+    /// Its handle.
+    pub client: Client,
+    /// Its events, subscribed before it started.
+    pub events: broadcast::Receiver<Event>,
+    /// Its listen addresses (with `/p2p/`).
+    pub addrs: Vec<Multiaddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNode {
+    /// Stops the node and waits for its loop to end (the store is closed after this).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("node task");
+        }
+    }
+}
+
+/// The default test node config: loopback TCP on a free port, fast sync.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::new(dir.to_path_buf());
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
+    c.sync_interval = Duration::from_millis(500);
+    c
+}
+
+/// Starts a node with `config` and identity `i`, and waits until it listens.
+pub async fn start_node(i: u64, config: Config) -> TestNode {
+    let (client, event_loop) = daemon::start(config, test_key(i)).expect("node starts");
+    let mut events = client.subscribe();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(event_loop.run(async {
+        let _ = stopped.await;
+    }));
+    let first = wait_for(&mut events, Duration::from_secs(10), |e| match e {
+        Event::Listening(a) => Some(a.clone()),
+        _ => None,
+    })
+    .await;
+    TestNode {
+        client,
+        events,
+        addrs: vec![first],
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// Waits for the first event `pick` accepts; panics after `timeout` (a guard against hangs,
+/// not a synchronisation device).
+pub async fn wait_for<T>(
+    events: &mut broadcast::Receiver<Event>,
+    timeout: Duration,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(&e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("test subscriber lagged by {n} events")
+                }
+                Err(broadcast::error::RecvError::Closed) => panic!("node stopped"),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .expect("timed out waiting for a node event")
+}
+
+/// A small NAS campaign on the embedded digits set: `population` MLPs per generation, trained
+/// for a few dozen steps, run by `roster` (sorted here) with redundancy 3, quorum 2.
+pub fn digits_nas_spec(
+    roster: &[PeerKey],
+    population: u32,
+    generations: u32,
+    seed: u64,
+) -> CampaignSpec {
+    let mut roster = roster.to_vec();
+    roster.sort();
+    roster.dedup();
+    CampaignSpec {
+        name: format!("test: NAS on digits ({population}x{generations})"),
+        created_at: Timestamp(1_763_000_000_000),
+        search: Search::Nas(NasParams {
+            space: NasSpace::Mlp {
+                max_layers: 2,
+                widths: vec![16, 32],
+            },
+            strategy: Strategy::Nsga2,
+            population,
+            generations,
+        }),
+        dataset: builtin_digits(),
+        budget: TrainingBudget {
+            epochs: 1,
+            max_steps: Some(30),
+            batch_size: 32,
+            optimizer: Optimizer::Adam,
+            learning_rate: 1e-2,
+            schedule: LrSchedule::Constant,
+        },
+        seed,
+        redundancy: 3,
+        quorum: 2,
+        tolerance: Tolerance::EXACT,
+        audit_rate_ppm: 0,
+        backend: BackendClass::CpuNdarray,
+        code_version: CODE_VERSION.into(),
+        roster,
+        schedule: Schedule::default(),
+    }
+}

@@ -1,0 +1,1350 @@
+//! The running node: a [`Client`] handle, the [`EventLoop`] that owns the swarm, the store and
+//! one protocol [`Peer`] per campaign, and the [`Event`]s it reports.
+//!
+//! The event loop is the only owner of mutable state. It waits, in priority order (`biased`),
+//! on: shutdown; commands from clients; finished jobs; the earliest protocol wakeup; the sync
+//! timer; and the swarm. Training runs on the blocking pool (`spawn_blocking`), at most
+//! `--jobs` at once, and reports back over a bounded channel.
+//!
+//! Every message from the network is verified (frame, signature, campaign binding, age) before
+//! the protocol sees it; the protocol's verdict decides whether gossipsub forwards it (accept),
+//! drops it (ignore) or drops it and penalises the forwarder (reject). Own messages and
+//! accepted messages are stored before they are published, results before they are fed to the
+//! protocol; a restarted node replays its store (see [`crate::store`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use hivemesh_protocol::envelope::{AnySigned, Context, Signed};
+use hivemesh_protocol::error::PeerAction;
+use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
+use hivemesh_protocol::identity::Keypair;
+use hivemesh_protocol::message::{JobResult, Outcome};
+use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
+use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use hivemesh_protocol::time::Timestamp;
+use hivemesh_trainer::train::Limits;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+use crate::executor::{BlobSource, Executor};
+use crate::net::{
+    BLOB_CHUNK, Behaviour, BehaviourEvent, BlobRequest, BlobResponse, CAMPAIGNS_TOPIC,
+    MAX_SYNC_BYTES, MAX_SYNC_CAMPAIGNS, NetConfig, SyncRequest, SyncResponse, campaign_topic,
+    topic_score_params,
+};
+use crate::store::{Store, StoreError};
+
+/// Commands queued from clients to the event loop.
+pub const COMMAND_CAPACITY: usize = 64;
+/// Finished jobs queued to the event loop.
+pub const JOB_RESULT_CAPACITY: usize = 64;
+/// Events buffered per subscriber (a slow subscriber misses the oldest).
+pub const EVENT_CAPACITY: usize = 1024;
+/// Own messages kept for publishing while no peer is subscribed yet.
+pub const OUTBOX_CAPACITY: usize = 4096;
+/// Most campaigns a node follows (announcements past it are ignored).
+pub const MAX_CAMPAIGNS: usize = 64;
+/// Gossip messages accepted per forwarding peer per second (more are ignored, not forwarded).
+pub const GOSSIP_RATE_PER_PEER: f64 = 500.0;
+/// Sync and blob requests answered per peer per second.
+pub const REQUEST_RATE_PER_PEER: f64 = 50.0;
+/// Application-score cost of one invalid message received over sync.
+const SYNC_REJECT_PENALTY: f64 = -100.0;
+
+/// Why the node stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The libp2p swarm could not be built.
+    #[error("network setup: {0}")]
+    Net(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Deliberate misbehaviour, for tests and netsim clusters (never set by the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Publish wrong results: every successful result's `correct` is off by one.
+    Lie,
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1` style).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Jobs run at once.
+    pub jobs: u16,
+    /// Audit mode (re-execute sampled jobs first).
+    pub audit: bool,
+    /// How often to pull missing ledger messages from a connected peer.
+    pub sync_interval: Duration,
+    /// Network knobs.
+    pub net: NetConfig,
+    /// Executor limits.
+    pub limits: Limits,
+    /// Misbehaviour to inject (tests only).
+    pub fault: Option<Fault>,
+}
+
+impl Config {
+    /// Defaults for a node keeping its state in `data_dir`, listening on every interface on
+    /// `port` (TCP and QUIC; 0 picks free ports).
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            jobs: 1,
+            audit: false,
+            sync_interval: Duration::from_secs(5),
+            net: NetConfig::default(),
+            limits: Limits::default(),
+            fault: None,
+        }
+    }
+}
+
+/// What the node reports to subscribers.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Listening on a new address (with `/p2p/<peer id>`).
+    Listening(Multiaddr),
+    /// Connected to a peer.
+    Connected(PeerId),
+    /// A campaign was submitted here or learned from a peer.
+    CampaignAdded(CampaignId),
+    /// A job started running here.
+    JobStarted {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The job.
+        job: JobId,
+    },
+    /// A job finished here (its result is stored and published).
+    JobFinished {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The job.
+        job: JobId,
+    },
+    /// A generation closed.
+    Closed {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The generation.
+        generation: u32,
+        /// Its closure root.
+        root: [u8; 32],
+    },
+    /// A campaign's last generation closed.
+    Finished(CampaignId),
+    /// A message was refused.
+    Rejected {
+        /// The peer that forwarded it.
+        from: PeerId,
+        /// Why.
+        reason: String,
+        /// Whether the forwarder was penalised.
+        penalised: bool,
+    },
+}
+
+/// One campaign as the node sees it (served by `hivemesh campaign status` and the HTTP API).
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignStatus {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// `nas`, `loss` or `distill`.
+    pub kind: String,
+    /// The generation in progress (or the last one, when finished).
+    pub generation: u32,
+    /// Generations the campaign runs.
+    pub generations: u32,
+    /// Whether the last generation closed.
+    pub finished: bool,
+    /// Members of the current generation.
+    pub members: usize,
+    /// Stored messages.
+    pub messages: u64,
+    /// Jobs settled by agreement.
+    pub settled: usize,
+    /// Jobs this node executed (results held).
+    pub results_held: u64,
+    /// Closures: generation and root (hex).
+    pub closures: Vec<(u32, String)>,
+    /// The protocol's one-line summary.
+    pub summary: String,
+}
+
+/// The node as a whole.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// The libp2p peer id.
+    pub peer_id: String,
+    /// The node's signing key (how ledgers name it).
+    pub key: String,
+    /// Listen addresses.
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Jobs running now.
+    pub jobs_running: usize,
+    /// Jobs finished since start.
+    pub jobs_finished: u64,
+    /// Messages validated since start (gossip and sync).
+    pub messages_validated: u64,
+    /// Messages refused since start.
+    pub messages_rejected: u64,
+    /// Audit mode.
+    pub audit: bool,
+    /// Campaigns followed.
+    pub campaigns: Vec<CampaignStatus>,
+}
+
+/// A settled job, for exports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettledJob {
+    /// The job id.
+    pub job: String,
+    /// Its generation.
+    pub generation: u32,
+    /// Its index in the generation.
+    pub index: u32,
+    /// The agreed outcome.
+    pub outcome: Outcome,
+    /// Executors that agreed.
+    pub agreeing: Vec<String>,
+    /// Executors that did not.
+    pub dissenting: Vec<String>,
+}
+
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
+    Submit(
+        Box<CampaignSpec>,
+        oneshot::Sender<Result<CampaignId, String>>,
+    ),
+    Status(oneshot::Sender<NodeStatus>),
+    Campaign(CampaignId, oneshot::Sender<Option<CampaignStatus>>),
+    Settled(CampaignId, oneshot::Sender<Option<Vec<SettledJob>>>),
+    GossipScore(PeerId, oneshot::Sender<Option<f64>>),
+    PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
+}
+
+/// A handle to a running node. Cheap to clone; every call is answered by the event loop.
+#[derive(Clone, Debug)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    peer_id: PeerId,
+    key: hivemesh_protocol::identity::PeerKey,
+}
+
+/// The node stopped before answering.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the node has stopped")]
+pub struct Stopped;
+
+impl Client {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// The node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The node's signing key.
+    pub fn key(&self) -> hivemesh_protocol::identity::PeerKey {
+        self.key
+    }
+
+    /// Subscribes to the node's events (from now on).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The addresses the node listens on, each ending in `/p2p/<peer id>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Stopped> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Dials a peer.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<Result<(), String>, Stopped> {
+        self.ask(|tx| Command::Dial(addr, tx)).await
+    }
+
+    /// Signs and publishes a campaign, and starts following it.
+    pub async fn submit(&self, spec: CampaignSpec) -> Result<Result<CampaignId, String>, Stopped> {
+        self.ask(|tx| Command::Submit(Box::new(spec), tx)).await
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<NodeStatus, Stopped> {
+        self.ask(Command::Status).await
+    }
+
+    /// One campaign's status.
+    pub async fn campaign(&self, id: CampaignId) -> Result<Option<CampaignStatus>, Stopped> {
+        self.ask(|tx| Command::Campaign(id, tx)).await
+    }
+
+    /// A campaign's settled jobs.
+    pub async fn settled(&self, id: CampaignId) -> Result<Option<Vec<SettledJob>>, Stopped> {
+        self.ask(|tx| Command::Settled(id, tx)).await
+    }
+
+    /// This node's gossipsub score of a peer.
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, Stopped> {
+        self.ask(|tx| Command::GossipScore(peer, tx)).await
+    }
+
+    /// Publishes raw bytes on a gossip topic, unchecked (fault injection in tests and netsim).
+    pub async fn publish_raw(
+        &self,
+        topic: String,
+        bytes: Vec<u8>,
+    ) -> Result<Result<(), String>, Stopped> {
+        self.ask(|tx| Command::PublishRaw(topic, bytes, tx)).await
+    }
+}
+
+/// A token bucket per peer.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: HashMap<PeerId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, peer: PeerId, rate: f64) -> bool {
+        let now = Instant::now();
+        let burst = rate * 2.0;
+        let (tokens, last) = self.buckets.entry(peer).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Campaign {
+    spec: Arc<CampaignSpec>,
+    peer: Peer,
+    topic: IdentTopic,
+}
+
+struct JobDone {
+    campaign: CampaignId,
+    job: JobId,
+    outcome: Result<(JobResult, Vec<(BlobId, Vec<u8>)>), String>,
+}
+
+/// The store as the executor's blob source.
+struct StoreBlobs(Arc<Store>);
+
+impl BlobSource for StoreBlobs {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        self.0.blob(id).ok().flatten()
+    }
+}
+
+/// The node's event loop: owns the swarm, the store and the campaigns.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    key: Keypair,
+    config: Config,
+    store: Arc<Store>,
+    executor: Arc<Executor>,
+    campaigns: BTreeMap<CampaignId, Campaign>,
+    topics: HashMap<TopicHash, CampaignId>,
+    announce_topic: IdentTopic,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    jobs_tx: mpsc::Sender<JobDone>,
+    jobs_rx: mpsc::Receiver<JobDone>,
+    job_slots: Arc<Semaphore>,
+    running: usize,
+    jobs_finished: u64,
+    outbox: VecDeque<(IdentTopic, Vec<u8>)>,
+    sync_cursor: HashMap<(PeerId, CampaignId), u64>,
+    sync_turn: usize,
+    gossip_rate: RateLimiter,
+    request_rate: RateLimiter,
+    app_scores: HashMap<PeerId, f64>,
+    listen_addrs: Vec<Multiaddr>,
+    validated: u64,
+    rejected: u64,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("campaigns", &self.campaigns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
+}
+
+fn libp2p_key(key: &Keypair) -> Result<libp2p::identity::Keypair, NodeError> {
+    libp2p::identity::Keypair::ed25519_from_bytes(key.secret_bytes())
+        .map_err(|e| NodeError::Net(format!("identity: {e}")))
+}
+
+fn lie(mut result: JobResult) -> JobResult {
+    if let Outcome::Success(m) = &mut result.outcome {
+        m.correct = (m.correct + 1) % (m.total + 1);
+    }
+    result
+}
+
+/// Builds the node: opens the store, builds the swarm, starts listening and dialling, and
+/// restores every stored campaign (replaying its messages). Run the returned loop with
+/// [`EventLoop::run`].
+pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeError> {
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let p2p_key = libp2p_key(&key)?;
+    let net = config.net.clone();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(p2p_key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| NodeError::Net(format!("tcp: {e}")))?
+        .with_quic()
+        .with_behaviour(|k| Behaviour::new(k, &net))
+        .map_err(|e| NodeError::Net(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NodeError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let announce_topic = IdentTopic::new(CAMPAIGNS_TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&announce_topic)
+        .map_err(|e| NodeError::Net(format!("subscribe: {e}")))?;
+    for addr in &config.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+        }
+    }
+
+    let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let (jobs_tx, jobs_rx) = mpsc::channel(JOB_RESULT_CAPACITY);
+    let client = Client {
+        tx,
+        events: events.clone(),
+        peer_id: *swarm.local_peer_id(),
+        key: key.public(),
+    };
+    let mut ev = EventLoop {
+        swarm,
+        key,
+        store,
+        executor: Arc::new(Executor::new(config.limits)),
+        job_slots: Arc::new(Semaphore::new(usize::from(config.jobs.max(1)))),
+        config,
+        campaigns: BTreeMap::new(),
+        topics: HashMap::new(),
+        announce_topic,
+        commands,
+        events,
+        jobs_tx,
+        jobs_rx,
+        running: 0,
+        jobs_finished: 0,
+        outbox: VecDeque::new(),
+        sync_cursor: HashMap::new(),
+        sync_turn: 0,
+        gossip_rate: RateLimiter::default(),
+        request_rate: RateLimiter::default(),
+        app_scores: HashMap::new(),
+        listen_addrs: Vec::new(),
+        validated: 0,
+        rejected: 0,
+    };
+    for (id, signed) in ev.store.campaigns()? {
+        if let Err(e) = ev.restore_campaign(id, &signed) {
+            tracing::error!(campaign = %id, "cannot restore campaign: {e}");
+        }
+    }
+    Ok((client, ev))
+}
+
+impl EventLoop {
+    /// Runs until `shutdown` resolves. Jobs still training are abandoned (their results were
+    /// not stored, so a restart runs them again).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut sync = tokio::time::interval(self.config.sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = self.next_wakeup();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(done) = self.jobs_rx.recv() => self.on_job_done(done),
+                () = tokio::time::sleep_until(wake) => self.tick_all(),
+                _ = sync.tick() => self.sync_round(),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
+        }
+        tracing::info!("node stopped");
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn next_wakeup(&self) -> tokio::time::Instant {
+        let now = unix_now();
+        let soonest = self
+            .campaigns
+            .values()
+            .filter(|c| !c.peer.finished())
+            .filter_map(|c| c.peer.next_wakeup())
+            .min();
+        let wait = match soonest {
+            Some(t) => Duration::from_millis(t.as_millis().saturating_sub(now.as_millis())),
+            None => Duration::from_secs(1),
+        };
+        tokio::time::Instant::now() + wait.clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    fn tick_all(&mut self) {
+        let ids: Vec<CampaignId> = self.campaigns.keys().copied().collect();
+        for id in ids {
+            if self.campaigns.get(&id).is_some_and(|c| !c.peer.finished()) {
+                self.drive(id, PeerInput::Tick);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- campaigns
+
+    fn decode_campaign(bytes: &[u8], ctx: &Context) -> Result<Signed<CampaignSpec>, String> {
+        match AnySigned::verify_and_decode(bytes, ctx) {
+            Ok(AnySigned::Campaign(s)) => Ok(s),
+            Ok(other) => Err(format!(
+                "a {:?} message where a campaign was expected",
+                other.kind()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Starts following a campaign whose signed spec is stored, replaying its messages.
+    fn restore_campaign(&mut self, id: CampaignId, signed: &[u8]) -> Result<(), String> {
+        let ctx = Context {
+            campaign: Some(id),
+            now: unix_now(),
+            max_age: None,
+            max_skew: None,
+        };
+        let spec = Self::decode_campaign(signed, &ctx)?.message().clone();
+        self.follow(spec)?;
+        let mut from = 0;
+        let mut replayed = 0u64;
+        loop {
+            let (msgs, next) = self
+                .store
+                .messages(&id, from, MAX_SYNC_BYTES)
+                .map_err(|e| e.to_string())?;
+            if msgs.is_empty() {
+                break;
+            }
+            for bytes in msgs {
+                match AnySigned::verify_and_decode(&bytes, &Context::sync(id)) {
+                    Ok(msg) => {
+                        self.drive(id, PeerInput::Message(msg));
+                        replayed += 1;
+                    }
+                    Err(e) => tracing::warn!(campaign = %id, "skipping a stored message: {e}"),
+                }
+            }
+            from = next;
+        }
+        tracing::info!(campaign = %id, replayed, "campaign restored from the store");
+        self.drive(id, PeerInput::Tick);
+        Ok(())
+    }
+
+    /// Creates the campaign's peer and subscribes to its topic.
+    fn follow(&mut self, spec: CampaignSpec) -> Result<(), String> {
+        let id = spec.id();
+        if self.campaigns.contains_key(&id) {
+            return Ok(());
+        }
+        if self.campaigns.len() >= MAX_CAMPAIGNS {
+            return Err(format!(
+                "this node already follows {MAX_CAMPAIGNS} campaigns"
+            ));
+        }
+        let peer = Peer::new(
+            spec.clone(),
+            self.key.clone(),
+            PeerConfig {
+                capacity: self.config.jobs.max(1),
+                audit: self.config.audit,
+                ..PeerConfig::default()
+            },
+            unix_now(),
+        )
+        .map_err(|e| e.to_string())?;
+        let topic = campaign_topic(&id);
+        let gs = &mut self.swarm.behaviour_mut().gossipsub;
+        gs.subscribe(&topic).map_err(|e| e.to_string())?;
+        if let Err(e) = gs.set_topic_params(topic.clone(), topic_score_params()) {
+            tracing::warn!("topic score params: {e}");
+        }
+        self.topics.insert(topic.hash(), id);
+        self.campaigns.insert(
+            id,
+            Campaign {
+                spec: Arc::new(spec),
+                peer,
+                topic,
+            },
+        );
+        self.emit(Event::CampaignAdded(id));
+        Ok(())
+    }
+
+    /// A signed campaign spec from the network (`announced`) or a client: store it and follow.
+    fn add_campaign(
+        &mut self,
+        signed: &Signed<CampaignSpec>,
+        announce: bool,
+    ) -> Result<(), String> {
+        let id = signed.message().id();
+        if self.campaigns.contains_key(&id) {
+            return Ok(());
+        }
+        self.store
+            .put_campaign(&id, signed.bytes())
+            .map_err(|e| e.to_string())?;
+        self.follow(signed.message().clone())?;
+        tracing::info!(campaign = %id, name = %signed.message().name, "following campaign");
+        if announce {
+            self.publish(self.announce_topic.clone(), signed.bytes().to_vec());
+        }
+        self.drive(id, PeerInput::Tick);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- protocol driving
+
+    /// Feeds one input to a campaign's peer and carries out everything that follows; returns
+    /// the peer's verdicts on messages (rejections).
+    fn drive(&mut self, id: CampaignId, input: PeerInput) -> Vec<(MessageId, String, PeerAction)> {
+        let mut verdicts = Vec::new();
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let Some(c) = self.campaigns.get_mut(&id) else {
+                return verdicts;
+            };
+            let outputs = c.peer.handle(input, unix_now());
+            let topic = c.topic.clone();
+            for out in outputs {
+                match out {
+                    PeerOutput::Broadcast(msg) => {
+                        if let Err(e) = self.store.append_messages(&id, [(msg.id(), msg.bytes())]) {
+                            tracing::error!("cannot store own message: {e}");
+                        }
+                        self.publish(topic.clone(), msg.bytes().to_vec());
+                    }
+                    PeerOutput::Execute(job) => {
+                        let job_id = job.id();
+                        match self.store.result(&id, &job_id) {
+                            Ok(Some(result)) => {
+                                // Done before a restart: feed the stored result, never retrain.
+                                queue.push_back(PeerInput::JobDone {
+                                    job: job_id,
+                                    result,
+                                });
+                            }
+                            Ok(None) => self.spawn_job(id, job),
+                            Err(e) => {
+                                tracing::warn!(
+                                    "stored result of {job_id} unreadable ({e}); running it again"
+                                );
+                                self.spawn_job(id, job);
+                            }
+                        }
+                    }
+                    PeerOutput::Rejected {
+                        id: mid,
+                        error,
+                        action,
+                    } => {
+                        verdicts.push((mid, error.to_string(), action));
+                    }
+                    PeerOutput::Closed { generation, root } => {
+                        tracing::info!(campaign = %id, generation, root = %hex(&root), "generation closed");
+                        self.emit(Event::Closed {
+                            campaign: id,
+                            generation,
+                            root,
+                        });
+                    }
+                    PeerOutput::Finished => {
+                        tracing::info!(campaign = %id, "campaign finished");
+                        self.emit(Event::Finished(id));
+                    }
+                }
+            }
+        }
+        verdicts
+    }
+
+    fn spawn_job(&mut self, campaign: CampaignId, job: JobSpec) {
+        let Some(c) = self.campaigns.get(&campaign) else {
+            return;
+        };
+        let spec = Arc::clone(&c.spec);
+        let executor = Arc::clone(&self.executor);
+        let blobs = StoreBlobs(Arc::clone(&self.store));
+        let slots = Arc::clone(&self.job_slots);
+        let tx = self.jobs_tx.clone();
+        let fault = self.config.fault;
+        let job_id = job.id();
+        self.running += 1;
+        self.emit(Event::JobStarted {
+            campaign,
+            job: job_id,
+        });
+        tracing::info!(campaign = %campaign, job = %job_id, generation = job.generation, index = job.index, "job started");
+        tokio::spawn(async move {
+            let Ok(_permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let ran = tokio::task::spawn_blocking(move || {
+                executor.run(&spec, &job, &blobs, &mut |p| {
+                    tracing::debug!(job = %job_id, step = p.step, "training");
+                })
+            })
+            .await;
+            let outcome = match ran {
+                Ok(Ok(done)) => {
+                    let result = match fault {
+                        Some(Fault::Lie) => lie(done.result),
+                        None => done.result,
+                    };
+                    Ok((result, done.blobs))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the job panicked: {e}")),
+            };
+            let _ = tx
+                .send(JobDone {
+                    campaign,
+                    job: job_id,
+                    outcome,
+                })
+                .await;
+        });
+    }
+
+    fn on_job_done(&mut self, done: JobDone) {
+        self.running = self.running.saturating_sub(1);
+        let (result, blobs) = match done.outcome {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(job = %done.job, "cannot run job here: {e}");
+                return;
+            }
+        };
+        // Durable before anyone hears of it.
+        if let Err(e) = self
+            .store
+            .put_result(&done.campaign, &done.job, &result, &blobs)
+        {
+            tracing::error!(job = %done.job, "cannot store result: {e}");
+            return;
+        }
+        for (id, _) in &blobs {
+            let key = kad::RecordKey::new(id.as_bytes());
+            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                tracing::warn!(blob = %id, "cannot announce blob: {e}");
+            }
+        }
+        self.jobs_finished += 1;
+        tracing::info!(job = %done.job, "job finished");
+        self.emit(Event::JobFinished {
+            campaign: done.campaign,
+            job: done.job,
+        });
+        self.drive(
+            done.campaign,
+            PeerInput::JobDone {
+                job: done.job,
+                result,
+            },
+        );
+    }
+
+    // ---------------------------------------------------------------- gossip
+
+    fn publish(&mut self, topic: IdentTopic, bytes: Vec<u8>) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), bytes.clone())
+        {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::AllQueuesFull(_)) => {
+                // Kept for when a peer subscribes; sync delivers it anyway.
+                if self.outbox.len() >= OUTBOX_CAPACITY {
+                    self.outbox.pop_front();
+                }
+                self.outbox.push_back((topic, bytes));
+            }
+            Err(e) => tracing::warn!("cannot publish: {e}"),
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        let pending: Vec<_> = self.outbox.drain(..).collect();
+        for (topic, bytes) in pending {
+            self.publish(topic, bytes);
+        }
+    }
+
+    /// Verifies a campaign message and feeds it; the acceptance gossipsub should apply.
+    fn on_campaign_message(
+        &mut self,
+        id: CampaignId,
+        bytes: &[u8],
+        ctx: &Context,
+        from: PeerId,
+    ) -> MessageAcceptance {
+        let msg = match AnySigned::verify_and_decode(bytes, ctx) {
+            Ok(m) => m,
+            Err(e) => {
+                let action = e.peer_action();
+                return self.refuse(from, e.to_string(), action);
+            }
+        };
+        let mid = msg.id();
+        if self.store.has_message(&mid).unwrap_or(false) {
+            return MessageAcceptance::Accept;
+        }
+        let verdicts = self.drive(id, PeerInput::Message(msg.clone()));
+        if let Some((_, reason, action)) = verdicts.into_iter().find(|(m, _, _)| *m == mid) {
+            return self.refuse(from, reason, action);
+        }
+        if let Err(e) = self.store.append_messages(&id, [(mid, msg.bytes())]) {
+            tracing::error!("cannot store message: {e}");
+        }
+        self.validated += 1;
+        MessageAcceptance::Accept
+    }
+
+    fn refuse(&mut self, from: PeerId, reason: String, action: PeerAction) -> MessageAcceptance {
+        self.rejected += 1;
+        let penalised = action == PeerAction::Reject;
+        tracing::debug!(%from, penalised, "message refused: {reason}");
+        self.emit(Event::Rejected {
+            from,
+            reason,
+            penalised,
+        });
+        if penalised {
+            MessageAcceptance::Reject
+        } else {
+            MessageAcceptance::Ignore
+        }
+    }
+
+    fn on_announcement(&mut self, bytes: &[u8], ctx: &Context, from: PeerId) -> MessageAcceptance {
+        match Self::decode_campaign(bytes, ctx) {
+            Ok(signed) => match self.add_campaign(&signed, false) {
+                Ok(()) => {
+                    self.validated += 1;
+                    MessageAcceptance::Accept
+                }
+                Err(e) => self.refuse(from, e, PeerAction::Ignore),
+            },
+            Err(e) => self.refuse(from, e, PeerAction::Reject),
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let acceptance = if !self
+                    .gossip_rate
+                    .allow(propagation_source, GOSSIP_RATE_PER_PEER)
+                {
+                    self.refuse(
+                        propagation_source,
+                        "over the per-peer gossip rate".into(),
+                        PeerAction::Ignore,
+                    )
+                } else if message.topic == self.announce_topic.hash() {
+                    self.on_announcement(
+                        &message.data,
+                        &Context::announcement(unix_now()),
+                        propagation_source,
+                    )
+                } else if let Some(&id) = self.topics.get(&message.topic) {
+                    self.on_campaign_message(
+                        id,
+                        &message.data,
+                        &Context::gossip(id, unix_now()),
+                        propagation_source,
+                    )
+                } else {
+                    MessageAcceptance::Ignore
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            gossipsub::Event::Subscribed { .. } => self.flush_outbox(),
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- sync
+
+    fn sync_round(&mut self) {
+        self.flush_outbox();
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        self.sync_turn = self.sync_turn.wrapping_add(1);
+        let peer = peers[self.sync_turn % peers.len()];
+        let sync = &mut self.swarm.behaviour_mut().sync;
+        sync.send_request(&peer, SyncRequest::Campaigns);
+        for (id, c) in &self.campaigns {
+            if !c.peer.finished() {
+                let from = self.sync_cursor.get(&(peer, *id)).copied().unwrap_or(0);
+                sync.send_request(
+                    &peer,
+                    SyncRequest::Messages {
+                        campaign: *id,
+                        from,
+                    },
+                );
+            }
+        }
+    }
+
+    fn penalise(&mut self, peer: PeerId, reason: String) {
+        let score = self.app_scores.entry(peer).or_insert(0.0);
+        *score += SYNC_REJECT_PENALTY;
+        let s = *score;
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_application_score(&peer, s);
+        self.emit(Event::Rejected {
+            from: peer,
+            reason,
+            penalised: true,
+        });
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.answer_sync(peer, request, channel);
+                }
+                request_response::Message::Response { response, .. } => {
+                    self.on_sync_response(peer, response);
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "sync request failed: {error}");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "sync answer failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn answer_sync(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        if !self.request_rate.allow(peer, REQUEST_RATE_PER_PEER) {
+            return; // dropping the channel tells the peer no
+        }
+        let response = match request {
+            SyncRequest::Campaigns => match self.store.campaigns() {
+                Ok(list) => SyncResponse::Campaigns(
+                    list.into_iter()
+                        .take(MAX_SYNC_CAMPAIGNS)
+                        .map(|(_, b)| b)
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::error!("sync: {e}");
+                    return;
+                }
+            },
+            SyncRequest::Messages { campaign, from } => {
+                if !self.campaigns.contains_key(&campaign) {
+                    SyncResponse::Unknown
+                } else {
+                    match self.store.messages(&campaign, from, MAX_SYNC_BYTES) {
+                        Ok((messages, next)) => SyncResponse::Messages {
+                            campaign,
+                            messages,
+                            next,
+                        },
+                        Err(e) => {
+                            tracing::error!("sync: {e}");
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, response);
+    }
+
+    fn on_sync_response(&mut self, peer: PeerId, response: SyncResponse) {
+        match response {
+            SyncResponse::Campaigns(list) => {
+                for bytes in list {
+                    let ctx = Context {
+                        campaign: None,
+                        now: unix_now(),
+                        max_age: None,
+                        max_skew: None,
+                    };
+                    match Self::decode_campaign(&bytes, &ctx) {
+                        Ok(signed) => {
+                            if let Err(e) = self.add_campaign(&signed, false) {
+                                tracing::debug!("not following a synced campaign: {e}");
+                            }
+                        }
+                        Err(e) => self.penalise(peer, format!("sync: bad campaign: {e}")),
+                    }
+                }
+            }
+            SyncResponse::Messages {
+                campaign,
+                messages,
+                next,
+            } => {
+                if !self.campaigns.contains_key(&campaign) {
+                    return;
+                }
+                let full = !messages.is_empty();
+                for bytes in messages {
+                    if self.on_campaign_message(campaign, &bytes, &Context::sync(campaign), peer)
+                        == MessageAcceptance::Reject
+                    {
+                        self.penalise(peer, "sync: invalid message".into());
+                    }
+                }
+                self.sync_cursor.insert((peer, campaign), next);
+                if full
+                    && self
+                        .campaigns
+                        .get(&campaign)
+                        .is_some_and(|c| !c.peer.finished())
+                {
+                    // More may follow: ask on at once.
+                    self.swarm.behaviour_mut().sync.send_request(
+                        &peer,
+                        SyncRequest::Messages {
+                            campaign,
+                            from: next,
+                        },
+                    );
+                }
+            }
+            SyncResponse::Unknown => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- blobs
+
+    fn on_blob(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+        if let request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } = event
+        {
+            if !self.request_rate.allow(peer, REQUEST_RATE_PER_PEER) {
+                return;
+            }
+            let response = match self.store.blob(&request.id) {
+                Ok(Some(bytes)) => {
+                    let start = (request.offset as usize).min(bytes.len());
+                    let end = (start + BLOB_CHUNK).min(bytes.len());
+                    BlobResponse::Chunk {
+                        total: bytes.len() as u64,
+                        offset: start as u64,
+                        data: bytes[start..end].to_vec(),
+                    }
+                }
+                Ok(None) => BlobResponse::NotFound,
+                Err(e) => {
+                    tracing::error!("blob {}: {e}", request.id);
+                    BlobResponse::NotFound
+                }
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .blob
+                .send_response(channel, response);
+        }
+    }
+
+    // ---------------------------------------------------------------- swarm
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .clone()
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or(address);
+                tracing::info!(addr = %full, "listening");
+                self.listen_addrs.push(full.clone());
+                self.emit(Event::Listening(full));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(peer = %peer_id, "connected");
+                if endpoint.is_dialer() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, endpoint.get_remote_address().clone());
+                }
+                self.emit(Event::Connected(peer_id));
+                // A new peer may hold what we miss: sync with it now.
+                let sync = &mut self.swarm.behaviour_mut().sync;
+                sync.send_request(&peer_id, SyncRequest::Campaigns);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Blob(e)) => self.on_blob(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn campaign_status(&self, id: &CampaignId) -> Option<CampaignStatus> {
+        let c = self.campaigns.get(id)?;
+        let spec = &c.spec;
+        let (kind, generations) = match &spec.search {
+            hivemesh_protocol::spec::Search::Nas(p) => ("nas", p.generations),
+            hivemesh_protocol::spec::Search::Loss(p) => ("loss", p.generations),
+            hivemesh_protocol::spec::Search::Distill(_) => ("distill", 1),
+        };
+        Some(CampaignStatus {
+            id: id.to_string(),
+            name: spec.name.clone(),
+            kind: kind.into(),
+            generation: c.peer.generation(),
+            generations,
+            finished: c.peer.finished(),
+            members: c.peer.members().len(),
+            messages: self.store.message_count(id).unwrap_or(0),
+            settled: c.peer.ledger().settlements().count(),
+            results_held: self.store.result_count(id).unwrap_or(0),
+            closures: c
+                .peer
+                .closures()
+                .iter()
+                .map(|(cl, _)| (cl.generation, hex(&cl.root())))
+                .collect(),
+            summary: String::new(),
+        })
+    }
+
+    fn settled(&self, id: &CampaignId) -> Option<Vec<SettledJob>> {
+        let c = self.campaigns.get(id)?;
+        let mut index = BTreeMap::new();
+        for (cl, _) in c.peer.closures() {
+            for e in &cl.entries {
+                index.insert(e.job(), cl.generation);
+            }
+        }
+        Some(
+            c.peer
+                .ledger()
+                .settlements()
+                .map(|(job, s)| SettledJob {
+                    job: job.to_string(),
+                    generation: index.get(job).copied().unwrap_or(0),
+                    index: 0,
+                    outcome: s.canonical.clone(),
+                    agreeing: s.agreeing.iter().map(|k| k.to_string()).collect(),
+                    dissenting: s.dissenting.iter().map(|k| k.to_string()).collect(),
+                })
+                .collect(),
+        )
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs(tx) => {
+                let _ = tx.send(self.listen_addrs.clone());
+            }
+            Command::Dial(addr, tx) => {
+                if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                }
+                let _ = tx.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
+            }
+            Command::Submit(spec, tx) => {
+                let result = (|| {
+                    spec.validate().map_err(|e| e.to_string())?;
+                    let signed =
+                        Signed::sign_and_encode(*spec, &self.key).map_err(|e| e.to_string())?;
+                    let id = signed.message().id();
+                    self.add_campaign(&signed, true)?;
+                    Ok(id)
+                })();
+                let _ = tx.send(result);
+            }
+            Command::Status(tx) => {
+                let campaigns = self
+                    .campaigns
+                    .keys()
+                    .filter_map(|id| self.campaign_status(id))
+                    .collect();
+                let _ = tx.send(NodeStatus {
+                    peer_id: self.swarm.local_peer_id().to_string(),
+                    key: self.key.public().to_string(),
+                    listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
+                    peers: self.swarm.connected_peers().count(),
+                    jobs_running: self.running,
+                    jobs_finished: self.jobs_finished,
+                    messages_validated: self.validated,
+                    messages_rejected: self.rejected,
+                    audit: self.config.audit,
+                    campaigns,
+                });
+            }
+            Command::Campaign(id, tx) => {
+                let mut status = self.campaign_status(&id);
+                if let (Some(s), Some(c)) = (status.as_mut(), self.campaigns.get_mut(&id)) {
+                    s.summary = c.peer.status_line();
+                }
+                let _ = tx.send(status);
+            }
+            Command::Settled(id, tx) => {
+                let _ = tx.send(self.settled(&id));
+            }
+            Command::GossipScore(peer, tx) => {
+                let _ = tx.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Command::PublishRaw(topic, bytes, tx) => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), bytes)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
