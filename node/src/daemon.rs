@@ -21,9 +21,10 @@ use futures::StreamExt;
 use hivemesh_protocol::envelope::{AnySigned, Context, Signed};
 use hivemesh_protocol::error::PeerAction;
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
-use hivemesh_protocol::identity::Keypair;
+use hivemesh_protocol::identity::{Keypair, PeerKey};
 use hivemesh_protocol::message::{JobResult, Outcome};
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
+use hivemesh_protocol::scoring::PeerScore;
 use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
 use hivemesh_protocol::time::Timestamp;
 use hivemesh_trainer::train::Limits;
@@ -134,6 +135,13 @@ pub enum Event {
     Listening(Multiaddr),
     /// Connected to a peer.
     Connected(PeerId),
+    /// A peer subscribed to a campaign's gossip topic.
+    Subscribed {
+        /// The peer.
+        peer: PeerId,
+        /// The campaign.
+        campaign: CampaignId,
+    },
     /// A campaign was submitted here or learned from a peer.
     CampaignAdded(CampaignId),
     /// A job started running here.
@@ -254,6 +262,10 @@ enum Command {
     Campaign(CampaignId, oneshot::Sender<Option<CampaignStatus>>),
     Settled(CampaignId, oneshot::Sender<Option<Vec<SettledJob>>>),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
+    Scores(
+        CampaignId,
+        oneshot::Sender<Option<Vec<(PeerKey, PeerScore)>>>,
+    ),
     PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
 }
 
@@ -263,7 +275,7 @@ pub struct Client {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     peer_id: PeerId,
-    key: hivemesh_protocol::identity::PeerKey,
+    key: PeerKey,
 }
 
 /// The node stopped before answering.
@@ -284,7 +296,7 @@ impl Client {
     }
 
     /// The node's signing key.
-    pub fn key(&self) -> hivemesh_protocol::identity::PeerKey {
+    pub fn key(&self) -> PeerKey {
         self.key
     }
 
@@ -321,6 +333,14 @@ impl Client {
     /// A campaign's settled jobs.
     pub async fn settled(&self, id: CampaignId) -> Result<Option<Vec<SettledJob>>, Stopped> {
         self.ask(|tx| Command::Settled(id, tx)).await
+    }
+
+    /// Every peer's standing in a campaign, derived from the agreed ledger.
+    pub async fn scores(
+        &self,
+        id: CampaignId,
+    ) -> Result<Option<Vec<(PeerKey, PeerScore)>>, Stopped> {
+        self.ask(|tx| Command::Scores(id, tx)).await
     }
 
     /// This node's gossipsub score of a peer.
@@ -963,7 +983,15 @@ impl EventLoop {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
-            gossipsub::Event::Subscribed { .. } => self.flush_outbox(),
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => {
+                if let Some(&campaign) = self.topics.get(&topic) {
+                    self.emit(Event::Subscribed {
+                        peer: peer_id,
+                        campaign,
+                    });
+                }
+                self.flush_outbox();
+            }
             _ => {}
         }
     }
@@ -1326,6 +1354,13 @@ impl EventLoop {
             }
             Command::Settled(id, tx) => {
                 let _ = tx.send(self.settled(&id));
+            }
+            Command::Scores(id, tx) => {
+                let scores = self
+                    .campaigns
+                    .get(&id)
+                    .map(|c| c.peer.ledger().scores().into_iter().collect());
+                let _ = tx.send(scores);
             }
             Command::GossipScore(peer, tx) => {
                 let _ = tx.send(self.swarm.behaviour().gossipsub.peer_score(&peer));

@@ -47,22 +47,44 @@ async fn three_nodes_run_a_nas_campaign_to_agreement() {
         roots.push(closed);
     }
     assert_eq!(roots[0].len(), 2, "two generations closed: {roots:?}");
-    assert!(roots.iter().all(|r| *r == roots[0]), "same closures everywhere: {roots:?}");
+    assert!(
+        roots.iter().all(|r| *r == roots[0]),
+        "same closures everywhere: {roots:?}"
+    );
 
     let mut settled = Vec::new();
     for n in &nodes {
-        let s = n.client.settled(id).await.expect("up").expect("campaign known");
+        let s = n
+            .client
+            .settled(id)
+            .await
+            .expect("up")
+            .expect("campaign known");
         settled.push(serde_json_like(&s));
     }
     assert_eq!(settled[0].len(), 8, "4 jobs x 2 generations settled");
-    assert!(settled.iter().all(|s| *s == settled[0]), "same settlements everywhere");
+    assert!(
+        settled.iter().all(|s| *s == settled[0]),
+        "same settlements everywhere"
+    );
     for n in &nodes {
         let st = n.client.status().await.expect("up");
         assert!(st.jobs_finished > 0, "every node trained: {st:?}");
-        assert!(st.messages_validated > 0, "every node validated gossip: {st:?}");
-        eprintln!("{} trained {} jobs, validated {} messages", st.peer_id, st.jobs_finished, st.messages_validated);
+        assert!(
+            st.messages_validated > 0,
+            "every node validated gossip: {st:?}"
+        );
+        eprintln!(
+            "{} trained {} jobs, validated {} messages",
+            st.peer_id, st.jobs_finished, st.messages_validated
+        );
     }
-    let jobs = nodes[0].client.settled(id).await.expect("up").expect("known");
+    let jobs = nodes[0]
+        .client
+        .settled(id)
+        .await
+        .expect("up")
+        .expect("known");
     for j in &jobs {
         match &j.outcome {
             hivemesh_protocol::Outcome::Success(m) => {
@@ -78,7 +100,244 @@ async fn three_nodes_run_a_nas_campaign_to_agreement() {
 }
 
 fn serde_json_like(s: &[hivemesh_node::daemon::SettledJob]) -> Vec<String> {
-    let mut v: Vec<String> = s.iter().map(|j| format!("{} {:?}", j.job, j.outcome)).collect();
+    let mut v: Vec<String> = s
+        .iter()
+        .map(|j| format!("{} {:?}", j.job, j.outcome))
+        .collect();
     v.sort();
     v
+}
+
+/// Starts `n` nodes on loopback, each bootstrapping to the first; `tweak` adjusts each config.
+async fn cluster(
+    tag: &str,
+    n: usize,
+    mut tweak: impl FnMut(usize, &mut hivemesh_node::daemon::Config),
+) -> (Vec<TempDir>, Vec<hivemesh_tests::TestNode>) {
+    let dirs: Vec<TempDir> = (0..n).map(|i| TempDir::new(&format!("{tag}{i}"))).collect();
+    let mut nodes: Vec<hivemesh_tests::TestNode> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut cfg = test_config(dir.path());
+        if let Some(first) = nodes.first() {
+            cfg.bootstrap = first.addrs.clone();
+        }
+        tweak(i, &mut cfg);
+        nodes.push(start_node(i as u64, cfg).await);
+    }
+    (dirs, nodes)
+}
+
+async fn wait_finished(
+    node: &mut hivemesh_tests::TestNode,
+    id: hivemesh_protocol::CampaignId,
+) -> Vec<(u32, [u8; 32])> {
+    let mut closed = Vec::new();
+    wait_for(&mut node.events, CAMPAIGN_TIMEOUT, |e| match e {
+        Event::Closed {
+            campaign,
+            generation,
+            root,
+        } if *campaign == id => {
+            closed.push((*generation, *root));
+            None
+        }
+        Event::Finished(c) if *c == id => Some(()),
+        _ => None,
+    })
+    .await;
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_executor_is_outvoted_and_penalised() {
+    let liar = 3;
+    let (_dirs, mut nodes) = cluster("liar", 4, |i, cfg| {
+        if i == liar {
+            cfg.fault = Some(hivemesh_node::daemon::Fault::Lie);
+        }
+    })
+    .await;
+    let roster: Vec<_> = (0..4).map(|i| test_key(i).public()).collect();
+    let id = nodes[0]
+        .client
+        .submit(digits_nas_spec(&roster, 6, 1, 23))
+        .await
+        .expect("up")
+        .expect("accepted");
+    let mut roots = Vec::new();
+    for n in nodes.iter_mut().take(3) {
+        roots.push(wait_finished(n, id).await);
+    }
+    assert!(roots.iter().all(|r| *r == roots[0] && !r.is_empty()));
+
+    let liar_key = test_key(liar as u64).public();
+    for n in nodes.iter().take(3) {
+        let settled = n.client.settled(id).await.expect("up").expect("known");
+        assert_eq!(settled.len(), 6);
+        assert!(
+            settled
+                .iter()
+                .all(|j| !j.agreeing.contains(&liar_key.to_string())),
+            "the liar never agrees"
+        );
+        assert!(
+            settled
+                .iter()
+                .any(|j| j.dissenting.contains(&liar_key.to_string())),
+            "the liar executed and dissented at least once"
+        );
+        let scores = n.client.scores(id).await.expect("up").expect("known");
+        let of = |k| scores.iter().find(|(p, _)| *p == k).map(|(_, s)| s.clone());
+        let bad = of(liar_key).expect("liar scored");
+        assert_eq!(bad.agreed, 0);
+        assert!(bad.dissented > 0);
+        for i in 0..3 {
+            let good = of(test_key(i).public()).expect("honest scored");
+            assert!(
+                good.points > bad.points && good.reputation > bad.reputation,
+                "honest {good:?} ranks above the liar {bad:?}"
+            );
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_oversized_messages_are_rejected_and_cost_gossip_score() {
+    use hivemesh_protocol::envelope::{Signed, seal};
+    use hivemesh_protocol::message::{Claim, Kind};
+
+    let (_dirs, mut nodes) = cluster("forge", 2, |_, _| {}).await;
+    let roster: Vec<_> = (0..2).map(|i| test_key(i).public()).collect();
+    // Long deadlines and one generation: the campaign stays open while we misbehave.
+    let mut spec = digits_nas_spec(&roster, 2, 1, 5);
+    spec.redundancy = 2;
+    let id = nodes[0]
+        .client
+        .submit(spec)
+        .await
+        .expect("up")
+        .expect("accepted");
+    wait_for(&mut nodes[1].events, Duration::from_secs(30), |e| {
+        matches!(e, Event::CampaignAdded(c) if *c == id).then_some(())
+    })
+    .await;
+    // Gossipsub only sends to subscribers: wait until node 1's subscription reached node 0.
+    let victim = nodes[1].client.peer_id();
+    wait_for(&mut nodes[0].events, Duration::from_secs(30), |e| {
+        matches!(e, Event::Subscribed { peer, campaign } if *peer == victim && *campaign == id)
+            .then_some(())
+    })
+    .await;
+    let topic = hivemesh_node::net::campaign_topic(&id).to_string();
+    let attacker = nodes[0].client.peer_id();
+
+    // A claim signed by node 0 and then tampered with: the signature no longer matches.
+    let claim = Claim {
+        campaign: id,
+        job: hivemesh_protocol::JobId([9; 32]),
+        issued_at: hivemesh_protocol::Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64,
+        ),
+    };
+    let signed = Signed::sign_and_encode(claim, &test_key(0)).expect("sign");
+    let mut forged = signed.bytes().to_vec();
+    let n = forged.len();
+    forged[n - 1] ^= 0x01;
+    // A well-framed, really signed reveal whose body is over the reveal limit.
+    let oversized = seal(
+        Kind::Reveal as u8,
+        &vec![0u8; Kind::Reveal.max_body_len() + 1],
+        &test_key(0),
+    );
+
+    let before = nodes[1]
+        .client
+        .gossip_score(attacker)
+        .await
+        .expect("up")
+        .unwrap_or(0.0);
+    for (what, bytes) in [("forged", forged), ("oversized", oversized)] {
+        nodes[0]
+            .client
+            .publish_raw(topic.clone(), bytes)
+            .await
+            .expect("up")
+            .unwrap_or_else(|e| panic!("publish {what}: {e}"));
+        let reason = wait_for(&mut nodes[1].events, Duration::from_secs(30), |e| match e {
+            Event::Rejected {
+                from,
+                reason,
+                penalised,
+            } if *from == attacker => {
+                assert!(penalised, "{what} must be penalised: {reason}");
+                Some(reason.clone())
+            }
+            _ => None,
+        })
+        .await;
+        eprintln!("{what}: {reason}");
+    }
+    let after = nodes[1]
+        .client
+        .gossip_score(attacker)
+        .await
+        .expect("up")
+        .expect("scored");
+    assert!(after < before, "score {before} -> {after}");
+    assert!(
+        after <= -100.0,
+        "two invalid messages cost at least 100: {after}"
+    );
+    let st = nodes[1].client.status().await.expect("up");
+    assert!(st.messages_rejected >= 2);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_syncs_the_whole_ledger() {
+    let (dirs, mut nodes) = cluster("late", 3, |_, _| {}).await;
+    let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
+    let id = nodes[0]
+        .client
+        .submit(digits_nas_spec(&roster, 4, 2, 31))
+        .await
+        .expect("up")
+        .expect("accepted");
+    let mut roots = Vec::new();
+    for n in &mut nodes {
+        roots.push(wait_finished(n, id).await);
+    }
+    // Node 3 arrives after the end: it learns the campaign and its history by sync alone.
+    let late_dir = TempDir::new("late3");
+    let mut cfg = test_config(late_dir.path());
+    cfg.bootstrap = nodes[1].addrs.clone();
+    let mut late = start_node(3, cfg).await;
+    let late_roots = wait_finished(&mut late, id).await;
+    assert_eq!(
+        late_roots, roots[0],
+        "the late joiner derives the same closures"
+    );
+    let a = nodes[0]
+        .client
+        .settled(id)
+        .await
+        .expect("up")
+        .expect("known");
+    let b = late.client.settled(id).await.expect("up").expect("known");
+    assert_eq!(serde_json_like(&a), serde_json_like(&b));
+    let st = late.client.status().await.expect("up");
+    assert_eq!(st.jobs_finished, 0, "it trained nothing: {st:?}");
+    late.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    drop(dirs);
 }
