@@ -267,6 +267,7 @@ enum Command {
         oneshot::Sender<Option<Vec<(PeerKey, PeerScore)>>>,
     ),
     PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
+    Blob(BlobId, oneshot::Sender<Result<Option<Vec<u8>>, String>>),
 }
 
 /// A handle to a running node. Cheap to clone; every call is answered by the event loop.
@@ -341,6 +342,11 @@ impl Client {
         id: CampaignId,
     ) -> Result<Option<Vec<(PeerKey, PeerScore)>>, Stopped> {
         self.ask(|tx| Command::Scores(id, tx)).await
+    }
+
+    /// A blob held by this node (weights, shards), checked against its id.
+    pub async fn blob(&self, id: BlobId) -> Result<Result<Option<Vec<u8>>, String>, Stopped> {
+        self.ask(|tx| Command::Blob(id, tx)).await
     }
 
     /// This node's gossipsub score of a peer.
@@ -1361,6 +1367,9 @@ impl EventLoop {
                     .get(&id)
                     .map(|c| c.peer.ledger().scores().into_iter().collect());
                 let _ = tx.send(scores);
+            }
+            Command::Blob(id, tx) => {
+                let _ = tx.send(self.store.blob(&id).map_err(|e| e.to_string()));
             }
             Command::GossipScore(peer, tx) => {
                 let _ = tx.send(self.swarm.behaviour().gossipsub.peer_score(&peer));

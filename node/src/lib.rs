@@ -12,7 +12,9 @@
 //! a protocol job spec run by the trainer, as a result to publish).
 
 pub mod daemon;
+pub mod campaign_file;
 pub mod executor;
+pub mod http;
 pub mod identity;
 pub mod net;
 pub mod store;

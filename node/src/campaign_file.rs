@@ -1,0 +1,429 @@
+//! Campaign files: the TOML a researcher writes (`hivemesh campaign submit FILE.toml`), turned
+//! into a protocol [`CampaignSpec`]. Every field but `name` and the search table has a default;
+//! unknown keys are errors (a typo must not silently become a default). See `examples/`.
+//!
+//! ```toml
+//! name = "NAS on digits"
+//! dataset = "builtin:digits"     # or "mnist:/path/to/mnist" (the IDX .gz files)
+//! seed = 1
+//! redundancy = 3                 # executors per job
+//! quorum = 2                     # agreeing executors needed
+//! roster = []                    # genesis voters (public keys); empty: the submitting node
+//!
+//! [nas]                          # or [loss] / [distill]
+//! max_layers = 2
+//! widths = [16, 32, 64]
+//! population = 8
+//! generations = 3
+//!
+//! [budget]
+//! max_steps = 200
+//! ```
+
+use hivemesh_protocol::Tolerance;
+use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::identity::PeerKey;
+use hivemesh_protocol::spec::{
+    BackendClass, CampaignSpec, DatasetRef, DistillParams, LossParams, LrSchedule, NasParams,
+    NasSpace, Optimizer, Schedule, Search, Strategy, TrainingBudget,
+};
+use hivemesh_protocol::time::Timestamp;
+use serde::Deserialize;
+
+use crate::executor::{CODE_VERSION, builtin_digits};
+
+/// Why a campaign file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignFileError {
+    /// Not valid TOML, or a field of the wrong type, or an unknown key.
+    #[error("campaign file: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// The file names no search, or more than one.
+    #[error("campaign file: give exactly one of [nas], [loss] or [distill]")]
+    Search,
+    /// A value is out of range.
+    #[error("campaign file: {field}: {reason}")]
+    Field {
+        /// The key.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The resulting spec breaks a protocol rule.
+    #[error("campaign file: {0}")]
+    Spec(#[from] hivemesh_protocol::spec::SpecError),
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> CampaignFileError {
+    CampaignFileError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A campaign file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignFile {
+    /// A human-readable name.
+    pub name: String,
+    /// `builtin:digits` (default) or `mnist:DIR`.
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// The root seed.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Executors per job.
+    #[serde(default = "default_redundancy")]
+    pub redundancy: u8,
+    /// Agreeing executors needed.
+    #[serde(default = "default_quorum")]
+    pub quorum: u8,
+    /// Largest difference in correct test predictions between agreeing results (0: exact, the
+    /// right choice on the CPU backend).
+    #[serde(default)]
+    pub tolerance_correct: u64,
+    /// Fraction of settled jobs auditors re-run, 0.0 to 1.0.
+    #[serde(default)]
+    pub audit_rate: f64,
+    /// `cpu` (default, bit-exact) or `cuda`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Genesis voters (public keys, hex); the submitting node is always added.
+    #[serde(default)]
+    pub roster: Vec<String>,
+    /// Training budget of every job.
+    #[serde(default)]
+    pub budget: BudgetFile,
+    /// Deadlines.
+    #[serde(default)]
+    pub schedule: ScheduleFile,
+    /// Architecture search.
+    pub nas: Option<NasFile>,
+    /// Loss-function search.
+    pub loss: Option<LossFile>,
+    /// Distillation shards.
+    pub distill: Option<DistillFile>,
+}
+
+fn default_dataset() -> String {
+    "builtin:digits".into()
+}
+fn default_seed() -> u64 {
+    1
+}
+fn default_redundancy() -> u8 {
+    3
+}
+fn default_quorum() -> u8 {
+    2
+}
+fn default_backend() -> String {
+    "cpu".into()
+}
+
+/// `[budget]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetFile {
+    /// Passes over the training split.
+    pub epochs: u32,
+    /// Stop after this many steps (0: no step limit).
+    pub max_steps: u64,
+    /// Batch size.
+    pub batch_size: u32,
+    /// `adam` or `sgd`.
+    pub optimizer: String,
+    /// SGD momentum.
+    pub momentum: f32,
+    /// Learning rate.
+    pub learning_rate: f32,
+    /// `constant` or `cosine`.
+    pub schedule: String,
+}
+
+impl Default for BudgetFile {
+    fn default() -> Self {
+        BudgetFile {
+            epochs: 1,
+            max_steps: 200,
+            batch_size: 32,
+            optimizer: "adam".into(),
+            momentum: 0.9,
+            learning_rate: 1e-2,
+            schedule: "constant".into(),
+        }
+    }
+}
+
+/// `[schedule]`, in seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleFile {
+    /// Generation 0's job deadline.
+    pub job_deadline_s: u64,
+    /// Base timeout of a closure round step.
+    pub round_timeout_s: f64,
+}
+
+impl Default for ScheduleFile {
+    fn default() -> Self {
+        let d = Schedule::default();
+        ScheduleFile {
+            job_deadline_s: d.job_deadline_ms / 1000,
+            round_timeout_s: d.round_timeout_ms as f64 / 1000.0,
+        }
+    }
+}
+
+/// `[nas]`: an MLP space (`max_layers`, `widths`) or the NSGA-Net macro space (`phases`, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NasFile {
+    /// `mlp` (default) or `macro`.
+    #[serde(default = "default_space")]
+    pub space: String,
+    /// MLP: most hidden layers.
+    #[serde(default = "default_layers")]
+    pub max_layers: u8,
+    /// MLP: allowed widths.
+    #[serde(default = "default_widths")]
+    pub widths: Vec<u32>,
+    /// Macro: phases.
+    #[serde(default = "default_phases")]
+    pub phases: u8,
+    /// Macro: nodes per phase.
+    #[serde(default = "default_nodes")]
+    pub nodes_per_phase: u8,
+    /// Macro: channel choices.
+    #[serde(default = "default_channels")]
+    pub channels: Vec<u32>,
+    /// Macro: kernel choices.
+    #[serde(default = "default_kernels")]
+    pub kernels: Vec<u8>,
+    /// Genomes per generation.
+    pub population: u32,
+    /// Generations.
+    pub generations: u32,
+    /// `nsga2` (default) or `aging` (regularised evolution).
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+}
+
+fn default_space() -> String {
+    "mlp".into()
+}
+fn default_layers() -> u8 {
+    2
+}
+fn default_widths() -> Vec<u32> {
+    vec![16, 32, 64]
+}
+fn default_phases() -> u8 {
+    2
+}
+fn default_nodes() -> u8 {
+    3
+}
+fn default_channels() -> Vec<u32> {
+    vec![8, 16]
+}
+fn default_kernels() -> Vec<u8> {
+    vec![3, 5]
+}
+fn default_strategy() -> String {
+    "nsga2".into()
+}
+
+/// `[loss]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossFile {
+    /// Expressions per generation.
+    pub population: u32,
+    /// Generations.
+    pub generations: u32,
+    /// Deepest tree.
+    #[serde(default = "default_depth")]
+    pub max_depth: u8,
+    /// Largest tree.
+    #[serde(default = "default_size")]
+    pub max_size: u16,
+    /// The reference model blob (hex id; the node must hold or find it).
+    pub reference_model: String,
+    /// Constant-tuning steps.
+    #[serde(default)]
+    pub constant_tuning_steps: u32,
+}
+
+fn default_depth() -> u8 {
+    4
+}
+fn default_size() -> u16 {
+    24
+}
+
+/// `[distill]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillFile {
+    /// The teacher blob (hex id).
+    pub teacher: String,
+    /// Probabilities kept per sample.
+    #[serde(default = "default_top_k")]
+    pub top_k: u8,
+    /// Samples per shard.
+    pub shard_size: u32,
+    /// Samples to label.
+    pub samples: u64,
+}
+
+fn default_top_k() -> u8 {
+    3
+}
+
+impl CampaignFile {
+    /// Parses TOML.
+    pub fn parse(text: &str) -> Result<CampaignFile, CampaignFileError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The protocol spec, created now by `creator` (added to the roster), with the dataset
+    /// reference `dataset` (see [`resolve_dataset`]).
+    pub fn to_spec(
+        &self,
+        creator: PeerKey,
+        now: Timestamp,
+        dataset: DatasetRef,
+    ) -> Result<CampaignSpec, CampaignFileError> {
+        let search = match (&self.nas, &self.loss, &self.distill) {
+            (Some(n), None, None) => Search::Nas(NasParams {
+                space: match n.space.as_str() {
+                    "mlp" => NasSpace::Mlp {
+                        max_layers: n.max_layers,
+                        widths: n.widths.clone(),
+                    },
+                    "macro" => NasSpace::Macro {
+                        phases: n.phases,
+                        nodes_per_phase: n.nodes_per_phase,
+                        channels: n.channels.clone(),
+                        kernels: n.kernels.clone(),
+                    },
+                    other => return Err(field("nas.space", format!("{other:?}: use mlp or macro"))),
+                },
+                strategy: match n.strategy.as_str() {
+                    "nsga2" => Strategy::Nsga2,
+                    "aging" => Strategy::RegularizedEvolution,
+                    other => {
+                        return Err(field("nas.strategy", format!("{other:?}: use nsga2 or aging")));
+                    }
+                },
+                population: n.population,
+                generations: n.generations,
+            }),
+            (None, Some(l), None) => Search::Loss(LossParams {
+                population: l.population,
+                generations: l.generations,
+                max_depth: l.max_depth,
+                max_size: l.max_size,
+                reference_model: l
+                    .reference_model
+                    .parse::<BlobId>()
+                    .map_err(|e| field("loss.reference_model", e.to_string()))?,
+                constant_tuning_steps: l.constant_tuning_steps,
+            }),
+            (None, None, Some(d)) => Search::Distill(DistillParams {
+                teacher: d
+                    .teacher
+                    .parse::<BlobId>()
+                    .map_err(|e| field("distill.teacher", e.to_string()))?,
+                top_k: d.top_k,
+                shard_size: d.shard_size,
+                samples: d.samples,
+            }),
+            _ => return Err(CampaignFileError::Search),
+        };
+        let b = &self.budget;
+        let budget = TrainingBudget {
+            epochs: b.epochs,
+            max_steps: (b.max_steps > 0).then_some(b.max_steps),
+            batch_size: b.batch_size,
+            optimizer: match b.optimizer.as_str() {
+                "adam" => Optimizer::Adam,
+                "sgd" => Optimizer::Sgd {
+                    momentum: b.momentum,
+                },
+                other => return Err(field("budget.optimizer", format!("{other:?}: use adam or sgd"))),
+            },
+            learning_rate: b.learning_rate,
+            schedule: match b.schedule.as_str() {
+                "constant" => LrSchedule::Constant,
+                "cosine" => LrSchedule::Cosine,
+                other => {
+                    return Err(field("budget.schedule", format!("{other:?}: use constant or cosine")));
+                }
+            },
+        };
+        if !(0.0..=1.0).contains(&self.audit_rate) {
+            return Err(field("audit_rate", "must be between 0.0 and 1.0"));
+        }
+        let mut roster = vec![creator];
+        for k in &self.roster {
+            roster.push(k.parse().map_err(|e| field("roster", format!("{k}: {e}")))?);
+        }
+        roster.sort();
+        roster.dedup();
+        let backend = match self.backend.as_str() {
+            "cpu" => BackendClass::CpuNdarray,
+            "cuda" => BackendClass::Cuda,
+            other => return Err(field("backend", format!("{other:?}: use cpu or cuda"))),
+        };
+        let schedule = Schedule {
+            job_deadline_ms: self.schedule.job_deadline_s.saturating_mul(1000),
+            round_timeout_ms: (self.schedule.round_timeout_s * 1000.0) as u64,
+            ..Schedule::default()
+        };
+        let spec = CampaignSpec {
+            name: self.name.clone(),
+            created_at: now,
+            search,
+            dataset,
+            budget,
+            seed: self.seed,
+            redundancy: self.redundancy,
+            quorum: self.quorum,
+            tolerance: Tolerance {
+                correct: self.tolerance_correct,
+                ..Tolerance::EXACT
+            },
+            audit_rate_ppm: (self.audit_rate * 1e6).round() as u32,
+            backend,
+            code_version: CODE_VERSION.into(),
+            roster,
+            schedule,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// The dataset reference for a `dataset = "…"` value: `builtin:digits` at once; `mnist:DIR` by
+/// loading the files to learn their content id (every executor checks it).
+pub fn resolve_dataset(source: &str) -> Result<DatasetRef, CampaignFileError> {
+    if source == "builtin:digits" {
+        return Ok(builtin_digits());
+    }
+    if let Some(dir) = source.strip_prefix("mnist:") {
+        let (data, _) = hivemesh_trainer::data::load_mnist(std::path::Path::new(dir))
+            .map_err(|e| field("dataset", format!("{source}: {e}")))?;
+        return Ok(DatasetRef {
+            id: BlobId(data.id()),
+            name: "mnist".into(),
+            sources: vec![source.to_string()],
+        });
+    }
+    Err(field(
+        "dataset",
+        format!("{source:?}: use builtin:digits or mnist:DIR"),
+    ))
+}

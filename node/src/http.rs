@@ -1,0 +1,547 @@
+//! The node's HTTP API (axum): status, campaigns, results, blobs and Prometheus metrics, plus a
+//! machine-readable `/manifest.json` describing every endpoint.
+//!
+//! Served on 127.0.0.1 by default (`hivemesh run --http ADDR`; a non-loopback address needs
+//! `--http-public`). Reads are open to whoever can reach the port; `POST /campaigns` needs the
+//! bearer token kept in `DATA_DIR/api.token` (mode 0600). Errors are JSON `{"error": "…"}` with
+//! 400 (bad input), 401 (no or wrong token), 404 (unknown id) or 503 (node stopping).
+//!
+//! The router is built from the same [`ENDPOINTS`] table the manifest is, so the manifest cannot
+//! list an endpoint that is not served, nor miss one that is.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use hivemesh_protocol::id::{BlobId, CampaignId};
+use hivemesh_protocol::time::Timestamp;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::campaign_file::{CampaignFile, resolve_dataset};
+use crate::daemon::{Client, NodeStatus};
+
+/// Largest campaign file accepted by `POST /campaigns`.
+pub const MAX_CAMPAIGN_BODY: usize = 64 * 1024;
+
+/// One documented example call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExampleCall {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Query string.
+    pub query: &'static str,
+    /// Headers.
+    pub headers: &'static [(&'static str, &'static str)],
+    /// Body.
+    pub body: &'static str,
+    /// What comes back.
+    pub output: &'static str,
+}
+
+/// One endpoint, as the manifest describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    /// Path (axum syntax, `{id}` for a parameter).
+    pub uri: &'static str,
+    /// Methods served.
+    pub input_methods: &'static [&'static str],
+    /// Query parameters.
+    pub input_query: &'static str,
+    /// Headers read.
+    pub input_headers: &'static str,
+    /// Body read.
+    pub input_body: &'static str,
+    /// What comes back.
+    pub output: &'static str,
+    /// What it is for.
+    pub documentation: &'static str,
+    /// Examples.
+    pub example_calls: &'static [ExampleCall],
+}
+
+/// Every endpoint the API serves.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        uri: "/manifest.json",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "application/json: this document",
+        documentation: "What this API serves: name, version, license and every endpoint with example calls.",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "{\"name\":\"hivemesh node\",\"endpoints\":[…]}",
+        }],
+    },
+    Endpoint {
+        uri: "/status",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "application/json: peer id, key, listen addresses, peers, jobs running/finished, messages validated/rejected, campaigns",
+        documentation: "The node's state.",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "{\"peer_id\":\"12D3KooW…\",\"peers\":3,\"jobs_running\":1,…}",
+        }],
+    },
+    Endpoint {
+        uri: "/campaigns",
+        input_methods: &["GET", "POST"],
+        input_query: "",
+        input_headers: "POST: Authorization: Bearer <DATA_DIR/api.token>",
+        input_body: "POST: a campaign file (TOML, see examples/*.toml), at most 64 KiB",
+        output: "GET: application/json list of campaign statuses; POST: 201 {\"id\":\"<campaign id>\"}",
+        documentation: "List the campaigns this node follows, or sign and publish a new one.",
+        example_calls: &[
+            ExampleCall {
+                method: "GET",
+                query: "",
+                headers: &[],
+                body: "",
+                output: "[{\"id\":\"…\",\"name\":\"NAS on digits\",\"generation\":1,\"finished\":false,…}]",
+            },
+            ExampleCall {
+                method: "POST",
+                query: "",
+                headers: &[("Authorization", "Bearer <token>")],
+                body: "name = \"NAS on digits\"\n[nas]\npopulation = 8\ngenerations = 3\n",
+                output: "{\"id\":\"<64 hex digits>\"}",
+            },
+        ],
+    },
+    Endpoint {
+        uri: "/campaigns/{id}",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "application/json: the campaign's status (generation, members, settled jobs, closures); 400 bad id, 404 unknown",
+        documentation: "One campaign.",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "{\"id\":\"…\",\"generation\":2,\"settled\":16,\"closures\":[[0,\"…\"],[1,\"…\"]],…}",
+        }],
+    },
+    Endpoint {
+        uri: "/campaigns/{id}/results",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "application/json: every settled job (job id, generation, agreed outcome, agreeing and dissenting executors)",
+        documentation: "The agreed ledger's results; what `hivemesh campaign export` writes.",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "[{\"job\":\"…\",\"generation\":0,\"outcome\":{\"Success\":{\"correct\":301,…}},…}]",
+        }],
+    },
+    Endpoint {
+        uri: "/campaigns/{id}/scores",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "application/json: each peer's standing (agreed, dissented, missed, points, reputation)",
+        documentation: "Scores derived from the agreed ledger (the same on every honest node).",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "[{\"peer\":\"…\",\"agreed\":5,\"dissented\":0,\"points\":50,…}]",
+        }],
+    },
+    Endpoint {
+        uri: "/blobs/{id}",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "application/octet-stream: the blob (weights, shards), checked against its id; 404 if not held here",
+        documentation: "Content-addressed artifacts held by this node.",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "<bytes>",
+        }],
+    },
+    Endpoint {
+        uri: "/metrics",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "text/plain: Prometheus exposition format",
+        documentation: "Peers, jobs, messages validated and rejected, campaigns.",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "hivemesh_peers 3\n…",
+        }],
+    },
+];
+
+/// The API's shared state.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    client: Client,
+    token: Arc<String>,
+    metrics: Arc<ApiMetrics>,
+}
+
+#[derive(Debug)]
+struct ApiMetrics {
+    registry: Registry,
+    peers: Gauge,
+    jobs_running: Gauge,
+    jobs_finished: Gauge<u64, AtomicU64>,
+    validated: Gauge<u64, AtomicU64>,
+    rejected: Gauge<u64, AtomicU64>,
+    campaigns: Gauge,
+}
+
+impl ApiMetrics {
+    fn new() -> ApiMetrics {
+        let mut registry = Registry::with_prefix("hivemesh");
+        let m = ApiMetrics {
+            peers: Gauge::default(),
+            jobs_running: Gauge::default(),
+            jobs_finished: Gauge::default(),
+            validated: Gauge::default(),
+            rejected: Gauge::default(),
+            campaigns: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("peers", "Connected peers", m.peers.clone());
+        registry.register("jobs_running", "Jobs training now", m.jobs_running.clone());
+        registry.register(
+            "jobs_finished",
+            "Jobs finished since start",
+            m.jobs_finished.clone(),
+        );
+        registry.register(
+            "messages_validated",
+            "Network messages validated since start",
+            m.validated.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "Network messages refused since start",
+            m.rejected.clone(),
+        );
+        registry.register("campaigns", "Campaigns followed", m.campaigns.clone());
+        ApiMetrics { registry, ..m }
+    }
+
+    fn render(&self, s: &NodeStatus) -> Result<String, std::fmt::Error> {
+        self.peers.set(s.peers as i64);
+        self.jobs_running.set(s.jobs_running as i64);
+        self.jobs_finished.set(s.jobs_finished);
+        self.validated.set(s.messages_validated);
+        self.rejected.set(s.messages_rejected);
+        self.campaigns.set(s.campaigns.len() as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl ApiState {
+    /// State for a node reached through `client`, with the POST token `token`.
+    pub fn new(client: Client, token: String) -> ApiState {
+        ApiState {
+            client,
+            token: Arc::new(token),
+            metrics: Arc::new(ApiMetrics::new()),
+        }
+    }
+}
+
+/// An API error: a status and a message, sent as JSON.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn stopped<E>(_: E) -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is stopping".into(),
+    )
+}
+
+fn campaign_id(s: &str) -> Result<CampaignId, ApiError> {
+    s.parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("campaign id {s:?}: {e}")))
+}
+
+fn not_found(what: String) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, what)
+}
+
+/// The manifest document.
+pub fn manifest() -> Value {
+    json!({
+        "name": "hivemesh node",
+        "short_name": "hivemesh",
+        "version": env!("CARGO_PKG_VERSION"),
+        "license": env!("CARGO_PKG_LICENSE"),
+        "author": "the hivemesh developers",
+        "description": "A peer-to-peer swarm that searches for better neural networks and computes ML work everyone can trust.",
+        "endpoints": ENDPOINTS,
+    })
+}
+
+async fn get_manifest() -> axum::Json<Value> {
+    axum::Json(manifest())
+}
+
+async fn get_status(State(s): State<ApiState>) -> Result<axum::Json<NodeStatus>, ApiError> {
+    Ok(axum::Json(s.client.status().await.map_err(stopped)?))
+}
+
+async fn list_campaigns(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let st = s.client.status().await.map_err(stopped)?;
+    Ok(axum::Json(st.campaigns).into_response())
+}
+
+fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+    let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(given) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant-time comparison: the token guards who may publish campaigns in our name.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn post_campaign(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if !bearer_ok(&headers, &s.token) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "POST /campaigns needs `Authorization: Bearer <token>` (the token is in DATA_DIR/api.token)".into(),
+        ));
+    }
+    if body.len() > MAX_CAMPAIGN_BODY {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("campaign file over {MAX_CAMPAIGN_BODY} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "campaign file is not UTF-8".into()))?
+        .to_string();
+    let key = s.client.key();
+    // Resolving an MNIST dataset reads files: off the async runtime.
+    let spec = tokio::task::spawn_blocking(move || {
+        let file = CampaignFile::parse(&text)?;
+        let dataset = resolve_dataset(&file.dataset)?;
+        file.to_spec(key, now(), dataset)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = s
+        .client
+        .submit(spec)
+        .await
+        .map_err(stopped)?
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok((StatusCode::CREATED, axum::Json(json!({ "id": id.to_string() }))).into_response())
+}
+
+fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
+}
+
+async fn get_campaign(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = campaign_id(&id)?;
+    let c = s.client.campaign(id).await.map_err(stopped)?;
+    let c = c.ok_or_else(|| not_found(format!("campaign {id} is not followed by this node")))?;
+    Ok(axum::Json(c).into_response())
+}
+
+async fn get_results(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = campaign_id(&id)?;
+    let r = s.client.settled(id).await.map_err(stopped)?;
+    let r = r.ok_or_else(|| not_found(format!("campaign {id} is not followed by this node")))?;
+    Ok(axum::Json(r).into_response())
+}
+
+async fn get_scores(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = campaign_id(&id)?;
+    let r = s.client.scores(id).await.map_err(stopped)?;
+    let r = r.ok_or_else(|| not_found(format!("campaign {id} is not followed by this node")))?;
+    let rows: Vec<Value> = r
+        .into_iter()
+        .map(|(peer, score)| {
+            let mut v = serde_json::to_value(score).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("peer".into(), Value::String(peer.to_string()));
+            }
+            v
+        })
+        .collect();
+    Ok(axum::Json(rows).into_response())
+}
+
+async fn get_blob(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: BlobId = id
+        .parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("blob id {id:?}: {e}")))?;
+    let bytes = s
+        .client
+        .blob(id)
+        .await
+        .map_err(stopped)?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .ok_or_else(|| not_found(format!("blob {id} is not held by this node")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn get_metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let st = s.client.status().await.map_err(stopped)?;
+    let text = s
+        .metrics
+        .render(&st)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+fn handler(uri: &str) -> Option<MethodRouter<ApiState>> {
+    Some(match uri {
+        "/manifest.json" => get(get_manifest),
+        "/status" => get(get_status),
+        "/campaigns" => get(list_campaigns).post(post_campaign),
+        "/campaigns/{id}" => get(get_campaign),
+        "/campaigns/{id}/results" => get(get_results),
+        "/campaigns/{id}/scores" => get(get_scores),
+        "/blobs/{id}" => get(get_blob),
+        "/metrics" => get(get_metrics),
+        _ => return None,
+    })
+}
+
+/// The API's router: one route per [`ENDPOINTS`] entry.
+pub fn router(state: ApiState) -> Router {
+    let mut r = Router::new();
+    for e in ENDPOINTS {
+        match handler(e.uri) {
+            Some(h) => r = r.route(e.uri, h),
+            None => tracing::error!(uri = e.uri, "manifest endpoint without a handler"),
+        }
+    }
+    r.fallback(|| async {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: see /manifest.json".into(),
+        )
+    })
+    .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_manifest_endpoint_has_a_handler() {
+        for e in ENDPOINTS {
+            assert!(handler(e.uri).is_some(), "{} has no handler", e.uri);
+            assert!(!e.example_calls.is_empty(), "{} has no example", e.uri);
+            for c in e.example_calls {
+                assert!(e.input_methods.contains(&c.method), "{}: {}", e.uri, c.method);
+            }
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_compared_exactly() {
+        let mut h = HeaderMap::new();
+        assert!(!bearer_ok(&h, "abc"));
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().expect("header"));
+        assert!(bearer_ok(&h, "abc"));
+        assert!(!bearer_ok(&h, "abd"));
+        assert!(!bearer_ok(&h, "abcd"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().expect("header"));
+        assert!(!bearer_ok(&h, "abc"));
+    }
+}
