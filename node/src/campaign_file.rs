@@ -9,6 +9,7 @@
 //! redundancy = 3                 # executors per job
 //! quorum = 2                     # agreeing executors needed
 //! roster = []                    # genesis voters (public keys); empty: the submitting node
+//                                # and the peers it is connected to
 //!
 //! [nas]                          # or [loss] / [distill]
 //! max_layers = 2
@@ -89,7 +90,8 @@ pub struct CampaignFile {
     /// `cpu` (default, bit-exact) or `cuda`.
     #[serde(default = "default_backend")]
     pub backend: String,
-    /// Genesis voters (public keys, hex); the submitting node is always added.
+    /// Genesis voters (public keys, hex); the submitting node is always added. Empty: the
+    /// submitting node and the peers connected to it when the campaign is submitted.
     #[serde(default)]
     pub roster: Vec<String>,
     /// Training budget of every job.
@@ -309,13 +311,18 @@ impl CampaignFile {
                         channels: n.channels.clone(),
                         kernels: n.kernels.clone(),
                     },
-                    other => return Err(field("nas.space", format!("{other:?}: use mlp or macro"))),
+                    other => {
+                        return Err(field("nas.space", format!("{other:?}: use mlp or macro")));
+                    }
                 },
                 strategy: match n.strategy.as_str() {
                     "nsga2" => Strategy::Nsga2,
                     "aging" => Strategy::RegularizedEvolution,
                     other => {
-                        return Err(field("nas.strategy", format!("{other:?}: use nsga2 or aging")));
+                        return Err(field(
+                            "nas.strategy",
+                            format!("{other:?}: use nsga2 or aging"),
+                        ));
                     }
                 },
                 population: n.population,
@@ -353,14 +360,22 @@ impl CampaignFile {
                 "sgd" => Optimizer::Sgd {
                     momentum: b.momentum,
                 },
-                other => return Err(field("budget.optimizer", format!("{other:?}: use adam or sgd"))),
+                other => {
+                    return Err(field(
+                        "budget.optimizer",
+                        format!("{other:?}: use adam or sgd"),
+                    ));
+                }
             },
             learning_rate: b.learning_rate,
             schedule: match b.schedule.as_str() {
                 "constant" => LrSchedule::Constant,
                 "cosine" => LrSchedule::Cosine,
                 other => {
-                    return Err(field("budget.schedule", format!("{other:?}: use constant or cosine")));
+                    return Err(field(
+                        "budget.schedule",
+                        format!("{other:?}: use constant or cosine"),
+                    ));
                 }
             },
         };
@@ -369,7 +384,10 @@ impl CampaignFile {
         }
         let mut roster = vec![creator];
         for k in &self.roster {
-            roster.push(k.parse().map_err(|e| field("roster", format!("{k}: {e}")))?);
+            roster.push(
+                k.parse()
+                    .map_err(|e| field("roster", format!("{k}: {e}")))?,
+            );
         }
         roster.sort();
         roster.dedup();

@@ -12,20 +12,22 @@
 //! accepted messages are stored before they are published, results before they are fed to the
 //! protocol; a restarted node replays its store (see [`crate::store`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use hivemesh_protocol::closure::{Closure, Entry};
+use hivemesh_protocol::derive::Derivation;
 use hivemesh_protocol::envelope::{AnySigned, Context, Signed};
 use hivemesh_protocol::error::PeerAction;
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
 use hivemesh_protocol::identity::{Keypair, PeerKey};
 use hivemesh_protocol::message::{JobResult, Outcome};
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
-use hivemesh_protocol::scoring::PeerScore;
-use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use hivemesh_protocol::scoring::{self, JobRecord, PeerScore, ScoringRules};
+use hivemesh_protocol::spec::{CampaignSpec, JobPayload, JobSpec};
 use hivemesh_protocol::time::Timestamp;
 use hivemesh_trainer::train::Limits;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
@@ -234,8 +236,8 @@ pub struct NodeStatus {
     pub campaigns: Vec<CampaignStatus>,
 }
 
-/// A settled job, for exports.
-#[derive(Debug, Clone, Serialize)]
+/// A settled job, for exports: what was run and what the executors agreed on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SettledJob {
     /// The job id.
     pub job: String,
@@ -243,12 +245,95 @@ pub struct SettledJob {
     pub generation: u32,
     /// Its index in the generation.
     pub index: u32,
-    /// The agreed outcome.
-    pub outcome: Outcome,
+    /// What it ran: `nas` (genome), `loss` (expression) or `distill` (sample range), and the
+    /// payload as hex (genome, expression) or `start..end`.
+    pub payload: (String, String),
+    /// `success`, `failure` (executors agreed the job fails) or `void` (no quorum in time).
+    pub status: String,
+    /// Correct test predictions (success).
+    pub correct: u64,
+    /// Test samples (success).
+    pub total: u64,
+    /// `correct / total` (success).
+    pub accuracy: f64,
+    /// Parameters (success).
+    pub params: u64,
+    /// FLOPs per sample (success).
+    pub flops: u64,
+    /// Named extra metrics.
+    pub extra: BTreeMap<String, i64>,
+    /// Artifact blob ids (weights, shards), hex.
+    pub artifacts: Vec<String>,
+    /// Why it failed (failure).
+    pub failure: Option<String>,
     /// Executors that agreed.
     pub agreeing: Vec<String>,
     /// Executors that did not.
     pub dissenting: Vec<String>,
+}
+
+impl SettledJob {
+    fn new(job: &JobSpec, s: &hivemesh_protocol::Settlement) -> SettledJob {
+        let payload = match &job.payload {
+            JobPayload::Nas { genome } => ("nas".into(), hex(genome)),
+            JobPayload::Loss { expression } => ("loss".into(), hex(expression)),
+            JobPayload::Distill { start, end } => ("distill".into(), format!("{start}..{end}")),
+        };
+        let mut out = SettledJob {
+            job: job.id().to_string(),
+            generation: job.generation,
+            index: job.index,
+            payload,
+            status: "success".into(),
+            correct: 0,
+            total: 0,
+            accuracy: 0.0,
+            params: 0,
+            flops: 0,
+            extra: BTreeMap::new(),
+            artifacts: Vec::new(),
+            failure: None,
+            agreeing: s.agreeing.iter().map(ToString::to_string).collect(),
+            dissenting: s.dissenting.iter().map(ToString::to_string).collect(),
+        };
+        match &s.canonical {
+            Outcome::Success(m) => {
+                out.correct = m.correct;
+                out.total = m.total;
+                out.accuracy = if m.total > 0 {
+                    m.correct as f64 / m.total as f64
+                } else {
+                    0.0
+                };
+                out.params = m.params;
+                out.flops = m.flops;
+                out.extra = m.extra.clone();
+                out.artifacts = m.artifacts.iter().map(ToString::to_string).collect();
+            }
+            Outcome::Failure(f) => {
+                out.status = "failure".into();
+                out.failure = Some(format!("{:?}: {}", f.kind, f.detail));
+            }
+        }
+        out
+    }
+
+    fn void(job: &JobSpec) -> SettledJob {
+        let mut out = SettledJob::new(
+            job,
+            &hivemesh_protocol::Settlement {
+                canonical: Outcome::Failure(hivemesh_protocol::message::Failure {
+                    kind: hivemesh_protocol::message::FailureKind::InvalidJob,
+                    detail: String::new(),
+                }),
+                agreeing: Vec::new(),
+                dissenting: Vec::new(),
+            },
+        );
+        out.status = "void".into();
+        out.failure = Some("no quorum by the deadline".into());
+        out
+    }
 }
 
 enum Command {
@@ -268,6 +353,7 @@ enum Command {
     ),
     PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
     Blob(BlobId, oneshot::Sender<Result<Option<Vec<u8>>, String>>),
+    PeerKeys(oneshot::Sender<Vec<PeerKey>>),
 }
 
 /// A handle to a running node. Cheap to clone; every call is answered by the event loop.
@@ -336,12 +422,17 @@ impl Client {
         self.ask(|tx| Command::Settled(id, tx)).await
     }
 
-    /// Every peer's standing in a campaign, derived from the agreed ledger.
+    /// Every peer's standing in a campaign, derived from its closures (the agreed ledger).
     pub async fn scores(
         &self,
         id: CampaignId,
     ) -> Result<Option<Vec<(PeerKey, PeerScore)>>, Stopped> {
         self.ask(|tx| Command::Scores(id, tx)).await
+    }
+
+    /// The signing keys of the peers connected now (candidates for a campaign's roster).
+    pub async fn connected_keys(&self) -> Result<Vec<PeerKey>, Stopped> {
+        self.ask(Command::PeerKeys).await
     }
 
     /// A blob held by this node (weights, shards), checked against its id.
@@ -637,7 +728,9 @@ impl EventLoop {
             for bytes in msgs {
                 match AnySigned::verify_and_decode(&bytes, &Context::sync(id)) {
                     Ok(msg) => {
-                        self.drive(id, PeerInput::Message(msg));
+                        for (_, reason, _) in self.drive(id, PeerInput::Message(msg)) {
+                            tracing::warn!(campaign = %id, "replay: stored message refused: {reason}");
+                        }
                         replayed += 1;
                     }
                     Err(e) => tracing::warn!(campaign = %id, "skipping a stored message: {e}"),
@@ -1283,28 +1376,55 @@ impl EventLoop {
         })
     }
 
+    /// Every job of a closed generation with its spec and its closure entry. Jobs are
+    /// re-derived from the spec and the closures (deterministic and cheap); outcomes come from
+    /// the closures, which every honest node agrees on (not from the local ledger, whose
+    /// settlements may still gain late reveals).
     fn settled(&self, id: &CampaignId) -> Option<Vec<SettledJob>> {
         let c = self.campaigns.get(id)?;
-        let mut index = BTreeMap::new();
-        for (cl, _) in c.peer.closures() {
-            for e in &cl.entries {
-                index.insert(e.job(), cl.generation);
+        let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
+        let mut out = Vec::new();
+        for (closure, _) in c.peer.closures() {
+            for entry in &closure.entries {
+                let Some(spec) = jobs.get(&entry.job()) else {
+                    continue;
+                };
+                out.push(match entry {
+                    Entry::Settled { settlement, .. } => SettledJob::new(spec, settlement),
+                    Entry::Void { .. } => SettledJob::void(spec),
+                });
             }
         }
-        Some(
-            c.peer
-                .ledger()
-                .settlements()
-                .map(|(job, s)| SettledJob {
-                    job: job.to_string(),
-                    generation: index.get(job).copied().unwrap_or(0),
-                    index: 0,
-                    outcome: s.canonical.clone(),
-                    agreeing: s.agreeing.iter().map(|k| k.to_string()).collect(),
-                    dissenting: s.dissenting.iter().map(|k| k.to_string()).collect(),
-                })
-                .collect(),
-        )
+        out.sort_by_key(|j| (j.generation, j.index));
+        Some(out)
+    }
+
+    /// Every peer's standing in a campaign, from its closures: the same on every honest node.
+    fn standings(&self, id: &CampaignId) -> Option<Vec<(PeerKey, PeerScore)>> {
+        let c = self.campaigns.get(id)?;
+        let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
+        let none = BTreeSet::new();
+        let mut records = Vec::new();
+        for (closure, _) in c.peer.closures() {
+            for entry in &closure.entries {
+                if let (Entry::Settled { settlement, .. }, Some(spec)) =
+                    (entry, jobs.get(&entry.job()))
+                {
+                    records.push(JobRecord {
+                        generation: closure.generation,
+                        compute: spec.compute,
+                        settlement,
+                        claimers: &none,
+                        auditors: &none,
+                    });
+                }
+            }
+        }
+        let mut scores = scoring::score(&records, &[], &ScoringRules::default());
+        for (peer, n) in c.peer.failed_audits() {
+            scores.entry(*peer).or_default().failed_audits = *n;
+        }
+        Some(scores.into_iter().collect())
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -1324,6 +1444,14 @@ impl EventLoop {
             Command::Submit(spec, tx) => {
                 let result = (|| {
                     spec.validate().map_err(|e| e.to_string())?;
+                    if spec.roster.len() < usize::from(spec.quorum) {
+                        return Err(format!(
+                            "the roster has {} member(s) but a job needs {} agreeing executors: \
+                             connect to more peers first, or list their keys in `roster`",
+                            spec.roster.len(),
+                            spec.quorum
+                        ));
+                    }
                     let signed =
                         Signed::sign_and_encode(*spec, &self.key).map_err(|e| e.to_string())?;
                     let id = signed.message().id();
@@ -1362,11 +1490,11 @@ impl EventLoop {
                 let _ = tx.send(self.settled(&id));
             }
             Command::Scores(id, tx) => {
-                let scores = self
-                    .campaigns
-                    .get(&id)
-                    .map(|c| c.peer.ledger().scores().into_iter().collect());
-                let _ = tx.send(scores);
+                let _ = tx.send(self.standings(&id));
+            }
+            Command::PeerKeys(tx) => {
+                let keys = self.swarm.connected_peers().filter_map(peer_key).collect();
+                let _ = tx.send(keys);
             }
             Command::Blob(id, tx) => {
                 let _ = tx.send(self.store.blob(&id).map_err(|e| e.to_string()));
@@ -1386,6 +1514,35 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// The ed25519 signing key inside a peer id (hivemesh peer ids embed their public key).
+pub fn peer_key(peer: &PeerId) -> Option<PeerKey> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let public = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    let ed = public.try_into_ed25519().ok()?;
+    Some(PeerKey(ed.to_bytes()))
+}
+
+/// The jobs of generation 0 and of every generation the closures open, by id.
+fn derived_jobs<'a>(
+    spec: &CampaignSpec,
+    closures: impl Iterator<Item = &'a Closure>,
+) -> BTreeMap<JobId, JobSpec> {
+    let mut jobs = BTreeMap::new();
+    if let Ok(mut d) = Derivation::new(spec) {
+        jobs.extend(d.generation_zero().iter().map(|j| (j.id(), j.clone())));
+        for closure in closures {
+            match d.advance(closure) {
+                Ok(next) => jobs.extend(next.iter().map(|j| (j.id(), j.clone()))),
+                Err(_) => break,
+            }
+        }
+    }
+    jobs
 }
 
 /// Lower-case hex of bytes.

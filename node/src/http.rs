@@ -336,7 +336,10 @@ async fn list_campaigns(State(s): State<ApiState>) -> Result<Response, ApiError>
 }
 
 fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
-    let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let Some(given) = v.strip_prefix("Bearer ") else {
@@ -372,11 +375,26 @@ async fn post_campaign(
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "campaign file is not UTF-8".into()))?
         .to_string();
     let key = s.client.key();
+    let connected = s.client.connected_keys().await.map_err(stopped)?;
     // Resolving an MNIST dataset reads files: off the async runtime.
     let spec = tokio::task::spawn_blocking(move || {
         let file = CampaignFile::parse(&text)?;
         let dataset = resolve_dataset(&file.dataset)?;
-        file.to_spec(key, now(), dataset)
+        let mut spec = file.to_spec(key, now(), dataset)?;
+        if file.roster.is_empty() {
+            // No roster given: the submitting node and the peers connected now vote on
+            // generation 0 (others join at generation boundaries).
+            spec.roster = std::iter::once(key)
+                .chain(
+                    connected
+                        .into_iter()
+                        .take(hivemesh_protocol::spec::MAX_ROSTER - 1),
+                )
+                .collect();
+            spec.roster.sort();
+            spec.roster.dedup();
+        }
+        Ok::<_, crate::campaign_file::CampaignFileError>(spec)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -387,7 +405,11 @@ async fn post_campaign(
         .await
         .map_err(stopped)?
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    Ok((StatusCode::CREATED, axum::Json(json!({ "id": id.to_string() }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "id": id.to_string() })),
+    )
+        .into_response())
 }
 
 fn now() -> Timestamp {
@@ -438,10 +460,7 @@ async fn get_scores(
     Ok(axum::Json(rows).into_response())
 }
 
-async fn get_blob(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn get_blob(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id: BlobId = id
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("blob id {id:?}: {e}")))?;
@@ -452,11 +471,7 @@ async fn get_blob(
         .map_err(stopped)?
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
         .ok_or_else(|| not_found(format!("blob {id} is not held by this node")))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        bytes,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 async fn get_metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
@@ -528,7 +543,12 @@ mod tests {
             assert!(handler(e.uri).is_some(), "{} has no handler", e.uri);
             assert!(!e.example_calls.is_empty(), "{} has no example", e.uri);
             for c in e.example_calls {
-                assert!(e.input_methods.contains(&c.method), "{}: {}", e.uri, c.method);
+                assert!(
+                    e.input_methods.contains(&c.method),
+                    "{}: {}",
+                    e.uri,
+                    c.method
+                );
             }
         }
     }

@@ -75,7 +75,21 @@ pub fn save(data_dir: &Path, key: &Keypair, force: bool) -> Result<PathBuf, Iden
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+    let hex: String = key
+        .secret_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write_private(&path, format!("{HEADER}\n{hex}\n").as_bytes()).map_err(io)?;
+    Ok(path)
+}
+
+/// Writes a secret file atomically (temp file, fsync, rename), readable by its owner only
+/// (mode 0600 on Unix).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -83,17 +97,10 @@ pub fn save(data_dir: &Path, key: &Keypair, force: bool) -> Result<PathBuf, Iden
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&tmp).map_err(io)?;
-    let hex: String = key
-        .secret_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    f.write_all(format!("{HEADER}\n{hex}\n").as_bytes())
-        .map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, &path).map_err(io)?;
-    Ok(path)
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
 }
 
 /// Reads the key in `data_dir`.

@@ -11,8 +11,10 @@
 //! Today it owns the node's identity on disk ([`identity`]) and job execution ([`executor`]:
 //! a protocol job spec run by the trainer, as a result to publish).
 
-pub mod daemon;
+pub mod api_client;
 pub mod campaign_file;
+pub mod config;
+pub mod daemon;
 pub mod executor;
 pub mod http;
 pub mod identity;

@@ -1,22 +1,38 @@
 //! The `hivemesh` command: see `hivemesh --help`.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use hivemesh_node::identity;
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use hivemesh_node::api_client::{self, ApiResponse};
+use hivemesh_node::config::{self, FileConfig};
+use hivemesh_node::daemon::{self, CampaignStatus, Config};
+use hivemesh_node::{http, identity};
+use libp2p::Multiaddr;
 
 /// hivemesh: a peer-to-peer swarm that searches for better neural networks and computes ML work
 /// everyone can trust.
 ///
-/// Run one node per GPU host. Today this binary manages the node's identity; joining the swarm
-/// (`hivemesh run`), campaigns and the HTTP API arrive with the node milestone (see README.md).
+/// Run one node per GPU host with `hivemesh run`; submit and follow campaigns with
+/// `hivemesh campaign …` (these talk to the running node's HTTP API on 127.0.0.1).
+///
+/// Settings come from, in order of precedence: command-line flags, HIVEMESH_* environment
+/// variables, the config file (DATA_DIR/config.toml or --config), built-in defaults.
+/// Logs: RUST_LOG (e.g. RUST_LOG=hivemesh_node=debug).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Where the node keeps its identity, store and blobs.
+    /// Where the node keeps its identity, store and API token.
     #[arg(long, env = "HIVEMESH_DATA_DIR", default_value_os_t = default_data_dir(), global = true)]
     data_dir: PathBuf,
+
+    /// A TOML config file (default: DATA_DIR/config.toml if it exists). Keys: listen, bootstrap,
+    /// jobs, audit, http, http_public, sync_interval_ms.
+    #[arg(long, env = "HIVEMESH_CONFIG", global = true)]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -33,6 +49,94 @@ enum Command {
     },
     /// Print the node's public key (how peers and ledgers name it).
     Id,
+    /// Join the swarm: take jobs, train, publish signed results, serve the HTTP API.
+    Run(RunArgs),
+    /// Submit and follow campaigns (through the running node's API).
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+    /// The running node's state: peers, jobs, campaigns.
+    Status(ApiArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A libp2p address to listen on; repeat for several [default: /ip4/0.0.0.0/tcp/4077 and
+    /// /ip4/0.0.0.0/udp/4077/quic-v1].
+    #[arg(long, env = "HIVEMESH_LISTEN", value_delimiter = ',')]
+    listen: Vec<Multiaddr>,
+    /// A peer to join through, as a multiaddr ending in /p2p/<peer id>; repeat for several.
+    #[arg(long, env = "HIVEMESH_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
+    /// Jobs to train at once [default: 1].
+    #[arg(long, env = "HIVEMESH_JOBS")]
+    jobs: Option<u16>,
+    /// Audit mode: re-execute jobs sampled for audit before taking jobs, and publish signed
+    /// audit reports (validators).
+    #[arg(long, env = "HIVEMESH_AUDIT")]
+    audit: bool,
+    /// Where to serve the HTTP API [default: 127.0.0.1:8077].
+    #[arg(long, env = "HIVEMESH_HTTP")]
+    http: Option<SocketAddr>,
+    /// Allow --http on a non-loopback address (the API then answers anyone who can reach it;
+    /// only POST needs the token).
+    #[arg(long, env = "HIVEMESH_HTTP_PUBLIC")]
+    http_public: bool,
+    /// Do not serve the HTTP API.
+    #[arg(long, conflicts_with_all = ["http", "http_public"])]
+    no_http: bool,
+    /// How often to pull missing ledger messages from a peer, in milliseconds [default: 5000].
+    #[arg(long, env = "HIVEMESH_SYNC_INTERVAL_MS")]
+    sync_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// The node's API address [default: the one `hivemesh run` wrote to DATA_DIR/api.addr,
+    /// else 127.0.0.1:8077].
+    #[arg(long, env = "HIVEMESH_API")]
+    api: Option<SocketAddr>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum CampaignCmd {
+    /// Sign and publish a campaign described by a TOML file (see examples/*.toml); prints its id.
+    Submit {
+        /// The campaign file.
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One campaign's state.
+    Status {
+        /// The campaign id (64 hex digits).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Follow a campaign until it finishes, printing progress.
+    Watch {
+        /// The campaign id.
+        id: String,
+        /// Seconds between polls.
+        #[arg(long, default_value_t = 2)]
+        every: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Write a campaign's agreed results (results.json, results.csv) and the best model's
+    /// weights (best-weights.bin, when this node holds them) to a directory.
+    Export {
+        /// The campaign id.
+        id: String,
+        /// The directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 fn default_data_dir() -> PathBuf {
@@ -46,7 +150,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line, without a backtrace.
@@ -56,28 +160,434 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn load_identity(data_dir: &Path) -> anyhow::Result<hivemesh_protocol::Keypair> {
+    match identity::load(data_dir) {
+        Err(identity::IdentityError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            bail!(
+                "no identity in {}: run `hivemesh keygen` first (or pass --data-dir)",
+                data_dir.display()
+            )
+        }
+        other => Ok(other?),
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen { force } => {
             let key = identity::generate()?;
             let path = identity::save(&cli.data_dir, &key, force)?;
             println!("wrote {}", path.display());
             println!("peer key {}", key.public());
+            Ok(())
         }
         Command::Id => {
-            let key = match identity::load(&cli.data_dir) {
-                Err(identity::IdentityError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    anyhow::bail!(
-                        "no identity in {}: run `hivemesh keygen` first (or pass --data-dir)",
-                        cli.data_dir.display()
-                    )
+            println!("{}", load_identity(&cli.data_dir)?.public());
+            Ok(())
+        }
+        Command::Run(args) => {
+            let file = config::load(&cli.data_dir, cli.config.as_deref())?;
+            run(&cli.data_dir, args, file)
+        }
+        Command::Campaign(cmd) => runtime()?.block_on(campaign(&cli.data_dir, cmd)),
+        Command::Status(api) => runtime()?.block_on(async {
+            let r = get(&cli.data_dir, &api, "/status").await?;
+            if api.json {
+                println!("{}", r.text());
+                return Ok(());
+            }
+            let s: serde_json::Value = serde_json::from_slice(&r.body)?;
+            println!("peer id   {}", s["peer_id"].as_str().unwrap_or("?"));
+            println!("key       {}", s["key"].as_str().unwrap_or("?"));
+            println!("peers     {}", s["peers"]);
+            println!(
+                "jobs      {} running, {} finished",
+                s["jobs_running"], s["jobs_finished"]
+            );
+            println!(
+                "messages  {} validated, {} rejected",
+                s["messages_validated"], s["messages_rejected"]
+            );
+            for c in s["campaigns"].as_array().into_iter().flatten() {
+                if let Ok(c) = serde_json::from_value::<CampaignView>(c.clone()) {
+                    println!("{}", c.line());
                 }
-                other => other?,
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let key = match identity::load(data_dir) {
+        Err(identity::IdentityError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let key = identity::generate()?;
+            let path = identity::save(data_dir, &key, false)?;
+            eprintln!("created a new identity in {}", path.display());
+            key
+        }
+        other => other?,
+    };
+    let mut cfg = Config::new(data_dir.to_path_buf());
+    cfg.listen = if !args.listen.is_empty() {
+        args.listen
+    } else if let Some(l) = file.listen {
+        l
+    } else {
+        vec![
+            "/ip4/0.0.0.0/tcp/4077".parse()?,
+            "/ip4/0.0.0.0/udp/4077/quic-v1".parse()?,
+        ]
+    };
+    cfg.bootstrap = if !args.bootstrap.is_empty() {
+        args.bootstrap
+    } else {
+        file.bootstrap.unwrap_or_default()
+    };
+    cfg.jobs = args.jobs.or(file.jobs).unwrap_or(1);
+    if cfg.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    cfg.audit = args.audit || file.audit.unwrap_or(false);
+    if let Some(ms) = args.sync_interval_ms.or(file.sync_interval_ms) {
+        if ms == 0 {
+            bail!("--sync-interval-ms must be at least 1");
+        }
+        cfg.sync_interval = Duration::from_millis(ms);
+    }
+    let http_addr = if args.no_http {
+        None
+    } else {
+        Some(
+            args.http
+                .or(file.http)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8077))),
+        )
+    };
+    let http_public = args.http_public || file.http_public.unwrap_or(false);
+    if let Some(a) = http_addr
+        && !a.ip().is_loopback()
+        && !http_public
+    {
+        bail!(
+            "--http {a} is not a loopback address: pass --http-public to serve the API to the network"
+        );
+    }
+
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (client, event_loop) = daemon::start(cfg.clone(), key.clone())?;
+        println!("hivemesh node {}", client.peer_id());
+        println!("key {}", key.public());
+        println!("data {}", data_dir.display());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut http_task = None;
+        if let Some(addr) = http_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve the HTTP API on {addr}"))?;
+            let bound = listener.local_addr()?;
+            let token = config::api_token(data_dir)?;
+            std::fs::write(data_dir.join(config::API_ADDR_FILE), bound.to_string())
+                .context("cannot write DATA_DIR/api.addr")?;
+            println!(
+                "api http://{bound} (POST token in {})",
+                data_dir.join(config::API_TOKEN_FILE).display()
+            );
+            let state = http::ApiState::new(client.clone(), token);
+            let mut rx = stop_rx.clone();
+            http_task = Some(tokio::spawn(http::serve(listener, state, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })));
+        }
+        let mut events = client.subscribe();
+        tokio::spawn(async move {
+            while let Ok(e) = events.recv().await {
+                if let daemon::Event::Listening(a) = e {
+                    println!("listening {a}");
+                }
+            }
+        });
+        let node = tokio::spawn(event_loop.run({
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }));
+        shutdown_signal().await;
+        eprintln!("stopping (jobs in flight are resumed at the next start)");
+        let _ = stop_tx.send(true);
+        let _ = node.await;
+        if let Some(t) = http_task {
+            let _ = t.await;
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
             };
-            println!("{}", key.public());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
     }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn api_addr(data_dir: &Path, api: &ApiArgs) -> SocketAddr {
+    if let Some(a) = api.api {
+        return a;
+    }
+    std::fs::read_to_string(data_dir.join(config::API_ADDR_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8077)))
+}
+
+async fn get(data_dir: &Path, api: &ApiArgs, path: &str) -> anyhow::Result<ApiResponse> {
+    let addr = api_addr(data_dir, api);
+    let r = api_client::request(addr, "GET", path, &[], &[]).await?;
+    if r.status != 200 {
+        bail!("{} {path}: {}", r.status, r.error_message());
+    }
+    Ok(r)
+}
+
+/// The fields of a campaign status the CLI prints.
+#[derive(Debug, serde::Deserialize)]
+struct CampaignView {
+    id: String,
+    name: String,
+    kind: String,
+    generation: u32,
+    generations: u32,
+    finished: bool,
+    members: usize,
+    settled: usize,
+    results_held: u64,
+    #[serde(default)]
+    summary: String,
+}
+
+impl CampaignView {
+    fn line(&self) -> String {
+        let state = if self.finished {
+            "finished".to_string()
+        } else {
+            format!("generation {}/{}", self.generation + 1, self.generations)
+        };
+        format!(
+            "{} {} [{}] {state}, {} members, {} jobs settled, {} run here",
+            &self.id[..16.min(self.id.len())],
+            self.name,
+            self.kind,
+            self.members,
+            self.settled,
+            self.results_held
+        )
+    }
+}
+
+impl From<CampaignStatus> for CampaignView {
+    fn from(c: CampaignStatus) -> Self {
+        CampaignView {
+            id: c.id,
+            name: c.name,
+            kind: c.kind,
+            generation: c.generation,
+            generations: c.generations,
+            finished: c.finished,
+            members: c.members,
+            settled: c.settled,
+            results_held: c.results_held,
+            summary: c.summary,
+        }
+    }
+}
+
+async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
+    match cmd {
+        CampaignCmd::Submit { file, api } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            // Check locally first: a clear error without a round trip.
+            hivemesh_node::campaign_file::CampaignFile::parse(&text)
+                .with_context(|| file.display().to_string())?;
+            let token = std::fs::read_to_string(data_dir.join(config::API_TOKEN_FILE))
+                .with_context(|| {
+                    format!(
+                        "cannot read the API token in {} (is this the node's --data-dir?)",
+                        data_dir.display()
+                    )
+                })?;
+            let addr = api_addr(data_dir, &api);
+            let auth = format!("Bearer {}", token.trim());
+            let r = api_client::request(
+                addr,
+                "POST",
+                "/campaigns",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/toml"),
+                ],
+                text.as_bytes(),
+            )
+            .await?;
+            if r.status != 201 {
+                bail!(
+                    "the node refused the campaign ({}): {}",
+                    r.status,
+                    r.error_message()
+                );
+            }
+            let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+            if api.json {
+                println!("{}", r.text());
+            } else {
+                println!("{}", v["id"].as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
+        CampaignCmd::Status { id, api } => {
+            let r = get(data_dir, &api, &format!("/campaigns/{id}")).await?;
+            if api.json {
+                println!("{}", r.text());
+                return Ok(());
+            }
+            let c: CampaignView = serde_json::from_slice(&r.body)?;
+            println!("{}", c.line());
+            if !c.summary.is_empty() {
+                println!("{}", c.summary);
+            }
+            Ok(())
+        }
+        CampaignCmd::Watch { id, every, api } => {
+            let mut last = String::new();
+            loop {
+                let r = get(data_dir, &api, &format!("/campaigns/{id}")).await?;
+                let c: CampaignView = serde_json::from_slice(&r.body)?;
+                let line = c.line();
+                if line != last {
+                    println!("{line}");
+                    last = line;
+                }
+                if c.finished {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(every.max(1))).await;
+            }
+        }
+        CampaignCmd::Export { id, out, api } => export(data_dir, &id, &out, &api).await,
+    }
+}
+
+async fn export(data_dir: &Path, id: &str, out: &Path, api: &ApiArgs) -> anyhow::Result<()> {
+    let status = get(data_dir, api, &format!("/campaigns/{id}")).await?;
+    let results = get(data_dir, api, &format!("/campaigns/{id}/results")).await?;
+    let scores = get(data_dir, api, &format!("/campaigns/{id}/scores")).await?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&results.body)?;
+    let doc = serde_json::json!({
+        "campaign": serde_json::from_slice::<serde_json::Value>(&status.body)?,
+        "results": jobs,
+        "scores": serde_json::from_slice::<serde_json::Value>(&scores.body)?,
+    });
+    write_new(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(&doc)?.as_bytes(),
+    )?;
+
+    let mut csv = String::from(
+        "job,generation,index,kind,payload,status,correct,total,accuracy,params,flops,agreeing,dissenting,artifact\n",
+    );
+    let mut best: Option<(f64, String)> = None;
+    for j in &jobs {
+        let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
+        let n = |k: &str| j[k].as_u64().unwrap_or(0);
+        let count = |k: &str| j[k].as_array().map_or(0, Vec::len);
+        let artifact = j["artifacts"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .unwrap_or("")
+            .to_string();
+        let acc = j["accuracy"].as_f64().unwrap_or(0.0);
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{acc:.6},{},{},{},{},{artifact}\n",
+            s("job"),
+            n("generation"),
+            n("index"),
+            j["payload"][0].as_str().unwrap_or(""),
+            j["payload"][1].as_str().unwrap_or(""),
+            s("status"),
+            n("correct"),
+            n("total"),
+            n("params"),
+            n("flops"),
+            count("agreeing"),
+            count("dissenting"),
+        ));
+        if s("status") == "success"
+            && !artifact.is_empty()
+            && best.as_ref().is_none_or(|(b, _)| acc > *b)
+        {
+            best = Some((acc, artifact));
+        }
+    }
+    write_new(&out.join("results.csv"), csv.as_bytes())?;
+    println!("wrote {} settled jobs to {}", jobs.len(), out.display());
+    if let Some((acc, blob)) = best {
+        let addr = api_addr(data_dir, api);
+        let r = api_client::request(addr, "GET", &format!("/blobs/{blob}"), &[], &[]).await?;
+        if r.status == 200 {
+            write_new(&out.join("best-weights.bin"), &r.body)?;
+            println!("best model: accuracy {acc:.4}, weights {blob} -> best-weights.bin");
+        } else {
+            println!(
+                "best model: accuracy {acc:.4}, weights {blob} (not held by this node: {})",
+                r.error_message()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file atomically (temp file + rename), so an interrupted export leaves no torn file.
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -1,0 +1,205 @@
+//! A minimal HTTP/1.1 client for the node's own API, used by `hivemesh campaign …` and
+//! `hivemesh status` to talk to a running `hivemesh run` (usually on 127.0.0.1). One request per
+//! connection (`Connection: close`); bodies are read whole, up to [`MAX_RESPONSE`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response body read.
+pub const MAX_RESPONSE: usize = 512 * 1024 * 1024;
+/// How long one request may take.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiClientError {
+    /// No node answers at the address.
+    #[error("cannot reach the node's API at {addr}: {source} (is `hivemesh run` running?)")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection broke or timed out.
+    #[error("API request to {addr} failed: {reason}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The response was not HTTP.
+    #[error("malformed response from {addr}: {reason}")]
+    Malformed {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A response: status code and body.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `error` field of a JSON error body, or the body itself.
+    pub fn error_message(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or_else(|| self.text())
+    }
+}
+
+/// Sends one request to `addr`.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<ApiResponse, ApiClientError> {
+    tokio::time::timeout(TIMEOUT, request_inner(addr, method, path, headers, body))
+        .await
+        .map_err(|_| ApiClientError::Io {
+            addr,
+            reason: format!("no answer within {} s", TIMEOUT.as_secs()),
+        })?
+}
+
+async fn request_inner(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<ApiResponse, ApiClientError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ApiClientError::Connect { addr, source })?;
+    let io = |e: std::io::Error| ApiClientError::Io {
+        addr,
+        reason: e.to_string(),
+    };
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.map_err(io)?;
+    stream.write_all(body).await.map_err(io)?;
+    let mut raw = Vec::new();
+    (&mut stream)
+        .take(MAX_RESPONSE as u64 + 64 * 1024)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(io)?;
+    parse_response(&raw).map_err(|reason| ApiClientError::Malformed { addr, reason })
+}
+
+/// Parses a whole HTTP/1.1 response (fixed length, chunked, or read to close).
+pub fn parse_response(raw: &[u8]) -> Result<ApiResponse, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("empty response")?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        }
+        if k == "content-length" {
+            length = Some(v.parse::<usize>().map_err(|_| "bad content-length")?);
+        }
+    }
+    let rest = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = length {
+        rest.get(..n)
+            .ok_or("body shorter than content-length")?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    if body.len() > MAX_RESPONSE {
+        return Err(format!("body over {MAX_RESPONSE} bytes"));
+    }
+    Ok(ApiResponse { status, body })
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).ok_or("truncated chunk")?;
+        out.extend_from_slice(chunk);
+        if out.len() > MAX_RESPONSE {
+            return Err(format!("body over {MAX_RESPONSE} bytes"));
+        }
+        rest = rest.get(size + 2..).ok_or("truncated chunk end")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fixed_and_chunked_bodies() {
+        let r = parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello!!")
+            .expect("parse");
+        assert_eq!((r.status, r.body.as_slice()), (201, b"hello".as_slice()));
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .expect("parse");
+        assert_eq!(r.body, b"abcde");
+        assert!(parse_response(b"garbage").is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nab").is_err());
+    }
+}
