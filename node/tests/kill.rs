@@ -1,0 +1,218 @@
+//! `kill -9` in the middle of training loses nothing: finished results are never retrained, the
+//! interrupted job runs again, and the campaign completes (two `hivemesh run` processes).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::time::{Duration, Instant};
+
+use hivemesh_node::api_client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hivemesh");
+/// Guard against hangs (a debug build on 2 cores).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Node {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, bootstrap: Option<&str>) -> Node {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args([
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(["--sync-interval-ms", "500"])
+        .env("RUST_LOG", "hivemesh_node=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(b) = bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    let mut child = cmd.spawn().expect("spawn hivemesh");
+    let (tx, lines) = sync_channel(10_000);
+    for stream in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Node { child, lines }
+}
+
+/// The next output line matching `pred`, with every line read on the way.
+fn wait_line(node: &Node, seen: &mut Vec<String>, pred: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let Ok(line) = node.lines.recv_timeout(left) else {
+            panic!(
+                "no expected line within the deadline; output so far:\n{}",
+                seen.join("\n")
+            );
+        };
+        seen.push(line.clone());
+        if pred(&line) {
+            return line;
+        }
+    }
+}
+
+fn job_of(line: &str) -> Option<String> {
+    let i = line.find("job=")?;
+    Some(line[i + 4..].chars().take(64).collect())
+}
+
+fn api(dir: &Path) -> SocketAddr {
+    std::fs::read_to_string(dir.join("api.addr"))
+        .expect("api.addr")
+        .trim()
+        .parse()
+        .expect("addr")
+}
+
+fn get(rt: &tokio::runtime::Runtime, dir: &Path, path: &str) -> serde_json::Value {
+    let r = rt
+        .block_on(api_client::request(api(dir), "GET", path, &[], &[]))
+        .expect("api");
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    serde_json::from_slice(&r.body).expect("json")
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hivemesh-kill-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn kill_9_mid_job_loses_nothing_and_resumes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (da, db) = (tmp("a"), tmp("b"));
+    let mut log_a = Vec::new();
+    let mut log_b = Vec::new();
+    let a = start(&da, None);
+    // `hivemesh run` prints its API address before the swarm reports listen addresses.
+    wait_line(&a, &mut log_a, |l| l.starts_with("api "));
+    let line = wait_line(&a, &mut log_a, |l| l.starts_with("listening "));
+    let addr_a = line.trim_start_matches("listening ").to_string();
+    let b = start(&db, Some(&addr_a));
+    wait_line(&b, &mut log_b, |l| l.starts_with("api "));
+    // The roster is the submitting node and its peers: wait until A sees B.
+    let end = Instant::now() + DEADLINE;
+    while get(&rt, &da, "/status")["peers"].as_u64() != Some(1) {
+        assert!(Instant::now() < end, "A never saw B");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Jobs long enough to be killed in the middle of one.
+    let campaign = "name = \"kill test\"\nseed = 3\nredundancy = 2\nquorum = 2\n\
+                    [nas]\npopulation = 4\ngenerations = 2\n\
+                    [budget]\nepochs = 40\nmax_steps = 1500\n";
+    let token = std::fs::read_to_string(da.join("api.token")).expect("token");
+    let auth = format!("Bearer {}", token.trim());
+    let r = rt
+        .block_on(api_client::request(
+            api(&da),
+            "POST",
+            "/campaigns",
+            &[("Authorization", &auth)],
+            campaign.as_bytes(),
+        ))
+        .expect("post");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // Let A finish one job, then kill it while it trains the next.
+    let done = job_of(&wait_line(&a, &mut log_a, |l| l.contains("job finished"))).expect("job");
+    let interrupted =
+        job_of(&wait_line(&a, &mut log_a, |l| l.contains("job started"))).expect("job");
+    assert_ne!(done, interrupted);
+    let finished_before: Vec<String> = log_a
+        .iter()
+        .filter(|l| l.contains("job finished"))
+        .filter_map(|l| job_of(l))
+        .collect();
+    drop(a); // SIGKILL: no shutdown path runs.
+
+    let a = start(&da, Some(&addr_b(&mut log_b, &b)));
+    let mut log_a2 = Vec::new();
+    wait_line(&a, &mut log_a2, |l| l.starts_with("api "));
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let c = get(&rt, &da, &format!("/campaigns/{id}"));
+        if c["finished"].as_bool() == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < end, "campaign did not finish: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while let Ok(l) = a.lines.try_recv() {
+        log_a2.push(l);
+    }
+    let restarted: Vec<String> = log_a2
+        .iter()
+        .filter(|l| l.contains("job started"))
+        .filter_map(|l| job_of(l))
+        .collect();
+    for j in &finished_before {
+        assert!(
+            !restarted.contains(j),
+            "job {j} was finished before the kill and retrained"
+        );
+    }
+    assert!(
+        restarted.contains(&interrupted),
+        "the interrupted job {interrupted} ran again"
+    );
+    let results = get(&rt, &da, &format!("/campaigns/{id}/results"));
+    let results = results.as_array().expect("list");
+    assert_eq!(results.len(), 8, "every job of both generations settled");
+    for r in results {
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["agreeing"].as_array().map(Vec::len), Some(2), "{r}");
+    }
+    let c = get(&rt, &da, &format!("/campaigns/{id}"));
+    assert_eq!(c["results_held"], 8, "A holds a result for every job: {c}");
+    drop(a);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&da);
+    let _ = std::fs::remove_dir_all(&db);
+}
+
+fn addr_b(log_b: &mut Vec<String>, b: &Node) -> String {
+    if let Some(l) = log_b.iter().find(|l| l.starts_with("listening ")) {
+        return l.trim_start_matches("listening ").to_string();
+    }
+    wait_line(b, log_b, |l| l.starts_with("listening "))
+        .trim_start_matches("listening ")
+        .to_string()
+}
