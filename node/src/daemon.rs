@@ -38,7 +38,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
-use crate::executor::{BlobSource, Executor};
+use crate::executor::{BlobSource, Executed, Executor};
 use crate::net::{
     BLOB_CHUNK, Behaviour, BehaviourEvent, BlobRequest, BlobResponse, CAMPAIGNS_TOPIC,
     MAX_SYNC_BYTES, MAX_SYNC_CAMPAIGNS, NetConfig, SyncRequest, SyncResponse, campaign_topic,
@@ -486,7 +486,7 @@ struct Campaign {
 struct JobDone {
     campaign: CampaignId,
     job: JobId,
-    outcome: Result<(JobResult, Vec<(BlobId, Vec<u8>)>), String>,
+    outcome: Result<Executed, String>,
 }
 
 /// The store as the executor's blob source.
@@ -899,12 +899,11 @@ impl EventLoop {
             })
             .await;
             let outcome = match ran {
-                Ok(Ok(done)) => {
-                    let result = match fault {
-                        Some(Fault::Lie) => lie(done.result),
-                        None => done.result,
-                    };
-                    Ok((result, done.blobs))
+                Ok(Ok(mut done)) => {
+                    if fault == Some(Fault::Lie) {
+                        done.result = lie(done.result);
+                    }
+                    Ok(done)
                 }
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("the job panicked: {e}")),
@@ -921,7 +920,7 @@ impl EventLoop {
 
     fn on_job_done(&mut self, done: JobDone) {
         self.running = self.running.saturating_sub(1);
-        let (result, blobs) = match done.outcome {
+        let Executed { result, blobs } = match done.outcome {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(job = %done.job, "cannot run job here: {e}");
