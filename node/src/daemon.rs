@@ -108,6 +108,8 @@ pub struct Config {
     pub net: NetConfig,
     /// Executor limits.
     pub limits: Limits,
+    /// Gossip messages accepted per forwarding peer per second (more are ignored).
+    pub gossip_rate: f64,
     /// Misbehaviour to inject (tests only).
     pub fault: Option<Fault>,
 }
@@ -125,6 +127,7 @@ impl Config {
             sync_interval: Duration::from_secs(5),
             net: NetConfig::default(),
             limits: Limits::default(),
+            gossip_rate: GOSSIP_RATE_PER_PEER,
             fault: None,
         }
     }
@@ -137,6 +140,8 @@ pub enum Event {
     Listening(Multiaddr),
     /// Connected to a peer.
     Connected(PeerId),
+    /// A network message was validated, fed to the protocol and stored.
+    Accepted(MessageId),
     /// A peer subscribed to a campaign's gossip topic.
     Subscribed {
         /// The peer.
@@ -1012,6 +1017,7 @@ impl EventLoop {
             tracing::error!("cannot store message: {e}");
         }
         self.validated += 1;
+        self.emit(Event::Accepted(mid));
         MessageAcceptance::Accept
     }
 
@@ -1051,10 +1057,8 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
-                let acceptance = if !self
-                    .gossip_rate
-                    .allow(propagation_source, GOSSIP_RATE_PER_PEER)
-                {
+                let rate = self.config.gossip_rate;
+                let acceptance = if !self.gossip_rate.allow(propagation_source, rate) {
                     self.refuse(
                         propagation_source,
                         "over the per-peer gossip rate".into(),

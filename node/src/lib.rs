@@ -2,14 +2,18 @@
 //!
 //! The `hivemesh` binary that contributors and validators run, one per GPU host.
 //!
-//! It will own (see the `node` issue): the libp2p swarm (TCP+noise+yamux and QUIC, Kademlia,
-//! gossipsub with message validation, identify, ping, request-response for blobs and ledger
-//! sync), the event loop that feeds `hivemesh-protocol` and carries out its outputs, job
-//! execution off the event loop, the redb store, the HTTP API and audit mode. It holds no
-//! protocol rules of its own.
+//! Modules:
+//! - [`daemon`]: the running node: [`daemon::Client`], [`daemon::EventLoop`] (owns the swarm,
+//!   the store and one protocol `Peer` per campaign) and [`daemon::Event`]s;
+//! - [`net`]: the libp2p behaviour (gossipsub, Kademlia, identify, ping, sync and blob
+//!   request–response, connection limits) and its wire types;
+//! - [`store`]: the redb database (campaigns, messages, job results, blobs);
+//! - [`executor`]: a protocol job run by the trainer;
+//! - [`http`]: the HTTP API and its manifest; [`api_client`]: the CLI's client for it;
+//! - [`campaign_file`]: campaign TOML files; [`config`]: the node's config file and API token;
+//! - [`identity`]: the node's key on disk.
 //!
-//! Today it owns the node's identity on disk ([`identity`]) and job execution ([`executor`]:
-//! a protocol job spec run by the trainer, as a result to publish).
+//! It holds no protocol rules of its own: see `docs/node.md` for the design.
 
 pub mod api_client;
 pub mod campaign_file;
