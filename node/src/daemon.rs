@@ -60,6 +60,8 @@ pub const MAX_CAMPAIGNS: usize = 64;
 pub const GOSSIP_RATE_PER_PEER: f64 = 500.0;
 /// Sync and blob requests answered per peer per second.
 pub const REQUEST_RATE_PER_PEER: f64 = 50.0;
+/// Connections a node seeks out (through Kademlia) for a well-knit gossip mesh.
+pub const TARGET_PEERS: usize = 4;
 /// Application-score cost of one invalid message received over sync.
 const SYNC_REJECT_PENALTY: f64 = -100.0;
 
@@ -206,14 +208,64 @@ pub struct CampaignStatus {
     pub members: usize,
     /// Stored messages.
     pub messages: u64,
-    /// Jobs settled by agreement.
+    /// Jobs of closed generations that settled (agreed success or failure).
     pub settled: usize,
     /// Jobs this node executed (results held).
     pub results_held: u64,
     /// Closures: generation and root (hex).
     pub closures: Vec<(u32, String)>,
+    /// The current front: settled successful jobs not dominated on (accuracy up, params
+    /// down, FLOPs down), best accuracy first.
+    pub front: Vec<FrontPoint>,
     /// The protocol's one-line summary.
     pub summary: String,
+}
+
+/// One point of a campaign's front.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrontPoint {
+    /// The job.
+    pub job: String,
+    /// Its generation.
+    pub generation: u32,
+    /// Test accuracy.
+    pub accuracy: f64,
+    /// Parameters.
+    pub params: u64,
+    /// FLOPs per sample.
+    pub flops: u64,
+    /// The weights blob, if any.
+    pub artifact: Option<String>,
+}
+
+/// The non-dominated settled jobs (accuracy up, params and FLOPs down), best accuracy first.
+pub fn front(jobs: &[SettledJob]) -> Vec<FrontPoint> {
+    let ok: Vec<&SettledJob> = jobs.iter().filter(|j| j.status == "success").collect();
+    let dominates = |a: &SettledJob, b: &SettledJob| {
+        a.accuracy >= b.accuracy
+            && a.params <= b.params
+            && a.flops <= b.flops
+            && (a.accuracy > b.accuracy || a.params < b.params || a.flops < b.flops)
+    };
+    let mut out: Vec<FrontPoint> = ok
+        .iter()
+        .filter(|j| !ok.iter().any(|o| dominates(o, j)))
+        .map(|j| FrontPoint {
+            job: j.job.clone(),
+            generation: j.generation,
+            accuracy: j.accuracy,
+            params: j.params,
+            flops: j.flops,
+            artifact: j.artifacts.first().cloned(),
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.accuracy
+            .total_cmp(&a.accuracy)
+            .then(a.params.cmp(&b.params))
+    });
+    out.dedup_by(|a, b| a.accuracy == b.accuracy && a.params == b.params && a.flops == b.flops);
+    out
 }
 
 /// The node as a whole.
@@ -665,6 +717,9 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
+        if let Err(e) = self.store.flush() {
+            tracing::error!("cannot flush the store: {e}");
+        }
         tracing::info!("node stopped");
     }
 
@@ -777,6 +832,14 @@ impl EventLoop {
             tracing::warn!("topic score params: {e}");
         }
         self.topics.insert(topic.hash(), id);
+        let already: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic.hash()))
+            .map(|(p, _)| *p)
+            .collect();
         self.campaigns.insert(
             id,
             Campaign {
@@ -786,6 +849,9 @@ impl EventLoop {
             },
         );
         self.emit(Event::CampaignAdded(id));
+        for peer in already {
+            self.emit(Event::Subscribed { peer, campaign: id });
+        }
         Ok(())
     }
 
@@ -1013,7 +1079,7 @@ impl EventLoop {
         if let Some((_, reason, action)) = verdicts.into_iter().find(|(m, _, _)| *m == mid) {
             return self.refuse(from, reason, action);
         }
-        if let Err(e) = self.store.append_messages(&id, [(mid, msg.bytes())]) {
+        if let Err(e) = self.store.append_messages_lazy(&id, [(mid, msg.bytes())]) {
             tracing::error!("cannot store message: {e}");
         }
         self.validated += 1;
@@ -1101,6 +1167,9 @@ impl EventLoop {
     // ---------------------------------------------------------------- sync
 
     fn sync_round(&mut self) {
+        if let Err(e) = self.store.flush() {
+            tracing::error!("cannot flush the store: {e}");
+        }
         self.flush_outbox();
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         if peers.is_empty() {
@@ -1328,9 +1397,26 @@ impl EventLoop {
                         .add_address(&peer_id, endpoint.get_remote_address().clone());
                 }
                 self.emit(Event::Connected(peer_id));
+                if self.swarm.connected_peers().count() < TARGET_PEERS {
+                    // Learn more of the swarm (a no-op query cost when it is small).
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
                 // A new peer may hold what we miss: sync with it now.
                 let sync = &mut self.swarm.behaviour_mut().sync;
                 sync.send_request(&peer_id, SyncRequest::Campaigns);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                addresses,
+                ..
+            })) if self.swarm.connected_peers().count() < TARGET_PEERS
+                && !self.swarm.is_connected(&peer) =>
+            {
+                // Below the target: connect to peers the DHT tells us about, so the gossip
+                // mesh is not limited to the bootstrap tree.
+                let addr = addresses.first().clone();
+                let _ = self.swarm.dial(addr.clone().with_p2p(peer).unwrap_or(addr));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
@@ -1352,6 +1438,7 @@ impl EventLoop {
 
     fn campaign_status(&self, id: &CampaignId) -> Option<CampaignStatus> {
         let c = self.campaigns.get(id)?;
+        let jobs = self.settled(id).unwrap_or_default();
         let spec = &c.spec;
         let (kind, generations) = match &spec.search {
             hivemesh_protocol::spec::Search::Nas(p) => ("nas", p.generations),
@@ -1367,7 +1454,7 @@ impl EventLoop {
             finished: c.peer.finished(),
             members: c.peer.members().len(),
             messages: self.store.message_count(id).unwrap_or(0),
-            settled: c.peer.ledger().settlements().count(),
+            settled: jobs.iter().filter(|j| j.status != "void").count(),
             results_held: self.store.result_count(id).unwrap_or(0),
             closures: c
                 .peer
@@ -1375,6 +1462,7 @@ impl EventLoop {
                 .iter()
                 .map(|(cl, _)| (cl.generation, hex(&cl.root())))
                 .collect(),
+            front: front(&jobs),
             summary: String::new(),
         })
     }

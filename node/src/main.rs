@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use hivemesh_node::api_client::{self, ApiResponse};
 use hivemesh_node::config::{self, FileConfig};
-use hivemesh_node::daemon::{self, CampaignStatus, Config};
+use hivemesh_node::daemon::{self, Config};
 use hivemesh_node::{http, identity};
 use libp2p::Multiaddr;
 
@@ -399,6 +399,17 @@ struct CampaignView {
     results_held: u64,
     #[serde(default)]
     summary: String,
+    #[serde(default)]
+    front: Vec<FrontView>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FrontView {
+    job: String,
+    generation: u32,
+    accuracy: f64,
+    params: u64,
+    flops: u64,
 }
 
 impl CampaignView {
@@ -417,23 +428,6 @@ impl CampaignView {
             self.settled,
             self.results_held
         )
-    }
-}
-
-impl From<CampaignStatus> for CampaignView {
-    fn from(c: CampaignStatus) -> Self {
-        CampaignView {
-            id: c.id,
-            name: c.name,
-            kind: c.kind,
-            generation: c.generation,
-            generations: c.generations,
-            finished: c.finished,
-            members: c.members,
-            settled: c.settled,
-            results_held: c.results_held,
-            summary: c.summary,
-        }
     }
 }
 
@@ -488,8 +482,21 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
             }
             let c: CampaignView = serde_json::from_slice(&r.body)?;
             println!("{}", c.line());
+            if !c.front.is_empty() {
+                println!("front (accuracy up, params and FLOPs down):");
+                for p in &c.front {
+                    println!(
+                        "  {:.4}  {:>9} params  {:>10} FLOPs  gen {}  job {}",
+                        p.accuracy,
+                        p.params,
+                        p.flops,
+                        p.generation,
+                        &p.job[..16.min(p.job.len())]
+                    );
+                }
+            }
             if !c.summary.is_empty() {
-                println!("{}", c.summary);
+                println!("protocol: {}", c.summary);
             }
             Ok(())
         }

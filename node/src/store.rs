@@ -13,7 +13,10 @@
 //! - **blobs**: content-addressed bytes (id = blake3 of the bytes), checked on the way in and on
 //!   the way out.
 //!
-//! Every commit is durable (`fsync`) before it returns. Values are stored as they travel (signed
+//! Every commit of the node's own work (campaigns, own messages, results, blobs) is durable
+//! (`fsync`) before it returns; messages received from peers are committed without waiting for
+//! the disk and made durable by the next durable commit or the periodic flush (a crash can lose
+//! only messages that sync fetches again). Values are stored as they travel (signed
 //! envelopes) or as postcard; every read is checked, so a corrupt record is reported as
 //! [`StoreError::Corrupt`] and never panics the node.
 
@@ -150,7 +153,17 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// Runs `f` in one write transaction committed with `durability`.
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        txn.set_durability(durability).map_err(|e| self.db_err(e))?;
         let out = f(&txn).map_err(|e| self.db_err(e))?;
         txn.commit().map_err(|e| self.db_err(e))?;
         Ok(out)
@@ -207,7 +220,33 @@ impl Store {
         campaign: &CampaignId,
         messages: impl IntoIterator<Item = (MessageId, &'a [u8])>,
     ) -> Result<usize, StoreError> {
-        self.write(|txn| {
+        self.append_with(redb::Durability::Immediate, campaign, messages)
+    }
+
+    /// Like [`Store::append_messages`] but without waiting for the disk: the messages are
+    /// visible at once and reach the disk with the next durable commit ([`Store::flush`] or
+    /// any other write). For messages received from peers, which a crash can only make us
+    /// fetch again by sync; a consistent database is guaranteed either way.
+    pub fn append_messages_lazy<'a>(
+        &self,
+        campaign: &CampaignId,
+        messages: impl IntoIterator<Item = (MessageId, &'a [u8])>,
+    ) -> Result<usize, StoreError> {
+        self.append_with(redb::Durability::None, campaign, messages)
+    }
+
+    /// Makes every earlier commit durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(()))
+    }
+
+    fn append_with<'a>(
+        &self,
+        durability: redb::Durability,
+        campaign: &CampaignId,
+        messages: impl IntoIterator<Item = (MessageId, &'a [u8])>,
+    ) -> Result<usize, StoreError> {
+        self.write_with(durability, |txn| {
             let mut msgs = txn.open_table(MESSAGES)?;
             let mut ids = txn.open_table(MESSAGE_IDS)?;
             let lo = seq_key(campaign, 0);
