@@ -91,6 +91,13 @@ fn seq_key(campaign: &CampaignId, seq: u64) -> [u8; 40] {
     k
 }
 
+/// The sequence number in a message key.
+fn seq_of(key: &[u8]) -> Option<u64> {
+    key.get(32..40)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
 fn pair_key(a: &[u8; 32], b: &[u8; 32]) -> [u8; 64] {
     let mut k = [0u8; 64];
     k[..32].copy_from_slice(a);
@@ -254,8 +261,9 @@ impl Store {
             let mut next = match msgs.range(lo.as_slice()..=hi.as_slice())?.next_back() {
                 Some(row) => {
                     let (k, _) = row?;
-                    let k = k.value();
-                    u64::from_be_bytes(k[32..40].try_into().unwrap_or([0xff; 8])).wrapping_add(1)
+                    let seq = seq_of(k.value())
+                        .ok_or_else(|| redb::Error::Corrupted("message key".into()))?;
+                    seq + 1
                 }
                 None => 0,
             };
@@ -306,12 +314,7 @@ impl Store {
                 break;
             }
             size += v.len();
-            let seq = k
-                .value()
-                .get(32..40)
-                .and_then(|s| s.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| self.corrupt("message key"))?;
+            let seq = seq_of(k.value()).ok_or_else(|| self.corrupt("message key"))?;
             next = seq + 1;
             out.push(v.to_vec());
         }
@@ -331,12 +334,7 @@ impl Store {
             None => Ok(0),
             Some(row) => {
                 let (k, _) = row.map_err(|e| self.db_err(e))?;
-                let seq = k
-                    .value()
-                    .get(32..40)
-                    .and_then(|s| s.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| self.corrupt("message key"))?;
+                let seq = seq_of(k.value()).ok_or_else(|| self.corrupt("message key"))?;
                 Ok(seq + 1)
             }
         }

@@ -11,14 +11,7 @@ const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_run_a_nas_campaign_to_agreement() {
-    let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("agree{i}"))).collect();
-    let first = start_node(0, test_config(dirs[0].path())).await;
-    let mut nodes = vec![first];
-    for (i, dir) in dirs.iter().enumerate().skip(1) {
-        let mut cfg = test_config(dir.path());
-        cfg.bootstrap = nodes[0].addrs.clone();
-        nodes.push(start_node(i as u64, cfg).await);
-    }
+    let (_dirs, mut nodes) = cluster("agree", 3, |_, _| {}).await;
     let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
     let spec = digits_nas_spec(&roster, 4, 2, 11);
     let id = nodes[0]
@@ -30,21 +23,7 @@ async fn three_nodes_run_a_nas_campaign_to_agreement() {
 
     let mut roots = Vec::new();
     for n in &mut nodes {
-        let mut closed = Vec::new();
-        wait_for(&mut n.events, CAMPAIGN_TIMEOUT, |e| match e {
-            Event::Closed {
-                campaign,
-                generation,
-                root,
-            } if *campaign == id => {
-                closed.push((*generation, *root));
-                None
-            }
-            Event::Finished(c) if *c == id => Some(()),
-            _ => None,
-        })
-        .await;
-        roots.push(closed);
+        roots.push(wait_finished(n, id).await);
     }
     assert_eq!(roots[0].len(), 2, "two generations closed: {roots:?}");
     assert!(
