@@ -1535,6 +1535,15 @@ impl EventLoop {
             Command::Submit(spec, tx) => {
                 let result = (|| {
                     spec.validate().map_err(|e| e.to_string())?;
+                    if spec.roster.len() < usize::from(spec.redundancy) {
+                        return Err(format!(
+                            "the roster has {} member(s) but every job wants {} executors: \
+                             generation 0 would wait for job deadlines; lower `redundancy`, \
+                             connect to more peers first, or list their keys in `roster`",
+                            spec.roster.len(),
+                            spec.redundancy
+                        ));
+                    }
                     if spec.roster.len() < usize::from(spec.quorum) {
                         return Err(format!(
                             "the roster has {} member(s) but a job needs {} agreeing executors: \

@@ -46,8 +46,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
     ));
 
     // Submit a campaign (roster: A and its connected peer B), so {id} endpoints have one.
-    let toml =
-        "name = \"api test\"\n[nas]\npopulation = 2\ngenerations = 1\n[budget]\nmax_steps = 5\n";
+    let toml = "name = \"api test\"\nredundancy = 2\n[nas]\npopulation = 2\ngenerations = 1\n[budget]\nmax_steps = 5\n";
     let auth = format!("Bearer {token}");
     let r = call(addr, "POST", "/campaigns", &[], toml).await;
     assert_eq!(r.status, 401, "no token: {}", r.text());
