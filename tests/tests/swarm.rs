@@ -12,19 +12,7 @@ const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(300);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_run_a_nas_campaign_to_agreement() {
     let (_dirs, mut nodes) = cluster("agree", 3, |_, _| {}).await;
-    let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
-    let spec = digits_nas_spec(&roster, 4, 2, 11);
-    let id = nodes[0]
-        .client
-        .submit(spec)
-        .await
-        .expect("node up")
-        .expect("campaign accepted");
-
-    let mut roots = Vec::new();
-    for n in &mut nodes {
-        roots.push(wait_finished(n, id).await);
-    }
+    let (id, roots) = run_to_end(&mut nodes, 11).await;
     assert_eq!(roots[0].len(), 2, "two generations closed: {roots:?}");
     assert!(
         roots.iter().all(|r| *r == roots[0]),
@@ -103,6 +91,28 @@ async fn cluster(
         nodes.push(start_node(i as u64, cfg).await);
     }
     (dirs, nodes)
+}
+
+/// Node 0 submits a 4-job, 2-generation digits campaign run by all of `nodes`; waits until
+/// every node saw it finish and returns its id and each node's closures.
+async fn run_to_end(
+    nodes: &mut [hivemesh_tests::TestNode],
+    seed: u64,
+) -> (hivemesh_protocol::CampaignId, Vec<Vec<(u32, [u8; 32])>>) {
+    let roster: Vec<_> = (0..nodes.len() as u64)
+        .map(|i| test_key(i).public())
+        .collect();
+    let id = nodes[0]
+        .client
+        .submit(digits_nas_spec(&roster, 4, 2, seed))
+        .await
+        .expect("up")
+        .expect("accepted");
+    let mut roots = Vec::new();
+    for n in nodes.iter_mut() {
+        roots.push(wait_finished(n, id).await);
+    }
+    (id, roots)
 }
 
 async fn wait_finished(
@@ -282,17 +292,7 @@ async fn forged_and_oversized_messages_are_rejected_and_cost_gossip_score() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_syncs_the_whole_ledger() {
     let (dirs, mut nodes) = cluster("late", 3, |_, _| {}).await;
-    let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
-    let id = nodes[0]
-        .client
-        .submit(digits_nas_spec(&roster, 4, 2, 31))
-        .await
-        .expect("up")
-        .expect("accepted");
-    let mut roots = Vec::new();
-    for n in &mut nodes {
-        roots.push(wait_finished(n, id).await);
-    }
+    let (id, roots) = run_to_end(&mut nodes, 31).await;
     // Node 3 arrives after the end: it learns the campaign and its history by sync alone.
     let late_dir = TempDir::new("late3");
     let mut cfg = test_config(late_dir.path());
@@ -323,17 +323,7 @@ async fn a_late_joiner_syncs_the_whole_ledger() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_rebuilds_the_same_ledger_from_its_store() {
     let (dirs, mut nodes) = cluster("restart", 3, |_, _| {}).await;
-    let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
-    let id = nodes[0]
-        .client
-        .submit(digits_nas_spec(&roster, 4, 2, 41))
-        .await
-        .expect("up")
-        .expect("accepted");
-    let mut roots = Vec::new();
-    for n in &mut nodes {
-        roots.push(wait_finished(n, id).await);
-    }
+    let (id, roots) = run_to_end(&mut nodes, 41).await;
     let before = nodes[0]
         .client
         .settled(id)
@@ -370,6 +360,11 @@ async fn a_restarted_node_rebuilds_the_same_ledger_from_its_store() {
         .expect("restored");
     assert!(status_after.finished);
     assert_eq!(status_after.closures, status_before.closures);
+    assert_eq!(
+        status_after.closures.len(),
+        roots[0].len(),
+        "every closure replayed"
+    );
     assert_eq!(in_order(&after), in_order(&before));
     let scores_after = again.client.scores(id).await.expect("up").expect("known");
     assert_eq!(scores_after, scores_before);
