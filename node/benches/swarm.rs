@@ -11,7 +11,7 @@
 //! 3. **idle RSS**: a `hivemesh run` process with no campaign, after 5 s (goal < 100 MB).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hivemesh_node::daemon::{self, Client, Config, Event};
 use hivemesh_protocol::envelope::Signed;
@@ -36,10 +36,7 @@ fn key(i: u64) -> Keypair {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    hivemesh_node::unix_now().as_millis()
 }
 
 /// A campaign nobody here executes (its roster is two absent keys): nodes follow it and gossip

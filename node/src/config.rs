@@ -100,7 +100,7 @@ pub fn api_token(data_dir: &Path) -> std::io::Result<String> {
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = crate::hex(&bytes);
     std::fs::create_dir_all(data_dir)?;
     crate::identity::write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(token)

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hivemesh_protocol::closure::{Closure, Entry};
@@ -28,7 +28,6 @@ use hivemesh_protocol::message::{JobResult, Outcome};
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
 use hivemesh_protocol::scoring::{self, JobRecord, PeerScore, ScoringRules};
 use hivemesh_protocol::spec::{CampaignSpec, JobPayload, JobSpec};
-use hivemesh_protocol::time::Timestamp;
 use hivemesh_trainer::train::Limits;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::multiaddr::Protocol;
@@ -45,6 +44,7 @@ use crate::net::{
     topic_score_params,
 };
 use crate::store::{Store, StoreError};
+use crate::{hex, unix_now};
 
 /// Commands queued from clients to the event loop.
 pub const COMMAND_CAPACITY: usize = 64;
@@ -592,14 +592,6 @@ impl std::fmt::Debug for EventLoop {
     }
 }
 
-fn unix_now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Timestamp::from_millis(ms)
-}
-
 fn libp2p_key(key: &Keypair) -> Result<libp2p::identity::Keypair, NodeError> {
     libp2p::identity::Keypair::ed25519_from_bytes(key.secret_bytes())
         .map_err(|e| NodeError::Net(format!("identity: {e}")))
@@ -767,13 +759,9 @@ impl EventLoop {
 
     /// Starts following a campaign whose signed spec is stored, replaying its messages.
     fn restore_campaign(&mut self, id: CampaignId, signed: &[u8]) -> Result<(), String> {
-        let ctx = Context {
-            campaign: Some(id),
-            now: unix_now(),
-            max_age: None,
-            max_skew: None,
-        };
-        let spec = Self::decode_campaign(signed, &ctx)?.message().clone();
+        let spec = Self::decode_campaign(signed, &Context::sync(id))?
+            .message()
+            .clone();
         self.follow(spec)?;
         let mut from = 0;
         let mut replayed = 0u64;
@@ -1281,11 +1269,10 @@ impl EventLoop {
         match response {
             SyncResponse::Campaigns(list) => {
                 for bytes in list {
+                    // History of any age, for a campaign not yet known.
                     let ctx = Context {
                         campaign: None,
-                        now: unix_now(),
-                        max_age: None,
-                        max_skew: None,
+                        ..Context::sync(CampaignId([0; 32]))
                     };
                     match Self::decode_campaign(&bytes, &ctx) {
                         Ok(signed) => {
@@ -1643,9 +1630,4 @@ fn derived_jobs<'a>(
         }
     }
     jobs
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

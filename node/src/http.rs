@@ -18,7 +18,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use hivemesh_protocol::id::{BlobId, CampaignId};
-use hivemesh_protocol::time::Timestamp;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -380,7 +379,7 @@ async fn post_campaign(
     let spec = tokio::task::spawn_blocking(move || {
         let file = CampaignFile::parse(&text)?;
         let dataset = resolve_dataset(&file.dataset)?;
-        let mut spec = file.to_spec(key, now(), dataset)?;
+        let mut spec = file.to_spec(key, crate::unix_now(), dataset)?;
         if file.roster.is_empty() {
             // No roster given: the submitting node and the peers connected now vote on
             // generation 0 (others join at generation boundaries).
@@ -410,14 +409,6 @@ async fn post_campaign(
         axum::Json(json!({ "id": id.to_string() })),
     )
         .into_response())
-}
-
-fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Timestamp::from_millis(ms)
 }
 
 async fn get_campaign(

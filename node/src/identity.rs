@@ -75,11 +75,7 @@ pub fn save(data_dir: &Path, key: &Keypair, force: bool) -> Result<PathBuf, Iden
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let hex: String = key
-        .secret_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::hex(&key.secret_bytes());
     write_private(&path, format!("{HEADER}\n{hex}\n").as_bytes()).map_err(io)?;
     Ok(path)
 }

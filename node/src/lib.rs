@@ -15,6 +15,20 @@
 //!
 //! It holds no protocol rules of its own: see `docs/node.md` for the design.
 
+/// Lower-case hex of bytes (closure roots, genomes, tokens, key files).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The wall clock as a protocol timestamp (the node passes time into the protocol from here).
+pub fn unix_now() -> hivemesh_protocol::Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    hivemesh_protocol::Timestamp::from_millis(ms)
+}
+
 pub mod api_client;
 pub mod campaign_file;
 pub mod config;

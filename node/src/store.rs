@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
 use hivemesh_protocol::message::JobResult;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// The store's file name inside the data directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -434,11 +434,5 @@ impl Store {
             .get(id.as_bytes().as_slice())
             .map_err(|e| self.db_err(e))?;
         Ok(v.map(|v| v.value().len() as u64))
-    }
-
-    /// How many blobs are stored.
-    pub fn blob_count(&self) -> Result<u64, StoreError> {
-        let t = self.read_table(BLOBS)?;
-        t.len().map_err(|e| self.db_err(e))
     }
 }

@@ -226,12 +226,7 @@ async fn forged_and_oversized_messages_are_rejected_and_cost_gossip_score() {
     let claim = Claim {
         campaign: id,
         job: hivemesh_protocol::JobId([9; 32]),
-        issued_at: hivemesh_protocol::Timestamp(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_millis() as u64,
-        ),
+        issued_at: hivemesh_node::unix_now(),
     };
     let signed = Signed::sign_and_encode(claim, &test_key(0)).expect("sign");
     let mut forged = signed.bytes().to_vec();
