@@ -21,23 +21,25 @@ use futures::StreamExt;
 use hivemesh_protocol::closure::{Closure, Entry};
 use hivemesh_protocol::derive::Derivation;
 use hivemesh_protocol::envelope::{AnySigned, Context, Signed};
-use hivemesh_protocol::error::PeerAction;
+use hivemesh_protocol::error::{DecodeError, PeerAction};
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
 use hivemesh_protocol::identity::{Keypair, PeerKey};
-use hivemesh_protocol::message::{JobResult, Outcome};
+use hivemesh_protocol::message::{JobResult, Kind, Outcome};
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
 use hivemesh_protocol::scoring::{self, JobRecord, PeerScore, ScoringRules};
 use hivemesh_protocol::spec::{CampaignSpec, JobPayload, JobSpec};
 use hivemesh_trainer::train::Limits;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, ResponseChannel};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
-use crate::executor::{BlobSource, Executed, Executor};
+use crate::executor::{BlobSource, Executed, Executor, needed_blobs};
+use crate::fetch::{BlobFetch, MAX_BLOB_LEN, MAX_FETCHES, Step};
+use crate::metrics::Metrics;
 use crate::net::{
     BLOB_CHUNK, Behaviour, BehaviourEvent, BlobRequest, BlobResponse, CAMPAIGNS_TOPIC,
     MAX_SYNC_BYTES, MAX_SYNC_CAMPAIGNS, NetConfig, SyncRequest, SyncResponse, campaign_topic,
@@ -58,8 +60,12 @@ pub const OUTBOX_CAPACITY: usize = 4096;
 pub const MAX_CAMPAIGNS: usize = 64;
 /// Gossip messages accepted per forwarding peer per second (more are ignored, not forwarded).
 pub const GOSSIP_RATE_PER_PEER: f64 = 500.0;
-/// Sync and blob requests answered per peer per second.
+/// Sync requests answered per peer per second.
 pub const REQUEST_RATE_PER_PEER: f64 = 50.0;
+/// Blob chunk requests answered per peer per second (256 KiB each: 50 MiB/s).
+pub const BLOB_RATE_PER_PEER: f64 = 200.0;
+/// Blobs this node announces as a provider when it starts (the rest are still served).
+pub const MAX_ANNOUNCED_BLOBS: usize = 4096;
 /// Connections a node seeks out (through Kademlia) for a well-knit gossip mesh.
 pub const TARGET_PEERS: usize = 4;
 /// Application-score cost of one invalid message received over sync.
@@ -89,6 +95,8 @@ pub enum NodeError {
 pub enum Fault {
     /// Publish wrong results: every successful result's `correct` is off by one.
     Lie,
+    /// Serve blobs with their first byte flipped.
+    CorruptBlobs,
 }
 
 /// How to run a node.
@@ -178,6 +186,30 @@ pub enum Event {
     },
     /// A campaign's last generation closed.
     Finished(CampaignId),
+    /// A job could not be run here after all (a blob it needs cannot be found, the dataset is
+    /// missing, ...); the protocol lets the next-ranked peers take it over.
+    JobAbandoned {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// A blob was fetched from a peer, hash-checked and stored.
+    BlobFetched {
+        /// The blob.
+        id: BlobId,
+        /// The peer that gave it.
+        from: PeerId,
+    },
+    /// No peer gave a blob.
+    BlobFetchFailed {
+        /// The blob.
+        id: BlobId,
+        /// Why.
+        reason: String,
+    },
     /// A message was refused.
     Rejected {
         /// The peer that forwarded it.
@@ -410,6 +442,8 @@ enum Command {
     ),
     PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
     Blob(BlobId, oneshot::Sender<Result<Option<Vec<u8>>, String>>),
+    PutBlob(Vec<u8>, oneshot::Sender<Result<BlobId, String>>),
+    FetchBlob(BlobId, oneshot::Sender<Result<Vec<u8>, String>>),
     PeerKeys(oneshot::Sender<Vec<PeerKey>>),
 }
 
@@ -420,6 +454,7 @@ pub struct Client {
     events: broadcast::Sender<Event>,
     peer_id: PeerId,
     key: PeerKey,
+    metrics: Arc<Metrics>,
 }
 
 /// The node stopped before answering.
@@ -442,6 +477,11 @@ impl Client {
     /// The node's signing key.
     pub fn key(&self) -> PeerKey {
         self.key
+    }
+
+    /// The node's metrics (counted by the event loop).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Subscribes to the node's events (from now on).
@@ -497,6 +537,18 @@ impl Client {
         self.ask(|tx| Command::Blob(id, tx)).await
     }
 
+    /// Stores a blob (a reference model, a teacher), announces this node as its provider, and
+    /// returns its id. At most [`MAX_BLOB_LEN`] bytes.
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<Result<BlobId, String>, Stopped> {
+        self.ask(|tx| Command::PutBlob(bytes, tx)).await
+    }
+
+    /// A blob from this node's store, or else fetched from the peers that provide it
+    /// (hash-checked, then stored here).
+    pub async fn fetch_blob(&self, id: BlobId) -> Result<Result<Vec<u8>, String>, Stopped> {
+        self.ask(|tx| Command::FetchBlob(id, tx)).await
+    }
+
     /// This node's gossipsub score of a peer.
     pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, Stopped> {
         self.ask(|tx| Command::GossipScore(peer, tx)).await
@@ -546,6 +598,15 @@ struct JobDone {
     outcome: Result<Executed, String>,
 }
 
+/// A blob being fetched and who waits for it.
+struct Fetching {
+    fetch: BlobFetch,
+    /// Jobs to start once it is here.
+    jobs: Vec<(CampaignId, JobSpec)>,
+    /// Clients to answer.
+    waiters: Vec<oneshot::Sender<Result<Vec<u8>, String>>>,
+}
+
 /// The store as the executor's blob source.
 struct StoreBlobs(Arc<Store>);
 
@@ -577,10 +638,15 @@ pub struct EventLoop {
     sync_turn: usize,
     gossip_rate: RateLimiter,
     request_rate: RateLimiter,
+    blob_rate: RateLimiter,
     app_scores: HashMap<PeerId, f64>,
     listen_addrs: Vec<Multiaddr>,
     validated: u64,
     rejected: u64,
+    metrics: Arc<Metrics>,
+    fetches: HashMap<BlobId, Fetching>,
+    blob_requests: HashMap<OutboundRequestId, BlobId>,
+    blob_searches: HashMap<kad::QueryId, BlobId>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -650,11 +716,13 @@ pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeEr
     let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let (jobs_tx, jobs_rx) = mpsc::channel(JOB_RESULT_CAPACITY);
+    let metrics = Arc::new(Metrics::new());
     let client = Client {
         tx,
         events: events.clone(),
         peer_id: *swarm.local_peer_id(),
         key: key.public(),
+        metrics: Arc::clone(&metrics),
     };
     let mut ev = EventLoop {
         swarm,
@@ -677,11 +745,27 @@ pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeEr
         sync_turn: 0,
         gossip_rate: RateLimiter::default(),
         request_rate: RateLimiter::default(),
+        blob_rate: RateLimiter::default(),
         app_scores: HashMap::new(),
         listen_addrs: Vec::new(),
         validated: 0,
         rejected: 0,
+        metrics,
+        fetches: HashMap::new(),
+        blob_requests: HashMap::new(),
+        blob_searches: HashMap::new(),
     };
+    // Provider records live in memory: announce what the store holds again.
+    let held = ev.store.blob_ids(MAX_ANNOUNCED_BLOBS + 1)?;
+    if held.len() > MAX_ANNOUNCED_BLOBS {
+        tracing::warn!(
+            "the store holds more than {MAX_ANNOUNCED_BLOBS} blobs: announcing the first \
+             {MAX_ANNOUNCED_BLOBS} (the rest are served to peers who ask)"
+        );
+    }
+    for id in held.iter().take(MAX_ANNOUNCED_BLOBS) {
+        ev.announce_blob(id);
+    }
     for (id, signed) in ev.store.campaigns()? {
         if let Err(e) = ev.restore_campaign(id, &signed) {
             tracing::error!(campaign = %id, "cannot restore campaign: {e}");
@@ -746,20 +830,20 @@ impl EventLoop {
 
     // ---------------------------------------------------------------- campaigns
 
-    fn decode_campaign(bytes: &[u8], ctx: &Context) -> Result<Signed<CampaignSpec>, String> {
-        match AnySigned::verify_and_decode(bytes, ctx) {
-            Ok(AnySigned::Campaign(s)) => Ok(s),
-            Ok(other) => Err(format!(
-                "a {:?} message where a campaign was expected",
-                other.kind()
-            )),
-            Err(e) => Err(e.to_string()),
+    fn decode_campaign(bytes: &[u8], ctx: &Context) -> Result<Signed<CampaignSpec>, DecodeError> {
+        match AnySigned::verify_and_decode(bytes, ctx)? {
+            AnySigned::Campaign(s) => Ok(s),
+            other => Err(DecodeError::KindMismatch {
+                expected: Kind::Campaign,
+                found: other.kind(),
+            }),
         }
     }
 
     /// Starts following a campaign whose signed spec is stored, replaying its messages.
     fn restore_campaign(&mut self, id: CampaignId, signed: &[u8]) -> Result<(), String> {
-        let spec = Self::decode_campaign(signed, &Context::sync(id))?
+        let spec = Self::decode_campaign(signed, &Context::sync(id))
+            .map_err(|e| e.to_string())?
             .message()
             .clone();
         self.follow(spec)?;
@@ -836,6 +920,7 @@ impl EventLoop {
                 topic,
             },
         );
+        self.metrics.campaigns.set(self.campaigns.len() as i64);
         self.emit(Event::CampaignAdded(id));
         for peer in already {
             self.emit(Event::Subscribed { peer, campaign: id });
@@ -869,7 +954,11 @@ impl EventLoop {
 
     /// Feeds one input to a campaign's peer and carries out everything that follows; returns
     /// the peer's verdicts on messages (rejections).
-    fn drive(&mut self, id: CampaignId, input: PeerInput) -> Vec<(MessageId, String, PeerAction)> {
+    fn drive(
+        &mut self,
+        id: CampaignId,
+        input: PeerInput,
+    ) -> Vec<(MessageId, DecodeError, PeerAction)> {
         let mut verdicts = Vec::new();
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
@@ -881,6 +970,9 @@ impl EventLoop {
             for out in outputs {
                 match out {
                     PeerOutput::Broadcast(msg) => {
+                        if msg.kind() == Kind::AuditReport {
+                            Metrics::count(&self.metrics.audits, "outcome", "reported");
+                        }
                         if let Err(e) = self.store.append_messages(&id, [(msg.id(), msg.bytes())]) {
                             tracing::error!("cannot store own message: {e}");
                         }
@@ -896,12 +988,12 @@ impl EventLoop {
                                     result,
                                 });
                             }
-                            Ok(None) => self.spawn_job(id, job),
+                            Ok(None) => self.start_job(id, job),
                             Err(e) => {
                                 tracing::warn!(
                                     "stored result of {job_id} unreadable ({e}); running it again"
                                 );
-                                self.spawn_job(id, job);
+                                self.start_job(id, job);
                             }
                         }
                     }
@@ -910,10 +1002,11 @@ impl EventLoop {
                         error,
                         action,
                     } => {
-                        verdicts.push((mid, error.to_string(), action));
+                        verdicts.push((mid, error, action));
                     }
                     PeerOutput::Closed { generation, root } => {
                         tracing::info!(campaign = %id, generation, root = %hex(&root), "generation closed");
+                        self.count_closure(id, generation);
                         self.emit(Event::Closed {
                             campaign: id,
                             generation,
@@ -930,6 +1023,38 @@ impl EventLoop {
         verdicts
     }
 
+    /// Starts a job the protocol asked for: at once when every blob it needs is held here,
+    /// else after fetching the first missing one from peers.
+    fn start_job(&mut self, campaign: CampaignId, job: JobSpec) {
+        let Some(c) = self.campaigns.get(&campaign) else {
+            return;
+        };
+        let missing = needed_blobs(&c.spec)
+            .into_iter()
+            .find(|(b, _)| !matches!(self.store.blob_len(b), Ok(Some(_))));
+        match missing {
+            None => self.spawn_job(campaign, job),
+            Some((blob, what)) => {
+                tracing::info!(job = %job.id(), %blob, "fetching the {what} from peers first");
+                if let Err(reason) = self.fetch_blob(blob, Some((campaign, job.clone())), None) {
+                    self.abandon(campaign, job.id(), format!("the {what}: {reason}"));
+                }
+            }
+        }
+    }
+
+    /// Tells the protocol a job cannot run here (it frees the slot; others take the job over).
+    fn abandon(&mut self, campaign: CampaignId, job: JobId, reason: String) {
+        tracing::warn!(%campaign, %job, "cannot run job here: {reason}");
+        Metrics::count(&self.metrics.jobs_run, "result", "abandoned");
+        self.emit(Event::JobAbandoned {
+            campaign,
+            job,
+            reason,
+        });
+        self.drive(campaign, PeerInput::JobAbandoned { job });
+    }
+
     fn spawn_job(&mut self, campaign: CampaignId, job: JobSpec) {
         let Some(c) = self.campaigns.get(&campaign) else {
             return;
@@ -942,6 +1067,7 @@ impl EventLoop {
         let fault = self.config.fault;
         let job_id = job.id();
         self.running += 1;
+        self.metrics.jobs_running.set(self.running as i64);
         self.emit(Event::JobStarted {
             campaign,
             job: job_id,
@@ -979,13 +1105,22 @@ impl EventLoop {
 
     fn on_job_done(&mut self, done: JobDone) {
         self.running = self.running.saturating_sub(1);
+        self.metrics.jobs_running.set(self.running as i64);
         let Executed { result, blobs } = match done.outcome {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(job = %done.job, "cannot run job here: {e}");
+                self.abandon(done.campaign, done.job, e);
                 return;
             }
         };
+        let kind = match result.outcome {
+            Outcome::Success(_) => "success",
+            Outcome::Failure(_) => "failure",
+        };
+        Metrics::count(&self.metrics.jobs_run, "result", kind);
+        self.metrics
+            .training_seconds
+            .inc_by(result.wall_time_ms as f64 / 1000.0);
         // Durable before anyone hears of it.
         if let Err(e) = self
             .store
@@ -995,10 +1130,7 @@ impl EventLoop {
             return;
         }
         for (id, _) in &blobs {
-            let key = kad::RecordKey::new(id.as_bytes());
-            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
-                tracing::warn!(blob = %id, "cannot announce blob: {e}");
-            }
+            self.announce_blob(id);
         }
         self.jobs_finished += 1;
         tracing::info!(job = %done.job, "job finished");
@@ -1056,7 +1188,7 @@ impl EventLoop {
             Ok(m) => m,
             Err(e) => {
                 let action = e.peer_action();
-                return self.refuse(from, e.to_string(), action);
+                return self.refuse(from, e.to_string(), e.label(), action);
             }
         };
         let mid = msg.id();
@@ -1064,19 +1196,27 @@ impl EventLoop {
             return MessageAcceptance::Accept;
         }
         let verdicts = self.drive(id, PeerInput::Message(msg.clone()));
-        if let Some((_, reason, action)) = verdicts.into_iter().find(|(m, _, _)| *m == mid) {
-            return self.refuse(from, reason, action);
+        if let Some((_, error, action)) = verdicts.into_iter().find(|(m, _, _)| *m == mid) {
+            return self.refuse(from, error.to_string(), error.label(), action);
         }
         if let Err(e) = self.store.append_messages_lazy(&id, [(mid, msg.bytes())]) {
             tracing::error!("cannot store message: {e}");
         }
         self.validated += 1;
+        Metrics::count(&self.metrics.accepted, "kind", msg.kind().label());
         self.emit(Event::Accepted(mid));
         MessageAcceptance::Accept
     }
 
-    fn refuse(&mut self, from: PeerId, reason: String, action: PeerAction) -> MessageAcceptance {
+    fn refuse(
+        &mut self,
+        from: PeerId,
+        reason: String,
+        label: &'static str,
+        action: PeerAction,
+    ) -> MessageAcceptance {
         self.rejected += 1;
+        Metrics::count(&self.metrics.rejected, "reason", label);
         let penalised = action == PeerAction::Reject;
         tracing::debug!(%from, penalised, "message refused: {reason}");
         self.emit(Event::Rejected {
@@ -1096,11 +1236,12 @@ impl EventLoop {
             Ok(signed) => match self.add_campaign(&signed, false) {
                 Ok(()) => {
                     self.validated += 1;
+                    Metrics::count(&self.metrics.accepted, "kind", Kind::Campaign.label());
                     MessageAcceptance::Accept
                 }
-                Err(e) => self.refuse(from, e, PeerAction::Ignore),
+                Err(e) => self.refuse(from, e, "campaign_refused", PeerAction::Ignore),
             },
-            Err(e) => self.refuse(from, e, PeerAction::Reject),
+            Err(e) => self.refuse(from, e.to_string(), e.label(), e.peer_action()),
         }
     }
 
@@ -1116,6 +1257,7 @@ impl EventLoop {
                     self.refuse(
                         propagation_source,
                         "over the per-peer gossip rate".into(),
+                        "rate_limited",
                         PeerAction::Ignore,
                     )
                 } else if message.topic == self.announce_topic.hash() {
@@ -1324,39 +1466,270 @@ impl EventLoop {
     // ---------------------------------------------------------------- blobs
 
     fn on_blob(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
-        if let request_response::Event::Message {
-            peer,
-            message:
-                request_response::Message::Request {
-                    request, channel, ..
-                },
-            ..
-        } = event
-        {
-            if !self.request_rate.allow(peer, REQUEST_RATE_PER_PEER) {
-                return;
-            }
-            let response = match self.store.blob(&request.id) {
-                Ok(Some(bytes)) => {
-                    let start = (request.offset as usize).min(bytes.len());
-                    let end = (start + BLOB_CHUNK).min(bytes.len());
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.serve_blob(peer, request, channel),
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(id) = self.blob_requests.remove(&request_id) else {
+                    return;
+                };
+                let Some(f) = self.fetches.get_mut(&id) else {
+                    return;
+                };
+                let step = match response {
                     BlobResponse::Chunk {
-                        total: bytes.len() as u64,
-                        offset: start as u64,
-                        data: bytes[start..end].to_vec(),
-                    }
+                        total,
+                        offset,
+                        data,
+                    } => match f.fetch.on_chunk(peer, total, offset, data) {
+                        Ok(step) => step,
+                        Err(bad) => {
+                            let next = f.fetch.next();
+                            self.penalise(peer, bad.to_string());
+                            Metrics::count(&self.metrics.rejected, "reason", "blob_hash");
+                            next
+                        }
+                    },
+                    BlobResponse::NotFound => f.fetch.on_missing(peer, "not found"),
+                };
+                self.advance_fetch(id, step, peer);
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let Some(id) = self.blob_requests.remove(&request_id) else {
+                    return;
+                };
+                if let Some(f) = self.fetches.get_mut(&id) {
+                    let step = f.fetch.on_missing(peer, &error.to_string());
+                    self.advance_fetch(id, step, peer);
                 }
-                Ok(None) => BlobResponse::NotFound,
-                Err(e) => {
-                    tracing::error!("blob {}: {e}", request.id);
-                    BlobResponse::NotFound
+            }
+            _ => {}
+        }
+    }
+
+    fn serve_blob(
+        &mut self,
+        peer: PeerId,
+        request: BlobRequest,
+        channel: ResponseChannel<BlobResponse>,
+    ) {
+        if !self.blob_rate.allow(peer, BLOB_RATE_PER_PEER) {
+            return; // dropping the channel tells the peer no
+        }
+        let response = match self
+            .store
+            .blob_chunk(&request.id, request.offset, BLOB_CHUNK)
+        {
+            Ok(Some((total, mut data))) => {
+                if self.config.fault == Some(Fault::CorruptBlobs)
+                    && let Some(b) = data.first_mut()
+                {
+                    *b ^= 0xff;
                 }
-            };
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .blob
-                .send_response(channel, response);
+                BlobResponse::Chunk {
+                    total,
+                    offset: request.offset.min(total),
+                    data,
+                }
+            }
+            Ok(None) => BlobResponse::NotFound,
+            Err(e) => {
+                tracing::error!("blob {}: {e}", request.id);
+                BlobResponse::NotFound
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .blob
+            .send_response(channel, response);
+    }
+
+    /// Announces this node as a provider of a blob it holds (a Kademlia provider record).
+    fn announce_blob(&mut self, id: &BlobId) {
+        let key = kad::RecordKey::new(id.as_bytes());
+        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+            tracing::warn!(blob = %id, "cannot announce blob: {e}");
+        }
+    }
+
+    /// Stores a blob given by a client and announces it.
+    fn put_blob(&mut self, bytes: &[u8]) -> Result<BlobId, String> {
+        if bytes.len() as u64 > MAX_BLOB_LEN {
+            return Err(format!(
+                "the blob is {} bytes, over the limit of {MAX_BLOB_LEN}",
+                bytes.len()
+            ));
+        }
+        let id = BlobId::of_bytes(bytes);
+        self.store.put_blob(&id, bytes).map_err(|e| e.to_string())?;
+        self.announce_blob(&id);
+        Ok(id)
+    }
+
+    /// Fetches a blob from peers for a job to start and/or a client to answer. Fails at once
+    /// (answering the waiter too) when too many fetches are under way; otherwise the outcome
+    /// arrives later.
+    fn fetch_blob(
+        &mut self,
+        id: BlobId,
+        job: Option<(CampaignId, JobSpec)>,
+        waiter: Option<oneshot::Sender<Result<Vec<u8>, String>>>,
+    ) -> Result<(), String> {
+        if let Some(f) = self.fetches.get_mut(&id) {
+            f.jobs.extend(job);
+            f.waiters.extend(waiter);
+            return Ok(());
+        }
+        if self.fetches.len() >= MAX_FETCHES {
+            let e = format!("{MAX_FETCHES} blob fetches are under way already; try again later");
+            if let Some(w) = waiter {
+                let _ = w.send(Err(e.clone()));
+            }
+            return Err(e);
+        }
+        let query = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_providers(kad::RecordKey::new(id.as_bytes()));
+        self.blob_searches.insert(query, id);
+        let mut fetch = BlobFetch::new(id, true);
+        // Connected peers are asked too (after any provider found): in a small swarm they are
+        // likely holders, and asking costs one round trip.
+        fetch.add_candidates(self.swarm.connected_peers().copied(), false);
+        let step = fetch.next();
+        self.fetches.insert(
+            id,
+            Fetching {
+                fetch,
+                jobs: job.into_iter().collect(),
+                waiters: waiter.into_iter().collect(),
+            },
+        );
+        let me = *self.swarm.local_peer_id();
+        self.advance_fetch(id, step, me);
+        Ok(())
+    }
+
+    /// Carries out a fetch's next step (`from`: the peer that answered last).
+    fn advance_fetch(&mut self, id: BlobId, step: Step, from: PeerId) {
+        match step {
+            Step::Request { peer, offset } => {
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .blob
+                    .send_request(&peer, BlobRequest { id, offset });
+                self.blob_requests.insert(rid, id);
+            }
+            Step::Wait => {}
+            Step::Done(bytes) => {
+                let Some(f) = self.fetches.remove(&id) else {
+                    return;
+                };
+                if let Err(e) = self.store.put_blob(&id, &bytes) {
+                    self.finish_fetch(f, Err(format!("cannot store blob {id}: {e}")));
+                    return;
+                }
+                tracing::info!(blob = %id, bytes = bytes.len(), %from, "blob fetched");
+                Metrics::count(&self.metrics.blob_fetches, "result", "ok");
+                self.metrics.blob_bytes_fetched.inc_by(bytes.len() as u64);
+                self.announce_blob(&id);
+                self.emit(Event::BlobFetched { id, from });
+                self.finish_fetch(f, Ok(bytes));
+            }
+            Step::Failed(reason) => {
+                if let Some(f) = self.fetches.remove(&id) {
+                    Metrics::count(&self.metrics.blob_fetches, "result", "failed");
+                    self.emit(Event::BlobFetchFailed {
+                        id,
+                        reason: reason.clone(),
+                    });
+                    self.finish_fetch(f, Err(reason));
+                }
+            }
+        }
+    }
+
+    /// Answers everyone waiting on a finished fetch: clients get the bytes or the error, jobs
+    /// start (checking their other blobs) or are abandoned.
+    fn finish_fetch(&mut self, f: Fetching, outcome: Result<Vec<u8>, String>) {
+        self.blob_searches.retain(|_, b| *b != f.fetch.id());
+        for w in f.waiters {
+            let _ = w.send(outcome.clone());
+        }
+        for (campaign, job) in f.jobs {
+            match &outcome {
+                Ok(_) => self.start_job(campaign, job),
+                Err(e) => self.abandon(campaign, job.id(), e.clone()),
+            }
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id: query,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            } => {
+                let Some(&blob) = self.blob_searches.get(&query) else {
+                    return;
+                };
+                if step.last {
+                    self.blob_searches.remove(&query);
+                }
+                let Some(f) = self.fetches.get_mut(&blob) else {
+                    return;
+                };
+                let me = *self.swarm.local_peer_id();
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    f.fetch
+                        .add_candidates(providers.into_iter().filter(|p| *p != me), true);
+                }
+                if step.last {
+                    f.fetch.search_done();
+                }
+                if f.fetch.current().is_none() {
+                    let next = f.fetch.next();
+                    self.advance_fetch(blob, next, me);
+                }
+            }
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                addresses,
+                ..
+            } if self.swarm.connected_peers().count() < TARGET_PEERS
+                && !self.swarm.is_connected(&peer) =>
+            {
+                // Below the target: connect to peers the DHT tells us about, so the gossip
+                // mesh is not limited to the bootstrap tree.
+                let addr = addresses.first().clone();
+                let _ = self.swarm.dial(addr.clone().with_p2p(peer).unwrap_or(addr));
+            }
+            _ => {}
         }
     }
 
@@ -1384,7 +1757,25 @@ impl EventLoop {
                         .add_address(&peer_id, endpoint.get_remote_address().clone());
                 }
                 self.emit(Event::Connected(peer_id));
-                if self.swarm.connected_peers().count() < TARGET_PEERS {
+                let peers = self.swarm.connected_peers().count();
+                self.metrics.peers.set(peers as i64);
+                // A fetch still searching may find the blob at the newcomer.
+                for f in self.fetches.values_mut() {
+                    f.fetch.add_candidates([peer_id], false);
+                }
+                let idle: Vec<BlobId> = self
+                    .fetches
+                    .iter()
+                    .filter(|(_, f)| f.fetch.current().is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in idle {
+                    if let Some(f) = self.fetches.get_mut(&id) {
+                        let step = f.fetch.next();
+                        self.advance_fetch(id, step, peer_id);
+                    }
+                }
+                if peers < TARGET_PEERS {
                     // Learn more of the swarm (a no-op query cost when it is small).
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
@@ -1392,18 +1783,10 @@ impl EventLoop {
                 let sync = &mut self.swarm.behaviour_mut().sync;
                 sync.send_request(&peer_id, SyncRequest::Campaigns);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer,
-                is_new_peer: true,
-                addresses,
-                ..
-            })) if self.swarm.connected_peers().count() < TARGET_PEERS
-                && !self.swarm.is_connected(&peer) =>
-            {
-                // Below the target: connect to peers the DHT tells us about, so the gossip
-                // mesh is not limited to the bootstrap tree.
-                let addr = addresses.first().clone();
-                let _ = self.swarm.dial(addr.clone().with_p2p(peer).unwrap_or(addr));
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::ConnectionClosed { .. } => {
+                let peers = self.swarm.connected_peers().count();
+                self.metrics.peers.set(peers as i64);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
@@ -1418,6 +1801,44 @@ impl EventLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Counts a just-closed generation's settlements and audit verdicts in the metrics.
+    fn count_closure(&self, id: CampaignId, generation: u32) {
+        let Some(c) = self.campaigns.get(&id) else {
+            return;
+        };
+        let closures = c.peer.closures();
+        let Some((closure, _)) = closures.iter().find(|(cl, _)| cl.generation == generation) else {
+            return;
+        };
+        for entry in &closure.entries {
+            let status = match entry {
+                Entry::Settled { settlement, .. } => match settlement.canonical {
+                    Outcome::Success(_) => "success",
+                    Outcome::Failure(_) => "failure",
+                },
+                Entry::Void { .. } => "void",
+            };
+            Metrics::count(&self.metrics.jobs_settled, "status", status);
+        }
+        for v in &closure.verdicts {
+            let original = closures
+                .iter()
+                .flat_map(|(cl, _)| &cl.entries)
+                .find_map(|e| match e {
+                    Entry::Settled {
+                        job, settlement, ..
+                    } if *job == v.job => Some(settlement),
+                    _ => None,
+                });
+            let outcome = match (&v.jury, original) {
+                (None, _) => "confirmed",
+                (Some(_), Some(o)) if v.overturned(o, &c.spec.tolerance) => "overturned",
+                (Some(_), _) => "upheld",
+            };
+            Metrics::count(&self.metrics.audits, "outcome", outcome);
         }
     }
 
@@ -1586,6 +2007,21 @@ impl EventLoop {
             Command::Blob(id, tx) => {
                 let _ = tx.send(self.store.blob(&id).map_err(|e| e.to_string()));
             }
+            Command::PutBlob(bytes, tx) => {
+                let _ = tx.send(self.put_blob(&bytes));
+            }
+            Command::FetchBlob(id, tx) => match self.store.blob(&id) {
+                Ok(Some(bytes)) => {
+                    let _ = tx.send(Ok(bytes));
+                }
+                Ok(None) => {
+                    // The fetch answers `tx`, also when it cannot start.
+                    let _ = self.fetch_blob(id, None, Some(tx));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            },
             Command::GossipScore(peer, tx) => {
                 let _ = tx.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }

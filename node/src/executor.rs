@@ -387,6 +387,17 @@ pub fn builtin_digits() -> DatasetRef {
     }
 }
 
+/// The blobs every job of a campaign needs before it can run (the loss search's reference
+/// model, the distillation teacher), with what each is. The node fetches missing ones from
+/// peers before it starts the job.
+pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
+    match &spec.search {
+        Search::Nas(_) => Vec::new(),
+        Search::Loss(p) => vec![(p.reference_model, "reference model")],
+        Search::Distill(p) => vec![(p.teacher, "teacher")],
+    }
+}
+
 fn fetch(blobs: &dyn BlobSource, id: &BlobId, what: &'static str) -> Result<Vec<u8>, ExecError> {
     let bytes = blobs.blob(id).ok_or_else(|| ExecError::Blob {
         id: *id,

@@ -2,7 +2,7 @@
 //! machine-readable `/manifest.json` describing every endpoint.
 //!
 //! Served on 127.0.0.1 by default (`hivemesh run --http ADDR`; a non-loopback address needs
-//! `--http-public`). Reads are open to whoever can reach the port; `POST /campaigns` needs the
+//! `--http-public`). Reads are open to whoever can reach the port; `POST /campaigns` and `POST /blobs` need the
 //! bearer token kept in `DATA_DIR/api.token` (mode 0600). Errors are JSON `{"error": "…"}` with
 //! 400 (bad input), 401 (no or wrong token), 404 (unknown id) or 503 (node stopping).
 //!
@@ -10,21 +10,19 @@
 //! list an endpoint that is not served, nor miss one that is.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use hivemesh_protocol::id::{BlobId, CampaignId};
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::campaign_file::{CampaignFile, resolve_dataset};
 use crate::daemon::{Client, NodeStatus};
+use crate::fetch::MAX_BLOB_LEN;
 
 /// Largest campaign file accepted by `POST /campaigns`.
 pub const MAX_CAMPAIGN_BODY: usize = 64 * 1024;
@@ -173,20 +171,45 @@ pub const ENDPOINTS: &[Endpoint] = &[
         }],
     },
     Endpoint {
+        uri: "/blobs",
+        input_methods: &["POST"],
+        input_query: "",
+        input_headers: "Authorization: Bearer <DATA_DIR/api.token>",
+        input_body: "the blob's bytes (application/octet-stream), at most 256 MiB",
+        output: "201 {\"id\":\"<blob id>\",\"bytes\":<size>}",
+        documentation: "Store a blob (a loss search's reference model, a distillation teacher) and announce this node as its provider; campaign files name it by id. `hivemesh blob put FILE` does this.",
+        example_calls: &[ExampleCall {
+            method: "POST",
+            query: "",
+            headers: &[("Authorization", "Bearer <token>")],
+            body: "<bytes>",
+            output: "{\"id\":\"<64 hex digits>\",\"bytes\":1234}",
+        }],
+    },
+    Endpoint {
         uri: "/blobs/{id}",
         input_methods: &["GET"],
-        input_query: "",
+        input_query: "fetch=true: ask the peers that provide it when this node does not hold it",
         input_headers: "",
         input_body: "",
-        output: "application/octet-stream: the blob (weights, shards), checked against its id; 404 if not held here",
-        documentation: "Content-addressed artifacts held by this node.",
-        example_calls: &[ExampleCall {
-            method: "GET",
-            query: "",
-            headers: &[],
-            body: "",
-            output: "<bytes>",
-        }],
+        output: "application/octet-stream: the blob (weights, shards), checked against its id; 404 if not held here (or, with fetch=true, if no peer gave it)",
+        documentation: "Content-addressed artifacts held by this node or, with fetch=true, by its peers.",
+        example_calls: &[
+            ExampleCall {
+                method: "GET",
+                query: "",
+                headers: &[],
+                body: "",
+                output: "<bytes>",
+            },
+            ExampleCall {
+                method: "GET",
+                query: "fetch=true",
+                headers: &[],
+                body: "",
+                output: "<bytes>",
+            },
+        ],
     },
     Endpoint {
         uri: "/metrics",
@@ -195,7 +218,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         input_headers: "",
         input_body: "",
         output: "text/plain: Prometheus exposition format",
-        documentation: "Peers, jobs, messages validated and rejected, campaigns.",
+        documentation: "Peers, campaigns, jobs running; messages accepted by kind and rejected by reason; jobs run (success, failure, abandoned) and settled (success, failure, void); training seconds; audit outcomes (reported, confirmed, upheld, overturned); blob fetches.",
         example_calls: &[ExampleCall {
             method: "GET",
             query: "",
@@ -211,64 +234,6 @@ pub const ENDPOINTS: &[Endpoint] = &[
 pub struct ApiState {
     client: Client,
     token: Arc<String>,
-    metrics: Arc<ApiMetrics>,
-}
-
-#[derive(Debug)]
-struct ApiMetrics {
-    registry: Registry,
-    peers: Gauge,
-    jobs_running: Gauge,
-    jobs_finished: Gauge<u64, AtomicU64>,
-    validated: Gauge<u64, AtomicU64>,
-    rejected: Gauge<u64, AtomicU64>,
-    campaigns: Gauge,
-}
-
-impl ApiMetrics {
-    fn new() -> ApiMetrics {
-        let mut registry = Registry::with_prefix("hivemesh");
-        let m = ApiMetrics {
-            peers: Gauge::default(),
-            jobs_running: Gauge::default(),
-            jobs_finished: Gauge::default(),
-            validated: Gauge::default(),
-            rejected: Gauge::default(),
-            campaigns: Gauge::default(),
-            registry: Registry::default(),
-        };
-        registry.register("peers", "Connected peers", m.peers.clone());
-        registry.register("jobs_running", "Jobs training now", m.jobs_running.clone());
-        registry.register(
-            "jobs_finished",
-            "Jobs finished since start",
-            m.jobs_finished.clone(),
-        );
-        registry.register(
-            "messages_validated",
-            "Network messages validated since start",
-            m.validated.clone(),
-        );
-        registry.register(
-            "messages_rejected",
-            "Network messages refused since start",
-            m.rejected.clone(),
-        );
-        registry.register("campaigns", "Campaigns followed", m.campaigns.clone());
-        ApiMetrics { registry, ..m }
-    }
-
-    fn render(&self, s: &NodeStatus) -> Result<String, std::fmt::Error> {
-        self.peers.set(s.peers as i64);
-        self.jobs_running.set(s.jobs_running as i64);
-        self.jobs_finished.set(s.jobs_finished);
-        self.validated.set(s.messages_validated);
-        self.rejected.set(s.messages_rejected);
-        self.campaigns.set(s.campaigns.len() as i64);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
-    }
 }
 
 impl ApiState {
@@ -277,7 +242,6 @@ impl ApiState {
         ApiState {
             client,
             token: Arc::new(token),
-            metrics: Arc::new(ApiMetrics::new()),
         }
     }
 }
@@ -451,25 +415,72 @@ async fn get_scores(
     Ok(axum::Json(rows).into_response())
 }
 
-async fn get_blob(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `GET /blobs/{id}` query: `fetch=true` asks peers for a blob this node does not hold.
+#[derive(Debug, serde::Deserialize)]
+struct BlobQuery {
+    #[serde(default)]
+    fetch: bool,
+}
+
+async fn get_blob(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<BlobQuery>,
+) -> Result<Response, ApiError> {
     let id: BlobId = id
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("blob id {id:?}: {e}")))?;
-    let bytes = s
-        .client
-        .blob(id)
-        .await
-        .map_err(stopped)?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
-        .ok_or_else(|| not_found(format!("blob {id} is not held by this node")))?;
+    let bytes = if q.fetch {
+        s.client
+            .fetch_blob(id)
+            .await
+            .map_err(stopped)?
+            .map_err(|e| not_found(format!("blob {id}: {e}")))?
+    } else {
+        s.client
+            .blob(id)
+            .await
+            .map_err(stopped)?
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
+            .ok_or_else(|| {
+                not_found(format!(
+                    "blob {id} is not held by this node (add ?fetch=true to ask peers)"
+                ))
+            })?
+    };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
+async fn post_blob(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if !bearer_ok(&headers, &s.token) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "POST /blobs needs `Authorization: Bearer <token>` (the token is in DATA_DIR/api.token)".into(),
+        ));
+    }
+    let len = body.len();
+    let id = s
+        .client
+        .put_blob(body.to_vec())
+        .await
+        .map_err(stopped)?
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "id": id.to_string(), "bytes": len })),
+    )
+        .into_response())
+}
+
 async fn get_metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    let st = s.client.status().await.map_err(stopped)?;
     let text = s
-        .metrics
-        .render(&st)
+        .client
+        .metrics()
+        .render()
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
         [(
@@ -489,6 +500,9 @@ fn handler(uri: &str) -> Option<MethodRouter<ApiState>> {
         "/campaigns/{id}" => get(get_campaign),
         "/campaigns/{id}/results" => get(get_results),
         "/campaigns/{id}/scores" => get(get_scores),
+        "/blobs" => {
+            axum::routing::post(post_blob).layer(DefaultBodyLimit::max(MAX_BLOB_LEN as usize))
+        }
         "/blobs/{id}" => get(get_blob),
         "/metrics" => get(get_metrics),
         _ => return None,

@@ -13,6 +13,20 @@ use hivemesh_node::daemon::{self, Config};
 use hivemesh_node::{http, identity};
 use libp2p::Multiaddr;
 
+/// `println!` that ends the process quietly when stdout is closed (`hivemesh status | head`),
+/// as a SIGPIPE would, instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// hivemesh: a peer-to-peer swarm that searches for better neural networks and computes ML work
 /// everyone can trust.
 ///
@@ -54,8 +68,36 @@ enum Command {
     /// Submit and follow campaigns (through the running node's API).
     #[command(subcommand)]
     Campaign(CampaignCmd),
+    /// Store and fetch content-addressed blobs (reference models, teachers, weights) through
+    /// the running node.
+    #[command(subcommand)]
+    Blob(BlobCmd),
     /// The running node's state: peers, jobs, campaigns.
     Status(ApiArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BlobCmd {
+    /// Store a file in the node and announce the node as its provider; prints the blob id
+    /// (what a campaign file's `reference_model` or `teacher` names). Campaign files may also
+    /// say `teacher = "file:PATH"`: `campaign submit` then uploads the file itself.
+    Put {
+        /// The file (at most 256 MiB).
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Write a blob to a file: from the node's store, or else fetched from the peers that
+    /// provide it (hash-checked).
+    Get {
+        /// The blob id (64 hex digits).
+        id: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -127,7 +169,8 @@ enum CampaignCmd {
         api: ApiArgs,
     },
     /// Write a campaign's agreed results (results.json, results.csv) and the best model's
-    /// weights (best-weights.bin, when this node holds them) to a directory.
+    /// weights (best-weights.bin, fetched from peers when this node does not hold them) to a
+    /// directory.
     Export {
         /// The campaign id.
         id: String,
@@ -179,12 +222,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen { force } => {
             let key = identity::generate()?;
             let path = identity::save(&cli.data_dir, &key, force)?;
-            println!("wrote {}", path.display());
-            println!("peer key {}", key.public());
+            say!("wrote {}", path.display());
+            say!("peer key {}", key.public());
             Ok(())
         }
         Command::Id => {
-            println!("{}", load_identity(&cli.data_dir)?.public());
+            say!("{}", load_identity(&cli.data_dir)?.public());
             Ok(())
         }
         Command::Run(args) => {
@@ -192,27 +235,30 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             run(&cli.data_dir, args, file)
         }
         Command::Campaign(cmd) => runtime()?.block_on(campaign(&cli.data_dir, cmd)),
+        Command::Blob(cmd) => runtime()?.block_on(blob(&cli.data_dir, cmd)),
         Command::Status(api) => runtime()?.block_on(async {
             let r = get(&cli.data_dir, &api, "/status").await?;
             if api.json {
-                println!("{}", r.text());
+                say!("{}", r.text());
                 return Ok(());
             }
             let s: serde_json::Value = serde_json::from_slice(&r.body)?;
-            println!("peer id   {}", s["peer_id"].as_str().unwrap_or("?"));
-            println!("key       {}", s["key"].as_str().unwrap_or("?"));
-            println!("peers     {}", s["peers"]);
-            println!(
+            say!("peer id   {}", s["peer_id"].as_str().unwrap_or("?"));
+            say!("key       {}", s["key"].as_str().unwrap_or("?"));
+            say!("peers     {}", s["peers"]);
+            say!(
                 "jobs      {} running, {} finished",
-                s["jobs_running"], s["jobs_finished"]
+                s["jobs_running"],
+                s["jobs_finished"]
             );
-            println!(
+            say!(
                 "messages  {} validated, {} rejected",
-                s["messages_validated"], s["messages_rejected"]
+                s["messages_validated"],
+                s["messages_rejected"]
             );
             for c in s["campaigns"].as_array().into_iter().flatten() {
                 if let Ok(c) = serde_json::from_value::<CampaignView>(c.clone()) {
-                    println!("{}", c.line());
+                    say!("{}", c.line());
                 }
             }
             Ok(())
@@ -296,9 +342,9 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async move {
         let (client, event_loop) = daemon::start(cfg.clone(), key.clone())?;
-        println!("hivemesh node {}", client.peer_id());
-        println!("key {}", key.public());
-        println!("data {}", data_dir.display());
+        say!("hivemesh node {}", client.peer_id());
+        say!("key {}", key.public());
+        say!("data {}", data_dir.display());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut http_task = None;
         if let Some(addr) = http_addr {
@@ -309,7 +355,7 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
             let token = config::api_token(data_dir)?;
             std::fs::write(data_dir.join(config::API_ADDR_FILE), bound.to_string())
                 .context("cannot write DATA_DIR/api.addr")?;
-            println!(
+            say!(
                 "api http://{bound} (POST token in {})",
                 data_dir.join(config::API_TOKEN_FILE).display()
             );
@@ -323,7 +369,7 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while let Ok(e) = events.recv().await {
                 if let daemon::Event::Listening(a) = e {
-                    println!("listening {a}");
+                    say!("listening {a}");
                 }
             }
         });
@@ -431,23 +477,99 @@ impl CampaignView {
     }
 }
 
+/// The `Authorization` header value for mutating API calls (the token in DATA_DIR/api.token).
+fn bearer(data_dir: &Path) -> anyhow::Result<String> {
+    let token =
+        std::fs::read_to_string(data_dir.join(config::API_TOKEN_FILE)).with_context(|| {
+            format!(
+                "cannot read the API token in {} (is this the node's --data-dir?)",
+                data_dir.display()
+            )
+        })?;
+    Ok(format!("Bearer {}", token.trim()))
+}
+
+/// Uploads a file as a blob; returns its id.
+async fn put_blob(data_dir: &Path, api: &ApiArgs, file: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let auth = bearer(data_dir)?;
+    let addr = api_addr(data_dir, api);
+    let r = api_client::request(
+        addr,
+        "POST",
+        "/blobs",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &bytes,
+    )
+    .await?;
+    if r.status != 201 {
+        bail!(
+            "the node refused {} ({}): {}",
+            file.display(),
+            r.status,
+            r.error_message()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    Ok(v["id"].as_str().unwrap_or("?").to_string())
+}
+
+/// Replaces `file:PATH` values of `[loss] reference_model` and `[distill] teacher` by the id
+/// of the uploaded file (PATH relative to the campaign file's folder).
+async fn upload_file_blobs(
+    data_dir: &Path,
+    api: &ApiArgs,
+    campaign: &Path,
+    text: String,
+) -> anyhow::Result<String> {
+    let mut doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", campaign.display()))?;
+    let mut changed = false;
+    for (table, key) in [("loss", "reference_model"), ("distill", "teacher")] {
+        let Some(v) = doc.get_mut(table).and_then(|t| t.get_mut(key)) else {
+            continue;
+        };
+        let Some(path) = v.as_str().and_then(|s| s.strip_prefix("file:")) else {
+            continue;
+        };
+        let path = campaign.parent().unwrap_or(Path::new(".")).join(path);
+        let id = put_blob(data_dir, api, &path).await?;
+        eprintln!("uploaded {} as blob {id}", path.display());
+        *v = toml::Value::String(id);
+        changed = true;
+    }
+    Ok(if changed { doc.to_string() } else { text })
+}
+
+async fn blob(data_dir: &Path, cmd: BlobCmd) -> anyhow::Result<()> {
+    match cmd {
+        BlobCmd::Put { file, api } => {
+            say!("{}", put_blob(data_dir, &api, &file).await?);
+            Ok(())
+        }
+        BlobCmd::Get { id, out, api } => {
+            let r = get(data_dir, &api, &format!("/blobs/{id}?fetch=true")).await?;
+            write_new(&out, &r.body)?;
+            say!("wrote {} bytes to {}", r.body.len(), out.display());
+            Ok(())
+        }
+    }
+}
+
 async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
     match cmd {
         CampaignCmd::Submit { file, api } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
+            let text = upload_file_blobs(data_dir, &api, &file, text).await?;
             // Check locally first: a clear error without a round trip.
             hivemesh_node::campaign_file::CampaignFile::parse(&text)
                 .with_context(|| file.display().to_string())?;
-            let token = std::fs::read_to_string(data_dir.join(config::API_TOKEN_FILE))
-                .with_context(|| {
-                    format!(
-                        "cannot read the API token in {} (is this the node's --data-dir?)",
-                        data_dir.display()
-                    )
-                })?;
+            let auth = bearer(data_dir)?;
             let addr = api_addr(data_dir, &api);
-            let auth = format!("Bearer {}", token.trim());
             let r = api_client::request(
                 addr,
                 "POST",
@@ -468,24 +590,24 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
             }
             let v: serde_json::Value = serde_json::from_slice(&r.body)?;
             if api.json {
-                println!("{}", r.text());
+                say!("{}", r.text());
             } else {
-                println!("{}", v["id"].as_str().unwrap_or("?"));
+                say!("{}", v["id"].as_str().unwrap_or("?"));
             }
             Ok(())
         }
         CampaignCmd::Status { id, api } => {
             let r = get(data_dir, &api, &format!("/campaigns/{id}")).await?;
             if api.json {
-                println!("{}", r.text());
+                say!("{}", r.text());
                 return Ok(());
             }
             let c: CampaignView = serde_json::from_slice(&r.body)?;
-            println!("{}", c.line());
+            say!("{}", c.line());
             if !c.front.is_empty() {
-                println!("front (accuracy up, params and FLOPs down):");
+                say!("front (accuracy up, params and FLOPs down):");
                 for p in &c.front {
-                    println!(
+                    say!(
                         "  {:.4}  {:>9} params  {:>10} FLOPs  gen {}  job {}",
                         p.accuracy,
                         p.params,
@@ -496,7 +618,7 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
                 }
             }
             if !c.summary.is_empty() {
-                println!("protocol: {}", c.summary);
+                say!("protocol: {}", c.summary);
             }
             Ok(())
         }
@@ -507,7 +629,7 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
                 let c: CampaignView = serde_json::from_slice(&r.body)?;
                 let line = c.line();
                 if line != last {
-                    println!("{line}");
+                    say!("{line}");
                     last = line;
                 }
                 if c.finished {
@@ -574,16 +696,17 @@ async fn export(data_dir: &Path, id: &str, out: &Path, api: &ApiArgs) -> anyhow:
         }
     }
     write_new(&out.join("results.csv"), csv.as_bytes())?;
-    println!("wrote {} settled jobs to {}", jobs.len(), out.display());
+    say!("wrote {} settled jobs to {}", jobs.len(), out.display());
     if let Some((acc, blob)) = best {
         let addr = api_addr(data_dir, api);
-        let r = api_client::request(addr, "GET", &format!("/blobs/{blob}"), &[], &[]).await?;
+        let path = format!("/blobs/{blob}?fetch=true");
+        let r = api_client::request(addr, "GET", &path, &[], &[]).await?;
         if r.status == 200 {
             write_new(&out.join("best-weights.bin"), &r.body)?;
-            println!("best model: accuracy {acc:.4}, weights {blob} -> best-weights.bin");
+            say!("best model: accuracy {acc:.4}, weights {blob} -> best-weights.bin");
         } else {
-            println!(
-                "best model: accuracy {acc:.4}, weights {blob} (not held by this node: {})",
+            say!(
+                "best model: accuracy {acc:.4}, weights {blob} (neither this node nor its peers gave them: {})",
                 r.error_message()
             );
         }

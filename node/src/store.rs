@@ -427,6 +427,41 @@ impl Store {
         }
     }
 
+    /// Up to `len` bytes of a blob from `offset` (clamped to its end), and its total size:
+    /// what a peer asking for one chunk gets, without copying the rest. (The blob was checked
+    /// against its id when stored; the fetching peer checks the whole again.)
+    pub fn blob_chunk(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let t = self.read_table(BLOBS)?;
+        let v = t
+            .get(id.as_bytes().as_slice())
+            .map_err(|e| self.db_err(e))?;
+        Ok(v.map(|v| {
+            let bytes = v.value();
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = start.saturating_add(len).min(bytes.len());
+            (bytes.len() as u64, bytes[start..end].to_vec())
+        }))
+    }
+
+    /// The ids of up to `limit` blobs held (in id order).
+    pub fn blob_ids(&self, limit: usize) -> Result<Vec<BlobId>, StoreError> {
+        let t = self.read_table(BLOBS)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.db_err(e))?.take(limit) {
+            let (k, _) = row.map_err(|e| self.db_err(e))?;
+            let id: [u8; 32] = k.value().try_into().map_err(|_| self.corrupt("blob key"))?;
+            out.push(BlobId(id));
+        }
+        Ok(out)
+    }
+
     /// The size of a blob, without reading it whole into the caller.
     pub fn blob_len(&self, id: &BlobId) -> Result<Option<u64>, StoreError> {
         let t = self.read_table(BLOBS)?;

@@ -77,6 +77,14 @@ pub enum PeerInput {
         /// Its result.
         result: JobResult,
     },
+    /// A job this peer was asked to run cannot be run here after all (a blob it needs cannot
+    /// be found, the dataset is missing, the host is out of memory): the slot is freed and the
+    /// job is not taken again. Its claim stands, so the next-ranked peers take it over as the
+    /// deadlines pass, exactly as for a peer that went silent.
+    JobAbandoned {
+        /// The job.
+        job: JobId,
+    },
     /// Time passed (call at [`Peer::next_wakeup`] at the latest).
     Tick,
 }
@@ -477,6 +485,11 @@ impl Peer {
                 self.instance.evidence_changed();
             }
             PeerInput::JobDone { job, result } => self.on_job_done(job, result, now, &mut out),
+            PeerInput::JobAbandoned { job } => {
+                // `taken` and `audits_taken` keep it, so it is not picked up again.
+                self.running.remove(&job);
+                self.auditing.remove(&job);
+            }
             PeerInput::Tick => {
                 self.vote_with(now, &mut out, |i, key, env| i.tick(Some(key), env, now))
             }
@@ -1277,5 +1290,45 @@ impl Env for PeerEnv<'_> {
             members: self.next_members(),
             deadline_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::sample_spec;
+
+    fn executed(out: &[PeerOutput]) -> Vec<JobId> {
+        out.iter()
+            .filter_map(|o| match o {
+                PeerOutput::Execute(j) => Some(j.id()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_abandoned_job_frees_its_slot_and_is_not_taken_again() {
+        let key = Keypair::from_secret_bytes([1; 32]);
+        let mut spec = sample_spec();
+        spec.redundancy = 1;
+        spec.quorum = 1;
+        spec.roster = vec![key.public()];
+        let config = PeerConfig {
+            capacity: 1,
+            ..PeerConfig::default()
+        };
+        let now = Timestamp(spec.created_at.0 + 1);
+        let mut peer = Peer::new(spec, key, config, now).expect("valid");
+        let first = executed(&peer.handle(PeerInput::Tick, now));
+        assert_eq!(first.len(), 1, "one slot, one job");
+        assert!(
+            executed(&peer.handle(PeerInput::Tick, now)).is_empty(),
+            "the slot is held while the job runs"
+        );
+        let next = executed(&peer.handle(PeerInput::JobAbandoned { job: first[0] }, now));
+        assert_eq!(next.len(), 1, "the freed slot takes another job");
+        assert_ne!(next[0], first[0], "the abandoned job is not taken again");
+        assert_eq!(peer.running(), 1);
     }
 }
