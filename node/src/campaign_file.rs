@@ -251,7 +251,9 @@ pub struct LossFile {
     /// Largest tree.
     #[serde(default = "default_size")]
     pub max_size: u16,
-    /// The reference model blob (hex id; the node must hold or find it).
+    /// The reference model: a blob id (hex; the node holds it or fetches it from peers),
+    /// `zoo:mlp-N` (Flatten → Dense N → ReLU → Dense) or `zoo:cnn` (the small CNN) built for
+    /// the dataset by the submitting node, or `file:PATH` (uploaded by `campaign submit`).
     pub reference_model: String,
     /// Constant-tuning steps.
     #[serde(default)]
@@ -269,7 +271,8 @@ fn default_size() -> u16 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillFile {
-    /// The teacher blob (hex id).
+    /// The teacher (architecture and weights): a blob id (hex), or `file:PATH` (uploaded by
+    /// `campaign submit`).
     pub teacher: String,
     /// Probabilities kept per sample.
     #[serde(default = "default_top_k")]
@@ -425,6 +428,37 @@ impl CampaignFile {
     }
 }
 
+/// A reference model from the zoo (`zoo:mlp-N`, `zoo:cnn`) for the dataset `source`, as the
+/// blob a loss campaign names (its postcard architecture IR).
+pub fn zoo_model(name: &str, source: &str) -> Result<Vec<u8>, CampaignFileError> {
+    use hivemesh_evolve::arch::Shape;
+    let input = if source == "builtin:digits" {
+        Shape::Image { c: 1, h: 8, w: 8 }
+    } else if source.starts_with("mnist:") {
+        Shape::Image { c: 1, h: 28, w: 28 }
+    } else {
+        return Err(field(
+            "loss.reference_model",
+            format!("zoo models are built for builtin:digits or mnist:DIR, not {source:?}"),
+        ));
+    };
+    let arch = match name {
+        "cnn" => hivemesh_trainer::zoo::small_cnn(input, 10),
+        _ => match name.strip_prefix("mlp-").map(str::parse::<u32>) {
+            Some(Ok(hidden)) if (1..=4096).contains(&hidden) => {
+                hivemesh_trainer::zoo::mlp(input, hidden, 10)
+            }
+            _ => {
+                return Err(field(
+                    "loss.reference_model",
+                    format!("no zoo model {name:?}: use zoo:mlp-N (N in 1..=4096) or zoo:cnn"),
+                ));
+            }
+        },
+    };
+    postcard::to_stdvec(&arch).map_err(|e| field("loss.reference_model", e.to_string()))
+}
+
 /// The dataset reference for a `dataset = "…"` value: `builtin:digits` at once; `mnist:DIR` by
 /// loading the files to learn their content id (every executor checks it).
 pub fn resolve_dataset(source: &str) -> Result<DatasetRef, CampaignFileError> {
@@ -444,4 +478,72 @@ pub fn resolve_dataset(source: &str) -> Result<DatasetRef, CampaignFileError> {
         "dataset",
         format!("{source:?}: use builtin:digits or mnist:DIR"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hivemesh_evolve::arch::Architecture;
+
+    fn spec_of(text: &str, dataset: DatasetRef) -> Result<CampaignSpec, CampaignFileError> {
+        let key = hivemesh_protocol::Keypair::from_secret_bytes([3; 32]).public();
+        CampaignFile::parse(text)?.to_spec(key, Timestamp(1_764_000_000_000), dataset)
+    }
+
+    #[test]
+    fn every_example_campaign_file_makes_a_valid_spec() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.ends_with(".toml") || name == "node.toml" {
+                continue;
+            }
+            let mut text = std::fs::read_to_string(&path).expect("read");
+            // Blob references resolved at submit time stand in as an id here.
+            let any_id = BlobId::of_bytes(b"x").to_string();
+            text = text.replace("\"zoo:mlp-32\"", &format!("\"{any_id}\""));
+            let spec = spec_of(&text, builtin_digits()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            spec.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            seen += 1;
+        }
+        assert!(seen >= 3, "nas-digits, nas-mnist, loss-digits: {seen}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_field() {
+        let base = "name = \"x\"\n[nas]\npopulation = 4\ngenerations = 1\n";
+        spec_of(base, builtin_digits()).expect("minimal file");
+        let e = spec_of(&format!("colour = 1\n{base}"), builtin_digits()).expect_err("typo");
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = spec_of(
+            "name = \"x\"\n[nas]\npopulation = 4\ngenerations = 1\nspace = \"rnn\"\n",
+            builtin_digits(),
+        )
+        .expect_err("space");
+        assert!(e.to_string().contains("nas.space"), "{e}");
+        let e = spec_of("name = \"x\"\n", builtin_digits()).expect_err("no search");
+        assert!(matches!(e, CampaignFileError::Search), "{e}");
+    }
+
+    #[test]
+    fn zoo_models_are_built_for_the_dataset() {
+        let digits = zoo_model("mlp-32", "builtin:digits").expect("mlp");
+        let arch: Architecture = postcard::from_bytes(&digits).expect("IR");
+        // 64*32+32 + 32*10+10
+        assert_eq!(arch.params().expect("params"), 2410);
+        let mnist: Architecture =
+            postcard::from_bytes(&zoo_model("cnn", "mnist:/data").expect("cnn")).expect("IR");
+        assert_eq!(mnist.params().expect("params"), 421_642);
+        for (name, source) in [
+            ("mlp-0", "builtin:digits"),
+            ("mlp-x", "builtin:digits"),
+            ("resnet", "builtin:digits"),
+            ("cnn", "/somewhere"),
+        ] {
+            let e = zoo_model(name, source).expect_err(name);
+            assert!(e.to_string().contains("loss.reference_model"), "{e}");
+        }
+    }
 }

@@ -359,6 +359,12 @@ pub struct SettledJob {
     pub agreeing: Vec<String>,
     /// Executors that did not.
     pub dissenting: Vec<String>,
+    /// The audit verdict, when the job was audited: `confirmed` (every auditor agreed),
+    /// `upheld` (a dispute's jury agreed with the executors) or `overturned` (the jury did
+    /// not: the outcome above is then the jury's, and `agreeing` its jurors).
+    pub audit: Option<String>,
+    /// When overturned: the executors who had agreed on the wrong outcome.
+    pub overturned: Vec<String>,
 }
 
 impl SettledJob {
@@ -384,6 +390,8 @@ impl SettledJob {
             failure: None,
             agreeing: s.agreeing.iter().map(ToString::to_string).collect(),
             dissenting: s.dissenting.iter().map(ToString::to_string).collect(),
+            audit: None,
+            overturned: Vec::new(),
         };
         match &s.canonical {
             Outcome::Success(m) => {
@@ -1498,8 +1506,8 @@ impl EventLoop {
                     } => match f.fetch.on_chunk(peer, total, offset, data) {
                         Ok(step) => step,
                         Err(bad) => {
-                            let next = f.fetch.next();
-                            self.penalise(peer, bad.to_string());
+                            let next = f.fetch.next_step();
+                            self.penalise(peer, format!("blob {id}: {bad}"));
                             Metrics::count(&self.metrics.rejected, "reason", "blob_hash");
                             next
                         }
@@ -1617,7 +1625,7 @@ impl EventLoop {
         // Connected peers are asked too (after any provider found): in a small swarm they are
         // likely holders, and asking costs one round trip.
         fetch.add_candidates(self.swarm.connected_peers().copied(), false);
-        let step = fetch.next();
+        let step = fetch.next_step();
         self.fetches.insert(
             id,
             Fetching {
@@ -1712,7 +1720,7 @@ impl EventLoop {
                     f.fetch.search_done();
                 }
                 if f.fetch.current().is_none() {
-                    let next = f.fetch.next();
+                    let next = f.fetch.next_step();
                     self.advance_fetch(blob, next, me);
                 }
             }
@@ -1771,7 +1779,7 @@ impl EventLoop {
                     .collect();
                 for id in idle {
                     if let Some(f) = self.fetches.get_mut(&id) {
-                        let step = f.fetch.next();
+                        let step = f.fetch.next_step();
                         self.advance_fetch(id, step, peer_id);
                     }
                 }
@@ -1833,12 +1841,10 @@ impl EventLoop {
                     } if *job == v.job => Some(settlement),
                     _ => None,
                 });
-            let outcome = match (&v.jury, original) {
-                (None, _) => "confirmed",
-                (Some(_), Some(o)) if v.overturned(o, &c.spec.tolerance) => "overturned",
-                (Some(_), _) => "upheld",
-            };
-            Metrics::count(&self.metrics.audits, "outcome", outcome);
+            if let Some(o) = original {
+                let label = verdict_label(v, o, &c.spec.tolerance);
+                Metrics::count(&self.metrics.audits, "outcome", label);
+            }
         }
     }
 
@@ -1882,6 +1888,13 @@ impl EventLoop {
     fn settled(&self, id: &CampaignId) -> Option<Vec<SettledJob>> {
         let c = self.campaigns.get(id)?;
         let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
+        let verdicts: BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> = c
+            .peer
+            .closures()
+            .iter()
+            .flat_map(|(cl, _)| &cl.verdicts)
+            .map(|v| (v.job, v))
+            .collect();
         let mut out = Vec::new();
         for (closure, _) in c.peer.closures() {
             for entry in &closure.entries {
@@ -1889,7 +1902,27 @@ impl EventLoop {
                     continue;
                 };
                 out.push(match entry {
-                    Entry::Settled { settlement, .. } => SettledJob::new(spec, settlement),
+                    Entry::Settled { settlement, .. } => match verdicts.get(&entry.job()) {
+                        None => SettledJob::new(spec, settlement),
+                        Some(v) => {
+                            let label = verdict_label(v, settlement, &c.spec.tolerance);
+                            match &v.jury {
+                                Some(jury) if label == "overturned" => SettledJob {
+                                    overturned: settlement
+                                        .agreeing
+                                        .iter()
+                                        .map(ToString::to_string)
+                                        .collect(),
+                                    audit: Some(label.into()),
+                                    ..SettledJob::new(spec, jury)
+                                },
+                                _ => SettledJob {
+                                    audit: Some(label.into()),
+                                    ..SettledJob::new(spec, settlement)
+                                },
+                            }
+                        }
+                    },
                     Entry::Void { .. } => SettledJob::void(spec),
                 });
             }
@@ -2036,6 +2069,20 @@ impl EventLoop {
                 let _ = tx.send(r);
             }
         }
+    }
+}
+
+/// How an audit ended: `confirmed` (no dispute), `upheld` (the jury agreed with the
+/// executors) or `overturned`.
+fn verdict_label(
+    v: &hivemesh_protocol::audit::Verdict,
+    original: &hivemesh_protocol::Settlement,
+    tolerance: &hivemesh_protocol::Tolerance,
+) -> &'static str {
+    match &v.jury {
+        None => "confirmed",
+        Some(_) if v.overturned(original, tolerance) => "overturned",
+        Some(_) => "upheld",
     }
 }
 

@@ -36,14 +36,11 @@ pub enum Step {
     Failed(String),
 }
 
-/// A peer answered against the rules (the caller penalises it; the fetch moves on).
+/// The peer being asked answered against the rules (the caller penalises it; the fetch
+/// moves on).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("peer {peer} sent a bad chunk of blob {blob}: {reason}")]
+#[error("bad blob chunk: {reason}")]
 pub struct BadChunk {
-    /// The peer.
-    pub peer: PeerId,
-    /// The blob.
-    pub blob: BlobId,
     /// What was wrong.
     pub reason: String,
 }
@@ -108,7 +105,7 @@ impl BlobFetch {
 
     /// What to do now: keep asking the current peer, ask the next candidate, wait for the
     /// provider search, or give up.
-    pub fn next(&mut self) -> Step {
+    pub fn next_step(&mut self) -> Step {
         if let Some(peer) = self.current {
             return Step::Request {
                 peer,
@@ -142,11 +139,11 @@ impl BlobFetch {
             self.failures.push(format!("{peer}: {why}"));
             self.current = None;
         }
-        self.next()
+        self.next_step()
     }
 
     /// A chunk from `peer`. `Ok` with the next step, or the rule the peer broke (the fetch
-    /// has dropped it; call [`BlobFetch::next`] to go on).
+    /// has dropped it; call [`BlobFetch::next_step`] to go on).
     pub fn on_chunk(
         &mut self,
         peer: PeerId,
@@ -156,7 +153,7 @@ impl BlobFetch {
     ) -> Result<Step, BadChunk> {
         if self.current != Some(peer) {
             // A late answer from a peer already given up on.
-            return Ok(self.next());
+            return Ok(self.next_step());
         }
         let have = self.buf.len() as u64;
         let broken = if total > MAX_BLOB_LEN {
@@ -198,11 +195,7 @@ impl BlobFetch {
         self.buf = Vec::new();
         self.total = None;
         self.failures.push(format!("{peer}: {reason}"));
-        BadChunk {
-            peer,
-            blob: self.id,
-            reason,
-        }
+        BadChunk { reason }
     }
 }
 
@@ -221,7 +214,7 @@ mod tests {
         let p = peer();
         let mut f = BlobFetch::new(id, false);
         f.add_candidates([p], true);
-        assert_eq!(f.next(), Step::Request { peer: p, offset: 0 });
+        assert_eq!(f.next_step(), Step::Request { peer: p, offset: 0 });
         let step = f.on_chunk(p, 1000, 0, bytes[..400].to_vec()).expect("ok");
         assert_eq!(
             step,
@@ -243,7 +236,7 @@ mod tests {
         f.add_candidates([honest], false);
         f.add_candidates([liar], true);
         assert_eq!(
-            f.next(),
+            f.next_step(),
             Step::Request {
                 peer: liar,
                 offset: 0
@@ -255,10 +248,9 @@ mod tests {
         let bad = f
             .on_chunk(liar, forged.len() as u64, 0, forged)
             .expect_err("hash mismatch");
-        assert_eq!(bad.peer, liar);
         assert!(bad.reason.contains("hash"), "{bad}");
         assert_eq!(
-            f.next(),
+            f.next_step(),
             Step::Request {
                 peer: honest,
                 offset: 0
@@ -283,16 +275,16 @@ mod tests {
             let p = peer();
             let mut f = BlobFetch::new(id, false);
             f.add_candidates([p], true);
-            f.next();
+            f.next_step();
             let e = f.on_chunk(p, total, offset, data).expect_err(what);
             assert!(e.reason.contains(what), "{what}: {e}");
-            assert!(matches!(f.next(), Step::Failed(_)), "{what}: nobody left");
+            assert!(matches!(f.next_step(), Step::Failed(_)), "{what}: nobody left");
         }
         // The size may not change between chunks.
         let p = peer();
         let mut f = BlobFetch::new(id, false);
         f.add_candidates([p], true);
-        f.next();
+        f.next_step();
         f.on_chunk(p, 10, 0, b"01234".to_vec()).expect("ok");
         let e = f
             .on_chunk(p, 11, 5, b"56789".to_vec())
@@ -305,14 +297,14 @@ mod tests {
         let id = BlobId::of_bytes(b"x");
         let p = peer();
         let mut f = BlobFetch::new(id, true);
-        assert_eq!(f.next(), Step::Wait);
+        assert_eq!(f.next_step(), Step::Wait);
         f.add_candidates([p], true);
-        assert_eq!(f.next(), Step::Request { peer: p, offset: 0 });
+        assert_eq!(f.next_step(), Step::Request { peer: p, offset: 0 });
         assert_eq!(f.on_missing(p, "not found"), Step::Wait);
         f.add_candidates([p], true);
-        assert_eq!(f.next(), Step::Wait, "a peer is asked once");
+        assert_eq!(f.next_step(), Step::Wait, "a peer is asked once");
         f.search_done();
-        match f.next() {
+        match f.next_step() {
             Step::Failed(why) => assert!(why.contains("not found"), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -325,7 +317,7 @@ mod tests {
         let (a, b) = (peer(), peer());
         let mut f = BlobFetch::new(id, false);
         f.add_candidates([a, b], false);
-        f.next();
+        f.next_step();
         f.on_missing(a, "timeout");
         assert_eq!(
             f.on_chunk(a, 3, 0, bytes.clone()).expect("ignored"),

@@ -20,7 +20,7 @@ use hivemesh_protocol::id::{BlobId, CampaignId};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::campaign_file::{CampaignFile, resolve_dataset};
+use crate::campaign_file::{CampaignFile, resolve_dataset, zoo_model};
 use crate::daemon::{Client, NodeStatus};
 use crate::fetch::MAX_BLOB_LEN;
 
@@ -339,9 +339,24 @@ async fn post_campaign(
         .to_string();
     let key = s.client.key();
     let connected = s.client.connected_keys().await.map_err(stopped)?;
+    let mut file =
+        CampaignFile::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    // A zoo reference model is built here and stored (and announced) before the campaign is.
+    if let Some(l) = file.loss.as_mut()
+        && let Some(name) = l.reference_model.strip_prefix("zoo:")
+    {
+        let bytes = zoo_model(name, &file.dataset)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let id = s
+            .client
+            .put_blob(bytes)
+            .await
+            .map_err(stopped)?
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        l.reference_model = id.to_string();
+    }
     // Resolving an MNIST dataset reads files: off the async runtime.
     let spec = tokio::task::spawn_blocking(move || {
-        let file = CampaignFile::parse(&text)?;
         let dataset = resolve_dataset(&file.dataset)?;
         let mut spec = file.to_spec(key, crate::unix_now(), dataset)?;
         if file.roster.is_empty() {

@@ -24,7 +24,7 @@ use hivemesh_protocol::spec::{
     BackendClass, CampaignSpec, LrSchedule, NasParams, NasSpace, Optimizer, Schedule, Search,
     Strategy, TrainingBudget,
 };
-use hivemesh_protocol::{PeerKey, Timestamp, Tolerance};
+use hivemesh_protocol::{CampaignId, PeerKey, Timestamp, Tolerance};
 use libp2p::Multiaddr;
 use tokio::sync::{broadcast, oneshot};
 
@@ -179,5 +179,75 @@ pub fn digits_nas_spec(
         code_version: CODE_VERSION.into(),
         roster,
         schedule: Schedule::default(),
+    }
+}
+
+/// Generous guard for a whole campaign in a debug build on 2 cores.
+pub const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Starts `n` nodes on loopback, each bootstrapping to the first; `tweak` adjusts each config.
+pub async fn cluster(
+    tag: &str,
+    n: usize,
+    mut tweak: impl FnMut(usize, &mut Config),
+) -> (Vec<TempDir>, Vec<TestNode>) {
+    let dirs: Vec<TempDir> = (0..n).map(|i| TempDir::new(&format!("{tag}{i}"))).collect();
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut cfg = test_config(dir.path());
+        if let Some(first) = nodes.first() {
+            cfg.bootstrap = first.addrs.clone();
+        }
+        tweak(i, &mut cfg);
+        nodes.push(start_node(i as u64, cfg).await);
+    }
+    (dirs, nodes)
+}
+
+/// Waits until `node` saw campaign `id` finish; returns the closures it saw on the way.
+pub async fn wait_finished(node: &mut TestNode, id: CampaignId) -> Vec<(u32, [u8; 32])> {
+    let mut closed = Vec::new();
+    wait_for(&mut node.events, CAMPAIGN_TIMEOUT, |e| match e {
+        Event::Closed {
+            campaign,
+            generation,
+            root,
+        } if *campaign == id => {
+            closed.push((*generation, *root));
+            None
+        }
+        Event::Finished(c) if *c == id => Some(()),
+        _ => None,
+    })
+    .await;
+    closed
+}
+
+/// The reference model of the loss-search tests: a 64-16-10 MLP for the digits set (the
+/// postcard architecture IR a loss campaign names by blob id).
+pub fn digits_reference_model() -> Vec<u8> {
+    hivemesh_node::campaign_file::zoo_model("mlp-16", "builtin:digits").expect("zoo model")
+}
+
+/// A small loss-search campaign on the digits set: `population` expressions per generation
+/// train the reference model `reference` (a blob id) for a few dozen steps.
+pub fn digits_loss_spec(
+    roster: &[PeerKey],
+    reference: hivemesh_protocol::BlobId,
+    population: u32,
+    generations: u32,
+    seed: u64,
+) -> CampaignSpec {
+    CampaignSpec {
+        name: format!("test: loss search on digits ({population}x{generations})"),
+        search: Search::Loss(hivemesh_protocol::spec::LossParams {
+            population,
+            generations,
+            max_depth: 3,
+            max_size: 12,
+            reference_model: reference,
+            constant_tuning_steps: 1,
+        }),
+        ..digits_nas_spec(roster, population, generations, seed)
     }
 }

@@ -95,6 +95,46 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         "roster = A + connected B: {campaign}"
     );
 
+    // Blobs: storing needs the token; what is stored comes back; a blob nobody holds is a 404
+    // after asking the peers.
+    let r = call(addr, "POST", "/blobs", &[], "teacher weights").await;
+    assert_eq!(r.status, 401, "no token: {}", r.text());
+    let r = call(
+        addr,
+        "POST",
+        "/blobs",
+        &[("Authorization", &auth)],
+        "teacher weights",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let blob: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(blob["bytes"], 15);
+    let blob = blob["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        blob,
+        hivemesh_protocol::BlobId::of_bytes(b"teacher weights").to_string()
+    );
+    let r = call(addr, "GET", &format!("/blobs/{blob}"), &[], "").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"teacher weights"[..])
+    );
+    let r = call(
+        addr,
+        "GET",
+        &format!("/blobs/{}?fetch=true", "ab".repeat(32)),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.error_message().contains("no peer"),
+        "{}",
+        r.error_message()
+    );
+
     let r = call(addr, "GET", "/manifest.json", &[], "").await;
     assert_eq!(r.status, 200);
     let m: serde_json::Value = serde_json::from_slice(&r.body).expect("manifest is JSON");
@@ -132,7 +172,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         for method in e["input_methods"].as_array().expect("methods") {
             let method = method.as_str().expect("method");
             if method != "GET" {
-                continue; // POST is exercised above
+                continue; // POSTs are exercised above
             }
             let r = call(addr, method, &uri, &[], "").await;
             // /blobs/{id} with a campaign id is a well-formed id of a blob not held: 404 with a
@@ -166,6 +206,10 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
     assert_eq!(r.status, 404);
     let metrics = call(addr, "GET", "/metrics", &[], "").await.text();
     assert!(metrics.contains("hivemesh_peers 1"), "{metrics}");
+    assert!(
+        metrics.contains("hivemesh_blob_fetches_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
     b.stop().await;
     a.stop().await;
 }

@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use hivemesh_node::daemon::Event;
-use hivemesh_tests::{TempDir, digits_nas_spec, start_node, test_config, test_key, wait_for};
-
-/// Generous guard for a whole campaign in a debug build on 2 cores.
-const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(300);
+use hivemesh_tests::{
+    TempDir, cluster, digits_nas_spec, start_node, test_config, test_key, wait_finished, wait_for,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_run_a_nas_campaign_to_agreement() {
@@ -74,25 +73,6 @@ fn in_order(s: &[hivemesh_node::daemon::SettledJob]) -> Vec<hivemesh_node::daemo
     v
 }
 
-/// Starts `n` nodes on loopback, each bootstrapping to the first; `tweak` adjusts each config.
-async fn cluster(
-    tag: &str,
-    n: usize,
-    mut tweak: impl FnMut(usize, &mut hivemesh_node::daemon::Config),
-) -> (Vec<TempDir>, Vec<hivemesh_tests::TestNode>) {
-    let dirs: Vec<TempDir> = (0..n).map(|i| TempDir::new(&format!("{tag}{i}"))).collect();
-    let mut nodes: Vec<hivemesh_tests::TestNode> = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let mut cfg = test_config(dir.path());
-        if let Some(first) = nodes.first() {
-            cfg.bootstrap = first.addrs.clone();
-        }
-        tweak(i, &mut cfg);
-        nodes.push(start_node(i as u64, cfg).await);
-    }
-    (dirs, nodes)
-}
-
 /// Node 0 submits a 4-job, 2-generation digits campaign run by all of `nodes`; waits until
 /// every node saw it finish and returns its id and each node's closures.
 async fn run_to_end(
@@ -113,27 +93,6 @@ async fn run_to_end(
         roots.push(wait_finished(n, id).await);
     }
     (id, roots)
-}
-
-async fn wait_finished(
-    node: &mut hivemesh_tests::TestNode,
-    id: hivemesh_protocol::CampaignId,
-) -> Vec<(u32, [u8; 32])> {
-    let mut closed = Vec::new();
-    wait_for(&mut node.events, CAMPAIGN_TIMEOUT, |e| match e {
-        Event::Closed {
-            campaign,
-            generation,
-            root,
-        } if *campaign == id => {
-            closed.push((*generation, *root));
-            None
-        }
-        Event::Finished(c) if *c == id => Some(()),
-        _ => None,
-    })
-    .await;
-    closed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
