@@ -278,7 +278,10 @@ mod tests {
             f.next_step();
             let e = f.on_chunk(p, total, offset, data).expect_err(what);
             assert!(e.reason.contains(what), "{what}: {e}");
-            assert!(matches!(f.next_step(), Step::Failed(_)), "{what}: nobody left");
+            assert!(
+                matches!(f.next_step(), Step::Failed(_)),
+                "{what}: nobody left"
+            );
         }
         // The size may not change between chunks.
         let p = peer();
