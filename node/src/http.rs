@@ -317,17 +317,26 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
             == 0
 }
 
+/// The bearer-token check of a mutating call (`what`: the call, for the error message).
+fn require_token(headers: &HeaderMap, token: &str, what: &str) -> Result<(), ApiError> {
+    if bearer_ok(headers, token) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{what} needs `Authorization: Bearer <token>` (the token is in DATA_DIR/api.token)"
+            ),
+        ))
+    }
+}
+
 async fn post_campaign(
     State(s): State<ApiState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if !bearer_ok(&headers, &s.token) {
-        return Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "POST /campaigns needs `Authorization: Bearer <token>` (the token is in DATA_DIR/api.token)".into(),
-        ));
-    }
+    require_token(&headers, &s.token, "POST /campaigns")?;
     if body.len() > MAX_CAMPAIGN_BODY {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -471,12 +480,7 @@ async fn post_blob(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if !bearer_ok(&headers, &s.token) {
-        return Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "POST /blobs needs `Authorization: Bearer <token>` (the token is in DATA_DIR/api.token)".into(),
-        ));
-    }
+    require_token(&headers, &s.token, "POST /blobs")?;
     let len = body.len();
     let id = s
         .client
