@@ -15,5 +15,6 @@
 //! receiving the messages in its own order, with a Byzantine executor among them.
 
 pub mod demo;
+pub mod plot;
 pub mod scenario;
 pub mod sim;

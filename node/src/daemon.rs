@@ -443,6 +443,10 @@ enum Command {
     Status(oneshot::Sender<NodeStatus>),
     Campaign(CampaignId, oneshot::Sender<Option<CampaignStatus>>),
     Settled(CampaignId, oneshot::Sender<Option<Vec<SettledJob>>>),
+    Jobs(
+        CampaignId,
+        oneshot::Sender<Option<(CampaignSpec, Vec<JobSpec>)>>,
+    ),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
     Scores(
         CampaignId,
@@ -451,6 +455,7 @@ enum Command {
     PublishRaw(String, Vec<u8>, oneshot::Sender<Result<(), String>>),
     Blob(BlobId, oneshot::Sender<Result<Option<Vec<u8>>, String>>),
     PutBlob(Vec<u8>, oneshot::Sender<Result<BlobId, String>>),
+    Block(PeerId, bool, oneshot::Sender<()>),
     FetchBlob(BlobId, oneshot::Sender<Result<Vec<u8>, String>>),
     PeerKeys(oneshot::Sender<Vec<PeerKey>>),
 }
@@ -527,6 +532,15 @@ impl Client {
         self.ask(|tx| Command::Settled(id, tx)).await
     }
 
+    /// A campaign's spec and every job derived so far (generation 0 and each generation its
+    /// closures opened), in generation and index order.
+    pub async fn jobs(
+        &self,
+        id: CampaignId,
+    ) -> Result<Option<(CampaignSpec, Vec<JobSpec>)>, Stopped> {
+        self.ask(|tx| Command::Jobs(id, tx)).await
+    }
+
     /// Every peer's standing in a campaign, derived from its closures (the agreed ledger).
     pub async fn scores(
         &self,
@@ -555,6 +569,12 @@ impl Client {
     /// (hash-checked, then stored here).
     pub async fn fetch_blob(&self, id: BlobId) -> Result<Result<Vec<u8>, String>, Stopped> {
         self.ask(|tx| Command::FetchBlob(id, tx)).await
+    }
+
+    /// Stops talking to a peer (closes its connections, refuses new ones) or, with `blocked`
+    /// false, talks to it again. For operators and for netsim's partitions.
+    pub async fn block(&self, peer: PeerId, blocked: bool) -> Result<(), Stopped> {
+        self.ask(|tx| Command::Block(peer, blocked, tx)).await
     }
 
     /// This node's gossipsub score of a peer.
@@ -2030,6 +2050,17 @@ impl EventLoop {
             Command::Settled(id, tx) => {
                 let _ = tx.send(self.settled(&id));
             }
+            Command::Jobs(id, tx) => {
+                let jobs = self.campaigns.get(&id).map(|c| {
+                    let mut jobs: Vec<JobSpec> =
+                        derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl))
+                            .into_values()
+                            .collect();
+                    jobs.sort_by_key(|j| (j.generation, j.index));
+                    ((*c.spec).clone(), jobs)
+                });
+                let _ = tx.send(jobs);
+            }
             Command::Scores(id, tx) => {
                 let _ = tx.send(self.standings(&id));
             }
@@ -2039,6 +2070,15 @@ impl EventLoop {
             }
             Command::Blob(id, tx) => {
                 let _ = tx.send(self.store.blob(&id).map_err(|e| e.to_string()));
+            }
+            Command::Block(peer, blocked, tx) => {
+                let b = &mut self.swarm.behaviour_mut().blocked;
+                if blocked {
+                    b.block_peer(peer);
+                } else {
+                    b.unblock_peer(peer);
+                }
+                let _ = tx.send(());
             }
             Command::PutBlob(bytes, tx) => {
                 let _ = tx.send(self.put_blob(&bytes));

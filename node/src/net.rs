@@ -24,7 +24,8 @@ use hivemesh_protocol::envelope::MAX_ENVELOPE_LEN;
 use hivemesh_protocol::id::{BlobId, CampaignId};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, connection_limits, gossipsub, identify, identity, kad, ping, request_response,
+    StreamProtocol, allow_block_list, connection_limits, gossipsub, identify, identity, kad, ping,
+    request_response,
 };
 use serde::{Deserialize, Serialize};
 
@@ -229,6 +230,8 @@ where
 pub struct Behaviour {
     /// Refuses connections past the configured limits (total and per peer).
     pub limits: connection_limits::Behaviour,
+    /// Peers this node refuses to talk to (operator's choice; netsim partitions).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Campaign announcements and protocol messages, validated by the node before forwarding.
     pub gossipsub: gossipsub::Behaviour,
     /// Peer routing and blob provider records.
@@ -339,6 +342,7 @@ impl Behaviour {
                     .with_max_established(Some(cfg.max_connections))
                     .with_max_established_per_peer(Some(cfg.max_connections_per_peer)),
             ),
+            blocked: allow_block_list::Behaviour::default(),
             gossipsub,
             kad,
             identify: identify::Behaviour::new(identify::Config::new(
