@@ -14,7 +14,9 @@
 //! (signing, verification, commit–reveal, settlement, scoring) on several simulated nodes, each
 //! receiving the messages in its own order, with a Byzantine executor among them.
 
+pub mod cluster;
 pub mod demo;
 pub mod plot;
+pub mod report;
 pub mod scenario;
 pub mod sim;

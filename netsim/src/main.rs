@@ -1,5 +1,6 @@
 //! The `hivemesh-netsim` command: see `hivemesh-netsim --help`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -7,11 +8,11 @@ use hivemesh_netsim::demo::{self, DemoConfig};
 
 /// Simulate hivemesh swarms on one machine.
 ///
-/// Today: `demo` (the default) runs one generation of stub jobs through the real protocol core
-/// (ed25519 signing, batch verification, commit-reveal, settlement, scoring) on simulated nodes
-/// that each receive the messages in a different order, with Byzantine executors among them,
-/// and checks that every node ends with the same ledger. Real training campaigns (`cluster`) and
-/// the tier-1 scenario simulator (`sim`) arrive with later milestones.
+/// `cluster` (the default) runs real nodes (libp2p on loopback, redb stores, real training on
+/// the embedded digits set or any dataset) through one campaign with Byzantine nodes, kills and
+/// partitions, and writes a report folder (report.md, report.json, Pareto-front and progress
+/// plots). `sim` runs tier-1 scenarios: thousands of protocol instances on a virtual clock
+/// with stub training. `demo` runs one generation of stub jobs through the protocol core.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -21,7 +22,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the protocol-core demonstration (no training yet: executors are stubs).
+    /// Run a campaign on a cluster of real nodes in this process and write a report (the
+    /// default: 8 nodes, one of them lying, NAS on the embedded digits set).
+    Cluster(ClusterArgs),
+    /// Run the protocol-core demonstration (stub executors, no network).
     Demo(DemoArgs),
     /// Run a tier-1 scenario (TOML, see netsim/scenarios/) under each of its seeds and
     /// print a report; exits 1 if an honest node did not finish or honest nodes disagree.
@@ -35,6 +39,118 @@ struct SimArgs {
     /// Run only these seeds (default: the scenario's list).
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 8)]
+    nodes: usize,
+    /// Byzantine nodes (the highest-numbered; the creator, node 0, is always honest).
+    #[arg(long, default_value_t = 1)]
+    byzantine: usize,
+    /// How the Byzantine nodes misbehave: `lie` (all return the same wrong results, so two
+    /// can form a quorum) or `corrupt-blobs` (serve corrupt copies of blobs).
+    #[arg(long, default_value = "lie", value_parser = ["lie", "corrupt-blobs"])]
+    strategy: String,
+    /// Honest nodes in audit mode (nodes 1..=N).
+    #[arg(long, default_value_t = 0)]
+    auditors: usize,
+    /// A campaign file (see examples/*.toml) [default: examples/nas-digits.toml, built in].
+    #[arg(long)]
+    campaign: Option<PathBuf>,
+    /// Executors per job (r), replacing the file's.
+    #[arg(long, default_value_t = 3)]
+    redundancy: u8,
+    /// Agreeing executors needed (q), replacing the file's.
+    #[arg(long)]
+    quorum: Option<u8>,
+    /// Candidates per generation, replacing the file's.
+    #[arg(long)]
+    population: Option<u32>,
+    /// Generations, replacing the file's.
+    #[arg(long)]
+    generations: Option<u32>,
+    /// Fraction of settled jobs re-executed by auditors, replacing the file's.
+    #[arg(long)]
+    audit_rate: Option<f64>,
+    /// Generation 0's job deadline in seconds (later deadlines adapt to observed job times).
+    #[arg(long, default_value_t = 30)]
+    job_deadline_s: u64,
+    /// Kill a node with kill -9 semantics: NODE@SECONDS (for good) or NODE@SECONDS+DOWN
+    /// (restart from its store DOWN seconds later); seconds after submission. Repeatable.
+    #[arg(long, value_parser = parse_kill)]
+    kill: Vec<hivemesh_netsim::cluster::Kill>,
+    /// Split the cluster into two halves: AT+HEAL (seconds after submission, seconds until
+    /// it heals).
+    #[arg(long, value_parser = parse_partition)]
+    partition: Option<hivemesh_netsim::cluster::Partition>,
+    /// Gossipsub heartbeat of every node, in milliseconds (longer: slower gossip repair).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Jobs each node trains at once.
+    #[arg(long, default_value_t = 1)]
+    jobs_per_node: u16,
+    /// Seed of the node identities.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_s: u64,
+    /// The report folder (created; its report files are replaced).
+    #[arg(long, default_value = "netsim-report")]
+    out: PathBuf,
+    /// Skip the overhead measurement (re-running every settled job on one executor).
+    #[arg(long)]
+    no_overhead: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: ClusterArgs,
+        }
+        Wrap::parse_from(["hivemesh-netsim"]).a
+    }
+}
+
+fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..1e7).contains(&v) {
+        return Err(format!("{v} seconds is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
+}
+
+fn parse_kill(s: &str) -> Result<hivemesh_netsim::cluster::Kill, String> {
+    let (node, rest) = s
+        .split_once('@')
+        .ok_or_else(|| format!("{s:?}: use NODE@SECONDS or NODE@SECONDS+DOWN"))?;
+    let node = node
+        .parse()
+        .map_err(|_| format!("{node:?} is not a node index"))?;
+    let (at, down) = match rest.split_once('+') {
+        Some((a, d)) => (seconds(a)?, Some(seconds(d)?)),
+        None => (seconds(rest)?, None),
+    };
+    Ok(hivemesh_netsim::cluster::Kill { node, at, down })
+}
+
+fn parse_partition(s: &str) -> Result<hivemesh_netsim::cluster::Partition, String> {
+    let (at, heal) = s
+        .split_once('+')
+        .ok_or_else(|| format!("{s:?}: use AT+HEAL (seconds)"))?;
+    Ok(hivemesh_netsim::cluster::Partition {
+        at: seconds(at)?,
+        heal: seconds(heal)?,
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,9 +200,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let a = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
+    let a = match cli
+        .command
+        .unwrap_or(Command::Cluster(ClusterArgs::default()))
+    {
         Command::Demo(a) => a,
         Command::Sim(s) => return sim(&s),
+        Command::Cluster(c) => return cluster(c),
     };
     let cfg = DemoConfig {
         peers: a.peers,
@@ -136,6 +256,100 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "ledger agreement FAILED: {} different settlement roots across {} nodes",
             r.distinct_roots,
             cfg.peers
+        )
+    }
+}
+
+fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use hivemesh_netsim::cluster::{self, Byzantine, ClusterConfig, Overrides};
+    let (campaign, campaign_dir) = match &a.campaign {
+        Some(f) => (
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+            f.parent().map(PathBuf::from).unwrap_or_default(),
+        ),
+        None => (cluster::DEFAULT_CAMPAIGN.to_string(), PathBuf::from(".")),
+    };
+    let data_dir = std::env::temp_dir().join(format!("hivemesh-cluster-{}", std::process::id()));
+    let mut cfg = ClusterConfig::new(data_dir);
+    cfg.nodes = a.nodes;
+    cfg.byzantine = a.byzantine;
+    cfg.strategy = if a.strategy == "corrupt-blobs" {
+        Byzantine::CorruptBlobs
+    } else {
+        Byzantine::Lie
+    };
+    cfg.auditors = a.auditors;
+    cfg.campaign = campaign;
+    cfg.campaign_dir = campaign_dir;
+    cfg.overrides = Overrides {
+        redundancy: Some(a.redundancy),
+        quorum: a.quorum,
+        population: a.population,
+        generations: a.generations,
+        audit_rate: a.audit_rate,
+        job_deadline_s: Some(a.job_deadline_s),
+        max_extra_executors: None,
+    };
+    cfg.kills = a.kill;
+    cfg.partition = a.partition;
+    cfg.delay = a.heartbeat_ms.map(std::time::Duration::from_millis);
+    cfg.jobs_per_node = a.jobs_per_node;
+    cfg.seed = a.seed;
+    cfg.timeout = std::time::Duration::from_secs(a.timeout_s);
+    cfg.progress = !a.quiet;
+    cfg.measure_overhead = !a.no_overhead;
+    println!(
+        "hivemesh-netsim cluster: {} real nodes on loopback ({} Byzantine: {}; {} auditors), r={}, seed {}",
+        cfg.nodes, cfg.byzantine, a.strategy, cfg.auditors, a.redundancy, cfg.seed
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = rt.block_on(cluster::run(&cfg))?;
+    let files = hivemesh_netsim::report::write_all(&a.out, &report)?;
+    let settled = report.jobs.iter().filter(|j| j.status != "void").count();
+    println!(
+        "campaign {} finished in {:.1} s: {settled} jobs settled, {} executions",
+        &report.campaign[..16],
+        report.wall_s,
+        report.executions
+    );
+    if let Some(best) = report.front.first() {
+        println!(
+            "best: accuracy {:.4} with {} params ({} points on the front)",
+            best.accuracy,
+            best.params,
+            report.front.len()
+        );
+    }
+    println!(
+        "cheaters detected {:?}, missed {:?}, paid {:?}; honest penalised {:?}; wrong results standing {}",
+        report.cheaters_detected,
+        report.cheaters_missed,
+        report.cheaters_paid,
+        report.honest_penalised,
+        report.wrong_results
+    );
+    if let Some(o) = &report.overhead {
+        println!(
+            "overhead: {:.1} CPU s in the swarm / ({} x {:.1} CPU s on one executor) = {:.2}",
+            o.swarm_cpu_s, o.redundancy, o.single_cpu_s, o.ratio
+        );
+    }
+    println!("report: {}", files[0].display());
+    let up = report.node_views.iter().filter(|v| v.up).count();
+    if report.ok() {
+        println!("ledger agreement: all {up} running nodes hold the same closures");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "cluster run FAILED its checks (finished {}, agreement {}, wrong results {}): see {}",
+            report.finished,
+            report.agreement,
+            report.wrong_results,
+            files[0].display()
         )
     }
 }

@@ -45,7 +45,7 @@ pub struct Point {
 }
 
 /// One sample of progress.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Sample {
     /// Seconds since the campaign was submitted.
     pub seconds: f64,

@@ -10,7 +10,8 @@
 //!
 //! The top `r` run a job. [`eligible`] widens the set over time — one more rank each time the
 //! job deadline passes without a quorum, and idle peers may take a job within the widened set
-//! early — never beyond `r + max_extra`.
+//! early while fewer than `r` peers have claimed it (its ranked executors are busy elsewhere)
+//! — never beyond `r + max_extra`.
 
 use crate::id::{JobId, context};
 use crate::identity::PeerKey;

@@ -765,6 +765,11 @@ impl Ledger {
         self.jobs.get(job).map_or(0, |j| j.commitments.len())
     }
 
+    /// Distinct peers that claimed `job` (equivocators included).
+    pub fn claim_count(&self, job: &JobId) -> usize {
+        self.jobs.get(job).map_or(0, |j| j.claims.len())
+    }
+
     /// Whether `peer` has a commitment on `job`.
     pub fn has_committed(&self, job: &JobId, peer: &PeerKey) -> bool {
         self.jobs

@@ -725,10 +725,16 @@ impl Peer {
                 .iter()
                 .flatten()
                 .filter(|(pos, _, id)| {
+                    // An idle peer helps jobs that wait for executors: fewer than r have
+                    // claimed it (its ranked executors are busy) and it is not yet committed
+                    // by a quorum. Where r peers already run it, a slow or silent one is
+                    // replaced through the deadline rule instead.
                     !self.taken.contains(id)
                         && self.ledger.settlement(id).is_none()
                         && (*pos < limit
-                            || (*pos < idle_limit && self.ledger.commitment_count(id) < q))
+                            || (*pos < idle_limit
+                                && self.ledger.commitment_count(id) < q
+                                && self.ledger.claim_count(id) < r))
                 })
                 .map(|(_, _, id)| *id)
                 .collect();

@@ -1,0 +1,247 @@
+//! A cluster run's report folder: `report.json` (everything, machine-readable), `report.md`
+//! (for people), `front.png`/`.svg` and `progress.png`/`.svg`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::cluster::{ClusterReport, Role};
+use crate::plot;
+
+/// Why the report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plot failed.
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
+    /// JSON encoding failed.
+    #[error("report.json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+fn write(path: PathBuf, bytes: &[u8]) -> Result<(), ReportError> {
+    // Temp file + rename: an interrupted run never leaves a torn report.
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| ReportError::Io { path, source })
+}
+
+/// Writes the report folder `dir` (created if missing); returns the files written.
+pub fn write_all(dir: &Path, r: &ClusterReport) -> Result<Vec<PathBuf>, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write(dir.join("report.json"), &serde_json::to_vec_pretty(r)?)?;
+    write(dir.join("report.md"), markdown(r).as_bytes())?;
+    let front_set: std::collections::BTreeSet<&str> =
+        r.front.iter().map(|p| p.job.as_str()).collect();
+    let points: Vec<plot::Point> = r
+        .jobs
+        .iter()
+        .filter(|j| j.status == "success")
+        .map(|j| plot::Point {
+            params: j.params,
+            accuracy: j.accuracy,
+            front: front_set.contains(j.job.as_str()),
+        })
+        .collect();
+    plot::front(
+        dir,
+        &format!("{}: settled jobs and Pareto front", r.name),
+        &points,
+    )?;
+    let total = r.jobs.len().max(1);
+    plot::progress(dir, &format!("{}: progress", r.name), &r.progress, total)?;
+    Ok([
+        "report.md",
+        "report.json",
+        "front.png",
+        "front.svg",
+        "progress.png",
+        "progress.svg",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .collect())
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Honest => "honest",
+        Role::Auditor => "honest (audit mode)",
+        Role::Byzantine => "Byzantine",
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "NO" }
+}
+
+/// The human report.
+pub fn markdown(r: &ClusterReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# hivemesh cluster report: {}\n", r.name);
+    let _ = writeln!(
+        s,
+        "Campaign `{}` ({}), {} real nodes on loopback, r = {}, q = {}, Byzantine strategy `{}`.\n",
+        r.campaign,
+        r.kind,
+        r.nodes,
+        r.redundancy,
+        r.quorum,
+        serde_json::to_value(r.strategy)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+    );
+    let _ = writeln!(s, "## Verdict\n");
+    let _ = writeln!(s, "| check | result |\n|---|---|");
+    let _ = writeln!(
+        s,
+        "| campaign finished at every running honest node | {} |",
+        yes(r.finished)
+    );
+    let _ = writeln!(
+        s,
+        "| ledger agreement: every running node holds the same closures | {} |",
+        yes(r.agreement)
+    );
+    let _ = writeln!(
+        s,
+        "| wrong results standing (a Byzantine node among the agreeing) | {} |",
+        r.wrong_results
+    );
+    let _ = writeln!(
+        s,
+        "| cheaters detected / missed / paid | {:?} / {:?} / {:?} |",
+        r.cheaters_detected, r.cheaters_missed, r.cheaters_paid
+    );
+    let _ = writeln!(s, "| honest nodes penalised | {:?} |", r.honest_penalised);
+    let settled = r.jobs.iter().filter(|j| j.status != "void").count();
+    let _ = writeln!(
+        s,
+        "| throughput | {} jobs settled in {:.1} s = {:.1} jobs/min; {} executions ({:.2} per settled job) |",
+        settled,
+        r.wall_s,
+        r.jobs_per_minute,
+        r.executions,
+        r.executions as f64 / settled.max(1) as f64
+    );
+    match &r.overhead {
+        Some(o) => {
+            let _ = writeln!(
+                s,
+                "| overhead: swarm CPU ÷ (r × single-node CPU for the same jobs) | {:.1} s ÷ ({} × {:.1} s) = **{:.2}** (goal ≤ 1.10) |",
+                o.swarm_cpu_s, o.redundancy, o.single_cpu_s, o.ratio
+            );
+        }
+        None => {
+            let _ = writeln!(s, "| overhead | not measured |");
+        }
+    }
+    let _ = writeln!(s, "\n## Generations\n");
+    let _ = writeln!(
+        s,
+        "| generation | closure root | first node closed (s) | last node closed (s) | jobs settled | best accuracy |\n|---:|---|---:|---:|---:|---:|"
+    );
+    for g in &r.generations {
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {:.1} | {:.1} | {} | {:.4} |",
+            g.generation,
+            &g.root[..16.min(g.root.len())],
+            g.first_closed_s,
+            g.last_closed_s,
+            g.settled,
+            g.best_accuracy
+        );
+    }
+    let _ = writeln!(s, "\n![progress](progress.png)\n");
+    let _ = writeln!(
+        s,
+        "## Pareto front (accuracy up, parameters and FLOPs down)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| accuracy | params | FLOPs | generation | job |\n|---:|---:|---:|---:|---|"
+    );
+    for p in &r.front {
+        let _ = writeln!(
+            s,
+            "| {:.4} | {} | {} | {} | `{}` |",
+            p.accuracy,
+            p.params,
+            p.flops,
+            p.generation,
+            &p.job[..16.min(p.job.len())]
+        );
+    }
+    let _ = writeln!(s, "\n![front](front.png)\n");
+    let _ = writeln!(s, "## Nodes\n");
+    let _ = writeln!(
+        s,
+        "| node | role | key | up | finished | closures | last root | trained | validated | refused |\n|---:|---|---|---|---|---:|---|---:|---:|---:|"
+    );
+    for v in &r.node_views {
+        let last = v
+            .closures
+            .last()
+            .map(|(_, root)| root[..12.min(root.len())].to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {} | {} | `{}` | {} | {} | {} | `{}` | {} | {} | {} |",
+            v.index,
+            role(v.role),
+            &v.key[..12.min(v.key.len())],
+            if v.up { "yes" } else { "no" },
+            if v.finished { "yes" } else { "no" },
+            v.closures.len(),
+            last,
+            v.jobs_trained,
+            v.messages_validated,
+            v.messages_rejected
+        );
+    }
+    let _ = writeln!(s, "\n## Standings (from the agreed ledger)\n");
+    let _ = writeln!(
+        s,
+        "| node | role | agreed | dissented | failed audits | points | reputation |\n|---:|---|---:|---:|---:|---:|---:|"
+    );
+    let mut standings = r.standings.clone();
+    standings.sort_by_key(|x| x.index);
+    for st in &standings {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            st.index,
+            role(st.role),
+            st.score.agreed,
+            st.score.dissented,
+            st.score.failed_audits,
+            st.score.points,
+            st.score.reputation
+        );
+    }
+    if !r.faults.is_empty() {
+        let _ = writeln!(s, "\n## Faults injected\n");
+        for f in &r.faults {
+            let _ = writeln!(s, "- {:.1} s: {}", f.at_s, f.what);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nEvery settled job, with its executors and audit verdict, is in `report.json`."
+    );
+    s
+}
