@@ -74,6 +74,10 @@ struct ClusterArgs {
     /// Fraction of settled jobs re-executed by auditors, replacing the file's.
     #[arg(long)]
     audit_rate: Option<f64>,
+    /// Most extra executors per job beyond r (idle helpers and takeovers past a deadline),
+    /// replacing the file's.
+    #[arg(long)]
+    max_extra: Option<u8>,
     /// Generation 0's job deadline in seconds (later deadlines adapt to observed job times).
     #[arg(long, default_value_t = 30)]
     job_deadline_s: u64,
@@ -289,7 +293,7 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
         generations: a.generations,
         audit_rate: a.audit_rate,
         job_deadline_s: Some(a.job_deadline_s),
-        max_extra_executors: None,
+        max_extra_executors: a.max_extra,
     };
     cfg.kills = a.kill;
     cfg.partition = a.partition;
