@@ -58,14 +58,17 @@ impl Byzantine {
     }
 }
 
-/// Kill node `node` (`kill -9`) `at` after the campaign is submitted; restart it `down`
-/// later (`None`: it stays down).
+/// Kill node `node` (`kill -9`) `at` after the campaign is submitted (or, with
+/// `after_generation`, after that generation first closes); restart it `down` later (`None`:
+/// it stays down).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Kill {
     /// The node's index (0 is the creator).
     pub node: usize,
-    /// When, after submission.
+    /// When, after submission (or after `after_generation` closed).
     pub at: Duration,
+    /// Count `at` from the first closure of this generation instead of from submission.
+    pub after_generation: Option<u32>,
     /// How long it stays down (`None`: for good).
     pub down: Option<Duration>,
 }
@@ -207,8 +210,13 @@ pub enum ClusterError {
     #[error("node {0} stopped unexpectedly")]
     Stopped(usize),
     /// The campaign did not finish in time.
-    #[error("the campaign did not finish within {0:?} (see the partial report)")]
-    Timeout(Duration),
+    #[error("the campaign did not finish within {after:?}; where each node stood:\n{states}")]
+    Timeout {
+        /// The limit.
+        after: Duration,
+        /// Each running node's protocol state, one line each.
+        states: String,
+    },
 }
 
 /// One node's view at the end.
@@ -610,7 +618,7 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
         .map_err(ClusterError::Config)?;
 
     let mut schedule: Vec<(Duration, Action)> = Vec::new();
-    for k in &cfg.kills {
+    for k in cfg.kills.iter().filter(|k| k.after_generation.is_none()) {
         schedule.push((k.at, Action::Kill(k.node, k.down)));
     }
     if let Some(p) = &cfg.partition {
@@ -695,6 +703,13 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                     });
                     entry.2 = t;
                     entry.3.insert(i);
+                    if entry.3.len() == 1 {
+                        // Kills triggered by this closure.
+                        for k in cfg.kills.iter().filter(|k| k.after_generation == Some(generation)) {
+                            schedule.push((t0.elapsed() + k.at, Action::Kill(k.node, k.down)));
+                        }
+                        schedule[next_fault..].sort_by_key(|(t, _)| *t);
+                    }
                     if entry.3.len() == 1
                         && let Some(Some(n)) = nodes.get(i)
                         && let Ok(Some(jobs)) = n.client.settled(id).await
@@ -751,6 +766,22 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     }
 
     // What every node holds.
+    let mut states = String::new();
+    if timed_out {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(n) = n
+                && let Ok(Some(c)) = n.client.campaign(id).await
+            {
+                states.push_str(&format!(
+                    "node {i} ({:?}): generation {} finished {}: {}\n",
+                    cfg.role(i),
+                    c.generation,
+                    c.finished,
+                    c.summary
+                ));
+            }
+        }
+    }
     let mut views = Vec::new();
     let mut agreed_jobs: Option<Vec<SettledJob>> = None;
     let mut scores: Option<Vec<(PeerKey, PeerScore)>> = None;
@@ -966,7 +997,10 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     };
     let _ = std::fs::remove_dir_all(&cfg.data_dir);
     if timed_out {
-        return Err(ClusterError::Timeout(cfg.timeout));
+        return Err(ClusterError::Timeout {
+            after: cfg.timeout,
+            states,
+        });
     }
     Ok(report)
 }

@@ -81,8 +81,10 @@ struct ClusterArgs {
     /// Generation 0's job deadline in seconds (later deadlines adapt to observed job times).
     #[arg(long, default_value_t = 30)]
     job_deadline_s: u64,
-    /// Kill a node with kill -9 semantics: NODE@SECONDS (for good) or NODE@SECONDS+DOWN
-    /// (restart from its store DOWN seconds later); seconds after submission. Repeatable.
+    /// Kill a node with kill -9 semantics: NODE@WHEN (for good) or NODE@WHEN+DOWN (restart
+    /// from its store DOWN seconds later). WHEN is seconds after submission, or gN: when
+    /// generation N first closes. Repeatable. Example: --kill 0@g0 (the creator, for good,
+    /// once generation 0 closed), --kill 3@5+10.
     #[arg(long, value_parser = parse_kill)]
     kill: Vec<hivemesh_netsim::cluster::Kill>,
     /// Split the cluster into two halves: AT+HEAL (seconds after submission, seconds until
@@ -140,11 +142,26 @@ fn parse_kill(s: &str) -> Result<hivemesh_netsim::cluster::Kill, String> {
     let node = node
         .parse()
         .map_err(|_| format!("{node:?} is not a node index"))?;
-    let (at, down) = match rest.split_once('+') {
-        Some((a, d)) => (seconds(a)?, Some(seconds(d)?)),
-        None => (seconds(rest)?, None),
+    let (when, down) = match rest.split_once('+') {
+        Some((a, d)) => (a, Some(seconds(d)?)),
+        None => (rest, None),
     };
-    Ok(hivemesh_netsim::cluster::Kill { node, at, down })
+    let (at, after_generation) = match when.strip_prefix('g') {
+        Some(g) => (
+            std::time::Duration::ZERO,
+            Some(
+                g.parse()
+                    .map_err(|_| format!("{when:?}: use gN, N a generation"))?,
+            ),
+        ),
+        None => (seconds(when)?, None),
+    };
+    Ok(hivemesh_netsim::cluster::Kill {
+        node,
+        at,
+        after_generation,
+        down,
+    })
 }
 
 fn parse_partition(s: &str) -> Result<hivemesh_netsim::cluster::Partition, String> {

@@ -698,9 +698,9 @@ fn lie(mut result: JobResult) -> JobResult {
     result
 }
 
-/// Builds the node: opens the store, builds the swarm, starts listening and dialling, and
-/// restores every stored campaign (replaying its messages). Run the returned loop with
-/// [`EventLoop::run`].
+/// Builds the node: opens the store, builds the swarm, starts listening and dialling. Run the
+/// returned loop with [`EventLoop::run`], which first restores every stored campaign
+/// (replaying its messages; subscribe to the events before, to see what the replay ends in).
 pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeError> {
     let store = Arc::new(Store::open(&config.data_dir)?);
     let p2p_key = libp2p_key(&key)?;
@@ -794,11 +794,6 @@ pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeEr
     for id in held.iter().take(MAX_ANNOUNCED_BLOBS) {
         ev.announce_blob(id);
     }
-    for (id, signed) in ev.store.campaigns()? {
-        if let Err(e) = ev.restore_campaign(id, &signed) {
-            tracing::error!(campaign = %id, "cannot restore campaign: {e}");
-        }
-    }
     Ok((client, ev))
 }
 
@@ -806,6 +801,18 @@ impl EventLoop {
     /// Runs until `shutdown` resolves. Jobs still training are abandoned (their results were
     /// not stored, so a restart runs them again).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        // Stored campaigns are replayed here, not in `start`, so that whoever subscribed to the
+        // events in between sees what the replay concludes (closures, a finished campaign).
+        match self.store.campaigns() {
+            Ok(stored) => {
+                for (id, signed) in stored {
+                    if let Err(e) = self.restore_campaign(id, &signed) {
+                        tracing::error!(campaign = %id, "cannot restore campaign: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot list the stored campaigns: {e}"),
+        }
         tokio::pin!(shutdown);
         let mut sync = tokio::time::interval(self.config.sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
