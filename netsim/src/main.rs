@@ -14,10 +14,13 @@ use hivemesh_netsim::demo::{self, DemoConfig};
 /// plots). `sim` runs tier-1 scenarios: thousands of protocol instances on a virtual clock
 /// with stub training. `demo` runs one generation of stub jobs through the protocol core.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command: `cluster` with these options.
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,17 +117,6 @@ struct ClusterArgs {
     quiet: bool,
 }
 
-impl Default for ClusterArgs {
-    fn default() -> Self {
-        #[derive(Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            a: ClusterArgs,
-        }
-        Wrap::parse_from(["hivemesh-netsim"]).a
-    }
-}
-
 fn seconds(s: &str) -> Result<std::time::Duration, String> {
     let v: f64 = s
         .parse()
@@ -211,6 +203,13 @@ impl Default for DemoArgs {
 }
 
 fn main() -> ExitCode {
+    // Node logs of a cluster run, off unless asked for (RUST_LOG=hivemesh_node=info).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -221,10 +220,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let a = match cli
-        .command
-        .unwrap_or(Command::Cluster(ClusterArgs::default()))
-    {
+    let a = match cli.command.unwrap_or(Command::Cluster(cli.cluster)) {
         Command::Demo(a) => a,
         Command::Sim(s) => return sim(&s),
         Command::Cluster(c) => return cluster(c),

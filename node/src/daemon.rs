@@ -1959,9 +1959,42 @@ impl EventLoop {
     }
 
     /// Every peer's standing in a campaign, from its closures: the same on every honest node.
+    /// A job an audit overturned counts as the jury settled it: its jurors' outcome stands,
+    /// the executors who had agreed on the overturned outcome fail the audit (penalised as
+    /// such, credited nothing), and its original dissenters are neither credited nor
+    /// penalised (they disagreed with a wrong outcome).
     fn standings(&self, id: &CampaignId) -> Option<Vec<(PeerKey, PeerScore)>> {
         let c = self.campaigns.get(id)?;
         let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
+        let verdicts: BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> = c
+            .peer
+            .closures()
+            .iter()
+            .flat_map(|(cl, _)| &cl.verdicts)
+            .map(|v| (v.job, v))
+            .collect();
+        // Owned settlements and auditor sets for the overturned jobs, referenced below.
+        let mut corrected: BTreeMap<JobId, (hivemesh_protocol::Settlement, BTreeSet<PeerKey>)> =
+            BTreeMap::new();
+        for (closure, _) in c.peer.closures() {
+            for entry in &closure.entries {
+                if let Entry::Settled {
+                    job, settlement, ..
+                } = entry
+                    && let Some(v) = verdicts.get(job)
+                    && let Some(jury) = &v.jury
+                    && verdict_label(v, settlement, &c.spec.tolerance) == "overturned"
+                {
+                    let fixed = hivemesh_protocol::Settlement {
+                        canonical: jury.canonical.clone(),
+                        agreeing: jury.agreeing.clone(),
+                        dissenting: settlement.agreeing.clone(),
+                    };
+                    let jurors: BTreeSet<PeerKey> = jury.agreeing.iter().copied().collect();
+                    corrected.insert(*job, (fixed, jurors));
+                }
+            }
+        }
         let none = BTreeSet::new();
         let mut records = Vec::new();
         for (closure, _) in c.peer.closures() {
@@ -1969,12 +2002,16 @@ impl EventLoop {
                 if let (Entry::Settled { settlement, .. }, Some(spec)) =
                     (entry, jobs.get(&entry.job()))
                 {
+                    let (settlement, auditors) = match corrected.get(&entry.job()) {
+                        Some((fixed, jurors)) => (fixed, jurors),
+                        None => (settlement, &none),
+                    };
                     records.push(JobRecord {
                         generation: closure.generation,
                         compute: spec.compute,
                         settlement,
                         claimers: &none,
-                        auditors: &none,
+                        auditors,
                     });
                 }
             }

@@ -950,6 +950,12 @@ impl Peer {
             for p in &v.upheld_by {
                 *self.agreed.entry(*p).or_default() += 1;
             }
+            // Its dissenters disagreed with a wrong outcome: their dissent is no offence.
+            for p in &a.original.dissenting {
+                if let Some(n) = self.offences.get_mut(p) {
+                    *n = n.saturating_sub(1);
+                }
+            }
         }
         if let Some(jury) = &v.jury {
             for p in &jury.agreeing {

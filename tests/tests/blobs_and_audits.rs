@@ -242,6 +242,9 @@ async fn auditors_overturn_a_colluding_pair_and_expose_them() {
             assert!(s.failed_audits > 0, "a colluder failed its audit: {s:?}");
         } else {
             assert_eq!(s.failed_audits, 0, "honest {peer}: {s:?}");
+            // Dissenting against the colluders' overturned outcome is no offence.
+            assert_eq!(s.dissented, 0, "honest {peer}: {s:?}");
+            assert!(s.points > 0, "honest {peer}: {s:?}");
         }
     }
     let metrics = nodes[0].client.metrics().render().expect("metrics");
