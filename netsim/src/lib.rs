@@ -1,18 +1,17 @@
 //! # hivemesh-netsim
 //!
 //! Simulation of hivemesh swarms, for researchers trying a search before the real swarm and
-//! for proving the protocol under faults.
+//! for proving the protocol under faults. Two tiers:
+//! * tier 1 ([`sim`], [`scenario`]): a seeded discrete-event simulator running many
+//!   `hivemesh-protocol` instances on a virtual clock, with latency, loss, partitions,
+//!   crashes, joins and Byzantine behaviours, driven by TOML scenarios and stub executors;
+//! * tier 2 ([`cluster`]): real `hivemesh` nodes (libp2p on loopback, redb stores, real
+//!   training) in this process, running one campaign under injected faults (Byzantine
+//!   executors, kill -9 and restart, partitions), ending in a report folder ([`report`],
+//!   [`plot`]). This is the README's main job.
 //!
-//! It will own two tiers (see the consensus and end-to-end issues):
-//! * tier 1: a seeded discrete-event simulator running thousands of `hivemesh-protocol`
-//!   instances on a virtual clock, with latency, loss, partitions, crashes, joins and
-//!   Byzantine behaviours, driven by TOML scenarios;
-//! * tier 2: clusters of real nodes (one process or many) with fault injection, ending in a
-//!   report.
-//!
-//! Today it holds [`demo`]: one generation of stub jobs run through the real protocol core
-//! (signing, verification, commit–reveal, settlement, scoring) on several simulated nodes, each
-//! receiving the messages in its own order, with a Byzantine executor among them.
+//! [`demo`] runs one generation of stub jobs through the protocol core (signing,
+//! verification, commit–reveal, settlement, scoring) without a network.
 
 pub mod cluster;
 pub mod demo;
