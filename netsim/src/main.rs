@@ -30,6 +30,13 @@ enum Command {
     Cluster(ClusterArgs),
     /// Run the protocol-core demonstration (stub executors, no network).
     Demo(DemoArgs),
+    /// Compare the fronts of cluster reports by hypervolume (error, params and FLOPs
+    /// minimised, one common reference): e.g. NSGA-II against random search at the same
+    /// number of evaluations.
+    Compare {
+        /// `report.json` files (or their folders).
+        reports: Vec<PathBuf>,
+    },
     /// Run a tier-1 scenario (TOML, see netsim/scenarios/) under each of its seeds and
     /// print a report; exits 1 if an honest node did not finish or honest nodes disagree.
     Sim(SimArgs),
@@ -224,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => a,
         Command::Sim(s) => return sim(&s),
         Command::Cluster(c) => return cluster(c),
+        Command::Compare { reports } => return compare(&reports),
     };
     let cfg = DemoConfig {
         peers: a.peers,
@@ -369,6 +377,46 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
             files[0].display()
         )
     }
+}
+
+fn compare(paths: &[PathBuf]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if paths.len() < 2 {
+        anyhow::bail!("give at least two reports to compare");
+    }
+    let mut sets = Vec::new();
+    for p in paths {
+        let file = if p.is_dir() {
+            p.join("report.json")
+        } else {
+            p.clone()
+        };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a cluster report", file.display()))?;
+        sets.push((
+            file,
+            v["name"].as_str().unwrap_or("?").to_string(),
+            hivemesh_netsim::report::objectives_of(&v),
+        ));
+    }
+    let hv = hivemesh_netsim::report::hypervolumes(
+        &sets.iter().map(|(_, _, o)| o.clone()).collect::<Vec<_>>(),
+    );
+    println!(
+        "report                                   jobs   best acc   hypervolume   ratio to the first"
+    );
+    for ((file, name, o), h) in sets.iter().zip(&hv) {
+        let best = o.iter().map(|x| x.0).fold(0.0, f64::max);
+        println!(
+            "{:<40} {:>4}   {best:.4}     {h:.5}       {:.3}   ({name})",
+            file.display(),
+            o.len(),
+            if hv[0] > 0.0 { h / hv[0] } else { f64::NAN },
+        );
+    }
+    Ok(())
 }
 
 fn sim(a: &SimArgs) -> anyhow::Result<()> {

@@ -245,3 +245,60 @@ pub fn markdown(r: &ClusterReport) -> String {
     );
     s
 }
+
+/// One settled successful job as the hypervolume sees it: accuracy, params, FLOPs.
+pub type Objectives = (f64, u64, u64);
+
+/// The settled successful jobs of a `report.json`.
+pub fn objectives_of(report: &serde_json::Value) -> Vec<Objectives> {
+    report["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["status"] == "success")
+        .map(|j| {
+            (
+                j["accuracy"].as_f64().unwrap_or(0.0),
+                j["params"].as_u64().unwrap_or(0),
+                j["flops"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The hypervolume of each set of jobs under one common reference, objectives minimised:
+/// error (1 − accuracy, reference 1), params and FLOPs each divided by 1.1 × the largest seen
+/// in any set (reference 1). Comparable across the sets, not across calls.
+pub fn hypervolumes(sets: &[Vec<Objectives>]) -> Vec<f64> {
+    let max_p = sets.iter().flatten().map(|o| o.1).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let max_f = sets.iter().flatten().map(|o| o.2).max().unwrap_or(1).max(1) as f64 * 1.1;
+    sets.iter()
+        .map(|s| {
+            let pts: Vec<Vec<f64>> = s
+                .iter()
+                .map(|(a, p, f)| vec![1.0 - a, *p as f64 / max_p, *f as f64 / max_f])
+                .collect();
+            hivemesh_evolve::hypervolume::hypervolume(&pts, &[1.0, 1.0, 1.0]).unwrap_or(0.0)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dominating_set_has_the_larger_hypervolume() {
+        let worse = vec![(0.80, 1000, 2000), (0.85, 4000, 8000)];
+        let better = vec![(0.82, 900, 1800), (0.90, 4000, 8000)];
+        let hv = hypervolumes(&[worse.clone(), better.clone()]);
+        assert!(hv[1] > hv[0] && hv[0] > 0.0, "{hv:?}");
+        // The common reference: adding the other set's points changes nothing for either.
+        let both: Vec<Objectives> = worse.iter().chain(&better).copied().collect();
+        let hv2 = hypervolumes(&[both, better]);
+        assert!(
+            (hv2[0] - hv2[1]).abs() < 1e-12,
+            "better dominates worse: {hv2:?}"
+        );
+    }
+}
