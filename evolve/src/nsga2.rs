@@ -84,6 +84,7 @@ pub struct Individual<G> {
 pub struct Nsga2<P: Problem> {
     problem: P,
     config: Nsga2Config,
+    initial: Vec<P::Genome>,
     population: Vec<Individual<P::Genome>>,
     pending: Vec<P::Genome>,
     generation: usize,
@@ -101,10 +102,19 @@ impl<P: Problem> Nsga2<P> {
         Ok(Nsga2 {
             problem,
             config,
+            initial: Vec::new(),
             population: Vec::new(),
             pending: Vec::new(),
             generation: 0,
         })
+    }
+
+    /// Seeds the first generation: these genomes (at most `pop_size`, duplicates dropped) come
+    /// first, random samples fill the rest. For known-good starting points such as a
+    /// baseline loss.
+    pub fn with_initial(mut self, genomes: Vec<P::Genome>) -> Self {
+        self.initial = genomes;
+        self
     }
 
     /// The problem.
@@ -137,6 +147,11 @@ impl<P: Problem> Nsga2<P> {
         let n = self.config.pop_size;
         let mut out: Vec<P::Genome> = Vec::with_capacity(n);
         if self.population.is_empty() {
+            for g in &self.initial {
+                if out.len() < n && !self.is_duplicate(g, &out) {
+                    out.push(g.clone());
+                }
+            }
             while out.len() < n {
                 let mut g = self.problem.sample(rng);
                 for _ in 0..self.config.max_redraws {

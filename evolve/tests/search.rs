@@ -244,3 +244,36 @@ fn regularized_evolution_finds_the_minimum() {
         .is_err()
     );
 }
+
+#[test]
+fn the_first_generation_starts_with_the_seeds() {
+    use hivemesh_evolve::gp::{Expr, GpConfig};
+    use hivemesh_evolve::search_problems::GpProblem;
+    let p = GpProblem {
+        config: GpConfig::default(),
+        objectives: 2,
+    };
+    let mut s = hivemesh_evolve::Nsga2::new(
+        p,
+        hivemesh_evolve::Nsga2Config {
+            pop_size: 6,
+            ..hivemesh_evolve::Nsga2Config::default()
+        },
+    )
+    .expect("config")
+    .with_initial(vec![
+        Expr::cross_entropy(),
+        Expr::cross_entropy(),
+        Expr::mse(),
+    ]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let batch = s.ask(&mut rng);
+    assert_eq!(batch.len(), 6);
+    assert_eq!(batch[0], Expr::cross_entropy());
+    assert_eq!(batch[1], Expr::mse(), "the duplicate seed is dropped");
+    assert!(
+        batch[2..]
+            .iter()
+            .all(|e| *e != Expr::cross_entropy() && *e != Expr::mse())
+    );
+}

@@ -196,6 +196,9 @@ impl Derivation {
                     objectives: 2,
                 };
                 let pop = p.population as usize;
+                // Generation 0 starts from the cross-entropy baseline (then random trees): the
+                // search has a working loss to improve on, and the campaign measures its best
+                // against cross-entropy on the same reference model.
                 let state = State::Loss(Box::new(
                     Nsga2::new(
                         problem,
@@ -204,7 +207,8 @@ impl Derivation {
                             ..Nsga2Config::default()
                         },
                     )
-                    .map_err(err)?,
+                    .map_err(err)?
+                    .with_initial(vec![Expr::cross_entropy()]),
                 ));
                 (state, pop, p.generations)
             }
