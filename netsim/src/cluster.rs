@@ -444,7 +444,6 @@ async fn start_node(
                             | Event::Finished(_)
                             | Event::JobStarted { .. }
                             | Event::JobAbandoned { .. }
-                            | Event::Connected(_)
                     );
                     if keep && events.send((i, e)).await.is_err() {
                         return;
@@ -483,17 +482,13 @@ async fn campaign_spec(
         let p = cfg.campaign_dir.join(path);
         std::fs::read(&p).map_err(|e| ClusterError::Config(format!("{}: {e}", p.display())))
     };
-    if let Some(l) = file.loss.as_mut() {
-        if let Some(name) = l.reference_model.strip_prefix("zoo:") {
-            l.reference_model = put(zoo_model(name, &file.dataset)?).await?;
-        } else if let Some(path) = l.reference_model.strip_prefix("file:") {
-            l.reference_model = put(read(path)?).await?;
+    let source = file.dataset.clone();
+    for (_, value) in file.blob_refs_mut() {
+        if let Some(name) = value.strip_prefix("zoo:") {
+            *value = put(zoo_model(name, &source)?).await?;
+        } else if let Some(path) = value.strip_prefix("file:") {
+            *value = put(read(path)?).await?;
         }
-    }
-    if let Some(d) = file.distill.as_mut()
-        && let Some(path) = d.teacher.strip_prefix("file:")
-    {
-        d.teacher = put(read(path)?).await?;
     }
     let dataset = resolve_dataset(&file.dataset)?;
     let mut spec = file.to_spec(creator.key(), hivemesh_node::unix_now(), dataset)?;

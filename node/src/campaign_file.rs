@@ -287,7 +287,23 @@ fn default_top_k() -> u8 {
     3
 }
 
+/// The campaign-file fields that name a blob, as (table, key): each holds a blob id, or a
+/// reference resolved at submit time (`zoo:NAME` for a reference model, `file:PATH`).
+pub const BLOB_FIELDS: [(&str, &str); 2] = [("loss", "reference_model"), ("distill", "teacher")];
+
 impl CampaignFile {
+    /// The blob-naming fields present in this file ([`BLOB_FIELDS`]), as (`table.key`, value).
+    pub fn blob_refs_mut(&mut self) -> Vec<(&'static str, &mut String)> {
+        let mut out = Vec::new();
+        if let Some(l) = self.loss.as_mut() {
+            out.push(("loss.reference_model", &mut l.reference_model));
+        }
+        if let Some(d) = self.distill.as_mut() {
+            out.push(("distill.teacher", &mut d.teacher));
+        }
+        out
+    }
+
     /// Parses TOML.
     pub fn parse(text: &str) -> Result<CampaignFile, CampaignFileError> {
         Ok(toml::from_str(text)?)
@@ -503,7 +519,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).expect("read");
             // Blob references resolved at submit time (zoo:, file:) stand in as an id here.
             let mut doc: toml::Table = toml::from_str(&text).expect("TOML");
-            for (table, key) in [("loss", "reference_model"), ("distill", "teacher")] {
+            for (table, key) in BLOB_FIELDS {
                 if let Some(v) = doc.get_mut(table).and_then(|t| t.get_mut(key))
                     && v.as_str().is_some_and(|s| s.contains(':'))
                 {

@@ -1915,13 +1915,7 @@ impl EventLoop {
     fn settled(&self, id: &CampaignId) -> Option<Vec<SettledJob>> {
         let c = self.campaigns.get(id)?;
         let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
-        let verdicts: BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> = c
-            .peer
-            .closures()
-            .iter()
-            .flat_map(|(cl, _)| &cl.verdicts)
-            .map(|v| (v.job, v))
-            .collect();
+        let verdicts = verdicts_by_job(c.peer.closures());
         let mut out = Vec::new();
         for (closure, _) in c.peer.closures() {
             for entry in &closure.entries {
@@ -1966,13 +1960,7 @@ impl EventLoop {
     fn standings(&self, id: &CampaignId) -> Option<Vec<(PeerKey, PeerScore)>> {
         let c = self.campaigns.get(id)?;
         let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
-        let verdicts: BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> = c
-            .peer
-            .closures()
-            .iter()
-            .flat_map(|(cl, _)| &cl.verdicts)
-            .map(|v| (v.job, v))
-            .collect();
+        let verdicts = verdicts_by_job(c.peer.closures());
         // Owned settlements and auditor sets for the overturned jobs, referenced below.
         let mut corrected: BTreeMap<JobId, (hivemesh_protocol::Settlement, BTreeSet<PeerKey>)> =
             BTreeMap::new();
@@ -2154,6 +2142,17 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// Every audit verdict in the closures, by job.
+fn verdicts_by_job(
+    closures: &[(Closure, Vec<PeerKey>)],
+) -> BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> {
+    closures
+        .iter()
+        .flat_map(|(cl, _)| &cl.verdicts)
+        .map(|v| (v.job, v))
+        .collect()
 }
 
 /// How an audit ended: `confirmed` (no dispute), `upheld` (the jury agreed with the

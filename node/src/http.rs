@@ -351,18 +351,19 @@ async fn post_campaign(
     let mut file =
         CampaignFile::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     // A zoo reference model is built here and stored (and announced) before the campaign is.
-    if let Some(l) = file.loss.as_mut()
-        && let Some(name) = l.reference_model.strip_prefix("zoo:")
-    {
-        let bytes = zoo_model(name, &file.dataset)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let id = s
-            .client
-            .put_blob(bytes)
-            .await
-            .map_err(stopped)?
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-        l.reference_model = id.to_string();
+    let dataset = file.dataset.clone();
+    for (_, value) in file.blob_refs_mut() {
+        if let Some(name) = value.strip_prefix("zoo:") {
+            let bytes = zoo_model(name, &dataset)
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let id = s
+                .client
+                .put_blob(bytes)
+                .await
+                .map_err(stopped)?
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            *value = id.to_string();
+        }
     }
     // Resolving an MNIST dataset reads files: off the async runtime.
     let spec = tokio::task::spawn_blocking(move || {

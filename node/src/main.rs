@@ -528,7 +528,7 @@ async fn upload_file_blobs(
     let mut doc: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: not valid TOML", campaign.display()))?;
     let mut changed = false;
-    for (table, key) in [("loss", "reference_model"), ("distill", "teacher")] {
+    for (table, key) in hivemesh_node::campaign_file::BLOB_FIELDS {
         let Some(v) = doc.get_mut(table).and_then(|t| t.get_mut(key)) else {
             continue;
         };
