@@ -29,6 +29,9 @@ use hivemesh_node::executor::{Executor, needed_blobs};
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::spec::{CampaignSpec, JobSpec, Search};
 use hivemesh_protocol::{CampaignId, Keypair, PeerKey, PeerScore};
+use hivemesh_trainer::distill::ShardLabels;
+
+use crate::processes::{self, Proc};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -136,6 +139,9 @@ pub struct ClusterConfig {
     pub progress: bool,
     /// Re-run every settled job once on one executor after the run, to measure the overhead.
     pub measure_overhead: bool,
+    /// Run every node as a `hivemesh run` child process of this binary (the path), instead of
+    /// in this process.
+    pub processes: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -162,6 +168,7 @@ impl ClusterConfig {
             data_dir,
             progress: true,
             measure_overhead: true,
+            processes: None,
         }
     }
 
@@ -206,6 +213,14 @@ pub enum ClusterError {
         #[source]
         source: NodeError,
     },
+    /// A node process failed to start.
+    #[error("node {node} (process): {reason}")]
+    Process {
+        /// Which.
+        node: usize,
+        /// Why.
+        reason: String,
+    },
     /// A node stopped answering.
     #[error("node {0} stopped unexpectedly")]
     Stopped(usize),
@@ -234,9 +249,9 @@ pub struct NodeView {
     pub finished: bool,
     /// Its closures: generation and root (hex).
     pub closures: Vec<(u32, String)>,
-    /// Jobs it trained (since its last start).
+    /// Job executions it started (every instance, audits included).
     pub jobs_trained: u64,
-    /// Messages it validated and refused (since its last start).
+    /// Messages it validated (since its last start).
     pub messages_validated: u64,
     /// Messages it refused.
     pub messages_rejected: u64,
@@ -349,13 +364,45 @@ pub struct ClusterReport {
     pub faults: Vec<FaultEvent>,
     /// The overhead measurement (when asked for).
     pub overhead: Option<Overhead>,
+    /// Distillation campaigns: the agreed shards, one per settled job.
+    pub shards: Vec<ShardView>,
+    /// The shard blobs, as `(file name, bytes)`, written to the report's `shards/` folder.
+    #[serde(skip)]
+    pub shard_blobs: Vec<(String, Vec<u8>)>,
+}
+
+/// One distillation shard as the cluster ended with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardView {
+    /// The job id (hex).
+    pub job: String,
+    /// First sample.
+    pub start: u64,
+    /// One past the last sample.
+    pub end: u64,
+    /// `success`, `failure` or `void`.
+    pub status: String,
+    /// The agreed shard blob (hex), for a success.
+    pub blob: Option<String>,
+    /// Executors that agreed on it.
+    pub agreeing: usize,
+    /// The teacher's top-1 agreement with the dataset labels over the shard.
+    pub teacher_accuracy: f64,
+    /// Whether a node held the blob and its bytes hash to the agreed id and parse as a shard
+    /// covering `start..end`.
+    pub verified: bool,
+    /// The file under the report's `shards/` folder, when verified.
+    pub file: Option<String>,
 }
 
 impl ClusterReport {
     /// Whether the run shows what a cluster must: the campaign finished, every running node
     /// agrees, and no wrong result stands.
     pub fn ok(&self) -> bool {
-        self.finished && self.agreement && self.wrong_results == 0
+        self.finished
+            && self.agreement
+            && self.wrong_results == 0
+            && self.shards.iter().all(|s| s.verified)
     }
 }
 
@@ -368,30 +415,271 @@ pub fn node_key(seed: u64, i: usize) -> Keypair {
 /// CPU seconds this process has used (user + system), from `/proc/self/stat`; `None` where
 /// there is no procfs.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on every Linux platform we run on.
-    Some(ticks / 100.0)
+    processes::cpu_seconds_of("/proc/self/stat")
 }
 
+/// What the cluster hears from a node about the campaign.
+#[derive(Debug, Clone)]
+enum NodeEvent {
+    /// A generation closed here.
+    Closed { generation: u32, root: String },
+    /// The campaign finished here.
+    Finished,
+    /// This many more job executions started here.
+    Started(u64),
+    /// A job was handed back.
+    Abandoned { job: String, reason: String },
+}
+
+type Events = mpsc::Sender<(usize, CampaignId, NodeEvent)>;
+
+/// A running node: in this process, or a `hivemesh run` child process.
 struct Running {
-    client: Client,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
     addr: Multiaddr,
+    peer_id: PeerId,
+    kind: Kind,
+    /// Polls a child process's API for events.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts node `i`, retrying while its store is still held by a job the previous (killed)
-/// instance left running on the blocking pool.
+enum Kind {
+    InProcess {
+        client: Client,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    Process(Proc),
+}
+
+/// A settled job, as much as the progress lines need.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Brief {
+    generation: u32,
+    status: String,
+    accuracy: f64,
+}
+
+impl Running {
+    fn client(&self) -> Option<&Client> {
+        match &self.kind {
+            Kind::InProcess { client, .. } => Some(client),
+            Kind::Process(_) => None,
+        }
+    }
+
+    async fn briefs(&self, id: CampaignId) -> Option<Vec<Brief>> {
+        match &self.kind {
+            Kind::InProcess { client, .. } => client.settled(id).await.ok().flatten().map(|jobs| {
+                jobs.iter()
+                    .map(|j| Brief {
+                        generation: j.generation,
+                        status: j.status.clone(),
+                        accuracy: j.accuracy,
+                    })
+                    .collect()
+            }),
+            Kind::Process(p) => {
+                let v = p.get_json(&format!("/campaigns/{id}/results")).await.ok()?;
+                serde_json::from_value(v).ok()
+            }
+        }
+    }
+
+    /// One line on where the node stands in the campaign.
+    async fn state_line(&self, id: CampaignId) -> Option<String> {
+        match &self.kind {
+            Kind::InProcess { client, .. } => client.campaign(id).await.ok().flatten().map(|c| {
+                format!(
+                    "generation {} finished {}: {}",
+                    c.generation, c.finished, c.summary
+                )
+            }),
+            Kind::Process(p) => {
+                let c = p.get_json(&format!("/campaigns/{id}")).await.ok()?;
+                Some(format!(
+                    "generation {} finished {}: {}",
+                    c["generation"],
+                    c["finished"],
+                    c["summary"].as_str().unwrap_or("")
+                ))
+            }
+        }
+    }
+
+    async fn put_blob(&self, bytes: Vec<u8>) -> Result<String, ClusterError> {
+        match &self.kind {
+            Kind::InProcess { client, .. } => client
+                .put_blob(bytes)
+                .await
+                .map_err(|_| ClusterError::Stopped(0))?
+                .map(|id| id.to_string())
+                .map_err(ClusterError::Config),
+            Kind::Process(p) => {
+                let v = p
+                    .post("/blobs", &bytes)
+                    .await
+                    .map_err(|e| ClusterError::Config(format!("node 0: {e}")))?;
+                v["id"].as_str().map(String::from).ok_or_else(|| {
+                    ClusterError::Config(format!("node 0: POST /blobs answered {v}"))
+                })
+            }
+        }
+    }
+
+    /// `kill -9`; the CPU seconds a child process had used.
+    async fn kill(self) -> f64 {
+        if let Some(w) = self.watcher {
+            w.abort();
+        }
+        match self.kind {
+            Kind::InProcess { stop, task, .. } => {
+                // The loop is dropped where it stands, nothing is flushed.
+                task.abort();
+                let _ = task.await;
+                drop(stop);
+                0.0
+            }
+            Kind::Process(p) => {
+                let cpu = p.cpu_seconds().unwrap_or(0.0);
+                p.kill().await;
+                cpu
+            }
+        }
+    }
+
+    /// A clean stop; the CPU seconds a child process had used.
+    async fn stop(self) -> f64 {
+        if let Some(w) = self.watcher {
+            w.abort();
+        }
+        match self.kind {
+            Kind::InProcess { stop, task, .. } => {
+                let _ = stop.send(());
+                let _ = task.await;
+                0.0
+            }
+            Kind::Process(p) => {
+                let cpu = p.cpu_seconds().unwrap_or(0.0);
+                p.stop(Duration::from_secs(30)).await;
+                cpu
+            }
+        }
+    }
+
+    /// Starts polling a child process's API for `id`'s events (in-process nodes push theirs).
+    fn watch(&mut self, i: usize, id: CampaignId, events: &Events) {
+        let Kind::Process(p) = &self.kind else { return };
+        let api = p.api;
+        let events = events.clone();
+        self.watcher = Some(tokio::spawn(async move {
+            let mut sent: BTreeSet<(u32, String)> = BTreeSet::new();
+            let mut finished = false;
+            let mut started = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let mut out = Vec::new();
+                if let Ok(c) = processes::get_json_at(api, &format!("/campaigns/{id}")).await {
+                    for pair in c["closures"].as_array().into_iter().flatten() {
+                        if let (Some(g), Some(root)) = (pair[0].as_u64(), pair[1].as_str())
+                            && sent.insert((g as u32, root.to_string()))
+                        {
+                            out.push(NodeEvent::Closed {
+                                generation: g as u32,
+                                root: root.to_string(),
+                            });
+                        }
+                    }
+                    if !finished && c["finished"].as_bool() == Some(true) {
+                        finished = true;
+                        out.push(NodeEvent::Finished);
+                    }
+                }
+                if let Ok(st) = processes::get_json_at(api, "/status").await {
+                    let n = st["jobs_running"].as_u64().unwrap_or(0)
+                        + st["jobs_finished"].as_u64().unwrap_or(0);
+                    if n > started {
+                        out.push(NodeEvent::Started(n - started));
+                        started = n;
+                    }
+                }
+                for e in out {
+                    if events.send((i, id, e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+}
+
+/// Starts node `i`: in this process, or as a child process with `--processes`.
 async fn start_node(
     cfg: &ClusterConfig,
     i: usize,
     bootstrap: Vec<Multiaddr>,
-    events: mpsc::Sender<(usize, Event)>,
+    events: &Events,
+) -> Result<Running, ClusterError> {
+    let Some(bin) = &cfg.processes else {
+        return start_in_process(cfg, i, bootstrap, events.clone()).await;
+    };
+    let dir = cfg.data_dir.join(format!("node{i}"));
+    let key = node_key(cfg.seed, i);
+    let role = cfg.role(i);
+    let fault = match (role, cfg.strategy) {
+        (Role::Byzantine, Byzantine::Lie) => Some("lie"),
+        (Role::Byzantine, Byzantine::CorruptBlobs) => Some("corrupt-blobs"),
+        _ => None,
+    };
+    let p = processes::spawn(processes::Spawn {
+        bin,
+        data_dir: &dir,
+        key: &key,
+        bootstrap: &bootstrap,
+        jobs: cfg.jobs_per_node,
+        audit: role == Role::Auditor,
+        fault,
+        heartbeat: cfg.delay,
+    })
+    .await
+    .map_err(|e| ClusterError::Process {
+        node: i,
+        reason: e.to_string(),
+    })?;
+    Ok(Running {
+        addr: p.addr.clone(),
+        peer_id: p.peer_id,
+        kind: Kind::Process(p),
+        watcher: None,
+    })
+}
+
+/// Opens node `i`'s store in this process, connected to no one, to read what it holds (after
+/// its child process stopped).
+async fn open_offline(cfg: &ClusterConfig, i: usize) -> Result<Running, ClusterError> {
+    let mut c = Config::new(cfg.data_dir.join(format!("node{i}")));
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
+    let (client, ev) = daemon::start(c, node_key(cfg.seed, i))
+        .map_err(|source| ClusterError::Node { node: i, source })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ev.run(async {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        addr: Multiaddr::empty(),
+        peer_id: client.peer_id(),
+        kind: Kind::InProcess { client, stop, task },
+        watcher: None,
+    })
+}
+
+/// Starts node `i` in this process, retrying while its store is still held by a job the
+/// previous (killed) instance left running on the blocking pool.
+async fn start_in_process(
+    cfg: &ClusterConfig,
+    i: usize,
+    bootstrap: Vec<Multiaddr>,
+    events: Events,
 ) -> Result<Running, ClusterError> {
     let mut c = Config::new(cfg.data_dir.join(format!("node{i}")));
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
@@ -438,14 +726,34 @@ async fn start_node(
         loop {
             match rx.recv().await {
                 Ok(e) => {
-                    let keep = matches!(
-                        e,
-                        Event::Closed { .. }
-                            | Event::Finished(_)
-                            | Event::JobStarted { .. }
-                            | Event::JobAbandoned { .. }
-                    );
-                    if keep && events.send((i, e)).await.is_err() {
+                    let (campaign, e) = match e {
+                        Event::Closed {
+                            campaign,
+                            generation,
+                            root,
+                        } => (
+                            campaign,
+                            NodeEvent::Closed {
+                                generation,
+                                root: hivemesh_node::hex(&root),
+                            },
+                        ),
+                        Event::Finished(campaign) => (campaign, NodeEvent::Finished),
+                        Event::JobStarted { campaign, .. } => (campaign, NodeEvent::Started(1)),
+                        Event::JobAbandoned {
+                            campaign,
+                            job,
+                            reason,
+                        } => (
+                            campaign,
+                            NodeEvent::Abandoned {
+                                job: job.to_string(),
+                                reason,
+                            },
+                        ),
+                        _ => continue,
+                    };
+                    if events.send((i, campaign, e)).await.is_err() {
                         return;
                     }
                 }
@@ -455,73 +763,102 @@ async fn start_node(
         }
     });
     Ok(Running {
-        client,
-        stop,
-        task,
         addr,
+        peer_id: client.peer_id(),
+        kind: Kind::InProcess { client, stop, task },
+        watcher: None,
     })
 }
 
-/// The campaign spec: the file, the overrides, every node in the roster. Blobs the campaign
-/// names as `zoo:` or `file:` are built or read and stored at the creator.
-async fn campaign_spec(
+/// The campaign file with the overrides and the roster (every node) written into it.
+fn campaign_table(cfg: &ClusterConfig, roster: &[PeerKey]) -> Result<toml::Table, ClusterError> {
+    use toml::Value;
+    let mut t: toml::Table = toml::from_str(&cfg.campaign)
+        .map_err(|e| ClusterError::Config(format!("campaign file: {e}")))?;
+    let o = &cfg.overrides;
+    if let Some(r) = o.redundancy {
+        t.insert("redundancy".into(), Value::Integer(r.into()));
+    }
+    if let Some(q) = o.quorum {
+        t.insert("quorum".into(), Value::Integer(q.into()));
+    }
+    if let Some(a) = o.audit_rate {
+        t.insert("audit_rate".into(), Value::Float(a.clamp(0.0, 1.0)));
+    }
+    let sub = |t: &mut toml::Table, name: &str| -> Option<toml::Table> {
+        match t.get(name) {
+            Some(Value::Table(x)) => Some(x.clone()),
+            _ => None,
+        }
+    };
+    let mut schedule = sub(&mut t, "schedule").unwrap_or_default();
+    if let Some(d) = o.job_deadline_s {
+        schedule.insert(
+            "job_deadline_s".into(),
+            Value::Integer(d.min(i64::MAX as u64) as i64),
+        );
+    }
+    if let Some(x) = o.max_extra_executors {
+        schedule.insert("max_extra_executors".into(), Value::Integer(x.into()));
+    }
+    if !schedule.is_empty() {
+        t.insert("schedule".into(), Value::Table(schedule));
+    }
+    for name in ["nas", "loss"] {
+        if let Some(mut search) = sub(&mut t, name) {
+            if let Some(p) = o.population {
+                search.insert("population".into(), Value::Integer(p.into()));
+            }
+            if let Some(g) = o.generations {
+                search.insert("generations".into(), Value::Integer(g.into()));
+            }
+            t.insert(name.into(), Value::Table(search));
+        }
+    }
+    t.insert(
+        "roster".into(),
+        Value::Array(
+            roster
+                .iter()
+                .map(|k| Value::String(k.to_string()))
+                .collect(),
+        ),
+    );
+    Ok(t)
+}
+
+/// Submits the campaign at the creator: the file with the overrides and every node in the
+/// roster; blobs it names as `zoo:` or `file:` are built or read and stored at the creator
+/// first. Returns the spec (as the creator signs it, up to its timestamp) and the id.
+async fn submit_campaign(
     cfg: &ClusterConfig,
-    creator: &Client,
-    roster: Vec<PeerKey>,
-) -> Result<CampaignSpec, ClusterError> {
-    let mut file = CampaignFile::parse(&cfg.campaign)?;
-    let put = async |bytes: Vec<u8>| -> Result<String, ClusterError> {
-        creator
-            .put_blob(bytes)
-            .await
-            .map_err(|_| ClusterError::Stopped(0))?
-            .map(|id| id.to_string())
-            .map_err(ClusterError::Config)
-    };
-    let read = |path: &str| -> Result<Vec<u8>, ClusterError> {
-        let p = cfg.campaign_dir.join(path);
-        std::fs::read(&p).map_err(|e| ClusterError::Config(format!("{}: {e}", p.display())))
-    };
+    creator: &Running,
+    roster: &[PeerKey],
+) -> Result<(CampaignSpec, CampaignId), ClusterError> {
+    let mut table = campaign_table(cfg, roster)?;
+    let mut file = CampaignFile::parse(&table.to_string())?;
     let source = file.dataset.clone();
-    for (_, value) in file.blob_refs_mut() {
-        if let Some(name) = value.strip_prefix("zoo:") {
-            *value = put(zoo_model(name, &source)?).await?;
+    for (name, value) in file.blob_refs_mut() {
+        let bytes = if let Some(zoo) = value.strip_prefix("zoo:") {
+            zoo_model(zoo, &source)?
         } else if let Some(path) = value.strip_prefix("file:") {
-            *value = put(read(path)?).await?;
+            let p = cfg.campaign_dir.join(path);
+            std::fs::read(&p).map_err(|e| {
+                ClusterError::Config(format!("{name} = \"{value}\": {}: {e}", p.display()))
+            })?
+        } else {
+            continue;
+        };
+        *value = creator.put_blob(bytes).await?;
+        if let Some((tab, key)) = name.split_once('.')
+            && let Some(toml::Value::Table(t)) = table.get_mut(tab)
+        {
+            t.insert(key.into(), toml::Value::String(value.clone()));
         }
     }
     let dataset = resolve_dataset(&file.dataset)?;
-    let mut spec = file.to_spec(creator.key(), hivemesh_node::unix_now(), dataset)?;
-    spec.roster = roster;
-    spec.roster.sort();
-    let o = &cfg.overrides;
-    if let Some(r) = o.redundancy {
-        spec.redundancy = r;
-    }
-    if let Some(q) = o.quorum {
-        spec.quorum = q;
-    }
-    if let Some(a) = o.audit_rate {
-        spec.audit_rate_ppm = (a.clamp(0.0, 1.0) * 1e6).round() as u32;
-    }
-    if let Some(d) = o.job_deadline_s {
-        spec.schedule.job_deadline_ms = d.saturating_mul(1000);
-        spec.schedule.min_deadline_ms = spec.schedule.min_deadline_ms.min(d * 1000);
-    }
-    if let Some(x) = o.max_extra_executors {
-        spec.schedule.max_extra_executors = x;
-    }
-    match &mut spec.search {
-        Search::Nas(p) => {
-            p.population = o.population.unwrap_or(p.population);
-            p.generations = o.generations.unwrap_or(p.generations);
-        }
-        Search::Loss(p) => {
-            p.population = o.population.unwrap_or(p.population);
-            p.generations = o.generations.unwrap_or(p.generations);
-        }
-        Search::Distill(_) => {}
-    }
+    let creator_key = node_key(cfg.seed, 0).public();
+    let spec = file.to_spec(creator_key, hivemesh_node::unix_now(), dataset)?;
     spec.validate()
         .map_err(|e| ClusterError::Config(format!("campaign: {e}")))?;
     if spec.roster.len() < usize::from(spec.redundancy) {
@@ -531,7 +868,26 @@ async fn campaign_spec(
             spec.redundancy
         )));
     }
-    Ok(spec)
+    let id = match &creator.kind {
+        Kind::InProcess { client, .. } => client
+            .submit(spec.clone())
+            .await
+            .map_err(|_| ClusterError::Stopped(0))?
+            .map_err(ClusterError::Config)?,
+        Kind::Process(p) => {
+            let v = p
+                .post("/campaigns", table.to_string().as_bytes())
+                .await
+                .map_err(|e| ClusterError::Config(format!("node 0: {e}")))?;
+            v["id"]
+                .as_str()
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| {
+                    ClusterError::Config(format!("node 0: POST /campaigns answered {v}"))
+                })?
+        }
+    };
+    Ok((spec, id))
 }
 
 fn kind_of(spec: &CampaignSpec) -> &'static str {
@@ -578,8 +934,23 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
             cfg.nodes - 1
         )));
     }
+    if cfg.processes.is_some() && cfg.partition.is_some() {
+        return Err(ClusterError::Config(
+            "--partition needs in-process nodes (`hivemesh run` does not expose its block list)"
+                .into(),
+        ));
+    }
+    if let Some(bin) = &cfg.processes
+        && !bin.is_file()
+    {
+        return Err(ClusterError::Config(format!(
+            "--processes needs the hivemesh binary, not found at {}: build it with \
+             `cargo build --release -p hivemesh-node` or pass --hivemesh PATH",
+            bin.display()
+        )));
+    }
     let _ = std::fs::remove_dir_all(&cfg.data_dir);
-    let (etx, mut erx) = mpsc::channel::<(usize, Event)>(EVENT_CAPACITY);
+    let (etx, mut erx) = mpsc::channel::<(usize, CampaignId, NodeEvent)>(EVENT_CAPACITY);
     let mut nodes: Vec<Option<Running>> = Vec::new();
     for i in 0..cfg.nodes {
         // A tree with a back edge: connected from the start, a few hops across.
@@ -592,25 +963,26 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                 boot.push(n.addr.clone());
             }
         }
-        nodes.push(Some(start_node(cfg, i, boot, etx.clone()).await?));
+        nodes.push(Some(start_node(cfg, i, boot, &etx).await?));
     }
     let keys: Vec<PeerKey> = (0..cfg.nodes)
         .map(|i| node_key(cfg.seed, i).public())
         .collect();
-    let peer_ids: Vec<PeerId> = nodes.iter().flatten().map(|n| n.client.peer_id()).collect();
-    let creator = nodes[0]
-        .as_ref()
-        .map(|n| n.client.clone())
-        .ok_or(ClusterError::Stopped(0))?;
-    let spec = campaign_spec(cfg, &creator, keys.clone()).await?;
-    let total = total_jobs(&spec);
+    let peer_ids: Vec<PeerId> = nodes.iter().flatten().map(|n| n.peer_id).collect();
     let cpu0 = process_cpu_seconds();
     let t0 = Instant::now();
-    let id: CampaignId = creator
-        .submit(spec.clone())
-        .await
-        .map_err(|_| ClusterError::Stopped(0))?
-        .map_err(ClusterError::Config)?;
+    let (spec, id) = {
+        let creator = nodes[0].as_ref().ok_or(ClusterError::Stopped(0))?;
+        submit_campaign(cfg, creator, &keys).await?
+    };
+    let total = total_jobs(&spec);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if let Some(n) = n {
+            n.watch(i, id, &etx);
+        }
+    }
+    // CPU seconds of child processes that were killed (`--processes`).
+    let mut killed_cpu = 0.0f64;
 
     let mut schedule: Vec<(Duration, Action)> = Vec::new();
     for k in cfg.kills.iter().filter(|k| k.after_generation.is_none()) {
@@ -649,6 +1021,7 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     let mut gen_views: BTreeMap<u32, (usize, f64)> = BTreeMap::new();
     let mut faults: Vec<FaultEvent> = Vec::new();
     let mut executions = 0u64;
+    let mut per_node_executions = vec![0u64; cfg.nodes];
     let mut next_fault = 0usize;
     let mut timed_out = false;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
@@ -685,16 +1058,17 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                 let action = schedule[next_fault].1.clone();
                 next_fault += 1;
                 let at_s = t0.elapsed().as_secs_f64();
-                let what = apply(cfg, action, &mut nodes, &peer_ids, &etx, &mut schedule, t0, &mut finished, &mut gone_for_good).await?;
+                let what = apply(cfg, action, id, &mut nodes, &peer_ids, &etx, &mut schedule, t0, &mut finished, &mut gone_for_good, &mut killed_cpu).await?;
                 say(format!("{at_s:7.1}s  fault: {what}"));
                 faults.push(FaultEvent { at_s, what });
                 schedule[next_fault..].sort_by_key(|(t, _)| *t);
             }
-            Some((i, e)) = erx.recv() => match e {
-                Event::Closed { campaign, generation, root } if campaign == id => {
+            Some((i, campaign, e)) = erx.recv() => match e {
+                _ if campaign != id => {}
+                NodeEvent::Closed { generation, root } => {
                     let t = t0.elapsed().as_secs_f64();
                     let entry = closed.entry(generation).or_insert_with(|| {
-                        (hivemesh_node::hex(&root), t, t, BTreeSet::new())
+                        (root.clone(), t, t, BTreeSet::new())
                     });
                     entry.2 = t;
                     entry.3.insert(i);
@@ -707,11 +1081,11 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                     }
                     if entry.3.len() == 1
                         && let Some(Some(n)) = nodes.get(i)
-                        && let Ok(Some(jobs)) = n.client.settled(id).await
+                        && let Some(jobs) = n.briefs(id).await
                     {
                         let settled = jobs.iter().filter(|j| j.status != "void").count();
                         let best = jobs.iter().filter(|j| j.status == "success").map(|j| j.accuracy).fold(0.0, f64::max);
-                        let in_gen: Vec<&SettledJob> = jobs.iter().filter(|j| j.generation == generation).collect();
+                        let in_gen: Vec<&Brief> = jobs.iter().filter(|j| j.generation == generation).collect();
                         let gen_best = in_gen.iter().filter(|j| j.status == "success").map(|j| j.accuracy).fold(0.0, f64::max);
                         gen_views.insert(generation, (in_gen.iter().filter(|j| j.status != "void").count(), gen_best));
                         progress.push(crate::plot::Sample { seconds: t, settled, best });
@@ -722,22 +1096,24 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                             say(format!(
                                 "{t:7.1}s  generation {}/{generations} closed (root {}): {} jobs settled, best accuracy {best:.4}",
                                 generation + 1,
-                                &hivemesh_node::hex(&root)[..12],
+                                &root[..12.min(root.len())],
                                 settled,
                             ));
                         } else {
-                            say(format!("{t:7.1}s  audits judged (root {})", &hivemesh_node::hex(&root)[..12]));
+                            say(format!("{t:7.1}s  audits judged (root {})", &root[..12.min(root.len())]));
                         }
                     }
                 }
-                Event::Finished(c) if c == id => {
+                NodeEvent::Finished => {
                     finished.insert(i);
                 }
-                Event::JobStarted { campaign, .. } if campaign == id => executions += 1,
-                Event::JobAbandoned { campaign, job, reason } if campaign == id => {
-                    say(format!("node {i} handed back job {}: {reason}", &job.to_string()[..12]));
+                NodeEvent::Started(n) => {
+                    executions += n;
+                    per_node_executions[i] += n;
                 }
-                _ => {}
+                NodeEvent::Abandoned { job, reason } => {
+                    say(format!("node {i} handed back job {}: {reason}", &job[..12.min(job.len())]));
+                }
             },
             _ = ticker.tick() => {
                 if let Some(b) = &bar {
@@ -752,10 +1128,6 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
         }
     }
     let wall_s = t0.elapsed().as_secs_f64();
-    let swarm_cpu = match (cpu0, process_cpu_seconds()) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -765,18 +1137,46 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     if timed_out {
         for (i, n) in nodes.iter().enumerate() {
             if let Some(n) = n
-                && let Ok(Some(c)) = n.client.campaign(id).await
+                && let Some(line) = n.state_line(id).await
             {
-                states.push_str(&format!(
-                    "node {i} ({:?}): generation {} finished {}: {}\n",
-                    cfg.role(i),
-                    c.generation,
-                    c.finished,
-                    c.summary
-                ));
+                states.push_str(&format!("node {i} ({:?}): {line}\n", cfg.role(i)));
             }
         }
     }
+    let mut final_status: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let swarm_cpu = if cfg.processes.is_some() {
+        // Child processes: their CPU seconds; then each store is read here, offline.
+        let mut cpu = killed_cpu;
+        let mut reopen = Vec::new();
+        for (i, slot) in nodes.iter_mut().enumerate() {
+            if let Some(n) = slot.take() {
+                if let Kind::Process(p) = &n.kind
+                    && let Ok(st) = p.get_json("/status").await
+                {
+                    final_status.insert(
+                        i,
+                        (
+                            st["messages_validated"].as_u64().unwrap_or(0),
+                            st["messages_rejected"].as_u64().unwrap_or(0),
+                        ),
+                    );
+                }
+                cpu += n.stop().await;
+                reopen.push(i);
+            }
+        }
+        if !timed_out {
+            for i in reopen {
+                nodes[i] = Some(open_offline(cfg, i).await?);
+            }
+        }
+        Some(cpu)
+    } else {
+        match (cpu0, process_cpu_seconds()) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        }
+    };
     let mut views = Vec::new();
     let mut agreed_jobs: Option<Vec<SettledJob>> = None;
     let mut scores: Option<Vec<(PeerKey, PeerScore)>> = None;
@@ -784,7 +1184,7 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     let mut blobs: BTreeMap<BlobId, Vec<u8>> = BTreeMap::new();
     for (i, n) in nodes.iter().enumerate() {
         let role = cfg.role(i);
-        let Some(n) = n else {
+        let Some(n) = n.as_ref().and_then(Running::client) else {
             views.push(NodeView {
                 index: i,
                 role,
@@ -792,40 +1192,20 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                 up: false,
                 finished: false,
                 closures: Vec::new(),
-                jobs_trained: 0,
+                jobs_trained: per_node_executions[i],
                 messages_validated: 0,
                 messages_rejected: 0,
             });
             continue;
         };
-        let c = n
-            .client
-            .campaign(id)
-            .await
-            .map_err(|_| ClusterError::Stopped(i))?;
-        let st = n
-            .client
-            .status()
-            .await
-            .map_err(|_| ClusterError::Stopped(i))?;
+        let c = n.campaign(id).await.map_err(|_| ClusterError::Stopped(i))?;
+        let st = n.status().await.map_err(|_| ClusterError::Stopped(i))?;
         if role != Role::Byzantine && agreed_jobs.is_none() {
-            agreed_jobs = n
-                .client
-                .settled(id)
-                .await
-                .map_err(|_| ClusterError::Stopped(i))?;
-            scores = n
-                .client
-                .scores(id)
-                .await
-                .map_err(|_| ClusterError::Stopped(i))?;
-            jobs_to_rerun = n
-                .client
-                .jobs(id)
-                .await
-                .map_err(|_| ClusterError::Stopped(i))?;
+            agreed_jobs = n.settled(id).await.map_err(|_| ClusterError::Stopped(i))?;
+            scores = n.scores(id).await.map_err(|_| ClusterError::Stopped(i))?;
+            jobs_to_rerun = n.jobs(id).await.map_err(|_| ClusterError::Stopped(i))?;
             for (b, _) in needed_blobs(&spec) {
-                if let Ok(Ok(Some(bytes))) = n.client.blob(b).await {
+                if let Ok(Ok(Some(bytes))) = n.blob(b).await {
                     blobs.insert(b, bytes);
                 }
             }
@@ -837,20 +1217,48 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
             up: true,
             finished: finished.contains(&i),
             closures: c.map(|c| c.closures).unwrap_or_default(),
-            jobs_trained: st.jobs_finished,
-            messages_validated: st.messages_validated,
-            messages_rejected: st.messages_rejected,
+            jobs_trained: per_node_executions[i],
+            messages_validated: final_status.get(&i).map_or(st.messages_validated, |s| s.0),
+            messages_rejected: final_status.get(&i).map_or(st.messages_rejected, |s| s.1),
         });
     }
+    // Distillation: the agreed shards' bytes, from whichever running node holds each (honest
+    // nodes first).
+    let mut shard_bytes: BTreeMap<BlobId, Vec<u8>> = BTreeMap::new();
+    if let Some(jobs) = &agreed_jobs {
+        let mut order: Vec<&Client> = Vec::new();
+        for role_first in [true, false] {
+            for (i, n) in nodes.iter().enumerate() {
+                if let Some(n) = n.as_ref().and_then(Running::client)
+                    && (cfg.role(i) != Role::Byzantine) == role_first
+                {
+                    order.push(n);
+                }
+            }
+        }
+        for j in jobs.iter().filter(|j| j.payload.0 == "distill") {
+            let Some(b) = j.artifacts.first().and_then(|a| a.parse::<BlobId>().ok()) else {
+                continue;
+            };
+            for n in &order {
+                if let Ok(Ok(Some(bytes))) = n.blob(b).await
+                    && BlobId::of_bytes(&bytes) == b
+                {
+                    shard_bytes.insert(b, bytes);
+                    break;
+                }
+            }
+        }
+    }
     for n in nodes.into_iter().flatten() {
-        let _ = n.stop.send(());
-        let _ = n.task.await;
+        n.stop().await;
     }
     let up: Vec<&NodeView> = views.iter().filter(|v| v.up).collect();
     let agreement = up
         .first()
         .is_some_and(|f| !f.closures.is_empty() && up.iter().all(|v| v.closures == f.closures));
     let jobs = agreed_jobs.unwrap_or_default();
+    let (shards, shard_blobs) = collect_shards(&jobs, &shard_bytes);
     let scores = scores.unwrap_or_default();
     let role_of_key: BTreeMap<PeerKey, usize> =
         keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
@@ -989,6 +1397,8 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
         progress,
         faults,
         overhead,
+        shards,
+        shard_blobs,
     };
     let _ = std::fs::remove_dir_all(&cfg.data_dir);
     if timed_out {
@@ -1000,18 +1410,65 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     Ok(report)
 }
 
+/// The distillation shards of `jobs` (the agreed settled jobs), checked against the bytes
+/// found at the nodes: each must hash to its agreed id and parse as a shard of its range.
+fn collect_shards(
+    jobs: &[SettledJob],
+    bytes: &BTreeMap<BlobId, Vec<u8>>,
+) -> (Vec<ShardView>, Vec<(String, Vec<u8>)>) {
+    let mut views = Vec::new();
+    let mut files = Vec::new();
+    for j in jobs.iter().filter(|j| j.payload.0 == "distill") {
+        let (start, end) = j
+            .payload
+            .1
+            .split_once("..")
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .unwrap_or((0, 0));
+        let blob = j.artifacts.first().cloned();
+        let found = blob
+            .as_deref()
+            .and_then(|b| b.parse::<BlobId>().ok())
+            .and_then(|b| bytes.get(&b));
+        let verified = j.status == "success"
+            && found.is_some_and(|b| {
+                ShardLabels::from_bytes(b)
+                    .is_ok_and(|s| s.start == start && s.len() as u64 == end - start)
+            });
+        let file = verified.then(|| format!("{start:09}-{end:09}.hmkd"));
+        if let (Some(f), Some(b)) = (&file, found) {
+            files.push((f.clone(), b.clone()));
+        }
+        views.push(ShardView {
+            job: j.job.clone(),
+            start,
+            end,
+            status: j.status.clone(),
+            blob,
+            agreeing: j.agreeing.len(),
+            teacher_accuracy: j.accuracy,
+            verified,
+            file,
+        });
+    }
+    views.sort_by_key(|v| v.start);
+    (views, files)
+}
+
 /// Applies one scheduled fault; returns what it did.
 #[allow(clippy::too_many_arguments)]
 async fn apply(
     cfg: &ClusterConfig,
     action: Action,
+    id: CampaignId,
     nodes: &mut [Option<Running>],
     peer_ids: &[PeerId],
-    events: &mpsc::Sender<(usize, Event)>,
+    events: &Events,
     schedule: &mut Vec<(Duration, Action)>,
     t0: Instant,
     finished: &mut BTreeSet<usize>,
     gone_for_good: &mut BTreeSet<usize>,
+    killed_cpu: &mut f64,
 ) -> Result<String, ClusterError> {
     let half = cfg.nodes / 2;
     Ok(match action {
@@ -1019,10 +1476,7 @@ async fn apply(
             let Some(n) = nodes[i].take() else {
                 return Ok(format!("node {i} is already down"));
             };
-            // kill -9: the loop is dropped where it stands, nothing is flushed.
-            n.task.abort();
-            let _ = n.task.await;
-            drop(n.stop);
+            *killed_cpu += n.kill().await;
             finished.remove(&i);
             match down {
                 Some(d) => {
@@ -1042,16 +1496,19 @@ async fn apply(
                 .map(|n| n.addr.clone())
                 .take(3)
                 .collect();
-            nodes[i] = Some(start_node(cfg, i, boot, events.clone()).await?);
+            let mut n = start_node(cfg, i, boot, events).await?;
+            n.watch(i, id, events);
+            nodes[i] = Some(n);
             format!("node {i} restarted from its store")
         }
         Action::Split => {
             for (i, n) in nodes.iter().enumerate() {
-                let Some(n) = n else { continue };
+                let Some(n) = n.as_ref().and_then(Running::client) else {
+                    continue;
+                };
                 for (j, p) in peer_ids.iter().enumerate() {
                     if (i < half) != (j < half) {
-                        n.client
-                            .block(*p, true)
+                        n.block(*p, true)
                             .await
                             .map_err(|_| ClusterError::Stopped(i))?;
                     }
@@ -1061,11 +1518,12 @@ async fn apply(
         }
         Action::Heal => {
             for (i, n) in nodes.iter().enumerate() {
-                let Some(n) = n else { continue };
+                let Some(n) = n.as_ref().and_then(Running::client) else {
+                    continue;
+                };
                 for (j, p) in peer_ids.iter().enumerate() {
                     if (i < half) != (j < half) {
-                        n.client
-                            .block(*p, false)
+                        n.block(*p, false)
                             .await
                             .map_err(|_| ClusterError::Stopped(i))?;
                     }
@@ -1077,14 +1535,16 @@ async fn apply(
                 .map(|n| n.as_ref().map(|n| n.addr.clone()))
                 .collect();
             for (i, n) in nodes.iter().enumerate() {
-                let Some(n) = n else { continue };
+                let Some(n) = n.as_ref().and_then(Running::client) else {
+                    continue;
+                };
                 let other = if i < half {
                     half + i % (cfg.nodes - half)
                 } else {
                     (i - half) % half.max(1)
                 };
                 if let Some(Some(a)) = addrs.get(other) {
-                    let _ = n.client.dial(a.clone()).await;
+                    let _ = n.dial(a.clone()).await;
                 }
             }
             "partition healed".to_string()

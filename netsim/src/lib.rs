@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod demo;
 pub mod plot;
+pub mod processes;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -122,6 +122,15 @@ struct ClusterArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Run every node as its own `hivemesh run` process on 127.0.0.1 (real processes, real
+    /// SIGKILLs, driven through their HTTP APIs) instead of all in this process. Not with
+    /// --partition.
+    #[arg(long)]
+    processes: bool,
+    /// The `hivemesh` binary for --processes [default: the one next to this executable,
+    /// built by `cargo build --release -p hivemesh-node`].
+    #[arg(long, requires = "processes")]
+    hivemesh: Option<PathBuf>,
 }
 
 fn seconds(s: &str) -> Result<std::time::Duration, String> {
@@ -324,9 +333,26 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     cfg.timeout = std::time::Duration::from_secs(a.timeout_s);
     cfg.progress = !a.quiet;
     cfg.measure_overhead = !a.no_overhead;
+    if a.processes {
+        cfg.processes = Some(
+            a.hivemesh
+                .clone()
+                .unwrap_or_else(hivemesh_netsim::processes::default_bin),
+        );
+    }
     println!(
-        "hivemesh-netsim cluster: {} real nodes on loopback ({} Byzantine: {}; {} auditors), r={}, seed {}",
-        cfg.nodes, cfg.byzantine, a.strategy, cfg.auditors, a.redundancy, cfg.seed
+        "hivemesh-netsim cluster: {} real nodes on loopback{} ({} Byzantine: {}; {} auditors), r={}, seed {}",
+        cfg.nodes,
+        if a.processes {
+            ", one process each"
+        } else {
+            ""
+        },
+        cfg.byzantine,
+        a.strategy,
+        cfg.auditors,
+        a.redundancy,
+        cfg.seed
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

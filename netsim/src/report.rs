@@ -62,7 +62,7 @@ pub fn write_all(dir: &Path, r: &ClusterReport) -> Result<Vec<PathBuf>, ReportEr
     )?;
     let total = r.jobs.len().max(1);
     plot::progress(dir, &format!("{}: progress", r.name), &r.progress, total)?;
-    Ok([
+    let mut out: Vec<PathBuf> = [
         "report.md",
         "report.json",
         "front.png",
@@ -72,7 +72,19 @@ pub fn write_all(dir: &Path, r: &ClusterReport) -> Result<Vec<PathBuf>, ReportEr
     ]
     .iter()
     .map(|f| dir.join(f))
-    .collect())
+    .collect();
+    if !r.shard_blobs.is_empty() {
+        let shards = dir.join("shards");
+        std::fs::create_dir_all(&shards).map_err(|source| ReportError::Io {
+            path: shards.clone(),
+            source,
+        })?;
+        for (name, bytes) in &r.shard_blobs {
+            write(shards.join(name), bytes)?;
+        }
+        out.push(shards);
+    }
+    Ok(out)
 }
 
 fn role(r: Role) -> &'static str {
@@ -127,6 +139,15 @@ pub fn markdown(r: &ClusterReport) -> String {
         r.cheaters_detected, r.cheaters_missed, r.cheaters_paid
     );
     let _ = writeln!(s, "| honest nodes penalised | {:?} |", r.honest_penalised);
+    if !r.shards.is_empty() {
+        let ok = r.shards.iter().filter(|x| x.verified).count();
+        let _ = writeln!(
+            s,
+            "| distillation shards agreed, held and verified | {ok} of {} ({}) |",
+            r.shards.len(),
+            yes(ok == r.shards.len())
+        );
+    }
     let settled = r.jobs.iter().filter(|j| j.status != "void").count();
     let _ = writeln!(
         s,
@@ -232,6 +253,34 @@ pub fn markdown(r: &ClusterReport) -> String {
             st.score.points,
             st.score.reputation
         );
+    }
+    if !r.shards.is_empty() {
+        let _ = writeln!(s, "\n## Distillation shards\n");
+        let _ = writeln!(
+            s,
+            "Each verified shard is in `shards/`: train a student on them with \
+             `cargo run --release -p hivemesh-trainer --example mnist -- distill --shards DIR`.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| samples | status | agreeing | teacher top-1 = label | blob | file |\n|---|---|---:|---:|---|---|"
+        );
+        for x in &r.shards {
+            let _ = writeln!(
+                s,
+                "| {}..{} | {} | {} | {:.4} | `{}` | {} |",
+                x.start,
+                x.end,
+                x.status,
+                x.agreeing,
+                x.teacher_accuracy,
+                x.blob
+                    .as_deref()
+                    .map(|b| &b[..16.min(b.len())])
+                    .unwrap_or("-"),
+                x.file.as_deref().unwrap_or("NOT VERIFIED")
+            );
+        }
     }
     if !r.faults.is_empty() {
         let _ = writeln!(s, "\n## Faults injected\n");

@@ -166,6 +166,9 @@ pub struct ScheduleFile {
     pub job_deadline_s: u64,
     /// Base timeout of a closure round step.
     pub round_timeout_s: f64,
+    /// Most extra executors a job may get beyond `redundancy` (takeovers past deadlines and
+    /// idle peers).
+    pub max_extra_executors: u8,
 }
 
 impl Default for ScheduleFile {
@@ -174,6 +177,7 @@ impl Default for ScheduleFile {
         ScheduleFile {
             job_deadline_s: d.job_deadline_ms / 1000,
             round_timeout_s: d.round_timeout_ms as f64 / 1000.0,
+            max_extra_executors: d.max_extra_executors,
         }
     }
 }
@@ -415,10 +419,15 @@ impl CampaignFile {
             "cuda" => BackendClass::Cuda,
             other => return Err(field("backend", format!("{other:?}: use cpu or cuda"))),
         };
+        let d = Schedule::default();
+        let job_deadline_ms = self.schedule.job_deadline_s.saturating_mul(1000);
         let schedule = Schedule {
-            job_deadline_ms: self.schedule.job_deadline_s.saturating_mul(1000),
+            job_deadline_ms,
+            // A first deadline shorter than the default floor lowers the floor with it.
+            min_deadline_ms: d.min_deadline_ms.min(job_deadline_ms),
             round_timeout_ms: (self.schedule.round_timeout_s * 1000.0) as u64,
-            ..Schedule::default()
+            max_extra_executors: self.schedule.max_extra_executors,
+            ..d
         };
         let spec = CampaignSpec {
             name: self.name.clone(),

@@ -90,7 +90,8 @@ pub enum NodeError {
     },
 }
 
-/// Deliberate misbehaviour, for tests and netsim clusters (never set by the CLI).
+/// Deliberate misbehaviour, for tests and netsim clusters (`hivemesh run` sets it only from
+/// the hidden `--fault` flag / `HIVEMESH_FAULT`, which netsim's `--processes` mode uses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Publish wrong results: every successful result's `correct` is off by one.

@@ -129,6 +129,14 @@ struct RunArgs {
     /// How often to pull missing ledger messages from a peer, in milliseconds [default: 5000].
     #[arg(long, env = "HIVEMESH_SYNC_INTERVAL_MS")]
     sync_interval_ms: Option<u64>,
+    /// Gossipsub heartbeat in milliseconds [default: 500]; longer means slower mesh repair
+    /// and gossip.
+    #[arg(long, env = "HIVEMESH_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Test clusters only: misbehave on purpose (`lie`: publish wrong results;
+    /// `corrupt-blobs`: serve corrupt blobs). Peers will catch and penalise this node.
+    #[arg(long, env = "HIVEMESH_FAULT", hide = true, value_parser = ["lie", "corrupt-blobs"])]
+    fault: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +327,20 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
             bail!("--sync-interval-ms must be at least 1");
         }
         cfg.sync_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.heartbeat_ms {
+        if ms == 0 {
+            bail!("--heartbeat-ms must be at least 1");
+        }
+        cfg.net.heartbeat = Duration::from_millis(ms);
+    }
+    cfg.fault = match args.fault.as_deref() {
+        Some("lie") => Some(daemon::Fault::Lie),
+        Some("corrupt-blobs") => Some(daemon::Fault::CorruptBlobs),
+        _ => None,
+    };
+    if let Some(f) = cfg.fault {
+        tracing::warn!(fault = ?f, "this node misbehaves on purpose (HIVEMESH_FAULT): test clusters only");
     }
     let http_addr = if args.no_http {
         None

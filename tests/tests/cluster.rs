@@ -1,5 +1,6 @@
 //! End to end through netsim's tier-2 cluster: real nodes (libp2p on loopback, redb stores,
-//! real training on the embedded digits set) under faults, judged from the report.
+//! real training on the embedded digits set) under faults, judged from the report; in this
+//! process, and as `hivemesh run` child processes (`--processes`).
 
 use std::time::Duration;
 
@@ -113,4 +114,103 @@ async fn a_byzantine_node_is_caught_and_earns_nothing() {
     }
     // The liar never stands behind an agreed outcome.
     assert!(r.jobs.iter().all(|j| !j.agreeing.contains(&liar.key)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distill_campaign_agrees_on_every_shard_and_hands_them_over() {
+    use hivemesh_trainer::distill::ShardLabels;
+    let dir = TempDir::new("cluster-distill");
+    // An (untrained) 64-16-10 teacher: what matters here is that executors agree on its labels.
+    let arch: hivemesh_evolve::arch::Architecture = postcard::from_bytes(
+        &hivemesh_node::campaign_file::zoo_model("mlp-16", "builtin:digits").expect("zoo"),
+    )
+    .expect("architecture");
+    let teacher = hivemesh_trainer::model::Model::<hivemesh_trainer::Cpu>::new(
+        &arch,
+        [5; 32],
+        &Default::default(),
+    )
+    .expect("model")
+    .weights_file(&arch)
+    .to_bytes();
+    std::fs::write(dir.path().join("teacher.hmw"), &teacher).expect("write teacher");
+    let mut c = small(&dir);
+    c.nodes = 3;
+    c.overrides.redundancy = Some(2);
+    c.campaign_dir = dir.path().to_path_buf();
+    c.campaign = "name = \"test: distill digits\"\ndataset = \"builtin:digits\"\nquorum = 2\n\
+                  [distill]\nteacher = \"file:teacher.hmw\"\ntop_k = 3\nshard_size = 600\n\
+                  samples = 1797\n"
+        .into();
+    let r = run(&c).await;
+    assert!(r.ok(), "finished, agreed, every shard verified: {r:#?}");
+    assert_eq!(r.kind, "distill");
+    let ranges: Vec<(u64, u64)> = r.shards.iter().map(|s| (s.start, s.end)).collect();
+    assert_eq!(ranges, vec![(0, 600), (600, 1200), (1200, 1797)]);
+    assert!(
+        r.shards.iter().all(|s| s.verified && s.agreeing >= 2),
+        "{:?}",
+        r.shards
+    );
+    // The report folder hands the shards over, each parsing as the range it claims.
+    let out = dir.path().join("report");
+    hivemesh_netsim::report::write_all(&out, &r).expect("report");
+    for s in &r.shards {
+        let file = out.join("shards").join(s.file.as_deref().expect("file"));
+        let bytes = std::fs::read(&file).expect("shard file");
+        assert_eq!(
+            hivemesh_protocol::BlobId::of_bytes(&bytes).to_string(),
+            s.blob.clone().expect("blob id")
+        );
+        let labels = ShardLabels::from_bytes(&bytes).expect("a shard");
+        assert_eq!(
+            (labels.start, labels.len() as u64),
+            (s.start, s.end - s.start)
+        );
+        assert_eq!(labels.k, 3);
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(
+        md.contains("distillation shards agreed, held and verified | 3 of 3 (yes)"),
+        "{md}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
+    let bin = hivemesh_netsim::processes::default_bin();
+    assert!(
+        bin.is_file(),
+        "this test runs the hivemesh binary, not found at {}: run it through \
+         `cargo test --workspace` (which builds it) or `cargo build -p hivemesh-node` first",
+        bin.display()
+    );
+    let dir = TempDir::new("cluster-processes");
+    let mut c = small(&dir);
+    c.processes = Some(bin);
+    c.byzantine = 1;
+    c.measure_overhead = true;
+    // A real SIGKILL of node 2 as soon as generation 0 closes; it restarts a second later.
+    c.kills = vec![Kill {
+        node: 2,
+        at: Duration::ZERO,
+        after_generation: Some(0),
+        down: Some(Duration::from_secs(1)),
+    }];
+    let r = run(&c).await;
+    assert!(r.ok(), "finished, agreed, no wrong result: {r:#?}");
+    assert_eq!(r.faults.len(), 2, "killed and restarted: {:?}", r.faults);
+    assert_eq!(r.cheaters_detected, vec![3], "{:?}", r.standings);
+    assert!(r.cheaters_paid.is_empty() && r.honest_penalised.is_empty());
+    assert_eq!(r.jobs.len(), 8);
+    for v in &r.node_views {
+        assert!(v.up, "node {} was read after the run", v.index);
+        assert_eq!(v.closures, r.node_views[0].closures, "node {}", v.index);
+    }
+    assert!(r.node_views[2].finished, "the restarted process finished");
+    let o = r
+        .overhead
+        .as_ref()
+        .expect("overhead measured from the processes' CPU");
+    assert!(o.swarm_cpu_s > 0.0 && o.single_cpu_s > 0.0, "{o:?}");
 }

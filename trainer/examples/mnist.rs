@@ -5,6 +5,7 @@
 //! cargo run --release -p hivemesh-trainer --example mnist -- accuracy --mnist ../shared/data/mnist
 //! cargo run --release -p hivemesh-trainer --example mnist -- teacher --mnist DIR --out teacher.hmw
 //! cargo run --release -p hivemesh-trainer --example mnist -- distill --mnist DIR --teacher teacher.hmw
+//! cargo run --release -p hivemesh-trainer --example mnist -- distill --mnist DIR --shards REPORT/shards
 //! cargo run --release -p hivemesh-trainer --example mnist -- bench --mnist DIR
 //! ```
 //!
@@ -18,7 +19,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hivemesh_evolve::arch::Architecture;
 use hivemesh_trainer::data::{Dataset, Splits, load_mnist};
-use hivemesh_trainer::distill::{KdConfig, StudentJob, label_shard, run_student};
+use hivemesh_trainer::distill::{KdConfig, ShardLabels, StudentJob, label_shard, run_student};
 use hivemesh_trainer::model::{Model, WeightsFile};
 use hivemesh_trainer::train::{
     Budget, FitPlan, Limits, NasJob, OptimizerKind, Progress, Schedule, cross_entropy, fit,
@@ -73,15 +74,20 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         epochs: u32,
     },
-    /// Label the training set with the teacher (top-k shards), then train the same student on
-    /// soft labels and on hard labels for equal steps and compare.
+    /// Label the training set with the teacher (top-k shards), or read shards a swarm agreed
+    /// on, then train the same student on soft labels and on hard labels for equal steps and
+    /// compare.
     Distill {
         /// Folder with the four MNIST IDX files.
         #[arg(long)]
         mnist: PathBuf,
-        /// The teacher's weights artifact.
+        /// The teacher's weights artifact: label the training set here.
+        #[arg(long, required_unless_present = "shards", conflicts_with = "shards")]
+        teacher: Option<PathBuf>,
+        /// A folder of shard blobs (`*.hmkd`, e.g. a cluster report's `shards/`) to train on
+        /// instead of labelling with a teacher; they must cover every training sample.
         #[arg(long)]
-        teacher: PathBuf,
+        shards: Option<PathBuf>,
         /// Optimiser steps for each student.
         #[arg(long, default_value_t = 300)]
         steps: u64,
@@ -196,6 +202,84 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Labels the training part of MNIST with `teacher`, `shard_size` samples a shard.
+fn label_all(
+    data: &Dataset,
+    splits: &Splits,
+    teacher: &std::path::Path,
+    top_k: u8,
+    shard_size: u64,
+) -> Result<Vec<ShardLabels>> {
+    let bytes = std::fs::read(teacher).with_context(|| format!("reading {}", teacher.display()))?;
+    let weights = WeightsFile::from_bytes(&bytes)
+        .with_context(|| format!("{} is not a weights artifact", teacher.display()))?;
+    let n = splits.test[0] as u64; // the training part: 0..60,000
+    let pb = bar(n.div_ceil(shard_size), "labelling");
+    let t = Instant::now();
+    let mut shards = Vec::new();
+    for start in (0..n).step_by(shard_size as usize) {
+        let s = label_shard::<Cpu>(
+            &weights,
+            data,
+            start..(start + shard_size).min(n),
+            top_k,
+            &Default::default(),
+        )?;
+        pb.inc(1);
+        shards.push(s);
+    }
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "teacher inference: {n} samples in {secs:.1} s = {:.0} samples/s; {} shards of top-{top_k}",
+        n as f64 / secs,
+        shards.len()
+    );
+    print_shards(&shards);
+    Ok(shards)
+}
+
+/// Reads every `*.hmkd` shard blob in `dir`.
+fn read_shards(dir: &std::path::Path) -> Result<Vec<ShardLabels>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "hmkd"))
+        .collect();
+    paths.sort();
+    anyhow::ensure!(
+        !paths.is_empty(),
+        "no *.hmkd shard files in {}",
+        dir.display()
+    );
+    let mut shards = Vec::new();
+    for p in &paths {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        shards.push(ShardLabels::from_bytes(&bytes).with_context(|| format!("{}", p.display()))?);
+    }
+    anyhow::ensure!(
+        shards.windows(2).all(|w| w[0].k == w[1].k),
+        "the shards in {} keep different numbers of probabilities",
+        dir.display()
+    );
+    println!("{} shards read from {}", shards.len(), dir.display());
+    print_shards(&shards);
+    Ok(shards)
+}
+
+fn print_shards(shards: &[ShardLabels]) {
+    for s in shards {
+        println!(
+            "  shard {}..{}: blob {} bytes, id {}, fingerprint {}",
+            s.start,
+            s.start + s.len() as u64,
+            s.to_bytes().len(),
+            hex(&s.id()[..8]),
+            hex(&s.fingerprint()[..8])
+        );
+    }
+}
+
 fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -274,44 +358,15 @@ fn main() -> Result<()> {
             alpha,
             shard_size,
             seeds,
+            shards: shard_dir,
         } => {
             let (data, splits) = load(&mnist)?;
-            let bytes = std::fs::read(&teacher)
-                .with_context(|| format!("reading {}", teacher.display()))?;
-            let weights = WeightsFile::from_bytes(&bytes)
-                .with_context(|| format!("{} is not a weights artifact", teacher.display()))?;
-            let n = splits.test[0] as u64; // the training part: 0..60,000
-            let pb = bar(n.div_ceil(shard_size), "labelling");
-            let t = Instant::now();
-            let mut shards = Vec::new();
-            for start in (0..n).step_by(shard_size as usize) {
-                let s = label_shard::<Cpu>(
-                    &weights,
-                    &data,
-                    start..(start + shard_size).min(n),
-                    top_k,
-                    &Default::default(),
-                )?;
-                pb.inc(1);
-                shards.push(s);
-            }
-            pb.finish_and_clear();
-            let secs = t.elapsed().as_secs_f64();
-            println!(
-                "teacher inference: {n} samples in {secs:.1} s = {:.0} samples/s; {} shards of top-{top_k}",
-                n as f64 / secs,
-                shards.len()
-            );
-            for s in &shards {
-                println!(
-                    "  shard {}..{}: blob {} bytes, id {}, fingerprint {}",
-                    s.start,
-                    s.start + s.len() as u64,
-                    s.to_bytes().len(),
-                    hex(&s.id()[..8]),
-                    hex(&s.fingerprint()[..8])
-                );
-            }
+            let shards = match (teacher, shard_dir) {
+                (Some(teacher), _) => label_all(&data, &splits, &teacher, top_k, shard_size)?,
+                (None, Some(dir)) => read_shards(&dir)?,
+                (None, None) => anyhow::bail!("give --teacher or --shards"),
+            };
+            let top_k = shards.first().map_or(top_k, |s| s.k);
             let student = mlp(data.shape, width, 10);
             let budget = Budget {
                 max_steps: Some(steps),

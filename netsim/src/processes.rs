@@ -1,0 +1,279 @@
+//! The cluster's `--processes` mode: every node is a `hivemesh run` child process on
+//! 127.0.0.1, exactly what a contributor runs, driven through its HTTP API. Kills are real
+//! `SIGKILL`s; a clean stop is `SIGTERM` (the node finishes writing and exits).
+//!
+//! The child's stdout is read until it names its API address, its peer id and its libp2p
+//! address; everything it writes (stdout and stderr) goes to `DATA_DIR/node.log`.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use hivemesh_node::api_client::{self, ApiResponse};
+use hivemesh_node::config::API_TOKEN_FILE;
+use hivemesh_protocol::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a child may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a child process is started with.
+#[derive(Debug, Clone)]
+pub struct Spawn<'a> {
+    /// The `hivemesh` binary.
+    pub bin: &'a Path,
+    /// Its data directory (created; the identity is written into it).
+    pub data_dir: &'a Path,
+    /// Its identity.
+    pub key: &'a Keypair,
+    /// Peers to join through.
+    pub bootstrap: &'a [Multiaddr],
+    /// Jobs at once.
+    pub jobs: u16,
+    /// Audit mode.
+    pub audit: bool,
+    /// `HIVEMESH_FAULT` (`lie`, `corrupt-blobs`).
+    pub fault: Option<&'a str>,
+    /// Gossipsub heartbeat.
+    pub heartbeat: Option<Duration>,
+}
+
+/// A running `hivemesh run` process.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// Its process id.
+    pub pid: u32,
+    /// Its HTTP API.
+    pub api: SocketAddr,
+    /// Its libp2p address (with `/p2p/<peer id>`).
+    pub addr: Multiaddr,
+    /// Its peer id.
+    pub peer_id: PeerId,
+    token: String,
+}
+
+/// Why a child could not be started or asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// Spawning or setting up failed.
+    #[error("{0}")]
+    Start(String),
+    /// An API request failed.
+    #[error("{0}")]
+    Api(String),
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Starts a node process and waits until it serves its API and listens.
+pub async fn spawn(s: Spawn<'_>) -> Result<Proc, ProcError> {
+    let start = |m: String| ProcError::Start(m);
+    std::fs::create_dir_all(s.data_dir)
+        .map_err(|e| start(format!("{}: {e}", s.data_dir.display())))?;
+    hivemesh_node::identity::save(s.data_dir, s.key, true)
+        .map_err(|e| start(format!("writing the identity: {e}")))?;
+    let log_path = s.data_dir.join("node.log");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| start(format!("{}: {e}", log_path.display())))?;
+    let stderr = log
+        .try_clone()
+        .map_err(|e| start(format!("{}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(s.bin);
+    cmd.arg("--data-dir")
+        .arg(s.data_dir)
+        .arg("run")
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0"])
+        .args(["--jobs", &s.jobs.max(1).to_string()])
+        .args(["--sync-interval-ms", "1000"])
+        .env_remove("HIVEMESH_FAULT")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true);
+    if !s.bootstrap.is_empty() {
+        let b: Vec<String> = s.bootstrap.iter().map(ToString::to_string).collect();
+        cmd.args(["--bootstrap", &b.join(",")]);
+    }
+    if s.audit {
+        cmd.arg("--audit");
+    }
+    if let Some(f) = s.fault {
+        cmd.env("HIVEMESH_FAULT", f);
+    }
+    if let Some(h) = s.heartbeat {
+        cmd.args(["--heartbeat-ms", &h.as_millis().max(1).to_string()]);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| start(format!("cannot run {}: {e}", s.bin.display())))?;
+    let pid = child.id().unwrap_or(0);
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| start("no stdout pipe".into()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut api, mut addr, mut peer_id) = (None, None, None);
+    let up = tokio::time::timeout(START_TIMEOUT, async {
+        while api.is_none() || addr.is_none() || peer_id.is_none() {
+            let Ok(Some(line)) = lines.next_line().await else {
+                return false;
+            };
+            let _ = writeln!(log, "{line}");
+            if let Some(rest) = line.strip_prefix("api http://") {
+                api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            } else if let Some(rest) = line.strip_prefix("hivemesh node ") {
+                peer_id = rest.trim().parse::<PeerId>().ok();
+            } else if let Some(rest) = line.strip_prefix("listening ")
+                && rest.starts_with("/ip4/127.0.0.1/tcp/")
+            {
+                addr = rest.trim().parse::<Multiaddr>().ok();
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    let (Some(api), Some(addr), Some(peer_id)) = (api, addr, peer_id) else {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(start(format!(
+            "{} did not come up{}; the end of {}:\n{}",
+            s.bin.display(),
+            if up { "" } else { " within 60 s" },
+            log_path.display(),
+            log_tail(&log_path)
+        )));
+    };
+    // Keep draining stdout into the log.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = writeln!(log, "{line}");
+        }
+    });
+    let token = std::fs::read_to_string(s.data_dir.join(API_TOKEN_FILE))
+        .map_err(|e| start(format!("reading the API token: {e}")))?
+        .trim()
+        .to_string();
+    Ok(Proc {
+        child,
+        pid,
+        api,
+        addr,
+        peer_id,
+        token,
+    })
+}
+
+impl Proc {
+    async fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<ApiResponse, ProcError> {
+        let auth = format!("Bearer {}", self.token);
+        let headers: Vec<(&str, &str)> = if method == "GET" {
+            vec![]
+        } else {
+            vec![("Authorization", auth.as_str())]
+        };
+        let r = api_client::request(self.api, method, path, &headers, body)
+            .await
+            .map_err(|e| ProcError::Api(e.to_string()))?;
+        if !(200..300).contains(&r.status) {
+            return Err(ProcError::Api(format!(
+                "{method} {path}: HTTP {}: {}",
+                r.status,
+                r.error_message()
+            )));
+        }
+        Ok(r)
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ProcError> {
+        get_json_at(self.api, path).await
+    }
+
+    /// `POST path` with `body`, the answer as JSON.
+    pub async fn post(&self, path: &str, body: &[u8]) -> Result<serde_json::Value, ProcError> {
+        let r = self.call("POST", path, body).await?;
+        serde_json::from_slice(&r.body).map_err(|e| ProcError::Api(format!("POST {path}: {e}")))
+    }
+
+    /// CPU seconds the process has used so far (user + system), from `/proc/PID/stat`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.pid))
+    }
+
+    /// `kill -9`.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// `SIGTERM`, then waits for the exit (`SIGKILL` after `grace`).
+    pub async fn stop(mut self, grace: Duration) {
+        let asked = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if asked && tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
+            return;
+        }
+        self.kill().await;
+    }
+}
+
+/// `GET path` from the API at `api`, as JSON.
+pub async fn get_json_at(api: SocketAddr, path: &str) -> Result<serde_json::Value, ProcError> {
+    let r = api_client::request(api, "GET", path, &[], &[])
+        .await
+        .map_err(|e| ProcError::Api(e.to_string()))?;
+    if !(200..300).contains(&r.status) {
+        return Err(ProcError::Api(format!(
+            "GET {path}: HTTP {}: {}",
+            r.status,
+            r.error_message()
+        )));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| ProcError::Api(format!("GET {path}: {e}")))
+}
+
+/// CPU seconds (user + system) of the process whose `stat` file is at `path`.
+pub fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux platform we run on.
+    Some(ticks / 100.0)
+}
+
+/// The `hivemesh` binary next to this executable (`target/release/hivemesh` beside
+/// `target/release/hivemesh-netsim`; for test binaries in `target/*/deps`, one folder up).
+pub fn default_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let here = dir.join("hivemesh");
+    if here.exists() {
+        return here;
+    }
+    match dir.parent() {
+        Some(up) if dir.ends_with("deps") => up.join("hivemesh"),
+        _ => here,
+    }
+}
