@@ -303,6 +303,8 @@ pub struct Overhead {
     pub swarm_cpu_s: f64,
     /// CPU seconds one executor needs to run every settled job once, in this process.
     pub single_cpu_s: f64,
+    /// Wall seconds of that single-executor run.
+    pub single_wall_s: f64,
     /// Executors per job (r).
     pub redundancy: u8,
     /// `swarm_cpu_s / (r × single_cpu_s)` (goal ≤ 1.10).
@@ -1348,20 +1350,22 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
             let single = tokio::task::spawn_blocking(move || {
                 let ex = Executor::new(Config::new(PathBuf::new()).limits);
                 let c0 = process_cpu_seconds();
+                let w0 = Instant::now();
                 for j in &todo {
                     let _ = ex.run(&rerun_spec, j, &blobs, &mut |_| {});
                 }
                 match (c0, process_cpu_seconds()) {
-                    (Some(a), Some(b)) => Some(b - a),
+                    (Some(a), Some(b)) => Some((b - a, w0.elapsed().as_secs_f64())),
                     _ => None,
                 }
             })
             .await
             .ok()
             .flatten();
-            single.filter(|s| *s > 0.0).map(|single_cpu_s| Overhead {
+            single.filter(|s| s.0 > 0.0).map(|(single_cpu_s, single_wall_s)| Overhead {
                 swarm_cpu_s,
                 single_cpu_s,
+                single_wall_s,
                 redundancy: spec.redundancy,
                 ratio: swarm_cpu_s / (f64::from(spec.redundancy) * single_cpu_s),
                 executions_per_job: executions as f64 / settled as f64,

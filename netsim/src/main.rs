@@ -385,8 +385,8 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     );
     if let Some(o) = &report.overhead {
         println!(
-            "overhead: {:.1} CPU s in the swarm / ({} x {:.1} CPU s on one executor) = {:.2}",
-            o.swarm_cpu_s, o.redundancy, o.single_cpu_s, o.ratio
+            "overhead: {:.1} CPU s in the swarm / ({} x {:.1} CPU s on one executor, {:.1} s wall) = {:.2}",
+            o.swarm_cpu_s, o.redundancy, o.single_cpu_s, o.single_wall_s, o.ratio
         );
     }
     println!("report: {}", files[0].display());
