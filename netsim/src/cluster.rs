@@ -1362,14 +1362,16 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
             .await
             .ok()
             .flatten();
-            single.filter(|s| s.0 > 0.0).map(|(single_cpu_s, single_wall_s)| Overhead {
-                swarm_cpu_s,
-                single_cpu_s,
-                single_wall_s,
-                redundancy: spec.redundancy,
-                ratio: swarm_cpu_s / (f64::from(spec.redundancy) * single_cpu_s),
-                executions_per_job: executions as f64 / settled as f64,
-            })
+            single
+                .filter(|s| s.0 > 0.0)
+                .map(|(single_cpu_s, single_wall_s)| Overhead {
+                    swarm_cpu_s,
+                    single_cpu_s,
+                    single_wall_s,
+                    redundancy: spec.redundancy,
+                    ratio: swarm_cpu_s / (f64::from(spec.redundancy) * single_cpu_s),
+                    executions_per_job: executions as f64 / settled as f64,
+                })
         }
         _ => None,
     };
