@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use hivemesh_node::api_client::{self, ApiResponse};
+use hivemesh_node::api_client;
 use hivemesh_node::config::API_TOKEN_FILE;
 use hivemesh_protocol::Keypair;
 use libp2p::{Multiaddr, PeerId};
@@ -181,26 +181,6 @@ pub async fn spawn(s: Spawn<'_>) -> Result<Proc, ProcError> {
 }
 
 impl Proc {
-    async fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<ApiResponse, ProcError> {
-        let auth = format!("Bearer {}", self.token);
-        let headers: Vec<(&str, &str)> = if method == "GET" {
-            vec![]
-        } else {
-            vec![("Authorization", auth.as_str())]
-        };
-        let r = api_client::request(self.api, method, path, &headers, body)
-            .await
-            .map_err(|e| ProcError::Api(e.to_string()))?;
-        if !(200..300).contains(&r.status) {
-            return Err(ProcError::Api(format!(
-                "{method} {path}: HTTP {}: {}",
-                r.status,
-                r.error_message()
-            )));
-        }
-        Ok(r)
-    }
-
     /// `GET path` as JSON.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ProcError> {
         get_json_at(self.api, path).await
@@ -208,8 +188,8 @@ impl Proc {
 
     /// `POST path` with `body`, the answer as JSON.
     pub async fn post(&self, path: &str, body: &[u8]) -> Result<serde_json::Value, ProcError> {
-        let r = self.call("POST", path, body).await?;
-        serde_json::from_slice(&r.body).map_err(|e| ProcError::Api(format!("POST {path}: {e}")))
+        let auth = format!("Bearer {}", self.token);
+        call_json(self.api, "POST", path, &[("Authorization", &auth)], body).await
     }
 
     /// CPU seconds the process has used so far (user + system), from `/proc/PID/stat`.
@@ -238,17 +218,28 @@ impl Proc {
 
 /// `GET path` from the API at `api`, as JSON.
 pub async fn get_json_at(api: SocketAddr, path: &str) -> Result<serde_json::Value, ProcError> {
-    let r = api_client::request(api, "GET", path, &[], &[])
+    call_json(api, "GET", path, &[], &[]).await
+}
+
+/// One API request; a 2xx answer's body as JSON, anything else an error naming the request.
+async fn call_json(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<serde_json::Value, ProcError> {
+    let r = api_client::request(api, method, path, headers, body)
         .await
         .map_err(|e| ProcError::Api(e.to_string()))?;
     if !(200..300).contains(&r.status) {
         return Err(ProcError::Api(format!(
-            "GET {path}: HTTP {}: {}",
+            "{method} {path}: HTTP {}: {}",
             r.status,
             r.error_message()
         )));
     }
-    serde_json::from_slice(&r.body).map_err(|e| ProcError::Api(format!("GET {path}: {e}")))
+    serde_json::from_slice(&r.body).map_err(|e| ProcError::Api(format!("{method} {path}: {e}")))
 }
 
 /// CPU seconds (user + system) of the process whose `stat` file is at `path`.

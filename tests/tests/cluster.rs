@@ -25,6 +25,16 @@ fn small(dir: &TempDir) -> ClusterConfig {
     c
 }
 
+/// kill -9 node 2 as soon as generation 0 closes; restart it a second later.
+fn restart_node_2_after_generation_0() -> Kill {
+    Kill {
+        node: 2,
+        at: Duration::ZERO,
+        after_generation: Some(0),
+        down: Some(Duration::from_secs(1)),
+    }
+}
+
 async fn run(c: &ClusterConfig) -> ClusterReport {
     let r = cluster::run(c).await.expect("the cluster runs to the end");
     eprintln!(
@@ -66,12 +76,7 @@ async fn a_campaign_completes_after_its_creator_is_killed() {
 async fn a_node_killed_mid_campaign_restarts_and_loses_nothing() {
     let dir = TempDir::new("cluster-restart");
     let mut c = small(&dir);
-    c.kills = vec![Kill {
-        node: 2,
-        at: Duration::ZERO,
-        after_generation: Some(0),
-        down: Some(Duration::from_secs(1)),
-    }];
+    c.kills = vec![restart_node_2_after_generation_0()];
     let r = run(&c).await;
     assert!(r.finished && r.agreement, "{r:#?}");
     assert_eq!(r.faults.len(), 2, "killed and restarted: {:?}", r.faults);
@@ -190,13 +195,8 @@ async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
     c.processes = Some(bin);
     c.byzantine = 1;
     c.measure_overhead = true;
-    // A real SIGKILL of node 2 as soon as generation 0 closes; it restarts a second later.
-    c.kills = vec![Kill {
-        node: 2,
-        at: Duration::ZERO,
-        after_generation: Some(0),
-        down: Some(Duration::from_secs(1)),
-    }];
+    // A real SIGKILL.
+    c.kills = vec![restart_node_2_after_generation_0()];
     let r = run(&c).await;
     assert!(r.ok(), "finished, agreed, no wrong result: {r:#?}");
     assert_eq!(r.faults.len(), 2, "killed and restarted: {:?}", r.faults);
