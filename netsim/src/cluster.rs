@@ -53,6 +53,14 @@ pub enum Byzantine {
 }
 
 impl Byzantine {
+    /// The `hivemesh run --fault` value.
+    fn flag(self) -> &'static str {
+        match self {
+            Byzantine::Lie => "lie",
+            Byzantine::CorruptBlobs => "corrupt-blobs",
+        }
+    }
+
     fn fault(self) -> Fault {
         match self {
             Byzantine::Lie => Fault::Lie,
@@ -628,11 +636,7 @@ async fn start_node(
     let dir = cfg.data_dir.join(format!("node{i}"));
     let key = node_key(cfg.seed, i);
     let role = cfg.role(i);
-    let fault = match (role, cfg.strategy) {
-        (Role::Byzantine, Byzantine::Lie) => Some("lie"),
-        (Role::Byzantine, Byzantine::CorruptBlobs) => Some("corrupt-blobs"),
-        _ => None,
-    };
+    let fault = (role == Role::Byzantine).then(|| cfg.strategy.flag());
     let p = processes::spawn(processes::Spawn {
         bin,
         data_dir: &dir,
