@@ -177,6 +177,19 @@ pub struct Scenario {
     /// need it).
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// How job evidence (claims, commitments, reveals) travels. `0` (the default): flooded to
+    /// every node, as on one gossip topic per campaign. `N > 0`: sharded topics — the evidence
+    /// of a job reaches the generation's voters, the audit-mode nodes, and the nodes ranked
+    /// to run some job of the same of `N` shards (each node subscribes to the shards of its
+    /// ranked jobs); consensus messages, heartbeats and audit reports still reach everyone.
+    /// See `docs/decisions/0003-closure-consensus.md`, "Scale".
+    #[serde(default)]
+    pub evidence_shards: u32,
+    /// Derive each generation's jobs once for all simulated nodes (a memo keyed by the
+    /// closure root; derivation is a pure function of it) instead of once per node. Off by
+    /// default, so that the scenario tests derive independently; the scale runs turn it on.
+    #[serde(default)]
+    pub share_derivation: bool,
     /// Fraction of settled jobs sampled for audit (the campaign's audit rate).
     #[serde(default)]
     pub audit_rate: f64,

@@ -15,11 +15,11 @@
 //! distinct message once (every receiver would reach the same verdict) unless the scenario
 //! turns verification off for scale runs.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use hivemesh_protocol::closure::Entry;
+use hivemesh_protocol::derive::DerivationCache;
 use hivemesh_protocol::envelope::seal;
 use hivemesh_protocol::message::commitment_digest;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
@@ -125,21 +125,75 @@ impl RunReport {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A scheduled event. Indices are `u32` so that an event is 12 bytes: a broadcast schedules one
+/// delivery per receiver, and at scale the queue holds millions of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
-    Deliver { to: usize, msg: usize },
-    JobDone { node: usize, pending: usize },
-    Wake { node: usize },
-    Sync { node: usize },
-    Fault { index: usize, restart: bool },
-    Heal { index: usize },
-    Join { index: usize },
-    Spam { node: usize },
+    Deliver { to: u32, msg: u32 },
+    JobDone { node: u32, pending: u32 },
+    Wake { node: u32 },
+    Sync { node: u32 },
+    Fault { index: u32, restart: bool },
+    Heal { index: u32 },
+    Join { index: u32 },
+    Spam { node: u32 },
+}
+
+/// The event queue: one bucket of events per virtual millisecond, each in the order pushed.
+/// Pops in (time, push order), as a binary heap keyed by (time, sequence number) would, but
+/// pushing and popping cost O(1) within a millisecond and O(log buckets) across them, where a
+/// heap of every pending delivery costs O(log events) with a cache miss per level.
+#[derive(Default)]
+struct Calendar {
+    /// The time of `current`.
+    at: u64,
+    /// Events due at `at`, in push order.
+    current: std::collections::VecDeque<Event>,
+    /// Later events by time.
+    later: BTreeMap<u64, Vec<Event>>,
+}
+
+impl Calendar {
+    fn push(&mut self, at: u64, e: Event) {
+        if at == self.at {
+            self.current.push_back(e);
+        } else {
+            self.later.entry(at).or_default().push(e);
+        }
+    }
+
+    fn pop(&mut self) -> Option<(u64, Event)> {
+        loop {
+            if let Some(e) = self.current.pop_front() {
+                return Some((self.at, e));
+            }
+            let (at, bucket) = self.later.pop_first()?;
+            self.at = at;
+            self.current = bucket.into();
+        }
+    }
 }
 
 struct Bits(Vec<u64>);
 
 impl Bits {
+    /// Indices set here and not in `other`, below `len`.
+    fn missing_from(&self, other: &Bits, len: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (w, &word) in self.0.iter().enumerate() {
+            let mut x = word & !other.0.get(w).copied().unwrap_or(0);
+            while x != 0 {
+                let i = w * 64 + x.trailing_zeros() as usize;
+                if i >= len {
+                    return out;
+                }
+                out.push(i);
+                x &= x - 1;
+            }
+        }
+        out
+    }
+
     fn get(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
     }
@@ -172,10 +226,20 @@ pub struct Sim {
     other_campaign_claim: Option<Vec<u8>>,
     rng: ChaCha8Rng,
     now: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    queue: Calendar,
     nodes: Vec<Node>,
     log: Vec<Arc<AnySigned>>,
+    /// Per logged message: `None` if it goes to every node, else the (generation, shard) whose
+    /// subscriber list it goes to (`evidence_shards > 0`).
+    log_route: Vec<Option<(u32, u32)>>,
+    /// Per generation, per evidence shard: the nodes that receive it (sorted).
+    routes: HashMap<u32, Vec<Arc<[u32]>>>,
+    /// Each job's generation and shard.
+    job_route: HashMap<JobId, (u32, u32)>,
+    /// Node index by key.
+    node_of: HashMap<PeerKey, u32>,
+    /// Shared job derivation (`share_derivation`).
+    derivations: Option<DerivationCache>,
     log_ids: HashMap<hivemesh_protocol::MessageId, usize>,
     pending: Vec<Option<(hivemesh_protocol::JobId, JobResult)>>,
     deliveries_to_honest: u64,
@@ -184,6 +248,12 @@ pub struct Sim {
     first_entered: BTreeMap<u32, u64>,
     events: u64,
     check_finished: bool,
+}
+
+/// The evidence shard of a job: its id's first four bytes modulo the shard count.
+fn shard_of(job: &JobId, shards: u32) -> u32 {
+    let b = job.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % shards.max(1)
 }
 
 /// The true outcome of a job (what an honest executor reports).
@@ -315,7 +385,7 @@ impl Sim {
         )
         .ok()
         .map(|s| s.bytes().to_vec());
-        let nodes = keys
+        let nodes: Vec<Node> = keys
             .into_iter()
             .zip(behaviours)
             .map(|(key, behaviour)| Node {
@@ -337,10 +407,18 @@ impl Sim {
             other_campaign_claim: other_claim,
             rng,
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: Calendar::default(),
+            node_of: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.key.public(), i as u32))
+                .collect(),
             nodes,
             log: Vec::new(),
+            log_route: Vec::new(),
+            routes: HashMap::new(),
+            job_route: HashMap::new(),
+            derivations: sc.share_derivation.then(DerivationCache::default),
             log_ids: HashMap::new(),
             pending: Vec::new(),
             deliveries_to_honest: 0,
@@ -354,6 +432,7 @@ impl Sim {
             sim.start_node(i);
         }
         for (index, f) in sc.faults.iter().enumerate() {
+            let index = index as u32;
             match f {
                 Fault::Crash {
                     at_ms, restart_ms, ..
@@ -388,78 +467,142 @@ impl Sim {
             }
         }
         for (index, j) in sc.joins.iter().enumerate() {
+            let index = index as u32;
             sim.push(j.at_ms, Event::Join { index });
         }
         Ok(sim)
     }
 
     fn push(&mut self, at: u64, e: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, e)));
+        self.queue.push(at, e);
+    }
+
+    /// With sharded evidence: the receivers of each shard of node `i`'s current generation,
+    /// computed once per generation from the first node to enter it (every honest node derives
+    /// the same ranking from the same closure).
+    fn ensure_route(&mut self, i: usize) {
+        let shards = self.sc.evidence_shards;
+        if shards == 0 {
+            return;
+        }
+        let Some(peer) = self.nodes[i].peer.as_ref() else {
+            return;
+        };
+        let g = peer.generation();
+        if self.routes.contains_key(&g) {
+            return;
+        }
+        let mut base: Vec<u32> = peer
+            .voters()
+            .iter()
+            .filter_map(|p| self.node_of.get(p).copied())
+            .collect();
+        base.extend(
+            (0..self.nodes.len())
+                .filter(|&n| self.audit_mode(n))
+                .map(|n| n as u32),
+        );
+        let mut lists = vec![base; shards as usize];
+        for (job, executors) in peer.ranked_executors() {
+            let shard = shard_of(&job, shards);
+            self.job_route.insert(job, (g, shard));
+            lists[shard as usize].extend(executors.iter().filter_map(|p| self.node_of.get(p)));
+        }
+        let lists = lists
+            .into_iter()
+            .map(|mut l| {
+                l.sort_unstable();
+                l.dedup();
+                Arc::from(l)
+            })
+            .collect();
+        self.routes.insert(g, lists);
+    }
+
+    /// The receivers of logged message `m`, or `None` for every node.
+    fn receivers(&self, m: usize) -> Option<Arc<[u32]>> {
+        let (g, shard) = self.log_route.get(m).copied().flatten()?;
+        self.routes.get(&g).map(|l| l[shard as usize].clone())
+    }
+
+    /// Whether node `i` subscribes to logged message `m`'s topic.
+    fn interested(&self, i: usize, m: usize) -> bool {
+        self.receivers(m)
+            .is_none_or(|r| r.binary_search(&(i as u32)).is_ok())
+    }
+
+    fn audit_mode(&self, i: usize) -> bool {
+        (1..=self.sc.auditors).contains(&i) || self.nodes[i].behaviour == Some(Behaviour::Slander)
     }
 
     fn start_node(&mut self, i: usize) {
-        let peer = Peer::new(
+        let config = PeerConfig {
+            capacity: self.sc.capacity,
+            join_heartbeat_ms: self.sc.sync_interval_ms,
+            max_joins_per_generation: self.nodes.len(),
+            audit: self.audit_mode(i),
+            ..PeerConfig::default()
+        };
+        let (spec, key, now) = (
             self.spec.clone(),
             self.nodes[i].key.clone(),
-            PeerConfig {
-                capacity: self.sc.capacity,
-                join_heartbeat_ms: self.sc.sync_interval_ms,
-                max_joins_per_generation: self.nodes.len(),
-                audit: (1..=self.sc.auditors).contains(&i)
-                    || self.nodes[i].behaviour == Some(Behaviour::Slander),
-                ..PeerConfig::default()
-            },
             Timestamp::from_millis(self.now),
         );
+        let peer = match &self.derivations {
+            Some(cache) => Peer::with_derivation_cache(spec, key, config, now, cache.clone()),
+            None => Peer::new(spec, key, config, now),
+        };
         let Ok(peer) = peer else { return };
         self.nodes[i].peer = Some(peer);
         self.nodes[i].up = true;
         self.nodes[i].wake_at = None;
         self.nodes[i].waiting_copy.clear();
         // Restart from the store: replay what this node had, in arrival-log order.
-        let had: Vec<usize> = (0..self.log.len())
-            .filter(|&m| self.nodes[i].have.get(m))
-            .collect();
+        let had: Vec<usize> = self.nodes[i]
+            .have
+            .missing_from(&Bits(Vec::new()), self.log.len());
+        self.ensure_route(i);
         for m in had {
             self.feed(i, m);
         }
         let jitter = uniform(&mut self.rng, 0, self.sc.sync_interval_ms);
-        self.push(self.now + jitter, Event::Sync { node: i });
+        self.push(self.now + jitter, Event::Sync { node: i as u32 });
         if self.nodes[i].behaviour == Some(Behaviour::Spam)
             || self.nodes[i].behaviour == Some(Behaviour::Forge)
             || self.nodes[i].behaviour == Some(Behaviour::Replay)
         {
-            self.push(self.now + 1_000, Event::Spam { node: i });
+            self.push(self.now + 1_000, Event::Spam { node: i as u32 });
         }
         self.tick(i);
     }
 
     /// Runs to completion (or the time limit) and reports.
     pub fn run(mut self) -> RunReport {
-        while let Some(Reverse((at, _, e))) = self.queue.pop() {
+        while let Some((at, e)) = self.queue.pop() {
             if at > self.sc.max_time_ms {
                 break;
             }
             self.now = at;
             self.events += 1;
             match e {
-                Event::Deliver { to, msg } => self.deliver(to, msg),
-                Event::JobDone { node, pending } => self.job_done(node, pending),
+                Event::Deliver { to, msg } => self.deliver(to as usize, msg as usize),
+                Event::JobDone { node, pending } => self.job_done(node as usize, pending as usize),
                 Event::Wake { node } => {
+                    let node = node as usize;
                     if self.nodes[node].wake_at == Some(at) {
                         self.nodes[node].wake_at = None;
                         self.tick(node);
                     }
                 }
-                Event::Sync { node } => self.sync(node),
-                Event::Fault { index, restart } => self.fault(index, restart),
+                Event::Sync { node } => self.sync(node as usize),
+                Event::Fault { index, restart } => self.fault(index as usize, restart),
                 Event::Heal { .. } => {
                     for n in &mut self.nodes {
                         n.group = 0;
                     }
                 }
                 Event::Join { index } => {
+                    let index = index as usize;
                     let before = self.sc.nodes
                         + self.sc.joins[..index]
                             .iter()
@@ -469,7 +612,7 @@ impl Sim {
                         self.start_node(i);
                     }
                 }
-                Event::Spam { node } => self.spam(node),
+                Event::Spam { node } => self.spam(node as usize),
             }
             if self.check_finished && self.all_honest_finished() {
                 break;
@@ -540,7 +683,15 @@ impl Sim {
                 return None;
             }
         }
+        let job = match &msg {
+            AnySigned::Claim(s) => Some(s.message().job),
+            AnySigned::Commitment(s) => Some(s.message().job),
+            AnySigned::Reveal(s) => Some(s.message().job),
+            _ => None,
+        };
         let i = self.log.len();
+        self.log_route
+            .push(job.and_then(|j| self.job_route.get(&j).copied()));
         self.log.push(Arc::new(msg));
         self.log_ids.insert(id, i);
         Some(i)
@@ -549,7 +700,10 @@ impl Sim {
     fn broadcast(&mut self, from: usize, msg: AnySigned) {
         let Some(m) = self.intern(msg) else { return };
         self.nodes[from].have.set(m);
-        for to in 0..self.nodes.len() {
+        let receivers = self.receivers(m);
+        let count = receivers.as_ref().map_or(self.nodes.len(), |r| r.len());
+        for k in 0..count {
+            let to = receivers.as_ref().map_or(k, |r| r[k] as usize);
             if to == from || !self.reachable(from, to) {
                 continue;
             }
@@ -561,7 +715,13 @@ impl Sim {
                 self.sc.latency_ms.min,
                 self.sc.latency_ms.max,
             );
-            self.push(self.now + lat, Event::Deliver { to, msg: m });
+            self.push(
+                self.now + lat,
+                Event::Deliver {
+                    to: to as u32,
+                    msg: m as u32,
+                },
+            );
         }
     }
 
@@ -598,8 +758,8 @@ impl Sim {
                 self.push(
                     self.now + 1,
                     Event::JobDone {
-                        node: to,
-                        pending: p,
+                        node: to as u32,
+                        pending: p as u32,
                     },
                 );
             }
@@ -668,6 +828,7 @@ impl Sim {
                     }
                     self.nodes[i].closed_at.insert(generation, (self.now, root));
                     self.first_entered.entry(generation + 1).or_insert(self.now);
+                    self.ensure_route(i);
                 }
                 PeerOutput::Finished => self.check_finished = true,
                 PeerOutput::Rejected { .. } => {}
@@ -690,7 +851,7 @@ impl Sim {
             .is_none_or(|w| at < w || w <= self.now)
         {
             self.nodes[i].wake_at = Some(at);
-            self.push(at, Event::Wake { node: i });
+            self.push(at, Event::Wake { node: i as u32 });
         }
     }
 
@@ -731,8 +892,8 @@ impl Sim {
         self.push(
             self.now + took,
             Event::JobDone {
-                node: i,
-                pending: p,
+                node: i as u32,
+                pending: p as u32,
             },
         );
     }
@@ -744,7 +905,7 @@ impl Sim {
         let next = self.now + self.sc.sync_interval_ms;
         let finished = self.nodes[i].peer.as_ref().is_some_and(Peer::finished);
         if !finished {
-            self.push(next, Event::Sync { node: i });
+            self.push(next, Event::Sync { node: i as u32 });
         }
         let candidates: Vec<usize> = (0..self.nodes.len())
             .filter(|&j| j != i && self.reachable(i, j))
@@ -753,8 +914,11 @@ impl Sim {
             return;
         }
         let j = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
-        let missing: Vec<usize> = (0..self.log.len())
-            .filter(|&m| self.nodes[j].have.get(m) && !self.nodes[i].have.get(m))
+        let missing: Vec<usize> = self.nodes[j]
+            .have
+            .missing_from(&self.nodes[i].have, self.log.len())
+            .into_iter()
+            .filter(|&m| self.interested(i, m))
             .collect();
         for m in missing {
             self.deliver(i, m);
@@ -797,7 +961,7 @@ impl Sim {
             }
             _ => return,
         }
-        self.push(self.now + 1_000, Event::Spam { node: i });
+        self.push(self.now + 1_000, Event::Spam { node: i as u32 });
     }
 
     fn class(&self, i: usize) -> String {

@@ -1915,7 +1915,7 @@ impl EventLoop {
     /// settlements may still gain late reveals).
     fn settled(&self, id: &CampaignId) -> Option<Vec<SettledJob>> {
         let c = self.campaigns.get(id)?;
-        let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
+        let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl));
         let verdicts = verdicts_by_job(c.peer.closures());
         let mut out = Vec::new();
         for (closure, _) in c.peer.closures() {
@@ -1960,7 +1960,7 @@ impl EventLoop {
     /// penalised (they disagreed with a wrong outcome).
     fn standings(&self, id: &CampaignId) -> Option<Vec<(PeerKey, PeerScore)>> {
         let c = self.campaigns.get(id)?;
-        let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl));
+        let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl));
         let verdicts = verdicts_by_job(c.peer.closures());
         // Owned settlements and auditor sets for the overturned jobs, referenced below.
         let mut corrected: BTreeMap<JobId, (hivemesh_protocol::Settlement, BTreeSet<PeerKey>)> =
@@ -2086,7 +2086,7 @@ impl EventLoop {
             Command::Jobs(id, tx) => {
                 let jobs = self.campaigns.get(&id).map(|c| {
                     let mut jobs: Vec<JobSpec> =
-                        derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| cl))
+                        derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl))
                             .into_values()
                             .collect();
                     jobs.sort_by_key(|j| (j.generation, j.index));
@@ -2147,7 +2147,7 @@ impl EventLoop {
 
 /// Every audit verdict in the closures, by job.
 fn verdicts_by_job(
-    closures: &[(Closure, Vec<PeerKey>)],
+    closures: &[(std::sync::Arc<Closure>, Vec<PeerKey>)],
 ) -> BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> {
     closures
         .iter()

@@ -13,7 +13,7 @@
 //! early while fewer than `r` peers have claimed it (its ranked executors are busy elsewhere)
 //! — never beyond `r + max_extra`.
 
-use crate::id::{JobId, context};
+use crate::id::{JobId, context, keyed_hasher};
 use crate::identity::PeerKey;
 
 /// Weight of a peer with no agreed results (new peers).
@@ -39,9 +39,10 @@ pub fn rank(
     members: &[PeerKey],
     weight_of: impl Fn(&PeerKey) -> u64,
 ) -> Vec<PeerKey> {
+    let prefix = rank_prefix(job, seed);
     let mut keyed: Vec<(u128, PeerKey)> = members
         .iter()
-        .map(|p| (rank_key(job, seed, p, weight_of(p)), *p))
+        .map(|p| (rank_key_from(&prefix, p, weight_of(p)), *p))
         .collect();
     keyed.sort();
     keyed.into_iter().map(|(_, p)| p).collect()
@@ -55,23 +56,56 @@ pub fn position(
     weight_of: impl Fn(&PeerKey) -> u64,
     me: &PeerKey,
 ) -> Option<usize> {
+    position_below(job, seed, members, weight_of, me, usize::MAX)
+}
+
+/// `me`'s place in [`rank`]'s order if it is below `bound`; `None` if it is not (or `me` is
+/// not a member). Stops counting as soon as `bound` members rank before `me`, so a peer that
+/// lists the jobs it may ever run (`bound = r + max_extra`) hashes a few dozen members per job
+/// instead of all of them: a member at place `p` is passed after about `bound · n / p` of the
+/// `n` members, `bound · (1 + ln(n / bound))` on average.
+pub fn position_below(
+    job: &JobId,
+    seed: &[u8; 32],
+    members: &[PeerKey],
+    weight_of: impl Fn(&PeerKey) -> u64,
+    me: &PeerKey,
+    bound: usize,
+) -> Option<usize> {
     members.binary_search(me).ok()?;
-    let mine = (rank_key(job, seed, me, weight_of(me)), *me);
-    Some(
-        members
-            .iter()
-            .filter(|p| (rank_key(job, seed, p, weight_of(p)), **p) < mine)
-            .count(),
-    )
+    let prefix = rank_prefix(job, seed);
+    let mine = (rank_key_from(&prefix, me, weight_of(me)), *me);
+    let mut before = 0;
+    for p in members {
+        if (rank_key_from(&prefix, p, weight_of(p)), *p) < mine {
+            before += 1;
+            if before >= bound {
+                return None;
+            }
+        }
+    }
+    Some(before)
 }
 
 /// A member's ranking key for a job: `h(job, seed, peer) / weight`, widened so the division
 /// keeps precision. `h` is the first 8 bytes of the keyed hash of the three 32-byte values
 /// (their canonical encoding is their concatenation).
+#[cfg(test)]
 fn rank_key(job: &JobId, seed: &[u8; 32], p: &PeerKey, weight: u64) -> u128 {
-    let mut h = blake3::Hasher::new_derive_key(context::RANK);
+    rank_key_from(&rank_prefix(job, seed), p, weight)
+}
+
+/// The keyed hasher with the job and seed already fed: the part of [`rank_key`] shared by
+/// every member ranked for one job.
+fn rank_prefix(job: &JobId, seed: &[u8; 32]) -> blake3::Hasher {
+    let mut h = keyed_hasher(context::RANK);
     h.update(job.as_bytes());
     h.update(seed);
+    h
+}
+
+fn rank_key_from(prefix: &blake3::Hasher, p: &PeerKey, weight: u64) -> u128 {
+    let mut h = prefix.clone();
     h.update(p.as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.finalize().as_bytes()[..8]);
@@ -123,6 +157,12 @@ mod tests {
         for p in &members {
             let at = ranked.iter().position(|x| x == p);
             assert_eq!(position(&job, &seed, &members, w, p), at);
+            for bound in [1, 3, 6, 30] {
+                assert_eq!(
+                    position_below(&job, &seed, &members, w, p, bound),
+                    at.filter(|&a| a < bound)
+                );
+            }
         }
         let outsider = Keypair::from_secret_bytes([99; 32]).public();
         assert_eq!(position(&job, &seed, &members, w, &outsider), None);

@@ -20,6 +20,7 @@
 //! * L55: `f + 1` voters heard from in a higher round → skip to it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::closure::Closure;
 use crate::envelope::{AnySigned, Signed};
@@ -45,7 +46,7 @@ pub enum Action {
     /// The generation is decided.
     Decided {
         /// The closure.
-        closure: Box<Closure>,
+        closure: Arc<Closure>,
         /// The round it was decided in.
         round: u32,
         /// The voters whose precommits decided it.
@@ -99,7 +100,7 @@ pub struct Instance {
     /// Each round's proposal and its closure's root (hashed once: a closure can be large).
     proposals: BTreeMap<u32, (Signed<Proposal>, Root)>,
     proposed: BTreeSet<u32>,
-    closures: HashMap<Root, Closure>,
+    closures: HashMap<Root, Arc<Closure>>,
     votes: BTreeMap<(u32, Step), BTreeMap<PeerKey, Option<Root>>>,
     heard: BTreeMap<u32, BTreeSet<PeerKey>>,
     messages: Vec<AnySigned>,
@@ -199,7 +200,7 @@ impl Instance {
     pub fn current_proposal(&self) -> Option<&Closure> {
         self.proposals
             .get(&self.round)
-            .map(|(p, _)| &p.message().closure)
+            .map(|(p, _)| &*p.message().closure)
     }
 
     /// The decided closure root.
@@ -350,7 +351,7 @@ impl Instance {
                 let root = m.closure.root();
                 self.closures
                     .entry(root)
-                    .or_insert_with(|| m.closure.clone());
+                    .or_insert_with(|| Arc::clone(&m.closure));
                 self.heard.entry(m.round).or_default().insert(p.signer());
                 self.proposals.insert(m.round, (p.clone(), root));
             }
@@ -486,11 +487,11 @@ impl Instance {
         }
         let (valid_round, closure) = match self.valid {
             Some((vr, root)) => match self.closures.get(&root) {
-                Some(c) => (Some(vr), c.clone()),
+                Some(c) => (Some(vr), Arc::clone(c)),
                 None => return,
             },
             None => match env.build() {
-                Some(c) => (None, c),
+                Some(c) => (None, Arc::new(c)),
                 None => return,
             },
         };
@@ -542,7 +543,7 @@ impl Instance {
                 self.timeouts.clear();
                 if let Some(c) = self.closures.get(&root) {
                     out.push(Action::Decided {
-                        closure: Box::new(c.clone()),
+                        closure: Arc::clone(c),
                         round,
                         certificate,
                     });

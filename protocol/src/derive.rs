@@ -13,6 +13,9 @@ use hivemesh_evolve::{Evaluation, Nsga2, Nsga2Config, RegularizedConfig, Regular
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::closure::{Closure, generation_seed};
 use crate::id::{CampaignId, context, hash_canonical};
 use crate::message::Outcome;
@@ -42,6 +45,7 @@ pub enum DeriveError {
     },
 }
 
+#[derive(Clone)]
 enum State {
     NasNsga2(Box<Nsga2<GeneProblem>>),
     NasRegularized(Box<RegularizedEvolution<GeneProblem>>),
@@ -50,6 +54,7 @@ enum State {
 }
 
 /// The search state of one campaign, advanced one closure at a time.
+#[derive(Clone)]
 pub struct Derivation {
     spec: CampaignSpec,
     campaign: CampaignId,
@@ -68,6 +73,60 @@ impl core::fmt::Debug for Derivation {
             .field("generation", &self.generation)
             .field("jobs", &self.jobs.len())
             .finish()
+    }
+}
+
+/// A memo of derivations shared by several [`Derivation`]s of one campaign: the state after
+/// each closure, keyed by the closure's root. A derivation is a pure function of the spec and
+/// the chain of closures (which the root commits to), so peers in one process — a simulator's
+/// thousand nodes — compute each generation once instead of once per peer. A real node has one
+/// peer per campaign and does not use it.
+#[derive(Clone, Default)]
+pub struct DerivationCache(Arc<Mutex<HashMap<[u8; 32], Arc<Derivation>>>>);
+
+impl core::fmt::Debug for DerivationCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("DerivationCache")
+    }
+}
+
+impl DerivationCache {
+    /// A new derivation for `spec` with generation 0 derived, from the memo when another
+    /// derivation of the same campaign already did.
+    pub fn start(&self, spec: &CampaignSpec) -> Result<Arc<Derivation>, DeriveError> {
+        let key = *spec.id().as_bytes();
+        let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = memo.get(&key)
+            && done.spec == *spec
+        {
+            return Ok(Arc::clone(done));
+        }
+        let mut d = Derivation::new(spec)?;
+        d.generation_zero();
+        let d = Arc::new(d);
+        memo.insert(key, Arc::clone(&d));
+        Ok(d)
+    }
+
+    /// Advances `d` by `closure` (whose root is `root`), from the memo when another
+    /// derivation already did: the result is the same either way.
+    pub fn advance(
+        &self,
+        d: &mut Arc<Derivation>,
+        closure: &Closure,
+        root: [u8; 32],
+    ) -> Result<Vec<JobSpec>, DeriveError> {
+        let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = memo.get(&root)
+            && done.campaign == d.campaign
+            && done.generation == d.generation + 1
+        {
+            *d = Arc::clone(done);
+            return Ok(d.jobs.clone());
+        }
+        let jobs = Arc::make_mut(d).advance(closure)?.to_vec();
+        memo.insert(root, Arc::clone(d));
+        Ok(jobs)
     }
 }
 

@@ -37,9 +37,28 @@ pub(crate) fn write_hex(f: &mut core::fmt::Formatter<'_>, bytes: &[u8]) -> core:
     Ok(())
 }
 
+/// `blake3::Hasher::new_derive_key(context)`, from a per-thread cache: deriving the key hashes
+/// the context string, a whole compression that hot paths (ranking, outcome digests) would
+/// otherwise repeat on every call. The few contexts are compile-time constants.
+pub(crate) fn keyed_hasher(context: &'static str) -> blake3::Hasher {
+    thread_local! {
+        static KEYED: std::cell::RefCell<Vec<(&'static str, blake3::Hasher)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KEYED.with(|k| {
+        let mut k = k.borrow_mut();
+        if let Some((_, h)) = k.iter().find(|(c, _)| *c == context) {
+            return h.clone();
+        }
+        let h = blake3::Hasher::new_derive_key(context);
+        k.push((context, h.clone()));
+        h
+    })
+}
+
 /// Hashes a value's canonical (postcard) encoding under a context string.
-pub(crate) fn hash_canonical<T: Serialize + ?Sized>(context: &str, value: &T) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new_derive_key(context);
+pub(crate) fn hash_canonical<T: Serialize + ?Sized>(context: &'static str, value: &T) -> [u8; 32] {
+    let mut hasher = keyed_hasher(context);
     // Encoding into a hasher cannot fail for our types: they hold no maps with non-string
     // keys and no unsized sequences. A failure would be a programming error, not input.
     let bytes = postcard::to_stdvec(value).expect("protocol types always encode");

@@ -288,9 +288,19 @@ struct Counted {
     witnessed: Vec<PeerKey>,
 }
 
+/// What the ledger keeps of a derived (registered) job: what scoring needs of its spec.
+#[derive(Debug, Clone, Copy)]
+struct Registered {
+    generation: u32,
+    compute: u64,
+}
+
+/// The evidence held on one job. Created on the first message about the job, not when the job
+/// is registered: at a thousand-job generation most peers hold evidence on a few jobs only
+/// (evidence travels on sharded topics), and an empty entry per job per peer would be most of
+/// a simulated swarm's memory.
 #[derive(Debug, Clone, Default)]
 struct JobEntry {
-    spec: Option<JobSpec>,
     signers: BTreeSet<PeerKey>,
     claims: BTreeMap<PeerKey, Signed<Claim>>,
     commitments: BTreeMap<PeerKey, Statements<Commitment>>,
@@ -370,6 +380,7 @@ pub struct Ledger {
     spec: CampaignSpec,
     config: LedgerConfig,
     seen: HashSet<MessageId>,
+    registered: HashMap<JobId, Registered>,
     jobs: BTreeMap<JobId, JobEntry>,
     unregistered: HashMap<PeerKey, usize>,
     heartbeats: BTreeMap<PeerKey, Signed<Heartbeat>>,
@@ -384,6 +395,7 @@ impl Ledger {
             spec,
             config,
             seen: HashSet::new(),
+            registered: HashMap::new(),
             jobs: BTreeMap::new(),
             unregistered: HashMap::new(),
             heartbeats: BTreeMap::new(),
@@ -415,11 +427,19 @@ impl Ledger {
             return;
         }
         let id = spec.id();
-        let entry = self.jobs.entry(id).or_default();
-        if entry.spec.is_some() {
+        if self.registered.contains_key(&id) {
             return;
         }
-        entry.spec = Some(spec);
+        self.registered.insert(
+            id,
+            Registered {
+                generation: spec.generation,
+                compute: spec.compute,
+            },
+        );
+        let Some(entry) = self.jobs.get(&id) else {
+            return;
+        };
         for signer in &entry.signers {
             if let Some(n) = self.unregistered.get_mut(signer) {
                 *n = n.saturating_sub(count_messages(entry, signer));
@@ -486,7 +506,7 @@ impl Ledger {
         // Read without inserting: a message that is turned away must not leave an (empty)
         // job entry behind, or a signer over its cap could still grow memory per job id.
         let entry = self.jobs.get(&job);
-        let registered = entry.is_some_and(|e| e.spec.is_some());
+        let registered = self.registered.contains_key(&job);
         let signers = entry.map_or(0, |e| e.signers.len());
         let known_signer = entry.is_some_and(|e| e.signers.contains(&signer));
         if !known_signer && signers >= self.config.max_signers_per_job {
@@ -639,12 +659,12 @@ impl Ledger {
     fn resettle(&mut self, job: JobId, now: Timestamp) {
         let q = usize::from(self.spec.quorum);
         let tol = self.spec.tolerance;
+        if !self.registered.contains_key(&job) {
+            return;
+        }
         let Some(entry) = self.jobs.get_mut(&job) else {
             return;
         };
-        if entry.spec.is_none() {
-            return;
-        }
         let evidence: Vec<(PeerKey, [u8; 32], &Outcome)> = entry
             .counted
             .iter()
@@ -779,7 +799,12 @@ impl Ledger {
 
     /// How many jobs the ledger holds state for (derived jobs and jobs with stored messages).
     pub fn tracked_jobs(&self) -> usize {
-        self.jobs.len()
+        self.registered.len()
+            + self
+                .jobs
+                .keys()
+                .filter(|j| !self.registered.contains_key(j))
+                .count()
     }
 
     /// Every equivocation proven so far, in job-then-peer order.
@@ -806,9 +831,9 @@ impl Ledger {
     pub fn scores(&self) -> BTreeMap<PeerKey, PeerScore> {
         let mut claimers_of: Vec<BTreeSet<PeerKey>> = Vec::new();
         let mut auditors_of: Vec<BTreeSet<PeerKey>> = Vec::new();
-        let mut settled: Vec<(&JobSpec, &Settlement)> = Vec::new();
-        for j in self.jobs.values() {
-            if let (Some(spec), Some(s)) = (&j.spec, &j.settlement) {
+        let mut settled: Vec<(Registered, &Settlement)> = Vec::new();
+        for (id, j) in &self.jobs {
+            if let (Some(&spec), Some(s)) = (self.registered.get(id), &j.settlement) {
                 // Equivocators are penalised for the job as such; whether their claim was
                 // stored depends on arrival order, so it must not count.
                 claimers_of.push(
@@ -842,8 +867,8 @@ impl Ledger {
             .collect();
         let equivocations: Vec<(PeerKey, u32)> = self
             .jobs
-            .values()
-            .filter_map(|j| j.spec.as_ref().map(|s| (j, s.generation)))
+            .iter()
+            .filter_map(|(id, j)| self.registered.get(id).map(|s| (j, s.generation)))
             .flat_map(|(j, g)| j.equivocators.keys().map(move |p| (*p, g)))
             .collect();
         score(&records, &equivocations, &self.config.scoring)

@@ -1,6 +1,7 @@
 //! The signed messages peers gossip, each bound to one campaign.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -389,8 +390,10 @@ pub struct Proposal {
     pub round: u32,
     /// The round in which the proposer saw 2/3 prevotes for this closure, if any.
     pub valid_round: Option<u32>,
-    /// The closure (its `generation` is the vote's height).
-    pub closure: Closure,
+    /// The closure (its `generation` is the vote's height). Shared, not copied, by every
+    /// instance that holds the proposal: at a thousand-entry generation it is the largest
+    /// thing a peer keeps.
+    pub closure: Arc<Closure>,
     /// When.
     pub issued_at: Timestamp,
 }

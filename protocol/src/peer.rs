@@ -14,15 +14,16 @@
 //! 4. once every job has settled (or the void deadline passed), start voting on the closure
 //!    ([`crate::consensus`]); on a decision, record it and go to 1 with the next generation.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agreement::settle_digested;
-use crate::assign::{eligible, position, rank, weight};
+use crate::assign::{eligible, position_below, rank, weight};
 use crate::audit::{self, PendingAudit, Verdict, judge};
 use crate::closure::{Closure, Entry, credited, generation_seed, lower_median, next_deadline};
 use crate::consensus::{Action, Env, Instance};
-use crate::derive::{Derivation, DeriveError};
+use crate::derive::{Derivation, DerivationCache, DeriveError};
 use crate::envelope::{AnySigned, Signed};
 use crate::error::{DecodeError, PeerAction};
 use crate::id::{CampaignId, JobId, MessageId, context, hash_canonical};
@@ -155,10 +156,11 @@ pub struct Peer {
     campaign: CampaignId,
     config: PeerConfig,
     ledger: Ledger,
-    derivation: Derivation,
+    /// Shared with other peers through a [`DerivationCache`] (copied on write).
+    derivation: Arc<Derivation>,
     cur: Generation,
     instance: Instance,
-    closures: Vec<(Closure, Vec<PeerKey>)>,
+    closures: Vec<(Arc<Closure>, Vec<PeerKey>)>,
     history: Vec<AnySigned>,
     running: BTreeSet<JobId>,
     taken: BTreeSet<JobId>,
@@ -187,6 +189,11 @@ pub struct Peer {
     /// The jobs of the generation this peer may ever run (rank below `r + max_extra`), as
     /// `(rank, index, job)` in that order; computed once per generation.
     my_jobs: Option<Vec<(usize, u32, JobId)>>,
+    /// The current generation's jobs that are settled in the ledger, kept up to date from its
+    /// outputs so that "is every job settled?" is not a scan of the generation per message.
+    settled_now: HashSet<JobId>,
+    /// Shared with other peers of the campaign in this process (simulators), if set.
+    derive_cache: Option<DerivationCache>,
     finished: bool,
 }
 
@@ -229,11 +236,41 @@ impl Peer {
         config: PeerConfig,
         now: Timestamp,
     ) -> Result<Self, PeerError> {
+        Self::build(spec, key, config, now, None)
+    }
+
+    /// Like [`new`](Self::new), sharing job derivation with the other peers of this campaign
+    /// that hold `cache` (a simulator running many peers in one process): each generation is
+    /// derived once. Results are the same as without it.
+    pub fn with_derivation_cache(
+        spec: CampaignSpec,
+        key: Keypair,
+        config: PeerConfig,
+        now: Timestamp,
+        cache: DerivationCache,
+    ) -> Result<Self, PeerError> {
+        Self::build(spec, key, config, now, Some(cache))
+    }
+
+    fn build(
+        spec: CampaignSpec,
+        key: Keypair,
+        config: PeerConfig,
+        now: Timestamp,
+        derive_cache: Option<DerivationCache>,
+    ) -> Result<Self, PeerError> {
         spec.validate()?;
         let campaign = spec.id();
-        let mut derivation = Derivation::new(&spec)?;
+        let derivation = match &derive_cache {
+            Some(cache) => cache.start(&spec)?,
+            None => {
+                let mut d = Derivation::new(&spec)?;
+                d.generation_zero();
+                Arc::new(d)
+            }
+        };
         let jobs: BTreeMap<JobId, JobSpec> = derivation
-            .generation_zero()
+            .jobs()
             .iter()
             .map(|j| (j.id(), j.clone()))
             .collect();
@@ -289,8 +326,11 @@ impl Peer {
             last_heartbeat: None,
             last_now: now,
             my_jobs: None,
+            settled_now: HashSet::new(),
+            derive_cache,
             finished: false,
-        })
+        }
+        .with_settled_recounted())
     }
 
     /// This peer's key.
@@ -314,7 +354,7 @@ impl Peer {
     }
 
     /// Every decided closure with its certificate, oldest first.
-    pub fn closures(&self) -> &[(Closure, Vec<PeerKey>)] {
+    pub fn closures(&self) -> &[(Arc<Closure>, Vec<PeerKey>)] {
         &self.closures
     }
 
@@ -420,6 +460,29 @@ impl Peer {
     /// current generation's votes (ledger evidence is synced by the driver from its store).
     pub fn consensus_messages(&self) -> impl Iterator<Item = &AnySigned> {
         self.history.iter().chain(self.instance.messages())
+    }
+
+    /// The voters of the current generation.
+    pub fn voters(&self) -> &[PeerKey] {
+        self.instance.voters()
+    }
+
+    /// For each job of the current generation, the members that may ever run it: the first
+    /// `r + max_extra` of its ranking (reputation-weighted, as this peer assigns). A driver that
+    /// routes a job's evidence by interest (sharded topics) sends it to these and the voters.
+    pub fn ranked_executors(&self) -> Vec<(JobId, Vec<PeerKey>)> {
+        let bound =
+            usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors);
+        let w = reputation(&self.agreed, &self.offences);
+        self.cur
+            .jobs
+            .keys()
+            .map(|id| {
+                let mut top = rank(id, &self.cur.seed, &self.cur.members, &w);
+                top.truncate(bound);
+                (*id, top)
+            })
+            .collect()
     }
 
     /// When the peer next needs a [`PeerInput::Tick`] (deadlines, timeouts, heartbeats).
@@ -532,6 +595,23 @@ impl Peer {
         (&mut self.instance, env)
     }
 
+    fn with_settled_recounted(mut self) -> Self {
+        self.recount_settled();
+        self
+    }
+
+    /// Recomputes `settled_now` from the ledger (when a generation starts).
+    fn recount_settled(&mut self) {
+        let ledger = &self.ledger;
+        self.settled_now = self
+            .cur
+            .jobs
+            .keys()
+            .filter(|j| ledger.settlement(j).is_some())
+            .copied()
+            .collect();
+    }
+
     fn ingest_evidence(&mut self, m: AnySigned, now: Timestamp, out: &mut Vec<PeerOutput>) -> bool {
         let mut changed = false;
         for o in self.ledger.handle(Input::Message(m), now) {
@@ -539,10 +619,17 @@ impl Peer {
                 Output::Rejected { id, error, action } => {
                     out.push(PeerOutput::Rejected { id, error, action });
                 }
-                Output::Accepted { .. }
-                | Output::Settled { .. }
-                | Output::Unsettled { .. }
-                | Output::Equivocation(_) => changed = true,
+                Output::Settled { job, .. } => {
+                    if self.cur.jobs.contains_key(&job) {
+                        self.settled_now.insert(job);
+                    }
+                    changed = true;
+                }
+                Output::Unsettled { job } => {
+                    self.settled_now.remove(&job);
+                    changed = true;
+                }
+                Output::Accepted { .. } | Output::Equivocation(_) => changed = true,
                 Output::Ignored { .. } | Output::AuditMismatch { .. } => {}
             }
         }
@@ -645,8 +732,8 @@ impl Peer {
                 .jobs
                 .iter()
                 .filter_map(|(id, spec)| {
-                    let pos = position(id, &cur.seed, &cur.members, &w, me)?;
-                    (pos < bound).then_some((pos, spec.index, *id))
+                    let pos = position_below(id, &cur.seed, &cur.members, &w, me, bound)?;
+                    Some((pos, spec.index, *id))
                 })
                 .collect();
             mine.sort();
@@ -763,10 +850,7 @@ impl Peer {
                 let (_, env) = self.split(now);
                 env.pending.values().all(|a| env.verdict(a).is_some())
             } else {
-                self.cur
-                    .jobs
-                    .keys()
-                    .all(|j| self.ledger.settlement(j).is_some())
+                self.settled_now.len() == self.cur.jobs.len()
             };
             if ready || now >= self.void_deadline() {
                 self.vote_with(now, out, |i, key, env| i.start(Some(key), env, now));
@@ -829,7 +913,7 @@ impl Peer {
                     certificate,
                     ..
                 } => {
-                    self.on_decided(*closure, certificate, now, out);
+                    self.on_decided(closure, certificate, now, out);
                     return;
                 }
             }
@@ -838,7 +922,7 @@ impl Peer {
 
     fn on_decided(
         &mut self,
-        closure: Closure,
+        closure: Arc<Closure>,
         certificate: Vec<PeerKey>,
         now: Timestamp,
         out: &mut Vec<PeerOutput>,
@@ -871,10 +955,13 @@ impl Peer {
         let next: Vec<JobSpec> = if self.epilogue {
             Vec::new()
         } else {
-            match self.derivation.advance(&closure) {
-                Ok(jobs) => jobs.to_vec(),
-                Err(_) => Vec::new(),
-            }
+            let derived = match &self.derive_cache {
+                Some(cache) => cache.advance(&mut self.derivation, &closure, root),
+                None => Arc::make_mut(&mut self.derivation)
+                    .advance(&closure)
+                    .map(<[JobSpec]>::to_vec),
+            };
+            derived.unwrap_or_default()
         };
         let seed = closure.seed();
         let members = closure.members.clone();
@@ -918,6 +1005,7 @@ impl Peer {
                 .handle(Input::RegisterJob(j), now)
                 .for_each(drop);
         }
+        self.recount_settled();
         // Replay consensus messages that arrived early.
         let future: Vec<AnySigned> = self.future.drain(..).collect();
         for m in future {
