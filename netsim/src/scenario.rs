@@ -181,7 +181,8 @@ pub struct Scenario {
     /// every node, as on one gossip topic per campaign. `N > 0`: sharded topics — the evidence
     /// of a job reaches the generation's voters, the audit-mode nodes, and the nodes ranked
     /// to run some job of the same of `N` shards (each node subscribes to the shards of its
-    /// ranked jobs); consensus messages, heartbeats and audit reports still reach everyone.
+    /// ranked jobs); heartbeats reach the voters (a membership topic); consensus messages and
+    /// audit reports still reach everyone.
     /// See `docs/decisions/0003-closure-consensus.md`, "Scale".
     #[serde(default)]
     pub evidence_shards: u32,

@@ -230,7 +230,8 @@ pub struct Sim {
     nodes: Vec<Node>,
     log: Vec<Arc<AnySigned>>,
     /// Per logged message: `None` if it goes to every node, else the (generation, shard) whose
-    /// subscriber list it goes to (`evidence_shards > 0`).
+    /// subscriber list it goes to (`evidence_shards > 0`; shard `evidence_shards` is the
+    /// membership topic of heartbeats).
     log_route: Vec<Option<(u32, u32)>>,
     /// Per generation, per evidence shard: the nodes that receive it (sorted).
     routes: HashMap<u32, Vec<Arc<[u32]>>>,
@@ -502,7 +503,9 @@ impl Sim {
                 .filter(|&n| self.audit_mode(n))
                 .map(|n| n as u32),
         );
-        let mut lists = vec![base; shards as usize];
+        // One list per shard, then the membership topic (heartbeats): voters only, as the
+        // roster rule and eviction are checked by voters alone.
+        let mut lists = vec![base; shards as usize + 1];
         for (job, executors) in peer.ranked_executors() {
             let shard = shard_of(&job, shards);
             self.job_route.insert(job, (g, shard));
@@ -689,9 +692,18 @@ impl Sim {
             AnySigned::Reveal(s) => Some(s.message().job),
             _ => None,
         };
+        let route = match (&msg, job) {
+            (_, Some(j)) => self.job_route.get(&j).copied(),
+            (AnySigned::Heartbeat(h), None) => {
+                let g = h.message().generation;
+                self.routes
+                    .contains_key(&g)
+                    .then_some((g, self.sc.evidence_shards))
+            }
+            _ => None,
+        };
         let i = self.log.len();
-        self.log_route
-            .push(job.and_then(|j| self.job_route.get(&j).copied()));
+        self.log_route.push(route);
         self.log.push(Arc::new(msg));
         self.log_ids.insert(id, i);
         Some(i)

@@ -187,3 +187,25 @@ fn a_scenario_file_with_a_typo_is_refused_with_its_name() {
         .expect_err("bad loss");
     assert!(err.to_string().contains("loss"), "{err}");
 }
+
+#[test]
+fn sharded_evidence_reaches_fewer_nodes_and_changes_no_closure() {
+    let sharded = runs("sharded");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/sharded.toml");
+    let mut flooded = Scenario::load(&path).expect("scenario loads");
+    flooded.evidence_shards = 0;
+    for r in &sharded {
+        assert_eq!(r.settled_entries, 40, "seed {}", r.seed);
+        assert_eq!(r.wrong_finalised, 0);
+        assert_eq!(r.final_members, 140, "every joiner was admitted");
+        let f = run(&flooded, r.seed).expect("flooded run");
+        assert!(f.sound(), "{}", describe(&f));
+        assert!(
+            r.messages_per_node_per_job < f.messages_per_node_per_job,
+            "seed {}: sharded {:.1} vs flooded {:.1} deliveries per node per job",
+            r.seed,
+            r.messages_per_node_per_job,
+            f.messages_per_node_per_job
+        );
+    }
+}

@@ -109,6 +109,9 @@ pub struct Instance {
     locked_rounds: BTreeSet<u32>,
     equivocators: BTreeSet<PeerKey>,
     validity: HashMap<Root, bool>,
+    /// Whether a proposal or vote was accepted since the last look for a decision (L49):
+    /// only those can complete one, and looking tallies every precommit.
+    tally_dirty: bool,
 }
 
 impl Instance {
@@ -145,6 +148,7 @@ impl Instance {
             timeout_set: BTreeSet::new(),
             locked_rounds: BTreeSet::new(),
             equivocators: BTreeSet::new(),
+            tally_dirty: true,
             validity: HashMap::new(),
         }
     }
@@ -379,6 +383,7 @@ impl Instance {
             _ => return Err(Refusal::WrongInstance),
         }
         self.messages.push(msg);
+        self.tally_dirty = true;
         Ok(())
     }
 
@@ -520,7 +525,8 @@ impl Instance {
             }
             // L49: 2/3 precommits for a known closure, any round → decide.
             let mut decision = None;
-            for ((round, step), votes) in &self.votes {
+            let look = std::mem::take(&mut self.tally_dirty);
+            for ((round, step), votes) in self.votes.iter().filter(|_| look) {
                 if *step != Step::Precommit {
                     continue;
                 }

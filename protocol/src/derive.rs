@@ -511,4 +511,30 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn a_shared_cache_derives_what_each_peer_would_alone() {
+        let spec = sample_spec();
+        let cache = DerivationCache::default();
+        let mut x = cache.start(&spec).expect("start");
+        let mut y = cache.start(&spec).expect("start");
+        assert!(Arc::ptr_eq(&x, &y), "generation 0 is derived once");
+        let mut alone = Derivation::new(&spec).expect("derivation");
+        let g0 = alone.generation_zero().to_vec();
+        assert_eq!(x.jobs(), &g0[..]);
+        let c = closure_for(&spec, &g0, 0);
+        let root = c.root();
+        let gx = cache.advance(&mut x, &c, root).expect("advance");
+        let gy = cache.advance(&mut y, &c, root).expect("advance");
+        assert!(Arc::ptr_eq(&x, &y), "generation 1 is derived once");
+        assert_eq!(gx, alone.advance(&c).expect("advance").to_vec());
+        assert_eq!(gx, gy);
+        // Another closure misses the memo and is derived, not mixed up with the first.
+        let mut c2 = c.clone();
+        c2.deadline_ms = 2000;
+        let mut z = cache.start(&spec).expect("start");
+        let gz = cache.advance(&mut z, &c2, c2.root()).expect("advance");
+        assert_ne!(gz, gx);
+        assert_eq!(x.jobs(), &gx[..], "a shared state is copied on write");
+    }
 }

@@ -93,6 +93,9 @@ pub enum IgnoreReason {
     OwnCampaign,
     /// A closure proposal or vote: handled by `consensus`, not the ledger.
     Consensus,
+    /// Evidence on a job of a closed generation whose evidence was retired
+    /// ([`Ledger::retire`]): the closure has the final word on it.
+    Retired,
 }
 
 /// What kind of provable misbehaviour.
@@ -382,6 +385,11 @@ pub struct Ledger {
     seen: HashSet<MessageId>,
     registered: HashMap<JobId, Registered>,
     jobs: BTreeMap<JobId, JobEntry>,
+    /// Jobs whose evidence was retired, by the first 8 bytes of their id (a job id is a hash
+    /// fixed by closures nobody can grind, so 64 bits do not collide in practice).
+    retired: HashSet<u64>,
+    /// Equivocations proven on retired jobs.
+    retired_equivocations: Vec<EquivocationProof>,
     unregistered: HashMap<PeerKey, usize>,
     heartbeats: BTreeMap<PeerKey, Signed<Heartbeat>>,
     outputs: VecDeque<Output>,
@@ -397,6 +405,8 @@ impl Ledger {
             seen: HashSet::new(),
             registered: HashMap::new(),
             jobs: BTreeMap::new(),
+            retired: HashSet::new(),
+            retired_equivocations: Vec::new(),
             unregistered: HashMap::new(),
             heartbeats: BTreeMap::new(),
             outputs: VecDeque::new(),
@@ -500,6 +510,11 @@ impl Ledger {
         let id = s.id();
         if s.message().campaign() != self.campaign {
             self.reject_wrong_campaign(id, s.message().campaign());
+            return None;
+        }
+        if self.retired.contains(&retired_key(&job)) {
+            self.seen.remove(&id);
+            self.ignore(id, IgnoreReason::Retired);
             return None;
         }
         let signer = s.signer();
@@ -715,13 +730,21 @@ impl Ledger {
                     > (old.message().issued_at, std::cmp::Reverse(old.id()))
             }
         };
+        // Only the newest heartbeat per peer is kept, and only its id stays in `seen`: a
+        // thousand peers heartbeating every generation would otherwise grow it without
+        // bound. An older one delivered again is compared again, which is cheap.
         if newer {
-            self.heartbeats.insert(signer, s);
+            if let Some(old) = self.heartbeats.insert(signer, s) {
+                self.seen.remove(&old.id());
+            }
             self.outputs.push_back(Output::Accepted {
                 id,
                 kind: Kind::Heartbeat,
             });
         } else {
+            if self.heartbeats.get(&signer).is_none_or(|h| h.id() != id) {
+                self.seen.remove(&id);
+            }
             self.ignore(id, IgnoreReason::Equivalent);
         }
     }
@@ -809,7 +832,48 @@ impl Ledger {
 
     /// Every equivocation proven so far, in job-then-peer order.
     pub fn equivocations(&self) -> impl Iterator<Item = &EquivocationProof> {
-        self.jobs.values().flat_map(|j| j.equivocators.values())
+        self.retired_equivocations
+            .iter()
+            .chain(self.jobs.values().flat_map(|j| j.equivocators.values()))
+    }
+
+    /// Forgets the evidence on `jobs` — a closed generation's jobs that no audit needs any
+    /// more: their entries, their registration and their messages' ids. Later messages about
+    /// them are ignored ([`IgnoreReason::Retired`]); equivocation proofs are kept. A peer's
+    /// memory then holds the open generation's evidence, not the campaign's (the node's store
+    /// keeps every message on disk).
+    pub fn retire(&mut self, jobs: impl IntoIterator<Item = JobId>) {
+        for job in jobs {
+            self.retired.insert(retired_key(&job));
+            self.registered.remove(&job);
+            let Some(entry) = self.jobs.remove(&job) else {
+                continue;
+            };
+            for c in entry.claims.values() {
+                self.seen.remove(&c.id());
+            }
+            let kept = entry
+                .commitments
+                .values()
+                .flat_map(|s| s.kept.iter().map(Signed::id))
+                .chain(
+                    entry
+                        .reveals
+                        .values()
+                        .flat_map(|s| s.kept.iter().map(Signed::id)),
+                )
+                .chain(
+                    entry
+                        .audits
+                        .values()
+                        .flat_map(|s| s.kept.iter().map(Signed::id)),
+                );
+            for id in kept {
+                self.seen.remove(&id);
+            }
+            self.retired_equivocations
+                .extend(entry.equivocators.into_values());
+        }
     }
 
     /// The newest heartbeat of each peer.
@@ -873,6 +937,11 @@ impl Ledger {
             .collect();
         score(&records, &equivocations, &self.config.scoring)
     }
+}
+
+fn retired_key(job: &JobId) -> u64 {
+    let b = job.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 fn count_messages(entry: &JobEntry, signer: &PeerKey) -> usize {

@@ -14,7 +14,7 @@
 //! 4. once every job has settled (or the void deadline passed), start voting on the closure
 //!    ([`crate::consensus`]); on a decision, record it and go to 1 with the next generation.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,8 +143,27 @@ struct Generation {
     previous: [u8; 32],
     started_at: Timestamp,
     deadline_ms: u64,
-    members: Vec<PeerKey>,
+    members: Members,
     jobs: BTreeMap<JobId, JobSpec>,
+}
+
+/// A generation's members (sorted): the spec's roster in generation 0, later the previous
+/// closure's list, shared with the closure rather than copied (at 10,000 members a copy per
+/// peer is 320 KB).
+#[derive(Debug, Clone)]
+enum Members {
+    Roster(Vec<PeerKey>),
+    Closure(Arc<Closure>),
+}
+
+impl std::ops::Deref for Members {
+    type Target = [PeerKey];
+    fn deref(&self) -> &[PeerKey] {
+        match self {
+            Members::Roster(v) => v,
+            Members::Closure(c) => &c.members,
+        }
+    }
 }
 
 /// One participant of one campaign.
@@ -181,10 +200,12 @@ pub struct Peer {
     /// The job-less generation after the last one, in which outstanding audits are judged.
     epilogue: bool,
     /// The generation in which a message signed by each peer last reached this one.
-    last_seen: BTreeMap<PeerKey, u32>,
+    last_seen: HashMap<PeerKey, u32>,
     /// Whether this peer sent anything in the current generation.
     spoke: bool,
     last_heartbeat: Option<Timestamp>,
+    /// Heartbeats sent in generation `.0` (a joiner's back-off).
+    heartbeats_sent: (u32, u32),
     last_now: Timestamp,
     /// The jobs of the generation this peer may ever run (rank below `r + max_extra`), as
     /// `(rank, index, job)` in that order; computed once per generation.
@@ -302,7 +323,7 @@ impl Peer {
                 previous: [0; 32],
                 started_at: now,
                 deadline_ms: spec.schedule.job_deadline_ms,
-                members,
+                members: Members::Roster(members),
                 jobs,
             },
             spec,
@@ -321,9 +342,10 @@ impl Peer {
             audits_taken: BTreeSet::new(),
             auditing: BTreeSet::new(),
             epilogue: false,
-            last_seen: BTreeMap::new(),
+            last_seen: HashMap::new(),
             spoke: false,
             last_heartbeat: None,
+            heartbeats_sent: (0, 0),
             last_now: now,
             my_jobs: None,
             settled_now: HashSet::new(),
@@ -490,27 +512,43 @@ impl Peer {
         if self.finished {
             return None;
         }
-        let mut t: Vec<Timestamp> = Vec::new();
-        if let Some(x) = self.instance.next_timeout() {
-            t.push(x);
-        }
-        // Deadlines: each passing widens eligibility, lets reveals go out, or voids jobs.
+        // Called after every input: no allocation.
+        let mut t = self.instance.next_timeout();
+        let mut earliest = |x: Timestamp| t = Some(t.map_or(x, |y| y.min(x)));
+        // Deadlines: each passing widens eligibility, lets reveals go out, or voids jobs. The
+        // first one still ahead is the next.
         let d = self.cur.deadline_ms.max(1);
         let extra = u64::from(self.spec.schedule.max_extra_executors);
-        for k in 1..=extra + 2 {
-            let at = self
-                .cur
-                .started_at
-                .saturating_add(Duration::from_millis(d.saturating_mul(k)));
-            if at > self.last_now {
-                t.push(at);
-            }
+        if let Some(at) = (1..=extra + 2)
+            .map(|k| {
+                self.cur
+                    .started_at
+                    .saturating_add(Duration::from_millis(d.saturating_mul(k)))
+            })
+            .find(|at| *at > self.last_now)
+        {
+            earliest(at);
         }
         if !self.is_member() {
-            let last = self.last_heartbeat.unwrap_or(Timestamp::ZERO);
-            t.push(last.saturating_add(Duration::from_millis(self.config.join_heartbeat_ms)));
+            earliest(self.join_heartbeat_due());
         }
-        t.into_iter().min()
+        t
+    }
+
+    /// When a joiner next announces itself: at once in each generation it enters as a
+    /// non-member, then again after 2x, 4x, … (at most 64x) `join_heartbeat_ms` in case the
+    /// heartbeat was lost. Members admit every joiner whose heartbeat they hold, however old,
+    /// and sync repairs losses, so repeating at a fixed rate only floods the swarm: with a
+    /// thousand joiners and a slow generation 0 it was most of the messages.
+    fn join_heartbeat_due(&self) -> Timestamp {
+        let (generation, sent) = self.heartbeats_sent;
+        match self.last_heartbeat {
+            Some(last) if generation == self.cur.number && sent > 0 => {
+                let backoff = self.config.join_heartbeat_ms << sent.min(6);
+                last.saturating_add(Duration::from_millis(backoff))
+            }
+            _ => Timestamp::ZERO,
+        }
     }
 
     fn is_member(&self) -> bool {
@@ -779,11 +817,13 @@ impl Peer {
         // deadline shows it is alive (silent members are evicted).
         let member = self.is_member();
         if !member || (!self.spoke && past_deadline) {
-            let due = self.last_heartbeat.is_none_or(|t| {
-                now.saturating_since(t).as_millis() as u64 >= self.config.join_heartbeat_ms
-            }) || member;
+            let due = member || now >= self.join_heartbeat_due();
             if due {
                 self.last_heartbeat = Some(now);
+                if self.heartbeats_sent.0 != self.cur.number {
+                    self.heartbeats_sent = (self.cur.number, 0);
+                }
+                self.heartbeats_sent.1 += 1;
                 let hb = Heartbeat {
                     campaign: self.campaign,
                     generation: self.cur.number,
@@ -946,6 +986,7 @@ impl Peer {
         for v in &closure.verdicts {
             if let Some(a) = self.pending.remove(&v.job) {
                 self.apply_verdict(&a, v);
+                self.ledger.retire([v.job]);
             }
         }
         out.push(PeerOutput::Closed {
@@ -964,8 +1005,18 @@ impl Peer {
             derived.unwrap_or_default()
         };
         let seed = closure.seed();
-        let members = closure.members.clone();
+        let members = Members::Closure(Arc::clone(&closure));
         self.sample_audits(&closure, &seed, &members);
+        // The closure is final: the evidence on its jobs is no longer needed, except on jobs
+        // sampled for audit (their verdict retires them).
+        let done: Vec<JobId> = self
+            .cur
+            .jobs
+            .keys()
+            .filter(|j| !self.pending.contains_key(j))
+            .copied()
+            .collect();
+        self.ledger.retire(done);
         let deadline = closure.deadline_ms;
         self.history
             .extend(self.instance.messages().iter().cloned());
@@ -1125,7 +1176,7 @@ struct PeerEnv<'a> {
     pending: &'a BTreeMap<JobId, PendingAudit>,
     failed_audits: &'a BTreeMap<PeerKey, u64>,
     epilogue: bool,
-    last_seen: &'a BTreeMap<PeerKey, u32>,
+    last_seen: &'a HashMap<PeerKey, u32>,
     max_joins: usize,
     now: Timestamp,
     void_at: Timestamp,

@@ -386,3 +386,46 @@ fn failures_settle_when_executors_agree_on_them() {
         })
     ));
 }
+
+#[test]
+fn retired_jobs_forget_their_evidence_keep_equivocations_and_ignore_late_messages() {
+    let (mut l, c, j) = setup();
+    let id = j.id();
+    let other = job(c, 1);
+    let _ = l
+        .handle(Input::RegisterJob(other.clone()), Timestamp(0))
+        .count();
+    feed(&mut l, execution(&key(1), c, id, &result(90), 1));
+    feed(&mut l, execution(&key(2), c, id, &result(90), 2));
+    let k = key(2);
+    feed(&mut l, [reveal(&k, c, id, &result(50), salt(9), 7)]);
+    feed(&mut l, execution(&key(3), c, other.id(), &result(70), 3));
+    assert_eq!(l.equivocations().count(), 1);
+    assert_eq!(l.tracked_jobs(), 2);
+
+    l.retire([id]);
+    assert!(l.settlement(&id).is_none());
+    assert_eq!(l.commitment_count(&id), 0);
+    assert_eq!(l.tracked_jobs(), 1, "only the other job is left");
+    assert_eq!(l.equivocations().count(), 1, "the proof survives its job");
+    // A late reveal, and the same claim delivered again, are ignored as retired.
+    let out = feed(&mut l, [reveal(&key(4), c, id, &result(90), salt(4), 9)]);
+    assert!(matches!(
+        out[0],
+        Output::Ignored {
+            reason: IgnoreReason::Retired,
+            ..
+        }
+    ));
+    let out = feed(&mut l, [claim(&key(1), c, id, 1)]);
+    assert!(matches!(
+        out[0],
+        Output::Ignored {
+            reason: IgnoreReason::Retired,
+            ..
+        }
+    ));
+    // The other job is untouched and still settles.
+    let out = feed(&mut l, execution(&key(5), c, other.id(), &result(70), 5));
+    assert!(out.iter().any(|o| matches!(o, Output::Settled { .. })));
+}
