@@ -1020,6 +1020,25 @@ impl Peer {
         let deadline = closure.deadline_ms;
         self.history
             .extend(self.instance.messages().iter().cloned());
+        // Who the closure shows alive in its generation — executors whose results it lists
+        // and the voters who decided it — counts as heard from, as a message would: the
+        // signal is then the same at every peer, not only at those that received the
+        // messages (with sharded evidence, a voter drawn for the next generation did not).
+        let shown = closure
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Settled { settlement, .. } => {
+                    Some(settlement.agreeing.iter().chain(&settlement.dissenting))
+                }
+                Entry::Void { .. } => None,
+            })
+            .flatten()
+            .chain(&certificate);
+        for p in shown {
+            let g = self.last_seen.entry(*p).or_insert(closure.generation);
+            *g = (*g).max(closure.generation);
+        }
         self.closures.push((closure, certificate));
         self.running.clear();
         self.taken.clear();
