@@ -105,6 +105,9 @@ pub struct RunReport {
     /// Jobs where at least `q` colluders were among the top-`r` executors (they could form a
     /// quorum); with the settled ones above this gives the observed capture rate.
     pub collusion_quorum_possible: usize,
+    /// Jobs where at least `q` colluders were among the `r + max_extra` ranks that may ever
+    /// run a job (past deadlines or as idle helpers): the most jobs colluders can capture.
+    pub collusion_quorum_reachable: usize,
     /// Nodes that equivocated and were detected by the reference honest node's ledger.
     pub equivocators_detected: usize,
     /// Agreed results credited to nodes that joined mid-campaign.
@@ -429,9 +432,7 @@ impl Sim {
             events: 0,
             check_finished: false,
         };
-        for i in 0..sc.nodes {
-            sim.start_node(i);
-        }
+        sim.start_nodes(0..sc.nodes);
         for (index, f) in sc.faults.iter().enumerate() {
             let index = index as u32;
             match f {
@@ -538,7 +539,8 @@ impl Sim {
         (1..=self.sc.auditors).contains(&i) || self.nodes[i].behaviour == Some(Behaviour::Slander)
     }
 
-    fn start_node(&mut self, i: usize) {
+    /// Brings node `i` up (from its store after a crash) without letting it act yet.
+    fn boot(&mut self, i: usize) {
         let config = PeerConfig {
             capacity: self.sc.capacity,
             join_heartbeat_ms: self.sc.sync_interval_ms,
@@ -576,7 +578,23 @@ impl Sim {
         {
             self.push(self.now + 1_000, Event::Spam { node: i as u32 });
         }
+    }
+
+    /// Starts node `i` and lets it act.
+    fn start_node(&mut self, i: usize) {
+        self.boot(i);
         self.tick(i);
+    }
+
+    /// Starts nodes together: every one is up before any acts, so what the first sends at
+    /// the start (heartbeats, claims) reaches the others too.
+    fn start_nodes(&mut self, nodes: std::ops::Range<usize>) {
+        for i in nodes.clone() {
+            self.boot(i);
+        }
+        for i in nodes {
+            self.tick(i);
+        }
     }
 
     /// Runs to completion (or the time limit) and reports.
@@ -611,9 +629,7 @@ impl Sim {
                             .iter()
                             .map(|j| j.count)
                             .sum::<usize>();
-                    for i in before..before + self.sc.joins[index].count {
-                        self.start_node(i);
-                    }
+                    self.start_nodes(before..before + self.sc.joins[index].count);
                 }
                 Event::Spam { node } => self.spam(node as usize),
             }
@@ -623,6 +639,13 @@ impl Sim {
             self.check_finished = false;
         }
         if std::env::var_os("NETSIM_DEBUG").is_some() {
+            if let Some(p) = self.nodes[0].peer.as_ref() {
+                eprintln!(
+                    "node 0 holds {} heartbeats; {} members",
+                    p.ledger().heartbeats().count(),
+                    p.members().len()
+                );
+            }
             for (i, n) in self.nodes.iter_mut().enumerate() {
                 if let Some(p) = n.peer.as_mut().filter(|p| !p.finished()) {
                     eprintln!("node {i}: {}", p.status_line());
@@ -836,7 +859,14 @@ impl Sim {
                 PeerOutput::Execute(job) => self.execute(i, job),
                 PeerOutput::Closed { generation, root } => {
                     if i == 0 && std::env::var_os("NETSIM_DEBUG").is_some() {
-                        eprintln!("node 0 closed generation {generation} at {} ms", self.now);
+                        eprintln!(
+                            "node 0 closed generation {generation} at {} ms holding {} heartbeats",
+                            self.now,
+                            self.nodes[0]
+                                .peer
+                                .as_ref()
+                                .map_or(0, |p| p.ledger().heartbeats().count())
+                        );
                     }
                     self.nodes[i].closed_at.insert(generation, (self.now, root));
                     self.first_entered.entry(generation + 1).or_insert(self.now);
@@ -919,9 +949,25 @@ impl Sim {
         if !finished {
             self.push(next, Event::Sync { node: i as u32 });
         }
-        let candidates: Vec<usize> = (0..self.nodes.len())
+        // With sharded evidence a node repairs from peers that hold its topics, as gossipsub
+        // repairs within a topic's mesh: the current generation's voters hold every topic.
+        // Flooded, any peer will do.
+        let voters = self.nodes[i]
+            .peer
+            .as_ref()
+            .filter(|_| self.sc.evidence_shards > 0)
+            .and_then(|p| self.routes.get(&p.generation()))
+            .and_then(|l| l.last().cloned());
+        let mut candidates: Vec<usize> = voters
+            .iter()
+            .flat_map(|v| v.iter().map(|&j| j as usize))
             .filter(|&j| j != i && self.reachable(i, j))
             .collect();
+        if candidates.is_empty() {
+            candidates = (0..self.nodes.len())
+                .filter(|&j| j != i && self.reachable(i, j))
+                .collect();
+        }
         if candidates.is_empty() {
             return;
         }
@@ -1167,13 +1213,20 @@ impl Sim {
                     let ranked = hivemesh_protocol::assign::rank(&e.job(), &seed, &members, |_| {
                         hivemesh_protocol::assign::BASE_WEIGHT
                     });
-                    let top = ranked
-                        .iter()
-                        .take(usize::from(self.sc.redundancy))
-                        .filter(|p| colluders.contains(p))
-                        .count();
-                    if top >= usize::from(self.sc.quorum) {
+                    let colluding_within = |ranks: usize| {
+                        ranked
+                            .iter()
+                            .take(ranks)
+                            .filter(|p| colluders.contains(p))
+                            .count()
+                    };
+                    let (r_, q) = (usize::from(self.sc.redundancy), usize::from(self.sc.quorum));
+                    let extra = usize::from(self.spec.schedule.max_extra_executors);
+                    if colluding_within(r_) >= q {
                         r.collusion_quorum_possible += 1;
+                    }
+                    if colluding_within(r_ + extra) >= q {
+                        r.collusion_quorum_reachable += 1;
                     }
                 }
             }
@@ -1244,8 +1297,8 @@ pub fn describe(r: &RunReport) -> String {
     if r.collusion_quorum_possible > 0 || r.collusion_settled > 0 {
         let _ = writeln!(
             s,
-            "  collusion: quorum possible on {} jobs, colluders' result finalised on {}",
-            r.collusion_quorum_possible, r.collusion_settled
+            "  collusion: quorum possible on {} jobs ({} counting extra executors), colluders' result finalised on {}",
+            r.collusion_quorum_possible, r.collusion_quorum_reachable, r.collusion_settled
         );
     }
     let _ = writeln!(s, "  members at the end: {}", r.final_members);
