@@ -4,9 +4,11 @@
 //! modelled as gossip that reaches every reachable node after a random latency, loses single
 //! deliveries with some probability, and is repaired by anti-entropy: every node periodically
 //! pulls the messages it lacks from a random reachable node (the node's sync protocol).
-//! Partitions cut delivery and sync between groups until they heal. A crashed node loses its
-//! memory but keeps its store (the messages it had), and restarts from it. Joiners start
-//! empty and catch up by sync.
+//! With `evidence_shards` set, job evidence travels on sharded topics instead (the voters and
+//! the nodes ranked for a job of the shard receive it, heartbeats go to the voters, and sync
+//! repairs from the voters; ADR 0003, "Scale"). Partitions cut delivery and sync between
+//! groups until they heal. A crashed node loses its memory but keeps its store (the messages
+//! it had), and restarts from it. Joiners start empty and catch up by sync.
 //!
 //! Executors are stubs: a job's "true" outcome is a seeded function of its id, so every
 //! finalised result can be checked. Byzantine nodes follow a [`Behaviour`].
