@@ -25,6 +25,7 @@ use crate::id::{CampaignId, JobId, MessageId};
 use crate::identity::PeerKey;
 use crate::message::{AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Outcome, Reveal};
 use crate::scoring::{JobRecord, PeerScore, ScoringRules, score};
+use crate::small::{SmallMap, SmallSet};
 use crate::spec::{CampaignSpec, JobSpec};
 use crate::time::Timestamp;
 
@@ -239,7 +240,7 @@ trait Statement: Message {
     /// Same content apart from the timestamp.
     fn equivalent(&self, other: &Self) -> bool;
     /// Where a job keeps statements of this kind.
-    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>>;
+    fn statements(entry: &mut JobEntry) -> &mut SmallMap<PeerKey, Statements<Self>>;
 }
 
 impl Statement for Commitment {
@@ -250,7 +251,7 @@ impl Statement for Commitment {
     fn equivalent(&self, other: &Self) -> bool {
         self.digest == other.digest
     }
-    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>> {
+    fn statements(entry: &mut JobEntry) -> &mut SmallMap<PeerKey, Statements<Self>> {
         &mut entry.commitments
     }
 }
@@ -263,7 +264,7 @@ impl Statement for Reveal {
     fn equivalent(&self, other: &Self) -> bool {
         self.result == other.result && self.salt == other.salt && self.witnessed == other.witnessed
     }
-    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>> {
+    fn statements(entry: &mut JobEntry) -> &mut SmallMap<PeerKey, Statements<Self>> {
         &mut entry.reveals
     }
 }
@@ -276,7 +277,7 @@ impl Statement for AuditReport {
     fn equivalent(&self, other: &Self) -> bool {
         self.result == other.result
     }
-    fn statements(entry: &mut JobEntry) -> &mut BTreeMap<PeerKey, Statements<Self>> {
+    fn statements(entry: &mut JobEntry) -> &mut SmallMap<PeerKey, Statements<Self>> {
         &mut entry.audits
     }
 }
@@ -304,20 +305,20 @@ struct Registered {
 /// a simulated swarm's memory.
 #[derive(Debug, Clone, Default)]
 struct JobEntry {
-    signers: BTreeSet<PeerKey>,
-    claims: BTreeMap<PeerKey, Signed<Claim>>,
-    commitments: BTreeMap<PeerKey, Statements<Commitment>>,
-    reveals: BTreeMap<PeerKey, Statements<Reveal>>,
-    audits: BTreeMap<PeerKey, Statements<AuditReport>>,
-    equivocators: BTreeMap<PeerKey, EquivocationProof>,
+    signers: SmallSet<PeerKey>,
+    claims: SmallMap<PeerKey, Signed<Claim>>,
+    commitments: SmallMap<PeerKey, Statements<Commitment>>,
+    reveals: SmallMap<PeerKey, Statements<Reveal>>,
+    audits: SmallMap<PeerKey, Statements<AuditReport>>,
+    equivocators: SmallMap<PeerKey, EquivocationProof>,
     /// What each peer's statements currently count as (derived from the maps above).
-    counted: BTreeMap<PeerKey, Counted>,
+    counted: SmallMap<PeerKey, Counted>,
     settlement: Option<Settlement>,
-    mismatches_reported: BTreeSet<PeerKey>,
+    mismatches_reported: SmallSet<PeerKey>,
     /// Executors whose commitment reached this node after another executor's reveal (they
     /// could have copied it). Arrival order is local knowledge: it only guides what an honest
     /// proposer puts in a closure, never a verdict that other nodes must share.
-    late: BTreeSet<PeerKey>,
+    late: SmallSet<PeerKey>,
 }
 
 /// What a peer's statements on a job amount to.
@@ -450,7 +451,7 @@ impl Ledger {
         let Some(entry) = self.jobs.get(&id) else {
             return;
         };
-        for signer in &entry.signers {
+        for signer in entry.signers.iter() {
             if let Some(n) = self.unregistered.get_mut(signer) {
                 *n = n.saturating_sub(count_messages(entry, signer));
             }
@@ -590,8 +591,7 @@ impl Ledger {
         let (id, signer) = (s.id(), s.signer());
         let entry = self.jobs.entry(job).or_default();
         let outcome = T::statements(entry)
-            .entry(signer)
-            .or_default()
+            .or_default(signer)
             .add(s, T::equivalent);
         if T::KIND == Kind::Commitment
             && matches!(outcome, AddOutcome::New)
@@ -698,7 +698,7 @@ impl Ledger {
             entry.settlement = new;
         }
         // Audits that disagree with the settlement (or find it contested) open a dispute.
-        for (auditor, c) in &entry.counted {
+        for (auditor, c) in entry.counted.iter() {
             if !c.auditor || entry.mismatches_reported.contains(auditor) {
                 continue;
             }

@@ -47,6 +47,7 @@ pub mod ledger;
 pub mod message;
 pub mod peer;
 pub mod scoring;
+mod small;
 pub mod spec;
 pub mod time;
 
