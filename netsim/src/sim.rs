@@ -182,6 +182,11 @@ impl Calendar {
 struct Bits(Vec<u64>);
 
 impl Bits {
+    /// Indices set here, below `len`.
+    fn ones(&self, len: usize) -> Vec<usize> {
+        self.missing_from(&Bits(Vec::new()), len)
+    }
+
     /// Indices set here and not in `other`, below `len`.
     fn missing_from(&self, other: &Bits, len: usize) -> Vec<usize> {
         let mut out = Vec::new();
@@ -525,6 +530,12 @@ impl Sim {
         self.routes.insert(g, lists);
     }
 
+    /// The membership topic's receivers in generation `g` (the voters and audit-mode nodes),
+    /// the last list of `routes` (see `log_route`).
+    fn membership(&self, g: u32) -> Option<Arc<[u32]>> {
+        self.routes.get(&g).and_then(|l| l.last().cloned())
+    }
+
     /// The receivers of logged message `m`, or `None` for every node.
     fn receivers(&self, m: usize) -> Option<Arc<[u32]>> {
         let (g, shard) = self.log_route.get(m).copied().flatten()?;
@@ -565,9 +576,7 @@ impl Sim {
         self.nodes[i].wake_at = None;
         self.nodes[i].waiting_copy.clear();
         // Restart from the store: replay what this node had, in arrival-log order.
-        let had: Vec<usize> = self.nodes[i]
-            .have
-            .missing_from(&Bits(Vec::new()), self.log.len());
+        let had: Vec<usize> = self.nodes[i].have.ones(self.log.len());
         self.ensure_route(i);
         for m in had {
             self.feed(i, m);
@@ -641,13 +650,6 @@ impl Sim {
             self.check_finished = false;
         }
         if std::env::var_os("NETSIM_DEBUG").is_some() {
-            if let Some(p) = self.nodes[0].peer.as_ref() {
-                eprintln!(
-                    "node 0 holds {} heartbeats; {} members",
-                    p.ledger().heartbeats().count(),
-                    p.members().len()
-                );
-            }
             for (i, n) in self.nodes.iter_mut().enumerate() {
                 if let Some(p) = n.peer.as_mut().filter(|p| !p.finished()) {
                     eprintln!("node {i}: {}", p.status_line());
@@ -958,8 +960,7 @@ impl Sim {
             .peer
             .as_ref()
             .filter(|_| self.sc.evidence_shards > 0)
-            .and_then(|p| self.routes.get(&p.generation()))
-            .and_then(|l| l.last().cloned());
+            .and_then(|p| self.membership(p.generation()));
         let mut candidates: Vec<usize> = voters
             .iter()
             .flat_map(|v| v.iter().map(|&j| j as usize))

@@ -223,6 +223,11 @@ impl<T: Clone> Statements<T> {
         }
     }
 
+    /// The ids of the statements kept.
+    fn ids(&self) -> impl Iterator<Item = MessageId> + '_ {
+        self.kept.iter().map(Signed::id)
+    }
+
     fn single(&self) -> Option<&Signed<T>> {
         match self.kept.as_slice() {
             [one] => Some(one),
@@ -849,25 +854,10 @@ impl Ledger {
             let Some(entry) = self.jobs.remove(&job) else {
                 continue;
             };
-            for c in entry.claims.values() {
-                self.seen.remove(&c.id());
-            }
-            let kept = entry
-                .commitments
-                .values()
-                .flat_map(|s| s.kept.iter().map(Signed::id))
-                .chain(
-                    entry
-                        .reveals
-                        .values()
-                        .flat_map(|s| s.kept.iter().map(Signed::id)),
-                )
-                .chain(
-                    entry
-                        .audits
-                        .values()
-                        .flat_map(|s| s.kept.iter().map(Signed::id)),
-                );
+            let kept = (entry.claims.values().map(Signed::id))
+                .chain(entry.commitments.values().flat_map(Statements::ids))
+                .chain(entry.reveals.values().flat_map(Statements::ids))
+                .chain(entry.audits.values().flat_map(Statements::ids));
             for id in kept {
                 self.seen.remove(&id);
             }

@@ -310,7 +310,7 @@ impl Peer {
                 .handle(Input::RegisterJob(j.clone()), now)
                 .for_each(drop);
         }
-        Ok(Peer {
+        let mut peer = Peer {
             me: key.public(),
             key,
             campaign,
@@ -351,8 +351,9 @@ impl Peer {
             settled_now: HashSet::new(),
             derive_cache,
             finished: false,
-        }
-        .with_settled_recounted())
+        };
+        peer.recount_settled();
+        Ok(peer)
     }
 
     /// This peer's key.
@@ -484,6 +485,11 @@ impl Peer {
         self.history.iter().chain(self.instance.messages())
     }
 
+    /// How many ranks may ever run a job: `r + max_extra`.
+    fn executor_bound(&self) -> usize {
+        usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors)
+    }
+
     /// The voters of the current generation.
     pub fn voters(&self) -> &[PeerKey] {
         self.instance.voters()
@@ -493,8 +499,7 @@ impl Peer {
     /// `r + max_extra` of its ranking (reputation-weighted, as this peer assigns). A driver that
     /// routes a job's evidence by interest (sharded topics) sends it to these and the voters.
     pub fn ranked_executors(&self) -> Vec<(JobId, Vec<PeerKey>)> {
-        let bound =
-            usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors);
+        let bound = self.executor_bound();
         let w = reputation(&self.agreed, &self.offences);
         self.cur
             .jobs
@@ -633,11 +638,6 @@ impl Peer {
         (&mut self.instance, env)
     }
 
-    fn with_settled_recounted(mut self) -> Self {
-        self.recount_settled();
-        self
-    }
-
     /// Recomputes `settled_now` from the ledger (when a generation starts).
     fn recount_settled(&mut self) {
         let ledger = &self.ledger;
@@ -761,8 +761,7 @@ impl Peer {
 
     /// Lists the jobs this peer may run this generation (`my_jobs`), once per generation.
     fn list_my_jobs(&mut self) {
-        let bound =
-            usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors);
+        let bound = self.executor_bound();
         let w = reputation(&self.agreed, &self.offences);
         let (cur, me) = (&self.cur, &self.me);
         self.my_jobs.get_or_insert_with(|| {
