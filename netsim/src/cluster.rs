@@ -141,8 +141,12 @@ pub struct ClusterConfig {
     pub seed: u64,
     /// Gives up after this long.
     pub timeout: Duration,
-    /// Where the nodes keep their stores (a folder per node is made under it).
+    /// Where the nodes keep their stores (a folder per node is made under it; emptied at the
+    /// start, removed at the end unless `keep_data`).
     pub data_dir: PathBuf,
+    /// Leave `data_dir` (every node's store and, with `processes`, its `node.log`) after the
+    /// run, for a post-mortem.
+    pub keep_data: bool,
     /// Show a progress bar and a line per closed generation on stderr.
     pub progress: bool,
     /// Re-run every settled job once on one executor after the run, to measure the overhead.
@@ -174,6 +178,7 @@ impl ClusterConfig {
             seed: 1,
             timeout: Duration::from_secs(1800),
             data_dir,
+            keep_data: false,
             progress: true,
             measure_overhead: true,
             processes: None,
@@ -441,13 +446,25 @@ enum NodeEvent {
     Abandoned { job: String, reason: String },
 }
 
-type Events = mpsc::Sender<(usize, CampaignId, NodeEvent)>;
+/// Which node an event is from, and which of its lives (a restart is a new life: a late
+/// event of the killed one must not count for the new one).
+type Source = (usize, u64);
+
+type Events = mpsc::Sender<(Source, CampaignId, NodeEvent)>;
+
+/// A fresh life number for a node being started.
+fn next_life() -> u64 {
+    static LIVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    LIVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// A running node: in this process, or a `hivemesh run` child process.
 struct Running {
     addr: Multiaddr,
     peer_id: PeerId,
     kind: Kind,
+    /// This life's number (see [`Source`]).
+    life: u64,
     /// Polls a child process's API for events.
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
@@ -580,6 +597,7 @@ impl Running {
     fn watch(&mut self, i: usize, id: CampaignId, events: &Events) {
         let Kind::Process(p) = &self.kind else { return };
         let api = p.api;
+        let life = self.life;
         let events = events.clone();
         self.watcher = Some(tokio::spawn(async move {
             let mut sent: BTreeSet<(u32, String)> = BTreeSet::new();
@@ -614,7 +632,7 @@ impl Running {
                     }
                 }
                 for e in out {
-                    if events.send((i, id, e)).await.is_err() {
+                    if events.send(((i, life), id, e)).await.is_err() {
                         return;
                     }
                 }
@@ -630,8 +648,9 @@ async fn start_node(
     bootstrap: Vec<Multiaddr>,
     events: &Events,
 ) -> Result<Running, ClusterError> {
+    let life = next_life();
     let Some(bin) = &cfg.processes else {
-        return start_in_process(cfg, i, bootstrap, events.clone()).await;
+        return start_in_process(cfg, i, life, bootstrap, events.clone()).await;
     };
     let dir = cfg.data_dir.join(format!("node{i}"));
     let key = node_key(cfg.seed, i);
@@ -656,6 +675,7 @@ async fn start_node(
         addr: p.addr.clone(),
         peer_id: p.peer_id,
         kind: Kind::Process(p),
+        life,
         watcher: None,
     })
 }
@@ -675,6 +695,7 @@ async fn open_offline(cfg: &ClusterConfig, i: usize) -> Result<Running, ClusterE
         addr: Multiaddr::empty(),
         peer_id: client.peer_id(),
         kind: Kind::InProcess { client, stop, task },
+        life: 0,
         watcher: None,
     })
 }
@@ -684,6 +705,7 @@ async fn open_offline(cfg: &ClusterConfig, i: usize) -> Result<Running, ClusterE
 async fn start_in_process(
     cfg: &ClusterConfig,
     i: usize,
+    life: u64,
     bootstrap: Vec<Multiaddr>,
     events: Events,
 ) -> Result<Running, ClusterError> {
@@ -759,7 +781,7 @@ async fn start_in_process(
                         ),
                         _ => continue,
                     };
-                    if events.send((i, campaign, e)).await.is_err() {
+                    if events.send(((i, life), campaign, e)).await.is_err() {
                         return;
                     }
                 }
@@ -772,6 +794,7 @@ async fn start_in_process(
         addr,
         peer_id: client.peer_id(),
         kind: Kind::InProcess { client, stop, task },
+        life,
         watcher: None,
     })
 }
@@ -956,7 +979,7 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
         )));
     }
     let _ = std::fs::remove_dir_all(&cfg.data_dir);
-    let (etx, mut erx) = mpsc::channel::<(usize, CampaignId, NodeEvent)>(EVENT_CAPACITY);
+    let (etx, mut erx) = mpsc::channel::<(Source, CampaignId, NodeEvent)>(EVENT_CAPACITY);
     let mut nodes: Vec<Option<Running>> = Vec::new();
     for i in 0..cfg.nodes {
         // A tree with a back edge: connected from the start, a few hops across.
@@ -1037,10 +1060,13 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
         Search::Distill(_) => 1,
     };
     loop {
+        // A node that is down until a restart is waited for even if it had finished: it must
+        // finish again from its store (and an old incarnation's late event may have said so).
         let waiting: Vec<usize> = honest
             .iter()
             .copied()
-            .filter(|i| !finished.contains(i) && !gone_for_good.contains(i))
+            .filter(|i| !gone_for_good.contains(i))
+            .filter(|i| !finished.contains(i) || nodes[*i].is_none())
             .collect();
         if waiting.is_empty() {
             break;
@@ -1069,7 +1095,7 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                 faults.push(FaultEvent { at_s, what });
                 schedule[next_fault..].sort_by_key(|(t, _)| *t);
             }
-            Some((i, campaign, e)) = erx.recv() => match e {
+            Some(((i, life), campaign, e)) = erx.recv() => match e {
                 _ if campaign != id => {}
                 NodeEvent::Closed { generation, root } => {
                     let t = t0.elapsed().as_secs_f64();
@@ -1111,7 +1137,9 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
                     }
                 }
                 NodeEvent::Finished => {
-                    finished.insert(i);
+                    if nodes[i].as_ref().is_some_and(|n| n.life == life) {
+                        finished.insert(i);
+                    }
                 }
                 NodeEvent::Started(n) => {
                     executions += n;
@@ -1410,7 +1438,9 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
         shards,
         shard_blobs,
     };
-    let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    if !cfg.keep_data {
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
     if timed_out {
         return Err(ClusterError::Timeout {
             after: cfg.timeout,
@@ -1509,6 +1539,7 @@ async fn apply(
             let mut n = start_node(cfg, i, boot, events).await?;
             n.watch(i, id, events);
             nodes[i] = Some(n);
+            finished.remove(&i);
             format!("node {i} restarted from its store")
         }
         Action::Split => {

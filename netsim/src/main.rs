@@ -122,6 +122,10 @@ struct ClusterArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Keep every node's data folder (store and, with --processes, node.log) after the run; its
+    /// path is printed.
+    #[arg(long)]
+    keep_data: bool,
     /// Run every node as its own `hivemesh run` process on 127.0.0.1 (real processes, real
     /// SIGKILLs, driven through their HTTP APIs) instead of all in this process. Not with
     /// --partition.
@@ -326,6 +330,7 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
         max_extra_executors: a.max_extra,
     };
     cfg.kills = a.kill;
+    cfg.keep_data = a.keep_data;
     cfg.partition = a.partition;
     cfg.delay = a.heartbeat_ms.map(std::time::Duration::from_millis);
     cfg.jobs_per_node = a.jobs_per_node;
@@ -358,7 +363,11 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = rt.block_on(cluster::run(&cfg))?;
+    let result = rt.block_on(cluster::run(&cfg));
+    if cfg.keep_data {
+        eprintln!("node data kept in {}", cfg.data_dir.display());
+    }
+    let report = result?;
     let files = hivemesh_netsim::report::write_all(&a.out, &report)?;
     let settled = report.jobs.iter().filter(|j| j.status != "void").count();
     println!(

@@ -112,6 +112,9 @@ pub struct RunReport {
     pub collusion_quorum_reachable: usize,
     /// Nodes that equivocated and were detected by the reference honest node's ledger.
     pub equivocators_detected: usize,
+    /// Honest nodes (crashed and restarted ones included) that any running honest node saw
+    /// sign two different proposals or votes for one slot of a closure vote: must be 0.
+    pub honest_vote_equivocators: usize,
     /// Agreed results credited to nodes that joined mid-campaign.
     pub joiners_agreed: u64,
     /// Members of the last generation (by the reference node's closures).
@@ -225,6 +228,10 @@ struct Node {
     wake_at: Option<u64>,
     closed_at: BTreeMap<u32, (u64, [u8; 32])>,
     waiting_copy: BTreeSet<JobId>,
+    /// Results of the jobs it finished: its store keeps them, so that after a restart a job
+    /// is not run again (a second run's different wall time would be a second, conflicting
+    /// commitment), as in the node.
+    results: HashMap<JobId, JobResult>,
     rejected: usize,
 }
 
@@ -409,6 +416,7 @@ impl Sim {
                 wake_at: None,
                 closed_at: BTreeMap::new(),
                 waiting_copy: BTreeSet::new(),
+                results: HashMap::new(),
                 rejected: 0,
             })
             .collect();
@@ -579,7 +587,7 @@ impl Sim {
         let had: Vec<usize> = self.nodes[i].have.ones(self.log.len());
         self.ensure_route(i);
         for m in had {
-            self.feed(i, m);
+            self.feed(i, m, true);
         }
         let jitter = uniform(&mut self.rng, 0, self.sc.sync_interval_ms);
         self.push(self.now + jitter, Event::Sync { node: i as u32 });
@@ -786,7 +794,7 @@ impl Sim {
         if self.honest(to) {
             self.deliveries_to_honest += 1;
         }
-        self.feed(to, m);
+        self.feed(to, m, false);
         // A copier waiting for this job's reveal copies it.
         if let AnySigned::Reveal(r) = &*self.log[m] {
             let job = r.message().job;
@@ -805,12 +813,18 @@ impl Sim {
         }
     }
 
-    fn feed(&mut self, i: usize, m: usize) {
+    /// Hands log message `m` to node `i`: delivered, or `replay`ed from its store at a restart.
+    fn feed(&mut self, i: usize, m: usize, replay: bool) {
         let msg = (*self.log[m]).clone();
         let Some(peer) = self.nodes[i].peer.as_mut() else {
             return;
         };
-        let out = peer.handle(PeerInput::Message(msg), Timestamp::from_millis(self.now));
+        let input = if replay {
+            PeerInput::Replay(msg)
+        } else {
+            PeerInput::Message(msg)
+        };
+        let out = peer.handle(input, Timestamp::from_millis(self.now));
         self.outputs(i, out);
     }
 
@@ -846,6 +860,7 @@ impl Sim {
                 self.broadcast(node, AnySigned::Commitment(s));
             }
         }
+        self.nodes[node].results.insert(job, result.clone());
         let Some(peer) = self.nodes[node].peer.as_mut() else {
             return;
         };
@@ -904,6 +919,19 @@ impl Sim {
     fn execute(&mut self, i: usize, job: JobSpec) {
         let id = job.id();
         self.jobs_by_id.entry(id).or_insert_with(|| job.clone());
+        if let Some(result) = self.nodes[i].results.get(&id) {
+            // Finished before a restart: the stored result, never a second run.
+            let p = self.pending.len();
+            self.pending.push(Some((id, result.clone())));
+            self.push(
+                self.now + 1,
+                Event::JobDone {
+                    node: i as u32,
+                    pending: p as u32,
+                },
+            );
+            return;
+        }
         let truth = true_outcome(&job);
         let auditing = self.nodes[i]
             .peer
@@ -1237,6 +1265,14 @@ impl Sim {
         let equivocators: BTreeSet<PeerKey> =
             peer.ledger().equivocations().map(|e| e.peer).collect();
         r.equivocators_detected = equivocators.len();
+        let seen: BTreeSet<PeerKey> = honest
+            .iter()
+            .filter_map(|&i| self.nodes[i].peer.as_ref())
+            .flat_map(Peer::vote_equivocators)
+            .collect();
+        r.honest_vote_equivocators = (0..self.nodes.len())
+            .filter(|&i| self.honest(i) && seen.contains(&self.nodes[i].key.public()))
+            .count();
         r
     }
 }
@@ -1307,6 +1343,13 @@ pub fn describe(r: &RunReport) -> String {
     let _ = writeln!(s, "  members at the end: {}", r.final_members);
     if r.joiners_agreed > 0 {
         let _ = writeln!(s, "  joiners: {} credited results", r.joiners_agreed);
+    }
+    if r.honest_vote_equivocators > 0 {
+        let _ = writeln!(
+            s,
+            "  HONEST NODES EQUIVOCATED IN A CLOSURE VOTE: {}",
+            r.honest_vote_equivocators
+        );
     }
     if r.equivocators_detected > 0 {
         let _ = writeln!(s, "  equivocators detected: {}", r.equivocators_detected);

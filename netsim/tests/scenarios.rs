@@ -24,6 +24,13 @@ fn runs(name: &str) -> Vec<RunReport> {
                 "{name} seed {seed}: honest nodes did not all finish in agreement:\n{}",
                 describe(&r)
             );
+            assert_eq!(
+                r.honest_vote_equivocators,
+                0,
+                "{name} seed {seed}: an honest node signed two proposals or votes for one slot \
+                 (a restart must not make it contradict itself):\n{}",
+                describe(&r)
+            );
             r
         })
         .collect()
@@ -137,6 +144,22 @@ fn campaign_survives_its_creator_leaving_and_a_crash_restart() {
     for r in runs("creator-offline") {
         assert_eq!(r.wrong_finalised, 0);
         assert_eq!(r.settled_entries, 30);
+    }
+}
+
+#[test]
+fn nodes_restarted_again_and_again_never_contradict_what_they_signed() {
+    for r in runs("restarts") {
+        // Every node is honest here: any equivocation proven is a restarted node's.
+        assert_eq!(
+            r.equivocators_detected,
+            0,
+            "seed {}: {}",
+            r.seed,
+            describe(&r)
+        );
+        assert_eq!(r.wrong_finalised, 0);
+        assert_eq!(r.settled_entries, 32, "seed {}: {}", r.seed, describe(&r));
     }
 }
 

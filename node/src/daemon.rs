@@ -896,7 +896,7 @@ impl EventLoop {
             for bytes in msgs {
                 match AnySigned::verify_and_decode(&bytes, &Context::sync(id)) {
                     Ok(msg) => {
-                        for (_, reason, _) in self.drive(id, PeerInput::Message(msg)) {
+                        for (_, reason, _) in self.drive(id, PeerInput::Replay(msg)) {
                             tracing::warn!(campaign = %id, "replay: stored message refused: {reason}");
                         }
                         replayed += 1;

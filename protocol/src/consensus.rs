@@ -112,17 +112,22 @@ pub struct Instance {
     /// Whether a proposal or vote was accepted since the last look for a decision (L49):
     /// only those can complete one, and looking tallies every precommit.
     tally_dirty: bool,
+    /// This peer's key, to recognise its own proposals and votes when they come back from its
+    /// store after a restart: it never signs a second one for the same slot (that would be an
+    /// equivocation), and a stored precommit for a root is its lock again.
+    me: Option<PeerKey>,
 }
 
 impl Instance {
     /// The vote of `generation`, among `voters` (sorted, distinct), seeded by the generation's
-    /// seed (it orders proposers).
+    /// seed (it orders proposers), as seen by the peer `me` (`None`: a pure observer).
     pub fn new(
         campaign: CampaignId,
         generation: u32,
         mut voters: Vec<PeerKey>,
         seed: [u8; 32],
         base_timeout_ms: u64,
+        me: Option<PeerKey>,
     ) -> Self {
         voters.sort();
         voters.dedup();
@@ -150,6 +155,7 @@ impl Instance {
             equivocators: BTreeSet::new(),
             tally_dirty: true,
             validity: HashMap::new(),
+            me,
         }
     }
 
@@ -358,6 +364,10 @@ impl Instance {
                     .or_insert_with(|| Arc::clone(&m.closure));
                 self.heard.entry(m.round).or_default().insert(p.signer());
                 self.proposals.insert(m.round, (p.clone(), root));
+                if self.me == Some(p.signer()) {
+                    // Our own, from before a restart.
+                    self.proposed.insert(m.round);
+                }
             }
             AnySigned::Vote(v) => {
                 let m = v.message();
@@ -379,6 +389,14 @@ impl Instance {
                     }
                 }
                 self.heard.entry(m.round).or_default().insert(v.signer());
+                if self.me == Some(v.signer())
+                    && m.step == Step::Precommit
+                    && let Some(root) = m.root
+                    && self.locked.is_none_or(|(r, _)| r < m.round)
+                {
+                    // Our own precommit, from before a restart: we are locked on it again.
+                    self.locked = Some((m.round, root));
+                }
             }
             _ => return Err(Refusal::WrongInstance),
         }
@@ -419,6 +437,14 @@ impl Instance {
     ) {
         let Some(key) = key else { return };
         if !self.is_voter(&key.public()) {
+            return;
+        }
+        if self
+            .votes
+            .get(&(self.round, step))
+            .is_some_and(|s| s.contains_key(&key.public()))
+        {
+            // Voted in this slot already (before a restart): a second vote would equivocate.
             return;
         }
         let vote = Vote {
@@ -488,6 +514,11 @@ impl Instance {
             || self.phase != Phase::Propose
             || self.proposer(round) != Some(key.public())
         {
+            return;
+        }
+        if self.proposals.contains_key(&round) {
+            // Proposed this round already (before a restart).
+            self.proposed.insert(round);
             return;
         }
         let (valid_round, closure) = match self.valid {

@@ -825,6 +825,13 @@ impl Ledger {
             .is_some_and(|j| j.commitments.contains_key(peer))
     }
 
+    /// Whether `peer` has a reveal on `job`.
+    pub fn has_revealed(&self, job: &JobId, peer: &PeerKey) -> bool {
+        self.jobs
+            .get(job)
+            .is_some_and(|j| j.reveals.contains_key(peer))
+    }
+
     /// How many jobs the ledger holds state for (derived jobs and jobs with stored messages).
     pub fn tracked_jobs(&self) -> usize {
         self.registered.len()

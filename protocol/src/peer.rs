@@ -71,6 +71,13 @@ impl Default for PeerConfig {
 pub enum PeerInput {
     /// A verified message from the network or from sync.
     Message(AnySigned),
+    /// A message from this peer's own store, replayed after a restart (in stored order). It is
+    /// taken in exactly like [`PeerInput::Message`] (evidence, proposals, votes, decisions,
+    /// generations advancing) but the peer does not act on it: it signs nothing and starts no
+    /// job. Acting mid-replay would answer an old state with new messages that conflict with
+    /// its own later ones still in the store (a second proposal or vote for the same slot is
+    /// an equivocation). Send a [`PeerInput::Tick`] after the last one to resume.
+    Replay(AnySigned),
     /// A job this peer was asked to run has finished.
     JobDone {
         /// The job.
@@ -216,6 +223,11 @@ pub struct Peer {
     /// Shared with other peers of the campaign in this process (simulators), if set.
     derive_cache: Option<DerivationCache>,
     finished: bool,
+    /// Handling a [`PeerInput::Replay`]: take the message in, act on nothing.
+    replaying: bool,
+    /// Voters proven to have signed two different proposals or votes for one slot in the
+    /// closure votes of earlier generations (the current one's are in `instance`).
+    vote_equivocators: BTreeSet<PeerKey>,
 }
 
 /// The assignment weight of each peer, from the agreed results and offences recorded in the
@@ -303,6 +315,7 @@ impl Peer {
             voters(&members, &seed),
             seed,
             spec.schedule.round_timeout_ms,
+            Some(key.public()),
         );
         let mut ledger = Ledger::new(spec.clone(), config.ledger);
         for j in jobs.values() {
@@ -342,6 +355,8 @@ impl Peer {
             audits_taken: BTreeSet::new(),
             auditing: BTreeSet::new(),
             epilogue: false,
+            replaying: false,
+            vote_equivocators: BTreeSet::new(),
             last_seen: HashMap::new(),
             spoke: false,
             last_heartbeat: None,
@@ -384,6 +399,15 @@ impl Peer {
     /// The ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Peers this one has seen sign two different proposals or votes for one slot of a closure
+    /// vote (round and step), in any generation so far. An honest peer never does, not even
+    /// across a crash and restart (see [`PeerInput::Replay`]).
+    pub fn vote_equivocators(&self) -> BTreeSet<PeerKey> {
+        let mut all = self.vote_equivocators.clone();
+        all.extend(self.instance.equivocators().iter().copied());
+        all
     }
 
     /// The members of the current generation.
@@ -572,7 +596,7 @@ impl Peer {
         let mut out = Vec::new();
         self.last_now = self.last_now.max(now);
         if self.finished {
-            if let PeerInput::Message(m) = input {
+            if let PeerInput::Message(m) | PeerInput::Replay(m) = input {
                 // Still record evidence (late reveals, audits) so scores stay complete.
                 self.ingest_evidence(m, now, &mut out);
             }
@@ -580,6 +604,12 @@ impl Peer {
         }
         match input {
             PeerInput::Message(m) => self.on_message(m, now, &mut out),
+            PeerInput::Replay(m) => {
+                self.replaying = true;
+                self.on_message(m, now, &mut out);
+                self.replaying = false;
+                return out;
+            }
             PeerInput::JobDone { job, result } if self.auditing.remove(&job) => {
                 let report = AuditReport {
                     campaign: self.campaign,
@@ -596,25 +626,24 @@ impl Peer {
                 self.running.remove(&job);
                 self.auditing.remove(&job);
             }
-            PeerInput::Tick => {
-                self.vote_with(now, &mut out, |i, key, env| i.tick(Some(key), env, now))
-            }
+            PeerInput::Tick => self.vote_with(now, &mut out, |i, key, env| i.tick(key, env, now)),
         }
         self.step(now, &mut out);
         out
     }
 
-    /// Runs one step of the closure vote with this peer's key and environment, and carries
-    /// out what it asks.
+    /// Runs one step of the closure vote with this peer's key (none while replaying: then it
+    /// only watches) and environment, and carries out what it asks.
     fn vote_with(
         &mut self,
         now: Timestamp,
         out: &mut Vec<PeerOutput>,
-        step: impl FnOnce(&mut Instance, &Keypair, &mut PeerEnv<'_>) -> Vec<Action>,
+        step: impl FnOnce(&mut Instance, Option<&Keypair>, &mut PeerEnv<'_>) -> Vec<Action>,
     ) {
+        let replaying = self.replaying;
         let actions = {
             let (instance, mut env) = self.split(now);
-            let key = env.key;
+            let key = (!replaying).then_some(env.key);
             step(instance, key, &mut env)
         };
         self.apply(actions, now, out);
@@ -685,7 +714,7 @@ impl Peer {
             // Evidence for the ledger; new evidence may make a proposal valid.
             if self.ingest_evidence(m, now, out) {
                 self.instance.evidence_changed();
-                self.vote_with(now, out, |i, key, env| i.poke(Some(key), env, now));
+                self.vote_with(now, out, |i, key, env| i.poke(key, env, now));
             }
             return;
         };
@@ -709,7 +738,7 @@ impl Peer {
         }
         if generation == self.cur.number {
             self.vote_with(now, out, |i, key, env| {
-                i.handle(m, Some(key), env, now).unwrap_or_default()
+                i.handle(m, key, env, now).unwrap_or_default()
             });
         }
     }
@@ -741,14 +770,20 @@ impl Peer {
         }
         let salt = hash_canonical(context::COMMITMENT, &(self.key.secret_bytes(), job));
         let digest = commitment_digest(&job, &self.me, &result, &salt);
+        // After a restart the store may hold our commitment and reveal already: say neither
+        // again (a reveal witnessing other committers than the first would contradict it).
+        let revealed = self.ledger.has_revealed(&job, &self.me);
         self.own.insert(
             job,
             OwnJob {
                 result,
                 salt,
-                revealed: false,
+                revealed,
             },
         );
+        if self.ledger.has_committed(&job, &self.me) {
+            return;
+        }
         let c = Commitment {
             campaign: self.campaign,
             job,
@@ -892,7 +927,7 @@ impl Peer {
                 self.settled_now.len() == self.cur.jobs.len()
             };
             if ready || now >= self.void_deadline() {
-                self.vote_with(now, out, |i, key, env| i.start(Some(key), env, now));
+                self.vote_with(now, out, |i, key, env| i.start(key, env, now));
             }
         }
     }
@@ -1039,6 +1074,8 @@ impl Peer {
             *g = (*g).max(closure.generation);
         }
         self.closures.push((closure, certificate));
+        self.vote_equivocators
+            .extend(self.instance.equivocators().iter().copied());
         self.running.clear();
         self.taken.clear();
         self.my_jobs = None;
@@ -1059,6 +1096,7 @@ impl Peer {
             voters(&members, &seed),
             seed,
             self.spec.schedule.round_timeout_ms,
+            Some(self.me),
         );
         if next.is_empty() {
             if self.epilogue || self.pending.is_empty() {

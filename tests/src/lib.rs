@@ -28,7 +28,9 @@ use hivemesh_protocol::{CampaignId, PeerKey, Timestamp, Tolerance};
 use libp2p::Multiaddr;
 use tokio::sync::{broadcast, oneshot};
 
-/// A directory under the system temp dir, removed (with its contents) on drop.
+/// A directory under the system temp dir, removed (with its contents) on drop, except when the
+/// test is failing (panicking): then it is kept, and its path printed, for a post-mortem (node
+/// logs, stores).
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
 
@@ -52,6 +54,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for a post-mortem: {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

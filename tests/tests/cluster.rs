@@ -10,6 +10,8 @@ use hivemesh_tests::TempDir;
 /// A small cluster: 4 nodes, 4 MLPs x 2 generations, r = 3, short deadlines.
 fn small(dir: &TempDir) -> ClusterConfig {
     let mut c = ClusterConfig::new(dir.path().join("nodes"));
+    // The TempDir removes it, or keeps it (stores, node logs) when the test fails.
+    c.keep_data = true;
     c.nodes = 4;
     c.byzantine = 0;
     c.overrides = Overrides {
