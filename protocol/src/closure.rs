@@ -83,7 +83,43 @@ impl Closure {
 
     /// The next generation's seed.
     pub fn seed(&self) -> [u8; 32] {
-        generation_seed(&self.campaign, self.generation + 1, &self.root())
+        self.seed_from(&self.root())
+    }
+
+    /// The next generation's seed, given this closure's `root` (computed already).
+    pub fn seed_from(&self, root: &[u8; 32]) -> [u8; 32] {
+        generation_seed(&self.campaign, self.generation + 1, root)
+    }
+
+    /// [`Closure::root`] of a shared closure, remembered for the last few closures hashed on
+    /// this thread. A proposal's closure (thousands of entries) reaches a peer as one `Arc`
+    /// shared by every copy of the message, and every peer in a process (a simulator, a
+    /// cluster) hashes it several times; the cache holds a clone of each `Arc` it remembers,
+    /// so a remembered allocation can be neither freed and reused nor mutated (`Arc::make_mut`
+    /// copies a shared value).
+    pub fn root_shared(closure: &std::sync::Arc<Closure>) -> [u8; 32] {
+        use std::cell::RefCell;
+        use std::sync::Arc;
+        const KEEP: usize = 4;
+        thread_local! {
+            static ROOTS: RefCell<Vec<(Arc<Closure>, [u8; 32])>> = const { RefCell::new(Vec::new()) };
+        }
+        if let Some(root) = ROOTS.with_borrow(|roots| {
+            roots
+                .iter()
+                .find(|(c, _)| Arc::ptr_eq(c, closure))
+                .map(|(_, r)| *r)
+        }) {
+            return root;
+        }
+        let root = closure.root();
+        ROOTS.with_borrow_mut(|roots| {
+            if roots.len() == KEEP {
+                roots.remove(0);
+            }
+            roots.push((Arc::clone(closure), root));
+        });
+        root
     }
 }
 

@@ -358,7 +358,7 @@ impl Instance {
                     self.equivocators.insert(p.signer());
                     return Err(Refusal::Conflicting);
                 }
-                let root = m.closure.root();
+                let root = Closure::root_shared(&m.closure);
                 self.closures
                     .entry(root)
                     .or_insert_with(|| Arc::clone(&m.closure));

@@ -66,11 +66,43 @@ pub(crate) fn hash_canonical<T: Serialize + ?Sized>(context: &'static str, value
     *hasher.finalize().as_bytes()
 }
 
+/// Byte-wise (lexicographic) order of two 32-byte ids, as four big-endian words: the same
+/// order as comparing the arrays, without a `memcmp` call. Ids are compared in every ordered
+/// map and sorted list of the protocol; at scale that call was a seventh of the run time.
+#[inline]
+pub fn cmp32(a: &[u8; 32], b: &[u8; 32]) -> core::cmp::Ordering {
+    for i in 0..4 {
+        let mut x = [0u8; 8];
+        let mut y = [0u8; 8];
+        x.copy_from_slice(&a[i * 8..i * 8 + 8]);
+        y.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        let (x, y) = (u64::from_be_bytes(x), u64::from_be_bytes(y));
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    core::cmp::Ordering::Equal
+}
+
 macro_rules! digest_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub struct $name(pub [u8; 32]);
+
+        impl Ord for $name {
+            #[inline]
+            fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+                cmp32(&self.0, &other.0)
+            }
+        }
+
+        impl PartialOrd for $name {
+            #[inline]
+            fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
 
         impl $name {
             /// The raw digest.

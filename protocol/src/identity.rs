@@ -66,8 +66,22 @@ impl core::fmt::Debug for Keypair {
 }
 
 /// A peer's public ed25519 key: 32 bytes, printed as hex.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PeerKey(pub [u8; 32]);
+
+impl Ord for PeerKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        crate::id::cmp32(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for PeerKey {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl PeerKey {
     /// The raw key bytes.

@@ -225,6 +225,10 @@ pub struct Peer {
     finished: bool,
     /// Handling a [`PeerInput::Replay`]: take the message in, act on nothing.
     replaying: bool,
+    /// Whether an own job may have become ready to reveal since the last look: a commitment
+    /// on one arrived, one finished, or time passed (its deadline). Looking asks the ledger
+    /// about every unrevealed own job, too dear to do for every message.
+    reveal_check: bool,
     /// Voters proven to have signed two different proposals or votes for one slot in the
     /// closure votes of earlier generations (the current one's are in `instance`).
     vote_equivocators: BTreeSet<PeerKey>,
@@ -356,6 +360,7 @@ impl Peer {
             auditing: BTreeSet::new(),
             epilogue: false,
             replaying: false,
+            reveal_check: false,
             vote_equivocators: BTreeSet::new(),
             last_seen: HashMap::new(),
             spoke: false,
@@ -620,13 +625,19 @@ impl Peer {
                 self.sign_and_send(report, AnySigned::AuditReport, now, &mut out);
                 self.instance.evidence_changed();
             }
-            PeerInput::JobDone { job, result } => self.on_job_done(job, result, now, &mut out),
+            PeerInput::JobDone { job, result } => {
+                self.reveal_check = true;
+                self.on_job_done(job, result, now, &mut out);
+            }
             PeerInput::JobAbandoned { job } => {
                 // `taken` and `audits_taken` keep it, so it is not picked up again.
                 self.running.remove(&job);
                 self.auditing.remove(&job);
             }
-            PeerInput::Tick => self.vote_with(now, &mut out, |i, key, env| i.tick(key, env, now)),
+            PeerInput::Tick => {
+                self.reveal_check = true;
+                self.vote_with(now, &mut out, |i, key, env| i.tick(key, env, now));
+            }
         }
         self.step(now, &mut out);
         out
@@ -680,6 +691,11 @@ impl Peer {
     }
 
     fn ingest_evidence(&mut self, m: AnySigned, now: Timestamp, out: &mut Vec<PeerOutput>) -> bool {
+        if let AnySigned::Commitment(c) = &m
+            && self.own.contains_key(&c.message().job)
+        {
+            self.reveal_check = true;
+        }
         let mut changed = false;
         for o in self.ledger.handle(Input::Message(m), now) {
             match o {
@@ -822,15 +838,20 @@ impl Peer {
         let elapsed = now.saturating_since(self.cur.started_at).as_millis() as u64;
         let past_deadline = elapsed >= self.cur.deadline_ms;
         // Reveal: once all r executors committed, or q did and the deadline passed.
-        let to_reveal: Vec<JobId> = self
-            .own
-            .iter()
-            .filter(|(j, o)| {
-                let c = self.ledger.commitment_count(j);
-                !o.revealed && (c >= r || (past_deadline && c >= q))
-            })
-            .map(|(j, _)| *j)
-            .collect();
+        let to_reveal: Vec<JobId> = if std::mem::take(&mut self.reveal_check) {
+            self.own
+                .iter()
+                .filter(|(j, o)| {
+                    !o.revealed && {
+                        let c = self.ledger.commitment_count(j);
+                        c >= r || (past_deadline && c >= q)
+                    }
+                })
+                .map(|(j, _)| *j)
+                .collect()
+        } else {
+            Vec::new()
+        };
         for job in to_reveal {
             let witnessed = self.ledger.punctual_committers(&job, &self.me);
             if let Some(o) = self.own.get_mut(&job) {
@@ -881,10 +902,13 @@ impl Peer {
             let limit = eligible(r, extra, elapsed, self.cur.deadline_ms, false, n);
             let idle_limit = eligible(r, extra, elapsed, self.cur.deadline_ms, idle, n);
             self.list_my_jobs();
+            // `my_jobs` is in rank order and loses each job this peer takes.
+            let bound = limit.max(idle_limit);
             let candidates: Vec<JobId> = self
                 .my_jobs
                 .iter()
                 .flatten()
+                .take_while(|(pos, _, _)| *pos < bound)
                 .filter(|(pos, _, id)| {
                     // An idle peer helps jobs that wait for executors: fewer than r have
                     // claimed it (its ranked executors are busy) and it is not yet committed
@@ -915,6 +939,9 @@ impl Peer {
                 };
                 self.sign_and_send(claim, AnySigned::Claim, now, out);
                 out.push(PeerOutput::Execute(spec));
+                if let Some(mine) = &mut self.my_jobs {
+                    mine.retain(|(_, _, j)| *j != id);
+                }
             }
         }
         // Ready to close: every job settled (in the epilogue: every audit judged), or the void
@@ -1001,7 +1028,7 @@ impl Peer {
         now: Timestamp,
         out: &mut Vec<PeerOutput>,
     ) {
-        let root = closure.root();
+        let root = Closure::root_shared(&closure);
         for e in &closure.entries {
             if let Entry::Settled {
                 settlement,
@@ -1038,7 +1065,7 @@ impl Peer {
             };
             derived.unwrap_or_default()
         };
-        let seed = closure.seed();
+        let seed = closure.seed_from(&root);
         let members = Members::Closure(Arc::clone(&closure));
         self.sample_audits(&closure, &seed, &members);
         // The closure is final: the evidence on its jobs is no longer needed, except on jobs

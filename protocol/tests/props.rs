@@ -23,6 +23,21 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(256)))]
 
     #[test]
+    fn ids_and_keys_order_like_their_bytes(
+        a in any::<[u8; 32]>(),
+        b in any::<[u8; 32]>(),
+        shared in 0usize..=32,
+    ) {
+        // `shared` leading bytes in common, so ties and late differences are exercised too.
+        let mut b = b;
+        b[..shared].copy_from_slice(&a[..shared]);
+        prop_assert_eq!(id::cmp32(&a, &b), a.cmp(&b));
+        prop_assert_eq!(PeerKey(a).cmp(&PeerKey(b)), a.cmp(&b));
+        prop_assert_eq!(JobId(a).cmp(&JobId(b)), a.cmp(&b));
+        prop_assert_eq!(MessageId(a).partial_cmp(&MessageId(b)), Some(a.cmp(&b)));
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let ctx = Context::gossip(spec().id(), Timestamp(1_000_000));
         let _ = AnySigned::verify_and_decode(&bytes, &ctx);
