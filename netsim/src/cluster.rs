@@ -10,7 +10,9 @@
 //!   nothing flushed (received messages committed without `fsync` may be lost, as in a crash),
 //!   and after `down` it starts again from its data directory;
 //! * **partitions** ([`Partition`]): the two halves of the cluster block each other's peer ids
-//!   (connections closed, new ones refused) and heal by unblocking and redialling;
+//!   (connections closed, new ones refused; with `--processes` through each node's
+//!   `/peers/{peer_id}/block` API) and heal by unblocking and redialling (`/peers/dial`). Block
+//!   lists are not kept across a restart: a node restarted mid-partition reconnects across it;
 //! * **delays**: [`ClusterConfig::delay`] holds every node's gossip heartbeat longer (slower
 //!   mesh repair and IHAVE/IWANT gossip), a coarse knob; per-message latency needs the tier-1
 //!   simulator.
@@ -494,6 +496,35 @@ impl Running {
         }
     }
 
+    /// Blocks or unblocks a peer: through the client, or a child's HTTP API.
+    async fn block(&self, i: usize, peer: PeerId, blocked: bool) -> Result<(), ClusterError> {
+        match &self.kind {
+            Kind::InProcess { client, .. } => client
+                .block(peer, blocked)
+                .await
+                .map_err(|_| ClusterError::Stopped(i)),
+            Kind::Process(p) => p
+                .block(&peer, blocked)
+                .await
+                .map_err(|e| ClusterError::Process {
+                    node: i,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// Dials `addr` (best effort: a refused dial is repaired by gossip and sync later).
+    async fn dial(&self, addr: Multiaddr) {
+        match &self.kind {
+            Kind::InProcess { client, .. } => {
+                let _ = client.dial(addr).await;
+            }
+            Kind::Process(p) => {
+                let _ = p.dial(&addr).await;
+            }
+        }
+    }
+
     async fn briefs(&self, id: CampaignId) -> Option<Vec<Brief>> {
         match &self.kind {
             Kind::InProcess { client, .. } => client.settled(id).await.ok().flatten().map(|jobs| {
@@ -962,12 +993,6 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
             k.node,
             cfg.nodes - 1
         )));
-    }
-    if cfg.processes.is_some() && cfg.partition.is_some() {
-        return Err(ClusterError::Config(
-            "--partition needs in-process nodes (`hivemesh run` does not expose its block list)"
-                .into(),
-        ));
     }
     if let Some(bin) = &cfg.processes
         && !bin.is_file()
@@ -1544,14 +1569,12 @@ async fn apply(
         }
         Action::Split => {
             for (i, n) in nodes.iter().enumerate() {
-                let Some(n) = n.as_ref().and_then(Running::client) else {
+                let Some(n) = n.as_ref() else {
                     continue;
                 };
                 for (j, p) in peer_ids.iter().enumerate() {
                     if (i < half) != (j < half) {
-                        n.block(*p, true)
-                            .await
-                            .map_err(|_| ClusterError::Stopped(i))?;
+                        n.block(i, *p, true).await?;
                     }
                 }
             }
@@ -1559,14 +1582,12 @@ async fn apply(
         }
         Action::Heal => {
             for (i, n) in nodes.iter().enumerate() {
-                let Some(n) = n.as_ref().and_then(Running::client) else {
+                let Some(n) = n.as_ref() else {
                     continue;
                 };
                 for (j, p) in peer_ids.iter().enumerate() {
                     if (i < half) != (j < half) {
-                        n.block(*p, false)
-                            .await
-                            .map_err(|_| ClusterError::Stopped(i))?;
+                        n.block(i, *p, false).await?;
                     }
                 }
             }
@@ -1576,7 +1597,7 @@ async fn apply(
                 .map(|n| n.as_ref().map(|n| n.addr.clone()))
                 .collect();
             for (i, n) in nodes.iter().enumerate() {
-                let Some(n) = n.as_ref().and_then(Running::client) else {
+                let Some(n) = n.as_ref() else {
                     continue;
                 };
                 let other = if i < half {
@@ -1585,7 +1606,7 @@ async fn apply(
                     (i - half) % half.max(1)
                 };
                 if let Some(Some(a)) = addrs.get(other) {
-                    let _ = n.dial(a.clone()).await;
+                    n.dial(a.clone()).await;
                 }
             }
             "partition healed".to_string()

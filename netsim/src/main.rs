@@ -127,8 +127,8 @@ struct ClusterArgs {
     #[arg(long)]
     keep_data: bool,
     /// Run every node as its own `hivemesh run` process on 127.0.0.1 (real processes, real
-    /// SIGKILLs, driven through their HTTP APIs) instead of all in this process. Not with
-    /// --partition.
+    /// SIGKILLs, driven through their HTTP APIs, partitions through their block lists) instead
+    /// of all in this process.
     #[arg(long)]
     processes: bool,
     /// The `hivemesh` binary for --processes [default: the one next to this executable,

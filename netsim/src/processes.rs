@@ -192,6 +192,28 @@ impl Proc {
         call_json(self.api, "POST", path, &[("Authorization", &auth)], body).await
     }
 
+    /// Blocks (`true`) or unblocks a libp2p peer (`/peers/{peer_id}/block`).
+    pub async fn block(&self, peer: &PeerId, blocked: bool) -> Result<(), ProcError> {
+        let auth = format!("Bearer {}", self.token);
+        let method = if blocked { "POST" } else { "DELETE" };
+        call_json(
+            self.api,
+            method,
+            &format!("/peers/{peer}/block"),
+            &[("Authorization", &auth)],
+            &[],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Dials a peer (`/peers/dial`).
+    pub async fn dial(&self, addr: &Multiaddr) -> Result<(), ProcError> {
+        self.post("/peers/dial", addr.to_string().as_bytes())
+            .await
+            .map(drop)
+    }
+
     /// CPU seconds the process has used so far (user + system), from `/proc/PID/stat`.
     pub fn cpu_seconds(&self) -> Option<f64> {
         cpu_seconds_of(&format!("/proc/{}/stat", self.pid))

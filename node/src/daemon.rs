@@ -151,6 +151,8 @@ pub enum Event {
     Listening(Multiaddr),
     /// Connected to a peer.
     Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
     /// A network message was validated, fed to the protocol and stored.
     Accepted(MessageId),
     /// A peer subscribed to a campaign's gossip topic.
@@ -1820,9 +1822,16 @@ impl EventLoop {
                 sync.send_request(&peer_id, SyncRequest::Campaigns);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
-            SwarmEvent::ConnectionClosed { .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 let peers = self.swarm.connected_peers().count();
                 self.metrics.peers.set(peers as i64);
+                if num_established == 0 {
+                    self.emit(Event::Disconnected(peer_id));
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),

@@ -227,6 +227,47 @@ pub const ENDPOINTS: &[Endpoint] = &[
             output: "hivemesh_peers 3\n…",
         }],
     },
+    Endpoint {
+        uri: "/peers/{peer_id}/block",
+        input_methods: &["POST", "DELETE"],
+        input_query: "",
+        input_headers: "Authorization: Bearer <DATA_DIR/api.token>",
+        input_body: "",
+        output: "application/json: {\"peer\":\"<peer id>\",\"blocked\":true|false}; 400 bad peer id",
+        documentation: "Block a libp2p peer (POST: its connections are closed and refused until unblocked; not kept across restarts) or unblock it (DELETE). netsim's --processes partitions use this.",
+        example_calls: &[
+            ExampleCall {
+                method: "POST",
+                query: "",
+                headers: &[("Authorization", "Bearer <token>")],
+                body: "",
+                output: "{\"peer\":\"12D3KooW…\",\"blocked\":true}",
+            },
+            ExampleCall {
+                method: "DELETE",
+                query: "",
+                headers: &[("Authorization", "Bearer <token>")],
+                body: "",
+                output: "{\"peer\":\"12D3KooW…\",\"blocked\":false}",
+            },
+        ],
+    },
+    Endpoint {
+        uri: "/peers/dial",
+        input_methods: &["POST"],
+        input_query: "",
+        input_headers: "Authorization: Bearer <DATA_DIR/api.token>",
+        input_body: "a libp2p multiaddr (text, with /p2p/<peer id>), at most 1 KiB",
+        output: "application/json: {\"dialing\":\"<multiaddr>\"}; 400 bad address or the dial was refused",
+        documentation: "Connect to a peer (e.g. after a partition healed, or to join through another bootstrap peer).",
+        example_calls: &[ExampleCall {
+            method: "POST",
+            query: "",
+            headers: &[("Authorization", "Bearer <token>")],
+            body: "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW…",
+            output: "{\"dialing\":\"/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW…\"}",
+        }],
+    },
 ];
 
 /// The API's shared state.
@@ -496,6 +537,63 @@ async fn post_blob(
         .into_response())
 }
 
+fn peer_id(s: &str) -> Result<libp2p::PeerId, ApiError> {
+    s.parse().map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{s:?} is not a libp2p peer id: {e}"),
+        )
+    })
+}
+
+async fn block_peer(
+    State(s): State<ApiState>,
+    Path(peer): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_token(&headers, &s.token, "POST /peers/{peer_id}/block")?;
+    set_blocked(&s, &peer, true).await
+}
+
+async fn unblock_peer(
+    State(s): State<ApiState>,
+    Path(peer): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_token(&headers, &s.token, "DELETE /peers/{peer_id}/block")?;
+    set_blocked(&s, &peer, false).await
+}
+
+async fn set_blocked(s: &ApiState, peer: &str, blocked: bool) -> Result<Response, ApiError> {
+    let id = peer_id(peer)?;
+    s.client.block(id, blocked).await.map_err(stopped)?;
+    Ok(axum::Json(json!({ "peer": id.to_string(), "blocked": blocked })).into_response())
+}
+
+/// Longest multiaddr `POST /peers/dial` takes.
+const MAX_DIAL_LEN: usize = 1024;
+
+async fn dial_peer(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_token(&headers, &s.token, "POST /peers/dial")?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| bad("the body must be a multiaddr as UTF-8 text".into()))?
+        .trim();
+    let addr: libp2p::Multiaddr = text
+        .parse()
+        .map_err(|e| bad(format!("{text:?} is not a multiaddr: {e}")))?;
+    s.client
+        .dial(addr.clone())
+        .await
+        .map_err(stopped)?
+        .map_err(|e| bad(format!("cannot dial {addr}: {e}")))?;
+    Ok(axum::Json(json!({ "dialing": addr.to_string() })).into_response())
+}
+
 async fn get_metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let text = s
         .client
@@ -525,6 +623,8 @@ fn handler(uri: &str) -> Option<MethodRouter<ApiState>> {
         }
         "/blobs/{id}" => get(get_blob),
         "/metrics" => get(get_metrics),
+        "/peers/{peer_id}/block" => axum::routing::post(block_peer).delete(unblock_peer),
+        "/peers/dial" => axum::routing::post(dial_peer).layer(DefaultBodyLimit::max(MAX_DIAL_LEN)),
         _ => return None,
     })
 }

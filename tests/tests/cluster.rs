@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use hivemesh_netsim::cluster::{self, ClusterConfig, ClusterReport, Kill, Overrides, Role};
+use hivemesh_netsim::cluster::{
+    self, ClusterConfig, ClusterReport, Kill, Overrides, Partition, Role,
+};
 use hivemesh_tests::TempDir;
 
 /// A small cluster: 4 nodes, 4 MLPs x 2 generations, r = 3, short deadlines.
@@ -215,4 +217,41 @@ async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
         .as_ref()
         .expect("overhead measured from the processes' CPU");
     assert!(o.swarm_cpu_s > 0.0 && o.single_cpu_s > 0.0, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hivemesh_run_processes_heal_a_partition_to_one_ledger() {
+    let bin = hivemesh_netsim::processes::default_bin();
+    assert!(
+        bin.is_file(),
+        "this test runs the hivemesh binary, not found at {}: run it through \
+         `cargo test --workspace` (which builds it) or `cargo build -p hivemesh-node` first",
+        bin.display()
+    );
+    let dir = TempDir::new("cluster-partition");
+    let mut c = small(&dir);
+    c.processes = Some(bin);
+    // 2 | 2 of 4 nodes: neither half has the 3 votes a closure needs, so nothing can close
+    // until the cut heals (through each process's block list and a redial).
+    let heal_at = 2.2;
+    c.partition = Some(Partition {
+        at: Duration::from_millis(200),
+        heal: Duration::from_secs(2),
+    });
+    let r = run(&c).await;
+    assert!(r.ok(), "finished, agreed, no wrong result: {r:#?}");
+    assert_eq!(r.faults.len(), 2, "split and healed: {:?}", r.faults);
+    assert!(r.faults[0].what.contains("partition"), "{:?}", r.faults);
+    assert!(r.faults[1].what.contains("healed"), "{:?}", r.faults);
+    let last = r.generations.last().expect("generations closed");
+    assert!(
+        last.last_closed_s > heal_at,
+        "the last generation closed at {:.2} s, before the heal at {heal_at} s: {:?}",
+        last.last_closed_s,
+        r.faults
+    );
+    for v in &r.node_views {
+        assert!(v.up && v.finished, "node {}: {v:?}", v.index);
+        assert_eq!(v.closures, r.node_views[0].closures, "node {}", v.index);
+    }
 }

@@ -210,6 +210,66 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         metrics.contains("hivemesh_blob_fetches_total{result=\"failed\"} 1"),
         "{metrics}"
     );
+
+    // Blocking a peer (token needed) disconnects it; unblocking and dialing connects again.
+    let b_id = b.client.peer_id().to_string();
+    let block = format!("/peers/{b_id}/block");
+    let r = call(addr, "POST", &block, &[], "").await;
+    assert_eq!(r.status, 401, "no token: {}", r.text());
+    let r = call(
+        addr,
+        "POST",
+        "/peers/not-a-peer/block",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("peer id"),
+        "{}",
+        r.error_message()
+    );
+    let r = call(addr, "POST", &block, &[("Authorization", &auth)], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(
+        (v["peer"].as_str(), v["blocked"].as_bool()),
+        (Some(b_id.as_str()), Some(true))
+    );
+    wait_for(&mut a.events, Duration::from_secs(30), |e| {
+        matches!(e, Event::Disconnected(p) if *p == b.client.peer_id()).then_some(())
+    })
+    .await;
+    let r = call(addr, "DELETE", &block, &[("Authorization", &auth)], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(
+        addr,
+        "POST",
+        "/peers/dial",
+        &[("Authorization", &auth)],
+        "not an address",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("multiaddr"),
+        "{}",
+        r.error_message()
+    );
+    let r = call(
+        addr,
+        "POST",
+        "/peers/dial",
+        &[("Authorization", &auth)],
+        &b.addrs[0].to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for(&mut a.events, Duration::from_secs(30), |e| {
+        matches!(e, Event::Connected(p) if *p == b.client.peer_id()).then_some(())
+    })
+    .await;
     b.stop().await;
     a.stop().await;
 }
