@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::closure::{Closure, generation_seed};
-use crate::id::{CampaignId, context, hash_canonical};
+use crate::id::{CampaignId, JobId, context, hash_canonical};
+use crate::identity::PeerKey;
 use crate::message::Outcome;
 use crate::spec::{CampaignSpec, JobPayload, JobSpec, NasSpace, Search, Strategy};
 
@@ -81,8 +82,22 @@ impl core::fmt::Debug for Derivation {
 /// the chain of closures (which the root commits to), so peers in one process — a simulator's
 /// thousand nodes — compute each generation once instead of once per peer. A real node has one
 /// peer per campaign and does not use it.
+///
+/// It also memoises, per generation, which members may run which jobs (the first `bound` of each
+/// job's rank): every simulated peer would otherwise rank the members for every job itself.
 #[derive(Clone, Default)]
-pub struct DerivationCache(Arc<Mutex<HashMap<[u8; 32], Arc<Derivation>>>>);
+pub struct DerivationCache(Arc<Mutex<Memo>>);
+
+#[derive(Default)]
+struct Memo {
+    derivations: HashMap<[u8; 32], Arc<Derivation>>,
+    /// Per (seed, bound, weighted members, jobs) digest: each member's `(position, index, job)`
+    /// for the jobs where it ranks below `bound`, sorted.
+    ranks: HashMap<[u8; 32], Arc<HashMap<PeerKey, Vec<(usize, u32, JobId)>>>>,
+}
+
+/// Rank tables kept at once (a few generations; the oldest are dropped).
+const RANK_TABLES: usize = 4;
 
 impl core::fmt::Debug for DerivationCache {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -96,7 +111,7 @@ impl DerivationCache {
     pub fn start(&self, spec: &CampaignSpec) -> Result<Arc<Derivation>, DeriveError> {
         let key = *spec.id().as_bytes();
         let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(done) = memo.get(&key)
+        if let Some(done) = memo.derivations.get(&key)
             && done.spec == *spec
         {
             return Ok(Arc::clone(done));
@@ -104,7 +119,7 @@ impl DerivationCache {
         let mut d = Derivation::new(spec)?;
         d.generation_zero();
         let d = Arc::new(d);
-        memo.insert(key, Arc::clone(&d));
+        memo.derivations.insert(key, Arc::clone(&d));
         Ok(d)
     }
 
@@ -117,7 +132,7 @@ impl DerivationCache {
         root: [u8; 32],
     ) -> Result<Vec<JobSpec>, DeriveError> {
         let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(done) = memo.get(&root)
+        if let Some(done) = memo.derivations.get(&root)
             && done.campaign == d.campaign
             && done.generation == d.generation + 1
         {
@@ -125,8 +140,73 @@ impl DerivationCache {
             return Ok(d.jobs.clone());
         }
         let jobs = Arc::make_mut(d).advance(closure)?.to_vec();
-        memo.insert(root, Arc::clone(d));
+        memo.derivations.insert(root, Arc::clone(d));
         Ok(jobs)
+    }
+
+    /// The jobs `me` may run, as [`crate::assign::position_below`] would list them for every
+    /// `(job, index)` of `jobs`: `(position, index, job)` for each job where `me` ranks below
+    /// `bound` among `members` (sorted) weighted by `weight_of`, in that order. Computed once
+    /// for all members per distinct (seed, bound, members, weights, jobs) and remembered.
+    pub fn jobs_ranked_below(
+        &self,
+        seed: &[u8; 32],
+        members: &[PeerKey],
+        weight_of: impl Fn(&PeerKey) -> u64,
+        jobs: &[(JobId, u32)],
+        bound: usize,
+        me: &PeerKey,
+    ) -> Vec<(usize, u32, JobId)> {
+        let weights: Vec<u64> = members.iter().map(&weight_of).collect();
+        let key = {
+            let mut h = blake3::Hasher::new();
+            h.update(seed);
+            h.update(&(bound as u64).to_le_bytes());
+            for (p, w) in members.iter().zip(&weights) {
+                h.update(p.as_bytes());
+                h.update(&w.to_le_bytes());
+            }
+            for (j, i) in jobs {
+                h.update(j.as_bytes());
+                h.update(&i.to_le_bytes());
+            }
+            *h.finalize().as_bytes()
+        };
+        let table = {
+            let memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            memo.ranks.get(&key).cloned()
+        };
+        let table = match table {
+            Some(t) => t,
+            None => {
+                // Outside the lock: other peers wait only for the insert.
+                let weight: HashMap<PeerKey, u64> = members
+                    .iter()
+                    .copied()
+                    .zip(weights.iter().copied())
+                    .collect();
+                let mut t: HashMap<PeerKey, Vec<(usize, u32, JobId)>> = HashMap::new();
+                for (job, index) in jobs {
+                    let ranked = crate::assign::rank(job, seed, members, |p| {
+                        weight.get(p).copied().unwrap_or(1)
+                    });
+                    for (pos, p) in ranked.into_iter().take(bound).enumerate() {
+                        t.entry(p).or_default().push((pos, *index, *job));
+                    }
+                }
+                for list in t.values_mut() {
+                    list.sort();
+                }
+                let t = Arc::new(t);
+                let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                if memo.ranks.len() >= RANK_TABLES {
+                    memo.ranks.clear();
+                }
+                memo.ranks.insert(key, Arc::clone(&t));
+                t
+            }
+        };
+        table.get(me).cloned().unwrap_or_default()
     }
 }
 
@@ -456,6 +536,57 @@ mod tests {
     use super::*;
     use crate::closure::Entry;
     use crate::spec::tests::sample_spec;
+
+    #[test]
+    fn the_shared_rank_table_lists_what_each_peer_would_rank_itself() {
+        let mut members: Vec<PeerKey> = (0u8..60)
+            .map(|i| crate::Keypair::from_secret_bytes([i; 32]).public())
+            .collect();
+        members.sort();
+        let weight = |p: &PeerKey| 1 + u64::from(p.as_bytes()[0] % 5);
+        let jobs: Vec<(JobId, u32)> = (0u32..45)
+            .map(|i| (JobId(*blake3::hash(&i.to_le_bytes()).as_bytes()), i))
+            .collect();
+        let seed = [9; 32];
+        let cache = DerivationCache::default();
+        let mut listed = 0;
+        for bound in [1, 5] {
+            for me in &members {
+                let mut direct: Vec<(usize, u32, JobId)> = jobs
+                    .iter()
+                    .filter_map(|(j, i)| {
+                        crate::assign::position_below(j, &seed, &members, weight, me, bound)
+                            .map(|pos| (pos, *i, *j))
+                    })
+                    .collect();
+                direct.sort();
+                let shared = cache.jobs_ranked_below(&seed, &members, weight, &jobs, bound, me);
+                assert_eq!(shared, direct, "bound {bound}");
+                listed += shared.len();
+            }
+            assert_eq!(
+                listed,
+                jobs.len() * bound,
+                "every job has `bound` listed executors"
+            );
+            listed = 0;
+        }
+        // A non-member is listed for nothing; other weights make another table.
+        let outsider = crate::Keypair::from_secret_bytes([200; 32]).public();
+        assert!(
+            cache
+                .jobs_ranked_below(&seed, &members, weight, &jobs, 5, &outsider)
+                .is_empty()
+        );
+        let flat = cache.jobs_ranked_below(&seed, &members, |_| 1, &jobs, 5, &members[0]);
+        let flat_direct = jobs
+            .iter()
+            .filter(|(j, _)| {
+                crate::assign::position_below(j, &seed, &members, |_| 1, &members[0], 5).is_some()
+            })
+            .count();
+        assert_eq!(flat.len(), flat_direct);
+    }
 
     fn closure_for(spec: &CampaignSpec, jobs: &[JobSpec], generation: u32) -> Closure {
         let mut entries: Vec<Entry> = jobs.iter().map(|j| Entry::Void { job: j.id() }).collect();

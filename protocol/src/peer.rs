@@ -815,6 +815,18 @@ impl Peer {
         let bound = self.executor_bound();
         let w = reputation(&self.agreed, &self.offences);
         let (cur, me) = (&self.cur, &self.me);
+        if self.my_jobs.is_none()
+            && let Some(cache) = &self.derive_cache
+        {
+            if cur.members.binary_search(me).is_err() {
+                self.my_jobs = Some(Vec::new());
+                return;
+            }
+            let jobs: Vec<(JobId, u32)> = cur.jobs.iter().map(|(id, s)| (*id, s.index)).collect();
+            self.my_jobs =
+                Some(cache.jobs_ranked_below(&cur.seed, &cur.members, &w, &jobs, bound, me));
+            return;
+        }
         self.my_jobs.get_or_insert_with(|| {
             let mut mine: Vec<(usize, u32, JobId)> = cur
                 .jobs
