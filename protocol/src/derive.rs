@@ -88,12 +88,15 @@ impl core::fmt::Debug for Derivation {
 #[derive(Clone, Default)]
 pub struct DerivationCache(Arc<Mutex<Memo>>);
 
+/// Each member's `(position, index, job)` for the jobs where it ranks below the bound, sorted.
+type RankTable = HashMap<PeerKey, Vec<(usize, u32, JobId)>>;
+
 #[derive(Default)]
 struct Memo {
     derivations: HashMap<[u8; 32], Arc<Derivation>>,
     /// Per (seed, bound, weighted members, jobs) digest: each member's `(position, index, job)`
     /// for the jobs where it ranks below `bound`, sorted.
-    ranks: HashMap<[u8; 32], Arc<HashMap<PeerKey, Vec<(usize, u32, JobId)>>>>,
+    ranks: HashMap<[u8; 32], Arc<RankTable>>,
 }
 
 /// Rank tables kept at once (a few generations; the oldest are dropped).
@@ -185,7 +188,7 @@ impl DerivationCache {
                     .copied()
                     .zip(weights.iter().copied())
                     .collect();
-                let mut t: HashMap<PeerKey, Vec<(usize, u32, JobId)>> = HashMap::new();
+                let mut t = RankTable::new();
                 for (job, index) in jobs {
                     let ranked = crate::assign::rank(job, seed, members, |p| {
                         weight.get(p).copied().unwrap_or(1)
