@@ -13,7 +13,7 @@ use hivemesh_evolve::{Evaluation, Nsga2, Nsga2Config, RegularizedConfig, Regular
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::closure::{Closure, generation_seed};
@@ -65,6 +65,8 @@ pub struct Derivation {
     /// The generation whose jobs were derived last.
     generation: u32,
     jobs: Vec<JobSpec>,
+    /// The same jobs by id (hashed once per derivation, shared by every peer using it).
+    by_id: Arc<BTreeMap<JobId, JobSpec>>,
 }
 
 impl core::fmt::Debug for Derivation {
@@ -134,17 +136,29 @@ impl DerivationCache {
         closure: &Closure,
         root: [u8; 32],
     ) -> Result<Vec<JobSpec>, DeriveError> {
+        self.advance_shared(d, closure, root)?;
+        Ok(d.jobs.clone())
+    }
+
+    /// [`DerivationCache::advance`] without copying the jobs out: read them from `d`
+    /// ([`Derivation::jobs`], [`Derivation::jobs_by_id`]).
+    pub fn advance_shared(
+        &self,
+        d: &mut Arc<Derivation>,
+        closure: &Closure,
+        root: [u8; 32],
+    ) -> Result<(), DeriveError> {
         let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(done) = memo.derivations.get(&root)
             && done.campaign == d.campaign
             && done.generation == d.generation + 1
         {
             *d = Arc::clone(done);
-            return Ok(d.jobs.clone());
+            return Ok(());
         }
-        let jobs = Arc::make_mut(d).advance(closure)?.to_vec();
+        Arc::make_mut(d).advance(closure)?;
         memo.derivations.insert(root, Arc::clone(d));
-        Ok(jobs)
+        Ok(())
     }
 
     /// The jobs `me` may run, as [`crate::assign::position_below`] would list them for every
@@ -367,6 +381,7 @@ impl Derivation {
             generations: generations.max(1),
             generation: 0,
             jobs: Vec::new(),
+            by_id: Arc::default(),
         })
     }
 
@@ -379,6 +394,7 @@ impl Derivation {
     pub fn generation_zero(&mut self) -> &[JobSpec] {
         if self.jobs.is_empty() && self.generation == 0 {
             self.jobs = self.make_jobs(0, &[0; 32]);
+            self.index_jobs();
         }
         &self.jobs
     }
@@ -386,6 +402,15 @@ impl Derivation {
     /// The jobs of the generation derived last.
     pub fn jobs(&self) -> &[JobSpec] {
         &self.jobs
+    }
+
+    /// [`Derivation::jobs`] by id.
+    pub fn jobs_by_id(&self) -> Arc<BTreeMap<JobId, JobSpec>> {
+        Arc::clone(&self.by_id)
+    }
+
+    fn index_jobs(&mut self) {
+        self.by_id = Arc::new(self.jobs.iter().map(|j| (j.id(), j.clone())).collect());
     }
 
     /// The generation derived last.
@@ -463,6 +488,7 @@ impl Derivation {
         } else {
             self.make_jobs(self.generation, &closure.root())
         };
+        self.index_jobs();
         Ok(&self.jobs)
     }
 

@@ -438,11 +438,28 @@ impl Ledger {
         self.outputs.drain(..)
     }
 
+    /// Registers a derived job whose id (`spec.id()`) the caller already has, as
+    /// [`Input::RegisterJob`] does; returns the outputs (a settlement its stored evidence now
+    /// makes).
+    pub fn register(
+        &mut self,
+        id: JobId,
+        spec: &JobSpec,
+        now: Timestamp,
+    ) -> impl Iterator<Item = Output> + '_ {
+        debug_assert_eq!(id, spec.id(), "register: the id must be the spec's");
+        self.register_with_id(id, spec, now);
+        self.outputs.drain(..)
+    }
+
     fn on_register_job(&mut self, spec: JobSpec, now: Timestamp) {
+        self.register_with_id(spec.id(), &spec, now);
+    }
+
+    fn register_with_id(&mut self, id: JobId, spec: &JobSpec, now: Timestamp) {
         if spec.campaign != self.campaign {
             return;
         }
-        let id = spec.id();
         if self.registered.contains_key(&id) {
             return;
         }

@@ -151,7 +151,8 @@ struct Generation {
     started_at: Timestamp,
     deadline_ms: u64,
     members: Members,
-    jobs: BTreeMap<JobId, JobSpec>,
+    /// Shared with the derivation (and, in a simulator, with every peer).
+    jobs: Arc<BTreeMap<JobId, JobSpec>>,
 }
 
 /// A generation's members (sorted): the spec's roster in generation 0, later the previous
@@ -306,11 +307,7 @@ impl Peer {
                 Arc::new(d)
             }
         };
-        let jobs: BTreeMap<JobId, JobSpec> = derivation
-            .jobs()
-            .iter()
-            .map(|j| (j.id(), j.clone()))
-            .collect();
+        let jobs = derivation.jobs_by_id();
         let seed = generation_seed(&campaign, 0, &[0; 32]);
         let members = spec.roster.clone();
         let instance = Instance::new(
@@ -322,10 +319,8 @@ impl Peer {
             Some(key.public()),
         );
         let mut ledger = Ledger::new(spec.clone(), config.ledger);
-        for j in jobs.values() {
-            ledger
-                .handle(Input::RegisterJob(j.clone()), now)
-                .for_each(drop);
+        for (id, j) in jobs.iter() {
+            ledger.register(*id, j, now).for_each(drop);
         }
         let mut peer = Peer {
             me: key.public(),
@@ -1066,16 +1061,19 @@ impl Peer {
             generation: closure.generation,
             root,
         });
-        let next: Vec<JobSpec> = if self.epilogue {
-            Vec::new()
+        let next: Arc<BTreeMap<JobId, JobSpec>> = if self.epilogue {
+            Arc::default()
         } else {
             let derived = match &self.derive_cache {
-                Some(cache) => cache.advance(&mut self.derivation, &closure, root),
+                Some(cache) => cache.advance_shared(&mut self.derivation, &closure, root),
                 None => Arc::make_mut(&mut self.derivation)
                     .advance(&closure)
-                    .map(<[JobSpec]>::to_vec),
+                    .map(drop),
             };
-            derived.unwrap_or_default()
+            match derived {
+                Ok(()) => self.derivation.jobs_by_id(),
+                Err(_) => Arc::default(),
+            }
         };
         let seed = closure.seed_from(&root);
         let members = Members::Closure(Arc::clone(&closure));
@@ -1127,7 +1125,7 @@ impl Peer {
             started_at: now,
             deadline_ms: deadline,
             members: members.clone(),
-            jobs: next.iter().map(|j| (j.id(), j.clone())).collect(),
+            jobs: Arc::clone(&next),
         };
         self.instance = Instance::new(
             self.campaign,
@@ -1146,10 +1144,8 @@ impl Peer {
             // One more, job-less generation to judge the last generations' audits.
             self.epilogue = true;
         }
-        for j in next {
-            self.ledger
-                .handle(Input::RegisterJob(j), now)
-                .for_each(drop);
+        for (id, j) in next.iter() {
+            self.ledger.register(*id, j, now).for_each(drop);
         }
         self.recount_settled();
         // Replay consensus messages that arrived early.
