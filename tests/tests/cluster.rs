@@ -185,8 +185,8 @@ async fn a_distill_campaign_agrees_on_every_shard_and_hands_them_over() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
+/// [`small`] with every node a `hivemesh run` child process.
+fn small_processes(dir: &TempDir) -> ClusterConfig {
     let bin = hivemesh_netsim::processes::default_bin();
     assert!(
         bin.is_file(),
@@ -194,9 +194,15 @@ async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
          `cargo test --workspace` (which builds it) or `cargo build -p hivemesh-node` first",
         bin.display()
     );
-    let dir = TempDir::new("cluster-processes");
-    let mut c = small(&dir);
+    let mut c = small(dir);
     c.processes = Some(bin);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
+    let dir = TempDir::new("cluster-processes");
+    let mut c = small_processes(&dir);
     c.byzantine = 1;
     c.measure_overhead = true;
     // A real SIGKILL.
@@ -221,16 +227,8 @@ async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hivemesh_run_processes_heal_a_partition_to_one_ledger() {
-    let bin = hivemesh_netsim::processes::default_bin();
-    assert!(
-        bin.is_file(),
-        "this test runs the hivemesh binary, not found at {}: run it through \
-         `cargo test --workspace` (which builds it) or `cargo build -p hivemesh-node` first",
-        bin.display()
-    );
     let dir = TempDir::new("cluster-partition");
-    let mut c = small(&dir);
-    c.processes = Some(bin);
+    let mut c = small_processes(&dir);
     // 2 | 2 of 4 nodes: neither half has the 3 votes a closure needs, so nothing can close
     // until the cut heals (through each process's block list and a redial).
     let heal_at = 2.2;
