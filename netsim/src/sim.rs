@@ -63,7 +63,7 @@ pub struct AuditStats {
 }
 
 /// What one run of a scenario under one seed produced.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunReport {
     /// The seed.
     pub seed: u64,
@@ -121,6 +121,9 @@ pub struct RunReport {
     pub final_members: usize,
     /// Events processed.
     pub events: u64,
+    /// The reference node's closure root per generation (honest nodes agree on them when
+    /// `distinct_roots` is all ones).
+    pub roots: Vec<[u8; 32]>,
 }
 
 impl RunReport {
@@ -163,6 +166,7 @@ struct Calendar {
 
 impl Calendar {
     fn push(&mut self, at: u64, e: Event) {
+        debug_assert!(at >= self.at, "an event scheduled in the past");
         if at == self.at {
             self.current.push_back(e);
         } else {
@@ -180,6 +184,80 @@ impl Calendar {
             self.current = bucket.into();
         }
     }
+
+    /// The next event, without taking it (nor moving the clock: pushing at any time from the
+    /// last popped event's on stays in order).
+    fn peek(&self) -> Option<(u64, Event)> {
+        match self.current.front() {
+            Some(&e) => Some((self.at, e)),
+            None => self
+                .later
+                .first_key_value()
+                .and_then(|(&at, bucket)| bucket.first().map(|&e| (at, e))),
+        }
+    }
+}
+
+impl Event {
+    /// Whether the event acts on more than one node's state (a sync reads another node's
+    /// store; faults, heals, joins and spam change the network): such an event ends a window
+    /// and is handled on its own.
+    fn is_barrier(&self) -> bool {
+        !matches!(
+            self,
+            Event::Deliver { .. } | Event::JobDone { .. } | Event::Wake { .. }
+        )
+    }
+}
+
+/// One input to one node.
+enum Work {
+    /// Logged message delivered by gossip or sync.
+    Deliver(u32),
+    /// Logged message replayed from the node's store at a restart.
+    Replay(u32),
+    /// An execution finished (taken from `Sim::pending` when the event was popped).
+    JobDone(Option<(JobId, JobResult)>),
+    /// The node's timer (acts only if it is still the one set).
+    Wake,
+    /// Let the node act (after starting).
+    Tick,
+}
+
+/// A node's input at virtual time `at`; `seq` orders inputs of the same millisecond (the order
+/// their events were pushed).
+struct Item {
+    at: u64,
+    seq: u64,
+    work: Work,
+}
+
+/// What a node's handling of one input leaves for the simulator: everything that touches
+/// shared state (the message log, the network's RNG, the event queue), applied in input order.
+enum Effect {
+    Broadcast(AnySigned),
+    /// The node was asked to run this job; with `run`, its result (what this node's
+    /// behaviour makes of the true outcome) is ready after a drawn job time.
+    Execute { job: JobSpec, run: Option<Outcome> },
+    /// A result ready without running (stored before a restart, or copied): done 1 ms later.
+    Ready(JobId, JobResult),
+    Closed { generation: u32 },
+    Finished,
+    Wake(u64),
+}
+
+/// The effects of one input, with the input's order key.
+struct Batch {
+    at: u64,
+    seq: u64,
+    node: u32,
+    effects: Vec<Effect>,
+}
+
+/// What every node may read while nodes run in parallel.
+struct View<'a> {
+    log: &'a [Arc<AnySigned>],
+    campaign: hivemesh_protocol::CampaignId,
 }
 
 struct Bits(Vec<u64>);
@@ -219,6 +297,8 @@ impl Bits {
 }
 
 struct Node {
+    /// Its index in `Sim::nodes`.
+    index: u32,
     key: Keypair,
     peer: Option<Peer>,
     behaviour: Option<Behaviour>,
@@ -233,6 +313,180 @@ struct Node {
     /// commitment), as in the node.
     results: HashMap<JobId, JobResult>,
     rejected: usize,
+    /// Messages delivered to it (not counting replays).
+    delivered: u64,
+}
+
+impl Node {
+    /// Handles this node's inputs of one window, in `(at, seq)` order, with the timers they
+    /// set that fall due before `end` (timer inputs get `seq` from `next_seq` on); returns
+    /// what each input left to do. Touches nothing but this node, so the nodes of a window
+    /// can run on several threads; the result does not depend on how they are spread.
+    fn step(&mut self, view: &View<'_>, items: Vec<Item>, end: u64, next_seq: u64) -> Vec<Batch> {
+        let mut out = Vec::new();
+        let mut timer: Option<(u64, u64)> = None;
+        let mut next_seq = next_seq;
+        let mut items = items.into_iter().peekable();
+        loop {
+            let due = timer.filter(|&t| items.peek().is_none_or(|i| t < (i.at, i.seq)));
+            let (at, seq, work) = match due {
+                Some((at, seq)) => {
+                    timer = None;
+                    (at, seq, Work::Wake)
+                }
+                None => match items.next() {
+                    Some(i) => (i.at, i.seq, i.work),
+                    None => break,
+                },
+            };
+            let mut effects = Vec::new();
+            if self.handle(view, at, work, &mut effects) {
+                // The peer's next timer: kept here if it falls due in this window, else
+                // scheduled (an earlier one replaces a later one; a stale one is ignored).
+                if let Some(w) = self
+                    .peer
+                    .as_ref()
+                    .and_then(Peer::next_wakeup)
+                    .map(|t| t.as_millis().max(at + 1))
+                    && self.wake_at.is_none_or(|x| w < x || x <= at)
+                {
+                    self.wake_at = Some(w);
+                    if w < end {
+                        timer = Some((w, next_seq));
+                        next_seq += 1;
+                    } else {
+                        effects.push(Effect::Wake(w));
+                    }
+                }
+            }
+            if !effects.is_empty() {
+                out.push(Batch {
+                    at,
+                    seq,
+                    node: self.index,
+                    effects,
+                });
+            }
+        }
+        out
+    }
+
+    /// Handles one input; returns whether the peer handled it (so its timer may have moved).
+    fn handle(&mut self, view: &View<'_>, at: u64, work: Work, effects: &mut Vec<Effect>) -> bool {
+        let now = Timestamp::from_millis(at);
+        let input = match work {
+            Work::Deliver(m) => {
+                if !self.up || self.have.get(m as usize) {
+                    return false;
+                }
+                self.have.set(m as usize);
+                self.delivered += 1;
+                let msg = &view.log[m as usize];
+                // A copier waiting for this job's reveal copies it (after handling it).
+                if let AnySigned::Reveal(r) = &**msg
+                    && self.waiting_copy.remove(&r.message().job)
+                {
+                    let copied = Effect::Ready(r.message().job, r.message().result.clone());
+                    let handled = self.handle_input(PeerInput::Message((**msg).clone()), now, effects);
+                    effects.push(copied);
+                    return handled;
+                }
+                PeerInput::Message((**msg).clone())
+            }
+            Work::Replay(m) => PeerInput::Replay((*view.log[m as usize]).clone()),
+            Work::JobDone(done) => {
+                let Some((job, result)) = done else {
+                    return false;
+                };
+                if !self.up {
+                    return false;
+                }
+                if self.behaviour == Some(Behaviour::Equivocate) {
+                    // A second, different commitment for the same job.
+                    let other = JobResult {
+                        outcome: perturb(&result.outcome, 1),
+                        wall_time_ms: result.wall_time_ms,
+                    };
+                    let c = Commitment {
+                        campaign: view.campaign,
+                        job,
+                        digest: commitment_digest(&job, &self.key.public(), &other, &[7; 32]),
+                        issued_at: now,
+                    };
+                    if let Ok(s) = Signed::sign_and_encode(c, &self.key) {
+                        effects.push(Effect::Broadcast(AnySigned::Commitment(s)));
+                    }
+                }
+                self.results.insert(job, result.clone());
+                PeerInput::JobDone { job, result }
+            }
+            Work::Wake => {
+                if self.wake_at != Some(at) {
+                    return false;
+                }
+                self.wake_at = None;
+                PeerInput::Tick
+            }
+            Work::Tick => PeerInput::Tick,
+        };
+        self.handle_input(input, now, effects)
+    }
+
+    fn handle_input(&mut self, input: PeerInput, now: Timestamp, effects: &mut Vec<Effect>) -> bool {
+        let Some(peer) = self.peer.as_mut() else {
+            return false;
+        };
+        for o in peer.handle(input, now) {
+            match o {
+                PeerOutput::Broadcast(m) => effects.push(Effect::Broadcast(m)),
+                PeerOutput::Execute(job) => self.execute(job, effects),
+                PeerOutput::Closed { generation, root } => {
+                    self.closed_at.insert(generation, (now.as_millis(), root));
+                    effects.push(Effect::Closed { generation });
+                }
+                PeerOutput::Finished => effects.push(Effect::Finished),
+                PeerOutput::Rejected { .. } => {}
+            }
+        }
+        true
+    }
+
+    /// What this node's behaviour makes of running `job`.
+    fn execute(&mut self, job: JobSpec, effects: &mut Vec<Effect>) {
+        let id = job.id();
+        if let Some(result) = self.results.get(&id) {
+            // Finished before a restart: the stored result, never a second run.
+            effects.push(Effect::Execute { job, run: None });
+            effects.push(Effect::Ready(id, result.clone()));
+            return;
+        }
+        let truth = true_outcome(&job);
+        let auditing = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.pending_audits().contains_key(&id));
+        let outcome = match self.behaviour {
+            None | Some(Behaviour::Spam | Behaviour::Forge | Behaviour::Replay) => truth,
+            Some(Behaviour::Slander) if auditing => perturb(&truth, 999),
+            Some(Behaviour::Slander) => truth,
+            Some(Behaviour::Equivocate) => truth,
+            Some(Behaviour::Wrong) => perturb(&truth, 1 + u64::from(self.index)),
+            Some(Behaviour::Collude) => perturb(&truth, 777),
+            Some(Behaviour::Withhold) => {
+                effects.push(Effect::Execute { job, run: None });
+                return;
+            }
+            Some(Behaviour::Copy) => {
+                self.waiting_copy.insert(id);
+                effects.push(Effect::Execute { job, run: None });
+                return;
+            }
+        };
+        effects.push(Effect::Execute {
+            job,
+            run: Some(outcome),
+        });
+    }
 }
 
 /// The simulator.
@@ -260,12 +514,13 @@ pub struct Sim {
     derivations: Option<DerivationCache>,
     log_ids: HashMap<hivemesh_protocol::MessageId, usize>,
     pending: Vec<Option<(hivemesh_protocol::JobId, JobResult)>>,
-    deliveries_to_honest: u64,
     rejected_at_ingress: usize,
     jobs_by_id: HashMap<JobId, JobSpec>,
     first_entered: BTreeMap<u32, u64>,
     events: u64,
     check_finished: bool,
+    /// Worker threads for the nodes of a window (`None`: this thread).
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// The evidence shard of a job: its id's first four bytes modulo the shard count.
@@ -406,7 +661,9 @@ impl Sim {
         let nodes: Vec<Node> = keys
             .into_iter()
             .zip(behaviours)
-            .map(|(key, behaviour)| Node {
+            .enumerate()
+            .map(|(index, (key, behaviour))| Node {
+                index: index as u32,
                 key,
                 peer: None,
                 behaviour,
@@ -418,6 +675,7 @@ impl Sim {
                 waiting_copy: BTreeSet::new(),
                 results: HashMap::new(),
                 rejected: 0,
+                delivered: 0,
             })
             .collect();
         let mut sim = Sim {
@@ -440,12 +698,12 @@ impl Sim {
             derivations: sc.share_derivation.then(DerivationCache::default),
             log_ids: HashMap::new(),
             pending: Vec::new(),
-            deliveries_to_honest: 0,
             rejected_at_ingress: 0,
             jobs_by_id: HashMap::new(),
             first_entered: BTreeMap::new(),
             events: 0,
             check_finished: false,
+            pool: None,
         };
         sim.start_nodes(0..sc.nodes);
         for (index, f) in sc.faults.iter().enumerate() {
@@ -586,9 +844,7 @@ impl Sim {
         // Restart from the store: replay what this node had, in arrival-log order.
         let had: Vec<usize> = self.nodes[i].have.ones(self.log.len());
         self.ensure_route(i);
-        for m in had {
-            self.feed(i, m, true);
-        }
+        self.run_now(i, had.into_iter().map(|m| Work::Replay(m as u32)).collect());
         let jitter = uniform(&mut self.rng, 0, self.sc.sync_interval_ms);
         self.push(self.now + jitter, Event::Sync { node: i as u32 });
         if self.nodes[i].behaviour == Some(Behaviour::Spam)
@@ -602,7 +858,7 @@ impl Sim {
     /// Starts node `i` and lets it act.
     fn start_node(&mut self, i: usize) {
         self.boot(i);
-        self.tick(i);
+        self.run_now(i, vec![Work::Tick]);
     }
 
     /// Starts nodes together: every one is up before any acts, so what the first sends at
@@ -612,45 +868,47 @@ impl Sim {
             self.boot(i);
         }
         for i in nodes {
-            self.tick(i);
+            self.run_now(i, vec![Work::Tick]);
         }
     }
 
+    /// Runs the nodes of a window on `threads` worker threads (1: on the calling thread).
+    pub fn threads(mut self, threads: usize) -> Result<Self, String> {
+        self.pool = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("netsim-{i}"))
+                .build()
+                .map_err(|e| format!("cannot start {threads} simulator threads: {e}"))?;
+            Some(pool)
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
     /// Runs to completion (or the time limit) and reports.
+    ///
+    /// Events are taken in windows: every delivery, finished job and timer due before the
+    /// window's end, which is at most the minimum latency after its start, or an event that
+    /// touches more than one node (a barrier, handled on its own). Within a window the nodes
+    /// are independent: what one sends cannot reach another before the window ends, so each
+    /// node's inputs run in order on its own (on the worker threads), and what they leave to
+    /// do is then applied in the order a one-event-at-a-time loop would have: by time, then
+    /// push order. The run is the same for any number of threads.
     pub fn run(mut self) -> RunReport {
-        while let Some((at, e)) = self.queue.pop() {
-            if at > self.sc.max_time_ms {
+        let window = self.sc.latency_ms.min.max(1);
+        while let Some((t0, first)) = self.queue.peek() {
+            if t0 > self.sc.max_time_ms {
                 break;
             }
-            self.now = at;
-            self.events += 1;
-            match e {
-                Event::Deliver { to, msg } => self.deliver(to as usize, msg as usize),
-                Event::JobDone { node, pending } => self.job_done(node as usize, pending as usize),
-                Event::Wake { node } => {
-                    let node = node as usize;
-                    if self.nodes[node].wake_at == Some(at) {
-                        self.nodes[node].wake_at = None;
-                        self.tick(node);
-                    }
-                }
-                Event::Sync { node } => self.sync(node as usize),
-                Event::Fault { index, restart } => self.fault(index as usize, restart),
-                Event::Heal { .. } => {
-                    for n in &mut self.nodes {
-                        n.group = 0;
-                    }
-                }
-                Event::Join { index } => {
-                    let index = index as usize;
-                    let before = self.sc.nodes
-                        + self.sc.joins[..index]
-                            .iter()
-                            .map(|j| j.count)
-                            .sum::<usize>();
-                    self.start_nodes(before..before + self.sc.joins[index].count);
-                }
-                Event::Spam { node } => self.spam(node as usize),
+            if first.is_barrier() {
+                self.queue.pop();
+                self.now = t0;
+                self.events += 1;
+                self.barrier(first);
+            } else {
+                self.window((t0 + window).min(self.sc.max_time_ms + 1));
             }
             if self.check_finished && self.all_honest_finished() {
                 break;
@@ -665,6 +923,98 @@ impl Sim {
             }
         }
         self.report()
+    }
+
+    /// Handles an event that acts on more than one node.
+    fn barrier(&mut self, e: Event) {
+        match e {
+            Event::Sync { node } => self.sync(node as usize),
+            Event::Fault { index, restart } => self.fault(index as usize, restart),
+            Event::Heal { .. } => {
+                for n in &mut self.nodes {
+                    n.group = 0;
+                }
+            }
+            Event::Join { index } => {
+                let index = index as usize;
+                let before = self.sc.nodes
+                    + self.sc.joins[..index]
+                        .iter()
+                        .map(|j| j.count)
+                        .sum::<usize>();
+                self.start_nodes(before..before + self.sc.joins[index].count);
+            }
+            Event::Spam { node } => self.spam(node as usize),
+            Event::Deliver { .. } | Event::JobDone { .. } | Event::Wake { .. } => {
+                unreachable!("not a barrier")
+            }
+        }
+    }
+
+    /// Takes the node events due before `end` (or before the first barrier event), runs each
+    /// node's share, and applies the effects in order.
+    fn window(&mut self, end: u64) {
+        let mut end = end;
+        let mut last = self.now;
+        // Per node (by index), its inputs in pop order.
+        let mut inputs: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
+        let mut seq = 0u64;
+        while let Some((at, e)) = self.queue.peek() {
+            if at >= end {
+                break;
+            }
+            if e.is_barrier() {
+                // Events at `at` pushed before it are in this window; the barrier and what
+                // follows it are not, and nothing this window does may land before it.
+                end = at;
+                break;
+            }
+            self.queue.pop();
+            self.events += 1;
+            last = at;
+            let (node, work) = match e {
+                Event::Deliver { to, msg } => (to, Work::Deliver(msg)),
+                Event::JobDone { node, pending } => (
+                    node,
+                    Work::JobDone(self.pending.get_mut(pending as usize).and_then(Option::take)),
+                ),
+                Event::Wake { node } => (node, Work::Wake),
+                _ => unreachable!("barriers end the window"),
+            };
+            inputs.entry(node).or_default().push(Item { at, seq, work });
+            seq += 1;
+        }
+        // A barrier right at the start: the loop in `run` takes it next.
+        if inputs.is_empty() {
+            return;
+        }
+        let view = View {
+            log: &self.log,
+            campaign: self.spec.id(),
+        };
+        let mut work: Vec<(&mut Node, Vec<Item>)> = Vec::with_capacity(inputs.len());
+        let mut rest: &mut [Node] = &mut self.nodes;
+        let mut base = 0usize;
+        for (node, items) in inputs {
+            let node = node as usize;
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(node - base);
+            let (n, tail) = tail.split_first_mut().expect("event for a node that exists");
+            work.push((n, items));
+            rest = tail;
+            base = node + 1;
+        }
+        // Timers set within the window order after every event of their millisecond.
+        let run = |(n, items): (&mut Node, Vec<Item>)| n.step(&view, items, end, seq);
+        let mut batches: Vec<Batch> = match &self.pool {
+            Some(pool) if work.len() > 1 => {
+                use rayon::prelude::*;
+                pool.install(|| work.into_par_iter().flat_map_iter(run).collect())
+            }
+            _ => work.into_iter().flat_map(run).collect(),
+        };
+        batches.sort_unstable_by_key(|b| (b.at, b.seq, b.node));
+        self.apply(batches, end);
+        self.now = self.now.max(last);
     }
 
     fn honest(&self, i: usize) -> bool {
@@ -744,7 +1094,8 @@ impl Sim {
         Some(i)
     }
 
-    fn broadcast(&mut self, from: usize, msg: AnySigned) {
+    /// Logs `msg` from node `from` and schedules its deliveries, none before `floor`.
+    fn broadcast(&mut self, from: usize, msg: AnySigned, floor: u64) {
         let Some(m) = self.intern(msg) else { return };
         self.nodes[from].have.set(m);
         let receivers = self.receivers(m);
@@ -763,7 +1114,7 @@ impl Sim {
                 self.sc.latency_ms.max,
             );
             self.push(
-                self.now + lat,
+                (self.now + lat).max(floor),
                 Event::Deliver {
                     to: to as u32,
                     msg: m as u32,
@@ -776,7 +1127,7 @@ impl Sim {
     fn broadcast_bytes(&mut self, from: usize, bytes: &[u8]) {
         let ctx = Context::gossip(self.spec.id(), Timestamp::from_millis(self.now));
         match AnySigned::verify_and_decode(bytes, &ctx) {
-            Ok(m) => self.broadcast(from, m),
+            Ok(m) => self.broadcast(from, m, self.now),
             Err(_) => {
                 // Each reachable neighbour rejects it and penalises the sender; it spreads no
                 // further.
@@ -786,187 +1137,82 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, to: usize, m: usize) {
-        if !self.nodes[to].up || self.nodes[to].have.get(m) {
-            return;
-        }
-        self.nodes[to].have.set(m);
-        if self.honest(to) {
-            self.deliveries_to_honest += 1;
-        }
-        self.feed(to, m, false);
-        // A copier waiting for this job's reveal copies it.
-        if let AnySigned::Reveal(r) = &*self.log[m] {
-            let job = r.message().job;
-            if self.nodes[to].waiting_copy.remove(&job) {
-                let result = r.message().result.clone();
-                let p = self.pending.len();
-                self.pending.push(Some((job, result)));
-                self.push(
-                    self.now + 1,
-                    Event::JobDone {
-                        node: to as u32,
-                        pending: p as u32,
-                    },
-                );
-            }
-        }
+    /// Runs node `i`'s `work` now, on its own (a barrier event or a start), and applies what
+    /// it left to do.
+    fn run_now(&mut self, i: usize, work: Vec<Work>) {
+        let items = work
+            .into_iter()
+            .enumerate()
+            .map(|(seq, work)| Item {
+                at: self.now,
+                seq: seq as u64,
+                work,
+            })
+            .collect();
+        let view = View {
+            log: &self.log,
+            campaign: self.spec.id(),
+        };
+        // `end` = now: every timer the node sets goes to the queue.
+        let batches = self.nodes[i].step(&view, items, self.now, 0);
+        self.apply(batches, self.now);
     }
 
-    /// Hands log message `m` to node `i`: delivered, or `replay`ed from its store at a restart.
-    fn feed(&mut self, i: usize, m: usize, replay: bool) {
-        let msg = (*self.log[m]).clone();
-        let Some(peer) = self.nodes[i].peer.as_mut() else {
-            return;
-        };
-        let input = if replay {
-            PeerInput::Replay(msg)
-        } else {
-            PeerInput::Message(msg)
-        };
-        let out = peer.handle(input, Timestamp::from_millis(self.now));
-        self.outputs(i, out);
-    }
-
-    fn tick(&mut self, i: usize) {
-        let Some(peer) = self.nodes[i].peer.as_mut() else {
-            return;
-        };
-        let out = peer.handle(PeerInput::Tick, Timestamp::from_millis(self.now));
-        self.outputs(i, out);
-    }
-
-    fn job_done(&mut self, node: usize, pending: usize) {
-        let Some((job, result)) = self.pending.get_mut(pending).and_then(Option::take) else {
-            return;
-        };
-        if !self.nodes[node].up {
-            return;
-        }
-        if self.nodes[node].behaviour == Some(Behaviour::Equivocate) {
-            // A second, different commitment for the same job.
-            let other = JobResult {
-                outcome: perturb(&result.outcome, 1),
-                wall_time_ms: result.wall_time_ms,
-            };
-            let key = self.nodes[node].key.clone();
-            let c = Commitment {
-                campaign: self.spec.id(),
-                job,
-                digest: commitment_digest(&job, &key.public(), &other, &[7; 32]),
-                issued_at: Timestamp::from_millis(self.now),
-            };
-            if let Ok(s) = Signed::sign_and_encode(c, &key) {
-                self.broadcast(node, AnySigned::Commitment(s));
-            }
-        }
-        self.nodes[node].results.insert(job, result.clone());
-        let Some(peer) = self.nodes[node].peer.as_mut() else {
-            return;
-        };
-        let out = peer.handle(
-            PeerInput::JobDone { job, result },
-            Timestamp::from_millis(self.now),
-        );
-        self.outputs(node, out);
-    }
-
-    fn outputs(&mut self, i: usize, out: Vec<PeerOutput>) {
-        for o in out {
-            match o {
-                PeerOutput::Broadcast(m) => self.broadcast(i, m),
-                PeerOutput::Execute(job) => self.execute(i, job),
-                PeerOutput::Closed { generation, root } => {
-                    if i == 0 && std::env::var_os("NETSIM_DEBUG").is_some() {
-                        eprintln!(
-                            "node 0 closed generation {generation} at {} ms holding {} heartbeats",
-                            self.now,
-                            self.nodes[0]
-                                .peer
-                                .as_ref()
-                                .map_or(0, |p| p.ledger().heartbeats().count())
+    /// Applies nodes' effects in order; nothing is scheduled before `floor` (the end of the
+    /// window the effects come from: those inputs are done).
+    fn apply(&mut self, batches: Vec<Batch>, floor: u64) {
+        for b in batches {
+            self.now = b.at;
+            let i = b.node as usize;
+            for e in b.effects {
+                match e {
+                    Effect::Broadcast(m) => self.broadcast(i, m, floor),
+                    Effect::Execute { job, run } => {
+                        let id = job.id();
+                        self.jobs_by_id.entry(id).or_insert(job);
+                        let Some(outcome) = run else { continue };
+                        let took = uniform(
+                            &mut self.rng,
+                            self.sc.job_time_ms.min,
+                            self.sc.job_time_ms.max,
                         );
+                        let result = JobResult {
+                            outcome,
+                            wall_time_ms: took,
+                        };
+                        self.job_done_at((self.now + took).max(floor), i, id, result);
                     }
-                    self.nodes[i].closed_at.insert(generation, (self.now, root));
-                    self.first_entered.entry(generation + 1).or_insert(self.now);
-                    self.ensure_route(i);
+                    Effect::Ready(job, result) => {
+                        self.job_done_at((self.now + 1).max(floor), i, job, result);
+                    }
+                    Effect::Closed { generation } => {
+                        if i == 0 && std::env::var_os("NETSIM_DEBUG").is_some() {
+                            eprintln!(
+                                "node 0 closed generation {generation} at {} ms holding {} heartbeats",
+                                self.now,
+                                self.nodes[0]
+                                    .peer
+                                    .as_ref()
+                                    .map_or(0, |p| p.ledger().heartbeats().count())
+                            );
+                        }
+                        self.first_entered.entry(generation + 1).or_insert(self.now);
+                        self.ensure_route(i);
+                    }
+                    Effect::Finished => self.check_finished = true,
+                    Effect::Wake(at) => self.push(at.max(floor), Event::Wake { node: b.node }),
                 }
-                PeerOutput::Finished => self.check_finished = true,
-                PeerOutput::Rejected { .. } => {}
             }
-        }
-        self.schedule_wake(i);
-    }
-
-    fn schedule_wake(&mut self, i: usize) {
-        let Some(at) = self.nodes[i]
-            .peer
-            .as_ref()
-            .and_then(Peer::next_wakeup)
-            .map(|t| t.as_millis().max(self.now + 1))
-        else {
-            return;
-        };
-        if self.nodes[i]
-            .wake_at
-            .is_none_or(|w| at < w || w <= self.now)
-        {
-            self.nodes[i].wake_at = Some(at);
-            self.push(at, Event::Wake { node: i as u32 });
         }
     }
 
-    fn execute(&mut self, i: usize, job: JobSpec) {
-        let id = job.id();
-        self.jobs_by_id.entry(id).or_insert_with(|| job.clone());
-        if let Some(result) = self.nodes[i].results.get(&id) {
-            // Finished before a restart: the stored result, never a second run.
-            let p = self.pending.len();
-            self.pending.push(Some((id, result.clone())));
-            self.push(
-                self.now + 1,
-                Event::JobDone {
-                    node: i as u32,
-                    pending: p as u32,
-                },
-            );
-            return;
-        }
-        let truth = true_outcome(&job);
-        let auditing = self.nodes[i]
-            .peer
-            .as_ref()
-            .is_some_and(|p| p.pending_audits().contains_key(&id));
-        let outcome = match self.nodes[i].behaviour {
-            None | Some(Behaviour::Spam | Behaviour::Forge | Behaviour::Replay) => truth,
-            Some(Behaviour::Slander) if auditing => perturb(&truth, 999),
-            Some(Behaviour::Slander) => truth,
-            Some(Behaviour::Equivocate) => truth,
-            Some(Behaviour::Wrong) => perturb(&truth, 1 + i as u64),
-            Some(Behaviour::Collude) => perturb(&truth, 777),
-            Some(Behaviour::Withhold) => return,
-            Some(Behaviour::Copy) => {
-                self.nodes[i].waiting_copy.insert(id);
-                return;
-            }
-        };
-        let took = uniform(
-            &mut self.rng,
-            self.sc.job_time_ms.min,
-            self.sc.job_time_ms.max,
-        );
+    fn job_done_at(&mut self, at: u64, node: usize, job: JobId, result: JobResult) {
         let p = self.pending.len();
-        self.pending.push(Some((
-            id,
-            JobResult {
-                outcome,
-                wall_time_ms: took,
-            },
-        )));
+        self.pending.push(Some((job, result)));
         self.push(
-            self.now + took,
+            at,
             Event::JobDone {
-                node: i as u32,
+                node: node as u32,
                 pending: p as u32,
             },
         );
@@ -1009,9 +1255,7 @@ impl Sim {
             .into_iter()
             .filter(|&m| self.interested(i, m))
             .collect();
-        for m in missing {
-            self.deliver(i, m);
-        }
+        self.run_now(i, missing.into_iter().map(|m| Work::Deliver(m as u32)).collect());
     }
 
     fn spam(&mut self, i: usize) {
@@ -1097,7 +1341,11 @@ impl Sim {
             );
         }
         let total_jobs = u64::from(self.sc.population) * u64::from(g);
-        r.messages_per_node_per_job = self.deliveries_to_honest as f64
+        let deliveries_to_honest: u64 = (0..self.nodes.len())
+            .filter(|&i| self.honest(i))
+            .map(|i| self.nodes[i].delivered)
+            .sum();
+        r.messages_per_node_per_job = deliveries_to_honest as f64
             / honest.len().max(1) as f64
             / total_jobs.max(1) as f64;
         // Reference: the honest node with the most closures.
@@ -1109,6 +1357,11 @@ impl Sim {
         else {
             return r;
         };
+        r.roots = self.nodes[reference]
+            .closed_at
+            .values()
+            .map(|&(_, root)| root)
+            .collect();
         let Some(peer) = self.nodes[reference].peer.as_ref() else {
             return r;
         };
@@ -1278,8 +1531,15 @@ impl Sim {
 }
 
 /// Runs `sc` under `seed`.
+/// Runs `sc` under `seed` on this thread.
 pub fn run(sc: &Scenario, seed: u64) -> Result<RunReport, String> {
-    let mut r = Sim::new(sc, seed)?.run();
+    run_threads(sc, seed, 1)
+}
+
+/// Runs `sc` under `seed` with the nodes of each window spread over `threads` threads; the
+/// report is the same for any number.
+pub fn run_threads(sc: &Scenario, seed: u64, threads: usize) -> Result<RunReport, String> {
+    let mut r = Sim::new(sc, seed)?.threads(threads)?.run();
     r.seed = seed;
     Ok(r)
 }
@@ -1326,6 +1586,10 @@ pub fn describe(r: &RunReport) -> String {
         "  messages: {} distinct, {:.1} deliveries per honest node per job; {} rejected at ingress; {} events",
         r.distinct_messages, r.messages_per_node_per_job, r.rejected_at_ingress, r.events
     );
+    if let Some(root) = r.roots.last() {
+        let hex: String = root[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(s, "  last closure root {hex}…");
+    }
     for (class, (agreed, n)) in &r.agreed_by_class {
         let _ = writeln!(
             s,

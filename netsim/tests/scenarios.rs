@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use hivemesh_netsim::scenario::Scenario;
-use hivemesh_netsim::sim::{RunReport, describe, run};
+use hivemesh_netsim::sim::{RunReport, describe, run, run_threads};
 
 fn runs(name: &str) -> Vec<RunReport> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -231,5 +231,24 @@ fn sharded_evidence_reaches_fewer_nodes_and_changes_no_closure() {
             r.messages_per_node_per_job,
             f.messages_per_node_per_job
         );
+    }
+}
+
+#[test]
+fn a_run_is_the_same_on_one_thread_and_on_three() {
+    // Windows of independent node events run on worker threads: the report (every closure
+    // root, event count, closure time and credit) must not depend on how many. Scenarios
+    // with copiers (results taken from others' reveals), restarts (replays) and a partition
+    // exercise every path that schedules work from inside a window.
+    for name in ["copiers", "restarts", "partition", "misbehaviour"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("scenarios")
+            .join(format!("{name}.toml"));
+        let sc = Scenario::load(&path).expect("scenario loads");
+        let seed = sc.seeds[0];
+        let one = run_threads(&sc, seed, 1).expect("runs on one thread");
+        let three = run_threads(&sc, seed, 3).expect("runs on three threads");
+        assert!(!one.roots.is_empty(), "{name}: nothing closed");
+        assert_eq!(one, three, "{name} seed {seed}: the thread count changed the run");
     }
 }
