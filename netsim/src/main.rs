@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hivemesh_netsim::demo::{self, DemoConfig};
 
+/// mimalloc instead of the system allocator: the simulator allocates and frees millions of
+/// small messages and maps across threads (glibc's malloc was ~12 % of a scale run's CPU;
+/// BENCHMARKS.md has the A/B).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Simulate hivemesh swarms on one machine.
 ///
 /// `cluster` (the default) runs real nodes (libp2p on loopback, redb stores, real training on

@@ -322,11 +322,17 @@ impl Node {
     /// set that fall due before `end` (timer inputs get `seq` from `next_seq` on); returns
     /// what each input left to do. Touches nothing but this node, so the nodes of a window
     /// can run on several threads; the result does not depend on how they are spread.
-    fn step(&mut self, view: &View<'_>, items: Vec<Item>, end: u64, next_seq: u64) -> Vec<Batch> {
+    fn step(
+        &mut self,
+        view: &View<'_>,
+        items: impl Iterator<Item = Item>,
+        end: u64,
+        next_seq: u64,
+    ) -> Vec<Batch> {
         let mut out = Vec::new();
         let mut timer: Option<(u64, u64)> = None;
         let mut next_seq = next_seq;
-        let mut items = items.into_iter().peekable();
+        let mut items = items.peekable();
         loop {
             let due = timer.filter(|&t| items.peek().is_none_or(|i| t < (i.at, i.seq)));
             let (at, seq, work) = match due {
@@ -808,12 +814,6 @@ impl Sim {
         self.routes.get(&g).map(|l| l[shard as usize].clone())
     }
 
-    /// Whether node `i` subscribes to logged message `m`'s topic.
-    fn interested(&self, i: usize, m: usize) -> bool {
-        self.receivers(m)
-            .is_none_or(|r| r.binary_search(&(i as u32)).is_ok())
-    }
-
     fn audit_mode(&self, i: usize) -> bool {
         (1..=self.sc.auditors).contains(&i) || self.nodes[i].behaviour == Some(Behaviour::Slander)
     }
@@ -956,9 +956,8 @@ impl Sim {
     fn window(&mut self, end: u64) {
         let mut end = end;
         let mut last = self.now;
-        // Per node (by index), its inputs in pop order.
-        let mut inputs: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
-        let mut seq = 0u64;
+        // The inputs, then grouped by node (a stable sort keeps each node's in pop order).
+        let mut inputs: Vec<(u32, Item)> = Vec::new();
         while let Some((at, e)) = self.queue.peek() {
             if at >= end {
                 break;
@@ -981,30 +980,44 @@ impl Sim {
                 Event::Wake { node } => (node, Work::Wake),
                 _ => unreachable!("barriers end the window"),
             };
-            inputs.entry(node).or_default().push(Item { at, seq, work });
-            seq += 1;
+            let seq = inputs.len() as u64;
+            inputs.push((node, Item { at, seq, work }));
         }
         // A barrier right at the start: the loop in `run` takes it next.
         if inputs.is_empty() {
             return;
         }
+        // Timers set within the window order after every event of their millisecond.
+        let seq = inputs.len() as u64;
+        inputs.sort_by_key(|&(node, _)| node);
         let view = View {
             log: &self.log,
             campaign: self.spec.id(),
         };
-        let mut work: Vec<(&mut Node, Vec<Item>)> = Vec::with_capacity(inputs.len());
-        let mut rest: &mut [Node] = &mut self.nodes;
+        // Each node with inputs, with its share of them.
+        let mut work: Vec<(&mut Node, &mut [(u32, Item)])> = Vec::new();
+        let mut nodes: &mut [Node] = &mut self.nodes;
         let mut base = 0usize;
-        for (node, items) in inputs {
-            let node = node as usize;
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(node - base);
-            let (n, tail) = tail.split_first_mut().expect("event for a node that exists");
-            work.push((n, items));
+        let mut rest: &mut [(u32, Item)] = &mut inputs;
+        while let Some(&(node, _)) = rest.first() {
+            let count = rest.iter().take_while(|(n, _)| *n == node).count();
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(count);
             rest = tail;
+            let node = node as usize;
+            let (_, after) = std::mem::take(&mut nodes).split_at_mut(node - base);
+            let (n, after) = after.split_first_mut().expect("event for a node that exists");
+            nodes = after;
             base = node + 1;
+            work.push((n, mine));
         }
-        // Timers set within the window order after every event of their millisecond.
-        let run = |(n, items): (&mut Node, Vec<Item>)| n.step(&view, items, end, seq);
+        let run = |(n, items): (&mut Node, &mut [(u32, Item)])| {
+            let items = items.iter_mut().map(|(_, i)| Item {
+                at: i.at,
+                seq: i.seq,
+                work: std::mem::replace(&mut i.work, Work::Wake),
+            });
+            n.step(&view, items, end, seq)
+        };
         let mut batches: Vec<Batch> = match &self.pool {
             Some(pool) if work.len() > 1 => {
                 use rayon::prelude::*;
@@ -1140,15 +1153,12 @@ impl Sim {
     /// Runs node `i`'s `work` now, on its own (a barrier event or a start), and applies what
     /// it left to do.
     fn run_now(&mut self, i: usize, work: Vec<Work>) {
-        let items = work
-            .into_iter()
-            .enumerate()
-            .map(|(seq, work)| Item {
-                at: self.now,
-                seq: seq as u64,
-                work,
-            })
-            .collect();
+        let at = self.now;
+        let items = work.into_iter().enumerate().map(|(seq, work)| Item {
+            at,
+            seq: seq as u64,
+            work,
+        });
         let view = View {
             log: &self.log,
             campaign: self.spec.id(),
@@ -1249,13 +1259,34 @@ impl Sim {
             return;
         }
         let j = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
-        let missing: Vec<usize> = self.nodes[j]
+        // The topics node `i` subscribes to, per generation with routes (looked up once per
+        // sync: `j` may hold tens of thousands of messages `i` lacks, most on other topics).
+        let subscribed: Vec<(u32, Vec<bool>)> = self
+            .routes
+            .iter()
+            .map(|(&g, lists)| {
+                let mine = lists
+                    .iter()
+                    .map(|l| l.binary_search(&(i as u32)).is_ok())
+                    .collect();
+                (g, mine)
+            })
+            .collect();
+        let interested = |m: usize| match self.log_route.get(m).copied().flatten() {
+            None => true,
+            Some((g, shard)) => subscribed
+                .iter()
+                .find(|(h, _)| *h == g)
+                .is_none_or(|(_, mine)| mine[shard as usize]),
+        };
+        let missing: Vec<Work> = self.nodes[j]
             .have
             .missing_from(&self.nodes[i].have, self.log.len())
             .into_iter()
-            .filter(|&m| self.interested(i, m))
+            .filter(|&m| interested(m))
+            .map(|m| Work::Deliver(m as u32))
             .collect();
-        self.run_now(i, missing.into_iter().map(|m| Work::Deliver(m as u32)).collect());
+        self.run_now(i, missing);
     }
 
     fn spam(&mut self, i: usize) {
