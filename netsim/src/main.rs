@@ -479,12 +479,21 @@ fn sim(a: &SimArgs) -> anyhow::Result<()> {
     };
     println!(
         "scenario {}: {} nodes ({} Byzantine), {} generations x {} jobs, r={} q={}, seeds {:?}, {} threads",
-        sc.name, sc.nodes, byz, sc.generations, sc.population, sc.redundancy, sc.quorum, seeds, threads
+        sc.name,
+        sc.nodes,
+        byz,
+        sc.generations,
+        sc.population,
+        sc.redundancy,
+        sc.quorum,
+        seeds,
+        threads
     );
     let mut failed = Vec::new();
     for seed in seeds {
         let started = std::time::Instant::now();
-        let r = hivemesh_netsim::sim::run_threads(&sc, seed, threads).map_err(anyhow::Error::msg)?;
+        let r =
+            hivemesh_netsim::sim::run_threads(&sc, seed, threads).map_err(anyhow::Error::msg)?;
         print!("{}", hivemesh_netsim::sim::describe(&r));
         println!("  wall time {:.2} s", started.elapsed().as_secs_f64());
         if !r.sound() {

@@ -238,10 +238,15 @@ enum Effect {
     Broadcast(AnySigned),
     /// The node was asked to run this job; with `run`, its result (what this node's
     /// behaviour makes of the true outcome) is ready after a drawn job time.
-    Execute { job: JobSpec, run: Option<Outcome> },
+    Execute {
+        job: JobSpec,
+        run: Option<Outcome>,
+    },
     /// A result ready without running (stored before a restart, or copied): done 1 ms later.
     Ready(JobId, JobResult),
-    Closed { generation: u32 },
+    Closed {
+        generation: u32,
+    },
     Finished,
     Wake(u64),
 }
@@ -393,7 +398,8 @@ impl Node {
                     && self.waiting_copy.remove(&r.message().job)
                 {
                     let copied = Effect::Ready(r.message().job, r.message().result.clone());
-                    let handled = self.handle_input(PeerInput::Message((**msg).clone()), now, effects);
+                    let handled =
+                        self.handle_input(PeerInput::Message((**msg).clone()), now, effects);
                     effects.push(copied);
                     return handled;
                 }
@@ -438,7 +444,12 @@ impl Node {
         self.handle_input(input, now, effects)
     }
 
-    fn handle_input(&mut self, input: PeerInput, now: Timestamp, effects: &mut Vec<Effect>) -> bool {
+    fn handle_input(
+        &mut self,
+        input: PeerInput,
+        now: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         let Some(peer) = self.peer.as_mut() else {
             return false;
         };
@@ -975,7 +986,11 @@ impl Sim {
                 Event::Deliver { to, msg } => (to, Work::Deliver(msg)),
                 Event::JobDone { node, pending } => (
                     node,
-                    Work::JobDone(self.pending.get_mut(pending as usize).and_then(Option::take)),
+                    Work::JobDone(
+                        self.pending
+                            .get_mut(pending as usize)
+                            .and_then(Option::take),
+                    ),
                 ),
                 Event::Wake { node } => (node, Work::Wake),
                 _ => unreachable!("barriers end the window"),
@@ -1005,7 +1020,9 @@ impl Sim {
             rest = tail;
             let node = node as usize;
             let (_, after) = std::mem::take(&mut nodes).split_at_mut(node - base);
-            let (n, after) = after.split_first_mut().expect("event for a node that exists");
+            let (n, after) = after
+                .split_first_mut()
+                .expect("event for a node that exists");
             nodes = after;
             base = node + 1;
             work.push((n, mine));
@@ -1376,9 +1393,8 @@ impl Sim {
             .filter(|&i| self.honest(i))
             .map(|i| self.nodes[i].delivered)
             .sum();
-        r.messages_per_node_per_job = deliveries_to_honest as f64
-            / honest.len().max(1) as f64
-            / total_jobs.max(1) as f64;
+        r.messages_per_node_per_job =
+            deliveries_to_honest as f64 / honest.len().max(1) as f64 / total_jobs.max(1) as f64;
         // Reference: the honest node with the most closures.
         let Some(reference) = honest
             .iter()

@@ -249,6 +249,9 @@ fn a_run_is_the_same_on_one_thread_and_on_three() {
         let one = run_threads(&sc, seed, 1).expect("runs on one thread");
         let three = run_threads(&sc, seed, 3).expect("runs on three threads");
         assert!(!one.roots.is_empty(), "{name}: nothing closed");
-        assert_eq!(one, three, "{name} seed {seed}: the thread count changed the run");
+        assert_eq!(
+            one, three,
+            "{name} seed {seed}: the thread count changed the run"
+        );
     }
 }
