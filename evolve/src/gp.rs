@@ -659,14 +659,14 @@ impl Expr {
         )
     }
 
-    /// One random mutation (subtree, point, hoist or constant); a result that breaks the
-    /// limits is discarded (the expression is returned unchanged).
+    /// One random mutation (subtree, point, hoist, wrap or constant); a result that breaks
+    /// the limits is discarded (the expression is returned unchanged).
     pub fn mutate<R: Rng + ?Sized>(&self, cfg: &GpConfig, rng: &mut R) -> Expr {
         let Ok(kinds) = self.kinds() else {
             return self.clone();
         };
         let i = below(rng, self.genes.len());
-        let out = match below(rng, 4) {
+        let out = match below(rng, 5) {
             0 => {
                 // Subtree: a new random subtree of the same kind.
                 let kind = kinds[i].unwrap_or(Kind::Scalar);
@@ -690,6 +690,27 @@ impl Expr {
                     .filter(|&j| kinds[j] == kinds[0])
                     .collect();
                 self.subtree(candidates[below(rng, candidates.len())])
+            }
+            3 => {
+                // Wrap: the whole expression plus a small weighted new term, e + c·t, with
+                // c drawn near 0 (and tuned with the other constants). A working loss stays
+                // one, so the search can refine it instead of only replacing its parts.
+                let kind = kinds[0].unwrap_or(Kind::Scalar);
+                let term = random_tree(kind, 2 + below(rng, 4), false, cfg, rng);
+                let c = u16::try_from(self.constants.len()).unwrap_or(u16::MAX);
+                let mut genes = Vec::with_capacity(self.genes.len() + term.genes.len() + 3);
+                genes.push(Op::Add);
+                genes.extend_from_slice(&self.genes);
+                genes.push(Op::Mul);
+                genes.push(Op::Const(c));
+                genes.extend(term.genes.iter().map(|op| match op {
+                    Op::Const(s) => Op::Const(s.saturating_add(c).saturating_add(1)),
+                    op => *op,
+                }));
+                let mut constants = self.constants.clone();
+                constants.push(range(rng, -0.1, 0.1) as f32);
+                constants.extend_from_slice(&term.constants);
+                Expr { genes, constants }.compact()
             }
             _ => {
                 // Constant: perturb one constant.

@@ -299,3 +299,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn wrapping_keeps_a_working_loss_inside_its_variants() {
+    // The wrap mutation turns e into e + c·t: cross-entropy survives whole inside some of
+    // its mutants, with a new constant weight, and the mutant is still a valid loss.
+    let cfg = GpConfig::default();
+    let ce = Expr::cross_entropy();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut wrapped = 0;
+    for _ in 0..200 {
+        let m = ce.mutate(&cfg, &mut rng);
+        assert!(m.check().is_ok(), "{m:?}");
+        if m.genes.len() > ce.genes.len() + 2
+            && m.genes[0] == Op::Add
+            && m.genes[1..=ce.genes.len()] == ce.genes[..]
+            && m.genes[ce.genes.len() + 1] == Op::Mul
+        {
+            assert!(matches!(m.genes[ce.genes.len() + 2], Op::Const(_)), "{m:?}");
+            assert_eq!(m.check().unwrap(), Some(Kind::Scalar), "{m:?}");
+            assert!(!m.constants.is_empty());
+            wrapped += 1;
+        }
+    }
+    assert!(wrapped > 10, "wrapped {wrapped} of 200 mutants");
+}

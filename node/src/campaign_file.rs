@@ -249,10 +249,11 @@ pub struct LossFile {
     pub population: u32,
     /// Generations.
     pub generations: u32,
-    /// Deepest tree.
+    /// Deepest tree (at least 6: generation 0 starts from cross-entropy, which is 6 deep;
+    /// smaller values are raised to it).
     #[serde(default = "default_depth")]
     pub max_depth: u8,
-    /// Largest tree.
+    /// Largest tree (at least 8).
     #[serde(default = "default_size")]
     pub max_size: u16,
     /// The reference model: a blob id (hex; the node holds it or fetches it from peers),
@@ -265,7 +266,7 @@ pub struct LossFile {
 }
 
 fn default_depth() -> u8 {
-    4
+    8
 }
 fn default_size() -> u16 {
     24

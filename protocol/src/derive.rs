@@ -343,10 +343,14 @@ impl Derivation {
                 (state, pop, p.generations)
             }
             Search::Loss(p) => {
+                // The limits always fit cross-entropy, generation 0's seed (6 deep, 7 nodes):
+                // below them every variation of it would break the limits and be discarded,
+                // and the search could only try unrelated random trees.
+                let seed = Expr::cross_entropy();
                 let problem = GpProblem {
                     config: GpConfig {
-                        max_depth: usize::from(p.max_depth).max(3),
-                        max_size: usize::from(p.max_size).max(8),
+                        max_depth: usize::from(p.max_depth).max(seed.depth()),
+                        max_size: usize::from(p.max_size).max(seed.genes.len() + 1),
                         ..GpConfig::default()
                     },
                     objectives: 2,
