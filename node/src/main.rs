@@ -13,6 +13,11 @@ use hivemesh_node::daemon::{self, Config};
 use hivemesh_node::{http, identity};
 use libp2p::Multiaddr;
 
+/// mimalloc instead of the system allocator: training and the swarm allocate many short-lived
+/// buffers on several threads (BENCHMARKS.md, "netsim cluster": overhead).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `println!` that ends the process quietly when stdout is closed (`hivemesh status | head`),
 /// as a SIGPIPE would, instead of panicking.
 macro_rules! say {

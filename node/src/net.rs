@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use hivemesh_protocol::envelope::MAX_ENVELOPE_LEN;
+use hivemesh_protocol::envelope::{MAX_CAMPAIGN_ENVELOPE_LEN, MAX_ENVELOPE_LEN};
 use hivemesh_protocol::id::{BlobId, CampaignId};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -52,7 +52,13 @@ pub const BLOB_CHUNK: usize = 256 * 1024;
 /// Largest request frame.
 const MAX_REQUEST_LEN: usize = 4 * 1024;
 /// Largest response frame.
-const MAX_RESPONSE_LEN: usize = MAX_SYNC_BYTES + MAX_SYNC_CAMPAIGNS * (MAX_ENVELOPE_LEN + 8);
+/// (A response holds up to `MAX_SYNC_BYTES` of messages, or one message when that one is larger,
+/// and the campaigns.)
+const MAX_RESPONSE_LEN: usize = if MAX_SYNC_BYTES > MAX_ENVELOPE_LEN {
+    MAX_SYNC_BYTES
+} else {
+    MAX_ENVELOPE_LEN
+} + MAX_SYNC_CAMPAIGNS * (MAX_CAMPAIGN_ENVELOPE_LEN + 8);
 
 /// The gossipsub topic of one campaign's messages.
 pub fn campaign_topic(id: &CampaignId) -> gossipsub::IdentTopic {

@@ -41,8 +41,25 @@ pub const VERSION: u8 = 1;
 pub const SIGNING_DOMAIN: &[u8] = b"hivemesh/v1/signed-message\0";
 /// Bytes after the body: signer and signature.
 const TRAILER_LEN: usize = 32 + 64;
-/// The largest envelope of any kind.
-pub const MAX_ENVELOPE_LEN: usize = 2 + 5 + Kind::Campaign.max_body_len() + TRAILER_LEN;
+/// The largest envelope of any kind: a closure proposal's (its entries grow with the
+/// generation; it was once sized by the campaign's limit, which left generations of more than
+/// about a hundred settled jobs unable to close).
+pub const MAX_ENVELOPE_LEN: usize = 2 + 5 + largest_body() + TRAILER_LEN;
+/// The largest campaign envelope.
+pub const MAX_CAMPAIGN_ENVELOPE_LEN: usize = 2 + 5 + Kind::Campaign.max_body_len() + TRAILER_LEN;
+
+const fn largest_body() -> usize {
+    let mut max = 0;
+    let mut i = 0;
+    while i < Kind::ALL.len() {
+        let len = Kind::ALL[i].max_body_len();
+        if len > max {
+            max = len;
+        }
+        i += 1;
+    }
+    max
+}
 /// How old gossip may be by default.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 /// How far ahead of the receiver's clock a message may be dated by default.

@@ -492,3 +492,16 @@ fn batch_verification_agrees_with_single() {
         }
     }
 }
+
+#[test]
+fn a_closure_proposal_may_be_larger_than_a_campaign() {
+    // A proposal grows with its generation (one entry per job): the frame limit is the largest
+    // kind's. Sized by the campaign's limit, a closure of 128 settled jobs could not be
+    // published and its generation never closed.
+    let (_, c) = signed_claim();
+    let body = vec![0u8; 4 * Kind::Campaign.max_body_len()];
+    let e =
+        AnySigned::verify_and_decode(&forge(&key(1), Kind::Proposal, &body), &ctx(c)).unwrap_err();
+    assert!(!matches!(e, DecodeError::Oversized { .. }), "{e}");
+    assert!(MAX_ENVELOPE_LEN > Kind::Proposal.max_body_len());
+}
