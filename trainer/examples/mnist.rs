@@ -18,8 +18,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hivemesh_evolve::arch::Architecture;
+use hivemesh_evolve::gp::Expr;
 use hivemesh_trainer::data::{Dataset, Splits, load_mnist};
 use hivemesh_trainer::distill::{KdConfig, ShardLabels, StudentJob, label_shard, run_student};
+use hivemesh_trainer::loss::{LossJob, run_loss};
 use hivemesh_trainer::model::{Model, WeightsFile};
 use hivemesh_trainer::train::{
     Budget, FitPlan, Limits, NasJob, OptimizerKind, Progress, Schedule, cross_entropy, fit,
@@ -109,6 +111,24 @@ enum Cmd {
         /// Seeds to average over.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
+    },
+    /// Train the reference MLP (784-128-10) with candidate losses and with cross-entropy, over
+    /// several seeds: the loss-search figure without one seed's luck. Expressions are the hex
+    /// payloads of a loss campaign's report (`report.json`: `jobs[].payload[1]`). Budget as in
+    /// examples/loss-mnist.toml: 300 steps of Adam 5e-3, batch 64, 2 constant-tuning steps.
+    Loss {
+        /// Folder with the four MNIST IDX files.
+        #[arg(long)]
+        mnist: PathBuf,
+        /// Expression payloads (hex), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        expr: Vec<String>,
+        /// Seeds per expression (1..=N).
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// Training steps.
+        #[arg(long, default_value_t = 300)]
+        steps: u64,
     },
     /// Training steps/s at batch 64 for the MLP and the CNN, and peak memory.
     Bench {
@@ -280,6 +300,16 @@ fn print_shards(shards: &[ShardLabels]) {
     }
 }
 
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -416,6 +446,59 @@ fn main() -> Result<()> {
                 mean(&hard_acc),
                 mean(&kd_acc) - mean(&hard_acc)
             );
+        }
+        Cmd::Loss {
+            mnist,
+            expr,
+            seeds,
+            steps,
+        } => {
+            let (data, splits) = load(&mnist)?;
+            let arch = mlp(data.shape, 128, 10);
+            let budget = Budget {
+                epochs: 1,
+                max_steps: Some(steps),
+                batch_size: 64,
+                optimizer: OptimizerKind::Adam,
+                learning_rate: 5e-3,
+                schedule: Schedule::Constant,
+            };
+            let mut candidates = vec![("cross-entropy".to_string(), Expr::cross_entropy())];
+            for h in &expr {
+                let bytes = unhex(h).with_context(|| format!("expression {h:?} is not hex"))?;
+                let e: Expr = postcard::from_bytes(&bytes)
+                    .with_context(|| format!("expression {h:?} does not decode"))?;
+                e.check()
+                    .map_err(|err| anyhow::anyhow!("expression {h:?}: {err}"))?;
+                candidates.push((h.clone(), e));
+            }
+            println!(
+                "expression                                       mean acc   per seed (1..={seeds})"
+            );
+            for (name, e) in &candidates {
+                let mut accs = Vec::new();
+                for seed in 1..=seeds {
+                    let job = LossJob {
+                        arch: &arch,
+                        expr: e,
+                        data: &data,
+                        splits: &splits,
+                        budget: &budget,
+                        tuning_steps: 2,
+                        seed,
+                    };
+                    let r = run_loss::<CpuAutodiff>(
+                        &job,
+                        &Limits::default(),
+                        &Default::default(),
+                        &mut |_| {},
+                    )?;
+                    accs.push(r.correct as f64 / r.total.max(1) as f64);
+                }
+                let mean = accs.iter().sum::<f64>() / accs.len().max(1) as f64;
+                let per: Vec<String> = accs.iter().map(|a| format!("{a:.4}")).collect();
+                println!("{name:<48} {mean:.4}     {}", per.join(" "));
+            }
         }
         Cmd::Bench { mnist, steps } => {
             let (data, splits) = load(&mnist)?;
