@@ -27,8 +27,8 @@ use hivemesh_protocol::message::commitment_digest;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
 use hivemesh_protocol::spec::Schedule;
 use hivemesh_protocol::{
-    AnySigned, BackendClass, CampaignSpec, Claim, Commitment, Context, DatasetRef, JobId,
-    JobPayload, JobResult, JobSpec, Keypair, Kind, LrSchedule, Metrics, NasParams, NasSpace,
+    AnySigned, BackendClass, CampaignId, CampaignSpec, Claim, Commitment, Context, DatasetRef,
+    JobId, JobPayload, JobResult, JobSpec, Keypair, Kind, LrSchedule, Metrics, NasParams, NasSpace,
     Optimizer, Outcome, PeerKey, Search, Signed, Strategy, Timestamp, Tolerance, TrainingBudget,
 };
 use rand_chacha::ChaCha8Rng;
@@ -239,6 +239,7 @@ enum Effect {
     /// The node was asked to run this job; with `run`, its result (what this node's
     /// behaviour makes of the true outcome) is ready after a drawn job time.
     Execute {
+        id: JobId,
         job: JobSpec,
         run: Option<Outcome>,
     },
@@ -473,7 +474,7 @@ impl Node {
         let id = job.id();
         if let Some(result) = self.results.get(&id) {
             // Finished before a restart: the stored result, never a second run.
-            effects.push(Effect::Execute { job, run: None });
+            effects.push(Effect::Execute { id, job, run: None });
             effects.push(Effect::Ready(id, result.clone()));
             return;
         }
@@ -490,16 +491,17 @@ impl Node {
             Some(Behaviour::Wrong) => perturb(&truth, 1 + u64::from(self.index)),
             Some(Behaviour::Collude) => perturb(&truth, 777),
             Some(Behaviour::Withhold) => {
-                effects.push(Effect::Execute { job, run: None });
+                effects.push(Effect::Execute { id, job, run: None });
                 return;
             }
             Some(Behaviour::Copy) => {
                 self.waiting_copy.insert(id);
-                effects.push(Effect::Execute { job, run: None });
+                effects.push(Effect::Execute { id, job, run: None });
                 return;
             }
         };
         effects.push(Effect::Execute {
+            id,
             job,
             run: Some(outcome),
         });
@@ -511,6 +513,8 @@ impl Node {
 pub struct Sim {
     sc: Scenario,
     spec: CampaignSpec,
+    /// `spec.id()`, computed once.
+    campaign: CampaignId,
     other_campaign_claim: Option<Vec<u8>>,
     rng: ChaCha8Rng,
     now: u64,
@@ -697,6 +701,7 @@ impl Sim {
             .collect();
         let mut sim = Sim {
             sc: sc.clone(),
+            campaign: spec.id(),
             spec,
             other_campaign_claim: other_claim,
             rng,
@@ -1007,7 +1012,7 @@ impl Sim {
         inputs.sort_by_key(|&(node, _)| node);
         let view = View {
             log: &self.log,
-            campaign: self.spec.id(),
+            campaign: self.campaign,
         };
         // Each node with inputs, with its share of them.
         let mut work: Vec<(&mut Node, &mut [(u32, Item)])> = Vec::new();
@@ -1095,7 +1100,7 @@ impl Sim {
             return Some(i);
         }
         if self.sc.verify {
-            let ctx = Context::sync(self.spec.id());
+            let ctx = Context::sync(self.campaign);
             if AnySigned::verify_and_decode(msg.bytes(), &ctx).is_err() {
                 self.rejected_at_ingress += 1;
                 return None;
@@ -1155,7 +1160,7 @@ impl Sim {
 
     /// Raw bytes from a misbehaving node: checked as a receiver's gossip validator would.
     fn broadcast_bytes(&mut self, from: usize, bytes: &[u8]) {
-        let ctx = Context::gossip(self.spec.id(), Timestamp::from_millis(self.now));
+        let ctx = Context::gossip(self.campaign, Timestamp::from_millis(self.now));
         match AnySigned::verify_and_decode(bytes, &ctx) {
             Ok(m) => self.broadcast(from, m, self.now),
             Err(_) => {
@@ -1178,7 +1183,7 @@ impl Sim {
         });
         let view = View {
             log: &self.log,
-            campaign: self.spec.id(),
+            campaign: self.campaign,
         };
         // `end` = now: every timer the node sets goes to the queue.
         let batches = self.nodes[i].step(&view, items, self.now, 0);
@@ -1194,8 +1199,7 @@ impl Sim {
             for e in b.effects {
                 match e {
                     Effect::Broadcast(m) => self.broadcast(i, m, floor),
-                    Effect::Execute { job, run } => {
-                        let id = job.id();
+                    Effect::Execute { id, job, run } => {
                         self.jobs_by_id.entry(id).or_insert(job);
                         let Some(outcome) = run else { continue };
                         let took = uniform(
@@ -1324,7 +1328,7 @@ impl Sim {
                 // Claims in another node's name: the signature cannot match.
                 let victim = self.nodes[0].key.public();
                 let claim = Claim {
-                    campaign: self.spec.id(),
+                    campaign: self.campaign,
                     job: JobId([self.rng.next_u32() as u8; 32]),
                     issued_at: Timestamp::from_millis(self.now),
                 };
@@ -1531,7 +1535,7 @@ impl Sim {
             // Jobs where colluders held at least q of the top-r ranks.
             for (gn, (closure, _)) in peer.closures().iter().enumerate() {
                 let seed = if gn == 0 {
-                    hivemesh_protocol::closure::generation_seed(&self.spec.id(), 0, &[0; 32])
+                    hivemesh_protocol::closure::generation_seed(&self.campaign, 0, &[0; 32])
                 } else {
                     peer.closures()[gn - 1].0.seed()
                 };

@@ -13,7 +13,7 @@ use hivemesh_evolve::{Evaluation, Nsga2, Nsga2Config, RegularizedConfig, Regular
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::closure::{Closure, generation_seed};
@@ -99,6 +99,10 @@ struct Memo {
     /// Per (seed, bound, weighted members, jobs) digest: each member's `(position, index, job)`
     /// for the jobs where it ranks below `bound`, sorted.
     ranks: HashMap<[u8; 32], Arc<RankTable>>,
+    /// Ids of the campaign specs that passed [`CampaignSpec::validate`].
+    valid: HashSet<[u8; 32]>,
+    /// Per (seed, members) digest: the generation's voters.
+    voters: HashMap<[u8; 32], Arc<[PeerKey]>>,
 }
 
 /// Rank tables kept at once (a few generations; the oldest are dropped).
@@ -126,6 +130,44 @@ impl DerivationCache {
         let d = Arc::new(d);
         memo.derivations.insert(key, Arc::clone(&d));
         Ok(d)
+    }
+
+    /// [`CampaignSpec::validate`], done once per spec: a thousand simulated peers of one
+    /// campaign would otherwise each check every roster key.
+    pub fn validate(&self, spec: &CampaignSpec) -> Result<(), crate::spec::SpecError> {
+        let key = *spec.id().as_bytes();
+        if self.lock().valid.contains(&key) {
+            return Ok(());
+        }
+        spec.validate()?;
+        self.lock().valid.insert(key);
+        Ok(())
+    }
+
+    /// [`crate::peer::voters`] of `members` under `seed`, computed once per distinct pair.
+    pub fn voters(&self, members: &[PeerKey], seed: &[u8; 32]) -> Vec<PeerKey> {
+        let key = {
+            let mut h = blake3::Hasher::new();
+            h.update(seed);
+            for p in members {
+                h.update(p.as_bytes());
+            }
+            *h.finalize().as_bytes()
+        };
+        if let Some(v) = self.lock().voters.get(&key) {
+            return v.to_vec();
+        }
+        let v = crate::peer::voters(members, seed);
+        let mut memo = self.lock();
+        if memo.voters.len() >= RANK_TABLES {
+            memo.voters.clear();
+        }
+        memo.voters.insert(key, Arc::from(v.as_slice()));
+        v
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Advances `d` by `closure` (whose root is `root`), from the memo when another

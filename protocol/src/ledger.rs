@@ -80,7 +80,7 @@ pub struct ExecutorResult<'a> {
 /// Why a message was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IgnoreReason {
-    /// The same bytes were seen before.
+    /// The very message (same id) is stored already.
     Duplicate,
     /// An equivalent message (same content, other timestamp) is already kept.
     Equivalent,
@@ -190,6 +190,8 @@ impl<T> Default for Statements<T> {
 }
 
 enum AddOutcome {
+    /// The very message (same id) is kept already.
+    Duplicate,
     New,
     Replaced,
     Equivalent,
@@ -200,6 +202,9 @@ enum AddOutcome {
 impl<T: Clone> Statements<T> {
     /// Adds `msg`; `same` says whether two statements are equivalent (timestamps aside).
     fn add(&mut self, msg: Signed<T>, same: impl Fn(&T, &T) -> bool) -> AddOutcome {
+        if self.kept.iter().any(|k| k.id() == msg.id()) {
+            return AddOutcome::Duplicate;
+        }
         if self.kept.len() >= 2 {
             return AddOutcome::AlreadyConflicting;
         }
@@ -221,11 +226,6 @@ impl<T: Clone> Statements<T> {
         } else {
             AddOutcome::New
         }
-    }
-
-    /// The ids of the statements kept.
-    fn ids(&self) -> impl Iterator<Item = MessageId> + '_ {
-        self.kept.iter().map(Signed::id)
     }
 
     fn single(&self) -> Option<&Signed<T>> {
@@ -388,7 +388,6 @@ pub struct Ledger {
     campaign: CampaignId,
     spec: CampaignSpec,
     config: LedgerConfig,
-    seen: HashSet<MessageId>,
     registered: HashMap<JobId, Registered>,
     jobs: BTreeMap<JobId, JobEntry>,
     /// Jobs whose evidence was retired, by the first 8 bytes of their id (a job id is a hash
@@ -408,7 +407,6 @@ impl Ledger {
             campaign: spec.id(),
             spec,
             config,
-            seen: HashSet::new(),
             registered: HashMap::new(),
             jobs: BTreeMap::new(),
             retired: HashSet::new(),
@@ -483,13 +481,6 @@ impl Ledger {
 
     fn on_message(&mut self, msg: AnySigned, now: Timestamp) {
         let id = msg.id();
-        if !self.seen.insert(id) {
-            self.outputs.push_back(Output::Ignored {
-                id,
-                reason: IgnoreReason::Duplicate,
-            });
-            return;
-        }
         match msg {
             AnySigned::Campaign(s) => {
                 if s.message().id() == self.campaign {
@@ -505,7 +496,6 @@ impl Ledger {
             AnySigned::Heartbeat(s) => self.on_heartbeat(s),
             AnySigned::Proposal(_) | AnySigned::Vote(_) => {
                 // Consensus messages belong to `consensus`; the ledger holds evidence only.
-                self.seen.remove(&id);
                 self.ignore(id, IgnoreReason::Consensus);
             }
         }
@@ -536,7 +526,6 @@ impl Ledger {
             return None;
         }
         if self.retired.contains(&retired_key(&job)) {
-            self.seen.remove(&id);
             self.ignore(id, IgnoreReason::Retired);
             return None;
         }
@@ -548,8 +537,7 @@ impl Ledger {
         let signers = entry.map_or(0, |e| e.signers.len());
         let known_signer = entry.is_some_and(|e| e.signers.contains(&signer));
         if !known_signer && signers >= self.config.max_signers_per_job {
-            // Not a verdict on the message: forget it, so it can be delivered again later.
-            self.seen.remove(&id);
+            // Not a verdict on the message: it may be delivered again later.
             self.ignore(id, IgnoreReason::JobFull);
             return None;
         }
@@ -560,7 +548,6 @@ impl Ledger {
         if !registered {
             let n = self.unregistered.get(&signer).copied().unwrap_or(0);
             if n >= self.config.max_unregistered_per_signer {
-                self.seen.remove(&id);
                 self.ignore(id, IgnoreReason::TooManyUnregistered);
                 return None;
             }
@@ -586,6 +573,9 @@ impl Ledger {
         let (id, signer) = (s.id(), s.signer());
         let entry = self.jobs.entry(job).or_default();
         match entry.claims.get(&signer) {
+            Some(existing) if existing.id() == id => {
+                self.ignore(id, IgnoreReason::Duplicate);
+            }
             Some(existing) if existing.id() < id => {
                 self.ignore(id, IgnoreReason::Equivalent);
             }
@@ -622,6 +612,10 @@ impl Ledger {
             entry.late.insert(signer);
         }
         match outcome {
+            AddOutcome::Duplicate => {
+                self.ignore(id, IgnoreReason::Duplicate);
+                return;
+            }
             AddOutcome::New => self.stored(id, T::KIND, signer, registered),
             AddOutcome::Replaced => self
                 .outputs
@@ -747,26 +741,25 @@ impl Ledger {
         let signer = s.signer();
         let newer = match self.heartbeats.get(&signer) {
             None => true,
+            Some(old) if old.id() == id => {
+                self.ignore(id, IgnoreReason::Duplicate);
+                return;
+            }
             Some(old) => {
                 (s.message().issued_at, std::cmp::Reverse(id))
                     > (old.message().issued_at, std::cmp::Reverse(old.id()))
             }
         };
-        // Only the newest heartbeat per peer is kept, and only its id stays in `seen`: a
-        // thousand peers heartbeating every generation would otherwise grow it without
-        // bound. An older one delivered again is compared again, which is cheap.
+        // Only the newest heartbeat per peer is kept: a thousand peers heartbeating every
+        // generation would otherwise grow the ledger without bound. An older one delivered
+        // again is compared again, which is cheap.
         if newer {
-            if let Some(old) = self.heartbeats.insert(signer, s) {
-                self.seen.remove(&old.id());
-            }
+            self.heartbeats.insert(signer, s);
             self.outputs.push_back(Output::Accepted {
                 id,
                 kind: Kind::Heartbeat,
             });
         } else {
-            if self.heartbeats.get(&signer).is_none_or(|h| h.id() != id) {
-                self.seen.remove(&id);
-            }
             self.ignore(id, IgnoreReason::Equivalent);
         }
     }
@@ -867,8 +860,8 @@ impl Ledger {
     }
 
     /// Forgets the evidence on `jobs` — a closed generation's jobs that no audit needs any
-    /// more: their entries, their registration and their messages' ids. Later messages about
-    /// them are ignored ([`IgnoreReason::Retired`]); equivocation proofs are kept. A peer's
+    /// more: their entries and their registration. Later messages about them are ignored
+    /// ([`IgnoreReason::Retired`]); equivocation proofs are kept. A peer's
     /// memory then holds the open generation's evidence, not the campaign's (the node's store
     /// keeps every message on disk).
     pub fn retire(&mut self, jobs: impl IntoIterator<Item = JobId>) {
@@ -878,13 +871,6 @@ impl Ledger {
             let Some(entry) = self.jobs.remove(&job) else {
                 continue;
             };
-            let kept = (entry.claims.values().map(Signed::id))
-                .chain(entry.commitments.values().flat_map(Statements::ids))
-                .chain(entry.reveals.values().flat_map(Statements::ids))
-                .chain(entry.audits.values().flat_map(Statements::ids));
-            for id in kept {
-                self.seen.remove(&id);
-            }
             self.retired_equivocations
                 .extend(entry.equivocators.into_values());
         }

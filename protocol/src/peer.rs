@@ -297,7 +297,10 @@ impl Peer {
         now: Timestamp,
         derive_cache: Option<DerivationCache>,
     ) -> Result<Self, PeerError> {
-        spec.validate()?;
+        match &derive_cache {
+            Some(cache) => cache.validate(&spec)?,
+            None => spec.validate()?,
+        }
         let campaign = spec.id();
         let derivation = match &derive_cache {
             Some(cache) => cache.start(&spec)?,
@@ -1127,10 +1130,14 @@ impl Peer {
             members: members.clone(),
             jobs: Arc::clone(&next),
         };
+        let voters = match &self.derive_cache {
+            Some(cache) => cache.voters(&members, &seed),
+            None => voters(&members, &seed),
+        };
         self.instance = Instance::new(
             self.campaign,
             self.cur.number,
-            voters(&members, &seed),
+            voters,
             seed,
             self.spec.schedule.round_timeout_ms,
             Some(self.me),

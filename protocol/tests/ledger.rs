@@ -151,6 +151,67 @@ fn duplicates_and_equivalents_are_ignored_but_keep_the_lowest_id() {
     }
 }
 
+fn ignored_as(out: &[Output]) -> Vec<IgnoreReason> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Ignored { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_kind_delivered_twice_is_a_duplicate_and_changes_nothing() {
+    let (mut l, c, j) = setup();
+    let k = key(1);
+    let hb = |t: u64| {
+        AnySigned::Heartbeat(
+            Signed::sign_and_encode(
+                Heartbeat {
+                    campaign: c,
+                    generation: 0,
+                    running: 0,
+                    capacity: 1,
+                    issued_at: Timestamp(t),
+                },
+                &k,
+            )
+            .unwrap(),
+        )
+    };
+    let msgs = [
+        claim(&k, c, j.id(), 1),
+        commitment(&k, c, j.id(), &result(1), salt(1), 2),
+        reveal(&k, c, j.id(), &result(1), salt(1), 3),
+        hb(4),
+    ];
+    for m in &msgs {
+        let first = feed(&mut l, [m.clone()]);
+        assert!(
+            matches!(first[0], Output::Accepted { .. }),
+            "{:?}: {first:?}",
+            m.kind()
+        );
+        let root = l.settlement_root();
+        let again = feed(&mut l, [m.clone()]);
+        assert_eq!(
+            ignored_as(&again),
+            [IgnoreReason::Duplicate],
+            "{:?}",
+            m.kind()
+        );
+        assert_eq!(again.len(), 1, "{:?}: {again:?}", m.kind());
+        assert_eq!(l.settlement_root(), root);
+    }
+    // An older heartbeat than the one kept is not stored, however often it comes.
+    for _ in 0..2 {
+        assert_eq!(
+            ignored_as(&feed(&mut l, [hb(0)])),
+            [IgnoreReason::Equivalent]
+        );
+    }
+}
+
 #[test]
 fn messages_for_another_campaign_are_rejected() {
     let (mut l, _, j) = setup();
