@@ -17,6 +17,7 @@
 //!   quorum; a report from a peer that also executed the job is ignored.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use crate::agreement::{Settlement, agree, settle_digested};
 use crate::envelope::{AnySigned, Signed};
@@ -382,16 +383,42 @@ impl JobEntry {
     }
 }
 
+/// The jobs of one generation, registered at once and shared with whoever derived them (a
+/// thousand simulated peers of a campaign hold one copy, and registering or retiring a
+/// thousand-job generation costs nothing per job).
+#[derive(Debug, Clone)]
+struct GenerationJobs {
+    jobs: Arc<BTreeMap<JobId, JobSpec>>,
+    /// Retired by [`Ledger::retire_generation`]: its jobs count as retired except those in
+    /// `Ledger::kept`.
+    retired: bool,
+}
+
+/// Where a job stands.
+enum Status {
+    /// Not derived (yet): its messages are held under the per-signer cap.
+    Unknown,
+    /// Derived and open.
+    Registered(Registered),
+    /// Its evidence was retired.
+    Retired,
+}
+
 /// The ledger of one campaign.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     campaign: CampaignId,
     spec: CampaignSpec,
     config: LedgerConfig,
+    /// Jobs registered one by one ([`Ledger::register`]).
     registered: HashMap<JobId, Registered>,
+    /// Jobs registered a generation at a time ([`Ledger::register_generation`]), oldest first.
+    generations: Vec<GenerationJobs>,
+    /// Jobs of retired generations that stay open (an audit still needs their evidence).
+    kept: HashSet<JobId>,
     jobs: BTreeMap<JobId, JobEntry>,
-    /// Jobs whose evidence was retired, by the first 8 bytes of their id (a job id is a hash
-    /// fixed by closures nobody can grind, so 64 bits do not collide in practice).
+    /// Jobs whose evidence was retired one by one, by the first 8 bytes of their id (a job id
+    /// is a hash fixed by closures nobody can grind, so 64 bits do not collide in practice).
     retired: HashSet<u64>,
     /// Equivocations proven on retired jobs.
     retired_equivocations: Vec<EquivocationProof>,
@@ -408,6 +435,8 @@ impl Ledger {
             spec,
             config,
             registered: HashMap::new(),
+            generations: Vec::new(),
+            kept: HashSet::new(),
             jobs: BTreeMap::new(),
             retired: HashSet::new(),
             retired_equivocations: Vec::new(),
@@ -450,6 +479,90 @@ impl Ledger {
         self.outputs.drain(..)
     }
 
+    /// Registers a whole generation of derived jobs (keyed by id; every one of this
+    /// campaign), as [`Ledger::register`] would one by one; returns the outputs. The map is
+    /// kept, not copied: the work is per job this ledger holds evidence on, not per job.
+    pub fn register_generation(
+        &mut self,
+        jobs: Arc<BTreeMap<JobId, JobSpec>>,
+        now: Timestamp,
+    ) -> impl Iterator<Item = Output> + '_ {
+        debug_assert!(jobs.values().all(|j| j.campaign == self.campaign));
+        // Jobs that were known before stay as they are (registered or retired).
+        let new: Vec<JobId> = self
+            .jobs
+            .keys()
+            .filter(|id| jobs.contains_key(id) && matches!(self.status(id), Status::Unknown))
+            .copied()
+            .collect();
+        self.generations.push(GenerationJobs {
+            jobs,
+            retired: false,
+        });
+        for id in new {
+            self.registered_now(id, now);
+        }
+        self.outputs.drain(..)
+    }
+
+    /// Retires the jobs of the generation registered as `jobs` (the same map given to
+    /// [`Ledger::register_generation`]) but those in `keep`, as [`Ledger::retire`] would; the
+    /// kept ones stay open until retired one by one.
+    pub fn retire_generation(
+        &mut self,
+        jobs: &Arc<BTreeMap<JobId, JobSpec>>,
+        keep: impl IntoIterator<Item = JobId>,
+    ) {
+        let Some(g) = (self.generations.iter_mut())
+            .filter(|g| !g.retired)
+            .find(|g| Arc::ptr_eq(&g.jobs, jobs) || g.jobs == *jobs)
+        else {
+            return;
+        };
+        g.retired = true;
+        let jobs = Arc::clone(&g.jobs);
+        self.kept
+            .extend(keep.into_iter().filter(|id| jobs.contains_key(id)));
+        let gone: Vec<JobId> = self
+            .jobs
+            .keys()
+            .filter(|id| jobs.contains_key(id) && !self.kept.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(entry) = self.jobs.remove(&id) {
+                self.retired_equivocations
+                    .extend(entry.equivocators.into_values());
+            }
+        }
+    }
+
+    /// Where `job` stands.
+    fn status(&self, job: &JobId) -> Status {
+        if !self.retired.is_empty() && self.retired.contains(&retired_key(job)) {
+            return Status::Retired;
+        }
+        if let Some(r) = self.registered.get(job) {
+            return Status::Registered(*r);
+        }
+        for g in self.generations.iter().rev() {
+            if let Some(spec) = g.jobs.get(job) {
+                if g.retired && !self.kept.contains(job) {
+                    return Status::Retired;
+                }
+                return Status::Registered(Registered {
+                    generation: spec.generation,
+                    compute: spec.compute,
+                });
+            }
+        }
+        Status::Unknown
+    }
+
+    fn is_registered(&self, job: &JobId) -> bool {
+        matches!(self.status(job), Status::Registered(_))
+    }
+
     fn on_register_job(&mut self, spec: JobSpec, now: Timestamp) {
         self.register_with_id(spec.id(), &spec, now);
     }
@@ -458,7 +571,7 @@ impl Ledger {
         if spec.campaign != self.campaign {
             return;
         }
-        if self.registered.contains_key(&id) {
+        if !matches!(self.status(&id), Status::Unknown) {
             return;
         }
         self.registered.insert(
@@ -468,6 +581,12 @@ impl Ledger {
                 compute: spec.compute,
             },
         );
+        self.registered_now(id, now);
+    }
+
+    /// The evidence held on a job that was just registered: its signers' messages no longer
+    /// count against their cap for unknown jobs, and it may settle.
+    fn registered_now(&mut self, id: JobId, now: Timestamp) {
         let Some(entry) = self.jobs.get(&id) else {
             return;
         };
@@ -525,15 +644,18 @@ impl Ledger {
             self.reject_wrong_campaign(id, s.message().campaign());
             return None;
         }
-        if self.retired.contains(&retired_key(&job)) {
-            self.ignore(id, IgnoreReason::Retired);
-            return None;
-        }
+        let registered = match self.status(&job) {
+            Status::Retired => {
+                self.ignore(id, IgnoreReason::Retired);
+                return None;
+            }
+            Status::Registered(_) => true,
+            Status::Unknown => false,
+        };
         let signer = s.signer();
         // Read without inserting: a message that is turned away must not leave an (empty)
         // job entry behind, or a signer over its cap could still grow memory per job id.
         let entry = self.jobs.get(&job);
-        let registered = self.registered.contains_key(&job);
         let signers = entry.map_or(0, |e| e.signers.len());
         let known_signer = entry.is_some_and(|e| e.signers.contains(&signer));
         if !known_signer && signers >= self.config.max_signers_per_job {
@@ -690,7 +812,7 @@ impl Ledger {
     fn resettle(&mut self, job: JobId, now: Timestamp) {
         let q = usize::from(self.spec.quorum);
         let tol = self.spec.tolerance;
-        if !self.registered.contains_key(&job) {
+        if !self.is_registered(&job) {
             return;
         }
         let Some(entry) = self.jobs.get_mut(&job) else {
@@ -844,12 +966,18 @@ impl Ledger {
 
     /// How many jobs the ledger holds state for (derived jobs and jobs with stored messages).
     pub fn tracked_jobs(&self) -> usize {
-        self.registered.len()
-            + self
-                .jobs
-                .keys()
-                .filter(|j| !self.registered.contains_key(j))
-                .count()
+        let open: usize = (self.generations.iter())
+            .filter(|g| !g.retired)
+            .map(|g| g.jobs.len())
+            .sum();
+        let registered = (self.registered.keys())
+            .chain(&self.kept)
+            .filter(|j| self.is_registered(j))
+            .count();
+        let unknown = (self.jobs.keys())
+            .filter(|j| matches!(self.status(j), Status::Unknown))
+            .count();
+        open + registered + unknown
     }
 
     /// Every equivocation proven so far, in job-then-peer order.
@@ -868,6 +996,7 @@ impl Ledger {
         for job in jobs {
             self.retired.insert(retired_key(&job));
             self.registered.remove(&job);
+            self.kept.remove(&job);
             let Some(entry) = self.jobs.remove(&job) else {
                 continue;
             };
@@ -897,7 +1026,7 @@ impl Ledger {
         let mut auditors_of: Vec<BTreeSet<PeerKey>> = Vec::new();
         let mut settled: Vec<(Registered, &Settlement)> = Vec::new();
         for (id, j) in &self.jobs {
-            if let (Some(&spec), Some(s)) = (self.registered.get(id), &j.settlement) {
+            if let (Status::Registered(spec), Some(s)) = (self.status(id), &j.settlement) {
                 // Equivocators are penalised for the job as such; whether their claim was
                 // stored depends on arrival order, so it must not count.
                 claimers_of.push(
@@ -932,7 +1061,10 @@ impl Ledger {
         let equivocations: Vec<(PeerKey, u32)> = self
             .jobs
             .iter()
-            .filter_map(|(id, j)| self.registered.get(id).map(|s| (j, s.generation)))
+            .filter_map(|(id, j)| match self.status(id) {
+                Status::Registered(s) => Some((j, s.generation)),
+                _ => None,
+            })
             .flat_map(|(j, g)| j.equivocators.keys().map(move |p| (*p, g)))
             .collect();
         score(&records, &equivocations, &self.config.scoring)

@@ -322,9 +322,9 @@ impl Peer {
             Some(key.public()),
         );
         let mut ledger = Ledger::new(spec.clone(), config.ledger);
-        for (id, j) in jobs.iter() {
-            ledger.register(*id, j, now).for_each(drop);
-        }
+        ledger
+            .register_generation(Arc::clone(&jobs), now)
+            .for_each(drop);
         let mut peer = Peer {
             me: key.public(),
             key,
@@ -1083,14 +1083,8 @@ impl Peer {
         self.sample_audits(&closure, &seed, &members);
         // The closure is final: the evidence on its jobs is no longer needed, except on jobs
         // sampled for audit (their verdict retires them).
-        let done: Vec<JobId> = self
-            .cur
-            .jobs
-            .keys()
-            .filter(|j| !self.pending.contains_key(j))
-            .copied()
-            .collect();
-        self.ledger.retire(done);
+        self.ledger
+            .retire_generation(&self.cur.jobs, self.pending.keys().copied());
         let deadline = closure.deadline_ms;
         self.history
             .extend(self.instance.messages().iter().cloned());
@@ -1151,9 +1145,9 @@ impl Peer {
             // One more, job-less generation to judge the last generations' audits.
             self.epilogue = true;
         }
-        for (id, j) in next.iter() {
-            self.ledger.register(*id, j, now).for_each(drop);
-        }
+        self.ledger
+            .register_generation(Arc::clone(&next), now)
+            .for_each(drop);
         self.recount_settled();
         // Replay consensus messages that arrived early.
         let future: Vec<AnySigned> = self.future.drain(..).collect();

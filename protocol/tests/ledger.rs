@@ -490,3 +490,56 @@ fn retired_jobs_forget_their_evidence_keep_equivocations_and_ignore_late_message
     let out = feed(&mut l, execution(&key(5), c, other.id(), &result(70), 5));
     assert!(out.iter().any(|o| matches!(o, Output::Settled { .. })));
 }
+
+#[test]
+fn a_generation_registers_and_retires_as_its_jobs_would_one_by_one() {
+    let c = spec().id();
+    let mut l = Ledger::new(spec(), LedgerConfig::default());
+    let (a, b, later) = (job(c, 4), job(c, 5), job(c, 8));
+    // Evidence on `a` before it is derived settles when its generation is registered.
+    feed(&mut l, execution(&key(1), c, a.id(), &result(90), 1));
+    feed(&mut l, execution(&key(2), c, a.id(), &result(90), 2));
+    assert!(l.settlement(&a.id()).is_none(), "not derived yet");
+    let generation: std::sync::Arc<std::collections::BTreeMap<JobId, JobSpec>> =
+        std::sync::Arc::new([(a.id(), a.clone()), (b.id(), b.clone())].into());
+    let out: Vec<Output> = l
+        .register_generation(std::sync::Arc::clone(&generation), Timestamp(3))
+        .collect();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Settled { job, .. } if *job == a.id()))
+    );
+    assert_eq!(l.tracked_jobs(), 2);
+    feed(&mut l, execution(&key(3), c, b.id(), &result(70), 3));
+    // Messages on a later generation's job are held as not yet derived.
+    feed(&mut l, [claim(&key(4), c, later.id(), 4)]);
+    assert_eq!(l.tracked_jobs(), 3);
+
+    // Retiring the generation but `b` (its audit pending) forgets `a` only.
+    l.retire_generation(&generation, [b.id(), later.id()]);
+    assert!(l.settlement(&a.id()).is_none());
+    assert_eq!(l.commitment_count(&b.id()), 1);
+    assert_eq!(l.tracked_jobs(), 2, "b and the later job are left");
+    let late = feed(&mut l, [claim(&key(5), c, a.id(), 5)]);
+    assert_eq!(ignored_as(&late), [IgnoreReason::Retired]);
+    let out = feed(&mut l, execution(&key(6), c, b.id(), &result(70), 6));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Settled { job, .. } if *job == b.id()))
+    );
+    // Registering a retired job again does not bring it back.
+    let _ = l
+        .handle(Input::RegisterJob(a.clone()), Timestamp(7))
+        .count();
+    assert_eq!(
+        ignored_as(&feed(&mut l, [claim(&key(7), c, a.id(), 7)])),
+        [IgnoreReason::Retired]
+    );
+    // The kept job retires on its own.
+    l.retire([b.id()]);
+    assert_eq!(
+        ignored_as(&feed(&mut l, [claim(&key(8), c, b.id(), 8)])),
+        [IgnoreReason::Retired]
+    );
+    assert_eq!(l.tracked_jobs(), 1, "only the later job is left");
+}
