@@ -542,6 +542,8 @@ pub struct Sim {
     check_finished: bool,
     /// Worker threads for the nodes of a window (`None`: this thread).
     pool: Option<rayon::ThreadPool>,
+    /// Running on a worker of `pool` (taken out of it by `run`).
+    parallel: bool,
 }
 
 /// The evidence shard of a job: its id's first four bytes modulo the shard count.
@@ -726,6 +728,7 @@ impl Sim {
             events: 0,
             check_finished: false,
             pool: None,
+            parallel: false,
         };
         sim.start_nodes(0..sc.nodes);
         for (index, f) in sc.faults.iter().enumerate() {
@@ -913,6 +916,18 @@ impl Sim {
     /// do is then applied in the order a one-event-at-a-time loop would have: by time, then
     /// push order. The run is the same for any number of threads.
     pub fn run(mut self) -> RunReport {
+        // The whole loop runs on a worker of the pool: a window's nodes then start on this
+        // thread at once, and only the other workers are woken (and go idle) per window.
+        match self.pool.take() {
+            Some(pool) => {
+                self.parallel = true;
+                pool.install(move || self.run_loop())
+            }
+            None => self.run_loop(),
+        }
+    }
+
+    fn run_loop(mut self) -> RunReport {
         let window = self.sc.latency_ms.min.max(1);
         while let Some((t0, first)) = self.queue.peek() {
             if t0 > self.sc.max_time_ms {
@@ -1040,12 +1055,11 @@ impl Sim {
             });
             n.step(&view, items, end, seq)
         };
-        let mut batches: Vec<Batch> = match &self.pool {
-            Some(pool) if work.len() > 1 => {
-                use rayon::prelude::*;
-                pool.install(|| work.into_par_iter().flat_map_iter(run).collect())
-            }
-            _ => work.into_iter().flat_map(run).collect(),
+        let mut batches: Vec<Batch> = if self.parallel && work.len() > 1 {
+            use rayon::prelude::*;
+            work.into_par_iter().flat_map_iter(run).collect()
+        } else {
+            work.into_iter().flat_map(run).collect()
         };
         batches.sort_unstable_by_key(|b| (b.at, b.seq, b.node));
         self.apply(batches, end);

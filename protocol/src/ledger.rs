@@ -16,10 +16,10 @@
 //!   audit that agrees with a dissenting minority, plus tie-breakers, can overturn a colluding
 //!   quorum; a report from a peer that also executed the job is ignored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque, btree_map};
 use std::sync::Arc;
 
-use crate::agreement::{Settlement, agree, settle_digested};
+use crate::agreement::{Settlement, Tolerance, agree, settle_digested};
 use crate::envelope::{AnySigned, Signed};
 use crate::error::{DecodeError, PeerAction};
 use crate::id::{CampaignId, JobId, MessageId};
@@ -175,6 +175,15 @@ pub enum Output {
         /// The auditor.
         auditor: PeerKey,
     },
+}
+
+/// A job-bound message let in by [`Ledger::admit`]: its job's entry, and the parts of the
+/// ledger storing it may change.
+struct Admitted<'a> {
+    entry: &'a mut JobEntry,
+    registered: bool,
+    outputs: &'a mut VecDeque<Output>,
+    unregistered: &'a mut HashMap<PeerKey, usize>,
 }
 
 /// Up to two distinct statements by one peer on one job; two means equivocation.
@@ -489,11 +498,9 @@ impl Ledger {
     ) -> impl Iterator<Item = Output> + '_ {
         debug_assert!(jobs.values().all(|j| j.campaign == self.campaign));
         // Jobs that were known before stay as they are (registered or retired).
-        let new: Vec<JobId> = self
-            .jobs
-            .keys()
-            .filter(|id| jobs.contains_key(id) && matches!(self.status(id), Status::Unknown))
-            .copied()
+        let new: Vec<JobId> = common_keys(&self.jobs, &jobs)
+            .into_iter()
+            .filter(|id| matches!(self.status(id), Status::Unknown))
             .collect();
         self.generations.push(GenerationJobs {
             jobs,
@@ -523,11 +530,9 @@ impl Ledger {
         let jobs = Arc::clone(&g.jobs);
         self.kept
             .extend(keep.into_iter().filter(|id| jobs.contains_key(id)));
-        let gone: Vec<JobId> = self
-            .jobs
-            .keys()
-            .filter(|id| jobs.contains_key(id) && !self.kept.contains(id))
-            .copied()
+        let gone: Vec<JobId> = common_keys(&self.jobs, &jobs)
+            .into_iter()
+            .filter(|id| !self.kept.contains(id))
             .collect();
         for id in gone {
             if let Some(entry) = self.jobs.remove(&id) {
@@ -636,9 +641,10 @@ impl Ledger {
         });
     }
 
-    /// Checks campaign and capacity for a job-bound message; on success returns whether the
-    /// job is registered.
-    fn admit<T: Message>(&mut self, s: &Signed<T>, job: JobId) -> Option<bool> {
+    /// Checks campaign, retirement and capacity for a job-bound message; on success returns
+    /// the job's entry (created if need be, with the signer added) and whether the job is
+    /// registered. One lookup of the job: a voter takes every message of a generation here.
+    fn admit<T: Message>(&mut self, s: &Signed<T>, job: JobId) -> Option<Admitted<'_>> {
         let id = s.id();
         if s.message().campaign() != self.campaign {
             self.reject_wrong_campaign(id, s.message().campaign());
@@ -653,64 +659,83 @@ impl Ledger {
             Status::Unknown => false,
         };
         let signer = s.signer();
-        // Read without inserting: a message that is turned away must not leave an (empty)
-        // job entry behind, or a signer over its cap could still grow memory per job id.
-        let entry = self.jobs.get(&job);
-        let signers = entry.map_or(0, |e| e.signers.len());
-        let known_signer = entry.is_some_and(|e| e.signers.contains(&signer));
-        if !known_signer && signers >= self.config.max_signers_per_job {
-            // Not a verdict on the message: it may be delivered again later.
-            self.ignore(id, IgnoreReason::JobFull);
-            return None;
-        }
-        if entry.is_some_and(|e| e.equivocators.contains_key(&signer)) {
-            self.ignore(id, IgnoreReason::AlreadyEquivocated);
-            return None;
-        }
-        if !registered {
-            let n = self.unregistered.get(&signer).copied().unwrap_or(0);
-            if n >= self.config.max_unregistered_per_signer {
-                self.ignore(id, IgnoreReason::TooManyUnregistered);
+        let max_signers = self.config.max_signers_per_job;
+        let over_cap = !registered
+            && self.unregistered.get(&signer).copied().unwrap_or(0)
+                >= self.config.max_unregistered_per_signer;
+        // A message that is turned away must not leave an (empty) job entry behind, or a
+        // signer over its cap could still grow memory per job id. Those turned away for
+        // capacity are not a verdict on the message: it may be delivered again later.
+        let entry = match self.jobs.entry(job) {
+            btree_map::Entry::Occupied(o) => {
+                let e = o.into_mut();
+                if !e.signers.contains(&signer) && e.signers.len() >= max_signers {
+                    Err(IgnoreReason::JobFull)
+                } else if e.equivocators.contains_key(&signer) {
+                    Err(IgnoreReason::AlreadyEquivocated)
+                } else if over_cap {
+                    Err(IgnoreReason::TooManyUnregistered)
+                } else {
+                    Ok(e)
+                }
+            }
+            btree_map::Entry::Vacant(_) if max_signers == 0 => Err(IgnoreReason::JobFull),
+            btree_map::Entry::Vacant(_) if over_cap => Err(IgnoreReason::TooManyUnregistered),
+            btree_map::Entry::Vacant(v) => Ok(v.insert(JobEntry::default())),
+        };
+        let outputs = &mut self.outputs;
+        let entry = match entry {
+            Ok(e) => e,
+            Err(reason) => {
+                outputs.push_back(Output::Ignored { id, reason });
                 return None;
             }
-        }
+        };
         // Every admitted message is either stored or equivalent to one the signer already
         // has stored, so the signer has a message on this job from here on.
-        self.jobs.entry(job).or_default().signers.insert(signer);
-        Some(registered)
-    }
-
-    fn stored(&mut self, id: MessageId, kind: Kind, signer: PeerKey, registered: bool) {
-        if !registered {
-            *self.unregistered.entry(signer).or_default() += 1;
-        }
-        self.outputs.push_back(Output::Accepted { id, kind });
+        entry.signers.insert(signer);
+        Some(Admitted {
+            entry,
+            registered,
+            outputs,
+            unregistered: &mut self.unregistered,
+        })
     }
 
     fn on_claim(&mut self, s: Signed<Claim>) {
         let job = s.message().job;
-        let Some(registered) = self.admit(&s, job) else {
+        let (id, signer) = (s.id(), s.signer());
+        let Some(Admitted {
+            entry,
+            registered,
+            outputs,
+            unregistered,
+        }) = self.admit(&s, job)
+        else {
             return;
         };
-        let (id, signer) = (s.id(), s.signer());
-        let entry = self.jobs.entry(job).or_default();
-        match entry.claims.get(&signer) {
-            Some(existing) if existing.id() == id => {
-                self.ignore(id, IgnoreReason::Duplicate);
-            }
-            Some(existing) if existing.id() < id => {
-                self.ignore(id, IgnoreReason::Equivalent);
-            }
+        let outcome = match entry.claims.get(&signer) {
+            Some(existing) if existing.id() == id => Err(IgnoreReason::Duplicate),
+            Some(existing) if existing.id() < id => Err(IgnoreReason::Equivalent),
             Some(_) => {
                 entry.claims.insert(signer, s);
-                self.outputs.push_back(Output::Accepted {
-                    id,
-                    kind: Kind::Claim,
-                });
+                Ok(false)
             }
             None => {
                 entry.claims.insert(signer, s);
-                self.stored(id, Kind::Claim, signer, registered);
+                Ok(true)
+            }
+        };
+        match outcome {
+            Err(reason) => outputs.push_back(Output::Ignored { id, reason }),
+            Ok(new) => {
+                if new && !registered {
+                    *unregistered.entry(signer).or_default() += 1;
+                }
+                outputs.push_back(Output::Accepted {
+                    id,
+                    kind: Kind::Claim,
+                });
             }
         }
     }
@@ -719,11 +744,17 @@ impl Ledger {
     /// and job, two being an equivocation.
     fn on_statement<T: Statement>(&mut self, s: Signed<T>, now: Timestamp) {
         let job = s.message().job();
-        let Some(registered) = self.admit(&s, job) else {
+        let (id, signer) = (s.id(), s.signer());
+        let (q, tol) = (usize::from(self.spec.quorum), self.spec.tolerance);
+        let Some(Admitted {
+            entry,
+            registered,
+            outputs,
+            unregistered,
+        }) = self.admit(&s, job)
+        else {
             return;
         };
-        let (id, signer) = (s.id(), s.signer());
-        let entry = self.jobs.entry(job).or_default();
         let outcome = T::statements(entry)
             .or_default(signer)
             .add(s, T::equivalent);
@@ -733,124 +764,47 @@ impl Ledger {
         {
             entry.late.insert(signer);
         }
-        match outcome {
-            AddOutcome::Duplicate => {
-                self.ignore(id, IgnoreReason::Duplicate);
+        let new = match outcome {
+            AddOutcome::Duplicate | AddOutcome::Equivalent | AddOutcome::AlreadyConflicting => {
+                let reason = match outcome {
+                    AddOutcome::Duplicate => IgnoreReason::Duplicate,
+                    AddOutcome::Equivalent => IgnoreReason::Equivalent,
+                    _ => IgnoreReason::AlreadyEquivocated,
+                };
+                outputs.push_back(Output::Ignored { id, reason });
                 return;
             }
-            AddOutcome::New => self.stored(id, T::KIND, signer, registered),
-            AddOutcome::Replaced => self
-                .outputs
-                .push_back(Output::Accepted { id, kind: T::KIND }),
-            AddOutcome::Equivalent => {
-                self.ignore(id, IgnoreReason::Equivalent);
-                return;
-            }
-            AddOutcome::AlreadyConflicting => {
-                self.ignore(id, IgnoreReason::AlreadyEquivocated);
-                return;
-            }
+            AddOutcome::New => true,
+            AddOutcome::Replaced => false,
             AddOutcome::Conflict(messages) => {
-                self.stored(id, T::KIND, signer, registered);
-                self.mark_equivocator(job, signer, T::OFFENCE, messages);
-            }
-        }
-        if self.refresh(job, signer) {
-            self.resettle(job, now);
-        }
-    }
-
-    /// Re-derives what `peer`'s statements on `job` count as; returns whether that changed.
-    /// A reveal that does not open the signer's (single) commitment is an equivocation.
-    fn refresh(&mut self, job: JobId, peer: PeerKey) -> bool {
-        let Some(entry) = self.jobs.get(&job) else {
-            return false;
-        };
-        let new = match entry.standing(&peer) {
-            Standing::Counts(c) => Some(c),
-            Standing::Nothing => None,
-            Standing::BadOpening(ids) => {
-                self.mark_equivocator(job, peer, Offence::RevealMismatch, ids);
-                None
+                outputs.push_back(Output::Accepted { id, kind: T::KIND });
+                mark_equivocator(entry, outputs, job, signer, T::OFFENCE, messages);
+                if !registered {
+                    *unregistered.entry(signer).or_default() += 1;
+                }
+                if refresh(entry, outputs, job, signer) && registered {
+                    resettle(entry, outputs, job, now, q, &tol);
+                }
+                return;
             }
         };
-        let Some(entry) = self.jobs.get_mut(&job) else {
-            return false;
-        };
-        let old = entry.counted.get(&peer).map(|c| (c.digest, c.auditor));
-        if old == new.as_ref().map(|c| (c.digest, c.auditor)) {
-            return false;
+        outputs.push_back(Output::Accepted { id, kind: T::KIND });
+        if refresh(entry, outputs, job, signer) && registered {
+            resettle(entry, outputs, job, now, q, &tol);
         }
-        match new {
-            Some(c) => entry.counted.insert(peer, c),
-            None => entry.counted.remove(&peer),
-        };
-        true
+        if new && !registered {
+            *unregistered.entry(signer).or_default() += 1;
+        }
     }
 
-    fn mark_equivocator(
-        &mut self,
-        job: JobId,
-        peer: PeerKey,
-        offence: Offence,
-        messages: [MessageId; 2],
-    ) {
-        let entry = self.jobs.entry(job).or_default();
-        if entry.equivocators.contains_key(&peer) {
-            return;
-        }
-        let proof = EquivocationProof {
-            peer,
-            job,
-            offence,
-            messages,
-        };
-        entry.equivocators.insert(peer, proof.clone());
-        self.outputs.push_back(Output::Equivocation(proof));
-    }
-
+    /// [`resettle`] of a registered job this ledger holds evidence on.
     fn resettle(&mut self, job: JobId, now: Timestamp) {
-        let q = usize::from(self.spec.quorum);
-        let tol = self.spec.tolerance;
+        let (q, tol) = (usize::from(self.spec.quorum), self.spec.tolerance);
         if !self.is_registered(&job) {
             return;
         }
-        let Some(entry) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        let evidence: Vec<(PeerKey, [u8; 32], &Outcome)> = entry
-            .counted
-            .iter()
-            .map(|(p, c)| (*p, c.digest, &c.outcome))
-            .collect();
-        let new = settle_digested(evidence, q, &tol);
-        if new != entry.settlement {
-            match &new {
-                Some(s) => self.outputs.push_back(Output::Settled {
-                    job,
-                    settlement: s.clone(),
-                    at: now,
-                }),
-                None => self.outputs.push_back(Output::Unsettled { job }),
-            }
-            entry.settlement = new;
-        }
-        // Audits that disagree with the settlement (or find it contested) open a dispute.
-        for (auditor, c) in entry.counted.iter() {
-            if !c.auditor || entry.mismatches_reported.contains(auditor) {
-                continue;
-            }
-            let matches = entry
-                .settlement
-                .as_ref()
-                .is_some_and(|s| agree(&s.canonical, &c.outcome, &tol));
-            if !matches {
-                entry.mismatches_reported.insert(*auditor);
-                self.outputs.push_back(Output::AuditMismatch {
-                    job,
-                    auditor: *auditor,
-                });
-            }
+        if let Some(entry) = self.jobs.get_mut(&job) {
+            resettle(entry, &mut self.outputs, job, now, q, &tol);
         }
     }
 
@@ -1069,6 +1023,130 @@ impl Ledger {
             .collect();
         score(&records, &equivocations, &self.config.scoring)
     }
+}
+
+/// Re-derives what `peer`'s statements on `job` count as; returns whether that changed.
+/// A reveal that does not open the signer's (single) commitment is an equivocation.
+fn refresh(
+    entry: &mut JobEntry,
+    outputs: &mut VecDeque<Output>,
+    job: JobId,
+    peer: PeerKey,
+) -> bool {
+    let new = match entry.standing(&peer) {
+        Standing::Counts(c) => Some(c),
+        Standing::Nothing => None,
+        Standing::BadOpening(ids) => {
+            mark_equivocator(entry, outputs, job, peer, Offence::RevealMismatch, ids);
+            None
+        }
+    };
+    let old = entry.counted.get(&peer).map(|c| (c.digest, c.auditor));
+    if old == new.as_ref().map(|c| (c.digest, c.auditor)) {
+        return false;
+    }
+    match new {
+        Some(c) => entry.counted.insert(peer, c),
+        None => entry.counted.remove(&peer),
+    };
+    true
+}
+
+fn mark_equivocator(
+    entry: &mut JobEntry,
+    outputs: &mut VecDeque<Output>,
+    job: JobId,
+    peer: PeerKey,
+    offence: Offence,
+    messages: [MessageId; 2],
+) {
+    if entry.equivocators.contains_key(&peer) {
+        return;
+    }
+    let proof = EquivocationProof {
+        peer,
+        job,
+        offence,
+        messages,
+    };
+    entry.equivocators.insert(peer, proof.clone());
+    outputs.push_back(Output::Equivocation(proof));
+}
+
+/// Settles a registered job from the evidence that counts (quorum `q`, tolerance `tol`),
+/// telling when the settlement changes and when an audit disagrees with it.
+fn resettle(
+    entry: &mut JobEntry,
+    outputs: &mut VecDeque<Output>,
+    job: JobId,
+    now: Timestamp,
+    q: usize,
+    tol: &Tolerance,
+) {
+    let evidence: Vec<(PeerKey, [u8; 32], &Outcome)> = entry
+        .counted
+        .iter()
+        .map(|(p, c)| (*p, c.digest, &c.outcome))
+        .collect();
+    let new = settle_digested(evidence, q, tol);
+    if new != entry.settlement {
+        match &new {
+            Some(s) => outputs.push_back(Output::Settled {
+                job,
+                settlement: s.clone(),
+                at: now,
+            }),
+            None => outputs.push_back(Output::Unsettled { job }),
+        }
+        entry.settlement = new;
+    }
+    // Audits that disagree with the settlement (or find it contested) open a dispute.
+    for (auditor, c) in entry.counted.iter() {
+        if !c.auditor || entry.mismatches_reported.contains(auditor) {
+            continue;
+        }
+        let matches = entry
+            .settlement
+            .as_ref()
+            .is_some_and(|s| agree(&s.canonical, &c.outcome, tol));
+        if !matches {
+            entry.mismatches_reported.insert(*auditor);
+            outputs.push_back(Output::AuditMismatch {
+                job,
+                auditor: *auditor,
+            });
+        }
+    }
+}
+
+/// The job ids in both maps, in order: by lookups when `held` is small, else by merging the
+/// two sorted key sequences (a voter holds evidence on every job of the generation).
+fn common_keys<V, W>(held: &BTreeMap<JobId, V>, all: &BTreeMap<JobId, W>) -> Vec<JobId> {
+    if held.len() < all.len() / 16 {
+        return held
+            .keys()
+            .filter(|id| all.contains_key(id))
+            .copied()
+            .collect();
+    }
+    let mut out = Vec::new();
+    let (mut a, mut b) = (held.keys().peekable(), all.keys().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        match x.cmp(y) {
+            std::cmp::Ordering::Less => {
+                a.next();
+            }
+            std::cmp::Ordering::Greater => {
+                b.next();
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(**x);
+                a.next();
+                b.next();
+            }
+        }
+    }
+    out
 }
 
 fn retired_key(job: &JobId) -> u64 {

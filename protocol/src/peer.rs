@@ -1394,7 +1394,7 @@ impl PeerEnv<'_> {
 impl PeerEnv<'_> {
     /// Why `c` is not valid here, if it is not.
     fn check(&self, c: &Closure) -> Result<(), String> {
-        if c.campaign != self.spec.id()
+        if c.campaign != self.ledger.campaign()
             || c.generation != self.cur.number
             || c.previous != self.cur.previous
             || c.entries.len() != self.cur.jobs.len()
@@ -1525,7 +1525,7 @@ impl Env for PeerEnv<'_> {
             &self.spec.schedule,
         );
         Some(Closure {
-            campaign: self.spec.id(),
+            campaign: self.ledger.campaign(),
             generation: self.cur.number,
             previous: self.cur.previous,
             entries,
