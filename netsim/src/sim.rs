@@ -217,7 +217,7 @@ enum Work {
     /// Logged message replayed from the node's store at a restart.
     Replay(u32),
     /// An execution finished (taken from `Sim::pending` when the event was popped).
-    JobDone(Option<(JobId, JobResult)>),
+    JobDone(Option<Box<(JobId, JobResult)>>),
     /// The node's timer (acts only if it is still the one set).
     Wake,
     /// Let the node act (after starting).
@@ -408,9 +408,10 @@ impl Node {
             }
             Work::Replay(m) => PeerInput::Replay((*view.log[m as usize]).clone()),
             Work::JobDone(done) => {
-                let Some((job, result)) = done else {
+                let Some(done) = done else {
                     return false;
                 };
+                let (job, result) = *done;
                 if !self.up {
                     return false;
                 }
@@ -534,7 +535,8 @@ pub struct Sim {
     /// Shared job derivation (`share_derivation`).
     derivations: Option<DerivationCache>,
     log_ids: HashMap<hivemesh_protocol::MessageId, usize>,
-    pending: Vec<Option<(hivemesh_protocol::JobId, JobResult)>>,
+    /// Results of executions under way (boxed: a window's inputs are sorted by node).
+    pending: Vec<Option<Box<(JobId, JobResult)>>>,
     rejected_at_ingress: usize,
     jobs_by_id: HashMap<JobId, JobSpec>,
     first_entered: BTreeMap<u32, u64>,
@@ -1253,7 +1255,7 @@ impl Sim {
 
     fn job_done_at(&mut self, at: u64, node: usize, job: JobId, result: JobResult) {
         let p = self.pending.len();
-        self.pending.push(Some((job, result)));
+        self.pending.push(Some(Box::new((job, result))));
         self.push(
             at,
             Event::JobDone {

@@ -97,6 +97,9 @@ pub struct Instance {
     locked: Option<(u32, Root)>,
     valid: Option<(u32, Root)>,
     decided: Option<Root>,
+    /// The last round whose proposer was asked for, and its proposer (ranking the voters
+    /// hashes each of them; a ready voter asks on every piece of new evidence).
+    proposer_memo: Option<(u32, Option<PeerKey>)>,
     /// Each round's proposal and its closure's root (hashed once: a closure can be large).
     proposals: BTreeMap<u32, (Signed<Proposal>, Root)>,
     proposed: BTreeSet<u32>,
@@ -143,6 +146,7 @@ impl Instance {
             locked: None,
             valid: None,
             decided: None,
+            proposer_memo: None,
             proposals: BTreeMap::new(),
             proposed: BTreeSet::new(),
             closures: HashMap::new(),
@@ -244,6 +248,30 @@ impl Instance {
             .iter()
             .max_by_key(|p| hash_canonical(context::PROPOSER, &(&self.seed, round, p)))
             .copied()
+    }
+
+    /// [`Instance::proposer`], remembered for the last round asked.
+    fn proposer_of(&mut self, round: u32) -> Option<PeerKey> {
+        if let Some((r, p)) = self.proposer_memo
+            && r == round
+        {
+            return p;
+        }
+        let p = self.proposer(round);
+        self.proposer_memo = Some((round, p));
+        p
+    }
+
+    /// Whether new evidence can change what this instance does for `me`: only a voter's
+    /// check of the current round's proposal, or its own proposal when it is ready and the
+    /// round is its turn, reads the evidence (votes, timeouts and decisions do not).
+    pub fn evidence_matters(&mut self, me: &PeerKey) -> bool {
+        if self.decided.is_some() || !self.is_voter(me) {
+            return false;
+        }
+        let round = self.round;
+        self.proposals.contains_key(&round)
+            || (self.started && self.proposer_of(round) == Some(*me))
     }
 
     fn is_voter(&self, p: &PeerKey) -> bool {
@@ -348,7 +376,7 @@ impl Instance {
                 if m.campaign != self.campaign || m.closure.generation != self.generation {
                     return Err(Refusal::WrongInstance);
                 }
-                if self.proposer(m.round) != Some(p.signer()) {
+                if self.proposer_of(m.round) != Some(p.signer()) {
                     return Err(Refusal::NotEntitled);
                 }
                 if let Some((existing, _)) = self.proposals.get(&m.round) {
@@ -512,7 +540,7 @@ impl Instance {
         let round = self.round;
         if self.proposed.contains(&round)
             || self.phase != Phase::Propose
-            || self.proposer(round) != Some(key.public())
+            || self.proposer_of(round) != Some(key.public())
         {
             return;
         }

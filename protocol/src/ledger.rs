@@ -425,7 +425,9 @@ pub struct Ledger {
     generations: Vec<GenerationJobs>,
     /// Jobs of retired generations that stay open (an audit still needs their evidence).
     kept: HashSet<JobId>,
-    jobs: BTreeMap<JobId, JobEntry>,
+    /// Evidence by job (boxed: a voter inserts a thousand entries a generation, and a B-tree
+    /// node shifts its values on insert).
+    jobs: BTreeMap<JobId, Box<JobEntry>>,
     /// Jobs whose evidence was retired one by one, by the first 8 bytes of their id (a job id
     /// is a hash fixed by closures nobody can grind, so 64 bits do not collide in practice).
     retired: HashSet<u64>,
@@ -681,7 +683,7 @@ impl Ledger {
             }
             btree_map::Entry::Vacant(_) if max_signers == 0 => Err(IgnoreReason::JobFull),
             btree_map::Entry::Vacant(_) if over_cap => Err(IgnoreReason::TooManyUnregistered),
-            btree_map::Entry::Vacant(v) => Ok(v.insert(JobEntry::default())),
+            btree_map::Entry::Vacant(v) => Ok(v.insert(Box::default())),
         };
         let outputs = &mut self.outputs;
         let entry = match entry {

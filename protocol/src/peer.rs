@@ -728,7 +728,9 @@ impl Peer {
             // Evidence for the ledger; new evidence may make a proposal valid.
             if self.ingest_evidence(m, now, out) {
                 self.instance.evidence_changed();
-                self.vote_with(now, out, |i, key, env| i.poke(key, env, now));
+                if self.instance.evidence_matters(&self.me) {
+                    self.vote_with(now, out, |i, key, env| i.poke(key, env, now));
+                }
             }
             return;
         };
