@@ -119,6 +119,8 @@ pub struct Instance {
     /// store after a restart: it never signs a second one for the same slot (that would be an
     /// equivocation), and a stored precommit for a root is its lock again.
     me: Option<PeerKey>,
+    /// `me` is one of the voters.
+    i_vote: bool,
 }
 
 impl Instance {
@@ -134,6 +136,7 @@ impl Instance {
     ) -> Self {
         voters.sort();
         voters.dedup();
+        let i_vote = me.is_some_and(|m| voters.binary_search(&m).is_ok());
         Instance {
             campaign,
             generation,
@@ -160,6 +163,7 @@ impl Instance {
             tally_dirty: true,
             validity: HashMap::new(),
             me,
+            i_vote,
         }
     }
 
@@ -266,7 +270,12 @@ impl Instance {
     /// check of the current round's proposal, or its own proposal when it is ready and the
     /// round is its turn, reads the evidence (votes, timeouts and decisions do not).
     pub fn evidence_matters(&mut self, me: &PeerKey) -> bool {
-        if self.decided.is_some() || !self.is_voter(me) {
+        let voter = if self.me.as_ref() == Some(me) {
+            self.i_vote
+        } else {
+            self.is_voter(me)
+        };
+        if self.decided.is_some() || !voter {
             return false;
         }
         let round = self.round;

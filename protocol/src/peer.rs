@@ -208,7 +208,8 @@ pub struct Peer {
     /// The job-less generation after the last one, in which outstanding audits are judged.
     epilogue: bool,
     /// The generation in which a message signed by each peer last reached this one.
-    last_seen: HashMap<PeerKey, u32>,
+    /// The newest generation each peer was heard from in, by [`seen_key`].
+    last_seen: HashMap<u64, u32>,
     /// Whether this peer sent anything in the current generation.
     spoke: bool,
     last_heartbeat: Option<Timestamp>,
@@ -252,6 +253,14 @@ fn reputation<'a>(
 /// Whether `p`'s audit reports count: a member (`members` sorted) that never failed an audit.
 fn may_report(members: &[PeerKey], failed_audits: &BTreeMap<PeerKey, u64>, p: &PeerKey) -> bool {
     members.binary_search(p).is_ok() && !failed_audits.contains_key(p)
+}
+
+/// A peer's key in `last_seen`: its first 8 bytes. Every message updates the map, and a
+/// small key keeps it small; matching another key's 64 bits takes some 2^64 tries of key
+/// generation, and would only make the two peers share a liveness signal.
+fn seen_key(p: &PeerKey) -> u64 {
+    let b = p.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 /// Voters of a generation: all members when they fit the roster cap, else the `MAX_ROSTER`
@@ -718,7 +727,8 @@ impl Peer {
     }
 
     fn on_message(&mut self, m: AnySigned, now: Timestamp, out: &mut Vec<PeerOutput>) {
-        self.last_seen.insert(m.signer(), self.cur.number);
+        self.last_seen
+            .insert(seen_key(&m.signer()), self.cur.number);
         let slot = match &m {
             AnySigned::Proposal(p) => Some((p.message().campaign, p.message().closure.generation)),
             AnySigned::Vote(v) => Some((v.message().campaign, v.message().generation)),
@@ -1106,7 +1116,7 @@ impl Peer {
             .flatten()
             .chain(&certificate);
         for p in shown {
-            let g = self.last_seen.entry(*p).or_insert(closure.generation);
+            let g = (self.last_seen.entry(seen_key(p))).or_insert(closure.generation);
             *g = (*g).max(closure.generation);
         }
         self.closures.push((closure, certificate));
@@ -1270,7 +1280,7 @@ struct PeerEnv<'a> {
     pending: &'a BTreeMap<JobId, PendingAudit>,
     failed_audits: &'a BTreeMap<PeerKey, u64>,
     epilogue: bool,
-    last_seen: &'a HashMap<PeerKey, u32>,
+    last_seen: &'a HashMap<u64, u32>,
     max_joins: usize,
     now: Timestamp,
     void_at: Timestamp,
@@ -1388,7 +1398,7 @@ impl PeerEnv<'_> {
         self.cur.number > back
             && self
                 .last_seen
-                .get(p)
+                .get(&seen_key(p))
                 .is_none_or(|g| g + back < self.cur.number)
     }
 }
