@@ -186,6 +186,17 @@ struct Admitted<'a> {
     unregistered: &'a mut HashMap<PeerKey, usize>,
 }
 
+impl Admitted<'_> {
+    /// The message is stored (`new`: not in place of an equivalent one of the signer's): it
+    /// counts against the signer's cap while its job is not derived.
+    fn accepted(&mut self, id: MessageId, kind: Kind, signer: PeerKey, new: bool) {
+        if new && !self.registered {
+            *self.unregistered.entry(signer).or_default() += 1;
+        }
+        self.outputs.push_back(Output::Accepted { id, kind });
+    }
+}
+
 /// Up to two distinct statements by one peer on one job; two means equivocation.
 #[derive(Debug, Clone)]
 struct Statements<T> {
@@ -707,38 +718,24 @@ impl Ledger {
     fn on_claim(&mut self, s: Signed<Claim>) {
         let job = s.message().job;
         let (id, signer) = (s.id(), s.signer());
-        let Some(Admitted {
-            entry,
-            registered,
-            outputs,
-            unregistered,
-        }) = self.admit(&s, job)
-        else {
+        let Some(mut a) = self.admit(&s, job) else {
             return;
         };
-        let outcome = match entry.claims.get(&signer) {
+        let outcome = match a.entry.claims.get(&signer) {
             Some(existing) if existing.id() == id => Err(IgnoreReason::Duplicate),
             Some(existing) if existing.id() < id => Err(IgnoreReason::Equivalent),
             Some(_) => {
-                entry.claims.insert(signer, s);
+                a.entry.claims.insert(signer, s);
                 Ok(false)
             }
             None => {
-                entry.claims.insert(signer, s);
+                a.entry.claims.insert(signer, s);
                 Ok(true)
             }
         };
         match outcome {
-            Err(reason) => outputs.push_back(Output::Ignored { id, reason }),
-            Ok(new) => {
-                if new && !registered {
-                    *unregistered.entry(signer).or_default() += 1;
-                }
-                outputs.push_back(Output::Accepted {
-                    id,
-                    kind: Kind::Claim,
-                });
-            }
+            Err(reason) => a.outputs.push_back(Output::Ignored { id, reason }),
+            Ok(new) => a.accepted(id, Kind::Claim, signer, new),
         }
     }
 
@@ -748,55 +745,35 @@ impl Ledger {
         let job = s.message().job();
         let (id, signer) = (s.id(), s.signer());
         let (q, tol) = (usize::from(self.spec.quorum), self.spec.tolerance);
-        let Some(Admitted {
-            entry,
-            registered,
-            outputs,
-            unregistered,
-        }) = self.admit(&s, job)
-        else {
+        let Some(mut a) = self.admit(&s, job) else {
             return;
         };
-        let outcome = T::statements(entry)
+        let outcome = T::statements(a.entry)
             .or_default(signer)
             .add(s, T::equivalent);
         if T::KIND == Kind::Commitment
             && matches!(outcome, AddOutcome::New)
-            && entry.reveals.keys().any(|p| *p != signer)
+            && a.entry.reveals.keys().any(|p| *p != signer)
         {
-            entry.late.insert(signer);
+            a.entry.late.insert(signer);
         }
-        let new = match outcome {
-            AddOutcome::Duplicate | AddOutcome::Equivalent | AddOutcome::AlreadyConflicting => {
-                let reason = match outcome {
-                    AddOutcome::Duplicate => IgnoreReason::Duplicate,
-                    AddOutcome::Equivalent => IgnoreReason::Equivalent,
-                    _ => IgnoreReason::AlreadyEquivocated,
-                };
-                outputs.push_back(Output::Ignored { id, reason });
-                return;
-            }
-            AddOutcome::New => true,
-            AddOutcome::Replaced => false,
-            AddOutcome::Conflict(messages) => {
-                outputs.push_back(Output::Accepted { id, kind: T::KIND });
-                mark_equivocator(entry, outputs, job, signer, T::OFFENCE, messages);
-                if !registered {
-                    *unregistered.entry(signer).or_default() += 1;
+        let reason = match outcome {
+            AddOutcome::Duplicate => IgnoreReason::Duplicate,
+            AddOutcome::Equivalent => IgnoreReason::Equivalent,
+            AddOutcome::AlreadyConflicting => IgnoreReason::AlreadyEquivocated,
+            AddOutcome::New | AddOutcome::Replaced | AddOutcome::Conflict(_) => {
+                let new = !matches!(outcome, AddOutcome::Replaced);
+                a.accepted(id, T::KIND, signer, new);
+                if let AddOutcome::Conflict(messages) = outcome {
+                    mark_equivocator(a.entry, a.outputs, job, signer, T::OFFENCE, messages);
                 }
-                if refresh(entry, outputs, job, signer) && registered {
-                    resettle(entry, outputs, job, now, q, &tol);
+                if refresh(a.entry, a.outputs, job, signer) && a.registered {
+                    resettle(a.entry, a.outputs, job, now, q, &tol);
                 }
                 return;
             }
         };
-        outputs.push_back(Output::Accepted { id, kind: T::KIND });
-        if refresh(entry, outputs, job, signer) && registered {
-            resettle(entry, outputs, job, now, q, &tol);
-        }
-        if new && !registered {
-            *unregistered.entry(signer).or_default() += 1;
-        }
+        a.outputs.push_back(Output::Ignored { id, reason });
     }
 
     /// [`resettle`] of a registered job this ledger holds evidence on.
