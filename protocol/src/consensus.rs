@@ -266,21 +266,18 @@ impl Instance {
         p
     }
 
-    /// Whether new evidence can change what this instance does for `me`: only a voter's
-    /// check of the current round's proposal, or its own proposal when it is ready and the
-    /// round is its turn, reads the evidence (votes, timeouts and decisions do not).
-    pub fn evidence_matters(&mut self, me: &PeerKey) -> bool {
-        let voter = if self.me.as_ref() == Some(me) {
-            self.i_vote
-        } else {
-            self.is_voter(me)
+    /// Whether new evidence can change what this instance does for this peer (`me`): only a
+    /// voter's check of the current round's proposal, or its own proposal when it is ready and
+    /// the round is its turn, reads the evidence (votes, timeouts and decisions do not).
+    pub fn evidence_matters(&mut self) -> bool {
+        let Some(me) = self.me.filter(|_| self.i_vote) else {
+            return false;
         };
-        if self.decided.is_some() || !voter {
+        if self.decided.is_some() {
             return false;
         }
         let round = self.round;
-        self.proposals.contains_key(&round)
-            || (self.started && self.proposer_of(round) == Some(*me))
+        self.proposals.contains_key(&round) || (self.started && self.proposer_of(round) == Some(me))
     }
 
     fn is_voter(&self, p: &PeerKey) -> bool {

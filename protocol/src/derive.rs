@@ -119,7 +119,7 @@ impl DerivationCache {
     /// derivation of the same campaign already did.
     pub fn start(&self, spec: &CampaignSpec) -> Result<Arc<Derivation>, DeriveError> {
         let key = *spec.id().as_bytes();
-        let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut memo = self.lock();
         if let Some(done) = memo.derivations.get(&key)
             && done.spec == *spec
         {
@@ -190,7 +190,7 @@ impl DerivationCache {
         closure: &Closure,
         root: [u8; 32],
     ) -> Result<(), DeriveError> {
-        let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut memo = self.lock();
         if let Some(done) = memo.derivations.get(&root)
             && done.campaign == d.campaign
             && done.generation == d.generation + 1
@@ -232,7 +232,7 @@ impl DerivationCache {
             *h.finalize().as_bytes()
         };
         let table = {
-            let memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let memo = self.lock();
             memo.ranks.get(&key).cloned()
         };
         let table = match table {
@@ -257,7 +257,7 @@ impl DerivationCache {
                     list.sort();
                 }
                 let t = Arc::new(t);
-                let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut memo = self.lock();
                 if memo.ranks.len() >= RANK_TABLES {
                     memo.ranks.clear();
                 }

@@ -207,8 +207,8 @@ pub struct Peer {
     auditing: BTreeSet<JobId>,
     /// The job-less generation after the last one, in which outstanding audits are judged.
     epilogue: bool,
-    /// The generation in which a message signed by each peer last reached this one.
-    /// The newest generation each peer was heard from in, by [`seen_key`].
+    /// The generation in which a message signed by each peer last reached this one, by
+    /// [`seen_key`].
     last_seen: HashMap<u64, u32>,
     /// Whether this peer sent anything in the current generation.
     spoke: bool,
@@ -306,14 +306,14 @@ impl Peer {
         now: Timestamp,
         derive_cache: Option<DerivationCache>,
     ) -> Result<Self, PeerError> {
-        match &derive_cache {
-            Some(cache) => cache.validate(&spec)?,
-            None => spec.validate()?,
-        }
         let campaign = spec.id();
         let derivation = match &derive_cache {
-            Some(cache) => cache.start(&spec)?,
+            Some(cache) => {
+                cache.validate(&spec)?;
+                cache.start(&spec)?
+            }
             None => {
+                spec.validate()?;
                 let mut d = Derivation::new(&spec)?;
                 d.generation_zero();
                 Arc::new(d)
@@ -738,7 +738,7 @@ impl Peer {
             // Evidence for the ledger; new evidence may make a proposal valid.
             if self.ingest_evidence(m, now, out) {
                 self.instance.evidence_changed();
-                if self.instance.evidence_matters(&self.me) {
+                if self.instance.evidence_matters() {
                     self.vote_with(now, out, |i, key, env| i.poke(key, env, now));
                 }
             }
@@ -1116,7 +1116,10 @@ impl Peer {
             .flatten()
             .chain(&certificate);
         for p in shown {
-            let g = (self.last_seen.entry(seen_key(p))).or_insert(closure.generation);
+            let g = self
+                .last_seen
+                .entry(seen_key(p))
+                .or_insert(closure.generation);
             *g = (*g).max(closure.generation);
         }
         self.closures.push((closure, certificate));
