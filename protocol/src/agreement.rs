@@ -19,27 +19,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::identity::PeerKey;
-use crate::message::Outcome;
-
-/// How far apart two agreeing results may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Tolerance {
-    /// Largest allowed difference in correct counts.
-    pub correct: u64,
-    /// Largest allowed difference in each named extra metric.
-    pub extra: u64,
-    /// Whether artifact blob ids (weights, shards) must be identical.
-    pub exact_artifacts: bool,
-}
-
-impl Tolerance {
-    /// Bit-exact agreement (CPU backend).
-    pub const EXACT: Tolerance = Tolerance {
-        correct: 0,
-        extra: 0,
-        exact_artifacts: true,
-    };
-}
+use crate::outcome::Outcome;
+pub use crate::outcome::Tolerance;
 
 /// Whether two outcomes agree within `tol`.
 pub fn agree(a: &Outcome, b: &Outcome, tol: &Tolerance) -> bool {
@@ -173,7 +154,7 @@ pub fn majority(n: usize) -> usize {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::message::{Failure, FailureKind, Metrics};
+    use crate::outcome::{Failure, FailureKind, Metrics};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 

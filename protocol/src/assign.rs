@@ -15,6 +15,7 @@
 
 use crate::id::{JobId, context, keyed_hasher};
 use crate::identity::PeerKey;
+use crate::spec::MAX_ROSTER;
 
 /// Weight of a peer with no agreed results (new peers).
 pub const BASE_WEIGHT: u64 = 4;
@@ -90,6 +91,18 @@ pub fn position_below(
 /// A member's ranking key for a job: `h(job, seed, peer) / weight`, widened so the division
 /// keeps precision. `h` is the first 8 bytes of the keyed hash of the three 32-byte values
 /// (their canonical encoding is their concatenation).
+/// Voters of a generation: all members when they fit the roster cap, else the `MAX_ROSTER`
+/// members ranked first by the generation's seed.
+pub fn voters(members: &[PeerKey], seed: &[u8; 32]) -> Vec<PeerKey> {
+    if members.len() <= MAX_ROSTER {
+        return members.to_vec();
+    }
+    let mut v = rank(&JobId(*seed), seed, members, |_| 1);
+    v.truncate(MAX_ROSTER);
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 fn rank_key(job: &JobId, seed: &[u8; 32], p: &PeerKey, weight: u64) -> u128 {
     rank_key_from(&rank_prefix(job, seed), p, weight)

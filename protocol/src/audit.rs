@@ -23,11 +23,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agreement::{Settlement, Tolerance, agree, settle_digested};
+use crate::agreement::{Settlement, agree, settle_digested};
 use crate::assign::rank;
 use crate::id::{JobId, context, hash_canonical};
 use crate::identity::PeerKey;
-use crate::message::Outcome;
+use crate::outcome::Outcome;
+use crate::outcome::Tolerance;
 use crate::spec::JobSpec;
 
 /// How much more often jobs with a convicted executor are audited.

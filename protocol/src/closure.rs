@@ -13,7 +13,7 @@ use crate::agreement::Settlement;
 use crate::audit::Verdict;
 use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
-use crate::message::Outcome;
+use crate::outcome::Outcome;
 use crate::spec::Schedule;
 
 /// What a closure records for one job.
@@ -199,8 +199,8 @@ mod tests {
         let settled = |t| Entry::Settled {
             job,
             settlement: Settlement {
-                canonical: Outcome::Failure(crate::message::Failure {
-                    kind: crate::message::FailureKind::NonFinite,
+                canonical: Outcome::Failure(crate::outcome::Failure {
+                    kind: crate::outcome::FailureKind::NonFinite,
                     detail: String::new(),
                 }),
                 agreeing: vec![],

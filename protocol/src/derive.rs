@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::closure::{Closure, generation_seed};
 use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
-use crate::message::Outcome;
+use crate::outcome::Outcome;
 use crate::spec::{CampaignSpec, JobPayload, JobSpec, NasSpace, Search, Strategy};
 
 /// Why jobs cannot be derived.
@@ -144,7 +144,7 @@ impl DerivationCache {
         Ok(())
     }
 
-    /// [`crate::peer::voters`] of `members` under `seed`, computed once per distinct pair.
+    /// [`crate::assign::voters`] of `members` under `seed`, computed once per distinct pair.
     pub fn voters(&self, members: &[PeerKey], seed: &[u8; 32]) -> Vec<PeerKey> {
         let key = {
             let mut h = blake3::Hasher::new();
@@ -157,7 +157,7 @@ impl DerivationCache {
         if let Some(v) = self.lock().voters.get(&key) {
             return v.to_vec();
         }
-        let v = crate::peer::voters(members, seed);
+        let v = crate::assign::voters(members, seed);
         let mut memo = self.lock();
         if memo.voters.len() >= RANK_TABLES {
             memo.voters.clear();

@@ -19,12 +19,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque, btree_map};
 use std::sync::Arc;
 
-use crate::agreement::{Settlement, Tolerance, agree, settle_digested};
+use crate::agreement::{Settlement, agree, settle_digested};
 use crate::envelope::{AnySigned, Signed};
 use crate::error::{DecodeError, PeerAction};
 use crate::id::{CampaignId, JobId, MessageId};
 use crate::identity::PeerKey;
-use crate::message::{AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Outcome, Reveal};
+use crate::message::{AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Reveal};
+use crate::outcome::Outcome;
+use crate::outcome::Tolerance;
 use crate::scoring::{JobRecord, PeerScore, ScoringRules, score};
 use crate::small::{SmallMap, SmallSet};
 use crate::spec::{CampaignSpec, JobSpec};

@@ -45,6 +45,7 @@ pub mod id;
 pub mod identity;
 pub mod ledger;
 pub mod message;
+pub mod outcome;
 pub mod peer;
 pub mod scoring;
 mod small;

@@ -1,13 +1,13 @@
 //! The signed messages peers gossip, each bound to one campaign.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::closure::Closure;
-use crate::id::{BlobId, CampaignId, JobId, context, hash_canonical};
+use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
+pub use crate::outcome::{Failure, FailureKind, Metrics, Outcome};
 use crate::spec::CampaignSpec;
 use crate::time::Timestamp;
 
@@ -272,62 +272,6 @@ impl JobResult {
         }
         Ok(())
     }
-}
-
-/// A job's outcome: metrics, or a failure that must itself be agreed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Outcome {
-    /// Training finished and was evaluated.
-    Success(Metrics),
-    /// Training could not finish.
-    Failure(Failure),
-}
-
-impl Outcome {
-    /// The content digest of this outcome (order key for deterministic choices).
-    pub fn digest(&self) -> [u8; 32] {
-        hash_canonical(context::OUTCOME, self)
-    }
-}
-
-/// Metrics of a finished job. Integers, so that comparisons give every node the same answer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Metrics {
-    /// Correct predictions on the evaluation split.
-    pub correct: u64,
-    /// Size of the evaluation split.
-    pub total: u64,
-    /// Trainable parameters of the model (exact).
-    pub params: u64,
-    /// FLOPs of one forward pass of one sample (exact; one multiply-add = 2 FLOPs).
-    pub flops: u64,
-    /// Named extra metrics as integers (fixed point where the value is fractional; the name
-    /// says the scale, e.g. `val_loss_micro`). Sorted by name.
-    pub extra: BTreeMap<String, i64>,
-    /// Blobs produced (weights, shards).
-    pub artifacts: Vec<BlobId>,
-}
-
-/// A job that could not finish.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Failure {
-    /// What went wrong (compared when agreeing).
-    pub kind: FailureKind,
-    /// Free-text detail (not compared).
-    pub detail: String,
-}
-
-/// Classes of job failure. Only the class is compared between executors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum FailureKind {
-    /// The loss or weights became NaN or infinite.
-    NonFinite,
-    /// The job spec cannot be executed (e.g. a genome that decodes to no valid model).
-    InvalidJob,
-    /// The dataset or another blob could not be obtained.
-    DataUnavailable,
-    /// Ran out of memory.
-    OutOfMemory,
 }
 
 /// An auditor's re-execution of a settled job.

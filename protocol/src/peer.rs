@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agreement::settle_digested;
-use crate::assign::{eligible, position_below, rank, weight};
+use crate::assign::{eligible, position_below, rank, voters, weight};
 use crate::audit::{self, PendingAudit, Verdict, judge};
 use crate::closure::{Closure, Entry, credited, generation_seed, lower_median, next_deadline};
 use crate::consensus::{Action, Env, Instance};
@@ -32,7 +32,7 @@ use crate::ledger::{Input, Ledger, LedgerConfig, Output};
 use crate::message::{
     AuditReport, Claim, Commitment, Heartbeat, JobResult, Reveal, commitment_digest,
 };
-use crate::spec::{CampaignSpec, JobSpec, MAX_ROSTER};
+use crate::spec::{CampaignSpec, JobSpec};
 use crate::time::Timestamp;
 
 /// Settings of one peer (local choices, not campaign rules).
@@ -261,18 +261,6 @@ fn may_report(members: &[PeerKey], failed_audits: &BTreeMap<PeerKey, u64>, p: &P
 fn seen_key(p: &PeerKey) -> u64 {
     let b = p.as_bytes();
     u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
-/// Voters of a generation: all members when they fit the roster cap, else the `MAX_ROSTER`
-/// members ranked first by the generation's seed.
-pub fn voters(members: &[PeerKey], seed: &[u8; 32]) -> Vec<PeerKey> {
-    if members.len() <= MAX_ROSTER {
-        return members.to_vec();
-    }
-    let mut v = rank(&JobId(*seed), seed, members, |_| 1);
-    v.truncate(MAX_ROSTER);
-    v.sort();
-    v
 }
 
 impl Peer {

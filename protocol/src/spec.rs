@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agreement::Tolerance;
 use crate::id::{BlobId, CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
+use crate::outcome::Tolerance;
 use crate::time::Timestamp;
 
 /// The most executors a job may have.
