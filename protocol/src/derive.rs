@@ -7,9 +7,6 @@
 //! evolve GP expressions (NSGA-II on `[error, size]`: accuracy with parsimony pressure);
 //! distillation campaigns have one generation, one job per shard.
 
-use hivemesh_evolve::gp::{Expr, GpConfig};
-use hivemesh_evolve::search_problems::{GeneProblem, GpProblem};
-use hivemesh_evolve::{Evaluation, Nsga2, Nsga2Config, RegularizedConfig, RegularizedEvolution};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
@@ -19,15 +16,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::closure::{Closure, generation_seed};
 use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
-use crate::outcome::Outcome;
-use crate::spec::{CampaignSpec, JobPayload, JobSpec, NasSpace, Search, Strategy};
+use crate::kinds::{SearchError, SearchState, Told};
+use crate::spec::{CampaignSpec, JobSpec};
+
+pub use crate::kinds::nas::{EvolveSpace, decode_genome, objectives as nas_objectives};
 
 /// Why jobs cannot be derived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeriveError {
-    /// The spec does not describe a search evolve can run.
+    /// The spec does not describe a search evolve can run, or the search refused its input.
     #[error("campaign cannot be searched: {0}")]
-    Spec(String),
+    Search(#[from] SearchError),
     /// A closure that does not follow the last derived generation.
     #[error("closure of generation {got} does not close the current generation {expected}")]
     OutOfOrder {
@@ -46,21 +45,13 @@ pub enum DeriveError {
     },
 }
 
-#[derive(Clone)]
-enum State {
-    NasNsga2(Box<Nsga2<GeneProblem>>),
-    NasRegularized(Box<RegularizedEvolution<GeneProblem>>),
-    Loss(Box<Nsga2<GpProblem>>),
-    Distill,
-}
-
 /// The search state of one campaign, advanced one closure at a time.
 #[derive(Clone)]
 pub struct Derivation {
     spec: CampaignSpec,
     campaign: CampaignId,
-    state: State,
-    population: usize,
+    /// The kind's search, told each closure.
+    state: Box<dyn SearchState>,
     generations: u32,
     /// The generation whose jobs were derived last.
     generation: u32,
@@ -269,162 +260,19 @@ impl DerivationCache {
     }
 }
 
-/// The genome layout of a NAS space (the input shape and class count do not change the genes,
-/// so placeholders are used).
-fn gene_limits(space: &NasSpace) -> Vec<u32> {
-    use hivemesh_evolve::arch::Shape;
-    match space.for_data(Shape::Image { c: 1, h: 1, w: 1 }, 1) {
-        EvolveSpace::Mlp(s) => s.gene_limits(),
-        EvolveSpace::Macro(s) => s.gene_limits(),
-    }
-}
-
-/// A NAS space as evolve's search space for data of one shape.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EvolveSpace {
-    /// Multi-layer perceptrons.
-    Mlp(hivemesh_evolve::arch::MlpSpace),
-    /// The NSGA-Net macro space.
-    Macro(hivemesh_evolve::arch::MacroSpace),
-}
-
-impl NasSpace {
-    /// This space for data of shape `input` with `classes` classes.
-    pub fn for_data(&self, input: hivemesh_evolve::arch::Shape, classes: u32) -> EvolveSpace {
-        use hivemesh_evolve::arch::{MacroSpace, MlpSpace};
-        match self {
-            NasSpace::Mlp { max_layers, widths } => EvolveSpace::Mlp(MlpSpace {
-                input,
-                classes,
-                max_layers: usize::from(*max_layers),
-                widths: widths.clone(),
-            }),
-            NasSpace::Macro {
-                phases,
-                nodes_per_phase,
-                channels,
-                kernels,
-            } => EvolveSpace::Macro(MacroSpace {
-                input,
-                classes,
-                phases: usize::from(*phases),
-                nodes: usize::from(*nodes_per_phase),
-                channels: channels.clone(),
-                kernels: kernels.iter().map(|&k| u32::from(k)).collect(),
-            }),
-        }
-    }
-}
-
-impl EvolveSpace {
-    /// The architecture a genome encodes, or why it is not a valid model for the data.
-    pub fn decode(
-        &self,
-        genes: &[u32],
-    ) -> Result<hivemesh_evolve::arch::Architecture, hivemesh_evolve::arch::ArchError> {
-        match self {
-            EvolveSpace::Mlp(s) => s.decode(genes),
-            EvolveSpace::Macro(s) => s.decode(genes),
-        }
-    }
-}
-
 fn rng_for(campaign: &CampaignId, generation: u32, previous: &[u8; 32]) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(generation_seed(campaign, generation, previous))
-}
-
-/// The objectives of an architecture from its agreed outcome: error rate, params, FLOPs;
-/// "worst" for failed or void jobs.
-pub fn nas_objectives(outcome: Option<&Outcome>) -> Evaluation {
-    match outcome {
-        Some(Outcome::Success(m)) if m.total > 0 => Evaluation::feasible(vec![
-            1.0 - m.correct as f64 / m.total as f64,
-            m.params as f64,
-            m.flops as f64,
-        ]),
-        _ => Evaluation::worst(3),
-    }
 }
 
 impl Derivation {
     /// The search of `spec`, before generation 0.
     pub fn new(spec: &CampaignSpec) -> Result<Self, DeriveError> {
-        let err = |e: hivemesh_evolve::EvolveError| DeriveError::Spec(e.to_string());
-        let (state, population, generations) = match &spec.search {
-            Search::Nas(p) => {
-                let problem = GeneProblem {
-                    limits: gene_limits(&p.space),
-                    objectives: 3,
-                };
-                if problem.limits.is_empty() || problem.limits.contains(&0) {
-                    return Err(DeriveError::Spec("the NAS space has no genes".into()));
-                }
-                let pop = p.population as usize;
-                let state = match p.strategy {
-                    Strategy::Nsga2 => State::NasNsga2(Box::new(
-                        Nsga2::new(
-                            problem,
-                            Nsga2Config {
-                                pop_size: pop,
-                                ..Nsga2Config::default()
-                            },
-                        )
-                        .map_err(err)?,
-                    )),
-                    Strategy::RegularizedEvolution => State::NasRegularized(Box::new(
-                        RegularizedEvolution::new(
-                            problem,
-                            RegularizedConfig {
-                                population: pop,
-                                sample: (pop / 4).clamp(2, pop),
-                            },
-                        )
-                        .map_err(err)?,
-                    )),
-                };
-                (state, pop, p.generations)
-            }
-            Search::Loss(p) => {
-                // The limits always fit cross-entropy, generation 0's seed (6 deep, 7 nodes):
-                // below them every variation of it would break the limits and be discarded,
-                // and the search could only try unrelated random trees.
-                let seed = Expr::cross_entropy();
-                let problem = GpProblem {
-                    config: GpConfig {
-                        max_depth: usize::from(p.max_depth).max(seed.depth()),
-                        max_size: usize::from(p.max_size).max(seed.genes.len() + 1),
-                        ..GpConfig::default()
-                    },
-                    objectives: 2,
-                };
-                let pop = p.population as usize;
-                // Generation 0 starts from the cross-entropy baseline (then random trees): the
-                // search has a working loss to improve on, and the campaign measures its best
-                // against cross-entropy on the same reference model.
-                let state = State::Loss(Box::new(
-                    Nsga2::new(
-                        problem,
-                        Nsga2Config {
-                            pop_size: pop,
-                            ..Nsga2Config::default()
-                        },
-                    )
-                    .map_err(err)?
-                    .with_initial(vec![Expr::cross_entropy()]),
-                ));
-                (state, pop, p.generations)
-            }
-            Search::Distill(p) => {
-                let shards = p.samples.div_ceil(u64::from(p.shard_size.max(1)));
-                (State::Distill, usize::try_from(shards).unwrap_or(0), 1)
-            }
-        };
+        let rules = spec.search.rules();
         Ok(Derivation {
             campaign: spec.id(),
             spec: spec.clone(),
-            state,
-            population,
-            generations: generations.max(1),
+            state: rules.start()?,
+            generations: rules.generations(),
             generation: 0,
             jobs: Vec::new(),
             by_id: Arc::default(),
@@ -482,52 +330,21 @@ impl Derivation {
         // Outcomes in job-index order (the closure is in job-id order).
         let by_id: std::collections::BTreeMap<_, _> =
             closure.entries.iter().map(|e| (e.job(), e)).collect();
-        let outcomes: Vec<Option<&Outcome>> = self
+        let outcomes: Vec<Option<&crate::outcome::Outcome>> = self
             .jobs
             .iter()
             .map(|j| by_id.get(&j.id()).and_then(|e| e.outcome()))
             .collect();
-        let told = match &mut self.state {
-            State::NasNsga2(s) => s.tell(outcomes.iter().map(|o| nas_objectives(*o)).collect()),
-            State::NasRegularized(s) => s.tell(
-                outcomes
-                    .iter()
-                    .map(|o| {
-                        let e = nas_objectives(*o);
-                        Evaluation {
-                            objectives: e.objectives[..1].to_vec(),
-                            violation: e.violation,
-                        }
-                    })
-                    .collect(),
-            ),
-            State::Loss(s) => {
-                let sizes: Vec<f64> = self
-                    .jobs
-                    .iter()
-                    .map(|j| match &j.payload {
-                        JobPayload::Loss { expression } => expression.len() as f64,
-                        _ => f64::INFINITY,
-                    })
-                    .collect();
-                s.tell(
-                    outcomes
-                        .iter()
-                        .zip(sizes)
-                        .map(|(o, size)| {
-                            let e = nas_objectives(*o);
-                            if e.is_feasible() {
-                                Evaluation::feasible(vec![e.objectives[0], size])
-                            } else {
-                                Evaluation::worst(2)
-                            }
-                        })
-                        .collect(),
-                )
-            }
-            State::Distill => Ok(()),
-        };
-        told.map_err(|e| DeriveError::Spec(e.to_string()))?;
+        let told: Vec<Told<'_>> = self
+            .jobs
+            .iter()
+            .zip(outcomes)
+            .map(|(j, outcome)| Told {
+                payload: &j.payload,
+                outcome,
+            })
+            .collect();
+        self.state.tell(&told)?;
         self.generation += 1;
         self.jobs = if self.generation >= self.generations {
             Vec::new()
@@ -540,41 +357,7 @@ impl Derivation {
 
     fn make_jobs(&mut self, generation: u32, previous: &[u8; 32]) -> Vec<JobSpec> {
         let mut rng = rng_for(&self.campaign, generation, previous);
-        let payloads: Vec<JobPayload> = match &mut self.state {
-            State::NasNsga2(s) => s
-                .ask(&mut rng)
-                .iter()
-                .map(|g| JobPayload::Nas {
-                    genome: postcard::to_stdvec(g).unwrap_or_default(),
-                })
-                .collect(),
-            State::NasRegularized(s) => s
-                .ask(self.population, &mut rng)
-                .iter()
-                .map(|g| JobPayload::Nas {
-                    genome: postcard::to_stdvec(g).unwrap_or_default(),
-                })
-                .collect(),
-            State::Loss(s) => s
-                .ask(&mut rng)
-                .iter()
-                .map(|e: &Expr| JobPayload::Loss {
-                    expression: postcard::to_stdvec(e).unwrap_or_default(),
-                })
-                .collect(),
-            State::Distill => {
-                let (size, samples) = match &self.spec.search {
-                    Search::Distill(p) => (u64::from(p.shard_size.max(1)), p.samples),
-                    _ => (1, 0),
-                };
-                (0..samples.div_ceil(size))
-                    .map(|k| JobPayload::Distill {
-                        start: k * size,
-                        end: ((k + 1) * size).min(samples),
-                    })
-                    .collect()
-            }
-        };
+        let payloads = self.state.ask(&mut rng);
         payloads
             .into_iter()
             .enumerate()
@@ -599,11 +382,6 @@ impl Derivation {
             })
             .collect()
     }
-}
-
-/// Decodes a NAS job's genome.
-pub fn decode_genome(genome: &[u8]) -> Option<Vec<u32>> {
-    postcard::from_bytes(genome).ok()
 }
 
 #[cfg(test)]
@@ -685,12 +463,12 @@ mod tests {
         let g0: Vec<JobSpec> = a.generation_zero().to_vec();
         assert_eq!(g0, b.generation_zero());
         assert_eq!(g0.len(), 20);
-        let limits = gene_limits(match &spec.search {
-            Search::Nas(p) => &p.space,
+        let limits = crate::kinds::nas::gene_limits(match &spec.search {
+            crate::spec::Search::Nas(p) => &p.space,
             _ => unreachable!("sample is NAS"),
         });
         for j in &g0 {
-            let JobPayload::Nas { genome } = &j.payload else {
+            let crate::spec::JobPayload::Nas { genome } = &j.payload else {
                 panic!("NAS job expected")
             };
             let g = decode_genome(genome).expect("genome decodes");

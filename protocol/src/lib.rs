@@ -43,6 +43,7 @@ pub mod envelope;
 pub mod error;
 pub mod id;
 pub mod identity;
+pub mod kinds;
 pub mod ledger;
 pub mod message;
 pub mod outcome;
@@ -50,6 +51,7 @@ pub mod peer;
 pub mod scoring;
 mod small;
 pub mod spec;
+mod spec_error;
 pub mod time;
 
 pub use agreement::{Settlement, Tolerance, agree, settle};

@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::id::{BlobId, CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
 use crate::outcome::Tolerance;
+use crate::spec_error::field;
+
+pub use crate::kinds::{
+    CampaignKind, DistillParams, JobPayload, LossParams, MAX_JOBS_PER_GENERATION, NasParams,
+    NasSpace, Search, Strategy,
+};
+pub use crate::spec_error::SpecError;
 use crate::time::Timestamp;
 
 /// The most executors a job may have.
@@ -22,9 +29,6 @@ pub const MAX_CODE_VERSION_LEN: usize = 64;
 pub const PPM: u32 = 1_000_000;
 /// Most members of a campaign's voting roster (ADR 0003: consensus cost grows with it).
 pub const MAX_ROSTER: usize = 128;
-/// Most jobs in one generation.
-pub const MAX_JOBS_PER_GENERATION: u64 = 20_000;
-
 /// What a researcher asks the swarm to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CampaignSpec {
@@ -90,105 +94,6 @@ impl Default for Schedule {
     }
 }
 
-/// The kind of a campaign, without its parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum CampaignKind {
-    /// Architecture search.
-    Nas,
-    /// Loss-function search.
-    Loss,
-    /// Distillation shards.
-    Distill,
-}
-
-/// The search a campaign runs, with its typed parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Search {
-    /// Architecture search: genomes trained and scored on `[accuracy, params, FLOPs]`.
-    Nas(NasParams),
-    /// Loss-function search: GP expressions used as the loss of a fixed reference model.
-    Loss(LossParams),
-    /// Distillation: a teacher's top-k soft labels over shards of the dataset.
-    Distill(DistillParams),
-}
-
-/// Architecture-search parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NasParams {
-    /// The space genomes come from.
-    pub space: NasSpace,
-    /// The evolutionary strategy.
-    pub strategy: Strategy,
-    /// Genomes per generation.
-    pub population: u32,
-    /// Generations to run.
-    pub generations: u32,
-}
-
-/// An architecture search space.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum NasSpace {
-    /// Multi-layer perceptrons for small inputs: up to `max_layers` hidden layers, each with a
-    /// width from `widths`.
-    Mlp {
-        /// Most hidden layers.
-        max_layers: u8,
-        /// Allowed hidden widths.
-        widths: Vec<u32>,
-    },
-    /// NSGA-Net macro space: `phases` phases of `nodes_per_phase` nodes with connection bits,
-    /// per-phase channel and kernel choices.
-    Macro {
-        /// Number of phases.
-        phases: u8,
-        /// Nodes per phase.
-        nodes_per_phase: u8,
-        /// Allowed channel counts.
-        channels: Vec<u32>,
-        /// Allowed kernel sizes.
-        kernels: Vec<u8>,
-    },
-}
-
-/// An evolutionary strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Strategy {
-    /// NSGA-II (Deb et al. 2002).
-    Nsga2,
-    /// Regularised (aging) evolution (Real et al. 2019).
-    RegularizedEvolution,
-}
-
-/// Loss-function search parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LossParams {
-    /// Expressions per generation.
-    pub population: u32,
-    /// Generations to run.
-    pub generations: u32,
-    /// Deepest expression tree.
-    pub max_depth: u8,
-    /// Most nodes in an expression tree.
-    pub max_size: u16,
-    /// The fixed reference model every candidate loss trains (its architecture IR, as a blob).
-    pub reference_model: BlobId,
-    /// Gradient steps spent tuning an expression's constants before the main training.
-    pub constant_tuning_steps: u32,
-}
-
-/// Distillation parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DistillParams {
-    /// The teacher model: architecture and weights, as a blob.
-    pub teacher: BlobId,
-    /// Probabilities kept per sample.
-    pub top_k: u8,
-    /// Samples per shard (one job per shard).
-    pub shard_size: u32,
-    /// Samples of the dataset to label (shards cover `0..samples`).
-    pub samples: u64,
-}
-
 /// A dataset, named by content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetRef {
@@ -248,26 +153,6 @@ pub enum BackendClass {
     Cuda,
 }
 
-/// Why a campaign spec is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    /// A field is out of range; the message says which and what is allowed.
-    #[error("campaign spec field `{field}`: {reason}")]
-    Field {
-        /// The field.
-        field: &'static str,
-        /// What is wrong and what is allowed.
-        reason: String,
-    },
-}
-
-fn field(field: &'static str, reason: impl Into<String>) -> SpecError {
-    SpecError::Field {
-        field,
-        reason: reason.into(),
-    }
-}
-
 impl CampaignSpec {
     /// The campaign's id: the hash of this spec's canonical encoding.
     pub fn id(&self) -> CampaignId {
@@ -276,11 +161,7 @@ impl CampaignSpec {
 
     /// The campaign's kind.
     pub fn kind(&self) -> CampaignKind {
-        match self.search {
-            Search::Nas(_) => CampaignKind::Nas,
-            Search::Loss(_) => CampaignKind::Loss,
-            Search::Distill(_) => CampaignKind::Distill,
-        }
+        self.search.kind()
     }
 
     /// Checks every field against its allowed range.
@@ -365,11 +246,7 @@ impl CampaignSpec {
             return Err(field("schedule.round_timeout_ms", "must be at least 1"));
         }
         self.budget.validate()?;
-        match &self.search {
-            Search::Nas(p) => p.validate(),
-            Search::Loss(p) => p.validate(),
-            Search::Distill(p) => p.validate(),
-        }
+        self.search.rules().validate()
     }
 }
 
@@ -402,91 +279,6 @@ impl TrainingBudget {
     }
 }
 
-fn check_population(population: u32, generations: u32) -> Result<(), SpecError> {
-    if !(2..=MAX_JOBS_PER_GENERATION as u32).contains(&population) {
-        return Err(field(
-            "population",
-            format!("must be 2 to {MAX_JOBS_PER_GENERATION}"),
-        ));
-    }
-    if !(1..=100_000).contains(&generations) {
-        return Err(field("generations", "must be 1 to 100000"));
-    }
-    Ok(())
-}
-
-impl NasParams {
-    fn validate(&self) -> Result<(), SpecError> {
-        check_population(self.population, self.generations)?;
-        match &self.space {
-            NasSpace::Mlp { max_layers, widths } => {
-                if *max_layers == 0 || *max_layers > 16 {
-                    return Err(field("space.max_layers", "must be 1 to 16"));
-                }
-                if widths.is_empty() || widths.len() > 32 || widths.contains(&0) {
-                    return Err(field("space.widths", "1 to 32 positive widths"));
-                }
-            }
-            NasSpace::Macro {
-                phases,
-                nodes_per_phase,
-                channels,
-                kernels,
-            } => {
-                if *phases == 0 || *phases > 8 {
-                    return Err(field("space.phases", "must be 1 to 8"));
-                }
-                if *nodes_per_phase == 0 || *nodes_per_phase > 12 {
-                    return Err(field("space.nodes_per_phase", "must be 1 to 12"));
-                }
-                if channels.is_empty() || channels.len() > 16 || channels.contains(&0) {
-                    return Err(field("space.channels", "1 to 16 positive channel counts"));
-                }
-                if kernels.is_empty()
-                    || kernels.len() > 8
-                    || kernels.iter().any(|k| *k == 0 || k % 2 == 0)
-                {
-                    return Err(field("space.kernels", "1 to 8 odd kernel sizes"));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl LossParams {
-    fn validate(&self) -> Result<(), SpecError> {
-        check_population(self.population, self.generations)?;
-        if self.max_depth == 0 || self.max_depth > 32 {
-            return Err(field("max_depth", "must be 1 to 32"));
-        }
-        if self.max_size == 0 || self.max_size > 1024 {
-            return Err(field("max_size", "must be 1 to 1024"));
-        }
-        Ok(())
-    }
-}
-
-impl DistillParams {
-    fn validate(&self) -> Result<(), SpecError> {
-        if self.top_k == 0 {
-            return Err(field("top_k", "must be at least 1"));
-        }
-        if self.shard_size == 0 {
-            return Err(field("shard_size", "must be at least 1"));
-        }
-        if self.samples == 0
-            || self.samples.div_ceil(u64::from(self.shard_size)) > MAX_JOBS_PER_GENERATION
-        {
-            return Err(field(
-                "samples",
-                format!("must be at least 1 and make at most {MAX_JOBS_PER_GENERATION} shards"),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// One unit of work, derived deterministically by every node (never announced).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -506,28 +298,6 @@ pub struct JobSpec {
     pub backend: BackendClass,
     /// Estimated work in compute units (the scoring weight of an agreed result).
     pub compute: u64,
-}
-
-/// What a job computes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobPayload {
-    /// Train and evaluate an architecture genome (evolve's canonical genome encoding).
-    Nas {
-        /// The encoded genome.
-        genome: Vec<u8>,
-    },
-    /// Train the reference model with a loss expression (evolve's canonical encoding).
-    Loss {
-        /// The encoded expression.
-        expression: Vec<u8>,
-    },
-    /// Run the teacher over samples `start..end` of the dataset.
-    Distill {
-        /// First sample.
-        start: u64,
-        /// One past the last sample.
-        end: u64,
-    },
 }
 
 impl JobSpec {
