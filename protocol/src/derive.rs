@@ -384,6 +384,26 @@ impl Derivation {
     }
 }
 
+/// The jobs of generation 0 and of every generation `closures` open (in order), by id:
+/// what a status or export needs to name each decided job. Derivation stops at the first
+/// closure that does not follow (a spec whose search cannot start gives no jobs).
+pub fn jobs_of_closures<'a>(
+    spec: &CampaignSpec,
+    closures: impl IntoIterator<Item = &'a Closure>,
+) -> BTreeMap<JobId, JobSpec> {
+    let mut jobs = BTreeMap::new();
+    if let Ok(mut d) = Derivation::new(spec) {
+        jobs.extend(d.generation_zero().iter().map(|j| (j.id(), j.clone())));
+        for closure in closures {
+            match d.advance(closure) {
+                Ok(next) => jobs.extend(next.iter().map(|j| (j.id(), j.clone()))),
+                Err(_) => break,
+            }
+        }
+    }
+    jobs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,5 +540,19 @@ mod tests {
         let gz = cache.advance(&mut z, &c2, c2.root()).expect("advance");
         assert_ne!(gz, gx);
         assert_eq!(x.jobs(), &gx[..], "a shared state is copied on write");
+    }
+
+    #[test]
+    fn jobs_of_closures_lists_every_derived_generation() {
+        let spec = sample_spec();
+        let mut d = Derivation::new(&spec).expect("derivation");
+        let g0 = d.generation_zero().to_vec();
+        let c0 = closure_for(&spec, &g0, 0);
+        let g1 = d.advance(&c0).expect("advance").to_vec();
+        let all = jobs_of_closures(&spec, [&c0]);
+        assert_eq!(all.len(), g0.len() + g1.len());
+        assert!(g0.iter().chain(&g1).all(|j| all.get(&j.id()) == Some(j)));
+        // A closure out of order ends the list where it stands.
+        assert_eq!(jobs_of_closures(&spec, [&c0, &c0]).len(), all.len());
     }
 }

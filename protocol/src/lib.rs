@@ -52,6 +52,7 @@ pub mod scoring;
 mod small;
 pub mod spec;
 mod spec_error;
+pub mod standings;
 pub mod time;
 
 pub use agreement::{Settlement, Tolerance, agree, settle};

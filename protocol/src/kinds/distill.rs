@@ -116,7 +116,10 @@ mod tests {
         let p = params(10, 4);
         assert_eq!(p.shards().collect::<Vec<_>>(), vec![0..4, 4..8, 8..10]);
         assert_eq!(p.jobs_per_generation(), 3);
-        let jobs = p.start().expect("starts").ask(&mut ChaCha8Rng::seed_from_u64(0));
+        let jobs = p
+            .start()
+            .expect("starts")
+            .ask(&mut ChaCha8Rng::seed_from_u64(0));
         assert_eq!(jobs[2], JobPayload::Distill { start: 8, end: 10 });
         assert_eq!(p.generations(), 1);
     }
@@ -125,6 +128,8 @@ mod tests {
     fn too_many_shards_are_refused() {
         let p = params(MAX_JOBS_PER_GENERATION + 1, 1);
         assert!(p.validate().unwrap_err().to_string().contains("samples"));
-        params(MAX_JOBS_PER_GENERATION, 1).validate().expect("valid");
+        params(MAX_JOBS_PER_GENERATION, 1)
+            .validate()
+            .expect("valid");
     }
 }

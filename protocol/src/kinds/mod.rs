@@ -42,7 +42,8 @@ pub enum CampaignKind {
 
 impl CampaignKind {
     /// Every kind.
-    pub const ALL: [CampaignKind; 3] = [CampaignKind::Nas, CampaignKind::Loss, CampaignKind::Distill];
+    pub const ALL: [CampaignKind; 3] =
+        [CampaignKind::Nas, CampaignKind::Loss, CampaignKind::Distill];
 
     /// The kind's name in campaign files, reports and the API: `nas`, `loss` or `distill`.
     pub const fn name(self) -> &'static str {
@@ -240,13 +241,19 @@ mod tests {
         let p = JobPayload::Nas {
             genome: vec![0x0a, 0xff],
         };
-        assert_eq!((p.kind(), p.summary().as_str()), (CampaignKind::Nas, "0aff"));
+        assert_eq!(
+            (p.kind(), p.summary().as_str()),
+            (CampaignKind::Nas, "0aff")
+        );
         let p = JobPayload::Loss {
             expression: vec![1],
         };
         assert_eq!((p.kind(), p.summary().as_str()), (CampaignKind::Loss, "01"));
         let p = JobPayload::Distill { start: 5, end: 9 };
-        assert_eq!((p.kind(), p.summary().as_str()), (CampaignKind::Distill, "5..9"));
+        assert_eq!(
+            (p.kind(), p.summary().as_str()),
+            (CampaignKind::Distill, "5..9")
+        );
     }
 
     #[test]
