@@ -20,7 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use hivemesh_protocol::closure::Entry;
+use hivemesh_protocol::closure::Closure;
+use hivemesh_protocol::standings::{self, AuditLabel};
 use hivemesh_protocol::derive::DerivationCache;
 use hivemesh_protocol::envelope::seal;
 use hivemesh_protocol::message::commitment_digest;
@@ -1446,74 +1447,60 @@ impl Sim {
             .filter(|&i| self.nodes[i].behaviour == Some(Behaviour::Collude))
             .map(|i| self.nodes[i].key.public())
             .collect();
-        let tol = self.spec.tolerance;
-        let verdicts: HashMap<JobId, &hivemesh_protocol::audit::Verdict> = peer
-            .closures()
-            .iter()
-            .flat_map(|(c, _)| c.verdicts.iter().map(|v| (v.job, v)))
-            .collect();
-        for (closure, _) in peer.closures() {
-            for e in &closure.entries {
-                match e {
-                    Entry::Settled {
-                        job, settlement, ..
-                    } => {
-                        r.settled_entries += 1;
-                        let truth = self.jobs_by_id.get(job).map(true_outcome);
-                        let wrong = truth.as_ref().is_some_and(|t| settlement.canonical != *t);
-                        let verdict = verdicts.get(job);
-                        let final_outcome =
-                            verdict.map_or(&settlement.canonical, |v| v.outcome(settlement));
-                        if truth.as_ref().is_some_and(|t| final_outcome != t) {
-                            r.wrong_finalised += 1;
-                        }
-                        let draw = peer.audit_draws().get(job).copied();
-                        if let Some((rate, drawn)) = draw {
-                            r.audits.drawn.0 += 1;
-                            r.audits.drawn.1 += usize::from(drawn);
-                            r.audits.expected_sampled += f64::from(rate) / 1e6;
-                        }
-                        if wrong {
-                            r.wrong_at_closure += 1;
-                            if settlement.agreeing.iter().all(|p| colluders.contains(p)) {
-                                r.collusion_settled += 1;
-                                r.audits.captured += 1;
-                                if let Some((rate, drawn)) = draw {
-                                    r.audits.captured_expected += f64::from(rate) / 1e6;
-                                    r.audits.captured_sampled += usize::from(drawn);
-                                }
-                                if verdict.is_some_and(|v| v.overturned(settlement, &tol)) {
-                                    r.audits.caught += 1;
-                                }
-                            }
-                        }
-                        if let Some(v) = verdict {
-                            r.audits.verdicts += 1;
-                            r.audits.overturned += usize::from(v.overturned(settlement, &tol));
-                            r.audits.contradicted += v.contradicted.len();
-                        }
-                        for p in &settlement.dissenting {
-                            if let Some(c) = class_of.get(p) {
-                                *r.dissents_by_class.entry(c.clone()).or_default() += 1;
-                            }
-                        }
+        let closures: Vec<&Closure> = peer.closures().iter().map(|(c, _)| &**c).collect();
+        for d in standings::decided(&closures, &self.spec.tolerance) {
+            let Some(settlement) = d.settled else {
+                r.void_entries += 1;
+                if std::env::var_os("NETSIM_DEBUG").is_some() {
+                    eprintln!(
+                        "void g{} job {}: commitments {} results {:?}",
+                        d.generation,
+                        d.job.short(),
+                        peer.ledger().commitment_count(&d.job),
+                        peer.ledger()
+                            .executor_results(&d.job)
+                            .iter()
+                            .map(|x| (x.peer.short(), x.late))
+                            .collect::<Vec<_>>()
+                    );
+                }
+                continue;
+            };
+            let job = &d.job;
+            r.settled_entries += 1;
+            let truth = self.jobs_by_id.get(job).map(true_outcome);
+            let wrong = truth.as_ref().is_some_and(|t| settlement.canonical != *t);
+            let overturned = d.audit == Some(AuditLabel::Overturned);
+            let final_outcome = d.verdict.map_or(&settlement.canonical, |v| v.outcome(settlement));
+            if truth.as_ref().is_some_and(|t| final_outcome != t) {
+                r.wrong_finalised += 1;
+            }
+            let draw = peer.audit_draws().get(job).copied();
+            if let Some((rate, drawn)) = draw {
+                r.audits.drawn.0 += 1;
+                r.audits.drawn.1 += usize::from(drawn);
+                r.audits.expected_sampled += f64::from(rate) / 1e6;
+            }
+            if wrong {
+                r.wrong_at_closure += 1;
+                if settlement.agreeing.iter().all(|p| colluders.contains(p)) {
+                    r.collusion_settled += 1;
+                    r.audits.captured += 1;
+                    if let Some((rate, drawn)) = draw {
+                        r.audits.captured_expected += f64::from(rate) / 1e6;
+                        r.audits.captured_sampled += usize::from(drawn);
                     }
-                    Entry::Void { job } => {
-                        r.void_entries += 1;
-                        if std::env::var_os("NETSIM_DEBUG").is_some() {
-                            eprintln!(
-                                "void g{} job {}: commitments {} results {:?}",
-                                closure.generation,
-                                job.short(),
-                                peer.ledger().commitment_count(job),
-                                peer.ledger()
-                                    .executor_results(job)
-                                    .iter()
-                                    .map(|x| (x.peer.short(), x.late))
-                                    .collect::<Vec<_>>()
-                            );
-                        }
-                    }
+                    r.audits.caught += usize::from(overturned);
+                }
+            }
+            if let Some(v) = d.verdict {
+                r.audits.verdicts += 1;
+                r.audits.overturned += usize::from(overturned);
+                r.audits.contradicted += v.contradicted.len();
+            }
+            for p in &settlement.dissenting {
+                if let Some(c) = class_of.get(p) {
+                    *r.dissents_by_class.entry(c.clone()).or_default() += 1;
                 }
             }
         }
