@@ -125,15 +125,39 @@ fn true_outcome(job: &JobSpec) -> Outcome {
     })
 }
 
+/// Why the demonstration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The flags make an invalid campaign.
+    #[error("the demo campaign is invalid: {0}")]
+    Spec(#[from] hivemesh_protocol::SpecError),
+    /// Fewer peers than executors per job.
+    #[error(
+        "{peers} peers cannot give each job {redundancy} executors: pass more --peers or a lower --redundancy"
+    )]
+    TooFewPeers {
+        /// Peers asked for.
+        peers: usize,
+        /// Executors per job asked for.
+        redundancy: u8,
+    },
+    /// A message could not be signed.
+    #[error("cannot sign a message: {0}")]
+    Sign(#[from] hivemesh_protocol::EncodeError),
+    /// A signed message did not verify or decode (a bug: the demo signs them itself).
+    #[error("a signed message does not verify: {0}")]
+    Decode(#[from] hivemesh_protocol::DecodeError),
+}
+
 /// Runs the demonstration.
-pub fn run(cfg: &DemoConfig) -> Result<DemoReport, String> {
+pub fn run(cfg: &DemoConfig) -> Result<DemoReport, DemoError> {
     let spec = spec(cfg);
-    spec.validate().map_err(|e| e.to_string())?;
+    spec.validate()?;
     if cfg.peers < usize::from(cfg.redundancy) {
-        return Err(format!(
-            "{} peers cannot give each job {} executors",
-            cfg.peers, cfg.redundancy
-        ));
+        return Err(DemoError::TooFewPeers {
+            peers: cfg.peers,
+            redundancy: cfg.redundancy,
+        });
     }
     let campaign = spec.id();
     let keys: Vec<Keypair> = (0..cfg.peers).map(|i| key(cfg.seed, i)).collect();
@@ -160,7 +184,6 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport, String> {
     // Every executor signs a claim, a commitment and a reveal.
     let mut wire: Vec<Vec<u8>> = Vec::new();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let sign_err = |e: hivemesh_protocol::EncodeError| e.to_string();
     for job in &jobs {
         let id = job.id();
         let mut ranked: Vec<&Keypair> = keys.iter().collect();
@@ -203,24 +226,9 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport, String> {
                 witnessed: Vec::new(),
                 issued_at: t,
             };
-            wire.push(
-                Signed::sign_and_encode(claim, k)
-                    .map_err(sign_err)?
-                    .bytes()
-                    .to_vec(),
-            );
-            wire.push(
-                Signed::sign_and_encode(commitment, k)
-                    .map_err(sign_err)?
-                    .bytes()
-                    .to_vec(),
-            );
-            wire.push(
-                Signed::sign_and_encode(reveal, k)
-                    .map_err(sign_err)?
-                    .bytes()
-                    .to_vec(),
-            );
+            wire.push(Signed::sign_and_encode(claim, k)?.bytes().to_vec());
+            wire.push(Signed::sign_and_encode(commitment, k)?.bytes().to_vec());
+            wire.push(Signed::sign_and_encode(reveal, k)?.bytes().to_vec());
         }
     }
 
@@ -236,8 +244,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport, String> {
         let envelopes = order
             .iter()
             .map(|b| Envelope::parse(b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, _>>()?;
         let verified: Vec<_> = if node % 2 == 0 {
             verify_batch(envelopes)
         } else {
@@ -250,9 +257,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport, String> {
                 .for_each(drop);
         }
         for v in verified {
-            let msg: AnySigned = v
-                .and_then(|v| v.decode_any(&ctx))
-                .map_err(|e| e.to_string())?;
+            let msg: AnySigned = v.and_then(|v| v.decode_any(&ctx))?;
             ledger
                 .handle(Input::Message(msg), Timestamp(2_000))
                 .for_each(drop);

@@ -271,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     println!(
         "note: no training yet; executors return seeded stub metrics (real campaigns: see README status)"
     );
-    let r = demo::run(&cfg).map_err(anyhow::Error::msg)?;
+    let r = demo::run(&cfg)?;
     println!("campaign {}", r.campaign);
     println!(
         "{} signed messages, verified by every node at {:.0} signatures/s",

@@ -21,12 +21,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use hivemesh_protocol::closure::Closure;
-use hivemesh_protocol::standings::{self, AuditLabel};
 use hivemesh_protocol::derive::DerivationCache;
 use hivemesh_protocol::envelope::seal;
 use hivemesh_protocol::message::commitment_digest;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
 use hivemesh_protocol::spec::Schedule;
+use hivemesh_protocol::standings::{self, AuditLabel};
 use hivemesh_protocol::{
     AnySigned, BackendClass, CampaignId, CampaignSpec, Claim, Commitment, Context, DatasetRef,
     JobId, JobPayload, JobResult, JobSpec, Keypair, Kind, LrSchedule, Metrics, NasParams, NasSpace,
@@ -1471,7 +1471,9 @@ impl Sim {
             let truth = self.jobs_by_id.get(job).map(true_outcome);
             let wrong = truth.as_ref().is_some_and(|t| settlement.canonical != *t);
             let overturned = d.audit == Some(AuditLabel::Overturned);
-            let final_outcome = d.verdict.map_or(&settlement.canonical, |v| v.outcome(settlement));
+            let final_outcome = d
+                .verdict
+                .map_or(&settlement.canonical, |v| v.outcome(settlement));
             if truth.as_ref().is_some_and(|t| final_outcome != t) {
                 r.wrong_finalised += 1;
             }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use hivemesh_evolve::arch::Architecture;
 use hivemesh_evolve::gp::Expr;
 use hivemesh_trainer::data::{Dataset, Splits, load_mnist};
@@ -41,104 +41,124 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train the reference MLP (784-128-10) and the small CNN; print test accuracy.
-    Accuracy {
-        /// Folder with the four MNIST IDX files.
-        #[arg(long)]
-        mnist: PathBuf,
-        /// Epochs (Adam, lr 1e-3, batch 64).
-        #[arg(long, default_value_t = 2)]
-        epochs: u32,
-        /// Which models: mlp, cnn or both.
-        #[arg(long, default_value = "both")]
-        model: String,
-        /// Peak learning rate.
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f32,
-        /// Decay the learning rate to zero by a cosine over the run.
-        #[arg(long)]
-        cosine: bool,
-        /// Samples per step.
-        #[arg(long, default_value_t = 64)]
-        batch: u32,
-        /// Hidden width of the MLP.
-        #[arg(long, default_value_t = 128)]
-        hidden: u32,
-    },
+    Accuracy(AccuracyArgs),
     /// Train a small-CNN teacher and save its weights artifact.
-    Teacher {
-        /// Folder with the four MNIST IDX files.
-        #[arg(long)]
-        mnist: PathBuf,
-        /// Where to write the weights artifact.
-        #[arg(long)]
-        out: PathBuf,
-        /// Epochs.
-        #[arg(long, default_value_t = 2)]
-        epochs: u32,
-    },
+    Teacher(TeacherArgs),
     /// Label the training set with the teacher (top-k shards), or read shards a swarm agreed
     /// on, then train the same student on soft labels and on hard labels for equal steps and
     /// compare.
-    Distill {
-        /// Folder with the four MNIST IDX files.
-        #[arg(long)]
-        mnist: PathBuf,
-        /// The teacher's weights artifact: label the training set here.
-        #[arg(long, required_unless_present = "shards", conflicts_with = "shards")]
-        teacher: Option<PathBuf>,
-        /// A folder of shard blobs (`*.hmkd`, e.g. a cluster report's `shards/`) to train on
-        /// instead of labelling with a teacher; they must cover every training sample.
-        #[arg(long)]
-        shards: Option<PathBuf>,
-        /// Optimiser steps for each student.
-        #[arg(long, default_value_t = 300)]
-        steps: u64,
-        /// Student hidden width (784-W-10 MLP).
-        #[arg(long, default_value_t = 32)]
-        width: u32,
-        /// Probabilities kept per sample.
-        #[arg(long, default_value_t = 3)]
-        top_k: u8,
-        /// KD temperature.
-        #[arg(long, default_value_t = 2.0)]
-        temperature: f32,
-        /// KD weight of the soft term.
-        #[arg(long, default_value_t = 0.5)]
-        alpha: f32,
-        /// Samples per shard.
-        #[arg(long, default_value_t = 10_000)]
-        shard_size: u64,
-        /// Seeds to average over.
-        #[arg(long, default_value_t = 3)]
-        seeds: u64,
-    },
+    Distill(DistillArgs),
     /// Train the reference MLP (784-128-10) with candidate losses and with cross-entropy, over
     /// several seeds: the loss-search figure without one seed's luck. Expressions are the hex
     /// payloads of a loss campaign's report (`report.json`: `jobs[].payload[1]`). Budget as in
     /// examples/loss-mnist.toml: 300 steps of Adam 5e-3, batch 64, 2 constant-tuning steps.
-    Loss {
-        /// Folder with the four MNIST IDX files.
-        #[arg(long)]
-        mnist: PathBuf,
-        /// Expression payloads (hex), comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        expr: Vec<String>,
-        /// Seeds per expression (1..=N).
-        #[arg(long, default_value_t = 5)]
-        seeds: u64,
-        /// Training steps.
-        #[arg(long, default_value_t = 300)]
-        steps: u64,
-    },
+    Loss(LossArgs),
     /// Training steps/s at batch 64 for the MLP and the CNN, and peak memory.
-    Bench {
-        /// Folder with the four MNIST IDX files.
-        #[arg(long)]
-        mnist: PathBuf,
-        /// Timed steps per model (after 20 warm-up steps).
-        #[arg(long, default_value_t = 200)]
-        steps: u64,
-    },
+    Bench(BenchArgs),
+}
+
+/// The arguments of `accuracy`.
+#[derive(Args)]
+struct AccuracyArgs {
+    /// Folder with the four MNIST IDX files.
+    #[arg(long)]
+    mnist: PathBuf,
+    /// Epochs (Adam, lr 1e-3, batch 64).
+    #[arg(long, default_value_t = 2)]
+    epochs: u32,
+    /// Which models: mlp, cnn or both.
+    #[arg(long, default_value = "both")]
+    model: String,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Decay the learning rate to zero by a cosine over the run.
+    #[arg(long)]
+    cosine: bool,
+    /// Samples per step.
+    #[arg(long, default_value_t = 64)]
+    batch: u32,
+    /// Hidden width of the MLP.
+    #[arg(long, default_value_t = 128)]
+    hidden: u32,
+}
+
+/// The arguments of `teacher`.
+#[derive(Args)]
+struct TeacherArgs {
+    /// Folder with the four MNIST IDX files.
+    #[arg(long)]
+    mnist: PathBuf,
+    /// Where to write the weights artifact.
+    #[arg(long)]
+    out: PathBuf,
+    /// Epochs.
+    #[arg(long, default_value_t = 2)]
+    epochs: u32,
+}
+
+/// The arguments of `distill`.
+#[derive(Args)]
+struct DistillArgs {
+    /// Folder with the four MNIST IDX files.
+    #[arg(long)]
+    mnist: PathBuf,
+    /// The teacher's weights artifact: label the training set here.
+    #[arg(long, required_unless_present = "shards", conflicts_with = "shards")]
+    teacher: Option<PathBuf>,
+    /// A folder of shard blobs (`*.hmkd`, e.g. a cluster report's `shards/`) to train on
+    /// instead of labelling with a teacher; they must cover every training sample.
+    #[arg(long)]
+    shards: Option<PathBuf>,
+    /// Optimiser steps for each student.
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+    /// Student hidden width (784-W-10 MLP).
+    #[arg(long, default_value_t = 32)]
+    width: u32,
+    /// Probabilities kept per sample.
+    #[arg(long, default_value_t = 3)]
+    top_k: u8,
+    /// KD temperature.
+    #[arg(long, default_value_t = 2.0)]
+    temperature: f32,
+    /// KD weight of the soft term.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// Samples per shard.
+    #[arg(long, default_value_t = 10_000)]
+    shard_size: u64,
+    /// Seeds to average over.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+}
+
+/// The arguments of `loss`.
+#[derive(Args)]
+struct LossArgs {
+    /// Folder with the four MNIST IDX files.
+    #[arg(long)]
+    mnist: PathBuf,
+    /// Expression payloads (hex), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    expr: Vec<String>,
+    /// Seeds per expression (1..=N).
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    /// Training steps.
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+}
+
+/// The arguments of `bench`.
+#[derive(Args)]
+struct BenchArgs {
+    /// Folder with the four MNIST IDX files.
+    #[arg(long)]
+    mnist: PathBuf,
+    /// Timed steps per model (after 20 warm-up steps).
+    #[arg(long, default_value_t = 200)]
+    steps: u64,
 }
 
 fn bar(total: u64, label: &str) -> ProgressBar {
@@ -317,231 +337,248 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
-        Cmd::Accuracy {
-            mnist,
-            epochs,
-            model,
-            lr,
-            cosine,
-            batch,
-            hidden,
-        } => {
-            let budget = Budget {
-                learning_rate: lr,
-                schedule: if cosine {
-                    Schedule::Cosine
-                } else {
-                    Schedule::Constant
-                },
-                batch_size: batch,
-                ..adam(epochs)
-            };
-            let (data, splits) = load(&mnist)?;
-            println!(
-                "MNIST: {} train, {} validation, {} test samples; dataset id {}",
-                splits.train.len(),
-                splits.validation.len(),
-                splits.test.len(),
-                hex(&data.id()[..8])
-            );
-            if model == "mlp" || model == "both" {
-                let name = format!("mlp 784-{hidden}-10");
-                train(&mlp(data.shape, hidden, 10), &data, &splits, &budget, &name)?;
-            }
-            if model == "cnn" || model == "both" {
-                train(
-                    &small_cnn(data.shape, 10),
-                    &data,
-                    &splits,
-                    &budget,
-                    "small cnn",
-                )?;
-            }
-        }
-        Cmd::Teacher { mnist, out, epochs } => {
-            let (data, splits) = load(&mnist)?;
-            let r = train(
-                &small_cnn(data.shape, 10),
-                &data,
-                &splits,
-                &adam(epochs),
-                "teacher",
-            )?;
-            let bytes = r.weights.to_bytes();
-            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "teacher saved to {} ({} bytes, id {})",
-                out.display(),
-                bytes.len(),
-                hex(&r.weights.id())
-            );
-        }
-        Cmd::Distill {
-            mnist,
-            teacher,
-            steps,
-            width,
-            top_k,
-            temperature,
-            alpha,
-            shard_size,
-            seeds,
-            shards: shard_dir,
-        } => {
-            let (data, splits) = load(&mnist)?;
-            let shards = match (teacher, shard_dir) {
-                (Some(teacher), _) => label_all(&data, &splits, &teacher, top_k, shard_size)?,
-                (None, Some(dir)) => read_shards(&dir)?,
-                (None, None) => anyhow::bail!("give --teacher or --shards"),
-            };
-            let top_k = shards.first().map_or(top_k, |s| s.k);
-            let student = mlp(data.shape, width, 10);
-            let budget = Budget {
-                max_steps: Some(steps),
-                ..adam(100)
-            };
-            let (mut kd_acc, mut hard_acc) = (Vec::new(), Vec::new());
-            for seed in 1..=seeds {
-                let d = Default::default();
-                let kd = run_student::<CpuAutodiff>(
-                    &StudentJob {
-                        arch: &student,
-                        data: &data,
-                        splits: &splits,
-                        labels: &shards,
-                        kd: KdConfig { temperature, alpha },
-                        budget: &budget,
-                        seed,
-                    },
-                    &Limits::default(),
-                    &d,
-                    &mut |_| {},
-                )?;
-                let hard = run_nas::<CpuAutodiff>(
-                    &NasJob {
-                        arch: &student,
-                        data: &data,
-                        splits: &splits,
-                        budget: &budget,
-                        seed,
-                    },
-                    &Limits::default(),
-                    &d,
-                    &mut |_| {},
-                )?;
-                println!(
-                    "  seed {seed}: distilled {:.4}, hard labels {:.4}",
-                    kd.accuracy(),
-                    hard.accuracy()
-                );
-                kd_acc.push(kd.accuracy());
-                hard_acc.push(hard.accuracy());
-            }
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-            println!(
-                "student 784-{width}-10, {steps} steps of 64, T={temperature}, alpha={alpha}, top-{top_k}: distilled {:.4} vs hard labels {:.4} (mean of {seeds} seeds; difference {:+.4})",
-                mean(&kd_acc),
-                mean(&hard_acc),
-                mean(&kd_acc) - mean(&hard_acc)
-            );
-        }
-        Cmd::Loss {
-            mnist,
-            expr,
-            seeds,
-            steps,
-        } => {
-            let (data, splits) = load(&mnist)?;
-            let arch = mlp(data.shape, 128, 10);
-            let budget = Budget {
-                epochs: 1,
-                max_steps: Some(steps),
-                batch_size: 64,
-                optimizer: OptimizerKind::Adam,
-                learning_rate: 5e-3,
-                schedule: Schedule::Constant,
-            };
-            let mut candidates = vec![("cross-entropy".to_string(), Expr::cross_entropy())];
-            for h in &expr {
-                let bytes = unhex(h).with_context(|| format!("expression {h:?} is not hex"))?;
-                let e: Expr = postcard::from_bytes(&bytes)
-                    .with_context(|| format!("expression {h:?} does not decode"))?;
-                e.check()
-                    .map_err(|err| anyhow::anyhow!("expression {h:?}: {err}"))?;
-                candidates.push((h.clone(), e));
-            }
-            println!(
-                "expression                                       mean acc   per seed (1..={seeds})"
-            );
-            for (name, e) in &candidates {
-                let mut accs = Vec::new();
-                for seed in 1..=seeds {
-                    let job = LossJob {
-                        arch: &arch,
-                        expr: e,
-                        data: &data,
-                        splits: &splits,
-                        budget: &budget,
-                        tuning_steps: 2,
-                        seed,
-                    };
-                    let r = run_loss::<CpuAutodiff>(
-                        &job,
-                        &Limits::default(),
-                        &Default::default(),
-                        &mut |_| {},
-                    )?;
-                    accs.push(r.correct as f64 / r.total.max(1) as f64);
-                }
-                let mean = accs.iter().sum::<f64>() / accs.len().max(1) as f64;
-                let per: Vec<String> = accs.iter().map(|a| format!("{a:.4}")).collect();
-                println!("{name:<48} {mean:.4}     {}", per.join(" "));
-            }
-        }
-        Cmd::Bench { mnist, steps } => {
-            let (data, splits) = load(&mnist)?;
-            let device = Default::default();
-            for (name, arch) in [
-                ("mlp 784-128-10", mlp(data.shape, 128, 10)),
-                ("small cnn", small_cnn(data.shape, 10)),
-            ] {
-                let budget = Budget {
-                    max_steps: Some(20 + steps),
-                    ..adam(100)
-                };
-                let model = Model::<CpuAutodiff>::new(&arch, sub_seed(1, "init"), &device)?;
-                let classes = 10;
-                let mut loss = |logits: burn::tensor::Tensor<CpuAutodiff, 2>, batch: &[u32]| {
-                    cross_entropy(
-                        logits,
-                        one_hot::<CpuAutodiff>(&data.targets(batch), classes, &device),
-                    )
-                };
-                let mut started = None;
-                let plan = FitPlan {
-                    data: &data,
-                    train: &splits.train,
-                    budget: &budget,
-                    order_seed: sub_seed(1, "order"),
-                };
-                let (_, stats) = fit(model, &plan, &device, &mut loss, &mut |p: &Progress| {
-                    if p.step == 20 {
-                        started = Some(Instant::now());
-                    }
-                })?;
-                let secs = started
-                    .map(|s| s.elapsed().as_secs_f64())
-                    .unwrap_or(f64::NAN);
-                println!(
-                    "{name}: {:.1} steps/s at batch 64 ({steps} steps in {secs:.2} s, final loss {:.3}); peak RSS so far {:.0} MB",
-                    steps as f64 / secs,
-                    stats.final_loss,
-                    peak_rss_mb().unwrap_or(f64::NAN)
-                );
-            }
-        }
+fn accuracy(args: AccuracyArgs) -> Result<()> {
+    let AccuracyArgs {
+        mnist,
+        epochs,
+        model,
+        lr,
+        cosine,
+        batch,
+        hidden,
+    } = args;
+    let budget = Budget {
+        learning_rate: lr,
+        schedule: if cosine {
+            Schedule::Cosine
+        } else {
+            Schedule::Constant
+        },
+        batch_size: batch,
+        ..adam(epochs)
+    };
+    let (data, splits) = load(&mnist)?;
+    println!(
+        "MNIST: {} train, {} validation, {} test samples; dataset id {}",
+        splits.train.len(),
+        splits.validation.len(),
+        splits.test.len(),
+        hex(&data.id()[..8])
+    );
+    if model == "mlp" || model == "both" {
+        let name = format!("mlp 784-{hidden}-10");
+        train(&mlp(data.shape, hidden, 10), &data, &splits, &budget, &name)?;
+    }
+    if model == "cnn" || model == "both" {
+        train(
+            &small_cnn(data.shape, 10),
+            &data,
+            &splits,
+            &budget,
+            "small cnn",
+        )?;
     }
     Ok(())
+}
+
+fn teacher(args: TeacherArgs) -> Result<()> {
+    let TeacherArgs { mnist, out, epochs } = args;
+    let (data, splits) = load(&mnist)?;
+    let r = train(
+        &small_cnn(data.shape, 10),
+        &data,
+        &splits,
+        &adam(epochs),
+        "teacher",
+    )?;
+    let bytes = r.weights.to_bytes();
+    std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "teacher saved to {} ({} bytes, id {})",
+        out.display(),
+        bytes.len(),
+        hex(&r.weights.id())
+    );
+    Ok(())
+}
+
+fn distill(args: DistillArgs) -> Result<()> {
+    let DistillArgs {
+        mnist,
+        teacher,
+        shards: shard_dir,
+        steps,
+        width,
+        top_k,
+        temperature,
+        alpha,
+        shard_size,
+        seeds,
+    } = args;
+    let (data, splits) = load(&mnist)?;
+    let shards = match (teacher, shard_dir) {
+        (Some(teacher), _) => label_all(&data, &splits, &teacher, top_k, shard_size)?,
+        (None, Some(dir)) => read_shards(&dir)?,
+        (None, None) => anyhow::bail!("give --teacher or --shards"),
+    };
+    let top_k = shards.first().map_or(top_k, |s| s.k);
+    let student = mlp(data.shape, width, 10);
+    let budget = Budget {
+        max_steps: Some(steps),
+        ..adam(100)
+    };
+    let (mut kd_acc, mut hard_acc) = (Vec::new(), Vec::new());
+    for seed in 1..=seeds {
+        let d = Default::default();
+        let kd = run_student::<CpuAutodiff>(
+            &StudentJob {
+                arch: &student,
+                data: &data,
+                splits: &splits,
+                labels: &shards,
+                kd: KdConfig { temperature, alpha },
+                budget: &budget,
+                seed,
+            },
+            &Limits::default(),
+            &d,
+            &mut |_| {},
+        )?;
+        let hard = run_nas::<CpuAutodiff>(
+            &NasJob {
+                arch: &student,
+                data: &data,
+                splits: &splits,
+                budget: &budget,
+                seed,
+            },
+            &Limits::default(),
+            &d,
+            &mut |_| {},
+        )?;
+        println!(
+            "  seed {seed}: distilled {:.4}, hard labels {:.4}",
+            kd.accuracy(),
+            hard.accuracy()
+        );
+        kd_acc.push(kd.accuracy());
+        hard_acc.push(hard.accuracy());
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "student 784-{width}-10, {steps} steps of 64, T={temperature}, alpha={alpha}, top-{top_k}: distilled {:.4} vs hard labels {:.4} (mean of {seeds} seeds; difference {:+.4})",
+        mean(&kd_acc),
+        mean(&hard_acc),
+        mean(&kd_acc) - mean(&hard_acc)
+    );
+    Ok(())
+}
+
+fn loss(args: LossArgs) -> Result<()> {
+    let LossArgs {
+        mnist,
+        expr,
+        seeds,
+        steps,
+    } = args;
+    let (data, splits) = load(&mnist)?;
+    let arch = mlp(data.shape, 128, 10);
+    let budget = Budget {
+        epochs: 1,
+        max_steps: Some(steps),
+        batch_size: 64,
+        optimizer: OptimizerKind::Adam,
+        learning_rate: 5e-3,
+        schedule: Schedule::Constant,
+    };
+    let mut candidates = vec![("cross-entropy".to_string(), Expr::cross_entropy())];
+    for h in &expr {
+        let bytes = unhex(h).with_context(|| format!("expression {h:?} is not hex"))?;
+        let e: Expr = postcard::from_bytes(&bytes)
+            .with_context(|| format!("expression {h:?} does not decode"))?;
+        e.check()
+            .map_err(|err| anyhow::anyhow!("expression {h:?}: {err}"))?;
+        candidates.push((h.clone(), e));
+    }
+    println!("expression                                       mean acc   per seed (1..={seeds})");
+    for (name, e) in &candidates {
+        let mut accs = Vec::new();
+        for seed in 1..=seeds {
+            let job = LossJob {
+                arch: &arch,
+                expr: e,
+                data: &data,
+                splits: &splits,
+                budget: &budget,
+                tuning_steps: 2,
+                seed,
+            };
+            let r = run_loss::<CpuAutodiff>(
+                &job,
+                &Limits::default(),
+                &Default::default(),
+                &mut |_| {},
+            )?;
+            accs.push(r.correct as f64 / r.total.max(1) as f64);
+        }
+        let mean = accs.iter().sum::<f64>() / accs.len().max(1) as f64;
+        let per: Vec<String> = accs.iter().map(|a| format!("{a:.4}")).collect();
+        println!("{name:<48} {mean:.4}     {}", per.join(" "));
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let BenchArgs { mnist, steps } = args;
+    let (data, splits) = load(&mnist)?;
+    let device = Default::default();
+    for (name, arch) in [
+        ("mlp 784-128-10", mlp(data.shape, 128, 10)),
+        ("small cnn", small_cnn(data.shape, 10)),
+    ] {
+        let budget = Budget {
+            max_steps: Some(20 + steps),
+            ..adam(100)
+        };
+        let model = Model::<CpuAutodiff>::new(&arch, sub_seed(1, "init"), &device)?;
+        let classes = 10;
+        let mut loss = |logits: burn::tensor::Tensor<CpuAutodiff, 2>, batch: &[u32]| {
+            cross_entropy(
+                logits,
+                one_hot::<CpuAutodiff>(&data.targets(batch), classes, &device),
+            )
+        };
+        let mut started = None;
+        let plan = FitPlan {
+            data: &data,
+            train: &splits.train,
+            budget: &budget,
+            order_seed: sub_seed(1, "order"),
+        };
+        let (_, stats) = fit(model, &plan, &device, &mut loss, &mut |p: &Progress| {
+            if p.step == 20 {
+                started = Some(Instant::now());
+            }
+        })?;
+        let secs = started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(f64::NAN);
+        println!(
+            "{name}: {:.1} steps/s at batch 64 ({steps} steps in {secs:.2} s, final loss {:.3}); peak RSS so far {:.0} MB",
+            steps as f64 / secs,
+            stats.final_loss,
+            peak_rss_mb().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Accuracy(a) => accuracy(a),
+        Cmd::Teacher(a) => teacher(a),
+        Cmd::Distill(a) => distill(a),
+        Cmd::Loss(a) => loss(a),
+        Cmd::Bench(a) => bench(a),
+    }
 }
