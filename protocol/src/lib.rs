@@ -44,6 +44,8 @@ pub mod error;
 pub mod id;
 pub mod identity;
 pub mod kinds;
+#[cfg(test)]
+mod layering;
 pub mod ledger;
 pub mod message;
 pub mod outcome;
