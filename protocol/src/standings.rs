@@ -41,6 +41,19 @@ impl JobStatus {
     }
 }
 
+impl JobStatus {
+    /// The status a closure entry records (before any audit of it).
+    pub fn of_entry(entry: &Entry) -> JobStatus {
+        match entry {
+            Entry::Settled { settlement, .. } => match settlement.canonical {
+                Outcome::Success(_) => JobStatus::Success,
+                Outcome::Failure(_) => JobStatus::Failure,
+            },
+            Entry::Void { .. } => JobStatus::Void,
+        }
+    }
+}
+
 /// How an audit of a settled job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AuditLabel {
@@ -372,6 +385,9 @@ mod tests {
         assert!(verdict_labels(&g1, &[&g1], &Tolerance::EXACT).is_empty());
         assert_eq!(AuditLabel::Overturned.as_str(), "overturned");
         assert_eq!(JobStatus::Void.as_str(), "void");
+        let statuses: Vec<JobStatus> = g0.entries.iter().map(JobStatus::of_entry).collect();
+        use JobStatus::*;
+        assert_eq!(statuses, vec![Success, Success, Success, Void, Failure]);
     }
 
     #[test]
