@@ -1,0 +1,471 @@
+//! The peer's side of the closure vote ([`Env`]): the closure this peer would propose, built
+//! from its ledger, and the check of another's proposal, which says what is wrong with it
+//! ([`ProposalFault`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::agreement::settle_digested;
+use crate::audit::{PendingAudit, Verdict, judge};
+use crate::closure::{Closure, Entry, credited, lower_median, next_deadline};
+use crate::consensus::Env;
+use crate::id::{CampaignId, JobId};
+use crate::identity::{Keypair, PeerKey};
+use crate::ledger::Ledger;
+use crate::spec::CampaignSpec;
+use crate::time::Timestamp;
+
+use super::generation::Generation;
+use super::liveness::Liveness;
+use super::reputation::Reputation;
+
+/// Why a proposed closure is not valid at this peer (it then prevotes nil).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProposalFault {
+    /// The closure is for another campaign.
+    #[error("header: campaign {}", .found.short())]
+    WrongCampaign {
+        /// The closure's campaign.
+        found: CampaignId,
+    },
+    /// The closure is for another generation than the one this peer is in.
+    #[error("header: generation {found}, want {expected}")]
+    WrongGeneration {
+        /// The closure's generation.
+        found: u32,
+        /// This peer's.
+        expected: u32,
+    },
+    /// The closure does not follow the previous closure this peer holds.
+    #[error("header: previous root")]
+    WrongPrevious,
+    /// The closure has not one entry per job of the generation.
+    #[error("header: {found} entries for {expected} jobs")]
+    WrongEntryCount {
+        /// Entries in the closure.
+        found: usize,
+        /// Jobs in the generation.
+        expected: usize,
+    },
+    /// An entry is not for the job at its place (entries are in job-id order).
+    #[error("job set: entry {position} is for {}", .found.short())]
+    WrongJob {
+        /// The entry's place.
+        position: usize,
+        /// The job it names.
+        found: JobId,
+    },
+    /// A settled entry that the results it lists do not give here (no quorum among them, or
+    /// another outcome, credit or wall time).
+    #[error("job {}: the {listed} listed results do not give this entry here", .job.short())]
+    UnsupportedSettlement {
+        /// The job.
+        job: JobId,
+        /// How many results the entry lists.
+        listed: usize,
+    },
+    /// A job left void before its void deadline, or one that settles here.
+    #[error("void {}", .job.short())]
+    PrematureVoid {
+        /// The job.
+        job: JobId,
+    },
+    /// The verdicts are not in strictly increasing job order.
+    #[error("verdicts not in job order")]
+    VerdictsOutOfOrder,
+    /// A verdict on a job this peer does not hold as awaiting audit.
+    #[error("verdict on {}, not awaiting audit", .job.short())]
+    UnexpectedVerdict {
+        /// The job.
+        job: JobId,
+    },
+    /// A verdict other than the one this peer gives.
+    #[error("verdict on {} differs here", .job.short())]
+    VerdictDiffers {
+        /// The job.
+        job: JobId,
+    },
+    /// In the epilogue, a verdict this peer can give is missing (or the deadline to leave one
+    /// out has not passed).
+    #[error("no verdict on {}", .job.short())]
+    MissingVerdict {
+        /// The job.
+        job: JobId,
+    },
+    /// More peers join than a generation admits.
+    #[error("too many joins: {joined}, at most {max}")]
+    TooManyJoins {
+        /// Peers joining.
+        joined: usize,
+        /// The most admitted.
+        max: usize,
+    },
+    /// A peer joins without a heartbeat (with capacity) held here.
+    #[error("join of {} without a heartbeat here", .peer.short())]
+    JoinWithoutHeartbeat {
+        /// The joiner.
+        peer: PeerKey,
+    },
+    /// A member is removed without a leave (heartbeat of capacity 0) or silence here.
+    #[error("removal of {} without a leave or silence here", .peer.short())]
+    RemovalWithoutCause {
+        /// The member removed.
+        peer: PeerKey,
+    },
+    /// More members are evicted for silence than a generation admits.
+    #[error("too many evictions: {evicted}, at most {max}")]
+    TooManyEvictions {
+        /// Members evicted.
+        evicted: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// The next generation would have no members.
+    #[error("no members left")]
+    NoMembers,
+    /// The next generation's deadline is not the one the entries give.
+    #[error("deadline {found} want {want}")]
+    WrongDeadline {
+        /// The closure's.
+        found: u64,
+        /// The one computed here.
+        want: u64,
+    },
+}
+
+/// The peer's side of [`Env`]: validity and proposals from its ledger.
+pub(super) struct PeerEnv<'a> {
+    /// This peer's key (the vote signs with it).
+    pub(super) key: &'a Keypair,
+    /// The evidence: results, audit reports, heartbeats.
+    pub(super) ledger: &'a Ledger,
+    /// The generation voted on.
+    pub(super) cur: &'a Generation,
+    /// The campaign's rules.
+    pub(super) spec: &'a CampaignSpec,
+    /// Settled jobs awaiting an audit verdict.
+    pub(super) pending: &'a BTreeMap<JobId, PendingAudit>,
+    /// Who failed audits (their reports do not count).
+    pub(super) reputation: &'a Reputation,
+    /// Whether this is the job-less generation that judges the last audits.
+    pub(super) epilogue: bool,
+    /// Who was heard from when (silent members may be evicted).
+    pub(super) liveness: &'a Liveness,
+    /// Most peers joining (and evicted) per generation.
+    pub(super) max_joins: usize,
+    /// Now.
+    pub(super) now: Timestamp,
+    /// When jobs without a quorum are void.
+    pub(super) void_at: Timestamp,
+}
+
+impl PeerEnv<'_> {
+    /// Jobs each member runs in turn: `⌈jobs · r / members⌉`.
+    fn load(&self) -> u64 {
+        let work = self.cur.jobs.len() as u64 * u64::from(self.spec.redundancy);
+        work.div_ceil(self.cur.members.len().max(1) as u64)
+    }
+
+    /// The closure entry for `job` from the executors' results listed in `only`, or, without
+    /// a list, the one this peer would propose: from the results whose commitment arrived
+    /// before any reveal (no copies) if those reach a quorum, else from all results.
+    fn settle_job(&self, job: &JobId, only: Option<&BTreeSet<PeerKey>>) -> Option<Entry> {
+        if only.is_none() {
+            return self
+                .settle_with(job, None, true)
+                .or_else(|| self.settle_with(job, None, false));
+        }
+        self.settle_with(job, only, false)
+    }
+
+    fn settle_with(
+        &self,
+        job: &JobId,
+        only: Option<&BTreeSet<PeerKey>>,
+        punctual: bool,
+    ) -> Option<Entry> {
+        let results = self.ledger.executor_results(job);
+        let chosen: Vec<_> = results
+            .iter()
+            .filter(|r| match only {
+                Some(set) => set.contains(&r.peer),
+                None => !(punctual && r.late),
+            })
+            .collect();
+        if only.is_some_and(|set| set.len() != chosen.len()) {
+            return None;
+        }
+        let evidence = chosen
+            .iter()
+            .map(|r| (r.peer, r.digest, r.outcome))
+            .collect();
+        let settlement = settle_digested(
+            evidence,
+            usize::from(self.spec.quorum),
+            &self.spec.tolerance,
+        )?;
+        let agreeing: Vec<_> = chosen
+            .iter()
+            .filter(|r| settlement.agreeing.binary_search(&r.peer).is_ok())
+            .collect();
+        let wall_time_ms = lower_median(agreeing.iter().map(|r| r.wall_time_ms).collect());
+        let credited = credited(&settlement.agreeing, |p| {
+            agreeing
+                .iter()
+                .find(|r| r.peer == *p)
+                .map_or(&[][..], |r| r.witnessed)
+        });
+        Some(Entry::Settled {
+            job: *job,
+            settlement,
+            wall_time_ms,
+            credited,
+        })
+    }
+
+    /// The verdict this peer would give on `audit` (see [`judge`]).
+    pub(super) fn verdict(&self, audit: &PendingAudit) -> Option<Verdict> {
+        let reports = self.ledger.audit_results(&audit.spec.id());
+        judge(
+            audit,
+            &reports,
+            |p| self.reputation.may_report(&self.cur.members, p),
+            usize::from(self.spec.quorum),
+            &self.spec.tolerance,
+        )
+    }
+
+    /// The members this peer would propose for the next generation: joiners with a heartbeat
+    /// (at most `max_joins`), without leavers and members silent for two generations.
+    fn next_members(&self) -> Vec<PeerKey> {
+        let mut members: BTreeSet<PeerKey> = self.cur.members.iter().copied().collect();
+        let mut joins = 0;
+        for hb in self.ledger.heartbeats() {
+            let p = hb.signer();
+            if hb.message().capacity == 0 {
+                members.remove(&p);
+            } else if !members.contains(&p) && joins < self.max_joins {
+                members.insert(p);
+                joins += 1;
+            }
+        }
+        // Evict members silent here for this generation and the one before (at most as many
+        // as may join; never this peer, never the whole roster).
+        let silent: Vec<PeerKey> = self
+            .cur
+            .members
+            .iter()
+            .filter(|p| **p != self.key.public() && self.silent_since(p, 1))
+            .take(self.max_joins)
+            .copied()
+            .collect();
+        if silent.len() < members.len() {
+            for p in silent {
+                members.remove(&p);
+            }
+        }
+        members.into_iter().collect()
+    }
+
+    /// Whether no message from `p` reached this peer in the current generation nor in the
+    /// `back` generations before it (never, before generation `back`).
+    fn silent_since(&self, p: &PeerKey, back: u32) -> bool {
+        self.liveness.silent_since(p, back, self.cur.number)
+    }
+}
+
+impl PeerEnv<'_> {
+    /// What is wrong with `c` here, if anything.
+    pub(super) fn check(&self, c: &Closure) -> Result<(), ProposalFault> {
+        self.check_header(c)?;
+        self.check_entries(c)?;
+        self.check_verdicts(c)?;
+        self.check_members(c)?;
+        self.check_deadline(c)
+    }
+
+    /// Campaign, generation, previous root and the number of entries.
+    fn check_header(&self, c: &Closure) -> Result<(), ProposalFault> {
+        if c.campaign != self.ledger.campaign() {
+            return Err(ProposalFault::WrongCampaign { found: c.campaign });
+        }
+        if c.generation != self.cur.number {
+            return Err(ProposalFault::WrongGeneration {
+                found: c.generation,
+                expected: self.cur.number,
+            });
+        }
+        if c.previous != self.cur.previous {
+            return Err(ProposalFault::WrongPrevious);
+        }
+        if c.entries.len() != self.cur.jobs.len() {
+            return Err(ProposalFault::WrongEntryCount {
+                found: c.entries.len(),
+                expected: self.cur.jobs.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Each entry: the job at its place, settled as its listed results give it here, or void
+    /// only past the void deadline and when it cannot settle here.
+    fn check_entries(&self, c: &Closure) -> Result<(), ProposalFault> {
+        for (position, (e, job)) in c.entries.iter().zip(self.cur.jobs.keys()).enumerate() {
+            if e.job() != *job {
+                return Err(ProposalFault::WrongJob {
+                    position,
+                    found: e.job(),
+                });
+            }
+            match e {
+                Entry::Settled { settlement, .. } => {
+                    let listed: BTreeSet<PeerKey> = settlement
+                        .agreeing
+                        .iter()
+                        .chain(&settlement.dissenting)
+                        .copied()
+                        .collect();
+                    if self.settle_job(job, Some(&listed)).as_ref() != Some(e) {
+                        return Err(ProposalFault::UnsupportedSettlement {
+                            job: *job,
+                            listed: listed.len(),
+                        });
+                    }
+                }
+                Entry::Void { .. } => {
+                    if self.now < self.void_at || self.settle_job(job, None).is_some() {
+                        return Err(ProposalFault::PrematureVoid { job: *job });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The verdicts: in job order, each on a job awaiting audit and as this peer judges it;
+    /// in the epilogue, none left out that this peer can give (before the deadline, none).
+    fn check_verdicts(&self, c: &Closure) -> Result<(), ProposalFault> {
+        if c.verdicts.windows(2).any(|w| w[0].job >= w[1].job) {
+            return Err(ProposalFault::VerdictsOutOfOrder);
+        }
+        for v in &c.verdicts {
+            let Some(a) = self.pending.get(&v.job) else {
+                return Err(ProposalFault::UnexpectedVerdict { job: v.job });
+            };
+            if self.verdict(a).as_ref() != Some(v) {
+                return Err(ProposalFault::VerdictDiffers { job: v.job });
+            }
+        }
+        // The epilogue exists to judge audits: it may leave one out only after its deadline,
+        // and only one this peer cannot judge either (like a void job).
+        if self.epilogue {
+            for (job, a) in self.pending {
+                if c.verdicts.binary_search_by(|v| v.job.cmp(job)).is_err()
+                    && (self.now < self.void_at || self.verdict(a).is_some())
+                {
+                    return Err(ProposalFault::MissingVerdict { job: *job });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Membership changes must be backed by heartbeats (or silence) this peer holds.
+    fn check_members(&self, c: &Closure) -> Result<(), ProposalFault> {
+        let current: BTreeSet<&PeerKey> = self.cur.members.iter().collect();
+        let next: BTreeSet<&PeerKey> = c.members.iter().collect();
+        let beats: BTreeMap<PeerKey, u16> = self
+            .ledger
+            .heartbeats()
+            .map(|h| (h.signer(), h.message().capacity))
+            .collect();
+        let joined = next.difference(&current).count();
+        if joined > self.max_joins {
+            return Err(ProposalFault::TooManyJoins {
+                joined,
+                max: self.max_joins,
+            });
+        }
+        for p in next.difference(&current) {
+            if beats.get(*p).is_none_or(|c| *c == 0) {
+                return Err(ProposalFault::JoinWithoutHeartbeat { peer: **p });
+            }
+        }
+        for p in current.difference(&next) {
+            // A leave, or silence here for this whole generation (the proposer waits for two).
+            if beats.get(*p) != Some(&0) && !self.silent_since(p, 0) {
+                return Err(ProposalFault::RemovalWithoutCause { peer: **p });
+            }
+        }
+        let evicted = current
+            .difference(&next)
+            .filter(|p| beats.get(**p) != Some(&0))
+            .count();
+        if evicted > self.max_joins {
+            return Err(ProposalFault::TooManyEvictions {
+                evicted,
+                max: self.max_joins,
+            });
+        }
+        if next.is_empty() {
+            return Err(ProposalFault::NoMembers);
+        }
+        Ok(())
+    }
+
+    /// The next generation's deadline, as the entries give it.
+    fn check_deadline(&self, c: &Closure) -> Result<(), ProposalFault> {
+        let want = next_deadline(
+            &c.entries,
+            self.cur.deadline_ms,
+            self.load(),
+            &self.spec.schedule,
+        );
+        if c.deadline_ms != want {
+            return Err(ProposalFault::WrongDeadline {
+                found: c.deadline_ms,
+                want,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Env for PeerEnv<'_> {
+    fn valid(&mut self, c: &Closure) -> bool {
+        self.check(c).is_ok()
+    }
+
+    fn build(&mut self) -> Option<Closure> {
+        let mut entries = Vec::with_capacity(self.cur.jobs.len());
+        for job in self.cur.jobs.keys() {
+            match self.settle_job(job, None) {
+                Some(e) => entries.push(e),
+                None if self.now >= self.void_at => entries.push(Entry::Void { job: *job }),
+                None => return None,
+            }
+        }
+        let verdicts: Vec<Verdict> = self
+            .pending
+            .values()
+            .filter_map(|a| self.verdict(a))
+            .collect();
+        if self.epilogue && self.now < self.void_at && verdicts.len() < self.pending.len() {
+            return None;
+        }
+        let deadline_ms = next_deadline(
+            &entries,
+            self.cur.deadline_ms,
+            self.load(),
+            &self.spec.schedule,
+        );
+        Some(Closure {
+            campaign: self.ledger.campaign(),
+            generation: self.cur.number,
+            previous: self.cur.previous,
+            entries,
+            verdicts,
+            members: self.next_members(),
+            deadline_ms,
+        })
+    }
+}
