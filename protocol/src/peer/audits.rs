@@ -219,3 +219,179 @@ impl Peer {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agreement::Settlement;
+    use crate::agreement::tests::{metrics, peer};
+    use crate::id::CampaignId;
+    use crate::peer::reputation::tests::settled;
+    use crate::spec::tests::{sample_job, sample_spec};
+
+    /// A closure settling 200 jobs, each by peers 1 and 2 (peer 3 dissenting), and those jobs.
+    fn fixture() -> (Closure, BTreeMap<JobId, JobSpec>) {
+        let entries: Vec<Entry> = (0..200u8)
+            .map(|j| settled(j, &[1, 2], &[1, 2], &[3]))
+            .collect();
+        let jobs = entries.iter().map(|e| (e.job(), sample_job())).collect();
+        let closure = Closure {
+            campaign: CampaignId([7; 32]),
+            generation: 2,
+            previous: [0; 32],
+            entries,
+            verdicts: Vec::new(),
+            members: Vec::new(),
+            deadline_ms: 1,
+        };
+        (closure, jobs)
+    }
+
+    fn sample(spec: &CampaignSpec, seed: [u8; 32], rep: &Reputation) -> Audits {
+        let (closure, jobs) = fixture();
+        let members: Vec<PeerKey> = (1..=10).map(peer).collect();
+        let mut audits = Audits::default();
+        let s = Sampling {
+            spec,
+            jobs: &jobs,
+            seed: &seed,
+            members: &members,
+        };
+        audits.sample(&closure, &s, rep);
+        audits
+    }
+
+    #[test]
+    fn sampling_is_a_function_of_the_seed() {
+        let spec = sample_spec();
+        let rep = Reputation::default();
+        let a = sample(&spec, [1; 32], &rep);
+        let b = sample(&spec, [1; 32], &rep);
+        assert_eq!(a.pending, b.pending);
+        assert_eq!(a.draws, b.draws);
+        assert_eq!(a.draws.len(), 200, "every settled job is drawn for");
+        // 5% of 200: some, not all.
+        assert!(
+            !a.pending.is_empty() && a.pending.len() < 50,
+            "{}",
+            a.pending.len()
+        );
+        assert!(
+            a.draws
+                .values()
+                .all(|(rate, _)| *rate == spec.audit_rate_ppm)
+        );
+        let c = sample(&spec, [2; 32], &rep);
+        assert_ne!(
+            a.pending.keys().collect::<Vec<_>>(),
+            c.pending.keys().collect::<Vec<_>>(),
+            "another seed, another sample"
+        );
+    }
+
+    #[test]
+    fn a_sampled_job_gets_a_jury_without_its_executors() {
+        let mut spec = sample_spec();
+        spec.audit_rate_ppm = 1_000_000;
+        let audits = sample(&spec, [1; 32], &Reputation::default());
+        assert_eq!(audits.pending.len(), 200, "rate 1: every job");
+        let size = usize::from(spec.redundancy) + usize::from(spec.schedule.max_extra_executors);
+        for a in audits.pending.values() {
+            assert_eq!(a.executors, vec![peer(1), peer(2), peer(3)]);
+            assert_eq!(a.jury.len(), size);
+            assert!(a.jury.windows(2).all(|w| w[0] < w[1]), "sorted");
+            assert!(a.jury.iter().all(|p| a.executors.binary_search(p).is_err()));
+            assert_eq!(a.generation, 2);
+        }
+        spec.audit_rate_ppm = 0;
+        let none = sample(&spec, [1; 32], &Reputation::default());
+        assert!(none.pending.is_empty() && none.draws.is_empty());
+    }
+
+    #[test]
+    fn jobs_of_a_convicted_executor_are_sampled_more_often() {
+        let spec = sample_spec();
+        let mut rep = Reputation::default();
+        rep.failed_audit(&peer(2));
+        let flagged = sample(&spec, [1; 32], &rep);
+        let want = audit::rate(spec.audit_rate_ppm, true);
+        assert!(want > spec.audit_rate_ppm);
+        assert!(flagged.draws.values().all(|(rate, _)| *rate == want));
+        let plain = sample(&spec, [1; 32], &Reputation::default());
+        assert!(flagged.pending.len() > plain.pending.len());
+    }
+
+    fn pending(original: Settlement) -> PendingAudit {
+        PendingAudit {
+            spec: sample_job(),
+            generation: 0,
+            original,
+            credited: vec![peer(1), peer(2)],
+            executors: vec![peer(1), peer(2), peer(3)],
+            jury: vec![peer(7), peer(8), peer(9)],
+            rate_ppm: 50_000,
+        }
+    }
+
+    #[test]
+    fn an_overturning_verdict_fails_the_executors_and_credits_the_accuser() {
+        let original = Settlement {
+            canonical: metrics(900),
+            agreeing: vec![peer(1), peer(2)],
+            dissenting: vec![peer(3)],
+        };
+        let a = pending(original);
+        let mut rep = Reputation::default();
+        for p in [1, 2] {
+            rep.credit(&peer(p));
+        }
+        rep.offence(&peer(3));
+        let v = Verdict {
+            job: a.spec.id(),
+            upheld_by: vec![peer(5)],
+            contradicted: vec![peer(6)],
+            jury: Some(Settlement {
+                canonical: metrics(800),
+                agreeing: vec![peer(7), peer(8)],
+                dissenting: vec![peer(9)],
+            }),
+        };
+        apply_verdict(&mut rep, &a, &v, &Tolerance::EXACT);
+        for p in [1, 2, 6] {
+            assert!(rep.has_failed(&peer(p)), "peer {p} failed");
+        }
+        assert_eq!(rep.agreed.get(&peer(1)), Some(&0), "credit taken back");
+        assert_eq!(
+            rep.offences.get(&peer(3)),
+            Some(&0),
+            "the dissent was right"
+        );
+        assert_eq!(rep.agreed.get(&peer(5)), Some(&1), "the accuser");
+        assert_eq!(rep.agreed.get(&peer(7)), Some(&1), "the jury's majority");
+        assert_eq!(rep.offences.get(&peer(9)), Some(&1), "the jury's dissenter");
+    }
+
+    #[test]
+    fn a_confirming_verdict_only_fails_the_contradicted_auditors() {
+        let original = Settlement {
+            canonical: metrics(900),
+            agreeing: vec![peer(1), peer(2)],
+            dissenting: vec![peer(3)],
+        };
+        let a = pending(original);
+        let mut rep = Reputation::default();
+        rep.credit(&peer(1));
+        rep.offence(&peer(3));
+        let v = Verdict {
+            job: a.spec.id(),
+            upheld_by: vec![peer(5)],
+            contradicted: vec![peer(6)],
+            jury: None,
+        };
+        apply_verdict(&mut rep, &a, &v, &Tolerance::EXACT);
+        assert_eq!(rep.failed_audits.keys().collect::<Vec<_>>(), vec![&peer(6)]);
+        assert_eq!(rep.agreed.get(&peer(1)), Some(&1));
+        assert_eq!(rep.agreed.get(&peer(5)), None, "confirming earns nothing");
+        assert_eq!(rep.offences.get(&peer(3)), Some(&1));
+    }
+}

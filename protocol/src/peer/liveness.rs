@@ -135,3 +135,90 @@ impl Peer {
         self.sign_and_send(hb, AnySigned::Heartbeat, now, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agreement::tests::peer;
+    use crate::id::CampaignId;
+    use crate::peer::reputation::tests::settled;
+
+    #[test]
+    fn a_peer_silent_for_the_window_is_silent_and_a_heard_one_is_not() {
+        let mut l = Liveness::default();
+        l.heard(&peer(1), 3);
+        // Heard in generation 3.
+        assert!(!l.silent_since(&peer(1), 0, 3));
+        assert!(
+            !l.silent_since(&peer(1), 1, 4),
+            "heard in the generation before"
+        );
+        assert!(l.silent_since(&peer(1), 0, 4), "nothing in generation 4");
+        assert!(l.silent_since(&peer(1), 1, 5), "nothing in 4 and 5");
+        // Never heard: silent once the window lies past generation 0.
+        assert!(!l.silent_since(&peer(2), 1, 1), "too early to tell");
+        assert!(l.silent_since(&peer(2), 1, 2));
+        assert!(!l.silent_since(&peer(2), 0, 0));
+        // Hearing it again resets the window.
+        l.heard(&peer(1), 5);
+        assert!(!l.silent_since(&peer(1), 1, 6));
+    }
+
+    #[test]
+    fn a_closure_shows_its_executors_and_certificate_alive() {
+        let mut l = Liveness::default();
+        l.heard(&peer(1), 9);
+        let closure = Closure {
+            campaign: CampaignId([7; 32]),
+            generation: 4,
+            previous: [0; 32],
+            entries: vec![settled(1, &[1, 2], &[1, 2], &[3])],
+            verdicts: Vec::new(),
+            members: Vec::new(),
+            deadline_ms: 1,
+        };
+        l.shown_alive(&closure, &[peer(5)]);
+        for p in [2, 3, 5] {
+            assert!(
+                !l.silent_since(&peer(p), 0, 4),
+                "peer {p} shown in generation 4"
+            );
+            assert!(l.silent_since(&peer(p), 0, 5));
+        }
+        assert!(
+            !l.silent_since(&peer(1), 0, 9),
+            "a later message is not moved back"
+        );
+        assert!(l.silent_since(&peer(6), 0, 4), "not shown");
+    }
+
+    #[test]
+    fn a_joiner_backs_off_its_heartbeats_within_a_generation() {
+        let mut l = Liveness::default();
+        let t = Timestamp(1_000_000);
+        assert_eq!(l.join_heartbeat_due(0, 100), Timestamp::ZERO, "at once");
+        l.heartbeat_sent(0, t);
+        assert_eq!(l.join_heartbeat_due(0, 100), Timestamp(t.0 + 200));
+        l.heartbeat_sent(0, t);
+        assert_eq!(l.join_heartbeat_due(0, 100), Timestamp(t.0 + 400));
+        for _ in 0..10 {
+            l.heartbeat_sent(0, t);
+        }
+        assert_eq!(
+            l.join_heartbeat_due(0, 100),
+            Timestamp(t.0 + 6_400),
+            "at most 64x"
+        );
+        assert_eq!(
+            l.join_heartbeat_due(1, 100),
+            Timestamp::ZERO,
+            "a new generation: at once"
+        );
+        l.heartbeat_sent(1, t);
+        assert_eq!(
+            l.join_heartbeat_due(1, 100),
+            Timestamp(t.0 + 200),
+            "count restarts"
+        );
+    }
+}

@@ -90,3 +90,112 @@ impl Reputation {
         members.binary_search(p).is_ok() && !self.has_failed(p)
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::agreement::Settlement;
+    use crate::agreement::tests::{metrics, peer};
+    use crate::assign::{BASE_WEIGHT, MAX_WEIGHT};
+    use crate::id::{CampaignId, JobId};
+
+    /// A settled entry for `job`: `agreeing` agreed, of whom `credited` earn credit;
+    /// `dissenting` dissented.
+    pub(in crate::peer) fn settled(
+        job: u8,
+        agreeing: &[u8],
+        credited: &[u8],
+        dissenting: &[u8],
+    ) -> Entry {
+        let keys = |ids: &[u8]| ids.iter().map(|i| peer(*i)).collect::<Vec<_>>();
+        Entry::Settled {
+            job: JobId([job; 32]),
+            settlement: Settlement {
+                canonical: metrics(900),
+                agreeing: keys(agreeing),
+                dissenting: keys(dissenting),
+            },
+            wall_time_ms: 10,
+            credited: keys(credited),
+        }
+    }
+
+    fn closure(entries: Vec<Entry>) -> Closure {
+        Closure {
+            campaign: CampaignId([7; 32]),
+            generation: 0,
+            previous: [0; 32],
+            entries,
+            verdicts: Vec::new(),
+            members: Vec::new(),
+            deadline_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_closure_credits_the_credited_and_charges_the_dissenters() {
+        let mut rep = Reputation::default();
+        let entries = vec![
+            // Peer 3 agreed but copied: no credit.
+            settled(1, &[1, 2, 3], &[1, 2], &[4]),
+            settled(2, &[1, 2], &[1, 2], &[]),
+            Entry::Void {
+                job: JobId([3; 32]),
+            },
+        ];
+        rep.record_closure(&closure(entries));
+        assert_eq!(rep.agreed.get(&peer(1)), Some(&2));
+        assert_eq!(rep.agreed.get(&peer(2)), Some(&2));
+        assert_eq!(rep.agreed.get(&peer(3)), None, "agreeing is not credited");
+        assert_eq!(rep.offences.get(&peer(4)), Some(&1));
+        assert!(rep.failed_audits.is_empty(), "dissent is no failed audit");
+    }
+
+    #[test]
+    fn weights_grow_with_agreed_results_and_fall_to_one_on_an_offence() {
+        let mut rep = Reputation::default();
+        for _ in 0..8 {
+            rep.credit(&peer(1));
+        }
+        for _ in 0..1000 {
+            rep.credit(&peer(2));
+        }
+        rep.credit(&peer(3));
+        rep.offence(&peer(3));
+        let w = rep.weights();
+        assert_eq!(w(&peer(9)), BASE_WEIGHT, "a newcomer");
+        assert_eq!(w(&peer(1)), BASE_WEIGHT + 2);
+        assert_eq!(w(&peer(2)), MAX_WEIGHT, "capped");
+        assert_eq!(w(&peer(3)), 1, "an offender");
+    }
+
+    #[test]
+    fn a_failed_audit_is_an_offence_and_bars_reports() {
+        let mut rep = Reputation::default();
+        let members = vec![peer(1), peer(2)];
+        assert!(rep.may_report(&members, &peer(1)));
+        assert!(!rep.may_report(&members, &peer(3)), "not a member");
+        rep.failed_audit(&peer(1));
+        assert!(rep.has_failed(&peer(1)));
+        assert_eq!(rep.offences.get(&peer(1)), Some(&1));
+        assert!(!rep.may_report(&members, &peer(1)));
+        assert!(rep.may_report(&members, &peer(2)));
+    }
+
+    #[test]
+    fn taking_back_credit_or_offences_stops_at_zero() {
+        let mut rep = Reputation::default();
+        rep.uncredit(&peer(1));
+        rep.pardon(&peer(1));
+        assert!(rep.agreed.is_empty() && rep.offences.is_empty());
+        rep.offence(&peer(1));
+        rep.pardon(&peer(1));
+        rep.pardon(&peer(1));
+        assert_eq!(rep.offences.get(&peer(1)), Some(&0));
+        assert_eq!(
+            rep.weights()(&peer(1)),
+            BASE_WEIGHT,
+            "a pardoned dissent weighs nothing"
+        );
+    }
+}
