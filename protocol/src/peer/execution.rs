@@ -245,3 +245,135 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::agreement::tests::metrics;
+    use crate::peer::PeerInput;
+    use crate::peer::tests::{executed, solo};
+
+    fn result() -> JobResult {
+        JobResult {
+            outcome: metrics(900),
+            wall_time_ms: 7,
+        }
+    }
+
+    /// The claims, commitments and reveals among `out`, by kind and job.
+    fn said(out: &[PeerOutput]) -> Vec<(&'static str, JobId)> {
+        out.iter()
+            .filter_map(|o| match o {
+                PeerOutput::Broadcast(AnySigned::Claim(c)) => Some(("claim", c.message().job)),
+                PeerOutput::Broadcast(AnySigned::Commitment(c)) => {
+                    Some(("commit", c.message().job))
+                }
+                PeerOutput::Broadcast(AnySigned::Reveal(r)) => Some(("reveal", r.message().job)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jobs_are_claimed_and_run_up_to_capacity() {
+        let (mut peer, now) = solo(1, 1, 3);
+        let out = peer.handle(PeerInput::Tick, now);
+        let jobs = executed(&out);
+        assert_eq!(jobs.len(), 3);
+        let claims: Vec<_> = said(&out).into_iter().map(|(_, j)| j).collect();
+        assert_eq!(claims, jobs, "each job is claimed as it is taken");
+        assert_eq!(peer.running(), 3);
+        assert!(
+            executed(&peer.handle(PeerInput::Tick, now)).is_empty(),
+            "full"
+        );
+    }
+
+    #[test]
+    fn with_all_executors_committed_a_result_is_revealed_at_once() {
+        let (mut peer, now) = solo(1, 1, 1);
+        let job = executed(&peer.handle(PeerInput::Tick, now))[0];
+        let out = peer.handle(
+            PeerInput::JobDone {
+                job,
+                result: result(),
+            },
+            now,
+        );
+        let said = said(&out);
+        assert_eq!(said[..2], [("commit", job), ("reveal", job)]);
+        assert!(
+            peer.ledger().settlement(&job).is_some(),
+            "r = q = 1: settled"
+        );
+        // The freed slot takes the next job.
+        assert!(matches!(said[2..], [("claim", next)] if next != job));
+        assert_eq!(peer.running(), 1);
+    }
+
+    #[test]
+    fn with_fewer_than_r_commitments_the_reveal_waits_for_the_deadline() {
+        // r = 2, q = 1, and this peer is the only member: its commitment is the only one.
+        let (mut peer, now) = solo(2, 1, 1);
+        let job = executed(&peer.handle(PeerInput::Tick, now))[0];
+        let out = peer.handle(
+            PeerInput::JobDone {
+                job,
+                result: result(),
+            },
+            now,
+        );
+        let commitment = out
+            .iter()
+            .find_map(|o| match o {
+                PeerOutput::Broadcast(AnySigned::Commitment(c)) => Some(c.message().clone()),
+                _ => None,
+            })
+            .expect("a commitment");
+        assert!(!said(&out).contains(&("reveal", job)), "q committed, not r");
+        let deadline = peer.chain.cur.deadline_ms;
+        let before = now.saturating_add(Duration::from_millis(deadline - 1));
+        assert!(!said(&peer.handle(PeerInput::Tick, before)).contains(&("reveal", job)));
+        let at = now.saturating_add(Duration::from_millis(deadline));
+        let out = peer.handle(PeerInput::Tick, at);
+        let reveal = out
+            .iter()
+            .find_map(|o| match o {
+                PeerOutput::Broadcast(AnySigned::Reveal(r)) => Some(r.message().clone()),
+                _ => None,
+            })
+            .expect("past the deadline, q commitments suffice");
+        assert_eq!(reveal.job, job);
+        assert_eq!(reveal.result, result());
+        let opened = commitment_digest(&job, &peer.key(), &reveal.result, &reveal.salt);
+        assert_eq!(opened, commitment.digest, "the reveal opens the commitment");
+        assert!(
+            !said(&peer.handle(PeerInput::Tick, at)).contains(&("reveal", job)),
+            "revealed once"
+        );
+    }
+
+    #[test]
+    fn a_job_not_running_here_is_not_committed() {
+        let (mut peer, now) = solo(1, 1, 1);
+        let running = executed(&peer.handle(PeerInput::Tick, now))[0];
+        let other = *peer
+            .chain
+            .cur
+            .jobs
+            .keys()
+            .find(|j| **j != running)
+            .expect("two jobs");
+        let out = peer.handle(
+            PeerInput::JobDone {
+                job: other,
+                result: result(),
+            },
+            now,
+        );
+        assert!(said(&out).is_empty());
+        assert!(peer.exec.own.is_empty());
+    }
+}

@@ -323,3 +323,112 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agreement::tests::metrics;
+    use crate::closure::Entry;
+    use crate::message::JobResult;
+    use crate::peer::PeerInput;
+    use crate::peer::tests::{executed, solo};
+
+    fn closed(out: &[PeerOutput]) -> Vec<(u32, [u8; 32])> {
+        out.iter()
+            .filter_map(|o| match o {
+                PeerOutput::Closed { generation, root } => Some((*generation, *root)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deciding_a_closure_enters_the_next_generation_with_its_jobs() {
+        // One peer, r = q = 1, room for every job: it runs them all, settles them, and is
+        // the only voter.
+        let (mut peer, now) = solo(1, 1, 1_000);
+        let jobs = executed(&peer.handle(PeerInput::Tick, now));
+        assert_eq!(jobs.len(), peer.chain.cur.jobs.len());
+        let mut out = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            assert!(
+                closed(&out).is_empty(),
+                "closed before the last job settled"
+            );
+            let result = JobResult {
+                outcome: metrics(900 + i as u64),
+                wall_time_ms: 5,
+            };
+            out = peer.handle(PeerInput::JobDone { job: *job, result }, now);
+        }
+        let (closure, _) = peer.closures().last().expect("decided").clone();
+        let root = closure.root();
+        assert_eq!(closed(&out), vec![(0, root)]);
+        assert!(
+            closure
+                .entries
+                .iter()
+                .all(|e| matches!(e, Entry::Settled { .. }))
+        );
+        // The next generation: derived from the closure, run at once.
+        let mut derivation = Derivation::new(&peer.spec).expect("derivable");
+        derivation.generation_zero();
+        let want: BTreeSet<JobId> = derivation
+            .advance(&closure)
+            .expect("a next generation")
+            .iter()
+            .map(JobSpec::id)
+            .collect();
+        assert_eq!(peer.generation(), 1);
+        let cur = &peer.chain.cur;
+        assert_eq!(cur.jobs.keys().copied().collect::<BTreeSet<_>>(), want);
+        assert_eq!(cur.previous, root);
+        assert_eq!(cur.seed, closure.seed_from(&root));
+        assert_eq!(cur.deadline_ms, closure.deadline_ms);
+        assert_eq!(&*cur.members, &closure.members[..]);
+        assert_eq!(peer.voting.instance.generation(), 1);
+        assert!(peer.chain.settled_now.is_empty());
+        // The decision came last in its step: the next input takes the new jobs.
+        assert!(executed(&out).is_empty());
+        let next = executed(&peer.handle(PeerInput::Tick, now));
+        assert_eq!(next.into_iter().collect::<BTreeSet<_>>(), want);
+    }
+
+    #[test]
+    fn without_results_a_generation_closes_void_at_its_void_deadline() {
+        let (mut peer, now) = solo(1, 1, 1);
+        assert_eq!(executed(&peer.handle(PeerInput::Tick, now)).len(), 1);
+        let void_at = peer.chain.void_deadline(&peer.spec);
+        let early = Timestamp(void_at.0 - 1);
+        assert!(closed(&peer.handle(PeerInput::Tick, early)).is_empty());
+        let out = peer.handle(PeerInput::Tick, void_at);
+        assert_eq!(closed(&out).len(), 1);
+        let (closure, _) = peer.closures().last().expect("decided");
+        assert!(
+            closure
+                .entries
+                .iter()
+                .all(|e| matches!(e, Entry::Void { .. }))
+        );
+        assert_eq!(peer.generation(), 1);
+        assert_eq!(peer.running(), 0, "the old job is forgotten");
+        assert_eq!(executed(&peer.handle(PeerInput::Tick, void_at)).len(), 1);
+    }
+
+    #[test]
+    fn the_last_generation_closing_finishes_the_campaign() {
+        let (mut peer, _) = solo(1, 1, 1);
+        let generations = peer.chain.derivation.generations();
+        let mut outs = Vec::new();
+        for g in 0..generations {
+            assert!(!peer.finished(), "generation {g} open");
+            let at = peer.chain.void_deadline(&peer.spec);
+            outs = peer.handle(PeerInput::Tick, at);
+            assert_eq!(closed(&outs).first().map(|c| c.0), Some(g));
+        }
+        assert!(peer.finished());
+        assert!(outs.iter().any(|o| matches!(o, PeerOutput::Finished)));
+        assert_eq!(peer.next_wakeup(), None);
+        assert_eq!(peer.closures().len(), generations as usize);
+    }
+}

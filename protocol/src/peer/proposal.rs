@@ -469,3 +469,416 @@ impl Env for PeerEnv<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::agreement::Settlement;
+    use crate::agreement::tests::metrics;
+    use crate::envelope::{AnySigned, Signed};
+    use crate::ledger::{Input, LedgerConfig};
+    use crate::message::{Commitment, Heartbeat, JobResult, Reveal, commitment_digest};
+    use crate::peer::generation::Members;
+    use crate::spec::JobSpec;
+    use crate::spec::tests::{sample_job, sample_spec};
+
+    fn key(i: u8) -> Keypair {
+        Keypair::from_secret_bytes([i; 32])
+    }
+
+    /// What a [`PeerEnv`] borrows, owned: peer 1's view of `generation`, whose members are
+    /// peers 1 and 2, with `jobs` jobs; no evidence yet, past the void deadline.
+    struct Fixture {
+        key: Keypair,
+        spec: CampaignSpec,
+        ledger: Ledger,
+        cur: Generation,
+        pending: BTreeMap<JobId, PendingAudit>,
+        reputation: Reputation,
+        epilogue: bool,
+        liveness: Liveness,
+        max_joins: usize,
+        now: Timestamp,
+        void_at: Timestamp,
+    }
+
+    impl Fixture {
+        fn new(generation: u32, jobs: u32) -> Self {
+            let mut spec = sample_spec();
+            let mut members = vec![key(1).public(), key(2).public()];
+            members.sort();
+            spec.roster = members.clone();
+            let jobs: BTreeMap<JobId, JobSpec> = (0..jobs)
+                .map(|index| {
+                    let mut j = sample_job();
+                    j.campaign = spec.id();
+                    j.index = index;
+                    (j.id(), j)
+                })
+                .collect();
+            let jobs = Arc::new(jobs);
+            let now = Timestamp(spec.created_at.0 + 1_000);
+            let mut ledger = Ledger::new(spec.clone(), LedgerConfig::default());
+            ledger
+                .register_generation(Arc::clone(&jobs), now)
+                .for_each(drop);
+            Fixture {
+                key: key(1),
+                cur: Generation {
+                    number: generation,
+                    seed: [5; 32],
+                    previous: [6; 32],
+                    started_at: spec.created_at,
+                    deadline_ms: spec.schedule.job_deadline_ms,
+                    members: Members::Roster(members),
+                    jobs,
+                },
+                spec,
+                ledger,
+                pending: BTreeMap::new(),
+                reputation: Reputation::default(),
+                epilogue: false,
+                liveness: Liveness::default(),
+                max_joins: 64,
+                now,
+                void_at: now,
+            }
+        }
+
+        fn env(&self) -> PeerEnv<'_> {
+            PeerEnv {
+                key: &self.key,
+                ledger: &self.ledger,
+                cur: &self.cur,
+                spec: &self.spec,
+                pending: &self.pending,
+                reputation: &self.reputation,
+                epilogue: self.epilogue,
+                liveness: &self.liveness,
+                max_joins: self.max_joins,
+                now: self.now,
+                void_at: self.void_at,
+            }
+        }
+
+        fn job(&self, index: usize) -> JobId {
+            *self.cur.jobs.keys().nth(index).expect("a job")
+        }
+
+        /// Executor `i` commits to and reveals a result on job `index`.
+        fn result(&mut self, index: usize, i: u8, correct: u64) {
+            let (job, k) = (self.job(index), key(i));
+            let campaign = self.spec.id();
+            let result = JobResult {
+                outcome: metrics(correct),
+                wall_time_ms: 10,
+            };
+            let salt = [i; 32];
+            let digest = commitment_digest(&job, &k.public(), &result, &salt);
+            let c = Commitment {
+                campaign,
+                job,
+                digest,
+                issued_at: self.now,
+            };
+            let r = Reveal {
+                campaign,
+                job,
+                result,
+                salt,
+                witnessed: Vec::new(),
+                issued_at: self.now,
+            };
+            let c = AnySigned::Commitment(Signed::sign_and_encode(c, &k).expect("valid"));
+            let r = AnySigned::Reveal(Signed::sign_and_encode(r, &k).expect("valid"));
+            for m in [c, r] {
+                self.ledger
+                    .handle(Input::Message(m), self.now)
+                    .for_each(drop);
+            }
+        }
+
+        /// The closure this peer would propose.
+        fn build(&self) -> Closure {
+            self.env().build().expect("ready to close")
+        }
+
+        fn check(&self, c: &Closure) -> Result<(), ProposalFault> {
+            self.env().check(c)
+        }
+    }
+
+    /// Two jobs: the first settled by peers 2 and 3, the second without results.
+    fn settled_and_void() -> (Fixture, Closure) {
+        let mut f = Fixture::new(0, 2);
+        f.result(0, 2, 900);
+        f.result(0, 3, 900);
+        let c = f.build();
+        assert!(matches!(c.entries[0], Entry::Settled { .. }));
+        assert!(matches!(c.entries[1], Entry::Void { .. }));
+        (f, c)
+    }
+
+    #[test]
+    fn the_closure_this_peer_builds_is_valid_here() {
+        let (f, c) = settled_and_void();
+        assert_eq!(f.check(&c), Ok(()));
+        assert!(f.env().valid(&c));
+        let empty = Fixture::new(3, 0);
+        assert_eq!(empty.check(&empty.build()), Ok(()));
+    }
+
+    #[test]
+    fn a_closure_for_another_slot_is_refused_by_its_header() {
+        let (f, c) = settled_and_void();
+        let mut bad = c.clone();
+        bad.campaign = CampaignId([9; 32]);
+        assert_eq!(
+            f.check(&bad),
+            Err(ProposalFault::WrongCampaign {
+                found: bad.campaign
+            })
+        );
+        let mut bad = c.clone();
+        bad.generation = 1;
+        let want = ProposalFault::WrongGeneration {
+            found: 1,
+            expected: 0,
+        };
+        assert_eq!(f.check(&bad), Err(want));
+        assert!(!f.env().valid(&bad), "a fault makes the proposal invalid");
+        let mut bad = c.clone();
+        bad.previous = [0; 32];
+        assert_eq!(f.check(&bad), Err(ProposalFault::WrongPrevious));
+        let mut bad = c;
+        bad.entries.pop();
+        let want = ProposalFault::WrongEntryCount {
+            found: 1,
+            expected: 2,
+        };
+        assert_eq!(f.check(&bad), Err(want));
+    }
+
+    #[test]
+    fn entries_must_name_the_generations_jobs_in_order() {
+        let (f, mut c) = settled_and_void();
+        c.entries.swap(0, 1);
+        let want = ProposalFault::WrongJob {
+            position: 0,
+            found: f.job(1),
+        };
+        assert_eq!(f.check(&c), Err(want));
+    }
+
+    #[test]
+    fn a_settled_entry_needs_a_quorum_of_the_results_it_lists() {
+        let (f, mut c) = settled_and_void();
+        let Entry::Settled {
+            settlement,
+            credited,
+            ..
+        } = &mut c.entries[0]
+        else {
+            unreachable!()
+        };
+        // One of the two agreeing results dropped: no quorum of 2.
+        settlement.agreeing.pop();
+        credited.pop();
+        let want = ProposalFault::UnsupportedSettlement {
+            job: f.job(0),
+            listed: 1,
+        };
+        assert_eq!(f.check(&c), Err(want));
+        // Another outcome than the results give.
+        let (f, mut c) = settled_and_void();
+        if let Entry::Settled { settlement, .. } = &mut c.entries[0] {
+            *settlement = Settlement {
+                canonical: metrics(1),
+                ..settlement.clone()
+            };
+        }
+        assert!(matches!(
+            f.check(&c),
+            Err(ProposalFault::UnsupportedSettlement { listed: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_job_is_void_only_past_the_deadline_and_without_a_quorum() {
+        let (mut f, c) = settled_and_void();
+        let mut bad = c.clone();
+        bad.entries[0] = Entry::Void { job: f.job(0) };
+        // (The deadline follows the entries: keep the closure otherwise right.)
+        bad.deadline_ms = f.build().deadline_ms;
+        assert_eq!(
+            f.check(&bad),
+            Err(ProposalFault::PrematureVoid { job: f.job(0) })
+        );
+        f.now = Timestamp(f.void_at.0 - 1);
+        assert_eq!(
+            f.check(&c),
+            Err(ProposalFault::PrematureVoid { job: f.job(1) })
+        );
+    }
+
+    /// A pending audit of job `index` of `f`.
+    fn pending(f: &Fixture, index: usize) -> PendingAudit {
+        PendingAudit {
+            spec: f.cur.jobs[&f.job(index)].clone(),
+            generation: 0,
+            original: Settlement {
+                canonical: metrics(900),
+                agreeing: vec![key(2).public(), key(3).public()],
+                dissenting: Vec::new(),
+            },
+            credited: Vec::new(),
+            executors: vec![key(2).public(), key(3).public()],
+            jury: Vec::new(),
+            rate_ppm: 50_000,
+        }
+    }
+
+    fn verdict(job: JobId) -> Verdict {
+        Verdict {
+            job,
+            upheld_by: vec![key(4).public()],
+            contradicted: Vec::new(),
+            jury: None,
+        }
+    }
+
+    #[test]
+    fn verdicts_must_be_in_order_awaited_and_as_judged_here() {
+        let mut f = Fixture::new(1, 0);
+        let earlier = Fixture::new(0, 2);
+        let (a, b) = (earlier.job(0), earlier.job(1));
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let c = f.build();
+        let mut bad = c.clone();
+        bad.verdicts = vec![verdict(hi), verdict(lo)];
+        assert_eq!(f.check(&bad), Err(ProposalFault::VerdictsOutOfOrder));
+        let mut bad = c.clone();
+        bad.verdicts = vec![verdict(lo)];
+        assert_eq!(
+            f.check(&bad),
+            Err(ProposalFault::UnexpectedVerdict { job: lo })
+        );
+        // Awaited, but this peer holds no report: it gives no verdict, so none can match.
+        f.pending.insert(a, pending(&earlier, 0));
+        let mut bad = c;
+        bad.verdicts = vec![verdict(a)];
+        assert_eq!(f.check(&bad), Err(ProposalFault::VerdictDiffers { job: a }));
+    }
+
+    #[test]
+    fn the_epilogue_leaves_out_a_verdict_only_past_its_deadline() {
+        let mut f = Fixture::new(5, 0);
+        let earlier = Fixture::new(0, 1);
+        let job = earlier.job(0);
+        f.pending.insert(job, pending(&earlier, 0));
+        f.epilogue = true;
+        let c = f.build();
+        assert!(c.verdicts.is_empty(), "no reports, no verdict");
+        assert_eq!(f.check(&c), Ok(()), "past the deadline");
+        f.now = Timestamp(f.void_at.0 - 1);
+        assert_eq!(f.check(&c), Err(ProposalFault::MissingVerdict { job }));
+    }
+
+    #[test]
+    fn joins_need_a_heartbeat_here_and_room() {
+        let mut f = Fixture::new(0, 0);
+        let mut c = f.build();
+        let joiner = key(7).public();
+        c.members.push(joiner);
+        c.members.sort();
+        assert_eq!(
+            f.check(&c),
+            Err(ProposalFault::JoinWithoutHeartbeat { peer: joiner })
+        );
+        f.max_joins = 0;
+        assert_eq!(
+            f.check(&c),
+            Err(ProposalFault::TooManyJoins { joined: 1, max: 0 })
+        );
+        // With the joiner's heartbeat held here, and room, the join stands.
+        f.max_joins = 64;
+        let hb = Heartbeat {
+            campaign: f.spec.id(),
+            generation: 0,
+            running: 0,
+            capacity: 1,
+            issued_at: f.now,
+        };
+        let hb = AnySigned::Heartbeat(Signed::sign_and_encode(hb, &key(7)).expect("valid"));
+        f.ledger.handle(Input::Message(hb), f.now).for_each(drop);
+        assert_eq!(f.check(&c), Ok(()));
+        assert_eq!(
+            f.build().members,
+            c.members,
+            "and this peer proposes it too"
+        );
+    }
+
+    #[test]
+    fn removals_need_a_leave_or_silence_within_limits() {
+        let two = |p: &Fixture| p.cur.members.to_vec();
+        // Generation 0: nobody can have been silent yet.
+        let f = Fixture::new(0, 0);
+        let mut c = f.build();
+        assert_eq!(c.members, two(&f));
+        let gone = c.members.pop().expect("two members");
+        assert_eq!(
+            f.check(&c),
+            Err(ProposalFault::RemovalWithoutCause { peer: gone })
+        );
+        // Generation 1, nobody heard from: removals are silence, within `max_joins`.
+        let mut f = Fixture::new(1, 0);
+        let mut c = f.build();
+        assert_eq!(
+            c.members,
+            two(&f),
+            "the proposer waits for two silent generations"
+        );
+        c.members.pop();
+        assert_eq!(f.check(&c), Ok(()));
+        f.max_joins = 0;
+        assert_eq!(
+            f.check(&c),
+            Err(ProposalFault::TooManyEvictions { evicted: 1, max: 0 })
+        );
+        f.max_joins = 64;
+        c.members.clear();
+        assert_eq!(f.check(&c), Err(ProposalFault::NoMembers));
+    }
+
+    #[test]
+    fn the_deadline_must_follow_from_the_entries() {
+        let (f, mut c) = settled_and_void();
+        let want = c.deadline_ms;
+        c.deadline_ms += 1;
+        assert_eq!(
+            f.check(&c),
+            Err(ProposalFault::WrongDeadline {
+                found: want + 1,
+                want
+            })
+        );
+    }
+
+    #[test]
+    fn faults_read_as_the_old_diagnostics() {
+        let job = JobId([0xab; 32]);
+        let fault = ProposalFault::UnsupportedSettlement { job, listed: 2 };
+        assert_eq!(
+            fault.to_string(),
+            format!(
+                "job {}: the 2 listed results do not give this entry here",
+                job.short()
+            )
+        );
+        let fault = ProposalFault::WrongDeadline { found: 1, want: 2 };
+        assert_eq!(fault.to_string(), "deadline 1 want 2");
+    }
+}
