@@ -576,6 +576,33 @@ impl Instance {
         self.publish(proposal, AnySigned::Proposal, key, out);
     }
 
+    /// L49: 2/3 (`q`) precommits for a root whose closure is known, in any round: that round,
+    /// the root and the certificate. Looked for only when a proposal or vote was accepted
+    /// since the last look.
+    fn find_decision(&mut self, q: usize) -> Option<(u32, Root, Vec<PeerKey>)> {
+        if !std::mem::take(&mut self.tally_dirty) {
+            return None;
+        }
+        for ((round, step), votes) in &self.votes {
+            if *step != Step::Precommit {
+                continue;
+            }
+            let mut tally: BTreeMap<Root, Vec<PeerKey>> = BTreeMap::new();
+            for (p, r) in votes {
+                if let Some(r) = r {
+                    tally.entry(*r).or_default().push(*p);
+                }
+            }
+            if let Some((root, certificate)) = tally
+                .into_iter()
+                .find(|(root, v)| v.len() >= q && self.closures.contains_key(root))
+            {
+                return Some((*round, root, certificate));
+            }
+        }
+        None
+    }
+
     fn progress(
         &mut self,
         key: Option<&Keypair>,
@@ -589,27 +616,7 @@ impl Instance {
                 return;
             }
             // L49: 2/3 precommits for a known closure, any round → decide.
-            let mut decision = None;
-            let look = std::mem::take(&mut self.tally_dirty);
-            for ((round, step), votes) in self.votes.iter().filter(|_| look) {
-                if *step != Step::Precommit {
-                    continue;
-                }
-                let mut tally: BTreeMap<Root, Vec<PeerKey>> = BTreeMap::new();
-                for (p, r) in votes {
-                    if let Some(r) = r {
-                        tally.entry(*r).or_default().push(*p);
-                    }
-                }
-                if let Some((root, certificate)) = tally
-                    .into_iter()
-                    .find(|(root, v)| v.len() >= q && self.closures.contains_key(root))
-                {
-                    decision = Some((*round, root, certificate));
-                    break;
-                }
-            }
-            if let Some((round, root, certificate)) = decision {
+            if let Some((round, root, certificate)) = self.find_decision(q) {
                 self.decided = Some(root);
                 self.timeouts.clear();
                 if let Some(c) = self.closures.get(&root) {
