@@ -576,6 +576,33 @@ impl Instance {
         self.publish(proposal, AnySigned::Proposal, key, out);
     }
 
+    /// L49: 2/3 (`q`) precommits for a root whose closure is known, in any round: that round,
+    /// the root and the certificate. Looked for only when a proposal or vote was accepted
+    /// since the last look.
+    fn find_decision(&mut self, q: usize) -> Option<(u32, Root, Vec<PeerKey>)> {
+        if !std::mem::take(&mut self.tally_dirty) {
+            return None;
+        }
+        for ((round, step), votes) in &self.votes {
+            if *step != Step::Precommit {
+                continue;
+            }
+            let mut tally: BTreeMap<Root, Vec<PeerKey>> = BTreeMap::new();
+            for (p, r) in votes {
+                if let Some(r) = r {
+                    tally.entry(*r).or_default().push(*p);
+                }
+            }
+            if let Some((root, certificate)) = tally
+                .into_iter()
+                .find(|(root, v)| v.len() >= q && self.closures.contains_key(root))
+            {
+                return Some((*round, root, certificate));
+            }
+        }
+        None
+    }
+
     fn progress(
         &mut self,
         key: Option<&Keypair>,
@@ -589,27 +616,7 @@ impl Instance {
                 return;
             }
             // L49: 2/3 precommits for a known closure, any round → decide.
-            let mut decision = None;
-            let look = std::mem::take(&mut self.tally_dirty);
-            for ((round, step), votes) in self.votes.iter().filter(|_| look) {
-                if *step != Step::Precommit {
-                    continue;
-                }
-                let mut tally: BTreeMap<Root, Vec<PeerKey>> = BTreeMap::new();
-                for (p, r) in votes {
-                    if let Some(r) = r {
-                        tally.entry(*r).or_default().push(*p);
-                    }
-                }
-                if let Some((root, certificate)) = tally
-                    .into_iter()
-                    .find(|(root, v)| v.len() >= q && self.closures.contains_key(root))
-                {
-                    decision = Some((*round, root, certificate));
-                    break;
-                }
-            }
-            if let Some((round, root, certificate)) = decision {
+            if let Some((round, root, certificate)) = self.find_decision(q) {
                 self.decided = Some(root);
                 self.timeouts.clear();
                 if let Some(c) = self.closures.get(&root) {
@@ -703,5 +710,408 @@ impl Instance {
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    const TIMEOUT_MS: u64 = 100;
+    const T0: Timestamp = Timestamp(1_000_000);
+
+    fn campaign() -> CampaignId {
+        CampaignId([7; 32])
+    }
+
+    /// A (job-less) closure of generation 0, told apart by its deadline.
+    fn closure(deadline_ms: u64) -> Closure {
+        Closure {
+            campaign: campaign(),
+            generation: 0,
+            previous: [0; 32],
+            entries: Vec::new(),
+            verdicts: Vec::new(),
+            members: Vec::new(),
+            deadline_ms,
+        }
+    }
+
+    fn keys() -> Vec<Keypair> {
+        (1..=4)
+            .map(|i| Keypair::from_secret_bytes([i; 32]))
+            .collect()
+    }
+
+    /// The vote among `keys` as `me` sees it.
+    fn instance(keys: &[Keypair], me: &Keypair) -> Instance {
+        Instance::new(
+            campaign(),
+            0,
+            keys.iter().map(Keypair::public).collect(),
+            [3; 32],
+            TIMEOUT_MS,
+            Some(me.public()),
+        )
+    }
+
+    /// A canned environment: it proposes `proposal` and holds every closure valid except
+    /// those in `invalid`.
+    struct FakeEnv {
+        proposal: Option<Closure>,
+        invalid: BTreeSet<Root>,
+        asked: usize,
+    }
+
+    impl FakeEnv {
+        fn proposing(c: &Closure) -> Self {
+            FakeEnv {
+                proposal: Some(c.clone()),
+                invalid: BTreeSet::new(),
+                asked: 0,
+            }
+        }
+    }
+
+    impl Env for FakeEnv {
+        fn valid(&mut self, closure: &Closure) -> bool {
+            self.asked += 1;
+            !self.invalid.contains(&closure.root())
+        }
+        fn build(&mut self) -> Option<Closure> {
+            self.proposal.clone()
+        }
+    }
+
+    fn vote(key: &Keypair, round: u32, step: Step, root: Option<Root>) -> AnySigned {
+        let v = Vote {
+            campaign: campaign(),
+            generation: 0,
+            round,
+            step,
+            root,
+            issued_at: T0,
+        };
+        AnySigned::Vote(Signed::sign_and_encode(v, key).expect("valid vote"))
+    }
+
+    fn proposal(key: &Keypair, round: u32, valid_round: Option<u32>, c: &Closure) -> AnySigned {
+        let p = Proposal {
+            campaign: campaign(),
+            round,
+            valid_round,
+            closure: Arc::new(c.clone()),
+            issued_at: T0,
+        };
+        AnySigned::Proposal(Signed::sign_and_encode(p, key).expect("valid proposal"))
+    }
+
+    /// The votes among `actions`, as `(round, step, root)`.
+    fn votes(actions: &[Action]) -> Vec<(u32, Step, Option<Root>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Broadcast(AnySigned::Vote(v)) => {
+                    let m = v.message();
+                    Some((m.round, m.step, m.root))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn key_of(keys: &[Keypair], p: PeerKey) -> &Keypair {
+        keys.iter().find(|k| k.public() == p).expect("a voter")
+    }
+
+    /// A voter that proposes in none of the rounds `0..rounds`.
+    fn non_proposer(keys: &[Keypair], rounds: u32) -> &Keypair {
+        let probe = instance(keys, &keys[0]);
+        let proposers: Vec<PeerKey> = (0..rounds).filter_map(|r| probe.proposer(r)).collect();
+        keys.iter()
+            .find(|k| !proposers.contains(&k.public()))
+            .expect("more voters than rounds")
+    }
+
+    /// One voter of a test network.
+    struct Node {
+        key: Keypair,
+        instance: Instance,
+        env: FakeEnv,
+        /// The round and root it decided.
+        decided: Option<(u32, Root)>,
+    }
+
+    /// A tiny message bus: every broadcast reaches every other node, time passes only when
+    /// told.
+    struct Net {
+        nodes: Vec<Node>,
+        queue: VecDeque<(usize, AnySigned)>,
+        now: Timestamp,
+    }
+
+    impl Net {
+        /// The voters `keys`, of whom those in `silent` say and hear nothing; each proposes `c`.
+        fn new(keys: &[Keypair], silent: &[PeerKey], c: &Closure) -> Self {
+            let nodes = keys
+                .iter()
+                .filter(|k| !silent.contains(&k.public()))
+                .map(|k| Node {
+                    key: k.clone(),
+                    instance: instance(keys, k),
+                    env: FakeEnv::proposing(c),
+                    decided: None,
+                })
+                .collect();
+            Net {
+                nodes,
+                queue: VecDeque::new(),
+                now: T0,
+            }
+        }
+
+        fn take(&mut self, from: usize, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::Broadcast(m) => self.queue.push_back((from, m)),
+                    Action::Decided { closure, round, .. } => {
+                        self.nodes[from].decided = Some((round, closure.root()));
+                    }
+                }
+            }
+        }
+
+        /// Delivers every message, and those they cause, until none is left.
+        fn deliver(&mut self) {
+            while let Some((from, m)) = self.queue.pop_front() {
+                for to in 0..self.nodes.len() {
+                    if to == from {
+                        continue;
+                    }
+                    let n = &mut self.nodes[to];
+                    let actions = n
+                        .instance
+                        .handle(m.clone(), Some(&n.key), &mut n.env, self.now)
+                        .unwrap_or_default();
+                    self.take(to, actions);
+                }
+            }
+        }
+
+        fn start(&mut self) {
+            for i in 0..self.nodes.len() {
+                let n = &mut self.nodes[i];
+                let actions = n.instance.start(Some(&n.key), &mut n.env, self.now);
+                self.take(i, actions);
+            }
+            self.deliver();
+        }
+
+        /// Moves time to the earliest pending timeout and fires it everywhere; false if none.
+        fn advance(&mut self) -> bool {
+            let Some(next) = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.instance.next_timeout())
+                .min()
+            else {
+                return false;
+            };
+            self.now = next;
+            for i in 0..self.nodes.len() {
+                let n = &mut self.nodes[i];
+                let actions = n.instance.tick(Some(&n.key), &mut n.env, self.now);
+                self.take(i, actions);
+            }
+            self.deliver();
+            true
+        }
+
+        fn all_decided(&self) -> bool {
+            self.nodes.iter().all(|n| n.decided.is_some())
+        }
+    }
+
+    #[test]
+    fn four_honest_voters_decide_the_proposal_in_round_zero() {
+        let keys = keys();
+        let c = closure(1);
+        let mut net = Net::new(&keys, &[], &c);
+        net.start();
+        for n in &net.nodes {
+            assert_eq!(n.decided, Some((0, c.root())), "{}", n.instance.summary());
+            assert_eq!(n.instance.decided(), Some(c.root()));
+        }
+        assert_eq!(net.now, T0, "no timeout was needed");
+    }
+
+    #[test]
+    fn a_silent_proposer_is_replaced_by_the_next_round() {
+        let keys = keys();
+        let c = closure(1);
+        let probe = instance(&keys, &keys[0]);
+        let silent = probe.proposer(0).expect("voters");
+        // The first round whose proposer speaks.
+        let round = (1..)
+            .find(|r| probe.proposer(*r) != Some(silent))
+            .expect("another proposer");
+        let mut net = Net::new(&keys, &[silent], &c);
+        net.start();
+        assert!(
+            net.nodes.iter().all(|n| n.decided.is_none()),
+            "nothing is decided without a proposal"
+        );
+        for _ in 0..20 {
+            if net.all_decided() || !net.advance() {
+                break;
+            }
+        }
+        for n in &net.nodes {
+            assert_eq!(
+                n.decided,
+                Some((round, c.root())),
+                "{}",
+                n.instance.summary()
+            );
+        }
+        assert!(net.now > T0, "only timeouts move the vote on");
+    }
+
+    #[test]
+    fn a_locked_voter_prevotes_nil_until_a_polka_unlocks_it() {
+        let keys = keys();
+        let probe = instance(&keys, &keys[0]);
+        let proposer = |r| key_of(&keys, probe.proposer(r).expect("voters"));
+        let v = non_proposer(&keys, 3);
+        let others: Vec<&Keypair> = keys.iter().filter(|k| k.public() != v.public()).collect();
+        let (x, y) = (closure(1), closure(2));
+        let (rx, ry) = (x.root(), y.root());
+        let mut env = FakeEnv::proposing(&x);
+        let mut i = instance(&keys, v);
+        let key = Some(v);
+        let now = T0;
+        assert!(
+            i.start(key, &mut env, now).is_empty(),
+            "not its turn to propose"
+        );
+        // Round 0: x is proposed and gets a polka: v prevotes, locks on and precommits x.
+        let a = i.handle(proposal(proposer(0), 0, None, &x), key, &mut env, now);
+        assert_eq!(votes(&a.unwrap()), vec![(0, Step::Prevote, Some(rx))]);
+        let mut a = Vec::new();
+        for o in &others[..2] {
+            a.extend(
+                i.handle(vote(o, 0, Step::Prevote, Some(rx)), key, &mut env, now)
+                    .unwrap(),
+            );
+        }
+        assert_eq!(votes(&a), vec![(0, Step::Precommit, Some(rx))]);
+        // The others precommit nil: round 0 times out into round 1.
+        for o in &others[..2] {
+            i.handle(vote(o, 0, Step::Precommit, None), key, &mut env, now)
+                .unwrap();
+        }
+        let now = i.next_timeout().expect("a precommit timeout");
+        let a = i.tick(key, &mut env, now);
+        assert!(votes(&a).is_empty());
+        assert_eq!(i.round(), 1);
+        // Round 1: y is proposed; locked on x, v prevotes nil.
+        let a = i.handle(proposal(proposer(1), 1, None, &y), key, &mut env, now);
+        assert_eq!(votes(&a.unwrap()), vec![(1, Step::Prevote, None)]);
+        // Two others prevote y (no polka yet), then two move to round 2: v follows them.
+        for o in &others[..2] {
+            i.handle(vote(o, 1, Step::Prevote, Some(ry)), key, &mut env, now)
+                .unwrap();
+        }
+        for o in &others[..2] {
+            i.handle(vote(o, 2, Step::Prevote, None), key, &mut env, now)
+                .unwrap();
+        }
+        assert_eq!(i.round(), 2);
+        // Round 2 re-proposes y as valid in round 1: without 2/3 prevotes for it there, v
+        // stays locked and waits.
+        let a = i.handle(proposal(proposer(2), 2, Some(1), &y), key, &mut env, now);
+        assert!(votes(&a.unwrap()).is_empty(), "no polka for y yet");
+        // The third prevote for y in round 1 completes the polka: v may prevote y.
+        let late = vote(others[2], 1, Step::Prevote, Some(ry));
+        let a = i.handle(late, key, &mut env, now);
+        assert_eq!(votes(&a.unwrap()), vec![(2, Step::Prevote, Some(ry))]);
+    }
+
+    #[test]
+    fn an_equivocating_voter_or_proposer_is_recorded() {
+        let keys = keys();
+        let probe = instance(&keys, &keys[0]);
+        let p0 = key_of(&keys, probe.proposer(0).expect("voters"));
+        let v = non_proposer(&keys, 1);
+        let others: Vec<&Keypair> = keys
+            .iter()
+            .filter(|k| k.public() != v.public() && k.public() != p0.public())
+            .collect();
+        let (x, y) = (closure(1), closure(2));
+        let mut env = FakeEnv::proposing(&x);
+        let mut i = instance(&keys, v);
+        let key = Some(v);
+        // A repeated vote is a duplicate, not an equivocation.
+        let honest = vote(others[0], 0, Step::Prevote, Some(x.root()));
+        i.handle(honest.clone(), key, &mut env, T0).unwrap();
+        assert_eq!(
+            i.handle(honest, key, &mut env, T0).unwrap_err(),
+            Refusal::Duplicate
+        );
+        assert!(i.equivocators().is_empty());
+        // Two different prevotes for one round: the second is refused and its signer recorded.
+        let e = others[1];
+        i.handle(vote(e, 0, Step::Prevote, Some(x.root())), key, &mut env, T0)
+            .unwrap();
+        let second = vote(e, 0, Step::Prevote, Some(y.root()));
+        assert_eq!(
+            i.handle(second, key, &mut env, T0).unwrap_err(),
+            Refusal::Conflicting
+        );
+        assert_eq!(
+            i.equivocators().iter().collect::<Vec<_>>(),
+            vec![&e.public()]
+        );
+        // The same voter's vote in another step is no conflict.
+        i.handle(vote(e, 0, Step::Precommit, None), key, &mut env, T0)
+            .unwrap();
+        // Two different proposals for one round.
+        i.handle(proposal(p0, 0, None, &x), key, &mut env, T0)
+            .unwrap();
+        let other = proposal(p0, 0, None, &y);
+        assert_eq!(
+            i.handle(other, key, &mut env, T0).unwrap_err(),
+            Refusal::Conflicting
+        );
+        assert!(i.equivocators().contains(&p0.public()));
+        assert_eq!(i.equivocators().len(), 2);
+        // A non-voter is not entitled to vote.
+        let outsider = Keypair::from_secret_bytes([9; 32]);
+        let refused = i.handle(vote(&outsider, 0, Step::Prevote, None), key, &mut env, T0);
+        assert_eq!(refused.unwrap_err(), Refusal::NotEntitled);
+    }
+
+    #[test]
+    fn a_proposal_the_env_holds_invalid_gets_a_nil_prevote() {
+        let keys = keys();
+        let probe = instance(&keys, &keys[0]);
+        let p0 = key_of(&keys, probe.proposer(0).expect("voters"));
+        let v = non_proposer(&keys, 1);
+        let x = closure(1);
+        let prevote = |invalid: bool| {
+            let mut env = FakeEnv::proposing(&x);
+            if invalid {
+                env.invalid.insert(x.root());
+            }
+            let mut i = instance(&keys, v);
+            i.start(Some(v), &mut env, T0);
+            let a = i.handle(proposal(p0, 0, None, &x), Some(v), &mut env, T0);
+            assert!(env.asked > 0, "validity is asked of the env");
+            votes(&a.unwrap())
+        };
+        assert_eq!(prevote(true), vec![(0, Step::Prevote, None)]);
+        assert_eq!(prevote(false), vec![(0, Step::Prevote, Some(x.root()))]);
     }
 }
