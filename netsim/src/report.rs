@@ -79,8 +79,8 @@ pub fn write_all(dir: &Path, r: &ClusterReport) -> Result<Vec<PathBuf>, ReportEr
             path: shards.clone(),
             source,
         })?;
-        for (name, bytes) in &r.shard_blobs {
-            write(shards.join(name), bytes)?;
+        for f in &r.shard_blobs {
+            write(shards.join(&f.name), &f.bytes)?;
         }
         out.push(shards);
     }
