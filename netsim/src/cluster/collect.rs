@@ -36,6 +36,15 @@ struct Stopped {
     counts: BTreeMap<usize, MessageCounts>,
 }
 
+/// A campaign's spec and every job of it, as a node derived them.
+#[derive(Debug, Clone)]
+pub(super) struct Rerun {
+    /// The spec.
+    pub(super) spec: CampaignSpec,
+    /// Every job.
+    pub(super) jobs: Vec<JobSpec>,
+}
+
 /// What the agreed ledger holds (read at the first running honest node).
 #[derive(Debug, Default)]
 pub(super) struct Agreed {
@@ -44,7 +53,7 @@ pub(super) struct Agreed {
     /// Every peer's standing.
     pub(super) scores: Vec<(PeerKey, PeerScore)>,
     /// The campaign's spec and jobs, for the overhead re-run.
-    pub(super) rerun: Option<(CampaignSpec, Vec<JobSpec>)>,
+    pub(super) rerun: Option<Rerun>,
     /// The blobs those jobs need.
     pub(super) blobs: BTreeMap<BlobId, Vec<u8>>,
     /// Whether a node knew the campaign's settled jobs (if not, the next honest node is
@@ -133,7 +142,11 @@ impl Agreed {
         self.found = jobs.is_some();
         self.jobs = jobs.unwrap_or_default();
         self.scores = n.scores(id).await.map_err(stopped)?.unwrap_or_default();
-        self.rerun = n.jobs(id).await.map_err(stopped)?;
+        self.rerun = n
+            .jobs(id)
+            .await
+            .map_err(stopped)?
+            .map(|(spec, jobs)| Rerun { spec, jobs });
         for (b, _) in needed_blobs(spec) {
             if let Ok(Ok(Some(bytes))) = n.blob(b).await {
                 self.blobs.insert(b, bytes);

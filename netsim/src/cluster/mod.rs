@@ -166,6 +166,21 @@ fn clean_up(cfg: &ClusterConfig) {
     }
 }
 
+/// The timeout struck: where each node stood; the nodes are stopped.
+async fn give_up(
+    cfg: &ClusterConfig,
+    id: hivemesh_protocol::CampaignId,
+    nodes: Vec<Option<Running>>,
+) -> ClusterError {
+    let states = collect::states(cfg, id, &nodes).await;
+    collect::stop_all(nodes).await;
+    clean_up(cfg);
+    ClusterError::Timeout {
+        after: cfg.timeout,
+        states,
+    }
+}
+
 /// Runs a cluster to the end of its campaign (or the timeout) and reports.
 pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     cfg.validate()?;
@@ -181,13 +196,7 @@ pub async fn run(cfg: &ClusterConfig) -> Result<ClusterReport, ClusterError> {
     let run_loop = RunLoop::new(cfg.clone(), campaign, nodes, s.events.clone(), s.t0);
     let mut ended = run_loop.run(s.heard).await?;
     if ended.timed_out {
-        let states = collect::states(&cfg, campaign.id, &ended.nodes).await;
-        collect::stop_all(ended.nodes).await;
-        clean_up(&cfg);
-        return Err(ClusterError::Timeout {
-            after: cfg.timeout,
-            states,
-        });
+        return Err(give_up(&cfg, campaign.id, ended.nodes).await);
     }
     let collected = collect::collect(
         &cfg,
@@ -248,11 +257,11 @@ async fn report(
     let shards = collect::collect_shards(&jobs, &shard_bytes);
     let tally = ended.tally;
     let overhead = match (cfg.measure_overhead, swarm_cpu, agreed.rerun) {
-        (true, Some(swarm_cpu_s), Some((rerun_spec, all))) => {
+        (true, Some(swarm_cpu_s), Some(rerun)) => {
             overhead::measure(overhead::Measure {
                 swarm_cpu_s,
-                spec: rerun_spec,
-                all,
+                spec: rerun.spec,
+                all: rerun.jobs,
                 settled: &jobs,
                 blobs: agreed.blobs,
                 executions: tally.executions,
