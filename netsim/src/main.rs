@@ -308,7 +308,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
+/// The cluster configuration `a` asks for.
+fn cluster_config(a: &ClusterArgs) -> anyhow::Result<hivemesh_netsim::cluster::ClusterConfig> {
     use anyhow::Context as _;
     use hivemesh_netsim::cluster::{self, Byzantine, ClusterConfig, Overrides};
     let (campaign, campaign_dir) = match &a.campaign {
@@ -339,9 +340,9 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
         job_deadline_s: Some(a.job_deadline_s),
         max_extra_executors: a.max_extra,
     };
-    cfg.kills = a.kill;
+    cfg.kills = a.kill.clone();
     cfg.keep_data = a.keep_data;
-    cfg.partition = a.partition;
+    cfg.partition = a.partition.clone();
     cfg.delay = a.heartbeat_ms.map(std::time::Duration::from_millis);
     cfg.jobs_per_node = a.jobs_per_node;
     cfg.seed = a.seed;
@@ -355,6 +356,12 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(hivemesh_netsim::processes::default_bin),
         );
     }
+    Ok(cfg)
+}
+
+fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let cfg = cluster_config(&a)?;
     println!(
         "hivemesh-netsim cluster: {} real nodes on loopback{} ({} Byzantine: {}; {} auditors), r={}, seed {}",
         cfg.nodes,
@@ -373,12 +380,20 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(cluster::run(&cfg));
+    let result = rt.block_on(hivemesh_netsim::cluster::run(&cfg));
     if cfg.keep_data {
         eprintln!("node data kept in {}", cfg.data_dir.display());
     }
     let report = result?;
     let files = hivemesh_netsim::report::write_all(&a.out, &report)?;
+    print_outcome(&report, &files[0])
+}
+
+/// The run's summary lines; an error if the run failed its checks.
+fn print_outcome(
+    report: &hivemesh_netsim::cluster::ClusterReport,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
     let settled = report.jobs.iter().filter(|j| j.status != "void").count();
     println!(
         "campaign {} finished in {:.1} s: {settled} jobs settled, {} executions",
@@ -408,7 +423,7 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
             o.swarm_cpu_s, o.redundancy, o.single_cpu_s, o.single_wall_s, o.ratio
         );
     }
-    println!("report: {}", files[0].display());
+    println!("report: {}", file.display());
     let up = report.node_views.iter().filter(|v| v.up).count();
     if report.ok() {
         println!("ledger agreement: all {up} running nodes hold the same closures");
@@ -419,9 +434,19 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
             report.finished,
             report.agreement,
             report.wrong_results,
-            files[0].display()
+            file.display()
         )
     }
+}
+
+/// A report being compared.
+struct Compared {
+    /// Its `report.json`.
+    file: PathBuf,
+    /// The campaign's name.
+    name: String,
+    /// Its settled successful jobs.
+    objectives: Vec<hivemesh_netsim::report::Objectives>,
 }
 
 fn compare(paths: &[PathBuf]) -> anyhow::Result<()> {
@@ -440,25 +465,29 @@ fn compare(paths: &[PathBuf]) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", file.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a cluster report", file.display()))?;
-        sets.push((
+        sets.push(Compared {
             file,
-            v["name"].as_str().unwrap_or("?").to_string(),
-            hivemesh_netsim::report::objectives_of(&v),
-        ));
+            name: v["name"].as_str().unwrap_or("?").to_string(),
+            objectives: hivemesh_netsim::report::objectives_of(&v),
+        });
     }
     let hv = hivemesh_netsim::report::hypervolumes(
-        &sets.iter().map(|(_, _, o)| o.clone()).collect::<Vec<_>>(),
+        &sets
+            .iter()
+            .map(|c| c.objectives.clone())
+            .collect::<Vec<_>>(),
     );
     println!(
         "report                                   jobs   best acc   hypervolume   ratio to the first"
     );
-    for ((file, name, o), h) in sets.iter().zip(&hv) {
-        let best = o.iter().map(|x| x.0).fold(0.0, f64::max);
+    for (c, h) in sets.iter().zip(&hv) {
+        let best = c.objectives.iter().map(|x| x.accuracy).fold(0.0, f64::max);
         println!(
-            "{:<40} {:>4}   {best:.4}     {h:.5}       {:.3}   ({name})",
-            file.display(),
-            o.len(),
+            "{:<40} {:>4}   {best:.4}     {h:.5}       {:.3}   ({})",
+            c.file.display(),
+            c.objectives.len(),
             if hv[0] > 0.0 { h / hv[0] } else { f64::NAN },
+            c.name,
         );
     }
     Ok(())

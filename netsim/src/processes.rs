@@ -45,6 +45,7 @@ pub struct Spawn<'a> {
 /// A running `hivemesh run` process.
 #[derive(Debug)]
 pub struct Proc {
+    /// The child process.
     child: Child,
     /// Its process id.
     pub pid: u32,
@@ -54,6 +55,17 @@ pub struct Proc {
     pub addr: Multiaddr,
     /// Its peer id.
     pub peer_id: PeerId,
+    /// A handle on its API.
+    client: Api,
+}
+
+/// A child's HTTP API: its address and bearer token. Cheap to clone; outlives nothing (a
+/// request to a stopped child fails).
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// The API's address.
+    pub addr: SocketAddr,
+    /// The bearer token its mutating endpoints need.
     token: String,
 }
 
@@ -74,22 +86,8 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-/// Starts a node process and waits until it serves its API and listens.
-pub async fn spawn(s: Spawn<'_>) -> Result<Proc, ProcError> {
-    let start = |m: String| ProcError::Start(m);
-    std::fs::create_dir_all(s.data_dir)
-        .map_err(|e| start(format!("{}: {e}", s.data_dir.display())))?;
-    hivemesh_node::identity::save(s.data_dir, s.key, true)
-        .map_err(|e| start(format!("writing the identity: {e}")))?;
-    let log_path = s.data_dir.join("node.log");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| start(format!("{}: {e}", log_path.display())))?;
-    let stderr = log
-        .try_clone()
-        .map_err(|e| start(format!("{}: {e}", log_path.display())))?;
+/// The `hivemesh run` command line for `s`, its stderr going to `stderr`.
+fn command(s: &Spawn<'_>, stderr: std::fs::File) -> Command {
     let mut cmd = Command::new(s.bin);
     cmd.arg("--data-dir")
         .arg(s.data_dir)
@@ -119,7 +117,80 @@ pub async fn spawn(s: Spawn<'_>) -> Result<Proc, ProcError> {
     if let Some(h) = s.heartbeat {
         cmd.args(["--heartbeat-ms", &h.as_millis().max(1).to_string()]);
     }
-    let mut child = cmd
+    cmd
+}
+
+/// Where a starting child said it is, read from its stdout.
+#[derive(Debug, Default)]
+struct Announced {
+    /// Its HTTP API.
+    api: Option<SocketAddr>,
+    /// Its loopback libp2p address.
+    addr: Option<Multiaddr>,
+    /// Its peer id.
+    peer_id: Option<PeerId>,
+}
+
+impl Announced {
+    /// Takes what `line` says.
+    fn read(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("api http://") {
+            self.api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("hivemesh node ") {
+            self.peer_id = rest.trim().parse::<PeerId>().ok();
+        } else if let Some(rest) = line.strip_prefix("listening ")
+            && rest.starts_with("/ip4/127.0.0.1/tcp/")
+        {
+            self.addr = rest.trim().parse::<Multiaddr>().ok();
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.api.is_some() && self.addr.is_some() && self.peer_id.is_some()
+    }
+}
+
+/// Reads `lines` into `log` until the child announced everything (`true`), its stdout ended
+/// (`false`) or [`START_TIMEOUT`] passed (`false`).
+async fn read_announcements<R>(
+    lines: &mut tokio::io::Lines<BufReader<R>>,
+    log: &mut std::fs::File,
+    seen: &mut Announced,
+) -> bool
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    tokio::time::timeout(START_TIMEOUT, async {
+        while !seen.complete() {
+            let Ok(Some(line)) = lines.next_line().await else {
+                return false;
+            };
+            let _ = writeln!(log, "{line}");
+            seen.read(&line);
+        }
+        true
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Starts a node process and waits until it serves its API and listens.
+pub async fn spawn(s: Spawn<'_>) -> Result<Proc, ProcError> {
+    let start = |m: String| ProcError::Start(m);
+    std::fs::create_dir_all(s.data_dir)
+        .map_err(|e| start(format!("{}: {e}", s.data_dir.display())))?;
+    hivemesh_node::identity::save(s.data_dir, s.key, true)
+        .map_err(|e| start(format!("writing the identity: {e}")))?;
+    let log_path = s.data_dir.join("node.log");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| start(format!("{}: {e}", log_path.display())))?;
+    let stderr = log
+        .try_clone()
+        .map_err(|e| start(format!("{}: {e}", log_path.display())))?;
+    let mut child = command(&s, stderr)
         .spawn()
         .map_err(|e| start(format!("cannot run {}: {e}", s.bin.display())))?;
     let pid = child.id().unwrap_or(0);
@@ -128,28 +199,14 @@ pub async fn spawn(s: Spawn<'_>) -> Result<Proc, ProcError> {
         .take()
         .ok_or_else(|| start("no stdout pipe".into()))?;
     let mut lines = BufReader::new(stdout).lines();
-    let (mut api, mut addr, mut peer_id) = (None, None, None);
-    let up = tokio::time::timeout(START_TIMEOUT, async {
-        while api.is_none() || addr.is_none() || peer_id.is_none() {
-            let Ok(Some(line)) = lines.next_line().await else {
-                return false;
-            };
-            let _ = writeln!(log, "{line}");
-            if let Some(rest) = line.strip_prefix("api http://") {
-                api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            } else if let Some(rest) = line.strip_prefix("hivemesh node ") {
-                peer_id = rest.trim().parse::<PeerId>().ok();
-            } else if let Some(rest) = line.strip_prefix("listening ")
-                && rest.starts_with("/ip4/127.0.0.1/tcp/")
-            {
-                addr = rest.trim().parse::<Multiaddr>().ok();
-            }
-        }
-        true
-    })
-    .await
-    .unwrap_or(false);
-    let (Some(api), Some(addr), Some(peer_id)) = (api, addr, peer_id) else {
+    let mut seen = Announced::default();
+    let up = read_announcements(&mut lines, &mut log, &mut seen).await;
+    let Announced {
+        api: Some(api),
+        addr: Some(addr),
+        peer_id: Some(peer_id),
+    } = seen
+    else {
         let _ = child.start_kill();
         let _ = child.wait().await;
         return Err(start(format!(
@@ -176,20 +233,20 @@ pub async fn spawn(s: Spawn<'_>) -> Result<Proc, ProcError> {
         api,
         addr,
         peer_id,
-        token,
+        client: Api { addr: api, token },
     })
 }
 
-impl Proc {
+impl Api {
     /// `GET path` as JSON.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ProcError> {
-        get_json_at(self.api, path).await
+        get_json_at(self.addr, path).await
     }
 
     /// `POST path` with `body`, the answer as JSON.
     pub async fn post(&self, path: &str, body: &[u8]) -> Result<serde_json::Value, ProcError> {
         let auth = format!("Bearer {}", self.token);
-        call_json(self.api, "POST", path, &[("Authorization", &auth)], body).await
+        call_json(self.addr, "POST", path, &[("Authorization", &auth)], body).await
     }
 
     /// Blocks (`true`) or unblocks a libp2p peer (`/peers/{peer_id}/block`).
@@ -197,7 +254,7 @@ impl Proc {
         let auth = format!("Bearer {}", self.token);
         let method = if blocked { "POST" } else { "DELETE" };
         call_json(
-            self.api,
+            self.addr,
             method,
             &format!("/peers/{peer}/block"),
             &[("Authorization", &auth)],
@@ -212,6 +269,33 @@ impl Proc {
         self.post("/peers/dial", addr.to_string().as_bytes())
             .await
             .map(drop)
+    }
+}
+
+impl Proc {
+    /// A handle on the child's API, for requests from other tasks.
+    pub fn api_client(&self) -> Api {
+        self.client.clone()
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ProcError> {
+        self.client.get_json(path).await
+    }
+
+    /// `POST path` with `body`, the answer as JSON.
+    pub async fn post(&self, path: &str, body: &[u8]) -> Result<serde_json::Value, ProcError> {
+        self.client.post(path, body).await
+    }
+
+    /// Blocks (`true`) or unblocks a libp2p peer (`/peers/{peer_id}/block`).
+    pub async fn block(&self, peer: &PeerId, blocked: bool) -> Result<(), ProcError> {
+        self.client.block(peer, blocked).await
+    }
+
+    /// Dials a peer (`/peers/dial`).
+    pub async fn dial(&self, addr: &Multiaddr) -> Result<(), ProcError> {
+        self.client.dial(addr).await
     }
 
     /// CPU seconds the process has used so far (user + system), from `/proc/PID/stat`.

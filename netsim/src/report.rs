@@ -79,8 +79,8 @@ pub fn write_all(dir: &Path, r: &ClusterReport) -> Result<Vec<PathBuf>, ReportEr
             path: shards.clone(),
             source,
         })?;
-        for (name, bytes) in &r.shard_blobs {
-            write(shards.join(name), bytes)?;
+        for f in &r.shard_blobs {
+            write(shards.join(&f.name), &f.bytes)?;
         }
         out.push(shards);
     }
@@ -116,6 +116,22 @@ pub fn markdown(r: &ClusterReport) -> String {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default(),
     );
+    verdict(&mut s, r);
+    generations(&mut s, r);
+    front(&mut s, r);
+    nodes(&mut s, r);
+    standings(&mut s, r);
+    shards(&mut s, r);
+    faults(&mut s, r);
+    let _ = writeln!(
+        s,
+        "\nEvery settled job, with its executors and audit verdict, is in `report.json`."
+    );
+    s
+}
+
+/// The verdict table: the checks and the throughput and overhead figures.
+fn verdict(s: &mut String, r: &ClusterReport) {
     let _ = writeln!(s, "## Verdict\n");
     let _ = writeln!(s, "| check | result |\n|---|---|");
     let _ = writeln!(
@@ -170,6 +186,10 @@ pub fn markdown(r: &ClusterReport) -> String {
             let _ = writeln!(s, "| overhead | not measured |");
         }
     }
+}
+
+/// Per generation: closure root, closing times, jobs settled, best accuracy.
+fn generations(s: &mut String, r: &ClusterReport) {
     let _ = writeln!(s, "\n## Generations\n");
     let _ = writeln!(
         s,
@@ -188,6 +208,10 @@ pub fn markdown(r: &ClusterReport) -> String {
         );
     }
     let _ = writeln!(s, "\n![progress](progress.png)\n");
+}
+
+/// The Pareto front.
+fn front(s: &mut String, r: &ClusterReport) {
     let _ = writeln!(
         s,
         "## Pareto front (accuracy up, parameters and FLOPs down)\n"
@@ -208,6 +232,10 @@ pub fn markdown(r: &ClusterReport) -> String {
         );
     }
     let _ = writeln!(s, "\n![front](front.png)\n");
+}
+
+/// Per node: role, key, closures, work and messages.
+fn nodes(s: &mut String, r: &ClusterReport) {
     let _ = writeln!(s, "## Nodes\n");
     let _ = writeln!(
         s,
@@ -234,6 +262,10 @@ pub fn markdown(r: &ClusterReport) -> String {
             v.messages_rejected
         );
     }
+}
+
+/// The agreed ledger's standings.
+fn standings(s: &mut String, r: &ClusterReport) {
     let _ = writeln!(s, "\n## Standings (from the agreed ledger)\n");
     let _ = writeln!(
         s,
@@ -254,6 +286,10 @@ pub fn markdown(r: &ClusterReport) -> String {
             st.score.reputation
         );
     }
+}
+
+/// The distillation shards (if any).
+fn shards(s: &mut String, r: &ClusterReport) {
     if !r.shards.is_empty() {
         let _ = writeln!(s, "\n## Distillation shards\n");
         let _ = writeln!(
@@ -282,21 +318,28 @@ pub fn markdown(r: &ClusterReport) -> String {
             );
         }
     }
+}
+
+/// The faults injected (if any).
+fn faults(s: &mut String, r: &ClusterReport) {
     if !r.faults.is_empty() {
         let _ = writeln!(s, "\n## Faults injected\n");
         for f in &r.faults {
             let _ = writeln!(s, "- {:.1} s: {}", f.at_s, f.what);
         }
     }
-    let _ = writeln!(
-        s,
-        "\nEvery settled job, with its executors and audit verdict, is in `report.json`."
-    );
-    s
 }
 
-/// One settled successful job as the hypervolume sees it: accuracy, params, FLOPs.
-pub type Objectives = (f64, u64, u64);
+/// One settled successful job as the hypervolume sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Objectives {
+    /// Test accuracy (maximised).
+    pub accuracy: f64,
+    /// Parameters (minimised).
+    pub params: u64,
+    /// FLOPs per sample (minimised).
+    pub flops: u64,
+}
 
 /// The settled successful jobs of a `report.json`.
 pub fn objectives_of(report: &serde_json::Value) -> Vec<Objectives> {
@@ -305,12 +348,10 @@ pub fn objectives_of(report: &serde_json::Value) -> Vec<Objectives> {
         .into_iter()
         .flatten()
         .filter(|j| j["status"] == "success")
-        .map(|j| {
-            (
-                j["accuracy"].as_f64().unwrap_or(0.0),
-                j["params"].as_u64().unwrap_or(0),
-                j["flops"].as_u64().unwrap_or(0),
-            )
+        .map(|j| Objectives {
+            accuracy: j["accuracy"].as_f64().unwrap_or(0.0),
+            params: j["params"].as_u64().unwrap_or(0),
+            flops: j["flops"].as_u64().unwrap_or(0),
         })
         .collect()
 }
@@ -319,13 +360,33 @@ pub fn objectives_of(report: &serde_json::Value) -> Vec<Objectives> {
 /// error (1 − accuracy, reference 1), params and FLOPs each divided by 1.1 × the largest seen
 /// in any set (reference 1). Comparable across the sets, not across calls.
 pub fn hypervolumes(sets: &[Vec<Objectives>]) -> Vec<f64> {
-    let max_p = sets.iter().flatten().map(|o| o.1).max().unwrap_or(1).max(1) as f64 * 1.1;
-    let max_f = sets.iter().flatten().map(|o| o.2).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let max_p = sets
+        .iter()
+        .flatten()
+        .map(|o| o.params)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
+    let max_f = sets
+        .iter()
+        .flatten()
+        .map(|o| o.flops)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
     sets.iter()
         .map(|s| {
             let pts: Vec<Vec<f64>> = s
                 .iter()
-                .map(|(a, p, f)| vec![1.0 - a, *p as f64 / max_p, *f as f64 / max_f])
+                .map(|o| {
+                    vec![
+                        1.0 - o.accuracy,
+                        o.params as f64 / max_p,
+                        o.flops as f64 / max_f,
+                    ]
+                })
                 .collect();
             hivemesh_evolve::hypervolume::hypervolume(&pts, &[1.0, 1.0, 1.0]).unwrap_or(0.0)
         })
@@ -338,8 +399,13 @@ mod tests {
 
     #[test]
     fn a_dominating_set_has_the_larger_hypervolume() {
-        let worse = vec![(0.80, 1000, 2000), (0.85, 4000, 8000)];
-        let better = vec![(0.82, 900, 1800), (0.90, 4000, 8000)];
+        let o = |accuracy, params, flops| Objectives {
+            accuracy,
+            params,
+            flops,
+        };
+        let worse = vec![o(0.80, 1000, 2000), o(0.85, 4000, 8000)];
+        let better = vec![o(0.82, 900, 1800), o(0.90, 4000, 8000)];
         let hv = hypervolumes(&[worse.clone(), better.clone()]);
         assert!(hv[1] > hv[0] && hv[0] > 0.0, "{hv:?}");
         // The common reference: adding the other set's points changes nothing for either.
