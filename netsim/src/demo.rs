@@ -181,89 +181,10 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport, DemoError> {
         })
         .collect();
 
-    // Every executor signs a claim, a commitment and a reveal.
-    let mut wire: Vec<Vec<u8>> = Vec::new();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    for job in &jobs {
-        let id = job.id();
-        let mut ranked: Vec<&Keypair> = keys.iter().collect();
-        ranked.sort_by_key(|k| {
-            let mut h = blake3::Hasher::new();
-            h.update(id.as_bytes());
-            h.update(k.public().as_bytes());
-            *h.finalize().as_bytes()
-        });
-        for k in ranked.into_iter().take(usize::from(cfg.redundancy)) {
-            let t = Timestamp(1_000);
-            let mut outcome = true_outcome(job);
-            if byzantine.contains(&k.public())
-                && let Outcome::Success(m) = &mut outcome
-            {
-                m.correct = m.total;
-            }
-            let result = JobResult {
-                outcome,
-                wall_time_ms: 10,
-            };
-            let mut salt = [0u8; 32];
-            rng.fill_bytes(&mut salt);
-            let claim = Claim {
-                campaign,
-                job: id,
-                issued_at: t,
-            };
-            let commitment = Commitment {
-                campaign,
-                job: id,
-                digest: commitment_digest(&id, &k.public(), &result, &salt),
-                issued_at: t,
-            };
-            let reveal = Reveal {
-                campaign,
-                job: id,
-                result,
-                salt,
-                witnessed: Vec::new(),
-                issued_at: t,
-            };
-            wire.push(Signed::sign_and_encode(claim, k)?.bytes().to_vec());
-            wire.push(Signed::sign_and_encode(commitment, k)?.bytes().to_vec());
-            wire.push(Signed::sign_and_encode(reveal, k)?.bytes().to_vec());
-        }
-    }
-
-    // Every node verifies and ingests everything, in its own order.
-    let ctx = Context::sync(campaign);
-    let mut ledgers = Vec::new();
+    let wire = sign_all(cfg, &keys, &byzantine, &jobs, &mut rng)?;
     let start = Instant::now();
-    for node in 0..cfg.peers {
-        let mut order: Vec<&Vec<u8>> = wire.iter().collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-        }
-        let envelopes = order
-            .iter()
-            .map(|b| Envelope::parse(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        let verified: Vec<_> = if node % 2 == 0 {
-            verify_batch(envelopes)
-        } else {
-            envelopes.into_iter().map(Envelope::verify).collect()
-        };
-        let mut ledger = Ledger::new(spec.clone(), LedgerConfig::default());
-        for job in &jobs {
-            ledger
-                .handle(Input::RegisterJob(job.clone()), Timestamp(0))
-                .for_each(drop);
-        }
-        for v in verified {
-            let msg: AnySigned = v.and_then(|v| v.decode_any(&ctx))?;
-            ledger
-                .handle(Input::Message(msg), Timestamp(2_000))
-                .for_each(drop);
-        }
-        ledgers.push(ledger);
-    }
+    let ledgers = ingest_all(cfg, &spec, &jobs, &wire, &mut rng)?;
     let elapsed = start.elapsed().as_secs_f64();
 
     let roots: BTreeSet<[u8; 32]> = ledgers.iter().map(Ledger::settlement_root).collect();
@@ -288,6 +209,107 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport, DemoError> {
         scores,
         verified_per_sec: (wire.len() * cfg.peers) as f64 / elapsed.max(1e-9),
     })
+}
+
+/// Every executor's signed claim, commitment and reveal for every job, as wire bytes.
+fn sign_all(
+    cfg: &DemoConfig,
+    keys: &[Keypair],
+    byzantine: &BTreeSet<PeerKey>,
+    jobs: &[JobSpec],
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Vec<u8>>, DemoError> {
+    let mut wire: Vec<Vec<u8>> = Vec::new();
+    for job in jobs {
+        let id = job.id();
+        let mut ranked: Vec<&Keypair> = keys.iter().collect();
+        ranked.sort_by_key(|k| {
+            let mut h = blake3::Hasher::new();
+            h.update(id.as_bytes());
+            h.update(k.public().as_bytes());
+            *h.finalize().as_bytes()
+        });
+        for k in ranked.into_iter().take(usize::from(cfg.redundancy)) {
+            let t = Timestamp(1_000);
+            let mut outcome = true_outcome(job);
+            if byzantine.contains(&k.public())
+                && let Outcome::Success(m) = &mut outcome
+            {
+                m.correct = m.total;
+            }
+            let result = JobResult {
+                outcome,
+                wall_time_ms: 10,
+            };
+            let mut salt = [0u8; 32];
+            rng.fill_bytes(&mut salt);
+            let claim = Claim {
+                campaign: job.campaign,
+                job: id,
+                issued_at: t,
+            };
+            let commitment = Commitment {
+                campaign: job.campaign,
+                job: id,
+                digest: commitment_digest(&id, &k.public(), &result, &salt),
+                issued_at: t,
+            };
+            let reveal = Reveal {
+                campaign: job.campaign,
+                job: id,
+                result,
+                salt,
+                witnessed: Vec::new(),
+                issued_at: t,
+            };
+            wire.push(Signed::sign_and_encode(claim, k)?.bytes().to_vec());
+            wire.push(Signed::sign_and_encode(commitment, k)?.bytes().to_vec());
+            wire.push(Signed::sign_and_encode(reveal, k)?.bytes().to_vec());
+        }
+    }
+
+    Ok(wire)
+}
+
+/// Every node's ledger after verifying and ingesting everything, each in its own order.
+fn ingest_all(
+    cfg: &DemoConfig,
+    spec: &CampaignSpec,
+    jobs: &[JobSpec],
+    wire: &[Vec<u8>],
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Ledger>, DemoError> {
+    let ctx = Context::sync(spec.id());
+    let mut ledgers = Vec::new();
+    for node in 0..cfg.peers {
+        let mut order: Vec<&Vec<u8>> = wire.iter().collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let envelopes = order
+            .iter()
+            .map(|b| Envelope::parse(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let verified: Vec<_> = if node % 2 == 0 {
+            verify_batch(envelopes)
+        } else {
+            envelopes.into_iter().map(Envelope::verify).collect()
+        };
+        let mut ledger = Ledger::new(spec.clone(), LedgerConfig::default());
+        for job in jobs {
+            ledger
+                .handle(Input::RegisterJob(job.clone()), Timestamp(0))
+                .for_each(drop);
+        }
+        for v in verified {
+            let msg: AnySigned = v.and_then(|v| v.decode_any(&ctx))?;
+            ledger
+                .handle(Input::Message(msg), Timestamp(2_000))
+                .for_each(drop);
+        }
+        ledgers.push(ledger);
+    }
+    Ok(ledgers)
 }
 
 #[cfg(test)]

@@ -521,8 +521,7 @@ fn sim(a: &SimArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for seed in seeds {
         let started = std::time::Instant::now();
-        let r =
-            hivemesh_netsim::sim::run_threads(&sc, seed, threads).map_err(anyhow::Error::msg)?;
+        let r = hivemesh_netsim::sim::run_threads(&sc, seed, threads)?;
         print!("{}", hivemesh_netsim::sim::describe(&r));
         println!("  wall time {:.2} s", started.elapsed().as_secs_f64());
         if !r.sound() {

@@ -645,9 +645,53 @@ fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
     p > 0.0 && (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
 }
 
+/// Why a simulation cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// More Byzantine nodes than nodes besides the creator.
+    #[error(
+        "Byzantine nodes would include the creator (node 0): lower the Byzantine counts or add nodes"
+    )]
+    ByzantineCreator,
+    /// The scenario makes an invalid campaign.
+    #[error("the scenario's campaign is invalid: {0}")]
+    Spec(#[from] hivemesh_protocol::SpecError),
+    /// The worker threads could not start.
+    #[error("cannot start {threads} simulator threads: {reason}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// What the thread pool said.
+        reason: String,
+    },
+}
+
+/// The simulated nodes, all down until started.
+fn new_nodes(keys: Vec<Keypair>, behaviours: Vec<Option<Behaviour>>) -> Vec<Node> {
+    keys.into_iter()
+        .zip(behaviours)
+        .enumerate()
+        .map(|(index, (key, behaviour))| Node {
+            index: index as u32,
+            key,
+            peer: None,
+            behaviour,
+            have: Bits(Vec::new()),
+            up: false,
+            group: 0,
+            wake_at: None,
+            closed_at: BTreeMap::new(),
+            waiting_copy: BTreeSet::new(),
+            results: HashMap::new(),
+            rejected: 0,
+            delivered: 0,
+        })
+        .collect()
+}
+
 impl Sim {
     /// A simulation of `sc` under `seed`.
-    pub fn new(sc: &Scenario, seed: u64) -> Result<Self, String> {
+    pub fn new(sc: &Scenario, seed: u64) -> Result<Self, SimError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let total = sc.nodes + sc.joins.iter().map(|j| j.count).sum::<usize>();
         let keys: Vec<Keypair> = (0..total)
@@ -663,7 +707,7 @@ impl Sim {
             for _ in 0..b.count {
                 next -= 1;
                 if next == 0 {
-                    return Err("Byzantine nodes would include the creator (node 0)".into());
+                    return Err(SimError::ByzantineCreator);
                 }
                 behaviours[next] = Some(b.behaviour);
             }
@@ -672,7 +716,7 @@ impl Sim {
         roster.sort();
         roster.truncate(hivemesh_protocol::spec::MAX_ROSTER);
         let spec = spec_for(sc, roster.clone(), &sc.name);
-        spec.validate().map_err(|e| e.to_string())?;
+        spec.validate()?;
         let other = spec_for(sc, roster, "another campaign");
         let other_claim = Signed::sign_and_encode(
             Claim {
@@ -684,26 +728,7 @@ impl Sim {
         )
         .ok()
         .map(|s| s.bytes().to_vec());
-        let nodes: Vec<Node> = keys
-            .into_iter()
-            .zip(behaviours)
-            .enumerate()
-            .map(|(index, (key, behaviour))| Node {
-                index: index as u32,
-                key,
-                peer: None,
-                behaviour,
-                have: Bits(Vec::new()),
-                up: false,
-                group: 0,
-                wake_at: None,
-                closed_at: BTreeMap::new(),
-                waiting_copy: BTreeSet::new(),
-                results: HashMap::new(),
-                rejected: 0,
-                delivered: 0,
-            })
-            .collect();
+        let nodes = new_nodes(keys, behaviours);
         let mut sim = Sim {
             sc: sc.clone(),
             campaign: spec.id(),
@@ -734,13 +759,21 @@ impl Sim {
             parallel: false,
         };
         sim.start_nodes(0..sc.nodes);
-        for (index, f) in sc.faults.iter().enumerate() {
+        sim.schedule_faults_and_joins();
+        Ok(sim)
+    }
+
+    /// Queues the scenario's crashes, restarts, partitions, heals and joins.
+    fn schedule_faults_and_joins(&mut self) {
+        let faults = self.sc.faults.clone();
+        let joins: Vec<u64> = self.sc.joins.iter().map(|j| j.at_ms).collect();
+        for (index, f) in faults.iter().enumerate() {
             let index = index as u32;
             match f {
                 Fault::Crash {
                     at_ms, restart_ms, ..
                 } => {
-                    sim.push(
+                    self.push(
                         *at_ms,
                         Event::Fault {
                             index,
@@ -748,7 +781,7 @@ impl Sim {
                         },
                     );
                     if let Some(r) = restart_ms {
-                        sim.push(
+                        self.push(
                             *r,
                             Event::Fault {
                                 index,
@@ -758,22 +791,21 @@ impl Sim {
                     }
                 }
                 Fault::Partition { at_ms, heal_ms, .. } => {
-                    sim.push(
+                    self.push(
                         *at_ms,
                         Event::Fault {
                             index,
                             restart: false,
                         },
                     );
-                    sim.push(*heal_ms, Event::Heal { index });
+                    self.push(*heal_ms, Event::Heal { index });
                 }
             }
         }
-        for (index, j) in sc.joins.iter().enumerate() {
+        for (index, at_ms) in joins.into_iter().enumerate() {
             let index = index as u32;
-            sim.push(j.at_ms, Event::Join { index });
+            self.push(at_ms, Event::Join { index });
         }
-        Ok(sim)
     }
 
     fn push(&mut self, at: u64, e: Event) {
@@ -895,13 +927,16 @@ impl Sim {
     }
 
     /// Runs the nodes of a window on `threads` worker threads (1: on the calling thread).
-    pub fn threads(mut self, threads: usize) -> Result<Self, String> {
+    pub fn threads(mut self, threads: usize) -> Result<Self, SimError> {
         self.pool = if threads > 1 {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("netsim-{i}"))
                 .build()
-                .map_err(|e| format!("cannot start {threads} simulator threads: {e}"))?;
+                .map_err(|e| SimError::Threads {
+                    threads,
+                    reason: e.to_string(),
+                })?;
             Some(pool)
         } else {
             None
@@ -1377,17 +1412,54 @@ impl Sim {
         let honest: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.honest(i) && self.nodes[i].up)
             .collect();
-        let g = self.sc.generations;
         let mut r = RunReport {
             seed: 0,
             honest: honest.len(),
-            generations: g,
+            generations: self.sc.generations,
             end_ms: self.now,
             events: self.events,
             distinct_messages: self.log.len(),
             rejected_at_ingress: self.rejected_at_ingress,
             ..RunReport::default()
         };
+        self.report_closures(&honest, &mut r);
+        // Reference: the honest node with the most closures.
+        let Some(reference) = honest
+            .iter()
+            .filter_map(|&i| self.nodes[i].peer.as_ref().map(|p| (p.closures().len(), i)))
+            .max()
+            .map(|x| x.1)
+        else {
+            return r;
+        };
+        r.roots = self.nodes[reference]
+            .closed_at
+            .values()
+            .map(|&(_, root)| root)
+            .collect();
+        let Some(peer) = self.nodes[reference].peer.as_ref() else {
+            return r;
+        };
+        let who = self.who();
+        for i in 0..self.nodes.len() {
+            r.agreed_by_class.entry(self.class(i)).or_default().1 += 1;
+        }
+        r.final_members = peer.closures().last().map_or(0, |c| c.0.members.len());
+        self.report_entries(peer, &who, &mut r);
+        if std::env::var_os("NETSIM_DEBUG").is_some() {
+            debug_pending_audits(peer);
+        }
+        report_credit(peer, &who, &mut r);
+        if !who.colluders.is_empty() {
+            self.report_collusion_reach(peer, &who.colluders, &mut r);
+        }
+        self.report_equivocators(peer, &honest, &mut r);
+        r
+    }
+
+    /// Roots and closure times per generation among the honest nodes; messages per job.
+    fn report_closures(&self, honest: &[usize], r: &mut RunReport) {
+        let g = self.sc.generations;
         r.honest_finished = honest
             .iter()
             .filter(|&&i| self.nodes[i].peer.as_ref().is_some_and(Peer::finished))
@@ -1416,37 +1488,28 @@ impl Sim {
             .sum();
         r.messages_per_node_per_job =
             deliveries_to_honest as f64 / honest.len().max(1) as f64 / total_jobs.max(1) as f64;
-        // Reference: the honest node with the most closures.
-        let Some(reference) = honest
-            .iter()
-            .filter_map(|&i| self.nodes[i].peer.as_ref().map(|p| (p.closures().len(), i)))
-            .max()
-            .map(|x| x.1)
-        else {
-            return r;
-        };
-        r.roots = self.nodes[reference]
-            .closed_at
-            .values()
-            .map(|&(_, root)| root)
-            .collect();
-        let Some(peer) = self.nodes[reference].peer.as_ref() else {
-            return r;
-        };
-        let class_of: HashMap<PeerKey, String> = (0..self.nodes.len())
-            .map(|i| (self.nodes[i].key.public(), self.class(i)))
-            .collect();
-        for i in 0..self.nodes.len() {
-            r.agreed_by_class.entry(self.class(i)).or_default().1 += 1;
+    }
+
+    /// Who is who among the nodes, by key.
+    fn who(&self) -> Who {
+        Who {
+            class_of: (0..self.nodes.len())
+                .map(|i| (self.nodes[i].key.public(), self.class(i)))
+                .collect(),
+            joiners: (self.sc.nodes..self.nodes.len())
+                .map(|i| self.nodes[i].key.public())
+                .collect(),
+            colluders: (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].behaviour == Some(Behaviour::Collude))
+                .map(|i| self.nodes[i].key.public())
+                .collect(),
         }
-        let joiners: BTreeSet<PeerKey> = (self.sc.nodes..self.nodes.len())
-            .map(|i| self.nodes[i].key.public())
-            .collect();
-        r.final_members = peer.closures().last().map_or(0, |c| c.0.members.len());
-        let colluders: BTreeSet<PeerKey> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].behaviour == Some(Behaviour::Collude))
-            .map(|i| self.nodes[i].key.public())
-            .collect();
+    }
+
+    /// Settled and void entries, wrong results, audits and dissent, from the reference
+    /// peer's decided jobs.
+    fn report_entries(&self, peer: &Peer, who: &Who, r: &mut RunReport) {
+        let (class_of, colluders) = (&who.class_of, &who.colluders);
         let closures: Vec<&Closure> = peer.closures().iter().map(|(c, _)| &**c).collect();
         for d in standings::decided(&closures, &self.spec.tolerance) {
             let Some(settlement) = d.settled else {
@@ -1506,71 +1569,53 @@ impl Sim {
                 }
             }
         }
-        if std::env::var_os("NETSIM_DEBUG").is_some() {
-            for (job, a) in peer.pending_audits() {
-                eprintln!(
-                    "pending audit g{} {}: executors {:?} reports {:?} jury {:?}",
-                    a.generation,
-                    job.short(),
-                    a.executors.iter().map(PeerKey::short).collect::<Vec<_>>(),
-                    peer.ledger()
-                        .audit_results(job)
+    }
+
+    /// Jobs where colluders held at least `q` of the top-`r` ranks (possible) or of the
+    /// top `r + max_extra` (reachable).
+    fn report_collusion_reach(
+        &self,
+        peer: &Peer,
+        colluders: &BTreeSet<PeerKey>,
+        r: &mut RunReport,
+    ) {
+        // Jobs where colluders held at least q of the top-r ranks.
+        for (gn, (closure, _)) in peer.closures().iter().enumerate() {
+            let seed = if gn == 0 {
+                hivemesh_protocol::closure::generation_seed(&self.campaign, 0, &[0; 32])
+            } else {
+                peer.closures()[gn - 1].0.seed()
+            };
+            let members = if gn == 0 {
+                self.spec.roster.clone()
+            } else {
+                peer.closures()[gn - 1].0.members.clone()
+            };
+            for e in &closure.entries {
+                let ranked = hivemesh_protocol::assign::rank(&e.job(), &seed, &members, |_| {
+                    hivemesh_protocol::assign::BASE_WEIGHT
+                });
+                let colluding_within = |ranks: usize| {
+                    ranked
                         .iter()
-                        .map(|(p, o, _)| (p.short(), *o == &true_outcome(&a.spec)))
-                        .collect::<Vec<_>>(),
-                    a.jury.iter().map(PeerKey::short).collect::<Vec<_>>()
-                );
-            }
-        }
-        // Credit after audits, as the reference node's reputation counts it.
-        for (p, n) in peer.agreed_results() {
-            if let Some(c) = class_of.get(p) {
-                r.agreed_by_class.entry(c.clone()).or_default().0 += n;
-            }
-            if joiners.contains(p) {
-                r.joiners_agreed += n;
-            }
-        }
-        for (p, n) in peer.failed_audits() {
-            if let Some(c) = class_of.get(p) {
-                *r.audits.failed_by_class.entry(c.clone()).or_default() += n;
-            }
-        }
-        if !colluders.is_empty() {
-            // Jobs where colluders held at least q of the top-r ranks.
-            for (gn, (closure, _)) in peer.closures().iter().enumerate() {
-                let seed = if gn == 0 {
-                    hivemesh_protocol::closure::generation_seed(&self.campaign, 0, &[0; 32])
-                } else {
-                    peer.closures()[gn - 1].0.seed()
+                        .take(ranks)
+                        .filter(|p| colluders.contains(p))
+                        .count()
                 };
-                let members = if gn == 0 {
-                    self.spec.roster.clone()
-                } else {
-                    peer.closures()[gn - 1].0.members.clone()
-                };
-                for e in &closure.entries {
-                    let ranked = hivemesh_protocol::assign::rank(&e.job(), &seed, &members, |_| {
-                        hivemesh_protocol::assign::BASE_WEIGHT
-                    });
-                    let colluding_within = |ranks: usize| {
-                        ranked
-                            .iter()
-                            .take(ranks)
-                            .filter(|p| colluders.contains(p))
-                            .count()
-                    };
-                    let (r_, q) = (usize::from(self.sc.redundancy), usize::from(self.sc.quorum));
-                    let extra = usize::from(self.spec.schedule.max_extra_executors);
-                    if colluding_within(r_) >= q {
-                        r.collusion_quorum_possible += 1;
-                    }
-                    if colluding_within(r_ + extra) >= q {
-                        r.collusion_quorum_reachable += 1;
-                    }
+                let (r_, q) = (usize::from(self.sc.redundancy), usize::from(self.sc.quorum));
+                let extra = usize::from(self.spec.schedule.max_extra_executors);
+                if colluding_within(r_) >= q {
+                    r.collusion_quorum_possible += 1;
+                }
+                if colluding_within(r_ + extra) >= q {
+                    r.collusion_quorum_reachable += 1;
                 }
             }
         }
+    }
+
+    /// Ledger equivocators detected, and honest nodes seen equivocating in the vote.
+    fn report_equivocators(&self, peer: &Peer, honest: &[usize], r: &mut RunReport) {
         let equivocators: BTreeSet<PeerKey> =
             peer.ledger().equivocations().map(|e| e.peer).collect();
         r.equivocators_detected = equivocators.len();
@@ -1582,19 +1627,63 @@ impl Sim {
         r.honest_vote_equivocators = (0..self.nodes.len())
             .filter(|&i| self.honest(i) && seen.contains(&self.nodes[i].key.public()))
             .count();
-        r
+    }
+}
+
+/// The nodes' keys by role, for a report.
+struct Who {
+    /// Each node's class (`honest`, or its behaviour), by key.
+    class_of: HashMap<PeerKey, String>,
+    /// Nodes that joined after the start.
+    joiners: BTreeSet<PeerKey>,
+    /// Colluding nodes.
+    colluders: BTreeSet<PeerKey>,
+}
+
+/// Credit after audits, as the reference peer's reputation counts it.
+fn report_credit(peer: &Peer, who: &Who, r: &mut RunReport) {
+    for (p, n) in peer.agreed_results() {
+        if let Some(c) = who.class_of.get(p) {
+            r.agreed_by_class.entry(c.clone()).or_default().0 += n;
+        }
+        if who.joiners.contains(p) {
+            r.joiners_agreed += n;
+        }
+    }
+    for (p, n) in peer.failed_audits() {
+        if let Some(c) = who.class_of.get(p) {
+            *r.audits.failed_by_class.entry(c.clone()).or_default() += n;
+        }
+    }
+}
+
+/// Audits still pending at the reference peer (`NETSIM_DEBUG`).
+fn debug_pending_audits(peer: &Peer) {
+    for (job, a) in peer.pending_audits() {
+        eprintln!(
+            "pending audit g{} {}: executors {:?} reports {:?} jury {:?}",
+            a.generation,
+            job.short(),
+            a.executors.iter().map(PeerKey::short).collect::<Vec<_>>(),
+            peer.ledger()
+                .audit_results(job)
+                .iter()
+                .map(|(p, o, _)| (p.short(), *o == &true_outcome(&a.spec)))
+                .collect::<Vec<_>>(),
+            a.jury.iter().map(PeerKey::short).collect::<Vec<_>>()
+        );
     }
 }
 
 /// Runs `sc` under `seed`.
 /// Runs `sc` under `seed` on this thread.
-pub fn run(sc: &Scenario, seed: u64) -> Result<RunReport, String> {
+pub fn run(sc: &Scenario, seed: u64) -> Result<RunReport, SimError> {
     run_threads(sc, seed, 1)
 }
 
 /// Runs `sc` under `seed` with the nodes of each window spread over `threads` threads; the
 /// report is the same for any number.
-pub fn run_threads(sc: &Scenario, seed: u64, threads: usize) -> Result<RunReport, String> {
+pub fn run_threads(sc: &Scenario, seed: u64, threads: usize) -> Result<RunReport, SimError> {
     let mut r = Sim::new(sc, seed)?.threads(threads)?.run();
     r.seed = seed;
     Ok(r)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use hivemesh_node::daemon::{Client, SettledJob};
 use hivemesh_node::executor::needed_blobs;
 use hivemesh_protocol::id::BlobId;
-use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use hivemesh_protocol::spec::{CampaignKind, CampaignSpec, JobSpec};
 use hivemesh_protocol::{CampaignId, PeerKey, PeerScore};
 use hivemesh_trainer::distill::ShardLabels;
 
@@ -237,7 +237,10 @@ async fn shard_bytes(
             }
         }
     }
-    for j in jobs.iter().filter(|j| j.payload.0 == "distill") {
+    for j in jobs
+        .iter()
+        .filter(|j| j.payload.0 == CampaignKind::Distill.name())
+    {
         let Some(b) = j.artifacts.first().and_then(|a| a.parse::<BlobId>().ok()) else {
             continue;
         };
@@ -266,7 +269,10 @@ pub(super) struct Shards {
 /// found at the nodes: each must hash to its agreed id and parse as a shard of its range.
 pub(super) fn collect_shards(jobs: &[SettledJob], bytes: &BTreeMap<BlobId, Vec<u8>>) -> Shards {
     let mut out = Shards::default();
-    for j in jobs.iter().filter(|j| j.payload.0 == "distill") {
+    for j in jobs
+        .iter()
+        .filter(|j| j.payload.0 == CampaignKind::Distill.name())
+    {
         let (start, end) = j
             .payload
             .1

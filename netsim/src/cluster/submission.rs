@@ -3,7 +3,7 @@
 //! ([`store_blobs`]), and the spec signed and submitted ([`submit_campaign`]).
 
 use hivemesh_node::campaign_file::{CampaignFile, resolve_dataset, zoo_model};
-use hivemesh_protocol::spec::{CampaignSpec, Search};
+use hivemesh_protocol::spec::CampaignSpec;
 use hivemesh_protocol::{CampaignId, PeerKey};
 use toml::Value;
 
@@ -169,27 +169,17 @@ pub(super) async fn submit_campaign(
 
 /// `nas`, `loss` or `distill`.
 pub(super) fn kind_of(spec: &CampaignSpec) -> &'static str {
-    match spec.search {
-        Search::Nas(_) => "nas",
-        Search::Loss(_) => "loss",
-        Search::Distill(_) => "distill",
-    }
+    spec.search.kind().name()
 }
 
 /// Jobs the campaign settles in all.
 pub(super) fn total_jobs(spec: &CampaignSpec) -> usize {
-    match &spec.search {
-        Search::Nas(p) => (p.population * p.generations) as usize,
-        Search::Loss(p) => (p.population * p.generations) as usize,
-        Search::Distill(p) => p.samples.div_ceil(u64::from(p.shard_size.max(1))) as usize,
-    }
+    let rules = spec.search.rules();
+    usize::try_from(rules.jobs_per_generation() * u64::from(rules.generations()))
+        .unwrap_or(usize::MAX)
 }
 
 /// Generations the campaign runs (a distillation is one).
 pub(super) fn generations_of(spec: &CampaignSpec) -> u32 {
-    match &spec.search {
-        Search::Nas(p) => p.generations,
-        Search::Loss(p) => p.generations,
-        Search::Distill(_) => 1,
-    }
+    spec.search.rules().generations()
 }
