@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::campaign_file::{CampaignFile, resolve_dataset, zoo_model};
-use crate::daemon::{Client, NodeStatus};
+use crate::daemon::{Client, ClientError, NodeStatus};
 use crate::fetch::MAX_BLOB_LEN;
 
 /// Largest campaign file accepted by `POST /campaigns`.
@@ -304,6 +304,18 @@ fn stopped<E>(_: E) -> ApiError {
     )
 }
 
+/// A failed client call as an API error: 503 when the node stopped, else `code` with the
+/// error's message passed through `message`.
+fn client_error(
+    code: StatusCode,
+    message: impl FnOnce(String) -> String,
+) -> impl FnOnce(ClientError) -> ApiError {
+    move |e| match e {
+        ClientError::Stopped => stopped(e),
+        other => ApiError(code, message(other.to_string())),
+    }
+}
+
 fn campaign_id(s: &str) -> Result<CampaignId, ApiError> {
     s.parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("campaign id {s:?}: {e}")))
@@ -401,8 +413,7 @@ async fn post_campaign(
                 .client
                 .put_blob(bytes)
                 .await
-                .map_err(stopped)?
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+                .map_err(client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m))?;
             *value = id.to_string();
         }
     }
@@ -432,8 +443,7 @@ async fn post_campaign(
         .client
         .submit(spec)
         .await
-        .map_err(stopped)?
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id.to_string() })),
@@ -500,14 +510,14 @@ async fn get_blob(
         s.client
             .fetch_blob(id)
             .await
-            .map_err(stopped)?
-            .map_err(|e| not_found(format!("blob {id}: {e}")))?
+            .map_err(client_error(StatusCode::NOT_FOUND, |m| {
+                format!("blob {id}: {m}")
+            }))?
     } else {
         s.client
             .blob(id)
             .await
-            .map_err(stopped)?
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
+            .map_err(client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m))?
             .ok_or_else(|| {
                 not_found(format!(
                     "blob {id} is not held by this node (add ?fetch=true to ask peers)"
@@ -528,8 +538,7 @@ async fn post_blob(
         .client
         .put_blob(body.to_vec())
         .await
-        .map_err(stopped)?
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id.to_string(), "bytes": len })),
@@ -589,8 +598,9 @@ async fn dial_peer(
     s.client
         .dial(addr.clone())
         .await
-        .map_err(stopped)?
-        .map_err(|e| bad(format!("cannot dial {addr}: {e}")))?;
+        .map_err(client_error(StatusCode::BAD_REQUEST, |m| {
+            format!("cannot dial {addr}: {m}")
+        }))?;
     Ok(axum::Json(json!({ "dialing": addr.to_string() })).into_response())
 }
 
