@@ -140,8 +140,8 @@ struct RunArgs {
     heartbeat_ms: Option<u64>,
     /// Test clusters only: misbehave on purpose (`lie`: publish wrong results;
     /// `corrupt-blobs`: serve corrupt blobs). Peers will catch and penalise this node.
-    #[arg(long, env = "HIVEMESH_FAULT", hide = true, value_parser = ["lie", "corrupt-blobs"])]
-    fault: Option<String>,
+    #[arg(long, env = "HIVEMESH_FAULT", hide = true, value_enum)]
+    fault: Option<daemon::Fault>,
 }
 
 #[derive(Debug, Args)]
@@ -286,26 +286,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let key = match identity::load(data_dir) {
-        Err(identity::IdentityError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            let key = identity::generate()?;
-            let path = identity::save(data_dir, &key, false)?;
-            eprintln!("created a new identity in {}", path.display());
-            key
-        }
-        other => other?,
-    };
+/// The node's config and the HTTP API's address (`None`: no API) from flags, environment and
+/// config file.
+fn node_config(
+    data_dir: &Path,
+    args: RunArgs,
+    file: FileConfig,
+) -> anyhow::Result<(Config, Option<SocketAddr>)> {
     let mut cfg = Config::new(data_dir.to_path_buf());
     cfg.listen = if !args.listen.is_empty() {
         args.listen
@@ -339,11 +326,7 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
         }
         cfg.net.heartbeat = Duration::from_millis(ms);
     }
-    cfg.fault = match args.fault.as_deref() {
-        Some("lie") => Some(daemon::Fault::Lie),
-        Some("corrupt-blobs") => Some(daemon::Fault::CorruptBlobs),
-        _ => None,
-    };
+    cfg.fault = args.fault;
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "this node misbehaves on purpose (HIVEMESH_FAULT): test clusters only");
     }
@@ -366,6 +349,30 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
         );
     }
 
+    Ok((cfg, http_addr))
+}
+
+fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let key = match identity::load(data_dir) {
+        Err(identity::IdentityError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let key = identity::generate()?;
+            let path = identity::save(data_dir, &key, false)?;
+            eprintln!("created a new identity in {}", path.display());
+            key
+        }
+        other => other?,
+    };
+    let (cfg, http_addr) = node_config(data_dir, args, file)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let (client, event_loop) = daemon::start(cfg.clone(), key.clone())?;
