@@ -20,9 +20,9 @@ use hivemesh_protocol::id::{BlobId, CampaignId};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::campaign_file::{CampaignFile, resolve_dataset, zoo_model};
 use crate::daemon::{Client, ClientError, NodeStatus};
 use crate::fetch::MAX_BLOB_LEN;
+use crate::submit::{Resolve, Submission, UploadError, build_spec};
 
 /// Largest campaign file accepted by `POST /campaigns`.
 pub const MAX_CAMPAIGN_BODY: usize = 64 * 1024;
@@ -401,44 +401,26 @@ async fn post_campaign(
         .to_string();
     let key = s.client.key();
     let connected = s.client.connected_keys().await.map_err(stopped)?;
-    let mut file =
-        CampaignFile::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let mut sub =
+        Submission::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     // A zoo reference model is built here and stored (and announced) before the campaign is.
-    let dataset = file.dataset.clone();
-    for (_, value) in file.blob_refs_mut() {
-        if let Some(name) = value.strip_prefix("zoo:") {
-            let bytes = zoo_model(name, &dataset)
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-            let id = s
-                .client
-                .put_blob(bytes)
-                .await
-                .map_err(client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m))?;
-            *value = id.to_string();
-        }
-    }
+    let zoo = Resolve {
+        zoo: true,
+        files: None,
+    };
+    sub.upload_blobs(zoo, |_, bytes| s.client.put_blob(bytes))
+        .await
+        .map_err(|e| match e {
+            UploadError::Prepare(e) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            UploadError::Put(e) => client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m)(e),
+        })?;
     // Resolving an MNIST dataset reads files: off the async runtime.
-    let spec = tokio::task::spawn_blocking(move || {
-        let dataset = resolve_dataset(&file.dataset)?;
-        let mut spec = file.to_spec(key, crate::unix_now(), dataset)?;
-        if file.roster.is_empty() {
-            // No roster given: the submitting node and the peers connected now vote on
-            // generation 0 (others join at generation boundaries).
-            spec.roster = std::iter::once(key)
-                .chain(
-                    connected
-                        .into_iter()
-                        .take(hivemesh_protocol::spec::MAX_ROSTER - 1),
-                )
-                .collect();
-            spec.roster.sort();
-            spec.roster.dedup();
-        }
-        Ok::<_, crate::campaign_file::CampaignFileError>(spec)
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let file = sub.file;
+    let spec =
+        tokio::task::spawn_blocking(move || build_spec(&file, key, &connected, crate::unix_now()))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let id = s
         .client
         .submit(spec)
