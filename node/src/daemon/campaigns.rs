@@ -38,8 +38,8 @@ pub enum CampaignError {
     #[error(transparent)]
     Decode(#[from] DecodeError),
     /// Gossipsub refused the campaign's topic.
-    #[error("{0}")]
-    Subscribe(String),
+    #[error(transparent)]
+    Subscribe(#[from] libp2p::gossipsub::SubscriptionError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -191,8 +191,7 @@ impl EventLoop {
         )?;
         let topic = campaign_topic(&id);
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
-        gs.subscribe(&topic)
-            .map_err(|e| CampaignError::Subscribe(e.to_string()))?;
+        gs.subscribe(&topic)?;
         if let Err(e) = gs.set_topic_params(topic.clone(), topic_score_params()) {
             tracing::warn!("topic score params: {e}");
         }

@@ -58,11 +58,11 @@ pub enum ClientError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     /// libp2p refused to dial the address.
-    #[error("{0}")]
-    Dial(String),
+    #[error(transparent)]
+    Dial(#[from] libp2p::swarm::DialError),
     /// Gossipsub refused to publish.
-    #[error("{0}")]
-    Publish(String),
+    #[error(transparent)]
+    Publish(#[from] libp2p::gossipsub::PublishError),
 }
 
 /// A reply channel.
@@ -71,73 +71,108 @@ type Reply<T> = oneshot::Sender<T>;
 /// What a client asks the event loop.
 pub(super) enum Command {
     /// The listen addresses.
-    ListenAddrs { reply: Reply<Vec<Multiaddr>> },
+    ListenAddrs {
+        /// Where the answer goes.
+        reply: Reply<Vec<Multiaddr>>,
+    },
     /// Dial an address.
     Dial {
+        /// The address.
         addr: Multiaddr,
+        /// Where the answer goes.
         reply: Reply<Result<(), ClientError>>,
     },
     /// Sign, publish and follow a campaign.
     Submit {
+        /// The unsigned spec.
         spec: Box<CampaignSpec>,
+        /// Where the answer goes.
         reply: Reply<Result<CampaignId, ClientError>>,
     },
     /// The node's status.
-    Status { reply: Reply<NodeStatus> },
+    Status {
+        /// Where the answer goes.
+        reply: Reply<NodeStatus>,
+    },
     /// One campaign's status.
     Campaign {
+        /// The campaign.
         id: CampaignId,
+        /// Where the answer goes.
         reply: Reply<Option<CampaignStatus>>,
     },
     /// A campaign's settled jobs.
     Settled {
+        /// The campaign.
         id: CampaignId,
+        /// Where the answer goes.
         reply: Reply<Option<Vec<SettledJob>>>,
     },
     /// A campaign's spec and derived jobs.
     Jobs {
+        /// The campaign.
         id: CampaignId,
+        /// Where the answer goes.
         reply: Reply<Option<(CampaignSpec, Vec<JobSpec>)>>,
     },
     /// A peer's gossipsub score.
     GossipScore {
+        /// The peer.
         peer: PeerId,
+        /// Where the answer goes.
         reply: Reply<Option<f64>>,
     },
     /// Every peer's standing in a campaign.
     Scores {
+        /// The campaign.
         id: CampaignId,
+        /// Where the answer goes.
         reply: Reply<Option<Vec<(PeerKey, PeerScore)>>>,
     },
     /// Publish raw bytes (fault injection).
     PublishRaw {
+        /// The gossip topic.
         topic: String,
+        /// The bytes.
         bytes: Vec<u8>,
+        /// Where the answer goes.
         reply: Reply<Result<(), ClientError>>,
     },
     /// A held blob.
     Blob {
+        /// The blob.
         id: BlobId,
+        /// Where the answer goes.
         reply: Reply<Result<Option<Vec<u8>>, ClientError>>,
     },
     /// Store a blob.
     PutBlob {
+        /// The bytes.
         bytes: Vec<u8>,
+        /// Where the answer goes.
         reply: Reply<Result<BlobId, ClientError>>,
     },
     /// Block or unblock a peer.
     Block {
+        /// The peer.
         peer: PeerId,
+        /// Block (true) or unblock.
         blocked: bool,
+        /// Where the answer goes.
         reply: Reply<()>,
     },
     /// A blob, fetched from peers if not held.
     FetchBlob {
+        /// The blob.
         id: BlobId,
+        /// Where the answer goes.
         reply: Reply<Result<Vec<u8>, ClientError>>,
     },
     /// The connected peers' keys.
-    PeerKeys { reply: Reply<Vec<PeerKey>> },
+    PeerKeys {
+        /// Where the answer goes.
+        reply: Reply<Vec<PeerKey>>,
+    },
 }
 
 /// What the node reports to subscribers.
@@ -431,9 +466,7 @@ impl EventLoop {
                 .kad
                 .add_address(&peer, addr.clone());
         }
-        self.swarm
-            .dial(addr)
-            .map_err(|e| ClientError::Dial(e.to_string()))
+        Ok(self.swarm.dial(addr)?)
     }
 
     /// Checks, signs, stores, announces and follows a campaign submitted here.
@@ -492,6 +525,6 @@ impl EventLoop {
             .gossipsub
             .publish(IdentTopic::new(topic), bytes)
             .map(|_| ())
-            .map_err(|e| ClientError::Publish(e.to_string()))
+            .map_err(ClientError::from)
     }
 }
