@@ -141,7 +141,6 @@ impl Bench {
         let id = self.clients[0]
             .submit(idle_campaign())
             .await
-            .expect("up")
             .expect("accepted");
         for (i, rx) in subs.iter_mut().enumerate() {
             let mut following = i == 0;
@@ -218,7 +217,6 @@ async fn propagation() {
         b.clients[from]
             .publish_raw(topic.clone(), msg.bytes().to_vec())
             .await
-            .expect("up")
             .expect("published");
         let mut got = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

@@ -38,8 +38,46 @@ pub enum ApiClientError {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        reason: String,
+        reason: Malformed,
     },
+}
+
+/// What is wrong with a response that is not the HTTP/1.1 this client reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// No blank line after the headers.
+    #[error("no end of headers")]
+    NoEndOfHeaders,
+    /// The headers are not UTF-8.
+    #[error("headers are not UTF-8")]
+    HeadersNotUtf8,
+    /// Nothing before the blank line.
+    #[error("empty response")]
+    Empty,
+    /// The first line has no status code.
+    #[error("bad status line {0:?}")]
+    StatusLine(String),
+    /// `content-length` is not a number.
+    #[error("bad content-length")]
+    ContentLength,
+    /// Fewer body bytes than `content-length` says.
+    #[error("body shorter than content-length")]
+    ShortBody,
+    /// The body is over [`MAX_RESPONSE`].
+    #[error("body over {MAX_RESPONSE} bytes")]
+    TooLarge,
+    /// A chunk size line is cut off.
+    #[error("truncated chunk size")]
+    TruncatedChunkSize,
+    /// A chunk size is not hex.
+    #[error("bad chunk size")]
+    ChunkSize,
+    /// A chunk is cut off.
+    #[error("truncated chunk")]
+    TruncatedChunk,
+    /// A chunk's closing CRLF is missing.
+    #[error("truncated chunk end")]
+    TruncatedChunkEnd,
 }
 
 /// A response: status code and body.
@@ -116,19 +154,19 @@ async fn request_inner(
 }
 
 /// Parses a whole HTTP/1.1 response (fixed length, chunked, or read to close).
-pub fn parse_response(raw: &[u8]) -> Result<ApiResponse, String> {
+pub fn parse_response(raw: &[u8]) -> Result<ApiResponse, Malformed> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
+        .ok_or(Malformed::NoEndOfHeaders)?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| Malformed::HeadersNotUtf8)?;
     let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("empty response")?;
+    let status_line = lines.next().ok_or(Malformed::Empty)?;
     let status: u16 = status_line
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        .ok_or_else(|| Malformed::StatusLine(status_line.into()))?;
     let mut chunked = false;
     let mut length = None;
     for l in lines {
@@ -140,45 +178,43 @@ pub fn parse_response(raw: &[u8]) -> Result<ApiResponse, String> {
             chunked = true;
         }
         if k == "content-length" {
-            length = Some(v.parse::<usize>().map_err(|_| "bad content-length")?);
+            length = Some(v.parse::<usize>().map_err(|_| Malformed::ContentLength)?);
         }
     }
     let rest = &raw[split + 4..];
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or("body shorter than content-length")?
-            .to_vec()
+        rest.get(..n).ok_or(Malformed::ShortBody)?.to_vec()
     } else {
         rest.to_vec()
     };
     if body.len() > MAX_RESPONSE {
-        return Err(format!("body over {MAX_RESPONSE} bytes"));
+        return Err(Malformed::TooLarge);
     }
     Ok(ApiResponse { status, body })
 }
 
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, Malformed> {
     let mut out = Vec::new();
     loop {
         let eol = rest
             .windows(2)
             .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
+            .ok_or(Malformed::TruncatedChunkSize)?;
+        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| Malformed::ChunkSize)?;
         let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| Malformed::ChunkSize)?;
         rest = &rest[eol + 2..];
         if size == 0 {
             return Ok(out);
         }
-        let chunk = rest.get(..size).ok_or("truncated chunk")?;
+        let chunk = rest.get(..size).ok_or(Malformed::TruncatedChunk)?;
         out.extend_from_slice(chunk);
         if out.len() > MAX_RESPONSE {
-            return Err(format!("body over {MAX_RESPONSE} bytes"));
+            return Err(Malformed::TooLarge);
         }
-        rest = rest.get(size + 2..).ok_or("truncated chunk end")?;
+        rest = rest.get(size + 2..).ok_or(Malformed::TruncatedChunkEnd)?;
     }
 }
 
@@ -196,7 +232,10 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(r.body, b"abcde");
-        assert!(parse_response(b"garbage").is_err());
+        assert_eq!(
+            parse_response(b"garbage").expect_err("garbage"),
+            Malformed::NoEndOfHeaders
+        );
         assert!(
             parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
         );

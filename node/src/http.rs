@@ -20,9 +20,9 @@ use hivemesh_protocol::id::{BlobId, CampaignId};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::campaign_file::{CampaignFile, resolve_dataset, zoo_model};
-use crate::daemon::{Client, NodeStatus};
+use crate::daemon::{Client, ClientError, NodeStatus};
 use crate::fetch::MAX_BLOB_LEN;
+use crate::submit::{Resolve, Submission, UploadError, build_spec};
 
 /// Largest campaign file accepted by `POST /campaigns`.
 pub const MAX_CAMPAIGN_BODY: usize = 64 * 1024;
@@ -304,6 +304,18 @@ fn stopped<E>(_: E) -> ApiError {
     )
 }
 
+/// A failed client call as an API error: 503 when the node stopped, else `code` with the
+/// error's message passed through `message`.
+fn client_error(
+    code: StatusCode,
+    message: impl FnOnce(String) -> String,
+) -> impl FnOnce(ClientError) -> ApiError {
+    move |e| match e {
+        ClientError::Stopped => stopped(e),
+        other => ApiError(code, message(other.to_string())),
+    }
+}
+
 fn campaign_id(s: &str) -> Result<CampaignId, ApiError> {
     s.parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("campaign id {s:?}: {e}")))
@@ -389,51 +401,31 @@ async fn post_campaign(
         .to_string();
     let key = s.client.key();
     let connected = s.client.connected_keys().await.map_err(stopped)?;
-    let mut file =
-        CampaignFile::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let mut sub =
+        Submission::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     // A zoo reference model is built here and stored (and announced) before the campaign is.
-    let dataset = file.dataset.clone();
-    for (_, value) in file.blob_refs_mut() {
-        if let Some(name) = value.strip_prefix("zoo:") {
-            let bytes = zoo_model(name, &dataset)
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-            let id = s
-                .client
-                .put_blob(bytes)
-                .await
-                .map_err(stopped)?
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-            *value = id.to_string();
-        }
-    }
+    let zoo = Resolve {
+        zoo: true,
+        files: None,
+    };
+    sub.upload_blobs(zoo, |_, bytes| s.client.put_blob(bytes))
+        .await
+        .map_err(|e| match e {
+            UploadError::Prepare(e) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            UploadError::Put(e) => client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m)(e),
+        })?;
     // Resolving an MNIST dataset reads files: off the async runtime.
-    let spec = tokio::task::spawn_blocking(move || {
-        let dataset = resolve_dataset(&file.dataset)?;
-        let mut spec = file.to_spec(key, crate::unix_now(), dataset)?;
-        if file.roster.is_empty() {
-            // No roster given: the submitting node and the peers connected now vote on
-            // generation 0 (others join at generation boundaries).
-            spec.roster = std::iter::once(key)
-                .chain(
-                    connected
-                        .into_iter()
-                        .take(hivemesh_protocol::spec::MAX_ROSTER - 1),
-                )
-                .collect();
-            spec.roster.sort();
-            spec.roster.dedup();
-        }
-        Ok::<_, crate::campaign_file::CampaignFileError>(spec)
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let file = sub.file;
+    let spec =
+        tokio::task::spawn_blocking(move || build_spec(&file, key, &connected, crate::unix_now()))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let id = s
         .client
         .submit(spec)
         .await
-        .map_err(stopped)?
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id.to_string() })),
@@ -500,14 +492,14 @@ async fn get_blob(
         s.client
             .fetch_blob(id)
             .await
-            .map_err(stopped)?
-            .map_err(|e| not_found(format!("blob {id}: {e}")))?
+            .map_err(client_error(StatusCode::NOT_FOUND, |m| {
+                format!("blob {id}: {m}")
+            }))?
     } else {
         s.client
             .blob(id)
             .await
-            .map_err(stopped)?
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
+            .map_err(client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m))?
             .ok_or_else(|| {
                 not_found(format!(
                     "blob {id} is not held by this node (add ?fetch=true to ask peers)"
@@ -528,8 +520,7 @@ async fn post_blob(
         .client
         .put_blob(body.to_vec())
         .await
-        .map_err(stopped)?
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id.to_string(), "bytes": len })),
@@ -589,8 +580,9 @@ async fn dial_peer(
     s.client
         .dial(addr.clone())
         .await
-        .map_err(stopped)?
-        .map_err(|e| bad(format!("cannot dial {addr}: {e}")))?;
+        .map_err(client_error(StatusCode::BAD_REQUEST, |m| {
+            format!("cannot dial {addr}: {m}")
+        }))?;
     Ok(axum::Json(json!({ "dialing": addr.to_string() })).into_response())
 }
 

@@ -8,7 +8,8 @@
 //! - [`net`]: the libp2p behaviour (gossipsub, Kademlia, identify, ping, sync and blob
 //!   request–response, connection limits) and its wire types;
 //! - [`store`]: the redb database (campaigns, messages, job results, blobs);
-//! - [`executor`]: a protocol job run by the trainer;
+//! - [`executor`]: a protocol job run by the trainer (one module per campaign kind);
+//! - [`submit`]: campaign submission (blobs named by reference, roster); [`fault`]: test faults;
 //! - [`http`]: the HTTP API and its manifest; [`api_client`]: the CLI's client for it;
 //! - [`campaign_file`]: campaign TOML files; [`config`]: the node's config file and API token;
 //! - [`identity`]: the node's key on disk.
@@ -34,9 +35,11 @@ pub mod campaign_file;
 pub mod config;
 pub mod daemon;
 pub mod executor;
+pub mod fault;
 pub mod fetch;
 pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod store;
+pub mod submit;

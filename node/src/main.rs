@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use hivemesh_node::api_client::{self, ApiResponse};
 use hivemesh_node::config::{self, FileConfig};
 use hivemesh_node::daemon::{self, Config};
+use hivemesh_node::submit::{BlobRef, Resolve, Submission, UploadError};
 use hivemesh_node::{http, identity};
+use hivemesh_protocol::id::BlobId;
 use libp2p::Multiaddr;
 
 /// mimalloc instead of the system allocator: training and the swarm allocate many short-lived
@@ -140,8 +142,8 @@ struct RunArgs {
     heartbeat_ms: Option<u64>,
     /// Test clusters only: misbehave on purpose (`lie`: publish wrong results;
     /// `corrupt-blobs`: serve corrupt blobs). Peers will catch and penalise this node.
-    #[arg(long, env = "HIVEMESH_FAULT", hide = true, value_parser = ["lie", "corrupt-blobs"])]
-    fault: Option<String>,
+    #[arg(long, env = "HIVEMESH_FAULT", hide = true, value_enum)]
+    fault: Option<daemon::Fault>,
 }
 
 #[derive(Debug, Args)]
@@ -286,26 +288,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let key = match identity::load(data_dir) {
-        Err(identity::IdentityError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            let key = identity::generate()?;
-            let path = identity::save(data_dir, &key, false)?;
-            eprintln!("created a new identity in {}", path.display());
-            key
-        }
-        other => other?,
-    };
+/// The node's config and the HTTP API's address (`None`: no API) from flags, environment and
+/// config file.
+fn node_config(
+    data_dir: &Path,
+    args: RunArgs,
+    file: FileConfig,
+) -> anyhow::Result<(Config, Option<SocketAddr>)> {
     let mut cfg = Config::new(data_dir.to_path_buf());
     cfg.listen = if !args.listen.is_empty() {
         args.listen
@@ -339,11 +328,7 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
         }
         cfg.net.heartbeat = Duration::from_millis(ms);
     }
-    cfg.fault = match args.fault.as_deref() {
-        Some("lie") => Some(daemon::Fault::Lie),
-        Some("corrupt-blobs") => Some(daemon::Fault::CorruptBlobs),
-        _ => None,
-    };
+    cfg.fault = args.fault;
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "this node misbehaves on purpose (HIVEMESH_FAULT): test clusters only");
     }
@@ -366,6 +351,30 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
         );
     }
 
+    Ok((cfg, http_addr))
+}
+
+fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let key = match identity::load(data_dir) {
+        Err(identity::IdentityError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let key = identity::generate()?;
+            let path = identity::save(data_dir, &key, false)?;
+            eprintln!("created a new identity in {}", path.display());
+            key
+        }
+        other => other?,
+    };
+    let (cfg, http_addr) = node_config(data_dir, args, file)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let (client, event_loop) = daemon::start(cfg.clone(), key.clone())?;
@@ -519,6 +528,18 @@ fn bearer(data_dir: &Path) -> anyhow::Result<String> {
 /// Uploads a file as a blob; returns its id.
 async fn put_blob(data_dir: &Path, api: &ApiArgs, file: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(put_blob_bytes(data_dir, api, file, bytes)
+        .await?
+        .to_string())
+}
+
+/// Uploads `file`'s bytes as a blob; returns its id.
+async fn put_blob_bytes(
+    data_dir: &Path,
+    api: &ApiArgs,
+    file: &Path,
+    bytes: Vec<u8>,
+) -> anyhow::Result<BlobId> {
     let auth = bearer(data_dir)?;
     let addr = api_addr(data_dir, api);
     let r = api_client::request(
@@ -541,34 +562,41 @@ async fn put_blob(data_dir: &Path, api: &ApiArgs, file: &Path) -> anyhow::Result
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&r.body)?;
-    Ok(v["id"].as_str().unwrap_or("?").to_string())
+    let id = v["id"].as_str().unwrap_or("?");
+    id.parse()
+        .with_context(|| format!("the node answered POST /blobs with {id:?}, not a blob id"))
 }
 
-/// Replaces `file:PATH` values of `[loss] reference_model` and `[distill] teacher` by the id
-/// of the uploaded file (PATH relative to the campaign file's folder).
+/// Uploads the `file:PATH` blobs a campaign file names (`[loss] reference_model`,
+/// `[distill] teacher`; PATH relative to the campaign file's folder) and names them by id;
+/// `zoo:` models are left for the node to build.
 async fn upload_file_blobs(
     data_dir: &Path,
     api: &ApiArgs,
     campaign: &Path,
-    text: String,
-) -> anyhow::Result<String> {
-    let mut doc: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", campaign.display()))?;
-    let mut changed = false;
-    for (table, key) in hivemesh_node::campaign_file::BLOB_FIELDS {
-        let Some(v) = doc.get_mut(table).and_then(|t| t.get_mut(key)) else {
-            continue;
+    sub: &mut Submission,
+) -> anyhow::Result<()> {
+    let files = Resolve {
+        zoo: false,
+        files: Some(campaign.parent().unwrap_or(Path::new("."))),
+    };
+    sub.upload_blobs(files, |blob, bytes| {
+        let path = match &blob.source {
+            BlobRef::File(p) => p.clone(),
+            BlobRef::Zoo(_) => PathBuf::new(),
         };
-        let Some(path) = v.as_str().and_then(|s| s.strip_prefix("file:")) else {
-            continue;
-        };
-        let path = campaign.parent().unwrap_or(Path::new(".")).join(path);
-        let id = put_blob(data_dir, api, &path).await?;
-        eprintln!("uploaded {} as blob {id}", path.display());
-        *v = toml::Value::String(id);
-        changed = true;
-    }
-    Ok(if changed { doc.to_string() } else { text })
+        async move {
+            let id = put_blob_bytes(data_dir, api, &path, bytes).await?;
+            eprintln!("uploaded {} as blob {id}", path.display());
+            anyhow::Ok(id)
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        UploadError::Prepare(e) => anyhow::Error::from(e),
+        UploadError::Put(e) => e,
+    })?;
+    Ok(())
 }
 
 async fn blob(data_dir: &Path, cmd: BlobCmd) -> anyhow::Result<()> {
@@ -591,10 +619,10 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
         CampaignCmd::Submit { file, api } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let text = upload_file_blobs(data_dir, &api, &file, text).await?;
             // Check locally first: a clear error without a round trip.
-            hivemesh_node::campaign_file::CampaignFile::parse(&text)
-                .with_context(|| file.display().to_string())?;
+            let mut sub = Submission::parse(&text).with_context(|| file.display().to_string())?;
+            upload_file_blobs(data_dir, &api, &file, &mut sub).await?;
+            let text = sub.text();
             let auth = bearer(data_dir)?;
             let addr = api_addr(data_dir, &api);
             let r = api_client::request(

@@ -8,35 +8,30 @@
 //! available, the job is over this node's memory budget) is an [`ExecError`]: nothing is
 //! published, and the protocol's deadlines hand the job to the next-ranked peer.
 //!
-//! What each kind reports (all integers, so every node compares them the same way):
-//! - NAS: test-split `correct`/`total`, the IR's exact params and FLOPs, the trained weights
-//!   as an artifact (a `WeightsFile`, its id = blake3 of its bytes);
-//! - loss: the same for the fixed reference model trained with the expression; the tuned
-//!   constants as extras `c0_micro`, `c1_micro`, … (millionths);
-//! - distillation: the teacher's top-1 `correct` over the shard and the shard size, the
-//!   teacher's params and FLOPs, the shard blob (HMKD v1) as the artifact and the first 8
-//!   bytes of its fingerprint as the extra `fingerprint`.
+//! Each campaign kind is one module that owns running its jobs and what the node shows of it
+//! ([`nas`], [`loss`], [`distill`]); this module is the one place that matches on the kind
+//! and hands over to them. What each kind reports is all integers, so every node compares
+//! them the same way (see each module).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hivemesh_evolve::arch::Architecture;
-use hivemesh_evolve::gp::Expr;
-use hivemesh_protocol::derive::decode_genome;
 use hivemesh_protocol::id::BlobId;
-use hivemesh_protocol::message::{Failure, FailureKind, JobResult, Metrics, Outcome};
+use hivemesh_protocol::message::{Failure, FailureKind, JobResult, Outcome};
 use hivemesh_protocol::spec::{
-    BackendClass, CampaignSpec, DatasetRef, JobPayload, JobSpec, LrSchedule, NasSpace, Optimizer,
-    Search, TrainingBudget,
+    BackendClass, CampaignSpec, DatasetRef, JobPayload, JobSpec, LrSchedule, Optimizer, Search,
+    TrainingBudget,
 };
 use hivemesh_trainer::TrainError;
 use hivemesh_trainer::backend::{BackendChoice, Runner};
 use hivemesh_trainer::data::{self, Dataset, Splits};
-use hivemesh_trainer::loss::LossJob;
-use hivemesh_trainer::model::WeightsFile;
-use hivemesh_trainer::train::{Budget, Limits, NasJob, OptimizerKind, Progress, Schedule};
+use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Progress, Schedule};
+
+pub mod distill;
+pub mod loss;
+pub mod nas;
 
 /// The trainer code version this node runs; jobs name the version they were derived for.
 pub const CODE_VERSION: &str = hivemesh_trainer::CODE_VERSION;
@@ -112,6 +107,44 @@ pub struct Executed {
     pub blobs: Vec<(BlobId, Vec<u8>)>,
 }
 
+/// What a kind's job needs to run: the backend, the data, the budget and where blobs are.
+pub(crate) struct JobRun<'a> {
+    /// The backend that trains.
+    runner: &'a dyn Runner,
+    /// This node's memory limits.
+    limits: &'a Limits,
+    /// The campaign's dataset.
+    data: &'a Dataset,
+    /// Its deterministic splits.
+    splits: &'a Splits,
+    /// The training budget.
+    budget: &'a Budget,
+    /// The job's seed.
+    seed: u64,
+    /// Where blobs the job needs come from.
+    blobs: &'a dyn BlobSource,
+    /// Training progress reports.
+    progress: &'a mut dyn FnMut(&Progress),
+}
+
+/// What a kind's job produced: the outcome and the blobs to store.
+pub(crate) struct Ran {
+    /// The outcome to publish.
+    outcome: Outcome,
+    /// Blobs produced, by id.
+    blobs: Vec<(BlobId, Vec<u8>)>,
+}
+
+impl Ran {
+    /// An outcome with no blobs.
+    fn nothing(outcome: Outcome) -> Ran {
+        Ran {
+            outcome,
+            blobs: Vec::new(),
+        }
+    }
+}
+
 /// A loaded dataset and its deterministic splits (MNIST keeps its official test part).
 #[derive(Debug)]
 struct Loaded {
@@ -184,133 +217,30 @@ impl Executor {
             },
             blobs,
         };
-        let (outcome, out) = match (&spec.search, &job.payload) {
-            (Search::Nas(p), JobPayload::Nas { genome }) => {
-                let arch = match architecture(&p.space, genome, data) {
-                    Ok(a) => a,
-                    Err(detail) => {
-                        return Ok(done(failure(FailureKind::InvalidJob, detail), vec![]));
-                    }
-                };
-                let nas = NasJob {
-                    arch: &arch,
-                    data,
-                    splits,
-                    budget: &budget,
-                    seed: job.seed,
-                };
-                match runner.nas(&nas, &self.limits, progress) {
-                    Ok(r) => {
-                        let bytes = r.weights.to_bytes();
-                        let id = BlobId::of_bytes(&bytes);
-                        let m = Metrics {
-                            correct: r.correct,
-                            total: r.total,
-                            params: r.params,
-                            flops: r.flops,
-                            extra: BTreeMap::new(),
-                            artifacts: vec![id],
-                        };
-                        (Outcome::Success(m), vec![(id, bytes)])
-                    }
-                    Err(e) => (train_failure(e)?, vec![]),
-                }
-            }
+        let mut run = JobRun {
+            runner,
+            limits: &self.limits,
+            data,
+            splits,
+            budget: &budget,
+            seed: job.seed,
+            blobs,
+            progress,
+        };
+        let ran = match (&spec.search, &job.payload) {
+            (Search::Nas(p), JobPayload::Nas { genome }) => nas::run(p, genome, &mut run)?,
             (Search::Loss(p), JobPayload::Loss { expression }) => {
-                let bytes = fetch(blobs, &p.reference_model, "reference model")?;
-                let arch: Architecture =
-                    postcard::from_bytes(&bytes).map_err(|e| ExecError::Blob {
-                        id: p.reference_model,
-                        what: "reference model",
-                        reason: format!("not an architecture IR: {e}"),
-                    })?;
-                let expr: Expr = match postcard::from_bytes(expression) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let detail = format!("the expression does not decode: {e}");
-                        return Ok(done(failure(FailureKind::InvalidJob, detail), vec![]));
-                    }
-                };
-                let lj = LossJob {
-                    arch: &arch,
-                    expr: &expr,
-                    data,
-                    splits,
-                    budget: &budget,
-                    tuning_steps: p.constant_tuning_steps,
-                    seed: job.seed,
-                };
-                match runner.loss(&lj, &self.limits, progress) {
-                    Ok(r) => {
-                        let extra = r
-                            .constants
-                            .iter()
-                            .take(hivemesh_protocol::message::MAX_EXTRA_METRICS)
-                            .enumerate()
-                            .map(|(i, c)| {
-                                (format!("c{i}_micro"), (f64::from(*c) * 1e6).round() as i64)
-                            })
-                            .collect();
-                        let m = Metrics {
-                            correct: r.correct,
-                            total: r.total,
-                            params: arch.params().unwrap_or(0),
-                            flops: arch.flops().unwrap_or(0),
-                            extra,
-                            artifacts: vec![],
-                        };
-                        (Outcome::Success(m), vec![])
-                    }
-                    Err(e) => (train_failure(e)?, vec![]),
-                }
+                loss::run(p, expression, &mut run)?
             }
             (Search::Distill(p), JobPayload::Distill { start, end }) => {
-                let bytes = fetch(blobs, &p.teacher, "teacher")?;
-                let teacher = WeightsFile::from_bytes(&bytes).map_err(|e| ExecError::Blob {
-                    id: p.teacher,
-                    what: "teacher",
-                    reason: e.to_string(),
-                })?;
-                match runner.label(&teacher, data, *start..*end, p.top_k) {
-                    Ok(labels) => {
-                        let shard = labels.to_bytes();
-                        let id = BlobId::of_bytes(&shard);
-                        let correct = labels
-                            .entries
-                            .chunks(usize::from(labels.k.max(1)))
-                            .zip(*start..*end)
-                            .filter(|(rec, i)| {
-                                rec.first().map(|&(c, _)| u32::from(c))
-                                    == data.labels.get(*i as usize).map(|&l| u32::from(l))
-                            })
-                            .count() as u64;
-                        let fp = labels.fingerprint();
-                        let mut extra = BTreeMap::new();
-                        extra.insert(
-                            "fingerprint".to_string(),
-                            i64::from_le_bytes([
-                                fp[0], fp[1], fp[2], fp[3], fp[4], fp[5], fp[6], fp[7],
-                            ]),
-                        );
-                        let m = Metrics {
-                            correct,
-                            total: labels.len() as u64,
-                            params: teacher.arch.params().unwrap_or(0),
-                            flops: teacher.arch.flops().unwrap_or(0),
-                            extra,
-                            artifacts: vec![id],
-                        };
-                        (Outcome::Success(m), vec![(id, shard)])
-                    }
-                    Err(e) => (train_failure(e)?, vec![]),
-                }
+                distill::run(p, *start, *end, &mut run)?
             }
             _ => {
                 let detail = "the job's payload does not match the campaign's search kind".into();
-                (failure(FailureKind::InvalidJob, detail), vec![])
+                Ran::nothing(failure(FailureKind::InvalidJob, detail))
             }
         };
-        Ok(done(outcome, out))
+        Ok(done(ran.outcome, ran.blobs))
     }
 
     /// The campaign's dataset, loaded once per id.
@@ -337,12 +267,10 @@ impl Executor {
 fn load_dataset(r: &DatasetRef) -> Result<Loaded, ExecError> {
     let mut why = Vec::new();
     for source in &r.sources {
-        let attempt: Result<(Dataset, Option<usize>), String> = if source == "builtin:digits" {
+        let attempt: Result<(Dataset, Option<usize>), SourceError> = if source == "builtin:digits" {
             Ok((data::digits(), None))
         } else if let Some(name) = source.strip_prefix("builtin:") {
-            Err(format!(
-                "no built-in dataset `{name}` (there is `builtin:digits`)"
-            ))
+            Err(SourceError::NoBuiltin(name.into()))
         } else {
             let dir = PathBuf::from(source.strip_prefix("mnist:").unwrap_or(source));
             load_dir(&dir)
@@ -369,13 +297,25 @@ fn load_dataset(r: &DatasetRef) -> Result<Loaded, ExecError> {
     })
 }
 
-fn load_dir(dir: &Path) -> Result<(Dataset, Option<usize>), String> {
+/// Why one of a dataset's sources gave nothing.
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    /// `builtin:NAME` with an unknown name.
+    #[error("no built-in dataset `{0}` (there is `builtin:digits`)")]
+    NoBuiltin(String),
+    /// Not a directory.
+    #[error("not a directory with MNIST IDX files")]
+    NotADirectory,
+    /// The MNIST files did not load.
+    #[error(transparent)]
+    Mnist(#[from] hivemesh_trainer::DataError),
+}
+
+fn load_dir(dir: &Path) -> Result<(Dataset, Option<usize>), SourceError> {
     if !dir.is_dir() {
-        return Err("not a directory with MNIST IDX files".into());
+        return Err(SourceError::NotADirectory);
     }
-    data::load_mnist(dir)
-        .map(|(d, test_from)| (d, Some(test_from)))
-        .map_err(|e| e.to_string())
+    Ok(data::load_mnist(dir).map(|(d, test_from)| (d, Some(test_from)))?)
 }
 
 /// The dataset reference of the embedded digits set (what `builtin:digits` resolves to).
@@ -393,11 +333,12 @@ pub fn builtin_digits() -> DatasetRef {
 pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
     match &spec.search {
         Search::Nas(_) => Vec::new(),
-        Search::Loss(p) => vec![(p.reference_model, "reference model")],
-        Search::Distill(p) => vec![(p.teacher, "teacher")],
+        Search::Loss(p) => loss::needed_blobs(p),
+        Search::Distill(p) => distill::needed_blobs(p),
     }
 }
 
+/// A blob the job needs, checked against its id.
 fn fetch(blobs: &dyn BlobSource, id: &BlobId, what: &'static str) -> Result<Vec<u8>, ExecError> {
     let bytes = blobs.blob(id).ok_or_else(|| ExecError::Blob {
         id: *id,
@@ -412,15 +353,6 @@ fn fetch(blobs: &dyn BlobSource, id: &BlobId, what: &'static str) -> Result<Vec<
         });
     }
     Ok(bytes)
-}
-
-/// A NAS genome as an architecture for `data`, or why it is not a valid model for it.
-fn architecture(space: &NasSpace, genome: &[u8], data: &Dataset) -> Result<Architecture, String> {
-    let genes = decode_genome(genome).ok_or("the genome does not decode")?;
-    space
-        .for_data(data.shape, data.classes)
-        .decode(&genes)
-        .map_err(|e| e.to_string())
 }
 
 /// The trainer's budget for the campaign's.
@@ -467,6 +399,45 @@ fn train_failure(e: TrainError) -> Result<Outcome, ExecError> {
         }),
         TrainError::Data(_) | TrainError::Artifact(_) => {
             Ok(failure(FailureKind::DataUnavailable, e.to_string()))
+        }
+    }
+}
+
+/// What the node shows of a campaign kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindInfo {
+    /// `nas`, `loss` or `distill`.
+    pub name: &'static str,
+    /// Generations a campaign of this search runs.
+    pub generations: u32,
+}
+
+/// The kind of a campaign's search.
+pub fn kind_of(search: &Search) -> KindInfo {
+    match search {
+        Search::Nas(p) => KindInfo {
+            name: nas::NAME,
+            generations: nas::generations(p),
+        },
+        Search::Loss(p) => KindInfo {
+            name: loss::NAME,
+            generations: loss::generations(p),
+        },
+        Search::Distill(p) => KindInfo {
+            name: distill::NAME,
+            generations: distill::generations(p),
+        },
+    }
+}
+
+/// A job's payload for exports: its kind and the payload as hex (genome, expression) or
+/// `start..end` (a distillation sample range).
+pub fn payload_text(payload: &JobPayload) -> (String, String) {
+    match payload {
+        JobPayload::Nas { genome } => (nas::NAME.into(), nas::payload_text(genome)),
+        JobPayload::Loss { expression } => (loss::NAME.into(), loss::payload_text(expression)),
+        JobPayload::Distill { start, end } => {
+            (distill::NAME.into(), distill::payload_text(*start, *end))
         }
     }
 }

@@ -25,13 +25,20 @@ use hivemesh_protocol::Tolerance;
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::identity::PeerKey;
 use hivemesh_protocol::spec::{
-    BackendClass, CampaignSpec, DatasetRef, DistillParams, LossParams, LrSchedule, NasParams,
-    NasSpace, Optimizer, Schedule, Search, Strategy, TrainingBudget,
+    BackendClass, CampaignSpec, DatasetRef, LrSchedule, Optimizer, Schedule, TrainingBudget,
 };
 use hivemesh_protocol::time::Timestamp;
 use serde::Deserialize;
 
 use crate::executor::{CODE_VERSION, builtin_digits};
+
+pub mod distill;
+pub mod loss;
+pub mod nas;
+
+pub use self::distill::DistillFile;
+pub use self::loss::{LossFile, zoo_model};
+pub use self::nas::NasFile;
 
 /// Why a campaign file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -158,224 +165,11 @@ impl Default for BudgetFile {
     }
 }
 
-/// `[schedule]`, in seconds.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScheduleFile {
-    /// Generation 0's job deadline.
-    pub job_deadline_s: u64,
-    /// Base timeout of a closure round step.
-    pub round_timeout_s: f64,
-    /// Most extra executors a job may get beyond `redundancy` (takeovers past deadlines and
-    /// idle peers).
-    pub max_extra_executors: u8,
-}
-
-impl Default for ScheduleFile {
-    fn default() -> Self {
-        let d = Schedule::default();
-        ScheduleFile {
-            job_deadline_s: d.job_deadline_ms / 1000,
-            round_timeout_s: d.round_timeout_ms as f64 / 1000.0,
-            max_extra_executors: d.max_extra_executors,
-        }
-    }
-}
-
-/// `[nas]`: an MLP space (`max_layers`, `widths`) or the NSGA-Net macro space (`phases`, …).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NasFile {
-    /// `mlp` (default) or `macro`.
-    #[serde(default = "default_space")]
-    pub space: String,
-    /// MLP: most hidden layers.
-    #[serde(default = "default_layers")]
-    pub max_layers: u8,
-    /// MLP: allowed widths.
-    #[serde(default = "default_widths")]
-    pub widths: Vec<u32>,
-    /// Macro: phases.
-    #[serde(default = "default_phases")]
-    pub phases: u8,
-    /// Macro: nodes per phase.
-    #[serde(default = "default_nodes")]
-    pub nodes_per_phase: u8,
-    /// Macro: channel choices.
-    #[serde(default = "default_channels")]
-    pub channels: Vec<u32>,
-    /// Macro: kernel choices.
-    #[serde(default = "default_kernels")]
-    pub kernels: Vec<u8>,
-    /// Genomes per generation.
-    pub population: u32,
-    /// Generations.
-    pub generations: u32,
-    /// `nsga2` (default) or `aging` (regularised evolution).
-    #[serde(default = "default_strategy")]
-    pub strategy: String,
-}
-
-fn default_space() -> String {
-    "mlp".into()
-}
-fn default_layers() -> u8 {
-    2
-}
-fn default_widths() -> Vec<u32> {
-    vec![16, 32, 64]
-}
-fn default_phases() -> u8 {
-    2
-}
-fn default_nodes() -> u8 {
-    3
-}
-fn default_channels() -> Vec<u32> {
-    vec![8, 16]
-}
-fn default_kernels() -> Vec<u8> {
-    vec![3, 5]
-}
-fn default_strategy() -> String {
-    "nsga2".into()
-}
-
-/// `[loss]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LossFile {
-    /// Expressions per generation.
-    pub population: u32,
-    /// Generations.
-    pub generations: u32,
-    /// Deepest tree (at least 6: generation 0 starts from cross-entropy, which is 6 deep;
-    /// smaller values are raised to it).
-    #[serde(default = "default_depth")]
-    pub max_depth: u8,
-    /// Largest tree (at least 8).
-    #[serde(default = "default_size")]
-    pub max_size: u16,
-    /// The reference model: a blob id (hex; the node holds it or fetches it from peers),
-    /// `zoo:mlp-N` (Flatten → Dense N → ReLU → Dense) or `zoo:cnn` (the small CNN) built for
-    /// the dataset by the submitting node, or `file:PATH` (uploaded by `campaign submit`).
-    pub reference_model: String,
-    /// Constant-tuning steps.
-    #[serde(default)]
-    pub constant_tuning_steps: u32,
-}
-
-fn default_depth() -> u8 {
-    8
-}
-fn default_size() -> u16 {
-    24
-}
-
-/// `[distill]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DistillFile {
-    /// The teacher (architecture and weights): a blob id (hex), or `file:PATH` (uploaded by
-    /// `campaign submit`).
-    pub teacher: String,
-    /// Probabilities kept per sample.
-    #[serde(default = "default_top_k")]
-    pub top_k: u8,
-    /// Samples per shard.
-    pub shard_size: u32,
-    /// Samples to label.
-    pub samples: u64,
-}
-
-fn default_top_k() -> u8 {
-    3
-}
-
-/// The campaign-file fields that name a blob, as (table, key): each holds a blob id, or a
-/// reference resolved at submit time (`zoo:NAME` for a reference model, `file:PATH`).
-pub const BLOB_FIELDS: [(&str, &str); 2] = [("loss", "reference_model"), ("distill", "teacher")];
-
-impl CampaignFile {
-    /// The blob-naming fields present in this file ([`BLOB_FIELDS`]), as (`table.key`, value).
-    pub fn blob_refs_mut(&mut self) -> Vec<(&'static str, &mut String)> {
-        let mut out = Vec::new();
-        if let Some(l) = self.loss.as_mut() {
-            out.push(("loss.reference_model", &mut l.reference_model));
-        }
-        if let Some(d) = self.distill.as_mut() {
-            out.push(("distill.teacher", &mut d.teacher));
-        }
-        out
-    }
-
-    /// Parses TOML.
-    pub fn parse(text: &str) -> Result<CampaignFile, CampaignFileError> {
-        Ok(toml::from_str(text)?)
-    }
-
-    /// The protocol spec, created now by `creator` (added to the roster), with the dataset
-    /// reference `dataset` (see [`resolve_dataset`]).
-    pub fn to_spec(
-        &self,
-        creator: PeerKey,
-        now: Timestamp,
-        dataset: DatasetRef,
-    ) -> Result<CampaignSpec, CampaignFileError> {
-        let search = match (&self.nas, &self.loss, &self.distill) {
-            (Some(n), None, None) => Search::Nas(NasParams {
-                space: match n.space.as_str() {
-                    "mlp" => NasSpace::Mlp {
-                        max_layers: n.max_layers,
-                        widths: n.widths.clone(),
-                    },
-                    "macro" => NasSpace::Macro {
-                        phases: n.phases,
-                        nodes_per_phase: n.nodes_per_phase,
-                        channels: n.channels.clone(),
-                        kernels: n.kernels.clone(),
-                    },
-                    other => {
-                        return Err(field("nas.space", format!("{other:?}: use mlp or macro")));
-                    }
-                },
-                strategy: match n.strategy.as_str() {
-                    "nsga2" => Strategy::Nsga2,
-                    "aging" => Strategy::RegularizedEvolution,
-                    other => {
-                        return Err(field(
-                            "nas.strategy",
-                            format!("{other:?}: use nsga2 or aging"),
-                        ));
-                    }
-                },
-                population: n.population,
-                generations: n.generations,
-            }),
-            (None, Some(l), None) => Search::Loss(LossParams {
-                population: l.population,
-                generations: l.generations,
-                max_depth: l.max_depth,
-                max_size: l.max_size,
-                reference_model: l
-                    .reference_model
-                    .parse::<BlobId>()
-                    .map_err(|e| field("loss.reference_model", e.to_string()))?,
-                constant_tuning_steps: l.constant_tuning_steps,
-            }),
-            (None, None, Some(d)) => Search::Distill(DistillParams {
-                teacher: d
-                    .teacher
-                    .parse::<BlobId>()
-                    .map_err(|e| field("distill.teacher", e.to_string()))?,
-                top_k: d.top_k,
-                shard_size: d.shard_size,
-                samples: d.samples,
-            }),
-            _ => return Err(CampaignFileError::Search),
-        };
-        let b = &self.budget;
-        let budget = TrainingBudget {
+impl BudgetFile {
+    /// The protocol's training budget.
+    pub fn to_budget(&self) -> Result<TrainingBudget, CampaignFileError> {
+        let b = self;
+        Ok(TrainingBudget {
             epochs: b.epochs,
             max_steps: (b.max_steps > 0).then_some(b.max_steps),
             batch_size: b.batch_size,
@@ -402,7 +196,88 @@ impl CampaignFile {
                     ));
                 }
             },
+        })
+    }
+}
+
+/// `[schedule]`, in seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleFile {
+    /// Generation 0's job deadline.
+    pub job_deadline_s: u64,
+    /// Base timeout of a closure round step.
+    pub round_timeout_s: f64,
+    /// Most extra executors a job may get beyond `redundancy` (takeovers past deadlines and
+    /// idle peers).
+    pub max_extra_executors: u8,
+}
+
+impl ScheduleFile {
+    /// The protocol's schedule.
+    pub fn to_schedule(&self) -> Schedule {
+        let d = Schedule::default();
+        let job_deadline_ms = self.job_deadline_s.saturating_mul(1000);
+        Schedule {
+            job_deadline_ms,
+            // A first deadline shorter than the default floor lowers the floor with it.
+            min_deadline_ms: d.min_deadline_ms.min(job_deadline_ms),
+            round_timeout_ms: (self.round_timeout_s * 1000.0) as u64,
+            max_extra_executors: self.max_extra_executors,
+            ..d
+        }
+    }
+}
+
+impl Default for ScheduleFile {
+    fn default() -> Self {
+        let d = Schedule::default();
+        ScheduleFile {
+            job_deadline_s: d.job_deadline_ms / 1000,
+            round_timeout_s: d.round_timeout_ms as f64 / 1000.0,
+            max_extra_executors: d.max_extra_executors,
+        }
+    }
+}
+
+/// The campaign-file fields that name a blob, as (table, key): each holds a blob id, or a
+/// reference resolved at submit time (`zoo:NAME` for a reference model, `file:PATH`).
+pub const BLOB_FIELDS: [(&str, &str); 2] = [loss::BLOB_FIELD, distill::BLOB_FIELD];
+
+impl CampaignFile {
+    /// The blob-naming fields present in this file ([`BLOB_FIELDS`]), as (`table.key`, value).
+    pub fn blob_refs_mut(&mut self) -> Vec<(&'static str, &mut String)> {
+        let mut out = Vec::new();
+        if let Some(l) = self.loss.as_mut() {
+            out.push(("loss.reference_model", &mut l.reference_model));
+        }
+        if let Some(d) = self.distill.as_mut() {
+            out.push(("distill.teacher", &mut d.teacher));
+        }
+        debug_assert!(out.len() <= BLOB_FIELDS.len());
+        out
+    }
+
+    /// Parses TOML.
+    pub fn parse(text: &str) -> Result<CampaignFile, CampaignFileError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The protocol spec, created now by `creator` (added to the roster), with the dataset
+    /// reference `dataset` (see [`resolve_dataset`]).
+    pub fn to_spec(
+        &self,
+        creator: PeerKey,
+        now: Timestamp,
+        dataset: DatasetRef,
+    ) -> Result<CampaignSpec, CampaignFileError> {
+        let search = match (&self.nas, &self.loss, &self.distill) {
+            (Some(n), None, None) => n.to_search()?,
+            (None, Some(l), None) => l.to_search()?,
+            (None, None, Some(d)) => d.to_search()?,
+            _ => return Err(CampaignFileError::Search),
         };
+        let budget = self.budget.to_budget()?;
         if !(0.0..=1.0).contains(&self.audit_rate) {
             return Err(field("audit_rate", "must be between 0.0 and 1.0"));
         }
@@ -420,16 +295,7 @@ impl CampaignFile {
             "cuda" => BackendClass::Cuda,
             other => return Err(field("backend", format!("{other:?}: use cpu or cuda"))),
         };
-        let d = Schedule::default();
-        let job_deadline_ms = self.schedule.job_deadline_s.saturating_mul(1000);
-        let schedule = Schedule {
-            job_deadline_ms,
-            // A first deadline shorter than the default floor lowers the floor with it.
-            min_deadline_ms: d.min_deadline_ms.min(job_deadline_ms),
-            round_timeout_ms: (self.schedule.round_timeout_s * 1000.0) as u64,
-            max_extra_executors: self.schedule.max_extra_executors,
-            ..d
-        };
+        let schedule = self.schedule.to_schedule();
         let spec = CampaignSpec {
             name: self.name.clone(),
             created_at: now,
@@ -452,37 +318,6 @@ impl CampaignFile {
         spec.validate()?;
         Ok(spec)
     }
-}
-
-/// A reference model from the zoo (`zoo:mlp-N`, `zoo:cnn`) for the dataset `source`, as the
-/// blob a loss campaign names (its postcard architecture IR).
-pub fn zoo_model(name: &str, source: &str) -> Result<Vec<u8>, CampaignFileError> {
-    use hivemesh_evolve::arch::Shape;
-    let input = if source == "builtin:digits" {
-        Shape::Image { c: 1, h: 8, w: 8 }
-    } else if source.starts_with("mnist:") {
-        Shape::Image { c: 1, h: 28, w: 28 }
-    } else {
-        return Err(field(
-            "loss.reference_model",
-            format!("zoo models are built for builtin:digits or mnist:DIR, not {source:?}"),
-        ));
-    };
-    let arch = match name {
-        "cnn" => hivemesh_trainer::zoo::small_cnn(input, 10),
-        _ => match name.strip_prefix("mlp-").map(str::parse::<u32>) {
-            Some(Ok(hidden)) if (1..=4096).contains(&hidden) => {
-                hivemesh_trainer::zoo::mlp(input, hidden, 10)
-            }
-            _ => {
-                return Err(field(
-                    "loss.reference_model",
-                    format!("no zoo model {name:?}: use zoo:mlp-N (N in 1..=4096) or zoo:cnn"),
-                ));
-            }
-        },
-    };
-    postcard::to_stdvec(&arch).map_err(|e| field("loss.reference_model", e.to_string()))
 }
 
 /// The dataset reference for a `dataset = "…"` value: `builtin:digits` at once; `mnist:DIR` by

@@ -1,0 +1,91 @@
+//! `[loss]`: a loss-function search, its defaults, and the zoo of reference models a
+//! `zoo:NAME` value names.
+
+use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::spec::{LossParams, Search};
+use serde::Deserialize;
+
+use super::{CampaignFileError, field};
+
+/// The blob-naming key of `[loss]`.
+pub const BLOB_FIELD: (&str, &str) = ("loss", "reference_model");
+
+/// `[loss]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossFile {
+    /// Expressions per generation.
+    pub population: u32,
+    /// Generations.
+    pub generations: u32,
+    /// Deepest tree (at least 6: generation 0 starts from cross-entropy, which is 6 deep;
+    /// smaller values are raised to it).
+    #[serde(default = "default_depth")]
+    pub max_depth: u8,
+    /// Largest tree (at least 8).
+    #[serde(default = "default_size")]
+    pub max_size: u16,
+    /// The reference model: a blob id (hex; the node holds it or fetches it from peers),
+    /// `zoo:mlp-N` (Flatten → Dense N → ReLU → Dense) or `zoo:cnn` (the small CNN) built for
+    /// the dataset by the submitting node, or `file:PATH` (uploaded by `campaign submit`).
+    pub reference_model: String,
+    /// Constant-tuning steps.
+    #[serde(default)]
+    pub constant_tuning_steps: u32,
+}
+
+fn default_depth() -> u8 {
+    8
+}
+fn default_size() -> u16 {
+    24
+}
+
+impl LossFile {
+    /// The protocol's search (the reference model must be a blob id by now).
+    pub fn to_search(&self) -> Result<Search, CampaignFileError> {
+        let l = self;
+        Ok(Search::Loss(LossParams {
+            population: l.population,
+            generations: l.generations,
+            max_depth: l.max_depth,
+            max_size: l.max_size,
+            reference_model: l
+                .reference_model
+                .parse::<BlobId>()
+                .map_err(|e| field("loss.reference_model", e.to_string()))?,
+            constant_tuning_steps: l.constant_tuning_steps,
+        }))
+    }
+}
+
+/// A reference model from the zoo (`zoo:mlp-N`, `zoo:cnn`) for the dataset `source`, as the
+/// blob a loss campaign names (its postcard architecture IR).
+pub fn zoo_model(name: &str, source: &str) -> Result<Vec<u8>, CampaignFileError> {
+    use hivemesh_evolve::arch::Shape;
+    let input = if source == "builtin:digits" {
+        Shape::Image { c: 1, h: 8, w: 8 }
+    } else if source.starts_with("mnist:") {
+        Shape::Image { c: 1, h: 28, w: 28 }
+    } else {
+        return Err(field(
+            "loss.reference_model",
+            format!("zoo models are built for builtin:digits or mnist:DIR, not {source:?}"),
+        ));
+    };
+    let arch = match name {
+        "cnn" => hivemesh_trainer::zoo::small_cnn(input, 10),
+        _ => match name.strip_prefix("mlp-").map(str::parse::<u32>) {
+            Some(Ok(hidden)) if (1..=4096).contains(&hidden) => {
+                hivemesh_trainer::zoo::mlp(input, hidden, 10)
+            }
+            _ => {
+                return Err(field(
+                    "loss.reference_model",
+                    format!("no zoo model {name:?}: use zoo:mlp-N (N in 1..=4096) or zoo:cnn"),
+                ));
+            }
+        },
+    };
+    postcard::to_stdvec(&arch).map_err(|e| field("loss.reference_model", e.to_string()))
+}

@@ -1,0 +1,306 @@
+//! Following campaigns: restoring them from the store, adding them (submitted here or learned
+//! from peers), and driving each campaign's protocol [`Peer`] — feeding it inputs and carrying
+//! out its outputs (publish, execute, report).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hivemesh_protocol::envelope::{AnySigned, Context, Signed};
+use hivemesh_protocol::error::{DecodeError, PeerAction};
+use hivemesh_protocol::id::{CampaignId, MessageId};
+use hivemesh_protocol::identity::Keypair;
+use hivemesh_protocol::message::Kind;
+use hivemesh_protocol::peer::{Peer, PeerConfig, PeerError, PeerInput, PeerOutput};
+use hivemesh_protocol::spec::CampaignSpec;
+use libp2p::PeerId;
+use libp2p::gossipsub::{IdentTopic, TopicHash};
+
+use super::{Event, EventLoop, status};
+use crate::metrics::Metrics;
+use crate::net::{CAMPAIGNS_TOPIC, MAX_SYNC_BYTES, campaign_topic, topic_score_params};
+use crate::store::StoreError;
+use crate::{hex, unix_now};
+
+/// Most campaigns a node follows (announcements past it are ignored).
+pub const MAX_CAMPAIGNS: usize = 64;
+
+/// Why a campaign is not followed.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    /// The node follows [`MAX_CAMPAIGNS`] already.
+    #[error("this node already follows {MAX_CAMPAIGNS} campaigns")]
+    TooMany,
+    /// The protocol refused the spec.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The stored spec does not verify.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// Gossipsub refused the campaign's topic.
+    #[error(transparent)]
+    Subscribe(#[from] libp2p::gossipsub::SubscriptionError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A campaign this node follows.
+pub(super) struct Campaign {
+    /// Its spec.
+    pub(super) spec: Arc<CampaignSpec>,
+    /// The protocol participant.
+    pub(super) peer: Peer,
+    /// Its gossip topic.
+    pub(super) topic: IdentTopic,
+}
+
+/// The campaigns this node follows and what it needs to follow more.
+pub(super) struct Campaigns {
+    /// The node's signing key (each campaign's peer signs with it).
+    pub(super) key: Keypair,
+    /// The campaigns, by id.
+    pub(super) map: BTreeMap<CampaignId, Campaign>,
+    /// Campaign gossip topics, to their campaign.
+    pub(super) topics: HashMap<TopicHash, CampaignId>,
+    /// The topic campaigns are announced on.
+    pub(super) announce_topic: IdentTopic,
+}
+
+impl Campaigns {
+    /// No campaigns yet.
+    pub(super) fn new(key: Keypair) -> Campaigns {
+        Campaigns {
+            key,
+            map: BTreeMap::new(),
+            topics: HashMap::new(),
+            announce_topic: IdentTopic::new(CAMPAIGNS_TOPIC),
+        }
+    }
+
+    /// When the earliest unfinished campaign wants a tick (at most a second from now).
+    pub(super) fn next_wakeup(&self) -> tokio::time::Instant {
+        let now = unix_now();
+        let soonest = self
+            .map
+            .values()
+            .filter(|c| !c.peer.finished())
+            .filter_map(|c| c.peer.next_wakeup())
+            .min();
+        let wait = match soonest {
+            Some(t) => Duration::from_millis(t.as_millis().saturating_sub(now.as_millis())),
+            None => Duration::from_secs(1),
+        };
+        tokio::time::Instant::now() + wait.clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    /// Whether `id` is followed and not finished.
+    pub(super) fn running(&self, id: &CampaignId) -> bool {
+        self.map.get(id).is_some_and(|c| !c.peer.finished())
+    }
+}
+
+/// A signed campaign spec, or why the bytes are not one.
+pub(super) fn decode_campaign(
+    bytes: &[u8],
+    ctx: &Context,
+) -> Result<Signed<CampaignSpec>, DecodeError> {
+    match AnySigned::verify_and_decode(bytes, ctx)? {
+        AnySigned::Campaign(s) => Ok(s),
+        other => Err(DecodeError::KindMismatch {
+            expected: Kind::Campaign,
+            found: other.kind(),
+        }),
+    }
+}
+
+impl EventLoop {
+    /// Restores every stored campaign (replaying its messages).
+    pub(super) fn restore_campaigns(&mut self) {
+        match self.store.campaigns() {
+            Ok(stored) => {
+                for (id, signed) in stored {
+                    if let Err(e) = self.restore_campaign(id, &signed) {
+                        tracing::error!(campaign = %id, "cannot restore campaign: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot list the stored campaigns: {e}"),
+        }
+    }
+
+    /// Ticks every unfinished campaign.
+    pub(super) fn tick_all(&mut self) {
+        let ids: Vec<CampaignId> = self.campaigns.map.keys().copied().collect();
+        for id in ids {
+            if self.campaigns.running(&id) {
+                self.drive(id, PeerInput::Tick);
+            }
+        }
+    }
+
+    /// Starts following a campaign whose signed spec is stored, replaying its messages.
+    fn restore_campaign(&mut self, id: CampaignId, signed: &[u8]) -> Result<(), CampaignError> {
+        let spec = decode_campaign(signed, &Context::sync(id))?
+            .message()
+            .clone();
+        self.follow(spec)?;
+        let mut from = 0;
+        let mut replayed = 0u64;
+        loop {
+            let (msgs, next) = self.store.messages(&id, from, MAX_SYNC_BYTES)?;
+            if msgs.is_empty() {
+                break;
+            }
+            for bytes in msgs {
+                match AnySigned::verify_and_decode(&bytes, &Context::sync(id)) {
+                    Ok(msg) => {
+                        for (_, reason, _) in self.drive(id, PeerInput::Replay(msg)) {
+                            tracing::warn!(campaign = %id, "replay: stored message refused: {reason}");
+                        }
+                        replayed += 1;
+                    }
+                    Err(e) => tracing::warn!(campaign = %id, "skipping a stored message: {e}"),
+                }
+            }
+            from = next;
+        }
+        tracing::info!(campaign = %id, replayed, "campaign restored from the store");
+        self.drive(id, PeerInput::Tick);
+        Ok(())
+    }
+
+    /// Creates the campaign's peer and subscribes to its topic.
+    fn follow(&mut self, spec: CampaignSpec) -> Result<(), CampaignError> {
+        let id = spec.id();
+        if self.campaigns.map.contains_key(&id) {
+            return Ok(());
+        }
+        if self.campaigns.map.len() >= MAX_CAMPAIGNS {
+            return Err(CampaignError::TooMany);
+        }
+        let peer = Peer::new(
+            spec.clone(),
+            self.campaigns.key.clone(),
+            PeerConfig {
+                capacity: self.config.jobs.max(1),
+                audit: self.config.audit,
+                ..PeerConfig::default()
+            },
+            unix_now(),
+        )?;
+        let topic = campaign_topic(&id);
+        let gs = &mut self.swarm.behaviour_mut().gossipsub;
+        gs.subscribe(&topic)?;
+        if let Err(e) = gs.set_topic_params(topic.clone(), topic_score_params()) {
+            tracing::warn!("topic score params: {e}");
+        }
+        self.campaigns.topics.insert(topic.hash(), id);
+        let already: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic.hash()))
+            .map(|(p, _)| *p)
+            .collect();
+        self.campaigns.map.insert(
+            id,
+            Campaign {
+                spec: Arc::new(spec),
+                peer,
+                topic,
+            },
+        );
+        self.metrics.campaigns.set(self.campaigns.map.len() as i64);
+        self.emit(Event::CampaignAdded(id));
+        for peer in already {
+            self.emit(Event::Subscribed { peer, campaign: id });
+        }
+        Ok(())
+    }
+
+    /// A signed campaign spec from the network or a client (`announce`: publish it on the
+    /// announcement topic): store it and follow.
+    pub(super) fn add_campaign(
+        &mut self,
+        signed: &Signed<CampaignSpec>,
+        announce: bool,
+    ) -> Result<(), CampaignError> {
+        let id = signed.message().id();
+        if self.campaigns.map.contains_key(&id) {
+            return Ok(());
+        }
+        self.store.put_campaign(&id, signed.bytes())?;
+        self.follow(signed.message().clone())?;
+        tracing::info!(campaign = %id, name = %signed.message().name, "following campaign");
+        if announce {
+            self.publish(
+                self.campaigns.announce_topic.clone(),
+                signed.bytes().to_vec(),
+            );
+        }
+        self.drive(id, PeerInput::Tick);
+        Ok(())
+    }
+
+    /// Feeds one input to a campaign's peer and carries out everything that follows; returns
+    /// the peer's verdicts on messages (rejections).
+    pub(super) fn drive(
+        &mut self,
+        id: CampaignId,
+        input: PeerInput,
+    ) -> Vec<(MessageId, DecodeError, PeerAction)> {
+        let mut verdicts = Vec::new();
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let Some(c) = self.campaigns.map.get_mut(&id) else {
+                return verdicts;
+            };
+            let outputs = c.peer.handle(input, unix_now());
+            let topic = c.topic.clone();
+            for out in outputs {
+                match out {
+                    PeerOutput::Broadcast(msg) => {
+                        if msg.kind() == Kind::AuditReport {
+                            Metrics::count(&self.metrics.audits, "outcome", "reported");
+                        }
+                        if let Err(e) = self.store.append_messages(&id, [(msg.id(), msg.bytes())]) {
+                            tracing::error!("cannot store own message: {e}");
+                        }
+                        self.publish(topic.clone(), msg.bytes().to_vec());
+                    }
+                    PeerOutput::Execute(job) => {
+                        queue.extend(self.on_execute(id, job));
+                    }
+                    PeerOutput::Rejected {
+                        id: mid,
+                        error,
+                        action,
+                    } => verdicts.push((mid, error, action)),
+                    PeerOutput::Closed { generation, root } => {
+                        self.on_closed(id, generation, root);
+                    }
+                    PeerOutput::Finished => {
+                        tracing::info!(campaign = %id, "campaign finished");
+                        self.emit(Event::Finished(id));
+                    }
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// A generation closed: count it and tell subscribers.
+    fn on_closed(&mut self, id: CampaignId, generation: u32, root: [u8; 32]) {
+        tracing::info!(campaign = %id, generation, root = %hex(&root), "generation closed");
+        if let Some(c) = self.campaigns.map.get(&id) {
+            status::count_closure(c, generation, &self.metrics);
+        }
+        self.emit(Event::Closed {
+            campaign: id,
+            generation,
+            root,
+        });
+    }
+}

@@ -1,0 +1,530 @@
+//! The node's handle: [`Client`] sends [`Command`]s to the event loop and awaits the reply;
+//! every call fails with one error type, [`ClientError`]. [`Event`]s go out to subscribers.
+//! The event loop's side of each command is here too ([`EventLoop::on_command`] and one short
+//! handler per command).
+
+use std::sync::Arc;
+
+use hivemesh_protocol::envelope::Signed;
+use hivemesh_protocol::error::EncodeError;
+use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
+use hivemesh_protocol::identity::PeerKey;
+use hivemesh_protocol::scoring::PeerScore;
+use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use libp2p::gossipsub::IdentTopic;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::blobs::FetchError;
+use super::campaigns::CampaignError;
+use super::status::{self, CampaignStatus, NodeStatus, SettledJob};
+use super::{EventLoop, peer_key};
+use crate::fetch::MAX_BLOB_LEN;
+use crate::metrics::Metrics;
+use crate::store::StoreError;
+use crate::submit::Refusal;
+
+/// Commands queued from clients to the event loop.
+pub const COMMAND_CAPACITY: usize = 64;
+/// Events buffered per subscriber (a slow subscriber misses the oldest).
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// Why a [`Client`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node stopped before answering.
+    #[error("the node has stopped")]
+    Stopped,
+    /// A submitted campaign was refused (invalid spec, roster too small).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The campaign could not be followed (too many campaigns, the protocol refused it).
+    #[error(transparent)]
+    Campaign(#[from] CampaignError),
+    /// A campaign spec could not be signed.
+    #[error(transparent)]
+    Sign(#[from] EncodeError),
+    /// A blob over [`MAX_BLOB_LEN`].
+    #[error("the blob is {len} bytes, over the limit of {MAX_BLOB_LEN}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blob could not be fetched from peers.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// libp2p refused to dial the address.
+    #[error(transparent)]
+    Dial(#[from] libp2p::swarm::DialError),
+    /// Gossipsub refused to publish.
+    #[error(transparent)]
+    Publish(#[from] libp2p::gossipsub::PublishError),
+}
+
+/// A reply channel.
+type Reply<T> = oneshot::Sender<T>;
+
+/// What a client asks the event loop.
+pub(super) enum Command {
+    /// The listen addresses.
+    ListenAddrs {
+        /// Where the answer goes.
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    /// Dial an address.
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// Where the answer goes.
+        reply: Reply<Result<(), ClientError>>,
+    },
+    /// Sign, publish and follow a campaign.
+    Submit {
+        /// The unsigned spec.
+        spec: Box<CampaignSpec>,
+        /// Where the answer goes.
+        reply: Reply<Result<CampaignId, ClientError>>,
+    },
+    /// The node's status.
+    Status {
+        /// Where the answer goes.
+        reply: Reply<NodeStatus>,
+    },
+    /// One campaign's status.
+    Campaign {
+        /// The campaign.
+        id: CampaignId,
+        /// Where the answer goes.
+        reply: Reply<Option<CampaignStatus>>,
+    },
+    /// A campaign's settled jobs.
+    Settled {
+        /// The campaign.
+        id: CampaignId,
+        /// Where the answer goes.
+        reply: Reply<Option<Vec<SettledJob>>>,
+    },
+    /// A campaign's spec and derived jobs.
+    Jobs {
+        /// The campaign.
+        id: CampaignId,
+        /// Where the answer goes.
+        reply: Reply<Option<(CampaignSpec, Vec<JobSpec>)>>,
+    },
+    /// A peer's gossipsub score.
+    GossipScore {
+        /// The peer.
+        peer: PeerId,
+        /// Where the answer goes.
+        reply: Reply<Option<f64>>,
+    },
+    /// Every peer's standing in a campaign.
+    Scores {
+        /// The campaign.
+        id: CampaignId,
+        /// Where the answer goes.
+        reply: Reply<Option<Vec<(PeerKey, PeerScore)>>>,
+    },
+    /// Publish raw bytes (fault injection).
+    PublishRaw {
+        /// The gossip topic.
+        topic: String,
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Where the answer goes.
+        reply: Reply<Result<(), ClientError>>,
+    },
+    /// A held blob.
+    Blob {
+        /// The blob.
+        id: BlobId,
+        /// Where the answer goes.
+        reply: Reply<Result<Option<Vec<u8>>, ClientError>>,
+    },
+    /// Store a blob.
+    PutBlob {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Where the answer goes.
+        reply: Reply<Result<BlobId, ClientError>>,
+    },
+    /// Block or unblock a peer.
+    Block {
+        /// The peer.
+        peer: PeerId,
+        /// Block (true) or unblock.
+        blocked: bool,
+        /// Where the answer goes.
+        reply: Reply<()>,
+    },
+    /// A blob, fetched from peers if not held.
+    FetchBlob {
+        /// The blob.
+        id: BlobId,
+        /// Where the answer goes.
+        reply: Reply<Result<Vec<u8>, ClientError>>,
+    },
+    /// The connected peers' keys.
+    PeerKeys {
+        /// Where the answer goes.
+        reply: Reply<Vec<PeerKey>>,
+    },
+}
+
+/// What the node reports to subscribers.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Listening on a new address (with `/p2p/<peer id>`).
+    Listening(Multiaddr),
+    /// Connected to a peer.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+    /// A network message was validated, fed to the protocol and stored.
+    Accepted(MessageId),
+    /// A peer subscribed to a campaign's gossip topic.
+    Subscribed {
+        /// The peer.
+        peer: PeerId,
+        /// The campaign.
+        campaign: CampaignId,
+    },
+    /// A campaign was submitted here or learned from a peer.
+    CampaignAdded(CampaignId),
+    /// A job started running here.
+    JobStarted {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The job.
+        job: JobId,
+    },
+    /// A job finished here (its result is stored and published).
+    JobFinished {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The job.
+        job: JobId,
+    },
+    /// A generation closed.
+    Closed {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The generation.
+        generation: u32,
+        /// Its closure root.
+        root: [u8; 32],
+    },
+    /// A campaign's last generation closed.
+    Finished(CampaignId),
+    /// A job could not be run here after all (a blob it needs cannot be found, the dataset is
+    /// missing, ...); the protocol lets the next-ranked peers take it over.
+    JobAbandoned {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// A blob was fetched from a peer, hash-checked and stored.
+    BlobFetched {
+        /// The blob.
+        id: BlobId,
+        /// The peer that gave it.
+        from: PeerId,
+    },
+    /// No peer gave a blob.
+    BlobFetchFailed {
+        /// The blob.
+        id: BlobId,
+        /// Why.
+        reason: String,
+    },
+    /// A message was refused.
+    Rejected {
+        /// The peer that forwarded it.
+        from: PeerId,
+        /// Why.
+        reason: String,
+        /// Whether the forwarder was penalised.
+        penalised: bool,
+    },
+}
+
+/// A handle to a running node. Cheap to clone; every call is answered by the event loop.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// Commands to the event loop.
+    pub(super) tx: mpsc::Sender<Command>,
+    /// The event broadcast (to subscribe to).
+    pub(super) events: broadcast::Sender<Event>,
+    /// The node's libp2p peer id.
+    pub(super) peer_id: PeerId,
+    /// The node's signing key.
+    pub(super) key: PeerKey,
+    /// The node's metrics.
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Client {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// The node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The node's signing key.
+    pub fn key(&self) -> PeerKey {
+        self.key
+    }
+
+    /// The node's metrics (counted by the event loop).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Subscribes to the node's events (from now on).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The addresses the node listens on, each ending in `/p2p/<peer id>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, ClientError> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Dials a peer.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), ClientError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Signs and publishes a campaign, and starts following it.
+    pub async fn submit(&self, spec: CampaignSpec) -> Result<CampaignId, ClientError> {
+        let spec = Box::new(spec);
+        self.ask(|reply| Command::Submit { spec, reply }).await?
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// One campaign's status.
+    pub async fn campaign(&self, id: CampaignId) -> Result<Option<CampaignStatus>, ClientError> {
+        self.ask(|reply| Command::Campaign { id, reply }).await
+    }
+
+    /// A campaign's settled jobs.
+    pub async fn settled(&self, id: CampaignId) -> Result<Option<Vec<SettledJob>>, ClientError> {
+        self.ask(|reply| Command::Settled { id, reply }).await
+    }
+
+    /// A campaign's spec and every job derived so far (generation 0 and each generation its
+    /// closures opened), in generation and index order.
+    pub async fn jobs(
+        &self,
+        id: CampaignId,
+    ) -> Result<Option<(CampaignSpec, Vec<JobSpec>)>, ClientError> {
+        self.ask(|reply| Command::Jobs { id, reply }).await
+    }
+
+    /// Every peer's standing in a campaign, derived from its closures (the agreed ledger).
+    pub async fn scores(
+        &self,
+        id: CampaignId,
+    ) -> Result<Option<Vec<(PeerKey, PeerScore)>>, ClientError> {
+        self.ask(|reply| Command::Scores { id, reply }).await
+    }
+
+    /// The signing keys of the peers connected now (candidates for a campaign's roster).
+    pub async fn connected_keys(&self) -> Result<Vec<PeerKey>, ClientError> {
+        self.ask(|reply| Command::PeerKeys { reply }).await
+    }
+
+    /// A blob held by this node (weights, shards), checked against its id; `None` when not
+    /// held.
+    pub async fn blob(&self, id: BlobId) -> Result<Option<Vec<u8>>, ClientError> {
+        self.ask(|reply| Command::Blob { id, reply }).await?
+    }
+
+    /// Stores a blob (a reference model, a teacher), announces this node as its provider, and
+    /// returns its id. At most [`MAX_BLOB_LEN`] bytes.
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<BlobId, ClientError> {
+        self.ask(|reply| Command::PutBlob { bytes, reply }).await?
+    }
+
+    /// A blob from this node's store, or else fetched from the peers that provide it
+    /// (hash-checked, then stored here).
+    pub async fn fetch_blob(&self, id: BlobId) -> Result<Vec<u8>, ClientError> {
+        self.ask(|reply| Command::FetchBlob { id, reply }).await?
+    }
+
+    /// Stops talking to a peer (closes its connections, refuses new ones) or, with `blocked`
+    /// false, talks to it again. For operators and for netsim's partitions.
+    pub async fn block(&self, peer: PeerId, blocked: bool) -> Result<(), ClientError> {
+        self.ask(|reply| Command::Block {
+            peer,
+            blocked,
+            reply,
+        })
+        .await
+    }
+
+    /// This node's gossipsub score of a peer.
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, ClientError> {
+        self.ask(|reply| Command::GossipScore { peer, reply }).await
+    }
+
+    /// Publishes raw bytes on a gossip topic, unchecked (fault injection in tests and netsim).
+    pub async fn publish_raw(&self, topic: String, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.ask(|reply| Command::PublishRaw {
+            topic,
+            bytes,
+            reply,
+        })
+        .await?
+    }
+}
+
+impl EventLoop {
+    /// Answers a client's command.
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::Dial { addr, reply } => {
+                let _ = reply.send(self.dial(addr));
+            }
+            Command::Submit { spec, reply } => {
+                let _ = reply.send(self.submit(*spec));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.node_status());
+            }
+            Command::Campaign { id, reply } => {
+                let _ = reply.send(self.campaign_status(&id));
+            }
+            Command::Settled { id, reply } => {
+                let _ = reply.send(self.campaigns.map.get(&id).map(status::settled));
+            }
+            Command::Jobs { id, reply } => {
+                let _ = reply.send(self.campaigns.map.get(&id).map(status::jobs));
+            }
+            Command::Scores { id, reply } => {
+                let _ = reply.send(self.campaigns.map.get(&id).map(status::standings));
+            }
+            Command::PeerKeys { reply } => {
+                let keys = self.swarm.connected_peers().filter_map(peer_key).collect();
+                let _ = reply.send(keys);
+            }
+            Command::Blob { id, reply } => {
+                let _ = reply.send(self.store.blob(&id).map_err(ClientError::from));
+            }
+            Command::Block {
+                peer,
+                blocked,
+                reply,
+            } => {
+                self.block(peer, blocked);
+                let _ = reply.send(());
+            }
+            Command::PutBlob { bytes, reply } => {
+                let _ = reply.send(self.put_blob(&bytes));
+            }
+            Command::FetchBlob { id, reply } => self.get_or_fetch_blob(id, reply),
+            Command::GossipScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Command::PublishRaw {
+                topic,
+                bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.publish_raw(topic, bytes));
+            }
+        }
+    }
+
+    /// Dials an address (learning the peer's address for Kademlia first).
+    fn dial(&mut self, addr: Multiaddr) -> Result<(), ClientError> {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        Ok(self.swarm.dial(addr)?)
+    }
+
+    /// Checks, signs, stores, announces and follows a campaign submitted here.
+    fn submit(&mut self, spec: CampaignSpec) -> Result<CampaignId, ClientError> {
+        crate::submit::check_roster(&spec)?;
+        let signed = Signed::sign_and_encode(spec, &self.campaigns.key)?;
+        let id = signed.message().id();
+        self.add_campaign(&signed, true)?;
+        Ok(id)
+    }
+
+    /// The node as a whole.
+    fn node_status(&self) -> NodeStatus {
+        let campaigns = self
+            .campaigns
+            .map
+            .iter()
+            .map(|(id, c)| status::campaign_status(id, c, &self.store))
+            .collect();
+        NodeStatus {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            key: self.campaigns.key.public().to_string(),
+            listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
+            peers: self.swarm.connected_peers().count(),
+            jobs_running: self.jobs.running,
+            jobs_finished: self.jobs.finished,
+            messages_validated: self.gossip.validated,
+            messages_rejected: self.gossip.rejected,
+            audit: self.config.audit,
+            campaigns,
+        }
+    }
+
+    /// One campaign, with the protocol's summary line.
+    fn campaign_status(&mut self, id: &CampaignId) -> Option<CampaignStatus> {
+        let c = self.campaigns.map.get_mut(id)?;
+        let mut s = status::campaign_status(id, c, &self.store);
+        s.summary = c.peer.status_line();
+        Some(s)
+    }
+
+    /// Blocks or unblocks a peer.
+    fn block(&mut self, peer: PeerId, blocked: bool) {
+        let b = &mut self.swarm.behaviour_mut().blocked;
+        if blocked {
+            b.block_peer(peer);
+        } else {
+            b.unblock_peer(peer);
+        }
+    }
+
+    /// Publishes raw bytes on a topic, unchecked.
+    fn publish_raw(&mut self, topic: String, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(IdentTopic::new(topic), bytes)
+            .map(|_| ())
+            .map_err(ClientError::from)
+    }
+}

@@ -1,0 +1,398 @@
+//! The running node: a [`Client`] handle, the [`EventLoop`] that owns the swarm, the store and
+//! one protocol `Peer` per campaign, and the [`Event`]s it reports.
+//!
+//! The event loop is the only owner of mutable state. It waits, in priority order (`biased`),
+//! on: shutdown; commands from clients; timers (finished jobs, the earliest protocol wakeup,
+//! the sync timer); and remote input (the swarm). Each concern keeps its state in its own
+//! module and sub-struct:
+//! - [`client`]: the [`Client`], its commands and [`ClientError`], the [`Event`]s;
+//! - [`campaigns`]: following, restoring and adding campaigns, driving their protocol peers;
+//! - [`gossip`]: publishing and validating gossip;
+//! - [`sync`]: ledger sync requests and responses;
+//! - [`blobs`]: serving, storing, announcing and fetching blobs;
+//! - [`jobs`]: starting, running and abandoning jobs;
+//! - [`rate_limit`]: per-peer token buckets;
+//! - [`status`]: the read models the API serves.
+//!
+//! Training runs on the blocking pool (`spawn_blocking`), at most `--jobs` at once, and reports
+//! back over a bounded channel.
+//!
+//! Every message from the network is verified (frame, signature, campaign binding, age) before
+//! the protocol sees it; the protocol's verdict decides whether gossipsub forwards it (accept),
+//! drops it (ignore) or drops it and penalises the forwarder (reject). Own messages and
+//! accepted messages are stored before they are published, results before they are fed to the
+//! protocol; a restarted node replays its store (see [`crate::store`]).
+
+pub mod blobs;
+pub mod campaigns;
+pub mod client;
+pub mod gossip;
+pub mod jobs;
+pub mod rate_limit;
+pub mod status;
+pub mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hivemesh_protocol::identity::{Keypair, PeerKey};
+use hivemesh_trainer::train::Limits as ExecLimits;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use tokio::sync::{broadcast, mpsc};
+
+pub use self::blobs::{FetchError, MAX_ANNOUNCED_BLOBS};
+pub use self::campaigns::{CampaignError, MAX_CAMPAIGNS};
+pub use self::client::{COMMAND_CAPACITY, Client, ClientError, EVENT_CAPACITY, Event};
+pub use self::gossip::OUTBOX_CAPACITY;
+pub use self::jobs::{JOB_RESULT_CAPACITY, JobError};
+pub use self::rate_limit::{BLOB_RATE_PER_PEER, GOSSIP_RATE_PER_PEER, REQUEST_RATE_PER_PEER};
+pub use self::status::{CampaignStatus, FrontPoint, NodeStatus, SettledJob, front};
+pub use crate::fault::Fault;
+
+use self::blobs::Blobs;
+use self::campaigns::Campaigns;
+use self::client::Command;
+use self::gossip::Gossip;
+use self::jobs::Jobs;
+use self::rate_limit::Limits;
+use self::sync::SyncState;
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+use crate::net::{Behaviour, BehaviourEvent, NetConfig, SyncRequest};
+use crate::store::{Store, StoreError};
+
+/// Connections a node seeks out (through Kademlia) for a well-knit gossip mesh.
+pub const TARGET_PEERS: usize = 4;
+
+/// Why the node stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The libp2p swarm could not be built.
+    #[error("network setup: {0}")]
+    Net(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1` style).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Jobs run at once.
+    pub jobs: u16,
+    /// Audit mode (re-execute sampled jobs first).
+    pub audit: bool,
+    /// How often to pull missing ledger messages from a connected peer.
+    pub sync_interval: Duration,
+    /// Network knobs.
+    pub net: NetConfig,
+    /// Executor limits.
+    pub limits: ExecLimits,
+    /// Gossip messages accepted per forwarding peer per second (more are ignored).
+    pub gossip_rate: f64,
+    /// Misbehaviour to inject (tests only).
+    pub fault: Option<Fault>,
+}
+
+impl Config {
+    /// Defaults for a node keeping its state in `data_dir` (no listen addresses, no bootstrap
+    /// peers, one job at a time).
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            jobs: 1,
+            audit: false,
+            sync_interval: Duration::from_secs(5),
+            net: NetConfig::default(),
+            limits: ExecLimits::default(),
+            gossip_rate: GOSSIP_RATE_PER_PEER,
+            fault: None,
+        }
+    }
+}
+
+/// The node's event loop: owns the swarm, the store and the campaigns.
+pub struct EventLoop {
+    /// The libp2p swarm (gossipsub, Kademlia, identify, ping, sync, blobs).
+    swarm: Swarm<Behaviour>,
+    /// How the node was started.
+    config: Config,
+    /// The store (shared with training tasks, which read blobs from it).
+    store: Arc<Store>,
+    /// Counted here, rendered by the API.
+    metrics: Arc<Metrics>,
+    /// Commands from clients.
+    commands: mpsc::Receiver<Command>,
+    /// Events to subscribers.
+    events: broadcast::Sender<Event>,
+    /// The addresses the swarm listens on (with `/p2p/<peer id>`).
+    listen_addrs: Vec<Multiaddr>,
+    /// The campaigns followed, with their protocol peers.
+    campaigns: Campaigns,
+    /// Jobs running here.
+    jobs: Jobs,
+    /// The gossip outbox and message counters.
+    gossip: Gossip,
+    /// Sync cursors.
+    sync: SyncState,
+    /// Per-peer rate limits and penalties.
+    limits: Limits,
+    /// Blob fetches under way.
+    blobs: Blobs,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("campaigns", &self.campaigns.map.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn libp2p_key(key: &Keypair) -> Result<libp2p::identity::Keypair, NodeError> {
+    libp2p::identity::Keypair::ed25519_from_bytes(key.secret_bytes())
+        .map_err(|e| NodeError::Net(format!("identity: {e}")))
+}
+
+/// Builds the swarm, listening on `config.listen` and dialling `config.bootstrap`.
+fn build_swarm(
+    config: &Config,
+    key: &Keypair,
+    campaigns: &Campaigns,
+) -> Result<Swarm<Behaviour>, NodeError> {
+    let net = config.net.clone();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(libp2p_key(key)?)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| NodeError::Net(format!("tcp: {e}")))?
+        .with_quic()
+        .with_behaviour(|k| Behaviour::new(k, &net))
+        .map_err(|e| NodeError::Net(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NodeError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&campaigns.announce_topic)
+        .map_err(|e| NodeError::Net(format!("subscribe: {e}")))?;
+    for addr in &config.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+        }
+    }
+    Ok(swarm)
+}
+
+/// Builds the node: opens the store, builds the swarm, starts listening and dialling, and
+/// announces the blobs it holds. Run the returned loop with [`EventLoop::run`], which first
+/// restores every stored campaign (replaying its messages; subscribe to the events before, to
+/// see what the replay ends in).
+pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeError> {
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let campaigns = Campaigns::new(key.clone());
+    let swarm = build_swarm(&config, &key, &campaigns)?;
+    let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let metrics = Arc::new(Metrics::new());
+    let client = Client {
+        tx,
+        events: events.clone(),
+        peer_id: *swarm.local_peer_id(),
+        key: key.public(),
+        metrics: Arc::clone(&metrics),
+    };
+    let mut ev = EventLoop {
+        swarm,
+        store,
+        metrics,
+        commands,
+        events,
+        listen_addrs: Vec::new(),
+        campaigns,
+        jobs: Jobs::new(Executor::new(config.limits), config.jobs),
+        gossip: Gossip::default(),
+        sync: SyncState::default(),
+        limits: Limits::new(config.gossip_rate),
+        blobs: Blobs::default(),
+        config,
+    };
+    ev.announce_held_blobs()?;
+    Ok((client, ev))
+}
+
+impl EventLoop {
+    /// Runs until `shutdown` resolves. Jobs still training are abandoned (their results were
+    /// not stored, so a restart runs them again).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        // Stored campaigns are replayed here, not in `start`, so that whoever subscribed to the
+        // events in between sees what the replay concludes (closures, a finished campaign).
+        self.restore_campaigns();
+        tokio::pin!(shutdown);
+        let mut sync = tokio::time::interval(self.config.sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = self.campaigns.next_wakeup();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(done) = self.jobs.rx.recv() => self.on_job_done(done),
+                () = tokio::time::sleep_until(wake) => self.tick_all(),
+                _ = sync.tick() => self.sync_round(),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!("cannot flush the store: {e}");
+        }
+        tracing::info!("node stopped");
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Routes a swarm event to the handler of its protocol.
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => self.on_new_listen_addr(address),
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => self.on_connected(peer_id, &endpoint),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => self.on_disconnected(peer_id, num_established),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Blob(e)) => self.on_blob(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
+            _ => {}
+        }
+    }
+
+    fn on_new_listen_addr(&mut self, address: Multiaddr) {
+        let full = address
+            .clone()
+            .with_p2p(*self.swarm.local_peer_id())
+            .unwrap_or(address);
+        tracing::info!(addr = %full, "listening");
+        self.listen_addrs.push(full.clone());
+        self.emit(Event::Listening(full));
+    }
+
+    fn on_connected(&mut self, peer: PeerId, endpoint: &libp2p::core::ConnectedPoint) {
+        tracing::debug!(%peer, "connected");
+        if endpoint.is_dialer() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, endpoint.get_remote_address().clone());
+        }
+        self.emit(Event::Connected(peer));
+        let peers = self.swarm.connected_peers().count();
+        self.metrics.peers.set(peers as i64);
+        // A fetch still searching may find the blob at the newcomer.
+        self.offer_peer_to_fetches(peer);
+        if peers < TARGET_PEERS {
+            // Learn more of the swarm (a no-op query cost when it is small).
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+        // A new peer may hold what we miss: sync with it now.
+        let sync = &mut self.swarm.behaviour_mut().sync;
+        sync.send_request(&peer, SyncRequest::Campaigns);
+    }
+
+    fn on_disconnected(&mut self, peer: PeerId, num_established: u32) {
+        let peers = self.swarm.connected_peers().count();
+        self.metrics.peers.set(peers as i64);
+        if num_established == 0 {
+            self.emit(Event::Disconnected(peer));
+        }
+    }
+
+    fn on_identify(&mut self, event: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = event {
+            for addr in info.listen_addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            }
+        }
+    }
+
+    /// A Kademlia event: providers for a blob fetch, or a new peer to dial while below
+    /// [`TARGET_PEERS`].
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            } => self.on_providers(id, result, step.last),
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                addresses,
+                ..
+            } if self.swarm.connected_peers().count() < TARGET_PEERS
+                && !self.swarm.is_connected(&peer) =>
+            {
+                // Below the target: connect to peers the DHT tells us about, so the gossip
+                // mesh is not limited to the bootstrap tree.
+                let addr = addresses.first().clone();
+                let _ = self.swarm.dial(addr.clone().with_p2p(peer).unwrap_or(addr));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The ed25519 signing key inside a peer id (hivemesh peer ids embed their public key).
+pub fn peer_key(peer: &PeerId) -> Option<PeerKey> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let public = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    let ed = public.try_into_ed25519().ok()?;
+    Some(PeerKey(ed.to_bytes()))
+}

@@ -1,0 +1,444 @@
+//! The read models the API and the CLI show: [`NodeStatus`], [`CampaignStatus`],
+//! [`SettledJob`], [`FrontPoint`] and [`front`], and the functions that build them from a
+//! campaign's closures (settled jobs, standings, the metrics counted per closure).
+//!
+//! These functions rebuild standings and audit verdict labels from the closures themselves;
+//! they are to be replaced by the protocol's `standings` (statistics come out of the state
+//! machine, STYLE.md 20), which will make most of this file go.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hivemesh_protocol::closure::{Closure, Entry};
+use hivemesh_protocol::derive::Derivation;
+use hivemesh_protocol::id::{CampaignId, JobId};
+use hivemesh_protocol::identity::PeerKey;
+use hivemesh_protocol::message::Outcome;
+use hivemesh_protocol::scoring::{self, JobRecord, PeerScore, ScoringRules};
+use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use serde::Serialize;
+
+use super::campaigns::Campaign;
+use crate::hex;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// One campaign as the node sees it (served by `hivemesh campaign status` and the HTTP API).
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignStatus {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// `nas`, `loss` or `distill`.
+    pub kind: String,
+    /// The generation in progress (or the last one, when finished).
+    pub generation: u32,
+    /// Generations the campaign runs.
+    pub generations: u32,
+    /// Whether the last generation closed.
+    pub finished: bool,
+    /// Members of the current generation.
+    pub members: usize,
+    /// Stored messages.
+    pub messages: u64,
+    /// Jobs of closed generations that settled (agreed success or failure).
+    pub settled: usize,
+    /// Jobs this node executed (results held).
+    pub results_held: u64,
+    /// Closures: generation and root (hex).
+    pub closures: Vec<(u32, String)>,
+    /// The current front: settled successful jobs not dominated on (accuracy up, params
+    /// down, FLOPs down), best accuracy first.
+    pub front: Vec<FrontPoint>,
+    /// The protocol's one-line summary.
+    pub summary: String,
+}
+
+/// One point of a campaign's front.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrontPoint {
+    /// The job.
+    pub job: String,
+    /// Its generation.
+    pub generation: u32,
+    /// Test accuracy.
+    pub accuracy: f64,
+    /// Parameters.
+    pub params: u64,
+    /// FLOPs per sample.
+    pub flops: u64,
+    /// The weights blob, if any.
+    pub artifact: Option<String>,
+}
+
+/// The non-dominated settled jobs (accuracy up, params and FLOPs down), best accuracy first.
+pub fn front(jobs: &[SettledJob]) -> Vec<FrontPoint> {
+    let ok: Vec<&SettledJob> = jobs.iter().filter(|j| j.status == "success").collect();
+    let dominates = |a: &SettledJob, b: &SettledJob| {
+        a.accuracy >= b.accuracy
+            && a.params <= b.params
+            && a.flops <= b.flops
+            && (a.accuracy > b.accuracy || a.params < b.params || a.flops < b.flops)
+    };
+    let mut out: Vec<FrontPoint> = ok
+        .iter()
+        .filter(|j| !ok.iter().any(|o| dominates(o, j)))
+        .map(|j| FrontPoint {
+            job: j.job.clone(),
+            generation: j.generation,
+            accuracy: j.accuracy,
+            params: j.params,
+            flops: j.flops,
+            artifact: j.artifacts.first().cloned(),
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.accuracy
+            .total_cmp(&a.accuracy)
+            .then(a.params.cmp(&b.params))
+    });
+    out.dedup_by(|a, b| a.accuracy == b.accuracy && a.params == b.params && a.flops == b.flops);
+    out
+}
+
+/// The node as a whole.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// The libp2p peer id.
+    pub peer_id: String,
+    /// The node's signing key (how ledgers name it).
+    pub key: String,
+    /// Listen addresses.
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Jobs running now.
+    pub jobs_running: usize,
+    /// Jobs finished since start.
+    pub jobs_finished: u64,
+    /// Messages validated since start (gossip and sync).
+    pub messages_validated: u64,
+    /// Messages refused since start.
+    pub messages_rejected: u64,
+    /// Audit mode.
+    pub audit: bool,
+    /// Campaigns followed.
+    pub campaigns: Vec<CampaignStatus>,
+}
+
+/// A settled job, for exports: what was run and what the executors agreed on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SettledJob {
+    /// The job id.
+    pub job: String,
+    /// Its generation.
+    pub generation: u32,
+    /// Its index in the generation.
+    pub index: u32,
+    /// What it ran: `nas` (genome), `loss` (expression) or `distill` (sample range), and the
+    /// payload as hex (genome, expression) or `start..end`.
+    pub payload: (String, String),
+    /// `success`, `failure` (executors agreed the job fails) or `void` (no quorum in time).
+    pub status: String,
+    /// Correct test predictions (success).
+    pub correct: u64,
+    /// Test samples (success).
+    pub total: u64,
+    /// `correct / total` (success).
+    pub accuracy: f64,
+    /// Parameters (success).
+    pub params: u64,
+    /// FLOPs per sample (success).
+    pub flops: u64,
+    /// Named extra metrics.
+    pub extra: BTreeMap<String, i64>,
+    /// Artifact blob ids (weights, shards), hex.
+    pub artifacts: Vec<String>,
+    /// Why it failed (failure).
+    pub failure: Option<String>,
+    /// Executors that agreed.
+    pub agreeing: Vec<String>,
+    /// Executors that did not.
+    pub dissenting: Vec<String>,
+    /// The audit verdict, when the job was audited: `confirmed` (every auditor agreed),
+    /// `upheld` (a dispute's jury agreed with the executors) or `overturned` (the jury did
+    /// not: the outcome above is then the jury's, and `agreeing` its jurors).
+    pub audit: Option<String>,
+    /// When overturned: the executors who had agreed on the wrong outcome.
+    pub overturned: Vec<String>,
+}
+
+impl SettledJob {
+    pub(super) fn new(job: &JobSpec, s: &hivemesh_protocol::Settlement) -> SettledJob {
+        let payload = crate::executor::payload_text(&job.payload);
+        let mut out = SettledJob {
+            job: job.id().to_string(),
+            generation: job.generation,
+            index: job.index,
+            payload,
+            status: "success".into(),
+            correct: 0,
+            total: 0,
+            accuracy: 0.0,
+            params: 0,
+            flops: 0,
+            extra: BTreeMap::new(),
+            artifacts: Vec::new(),
+            failure: None,
+            agreeing: s.agreeing.iter().map(ToString::to_string).collect(),
+            dissenting: s.dissenting.iter().map(ToString::to_string).collect(),
+            audit: None,
+            overturned: Vec::new(),
+        };
+        match &s.canonical {
+            Outcome::Success(m) => {
+                out.correct = m.correct;
+                out.total = m.total;
+                out.accuracy = if m.total > 0 {
+                    m.correct as f64 / m.total as f64
+                } else {
+                    0.0
+                };
+                out.params = m.params;
+                out.flops = m.flops;
+                out.extra = m.extra.clone();
+                out.artifacts = m.artifacts.iter().map(ToString::to_string).collect();
+            }
+            Outcome::Failure(f) => {
+                out.status = "failure".into();
+                out.failure = Some(format!("{:?}: {}", f.kind, f.detail));
+            }
+        }
+        out
+    }
+
+    fn void(job: &JobSpec) -> SettledJob {
+        let mut out = SettledJob::new(
+            job,
+            &hivemesh_protocol::Settlement {
+                canonical: Outcome::Failure(hivemesh_protocol::message::Failure {
+                    kind: hivemesh_protocol::message::FailureKind::InvalidJob,
+                    detail: String::new(),
+                }),
+                agreeing: Vec::new(),
+                dissenting: Vec::new(),
+            },
+        );
+        out.status = "void".into();
+        out.failure = Some("no quorum by the deadline".into());
+        out
+    }
+}
+
+/// One campaign's status (without the protocol's summary line, which needs `&mut`).
+pub(super) fn campaign_status(id: &CampaignId, c: &Campaign, store: &Store) -> CampaignStatus {
+    let jobs = settled(c);
+    let spec = &c.spec;
+    let kind = crate::executor::kind_of(&spec.search);
+    CampaignStatus {
+        id: id.to_string(),
+        name: spec.name.clone(),
+        kind: kind.name.into(),
+        generation: c.peer.generation(),
+        generations: kind.generations,
+        finished: c.peer.finished(),
+        members: c.peer.members().len(),
+        messages: store.message_count(id).unwrap_or(0),
+        settled: jobs.iter().filter(|j| j.status != "void").count(),
+        results_held: store.result_count(id).unwrap_or(0),
+        closures: c
+            .peer
+            .closures()
+            .iter()
+            .map(|(cl, _)| (cl.generation, hex(&cl.root())))
+            .collect(),
+        front: front(&jobs),
+        summary: String::new(),
+    }
+}
+
+/// A campaign's spec and every job derived so far, in generation and index order.
+pub(super) fn jobs(c: &Campaign) -> (CampaignSpec, Vec<JobSpec>) {
+    let mut jobs: Vec<JobSpec> =
+        derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl))
+            .into_values()
+            .collect();
+    jobs.sort_by_key(|j| (j.generation, j.index));
+    ((*c.spec).clone(), jobs)
+}
+
+/// Counts a just-closed generation's settlements and audit verdicts in the metrics.
+pub(super) fn count_closure(c: &Campaign, generation: u32, metrics: &Metrics) {
+    let closures = c.peer.closures();
+    let Some((closure, _)) = closures.iter().find(|(cl, _)| cl.generation == generation) else {
+        return;
+    };
+    for entry in &closure.entries {
+        let status = match entry {
+            Entry::Settled { settlement, .. } => match settlement.canonical {
+                Outcome::Success(_) => "success",
+                Outcome::Failure(_) => "failure",
+            },
+            Entry::Void { .. } => "void",
+        };
+        Metrics::count(&metrics.jobs_settled, "status", status);
+    }
+    for v in &closure.verdicts {
+        let original = closures
+            .iter()
+            .flat_map(|(cl, _)| &cl.entries)
+            .find_map(|e| match e {
+                Entry::Settled {
+                    job, settlement, ..
+                } if *job == v.job => Some(settlement),
+                _ => None,
+            });
+        if let Some(o) = original {
+            let label = verdict_label(v, o, &c.spec.tolerance);
+            Metrics::count(&metrics.audits, "outcome", label);
+        }
+    }
+}
+
+/// Every job of a closed generation with its spec and its closure entry. Jobs are
+/// re-derived from the spec and the closures (deterministic and cheap); outcomes come from
+/// the closures, which every honest node agrees on (not from the local ledger, whose
+/// settlements may still gain late reveals).
+pub(super) fn settled(c: &Campaign) -> Vec<SettledJob> {
+    let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl));
+    let verdicts = verdicts_by_job(c.peer.closures());
+    let mut out = Vec::new();
+    for (closure, _) in c.peer.closures() {
+        for entry in &closure.entries {
+            let Some(spec) = jobs.get(&entry.job()) else {
+                continue;
+            };
+            out.push(match entry {
+                Entry::Settled { settlement, .. } => match verdicts.get(&entry.job()) {
+                    None => SettledJob::new(spec, settlement),
+                    Some(v) => {
+                        let label = verdict_label(v, settlement, &c.spec.tolerance);
+                        match &v.jury {
+                            Some(jury) if label == "overturned" => SettledJob {
+                                overturned: settlement
+                                    .agreeing
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect(),
+                                audit: Some(label.into()),
+                                ..SettledJob::new(spec, jury)
+                            },
+                            _ => SettledJob {
+                                audit: Some(label.into()),
+                                ..SettledJob::new(spec, settlement)
+                            },
+                        }
+                    }
+                },
+                Entry::Void { .. } => SettledJob::void(spec),
+            });
+        }
+    }
+    out.sort_by_key(|j| (j.generation, j.index));
+    out
+}
+
+/// Every peer's standing in a campaign, from its closures: the same on every honest node.
+/// A job an audit overturned counts as the jury settled it: its jurors' outcome stands,
+/// the executors who had agreed on the overturned outcome fail the audit (penalised as
+/// such, credited nothing), and its original dissenters are neither credited nor
+/// penalised (they disagreed with a wrong outcome).
+pub(super) fn standings(c: &Campaign) -> Vec<(PeerKey, PeerScore)> {
+    let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl));
+    let verdicts = verdicts_by_job(c.peer.closures());
+    // Owned settlements and auditor sets for the overturned jobs, referenced below.
+    let mut corrected: BTreeMap<JobId, (hivemesh_protocol::Settlement, BTreeSet<PeerKey>)> =
+        BTreeMap::new();
+    for (closure, _) in c.peer.closures() {
+        for entry in &closure.entries {
+            if let Entry::Settled {
+                job, settlement, ..
+            } = entry
+                && let Some(v) = verdicts.get(job)
+                && let Some(jury) = &v.jury
+                && verdict_label(v, settlement, &c.spec.tolerance) == "overturned"
+            {
+                let fixed = hivemesh_protocol::Settlement {
+                    canonical: jury.canonical.clone(),
+                    agreeing: jury.agreeing.clone(),
+                    dissenting: settlement.agreeing.clone(),
+                };
+                let jurors: BTreeSet<PeerKey> = jury.agreeing.iter().copied().collect();
+                corrected.insert(*job, (fixed, jurors));
+            }
+        }
+    }
+    let none = BTreeSet::new();
+    let mut records = Vec::new();
+    for (closure, _) in c.peer.closures() {
+        for entry in &closure.entries {
+            if let (Entry::Settled { settlement, .. }, Some(spec)) = (entry, jobs.get(&entry.job()))
+            {
+                let (settlement, auditors) = match corrected.get(&entry.job()) {
+                    Some((fixed, jurors)) => (fixed, jurors),
+                    None => (settlement, &none),
+                };
+                records.push(JobRecord {
+                    generation: closure.generation,
+                    compute: spec.compute,
+                    settlement,
+                    claimers: &none,
+                    auditors,
+                });
+            }
+        }
+    }
+    let mut scores = scoring::score(&records, &[], &ScoringRules::default());
+    for (peer, n) in c.peer.failed_audits() {
+        scores.entry(*peer).or_default().failed_audits = *n;
+    }
+    scores.into_iter().collect()
+}
+
+/// Every audit verdict in the closures, by job.
+fn verdicts_by_job(
+    closures: &[(std::sync::Arc<Closure>, Vec<PeerKey>)],
+) -> BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> {
+    closures
+        .iter()
+        .flat_map(|(cl, _)| &cl.verdicts)
+        .map(|v| (v.job, v))
+        .collect()
+}
+
+/// How an audit ended: `confirmed` (no dispute), `upheld` (the jury agreed with the
+/// executors) or `overturned`.
+fn verdict_label(
+    v: &hivemesh_protocol::audit::Verdict,
+    original: &hivemesh_protocol::Settlement,
+    tolerance: &hivemesh_protocol::Tolerance,
+) -> &'static str {
+    match &v.jury {
+        None => "confirmed",
+        Some(_) if v.overturned(original, tolerance) => "overturned",
+        Some(_) => "upheld",
+    }
+}
+
+/// The jobs of generation 0 and of every generation the closures open, by id.
+fn derived_jobs<'a>(
+    spec: &CampaignSpec,
+    closures: impl Iterator<Item = &'a Closure>,
+) -> BTreeMap<JobId, JobSpec> {
+    let mut jobs = BTreeMap::new();
+    if let Ok(mut d) = Derivation::new(spec) {
+        jobs.extend(d.generation_zero().iter().map(|j| (j.id(), j.clone())));
+        for closure in closures {
+            match d.advance(closure) {
+                Ok(next) => jobs.extend(next.iter().map(|j| (j.id(), j.clone()))),
+                Err(_) => break,
+            }
+        }
+    }
+    jobs
+}

@@ -1,0 +1,78 @@
+//! Deliberate misbehaviour of a node (a Byzantine fault), for tests and netsim clusters.
+//!
+//! `hivemesh run` sets it only from the hidden `--fault` flag / `HIVEMESH_FAULT` (which
+//! netsim's `--processes` mode uses); in-process clusters set [`crate::daemon::Config::fault`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Deliberate misbehaviour, for tests and netsim clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Publish wrong results: every successful result's `correct` is off by one.
+    Lie,
+    /// Serve blobs with their first byte flipped.
+    CorruptBlobs,
+}
+
+impl Fault {
+    /// Every fault, in flag order.
+    pub const ALL: [Fault; 2] = [Fault::Lie, Fault::CorruptBlobs];
+
+    /// The name on the command line and in config files: `lie`, `corrupt-blobs`.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Fault::Lie => "lie",
+            Fault::CorruptBlobs => "corrupt-blobs",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_flag())
+    }
+}
+
+/// A fault name that is none of [`Fault::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fault {given:?}: use lie or corrupt-blobs")]
+pub struct UnknownFault {
+    /// What was given.
+    pub given: String,
+}
+
+impl FromStr for Fault {
+    type Err = UnknownFault;
+
+    fn from_str(s: &str) -> Result<Fault, UnknownFault> {
+        Fault::ALL
+            .into_iter()
+            .find(|f| f.as_flag() == s)
+            .ok_or_else(|| UnknownFault { given: s.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_back_and_name_the_allowed_values() {
+        for f in Fault::ALL {
+            assert_eq!(f.as_flag().parse::<Fault>(), Ok(f));
+            assert_eq!(f.to_string(), f.as_flag());
+            let json = serde_json::to_string(&f).expect("json");
+            assert_eq!(json, format!("\"{}\"", f.as_flag()));
+            assert_eq!(serde_json::from_str::<Fault>(&json).expect("back"), f);
+            let v = <Fault as clap::ValueEnum>::to_possible_value(&f).expect("value");
+            assert_eq!(v.get_name(), f.as_flag());
+        }
+        let e = "crash".parse::<Fault>().expect_err("unknown");
+        assert!(e.to_string().contains("lie or corrupt-blobs"), "{e}");
+    }
+}

@@ -1,0 +1,328 @@
+//! Submitting a campaign, written once for the HTTP API (`POST /campaigns`), the CLI
+//! (`hivemesh campaign submit`) and netsim's clusters:
+//!
+//! 1. [`Submission::parse`] reads the campaign file (TOML), keeping both the typed
+//!    [`CampaignFile`] and the TOML table (what a client posts to a node's API);
+//! 2. [`Submission::upload_blobs`] resolves the blobs the file names by reference rather than by
+//!    id — `zoo:NAME` reference models (built for the dataset) and `file:PATH` blobs (read from
+//!    disk) — storing each through a caller-given `put` (a [`crate::daemon::Client`], an HTTP
+//!    upload) and writing its id back into both the file and the table;
+//! 3. [`build_spec`] turns the file into the spec a node signs: dataset resolved, created now by
+//!    the submitting node, the roster filled with the connected peers when the file names none;
+//! 4. [`check_roster`] is what a node checks before it signs (the daemon applies it to every
+//!    [`crate::daemon::Client::submit`]).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::identity::PeerKey;
+use hivemesh_protocol::spec::{CampaignSpec, MAX_ROSTER, SpecError};
+use hivemesh_protocol::time::Timestamp;
+
+use crate::campaign_file::{CampaignFile, CampaignFileError, resolve_dataset, zoo_model};
+
+/// Why a node refuses to submit a campaign spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The spec breaks a protocol rule.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Fewer roster members than executors per job.
+    #[error(
+        "the roster has {members} member(s) but every job wants {redundancy} executors: \
+         generation 0 would wait for job deadlines; lower `redundancy`, connect to more peers \
+         first, or list their keys in `roster`"
+    )]
+    BelowRedundancy {
+        /// Roster members.
+        members: usize,
+        /// Executors per job.
+        redundancy: u8,
+    },
+    /// Fewer roster members than agreeing executors a job needs.
+    #[error(
+        "the roster has {members} member(s) but a job needs {quorum} agreeing executors: \
+         connect to more peers first, or list their keys in `roster`"
+    )]
+    BelowQuorum {
+        /// Roster members.
+        members: usize,
+        /// Agreeing executors needed.
+        quorum: u8,
+    },
+}
+
+/// Whether a spec may be submitted: valid, and its genesis roster big enough to give every job
+/// of generation 0 its executors and a quorum.
+pub fn check_roster(spec: &CampaignSpec) -> Result<(), Refusal> {
+    spec.validate()?;
+    let members = spec.roster.len();
+    if members < usize::from(spec.redundancy) {
+        return Err(Refusal::BelowRedundancy {
+            members,
+            redundancy: spec.redundancy,
+        });
+    }
+    if members < usize::from(spec.quorum) {
+        return Err(Refusal::BelowQuorum {
+            members,
+            quorum: spec.quorum,
+        });
+    }
+    Ok(())
+}
+
+/// Why a campaign file could not be prepared for submission.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The file is not a valid campaign file, or a `zoo:` model does not exist.
+    #[error(transparent)]
+    File(#[from] CampaignFileError),
+    /// A `file:PATH` blob could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The path (joined to the base folder).
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why the blobs a campaign file names could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError<E> {
+    /// A blob could not be built or read.
+    #[error(transparent)]
+    Prepare(#[from] SubmitError),
+    /// Storing it failed (the `put`'s own error).
+    #[error(transparent)]
+    Put(E),
+}
+
+/// How a campaign file names a blob other than by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobRef {
+    /// `zoo:NAME`: a reference model built for the file's dataset.
+    Zoo(String),
+    /// `file:PATH`: a file, relative to the base folder.
+    File(PathBuf),
+}
+
+/// A blob a campaign file names by reference, to be stored before the campaign is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBlob {
+    /// The field, as `table.key` (`loss.reference_model`, `distill.teacher`).
+    pub field: &'static str,
+    /// The reference.
+    pub source: BlobRef,
+}
+
+/// Which references to resolve here (the others stay as they are, for the node to resolve).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resolve<'a> {
+    /// Build `zoo:` models here.
+    pub zoo: bool,
+    /// Read `file:` blobs here, relative to this folder.
+    pub files: Option<&'a Path>,
+}
+
+/// A campaign file on its way to a node.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The file, as parsed (blob references replaced by ids as they are stored).
+    pub file: CampaignFile,
+    /// The same as a TOML table, kept in step with `file`.
+    pub table: toml::Table,
+    /// The text as given.
+    text: String,
+    /// Whether a blob reference was replaced (the text no longer matches).
+    changed: bool,
+}
+
+impl Submission {
+    /// Parses a campaign file.
+    pub fn parse(text: &str) -> Result<Submission, CampaignFileError> {
+        let file = CampaignFile::parse(text)?;
+        let table = toml::from_str(text)?;
+        Ok(Submission {
+            file,
+            table,
+            text: text.to_string(),
+            changed: false,
+        })
+    }
+
+    /// The TOML to post: the text as given while nothing was replaced, else the table.
+    pub fn text(&self) -> String {
+        if self.changed {
+            self.table.to_string()
+        } else {
+            self.text.clone()
+        }
+    }
+
+    /// The blob references `resolve` asks to resolve here, in field order.
+    pub fn pending(&mut self, resolve: Resolve<'_>) -> Vec<PendingBlob> {
+        let mut out = Vec::new();
+        for (field, value) in self.file.blob_refs_mut() {
+            let source = if let Some(name) = value.strip_prefix("zoo:") {
+                resolve.zoo.then(|| BlobRef::Zoo(name.to_string()))
+            } else if let Some(path) = value.strip_prefix("file:") {
+                resolve.files.map(|base| BlobRef::File(base.join(path)))
+            } else {
+                None
+            };
+            out.extend(source.map(|source| PendingBlob { field, source }));
+        }
+        out
+    }
+
+    /// A pending blob's bytes: the zoo model built for the file's dataset, or the file read.
+    pub fn bytes(&self, blob: &PendingBlob) -> Result<Vec<u8>, SubmitError> {
+        match &blob.source {
+            BlobRef::Zoo(name) => Ok(zoo_model(name, &self.file.dataset)?),
+            BlobRef::File(path) => std::fs::read(path).map_err(|source| SubmitError::Read {
+                path: path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Names the stored blob by its id in the file and the table.
+    pub fn set_blob(&mut self, field: &str, id: BlobId) {
+        for (f, value) in self.file.blob_refs_mut() {
+            if f == field {
+                *value = id.to_string();
+            }
+        }
+        if let Some((tab, key)) = field.split_once('.')
+            && let Some(toml::Value::Table(t)) = self.table.get_mut(tab)
+        {
+            t.insert(key.into(), toml::Value::String(id.to_string()));
+        }
+        self.changed = true;
+    }
+
+    /// Builds or reads every blob `resolve` asks for, stores each with `put` and names it by
+    /// id; returns what was stored.
+    pub async fn upload_blobs<F, Fut, E>(
+        &mut self,
+        resolve: Resolve<'_>,
+        mut put: F,
+    ) -> Result<Vec<(PendingBlob, BlobId)>, UploadError<E>>
+    where
+        F: FnMut(&PendingBlob, Vec<u8>) -> Fut,
+        Fut: Future<Output = Result<BlobId, E>>,
+    {
+        let mut stored = Vec::new();
+        for blob in self.pending(resolve) {
+            let bytes = self.bytes(&blob)?;
+            let id = put(&blob, bytes).await.map_err(UploadError::Put)?;
+            self.set_blob(blob.field, id);
+            stored.push((blob, id));
+        }
+        Ok(stored)
+    }
+}
+
+/// The spec a node signs for `file`, created `now` by `creator`: the dataset resolved (an
+/// MNIST folder is read to learn its id: call it off the async runtime) and, when the file
+/// names no roster, the creator and the `connected` peers as the genesis roster (others join at
+/// generation boundaries).
+pub fn build_spec(
+    file: &CampaignFile,
+    creator: PeerKey,
+    connected: &[PeerKey],
+    now: Timestamp,
+) -> Result<CampaignSpec, CampaignFileError> {
+    let dataset = resolve_dataset(&file.dataset)?;
+    let mut spec = file.to_spec(creator, now, dataset)?;
+    if file.roster.is_empty() {
+        spec.roster = std::iter::once(creator)
+            .chain(connected.iter().copied().take(MAX_ROSTER - 1))
+            .collect();
+        spec.roster.sort();
+        spec.roster.dedup();
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOSS: &str =
+        "name = \"x\"\n[loss]\npopulation = 4\ngenerations = 1\nreference_model = \"zoo:mlp-16\"\n";
+
+    fn key(i: u8) -> PeerKey {
+        hivemesh_protocol::Keypair::from_secret_bytes([i; 32]).public()
+    }
+
+    #[test]
+    fn zoo_models_are_built_stored_and_named_by_id() {
+        let mut sub = Submission::parse(LOSS).expect("parse");
+        assert_eq!(sub.text(), LOSS, "unchanged text is posted as given");
+        assert!(sub.pending(Resolve::default()).is_empty(), "nothing asked");
+        let stored = futures::executor::block_on(sub.upload_blobs(
+            Resolve {
+                zoo: true,
+                files: None,
+            },
+            |_, bytes| async move { Ok::<_, std::convert::Infallible>(BlobId::of_bytes(&bytes)) },
+        ))
+        .expect("upload");
+        assert_eq!(stored.len(), 1);
+        let (blob, id) = &stored[0];
+        assert_eq!(blob.field, "loss.reference_model");
+        assert_eq!(blob.source, BlobRef::Zoo("mlp-16".into()));
+        let again = Submission::parse(&sub.text()).expect("reparse");
+        assert_eq!(
+            again.file.loss.expect("loss").reference_model,
+            id.to_string()
+        );
+        let spec = build_spec(&sub.file, key(1), &[key(2), key(3)], Timestamp(1)).expect("spec");
+        assert_eq!(spec.roster.len(), 3, "creator and the connected peers");
+    }
+
+    #[test]
+    fn files_are_read_relative_to_the_base_folder() {
+        let text = LOSS.replace("zoo:mlp-16", "file:missing.bin");
+        let mut sub = Submission::parse(&text).expect("parse");
+        let base = Path::new("/nonexistent-hivemesh");
+        let pending = sub.pending(Resolve {
+            zoo: true,
+            files: Some(base),
+        });
+        assert_eq!(pending[0].source, BlobRef::File(base.join("missing.bin")));
+        let e = sub.bytes(&pending[0]).expect_err("no such file");
+        assert!(
+            e.to_string()
+                .starts_with("cannot read /nonexistent-hivemesh/missing.bin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn small_rosters_are_refused() {
+        let mut spec = build_spec(
+            &Submission::parse(&LOSS.replace("zoo:mlp-16", &BlobId::of_bytes(b"m").to_string()))
+                .expect("parse")
+                .file,
+            key(1),
+            &[],
+            Timestamp(1),
+        )
+        .expect("spec");
+        assert!(matches!(
+            check_roster(&spec),
+            Err(Refusal::BelowRedundancy {
+                members: 1,
+                redundancy: 3
+            })
+        ));
+        spec.roster = vec![key(1), key(2), key(3)];
+        spec.roster.sort();
+        assert_eq!(check_roster(&spec), Ok(()));
+    }
+}
