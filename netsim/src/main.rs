@@ -1,5 +1,6 @@
 //! The `hivemesh-netsim` command: see `hivemesh-netsim --help`.
 
+use hivemesh_protocol::standings::JobStatus;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -394,7 +395,11 @@ fn print_outcome(
     report: &hivemesh_netsim::cluster::ClusterReport,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let settled = report.jobs.iter().filter(|j| j.status != "void").count();
+    let settled = report
+        .jobs
+        .iter()
+        .filter(|j| j.status != JobStatus::Void)
+        .count();
     println!(
         "campaign {} finished in {:.1} s: {settled} jobs settled, {} executions",
         &report.campaign[..16],

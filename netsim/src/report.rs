@@ -1,6 +1,7 @@
 //! A cluster run's report folder: `report.json` (everything, machine-readable), `report.md`
 //! (for people), `front.png`/`.svg` and `progress.png`/`.svg`.
 
+use hivemesh_protocol::standings::JobStatus;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +49,7 @@ pub fn write_all(dir: &Path, r: &ClusterReport) -> Result<Vec<PathBuf>, ReportEr
     let points: Vec<plot::Point> = r
         .jobs
         .iter()
-        .filter(|j| j.status == "success")
+        .filter(|j| j.status == JobStatus::Success)
         .map(|j| plot::Point {
             params: j.params,
             accuracy: j.accuracy,
@@ -164,7 +165,11 @@ fn verdict(s: &mut String, r: &ClusterReport) {
             yes(ok == r.shards.len())
         );
     }
-    let settled = r.jobs.iter().filter(|j| j.status != "void").count();
+    let settled = r
+        .jobs
+        .iter()
+        .filter(|j| j.status != JobStatus::Void)
+        .count();
     let _ = writeln!(
         s,
         "| throughput | {} jobs settled in {:.1} s = {:.1} jobs/min; {} executions ({:.2} per settled job) |",

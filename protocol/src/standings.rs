@@ -19,8 +19,9 @@ use crate::identity::PeerKey;
 use crate::outcome::{Outcome, Tolerance};
 use crate::scoring::{self, JobRecord, PeerScore, ScoringRules};
 
-/// How a decided job ended.
+/// How a decided job ended. Serialised in lower case (`"success"`), as reports show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Its executors agreed on metrics.
     Success,
@@ -41,6 +42,18 @@ impl JobStatus {
     }
 }
 
+impl core::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl core::fmt::Display for AuditLabel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl JobStatus {
     /// The status a closure entry records (before any audit of it).
     pub fn of_entry(entry: &Entry) -> JobStatus {
@@ -54,8 +67,9 @@ impl JobStatus {
     }
 }
 
-/// How an audit of a settled job ended.
+/// How an audit of a settled job ended. Serialised in lower case (`"overturned"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuditLabel {
     /// Every auditor agreed with the executors: no dispute.
     Confirmed,
@@ -385,6 +399,19 @@ mod tests {
         assert!(verdict_labels(&g1, &[&g1], &Tolerance::EXACT).is_empty());
         assert_eq!(AuditLabel::Overturned.as_str(), "overturned");
         assert_eq!(JobStatus::Void.as_str(), "void");
+        // Serialised as shown.
+        for l in [
+            AuditLabel::Confirmed,
+            AuditLabel::Upheld,
+            AuditLabel::Overturned,
+        ] {
+            let json = serde_json::to_string(&l).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", l.as_str()));
+        }
+        for st in [JobStatus::Success, JobStatus::Failure, JobStatus::Void] {
+            let json = serde_json::to_string(&st).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+        }
         let statuses: Vec<JobStatus> = g0.entries.iter().map(JobStatus::of_entry).collect();
         use JobStatus::*;
         assert_eq!(statuses, vec![Success, Success, Success, Void, Failure]);

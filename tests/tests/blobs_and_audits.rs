@@ -2,6 +2,7 @@
 //! transfer, hash check) for a loss campaign, corrupt blobs refused, and audit-mode nodes
 //! catching a colluding pair of executors.
 
+use hivemesh_protocol::standings::{AuditLabel, JobStatus};
 use std::time::Duration;
 
 use hivemesh_node::daemon::{ClientError, Event, Fault, FetchError};
@@ -87,7 +88,7 @@ async fn a_loss_campaign_fetches_its_reference_model_from_the_creator() {
     assert!(settled.iter().all(|s| *s == settled[0]));
     for j in &settled[0] {
         assert_eq!(j.payload.0, "loss");
-        assert_ne!(j.status, "void", "every job settled: {j:?}");
+        assert_ne!(j.status, JobStatus::Void, "every job settled: {j:?}");
         assert!(j.agreeing.len() >= 2, "{j:?}");
     }
     for n in nodes {
@@ -216,13 +217,13 @@ async fn auditors_overturn_a_colluding_pair_and_expose_them() {
         let liars_agreed = liar_keys.iter().all(|k| j.overturned.contains(k));
         if !j.overturned.is_empty() {
             assert!(liars_agreed, "only the colluders are overturned: {j:?}");
-            assert_eq!(j.audit.as_deref(), Some("overturned"));
+            assert_eq!(j.audit, Some(AuditLabel::Overturned));
         }
         assert!(
             liar_keys.iter().all(|k| !j.agreeing.contains(k)),
             "after the audits no liar stands behind an outcome: {j:?}"
         );
-        assert_eq!(j.status, "success", "{j:?}");
+        assert_eq!(j.status, JobStatus::Success, "{j:?}");
     }
     let scores = nodes[0]
         .client

@@ -2,6 +2,7 @@
 //! real training on the embedded digits set) under faults, judged from the report; in this
 //! process, and as `hivemesh run` child processes (`--processes`).
 
+use hivemesh_protocol::standings::JobStatus;
 use std::time::Duration;
 
 use hivemesh_netsim::cluster::{
@@ -67,7 +68,11 @@ async fn a_campaign_completes_after_its_creator_is_killed() {
     assert_eq!(r.faults.len(), 1, "the kill happened: {:?}", r.faults);
     assert!(!r.node_views[0].up, "the creator stayed down");
     assert_eq!(r.jobs.len(), 8, "both generations settled without it");
-    assert!(r.jobs.iter().all(|j| j.status == "success"), "{:?}", r.jobs);
+    assert!(
+        r.jobs.iter().all(|j| j.status == JobStatus::Success),
+        "{:?}",
+        r.jobs
+    );
     // Generation 1 was decided by the three survivors alone.
     assert_eq!(r.generations.len(), 2);
     for v in r.node_views.iter().skip(1) {

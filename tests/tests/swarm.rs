@@ -1,6 +1,7 @@
 //! Real nodes on loopback: libp2p (TCP + noise + yamux), gossipsub validation, ledger sync,
 //! redb stores and real training on the embedded digits set.
 
+use hivemesh_protocol::standings::JobStatus;
 use std::time::Duration;
 
 use hivemesh_node::daemon::Event;
@@ -52,7 +53,7 @@ async fn three_nodes_run_a_nas_campaign_to_agreement() {
         .expect("up")
         .expect("known");
     for j in &jobs {
-        assert_eq!(j.status, "success", "{j:?}");
+        assert_eq!(j.status, JobStatus::Success, "{j:?}");
         assert!(j.total > 0 && j.correct <= j.total && j.params > 0, "{j:?}");
         assert!(j.agreeing.len() >= 2, "quorum of 2: {j:?}");
         assert_eq!(

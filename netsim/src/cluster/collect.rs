@@ -3,6 +3,7 @@
 //! distillation shards ([`collect_shards`]). With `--processes` the children are stopped and
 //! their stores opened here, offline.
 
+use hivemesh_protocol::standings::JobStatus;
 use std::collections::BTreeMap;
 
 use hivemesh_node::daemon::{Client, SettledJob};
@@ -148,7 +149,7 @@ impl Agreed {
             .map_err(stopped)?
             .map(|(spec, jobs)| Rerun { spec, jobs });
         for (b, _) in needed_blobs(spec) {
-            if let Ok(Ok(Some(bytes))) = n.blob(b).await {
+            if let Ok(Some(bytes)) = n.blob(b).await {
                 self.blobs.insert(b, bytes);
             }
         }
@@ -245,7 +246,7 @@ async fn shard_bytes(
             continue;
         };
         for n in &order {
-            if let Ok(Ok(Some(bytes))) = n.blob(b).await
+            if let Ok(Some(bytes)) = n.blob(b).await
                 && BlobId::of_bytes(&bytes) == b
             {
                 out.insert(b, bytes);
@@ -284,7 +285,7 @@ pub(super) fn collect_shards(jobs: &[SettledJob], bytes: &BTreeMap<BlobId, Vec<u
             .as_deref()
             .and_then(|b| b.parse::<BlobId>().ok())
             .and_then(|b| bytes.get(&b));
-        let verified = j.status == "success"
+        let verified = j.status == JobStatus::Success
             && found.is_some_and(|b| {
                 ShardLabels::from_bytes(b)
                     .is_ok_and(|s| s.start == start && s.len() as u64 == end - start)
@@ -300,7 +301,7 @@ pub(super) fn collect_shards(jobs: &[SettledJob], bytes: &BTreeMap<BlobId, Vec<u
             job: j.job.clone(),
             start,
             end,
-            status: j.status.clone(),
+            status: j.status,
             blob,
             agreeing: j.agreeing.len(),
             teacher_accuracy: j.accuracy,

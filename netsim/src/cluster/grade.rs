@@ -149,6 +149,7 @@ pub(crate) fn ok(
 mod tests {
     use super::*;
     use hivemesh_protocol::Keypair;
+    use hivemesh_protocol::standings::JobStatus;
 
     fn key(i: u8) -> PeerKey {
         Keypair::from_secret_bytes([i + 1; 32]).public()
@@ -300,7 +301,7 @@ mod tests {
             job: "j".into(),
             start: 0,
             end: 10,
-            status: "success".into(),
+            status: JobStatus::Success,
             blob: None,
             agreeing: 2,
             teacher_accuracy: 0.5,

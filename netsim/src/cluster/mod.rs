@@ -31,6 +31,7 @@ mod overhead;
 mod run_loop;
 mod submission;
 
+use hivemesh_protocol::standings::JobStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,9 @@ pub enum ClusterError {
     /// A node stopped answering.
     #[error("node {0} stopped unexpectedly")]
     Stopped(usize),
+    /// The creator (node 0) refused a call.
+    #[error("cluster: {0}")]
+    Refused(hivemesh_node::daemon::ClientError),
     /// The campaign did not finish in time.
     #[error("the campaign did not finish within {after:?}; where each node stood:\n{states}")]
     Timeout {
@@ -89,6 +93,16 @@ pub enum ClusterError {
         /// Each running node's protocol state, one line each.
         states: String,
     },
+}
+
+impl From<hivemesh_node::daemon::ClientError> for ClusterError {
+    /// A call to node 0: stopped, or refused for a reason of its own.
+    fn from(e: hivemesh_node::daemon::ClientError) -> ClusterError {
+        match e {
+            hivemesh_node::daemon::ClientError::Stopped => ClusterError::Stopped(0),
+            other => ClusterError::Refused(other),
+        }
+    }
 }
 
 /// A started cluster with its campaign submitted.
@@ -272,7 +286,7 @@ async fn report(
         }
         _ => None,
     };
-    let settled = jobs.iter().filter(|j| j.status != "void").count();
+    let settled = jobs.iter().filter(|j| j.status != JobStatus::Void).count();
     let generations = generation_views(&tally);
     ClusterReport {
         campaign: submitted.id.to_string(),

@@ -126,8 +126,8 @@ pub(super) enum Handle {
 pub(super) struct Brief {
     /// Its generation.
     pub(super) generation: u32,
-    /// `success`, `failure` or `void`.
-    pub(super) status: String,
+    /// How it ended.
+    pub(super) status: hivemesh_protocol::standings::JobStatus,
     /// Its accuracy (success).
     pub(super) accuracy: f64,
 }
@@ -183,7 +183,7 @@ impl Handle {
                 jobs.iter()
                     .map(|j| Brief {
                         generation: j.generation,
-                        status: j.status.clone(),
+                        status: j.status,
                         accuracy: j.accuracy,
                     })
                     .collect()
@@ -222,9 +222,8 @@ impl Handle {
             Handle::InProcess(client) => client
                 .put_blob(bytes)
                 .await
-                .map_err(|_| ClusterError::Stopped(0))?
                 .map(|id| id.to_string())
-                .map_err(ClusterError::Config),
+                .map_err(ClusterError::from),
             Handle::Process(p) => {
                 let v = p
                     .post("/blobs", &bytes)

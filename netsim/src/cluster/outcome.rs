@@ -155,7 +155,7 @@ pub struct ShardView {
     /// One past the last sample.
     pub end: u64,
     /// `success`, `failure` or `void`.
-    pub status: String,
+    pub status: hivemesh_protocol::standings::JobStatus,
     /// The agreed shard blob (hex), for a success.
     pub blob: Option<String>,
     /// Executors that agreed on it.

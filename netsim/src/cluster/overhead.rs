@@ -1,6 +1,7 @@
 //! The overhead measurement: every settled job run once more on one executor in this
 //! process, its CPU seconds set against the swarm's (`swarm / (r × single)`).
 
+use hivemesh_protocol::standings::JobStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -75,10 +76,14 @@ pub(super) async fn measure(m: Measure<'_>) -> Option<Overhead> {
     let settled_ids: BTreeSet<&str> = m
         .settled
         .iter()
-        .filter(|j| j.status != "void")
+        .filter(|j| j.status != JobStatus::Void)
         .map(|j| j.job.as_str())
         .collect();
-    let settled = m.settled.iter().filter(|j| j.status != "void").count();
+    let settled = m
+        .settled
+        .iter()
+        .filter(|j| j.status != JobStatus::Void)
+        .count();
     if settled == 0 {
         return None;
     }

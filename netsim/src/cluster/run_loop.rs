@@ -7,6 +7,7 @@
 //! as tasks in a [`JoinSet`]; their completions are one more event source, so a slow node
 //! never holds up the fault schedule or the ticks.
 
+use hivemesh_protocol::standings::JobStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -434,13 +435,13 @@ impl RunLoop {
 
 /// Jobs settled (success or failure) among `jobs`.
 fn settled_count(jobs: &[Brief]) -> usize {
-    jobs.iter().filter(|j| j.status != "void").count()
+    jobs.iter().filter(|j| j.status != JobStatus::Void).count()
 }
 
 /// The best accuracy among `jobs`' successes (0 if none).
 fn best_accuracy(jobs: &[Brief]) -> f64 {
     jobs.iter()
-        .filter(|j| j.status == "success")
+        .filter(|j| j.status == JobStatus::Success)
         .map(|j| j.accuracy)
         .fold(0.0, f64::max)
 }

@@ -146,11 +146,7 @@ pub(super) async fn submit_campaign(
     store_blobs(cfg, creator, &mut table, &mut file).await?;
     let spec = spec_of(cfg, &file)?;
     let id = match creator {
-        Handle::InProcess(client) => client
-            .submit(spec.clone())
-            .await
-            .map_err(|_| ClusterError::Stopped(0))?
-            .map_err(ClusterError::Config)?,
+        Handle::InProcess(client) => client.submit(spec.clone()).await?,
         Handle::Process(p) => {
             let v = p
                 .post("/campaigns", table.to_string().as_bytes())

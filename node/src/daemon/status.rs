@@ -2,19 +2,20 @@
 //! [`SettledJob`], [`FrontPoint`] and [`front`], and the functions that build them from a
 //! campaign's closures (settled jobs, standings, the metrics counted per closure).
 //!
-//! These functions rebuild standings and audit verdict labels from the closures themselves;
-//! they are to be replaced by the protocol's `standings` (statistics come out of the state
-//! machine, STYLE.md 20), which will make most of this file go.
+//! The rules come from the protocol: what each job's closure decided, audit labels and scores
+//! are [`hivemesh_protocol::standings`]'s (statistics come out of the state machine); this
+//! file only turns them into the JSON and table shapes the API and the CLI show.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use hivemesh_protocol::closure::{Closure, Entry};
-use hivemesh_protocol::derive::Derivation;
-use hivemesh_protocol::id::{CampaignId, JobId};
+use hivemesh_protocol::closure::Closure;
+use hivemesh_protocol::derive::jobs_of_closures;
+use hivemesh_protocol::id::CampaignId;
 use hivemesh_protocol::identity::PeerKey;
 use hivemesh_protocol::message::Outcome;
-use hivemesh_protocol::scoring::{self, JobRecord, PeerScore, ScoringRules};
+use hivemesh_protocol::scoring::PeerScore;
 use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use hivemesh_protocol::standings::{self, AuditLabel, DecidedJob, JobStatus};
 use serde::Serialize;
 
 use super::campaigns::Campaign;
@@ -73,7 +74,10 @@ pub struct FrontPoint {
 
 /// The non-dominated settled jobs (accuracy up, params and FLOPs down), best accuracy first.
 pub fn front(jobs: &[SettledJob]) -> Vec<FrontPoint> {
-    let ok: Vec<&SettledJob> = jobs.iter().filter(|j| j.status == "success").collect();
+    let ok: Vec<&SettledJob> = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Success)
+        .collect();
     let dominates = |a: &SettledJob, b: &SettledJob| {
         a.accuracy >= b.accuracy
             && a.params <= b.params
@@ -139,7 +143,7 @@ pub struct SettledJob {
     /// payload as hex (genome, expression) or `start..end`.
     pub payload: (String, String),
     /// `success`, `failure` (executors agreed the job fails) or `void` (no quorum in time).
-    pub status: String,
+    pub status: JobStatus,
     /// Correct test predictions (success).
     pub correct: u64,
     /// Test samples (success).
@@ -163,20 +167,20 @@ pub struct SettledJob {
     /// The audit verdict, when the job was audited: `confirmed` (every auditor agreed),
     /// `upheld` (a dispute's jury agreed with the executors) or `overturned` (the jury did
     /// not: the outcome above is then the jury's, and `agreeing` its jurors).
-    pub audit: Option<String>,
+    pub audit: Option<AuditLabel>,
     /// When overturned: the executors who had agreed on the wrong outcome.
     pub overturned: Vec<String>,
 }
 
 impl SettledJob {
     pub(super) fn new(job: &JobSpec, s: &hivemesh_protocol::Settlement) -> SettledJob {
-        let payload = crate::executor::payload_text(&job.payload);
+        let payload = (job.payload.kind().name().to_string(), job.payload.summary());
         let mut out = SettledJob {
             job: job.id().to_string(),
             generation: job.generation,
             index: job.index,
             payload,
-            status: "success".into(),
+            status: JobStatus::Success,
             correct: 0,
             total: 0,
             accuracy: 0.0,
@@ -205,11 +209,24 @@ impl SettledJob {
                 out.artifacts = m.artifacts.iter().map(ToString::to_string).collect();
             }
             Outcome::Failure(f) => {
-                out.status = "failure".into();
+                out.status = JobStatus::Failure;
                 out.failure = Some(format!("{:?}: {}", f.kind, f.detail));
             }
         }
         out
+    }
+
+    /// A decided job as exports show it: the settlement that stands (the jury's when an
+    /// audit overturned the closure), its audit label and the overturned executors.
+    pub(super) fn decided(job: &JobSpec, d: &DecidedJob<'_>) -> SettledJob {
+        match d.shown() {
+            None => SettledJob::void(job),
+            Some(s) => SettledJob {
+                audit: d.audit,
+                overturned: d.overturned().iter().map(ToString::to_string).collect(),
+                ..SettledJob::new(job, s)
+            },
+        }
     }
 
     fn void(job: &JobSpec) -> SettledJob {
@@ -224,7 +241,7 @@ impl SettledJob {
                 dissenting: Vec::new(),
             },
         );
-        out.status = "void".into();
+        out.status = JobStatus::Void;
         out.failure = Some("no quorum by the deadline".into());
         out
     }
@@ -234,17 +251,17 @@ impl SettledJob {
 pub(super) fn campaign_status(id: &CampaignId, c: &Campaign, store: &Store) -> CampaignStatus {
     let jobs = settled(c);
     let spec = &c.spec;
-    let kind = crate::executor::kind_of(&spec.search);
+    let kind = spec.search.rules();
     CampaignStatus {
         id: id.to_string(),
         name: spec.name.clone(),
-        kind: kind.name.into(),
+        kind: kind.kind().name().into(),
         generation: c.peer.generation(),
-        generations: kind.generations,
+        generations: kind.generations(),
         finished: c.peer.finished(),
         members: c.peer.members().len(),
         messages: store.message_count(id).unwrap_or(0),
-        settled: jobs.iter().filter(|j| j.status != "void").count(),
+        settled: jobs.iter().filter(|j| j.status != JobStatus::Void).count(),
         results_held: store.result_count(id).unwrap_or(0),
         closures: c
             .peer
@@ -259,186 +276,62 @@ pub(super) fn campaign_status(id: &CampaignId, c: &Campaign, store: &Store) -> C
 
 /// A campaign's spec and every job derived so far, in generation and index order.
 pub(super) fn jobs(c: &Campaign) -> (CampaignSpec, Vec<JobSpec>) {
-    let mut jobs: Vec<JobSpec> =
-        derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl))
-            .into_values()
-            .collect();
+    let mut jobs: Vec<JobSpec> = jobs_of_closures(&c.spec, closures(c))
+        .into_values()
+        .collect();
     jobs.sort_by_key(|j| (j.generation, j.index));
     ((*c.spec).clone(), jobs)
 }
 
+/// The campaign's closures, oldest first.
+fn closures(c: &Campaign) -> Vec<&Closure> {
+    c.peer.closures().iter().map(|(cl, _)| &**cl).collect()
+}
+
 /// Counts a just-closed generation's settlements and audit verdicts in the metrics.
 pub(super) fn count_closure(c: &Campaign, generation: u32, metrics: &Metrics) {
-    let closures = c.peer.closures();
-    let Some((closure, _)) = closures.iter().find(|(cl, _)| cl.generation == generation) else {
+    let all = closures(c);
+    let Some(closure) = all.iter().find(|cl| cl.generation == generation) else {
         return;
     };
     for entry in &closure.entries {
-        let status = match entry {
-            Entry::Settled { settlement, .. } => match settlement.canonical {
-                Outcome::Success(_) => "success",
-                Outcome::Failure(_) => "failure",
-            },
-            Entry::Void { .. } => "void",
-        };
-        Metrics::count(&metrics.jobs_settled, "status", status);
+        Metrics::count(
+            &metrics.jobs_settled,
+            "status",
+            JobStatus::of_entry(entry).as_str(),
+        );
     }
-    for v in &closure.verdicts {
-        let original = closures
-            .iter()
-            .flat_map(|(cl, _)| &cl.entries)
-            .find_map(|e| match e {
-                Entry::Settled {
-                    job, settlement, ..
-                } if *job == v.job => Some(settlement),
-                _ => None,
-            });
-        if let Some(o) = original {
-            let label = verdict_label(v, o, &c.spec.tolerance);
-            Metrics::count(&metrics.audits, "outcome", label);
-        }
+    for label in standings::verdict_labels(closure, &all, &c.spec.tolerance) {
+        Metrics::count(&metrics.audits, "outcome", label.as_str());
     }
 }
 
-/// Every job of a closed generation with its spec and its closure entry. Jobs are
-/// re-derived from the spec and the closures (deterministic and cheap); outcomes come from
-/// the closures, which every honest node agrees on (not from the local ledger, whose
-/// settlements may still gain late reveals).
+/// Every job of a closed generation with its spec and what the closures decided
+/// ([`standings::decided`]). Jobs are re-derived from the spec and the closures (deterministic
+/// and cheap); outcomes come from the closures, which every honest node agrees on (not from
+/// the local ledger, whose settlements may still gain late reveals).
 pub(super) fn settled(c: &Campaign) -> Vec<SettledJob> {
-    let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl));
-    let verdicts = verdicts_by_job(c.peer.closures());
-    let mut out = Vec::new();
-    for (closure, _) in c.peer.closures() {
-        for entry in &closure.entries {
-            let Some(spec) = jobs.get(&entry.job()) else {
-                continue;
-            };
-            out.push(match entry {
-                Entry::Settled { settlement, .. } => match verdicts.get(&entry.job()) {
-                    None => SettledJob::new(spec, settlement),
-                    Some(v) => {
-                        let label = verdict_label(v, settlement, &c.spec.tolerance);
-                        match &v.jury {
-                            Some(jury) if label == "overturned" => SettledJob {
-                                overturned: settlement
-                                    .agreeing
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect(),
-                                audit: Some(label.into()),
-                                ..SettledJob::new(spec, jury)
-                            },
-                            _ => SettledJob {
-                                audit: Some(label.into()),
-                                ..SettledJob::new(spec, settlement)
-                            },
-                        }
-                    }
-                },
-                Entry::Void { .. } => SettledJob::void(spec),
-            });
-        }
-    }
+    let all = closures(c);
+    let jobs = jobs_of_closures(&c.spec, all.iter().copied());
+    let mut out: Vec<SettledJob> = standings::decided(&all, &c.spec.tolerance)
+        .iter()
+        .filter_map(|d| jobs.get(&d.job).map(|spec| SettledJob::decided(spec, d)))
+        .collect();
     out.sort_by_key(|j| (j.generation, j.index));
     out
 }
 
-/// Every peer's standing in a campaign, from its closures: the same on every honest node.
-/// A job an audit overturned counts as the jury settled it: its jurors' outcome stands,
-/// the executors who had agreed on the overturned outcome fail the audit (penalised as
-/// such, credited nothing), and its original dissenters are neither credited nor
-/// penalised (they disagreed with a wrong outcome).
+/// Every peer's standing in a campaign, from its closures ([`standings::scores`]): the same
+/// on every honest node.
 pub(super) fn standings(c: &Campaign) -> Vec<(PeerKey, PeerScore)> {
-    let jobs = derived_jobs(&c.spec, c.peer.closures().iter().map(|(cl, _)| &**cl));
-    let verdicts = verdicts_by_job(c.peer.closures());
-    // Owned settlements and auditor sets for the overturned jobs, referenced below.
-    let mut corrected: BTreeMap<JobId, (hivemesh_protocol::Settlement, BTreeSet<PeerKey>)> =
-        BTreeMap::new();
-    for (closure, _) in c.peer.closures() {
-        for entry in &closure.entries {
-            if let Entry::Settled {
-                job, settlement, ..
-            } = entry
-                && let Some(v) = verdicts.get(job)
-                && let Some(jury) = &v.jury
-                && verdict_label(v, settlement, &c.spec.tolerance) == "overturned"
-            {
-                let fixed = hivemesh_protocol::Settlement {
-                    canonical: jury.canonical.clone(),
-                    agreeing: jury.agreeing.clone(),
-                    dissenting: settlement.agreeing.clone(),
-                };
-                let jurors: BTreeSet<PeerKey> = jury.agreeing.iter().copied().collect();
-                corrected.insert(*job, (fixed, jurors));
-            }
-        }
-    }
-    let none = BTreeSet::new();
-    let mut records = Vec::new();
-    for (closure, _) in c.peer.closures() {
-        for entry in &closure.entries {
-            if let (Entry::Settled { settlement, .. }, Some(spec)) = (entry, jobs.get(&entry.job()))
-            {
-                let (settlement, auditors) = match corrected.get(&entry.job()) {
-                    Some((fixed, jurors)) => (fixed, jurors),
-                    None => (settlement, &none),
-                };
-                records.push(JobRecord {
-                    generation: closure.generation,
-                    compute: spec.compute,
-                    settlement,
-                    claimers: &none,
-                    auditors,
-                });
-            }
-        }
-    }
-    let mut scores = scoring::score(&records, &[], &ScoringRules::default());
-    for (peer, n) in c.peer.failed_audits() {
-        scores.entry(*peer).or_default().failed_audits = *n;
-    }
-    scores.into_iter().collect()
-}
-
-/// Every audit verdict in the closures, by job.
-fn verdicts_by_job(
-    closures: &[(std::sync::Arc<Closure>, Vec<PeerKey>)],
-) -> BTreeMap<JobId, &hivemesh_protocol::audit::Verdict> {
-    closures
-        .iter()
-        .flat_map(|(cl, _)| &cl.verdicts)
-        .map(|v| (v.job, v))
-        .collect()
-}
-
-/// How an audit ended: `confirmed` (no dispute), `upheld` (the jury agreed with the
-/// executors) or `overturned`.
-fn verdict_label(
-    v: &hivemesh_protocol::audit::Verdict,
-    original: &hivemesh_protocol::Settlement,
-    tolerance: &hivemesh_protocol::Tolerance,
-) -> &'static str {
-    match &v.jury {
-        None => "confirmed",
-        Some(_) if v.overturned(original, tolerance) => "overturned",
-        Some(_) => "upheld",
-    }
-}
-
-/// The jobs of generation 0 and of every generation the closures open, by id.
-fn derived_jobs<'a>(
-    spec: &CampaignSpec,
-    closures: impl Iterator<Item = &'a Closure>,
-) -> BTreeMap<JobId, JobSpec> {
-    let mut jobs = BTreeMap::new();
-    if let Ok(mut d) = Derivation::new(spec) {
-        jobs.extend(d.generation_zero().iter().map(|j| (j.id(), j.clone())));
-        for closure in closures {
-            match d.advance(closure) {
-                Ok(next) => jobs.extend(next.iter().map(|j| (j.id(), j.clone()))),
-                Err(_) => break,
-            }
-        }
-    }
-    jobs
+    let all = closures(c);
+    let jobs = jobs_of_closures(&c.spec, all.iter().copied());
+    let decided = standings::decided(&all, &c.spec.tolerance);
+    standings::scores(
+        &decided,
+        |j| jobs.get(j).map(|s| s.compute),
+        c.peer.failed_audits(),
+    )
+    .into_iter()
+    .collect()
 }

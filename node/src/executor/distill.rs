@@ -12,19 +12,6 @@ use hivemesh_trainer::model::WeightsFile;
 
 use super::{ExecError, JobRun, Ran, fetch, train_failure};
 
-/// The kind's name in statuses and exports.
-pub const NAME: &str = "distill";
-
-/// Generations a distillation campaign runs: one.
-pub fn generations(_: &DistillParams) -> u32 {
-    1
-}
-
-/// A sample range for exports: `start..end`.
-pub fn payload_text(start: u64, end: u64) -> String {
-    format!("{start}..{end}")
-}
-
 /// The blobs a distillation job needs: the teacher.
 pub fn needed_blobs(p: &DistillParams) -> Vec<(BlobId, &'static str)> {
     vec![(p.teacher, "teacher")]

@@ -11,19 +11,6 @@ use hivemesh_trainer::loss::LossJob;
 
 use super::{ExecError, JobRun, Ran, failure, fetch, train_failure};
 
-/// The kind's name in statuses and exports.
-pub const NAME: &str = "loss";
-
-/// Generations a loss campaign runs.
-pub fn generations(p: &LossParams) -> u32 {
-    p.generations
-}
-
-/// An expression for exports: its encoding as hex.
-pub fn payload_text(expression: &[u8]) -> String {
-    crate::hex(expression)
-}
-
 /// The blobs a loss job needs: the reference model.
 pub fn needed_blobs(p: &LossParams) -> Vec<(BlobId, &'static str)> {
     vec![(p.reference_model, "reference model")]

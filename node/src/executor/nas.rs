@@ -13,19 +13,6 @@ use hivemesh_trainer::train::NasJob;
 
 use super::{ExecError, JobRun, Ran, failure, train_failure};
 
-/// The kind's name in statuses and exports.
-pub const NAME: &str = "nas";
-
-/// Generations a NAS campaign runs.
-pub fn generations(p: &NasParams) -> u32 {
-    p.generations
-}
-
-/// A genome for exports: hex.
-pub fn payload_text(genome: &[u8]) -> String {
-    crate::hex(genome)
-}
-
 /// Trains the genome's architecture.
 pub(super) fn run(p: &NasParams, genome: &[u8], job: &mut JobRun<'_>) -> Result<Ran, ExecError> {
     let arch = match architecture(&p.space, genome, job.data) {
