@@ -45,9 +45,21 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         std::future::pending(),
     ));
 
+    let auth = format!("Bearer {token}");
+    let id = submit_checks(addr, &auth).await;
+    blob_checks(addr, &auth).await;
+    manifest_checks(addr, &id).await;
+    unlisted_checks(addr).await;
+    block_checks(addr, &auth, &mut a, &b).await;
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Submitting a campaign (roster: A and its connected peer B) needs the token and a valid
+/// file; the campaign's id, so {id} endpoints have one.
+async fn submit_checks(addr: SocketAddr, auth: &str) -> String {
     // Submit a campaign (roster: A and its connected peer B), so {id} endpoints have one.
     let toml = "name = \"api test\"\nredundancy = 2\n[nas]\npopulation = 2\ngenerations = 1\n[budget]\nmax_steps = 5\n";
-    let auth = format!("Bearer {token}");
     let r = call(addr, "POST", "/campaigns", &[], toml).await;
     assert_eq!(r.status, 401, "no token: {}", r.text());
     let r = call(
@@ -63,7 +75,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         addr,
         "POST",
         "/campaigns",
-        &[("Authorization", &auth)],
+        &[("Authorization", auth)],
         "name = 1",
     )
     .await;
@@ -73,14 +85,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         "{}",
         r.error_message()
     );
-    let r = call(
-        addr,
-        "POST",
-        "/campaigns",
-        &[("Authorization", &auth)],
-        toml,
-    )
-    .await;
+    let r = call(addr, "POST", "/campaigns", &[("Authorization", auth)], toml).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let id: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
     let id = id["id"].as_str().expect("id").to_string();
@@ -95,6 +100,10 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         "roster = A + connected B: {campaign}"
     );
 
+    id
+}
+
+async fn blob_checks(addr: SocketAddr, auth: &str) {
     // Blobs: storing needs the token; what is stored comes back; a blob nobody holds is a 404
     // after asking the peers.
     let r = call(addr, "POST", "/blobs", &[], "teacher weights").await;
@@ -103,7 +112,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         addr,
         "POST",
         "/blobs",
-        &[("Authorization", &auth)],
+        &[("Authorization", auth)],
         "teacher weights",
     )
     .await;
@@ -134,7 +143,11 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         "{}",
         r.error_message()
     );
+}
 
+/// `/manifest.json` has every field the manifest format asks for, and every GET it lists is
+/// served.
+async fn manifest_checks(addr: SocketAddr, id: &str) {
     let r = call(addr, "GET", "/manifest.json", &[], "").await;
     assert_eq!(r.status, 200);
     let m: serde_json::Value = serde_json::from_slice(&r.body).expect("manifest is JSON");
@@ -163,7 +176,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         ] {
             assert!(e.get(k).is_some(), "endpoint {e} lacks {k}");
         }
-        let uri = e["uri"].as_str().expect("uri").replace("{id}", &id);
+        let uri = e["uri"].as_str().expect("uri").replace("{id}", id);
         for c in e["example_calls"].as_array().expect("examples") {
             for k in ["method", "query", "headers", "body", "output"] {
                 assert!(c.get(k).is_some(), "example {c} lacks {k}");
@@ -189,6 +202,9 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
             }
         }
     }
+}
+
+async fn unlisted_checks(addr: SocketAddr) {
     // Not listed, not served.
     let r = call(addr, "GET", "/nope", &[], "").await;
     assert_eq!(r.status, 404);
@@ -210,7 +226,14 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         metrics.contains("hivemesh_blob_fetches_total{result=\"failed\"} 1"),
         "{metrics}"
     );
+}
 
+async fn block_checks(
+    addr: SocketAddr,
+    auth: &str,
+    a: &mut hivemesh_tests::TestNode,
+    b: &hivemesh_tests::TestNode,
+) {
     // Blocking a peer (token needed) disconnects it; unblocking and dialing connects again.
     let b_id = b.client.peer_id().to_string();
     let block = format!("/peers/{b_id}/block");
@@ -220,7 +243,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         addr,
         "POST",
         "/peers/not-a-peer/block",
-        &[("Authorization", &auth)],
+        &[("Authorization", auth)],
         "",
     )
     .await;
@@ -230,7 +253,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         "{}",
         r.error_message()
     );
-    let r = call(addr, "POST", &block, &[("Authorization", &auth)], "").await;
+    let r = call(addr, "POST", &block, &[("Authorization", auth)], "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
     assert_eq!(
@@ -241,13 +264,13 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         matches!(e, Event::Disconnected(p) if *p == b.client.peer_id()).then_some(())
     })
     .await;
-    let r = call(addr, "DELETE", &block, &[("Authorization", &auth)], "").await;
+    let r = call(addr, "DELETE", &block, &[("Authorization", auth)], "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = call(
         addr,
         "POST",
         "/peers/dial",
-        &[("Authorization", &auth)],
+        &[("Authorization", auth)],
         "not an address",
     )
     .await;
@@ -261,7 +284,7 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         addr,
         "POST",
         "/peers/dial",
-        &[("Authorization", &auth)],
+        &[("Authorization", auth)],
         &b.addrs[0].to_string(),
     )
     .await;
@@ -270,6 +293,4 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
         matches!(e, Event::Connected(p) if *p == b.client.peer_id()).then_some(())
     })
     .await;
-    b.stop().await;
-    a.stop().await;
 }
