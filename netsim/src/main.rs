@@ -1,11 +1,12 @@
 //! The `hivemesh-netsim` command: see `hivemesh-netsim --help`.
 
-use hivemesh_protocol::standings::JobStatus;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hivemesh_netsim::demo::{self, DemoConfig};
+use hivemesh_node::fault::Fault;
+use hivemesh_protocol::standings::JobStatus;
 
 /// mimalloc instead of the system allocator: the simulator allocates and frees millions of
 /// small messages and maps across threads (glibc's malloc was ~12 % of a scale run's CPU;
@@ -72,8 +73,8 @@ struct ClusterArgs {
     byzantine: usize,
     /// How the Byzantine nodes misbehave: `lie` (all return the same wrong results, so two
     /// can form a quorum) or `corrupt-blobs` (serve corrupt copies of blobs).
-    #[arg(long, default_value = "lie", value_parser = ["lie", "corrupt-blobs"])]
-    strategy: String,
+    #[arg(long, value_enum, default_value_t = Fault::Lie)]
+    strategy: Fault,
     /// Honest nodes in audit mode (nodes 1..=N).
     #[arg(long, default_value_t = 0)]
     auditors: usize,
@@ -312,7 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// The cluster configuration `a` asks for.
 fn cluster_config(a: &ClusterArgs) -> anyhow::Result<hivemesh_netsim::cluster::ClusterConfig> {
     use anyhow::Context as _;
-    use hivemesh_netsim::cluster::{self, Byzantine, ClusterConfig, Overrides};
+    use hivemesh_netsim::cluster::{self, ClusterConfig, Overrides};
     let (campaign, campaign_dir) = match &a.campaign {
         Some(f) => (
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
@@ -324,11 +325,7 @@ fn cluster_config(a: &ClusterArgs) -> anyhow::Result<hivemesh_netsim::cluster::C
     let mut cfg = ClusterConfig::new(data_dir);
     cfg.nodes = a.nodes;
     cfg.byzantine = a.byzantine;
-    cfg.strategy = if a.strategy == "corrupt-blobs" {
-        Byzantine::CorruptBlobs
-    } else {
-        Byzantine::Lie
-    };
+    cfg.strategy = a.strategy;
     cfg.auditors = a.auditors;
     cfg.campaign = campaign;
     cfg.campaign_dir = campaign_dir;

@@ -1,9 +1,11 @@
 //! A cluster run's report folder: `report.json` (everything, machine-readable), `report.md`
 //! (for people), `front.png`/`.svg` and `progress.png`/`.svg`.
 
-use hivemesh_protocol::standings::JobStatus;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use hivemesh_protocol::spec::CampaignKind;
+use hivemesh_protocol::standings::JobStatus;
 
 use crate::cluster::{ClusterReport, Role};
 use crate::plot;
@@ -119,10 +121,9 @@ pub fn markdown(r: &ClusterReport) -> String {
     );
     verdict(&mut s, r);
     generations(&mut s, r);
-    front(&mut s, r);
+    kind_results(&mut s, r);
     nodes(&mut s, r);
     standings(&mut s, r);
-    shards(&mut s, r);
     faults(&mut s, r);
     let _ = writeln!(
         s,
@@ -213,6 +214,17 @@ fn generations(s: &mut String, r: &ClusterReport) {
         );
     }
     let _ = writeln!(s, "\n![progress](progress.png)\n");
+}
+
+/// The campaign's results, as its kind shows them: the report's one dispatch on the kind.
+/// Searches (architectures, losses) show the front of their settled jobs; a distillation shows
+/// its shards.
+fn kind_results(s: &mut String, r: &ClusterReport) {
+    match CampaignKind::from_name(&r.kind) {
+        Some(CampaignKind::Nas | CampaignKind::Loss) => front(s, r),
+        Some(CampaignKind::Distill) => shards(s, r),
+        None => {}
+    }
 }
 
 /// The Pareto front.

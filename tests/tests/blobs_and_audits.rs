@@ -2,11 +2,11 @@
 //! transfer, hash check) for a loss campaign, corrupt blobs refused, and audit-mode nodes
 //! catching a colluding pair of executors.
 
-use hivemesh_protocol::standings::{AuditLabel, JobStatus};
 use std::time::Duration;
 
 use hivemesh_node::daemon::{ClientError, Event, Fault, FetchError};
 use hivemesh_protocol::BlobId;
+use hivemesh_protocol::standings::{AuditLabel, JobStatus};
 use hivemesh_tests::{
     CAMPAIGN_TIMEOUT, TestNode, cluster, digits_loss_spec, digits_nas_spec, digits_reference_model,
     test_key, wait_for,

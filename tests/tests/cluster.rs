@@ -2,12 +2,12 @@
 //! real training on the embedded digits set) under faults, judged from the report; in this
 //! process, and as `hivemesh run` child processes (`--processes`).
 
-use hivemesh_protocol::standings::JobStatus;
 use std::time::Duration;
 
 use hivemesh_netsim::cluster::{
     self, ClusterConfig, ClusterReport, Kill, Overrides, Partition, Role,
 };
+use hivemesh_protocol::standings::JobStatus;
 use hivemesh_tests::TempDir;
 
 /// A small cluster: 4 nodes, 4 MLPs x 2 generations, r = 3, short deadlines.

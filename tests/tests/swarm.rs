@@ -1,10 +1,10 @@
 //! Real nodes on loopback: libp2p (TCP + noise + yamux), gossipsub validation, ledger sync,
 //! redb stores and real training on the embedded digits set.
 
-use hivemesh_protocol::standings::JobStatus;
 use std::time::Duration;
 
 use hivemesh_node::daemon::Event;
+use hivemesh_protocol::standings::JobStatus;
 use hivemesh_tests::{
     TempDir, cluster, digits_nas_spec, start_node, test_config, test_key, wait_finished, wait_for,
 };

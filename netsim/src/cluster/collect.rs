@@ -3,13 +3,13 @@
 //! distillation shards ([`collect_shards`]). With `--processes` the children are stopped and
 //! their stores opened here, offline.
 
-use hivemesh_protocol::standings::JobStatus;
 use std::collections::BTreeMap;
 
 use hivemesh_node::daemon::{Client, SettledJob};
 use hivemesh_node::executor::needed_blobs;
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::spec::{CampaignKind, CampaignSpec, JobSpec};
+use hivemesh_protocol::standings::JobStatus;
 use hivemesh_protocol::{CampaignId, PeerKey, PeerScore};
 use hivemesh_trainer::distill::ShardLabels;
 

@@ -12,34 +12,6 @@ use super::ClusterError;
 /// The campaign a cluster runs when none is given: `examples/nas-digits.toml`.
 pub const DEFAULT_CAMPAIGN: &str = include_str!("../../../examples/nas-digits.toml");
 
-/// How a Byzantine node misbehaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Byzantine {
-    /// Publishes wrong results (all liars alike).
-    Lie,
-    /// Serves corrupt copies of blobs.
-    CorruptBlobs,
-}
-
-impl Byzantine {
-    /// The `hivemesh run --fault` value.
-    pub(crate) fn flag(self) -> &'static str {
-        match self {
-            Byzantine::Lie => "lie",
-            Byzantine::CorruptBlobs => "corrupt-blobs",
-        }
-    }
-
-    /// The in-process node's fault.
-    pub(crate) fn fault(self) -> Fault {
-        match self {
-            Byzantine::Lie => Fault::Lie,
-            Byzantine::CorruptBlobs => Fault::CorruptBlobs,
-        }
-    }
-}
-
 /// Kill node `node` (`kill -9`) `at` after the campaign is submitted (or, with
 /// `after_generation`, after that generation first closes); restart it `down` later (`None`:
 /// it stays down).
@@ -91,7 +63,7 @@ pub struct ClusterConfig {
     /// How many of them are Byzantine (the last ones; never the creator).
     pub byzantine: usize,
     /// How they misbehave.
-    pub strategy: Byzantine,
+    pub strategy: Fault,
     /// Honest nodes in audit mode (nodes 1, 2, ...).
     pub auditors: usize,
     /// The campaign file (TOML), e.g. [`DEFAULT_CAMPAIGN`].
@@ -133,7 +105,7 @@ impl ClusterConfig {
         ClusterConfig {
             nodes: 8,
             byzantine: 1,
-            strategy: Byzantine::Lie,
+            strategy: Fault::Lie,
             auditors: 0,
             campaign: DEFAULT_CAMPAIGN.to_string(),
             campaign_dir: PathBuf::from("."),

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hivemesh_protocol::{PeerKey, PeerScore};
 
-use super::config::{Byzantine, Role};
+use super::config::Role;
 use super::outcome::{ShardView, Standing};
+use hivemesh_node::fault::Fault;
 
 /// What a run is graded on.
 #[derive(Debug, Clone)]
@@ -19,7 +20,7 @@ pub(crate) struct GradeInput<'a> {
     /// The standings of the agreed ledger (from a running honest node).
     pub scores: &'a [(PeerKey, PeerScore)],
     /// How the Byzantine nodes misbehaved.
-    pub strategy: Byzantine,
+    pub strategy: Fault,
     /// For each agreed settled job, the executors (hex keys) that stand behind its outcome.
     pub agreeing: Vec<&'a [String]>,
     /// The closures (generation, root) of each node running at the end.
@@ -106,15 +107,15 @@ pub(crate) fn grade(input: &GradeInput<'_>) -> Grade {
     let cheaters_missed = match input.strategy {
         // Serving corrupt blobs is not a ledger offence: peers refuse the bytes and lower the
         // server's gossip score, which the ledger does not see.
-        Byzantine::CorruptBlobs => Vec::new(),
-        Byzantine::Lie => (0..input.roles.len())
+        Fault::CorruptBlobs => Vec::new(),
+        Fault::Lie => (0..input.roles.len())
             .filter(|i| input.roles[*i] == Role::Byzantine)
             .filter(|i| !byz.iter().any(|s| s.index == *i && caught(&s.score)))
             .collect(),
     };
     let wrong_results = match input.strategy {
-        Byzantine::CorruptBlobs => 0,
-        Byzantine::Lie => {
+        Fault::CorruptBlobs => 0,
+        Fault::Lie => {
             let byz_keys: BTreeSet<&str> = byz.iter().map(|s| s.key.as_str()).collect();
             input
                 .agreeing
@@ -170,7 +171,7 @@ mod tests {
         scores: Vec<(PeerKey, PeerScore)>,
         agreeing: Vec<Vec<String>>,
         closures: Vec<Vec<(u32, String)>>,
-        strategy: Byzantine,
+        strategy: Fault,
     }
 
     impl Run {
@@ -189,7 +190,7 @@ mod tests {
                 scores,
                 agreeing: vec![honest.clone(), honest],
                 closures: vec![closures; 4],
-                strategy: Byzantine::Lie,
+                strategy: Fault::Lie,
             }
         }
 
@@ -259,7 +260,7 @@ mod tests {
         assert_eq!(g.cheaters_missed, vec![3]);
         assert!(g.cheaters_detected.is_empty());
         // Corrupt blobs are not a ledger offence: nobody counts as missed.
-        run.strategy = Byzantine::CorruptBlobs;
+        run.strategy = Fault::CorruptBlobs;
         assert!(run.grade().cheaters_missed.is_empty());
     }
 
@@ -291,7 +292,7 @@ mod tests {
         assert_eq!(g.wrong_results, 1);
         assert!(!passes(&g));
         // A corrupt-blob server is not a liar: its agreement is not a wrong result.
-        run.strategy = Byzantine::CorruptBlobs;
+        run.strategy = Fault::CorruptBlobs;
         assert_eq!(run.grade().wrong_results, 0);
     }
 

@@ -31,16 +31,18 @@ mod overhead;
 mod run_loop;
 mod submission;
 
-use hivemesh_protocol::standings::JobStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hivemesh_node::daemon::{self, NodeError};
 use hivemesh_protocol::PeerKey;
+use hivemesh_protocol::standings::JobStatus;
 use libp2p::Multiaddr;
 use tokio::sync::mpsc;
 
-pub use config::{Byzantine, ClusterConfig, DEFAULT_CAMPAIGN, Kill, Overrides, Partition, Role};
+pub use config::{ClusterConfig, DEFAULT_CAMPAIGN, Kill, Overrides, Partition, Role};
+/// How a Byzantine node misbehaves: the node's own [`Fault`](hivemesh_node::fault::Fault).
+pub use hivemesh_node::fault::Fault as Byzantine;
 pub use nodes::node_key;
 pub use outcome::{
     ClusterReport, FaultEvent, GenerationView, NodeView, Overhead, ShardFile, ShardView, Standing,
@@ -82,6 +84,12 @@ pub enum ClusterError {
     /// A node stopped answering.
     #[error("node {0} stopped unexpectedly")]
     Stopped(usize),
+    /// The campaign file's blobs could not be prepared.
+    #[error("cluster: {0}")]
+    Submit(#[from] hivemesh_node::submit::SubmitError),
+    /// The creator would refuse the campaign (invalid, or a roster too small for its jobs).
+    #[error("cluster: the campaign cannot run: {0}")]
+    Refusal(#[from] hivemesh_node::submit::Refusal),
     /// The creator (node 0) refused a call.
     #[error("cluster: {0}")]
     Refused(hivemesh_node::daemon::ClientError),

@@ -377,7 +377,7 @@ pub(super) async fn start_node(
     let dir = cfg.data_dir.join(format!("node{i}"));
     let key = node_key(cfg.seed, i);
     let role = cfg.role(i);
-    let fault = (role == Role::Byzantine).then(|| cfg.strategy.flag());
+    let fault = (role == Role::Byzantine).then(|| cfg.strategy.as_flag());
     let p = processes::spawn(processes::Spawn {
         bin,
         data_dir: &dir,
@@ -472,7 +472,7 @@ async fn start_in_process(
         c.net.heartbeat = d;
     }
     match cfg.role(i) {
-        Role::Byzantine => c.fault = Some(cfg.strategy.fault()),
+        Role::Byzantine => c.fault = Some(cfg.strategy),
         Role::Auditor => c.audit = true,
         Role::Honest => {}
     }

@@ -4,7 +4,8 @@ use hivemesh_node::daemon::{self, SettledJob};
 use hivemesh_protocol::PeerScore;
 use serde::Serialize;
 
-use super::config::{Byzantine, Role};
+use super::config::Role;
+use hivemesh_node::fault::Fault;
 
 /// One node's view at the end.
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +102,7 @@ pub struct ClusterReport {
     /// Agreeing executors needed.
     pub quorum: u8,
     /// The Byzantine strategy.
-    pub strategy: Byzantine,
+    pub strategy: Fault,
     /// Whether the campaign finished at every running honest node.
     pub finished: bool,
     /// Seconds from submission to the end.

@@ -1,7 +1,6 @@
 //! The overhead measurement: every settled job run once more on one executor in this
 //! process, its CPU seconds set against the swarm's (`swarm / (r × single)`).
 
-use hivemesh_protocol::standings::JobStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,6 +9,7 @@ use hivemesh_node::daemon::{Config, SettledJob};
 use hivemesh_node::executor::Executor;
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use hivemesh_protocol::standings::JobStatus;
 
 use super::outcome::Overhead;
 use crate::processes;

@@ -7,12 +7,12 @@
 //! as tasks in a [`JoinSet`]; their completions are one more event source, so a slow node
 //! never holds up the fault schedule or the ticks.
 
-use hivemesh_protocol::standings::JobStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hivemesh_protocol::CampaignId;
+use hivemesh_protocol::standings::JobStatus;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};

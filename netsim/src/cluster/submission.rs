@@ -1,10 +1,11 @@
 //! Submitting the cluster's campaign at the creator: the campaign file with the overrides and
-//! the roster written in ([`campaign_table`]), its `zoo:`/`file:` blobs stored at the creator
-//! ([`store_blobs`]), and the spec signed and submitted ([`submit_campaign`]).
+//! the roster written in ([`campaign_table`]), then node's one submission path
+//! ([`hivemesh_node::submit`]: `zoo:`/`file:` blobs stored at the creator, the spec built and
+//! checked) and the spec signed and submitted ([`submit_campaign`]).
 
-use hivemesh_node::campaign_file::{CampaignFile, resolve_dataset, zoo_model};
+use hivemesh_node::submit::{Resolve, Submission, UploadError, build_spec, check_roster};
 use hivemesh_protocol::spec::CampaignSpec;
-use hivemesh_protocol::{CampaignId, PeerKey};
+use hivemesh_protocol::{BlobId, CampaignId, PeerKey};
 use toml::Value;
 
 use super::ClusterError;
@@ -86,70 +87,38 @@ pub(super) fn campaign_table(
     Ok(t)
 }
 
-/// Builds or reads every blob the campaign file names as `zoo:` or `file:`, stores it at the
-/// creator and writes its id into both `file` and `table`.
-pub(super) async fn store_blobs(
-    cfg: &ClusterConfig,
-    creator: &Handle,
-    table: &mut toml::Table,
-    file: &mut CampaignFile,
-) -> Result<(), ClusterError> {
-    let source = file.dataset.clone();
-    for (name, value) in file.blob_refs_mut() {
-        let bytes = if let Some(zoo) = value.strip_prefix("zoo:") {
-            zoo_model(zoo, &source)?
-        } else if let Some(path) = value.strip_prefix("file:") {
-            let p = cfg.campaign_dir.join(path);
-            std::fs::read(&p).map_err(|e| {
-                ClusterError::Config(format!("{name} = \"{value}\": {}: {e}", p.display()))
-            })?
-        } else {
-            continue;
-        };
-        *value = creator.put_blob(bytes).await?;
-        if let Some((tab, key)) = name.split_once('.')
-            && let Some(Value::Table(t)) = table.get_mut(tab)
-        {
-            t.insert(key.into(), Value::String(value.clone()));
-        }
-    }
-    Ok(())
-}
-
-/// The spec `file` signs to, checked: valid, and every job can get its executors.
-fn spec_of(cfg: &ClusterConfig, file: &CampaignFile) -> Result<CampaignSpec, ClusterError> {
-    let dataset = resolve_dataset(&file.dataset)?;
-    let creator_key = node_key(cfg.seed, 0).public();
-    let spec = file.to_spec(creator_key, hivemesh_node::unix_now(), dataset)?;
-    spec.validate()
-        .map_err(|e| ClusterError::Config(format!("campaign: {e}")))?;
-    if spec.roster.len() < usize::from(spec.redundancy) {
-        return Err(ClusterError::Config(format!(
-            "{} nodes cannot give every job {} executors: lower --redundancy or add nodes",
-            spec.roster.len(),
-            spec.redundancy
-        )));
-    }
-    Ok(spec)
-}
-
-/// Submits the campaign at the creator: the file with the overrides and every node in the
-/// roster; blobs it names as `zoo:` or `file:` are built or read and stored at the creator
-/// first.
+/// Submits the campaign at the creator through node's one submission path
+/// ([`hivemesh_node::submit`]): the file with the overrides and every node in the roster; blobs
+/// it names as `zoo:` or `file:` are built or read and stored at the creator first; the spec is
+/// checked as the creator checks it before signing.
 pub(super) async fn submit_campaign(
     cfg: &ClusterConfig,
     creator: &Handle,
     roster: &[PeerKey],
 ) -> Result<Submitted, ClusterError> {
-    let mut table = campaign_table(cfg, roster)?;
-    let mut file = CampaignFile::parse(&table.to_string())?;
-    store_blobs(cfg, creator, &mut table, &mut file).await?;
-    let spec = spec_of(cfg, &file)?;
+    let mut sub = Submission::parse(&campaign_table(cfg, roster)?.to_string())?;
+    let resolve = Resolve {
+        zoo: true,
+        files: Some(&cfg.campaign_dir),
+    };
+    sub.upload_blobs(resolve, |_, bytes| async move {
+        let id = creator.put_blob(bytes).await?;
+        id.parse::<BlobId>()
+            .map_err(|e| ClusterError::Config(format!("node 0 stored a blob as {id}: {e}")))
+    })
+    .await
+    .map_err(|e| match e {
+        UploadError::Prepare(e) => ClusterError::Submit(e),
+        UploadError::Put(e) => e,
+    })?;
+    let creator_key = node_key(cfg.seed, 0).public();
+    let spec = build_spec(&sub.file, creator_key, &[], hivemesh_node::unix_now())?;
+    check_roster(&spec)?;
     let id = match creator {
         Handle::InProcess(client) => client.submit(spec.clone()).await?,
         Handle::Process(p) => {
             let v = p
-                .post("/campaigns", table.to_string().as_bytes())
+                .post("/campaigns", sub.text().as_bytes())
                 .await
                 .map_err(|e| ClusterError::Config(format!("node 0: {e}")))?;
             v["id"]
