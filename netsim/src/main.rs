@@ -413,11 +413,11 @@ fn print_outcome(
     }
     println!(
         "cheaters detected {:?}, missed {:?}, paid {:?}; honest penalised {:?}; wrong results standing {}",
-        report.cheaters_detected,
-        report.cheaters_missed,
-        report.cheaters_paid,
-        report.honest_penalised,
-        report.wrong_results
+        report.grade.cheaters_detected,
+        report.grade.cheaters_missed,
+        report.grade.cheaters_paid,
+        report.grade.honest_penalised,
+        report.grade.wrong_results
     );
     if let Some(o) = &report.overhead {
         println!(
@@ -434,8 +434,8 @@ fn print_outcome(
         anyhow::bail!(
             "cluster run FAILED its checks (finished {}, agreement {}, wrong results {}): see {}",
             report.finished,
-            report.agreement,
-            report.wrong_results,
+            report.grade.agreement,
+            report.grade.wrong_results,
             file.display()
         )
     }

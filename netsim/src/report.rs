@@ -144,19 +144,23 @@ fn verdict(s: &mut String, r: &ClusterReport) {
     let _ = writeln!(
         s,
         "| ledger agreement: every running node holds the same closures | {} |",
-        yes(r.agreement)
+        yes(r.grade.agreement)
     );
     let _ = writeln!(
         s,
         "| wrong results standing (a Byzantine node among the agreeing) | {} |",
-        r.wrong_results
+        r.grade.wrong_results
     );
     let _ = writeln!(
         s,
         "| cheaters detected / missed / paid | {:?} / {:?} / {:?} |",
-        r.cheaters_detected, r.cheaters_missed, r.cheaters_paid
+        r.grade.cheaters_detected, r.grade.cheaters_missed, r.grade.cheaters_paid
     );
-    let _ = writeln!(s, "| honest nodes penalised | {:?} |", r.honest_penalised);
+    let _ = writeln!(
+        s,
+        "| honest nodes penalised | {:?} |",
+        r.grade.honest_penalised
+    );
     if !r.shards.is_empty() {
         let ok = r.shards.iter().filter(|x| x.verified).count();
         let _ = writeln!(
@@ -288,7 +292,7 @@ fn standings(s: &mut String, r: &ClusterReport) {
         s,
         "| node | role | agreed | dissented | failed audits | points | reputation |\n|---:|---|---:|---:|---:|---:|---:|"
     );
-    let mut standings = r.standings.clone();
+    let mut standings = r.grade.standings.clone();
     standings.sort_by_key(|x| x.index);
     for st in &standings {
         let _ = writeln!(

@@ -64,7 +64,7 @@ async fn a_campaign_completes_after_its_creator_is_killed() {
         down: None,
     }];
     let r = run(&c).await;
-    assert!(r.finished && r.agreement, "{r:#?}");
+    assert!(r.finished && r.grade.agreement, "{r:#?}");
     assert_eq!(r.faults.len(), 1, "the kill happened: {:?}", r.faults);
     assert!(!r.node_views[0].up, "the creator stayed down");
     assert_eq!(r.jobs.len(), 8, "both generations settled without it");
@@ -87,7 +87,7 @@ async fn a_node_killed_mid_campaign_restarts_and_loses_nothing() {
     let mut c = small(&dir);
     c.kills = vec![restart_node_2_after_generation_0()];
     let r = run(&c).await;
-    assert!(r.finished && r.agreement, "{r:#?}");
+    assert!(r.finished && r.grade.agreement, "{r:#?}");
     assert_eq!(r.faults.len(), 2, "killed and restarted: {:?}", r.faults);
     let v = &r.node_views[2];
     assert!(v.up && v.finished, "{v:?}");
@@ -97,6 +97,7 @@ async fn a_node_killed_mid_campaign_restarts_and_loses_nothing() {
     );
     let key = &r.node_views[2].key;
     let s = r
+        .grade
         .standings
         .iter()
         .find(|s| &s.key == key)
@@ -111,9 +112,15 @@ async fn a_byzantine_node_is_caught_and_earns_nothing() {
     c.byzantine = 1;
     let r = run(&c).await;
     assert!(r.ok(), "finished, agreed, no wrong result: {r:#?}");
-    assert_eq!(r.cheaters_detected, vec![3], "{:?}", r.standings);
-    assert!(r.cheaters_paid.is_empty() && r.honest_penalised.is_empty());
+    assert_eq!(
+        r.grade.cheaters_detected,
+        vec![3],
+        "{:?}",
+        r.grade.standings
+    );
+    assert!(r.grade.cheaters_paid.is_empty() && r.grade.honest_penalised.is_empty());
     let liar = r
+        .grade
         .standings
         .iter()
         .find(|s| s.role == Role::Byzantine)
@@ -123,7 +130,12 @@ async fn a_byzantine_node_is_caught_and_earns_nothing() {
         liar.score.points <= 0 && liar.score.dissented > 0,
         "{liar:?}"
     );
-    for s in r.standings.iter().filter(|s| s.role != Role::Byzantine) {
+    for s in r
+        .grade
+        .standings
+        .iter()
+        .filter(|s| s.role != Role::Byzantine)
+    {
         assert!(s.score.points > liar.score.points, "{s:?} vs {liar:?}");
     }
     // The liar never stands behind an agreed outcome.
@@ -215,8 +227,13 @@ async fn hivemesh_run_processes_survive_sigkill_and_catch_a_liar() {
     let r = run(&c).await;
     assert!(r.ok(), "finished, agreed, no wrong result: {r:#?}");
     assert_eq!(r.faults.len(), 2, "killed and restarted: {:?}", r.faults);
-    assert_eq!(r.cheaters_detected, vec![3], "{:?}", r.standings);
-    assert!(r.cheaters_paid.is_empty() && r.honest_penalised.is_empty());
+    assert_eq!(
+        r.grade.cheaters_detected,
+        vec![3],
+        "{:?}",
+        r.grade.standings
+    );
+    assert!(r.grade.cheaters_paid.is_empty() && r.grade.honest_penalised.is_empty());
     assert_eq!(r.jobs.len(), 8);
     for v in &r.node_views {
         assert!(v.up, "node {} was read after the run", v.index);

@@ -28,8 +28,8 @@ pub(crate) struct GradeInput<'a> {
 }
 
 /// The grade of a run.
-#[derive(Debug, Clone)]
-pub(crate) struct Grade {
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Grade {
     /// Standings by node, with roles.
     pub standings: Vec<Standing>,
     /// Byzantine nodes the ledger shows misbehaving (dissent or failed audits).

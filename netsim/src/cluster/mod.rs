@@ -50,7 +50,8 @@ pub use outcome::{
 pub use overhead::process_cpu_seconds;
 
 use collect::Collected;
-use grade::{Grade, GradeInput};
+pub use grade::Grade;
+use grade::GradeInput;
 use nodes::{EVENT_CAPACITY, Events, NodeMessage, Running, start_node};
 use run_loop::{Campaign, Ended, RunLoop};
 use submission::{Submitted, generations_of, kind_of, submit_campaign, total_jobs};
@@ -266,15 +267,6 @@ async fn report(
         agreeing: agreed.jobs.iter().map(|j| j.agreeing.as_slice()).collect(),
         closures: up,
     });
-    let Grade {
-        standings,
-        cheaters_detected,
-        cheaters_missed,
-        cheaters_paid,
-        honest_penalised,
-        wrong_results,
-        agreement,
-    } = grade;
     let jobs = agreed.jobs;
     let shards = collect::collect_shards(&jobs, &shard_bytes);
     let tally = ended.tally;
@@ -308,15 +300,9 @@ async fn report(
         wall_s: ended.wall_s,
         generations,
         node_views: views,
-        agreement,
         front: daemon::front(&jobs),
         jobs,
-        standings,
-        cheaters_detected,
-        cheaters_missed,
-        cheaters_paid,
-        honest_penalised,
-        wrong_results,
+        grade,
         executions: tally.executions,
         jobs_per_minute: settled as f64 / (ended.wall_s / 60.0).max(1e-9),
         progress: tally.samples,

@@ -5,6 +5,7 @@ use hivemesh_protocol::PeerScore;
 use serde::Serialize;
 
 use super::config::Role;
+use super::grade::Grade;
 use hivemesh_node::fault::Fault;
 
 /// One node's view at the end.
@@ -111,24 +112,14 @@ pub struct ClusterReport {
     pub generations: Vec<GenerationView>,
     /// Per node.
     pub node_views: Vec<NodeView>,
-    /// Whether every running node holds the same closures.
-    pub agreement: bool,
     /// The agreed settled jobs (from the first running honest node).
     pub jobs: Vec<SettledJob>,
     /// The Pareto front of the settled jobs (accuracy up, params and FLOPs down).
     pub front: Vec<daemon::FrontPoint>,
-    /// Standings from the agreed ledger.
-    pub standings: Vec<Standing>,
-    /// Byzantine nodes the ledger shows misbehaving (dissent or failed audits).
-    pub cheaters_detected: Vec<usize>,
-    /// Byzantine nodes the ledger does not catch.
-    pub cheaters_missed: Vec<usize>,
-    /// Byzantine nodes with positive points (earned something).
-    pub cheaters_paid: Vec<usize>,
-    /// Honest nodes the ledger penalises (dissent or failed audits).
-    pub honest_penalised: Vec<usize>,
-    /// Jobs whose agreed outcome a Byzantine node stands behind (after audits).
-    pub wrong_results: usize,
+    /// The grade: agreement, standings, cheaters caught and paid, wrong results standing
+    /// (its fields appear at the top level of `report.json`).
+    #[serde(flatten)]
+    pub grade: Grade,
     /// Job executions started across the cluster (audits included).
     pub executions: u64,
     /// Settled jobs per minute of wall time.
@@ -185,8 +176,8 @@ impl ClusterReport {
     pub fn ok(&self) -> bool {
         super::grade::ok(
             self.finished,
-            self.agreement,
-            self.wrong_results,
+            self.grade.agreement,
+            self.grade.wrong_results,
             &self.shards,
         )
     }

@@ -3,6 +3,7 @@
 //! ([`hivemesh_node::submit`]: `zoo:`/`file:` blobs stored at the creator, the spec built and
 //! checked) and the spec signed and submitted ([`submit_campaign`]).
 
+use hivemesh_node::campaign_file::SEARCH_SECTIONS;
 use hivemesh_node::submit::{Resolve, Submission, UploadError, build_spec, check_roster};
 use hivemesh_protocol::spec::CampaignSpec;
 use hivemesh_protocol::{BlobId, CampaignId, PeerKey};
@@ -64,7 +65,7 @@ pub(super) fn campaign_table(
         t.insert("audit_rate".into(), Value::Float(a.clamp(0.0, 1.0)));
     }
     override_schedule(&mut t, o);
-    for name in ["nas", "loss"] {
+    for name in SEARCH_SECTIONS {
         if let Some(mut search) = sub(&t, name) {
             if let Some(p) = o.population {
                 search.insert("population".into(), Value::Integer(p.into()));

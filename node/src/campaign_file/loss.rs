@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use super::{CampaignFileError, field};
 
+/// The section's name; a search sized by `population` and `generations`.
+pub const SECTION: &str = "loss";
+
 /// The blob-naming key of `[loss]`.
 pub const BLOB_FIELD: (&str, &str) = ("loss", "reference_model");
 

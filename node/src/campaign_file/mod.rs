@@ -240,6 +240,10 @@ impl Default for ScheduleFile {
     }
 }
 
+/// The sections of searches sized by `population` and `generations` (what a cluster's
+/// `--population` and `--generations` override).
+pub const SEARCH_SECTIONS: [&str; 2] = [nas::SECTION, loss::SECTION];
+
 /// The campaign-file fields that name a blob, as (table, key): each holds a blob id, or a
 /// reference resolved at submit time (`zoo:NAME` for a reference model, `file:PATH`).
 pub const BLOB_FIELDS: [(&str, &str); 2] = [loss::BLOB_FIELD, distill::BLOB_FIELD];

@@ -6,6 +6,9 @@ use serde::Deserialize;
 
 use super::{CampaignFileError, field};
 
+/// The section's name; a search sized by `population` and `generations`.
+pub const SECTION: &str = "nas";
+
 /// `[nas]`: an MLP space (`max_layers`, `widths`) or the NSGA-Net macro space (`phases`, …).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
