@@ -370,6 +370,24 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
             == 0
 }
 
+/// Proof that a request carries the API token. As an extractor it runs on the request's head,
+/// before any body extractor: a caller without the token is refused before a byte of its
+/// body is read or buffered.
+struct Authorized;
+
+impl axum::extract::FromRequestParts<ApiState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &ApiState,
+    ) -> Result<Authorized, ApiError> {
+        let what = format!("{} {}", parts.method, parts.uri.path());
+        require_token(&parts.headers, &s.token, &what)?;
+        Ok(Authorized)
+    }
+}
+
 /// The bearer-token check of a mutating call (`what`: the call, for the error message).
 fn require_token(headers: &HeaderMap, token: &str, what: &str) -> Result<(), ApiError> {
     if bearer_ok(headers, token) {
@@ -386,10 +404,9 @@ fn require_token(headers: &HeaderMap, token: &str, what: &str) -> Result<(), Api
 
 async fn post_campaign(
     State(s): State<ApiState>,
-    headers: HeaderMap,
+    _auth: Authorized,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    require_token(&headers, &s.token, "POST /campaigns")?;
     if body.len() > MAX_CAMPAIGN_BODY {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -511,10 +528,9 @@ async fn get_blob(
 
 async fn post_blob(
     State(s): State<ApiState>,
-    headers: HeaderMap,
+    _auth: Authorized,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    require_token(&headers, &s.token, "POST /blobs")?;
     let len = body.len();
     let id = s
         .client
@@ -539,19 +555,17 @@ fn peer_id(s: &str) -> Result<libp2p::PeerId, ApiError> {
 
 async fn block_peer(
     State(s): State<ApiState>,
+    _auth: Authorized,
     Path(peer): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_token(&headers, &s.token, "POST /peers/{peer_id}/block")?;
     set_blocked(&s, &peer, true).await
 }
 
 async fn unblock_peer(
     State(s): State<ApiState>,
+    _auth: Authorized,
     Path(peer): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_token(&headers, &s.token, "DELETE /peers/{peer_id}/block")?;
     set_blocked(&s, &peer, false).await
 }
 
@@ -566,10 +580,9 @@ const MAX_DIAL_LEN: usize = 1024;
 
 async fn dial_peer(
     State(s): State<ApiState>,
-    headers: HeaderMap,
+    _auth: Authorized,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    require_token(&headers, &s.token, "POST /peers/dial")?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let text = std::str::from_utf8(&body)
         .map_err(|_| bad("the body must be a multiaddr as UTF-8 text".into()))?

@@ -104,6 +104,7 @@ async fn submit_checks(addr: SocketAddr, auth: &str) -> String {
 }
 
 async fn blob_checks(addr: SocketAddr, auth: &str) {
+    unauthenticated_upload_is_refused_before_its_body(addr).await;
     // Blobs: storing needs the token; what is stored comes back; a blob nobody holds is a 404
     // after asking the peers.
     let r = call(addr, "POST", "/blobs", &[], "teacher weights").await;
@@ -293,4 +294,23 @@ async fn block_checks(
         matches!(e, Event::Connected(p) if *p == b.client.peer_id()).then_some(())
     })
     .await;
+}
+
+/// A stranger's upload is refused from its head: the 401 comes back while the announced
+/// 250 MB body (under the blob limit, so only the token can refuse it) has not been sent. A
+/// node that read the body first would wait for it, and the read below would time out.
+async fn unauthenticated_upload_is_refused_before_its_body(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"POST /blobs HTTP/1.1\r\nHost: node\r\nContent-Length: 250000000\r\n\r\npartial")
+        .await
+        .expect("send the head");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+        .await
+        .expect("the node answers before the body arrives")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(head.contains("Authorization: Bearer"), "{head}");
 }
