@@ -323,3 +323,30 @@ async fn a_restarted_node_rebuilds_the_same_ledger_from_its_store() {
         n.stop().await;
     }
 }
+
+/// Two nodes cannot share a p2p port: libp2p sets `SO_REUSEPORT`, which would let the second
+/// bind beside the first and take half of its incoming connections; the second is refused with
+/// a clear error instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_cannot_take_a_port_in_use() {
+    let dirs = [TempDir::new("port0"), TempDir::new("port1")];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+    let mut cfg = test_config(dirs[0].path());
+    cfg.listen = vec![addr.clone()];
+    let a = start_node(0, cfg).await;
+    let mut cfg = test_config(dirs[1].path());
+    cfg.listen = vec![addr.clone()];
+    let Err(err) = hivemesh_node::daemon::start(cfg, hivemesh_tests::test_key(1)) else {
+        panic!("the second node is refused")
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("port is taken") && text.contains(&port.to_string()),
+        "{text}"
+    );
+    a.stop().await;
+}

@@ -131,6 +131,35 @@ impl Config {
     }
 }
 
+/// Refuses a listen address whose fixed port another socket already holds. libp2p's TCP
+/// transport sets `SO_REUSEPORT` on its listeners, so a second node (or any program that sets it
+/// too) would otherwise share the port silently and take half of the incoming connections. A
+/// socket bound without it fails while any other holds the port; it is dropped at once. Port 0
+/// (any free port) and addresses that are not IP with TCP or UDP are left to the transport.
+fn ensure_port_free(addr: &Multiaddr) -> Result<(), NodeError> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let taken = match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => std::net::TcpListener::bind((ip, port)).err(),
+        Some(Protocol::Udp(port)) if port != 0 => std::net::UdpSocket::bind((ip, port)).err(),
+        _ => None,
+    };
+    match taken {
+        Some(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(NodeError::Listen {
+            addr: addr.clone(),
+            reason: "the port is taken (another hivemesh node or another program listens on it): \
+                     stop it, or pass --listen with another port"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The node's event loop: owns the swarm, the store and the campaigns.
 pub struct EventLoop {
     /// The libp2p swarm (gossipsub, Kademlia, identify, ping, sync, blobs).
@@ -195,6 +224,11 @@ fn build_swarm(
         .map_err(|e| NodeError::Net(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
+    // Every fixed port is checked before the node binds any (its own listeners on one port,
+    // IPv4 and IPv6, must not look like another's).
+    for addr in &config.listen {
+        ensure_port_free(addr)?;
+    }
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
