@@ -603,6 +603,52 @@ impl Instance {
         None
     }
 
+    /// L49: 2/3 precommits for a known closure, in any round → decide. Whether it decided.
+    fn decide(&mut self, q: usize, out: &mut Vec<Action>) -> bool {
+        let Some((round, root, certificate)) = self.find_decision(q) else {
+            return false;
+        };
+        self.decided = Some(root);
+        self.timeouts.clear();
+        if let Some(c) = self.closures.get(&root) {
+            out.push(Action::Decided {
+                closure: Arc::clone(c),
+                round,
+                certificate,
+            });
+        }
+        true
+    }
+
+    /// L55: the highest round above ours that `f + 1` voters were heard from (skip to it).
+    fn higher_round(&self) -> Option<u32> {
+        let f = self.f();
+        self.heard
+            .range(self.round + 1..)
+            .rev()
+            .find(|(_, who)| who.len() > f)
+            .map(|(r, _)| *r)
+    }
+
+    /// L22 / L28: how to prevote on this round's proposal of `root` (valid round `vr`):
+    /// `Some(true)` for it, `Some(false)` nil, `None` not yet (its valid round lacks a polka).
+    fn prevote_on(
+        &mut self,
+        root: Root,
+        vr: Option<u32>,
+        q: usize,
+        env: &mut dyn Env,
+    ) -> Option<bool> {
+        match vr {
+            None => Some(self.is_valid(&root, env) && self.locked.is_none_or(|(_, l)| l == root)),
+            Some(vr) if self.count(vr, Step::Prevote, Some(root)) >= q => Some(
+                self.is_valid(&root, env)
+                    && self.locked.is_none_or(|(lr, l)| lr <= vr || l == root),
+            ),
+            Some(_) => None,
+        }
+    }
+
     fn progress(
         &mut self,
         key: Option<&Keypair>,
@@ -615,17 +661,7 @@ impl Instance {
             if self.decided.is_some() {
                 return;
             }
-            // L49: 2/3 precommits for a known closure, any round → decide.
-            if let Some((round, root, certificate)) = self.find_decision(q) {
-                self.decided = Some(root);
-                self.timeouts.clear();
-                if let Some(c) = self.closures.get(&root) {
-                    out.push(Action::Decided {
-                        closure: Arc::clone(c),
-                        round,
-                        certificate,
-                    });
-                }
+            if self.decide(q, out) {
                 return;
             }
             let me = key.map(Keypair::public).filter(|p| self.is_voter(p));
@@ -633,15 +669,7 @@ impl Instance {
                 // Watchers only decide.
                 return;
             }
-            // L55: f + 1 voters heard from in a higher round → skip to it.
-            let f = self.f();
-            if let Some(r) = self
-                .heard
-                .range(self.round + 1..)
-                .rev()
-                .find(|(_, who)| who.len() > f)
-                .map(|(r, _)| *r)
-            {
+            if let Some(r) = self.higher_round() {
                 self.start_round(r, key, env, now, out);
                 continue;
             }
@@ -656,22 +684,11 @@ impl Instance {
             // L22 / L28.
             if self.phase == Phase::Propose
                 && let Some((root, vr)) = proposal
+                && let Some(yes) = self.prevote_on(root, vr, q, env)
             {
-                let decision = match vr {
-                    None => Some(
-                        self.is_valid(&root, env) && self.locked.is_none_or(|(_, l)| l == root),
-                    ),
-                    Some(vr) if self.count(vr, Step::Prevote, Some(root)) >= q => Some(
-                        self.is_valid(&root, env)
-                            && self.locked.is_none_or(|(lr, l)| lr <= vr || l == root),
-                    ),
-                    Some(_) => None,
-                };
-                if let Some(yes) = decision {
-                    self.vote(Step::Prevote, yes.then_some(root), key, now, out);
-                    self.phase = Phase::Prevote;
-                    continue;
-                }
+                self.vote(Step::Prevote, yes.then_some(root), key, now, out);
+                self.phase = Phase::Prevote;
+                continue;
             }
             // L34: 2/3 of any prevotes → prevote timeout.
             if self.phase == Phase::Prevote
