@@ -11,6 +11,12 @@
 //! http = "127.0.0.1:8077"
 //! http_public = false
 //! sync_interval_ms = 5000
+//!
+//! [accept]            # what this node runs (see `hivemesh::admission`); all optional
+//! kinds = ["nas", "loss"]
+//! max_job_memory_mb = 4096
+//! max_job_flops = 2e14
+//! max_job_time_s = 7200
 //! ```
 
 use std::net::SocketAddr;
@@ -65,6 +71,8 @@ pub struct FileConfig {
     pub http_public: Option<bool>,
     /// Sync interval.
     pub sync_interval_ms: Option<u64>,
+    /// What the node follows and the limits of its jobs (see [`crate::admission`]).
+    pub accept: Option<crate::admission::AcceptFile>,
 }
 
 /// Reads `explicit`, or `DATA_DIR/config.toml` if it exists, or nothing.

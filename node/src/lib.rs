@@ -30,6 +30,7 @@ pub fn unix_now() -> hivemesh_protocol::Timestamp {
     hivemesh_protocol::Timestamp::from_millis(ms)
 }
 
+pub mod admission;
 pub mod api_client;
 pub mod campaign_file;
 pub mod config;

@@ -328,6 +328,11 @@ fn node_config(
         }
         cfg.net.heartbeat = Duration::from_millis(ms);
     }
+    if let Some(accept) = &file.accept {
+        cfg.admission = accept
+            .admission()
+            .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
+    }
     cfg.fault = args.fault;
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "this node misbehaves on purpose (HIVEMESH_FAULT): test clusters only");

@@ -27,6 +27,11 @@ impl Drop for Node {
 }
 
 fn start(dir: &Path, bootstrap: Option<&str>) -> Node {
+    start_logging(dir, bootstrap, "hivemesh_node=info")
+}
+
+/// [`start`] with its own `RUST_LOG` filter.
+fn start_logging(dir: &Path, bootstrap: Option<&str>, log: &str) -> Node {
     let mut cmd = Command::new(BIN);
     cmd.arg("--data-dir")
         .arg(dir)
@@ -38,7 +43,7 @@ fn start(dir: &Path, bootstrap: Option<&str>) -> Node {
             "127.0.0.1:0",
         ])
         .args(["--sync-interval-ms", "500"])
-        .env("RUST_LOG", "hivemesh_node=info")
+        .env("RUST_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(b) = bootstrap {
@@ -215,4 +220,71 @@ fn addr_b(log_b: &mut Vec<String>, b: &Node) -> String {
     wait_line(b, log_b, |l| l.starts_with("listening "))
         .trim_start_matches("listening ")
         .to_string()
+}
+
+/// SIGTERM while a long job trains ends the process within seconds: the training thread
+/// watches the shutdown flag (before, the runtime waited for the job to finish its budget).
+#[test]
+fn sigterm_mid_job_exits_within_seconds() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tmp("term");
+    let mut log = Vec::new();
+    // Training steps are logged at debug level: SIGTERM goes once the job really trains.
+    let mut node = start_logging(
+        &dir,
+        None,
+        "hivemesh_node=info,hivemesh_node::daemon::jobs=debug",
+    );
+    wait_line(&node, &mut log, |l| l.starts_with("api "));
+    // Hours of training for one job on this node alone.
+    let campaign = "name = \"sigterm test\"\nredundancy = 1\nquorum = 1\n\
+                    [nas]\npopulation = 2\ngenerations = 1\n\
+                    [budget]\nepochs = 10000\nmax_steps = 0\n";
+    let token = std::fs::read_to_string(dir.join("api.token")).expect("token");
+    let auth = format!("Bearer {}", token.trim());
+    let r = rt
+        .block_on(api_client::request(
+            api(&dir),
+            "POST",
+            "/campaigns",
+            &[("Authorization", &auth)],
+            campaign.as_bytes(),
+        ))
+        .expect("post");
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_line(&node, &mut log, |l| {
+        l.contains("training") && l.contains("step=3")
+    });
+    let pid = node.child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let asked = Instant::now();
+    let limit = Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = node.child.try_wait().expect("wait") {
+            break s;
+        }
+        // Keep reading its output (a full pipe would block it); keep the last lines only.
+        while let Ok(l) = node.lines.try_recv() {
+            if log.len() > 200 {
+                log.remove(0);
+            }
+            log.push(l);
+        }
+        assert!(
+            asked.elapsed() < limit,
+            "still running {limit:?} after SIGTERM; output:\n{}",
+            log.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
 }

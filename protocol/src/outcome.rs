@@ -65,6 +65,8 @@ pub enum FailureKind {
     DataUnavailable,
     /// Ran out of memory.
     OutOfMemory,
+    /// Ran past the executor's wall-clock limit for one job (stopped, not finished).
+    TimeLimit,
 }
 
 /// How far apart two agreeing results may be.

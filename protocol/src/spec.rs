@@ -29,6 +29,11 @@ pub const MAX_CODE_VERSION_LEN: usize = 64;
 pub const PPM: u32 = 1_000_000;
 /// Most members of a campaign's voting roster (ADR 0003: consensus cost grows with it).
 pub const MAX_ROSTER: usize = 128;
+/// Most epochs a job's budget may ask for (a protocol cap every node applies; each node's own
+/// `max_job_flops` then bounds what it trains).
+pub const MAX_EPOCHS: u32 = 10_000;
+/// Most optimiser steps a job's budget may ask for.
+pub const MAX_STEPS: u64 = 100_000_000;
 /// What a researcher asks the swarm to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CampaignSpec {
@@ -254,6 +259,20 @@ impl TrainingBudget {
     fn validate(&self) -> Result<(), SpecError> {
         if self.epochs == 0 && self.max_steps.is_none_or(|s| s == 0) {
             return Err(field("budget", "needs epochs >= 1 or max_steps >= 1"));
+        }
+        if self.epochs > MAX_EPOCHS {
+            return Err(field(
+                "budget.epochs",
+                format!("is {}, must be at most {MAX_EPOCHS}", self.epochs),
+            ));
+        }
+        if let Some(steps) = self.max_steps
+            && steps > MAX_STEPS
+        {
+            return Err(field(
+                "budget.max_steps",
+                format!("is {steps}, must be at most {MAX_STEPS}"),
+            ));
         }
         if self.batch_size == 0 || self.batch_size > 1 << 16 {
             return Err(field("budget.batch_size", "must be 1 to 65536"));

@@ -74,6 +74,76 @@ fn in_order(s: &[hivemesh_node::daemon::SettledJob]) -> Vec<hivemesh_node::daemo
     v
 }
 
+/// A campaign run by node `i` alone (redundancy and quorum 1).
+fn solo_spec(i: u64, seed: u64) -> hivemesh_protocol::spec::CampaignSpec {
+    let mut spec = digits_nas_spec(&[test_key(i).public()], 2, 1, seed);
+    spec.redundancy = 1;
+    spec.quorum = 1;
+    spec
+}
+
+/// Issue 22's poison campaign (a budget that would train for hours) ends, on a node whose jobs
+/// may train one second, as agreed `TimeLimit` failures instead of holding the slot forever;
+/// meanwhile the submitter's quota of live campaigns refuses more, and a finished campaign
+/// leaves room for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_budget_ends_at_the_time_limit_and_quotas_free_up_when_it_finishes() {
+    let dir = TempDir::new("poison");
+    let mut cfg = test_config(dir.path());
+    cfg.admission.max_job_time = Duration::from_secs(1);
+    cfg.admission.campaigns_per_submitter = 1;
+    let mut node = start_node(0, cfg).await;
+    let mut poison = solo_spec(0, 21);
+    poison.budget.epochs = hivemesh_protocol::spec::MAX_EPOCHS;
+    poison.budget.max_steps = None;
+    let id = node.client.submit(poison).await.expect("accepted");
+    let refused = node.client.submit(solo_spec(0, 22)).await;
+    let err = refused.expect_err("over the submitter's quota").to_string();
+    assert!(err.contains("unfinished campaigns"), "{err}");
+    wait_finished(&mut node, id).await;
+    let settled = node.client.settled(id).await.expect("call").expect("known");
+    assert_eq!(settled.len(), 2);
+    for j in &settled {
+        assert_eq!(j.status, JobStatus::Failure, "{j:?}");
+        let why = j.failure.as_deref().unwrap_or_default();
+        assert!(why.starts_with("TimeLimit"), "{why}");
+    }
+    // Finished campaigns leave the quota (and stay readable).
+    let next = node
+        .client
+        .submit(solo_spec(0, 22))
+        .await
+        .expect("room again");
+    assert_ne!(next, id);
+    assert!(node.client.campaign(id).await.expect("call").is_some());
+    node.stop().await;
+}
+
+/// A job over the node's compute limit is refused before training (nothing is allocated for
+/// it, nothing published): the node abandons it for another peer to take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_the_compute_limit_is_abandoned_before_training() {
+    let dir = TempDir::new("flops");
+    let mut cfg = test_config(dir.path());
+    cfg.admission.max_job_flops = 1_000_000;
+    let mut node = start_node(0, cfg).await;
+    let id = node
+        .client
+        .submit(solo_spec(0, 23))
+        .await
+        .expect("accepted");
+    let reason = wait_for(&mut node.events, Duration::from_secs(60), |e| match e {
+        Event::JobAbandoned {
+            campaign, reason, ..
+        } if *campaign == id => Some(reason.clone()),
+        Event::JobFinished { campaign, .. } if *campaign == id => Some("trained".into()),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("FLOPs"), "{reason}");
+    node.stop().await;
+}
+
 /// Node 0 submits a 4-job, 2-generation digits campaign run by all of `nodes`; waits until
 /// every node saw it finish and returns its id and each node's closures.
 async fn run_to_end(

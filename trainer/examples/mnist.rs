@@ -24,7 +24,7 @@ use hivemesh_trainer::distill::{KdConfig, ShardLabels, StudentJob, label_shard, 
 use hivemesh_trainer::loss::{LossJob, run_loss};
 use hivemesh_trainer::model::{Model, WeightsFile};
 use hivemesh_trainer::train::{
-    Budget, FitPlan, Limits, NasJob, OptimizerKind, Progress, Schedule, cross_entropy, fit,
+    Budget, FitPlan, Limits, NasJob, OptimizerKind, Progress, Schedule, Stop, cross_entropy, fit,
     one_hot, run_nas, sub_seed,
 };
 use hivemesh_trainer::zoo::{mlp, small_cnn};
@@ -554,6 +554,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             train: &splits.train,
             budget: &budget,
             order_seed: sub_seed(1, "order"),
+            stop: &Stop::default(),
         };
         let (_, stats) = fit(model, &plan, &device, &mut loss, &mut |p: &Progress| {
             if p.step == 20 {

@@ -289,7 +289,7 @@ pub fn run_student<B: TrainBackend>(
         let hard = one_hot::<B>(&data.targets(batch), classes, device);
         kd_loss(logits, soft, hard, job.kd)
     };
-    let t = train_and_test(&run, device, &mut loss, progress)?;
+    let t = train_and_test(&run, &limits.stop, device, &mut loss, progress)?;
     Ok(StudentResult {
         correct: t.correct,
         total: t.total,

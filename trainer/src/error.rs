@@ -65,4 +65,37 @@ pub enum TrainError {
     /// The requested backend is not available on this host.
     #[error("backend unavailable: {0}")]
     Backend(String),
+    /// The job would cost more compute than allowed; refused before allocating.
+    #[error(
+        "job needs about {needed} FLOPs to train, over the compute budget of {budget} FLOPs \
+         (raise max_job_flops to run it)"
+    )]
+    CostBudget {
+        /// Estimated training FLOPs.
+        needed: u64,
+        /// The configured budget.
+        budget: u64,
+    },
+    /// Training was stopped before it finished (see [`crate::train::Stop`]).
+    #[error("training stopped at step {step}: {reason}")]
+    Stopped {
+        /// The optimiser steps done.
+        step: u64,
+        /// Why.
+        reason: StopReason,
+    },
+}
+
+/// Why a training run was stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StopReason {
+    /// The job ran past its wall-clock limit.
+    #[error("the job ran past its time limit of {limit_s} s")]
+    TimeLimit {
+        /// The limit, in seconds.
+        limit_s: u64,
+    },
+    /// The process is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
 }

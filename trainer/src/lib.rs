@@ -24,7 +24,7 @@ pub mod ops;
 pub mod train;
 pub mod zoo;
 
-pub use error::{DataError, TrainError};
+pub use error::{DataError, StopReason, TrainError};
 pub use ops::{ModelBackend, TrainBackend};
 
 /// The trainer's code version: jobs name it, and results of different versions are not

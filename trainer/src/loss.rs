@@ -412,7 +412,7 @@ pub fn run_loss<B: TrainBackend>(
             }
         }
     };
-    let tested = train_and_test(&run, device, &mut loss, progress);
+    let tested = train_and_test(&run, &limits.stop, device, &mut loss, progress);
     if let Some(e) = failure {
         return Err(e);
     }

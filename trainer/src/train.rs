@@ -20,8 +20,12 @@ use hivemesh_evolve::arch::Architecture;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use crate::data::{Dataset, Splits, shuffle};
-use crate::error::TrainError;
+use crate::error::{StopReason, TrainError};
 use crate::model::{Model, WeightsFile};
 use crate::ops::{ModelBackend, TrainBackend};
 
@@ -135,10 +139,56 @@ pub struct Progress {
 pub const LOSS_EVERY: u64 = 10;
 
 /// Limits a node puts on the jobs it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Refuse jobs whose estimated peak memory exceeds this many bytes.
     pub memory_budget: Option<u64>,
+    /// Refuse jobs whose estimated training compute ([`NasJob::cost_flops`]) exceeds this many
+    /// FLOPs.
+    pub flops_budget: Option<u64>,
+    /// When a running job must stop.
+    pub stop: Stop,
+}
+
+/// When a running job must stop early: at a wall-clock deadline, or when another thread raises
+/// a flag (the node shutting down). Checked after every optimiser step (cooperative
+/// cancellation), so a job ends within one step of either.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// Stop once this instant has passed, and the limit it came from (for the error).
+    pub deadline: Option<(Instant, Duration)>,
+    /// Stop once this is true.
+    pub flag: Option<Arc<AtomicBool>>,
+}
+
+impl Stop {
+    /// Stops `limit` from now, or when `flag` is raised.
+    pub fn after(limit: Duration, flag: Option<Arc<AtomicBool>>) -> Stop {
+        Stop {
+            deadline: Some((Instant::now() + limit, limit)),
+            flag,
+        }
+    }
+
+    /// `Err` when the run must stop now, after `step` steps.
+    pub fn check(&self, step: u64) -> Result<(), TrainError> {
+        let reason = if self
+            .flag
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            StopReason::Shutdown
+        } else if let Some((at, limit)) = self.deadline
+            && Instant::now() >= at
+        {
+            StopReason::TimeLimit {
+                limit_s: limit.as_secs(),
+            }
+        } else {
+            return Ok(());
+        };
+        Err(TrainError::Stopped { step, reason })
+    }
 }
 
 /// Sub-seeds of a job seed, one per purpose, so adding a new use never shifts another's draws.
@@ -206,6 +256,8 @@ pub struct FitPlan<'a> {
     pub budget: &'a Budget,
     /// Seed of the per-epoch shuffles.
     pub order_seed: [u8; 32],
+    /// When to stop early.
+    pub stop: &'a Stop,
 }
 
 /// Trains `model` under `plan` with `loss`.
@@ -250,6 +302,7 @@ fn fit_with<B: TrainBackend, O: Optimizer<Model<B>, B>>(
         train,
         budget,
         order_seed,
+        stop,
     } = *plan;
     let total = budget.total_steps(train.len());
     let mut rng = ChaCha8Rng::from_seed(order_seed);
@@ -264,6 +317,7 @@ fn fit_with<B: TrainBackend, O: Optimizer<Model<B>, B>>(
             if step >= total {
                 break;
             }
+            stop.check(step)?;
             let x = input_batch::<B>(data, batch, device);
             let logits = model.forward(x);
             let loss = loss_fn(logits, batch);
@@ -393,7 +447,8 @@ pub fn check_fit(
 }
 
 impl NasJob<'_> {
-    /// Checks the budget, that the architecture fits the data and the job fits `limits`.
+    /// Checks the budget, that the architecture fits the data and the job fits `limits`
+    /// (memory and compute), before anything is allocated.
     pub fn check(&self, limits: &Limits) -> Result<(), TrainError> {
         self.budget.validate()?;
         check_fit(
@@ -401,7 +456,30 @@ impl NasJob<'_> {
             self.data,
             self.budget.batch_size as usize,
             limits,
-        )
+        )?;
+        if let Some(budget) = limits.flops_budget {
+            let needed = self.cost_flops()?;
+            if needed > budget {
+                return Err(TrainError::CostBudget { needed, budget });
+            }
+        }
+        Ok(())
+    }
+
+    /// Estimated FLOPs of the whole job: each training sample seen costs a forward and a
+    /// backward pass (about 3 forward passes), and each test sample one forward pass. Samples
+    /// seen = steps × batch size, from the budget and the size of the training split
+    /// (saturating: an absurd budget gives `u64::MAX`, never an overflow).
+    pub fn cost_flops(&self) -> Result<u64, TrainError> {
+        let forward = self
+            .arch
+            .flops()
+            .map_err(|e| TrainError::Arch(e.to_string()))?;
+        let steps = self.budget.total_steps(self.splits.train.len());
+        let seen = steps.saturating_mul(u64::from(self.budget.batch_size));
+        let train = seen.saturating_mul(forward.saturating_mul(3));
+        let test = (self.splits.test.len() as u64).saturating_mul(forward);
+        Ok(train.saturating_add(test))
     }
 }
 
@@ -418,6 +496,7 @@ pub(crate) struct Tested<B: ModelBackend> {
 /// test split. Callers check the job first ([`NasJob::check`]).
 pub(crate) fn train_and_test<B: TrainBackend>(
     run: &NasJob<'_>,
+    stop: &Stop,
     device: &B::Device,
     loss: &mut StepLoss<'_, B>,
     progress: &mut dyn FnMut(&Progress),
@@ -428,6 +507,7 @@ pub(crate) fn train_and_test<B: TrainBackend>(
         train: &run.splits.train,
         budget: run.budget,
         order_seed: sub_seed(run.seed, "order"),
+        stop,
     };
     let (model, fit) = fit(model, &plan, device, loss, progress)?;
     let model = model.valid();
@@ -454,7 +534,7 @@ pub fn run_nas<B: TrainBackend>(
         let y = one_hot::<B>(&data.targets(batch), classes, device);
         cross_entropy(logits, y)
     };
-    let t = train_and_test(job, device, &mut loss, progress)?;
+    let t = train_and_test(job, &limits.stop, device, &mut loss, progress)?;
     let weights = t.model.weights_file(job.arch);
     Ok(NasResult {
         correct: t.correct,

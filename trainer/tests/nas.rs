@@ -141,6 +141,7 @@ fn a_job_over_the_memory_budget_is_refused_before_training() {
         &job,
         &Limits {
             memory_budget: Some(1 << 20),
+            ..Limits::default()
         },
         &Default::default(),
         &mut |_| steps += 1,
@@ -148,6 +149,110 @@ fn a_job_over_the_memory_budget_is_refused_before_training() {
     .expect_err("over budget");
     assert!(matches!(err, TrainError::MemoryBudget { .. }), "{err}");
     assert_eq!(steps, 0, "refused before any step");
+}
+
+#[test]
+fn a_job_over_the_compute_budget_is_refused_before_training() {
+    let data = digits();
+    let splits = data.default_splits(None);
+    let arch = digits_mlp(&[32, 64], &[2, 0]);
+    // The poison budget of issue 22: a billion epochs.
+    let b = Budget {
+        epochs: 1_000_000_000,
+        ..budget(1)
+    };
+    let job = NasJob {
+        arch: &arch,
+        data: &data,
+        splits: &splits,
+        budget: &b,
+        seed: 0,
+    };
+    let cost = job.cost_flops().expect("cost");
+    let forward = arch.flops().expect("flops");
+    assert!(
+        cost > forward * 3 * 1_000_000_000,
+        "cost {cost} counts every epoch"
+    );
+    let mut steps = 0;
+    let limits = Limits {
+        flops_budget: Some(1 << 40),
+        ..Limits::default()
+    };
+    let err = run_nas::<CpuAutodiff>(&job, &limits, &Default::default(), &mut |_| steps += 1)
+        .expect_err("over budget");
+    assert!(
+        matches!(err, TrainError::CostBudget { needed, .. } if needed == cost),
+        "{err}"
+    );
+    assert_eq!(steps, 0, "refused before any step");
+}
+
+#[test]
+fn a_run_past_its_deadline_or_told_to_stop_ends_within_a_step() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use hivemesh_trainer::StopReason;
+    use hivemesh_trainer::train::Stop;
+
+    let data = digits();
+    let splits = data.default_splits(None);
+    let arch = digits_mlp(&[32, 64], &[2, 0]);
+    let b = Budget {
+        epochs: 1_000_000,
+        ..budget(1)
+    };
+    let job = NasJob {
+        arch: &arch,
+        data: &data,
+        splits: &splits,
+        budget: &b,
+        seed: 0,
+    };
+    // A deadline already passed: the run stops before its first step.
+    let limits = Limits {
+        stop: Stop::after(Duration::ZERO, None),
+        ..Limits::default()
+    };
+    let err = run_nas::<CpuAutodiff>(&job, &limits, &Default::default(), &mut |_| {})
+        .expect_err("stopped");
+    assert!(
+        matches!(
+            err,
+            TrainError::Stopped {
+                step: 0,
+                reason: StopReason::TimeLimit { .. }
+            }
+        ),
+        "{err}"
+    );
+    // A flag raised by another party after step 5: the run ends at step 5.
+    let flag = Arc::new(AtomicBool::new(false));
+    let limits = Limits {
+        stop: Stop {
+            deadline: None,
+            flag: Some(Arc::clone(&flag)),
+        },
+        ..Limits::default()
+    };
+    let err = run_nas::<CpuAutodiff>(&job, &limits, &Default::default(), &mut |p| {
+        if p.step == 5 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    })
+    .expect_err("stopped");
+    assert!(
+        matches!(
+            err,
+            TrainError::Stopped {
+                step: 5,
+                reason: StopReason::Shutdown
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn run_once(
     todo: &[JobSpec],
     blobs: &BTreeMap<BlobId, Vec<u8>>,
 ) -> Option<Single> {
-    let ex = Executor::new(Config::new(PathBuf::new()).limits);
+    let ex = Executor::new(&Config::new(PathBuf::new()).admission);
     let c0 = process_cpu_seconds();
     let w0 = Instant::now();
     for j in todo {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hivemesh_protocol::envelope::{AnySigned, Context, Signed};
 use hivemesh_protocol::error::{DecodeError, PeerAction};
 use hivemesh_protocol::id::{CampaignId, MessageId};
-use hivemesh_protocol::identity::Keypair;
+use hivemesh_protocol::identity::{Keypair, PeerKey};
 use hivemesh_protocol::message::Kind;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerError, PeerInput, PeerOutput};
 use hivemesh_protocol::spec::CampaignSpec;
@@ -17,20 +17,44 @@ use libp2p::PeerId;
 use libp2p::gossipsub::{IdentTopic, TopicHash};
 
 use super::{Event, EventLoop, status};
+use crate::admission::NotAccepted;
 use crate::metrics::Metrics;
 use crate::net::{CAMPAIGNS_TOPIC, MAX_SYNC_BYTES, campaign_topic, topic_score_params};
 use crate::store::StoreError;
 use crate::{hex, unix_now};
 
-/// Most campaigns a node follows (announcements past it are ignored).
+/// Most live (unfinished) campaigns a node follows (announcements past it are ignored).
+/// Finished campaigns do not count: they stay readable, and leave room for new ones.
 pub const MAX_CAMPAIGNS: usize = 64;
+/// Most campaigns, finished ones included, a node holds.
+pub const MAX_HELD_CAMPAIGNS: usize = 1024;
 
 /// Why a campaign is not followed.
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
-    /// The node follows [`MAX_CAMPAIGNS`] already.
-    #[error("this node already follows {MAX_CAMPAIGNS} campaigns")]
+    /// The node follows [`MAX_CAMPAIGNS`] live campaigns already.
+    #[error(
+        "this node already follows {MAX_CAMPAIGNS} unfinished campaigns: submit again when one \
+         has finished"
+    )]
     TooMany,
+    /// The node holds [`MAX_HELD_CAMPAIGNS`] campaigns, finished ones included.
+    #[error("this node holds {MAX_HELD_CAMPAIGNS} campaigns already (finished ones included)")]
+    TooManyHeld,
+    /// The submitter has as many live campaigns here as the policy allows.
+    #[error(
+        "submitter {submitter} already has {max} unfinished campaigns on this node: submit again \
+         when one has finished"
+    )]
+    SubmitterQuota {
+        /// The submitter's key (short form).
+        submitter: String,
+        /// The quota (`[accept] campaigns_per_submitter`).
+        max: usize,
+    },
+    /// The operator's policy does not follow it.
+    #[error(transparent)]
+    NotAccepted(#[from] NotAccepted),
     /// The protocol refused the spec.
     #[error(transparent)]
     Peer(#[from] PeerError),
@@ -49,6 +73,8 @@ pub enum CampaignError {
 pub(super) struct Campaign {
     /// Its spec.
     pub(super) spec: Arc<CampaignSpec>,
+    /// Who signed (submitted) it.
+    pub(super) submitter: PeerKey,
     /// The protocol participant.
     pub(super) peer: Peer,
     /// Its gossip topic.
@@ -98,6 +124,30 @@ impl Campaigns {
     pub(super) fn running(&self, id: &CampaignId) -> bool {
         self.map.get(id).is_some_and(|c| !c.peer.finished())
     }
+
+    /// Whether one more campaign of `submitter` fits: under [`MAX_HELD_CAMPAIGNS`] in all,
+    /// [`MAX_CAMPAIGNS`] live, and `per_submitter` live of this submitter's.
+    fn room_for(&self, submitter: &PeerKey, per_submitter: usize) -> Result<(), CampaignError> {
+        if self.map.len() >= MAX_HELD_CAMPAIGNS {
+            return Err(CampaignError::TooManyHeld);
+        }
+        let live = self.map.values().filter(|c| !c.peer.finished());
+        let (mut all, mut theirs) = (0, 0);
+        for c in live {
+            all += 1;
+            theirs += usize::from(c.submitter == *submitter);
+        }
+        if all >= MAX_CAMPAIGNS {
+            return Err(CampaignError::TooMany);
+        }
+        if theirs >= per_submitter {
+            return Err(CampaignError::SubmitterQuota {
+                submitter: submitter.short(),
+                max: per_submitter,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A signed campaign spec, or why the bytes are not one.
@@ -141,10 +191,11 @@ impl EventLoop {
 
     /// Starts following a campaign whose signed spec is stored, replaying its messages.
     fn restore_campaign(&mut self, id: CampaignId, signed: &[u8]) -> Result<(), CampaignError> {
-        let spec = decode_campaign(signed, &Context::sync(id))?
-            .message()
-            .clone();
-        self.follow(spec)?;
+        let signed = decode_campaign(signed, &Context::sync(id))?;
+        let submitter = signed.signer();
+        // The operator may have narrowed the policy since: it applies to stored campaigns too.
+        self.config.admission.check(signed.message(), &submitter)?;
+        self.follow(signed.message().clone(), submitter)?;
         let mut from = 0;
         let mut replayed = 0u64;
         loop {
@@ -171,13 +222,13 @@ impl EventLoop {
     }
 
     /// Creates the campaign's peer and subscribes to its topic.
-    fn follow(&mut self, spec: CampaignSpec) -> Result<(), CampaignError> {
+    fn follow(&mut self, spec: CampaignSpec, submitter: PeerKey) -> Result<(), CampaignError> {
         let id = spec.id();
         if self.campaigns.map.contains_key(&id) {
             return Ok(());
         }
-        if self.campaigns.map.len() >= MAX_CAMPAIGNS {
-            return Err(CampaignError::TooMany);
+        if self.campaigns.map.len() >= MAX_HELD_CAMPAIGNS {
+            return Err(CampaignError::TooManyHeld);
         }
         let peer = Peer::new(
             spec.clone(),
@@ -208,6 +259,7 @@ impl EventLoop {
             id,
             Campaign {
                 spec: Arc::new(spec),
+                submitter,
                 peer,
                 topic,
             },
@@ -231,8 +283,13 @@ impl EventLoop {
         if self.campaigns.map.contains_key(&id) {
             return Ok(());
         }
+        let submitter = signed.signer();
+        let admission = &self.config.admission;
+        admission.check(signed.message(), &submitter)?;
+        self.campaigns
+            .room_for(&submitter, admission.campaigns_per_submitter)?;
         self.store.put_campaign(&id, signed.bytes())?;
-        self.follow(signed.message().clone())?;
+        self.follow(signed.message().clone(), submitter)?;
         tracing::info!(campaign = %id, name = %signed.message().name, "following campaign");
         if announce {
             self.publish(

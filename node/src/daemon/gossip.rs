@@ -13,7 +13,7 @@ use hivemesh_protocol::peer::PeerInput;
 use libp2p::PeerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 
-use super::campaigns::decode_campaign;
+use super::campaigns::{CampaignError, decode_campaign};
 use super::{Event, EventLoop};
 use crate::metrics::Metrics;
 use crate::unix_now;
@@ -170,6 +170,11 @@ impl EventLoop {
                 Ok(()) => {
                     self.gossip.validated += 1;
                     Metrics::count(&self.metrics.accepted, "kind", Kind::Campaign.label());
+                    MessageAcceptance::Accept
+                }
+                // Valid, but not for this node's policy: forwarded for the peers it suits.
+                Err(CampaignError::NotAccepted(why)) => {
+                    tracing::debug!("not following an announced campaign: {why}");
                     MessageAcceptance::Accept
                 }
                 Err(e) => self.refuse(from, e.to_string(), "campaign_refused", PeerAction::Ignore),

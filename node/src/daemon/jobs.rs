@@ -43,7 +43,7 @@ pub(super) struct JobDone {
 /// The jobs running here and the channel they report on.
 pub(super) struct Jobs {
     /// Runs jobs (shared with the blocking tasks).
-    executor: Arc<Executor>,
+    pub(super) executor: Arc<Executor>,
     /// One permit per job trained at once (`--jobs`).
     slots: Arc<Semaphore>,
     /// Where finished jobs report (cloned into each task).

@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hivemesh_protocol::identity::{Keypair, PeerKey};
-use hivemesh_trainer::train::Limits as ExecLimits;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
@@ -60,6 +59,7 @@ use self::gossip::Gossip;
 use self::jobs::Jobs;
 use self::rate_limit::Limits;
 use self::sync::SyncState;
+use crate::admission::Admission;
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::net::{Behaviour, BehaviourEvent, NetConfig, SyncRequest};
@@ -104,8 +104,8 @@ pub struct Config {
     pub sync_interval: Duration,
     /// Network knobs.
     pub net: NetConfig,
-    /// Executor limits.
-    pub limits: ExecLimits,
+    /// What this node follows and the limits of the jobs it runs (the operator's policy).
+    pub admission: Admission,
     /// Gossip messages accepted per forwarding peer per second (more are ignored).
     pub gossip_rate: f64,
     /// Misbehaviour to inject (tests only).
@@ -124,7 +124,7 @@ impl Config {
             audit: false,
             sync_interval: Duration::from_secs(5),
             net: NetConfig::default(),
-            limits: ExecLimits::default(),
+            admission: Admission::default(),
             gossip_rate: GOSSIP_RATE_PER_PEER,
             fault: None,
         }
@@ -279,7 +279,7 @@ pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeEr
         events,
         listen_addrs: Vec::new(),
         campaigns,
-        jobs: Jobs::new(Executor::new(config.limits), config.jobs),
+        jobs: Jobs::new(Executor::new(&config.admission), config.jobs),
         gossip: Gossip::default(),
         sync: SyncState::default(),
         limits: Limits::new(config.gossip_rate),
@@ -312,6 +312,9 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
+        // Training threads watch this flag and end within one optimiser step, so the runtime
+        // (which waits for its blocking threads) lets the process exit within seconds.
+        self.jobs.executor.stop_all();
         if let Err(e) = self.store.flush() {
             tracing::error!("cannot flush the store: {e}");
         }

@@ -15,8 +15,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::message::{Failure, FailureKind, JobResult, Outcome};
@@ -24,10 +25,13 @@ use hivemesh_protocol::spec::{
     BackendClass, CampaignSpec, DatasetRef, JobPayload, JobSpec, LrSchedule, Optimizer, Search,
     TrainingBudget,
 };
+use hivemesh_trainer::StopReason;
 use hivemesh_trainer::TrainError;
 use hivemesh_trainer::backend::{BackendChoice, Runner};
 use hivemesh_trainer::data::{self, Dataset, Splits};
-use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Progress, Schedule};
+use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Progress, Schedule, Stop};
+
+use crate::admission::Admission;
 
 pub mod distill;
 pub mod loss;
@@ -81,9 +85,16 @@ pub enum ExecError {
         /// Why not.
         reason: String,
     },
-    /// The job would exceed this node's memory budget.
-    #[error(transparent)]
-    Memory(TrainError),
+    /// The job would exceed this node's memory or compute limit (`[accept]
+    /// max_job_memory_mb`, `max_job_flops`).
+    #[error("{0}: another peer will take it")]
+    OverLimit(TrainError),
+    /// The node is shutting down (the job runs again after a restart).
+    #[error("stopped at step {step}: the node is shutting down")]
+    Stopped {
+        /// Optimiser steps done.
+        step: u64,
+    },
 }
 
 /// Where the executor gets blobs by id (the node's store; a map in tests).
@@ -155,16 +166,46 @@ struct Loaded {
 /// Runs jobs. Cheap to share across threads: datasets are loaded once and cached by id.
 #[derive(Debug, Default)]
 pub struct Executor {
+    /// Memory and compute limits, and the shutdown flag every job watches.
     limits: Limits,
+    /// Longest one job trains (`None`: no limit but the campaign's).
+    max_job_time: Option<Duration>,
+    /// Raised by [`Executor::stop_all`]: running jobs stop within one optimiser step.
+    shutdown: Arc<AtomicBool>,
+    /// Datasets loaded, by id.
     datasets: Mutex<BTreeMap<BlobId, Arc<Loaded>>>,
 }
 
 impl Executor {
-    /// An executor refusing jobs over `limits`.
-    pub fn new(limits: Limits) -> Executor {
+    /// An executor refusing jobs over the operator's limits (`admission`).
+    pub fn new(admission: &Admission) -> Executor {
         Executor {
-            limits,
+            limits: Limits {
+                memory_budget: Some(admission.max_job_memory),
+                flops_budget: Some(admission.max_job_flops),
+                stop: Stop::default(),
+            },
+            max_job_time: Some(admission.max_job_time),
+            shutdown: Arc::new(AtomicBool::new(false)),
             datasets: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Stops every running job within one optimiser step (they end with
+    /// [`ExecError::Stopped`], publish nothing, and run again after a restart).
+    pub fn stop_all(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// This node's limits for one job of `spec`, starting now: it stops at the node's time
+    /// limit or the campaign's longest deadline (after it the protocol has handed the job to
+    /// others), whichever comes first, or at shutdown.
+    fn job_limits(&self, spec: &CampaignSpec) -> Limits {
+        let campaign = Duration::from_millis(spec.schedule.max_deadline_ms);
+        let limit = self.max_job_time.map_or(campaign, |t| t.min(campaign));
+        Limits {
+            stop: Stop::after(limit, Some(Arc::clone(&self.shutdown))),
+            ..self.limits.clone()
         }
     }
 
@@ -217,9 +258,10 @@ impl Executor {
             },
             blobs,
         };
+        let limits = self.job_limits(spec);
         let mut run = JobRun {
             runner,
-            limits: &self.limits,
+            limits: &limits,
             data,
             splits,
             budget: &budget,
@@ -392,7 +434,17 @@ fn train_failure(e: TrainError) -> Result<Outcome, ExecError> {
         TrainError::Arch(_) | TrainError::Loss(_) | TrainError::Options(_) => {
             Ok(failure(FailureKind::InvalidJob, e.to_string()))
         }
-        TrainError::MemoryBudget { .. } => Err(ExecError::Memory(e)),
+        TrainError::MemoryBudget { .. } | TrainError::CostBudget { .. } => {
+            Err(ExecError::OverLimit(e))
+        }
+        TrainError::Stopped {
+            step,
+            reason: StopReason::Shutdown,
+        } => Err(ExecError::Stopped { step }),
+        TrainError::Stopped {
+            reason: StopReason::TimeLimit { .. },
+            ..
+        } => Ok(failure(FailureKind::TimeLimit, e.to_string())),
         TrainError::Backend(reason) => Err(ExecError::Backend {
             class: BackendClass::Cuda,
             reason,

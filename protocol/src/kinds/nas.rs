@@ -15,6 +15,15 @@ use super::{
 use crate::outcome::Outcome;
 use crate::spec_error::{SpecError, field};
 
+/// Widest hidden layer an MLP space may offer. With 16 layers this bounds a model at about
+/// 4 G parameters before the input layer: the protocol's cap; each node's `max_job_memory` and
+/// `max_job_flops` then decide what it runs.
+pub const MAX_WIDTH: u32 = 1 << 16;
+/// Most channels a macro-space phase may offer.
+pub const MAX_CHANNELS: u32 = 4096;
+/// Largest kernel a macro-space phase may offer.
+pub const MAX_KERNEL: u8 = 31;
+
 /// Architecture-search parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NasParams {
@@ -118,8 +127,14 @@ impl NasSpace {
                 if *max_layers == 0 || *max_layers > 16 {
                     return Err(field("space.max_layers", "must be 1 to 16"));
                 }
-                if widths.is_empty() || widths.len() > 32 || widths.contains(&0) {
-                    return Err(field("space.widths", "1 to 32 positive widths"));
+                if widths.is_empty()
+                    || widths.len() > 32
+                    || widths.iter().any(|w| !(1..=MAX_WIDTH).contains(w))
+                {
+                    return Err(field(
+                        "space.widths",
+                        format!("1 to 32 widths, each 1 to {MAX_WIDTH}"),
+                    ));
                 }
             }
             NasSpace::Macro {
@@ -134,14 +149,23 @@ impl NasSpace {
                 if *nodes_per_phase == 0 || *nodes_per_phase > 12 {
                     return Err(field("space.nodes_per_phase", "must be 1 to 12"));
                 }
-                if channels.is_empty() || channels.len() > 16 || channels.contains(&0) {
-                    return Err(field("space.channels", "1 to 16 positive channel counts"));
+                if channels.is_empty()
+                    || channels.len() > 16
+                    || channels.iter().any(|c| !(1..=MAX_CHANNELS).contains(c))
+                {
+                    return Err(field(
+                        "space.channels",
+                        format!("1 to 16 channel counts, each 1 to {MAX_CHANNELS}"),
+                    ));
                 }
                 if kernels.is_empty()
                     || kernels.len() > 8
-                    || kernels.iter().any(|k| *k == 0 || k % 2 == 0)
+                    || kernels.iter().any(|k| *k > MAX_KERNEL || k % 2 == 0)
                 {
-                    return Err(field("space.kernels", "1 to 8 odd kernel sizes"));
+                    return Err(field(
+                        "space.kernels",
+                        format!("1 to 8 odd kernel sizes, each at most {MAX_KERNEL}"),
+                    ));
                 }
             }
         }
