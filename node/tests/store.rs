@@ -278,3 +278,244 @@ fn the_data_dir_lock_survives_deleting_the_store_file() {
     DataDirLock::acquire(&d).expect("free once the store is closed");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The `hivemesh` binary, for what only a whole process shows (the lock, the key file, files
+/// written for the user).
+mod cli {
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Output, Stdio};
+    use std::sync::mpsc::{Receiver, sync_channel};
+    use std::time::Duration;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_hivemesh");
+    /// Guard against hangs (a debug build on 2 cores), not a synchronisation device.
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    /// A `hivemesh run` process and its output lines (`None` once both streams closed).
+    pub(super) struct Node {
+        child: Child,
+        lines: Receiver<Option<String>>,
+        /// Everything it printed so far.
+        pub(super) seen: Vec<String>,
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Node {
+        /// Starts `hivemesh run` on `dir` (loopback, any port) with `extra` flags.
+        pub(super) fn start(dir: &Path, extra: &[&str]) -> Node {
+            let mut child = Command::new(BIN)
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+                .args(extra)
+                .env("RUST_LOG", "hivemesh_node=warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn hivemesh");
+            let (tx, lines) = sync_channel(10_000);
+            let streams: [Box<dyn std::io::Read + Send>; 2] = [
+                Box::new(child.stdout.take().expect("stdout")),
+                Box::new(child.stderr.take().expect("stderr")),
+            ];
+            for stream in streams {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        if tx.send(Some(line)).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(None);
+                });
+            }
+            Node {
+                child,
+                lines,
+                seen: Vec::new(),
+            }
+        }
+
+        /// Waits for a line starting with `prefix` (the rest of it), or `None` when the
+        /// process ended first.
+        pub(super) fn wait_line(&mut self, prefix: &str) -> Option<String> {
+            let mut closed = 0;
+            while closed < 2 {
+                match self.lines.recv_timeout(DEADLINE).expect("hivemesh hangs") {
+                    Some(line) => {
+                        let rest = line.strip_prefix(prefix).map(str::to_string);
+                        self.seen.push(line);
+                        if rest.is_some() {
+                            return rest;
+                        }
+                    }
+                    None => closed += 1,
+                }
+            }
+            let _ = self.child.wait();
+            None
+        }
+
+        /// Waits for the process to end; whether it succeeded.
+        pub(super) fn ended_ok(&mut self) -> bool {
+            assert_eq!(self.wait_line("\u{0}never"), None);
+            self.child.wait().expect("wait").success()
+        }
+    }
+
+    /// Runs another `hivemesh` command on `dir` to its end.
+    pub(super) fn hivemesh(dir: &Path, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("run hivemesh")
+    }
+
+    pub(super) fn stderr(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+/// The public key in `dir`'s key file.
+fn key_file(dir: &std::path::Path) -> String {
+    hivemesh_node::identity::load(dir)
+        .expect("key file")
+        .public()
+        .to_string()
+}
+
+#[test]
+fn two_runs_started_together_on_an_empty_data_dir_run_one_node_with_the_key_on_disk() {
+    // Before the lock was taken ahead of the key, 12 of 40 such starts left the running node
+    // with another key than identity.key (both created one; the later rename won).
+    for round in 0..12 {
+        let d = dir(&format!("race{round}"));
+        let mut a = cli::Node::start(&d, &["--no-http"]);
+        let mut b = cli::Node::start(&d, &["--no-http"]);
+        let keys = [a.wait_line("key "), b.wait_line("key ")];
+        let running: Vec<&String> = keys.iter().flatten().collect();
+        assert_eq!(
+            running.len(),
+            1,
+            "exactly one runs (round {round}): {:?} {:?}",
+            a.seen,
+            b.seen
+        );
+        let refused = if keys[0].is_some() { &b.seen } else { &a.seen };
+        assert!(
+            refused
+                .iter()
+                .any(|l| l.contains("in use by another hivemesh node")),
+            "{refused:?}"
+        );
+        assert_eq!(running[0], &key_file(&d), "round {round}");
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
+fn a_replaced_or_deleted_key_is_refused_beside_the_old_store() {
+    let d = dir("owner");
+    let mut n = cli::Node::start(&d, &["--no-http"]);
+    let first = n.wait_line("key ").expect("first start");
+    drop(n);
+    // A new key beside the old store.
+    assert!(cli::hivemesh(&d, &["keygen", "--force"]).status.success());
+    let second = key_file(&d);
+    assert_ne!(first, second);
+    let mut n = cli::Node::start(&d, &["--no-http"]);
+    assert!(!n.ended_ok(), "a new key beside the old store is refused");
+    let text = n.seen.join("\n");
+    assert!(
+        text.contains(&first) && text.contains("--new-identity"),
+        "{text}"
+    );
+    // No key at all: refused, and no key is created behind the user's back.
+    std::fs::remove_file(hivemesh_node::identity::key_path(&d)).expect("rm key");
+    let mut n = cli::Node::start(&d, &["--no-http"]);
+    assert!(!n.ended_ok());
+    let text = n.seen.join("\n");
+    assert!(
+        text.contains("missing") && text.contains("--new-identity"),
+        "{text}"
+    );
+    assert!(!hivemesh_node::identity::key_path(&d).exists());
+    // Asked for: the store is taken over by the new key.
+    let mut n = cli::Node::start(&d, &["--no-http", "--new-identity"]);
+    let third = n.wait_line("key ").expect("--new-identity starts");
+    assert_eq!(third, key_file(&d));
+    drop(n);
+    // The new owner starts without the flag; a key file others may read is warned about.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = hivemesh_node::identity::key_path(&d);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let mut n = cli::Node::start(&d, &["--no-http"]);
+    assert_eq!(n.wait_line("key ").as_deref(), Some(third.as_str()));
+    #[cfg(unix)]
+    assert!(
+        n.seen.iter().any(|l| l.contains("readable by other users")),
+        "{:?}",
+        n.seen
+    );
+    drop(n);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_running_node_keeps_its_key_and_files_it_writes_follow_no_planted_link() {
+    let d = dir("running");
+    let mut n = cli::Node::start(&d, &["--http", "127.0.0.1:0"]);
+    let key = n.wait_line("key ").expect("starts");
+    n.wait_line("api ").expect("serves the API");
+    let o = cli::hivemesh(&d, &["keygen", "--force"]);
+    assert!(!o.status.success(), "keygen --force under a running node");
+    assert!(cli::stderr(&o).contains("in use"), "{}", cli::stderr(&o));
+    assert_eq!(key_file(&d), key, "the key is unchanged");
+
+    // A blob written to a file: links planted at the target and at the temporary name the
+    // CLI used to write through are not followed.
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).expect("out");
+    let file = out.join("weights");
+    std::fs::write(&file, b"the weights").expect("file");
+    let o = cli::hivemesh(&d, &["blob", "put", file.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", cli::stderr(&o));
+    let id = String::from_utf8(o.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").expect("victim");
+    #[cfg(unix)]
+    for planted in ["w.partial", "w.bin"] {
+        std::os::unix::fs::symlink(&victim, out.join(planted)).expect("symlink");
+    }
+    let target = out.join("w.bin");
+    let o = cli::hivemesh(
+        &d,
+        &["blob", "get", &id, "--out", target.to_str().expect("utf-8")],
+    );
+    assert!(o.status.success(), "{}", cli::stderr(&o));
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    assert!(
+        !std::fs::symlink_metadata(&target)
+            .expect("target")
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&target).expect("target"), b"the weights");
+    drop(n);
+    let _ = std::fs::remove_dir_all(&d);
+}
