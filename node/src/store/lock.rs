@@ -22,8 +22,8 @@ const ACQUIRE_ATTEMPTS: usize = 3;
 /// An exclusive lock on a data directory, released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct DataDirLock {
-    /// The locked `node.lock` (the lock is the open file's).
-    file: File,
+    /// The locked `node.lock`: the lock is the open file's, released when it is closed.
+    _file: File,
     /// The data directory.
     data_dir: PathBuf,
 }
@@ -64,7 +64,7 @@ impl DataDirLock {
             file.write_all(format!("{}\n", std::process::id()).as_bytes())
                 .map_err(io)?;
             return Ok(DataDirLock {
-                file,
+                _file: file,
                 data_dir: data_dir.to_path_buf(),
             });
         }
@@ -76,12 +76,6 @@ impl DataDirLock {
     /// The locked data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    /// Whether `DATA_DIR/node.lock` is still the file this lock holds (it was not deleted or
-    /// replaced while the node runs).
-    pub fn still_in_place(&self) -> bool {
-        is_same_file(&self.file, &self.data_dir.join(LOCK_FILE))
     }
 }
 
