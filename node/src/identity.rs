@@ -2,10 +2,12 @@
 //!
 //! File `identity.key` in the data directory, mode 0600, two lines: the header
 //! `hivemesh-identity-v1` and the 32-byte ed25519 secret as 64 hex characters. Written to a
-//! temporary file and renamed, so a crash never leaves a half-written key.
+//! temporary file (created exclusively: a planted link is never followed) and renamed, so a
+//! crash never leaves a half-written key. A key file that group or others may read is loaded
+//! with a warning. Who may create or replace the key is decided by the data-directory lock
+//! ([`crate::store::DataDirLock`]): `hivemesh run` and `hivemesh keygen` take it first.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use hivemesh_protocol::Keypair;
@@ -80,23 +82,29 @@ pub fn save(data_dir: &Path, key: &Keypair, force: bool) -> Result<PathBuf, Iden
     Ok(path)
 }
 
-/// Writes a secret file atomically (temp file, fsync, rename), readable by its owner only
-/// (mode 0600 on Unix).
+/// Writes a secret file atomically (exclusive temp file, fsync, rename), readable by its
+/// owner only (mode 0600 on Unix).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    crate::files::write_atomic(path, bytes, crate::files::Access::Private)
+}
+
+/// Warns when group or others may read the key file (Unix mode & 0o077).
+fn warn_if_readable_by_others(path: &Path) {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the identity key is readable by other users: run `chmod 600` on it"
+            );
+        }
     }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Reads the key in `data_dir`.
@@ -106,6 +114,7 @@ pub fn load(data_dir: &Path) -> Result<Keypair, IdentityError> {
         path: path.clone(),
         source,
     })?;
+    warn_if_readable_by_others(&path);
     let corrupt = |reason| IdentityError::Corrupt {
         path: path.clone(),
         reason,

@@ -12,7 +12,7 @@
 //! - [`submit`]: campaign submission (blobs named by reference, roster); [`fault`]: test faults;
 //! - [`http`]: the HTTP API and its manifest; [`api_client`]: the CLI's client for it;
 //! - [`campaign_file`]: campaign TOML files; [`config`]: the node's config file and API token;
-//! - [`identity`]: the node's key on disk.
+//! - [`identity`]: the node's key on disk; [`files`]: writing files without following links.
 //!
 //! It holds no protocol rules of its own: see `docs/node.md` for the design.
 
@@ -38,6 +38,7 @@ pub mod daemon;
 pub mod executor;
 pub mod fault;
 pub mod fetch;
+pub mod files;
 pub mod http;
 pub mod identity;
 pub mod metrics;

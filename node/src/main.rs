@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use hivemesh_node::api_client::{self, ApiResponse};
 use hivemesh_node::config::{self, FileConfig};
 use hivemesh_node::daemon::{self, Config};
+use hivemesh_node::files::{Access, write_atomic};
+use hivemesh_node::store::{DataDirLock, STORE_FILE};
 use hivemesh_node::submit::{BlobRef, Resolve, Submission, UploadError};
 use hivemesh_node::{http, identity};
 use hivemesh_protocol::id::BlobId;
@@ -62,9 +64,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the node's identity: an ed25519 key that signs its results and is its libp2p
-    /// peer id. Written to DATA_DIR/identity.key with mode 0600.
+    /// peer id. Written to DATA_DIR/identity.key with mode 0600. Refused while a node runs on
+    /// DATA_DIR.
     Keygen {
-        /// Replace an existing identity (its reputation is lost).
+        /// Replace an existing identity (its reputation is lost; the store keeps the old key as
+        /// its owner until `run --new-identity`).
         #[arg(long)]
         force: bool,
     },
@@ -144,6 +148,10 @@ struct RunArgs {
     /// `corrupt-blobs`: serve corrupt blobs). Peers will catch and penalise this node.
     #[arg(long, env = "HIVEMESH_FAULT", hide = true, value_enum)]
     fault: Option<daemon::Fault>,
+    /// Start although identity.key is not the key the store belongs to (it was replaced or
+    /// deleted): the store is kept and recorded under the new key, and peers see a new node.
+    #[arg(long)]
+    new_identity: bool,
 }
 
 #[derive(Debug, Args)]
@@ -234,13 +242,7 @@ fn load_identity(data_dir: &Path) -> anyhow::Result<hivemesh_protocol::Keypair> 
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen { force } => {
-            let key = identity::generate()?;
-            let path = identity::save(&cli.data_dir, &key, force)?;
-            say!("wrote {}", path.display());
-            say!("peer key {}", key.public());
-            Ok(())
-        }
+        Command::Keygen { force } => keygen(&cli.data_dir, force),
         Command::Id => {
             say!("{}", load_identity(&cli.data_dir)?.public());
             Ok(())
@@ -334,6 +336,7 @@ fn node_config(
             .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     }
     cfg.fault = args.fault;
+    cfg.new_identity = args.new_identity;
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "this node misbehaves on purpose (HIVEMESH_FAULT): test clusters only");
     }
@@ -359,6 +362,45 @@ fn node_config(
     Ok((cfg, http_addr))
 }
 
+/// `hivemesh keygen`: a new key, written while no node runs on the data directory.
+fn keygen(data_dir: &Path, force: bool) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(data_dir)
+        .context("keygen changes the identity only while no node uses the data directory")?;
+    let key = identity::generate()?;
+    let path = identity::save(data_dir, &key, force)?;
+    say!("wrote {}", path.display());
+    say!("peer key {}", key.public());
+    if force && data_dir.join(STORE_FILE).exists() {
+        say!("the store still belongs to the old key: start the node with `run --new-identity`");
+    }
+    Ok(())
+}
+
+/// The key `run` uses (the data directory is locked): loaded, or created when there is none
+/// yet. A missing key beside an existing store is refused unless `new_identity`: the store's
+/// history belongs to the lost key.
+fn run_key(data_dir: &Path, new_identity: bool) -> anyhow::Result<hivemesh_protocol::Keypair> {
+    match identity::load(data_dir) {
+        Err(identity::IdentityError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let store = data_dir.join(STORE_FILE);
+            if store.exists() && !new_identity {
+                bail!(
+                    "{} is missing but {} holds this node's history under its key: restore identity.key from a backup, or pass --new-identity to continue under a new key (peers then see a new node)",
+                    identity::key_path(data_dir).display(),
+                    store.display()
+                );
+            }
+            let key = identity::generate()?;
+            let path = identity::save(data_dir, &key, false)?;
+            eprintln!("created a new identity in {}", path.display());
+            Ok(key)
+        }
+        other => Ok(other?),
+    }
+}
+
 fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -368,21 +410,14 @@ fn run(data_dir: &Path, args: RunArgs, file: FileConfig) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let key = match identity::load(data_dir) {
-        Err(identity::IdentityError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            let key = identity::generate()?;
-            let path = identity::save(data_dir, &key, false)?;
-            eprintln!("created a new identity in {}", path.display());
-            key
-        }
-        other => other?,
-    };
+    // One node per data directory, decided before the key is read or created: two nodes
+    // started together cannot race to create two keys.
+    let lock = DataDirLock::acquire(data_dir)?;
+    let key = run_key(data_dir, args.new_identity)?;
     let (cfg, http_addr) = node_config(data_dir, args, file)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (client, event_loop) = daemon::start(cfg.clone(), key.clone())?;
+        let (client, event_loop) = daemon::start_locked(cfg.clone(), key.clone(), lock)?;
         say!("hivemesh node {}", client.peer_id());
         say!("key {}", key.public());
         say!("data {}", data_dir.display());
@@ -774,10 +809,10 @@ async fn export(data_dir: &Path, id: &str, out: &Path, api: &ApiArgs) -> anyhow:
     Ok(())
 }
 
-/// Writes a file atomically (temp file + rename), so an interrupted export leaves no torn file.
+/// Writes a file atomically through an exclusively created temporary file, so an interrupted
+/// export leaves no torn file and a symlink planted at the target or a temporary name is never
+/// written through (see `hivemesh_node::files`).
 fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    write_atomic(path, bytes, Access::Public)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub blob_fetches: Family<Label, Counter>,
     /// Bytes of blobs fetched from peers (hash-checked).
     pub blob_bytes_fetched: Counter,
+    /// Store writes that failed (a full disk, an I/O error); counted by the store itself.
+    pub store_write_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,7 @@ impl Metrics {
             audits: Family::default(),
             blob_fetches: Family::default(),
             blob_bytes_fetched: Counter::default(),
+            store_write_failures: Counter::default(),
         };
         registry.register("peers", "Connected peers", m.peers.clone());
         registry.register("campaigns", "Campaigns followed", m.campaigns.clone());
@@ -113,6 +116,11 @@ impl Metrics {
             "blob_bytes_fetched",
             "Bytes of hash-checked blobs fetched from peers",
             m.blob_bytes_fetched.clone(),
+        );
+        registry.register(
+            "store_write_failures",
+            "Store writes that failed (a full disk, an I/O error); failed results and messages are kept and retried",
+            m.store_write_failures.clone(),
         );
         Metrics { registry, ..m }
     }

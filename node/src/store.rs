@@ -17,41 +17,94 @@
 //! (`fsync`) before it returns; messages received from peers are committed without waiting for
 //! the disk and made durable by the next durable commit or the periodic flush (a crash can lose
 //! only messages that sync fetches again). Values are stored as they travel (signed
-//! envelopes) or as postcard; every read is checked, so a corrupt record is reported as
-//! [`StoreError::Corrupt`] and never panics the node.
+//! envelopes) or as postcard.
+//!
+//! **Checksums.** Every record but a blob is stored behind an 8-byte checksum (blake3 of its key
+//! and value; blobs are checked against their id, which is their blake3). A record that fails
+//! its check when read is logged once and *dropped*, and with a message its entry in the
+//! dedupe index, so that the good copy a peer sends (sync or gossip) is stored again instead of
+//! being skipped as already held. The dedupe index vouches for a message only while the record
+//! it points to reads back whole.
+//!
+//! **I/O errors.** redb latches an I/O error (a full disk): every later operation on that
+//! database fails with `PreviousIo`. The store then closes the database and opens it again at
+//! the next use (redb repairs it from its last commit), so writes succeed again once space
+//! returns, without a restart. Failed writes are counted ([`StoreOptions::write_failures`]) and
+//! the last one is reported by [`Store::last_error`] until a write succeeds.
+//!
+//! **Ownership.** The store records the public key of the node that first opened it
+//! ([`Store::claim_owner`]); a node with another key is refused unless it asks to take the store
+//! over, so a lost or replaced `identity.key` never silently yields a new identity beside the old
+//! history. The data directory is locked ([`DataDirLock`], `node.lock`) before the key is read.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
+use hivemesh_protocol::identity::PeerKey;
 use hivemesh_protocol::message::JobResult;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use prometheus_client::metrics::counter::Counter;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+mod backend;
+mod lock;
+
+pub use self::backend::StoreFaults;
+pub use self::lock::{DataDirLock, LOCK_FILE};
 
 /// The store's file name inside the data directory.
 pub const STORE_FILE: &str = "store.redb";
 
+/// One table: byte keys to byte values.
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
 /// Campaign id → the signed `Campaign` envelope.
-const CAMPAIGNS: TableDefinition<'static, &'static [u8], &'static [u8]> =
-    TableDefinition::new("campaigns");
+const CAMPAIGNS: Def = TableDefinition::new("campaigns");
 /// campaign id ‖ sequence number (big-endian) → a signed message envelope.
-const MESSAGES: TableDefinition<'static, &'static [u8], &'static [u8]> =
-    TableDefinition::new("messages");
+const MESSAGES: Def = TableDefinition::new("messages");
 /// Message id → campaign id ‖ sequence number (the dedupe index).
-const MESSAGE_IDS: TableDefinition<'static, &'static [u8], &'static [u8]> =
-    TableDefinition::new("message_ids");
+const MESSAGE_IDS: Def = TableDefinition::new("message_ids");
 /// campaign id ‖ job id → postcard [`JobResult`].
-const RESULTS: TableDefinition<'static, &'static [u8], &'static [u8]> =
-    TableDefinition::new("results");
-/// Blob id → bytes.
-const BLOBS: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("blobs");
+const RESULTS: Def = TableDefinition::new("results");
+/// Blob id → bytes (not framed: the id is the bytes' blake3).
+const BLOBS: Def = TableDefinition::new("blobs");
+/// The store's own facts: [`FORMAT_KEY`], [`OWNER_KEY`].
+const META: Def = TableDefinition::new("meta");
+/// The tables whose values carry a checksum.
+const FRAMED: [Def; 5] = [CAMPAIGNS, MESSAGES, MESSAGE_IDS, RESULTS, META];
+
+/// The record format in [`META`]: 1 is checksummed records (stores without it hold bare values
+/// and are converted at open).
+const FORMAT_KEY: &[u8] = b"format";
+/// The record format this build writes.
+const FORMAT: u8 = 1;
+/// The owner's public key in [`META`].
+const OWNER_KEY: &[u8] = b"owner";
+/// Bytes of checksum in front of every framed value.
+const TAG_LEN: usize = 8;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Another process (another `hivemesh run` on the same data directory) holds the database.
-    #[error("the store {path} is in use by another hivemesh process (one node per data directory)")]
+    /// Another node (another `hivemesh run`, or another store in this process) holds the data
+    /// directory.
+    #[error(
+        "the data directory {data_dir} is in use by another hivemesh node{held_by}: stop that node first, or pass another --data-dir"
+    )]
     Locked {
-        /// The database file.
+        /// The data directory.
+        data_dir: PathBuf,
+        /// " (process N)" when the holder's process id is known, else empty.
+        held_by: String,
+    },
+    /// A file of the data directory could not be created, opened or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
         path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The database could not be opened, read or written.
     #[error("store {path}: {source}")]
@@ -70,12 +123,51 @@ pub enum StoreError {
         /// Which record.
         what: String,
     },
+    /// The store was written by a newer hivemesh.
+    #[error(
+        "store {path} has record format {found}, newer than this hivemesh ({FORMAT}): run a newer hivemesh"
+    )]
+    Format {
+        /// The database file.
+        path: PathBuf,
+        /// The format recorded.
+        found: u8,
+    },
+    /// The store belongs to another key than the node's.
+    #[error(
+        "the store in {data_dir} belongs to node key {owner}, but the identity key is {key}: restore the original identity.key, or pass --new-identity to keep this store under the new key (peers then see a new node)"
+    )]
+    OwnerChanged {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The key recorded in the store.
+        owner: PeerKey,
+        /// The key the node was started with.
+        key: PeerKey,
+    },
+}
+
+/// How to open a store beyond its directory.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Counts failed writes (the node registers it as `hivemesh_store_write_failures_total`).
+    pub write_failures: Counter,
+    /// Disk faults to inject (tests).
+    pub faults: StoreFaults,
 }
 
 /// The node's database. Cheap to share behind an `Arc`; redb serialises writers.
 pub struct Store {
-    db: Database,
+    /// The open database; `None` after an I/O error until it is opened again (at the next use).
+    db: RwLock<Option<Arc<Database>>>,
+    /// The database file.
     path: PathBuf,
+    /// Failure counter and injected faults.
+    options: StoreOptions,
+    /// The last write error, until a write succeeds.
+    last_error: Mutex<Option<String>>,
+    /// The data-directory lock, held as long as the store is open.
+    lock: DataDirLock,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,35 +197,162 @@ fn pair_key(a: &[u8; 32], b: &[u8; 32]) -> [u8; 64] {
     k
 }
 
-impl Store {
-    /// Opens (creating if needed) `DATA_DIR/store.redb`.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let path = data_dir.join(STORE_FILE);
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db {
-            path: path.clone(),
-            source: Box::new(e.into()),
+/// The checksum of a record: blake3 of its key and value, truncated.
+fn tag(key: &[u8], value: &[u8]) -> [u8; TAG_LEN] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(key);
+    h.update(value);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
+    t
+}
+
+/// A value as stored: its checksum, then the value.
+fn frame(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(TAG_LEN + value.len());
+    out.extend_from_slice(&tag(key, value));
+    out.extend_from_slice(value);
+    out
+}
+
+/// The value of a stored record, or `None` when it fails its checksum.
+fn unframe<'a>(key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+    let (t, value) = stored.split_at_checked(TAG_LEN)?;
+    (t == tag(key, value)).then_some(value)
+}
+
+/// What the dedupe index says about a message.
+enum Indexed {
+    /// Not stored.
+    No,
+    /// Stored, and its record reads back whole.
+    Yes,
+    /// The index entry or the record it points to is corrupt: drop both and store it again.
+    Corrupt(Option<[u8; 40]>),
+}
+
+/// Looks a message up in the dedupe index and checks the record it points to.
+fn lookup(
+    ids: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    msgs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: &MessageId,
+) -> Result<Indexed, redb::Error> {
+    let Some(entry) = ids.get(id.as_bytes().as_slice())? else {
+        return Ok(Indexed::No);
+    };
+    let Some(key) =
+        unframe(id.as_bytes(), entry.value()).and_then(|k| <[u8; 40]>::try_from(k).ok())
+    else {
+        return Ok(Indexed::Corrupt(None));
+    };
+    let whole = msgs
+        .get(key.as_slice())?
+        .is_some_and(|v| unframe(&key, v.value()).is_some());
+    Ok(if whole {
+        Indexed::Yes
+    } else {
+        Indexed::Corrupt(Some(key))
+    })
+}
+
+/// Removes a corrupt message record and every index entry pointing at it.
+fn drop_message(txn: &redb::WriteTransaction, key: &[u8; 40]) -> Result<(), redb::Error> {
+    txn.open_table(MESSAGES)?.remove(key.as_slice())?;
+    txn.open_table(MESSAGE_IDS)?
+        .retain(|id, v| unframe(id, v).is_none_or(|k| k != key.as_slice()))?;
+    Ok(())
+}
+
+/// Opens (creating if needed) the database file over the fault-injecting backend.
+fn open_db(path: &Path, faults: &StoreFaults) -> Result<Database, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked { path });
-            }
-            Err(e) => {
-                return Err(StoreError::Db {
-                    path,
-                    source: Box::new(e.into()),
-                });
-            }
+    let db_err = |e: redb::DatabaseError| StoreError::Db {
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    };
+    let file = redb::backends::FileBackend::new(file).map_err(db_err)?;
+    match Database::builder().create_with_backend(backend::Backend::new(file, faults.clone())) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Locked {
+            data_dir: path.parent().unwrap_or(path).to_path_buf(),
+            held_by: String::new(),
+        }),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
+impl Store {
+    /// Locks `data_dir` and opens (creating if needed) `DATA_DIR/store.redb`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(DataDirLock::acquire(data_dir)?, StoreOptions::default())
+    }
+
+    /// Opens the store of a data directory already locked.
+    pub fn open_with(lock: DataDirLock, options: StoreOptions) -> Result<Store, StoreError> {
+        let path = lock.data_dir().join(STORE_FILE);
+        let db = open_db(&path, &options.faults)?;
+        let store = Store {
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
+            options,
+            last_error: Mutex::new(None),
+            lock,
         };
-        let store = Store { db, path };
-        // Create every table once, so readers never meet a missing table.
-        store.write(|txn| {
-            for def in [CAMPAIGNS, MESSAGES, MESSAGE_IDS, RESULTS, BLOBS] {
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Creates every table (so readers never meet a missing one) and checks the record format,
+    /// converting a store of bare values.
+    fn init(&self) -> Result<(), StoreError> {
+        self.write(|txn| {
+            for def in FRAMED.into_iter().chain([BLOBS]) {
                 txn.open_table(def)?;
             }
             Ok(())
         })?;
-        Ok(store)
+        let meta = self.read_table(META)?;
+        let found = match meta.get(FORMAT_KEY).map_err(|e| self.db_err(e))? {
+            Some(v) => unframe(FORMAT_KEY, v.value()).and_then(|f| f.first().copied()),
+            None => None,
+        };
+        let bare = found.is_none() && meta.len().map_err(|e| self.db_err(e))? == 0;
+        drop(meta);
+        match found {
+            Some(FORMAT) => Ok(()),
+            Some(found) => Err(StoreError::Format {
+                path: self.path.clone(),
+                found,
+            }),
+            None => self.write(|txn| {
+                if bare {
+                    // Written before records carried checksums: frame every value once.
+                    for def in FRAMED {
+                        let mut t = txn.open_table(def)?;
+                        let rows: Vec<(Vec<u8>, Vec<u8>)> = t
+                            .iter()?
+                            .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+                            .collect::<Result<_, _>>()?;
+                        for (k, v) in rows {
+                            t.insert(k.as_slice(), frame(&k, &v).as_slice())?;
+                        }
+                    }
+                }
+                txn.open_table(META)?
+                    .insert(FORMAT_KEY, frame(FORMAT_KEY, &[FORMAT]).as_slice())?;
+                Ok(())
+            }),
+        }
     }
 
     /// The database file.
@@ -141,10 +360,56 @@ impl Store {
         &self.path
     }
 
+    /// The data-directory lock this store holds.
+    pub fn lock(&self) -> &DataDirLock {
+        &self.lock
+    }
+
+    /// The last failed write (what the disk or redb said), until a write succeeds.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The open database, opening it again after an I/O error closed it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(Arc::clone(db));
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(open_db(&self.path, &self.options.faults)?);
+        tracing::info!(path = %self.path.display(), "store opened again after an I/O error");
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
+    }
+
+    /// A redb error as a [`StoreError`]. An I/O error leaves redb's database unusable (every
+    /// later call fails with `PreviousIo`), so it is closed; the next use opens it again.
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e = e.into();
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            let closed = self
+                .db
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if closed.is_some() {
+                tracing::warn!(path = %self.path.display(), "store I/O error ({e}): closing the database to open it again");
+            }
+        }
         StoreError::Db {
             path: self.path.clone(),
-            source: Box::new(e.into()),
+            source: Box::new(e),
         }
     }
 
@@ -155,6 +420,14 @@ impl Store {
         }
     }
 
+    /// Logs a corrupt record that is being dropped (once: it is gone afterwards).
+    fn report_corrupt(&self, what: &str) {
+        tracing::warn!(
+            path = %self.path.display(),
+            "corrupt {what} in the store (checksum mismatch): dropped it; a peer's copy is stored again when it arrives"
+        );
+    }
+
     /// Runs `f` in one write transaction and commits it durably.
     fn write<T>(
         &self,
@@ -163,61 +436,154 @@ impl Store {
         self.write_with(redb::Durability::Immediate, f)
     }
 
-    /// Runs `f` in one write transaction committed with `durability`.
+    /// Runs `f` in one write transaction committed with `durability`; counts and remembers a
+    /// failure, forgets it on success.
     fn write_with<T>(
         &self,
         durability: redb::Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
-        txn.set_durability(durability).map_err(|e| self.db_err(e))?;
-        let out = f(&txn).map_err(|e| self.db_err(e))?;
-        txn.commit().map_err(|e| self.db_err(e))?;
-        Ok(out)
+        let out = self.db().and_then(|db| {
+            let commit = || -> Result<T, redb::Error> {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(durability)?;
+                let out = f(&txn)?;
+                txn.commit()?;
+                Ok(out)
+            };
+            commit().map_err(|e| self.db_err(e))
+        });
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &out {
+            Ok(_) => *last = None,
+            Err(e) => {
+                self.options.write_failures.inc();
+                *last = Some(e.to_string());
+            }
+        }
+        out
     }
 
     fn read_table(
         &self,
-        def: TableDefinition<'static, &'static [u8], &'static [u8]>,
+        def: Def,
     ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.db_err(e))?;
         txn.open_table(def).map_err(|e| self.db_err(e))
+    }
+
+    /// Removes corrupt records of a table by key (after a read found them).
+    fn drop_records(&self, def: Def, keys: &[Vec<u8>]) {
+        if keys.is_empty() {
+            return;
+        }
+        let dropped = self.write(|txn| {
+            let mut t = txn.open_table(def)?;
+            for k in keys {
+                t.remove(k.as_slice())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = dropped {
+            tracing::error!("cannot drop corrupt records: {e}");
+        }
+    }
+
+    /// The key this store belongs to: the node key recorded when it was first opened by a node.
+    pub fn owner(&self) -> Result<Option<PeerKey>, StoreError> {
+        let t = self.read_table(META)?;
+        let v = t.get(OWNER_KEY).map_err(|e| self.db_err(e))?;
+        match v {
+            None => Ok(None),
+            Some(v) => unframe(OWNER_KEY, v.value())
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .map(|k| Some(PeerKey(k)))
+                .ok_or_else(|| self.corrupt("owner key")),
+        }
+    }
+
+    /// Records `key` as the store's owner if it has none (or `take_over`); refuses another key
+    /// with [`StoreError::OwnerChanged`].
+    pub fn claim_owner(&self, key: &PeerKey, take_over: bool) -> Result<(), StoreError> {
+        match self.owner() {
+            Ok(Some(owner)) if owner == *key => return Ok(()),
+            Ok(Some(owner)) if !take_over => {
+                return Err(StoreError::OwnerChanged {
+                    data_dir: self.lock.data_dir().to_path_buf(),
+                    owner,
+                    key: *key,
+                });
+            }
+            Ok(Some(owner)) => {
+                tracing::warn!(old = %owner, new = %key, "the store changes owner (--new-identity)");
+            }
+            Ok(None) => {}
+            Err(StoreError::Corrupt { .. }) if take_over => {}
+            Err(e) => return Err(e),
+        }
+        self.write(|txn| {
+            txn.open_table(META)?
+                .insert(OWNER_KEY, frame(OWNER_KEY, &key.0).as_slice())?;
+            Ok(())
+        })
     }
 
     /// Stores a campaign's signed spec; `false` if it was already there.
     pub fn put_campaign(&self, id: &CampaignId, signed: &[u8]) -> Result<bool, StoreError> {
+        let key = id.as_bytes().as_slice();
         self.write(|txn| {
             let mut t = txn.open_table(CAMPAIGNS)?;
-            if t.get(id.as_bytes().as_slice())?.is_some() {
+            if t.get(key)?
+                .is_some_and(|v| unframe(key, v.value()).is_some())
+            {
                 return Ok(false);
             }
-            t.insert(id.as_bytes().as_slice(), signed)?;
+            t.insert(key, frame(key, signed).as_slice())?;
             Ok(true)
         })
     }
 
-    /// Every stored campaign: id and signed spec, in id order.
+    /// Every stored campaign: id and signed spec, in id order. Corrupt ones are dropped.
     pub fn campaigns(&self) -> Result<Vec<(CampaignId, Vec<u8>)>, StoreError> {
         let t = self.read_table(CAMPAIGNS)?;
         let mut out = Vec::new();
+        let mut corrupt = Vec::new();
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
-            let id: [u8; 32] = k
-                .value()
-                .try_into()
-                .map_err(|_| self.corrupt("campaign key"))?;
-            out.push((CampaignId(id), v.value().to_vec()));
+            match (
+                <[u8; 32]>::try_from(k.value()),
+                unframe(k.value(), v.value()),
+            ) {
+                (Ok(id), Some(spec)) => out.push((CampaignId(id), spec.to_vec())),
+                _ => {
+                    self.report_corrupt("campaign record");
+                    corrupt.push(k.value().to_vec());
+                }
+            }
         }
+        drop(t);
+        self.drop_records(CAMPAIGNS, &corrupt);
         Ok(out)
     }
 
-    /// One campaign's signed spec.
+    /// One campaign's signed spec (`None` also when its record was corrupt, and dropped).
     pub fn campaign(&self, id: &CampaignId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = id.as_bytes().as_slice();
         let t = self.read_table(CAMPAIGNS)?;
-        let v = t
-            .get(id.as_bytes().as_slice())
-            .map_err(|e| self.db_err(e))?;
-        Ok(v.map(|v| v.value().to_vec()))
+        let spec = match t.get(key).map_err(|e| self.db_err(e))? {
+            None => return Ok(None),
+            Some(v) => unframe(key, v.value()).map(<[u8]>::to_vec),
+        };
+        drop(t);
+        if spec.is_some() {
+            return Ok(spec);
+        }
+        self.report_corrupt("campaign record");
+        self.drop_records(CAMPAIGNS, &[key.to_vec()]);
+        Ok(None)
     }
 
     /// Appends verified messages of one campaign in order, skipping those already stored (by
@@ -253,45 +619,87 @@ impl Store {
         campaign: &CampaignId,
         messages: impl IntoIterator<Item = (MessageId, &'a [u8])>,
     ) -> Result<usize, StoreError> {
-        self.write_with(durability, |txn| {
-            let mut msgs = txn.open_table(MESSAGES)?;
-            let mut ids = txn.open_table(MESSAGE_IDS)?;
+        let mut repaired = 0;
+        let added = self.write_with(durability, |txn| {
             let lo = seq_key(campaign, 0);
             let hi = seq_key(campaign, u64::MAX);
-            let mut next = match msgs.range(lo.as_slice()..=hi.as_slice())?.next_back() {
-                Some(row) => {
-                    let (k, _) = row?;
-                    let seq = seq_of(k.value())
-                        .ok_or_else(|| redb::Error::Corrupted("message key".into()))?;
-                    seq + 1
-                }
+            let last = txn
+                .open_table(MESSAGES)?
+                .range(lo.as_slice()..=hi.as_slice())?
+                .next_back()
+                .map(|row| row.map(|(k, _)| seq_of(k.value())))
+                .transpose()?;
+            let mut next = match last {
+                Some(Some(seq)) => seq + 1,
+                Some(None) => return Err(redb::Error::Corrupted("message key".into())),
                 None => 0,
             };
             let mut added = 0;
             for (id, bytes) in messages {
-                if ids.get(id.as_bytes().as_slice())?.is_some() {
-                    continue;
+                let found = lookup(
+                    &txn.open_table(MESSAGE_IDS)?,
+                    &txn.open_table(MESSAGES)?,
+                    &id,
+                )?;
+                match found {
+                    Indexed::Yes => continue,
+                    Indexed::No => {}
+                    Indexed::Corrupt(key) => {
+                        if let Some(key) = key {
+                            drop_message(txn, &key)?;
+                        }
+                        repaired += 1;
+                    }
                 }
                 let key = seq_key(campaign, next);
-                msgs.insert(key.as_slice(), bytes)?;
-                ids.insert(id.as_bytes().as_slice(), key.as_slice())?;
+                txn.open_table(MESSAGES)?
+                    .insert(key.as_slice(), frame(&key, bytes).as_slice())?;
+                txn.open_table(MESSAGE_IDS)?.insert(
+                    id.as_bytes().as_slice(),
+                    frame(id.as_bytes(), &key).as_slice(),
+                )?;
                 next += 1;
                 added += 1;
             }
             Ok(added)
-        })
+        })?;
+        if repaired > 0 {
+            self.report_corrupt(&format!(
+                "{repaired} message record(s), stored again from a new copy,"
+            ));
+        }
+        Ok(added)
     }
 
-    /// Whether a message is stored.
+    /// Whether a message is stored (and reads back whole: a corrupt record or index entry is
+    /// dropped and reported as not stored, so the message is accepted and stored again).
     pub fn has_message(&self, id: &MessageId) -> Result<bool, StoreError> {
-        let t = self.read_table(MESSAGE_IDS)?;
-        Ok(t.get(id.as_bytes().as_slice())
-            .map_err(|e| self.db_err(e))?
-            .is_some())
+        let found = {
+            let ids = self.read_table(MESSAGE_IDS)?;
+            let msgs = self.read_table(MESSAGES)?;
+            lookup(&ids, &msgs, id).map_err(|e| self.db_err(e))?
+        };
+        match found {
+            Indexed::Yes => Ok(true),
+            Indexed::No => Ok(false),
+            Indexed::Corrupt(key) => {
+                self.report_corrupt(&format!("message {id}"));
+                self.write(|txn| {
+                    txn.open_table(MESSAGE_IDS)?
+                        .remove(id.as_bytes().as_slice())?;
+                    if let Some(key) = key {
+                        drop_message(txn, &key)?;
+                    }
+                    Ok(())
+                })?;
+                Ok(false)
+            }
+        }
     }
 
     /// Stored messages of one campaign from sequence number `from`, in order, up to about
     /// `max_bytes` (at least one message if any). Returns them and the next sequence number.
+    /// Corrupt records are skipped and dropped, with their index entries.
     pub fn messages(
         &self,
         campaign: &CampaignId,
@@ -302,6 +710,7 @@ impl Store {
         let lo = seq_key(campaign, from);
         let hi = seq_key(campaign, u64::MAX);
         let mut out = Vec::new();
+        let mut corrupt = Vec::new();
         let mut size = 0;
         let mut next = from;
         for row in t
@@ -309,14 +718,29 @@ impl Store {
             .map_err(|e| self.db_err(e))?
         {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
-            let v = v.value();
-            if !out.is_empty() && size + v.len() > max_bytes {
+            let Some(msg) = unframe(k.value(), v.value()) else {
+                corrupt.extend(<[u8; 40]>::try_from(k.value()));
+                next = seq_of(k.value()).map_or(next, |s| s + 1);
+                continue;
+            };
+            if !out.is_empty() && size + msg.len() > max_bytes {
                 break;
             }
-            size += v.len();
+            size += msg.len();
             let seq = seq_of(k.value()).ok_or_else(|| self.corrupt("message key"))?;
             next = seq + 1;
-            out.push(v.to_vec());
+            out.push(msg.to_vec());
+        }
+        drop(t);
+        if !corrupt.is_empty() {
+            self.report_corrupt(&format!(
+                "{} message record(s) of campaign {campaign}",
+                corrupt.len()
+            ));
+            let dropped = self.write(|txn| corrupt.iter().try_for_each(|k| drop_message(txn, k)));
+            if let Err(e) = dropped {
+                tracing::error!("cannot drop corrupt messages: {e}");
+            }
         }
         Ok((out, next))
     }
@@ -354,32 +778,38 @@ impl Store {
         }
         let encoded = postcard::to_allocvec(result)
             .map_err(|e| self.corrupt(format!("result of job {job}: {e}")))?;
+        let key = pair_key(campaign.as_bytes(), job.as_bytes());
+        let framed = frame(&key, &encoded);
         self.write(|txn| {
             let mut blob_t = txn.open_table(BLOBS)?;
             for (id, bytes) in blobs {
                 blob_t.insert(id.as_bytes().as_slice(), bytes.as_slice())?;
             }
-            let mut t = txn.open_table(RESULTS)?;
-            let key = pair_key(campaign.as_bytes(), job.as_bytes());
-            t.insert(key.as_slice(), encoded.as_slice())?;
+            txn.open_table(RESULTS)?
+                .insert(key.as_slice(), framed.as_slice())?;
             Ok(())
         })
     }
 
-    /// The stored result of a job this node executed.
+    /// The stored result of a job this node executed (`None` also when its record was corrupt,
+    /// and dropped: the job then runs again).
     pub fn result(
         &self,
         campaign: &CampaignId,
         job: &JobId,
     ) -> Result<Option<JobResult>, StoreError> {
-        let t = self.read_table(RESULTS)?;
         let key = pair_key(campaign.as_bytes(), job.as_bytes());
-        match t.get(key.as_slice()).map_err(|e| self.db_err(e))? {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(v.value())
-                .map(Some)
-                .map_err(|_| self.corrupt(format!("result of job {job}"))),
+        let t = self.read_table(RESULTS)?;
+        let decoded = match t.get(key.as_slice()).map_err(|e| self.db_err(e))? {
+            None => return Ok(None),
+            Some(v) => unframe(&key, v.value()).and_then(|b| postcard::from_bytes(b).ok()),
+        };
+        drop(t);
+        if decoded.is_none() {
+            self.report_corrupt(&format!("result of job {job}"));
+            self.drop_records(RESULTS, &[key.to_vec()]);
         }
+        Ok(decoded)
     }
 
     /// How many job results this node holds for a campaign.
@@ -409,22 +839,24 @@ impl Store {
         })
     }
 
-    /// A blob, checked against its id (a mismatch is [`StoreError::Corrupt`]).
+    /// A blob, checked against its id. A blob whose bytes no longer hash to its id is dropped
+    /// (and `None` returned), so that it is fetched again.
     pub fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
         let t = self.read_table(BLOBS)?;
-        match t
+        let bytes = match t
             .get(id.as_bytes().as_slice())
             .map_err(|e| self.db_err(e))?
         {
-            None => Ok(None),
-            Some(v) => {
-                let bytes = v.value().to_vec();
-                if BlobId::of_bytes(&bytes) != *id {
-                    return Err(self.corrupt(format!("blob {id}")));
-                }
-                Ok(Some(bytes))
-            }
+            None => return Ok(None),
+            Some(v) => v.value().to_vec(),
+        };
+        drop(t);
+        if BlobId::of_bytes(&bytes) != *id {
+            self.report_corrupt(&format!("blob {id}"));
+            self.drop_records(BLOBS, &[id.as_bytes().to_vec()]);
+            return Ok(None);
         }
+        Ok(Some(bytes))
     }
 
     /// Up to `len` bytes of a blob from `offset` (clamped to its end), and its total size:

@@ -314,3 +314,71 @@ async fn unauthenticated_upload_is_refused_before_its_body(addr: SocketAddr) {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     assert!(head.contains("Authorization: Bearer"), "{head}");
 }
+
+/// A write failure (a full disk, injected) does not poison the node: `/status` still answers
+/// 200 but names the error, `/metrics` counts it, and writes succeed again once space returns,
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_shows_in_status_and_metrics_and_writes_resume_when_space_returns() {
+    let dir = TempDir::new("httpfull");
+    let faults = hivemesh_node::store::StoreFaults::default();
+    let mut cfg = test_config(dir.path());
+    cfg.store_faults = faults.clone();
+    let a = start_node(0, cfg).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let token = "t0ken-for-the-test-0123456789abcdef".to_string();
+    tokio::spawn(serve(
+        listener,
+        ApiState::new(a.client.clone(), token.clone()),
+        std::future::pending(),
+    ));
+    let auth = format!("Bearer {token}");
+    let status = || async {
+        let r = call(addr, "GET", "/status", &[], "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")
+    };
+    assert_eq!(status().await["store_error"], serde_json::Value::Null);
+
+    faults.set_disk_full(true);
+    let r = call(addr, "POST", "/blobs", &[("Authorization", &auth)], "one").await;
+    assert_ne!(r.status, 201, "nothing is acknowledged that was not stored");
+    let s = status().await;
+    assert!(
+        s["store_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left")),
+        "{s}"
+    );
+    let r = call(addr, "GET", "/metrics", &[], "").await;
+    let failures: f64 = r
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("hivemesh_store_write_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the failure counter is exported");
+    assert!(failures >= 1.0, "{}", r.text());
+
+    faults.set_disk_full(false);
+    let r = call(addr, "POST", "/blobs", &[("Authorization", &auth)], "one").await;
+    assert_eq!(
+        r.status,
+        201,
+        "writes resume without a restart: {}",
+        r.text()
+    );
+    assert_eq!(status().await["store_error"], serde_json::Value::Null);
+    let r = call(
+        addr,
+        "GET",
+        &format!("/blobs/{}", hivemesh_protocol::BlobId::of_bytes(b"one")),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"one"[..]));
+    a.stop().await;
+}

@@ -1,5 +1,6 @@
 //! Across crates: identities stored by the node sign messages that independent ledgers, fed
-//! in different orders over serialised bytes, settle identically.
+//! in different orders over serialised bytes, settle identically; a node's store belongs to the
+//! identity that first ran on it.
 
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -144,4 +145,41 @@ fn stored_identities_sign_results_that_every_ledger_settles_alike() {
         roots.push(ledger.settlement_root());
     }
     assert!(roots.windows(2).all(|w| w[0] == w[1]));
+}
+
+/// A store belongs to the key that first ran on it: another key is refused (the history would
+/// silently continue under a new identity) unless the node is told to take the store over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refuses_another_key_unless_told_to_take_it_over() {
+    let dir = hivemesh_tests::TempDir::new("owner");
+    let cfg = hivemesh_tests::test_config(dir.path());
+    hivemesh_tests::start_node(0, cfg.clone())
+        .await
+        .stop()
+        .await;
+    let Err(e) = hivemesh_node::daemon::start(cfg.clone(), test_key(1)) else {
+        panic!("a node with another key is refused on this store");
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains(&test_key(0).public().to_string())
+            && text.contains(&test_key(1).public().to_string())
+            && text.contains("--new-identity"),
+        "{text}"
+    );
+    hivemesh_tests::start_node(0, cfg.clone())
+        .await
+        .stop()
+        .await;
+    let mut take_over = cfg;
+    take_over.new_identity = true;
+    let node = hivemesh_tests::start_node(1, take_over.clone()).await;
+    assert_eq!(node.client.key(), test_key(1).public());
+    node.stop().await;
+    take_over.new_identity = false;
+    hivemesh_tests::start_node(1, take_over).await.stop().await;
+    assert!(
+        hivemesh_node::daemon::start(hivemesh_tests::test_config(dir.path()), test_key(0)).is_err(),
+        "the old key is now the stranger"
+    );
 }

@@ -322,9 +322,7 @@ impl EventLoop {
                         if msg.kind() == Kind::AuditReport {
                             Metrics::count(&self.metrics.audits, "outcome", "reported");
                         }
-                        if let Err(e) = self.store.append_messages(&id, [(msg.id(), msg.bytes())]) {
-                            tracing::error!("cannot store own message: {e}");
-                        }
+                        self.store_message(id, msg.id(), msg.bytes(), true);
                         self.publish(topic.clone(), msg.bytes().to_vec());
                     }
                     PeerOutput::Execute(job) => {

@@ -496,6 +496,8 @@ impl EventLoop {
             messages_validated: self.gossip.validated,
             messages_rejected: self.gossip.rejected,
             audit: self.config.audit,
+            store_error: self.store.last_error(),
+            pending_writes: self.pending_writes(),
             campaigns,
         }
     }

@@ -130,9 +130,7 @@ impl EventLoop {
         if let Some((_, error, action)) = verdicts.into_iter().find(|(m, _, _)| *m == mid) {
             return self.refuse(from, error.to_string(), error.label(), action);
         }
-        if let Err(e) = self.store.append_messages_lazy(&id, [(mid, msg.bytes())]) {
-            tracing::error!("cannot store message: {e}");
-        }
+        self.store_message(id, mid, msg.bytes(), false);
         self.gossip.validated += 1;
         Metrics::count(&self.metrics.accepted, "kind", msg.kind().label());
         self.emit(Event::Accepted(mid));

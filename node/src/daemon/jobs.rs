@@ -10,6 +10,7 @@ use hivemesh_protocol::peer::PeerInput;
 use hivemesh_protocol::spec::JobSpec;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::pending::PendingResult;
 use super::{Event, EventLoop};
 use crate::executor::{BlobSource, ExecError, Executed, Executor, needed_blobs};
 use crate::fault::Fault;
@@ -211,28 +212,37 @@ impl EventLoop {
             .training_seconds
             .inc_by(result.wall_time_ms as f64 / 1000.0);
         // Durable before anyone hears of it.
+        let held = PendingResult {
+            campaign: done.campaign,
+            job: done.job,
+            result,
+            blobs,
+        };
         if let Err(e) = self
             .store
-            .put_result(&done.campaign, &done.job, &result, &blobs)
+            .put_result(&held.campaign, &held.job, &held.result, &held.blobs)
         {
-            tracing::error!(job = %done.job, "cannot store result: {e}");
+            tracing::error!(job = %held.job, "cannot store result (kept to retry): {e}");
+            self.hold_result(held);
             return;
         }
+        self.acknowledge_result(held);
+    }
+
+    /// A stored result: announce its blobs, tell subscribers, feed the protocol.
+    pub(super) fn acknowledge_result(&mut self, stored: PendingResult) {
+        let PendingResult {
+            campaign,
+            job,
+            result,
+            blobs,
+        } = stored;
         for (id, _) in &blobs {
             self.announce_blob(id);
         }
         self.jobs.finished += 1;
-        tracing::info!(job = %done.job, "job finished");
-        self.emit(Event::JobFinished {
-            campaign: done.campaign,
-            job: done.job,
-        });
-        self.drive(
-            done.campaign,
-            PeerInput::JobDone {
-                job: done.job,
-                result,
-            },
-        );
+        tracing::info!(%job, "job finished");
+        self.emit(Event::JobFinished { campaign, job });
+        self.drive(campaign, PeerInput::JobDone { job, result });
     }
 }

@@ -11,6 +11,7 @@
 //! - [`sync`]: ledger sync requests and responses;
 //! - [`blobs`]: serving, storing, announcing and fetching blobs;
 //! - [`jobs`]: starting, running and abandoning jobs;
+//! - [`pending`]: writes that failed (a full disk), kept and retried;
 //! - [`rate_limit`]: per-peer token buckets;
 //! - [`status`]: the read models the API serves.
 //!
@@ -28,6 +29,7 @@ pub mod campaigns;
 pub mod client;
 pub mod gossip;
 pub mod jobs;
+pub mod pending;
 pub mod rate_limit;
 pub mod status;
 pub mod sync;
@@ -48,6 +50,7 @@ pub use self::campaigns::{CampaignError, MAX_CAMPAIGNS};
 pub use self::client::{COMMAND_CAPACITY, Client, ClientError, EVENT_CAPACITY, Event};
 pub use self::gossip::OUTBOX_CAPACITY;
 pub use self::jobs::{JOB_RESULT_CAPACITY, JobError};
+pub use self::pending::{PENDING_MESSAGES, PENDING_RESULTS};
 pub use self::rate_limit::{BLOB_RATE_PER_PEER, GOSSIP_RATE_PER_PEER, REQUEST_RATE_PER_PEER};
 pub use self::status::{CampaignStatus, FrontPoint, NodeStatus, SettledJob, front};
 pub use crate::fault::Fault;
@@ -57,13 +60,14 @@ use self::campaigns::Campaigns;
 use self::client::Command;
 use self::gossip::Gossip;
 use self::jobs::Jobs;
+use self::pending::PendingWrites;
 use self::rate_limit::Limits;
 use self::sync::SyncState;
 use crate::admission::Admission;
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::net::{Behaviour, BehaviourEvent, NetConfig, SyncRequest};
-use crate::store::{Store, StoreError};
+use crate::store::{DataDirLock, Store, StoreError, StoreFaults, StoreOptions};
 
 /// Connections a node seeks out (through Kademlia) for a well-knit gossip mesh.
 pub const TARGET_PEERS: usize = 4;
@@ -110,6 +114,11 @@ pub struct Config {
     pub gossip_rate: f64,
     /// Misbehaviour to inject (tests only).
     pub fault: Option<Fault>,
+    /// Take over a store recorded under another key (`--new-identity`); otherwise a node whose
+    /// key is not the store's owner is refused.
+    pub new_identity: bool,
+    /// Disk faults to inject into the store (tests only).
+    pub store_faults: StoreFaults,
 }
 
 impl Config {
@@ -127,6 +136,8 @@ impl Config {
             admission: Admission::default(),
             gossip_rate: GOSSIP_RATE_PER_PEER,
             fault: None,
+            new_identity: false,
+            store_faults: StoreFaults::default(),
         }
     }
 }
@@ -188,6 +199,8 @@ pub struct EventLoop {
     limits: Limits,
     /// Blob fetches under way.
     blobs: Blobs,
+    /// Writes that failed (a full disk), retried on the sync timer.
+    pending: PendingWrites,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -258,12 +271,28 @@ fn build_swarm(
 /// restores every stored campaign (replaying its messages; subscribe to the events before, to
 /// see what the replay ends in).
 pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeError> {
-    let store = Arc::new(Store::open(&config.data_dir)?);
+    let lock = DataDirLock::acquire(&config.data_dir)?;
+    start_locked(config, key, lock)
+}
+
+/// [`start`] with the data directory already locked (`hivemesh run` locks it before it loads or
+/// creates the key). The store must belong to `key` (see [`Store::claim_owner`]).
+pub fn start_locked(
+    config: Config,
+    key: Keypair,
+    lock: DataDirLock,
+) -> Result<(Client, EventLoop), NodeError> {
+    let metrics = Arc::new(Metrics::new());
+    let options = StoreOptions {
+        write_failures: metrics.store_write_failures.clone(),
+        faults: config.store_faults.clone(),
+    };
+    let store = Arc::new(Store::open_with(lock, options)?);
+    store.claim_owner(&key.public(), config.new_identity)?;
     let campaigns = Campaigns::new(key.clone());
     let swarm = build_swarm(&config, &key, &campaigns)?;
     let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
-    let metrics = Arc::new(Metrics::new());
     let client = Client {
         tx,
         events: events.clone(),
@@ -284,6 +313,7 @@ pub fn start(config: Config, key: Keypair) -> Result<(Client, EventLoop), NodeEr
         sync: SyncState::default(),
         limits: Limits::new(config.gossip_rate),
         blobs: Blobs::default(),
+        pending: PendingWrites::default(),
         config,
     };
     ev.announce_held_blobs()?;

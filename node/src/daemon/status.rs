@@ -126,6 +126,11 @@ pub struct NodeStatus {
     pub messages_rejected: u64,
     /// Audit mode.
     pub audit: bool,
+    /// The store's last failed write (a full disk), until a write succeeds; `null` when healthy.
+    pub store_error: Option<String>,
+    /// Results and messages that wait in memory for the store to take them (retried on the
+    /// sync timer; a waiting result is not yet acknowledged).
+    pub pending_writes: usize,
     /// Campaigns followed.
     pub campaigns: Vec<CampaignStatus>,
 }

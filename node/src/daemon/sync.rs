@@ -28,8 +28,10 @@ pub(super) struct SyncState {
 }
 
 impl EventLoop {
-    /// The sync timer: flush the store, retry the outbox, sync with the next connected peer.
+    /// The sync timer: retry failed store writes, flush the store, retry the outbox, sync with
+    /// the next connected peer.
     pub(super) fn sync_round(&mut self) {
+        self.retry_pending_writes();
         if let Err(e) = self.store.flush() {
             tracing::error!("cannot flush the store: {e}");
         }
