@@ -20,7 +20,7 @@ use hivemesh_protocol::id::{BlobId, CampaignId};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::daemon::{Client, ClientError, NodeStatus};
+use crate::daemon::{Client, ClientError};
 use crate::fetch::MAX_BLOB_LEN;
 use crate::submit::{Resolve, Submission, UploadError, build_spec};
 
@@ -273,8 +273,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
 /// The API's shared state.
 #[derive(Debug, Clone)]
 pub struct ApiState {
+    /// The node.
     client: Client,
+    /// The bearer token of mutating calls.
     token: Arc<String>,
+    /// Paces every request (see [`Pacer`]).
+    pacer: Arc<Pacer>,
 }
 
 impl ApiState {
@@ -283,8 +287,61 @@ impl ApiState {
         ApiState {
             client,
             token: Arc::new(token),
+            pacer: Arc::new(Pacer::new(API_RATE, API_BURST)),
         }
     }
+}
+
+/// Requests the API serves per second, over all clients, once a burst is spent.
+pub const API_RATE: u32 = 100;
+/// Requests served at once before pacing starts.
+pub const API_BURST: u32 = 100;
+
+/// Paces requests to a rate (a virtual-scheduling token bucket, GCRA): a request over the
+/// rate waits, without using the CPU, until its turn. Clients that loop on the API are slowed
+/// to the rate together instead of taking the node's CPU from protocol work; the wait is
+/// bounded by the connection cap (at most [`MAX_API_CONNECTIONS`] requests wait).
+#[derive(Debug)]
+pub struct Pacer {
+    /// Time between requests at the sustained rate.
+    interval: std::time::Duration,
+    /// How far ahead of now requests may be admitted (the burst).
+    burst: std::time::Duration,
+    /// The theoretical arrival time of the next request.
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    /// `rate` requests per second, `burst` at once.
+    pub fn new(rate: u32, burst: u32) -> Pacer {
+        let interval = std::time::Duration::from_secs(1) / rate.max(1);
+        Pacer {
+            interval,
+            burst: interval * burst.max(1),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// How long a request arriving `now` waits for its turn (and takes that turn).
+    pub fn reserve(&self, now: tokio::time::Instant) -> std::time::Duration {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = (*next).max(now);
+        *next = turn + self.interval;
+        (turn + self.interval).saturating_duration_since(now + self.burst)
+    }
+}
+
+/// Middleware: every request waits for its turn at the [`Pacer`].
+async fn paced(
+    State(s): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let wait = s.pacer.reserve(tokio::time::Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    next.run(request).await
 }
 
 /// An API error: a status and a message, sent as JSON.
@@ -342,13 +399,14 @@ async fn get_manifest() -> axum::Json<Value> {
     axum::Json(manifest())
 }
 
-async fn get_status(State(s): State<ApiState>) -> Result<axum::Json<NodeStatus>, ApiError> {
-    Ok(axum::Json(s.client.status().await.map_err(stopped)?))
+async fn get_status(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let st = s.client.status_snapshot().await.map_err(stopped)?;
+    Ok(axum::Json(&*st).into_response())
 }
 
 async fn list_campaigns(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    let st = s.client.status().await.map_err(stopped)?;
-    Ok(axum::Json(st.campaigns).into_response())
+    let st = s.client.status_snapshot().await.map_err(stopped)?;
+    Ok(axum::Json(&st.campaigns).into_response())
 }
 
 fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
@@ -649,18 +707,76 @@ pub fn router(state: ApiState) -> Router {
             "no such endpoint: see /manifest.json".into(),
         )
     })
+    .layer(axum::middleware::from_fn_with_state(state.clone(), paced))
     .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Connections the API serves at once; more wait in the listen backlog until one closes.
+pub const MAX_API_CONNECTIONS: usize = 128;
+/// How long a connection may take to send a request head, and may stay idle between requests
+/// (slow-header and idle connections are closed after it).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the API on `listener` until `shutdown` resolves: HTTP/1.1, at most
+/// [`MAX_API_CONNECTIONS`] connections at once, each closed when its request head takes
+/// longer than [`HEADER_TIMEOUT`] or it idles that long between requests. Bodies are limited
+/// per route before they are buffered, and the token of a mutating call is checked from the
+/// head before any body is read.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_API_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: refuse this one, keep serving.
+                    tracing::warn!("api: cannot accept a connection: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(app.clone()),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!("api connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("api: requests still in flight at shutdown were cut");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -681,6 +797,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_pacer_admits_a_burst_then_one_request_per_interval() {
+        let p = Pacer::new(10, 3);
+        let t0 = tokio::time::Instant::now();
+        let waits: Vec<u128> = (0..6).map(|_| p.reserve(t0).as_millis()).collect();
+        assert_eq!(waits, vec![0, 0, 0, 100, 200, 300]);
+        // After a quiet second the burst is back.
+        let later = t0 + std::time::Duration::from_secs(2);
+        assert_eq!(p.reserve(later), std::time::Duration::ZERO);
     }
 
     #[test]

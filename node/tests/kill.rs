@@ -130,7 +130,7 @@ fn kill_9_mid_job_loses_nothing_and_resumes() {
     wait_line(&b, &mut log_b, |l| l.starts_with("api "));
     // The roster is the submitting node and its peers: wait until A sees B.
     let end = Instant::now() + DEADLINE;
-    while get(&rt, &da, "/status")["peers"].as_u64() != Some(1) {
+    while get(&rt, &da, "/status")["hivemesh_peers"].as_u64() != Some(1) {
         assert!(Instant::now() < end, "A never saw B");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -29,8 +29,9 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
     let mut cfg = test_config(dirs[1].path());
     cfg.bootstrap = a.addrs.clone();
     let b = start_node(1, cfg).await;
+    // B goes on the roster once it proved it speaks hivemesh (identify).
     wait_for(&mut a.events, Duration::from_secs(30), |e| {
-        matches!(e, Event::Connected(p) if *p == b.client.peer_id()).then_some(())
+        matches!(e, Event::SpeaksHivemesh(p) if *p == b.client.peer_id()).then_some(())
     })
     .await;
 
@@ -380,5 +381,37 @@ async fn a_full_disk_shows_in_status_and_metrics_and_writes_resume_when_space_re
     )
     .await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"one"[..]));
+    a.stop().await;
+}
+
+/// An idle connection (no request head) is closed by the API after its header timeout, so
+/// idle connections cannot pile up until the node runs out of descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_api_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new("httpidle");
+    let a = start_node(0, test_config(dir.path())).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve(
+        listener,
+        ApiState::new(a.client.clone(), "t".repeat(64)),
+        std::future::pending(),
+    ));
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let guard = hivemesh_node::http::HEADER_TIMEOUT + Duration::from_secs(10);
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(guard, idle.read(&mut buf))
+        .await
+        .expect("the node closes an idle connection")
+        .unwrap_or(0);
+    // Closed without a response, or with a 408 before closing.
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    // And it still serves.
+    let r = call(addr, "GET", "/status", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
     a.stop().await;
 }

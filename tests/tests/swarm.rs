@@ -144,6 +144,58 @@ async fn a_job_over_the_compute_limit_is_abandoned_before_training() {
     node.stop().await;
 }
 
+/// A peer that does not speak hivemesh (a plain libp2p node: ping only, like the js-libp2p
+/// node of issue 22) is connected but never a genesis-roster candidate, so it cannot stall
+/// generation 0 by never voting; a hivemesh node that connected after it is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_peers_that_speak_hivemesh_are_genesis_roster_candidates() {
+    use libp2p::futures::StreamExt;
+    let (_dirs, mut nodes) = cluster("roster", 1, |_, _| {}).await;
+    let mut plain = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| libp2p::ping::Behaviour::default())
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    let plain_id = *plain.local_peer_id();
+    plain.dial(nodes[0].addrs[0].clone()).expect("dial");
+    let driver = tokio::spawn(async move {
+        loop {
+            plain.select_next_some().await;
+        }
+    });
+    wait_for(&mut nodes[0].events, Duration::from_secs(30), |e| {
+        matches!(e, Event::Connected(p) if *p == plain_id).then_some(())
+    })
+    .await;
+    let dir = TempDir::new("roster-b");
+    let mut cfg = test_config(dir.path());
+    cfg.bootstrap = nodes[0].addrs.clone();
+    let b = start_node(1, cfg).await;
+    wait_for(&mut nodes[0].events, Duration::from_secs(30), |e| match e {
+        Event::SpeaksHivemesh(p) if *p == plain_id => Some(Err(())),
+        Event::SpeaksHivemesh(p) if *p == b.client.peer_id() => Some(Ok(())),
+        _ => None,
+    })
+    .await
+    .expect("the plain peer never proves it speaks hivemesh");
+    let keys = nodes[0].client.connected_keys().await.expect("keys");
+    assert_eq!(keys, vec![test_key(1).public()], "only B is a candidate");
+    let status = nodes[0].client.status().await.expect("status");
+    assert_eq!((status.peers, status.hivemesh_peers), (2, 1));
+    driver.abort();
+    b.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Node 0 submits a 4-job, 2-generation digits campaign run by all of `nodes`; waits until
 /// every node saw it finish and returns its id and each node's closures.
 async fn run_to_end(

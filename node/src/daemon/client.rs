@@ -14,7 +14,7 @@ use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
 use libp2p::gossipsub::IdentTopic;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::blobs::FetchError;
 use super::campaigns::CampaignError;
@@ -182,6 +182,9 @@ pub enum Event {
     Listening(Multiaddr),
     /// Connected to a peer.
     Connected(PeerId),
+    /// A connected peer proved it speaks hivemesh (its identify lists the sync protocol): it
+    /// may now be put on a genesis roster.
+    SpeaksHivemesh(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
     /// A network message was validated, fed to the protocol and stored.
@@ -268,6 +271,9 @@ pub struct Client {
     pub(super) key: PeerKey,
     /// The node's metrics.
     pub(super) metrics: Arc<Metrics>,
+    /// The latest status snapshot (refreshed by the event loop every
+    /// [`super::STATUS_SNAPSHOT_EVERY`]; `None` until it runs).
+    pub(super) snapshot: watch::Receiver<Option<Arc<NodeStatus>>>,
 }
 
 impl Client {
@@ -288,6 +294,21 @@ impl Client {
     /// The node's signing key.
     pub fn key(&self) -> PeerKey {
         self.key
+    }
+
+    /// The node's status as of the last snapshot (at most
+    /// [`super::STATUS_SNAPSHOT_EVERY`] old), read without waiting on the event loop: what the
+    /// API serves, so that clients polling it cannot slow protocol work. [`Client::status`]
+    /// asks the loop for an exact one.
+    pub async fn status_snapshot(&self) -> Result<Arc<NodeStatus>, ClientError> {
+        if self.snapshot.has_changed().is_err() {
+            return Err(ClientError::Stopped);
+        }
+        let latest = self.snapshot.borrow().clone();
+        match latest {
+            Some(s) => Ok(s),
+            None => self.status().await.map(Arc::new),
+        }
     }
 
     /// The node's metrics (counted by the event loop).
@@ -348,7 +369,8 @@ impl Client {
         self.ask(|reply| Command::Scores { id, reply }).await
     }
 
-    /// The signing keys of the peers connected now (candidates for a campaign's roster).
+    /// The signing keys of the connected peers that proved they speak hivemesh (see
+    /// [`Event::SpeaksHivemesh`]): the candidates for a genesis roster.
     pub async fn connected_keys(&self) -> Result<Vec<PeerKey>, ClientError> {
         self.ask(|reply| Command::PeerKeys { reply }).await
     }
@@ -399,8 +421,26 @@ impl Client {
 }
 
 impl EventLoop {
-    /// Answers a client's command.
+    /// Answers a client's command; one that may change what `/status` shows (a submission,
+    /// a stored blob, a dial, a block) refreshes the snapshot at once, so a client reads its
+    /// own write.
     pub(super) fn on_command(&mut self, cmd: Command) {
+        let changes = matches!(
+            cmd,
+            Command::Dial { .. }
+                | Command::Submit { .. }
+                | Command::PutBlob { .. }
+                | Command::Block { .. }
+                | Command::PublishRaw { .. }
+        );
+        self.answer(cmd);
+        if changes {
+            self.publish_status();
+        }
+    }
+
+    /// Carries out a command and sends its reply.
+    fn answer(&mut self, cmd: Command) {
         match cmd {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.clone());
@@ -427,7 +467,7 @@ impl EventLoop {
                 let _ = reply.send(self.campaigns.map.get(&id).map(status::standings));
             }
             Command::PeerKeys { reply } => {
-                let keys = self.swarm.connected_peers().filter_map(peer_key).collect();
+                let keys = self.sync.speakers.iter().filter_map(peer_key).collect();
                 let _ = reply.send(keys);
             }
             Command::Blob { id, reply } => {
@@ -478,6 +518,12 @@ impl EventLoop {
         Ok(id)
     }
 
+    /// Publishes a fresh status snapshot for [`Client::status_snapshot`].
+    pub(super) fn publish_status(&mut self) {
+        let now = Arc::new(self.node_status());
+        self.status_tx.send_replace(Some(now));
+    }
+
     /// The node as a whole.
     fn node_status(&self) -> NodeStatus {
         let campaigns = self
@@ -491,6 +537,7 @@ impl EventLoop {
             key: self.campaigns.key.public().to_string(),
             listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
             peers: self.swarm.connected_peers().count(),
+            hivemesh_peers: self.sync.speakers.len(),
             jobs_running: self.jobs.running,
             jobs_finished: self.jobs.finished,
             messages_validated: self.gossip.validated,

@@ -1,9 +1,11 @@
 //! The running node: a [`Client`] handle, the [`EventLoop`] that owns the swarm, the store and
 //! one protocol `Peer` per campaign, and the [`Event`]s it reports.
 //!
-//! The event loop is the only owner of mutable state. It waits, in priority order (`biased`),
-//! on: shutdown; commands from clients; timers (finished jobs, the earliest protocol wakeup,
-//! the sync timer); and remote input (the swarm). Each concern keeps its state in its own
+//! The event loop is the only owner of mutable state. It waits, fairly (a ready source is
+//! picked at random, so no flood starves the others), on: shutdown; commands from clients;
+//! finished jobs; timers (the earliest protocol wakeup, the sync timer, the status snapshot);
+//! and remote input (the swarm). The API reads the status snapshot, refreshed every
+//! [`STATUS_SNAPSHOT_EVERY`], without waiting on the loop. Each concern keeps its state in its own
 //! module and sub-struct:
 //! - [`client`]: the [`Client`], its commands and [`ClientError`], the [`Event`]s;
 //! - [`campaigns`]: following, restoring and adding campaigns, driving their protocol peers;
@@ -43,7 +45,7 @@ use hivemesh_protocol::identity::{Keypair, PeerKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 pub use self::blobs::{FetchError, MAX_ANNOUNCED_BLOBS};
 pub use self::campaigns::{CampaignError, MAX_CAMPAIGNS};
@@ -68,6 +70,9 @@ use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::net::{Behaviour, BehaviourEvent, NetConfig, SyncRequest};
 use crate::store::{DataDirLock, Store, StoreError, StoreFaults, StoreOptions};
+
+/// How often the event loop refreshes the status snapshot the API serves.
+pub const STATUS_SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 
 /// Connections a node seeks out (through Kademlia) for a well-knit gossip mesh.
 pub const TARGET_PEERS: usize = 4;
@@ -185,6 +190,8 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     /// Events to subscribers.
     events: broadcast::Sender<Event>,
+    /// Where the status snapshot the API serves is published.
+    status_tx: watch::Sender<Option<Arc<NodeStatus>>>,
     /// The addresses the swarm listens on (with `/p2p/<peer id>`).
     listen_addrs: Vec<Multiaddr>,
     /// The campaigns followed, with their protocol peers.
@@ -293,12 +300,14 @@ pub fn start_locked(
     let swarm = build_swarm(&config, &key, &campaigns)?;
     let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let (status_tx, snapshot) = watch::channel(None);
     let client = Client {
         tx,
         events: events.clone(),
         peer_id: *swarm.local_peer_id(),
         key: key.public(),
         metrics: Arc::clone(&metrics),
+        snapshot,
     };
     let mut ev = EventLoop {
         swarm,
@@ -306,6 +315,7 @@ pub fn start_locked(
         metrics,
         commands,
         events,
+        status_tx,
         listen_addrs: Vec::new(),
         campaigns,
         jobs: Jobs::new(Executor::new(&config.admission), config.jobs),
@@ -330,15 +340,19 @@ impl EventLoop {
         tokio::pin!(shutdown);
         let mut sync = tokio::time::interval(self.config.sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snapshot = tokio::time::interval(STATUS_SNAPSHOT_EVERY);
+        snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.campaigns.next_wakeup();
+            // Fair: when several sources are ready, one is picked at random, so a flood on one
+            // (API commands, a chatty peer) gets its share and no more.
             tokio::select! {
-                biased;
                 () = &mut shutdown => break,
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(done) = self.jobs.rx.recv() => self.on_job_done(done),
                 () = tokio::time::sleep_until(wake) => self.tick_all(),
                 _ = sync.tick() => self.sync_round(),
+                _ = snapshot.tick() => self.publish_status(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
@@ -413,12 +427,20 @@ impl EventLoop {
         let peers = self.swarm.connected_peers().count();
         self.metrics.peers.set(peers as i64);
         if num_established == 0 {
+            self.sync.speakers.remove(&peer);
             self.emit(Event::Disconnected(peer));
         }
     }
 
     fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
+            if info.protocols.contains(&crate::net::SYNC_PROTOCOL)
+                && peer_key(&peer_id).is_some()
+                && self.swarm.is_connected(&peer_id)
+                && self.sync.speakers.insert(peer_id)
+            {
+                self.emit(Event::SpeaksHivemesh(peer_id));
+            }
             for addr in info.listen_addrs {
                 self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
             }

@@ -116,6 +116,9 @@ pub struct NodeStatus {
     pub listen: Vec<String>,
     /// Connected peers.
     pub peers: usize,
+    /// Connected peers that proved they speak hivemesh (the genesis roster of a campaign
+    /// submitted here without one: this node and them).
+    pub hivemesh_peers: usize,
     /// Jobs running now.
     pub jobs_running: usize,
     /// Jobs finished since start.

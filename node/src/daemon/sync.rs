@@ -2,7 +2,7 @@
 //! messages of each campaign from a cursor, answering such requests, and penalising peers that
 //! send invalid history.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use hivemesh_protocol::envelope::Context;
@@ -25,6 +25,10 @@ pub(super) struct SyncState {
     cursor: HashMap<(PeerId, CampaignId), u64>,
     /// Round-robin position among the connected peers.
     turn: usize,
+    /// Connected peers that proved they speak hivemesh: their identify, over hivemesh's own
+    /// identify protocol, lists the sync protocol. Only they may be put on a genesis roster
+    /// (a peer that never votes would stall generation 0). Bounded by the connection limit.
+    pub(super) speakers: HashSet<PeerId>,
 }
 
 impl EventLoop {
