@@ -500,12 +500,19 @@ async fn a_peer_in_the_mesh_is_banned_within_three_rejected_messages() {
     );
     assert!(rejected <= bound as usize, "{rejected} > {bound}");
     assert!(score < hivemesh_node::net::GRAYLIST_THRESHOLD);
-    // Disconnected, and refused when it comes back.
-    until_swarm(&mut peer, Duration::from_secs(30), |e| match e {
-        SwarmEvent::ConnectionClosed { peer_id, .. } if *peer_id == node_id => Some(()),
-        _ => None,
-    })
-    .await;
+    // Disconnected (perhaps already while the ban event was awaited), and refused when it
+    // comes back.
+    if peer.is_connected(&node_id) {
+        until_swarm(&mut peer, Duration::from_secs(30), |e| match e {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if *peer_id == node_id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
     peer.dial(node.addrs[0].clone()).expect("dial");
     until_swarm(&mut peer, Duration::from_secs(30), |e| match e {
         SwarmEvent::ConnectionClosed { peer_id, .. } if *peer_id == node_id => Some(()),
@@ -549,5 +556,63 @@ async fn an_ihave_of_a_thousand_ids_does_not_kill_the_gossip_stream() {
     )
     .await;
     assert!(reason.contains("signature"), "{reason}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_from_fresh_keys_are_stored_only_up_to_the_joiner_pool() {
+    use hivemesh_protocol::envelope::Signed;
+    use hivemesh_protocol::message::Heartbeat;
+    use hivemesh_protocol::peer::PeerConfig;
+    use hivemesh_tests::raw_peer::until_node;
+
+    let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("sybil").await;
+    let attacker = *peer.local_peer_id();
+    let before = node.client.status().await.expect("up").messages_validated;
+    let sent: u64 = 300;
+    for i in 0..sent {
+        let hb = Heartbeat {
+            campaign: id,
+            generation: 0,
+            running: 0,
+            capacity: 1,
+            issued_at: hivemesh_node::unix_now(),
+        };
+        let signed = Signed::sign_and_encode(hb, &test_key(10_000 + i)).expect("sign");
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), signed.bytes().to_vec())
+            .expect("publish");
+    }
+    // Every heartbeat gets a verdict: accepted (stored, forwarded) or unwanted (neither).
+    let (mut kept, mut unwanted) = (0u64, 0u64);
+    while kept + unwanted < sent {
+        match until_node(
+            &mut peer,
+            &mut node.events,
+            Duration::from_secs(60),
+            |e| match e {
+                Event::Accepted(_) => Some(true),
+                Event::Rejected {
+                    from,
+                    reason,
+                    penalised: false,
+                } if *from == attacker && reason.contains("not kept") => Some(false),
+                _ => None,
+            },
+        )
+        .await
+        {
+            true => kept += 1,
+            false => unwanted += 1,
+        }
+    }
+    let stored = node.client.status().await.expect("up").messages_validated - before;
+    eprintln!(
+        "{sent} fresh-key heartbeats: {kept} kept and stored ({stored} validated), {unwanted} not"
+    );
+    let pool = PeerConfig::default().max_pending_joiners as u64;
+    assert_eq!(kept, pool);
+    assert_eq!(stored, pool);
     node.stop().await;
 }
