@@ -121,6 +121,31 @@ pub enum DecodeError {
         /// The rule broken.
         reason: String,
     },
+    /// The message is valid but the campaign does not keep it (its signer is no member and no
+    /// joiner it has room for, or the campaign has finished and does not need it).
+    #[error("{kind:?} not kept: {reason}")]
+    Unwanted {
+        /// The kind.
+        kind: Kind,
+        /// Why not.
+        reason: Unwanted,
+    },
+}
+
+/// Why a campaign does not keep a valid message (see `peer::admission`). Never the sender's
+/// fault for certain: another node's view of the members may be a generation ahead or behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Unwanted {
+    /// The signer is not a member of any generation so far, nor a pending joiner held here.
+    #[error("the signer is neither a member nor a pending joiner")]
+    UnknownSigner,
+    /// The signer would join, but the pool of pending joiners has no room for it (full of lower
+    /// keys, or as many joined it this generation as it holds).
+    #[error("no room for another pending joiner")]
+    JoinersFull,
+    /// The campaign has finished and needs no more messages of this kind.
+    #[error("the campaign has finished")]
+    Finished,
 }
 
 impl DecodeError {
@@ -130,7 +155,8 @@ impl DecodeError {
             // A newer peer may speak a version we do not; honest relays forward old gossip.
             DecodeError::UnknownVersion { .. }
             | DecodeError::Stale { .. }
-            | DecodeError::FromFuture { .. } => PeerAction::Ignore,
+            | DecodeError::FromFuture { .. }
+            | DecodeError::Unwanted { .. } => PeerAction::Ignore,
             DecodeError::Truncated { .. }
             | DecodeError::TrailingBytes { .. }
             | DecodeError::UnknownKind { .. }
@@ -162,6 +188,7 @@ impl DecodeError {
             DecodeError::Stale { .. } => "stale",
             DecodeError::FromFuture { .. } => "from_future",
             DecodeError::Invalid { .. } => "invalid",
+            DecodeError::Unwanted { .. } => "unwanted",
         }
     }
 }

@@ -821,6 +821,16 @@ impl Ledger {
         }
     }
 
+    /// Drops the heartbeat held from `peer` (a pending joiner displaced by a lower key).
+    pub fn forget_heartbeat(&mut self, peer: &PeerKey) {
+        self.heartbeats.remove(peer);
+    }
+
+    /// Heartbeats held (the newest of each peer).
+    pub fn heartbeat_count(&self) -> usize {
+        self.heartbeats.len()
+    }
+
     /// The settlement of `job`, if it has settled.
     pub fn settlement(&self, job: &JobId) -> Option<&Settlement> {
         self.jobs.get(job).and_then(|j| j.settlement.as_ref())

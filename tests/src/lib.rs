@@ -4,6 +4,8 @@
 //! deterministic identities and message builders today; multi-node harnesses (nodes on loopback
 //! that wait on events with a timeout, never sleep-and-retry) once the node exists.
 
+pub mod raw_peer;
+
 use hivemesh_protocol::Keypair;
 
 /// The identity of test peer `i`: deterministic, so failures reproduce.

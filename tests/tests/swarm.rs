@@ -472,3 +472,269 @@ async fn a_second_node_cannot_take_a_port_in_use() {
     );
     a.stop().await;
 }
+
+/// A node following an open campaign whose roster is absent (so the node runs no jobs), and a
+/// raw gossipsub peer connected to it, subscribed to the campaign's topic and knowing the node
+/// is; the node's temp dir, the node, the peer and the topic.
+async fn node_and_raw_peer(
+    tag: &str,
+) -> (
+    TempDir,
+    hivemesh_tests::TestNode,
+    libp2p::Swarm<hivemesh_tests::raw_peer::RawBehaviour>,
+    libp2p::gossipsub::IdentTopic,
+    hivemesh_protocol::CampaignId,
+) {
+    use hivemesh_tests::raw_peer::{RawBehaviourEvent, raw_peer, until_swarm};
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+
+    let dir = TempDir::new(tag);
+    let mut node = start_node(0, test_config(dir.path())).await;
+    let roster: Vec<_> = (90..93).map(|i| test_key(i).public()).collect();
+    let id = node
+        .client
+        .submit(digits_nas_spec(&roster, 2, 1, 5))
+        .await
+        .expect("accepted");
+    let topic = hivemesh_node::net::campaign_topic(&id);
+    let mut peer = raw_peer();
+    peer.behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .expect("subscribe");
+    peer.dial(node.addrs[0].clone()).expect("dial");
+    let node_id = node.client.peer_id();
+    let hash = topic.hash();
+    until_swarm(&mut peer, Duration::from_secs(30), |e| match e {
+        SwarmEvent::Behaviour(RawBehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+            peer_id,
+            topic,
+        })) => (*peer_id == node_id && *topic == hash).then_some(()),
+        _ => None,
+    })
+    .await;
+    let me = *peer.local_peer_id();
+    hivemesh_tests::raw_peer::until_node(
+        &mut peer,
+        &mut node.events,
+        Duration::from_secs(30),
+        |e| {
+            matches!(e, Event::Subscribed { peer, campaign } if *peer == me && *campaign == id)
+                .then_some(())
+        },
+    )
+    .await;
+    (dir, node, peer, topic, id)
+}
+
+/// A claim for campaign `id` signed by a fresh key and then tampered with (a bad signature: every
+/// honest node rejects it), distinct for each `n`.
+fn forged_claim(id: hivemesh_protocol::CampaignId, n: u8) -> Vec<u8> {
+    use hivemesh_protocol::envelope::Signed;
+    use hivemesh_protocol::message::Claim;
+    let claim = Claim {
+        campaign: id,
+        job: hivemesh_protocol::JobId([n; 32]),
+        issued_at: hivemesh_node::unix_now(),
+    };
+    let signed = Signed::sign_and_encode(claim, &test_key(500 + u64::from(n))).expect("sign");
+    let mut forged = signed.bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    forged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_in_the_mesh_is_banned_within_three_rejected_messages() {
+    use hivemesh_protocol::envelope::{AnySigned, Signed};
+    use hivemesh_protocol::message::Heartbeat;
+    use hivemesh_tests::raw_peer::{until_node, until_swarm};
+    use libp2p::swarm::SwarmEvent;
+
+    let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("graylist").await;
+    let attacker = *peer.local_peer_id();
+    let node_id = node.client.peer_id();
+    // Bank credit first: valid join heartbeats (fresh keys) the node accepts and it delivers
+    // first (P2), while it sits in the node's mesh (P1).
+    for i in 0..5 {
+        let hb = Heartbeat {
+            campaign: id,
+            generation: 0,
+            running: 0,
+            capacity: 1,
+            issued_at: hivemesh_node::unix_now(),
+        };
+        let signed = Signed::sign_and_encode(hb, &test_key(300 + i)).expect("sign");
+        let mid = AnySigned::Heartbeat(signed.clone()).id();
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), signed.bytes().to_vec())
+            .expect("publish");
+        until_node(&mut peer, &mut node.events, Duration::from_secs(30), |e| {
+            matches!(e, Event::Accepted(m) if *m == mid).then_some(())
+        })
+        .await;
+    }
+    let banked = node
+        .client
+        .gossip_score(attacker)
+        .await
+        .expect("up")
+        .expect("scored");
+    assert!(banked > 0.0, "credit banked: {banked}");
+
+    // Now rejected messages, one at a time, until the node bans the peer.
+    let bound = hivemesh_node::net::rejects_to_graylist();
+    let mut rejected = 0;
+    let score = loop {
+        assert!(
+            rejected < 20,
+            "not banned after {rejected} rejected messages"
+        );
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), forged_claim(id, rejected as u8))
+            .expect("publish");
+        let banned = until_node(
+            &mut peer,
+            &mut node.events,
+            Duration::from_secs(30),
+            |e| match e {
+                Event::Rejected {
+                    from,
+                    penalised: true,
+                    ..
+                } if *from == attacker => Some(None),
+                Event::Banned { peer, score } if *peer == attacker => Some(Some(*score)),
+                _ => None,
+            },
+        )
+        .await;
+        match banned {
+            None => rejected += 1,
+            Some(score) => break score,
+        }
+    };
+    eprintln!(
+        "rejected messages before the ban: {rejected} (credit banked {banked:.2}, score at the \
+         ban {score:.1}, bound {bound})"
+    );
+    assert!(rejected <= bound as usize, "{rejected} > {bound}");
+    assert!(score < hivemesh_node::net::GRAYLIST_THRESHOLD);
+    // Disconnected (perhaps already while the ban event was awaited), and refused when it
+    // comes back.
+    if peer.is_connected(&node_id) {
+        until_swarm(&mut peer, Duration::from_secs(30), |e| match e {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if *peer_id == node_id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    peer.dial(node.addrs[0].clone()).expect("dial");
+    until_swarm(&mut peer, Duration::from_secs(30), |e| match e {
+        SwarmEvent::ConnectionClosed { peer_id, .. } if *peer_id == node_id => Some(()),
+        SwarmEvent::OutgoingConnectionError { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(!peer.is_connected(&node_id), "the ban holds");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ihave_of_a_thousand_ids_does_not_kill_the_gossip_stream() {
+    use hivemesh_tests::raw_peer::{ihave_frame, publish_frame, until_node};
+
+    let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("ihave").await;
+    let attacker = *peer.local_peer_id();
+    let node_id = node.client.peer_id();
+    let name = topic.hash().into_string();
+    // 1,000 ids (34 kB of control, over gossipsub's default 16 KiB cap), then a message on
+    // the same stream: the node must still read the message.
+    let ids: Vec<[u8; 32]> = (0..1000u32)
+        .map(|i| {
+            let mut id = [0xee; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            id
+        })
+        .collect();
+    let mut bytes = ihave_frame(&name, &ids);
+    assert!(bytes.len() > 16 * 1024, "{} bytes", bytes.len());
+    bytes.extend(publish_frame(&name, &forged_claim(id, 1)));
+    peer.behaviour_mut().raw.send_request(&node_id, bytes);
+    let reason = until_node(
+        &mut peer,
+        &mut node.events,
+        Duration::from_secs(30),
+        |e| match e {
+            Event::Rejected { from, reason, .. } if *from == attacker => Some(reason.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(reason.contains("signature"), "{reason}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_from_fresh_keys_are_stored_only_up_to_the_joiner_pool() {
+    use hivemesh_protocol::envelope::Signed;
+    use hivemesh_protocol::message::Heartbeat;
+    use hivemesh_protocol::peer::PeerConfig;
+    use hivemesh_tests::raw_peer::until_node;
+
+    let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("sybil").await;
+    let attacker = *peer.local_peer_id();
+    let before = node.client.status().await.expect("up").messages_validated;
+    let sent: u64 = 300;
+    for i in 0..sent {
+        let hb = Heartbeat {
+            campaign: id,
+            generation: 0,
+            running: 0,
+            capacity: 1,
+            issued_at: hivemesh_node::unix_now(),
+        };
+        let signed = Signed::sign_and_encode(hb, &test_key(10_000 + i)).expect("sign");
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), signed.bytes().to_vec())
+            .expect("publish");
+    }
+    // Every heartbeat gets a verdict: accepted (stored, forwarded) or unwanted (neither).
+    let (mut kept, mut unwanted) = (0u64, 0u64);
+    while kept + unwanted < sent {
+        match until_node(
+            &mut peer,
+            &mut node.events,
+            Duration::from_secs(60),
+            |e| match e {
+                Event::Accepted(_) => Some(true),
+                Event::Rejected {
+                    from,
+                    reason,
+                    penalised: false,
+                } if *from == attacker && reason.contains("not kept") => Some(false),
+                _ => None,
+            },
+        )
+        .await
+        {
+            true => kept += 1,
+            false => unwanted += 1,
+        }
+    }
+    let stored = node.client.status().await.expect("up").messages_validated - before;
+    eprintln!(
+        "{sent} fresh-key heartbeats: {kept} kept and stored ({stored} validated), {unwanted} not"
+    );
+    let pool = PeerConfig::default().max_pending_joiners as u64;
+    assert_eq!(kept, pool);
+    assert_eq!(stored, pool);
+    node.stop().await;
+}

@@ -187,6 +187,14 @@ pub enum Event {
     SpeaksHivemesh(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// A peer's gossip score fell below the graylist threshold: its connections were closed and
+    /// new ones are refused for [`super::rate_limit::BAN_DURATION`].
+    Banned {
+        /// The peer.
+        peer: PeerId,
+        /// Its score then.
+        score: f64,
+    },
     /// A network message was validated, fed to the protocol and stored.
     Accepted(MessageId),
     /// A peer subscribed to a campaign's gossip topic.
@@ -559,6 +567,8 @@ impl EventLoop {
 
     /// Blocks or unblocks a peer.
     fn block(&mut self, peer: PeerId, blocked: bool) {
+        // The operator's decision from now on: a ban ending must not lift it.
+        self.limits.bans.forget(&peer);
         let b = &mut self.swarm.behaviour_mut().blocked;
         if blocked {
             b.block_peer(peer);

@@ -1,6 +1,8 @@
 //! Gossip: publishing (with an outbox for when no peer listens yet) and validating what
 //! arrives before gossipsub forwards it — rate limit, signature and campaign binding, then the
-//! protocol's verdict decide accept, ignore or reject.
+//! protocol's verdict decide accept, ignore or reject. Persistent junk (ignored without blame
+//! one by one) costs application score past a small rate, and a peer whose gossip score falls
+//! below the graylist threshold is disconnected and banned for a while.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -14,8 +16,10 @@ use libp2p::PeerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 
 use super::campaigns::{CampaignError, decode_campaign};
+use super::rate_limit::JUNK_PENALTY;
 use super::{Event, EventLoop};
 use crate::metrics::Metrics;
+use crate::net::GRAYLIST_THRESHOLD;
 use crate::unix_now;
 
 /// Own messages kept for publishing while no peer is subscribed yet.
@@ -71,10 +75,15 @@ impl EventLoop {
                 message,
             } => {
                 let acceptance = self.validate(propagation_source, &message);
+                let rejected = matches!(acceptance, MessageAcceptance::Reject);
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if rejected {
+                    // The rejection counted against its score just now.
+                    self.check_score(propagation_source, Instant::now());
+                }
             }
             gossipsub::Event::Subscribed { peer_id, topic, .. } => {
                 if let Some(&campaign) = self.campaigns.topics.get(&topic) {
@@ -119,6 +128,7 @@ impl EventLoop {
             Ok(m) => m,
             Err(e) => {
                 let action = e.peer_action();
+                self.count_junk(from, action);
                 return self.refuse(from, e.to_string(), e.label(), action);
             }
         };
@@ -177,7 +187,62 @@ impl EventLoop {
                 }
                 Err(e) => self.refuse(from, e.to_string(), "campaign_refused", PeerAction::Ignore),
             },
-            Err(e) => self.refuse(from, e.to_string(), e.label(), e.peer_action()),
+            Err(e) => {
+                self.count_junk(from, e.peer_action());
+                self.refuse(from, e.to_string(), e.label(), e.peer_action())
+            }
+        }
+    }
+
+    /// Gossip that failed to decode but is dropped without blame (another version, stale,
+    /// dated ahead): past [`super::rate_limit::JUNK_RATE_PER_PEER`], each costs its forwarder
+    /// [`JUNK_PENALTY`] of application score.
+    fn count_junk(&mut self, from: PeerId, action: PeerAction) {
+        let now = Instant::now();
+        if action != PeerAction::Ignore || self.limits.junk.allow(from, now) {
+            return;
+        }
+        let score = self.limits.app_scores.entry(from).or_insert(0.0);
+        *score += JUNK_PENALTY;
+        let s = *score;
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_application_score(&from, s);
+        self.check_score(from, now);
+    }
+
+    /// Disconnects and bans `peer` for [`super::rate_limit::BAN_DURATION`] if its gossip score
+    /// is below the graylist threshold (gossipsub only ignores such a peer; it would stay
+    /// connected, costing a connection slot and validation work on everything else it sends).
+    pub(super) fn check_score(&mut self, peer: PeerId, now: Instant) {
+        let Some(score) = self.swarm.behaviour().gossipsub.peer_score(&peer) else {
+            return;
+        };
+        if score >= GRAYLIST_THRESHOLD || self.limits.bans.is_banned(&peer) {
+            return;
+        }
+        let released = self.limits.bans.ban(peer, now);
+        let blocked = &mut self.swarm.behaviour_mut().blocked;
+        blocked.block_peer(peer);
+        if let Some(p) = released {
+            blocked.unblock_peer(p);
+        }
+        tracing::info!(%peer, score, "peer banned: gossip score below the graylist threshold");
+        Metrics::count(&self.metrics.rejected, "reason", "banned");
+        self.emit(Event::Banned { peer, score });
+    }
+
+    /// Lifts the bans that have ended and bans connected peers whose score fell below the
+    /// graylist threshold (behaviour penalties and application scores change outside message
+    /// validation).
+    pub(super) fn review_scores(&mut self, now: Instant) {
+        for p in self.limits.bans.expired(now) {
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            self.check_score(p, now);
         }
     }
 }

@@ -351,7 +351,7 @@ impl EventLoop {
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(done) = self.jobs.rx.recv() => self.on_job_done(done),
                 () = tokio::time::sleep_until(wake) => self.tick_all(),
-                _ = sync.tick() => self.sync_round(),
+                _ = sync.tick() => self.on_sync_tick(),
                 _ = snapshot.tick() => self.publish_status(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
@@ -363,6 +363,12 @@ impl EventLoop {
             tracing::error!("cannot flush the store: {e}");
         }
         tracing::info!("node stopped");
+    }
+
+    /// The sync timer: a sync round, and a review of peer scores and bans.
+    fn on_sync_tick(&mut self) {
+        self.sync_round();
+        self.review_scores(std::time::Instant::now());
     }
 
     fn emit(&self, event: Event) {

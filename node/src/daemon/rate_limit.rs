@@ -1,8 +1,8 @@
-//! Per-peer token buckets (gossip, sync requests, blob chunk requests), with the time passed in
-//! so they are tested without a clock.
+//! Per-peer token buckets (gossip, sync requests, blob chunk requests, ignored junk) and
+//! temporary bans, with the time passed in so they are tested without a clock.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
@@ -12,6 +12,17 @@ pub const GOSSIP_RATE_PER_PEER: f64 = 500.0;
 pub const REQUEST_RATE_PER_PEER: f64 = 50.0;
 /// Blob chunk requests answered per peer per second (256 KiB each: 50 MiB/s).
 pub const BLOB_RATE_PER_PEER: f64 = 200.0;
+/// Junk (gossip dropped without blame before the protocol sees it: another version, stale,
+/// dated ahead) taken from one peer per second before each one costs it [`JUNK_PENALTY`].
+pub const JUNK_RATE_PER_PEER: f64 = 5.0;
+/// Application score a peer loses per junk message past [`JUNK_RATE_PER_PEER`]: with the most
+/// credit gossip gives (80), the 24th such message takes it below the graylist threshold
+/// (−400), and the node bans it.
+pub const JUNK_PENALTY: f64 = -20.0;
+/// How long a peer whose score fell below the graylist threshold stays disconnected.
+pub const BAN_DURATION: Duration = Duration::from_secs(600);
+/// Most peers banned at once; past it, the ban ending first is lifted early.
+pub const MAX_BANNED: usize = 1024;
 /// Peers a limiter tracks at once (connection limits allow 256 peers); past it, idle buckets
 /// (which would be full anyway) and then the longest-unused one are forgotten.
 pub const MAX_TRACKED_PEERS: usize = 1024;
@@ -91,7 +102,63 @@ impl RateLimiter {
     }
 }
 
-/// The three limiters of a node and the application scores it gave peers.
+/// Peers the node banned for their score, each until when (at most [`MAX_BANNED`]). Operator
+/// blocks are not here: lifting a ban never lifts one of those.
+#[derive(Debug, Default)]
+pub struct Bans {
+    /// When each ban ends.
+    until: HashMap<PeerId, Instant>,
+}
+
+impl Bans {
+    /// Bans `peer` from `now` for [`BAN_DURATION`]; returns a peer whose ban was lifted early to
+    /// make room.
+    pub fn ban(&mut self, peer: PeerId, now: Instant) -> Option<PeerId> {
+        let mut released = None;
+        if !self.until.contains_key(&peer) && self.until.len() >= MAX_BANNED {
+            released = self.until.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p);
+            if let Some(p) = released {
+                self.until.remove(&p);
+            }
+        }
+        self.until.insert(peer, now + BAN_DURATION);
+        released
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.until.contains_key(peer)
+    }
+
+    /// The peers whose ban has ended by `now`, forgotten here.
+    pub fn expired(&mut self, now: Instant) -> Vec<PeerId> {
+        let done: Vec<PeerId> = (self.until.iter())
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &done {
+            self.until.remove(p);
+        }
+        done
+    }
+
+    /// Forgets `peer`'s ban (the operator blocked or unblocked it: theirs to lift).
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.until.remove(peer);
+    }
+
+    /// Peers banned now.
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    /// Whether nobody is banned.
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
+/// The limiters of a node, the application scores it gave peers and its bans.
 #[derive(Debug)]
 pub struct Limits {
     /// Gossip messages per forwarding peer.
@@ -100,9 +167,13 @@ pub struct Limits {
     pub requests: RateLimiter,
     /// Blob chunk requests per peer.
     pub blobs: RateLimiter,
+    /// Junk gossip per peer taken without penalty.
+    pub junk: RateLimiter,
     /// The gossipsub application score this node gave each peer it caught misbehaving outside
-    /// gossip (invalid sync messages, corrupt blob chunks).
+    /// gossip (invalid sync messages, corrupt blob chunks) or sending persistent junk.
     pub app_scores: HashMap<PeerId, f64>,
+    /// Peers banned for their score.
+    pub bans: Bans,
 }
 
 impl Limits {
@@ -112,7 +183,9 @@ impl Limits {
             gossip: RateLimiter::new(gossip_rate),
             requests: RateLimiter::new(REQUEST_RATE_PER_PEER),
             blobs: RateLimiter::new(BLOB_RATE_PER_PEER),
+            junk: RateLimiter::new(JUNK_RATE_PER_PEER),
             app_scores: HashMap::new(),
+            bans: Bans::default(),
         }
     }
 }
@@ -180,5 +253,48 @@ mod tests {
         // The first peer was forgotten (unused longest): it starts with a full bucket again.
         assert!(r.allow(first, t0 + Duration::from_secs(1)));
         assert!(r.tracked() <= MAX_TRACKED_PEERS);
+    }
+
+    #[test]
+    fn bans_end_after_their_duration_and_are_bounded() {
+        let mut b = Bans::default();
+        let t0 = Instant::now();
+        let first = PeerId::random();
+        assert_eq!(b.ban(first, t0), None);
+        assert!(b.is_banned(&first));
+        assert!(
+            b.expired(t0 + BAN_DURATION - Duration::from_secs(1))
+                .is_empty()
+        );
+        for i in 1..MAX_BANNED {
+            assert_eq!(
+                b.ban(PeerId::random(), t0 + Duration::from_millis(i as u64)),
+                None
+            );
+        }
+        // Full: the ban ending first (the first peer's) is lifted to make room.
+        assert_eq!(
+            b.ban(PeerId::random(), t0 + Duration::from_secs(5)),
+            Some(first)
+        );
+        assert_eq!(b.len(), MAX_BANNED);
+        assert!(!b.is_banned(&first));
+        let lifted = b.expired(t0 + BAN_DURATION + Duration::from_secs(2));
+        assert_eq!(lifted.len(), MAX_BANNED - 1, "all but the latest");
+        assert_eq!(
+            b.expired(t0 + BAN_DURATION + Duration::from_secs(5)).len(),
+            1
+        );
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn an_operator_block_is_never_lifted_by_a_ban_ending() {
+        let mut b = Bans::default();
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        b.ban(p, t0);
+        b.forget(&p);
+        assert!(b.expired(t0 + BAN_DURATION).is_empty());
     }
 }

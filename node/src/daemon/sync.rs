@@ -71,6 +71,7 @@ impl EventLoop {
             .behaviour_mut()
             .gossipsub
             .set_application_score(&peer, s);
+        self.check_score(peer, std::time::Instant::now());
         self.emit(Event::Rejected {
             from: peer,
             reason,

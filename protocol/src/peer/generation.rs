@@ -293,6 +293,7 @@ impl Peer {
         self.exec.clear();
         self.liveness.spoke = false;
         self.chain.cur = next;
+        self.admission.members_changed(&self.chain.cur.members);
         let instance = self.chain.instance(self.campaign(), &self.spec, self.me);
         self.voting.decided(closure, certificate, instance);
         self.enter_generation(now, out);

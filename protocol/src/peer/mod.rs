@@ -26,6 +26,7 @@
 //! * `proposal`: the consensus environment ([`Env`]): building a closure and checking one,
 //!   with a typed `ProposalFault`.
 
+mod admission;
 mod audits;
 mod execution;
 mod generation;
@@ -51,6 +52,7 @@ use crate::message::{AuditReport, JobResult};
 use crate::spec::{CampaignSpec, JobSpec};
 use crate::time::Timestamp;
 
+use admission::{Admission, Admit};
 use audits::Audits;
 use execution::Execution;
 use generation::{GenerationState, Voting};
@@ -66,6 +68,9 @@ pub struct PeerConfig {
     pub max_future_messages: usize,
     /// Most peers admitted to the members per generation.
     pub max_joins_per_generation: usize,
+    /// Most non-members whose heartbeats are held as pending joiners (and most that enter the
+    /// pool per generation): bounds what fresh keys can make a campaign keep.
+    pub max_pending_joiners: usize,
     /// How often to send a heartbeat while not yet a member (joining), in milliseconds.
     pub join_heartbeat_ms: u64,
     /// Audit mode: re-execute every job sampled for audit that this peer did not execute, before
@@ -81,6 +86,7 @@ impl Default for PeerConfig {
             capacity: 1,
             max_future_messages: 10_000,
             max_joins_per_generation: 64,
+            max_pending_joiners: 128,
             join_heartbeat_ms: 5_000,
             audit: false,
             ledger: LedgerConfig::default(),
@@ -179,6 +185,8 @@ pub struct Peer {
     exec: Execution,
     /// Who was heard from in which generation, and this peer's own heartbeats.
     liveness: Liveness,
+    /// Whose messages are kept: members, and a bounded pool of pending joiners.
+    admission: Admission,
     /// Settled jobs sampled for audit, and the audits and jury duties this peer took.
     audits: Audits,
     /// Agreed results, offences and failed audits per peer, from the closures so far.
@@ -226,6 +234,7 @@ impl Peer {
         ledger
             .register_generation(Arc::clone(&chain.cur.jobs), now)
             .for_each(drop);
+        let admission = Admission::new(key.public(), &chain.cur.members);
         let mut peer = Peer {
             me: key.public(),
             key,
@@ -236,6 +245,7 @@ impl Peer {
             voting,
             exec: Execution::default(),
             liveness: Liveness::default(),
+            admission,
             audits: Audits::default(),
             reputation: Reputation::default(),
             last_now: now,
@@ -440,10 +450,35 @@ impl Peer {
         self.chain.cur.members.binary_search(&self.me).is_ok()
     }
 
+    /// Whether the campaign keeps `m` (see `admission`); a pending joiner displaced from the
+    /// pool loses its heartbeat here.
+    fn admit(&mut self, m: &AnySigned) -> Result<(), crate::error::Unwanted> {
+        let (generation, finished) = (self.chain.cur.number, self.chain.finished);
+        let max = self.config.max_pending_joiners;
+        if let Admit::Displace(p) = self.admission.screen(m, generation, finished, max)? {
+            self.ledger.forget_heartbeat(&p);
+        }
+        Ok(())
+    }
+
     /// Feeds one input; returns what to do.
     pub fn handle(&mut self, input: PeerInput, now: Timestamp) -> Vec<PeerOutput> {
         let mut out = Vec::new();
         self.last_now = self.last_now.max(now);
+        if let PeerInput::Message(m) | PeerInput::Replay(m) = &input
+            && let Err(reason) = self.admit(m)
+        {
+            let error = DecodeError::Unwanted {
+                kind: m.kind(),
+                reason,
+            };
+            out.push(PeerOutput::Rejected {
+                id: m.id(),
+                action: error.peer_action(),
+                error,
+            });
+            return out;
+        }
         if self.chain.finished {
             if let PeerInput::Message(m) | PeerInput::Replay(m) = input {
                 // Still record evidence (late reveals, audits) so scores stay complete.
