@@ -331,6 +331,41 @@ impl Pacer {
     }
 }
 
+/// Middleware: every error leaves as JSON `{"error": "…"}`, as the API documents, also the
+/// ones axum and its extractors make themselves (405 without a body, 413 and 400 in plain
+/// text). Headers such as `Allow` are kept.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = if status == StatusCode::METHOD_NOT_ALLOWED {
+        "method not allowed on this endpoint: see /manifest.json for the methods it takes".into()
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError(status, reason).into_response();
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
 /// Middleware: every request waits for its turn at the [`Pacer`].
 async fn paced(
     State(s): State<ApiState>,
@@ -707,6 +742,7 @@ pub fn router(state: ApiState) -> Router {
             "no such endpoint: see /manifest.json".into(),
         )
     })
+    .layer(axum::middleware::from_fn(json_errors))
     .layer(axum::middleware::from_fn_with_state(state.clone(), paced))
     .with_state(state)
 }

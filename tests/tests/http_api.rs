@@ -213,6 +213,14 @@ async fn unlisted_checks(addr: SocketAddr) {
     assert!(r.error_message().contains("manifest"));
     let r = call(addr, "GET", "/campaigns/not-hex", &[], "").await;
     assert_eq!(r.status, 400);
+    // Errors axum makes itself are JSON too (405 had no body, 413 was plain text).
+    let r = call(addr, "DELETE", "/status", &[], "").await;
+    assert_eq!(r.status, 405);
+    assert!(r.error_message().contains("/manifest.json"), "{}", r.text());
+    let r = call(addr, "PUT", "/campaigns", &[], "").await;
+    assert_eq!(r.status, 405);
+    let json: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
+    assert!(json["error"].is_string(), "{json}");
     let r = call(
         addr,
         "GET",
@@ -236,6 +244,18 @@ async fn block_checks(
     a: &mut hivemesh_tests::TestNode,
     b: &hivemesh_tests::TestNode,
 ) {
+    // An oversized body is refused before it is buffered, with a JSON error.
+    let r = call(
+        addr,
+        "POST",
+        "/peers/dial",
+        &[("Authorization", auth)],
+        &"x".repeat(4096),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let json: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
+    assert!(json["error"].as_str().is_some_and(|e| e.contains("limit")), "{json}");
     // Blocking a peer (token needed) disconnects it; unblocking and dialing connects again.
     let b_id = b.client.peer_id().to_string();
     let block = format!("/peers/{b_id}/block");
