@@ -99,6 +99,9 @@ fn main() {
             served as f64 / total
         );
         let (mi, mf) = (median(idle), median(flooded));
-        println!("median idle {mi:.2} s, flooded {mf:.2} s, ratio {:.2}", mf / mi);
+        println!(
+            "median idle {mi:.2} s, flooded {mf:.2} s, ratio {:.2}",
+            mf / mi
+        );
     });
 }

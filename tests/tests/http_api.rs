@@ -255,7 +255,10 @@ async fn block_checks(
     .await;
     assert_eq!(r.status, 413, "{}", r.text());
     let json: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
-    assert!(json["error"].as_str().is_some_and(|e| e.contains("limit")), "{json}");
+    assert!(
+        json["error"].as_str().is_some_and(|e| e.contains("limit")),
+        "{json}"
+    );
     // Blocking a peer (token needed) disconnects it; unblocking and dialing connects again.
     let b_id = b.client.peer_id().to_string();
     let block = format!("/peers/{b_id}/block");

@@ -473,6 +473,46 @@ async fn a_second_node_cannot_take_a_port_in_use() {
     a.stop().await;
 }
 
+/// A bootstrap peer that restarts is dialled again within seconds (1 s, then a doubling
+/// backoff): before, it was found again only by Kademlia's periodic bootstrap (~5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bootstrap_peer_is_redialled_within_seconds() {
+    let dirs = [TempDir::new("redial-b"), TempDir::new("redial-a")];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+    let b_config = || {
+        let mut c = test_config(dirs[0].path());
+        c.listen = vec![listen.clone()];
+        c
+    };
+    let b = start_node(1, b_config()).await;
+    let b_id = b.client.peer_id();
+    let mut cfg = test_config(dirs[1].path());
+    cfg.bootstrap = b.addrs.clone();
+    let mut a = start_node(0, cfg).await;
+    let connected = |e: &Event| matches!(e, Event::Connected(p) if *p == b_id).then_some(());
+    wait_for(&mut a.events, Duration::from_secs(30), connected).await;
+    b.stop().await;
+    wait_for(&mut a.events, Duration::from_secs(30), |e| {
+        matches!(e, Event::Disconnected(p) if *p == b_id).then_some(())
+    })
+    .await;
+    // The outage being simulated (a process restart takes seconds): long enough that every
+    // dial or query A had in flight towards B has failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = start_node(1, b_config()).await;
+    let restarted = std::time::Instant::now();
+    wait_for(&mut a.events, Duration::from_secs(30), connected).await;
+    let took = restarted.elapsed();
+    println!("reconnected to the restarted bootstrap peer in {took:.2?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A node following an open campaign whose roster is absent (so the node runs no jobs), and a
 /// raw gossipsub peer connected to it, subscribed to the campaign's topic and knowing the node
 /// is; the node's temp dir, the node, the peer and the topic.

@@ -3,7 +3,8 @@
 //!
 //! The event loop is the only owner of mutable state. It waits, fairly (a ready source is
 //! picked at random, so no flood starves the others), on: shutdown; commands from clients;
-//! finished jobs; timers (the earliest protocol wakeup, the sync timer, the status snapshot);
+//! finished jobs; timers (the earliest protocol wakeup, the sync timer, chores: the status
+//! snapshot and bootstrap redials);
 //! and remote input (the swarm). The API reads the status snapshot, refreshed every
 //! [`STATUS_SNAPSHOT_EVERY`], without waiting on the loop. Each concern keeps its state in its own
 //! module and sub-struct:
@@ -33,6 +34,7 @@ pub mod gossip;
 pub mod jobs;
 pub mod pending;
 pub mod rate_limit;
+pub mod redial;
 pub mod status;
 pub mod sync;
 
@@ -64,6 +66,7 @@ use self::gossip::Gossip;
 use self::jobs::Jobs;
 use self::pending::PendingWrites;
 use self::rate_limit::Limits;
+use self::redial::Redial;
 use self::sync::SyncState;
 use crate::admission::Admission;
 use crate::executor::Executor;
@@ -206,6 +209,8 @@ pub struct EventLoop {
     limits: Limits,
     /// Blob fetches under way.
     blobs: Blobs,
+    /// Bootstrap peers to dial again when they go away.
+    redial: Redial,
     /// Writes that failed (a full disk), retried on the sync timer.
     pending: PendingWrites,
 }
@@ -323,6 +328,7 @@ pub fn start_locked(
         sync: SyncState::default(),
         limits: Limits::new(config.gossip_rate),
         blobs: Blobs::default(),
+        redial: Redial::new(&config.bootstrap, std::time::Instant::now()),
         pending: PendingWrites::default(),
         config,
     };
@@ -340,8 +346,8 @@ impl EventLoop {
         tokio::pin!(shutdown);
         let mut sync = tokio::time::interval(self.config.sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut snapshot = tokio::time::interval(STATUS_SNAPSHOT_EVERY);
-        snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut chores = tokio::time::interval(STATUS_SNAPSHOT_EVERY);
+        chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.campaigns.next_wakeup();
             // Fair: when several sources are ready, one is picked at random, so a flood on one
@@ -352,7 +358,7 @@ impl EventLoop {
                 Some(done) = self.jobs.rx.recv() => self.on_job_done(done),
                 () = tokio::time::sleep_until(wake) => self.tick_all(),
                 _ = sync.tick() => self.on_sync_tick(),
-                _ = snapshot.tick() => self.publish_status(),
+                _ = chores.tick() => self.on_chores(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
@@ -366,6 +372,18 @@ impl EventLoop {
     }
 
     /// The sync timer: a sync round, and a review of peer scores and bans.
+    /// Every [`STATUS_SNAPSHOT_EVERY`]: refresh the status snapshot, redial bootstrap peers
+    /// that are due.
+    fn on_chores(&mut self) {
+        self.publish_status();
+        for addr in self.redial.due(std::time::Instant::now()) {
+            tracing::debug!(%addr, "redialling a bootstrap peer");
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, "cannot redial: {e}");
+            }
+        }
+    }
+
     fn on_sync_tick(&mut self) {
         self.sync_round();
         self.review_scores(std::time::Instant::now());
@@ -415,6 +433,7 @@ impl EventLoop {
                 .kad
                 .add_address(&peer, endpoint.get_remote_address().clone());
         }
+        self.redial.connected(&peer);
         self.emit(Event::Connected(peer));
         let peers = self.swarm.connected_peers().count();
         self.metrics.peers.set(peers as i64);
@@ -433,6 +452,7 @@ impl EventLoop {
         let peers = self.swarm.connected_peers().count();
         self.metrics.peers.set(peers as i64);
         if num_established == 0 {
+            self.redial.disconnected(&peer, std::time::Instant::now());
             self.sync.speakers.remove(&peer);
             self.emit(Event::Disconnected(peer));
         }
