@@ -106,6 +106,26 @@ fn get(rt: &tokio::runtime::Runtime, dir: &Path, path: &str) -> serde_json::Valu
     serde_json::from_slice(&r.body).expect("json")
 }
 
+/// Submits `campaign` (a campaign file) through the node's API; returns its id.
+fn post_campaign(rt: &tokio::runtime::Runtime, dir: &Path, campaign: &str) -> String {
+    let token = std::fs::read_to_string(dir.join("api.token")).expect("token");
+    let auth = format!("Bearer {}", token.trim());
+    let r = rt
+        .block_on(api_client::request(
+            api(dir),
+            "POST",
+            "/campaigns",
+            &[("Authorization", &auth)],
+            campaign.as_bytes(),
+        ))
+        .expect("post");
+    assert_eq!(r.status, 201, "{}", r.text());
+    serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hivemesh-kill-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -139,22 +159,7 @@ fn kill_9_mid_job_loses_nothing_and_resumes() {
     let campaign = "name = \"kill test\"\nseed = 3\nredundancy = 2\nquorum = 2\n\
                     [nas]\npopulation = 4\ngenerations = 2\n\
                     [budget]\nepochs = 40\nmax_steps = 1500\n";
-    let token = std::fs::read_to_string(da.join("api.token")).expect("token");
-    let auth = format!("Bearer {}", token.trim());
-    let r = rt
-        .block_on(api_client::request(
-            api(&da),
-            "POST",
-            "/campaigns",
-            &[("Authorization", &auth)],
-            campaign.as_bytes(),
-        ))
-        .expect("post");
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = post_campaign(&rt, &da, campaign);
 
     // Let A finish one job, then kill it while it trains the next.
     let done = job_of(&wait_line(&a, &mut log_a, |l| l.contains("job finished"))).expect("job");
@@ -243,18 +248,7 @@ fn sigterm_mid_job_exits_within_seconds() {
     let campaign = "name = \"sigterm test\"\nredundancy = 1\nquorum = 1\n\
                     [nas]\npopulation = 2\ngenerations = 1\n\
                     [budget]\nepochs = 10000\nmax_steps = 0\n";
-    let token = std::fs::read_to_string(dir.join("api.token")).expect("token");
-    let auth = format!("Bearer {}", token.trim());
-    let r = rt
-        .block_on(api_client::request(
-            api(&dir),
-            "POST",
-            "/campaigns",
-            &[("Authorization", &auth)],
-            campaign.as_bytes(),
-        ))
-        .expect("post");
-    assert_eq!(r.status, 201, "{}", r.text());
+    post_campaign(&rt, &dir, campaign);
     wait_line(&node, &mut log, |l| {
         l.contains("training") && l.contains("step=3")
     });

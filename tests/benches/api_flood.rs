@@ -7,24 +7,12 @@
 //! medians, and the requests served.
 //! Run: `cargo bench -p hivemesh-tests --bench api_flood` (`CLIENTS=8` to change the load).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hivemesh_node::{api_client, http};
-use hivemesh_tests::{cluster, digits_nas_spec, test_key, wait_finished};
-
-/// Starts node 0's API on a free loopback port.
-async fn serve_api(client: hivemesh_node::daemon::Client) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let state = http::ApiState::new(client, "t".repeat(64));
-    tokio::spawn(http::serve(listener, state, std::future::pending()));
-    addr
-}
+use hivemesh_node::api_client;
+use hivemesh_tests::{cluster, digits_nas_spec, serve_api, test_key, wait_finished};
 
 /// One run: the campaign's wall time and the requests served meanwhile.
 async fn run(seed: u64, clients: usize) -> (Duration, u64) {

@@ -259,3 +259,22 @@ pub fn digits_loss_spec(
         ..digits_nas_spec(roster, population, generations, seed)
     }
 }
+
+/// The bearer token [`serve_api`] serves with.
+pub const API_TOKEN: &str = "t0ken-for-the-test-0123456789abcdef";
+
+/// Serves `client`'s node's HTTP API on a free loopback port (token [`API_TOKEN`]) until the
+/// test ends; returns its address.
+pub async fn serve_api(client: Client) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = hivemesh_node::http::ApiState::new(client, API_TOKEN.to_string());
+    tokio::spawn(hivemesh_node::http::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    addr
+}

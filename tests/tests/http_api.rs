@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use hivemesh_node::api_client::{ApiResponse, request};
 use hivemesh_node::daemon::Event;
-use hivemesh_node::http::{ApiState, serve};
-use hivemesh_tests::{TempDir, start_node, test_config, wait_for};
+use hivemesh_tests::{API_TOKEN, TempDir, serve_api, start_node, test_config, wait_for};
 
 async fn call(
     addr: SocketAddr,
@@ -35,16 +34,8 @@ async fn the_manifest_lists_exactly_the_served_endpoints() {
     })
     .await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let token = "t0ken-for-the-test-0123456789abcdef".to_string();
-    tokio::spawn(serve(
-        listener,
-        ApiState::new(a.client.clone(), token.clone()),
-        std::future::pending(),
-    ));
+    let addr = serve_api(a.client.clone()).await;
+    let token = API_TOKEN;
 
     let auth = format!("Bearer {token}");
     let id = submit_checks(addr, &auth).await;
@@ -349,16 +340,8 @@ async fn a_full_disk_shows_in_status_and_metrics_and_writes_resume_when_space_re
     let mut cfg = test_config(dir.path());
     cfg.store_faults = faults.clone();
     let a = start_node(0, cfg).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let token = "t0ken-for-the-test-0123456789abcdef".to_string();
-    tokio::spawn(serve(
-        listener,
-        ApiState::new(a.client.clone(), token.clone()),
-        std::future::pending(),
-    ));
+    let addr = serve_api(a.client.clone()).await;
+    let token = API_TOKEN;
     let auth = format!("Bearer {token}");
     let status = || async {
         let r = call(addr, "GET", "/status", &[], "").await;
@@ -414,15 +397,7 @@ async fn an_idle_api_connection_is_closed_after_the_header_timeout() {
     use tokio::io::AsyncReadExt;
     let dir = TempDir::new("httpidle");
     let a = start_node(0, test_config(dir.path())).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve(
-        listener,
-        ApiState::new(a.client.clone(), "t".repeat(64)),
-        std::future::pending(),
-    ));
+    let addr = serve_api(a.client.clone()).await;
     let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let guard = hivemesh_node::http::HEADER_TIMEOUT + Duration::from_secs(10);
     let mut buf = [0u8; 256];
