@@ -262,6 +262,9 @@ pub struct NetConfig {
     pub max_connections: u32,
     /// Most established connections to one peer.
     pub max_connections_per_peer: u32,
+    /// Most incoming connections still in their handshake (noise, yamux): more are closed at
+    /// once, so connections that never finish it cannot take every descriptor.
+    pub max_pending_incoming: u32,
     /// Gossipsub heartbeat.
     pub heartbeat: Duration,
     /// Request–response timeout.
@@ -273,6 +276,7 @@ impl Default for NetConfig {
         NetConfig {
             max_connections: 256,
             max_connections_per_peer: 2,
+            max_pending_incoming: 64,
             heartbeat: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
         }
@@ -461,7 +465,8 @@ impl Behaviour {
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(cfg.max_connections))
-                    .with_max_established_per_peer(Some(cfg.max_connections_per_peer)),
+                    .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
+                    .with_max_pending_incoming(Some(cfg.max_pending_incoming)),
             ),
             blocked: allow_block_list::Behaviour::default(),
             gossipsub,

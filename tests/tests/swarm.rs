@@ -513,6 +513,46 @@ async fn a_restarted_bootstrap_peer_is_redialled_within_seconds() {
     b.stop().await;
 }
 
+/// Connections that never finish their handshake are capped: past the cap of pending
+/// incoming connections the node closes new ones at once (before, each stayed open until the
+/// upgrade timed out, so a stranger could take every descriptor), and a real peer still
+/// connects once the idle ones are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stuck_in_the_handshake_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let (_dirs, nodes) = cluster("pending", 1, |_, _| {}).await;
+    let cap = hivemesh_node::net::NetConfig::default().max_pending_incoming as usize;
+    let target = nodes[0].addrs[0]
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a tcp port");
+    let mut idle = Vec::new();
+    for _ in 0..cap {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", target))
+                .await
+                .expect("connect"),
+        );
+    }
+    // One more than the cap: closed at once, not after the upgrade timeout.
+    let mut over = tokio::net::TcpStream::connect(("127.0.0.1", target))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection over the cap is closed at once: {read:?}"
+    );
+    drop(idle);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A node following an open campaign whose roster is absent (so the node runs no jobs), and a
 /// raw gossipsub peer connected to it, subscribed to the campaign's topic and knowing the node
 /// is; the node's temp dir, the node, the peer and the topic.
