@@ -548,6 +548,25 @@ async fn connections_stuck_in_the_handshake_are_capped() {
         "the connection over the cap is closed at once: {read:?}"
     );
     drop(idle);
+    let dir = TempDir::new("pending-b");
+    let mut cfg = test_config(dir.path());
+    cfg.bootstrap = nodes[0].addrs.clone();
+    let b = start_node(1, cfg).await;
+    let mut events = nodes[0].client.subscribe();
+    let b_id = b.client.peer_id();
+    if !nodes[0]
+        .client
+        .connected_keys()
+        .await
+        .expect("keys")
+        .contains(&test_key(1).public())
+    {
+        wait_for(&mut events, Duration::from_secs(30), |e| {
+            matches!(e, Event::SpeaksHivemesh(p) if *p == b_id).then_some(())
+        })
+        .await;
+    }
+    b.stop().await;
     for n in nodes {
         n.stop().await;
     }
