@@ -245,7 +245,8 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let err: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", hivemesh_node::error_text(err));
             ExitCode::FAILURE
         }
     }

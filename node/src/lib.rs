@@ -45,3 +45,38 @@ pub mod metrics;
 pub mod net;
 pub mod store;
 pub mod submit;
+
+/// An error and its causes on one line, each said once: a cause whose text the message
+/// already holds (a message that embeds its source) is not repeated, and an empty one is
+/// skipped. What the binaries print for a failure.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    #[test]
+    fn causes_are_said_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let e = crate::config::ConfigError::Io {
+            path: "/x/config.toml".into(),
+            source: inner,
+        };
+        assert_eq!(
+            super::error_text(&e),
+            "cannot read config /x/config.toml: disk on fire"
+        );
+    }
+}

@@ -219,8 +219,9 @@ fn main() -> ExitCode {
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the whole cause chain on one line, without a backtrace.
-            eprintln!("error: {e:#}");
+            // The whole cause chain on one line, each cause once, without a backtrace.
+            let err: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", hivemesh_node::error_text(err));
             ExitCode::FAILURE
         }
     }

@@ -519,3 +519,23 @@ fn a_running_node_keeps_its_key_and_files_it_writes_follow_no_planted_link() {
     drop(n);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A failure is said once: the binary prints each cause of the chain once (a config error used
+/// to print the TOML parser's message twice), and names what to do.
+#[test]
+fn errors_name_each_cause_once() {
+    let d = dir("errtext");
+    std::fs::create_dir_all(&d).expect("dir");
+    std::fs::write(d.join("config.toml"), "jbos = 2\n").expect("config");
+    let o = cli::hivemesh(&d, &["run", "--no-http"]);
+    assert!(!o.status.success());
+    let text = cli::stderr(&o);
+    assert_eq!(text.matches("unknown field `jbos`").count(), 1, "{text}");
+    std::fs::remove_file(d.join("config.toml")).expect("rm");
+    // No node runs here: the API error says so once and says what to do.
+    let o = cli::hivemesh(&d, &["status", "--api", "127.0.0.1:9"]);
+    let text = cli::stderr(&o);
+    assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+    assert!(text.contains("hivemesh run"), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
+}

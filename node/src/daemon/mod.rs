@@ -259,7 +259,7 @@ fn build_swarm(
             .listen_on(addr.clone())
             .map_err(|e| NodeError::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                reason: crate::error_text(&e),
             })?;
     }
     swarm
