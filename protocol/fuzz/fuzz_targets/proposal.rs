@@ -9,7 +9,7 @@
 use hivemesh_protocol::envelope::seal;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput};
 use hivemesh_protocol::{AnySigned, Context, Kind, Message, Timestamp};
-use hivemesh_protocol_fuzz::{CREATED_AT, campaign, receiver, signer, spec};
+use hivemesh_protocol_fuzz::{CREATED_AT, campaign, derivations, receiver, signer, spec};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -28,8 +28,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("a decoded proposal passes its own checks");
     let _ = p.message().closure.root();
     let now = Timestamp(CREATED_AT.0 + 2_000);
-    let mut peer = Peer::new(spec(), receiver(), PeerConfig::default(), now)
-        .expect("the fixture campaign starts");
+    let mut peer =
+        Peer::with_derivation_cache(spec(), receiver(), PeerConfig::default(), now, derivations())
+            .expect("the fixture campaign starts");
     let _ = peer.handle(PeerInput::Tick, now);
     let _ = peer.handle(PeerInput::Message(any), now);
 });

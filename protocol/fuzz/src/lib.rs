@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use hivemesh_protocol::closure::{Closure, Entry};
-use hivemesh_protocol::derive::Derivation;
+use hivemesh_protocol::derive::{Derivation, DerivationCache};
 use hivemesh_protocol::envelope::seal;
 use hivemesh_protocol::spec::Schedule;
 use hivemesh_protocol::{
@@ -19,6 +19,13 @@ pub const CREATED_AT: Timestamp = Timestamp(1_000_000);
 static SIGNER: LazyLock<Keypair> = LazyLock::new(|| Keypair::from_secret_bytes([7; 32]));
 static RECEIVER: LazyLock<Keypair> = LazyLock::new(|| Keypair::from_secret_bytes([9; 32]));
 static SPEC: LazyLock<CampaignSpec> = LazyLock::new(make_spec);
+static DERIVATIONS: LazyLock<DerivationCache> = LazyLock::new(DerivationCache::default);
+
+/// Job derivation shared by every peer a target starts (each generation of a campaign is
+/// derived once per process; results are the same as without it).
+pub fn derivations() -> DerivationCache {
+    DERIVATIONS.clone()
+}
 
 /// The key that signs fuzzed messages: the submitter, and a roster member.
 pub fn signer() -> Keypair {
