@@ -10,7 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use hivemesh_protocol::id::BlobId;
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 
 /// The largest blob a node fetches (weights, teachers, shards): the whole blob is held in
 /// memory while it is assembled and checked.

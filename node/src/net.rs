@@ -20,14 +20,23 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use hivemesh_protocol::envelope::{MAX_CAMPAIGN_ENVELOPE_LEN, MAX_ENVELOPE_LEN};
-use hivemesh_protocol::id::{BlobId, CampaignId};
+use hivemesh_protocol::envelope::MAX_ENVELOPE_LEN;
+use hivemesh_protocol::id::CampaignId;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     StreamProtocol, allow_block_list, connection_limits, gossipsub, identify, identity, kad, ping,
     request_response,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+mod wire;
+
+pub use wire::{
+    BLOB_CHUNK, BlobRequest, BlobResponse, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, MAX_SYNC_BYTES,
+    MAX_SYNC_CAMPAIGNS, SyncRequest, SyncResponse, check_len, decode_blob_request,
+    decode_blob_response, decode_body, decode_sync_request, decode_sync_response,
+};
 
 /// The gossipsub topic of campaign announcements.
 pub const CAMPAIGNS_TOPIC: &str = "hivemesh/campaigns/1";
@@ -43,84 +52,10 @@ pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/blob/1"
 /// Largest gossip message accepted on the wire: one signed envelope (which is itself limited per
 /// kind), with room for gossipsub's framing.
 pub const MAX_GOSSIP_LEN: usize = MAX_ENVELOPE_LEN + 1024;
-/// Largest sync response, in bytes of messages.
-pub const MAX_SYNC_BYTES: usize = 1 << 20;
-/// Most campaigns listed in one sync response.
-pub const MAX_SYNC_CAMPAIGNS: usize = 256;
-/// Largest blob chunk.
-pub const BLOB_CHUNK: usize = 256 * 1024;
-/// Largest request frame.
-const MAX_REQUEST_LEN: usize = 4 * 1024;
-/// Largest response frame.
-/// (A response holds up to `MAX_SYNC_BYTES` of messages, or one message when that one is larger,
-/// and the campaigns.)
-const MAX_RESPONSE_LEN: usize = if MAX_SYNC_BYTES > MAX_ENVELOPE_LEN {
-    MAX_SYNC_BYTES
-} else {
-    MAX_ENVELOPE_LEN
-} + MAX_SYNC_CAMPAIGNS * (MAX_CAMPAIGN_ENVELOPE_LEN + 8);
 
 /// The gossipsub topic of one campaign's messages.
 pub fn campaign_topic(id: &CampaignId) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("hivemesh/campaign/{id}/1"))
-}
-
-/// A ledger-sync request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SyncRequest {
-    /// Which campaigns do you have? (their signed specs)
-    Campaigns,
-    /// A campaign's stored messages, from your sequence number `from`.
-    Messages {
-        /// The campaign.
-        campaign: CampaignId,
-        /// The responder's sequence number to start at (0: from the beginning).
-        from: u64,
-    },
-}
-
-/// A ledger-sync response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SyncResponse {
-    /// Signed campaign specs.
-    Campaigns(Vec<Vec<u8>>),
-    /// Stored messages (signed envelopes, each verified by the receiver) and the sequence
-    /// number to ask from next.
-    Messages {
-        /// The campaign (every envelope must be bound to it).
-        campaign: CampaignId,
-        /// The envelopes.
-        messages: Vec<Vec<u8>>,
-        /// Where to continue.
-        next: u64,
-    },
-    /// The responder does not know the campaign.
-    Unknown,
-}
-
-/// A blob-chunk request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRequest {
-    /// The blob.
-    pub id: BlobId,
-    /// The first byte wanted.
-    pub offset: u64,
-}
-
-/// A blob-chunk response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BlobResponse {
-    /// Up to [`BLOB_CHUNK`] bytes from `offset`, and the blob's total size.
-    Chunk {
-        /// The blob's size.
-        total: u64,
-        /// Where `data` starts.
-        offset: u64,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// The responder does not have the blob.
-    NotFound,
 }
 
 /// A length-prefixed postcard codec with a size limit on each side: a frame over the limit is
@@ -152,20 +87,15 @@ impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
 async fn read_frame<T, M>(io: &mut T, limit: usize) -> io::Result<M>
 where
     T: AsyncRead + Unpin + Send,
-    M: for<'de> Deserialize<'de>,
+    M: DeserializeOwned,
 {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over the limit of {limit}"),
-        ));
-    }
+    check_len(len, limit)?;
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
-    postcard::from_bytes(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    decode_body(&buf, limit)
 }
 
 async fn write_frame<T, M>(io: &mut T, msg: &M, limit: usize) -> io::Result<()>
@@ -175,12 +105,7 @@ where
 {
     let buf =
         postcard::to_allocvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if buf.len() > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {} bytes is over the limit of {limit}", buf.len()),
-        ));
-    }
+    check_len(buf.len(), limit)?;
     io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
     io.write_all(&buf).await?;
     io.close().await
@@ -188,8 +113,8 @@ where
 
 impl<Req, Resp> request_response::Codec for PostcardCodec<Req, Resp>
 where
-    Req: Serialize + for<'de> Deserialize<'de> + Send + Sync + 'static,
-    Resp: Serialize + for<'de> Deserialize<'de> + Send + Sync + 'static,
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     type Protocol = StreamProtocol;
     type Request = Req;

@@ -3,7 +3,8 @@
 #![no_main]
 
 use hivemesh_protocol::envelope::seal;
-use hivemesh_protocol::{AnySigned, Context, Keypair, Timestamp};
+use hivemesh_protocol::{AnySigned, Context, Timestamp};
+use hivemesh_protocol_fuzz::signer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     if body.len() > 20_000 {
         return;
     }
-    let b = seal(kind % 8, body, &Keypair::from_secret_bytes([7; 32]));
+    let b = seal(kind % 8, body, &signer());
     let ctx = Context {
         campaign: None,
         now: Timestamp(0),

@@ -1,0 +1,189 @@
+//! The request–response wire: ledger-sync and blob-transfer messages, their size limits, and
+//! the pure decoders of a frame's body that [`super::PostcardCodec`] runs on every frame read.
+//!
+//! Everything here is bytes from the network, so it is fuzzed (`node/fuzz`: `sync_request`,
+//! `sync_response`, `blob_request`, `blob_response`). The fuzz crate compiles this file
+//! directly (to fuzz without building the whole node), so it imports nothing from the node
+//! crate: only std, serde, postcard and the protocol crate.
+
+use std::io;
+
+use hivemesh_protocol::envelope::{MAX_CAMPAIGN_ENVELOPE_LEN, MAX_ENVELOPE_LEN};
+use hivemesh_protocol::id::{BlobId, CampaignId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Largest sync response, in bytes of messages.
+pub const MAX_SYNC_BYTES: usize = 1 << 20;
+/// Most campaigns listed in one sync response.
+pub const MAX_SYNC_CAMPAIGNS: usize = 256;
+/// Largest blob chunk.
+pub const BLOB_CHUNK: usize = 256 * 1024;
+/// Largest request frame.
+pub const MAX_REQUEST_LEN: usize = 4 * 1024;
+/// Largest response frame.
+/// (A response holds up to `MAX_SYNC_BYTES` of messages, or one message when that one is larger,
+/// and the campaigns.)
+pub const MAX_RESPONSE_LEN: usize = if MAX_SYNC_BYTES > MAX_ENVELOPE_LEN {
+    MAX_SYNC_BYTES
+} else {
+    MAX_ENVELOPE_LEN
+} + MAX_SYNC_CAMPAIGNS * (MAX_CAMPAIGN_ENVELOPE_LEN + 8);
+
+/// A ledger-sync request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// Which campaigns do you have? (their signed specs)
+    Campaigns,
+    /// A campaign's stored messages, from your sequence number `from`.
+    Messages {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The responder's sequence number to start at (0: from the beginning).
+        from: u64,
+    },
+}
+
+/// A ledger-sync response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// Signed campaign specs.
+    Campaigns(Vec<Vec<u8>>),
+    /// Stored messages (signed envelopes, each verified by the receiver) and the sequence
+    /// number to ask from next.
+    Messages {
+        /// The campaign (every envelope must be bound to it).
+        campaign: CampaignId,
+        /// The envelopes.
+        messages: Vec<Vec<u8>>,
+        /// Where to continue.
+        next: u64,
+    },
+    /// The responder does not know the campaign.
+    Unknown,
+}
+
+/// A blob-chunk request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    /// The blob.
+    pub id: BlobId,
+    /// The first byte wanted.
+    pub offset: u64,
+}
+
+/// A blob-chunk response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobResponse {
+    /// Up to [`BLOB_CHUNK`] bytes from `offset`, and the blob's total size.
+    Chunk {
+        /// The blob's size.
+        total: u64,
+        /// Where `data` starts.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The responder does not have the blob.
+    NotFound,
+}
+
+/// Refuses a frame of `len` bytes over `limit` (checked before any of it is buffered).
+pub fn check_len(len: usize, limit: usize) -> io::Result<()> {
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit of {limit}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a frame's body (without its length prefix): at most `limit` bytes of postcard.
+pub fn decode_body<M: DeserializeOwned>(body: &[u8], limit: usize) -> io::Result<M> {
+    check_len(body.len(), limit)?;
+    postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Decodes a sync request frame's body, as the codec does.
+pub fn decode_sync_request(body: &[u8]) -> io::Result<SyncRequest> {
+    decode_body(body, MAX_REQUEST_LEN)
+}
+
+/// Decodes a sync response frame's body, as the codec does.
+pub fn decode_sync_response(body: &[u8]) -> io::Result<SyncResponse> {
+    decode_body(body, MAX_RESPONSE_LEN)
+}
+
+/// Decodes a blob request frame's body, as the codec does.
+pub fn decode_blob_request(body: &[u8]) -> io::Result<BlobRequest> {
+    decode_body(body, MAX_REQUEST_LEN)
+}
+
+/// Decodes a blob response frame's body, as the codec does.
+pub fn decode_blob_response(body: &[u8]) -> io::Result<BlobResponse> {
+    decode_body(body, MAX_RESPONSE_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode<M: Serialize>(m: &M) -> Vec<u8> {
+        postcard::to_allocvec(m).expect("encodes")
+    }
+
+    #[test]
+    fn every_message_decodes_from_its_encoding() {
+        let campaign = CampaignId([3; 32]);
+        for r in [
+            SyncRequest::Campaigns,
+            SyncRequest::Messages { campaign, from: 9 },
+        ] {
+            assert_eq!(decode_sync_request(&encode(&r)).expect("decodes"), r);
+        }
+        for r in [
+            SyncResponse::Campaigns(vec![vec![1, 2], vec![]]),
+            SyncResponse::Messages {
+                campaign,
+                messages: vec![vec![4; 10]],
+                next: 11,
+            },
+            SyncResponse::Unknown,
+        ] {
+            assert_eq!(decode_sync_response(&encode(&r)).expect("decodes"), r);
+        }
+        let r = BlobRequest {
+            id: BlobId::of_bytes(b"x"),
+            offset: 5,
+        };
+        assert_eq!(decode_blob_request(&encode(&r)).expect("decodes"), r);
+        for r in [
+            BlobResponse::Chunk {
+                total: 3,
+                offset: 0,
+                data: vec![1, 2, 3],
+            },
+            BlobResponse::NotFound,
+        ] {
+            assert_eq!(decode_blob_response(&encode(&r)).expect("decodes"), r);
+        }
+    }
+
+    #[test]
+    fn oversized_truncated_and_unknown_bodies_are_refused() {
+        let request = encode(&SyncRequest::Messages {
+            campaign: CampaignId([3; 32]),
+            from: 9,
+        });
+        assert!(decode_sync_request(&request[..request.len() - 1]).is_err());
+        assert!(decode_sync_request(&[7]).is_err(), "no such variant");
+        assert!(decode_sync_request(&[]).is_err());
+        let mut long = encode(&SyncRequest::Campaigns);
+        long.resize(MAX_REQUEST_LEN + 1, 0);
+        let e = decode_sync_request(&long).expect_err("over the limit");
+        assert!(e.to_string().contains("over the limit"), "{e}");
+        // A length prefix that claims more than the frame holds.
+        assert!(decode_blob_response(&[0, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+}
