@@ -126,29 +126,17 @@ pub async fn until_node<T>(
     swarm: &mut Swarm<RawBehaviour>,
     events: &mut broadcast::Receiver<Event>,
     timeout: Duration,
-    mut pick: impl FnMut(&Event) -> Option<T>,
+    pick: impl FnMut(&Event) -> Option<T>,
 ) -> T {
-    let wait = async {
+    let drive = async {
         loop {
-            tokio::select! {
-                e = events.recv() => match e {
-                    Ok(e) => {
-                        if let Some(t) = pick(&e) {
-                            return t;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        panic!("test subscriber lagged by {n} events")
-                    }
-                    Err(broadcast::error::RecvError::Closed) => panic!("node stopped"),
-                },
-                _ = swarm.select_next_some() => {}
-            }
+            swarm.select_next_some().await;
         }
     };
-    tokio::time::timeout(timeout, wait)
-        .await
-        .expect("timed out waiting for a node event")
+    tokio::select! {
+        t = crate::wait_for(events, timeout, pick) => t,
+        () = drive => unreachable!("a swarm's event stream never ends"),
+    }
 }
 
 /// Protobuf, just enough of it for gossipsub RPCs: a varint.

@@ -202,14 +202,20 @@ impl EventLoop {
         if action != PeerAction::Ignore || self.limits.junk.allow(from, now) {
             return;
         }
-        let score = self.limits.app_scores.entry(from).or_insert(0.0);
-        *score += JUNK_PENALTY;
+        self.lower_app_score(from, JUNK_PENALTY, now);
+    }
+
+    /// Adds `penalty` (negative) to `peer`'s application score, hands the new score to
+    /// gossipsub, and bans the peer if its score fell below the graylist threshold.
+    pub(super) fn lower_app_score(&mut self, peer: PeerId, penalty: f64, now: Instant) {
+        let score = self.limits.app_scores.entry(peer).or_insert(0.0);
+        *score += penalty;
         let s = *score;
         self.swarm
             .behaviour_mut()
             .gossipsub
-            .set_application_score(&from, s);
-        self.check_score(from, now);
+            .set_application_score(&peer, s);
+        self.check_score(peer, now);
     }
 
     /// Disconnects and bans `peer` for [`super::rate_limit::BAN_DURATION`] if its gossip score

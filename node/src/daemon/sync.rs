@@ -64,14 +64,7 @@ impl EventLoop {
 
     /// Lowers a peer's application score for invalid input and reports it.
     pub(super) fn penalise(&mut self, peer: PeerId, reason: String) {
-        let score = self.limits.app_scores.entry(peer).or_insert(0.0);
-        *score += SYNC_REJECT_PENALTY;
-        let s = *score;
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .set_application_score(&peer, s);
-        self.check_score(peer, std::time::Instant::now());
+        self.lower_app_score(peer, SYNC_REJECT_PENALTY, std::time::Instant::now());
         self.emit(Event::Rejected {
             from: peer,
             reason,
