@@ -782,8 +782,10 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    // Out of descriptors and the like: refuse this one, keep serving.
+                    // Out of descriptors and the like: keep serving, but wait a little before
+                    // accepting again (the error would repeat at once, spinning the loop).
                     tracing::warn!("api: cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
