@@ -18,6 +18,13 @@
 //!   precommit it, remember it as the valid value;
 //! * L49: 2/3 precommits for a root whose closure is known, in any round → decide;
 //! * L55: `f + 1` voters heard from in a higher round → skip to it.
+//!
+//! Stalls (ADR 0006): when more than `f` voters are silent the rules above never decide. A
+//! voter that holds no precommit for a closure may then sign a *stall* (a [`Step::Stall`]
+//! vote) and votes no more in the epoch; with stalls from more voters than a decision can do
+//! without, the epoch cannot decide, and [`Instance::next_epoch`] restarts the vote among the
+//! voters a creator's `Regenesis` names, at the next epoch's first round. Round `r` belongs to
+//! epoch `r / EPOCH_ROUNDS`; an instance takes proposals and votes of its own epoch only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -65,6 +72,9 @@ pub enum Refusal {
     Conflicting,
     /// Already have it.
     Duplicate,
+    /// From an epoch this instance is not in: an earlier one (too late to count) or a later
+    /// one (the driver holds it until the epoch's `Regenesis` is adopted).
+    OtherEpoch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,11 +93,19 @@ enum Timeout {
 
 type Root = [u8; 32];
 
+pub use crate::message::{EPOCH_ROUNDS, MAX_EPOCHS, epoch_of};
+
 /// The vote on one generation's closure.
 #[derive(Debug, Clone)]
 pub struct Instance {
     campaign: CampaignId,
     generation: u32,
+    /// The epoch voted in (0 until a stall hands the vote to fewer voters).
+    epoch: u32,
+    /// When this peer started voting in this epoch.
+    started_at: Option<Timestamp>,
+    /// Voters that signed a stall in this epoch.
+    stalls: BTreeSet<PeerKey>,
     voters: Vec<PeerKey>,
     seed: [u8; 32],
     base_timeout_ms: u64,
@@ -140,6 +158,9 @@ impl Instance {
         Instance {
             campaign,
             generation,
+            epoch: 0,
+            started_at: None,
+            stalls: BTreeSet::new(),
             voters,
             seed,
             base_timeout_ms: base_timeout_ms.max(1),
@@ -226,6 +247,104 @@ impl Instance {
         self.decided
     }
 
+    /// The epoch voted in (0 unless a stall handed the vote to fewer voters).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// When this peer started voting in this epoch, if it has.
+    pub fn started_at(&self) -> Option<Timestamp> {
+        self.started_at
+    }
+
+    /// Voters that signed a stall in this epoch.
+    pub fn stalls(&self) -> &BTreeSet<PeerKey> {
+        &self.stalls
+    }
+
+    /// Stalls that prove this epoch cannot decide: more than a decision can do without,
+    /// `n − quorum + 1`. Every decision needs `quorum` precommits, so it would need a voter
+    /// that stalled, and an honest one never precommits a closure in an epoch it stalled in.
+    pub fn stalls_needed(&self) -> usize {
+        self.voters.len() + 1 - self.quorum()
+    }
+
+    /// How many voters (this peer included) a proposal or vote of this epoch came from.
+    pub fn heard_voters(&self) -> usize {
+        let mut heard: BTreeSet<&PeerKey> = self.heard.values().flatten().collect();
+        heard.extend(&self.stalls);
+        heard.len()
+    }
+
+    /// Signs this peer's stall, if it may: it votes here, has not decided or stalled, and holds
+    /// no precommit for a closure in this epoch (its lock). It votes no more in this epoch.
+    pub fn stall(&mut self, key: Option<&Keypair>, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(key) = key else { return out };
+        let me = key.public();
+        if !self.is_voter(&me)
+            || self.decided.is_some()
+            || self.stalls.contains(&me)
+            || self.locked.is_some()
+        {
+            return out;
+        }
+        let vote = Vote {
+            campaign: self.campaign,
+            generation: self.generation,
+            round: self.round,
+            step: Step::Stall,
+            root: None,
+            issued_at: now,
+        };
+        self.publish(vote, AnySigned::Vote, key, &mut out);
+        self.timeouts.clear();
+        out
+    }
+
+    /// Moves the vote to the next epoch among `voters` (a `Regenesis` the caller checked,
+    /// kept in `msg` for peers that sync): its first round, nothing locked, nothing heard.
+    /// Proposals and votes of the epoch before are refused from now on.
+    pub fn next_epoch(
+        &mut self,
+        mut voters: Vec<PeerKey>,
+        msg: AnySigned,
+        key: Option<&Keypair>,
+        env: &mut dyn Env,
+        now: Timestamp,
+    ) -> Vec<Action> {
+        voters.sort();
+        voters.dedup();
+        self.epoch += 1;
+        self.i_vote = self.me.is_some_and(|m| voters.binary_search(&m).is_ok());
+        self.voters = voters;
+        self.round = self.epoch.saturating_mul(EPOCH_ROUNDS);
+        self.phase = Phase::Propose;
+        self.locked = None;
+        self.valid = None;
+        self.proposer_memo = None;
+        self.proposals.clear();
+        self.proposed.clear();
+        self.closures.clear();
+        self.votes.clear();
+        self.heard.clear();
+        self.timeouts.clear();
+        self.timeout_set.clear();
+        self.locked_rounds.clear();
+        self.validity.clear();
+        self.stalls.clear();
+        self.tally_dirty = true;
+        self.messages.push(msg);
+        let mut out = Vec::new();
+        if self.started {
+            self.started_at = Some(now);
+            let round = self.round;
+            self.start_round(round, key, env, now, &mut out);
+            self.progress(key, env, now, &mut out);
+        }
+        out
+    }
+
     /// Voters proven to have signed two different votes for one round and step.
     pub fn equivocators(&self) -> &BTreeSet<PeerKey> {
         &self.equivocators
@@ -295,7 +414,8 @@ impl Instance {
     }
 
     fn timeout_ms(&self, round: u32) -> u64 {
-        self.base_timeout_ms.saturating_mul(u64::from(round) + 1)
+        let k = round.saturating_sub(self.epoch * EPOCH_ROUNDS);
+        self.base_timeout_ms.saturating_mul(u64::from(k) + 1)
     }
 
     /// Starts voting (round 0) once this peer is ready to close the generation.
@@ -310,6 +430,7 @@ impl Instance {
             return out;
         }
         self.started = true;
+        self.started_at = Some(now);
         let round = self.round;
         self.start_round(round, key, env, now, &mut out);
         self.progress(key, env, now, &mut out);
@@ -382,6 +503,9 @@ impl Instance {
                 if m.campaign != self.campaign || m.closure.generation != self.generation {
                     return Err(Refusal::WrongInstance);
                 }
+                if epoch_of(m.round) != self.epoch {
+                    return Err(Refusal::OtherEpoch);
+                }
                 if self.proposer_of(m.round) != Some(p.signer()) {
                     return Err(Refusal::NotEntitled);
                 }
@@ -408,8 +532,24 @@ impl Instance {
                 if m.campaign != self.campaign || m.generation != self.generation {
                     return Err(Refusal::WrongInstance);
                 }
+                if epoch_of(m.round) != self.epoch {
+                    return Err(Refusal::OtherEpoch);
+                }
                 if !self.is_voter(&v.signer()) {
                     return Err(Refusal::NotEntitled);
+                }
+                if m.step == Step::Stall {
+                    self.accept_stall(v.signer())?;
+                    self.messages.push(msg);
+                    return Ok(());
+                }
+                if m.step == Step::Precommit
+                    && m.root.is_some()
+                    && self.stalls.contains(&v.signer())
+                {
+                    // A precommit for a closure after a stall in the same epoch: provable.
+                    self.equivocators.insert(v.signer());
+                    return Err(Refusal::Conflicting);
                 }
                 let slot = self.votes.entry((m.round, m.step)).or_default();
                 match slot.get(&v.signer()) {
@@ -436,6 +576,23 @@ impl Instance {
         }
         self.messages.push(msg);
         self.tally_dirty = true;
+        Ok(())
+    }
+
+    /// A stall from voter `p`: recorded, unless `p` precommitted a closure in this epoch
+    /// (then it signed two things that cannot both be true, which is recorded instead).
+    fn accept_stall(&mut self, p: PeerKey) -> Result<(), Refusal> {
+        if self.stalls.contains(&p) {
+            return Err(Refusal::Duplicate);
+        }
+        let precommitted = self.votes.iter().any(|((_, step), v)| {
+            *step == Step::Precommit && v.get(&p).is_some_and(Option::is_some)
+        });
+        if precommitted {
+            self.equivocators.insert(p);
+            return Err(Refusal::Conflicting);
+        }
+        self.stalls.insert(p);
         Ok(())
     }
 
@@ -470,7 +627,7 @@ impl Instance {
         out: &mut Vec<Action>,
     ) {
         let Some(key) = key else { return };
-        if !self.is_voter(&key.public()) {
+        if !self.is_voter(&key.public()) || self.stalls.contains(&key.public()) {
             return;
         }
         if self
@@ -544,7 +701,8 @@ impl Instance {
     ) {
         let Some(key) = key else { return };
         let round = self.round;
-        if self.proposed.contains(&round)
+        if self.stalls.contains(&key.public())
+            || self.proposed.contains(&round)
             || self.phase != Phase::Propose
             || self.proposer_of(round) != Some(key.public())
         {
@@ -664,9 +822,11 @@ impl Instance {
             if self.decide(q, out) {
                 return;
             }
-            let me = key.map(Keypair::public).filter(|p| self.is_voter(p));
+            let me = key
+                .map(Keypair::public)
+                .filter(|p| self.is_voter(p) && !self.stalls.contains(p));
             if me.is_none() {
-                // Watchers only decide.
+                // Watchers (and a voter that stalled) only decide.
                 return;
             }
             if let Some(r) = self.higher_round() {
@@ -949,6 +1109,128 @@ mod tests {
         fn all_decided(&self) -> bool {
             self.nodes.iter().all(|n| n.decided.is_some())
         }
+    }
+
+    /// A regenesis message standing in for the creator's (the instance keeps it for sync).
+    fn regenesis_msg(voters: &[PeerKey]) -> AnySigned {
+        let r = crate::message::Regenesis {
+            campaign: campaign(),
+            generation: 0,
+            epoch: 1,
+            voters: voters.to_vec(),
+            issued_at: T0,
+        };
+        let key = Keypair::from_secret_bytes([9; 32]);
+        AnySigned::Regenesis(Signed::sign_and_encode(r, &key).expect("valid regenesis"))
+    }
+
+    #[test]
+    fn a_vote_stalled_by_silent_voters_decides_in_the_next_epoch_among_those_that_stalled() {
+        // Four voters need three votes; two are silent, so nothing the two live ones do can
+        // decide, whatever the timeouts.
+        let keys = keys();
+        let c = closure(1);
+        let silent = [keys[2].public(), keys[3].public()];
+        let mut net = Net::new(&keys, &silent, &c);
+        net.start();
+        for _ in 0..20 {
+            net.advance();
+        }
+        assert!(!net.nodes.iter().any(|n| n.decided.is_some()));
+        assert_eq!(net.nodes[0].instance.stalls_needed(), 2);
+        for i in 0..net.nodes.len() {
+            let n = &mut net.nodes[i];
+            let actions = n.instance.stall(Some(&n.key), net.now);
+            assert_eq!(votes(&actions).len(), 1, "one stall each");
+            assert!(
+                votes(&actions)
+                    .iter()
+                    .all(|v| v.1 == Step::Stall && v.2.is_none())
+            );
+            net.take(i, actions);
+        }
+        net.deliver();
+        let mut live: Vec<PeerKey> = net.nodes.iter().map(|n| n.key.public()).collect();
+        live.sort();
+        for n in &net.nodes {
+            assert_eq!(
+                n.instance.stalls().iter().copied().collect::<Vec<_>>(),
+                live
+            );
+        }
+        // A stalled voter votes no more in the epoch.
+        let n = &mut net.nodes[0];
+        let late = n
+            .instance
+            .tick(Some(&n.key), &mut n.env, Timestamp(u64::MAX / 2));
+        assert!(votes(&late).is_empty(), "voted after its stall: {late:?}");
+        // The next epoch: the two that stalled vote alone, from its first round.
+        for i in 0..net.nodes.len() {
+            let n = &mut net.nodes[i];
+            let msg = regenesis_msg(&live);
+            let actions =
+                n.instance
+                    .next_epoch(live.clone(), msg, Some(&n.key), &mut n.env, net.now);
+            assert_eq!(n.instance.epoch(), 1);
+            assert_eq!(n.instance.round(), EPOCH_ROUNDS);
+            net.take(i, actions);
+        }
+        net.deliver();
+        while !net.all_decided() && net.advance() {}
+        for n in &net.nodes {
+            let (round, root) = n.decided.expect("decided in the next epoch");
+            assert_eq!(root, c.root());
+            assert_eq!(epoch_of(round), 1);
+        }
+    }
+
+    #[test]
+    fn a_locked_voter_does_not_stall_and_a_closure_precommit_beside_a_stall_is_caught() {
+        let keys = keys();
+        let c = closure(1);
+        let me = &keys[0];
+        let mut i = instance(&keys, me);
+        let mut env = FakeEnv::proposing(&c);
+        i.start(Some(me), &mut env, T0);
+        // Locked: a polka for the proposal of round 0 makes it precommit (and lock).
+        let proposer = key_of(&keys, i.proposer(0).expect("voters"));
+        if proposer.public() != me.public() {
+            let _ = i.handle(proposal(proposer, 0, None, &c), Some(me), &mut env, T0);
+        }
+        for k in &keys[1..3] {
+            let _ = i.handle(
+                vote(k, 0, Step::Prevote, Some(c.root())),
+                Some(me),
+                &mut env,
+                T0,
+            );
+        }
+        assert!(i.locked.is_some(), "{}", i.summary());
+        assert!(
+            i.stall(Some(me), T0).is_empty(),
+            "a locked voter signed a stall"
+        );
+        // Another voter precommits a closure, then stalls: both signed, so it is caught.
+        let other = &keys[1];
+        let _ = i.handle(
+            vote(other, 0, Step::Precommit, Some(c.root())),
+            Some(me),
+            &mut env,
+            T0,
+        );
+        let stall = vote(other, 0, Step::Stall, None);
+        assert_eq!(
+            i.handle(stall, Some(me), &mut env, T0).err(),
+            Some(Refusal::Conflicting)
+        );
+        assert!(i.equivocators().contains(&other.public()));
+        assert!(i.stalls().is_empty());
+        // A vote of a later epoch is not for this instance yet.
+        let ahead = vote(&keys[2], EPOCH_ROUNDS, Step::Prevote, None);
+        assert_eq!(
+            i.handle(ahead, Some(me), &mut env, T0).err(),
+            Some(Refusal::OtherEpoch)
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::id::{CampaignId, MessageId};
 use crate::identity::{Keypair, PeerKey};
 use crate::message::{
-    AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Proposal, Reveal, Vote,
+    AuditReport, Claim, Commitment, Heartbeat, Kind, Message, Proposal, Regenesis, Reveal, Vote,
 };
 use crate::spec::CampaignSpec;
 use crate::time::Timestamp;
@@ -409,6 +409,7 @@ impl<'a> Verified<'a> {
             Kind::Heartbeat => AnySigned::Heartbeat(self.decode(ctx)?),
             Kind::Proposal => AnySigned::Proposal(self.decode(ctx)?),
             Kind::Vote => AnySigned::Vote(self.decode(ctx)?),
+            Kind::Regenesis => AnySigned::Regenesis(self.decode(ctx)?),
         })
     }
 }
@@ -565,6 +566,8 @@ pub enum AnySigned {
     Proposal(Signed<Proposal>),
     /// A closure vote.
     Vote(Signed<Vote>),
+    /// A creator's new voter set for a stalled closure vote.
+    Regenesis(Signed<Regenesis>),
 }
 
 impl AnySigned {
@@ -584,6 +587,7 @@ impl AnySigned {
             AnySigned::Heartbeat(s) => s.id(),
             AnySigned::Proposal(s) => s.id(),
             AnySigned::Vote(s) => s.id(),
+            AnySigned::Regenesis(s) => s.id(),
         }
     }
 
@@ -598,6 +602,7 @@ impl AnySigned {
             AnySigned::Heartbeat(s) => s.signer(),
             AnySigned::Proposal(s) => s.signer(),
             AnySigned::Vote(s) => s.signer(),
+            AnySigned::Regenesis(s) => s.signer(),
         }
     }
 
@@ -612,6 +617,7 @@ impl AnySigned {
             AnySigned::Heartbeat(_) => Kind::Heartbeat,
             AnySigned::Proposal(_) => Kind::Proposal,
             AnySigned::Vote(_) => Kind::Vote,
+            AnySigned::Regenesis(_) => Kind::Regenesis,
         }
     }
 
@@ -626,6 +632,7 @@ impl AnySigned {
             AnySigned::Heartbeat(s) => s.bytes(),
             AnySigned::Proposal(s) => s.bytes(),
             AnySigned::Vote(s) => s.bytes(),
+            AnySigned::Regenesis(s) => s.bytes(),
         }
     }
 }

@@ -633,7 +633,7 @@ impl Ledger {
             AnySigned::Reveal(s) => self.on_statement(s, now),
             AnySigned::AuditReport(s) => self.on_statement(s, now),
             AnySigned::Heartbeat(s) => self.on_heartbeat(s),
-            AnySigned::Proposal(_) | AnySigned::Vote(_) => {
+            AnySigned::Proposal(_) | AnySigned::Vote(_) | AnySigned::Regenesis(_) => {
                 // Consensus messages belong to `consensus`; the ledger holds evidence only.
                 self.ignore(id, IgnoreReason::Consensus);
             }

@@ -31,11 +31,13 @@ pub enum Kind {
     Proposal = 7,
     /// A closure [`Vote`].
     Vote = 8,
+    /// A [`Regenesis`]: the creator's new voter set for a stalled closure vote.
+    Regenesis = 9,
 }
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Campaign,
         Kind::Claim,
         Kind::Commitment,
@@ -44,6 +46,7 @@ impl Kind {
         Kind::Heartbeat,
         Kind::Proposal,
         Kind::Vote,
+        Kind::Regenesis,
     ];
 
     /// The kind with this header byte.
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Heartbeat => 512,
             Kind::Proposal => 4 * 1024 * 1024,
             Kind::Vote => 256,
+            Kind::Regenesis => 8 * 1024,
         }
     }
 
@@ -74,6 +78,7 @@ impl Kind {
             Kind::Heartbeat => "heartbeat",
             Kind::Proposal => "proposal",
             Kind::Vote => "vote",
+            Kind::Regenesis => "regenesis",
         }
     }
 }
@@ -379,6 +384,11 @@ pub enum Step {
     Prevote,
     /// Second step: "2/3 prevoted it; I lock on it".
     Precommit,
+    /// Not a step of a round: "this vote is stalled for me; I hold no precommit for a closure
+    /// in this epoch and will vote no more in it" (its root is always nil). Enough of them let
+    /// the campaign's creator hand the vote to the voters that signed them (a [`Regenesis`];
+    /// ADR 0006).
+    Stall,
 }
 
 /// A vote on a closure root (or nil).
@@ -405,5 +415,69 @@ impl Message for Vote {
     }
     fn issued_at(&self) -> Timestamp {
         self.issued_at
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.step == Step::Stall && self.root.is_some() {
+            return Err("a stall names no closure".into());
+        }
+        Ok(())
+    }
+}
+
+/// Rounds per epoch of one generation's vote: round `r` is in epoch `r / EPOCH_ROUNDS`
+/// (ADR 0006).
+pub const EPOCH_ROUNDS: u32 = 1 << 20;
+
+/// Epochs a generation's vote can have (every round number is in one of them).
+pub const MAX_EPOCHS: u32 = u32::MAX / EPOCH_ROUNDS;
+
+/// The epoch of `round`.
+pub fn epoch_of(round: u32) -> u32 {
+    round / EPOCH_ROUNDS
+}
+
+/// The creator's answer to a stalled closure vote (ADR 0006): generation `generation`'s vote
+/// goes on in epoch `epoch` among `voters` only, every one of whom signed a [`Step::Stall`]
+/// vote in the epoch before. Valid only from the campaign's creator and only with enough
+/// stalls that the earlier epoch cannot decide (checked by each peer against the stalls it
+/// holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regenesis {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The generation whose vote stalled.
+    pub generation: u32,
+    /// The epoch that starts (one more than the stalled one; its rounds start at
+    /// `epoch * EPOCH_ROUNDS`).
+    pub epoch: u32,
+    /// The new voters (sorted, distinct): signers of the stalled epoch's stall votes.
+    pub voters: Vec<PeerKey>,
+    /// When.
+    pub issued_at: Timestamp,
+}
+
+impl Message for Regenesis {
+    const KIND: Kind = Kind::Regenesis;
+    fn campaign(&self) -> CampaignId {
+        self.campaign
+    }
+    fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.epoch == 0 || self.epoch >= MAX_EPOCHS {
+            return Err(format!("epoch {} is outside 1..{}", self.epoch, MAX_EPOCHS));
+        }
+        if self.voters.is_empty() || self.voters.len() > crate::spec::MAX_ROSTER {
+            return Err(format!(
+                "{} voters, not 1..={}",
+                self.voters.len(),
+                crate::spec::MAX_ROSTER
+            ));
+        }
+        if !self.voters.windows(2).all(|w| w[0] < w[1]) {
+            return Err("voters must be sorted and distinct".into());
+        }
+        Ok(())
     }
 }

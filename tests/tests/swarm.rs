@@ -196,6 +196,43 @@ async fn only_peers_that_speak_hivemesh_are_genesis_roster_candidates() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genesis_voter_that_never_speaks_is_replaced_and_the_campaign_finishes() {
+    // Three genesis voters need all three votes (f = 0); the third never comes up. The two
+    // live ones stall after 30 round timeouts, node 0 (the creator) hands the vote to them,
+    // and the silent voter is dropped from the members at the closure (ADR 0006). Before,
+    // generation 0 never closed.
+    let (_dirs, mut nodes) = cluster("silentvoter", 2, |_, _| {}).await;
+    let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
+    let mut spec = digits_nas_spec(&roster, 4, 2, 17);
+    spec.schedule.round_timeout_ms = 100;
+    // Reveals wait for every ranked executor to commit or for the job deadline, and the
+    // silent voter is ranked on every job: keep the deadline short.
+    spec.schedule.job_deadline_ms = 4_000;
+    spec.schedule.min_deadline_ms = 1_000;
+    let id = nodes[0].client.submit(spec).await.expect("accepted");
+    let mut roots = Vec::new();
+    for n in nodes.iter_mut() {
+        roots.push(wait_finished(n, id).await);
+    }
+    assert_eq!(roots[0].len(), 2, "both generations closed: {roots:?}");
+    assert_eq!(roots[0], roots[1], "same closures on both nodes");
+    let status = nodes[1]
+        .client
+        .campaign(id)
+        .await
+        .expect("up")
+        .expect("known");
+    assert!(status.finished, "{status:?}");
+    assert_eq!(
+        status.members, 2,
+        "the silent voter left the members: {status:?}"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Node 0 submits a 4-job, 2-generation digits campaign run by all of `nodes`; waits until
 /// every node saw it finish and returns its id and each node's closures.
 async fn run_to_end(

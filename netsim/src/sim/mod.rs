@@ -546,6 +546,8 @@ impl Sim {
             None => Peer::new(spec, key, config, now),
         };
         let Ok(peer) = peer else { return };
+        // Node 0 created the campaign: its regenesis ends a stalled vote (ADR 0006).
+        let peer = peer.with_creator(self.nodes[0].key.public());
         self.nodes[i].peer = Some(peer);
         self.nodes[i].up = true;
         self.nodes[i].wake_at = None;

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hivemesh_protocol::PeerKey;
 use hivemesh_protocol::closure::Closure;
+use hivemesh_protocol::envelope::AnySigned;
+use hivemesh_protocol::message::Step;
 use hivemesh_protocol::peer::Peer;
 use hivemesh_protocol::standings::{self, AuditLabel};
 
@@ -95,6 +97,11 @@ pub struct RunReport {
     pub joiners_agreed: u64,
     /// Members of the last generation (by the reference node's closures).
     pub final_members: usize,
+    /// Regeneses the creator signed (closure votes handed to the voters that stalled them,
+    /// ADR 0006).
+    pub regeneses: usize,
+    /// Stall votes signed.
+    pub stalls: usize,
     /// Events processed.
     pub events: u64,
     /// The reference node's closure root per generation (honest nodes agree on them when
@@ -132,6 +139,16 @@ impl Sim {
             events: self.events,
             distinct_messages: self.log.len(),
             rejected_at_ingress: self.rejected_at_ingress,
+            regeneses: self
+                .log
+                .iter()
+                .filter(|m| matches!(&***m, AnySigned::Regenesis(_)))
+                .count(),
+            stalls: self
+                .log
+                .iter()
+                .filter(|m| matches!(&***m, AnySigned::Vote(v) if v.message().step == Step::Stall))
+                .count(),
             ..RunReport::default()
         };
         self.report_closures(&honest, &mut r);
@@ -448,6 +465,13 @@ pub fn describe(r: &RunReport) -> String {
         );
     }
     let _ = writeln!(s, "  members at the end: {}", r.final_members);
+    if r.stalls > 0 {
+        let _ = writeln!(
+            s,
+            "  stalled votes: {} stalls, {} regeneses",
+            r.stalls, r.regeneses
+        );
+    }
     if r.joiners_agreed > 0 {
         let _ = writeln!(s, "  joiners: {} credited results", r.joiners_agreed);
     }

@@ -239,7 +239,9 @@ impl EventLoop {
                 ..PeerConfig::default()
             },
             unix_now(),
-        )?;
+        )?
+        // The announcement's signer: its regenesis ends a stalled closure vote (ADR 0006).
+        .with_creator(submitter);
         let topic = campaign_topic(&id);
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
         gs.subscribe(&topic)?;

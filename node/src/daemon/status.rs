@@ -40,6 +40,14 @@ pub struct CampaignStatus {
     pub finished: bool,
     /// Members of the current generation.
     pub members: usize,
+    /// Voters of the current generation's closure vote.
+    pub voters: usize,
+    /// The closure vote's epoch: above 0 after the creator handed a stalled vote to the
+    /// voters that stalled (ADR 0006).
+    pub vote_epoch: u32,
+    /// Voters that stalled in the current epoch (a vote that stays stalled, with no regenesis
+    /// coming, needs the creator's node back online).
+    pub stalls: usize,
     /// Stored messages.
     pub messages: u64,
     /// Jobs of closed generations that settled (agreed success or failure).
@@ -268,6 +276,9 @@ pub(super) fn campaign_status(id: &CampaignId, c: &Campaign, store: &Store) -> C
         generations: kind.generations(),
         finished: c.peer.finished(),
         members: c.peer.members().len(),
+        voters: c.peer.voters().len(),
+        vote_epoch: c.peer.stall_state().0,
+        stalls: c.peer.stall_state().1,
         messages: store.message_count(id).unwrap_or(0),
         settled: jobs.iter().filter(|j| j.status != JobStatus::Void).count(),
         results_held: store.result_count(id).unwrap_or(0),

@@ -292,6 +292,7 @@ impl Peer {
         self.liveness.shown_alive(&closure, &certificate);
         self.exec.clear();
         self.liveness.spoke = false;
+        self.stall.clear();
         self.chain.cur = next;
         self.admission.members_changed(&self.chain.cur.members);
         let instance = self.chain.instance(self.campaign(), &self.spec, self.me);

@@ -33,6 +33,7 @@ mod generation;
 mod liveness;
 mod proposal;
 mod reputation;
+mod stall;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -59,6 +60,8 @@ use generation::{GenerationState, Voting};
 use liveness::Liveness;
 use proposal::PeerEnv;
 use reputation::Reputation;
+use stall::StallState;
+pub use stall::{REGENESIS_GRACE_TIMEOUTS, STALL_AFTER_TIMEOUTS};
 /// Settings of one peer (local choices, not campaign rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -195,6 +198,11 @@ pub struct Peer {
     last_now: Timestamp,
     /// Handling a [`PeerInput::Replay`]: take the message in, act on nothing.
     replaying: bool,
+    /// The campaign's creator (the announcement's signer), if the driver named it: the only
+    /// key whose regenesis of a stalled vote counts.
+    creator: Option<PeerKey>,
+    /// The current generation's stalls, held regeneses and dismissed voters.
+    stall: StallState,
 }
 
 impl Peer {
@@ -250,6 +258,8 @@ impl Peer {
             reputation: Reputation::default(),
             last_now: now,
             replaying: false,
+            creator: None,
+            stall: StallState::default(),
         };
         peer.chain.recount_settled(&peer.ledger);
         Ok(peer)
@@ -438,6 +448,9 @@ impl Peer {
         if !self.is_member() {
             earliest(self.join_heartbeat_due());
         }
+        if let Some(at) = self.stall_wakeup() {
+            earliest(at);
+        }
         t
     }
 
@@ -536,6 +549,7 @@ impl Peer {
         self.take_audits_phase(out);
         self.take_jobs(now, elapsed, out);
         self.start_vote_if_ready(now, out);
+        self.stall_phase(now, out);
     }
 
     /// Runs one step of the closure vote with this peer's key (none while replaying: then it
@@ -568,6 +582,7 @@ impl Peer {
             epilogue: self.chain.epilogue,
             liveness: &self.liveness,
             max_joins: self.config.max_joins_per_generation,
+            dismissed: &self.stall.dismissed,
             now,
             void_at,
         };
@@ -629,6 +644,7 @@ impl Peer {
         let slot = match &m {
             AnySigned::Proposal(p) => Some((p.message().campaign, p.message().closure.generation)),
             AnySigned::Vote(v) => Some((v.message().campaign, v.message().generation)),
+            AnySigned::Regenesis(r) => Some((r.message().campaign, r.message().generation)),
             _ => None,
         };
         let Some((campaign, generation)) = slot else {
@@ -659,10 +675,23 @@ impl Peer {
             }
             return;
         }
-        if generation == self.chain.cur.number {
-            self.vote_with(now, out, |i, key, env| {
-                i.handle(m, key, env, now).unwrap_or_default()
-            });
+        if generation != self.chain.cur.number {
+            return;
+        }
+        if let AnySigned::Regenesis(r) = m {
+            self.on_regenesis(r, now, out);
+            return;
+        }
+        if self.hold_if_ahead(&m) {
+            return;
+        }
+        let stall =
+            matches!(&m, AnySigned::Vote(v) if v.message().step == crate::message::Step::Stall);
+        self.vote_with(now, out, |i, key, env| {
+            i.handle(m, key, env, now).unwrap_or_default()
+        });
+        if stall {
+            self.retry_pending_regeneses(now, out);
         }
     }
 

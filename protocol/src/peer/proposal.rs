@@ -111,6 +111,12 @@ pub(crate) enum ProposalFault {
         /// The member removed.
         peer: PeerKey,
     },
+    /// A voter that a regenesis of this generation left out is still a member.
+    #[error("{} was left out by a regenesis and must leave the members", .peer.short())]
+    DismissedKept {
+        /// The voter.
+        peer: PeerKey,
+    },
     /// More members are evicted for silence than a generation admits.
     #[error("too many evictions: {evicted}, at most {max}")]
     TooManyEvictions {
@@ -152,6 +158,9 @@ pub(super) struct PeerEnv<'a> {
     pub(super) liveness: &'a Liveness,
     /// Most peers joining (and evicted) per generation.
     pub(super) max_joins: usize,
+    /// Voters that this generation's regeneses left out (ADR 0006): dropped from the next
+    /// members, beside the evictions for silence.
+    pub(super) dismissed: &'a BTreeSet<PeerKey>,
     /// Now.
     pub(super) now: Timestamp,
     /// When jobs without a quorum are void.
@@ -262,6 +271,9 @@ impl PeerEnv<'_> {
             for p in silent {
                 members.remove(&p);
             }
+        }
+        for p in self.dismissed {
+            members.remove(p);
         }
         members.into_iter().collect()
     }
@@ -391,14 +403,21 @@ impl PeerEnv<'_> {
             }
         }
         for p in current.difference(&next) {
-            // A leave, or silence here for this whole generation (the proposer waits for two).
-            if beats.get(*p) != Some(&0) && !self.silent_since(p, 0) {
+            // A leave, a regenesis, or silence here for this whole generation (the proposer
+            // waits for two).
+            if beats.get(*p) != Some(&0) && !self.dismissed.contains(*p) && !self.silent_since(p, 0)
+            {
                 return Err(ProposalFault::RemovalWithoutCause { peer: **p });
+            }
+        }
+        for p in self.dismissed {
+            if next.contains(p) {
+                return Err(ProposalFault::DismissedKept { peer: *p });
             }
         }
         let evicted = current
             .difference(&next)
-            .filter(|p| beats.get(**p) != Some(&0))
+            .filter(|p| beats.get(**p) != Some(&0) && !self.dismissed.contains(*p))
             .count();
         if evicted > self.max_joins {
             return Err(ProposalFault::TooManyEvictions {
@@ -500,6 +519,7 @@ mod tests {
         epilogue: bool,
         liveness: Liveness,
         max_joins: usize,
+        dismissed: BTreeSet<PeerKey>,
         now: Timestamp,
         void_at: Timestamp,
     }
@@ -542,6 +562,7 @@ mod tests {
                 epilogue: false,
                 liveness: Liveness::default(),
                 max_joins: 64,
+                dismissed: BTreeSet::new(),
                 now,
                 void_at: now,
             }
@@ -558,6 +579,7 @@ mod tests {
                 epilogue: self.epilogue,
                 liveness: &self.liveness,
                 max_joins: self.max_joins,
+                dismissed: &self.dismissed,
                 now: self.now,
                 void_at: self.void_at,
             }
@@ -851,6 +873,26 @@ mod tests {
         f.max_joins = 64;
         c.members.clear();
         assert_eq!(f.check(&c), Err(ProposalFault::NoMembers));
+    }
+
+    #[test]
+    fn voters_a_regenesis_left_out_leave_the_members_at_once() {
+        // Generation 0, nobody silent yet: only the regenesis can remove peer 2.
+        let mut f = Fixture::new(0, 0);
+        let gone = key(2).public();
+        f.dismissed.insert(gone);
+        let c = f.build();
+        assert_eq!(c.members, vec![key(1).public()]);
+        assert_eq!(f.check(&c), Ok(()));
+        let mut kept = c.clone();
+        kept.members = f.cur.members.to_vec();
+        assert_eq!(
+            f.check(&kept),
+            Err(ProposalFault::DismissedKept { peer: gone })
+        );
+        // Not counted against the evictions for silence.
+        f.max_joins = 0;
+        assert_eq!(f.check(&c), Ok(()));
     }
 
     #[test]
