@@ -65,7 +65,7 @@ pub use identity::{Keypair, PeerKey};
 pub use ledger::{Input, Ledger, LedgerConfig, Output};
 pub use message::{
     AuditReport, Claim, Commitment, Failure, FailureKind, Heartbeat, JobResult, Kind, Message,
-    Metrics, Outcome, Proposal, Reveal, Step, Vote, commitment_digest,
+    Metrics, Outcome, Proposal, Regenesis, Reveal, Step, Vote, commitment_digest,
 };
 pub use scoring::{PeerScore, ScoringRules};
 pub use spec::{

@@ -5,8 +5,12 @@ use std::fs;
 use std::path::Path;
 
 use hivemesh_protocol::Kind;
+use hivemesh_protocol::consensus::EPOCH_ROUNDS;
 use hivemesh_protocol::envelope::seal;
-use hivemesh_protocol_fuzz::{proposals, receiver, spec_body, spec_envelope};
+use hivemesh_protocol::{Regenesis, Step, Timestamp, Vote};
+use hivemesh_protocol_fuzz::{
+    CREATED_AT, campaign, proposals, receiver, signer, spec_body, spec_envelope,
+};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -14,19 +18,48 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
     fs::write(dir.join(name), bytes).expect("write a seed");
 }
 
+/// One `consensus` input message: selector, length, the body after the campaign id.
+fn framed(selector: u8, body: &[u8]) -> Vec<u8> {
+    let rest = &body[32..];
+    let len = u16::try_from(rest.len()).expect("a small body");
+    [[selector].as_slice(), &len.to_le_bytes(), rest].concat()
+}
+
+/// The creator stalls generation 0's vote, hands it to itself, and prevotes in epoch 1.
+fn stall_then_regenesis() -> Vec<u8> {
+    let at = Timestamp(CREATED_AT.0 + 1_000);
+    let vote = |round, step| Vote {
+        campaign: campaign(),
+        generation: 0,
+        round,
+        step,
+        root: None,
+        issued_at: at,
+    };
+    let regenesis = Regenesis {
+        campaign: campaign(),
+        generation: 0,
+        epoch: 1,
+        voters: vec![signer().public()],
+        issued_at: at,
+    };
+    let enc = |v: &Vote| postcard::to_allocvec(v).expect("a vote encodes");
+    [
+        framed(1, &enc(&vote(0, Step::Stall))),
+        framed(2, &postcard::to_allocvec(&regenesis).expect("encodes")),
+        framed(1, &enc(&vote(EPOCH_ROUNDS, Step::Prevote))),
+    ]
+    .concat()
+}
+
 fn main() {
     let envelope = spec_envelope();
     let body = spec_body();
-    write(
-        "campaign_announcement",
-        "raw",
-        &[[0].as_slice(), &envelope].concat(),
-    );
-    write(
-        "campaign_announcement",
-        "sealed",
-        &[[1].as_slice(), &body].concat(),
-    );
+    for target in ["campaign_announcement", "campaign_follow"] {
+        write(target, "raw", &[[0].as_slice(), &envelope].concat());
+        write(target, "sealed", &[[1].as_slice(), &body].concat());
+    }
+    write("consensus", "stall_then_regenesis", &stall_then_regenesis());
     write("verify_and_decode", "campaign", &envelope);
     write(
         "signed_body",

@@ -28,9 +28,14 @@ fuzz_target!(|data: &[u8]| {
         .expect("a decoded proposal passes its own checks");
     let _ = p.message().closure.root();
     let now = Timestamp(CREATED_AT.0 + 2_000);
-    let mut peer =
-        Peer::with_derivation_cache(spec(), receiver(), PeerConfig::default(), now, derivations())
-            .expect("the fixture campaign starts");
+    let mut peer = Peer::with_derivation_cache(
+        spec(),
+        receiver(),
+        PeerConfig::default(),
+        now,
+        derivations(),
+    )
+    .expect("the fixture campaign starts");
     let _ = peer.handle(PeerInput::Tick, now);
     let _ = peer.handle(PeerInput::Message(any), now);
 });
