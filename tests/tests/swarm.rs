@@ -82,6 +82,58 @@ fn solo_spec(i: u64, seed: u64) -> hivemesh_protocol::spec::CampaignSpec {
     spec
 }
 
+/// A job's result that the disk refuses is neither published nor lost: it is held, the
+/// campaign waits for it, and once space returns it is stored, published and settled, with no
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_full_disk_refused_is_stored_and_settled_once_space_returns() {
+    let dir = TempDir::new("fullresult");
+    let faults = hivemesh_node::store::StoreFaults::default();
+    let mut cfg = test_config(dir.path());
+    cfg.store_faults = faults.clone();
+    let mut node = start_node(0, cfg).await;
+    let id = node
+        .client
+        .submit(solo_spec(0, 23))
+        .await
+        .expect("accepted");
+    let first = wait_for(&mut node.events, Duration::from_secs(60), |e| match e {
+        Event::JobStarted { campaign, job } if *campaign == id => Some(*job),
+        _ => None,
+    })
+    .await;
+    faults.set_disk_full(true);
+    let held = wait_for(&mut node.events, Duration::from_secs(120), |e| match e {
+        Event::JobFinished { job, .. } => panic!("{job} acknowledged on a full disk"),
+        Event::ResultHeld { campaign, job } if *campaign == id => Some(*job),
+        _ => None,
+    })
+    .await;
+    assert_eq!(held, first);
+    let st = node.client.status().await.expect("up");
+    assert!(st.pending_writes >= 1, "{st:?}");
+    assert!(st.store_error.is_some(), "{st:?}");
+    let c = node.client.campaign(id).await.expect("up").expect("known");
+    assert!(!c.finished, "finished without the held result: {c:?}");
+
+    faults.set_disk_full(false);
+    let stored = wait_for(&mut node.events, Duration::from_secs(60), |e| match e {
+        Event::JobFinished { campaign, job } if *campaign == id => Some(*job),
+        _ => None,
+    })
+    .await;
+    assert_eq!(stored, first, "the held result is the first acknowledged");
+    wait_finished(&mut node, id).await;
+    let settled = node.client.settled(id).await.expect("up").expect("known");
+    let job = settled
+        .iter()
+        .find(|j| j.job == first.to_string())
+        .expect("the held job settled");
+    assert_eq!(job.status, JobStatus::Success, "{job:?}");
+    assert_eq!(node.client.status().await.expect("up").pending_writes, 0);
+    node.stop().await;
+}
+
 /// Issue 22's poison campaign (a budget that would train for hours) ends, on a node whose jobs
 /// may train one second, as agreed `TimeLimit` failures instead of holding the slot forever;
 /// meanwhile the submitter's quota of live campaigns refuses more, and a finished campaign

@@ -220,6 +220,15 @@ pub enum Event {
         /// The job.
         job: JobId,
     },
+    /// A finished job's result could not be stored (the disk is full, the store refuses
+    /// writes): it is held, neither published nor acknowledged, and stored at a later retry
+    /// (then [`Event::JobFinished`] follows).
+    ResultHeld {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The job.
+        job: JobId,
+    },
     /// A generation closed.
     Closed {
         /// The campaign.

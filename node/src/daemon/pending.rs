@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
 use hivemesh_protocol::message::JobResult;
 
-use super::EventLoop;
+use super::{Event, EventLoop};
 
 /// Job results, with their blobs, waiting for the store.
 pub const PENDING_RESULTS: usize = 16;
@@ -103,6 +103,10 @@ impl EventLoop {
             self.abandon(held.campaign, held.job, reason);
             return;
         }
+        self.emit(Event::ResultHeld {
+            campaign: held.campaign,
+            job: held.job,
+        });
         self.pending.results.push_back(held);
     }
 
