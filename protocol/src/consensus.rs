@@ -75,7 +75,15 @@ pub enum Refusal {
     /// From an epoch this instance is not in: an earlier one (too late to count) or a later
     /// one (the driver holds it until the epoch's `Regenesis` is adopted).
     OtherEpoch,
+    /// For a round more than [`MAX_ROUNDS_AHEAD`] above this instance's: a voter could
+    /// otherwise make every peer keep a vote for each of a million rounds.
+    TooFarAhead,
 }
+
+/// Rounds above the current one whose proposals and votes an instance takes. Timeouts grow
+/// with the round, so honest voters are never this far apart (round 1,000 comes after about
+/// 500,000 base timeouts).
+pub const MAX_ROUNDS_AHEAD: u32 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -506,6 +514,9 @@ impl Instance {
                 if epoch_of(m.round) != self.epoch {
                     return Err(Refusal::OtherEpoch);
                 }
+                if m.round > self.round.saturating_add(MAX_ROUNDS_AHEAD) {
+                    return Err(Refusal::TooFarAhead);
+                }
                 if self.proposer_of(m.round) != Some(p.signer()) {
                     return Err(Refusal::NotEntitled);
                 }
@@ -534,6 +545,9 @@ impl Instance {
                 }
                 if epoch_of(m.round) != self.epoch {
                     return Err(Refusal::OtherEpoch);
+                }
+                if m.round > self.round.saturating_add(MAX_ROUNDS_AHEAD) {
+                    return Err(Refusal::TooFarAhead);
                 }
                 if !self.is_voter(&v.signer()) {
                     return Err(Refusal::NotEntitled);
@@ -1225,6 +1239,12 @@ mod tests {
         );
         assert!(i.equivocators().contains(&other.public()));
         assert!(i.stalls().is_empty());
+        // Nor one a thousand rounds ahead.
+        let far = vote(&keys[2], MAX_ROUNDS_AHEAD + 1, Step::Prevote, None);
+        assert_eq!(
+            i.handle(far, Some(me), &mut env, T0).err(),
+            Some(Refusal::TooFarAhead)
+        );
         // A vote of a later epoch is not for this instance yet.
         let ahead = vote(&keys[2], EPOCH_ROUNDS, Step::Prevote, None);
         assert_eq!(

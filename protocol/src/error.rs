@@ -146,6 +146,12 @@ pub enum Unwanted {
     /// The campaign has finished and needs no more messages of this kind.
     #[error("the campaign has finished")]
     Finished,
+    /// The campaign takes nothing from it: a copy of what it keeps (another timestamp),
+    /// evidence beyond a job's or a signer's limits or on a closed generation, a vote for a
+    /// decided generation or an earlier epoch, one from a peer that does not vote. Kept, such
+    /// messages would let a member grow every node's store without bound.
+    #[error("it adds nothing to what the campaign keeps")]
+    Unused,
 }
 
 impl DecodeError {

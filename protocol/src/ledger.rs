@@ -102,6 +102,19 @@ pub enum IgnoreReason {
     Retired,
 }
 
+/// How much later than the kept one a peer's heartbeat must be issued to replace it (unless it
+/// is a leave).
+pub const MIN_HEARTBEAT_GAP_MS: u64 = 1_000;
+
+impl IgnoreReason {
+    /// Whether the ledger keeps nothing of a message ignored for this reason (and a driver
+    /// need not store or forward it): everything but the messages that are some other part's
+    /// business (consensus, the campaign spec).
+    pub fn keeps_nothing(self) -> bool {
+        !matches!(self, IgnoreReason::Consensus | IgnoreReason::OwnCampaign)
+    }
+}
+
 /// What kind of provable misbehaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Offence {
@@ -723,13 +736,12 @@ impl Ledger {
         let Some(mut a) = self.admit(&s, job) else {
             return;
         };
+        // Only who claimed counts, not which of a peer's claims was kept: the first is, and
+        // every later one is a copy (keeping the lowest id instead let a peer replace its
+        // claim, and make every node store another message, as often as it liked).
         let outcome = match a.entry.claims.get(&signer) {
             Some(existing) if existing.id() == id => Err(IgnoreReason::Duplicate),
-            Some(existing) if existing.id() < id => Err(IgnoreReason::Equivalent),
-            Some(_) => {
-                a.entry.claims.insert(signer, s);
-                Ok(false)
-            }
+            Some(_) => Err(IgnoreReason::Equivalent),
             None => {
                 a.entry.claims.insert(signer, s);
                 Ok(true)
@@ -803,8 +815,16 @@ impl Ledger {
                 return;
             }
             Some(old) => {
-                (s.message().issued_at, std::cmp::Reverse(id))
-                    > (old.message().issued_at, std::cmp::Reverse(old.id()))
+                let (new, kept) = (s.message(), old.message());
+                let later = (new.issued_at, std::cmp::Reverse(id))
+                    > (kept.issued_at, std::cmp::Reverse(old.id()));
+                // A leave replaces at once; otherwise a heartbeat replaces the kept one only
+                // from `MIN_HEARTBEAT_GAP_MS` later (members heartbeat once per generation,
+                // joiners every few seconds), so no peer makes every node store more than
+                // about one a second.
+                let leave = new.capacity == 0 && kept.capacity > 0;
+                let gap = new.issued_at.0.saturating_sub(kept.issued_at.0);
+                later && (leave || gap >= MIN_HEARTBEAT_GAP_MS)
             }
         };
         // Only the newest heartbeat per peer is kept: a thousand peers heartbeating every

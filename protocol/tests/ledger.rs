@@ -117,10 +117,9 @@ fn conflicting_commitments_are_equivocation() {
 }
 
 #[test]
-fn duplicates_and_equivalents_are_ignored_but_keep_the_lowest_id() {
+fn duplicates_and_a_peers_later_claims_on_a_job_are_ignored() {
     let (mut l, c, j) = setup();
     let a = claim(&key(1), c, j.id(), 10);
-    let b = claim(&key(1), c, j.id(), 11);
     let out = feed(&mut l, [a.clone(), a.clone()]);
     assert!(matches!(
         out[0],
@@ -136,19 +135,50 @@ fn duplicates_and_equivalents_are_ignored_but_keep_the_lowest_id() {
             ..
         }
     ));
-    let out = feed(&mut l, [b.clone()]);
-    // Whichever has the lower id is kept: accepted if b is lower, ignored otherwise.
-    if b.id() < a.id() {
-        assert!(matches!(out[0], Output::Accepted { .. }));
-    } else {
-        assert!(matches!(
-            out[0],
-            Output::Ignored {
-                reason: IgnoreReason::Equivalent,
-                ..
-            }
-        ));
+    // Only who claimed counts: every later claim of the peer is a copy, whatever its id (a
+    // lower id replaced the kept claim before, so each could make nodes store one more).
+    for t in 11..40 {
+        let out = feed(&mut l, [claim(&key(1), c, j.id(), t)]);
+        assert_eq!(ignored_as(&out), [IgnoreReason::Equivalent], "{out:?}");
     }
+    assert_eq!(l.claim_count(&j.id()), 1);
+}
+
+#[test]
+fn a_heartbeat_replaces_the_kept_one_only_a_second_later_unless_it_is_a_leave() {
+    let (mut l, c, _) = setup();
+    let k = key(1);
+    let hb = |t: u64, capacity: u16| {
+        AnySigned::Heartbeat(
+            Signed::sign_and_encode(
+                Heartbeat {
+                    campaign: c,
+                    generation: 0,
+                    running: 0,
+                    capacity,
+                    issued_at: Timestamp(t),
+                },
+                &k,
+            )
+            .unwrap(),
+        )
+    };
+    let accepted = |out: &[Output]| matches!(out[0], Output::Accepted { .. });
+    assert!(accepted(&feed(&mut l, [hb(10_000, 1)])));
+    for t in [10_001, 10_500, 10_999] {
+        assert_eq!(
+            ignored_as(&feed(&mut l, [hb(t, 1)])),
+            [IgnoreReason::Equivalent]
+        );
+    }
+    assert!(accepted(&feed(&mut l, [hb(11_000, 2)])));
+    // A leave does not wait; a rejoin after it does.
+    assert!(accepted(&feed(&mut l, [hb(11_001, 0)])));
+    assert_eq!(
+        ignored_as(&feed(&mut l, [hb(11_002, 1)])),
+        [IgnoreReason::Equivalent]
+    );
+    assert_eq!(l.heartbeats().next().map(|h| h.message().capacity), Some(0));
 }
 
 fn ignored_as(out: &[Output]) -> Vec<IgnoreReason> {

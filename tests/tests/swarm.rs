@@ -869,6 +869,70 @@ async fn an_ihave_of_a_thousand_ids_does_not_kill_the_gossip_stream() {
     node.stop().await;
 }
 
+/// A member can sign as many messages as it likes; those the campaign takes nothing from
+/// (here 300 claims on one job, each with its own timestamp: one claim is all a job keeps) are
+/// neither stored nor forwarded. Before, every one was stored, so a member could grow every
+/// node's store without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_copies_are_neither_stored_nor_forwarded() {
+    use hivemesh_protocol::derive::Derivation;
+    use hivemesh_protocol::envelope::Signed;
+    use hivemesh_protocol::message::Claim;
+    use hivemesh_tests::raw_peer::until_node;
+
+    let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("copies").await;
+    let attacker = *peer.local_peer_id();
+    let roster: Vec<_> = (90..93).map(|i| test_key(i).public()).collect();
+    let spec = digits_nas_spec(&roster, 2, 1, 5);
+    assert_eq!(spec.id(), id);
+    let mut derivation = Derivation::new(&spec).expect("derivable");
+    let job = derivation.generation_zero()[0].id();
+    let before = node.client.status().await.expect("up").messages_validated;
+    let sent: u64 = 300;
+    let start = hivemesh_node::unix_now();
+    for i in 0..sent {
+        let claim = Claim {
+            campaign: id,
+            job,
+            issued_at: hivemesh_protocol::Timestamp(start.0 - i),
+        };
+        let signed = Signed::sign_and_encode(claim, &test_key(90)).expect("sign");
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), signed.bytes().to_vec())
+            .expect("publish");
+    }
+    let (mut kept, mut unused) = (0u64, 0u64);
+    while kept + unused < sent {
+        match until_node(
+            &mut peer,
+            &mut node.events,
+            Duration::from_secs(60),
+            |e| match e {
+                Event::Accepted(_) => Some(true),
+                Event::Rejected {
+                    from,
+                    reason,
+                    penalised: false,
+                } if *from == attacker && reason.contains("adds nothing") => Some(false),
+                _ => None,
+            },
+        )
+        .await
+        {
+            true => kept += 1,
+            false => unused += 1,
+        }
+    }
+    let stored = node.client.status().await.expect("up").messages_validated - before;
+    eprintln!(
+        "{sent} claims on one job by one member: {kept} kept ({stored} stored), {unused} not"
+    );
+    assert_eq!(kept, 1);
+    assert_eq!(stored, 1);
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_from_fresh_keys_are_stored_only_up_to_the_joiner_pool() {
     use hivemesh_protocol::envelope::Signed;

@@ -207,7 +207,11 @@ impl EventLoop {
                 match AnySigned::verify_and_decode(&bytes, &Context::sync(id)) {
                     Ok(msg) => {
                         for (_, reason, _) in self.drive(id, PeerInput::Replay(msg)) {
-                            tracing::warn!(campaign = %id, "replay: stored message refused: {reason}");
+                            // Stored before it was known to add nothing (a late vote, a copy):
+                            // harmless.
+                            if !matches!(reason, DecodeError::Unwanted { .. }) {
+                                tracing::warn!(campaign = %id, "replay: stored message refused: {reason}");
+                            }
                         }
                         replayed += 1;
                     }

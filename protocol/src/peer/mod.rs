@@ -42,7 +42,7 @@ use std::time::Duration;
 use crate::assign::rank;
 use crate::audit::PendingAudit;
 use crate::closure::Closure;
-use crate::consensus::{Action, Env, Instance};
+use crate::consensus::{Action, Env, Instance, Refusal};
 use crate::derive::{DerivationCache, DeriveError};
 use crate::envelope::{AnySigned, Signed};
 use crate::error::{DecodeError, PeerAction};
@@ -615,6 +615,7 @@ impl Peer {
             self.exec.reveal_check = true;
         }
         let mut changed = false;
+        let kind = m.kind();
         for o in self.ledger.handle(Input::Message(m), now) {
             match o {
                 Output::Rejected { id, error, action } => {
@@ -631,6 +632,9 @@ impl Peer {
                     changed = true;
                 }
                 Output::Accepted { .. } | Output::Equivocation(_) => changed = true,
+                Output::Ignored { id, reason } if reason.keeps_nothing() => {
+                    out.push(unused(id, kind));
+                }
                 Output::Ignored { .. } | Output::AuditMismatch { .. } => {}
             }
         }
@@ -672,24 +676,45 @@ impl Peer {
         if generation > self.chain.cur.number {
             if self.voting.future.len() < self.config.max_future_messages {
                 self.voting.future.push_back(m);
+            } else {
+                out.push(unused(m.id(), m.kind()));
             }
             return;
         }
         if generation != self.chain.cur.number {
+            // A decided generation: its closure and certificate are final.
+            out.push(unused(m.id(), m.kind()));
             return;
         }
         if let AnySigned::Regenesis(r) = m {
             self.on_regenesis(r, now, out);
             return;
         }
-        if self.hold_if_ahead(&m) {
+        if self.hold_if_ahead(&m, out) {
             return;
         }
         let stall =
             matches!(&m, AnySigned::Vote(v) if v.message().step == crate::message::Step::Stall);
+        let (id, kind) = (m.id(), m.kind());
+        let mut refused = None;
         self.vote_with(now, out, |i, key, env| {
-            i.handle(m, key, env, now).unwrap_or_default()
+            i.handle(m, key, env, now).unwrap_or_else(|r| {
+                refused = Some(r);
+                Vec::new()
+            })
         });
+        // A conflicting one is kept: it proves an equivocation.
+        if matches!(
+            refused,
+            Some(
+                Refusal::Duplicate
+                    | Refusal::NotEntitled
+                    | Refusal::OtherEpoch
+                    | Refusal::TooFarAhead
+            )
+        ) {
+            out.push(unused(id, kind));
+        }
         if stall {
             self.retry_pending_regeneses(now, out);
         }
@@ -709,6 +734,20 @@ impl Peer {
             self.ingest_evidence(any.clone(), now, out);
             out.push(PeerOutput::Broadcast(any));
         }
+    }
+}
+
+/// The verdict on a message the campaign takes nothing from: not stored, not forwarded, no
+/// blame.
+fn unused(id: MessageId, kind: crate::message::Kind) -> PeerOutput {
+    let error = DecodeError::Unwanted {
+        kind,
+        reason: crate::error::Unwanted::Unused,
+    };
+    PeerOutput::Rejected {
+        id,
+        action: error.peer_action(),
+        error,
     }
 }
 
@@ -741,6 +780,61 @@ pub(crate) mod tests {
         };
         let now = Timestamp(spec.created_at.0 + 1);
         (Peer::new(spec, key, config, now).expect("valid"), now)
+    }
+
+    /// Whether `out` says the message `id` adds nothing.
+    fn is_unused(out: &[PeerOutput], id: MessageId) -> bool {
+        out.iter().any(|o| {
+            matches!(o, PeerOutput::Rejected {
+                id: i,
+                error: DecodeError::Unwanted { reason: crate::error::Unwanted::Unused, .. },
+                ..
+            } if *i == id)
+        })
+    }
+
+    #[test]
+    fn copies_and_votes_for_decided_generations_are_marked_unused() {
+        use crate::message::{Claim, Step, Vote};
+        let (mut peer, now) = solo(1, 1, 1);
+        let key = Keypair::from_secret_bytes([1; 32]);
+        let job = executed(&peer.handle(PeerInput::Tick, now))[0];
+        // The peer claimed the job itself: a second claim with another timestamp is a copy.
+        let claim = Claim {
+            campaign: peer.campaign(),
+            job,
+            issued_at: Timestamp(now.0 + 5),
+        };
+        let copy = AnySigned::Claim(Signed::sign_and_encode(claim, &key).expect("valid"));
+        let out = peer.handle(PeerInput::Message(copy.clone()), now);
+        assert!(is_unused(&out, copy.id()), "{out:?}");
+        // Generation 0 closes (void); a vote for it afterwards is not needed by anyone.
+        let void_at = peer.chain.void_deadline(&peer.spec);
+        peer.handle(PeerInput::Tick, void_at);
+        assert_eq!(peer.generation(), 1);
+        let vote = Vote {
+            campaign: peer.campaign(),
+            generation: 0,
+            round: 7,
+            step: Step::Prevote,
+            root: None,
+            issued_at: void_at,
+        };
+        let late = AnySigned::Vote(Signed::sign_and_encode(vote, &key).expect("valid"));
+        let out = peer.handle(PeerInput::Message(late.clone()), void_at);
+        assert!(is_unused(&out, late.id()), "{out:?}");
+        // A vote for the current generation from a voter is used.
+        let vote = Vote {
+            campaign: peer.campaign(),
+            generation: 1,
+            round: 0,
+            step: Step::Prevote,
+            root: None,
+            issued_at: void_at,
+        };
+        let current = AnySigned::Vote(Signed::sign_and_encode(vote, &key).expect("valid"));
+        let out = peer.handle(PeerInput::Message(current.clone()), void_at);
+        assert!(!is_unused(&out, current.id()), "{out:?}");
     }
 
     #[test]

@@ -153,18 +153,23 @@ impl Peer {
         }
     }
 
-    /// Holds a proposal or vote of a later epoch of the current generation (whether it did).
-    pub(super) fn hold_if_ahead(&mut self, m: &AnySigned) -> bool {
+    /// Holds a proposal or vote of the next epoch of the current generation (whether it took
+    /// it: held, or unused when it is further ahead or the hold is full).
+    pub(super) fn hold_if_ahead(&mut self, m: &AnySigned, out: &mut Vec<PeerOutput>) -> bool {
         let round = match m {
             AnySigned::Proposal(p) => p.message().round,
             AnySigned::Vote(v) => v.message().round,
             _ => return false,
         };
-        if epoch_of(round) <= self.voting.instance.epoch() {
+        let epoch = self.voting.instance.epoch();
+        if epoch_of(round) <= epoch {
             return false;
         }
-        if self.stall.ahead.len() < self.config.max_future_messages {
+        if epoch_of(round) == epoch + 1 && self.stall.ahead.len() < self.config.max_future_messages
+        {
             self.stall.ahead.push_back(m.clone());
+        } else {
+            out.push(super::unused(m.id(), m.kind()));
         }
         true
     }
@@ -196,6 +201,8 @@ impl Peer {
         let i = &self.voting.instance;
         let m = r.message();
         if m.epoch <= i.epoch() || i.decided().is_some() {
+            // Adopted already, or too late: nothing to keep.
+            out.push(super::unused(r.id(), Kind::Regenesis));
             return;
         }
         if m.epoch > i.epoch() + 1 || !m.voters.iter().all(|p| i.stalls().contains(p)) {
