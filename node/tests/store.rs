@@ -2,7 +2,7 @@
 //! record is dropped so a good copy is stored again), usable again after a failed write, and
 //! exclusive to one node per data directory.
 
-use hivemesh_node::store::{DataDirLock, Store, StoreError, StoreFaults, StoreOptions};
+use hivemesh_node::store::{DataDirLock, LOCK_FILE, Store, StoreError, StoreFaults, StoreOptions};
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
 use hivemesh_protocol::message::{JobResult, Metrics, Outcome};
 
@@ -276,6 +276,19 @@ fn the_data_dir_lock_survives_deleting_the_store_file() {
     );
     drop(s);
     DataDirLock::acquire(&d).expect("free once the store is closed");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_dir_lock_survives_deleting_the_lock_file() {
+    let d = dir("lockfile");
+    let held = DataDirLock::acquire(&d).expect("lock");
+    std::fs::remove_file(d.join(LOCK_FILE)).expect("delete node.lock under the running node");
+    let e = DataDirLock::acquire(&d).expect_err("a second node on the same data dir");
+    assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+    drop(held);
+    DataDirLock::acquire(&d).expect("free once the first lets go");
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -5,6 +5,8 @@
 //! started together on one directory can neither run side by side nor race to create two keys.
 //! The lock lives on its own file, not on the database: deleting or replacing `store.redb` does
 //! not release it. The file holds the holder's process id, for the error the next one gets.
+//! On Unix the directory itself is locked too, so deleting `node.lock` under a running node
+//! does not release the data directory either (the next node would lock a new file).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -24,6 +26,8 @@ const ACQUIRE_ATTEMPTS: usize = 3;
 pub struct DataDirLock {
     /// The locked `node.lock`: the lock is the open file's, released when it is closed.
     _file: File,
+    /// (Unix) The data directory, locked as well: it outlives a deleted `node.lock`.
+    _dir: Option<File>,
     /// The data directory.
     data_dir: PathBuf,
 }
@@ -60,11 +64,13 @@ impl DataDirLock {
             if !is_same_file(&file, &path) {
                 continue;
             }
+            let dir = lock_dir(data_dir, &mut file)?;
             file.set_len(0).map_err(io)?;
             file.write_all(format!("{}\n", std::process::id()).as_bytes())
                 .map_err(io)?;
             return Ok(DataDirLock {
                 _file: file,
+                _dir: dir,
                 data_dir: data_dir.to_path_buf(),
             });
         }
@@ -77,6 +83,30 @@ impl DataDirLock {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+}
+
+/// (Unix) Locks the directory itself; [`StoreError::Locked`] when a node holds it (its lock
+/// file was deleted and `file` is a new one, so the holder is named by nothing we can read).
+#[cfg(unix)]
+fn lock_dir(data_dir: &Path, file: &mut File) -> Result<Option<File>, StoreError> {
+    let io = |source: std::io::Error| StoreError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    let dir = File::open(data_dir).map_err(io)?;
+    match dir.try_lock() {
+        Ok(()) => Ok(Some(dir)),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            data_dir: data_dir.to_path_buf(),
+            held_by: holder(file),
+        }),
+        Err(TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+#[cfg(not(unix))]
+fn lock_dir(_data_dir: &Path, _file: &mut File) -> Result<Option<File>, StoreError> {
+    Ok(None)
 }
 
 /// " (process N)" from the holder's lock file, or nothing when unreadable.
