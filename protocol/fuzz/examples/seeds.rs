@@ -77,5 +77,45 @@ fn main() {
         let env = seal(Kind::Proposal as u8, &body, &receiver());
         write("verify_and_decode", &format!("proposal{i}"), &env);
     }
+    // The stall and regenesis of `consensus`'s seed, as whole bodies and sealed envelopes.
+    let at = Timestamp(CREATED_AT.0 + 1_000);
+    let stall = Vote {
+        campaign: campaign(),
+        generation: 0,
+        round: 0,
+        step: Step::Stall,
+        root: None,
+        issued_at: at,
+    };
+    let regenesis = Regenesis {
+        campaign: campaign(),
+        generation: 0,
+        epoch: 1,
+        voters: vec![signer().public()],
+        issued_at: at,
+    };
+    for (name, kind, body) in [
+        (
+            "stall",
+            Kind::Vote,
+            postcard::to_allocvec(&stall).expect("encodes"),
+        ),
+        (
+            "regenesis",
+            Kind::Regenesis,
+            postcard::to_allocvec(&regenesis).expect("encodes"),
+        ),
+    ] {
+        write(
+            "signed_body",
+            name,
+            &[[kind as u8].as_slice(), &body].concat(),
+        );
+        write(
+            "verify_and_decode",
+            name,
+            &seal(kind as u8, &body, &signer()),
+        );
+    }
     println!("seeds written under corpus/");
 }
