@@ -61,6 +61,15 @@ pub enum Fault {
         /// When it restarts, if ever.
         restart_ms: Option<u64>,
     },
+    /// Node `node` runs `factor` times slower from `at_ms` on (jobs it starts from then).
+    Slow {
+        /// The node.
+        node: usize,
+        /// When.
+        at_ms: u64,
+        /// How many times slower.
+        factor: u32,
+    },
     /// The network splits into `groups` (nodes not listed form one more group) from `at_ms`
     /// until `heal_ms`.
     Partition {
@@ -71,6 +80,16 @@ pub enum Fault {
         /// Node groups.
         groups: Vec<Vec<usize>>,
     },
+}
+
+/// A node with its own number of job slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slots {
+    /// The node.
+    pub node: usize,
+    /// Jobs it runs at once (instead of `capacity`).
+    pub count: u16,
 }
 
 /// New peers joining mid-campaign.
@@ -119,6 +138,12 @@ fn default_r() -> u8 {
 fn default_q() -> u8 {
     2
 }
+fn default_max_extra() -> u8 {
+    3
+}
+fn default_spread() -> f64 {
+    1.0
+}
 fn default_capacity() -> u16 {
     1
 }
@@ -158,9 +183,24 @@ pub struct Scenario {
     /// Probability that one delivery is lost (sync repairs it later).
     #[serde(default)]
     pub loss: f64,
-    /// Training time of a job.
+    /// Training time of a job (on a node of speed 1).
     #[serde(default = "default_job_time")]
     pub job_time_ms: Millis,
+    /// Draw each job's time once (every executor takes it divided by its speed) instead of
+    /// once per execution.
+    #[serde(default)]
+    pub per_job_times: bool,
+    /// Nodes' speeds, drawn log-uniformly in `[1, speed_spread]` per node from the run's seed
+    /// (job times are divided by them); `1`, the default: every node equally fast.
+    #[serde(default = "default_spread")]
+    pub speed_spread: f64,
+    /// Nodes with more (or fewer) job slots than `capacity`.
+    #[serde(default)]
+    pub slots: Vec<Slots>,
+    /// Extra executors a job may get beyond `redundancy` (the campaign's
+    /// `max_extra_executors`).
+    #[serde(default = "default_max_extra")]
+    pub max_extra: u8,
     /// How often each node pulls missing messages from a random reachable peer.
     #[serde(default = "default_sync")]
     pub sync_interval_ms: u64,
@@ -289,9 +329,27 @@ impl Scenario {
             }
         }
         let total = s.nodes + s.joins.iter().map(|j| j.count).sum::<usize>();
+        if !(s.speed_spread.is_finite() && s.speed_spread >= 1.0) {
+            return Err(invalid(format!(
+                "speed_spread {} must be at least 1",
+                s.speed_spread
+            )));
+        }
+        if let Some(sl) = s.slots.iter().find(|sl| sl.node >= total || sl.count == 0) {
+            return Err(invalid(format!(
+                "slots for node {} ({} of them): the node must exist and have at least one",
+                sl.node, sl.count
+            )));
+        }
         for f in &s.faults {
             let nodes: Vec<usize> = match f {
                 Fault::Crash { node, .. } => vec![*node],
+                Fault::Slow { node, factor, .. } => {
+                    if *factor == 0 {
+                        return Err(invalid("a slow-down factor must be at least 1".into()));
+                    }
+                    vec![*node]
+                }
                 Fault::Partition { groups, .. } => groups.iter().flatten().copied().collect(),
             };
             if let Some(n) = nodes.iter().find(|n| **n >= total) {

@@ -195,6 +195,10 @@ pub struct Sim {
     pending: Vec<Option<Box<(JobId, JobResult)>>>,
     rejected_at_ingress: usize,
     jobs_by_id: HashMap<JobId, JobSpec>,
+    /// Each node's speed now (job times are divided by it) and at the start.
+    speeds: Vec<(f64, f64)>,
+    /// Executions honest nodes started.
+    executions: usize,
     first_entered: BTreeMap<u32, u64>,
     events: u64,
     check_finished: bool,
@@ -282,7 +286,7 @@ fn spec_for(sc: &Scenario, roster: Vec<PeerKey>, name: &str) -> CampaignSpec {
             job_deadline_ms: sc.job_deadline_ms,
             min_deadline_ms: sc.job_deadline_ms.min(1_000),
             max_deadline_ms: sc.job_deadline_ms.max(1_000) * 10,
-            max_extra_executors: 3,
+            max_extra_executors: sc.max_extra,
             round_timeout_ms: sc.round_timeout_ms,
         },
     }
@@ -340,6 +344,20 @@ fn new_nodes(keys: Vec<Keypair>, behaviours: Vec<Option<Behaviour>>) -> Vec<Node
             results: HashMap::new(),
             rejected: 0,
             delivered: 0,
+        })
+        .collect()
+}
+
+/// Each node's speed (now, at the start): log-uniform in `[1, speed_spread]`, drawn from its
+/// own stream of the seed (the run's main stream is untouched, so scenarios without a spread
+/// run exactly as before).
+fn speeds(sc: &Scenario, seed: u64, total: usize) -> Vec<(f64, f64)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed);
+    (0..total)
+        .map(|_| {
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let s = (u * sc.speed_spread.ln()).exp();
+            (s, s)
         })
         .collect()
 }
@@ -407,6 +425,8 @@ impl Sim {
             pending: Vec::new(),
             rejected_at_ingress: 0,
             jobs_by_id: HashMap::new(),
+            speeds: speeds(sc, seed, total),
+            executions: 0,
             first_entered: BTreeMap::new(),
             events: 0,
             check_finished: false,
@@ -444,6 +464,15 @@ impl Sim {
                             },
                         );
                     }
+                }
+                Fault::Slow { at_ms, .. } => {
+                    self.push(
+                        *at_ms,
+                        Event::Fault {
+                            index,
+                            restart: false,
+                        },
+                    );
                 }
                 Fault::Partition { at_ms, heal_ms, .. } => {
                     self.push(
@@ -530,7 +559,7 @@ impl Sim {
     /// Brings node `i` up (from its store after a crash) without letting it act yet.
     fn boot(&mut self, i: usize) {
         let config = PeerConfig {
-            capacity: self.sc.capacity,
+            capacity: self.capacity_of(i),
             join_heartbeat_ms: self.sc.sync_interval_ms,
             max_joins_per_generation: self.nodes.len(),
             audit: self.audit_mode(i),
@@ -761,6 +790,25 @@ impl Sim {
         self.now = self.now.max(last);
     }
 
+    /// Job slots of node `i`.
+    fn capacity_of(&self, i: usize) -> u16 {
+        self.sc
+            .slots
+            .iter()
+            .find(|s| s.node == i)
+            .map_or(self.sc.capacity, |s| s.count)
+    }
+
+    /// A job's time on a node of speed 1 (`per_job_times`): drawn from the job id, so every
+    /// executor of the job gets the same.
+    fn job_base_ms(&self, job: &JobId) -> u64 {
+        let h = blake3::hash(&[job.as_bytes().as_slice(), b"netsim job time"].concat());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.as_bytes()[..8]);
+        let span = self.sc.job_time_ms.max - self.sc.job_time_ms.min + 1;
+        self.sc.job_time_ms.min + u64::from_le_bytes(b) % span
+    }
+
     fn honest(&self, i: usize) -> bool {
         self.nodes[i].behaviour.is_none()
     }
@@ -784,6 +832,9 @@ impl Sim {
                     self.nodes[node].peer = None;
                     self.check_finished = true;
                 }
+            }
+            Fault::Slow { node, factor, .. } => {
+                self.speeds[node].0 /= f64::from(factor.max(1));
             }
             Fault::Partition { groups, .. } => {
                 for n in &mut self.nodes {
@@ -911,11 +962,19 @@ impl Sim {
                     Effect::Execute { id, job, run } => {
                         self.jobs_by_id.entry(id).or_insert(job);
                         let Some(outcome) = run else { continue };
-                        let took = uniform(
-                            &mut self.rng,
-                            self.sc.job_time_ms.min,
-                            self.sc.job_time_ms.max,
-                        );
+                        if self.honest(i) {
+                            self.executions += 1;
+                        }
+                        let base = if self.sc.per_job_times {
+                            self.job_base_ms(&id)
+                        } else {
+                            uniform(
+                                &mut self.rng,
+                                self.sc.job_time_ms.min,
+                                self.sc.job_time_ms.max,
+                            )
+                        };
+                        let took = ((base as f64 / self.speeds[i].0).round() as u64).max(1);
                         let result = JobResult {
                             outcome,
                             wall_time_ms: took,

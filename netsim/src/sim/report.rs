@@ -102,6 +102,13 @@ pub struct RunReport {
     pub regeneses: usize,
     /// Stall votes signed.
     pub stalls: usize,
+    /// Executions honest nodes started (a job run by three executors counts three).
+    pub executions: usize,
+    /// A lower bound on the campaign's time (ms) for its first generation's jobs: their total
+    /// work (`r` runs each, at speed 1) over the honest nodes' total capacity (slots × speed
+    /// at the start), or the longest job on the fastest node, whichever is larger. With
+    /// `end_ms` it gives the makespan ratio of scheduling scenarios.
+    pub lower_bound_ms: u64,
     /// Events processed.
     pub events: u64,
     /// The reference node's closure root per generation (honest nodes agree on them when
@@ -152,6 +159,8 @@ impl Sim {
             ..RunReport::default()
         };
         self.report_closures(&honest, &mut r);
+        r.executions = self.executions;
+        r.lower_bound_ms = self.lower_bound_ms();
         // Reference: the honest node with the most closures.
         let Some(reference) = honest
             .iter()
@@ -184,6 +193,32 @@ impl Sim {
         }
         self.report_equivocators(peer, &honest, &mut r);
         r
+    }
+
+    /// See [`RunReport::lower_bound_ms`].
+    fn lower_bound_ms(&self) -> u64 {
+        let base = |id: &hivemesh_protocol::JobId| {
+            if self.sc.per_job_times {
+                self.job_base_ms(id)
+            } else {
+                u64::midpoint(self.sc.job_time_ms.min, self.sc.job_time_ms.max)
+            }
+        };
+        let first: Vec<u64> = self
+            .jobs_by_id
+            .iter()
+            .filter(|(_, j)| j.generation == 0)
+            .map(|(id, _)| base(id))
+            .collect();
+        let work = first.iter().sum::<u64>() as f64 * f64::from(self.sc.redundancy);
+        let honest = (0..self.sc.nodes).filter(|&i| self.honest(i));
+        let capacity: f64 = honest
+            .clone()
+            .map(|i| f64::from(self.capacity_of(i)) * self.speeds[i].1)
+            .sum();
+        let fastest = honest.map(|i| self.speeds[i].1).fold(1.0, f64::max);
+        let longest = first.iter().copied().max().unwrap_or(0) as f64 / fastest;
+        (work / capacity.max(1.0)).max(longest).round() as u64
     }
 
     /// Roots and closure times per generation among the honest nodes; messages per job.
@@ -465,6 +500,16 @@ pub fn describe(r: &RunReport) -> String {
         );
     }
     let _ = writeln!(s, "  members at the end: {}", r.final_members);
+    if r.lower_bound_ms > 0 {
+        let _ = writeln!(
+            s,
+            "  executions {}; end / lower bound {:.0} / {:.0} s = {:.2}",
+            r.executions,
+            r.end_ms as f64 / 1000.0,
+            r.lower_bound_ms as f64 / 1000.0,
+            r.end_ms as f64 / r.lower_bound_ms as f64
+        );
+    }
     if r.stalls > 0 {
         let _ = writeln!(
             s,
