@@ -499,24 +499,7 @@ pub fn describe(r: &RunReport) -> String {
             r.collusion_quorum_possible, r.collusion_quorum_reachable, r.collusion_settled
         );
     }
-    let _ = writeln!(s, "  members at the end: {}", r.final_members);
-    if r.lower_bound_ms > 0 {
-        let _ = writeln!(
-            s,
-            "  executions {}; end / lower bound {:.0} / {:.0} s = {:.2}",
-            r.executions,
-            r.end_ms as f64 / 1000.0,
-            r.lower_bound_ms as f64 / 1000.0,
-            r.end_ms as f64 / r.lower_bound_ms as f64
-        );
-    }
-    if r.stalls > 0 {
-        let _ = writeln!(
-            s,
-            "  stalled votes: {} stalls, {} regeneses",
-            r.stalls, r.regeneses
-        );
-    }
+    describe_membership_and_schedule(&mut s, r);
     if r.joiners_agreed > 0 {
         let _ = writeln!(s, "  joiners: {} credited results", r.joiners_agreed);
     }
@@ -544,4 +527,27 @@ pub fn describe(r: &RunReport) -> String {
         }
     }
     s
+}
+
+/// The members, scheduling and stall lines of [`describe`].
+fn describe_membership_and_schedule(s: &mut String, r: &RunReport) {
+    use std::fmt::Write;
+    let _ = writeln!(s, "  members at the end: {}", r.final_members);
+    if r.lower_bound_ms > 0 {
+        let _ = writeln!(
+            s,
+            "  executions {}; end / lower bound {:.0} / {:.0} s = {:.2}",
+            r.executions,
+            r.end_ms as f64 / 1000.0,
+            r.lower_bound_ms as f64 / 1000.0,
+            r.end_ms as f64 / r.lower_bound_ms as f64
+        );
+    }
+    if r.stalls > 0 {
+        let _ = writeln!(
+            s,
+            "  stalled votes: {} stalls, {} regeneses",
+            r.stalls, r.regeneses
+        );
+    }
 }
