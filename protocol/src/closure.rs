@@ -129,10 +129,11 @@ pub fn generation_seed(campaign: &CampaignId, generation: u32, previous: &[u8; 3
     hash_canonical(context::SEED, &(campaign, generation, previous))
 }
 
-/// The next job deadline: twice the 90th percentile of the settled jobs' wall times, times
-/// `load` (jobs each member must run in turn: `⌈jobs · r / members⌉`), clamped to the
-/// schedule's bounds; the previous deadline when nothing settled.
-pub fn next_deadline(entries: &[Entry], previous_ms: u64, load: u64, schedule: &Schedule) -> u64 {
+/// The next job deadline: twice the 90th percentile of the settled jobs' wall times, clamped
+/// to the schedule's bounds; the previous deadline when nothing settled. It is one job's time:
+/// how many jobs an executor has before a given one is its due round (ADR 0007), not part of
+/// the deadline (until issue 23 it was multiplied by `⌈jobs · r / members⌉`).
+pub fn next_deadline(entries: &[Entry], previous_ms: u64, schedule: &Schedule) -> u64 {
     let mut times: Vec<u64> = entries
         .iter()
         .filter_map(|e| match e {
@@ -146,7 +147,6 @@ pub fn next_deadline(entries: &[Entry], previous_ms: u64, load: u64, schedule: &
     times.sort_unstable();
     let p90 = times[(times.len() * 9).div_ceil(10).saturating_sub(1)];
     p90.saturating_mul(2)
-        .saturating_mul(load.max(1))
         .clamp(schedule.min_deadline_ms, schedule.max_deadline_ms)
 }
 
@@ -210,11 +210,10 @@ mod tests {
             credited: vec![],
         };
         let e: Vec<Entry> = (1..=10).map(|i| settled(i * 100)).collect();
-        assert_eq!(next_deadline(&e, 1000, 1, &s), 1800);
-        assert_eq!(next_deadline(&e, 1000, 2, &s), 3600);
-        assert_eq!(next_deadline(&[settled(10)], 1000, 1, &s), 100);
-        assert_eq!(next_deadline(&[settled(10_000)], 1000, 1, &s), 5000);
-        assert_eq!(next_deadline(&[Entry::Void { job }], 1000, 1, &s), 1000);
+        assert_eq!(next_deadline(&e, 1000, &s), 1800);
+        assert_eq!(next_deadline(&[settled(10)], 1000, &s), 100);
+        assert_eq!(next_deadline(&[settled(10_000)], 1000, &s), 5000);
+        assert_eq!(next_deadline(&[Entry::Void { job }], 1000, &s), 1000);
         assert_eq!(lower_median(vec![5, 1, 3, 2]), 2);
     }
 

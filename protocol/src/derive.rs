@@ -82,7 +82,10 @@ impl core::fmt::Debug for Derivation {
 pub struct DerivationCache(Arc<Mutex<Memo>>);
 
 /// Each member's `(position, index, job)` for the jobs where it ranks below the bound, sorted.
-type RankTable = HashMap<PeerKey, Vec<(usize, u32, JobId)>>;
+pub type RankTable = HashMap<PeerKey, Vec<(usize, u32, JobId)>>;
+
+/// Each job's due round ([`crate::assign::due_rounds`]).
+pub type DueRounds = HashMap<JobId, u64>;
 
 #[derive(Default)]
 struct Memo {
@@ -90,6 +93,8 @@ struct Memo {
     /// Per (seed, bound, weighted members, jobs) digest: each member's `(position, index, job)`
     /// for the jobs where it ranks below `bound`, sorted.
     ranks: HashMap<[u8; 32], Arc<RankTable>>,
+    /// Per (rank table key, r): each job's due round.
+    due: HashMap<([u8; 32], usize), Arc<DueRounds>>,
     /// Ids of the campaign specs that passed [`CampaignSpec::validate`].
     valid: HashSet<[u8; 32]>,
     /// Per (seed, members) digest: the generation's voters.
@@ -207,6 +212,51 @@ impl DerivationCache {
         bound: usize,
         me: &PeerKey,
     ) -> Vec<(usize, u32, JobId)> {
+        self.rank_table(seed, members, weight_of, jobs, bound)
+            .1
+            .get(me)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Each job's due round ([`crate::assign::due_rounds`], every member one slot) from the
+    /// first `r` of each job's rank, `r <= bound`; remembered like the rank table it reads.
+    pub fn due_rounds(
+        &self,
+        seed: &[u8; 32],
+        members: &[PeerKey],
+        weight_of: impl Fn(&PeerKey) -> u64,
+        jobs: &[(JobId, u32)],
+        bound: usize,
+        r: usize,
+    ) -> Arc<DueRounds> {
+        let (key, table) = self.rank_table(seed, members, weight_of, jobs, bound);
+        if let Some(d) = self.lock().due.get(&(key, r)) {
+            return Arc::clone(d);
+        }
+        let due = Arc::new(crate::assign::due_rounds(
+            table.iter().map(|(p, q)| (p, q.as_slice())),
+            r,
+            |_| 1,
+        ));
+        let mut memo = self.lock();
+        if memo.due.len() >= RANK_TABLES {
+            memo.due.clear();
+        }
+        memo.due.insert((key, r), Arc::clone(&due));
+        due
+    }
+
+    /// The shared rank table for (seed, bound, weighted members, jobs), and its key: each
+    /// member's `(position, index, job)` for the jobs where it ranks below `bound`, sorted.
+    fn rank_table(
+        &self,
+        seed: &[u8; 32],
+        members: &[PeerKey],
+        weight_of: impl Fn(&PeerKey) -> u64,
+        jobs: &[(JobId, u32)],
+        bound: usize,
+    ) -> ([u8; 32], Arc<RankTable>) {
         let weights: Vec<u64> = members.iter().map(&weight_of).collect();
         let key = {
             let mut h = blake3::Hasher::new();
@@ -226,38 +276,51 @@ impl DerivationCache {
             let memo = self.lock();
             memo.ranks.get(&key).cloned()
         };
-        let table = match table {
-            Some(t) => t,
-            None => {
-                // Outside the lock: other peers wait only for the insert.
-                let weight: HashMap<PeerKey, u64> = members
-                    .iter()
-                    .copied()
-                    .zip(weights.iter().copied())
-                    .collect();
-                let mut t = RankTable::new();
-                for (job, index) in jobs {
-                    let ranked = crate::assign::rank(job, seed, members, |p| {
-                        weight.get(p).copied().unwrap_or(1)
-                    });
-                    for (pos, p) in ranked.into_iter().take(bound).enumerate() {
-                        t.entry(p).or_default().push((pos, *index, *job));
-                    }
-                }
-                for list in t.values_mut() {
-                    list.sort();
-                }
-                let t = Arc::new(t);
-                let mut memo = self.lock();
-                if memo.ranks.len() >= RANK_TABLES {
-                    memo.ranks.clear();
-                }
-                memo.ranks.insert(key, Arc::clone(&t));
-                t
-            }
-        };
-        table.get(me).cloned().unwrap_or_default()
+        if let Some(t) = table {
+            return (key, t);
+        }
+        // Outside the lock: other peers wait only for the insert.
+        let weight: HashMap<PeerKey, u64> = members
+            .iter()
+            .copied()
+            .zip(weights.iter().copied())
+            .collect();
+        let t = Arc::new(rank_table(
+            seed,
+            members,
+            |p| weight.get(p).copied().unwrap_or(1),
+            jobs,
+            bound,
+        ));
+        let mut memo = self.lock();
+        if memo.ranks.len() >= RANK_TABLES {
+            memo.ranks.clear();
+        }
+        memo.ranks.insert(key, Arc::clone(&t));
+        (key, t)
     }
+}
+
+/// Each member's `(position, index, job)` for the `jobs` where it ranks below `bound` among
+/// `members` weighted by `weight_of`, sorted.
+pub fn rank_table(
+    seed: &[u8; 32],
+    members: &[PeerKey],
+    weight_of: impl Fn(&PeerKey) -> u64,
+    jobs: &[(JobId, u32)],
+    bound: usize,
+) -> RankTable {
+    let mut t = RankTable::new();
+    for (job, index) in jobs {
+        let ranked = crate::assign::rank(job, seed, members, &weight_of);
+        for (pos, p) in ranked.into_iter().take(bound).enumerate() {
+            t.entry(p).or_default().push((pos, *index, *job));
+        }
+    }
+    for list in t.values_mut() {
+        list.sort();
+    }
+    t
 }
 
 fn rng_for(campaign: &CampaignId, generation: u32, previous: &[u8; 32]) -> ChaCha8Rng {

@@ -2,8 +2,10 @@
 //! their results, and what an abandoned job leaves.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use crate::assign::{eligible, position_below};
+use crate::assign::{due_rounds, eligible, position_below};
+use crate::derive::rank_table;
 use crate::envelope::AnySigned;
 use crate::id::{JobId, context, hash_canonical};
 use crate::ledger::Ledger;
@@ -57,7 +59,7 @@ impl Execution {
         ledger: &Ledger,
         r: usize,
         q: usize,
-        past_deadline: bool,
+        past_due: impl Fn(&JobId) -> bool,
     ) -> Vec<JobId> {
         if !std::mem::take(&mut self.reveal_check) {
             return Vec::new();
@@ -67,7 +69,7 @@ impl Execution {
             .filter(|(j, o)| {
                 !o.revealed && {
                     let c = ledger.commitment_count(j);
-                    c >= r || (past_deadline && c >= q)
+                    c >= r || (c >= q && past_due(j))
                 }
             })
             .map(|(j, _)| *j)
@@ -121,16 +123,17 @@ impl Peer {
         self.voting.instance.evidence_changed();
     }
 
-    /// Phase 1 of a step: reveals the own results that are ready.
-    pub(super) fn reveal_ready(
-        &mut self,
-        now: Timestamp,
-        past_deadline: bool,
-        out: &mut Vec<PeerOutput>,
-    ) {
+    /// Phase 1 of a step: reveals the own results that are ready: every assigned executor
+    /// committed, or a quorum did and the job is past due (`elapsed` into the generation).
+    pub(super) fn reveal_ready(&mut self, now: Timestamp, elapsed: u64, out: &mut Vec<PeerOutput>) {
         let q = usize::from(self.spec.quorum);
         let r = usize::from(self.spec.redundancy);
-        let to_reveal = self.exec.ready_to_reveal(&self.ledger, r, q, past_deadline);
+        let cur = &self.chain.cur;
+        let past_due = |j: &JobId| {
+            let due = cur.due.get(j).copied().unwrap_or(1);
+            elapsed >= cur.deadline_ms.saturating_mul(due)
+        };
+        let to_reveal = self.exec.ready_to_reveal(&self.ledger, r, q, past_due);
         for job in to_reveal {
             let witnessed = self.ledger.punctual_committers(&job, &self.me);
             let campaign = self.campaign();
@@ -182,7 +185,8 @@ impl Peer {
     }
 
     /// The jobs to take now, best rank first: those whose rank is eligible `elapsed` into the
-    /// generation, and, when idle, those waiting for executors.
+    /// generation (one more rank per deadline past the job's due round), and, when idle, those
+    /// waiting for executors.
     fn job_candidates(&mut self, elapsed: u64) -> Vec<JobId> {
         let q = usize::from(self.spec.quorum);
         let r = usize::from(self.spec.redundancy);
@@ -190,17 +194,17 @@ impl Peer {
         let n = self.chain.cur.members.len();
         let deadline_ms = self.chain.cur.deadline_ms;
         let idle = self.exec.running.is_empty();
-        let limit = eligible(r, extra, elapsed, deadline_ms, false, n);
-        let idle_limit = eligible(r, extra, elapsed, deadline_ms, idle, n);
+        let due = Arc::clone(&self.chain.cur.due);
         self.list_my_jobs();
         // `my_jobs` is in rank order and loses each job this peer takes.
-        let bound = limit.max(idle_limit);
         self.exec
             .my_jobs
             .iter()
             .flatten()
-            .take_while(|(pos, _, _)| *pos < bound)
             .filter(|(pos, _, id)| {
+                let d = due.get(id).copied().unwrap_or(1);
+                let limit = eligible(r, extra, elapsed, deadline_ms, d, false, n);
+                let idle_limit = eligible(r, extra, elapsed, deadline_ms, d, idle, n);
                 // An idle peer helps jobs that wait for executors: fewer than r have
                 // claimed it (its ranked executors are busy) and it is not yet committed
                 // by a quorum. Where r peers already run it, a slow or silent one is
@@ -214,6 +218,31 @@ impl Peer {
             })
             .map(|(_, _, id)| *id)
             .collect()
+    }
+
+    /// Computes the current generation's due rounds (ADR 0007), at its start: from the first
+    /// `r` of each job's rank (as every node ranks them), every member one slot.
+    pub(super) fn plan_generation(&mut self) {
+        let r = usize::from(self.spec.redundancy);
+        let bound = self.executor_bound();
+        let due = {
+            let w = self.reputation.weights();
+            let cur = &self.chain.cur;
+            let jobs: Vec<(JobId, u32)> = cur.jobs.iter().map(|(id, s)| (*id, s.index)).collect();
+            match &self.chain.derive_cache {
+                Some(cache) => cache.due_rounds(&cur.seed, &cur.members, &w, &jobs, bound, r),
+                None => {
+                    let table = rank_table(&cur.seed, &cur.members, &w, &jobs, r);
+                    Arc::new(due_rounds(
+                        table.iter().map(|(p, q)| (p, q.as_slice())),
+                        r,
+                        |_| 1,
+                    ))
+                }
+            }
+        };
+        self.chain.cur.last_due = due.values().copied().max().unwrap_or(1);
+        self.chain.cur.due = due;
     }
 
     /// Phase 4 of a step: takes jobs (members only, within capacity): claims each and asks

@@ -1,7 +1,7 @@
 //! The current generation (its members, jobs and deadlines), the closure vote with the closures
 //! decided before it, and moving to the next generation when a closure is decided.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,11 @@ pub(super) struct Generation {
     pub(super) started_at: Timestamp,
     /// Its job deadline, set by the previous closure.
     pub(super) deadline_ms: u64,
+    /// Each job's due round (ADR 0007): after how many job deadlines the first `r` ranked
+    /// executors of the job have all had their turn at it; a job not listed is due after one.
+    pub(super) due: Arc<HashMap<JobId, u64>>,
+    /// The largest due round (1 without jobs).
+    pub(super) last_due: u64,
     /// Its members.
     pub(super) members: Members,
     /// Its jobs. Shared with the derivation (and, in a simulator, with every peer).
@@ -104,6 +109,8 @@ impl GenerationState {
                 previous: [0; 32],
                 started_at: now,
                 deadline_ms: spec.schedule.job_deadline_ms,
+                due: Arc::default(),
+                last_due: 1,
                 members: Members::Roster(spec.roster.clone()),
                 jobs,
             },
@@ -145,9 +152,10 @@ impl GenerationState {
         )
     }
 
-    /// When jobs without a quorum are void: `max_extra + 2` job deadlines into the generation.
+    /// When jobs without a quorum are void: `max_extra + 1` job deadlines after the last job
+    /// is due (ADR 0007).
     pub(super) fn void_deadline(&self, spec: &CampaignSpec) -> Timestamp {
-        let k = u64::from(spec.schedule.max_extra_executors) + 2;
+        let k = u64::from(spec.schedule.max_extra_executors) + 1 + self.cur.last_due;
         self.cur.started_at.saturating_add(Duration::from_millis(
             self.cur.deadline_ms.saturating_mul(k),
         ))
@@ -196,6 +204,8 @@ impl GenerationState {
             previous: root,
             started_at: now,
             deadline_ms: closure.deadline_ms,
+            due: Arc::default(),
+            last_due: 1,
             members: Members::Closure(Arc::clone(closure)),
             jobs,
         }
@@ -294,6 +304,7 @@ impl Peer {
         self.liveness.spoke = false;
         self.stall.clear();
         self.chain.cur = next;
+        self.plan_generation();
         self.admission.members_changed(&self.chain.cur.members);
         let instance = self.chain.instance(self.campaign(), &self.spec, self.me);
         self.voting.decided(closure, certificate, instance);

@@ -262,6 +262,7 @@ impl Peer {
             stall: StallState::default(),
         };
         peer.chain.recount_settled(&peer.ledger);
+        peer.plan_generation();
         Ok(peer)
     }
 
@@ -436,14 +437,13 @@ impl Peer {
         let cur = &self.chain.cur;
         let d = cur.deadline_ms.max(1);
         let extra = u64::from(self.spec.schedule.max_extra_executors);
-        if let Some(at) = (1..=extra + 2)
-            .map(|k| {
+        let elapsed = self.last_now.saturating_since(cur.started_at).as_millis() as u64;
+        let k = elapsed / d + 1;
+        if k <= cur.last_due + extra + 1 {
+            earliest(
                 cur.started_at
-                    .saturating_add(Duration::from_millis(d.saturating_mul(k)))
-            })
-            .find(|at| *at > self.last_now)
-        {
-            earliest(at);
+                    .saturating_add(Duration::from_millis(d.saturating_mul(k))),
+            );
         }
         if !self.is_member() {
             earliest(self.join_heartbeat_due());
@@ -544,7 +544,7 @@ impl Peer {
         }
         let elapsed = now.saturating_since(self.chain.cur.started_at).as_millis() as u64;
         let past_deadline = elapsed >= self.chain.cur.deadline_ms;
-        self.reveal_ready(now, past_deadline, out);
+        self.reveal_ready(now, elapsed, out);
         self.heartbeat_if_due(now, past_deadline, out);
         self.take_audits_phase(out);
         self.take_jobs(now, elapsed, out);

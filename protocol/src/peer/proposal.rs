@@ -168,12 +168,6 @@ pub(super) struct PeerEnv<'a> {
 }
 
 impl PeerEnv<'_> {
-    /// Jobs each member runs in turn: `⌈jobs · r / members⌉`.
-    fn load(&self) -> u64 {
-        let work = self.cur.jobs.len() as u64 * u64::from(self.spec.redundancy);
-        work.div_ceil(self.cur.members.len().max(1) as u64)
-    }
-
     /// The closure entry for `job` from the executors' results listed in `only`, or, without
     /// a list, the one this peer would propose: from the results whose commitment arrived
     /// before any reveal (no copies) if those reach a quorum, else from all results.
@@ -433,12 +427,7 @@ impl PeerEnv<'_> {
 
     /// The next generation's deadline, as the entries give it.
     fn check_deadline(&self, c: &Closure) -> Result<(), ProposalFault> {
-        let want = next_deadline(
-            &c.entries,
-            self.cur.deadline_ms,
-            self.load(),
-            &self.spec.schedule,
-        );
+        let want = next_deadline(&c.entries, self.cur.deadline_ms, &self.spec.schedule);
         if c.deadline_ms != want {
             return Err(ProposalFault::WrongDeadline {
                 found: c.deadline_ms,
@@ -471,12 +460,7 @@ impl Env for PeerEnv<'_> {
         if self.epilogue && self.now < self.void_at && verdicts.len() < self.pending.len() {
             return None;
         }
-        let deadline_ms = next_deadline(
-            &entries,
-            self.cur.deadline_ms,
-            self.load(),
-            &self.spec.schedule,
-        );
+        let deadline_ms = next_deadline(&entries, self.cur.deadline_ms, &self.spec.schedule);
         Some(Closure {
             campaign: self.ledger.campaign(),
             generation: self.cur.number,
@@ -552,6 +536,8 @@ mod tests {
                     previous: [6; 32],
                     started_at: spec.created_at,
                     deadline_ms: spec.schedule.job_deadline_ms,
+                    due: Arc::default(),
+                    last_due: 1,
                     members: Members::Roster(members),
                     jobs,
                 },
