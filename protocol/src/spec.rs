@@ -72,9 +72,10 @@ pub struct CampaignSpec {
 /// Deadlines and timeouts of a campaign, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
-    /// Generation 0's job deadline: after it, the next-ranked peers may take a job that has
-    /// no quorum yet. Later generations adapt it to observed job times (see
-    /// `closure::next_deadline`).
+    /// Generation 0's job deadline: how long one job may take. A job is due once each of its
+    /// executors has had a deadline per job ahead of it in its queue (its due round, ADR 0007);
+    /// after that the next-ranked peers may take it while it has no quorum. Later generations
+    /// adapt it to observed job times (see `closure::next_deadline`).
     pub job_deadline_ms: u64,
     /// Smallest and largest adapted job deadline.
     pub min_deadline_ms: u64,

@@ -204,7 +204,8 @@ impl BudgetFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleFile {
-    /// Generation 0's job deadline.
+    /// Generation 0's job deadline: how long one job may take (each executor gets one per
+    /// job ahead of it in its queue; ADR 0007).
     pub job_deadline_s: u64,
     /// Base timeout of a closure round step.
     pub round_timeout_s: f64,
