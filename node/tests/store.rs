@@ -6,6 +6,18 @@ use hivemesh_node::store::{DataDirLock, LOCK_FILE, Store, StoreError, StoreFault
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
 use hivemesh_protocol::message::{JobResult, Metrics, Outcome};
 
+/// Held while this test binary spawns a process, and by the lock tests while they let a lock
+/// go and take it again: a child between fork and exec holds copies of all our descriptors,
+/// locked ones included, so a lock let go meanwhile is not free until the child has exec'd
+/// (the node itself spawns nothing).
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn spawn_guard() -> std::sync::MutexGuard<'static, ()> {
+    SPAWNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn dir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("hivemesh-store-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -28,6 +40,8 @@ fn result(correct: u64) -> JobResult {
 
 #[test]
 fn messages_results_and_blobs_survive_a_reopen_in_order() {
+    // Not while a spawned child may hold copies of our lock descriptors.
+    let _no_spawns = spawn_guard();
     let d = dir("reopen");
     let c = CampaignId([1; 32]);
     let other = CampaignId([2; 32]);
@@ -85,6 +99,8 @@ fn messages_results_and_blobs_survive_a_reopen_in_order() {
 
 #[test]
 fn blobs_must_hash_to_their_id() {
+    // Not while a spawned child may hold copies of our lock descriptors.
+    let _no_spawns = spawn_guard();
     let d = dir("blobs");
     let s = Store::open(&d).expect("open");
     let wrong = BlobId([0; 32]);
@@ -114,6 +130,8 @@ fn blobs_must_hash_to_their_id() {
 
 #[test]
 fn one_process_per_store_and_garbage_is_an_error_not_a_panic() {
+    // Not while a spawned child may hold copies of our lock descriptors.
+    let _no_spawns = spawn_guard();
     let d = dir("lock");
     let s = Store::open(&d).expect("open");
     match Store::open(&d) {
@@ -157,6 +175,8 @@ fn msg_key(c: &CampaignId, seq: u64) -> Vec<u8> {
 
 #[test]
 fn a_corrupt_record_is_dropped_so_the_good_copy_is_stored_again() {
+    // Not while a spawned child may hold copies of our lock descriptors.
+    let _no_spawns = spawn_guard();
     let d = dir("corrupt");
     let c = CampaignId([1; 32]);
     let job = JobId([7; 32]);
@@ -213,6 +233,8 @@ fn a_corrupt_record_is_dropped_so_the_good_copy_is_stored_again() {
 
 #[test]
 fn a_failed_write_does_not_poison_the_store() {
+    // Not while a spawned child may hold copies of our lock descriptors.
+    let _no_spawns = spawn_guard();
     let d = dir("full");
     let faults = StoreFaults::default();
     let options = StoreOptions {
@@ -256,6 +278,8 @@ fn a_failed_write_does_not_poison_the_store() {
 
 #[test]
 fn the_data_dir_lock_survives_deleting_the_store_file() {
+    // Not while a spawned child may hold copies of our lock descriptors.
+    let _no_spawns = spawn_guard();
     let d = dir("dirlock");
     let s = Store::open(&d).expect("open");
     std::fs::remove_file(s.path()).expect("delete store.redb under the running store");
@@ -282,6 +306,8 @@ fn the_data_dir_lock_survives_deleting_the_store_file() {
 #[cfg(unix)]
 #[test]
 fn the_data_dir_lock_survives_deleting_the_lock_file() {
+    // Not while a spawned child may hold copies of our lock descriptors.
+    let _no_spawns = spawn_guard();
     let d = dir("lockfile");
     let held = DataDirLock::acquire(&d).expect("lock");
     std::fs::remove_file(d.join(LOCK_FILE)).expect("delete node.lock under the running node");
@@ -323,6 +349,7 @@ mod cli {
     impl Node {
         /// Starts `hivemesh run` on `dir` (loopback, any port) with `extra` flags.
         pub(super) fn start(dir: &Path, extra: &[&str]) -> Node {
+            let spawning = super::spawn_guard();
             let mut child = Command::new(BIN)
                 .arg("--data-dir")
                 .arg(dir)
@@ -333,6 +360,7 @@ mod cli {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn hivemesh");
+            drop(spawning);
             let (tx, lines) = sync_channel(10_000);
             let streams: [Box<dyn std::io::Read + Send>; 2] = [
                 Box::new(child.stdout.take().expect("stdout")),
@@ -385,12 +413,18 @@ mod cli {
 
     /// Runs another `hivemesh` command on `dir` to its end.
     pub(super) fn hivemesh(dir: &Path, args: &[&str]) -> Output {
-        Command::new(BIN)
+        let spawning = super::spawn_guard();
+        let child = Command::new(BIN)
             .arg("--data-dir")
             .arg(dir)
             .args(args)
-            .output()
-            .expect("run hivemesh")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run hivemesh");
+        drop(spawning);
+        child.wait_with_output().expect("run hivemesh")
     }
 
     pub(super) fn stderr(o: &Output) -> String {
