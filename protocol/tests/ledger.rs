@@ -148,21 +148,7 @@ fn duplicates_and_a_peers_later_claims_on_a_job_are_ignored() {
 fn a_heartbeat_replaces_the_kept_one_only_a_second_later_unless_it_is_a_leave() {
     let (mut l, c, _) = setup();
     let k = key(1);
-    let hb = |t: u64, capacity: u16| {
-        AnySigned::Heartbeat(
-            Signed::sign_and_encode(
-                Heartbeat {
-                    campaign: c,
-                    generation: 0,
-                    running: 0,
-                    capacity,
-                    issued_at: Timestamp(t),
-                },
-                &k,
-            )
-            .unwrap(),
-        )
-    };
+    let hb = |t: u64, capacity: u16| heartbeat(&k, c, t, capacity);
     let accepted = |out: &[Output]| matches!(out[0], Output::Accepted { .. });
     assert!(accepted(&feed(&mut l, [hb(10_000, 1)])));
     for t in [10_001, 10_500, 10_999] {
@@ -194,21 +180,7 @@ fn ignored_as(out: &[Output]) -> Vec<IgnoreReason> {
 fn every_kind_delivered_twice_is_a_duplicate_and_changes_nothing() {
     let (mut l, c, j) = setup();
     let k = key(1);
-    let hb = |t: u64| {
-        AnySigned::Heartbeat(
-            Signed::sign_and_encode(
-                Heartbeat {
-                    campaign: c,
-                    generation: 0,
-                    running: 0,
-                    capacity: 1,
-                    issued_at: Timestamp(t),
-                },
-                &k,
-            )
-            .unwrap(),
-        )
-    };
+    let hb = |t: u64| heartbeat(&k, c, t, 1);
     let msgs = [
         claim(&k, c, j.id(), 1),
         commitment(&k, c, j.id(), &result(1), salt(1), 2),

@@ -869,6 +869,50 @@ async fn an_ihave_of_a_thousand_ids_does_not_kill_the_gossip_stream() {
     node.stop().await;
 }
 
+/// Publishes `messages` from the raw `peer` and waits for the node's verdict on each: how
+/// many it accepted (stored and forwarded) and how many it refused without blame, for a
+/// reason containing `why`.
+async fn publish_and_count(
+    peer: &mut libp2p::Swarm<hivemesh_tests::raw_peer::RawBehaviour>,
+    node: &mut hivemesh_tests::TestNode,
+    topic: &libp2p::gossipsub::IdentTopic,
+    messages: Vec<Vec<u8>>,
+    why: &str,
+) -> (u64, u64) {
+    let sender = *peer.local_peer_id();
+    let sent = messages.len() as u64;
+    for m in messages {
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), m)
+            .expect("publish");
+    }
+    let (mut kept, mut refused) = (0u64, 0u64);
+    while kept + refused < sent {
+        let verdict = hivemesh_tests::raw_peer::until_node(
+            peer,
+            &mut node.events,
+            Duration::from_secs(60),
+            |e| match e {
+                Event::Accepted(_) => Some(true),
+                Event::Rejected {
+                    from,
+                    reason,
+                    penalised: false,
+                } if *from == sender && reason.contains(why) => Some(false),
+                _ => None,
+            },
+        )
+        .await;
+        if verdict {
+            kept += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    (kept, refused)
+}
+
 /// A member can sign as many messages as it likes; those the campaign takes nothing from
 /// (here 300 claims on one job, each with its own timestamp: one claim is all a job keeps) are
 /// neither stored nor forwarded. Before, every one was stored, so a member could grow every
@@ -878,10 +922,8 @@ async fn a_members_copies_are_neither_stored_nor_forwarded() {
     use hivemesh_protocol::derive::Derivation;
     use hivemesh_protocol::envelope::Signed;
     use hivemesh_protocol::message::Claim;
-    use hivemesh_tests::raw_peer::until_node;
 
     let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("copies").await;
-    let attacker = *peer.local_peer_id();
     let roster: Vec<_> = (90..93).map(|i| test_key(i).public()).collect();
     let spec = digits_nas_spec(&roster, 2, 1, 5);
     assert_eq!(spec.id(), id);
@@ -890,40 +932,19 @@ async fn a_members_copies_are_neither_stored_nor_forwarded() {
     let before = node.client.status().await.expect("up").messages_validated;
     let sent: u64 = 300;
     let start = hivemesh_node::unix_now();
-    for i in 0..sent {
-        let claim = Claim {
-            campaign: id,
-            job,
-            issued_at: hivemesh_protocol::Timestamp(start.0 - i),
-        };
-        let signed = Signed::sign_and_encode(claim, &test_key(90)).expect("sign");
-        peer.behaviour_mut()
-            .gossipsub
-            .publish(topic.clone(), signed.bytes().to_vec())
-            .expect("publish");
-    }
-    let (mut kept, mut unused) = (0u64, 0u64);
-    while kept + unused < sent {
-        match until_node(
-            &mut peer,
-            &mut node.events,
-            Duration::from_secs(60),
-            |e| match e {
-                Event::Accepted(_) => Some(true),
-                Event::Rejected {
-                    from,
-                    reason,
-                    penalised: false,
-                } if *from == attacker && reason.contains("adds nothing") => Some(false),
-                _ => None,
-            },
-        )
-        .await
-        {
-            true => kept += 1,
-            false => unused += 1,
-        }
-    }
+    let claims: Vec<Vec<u8>> = (0..sent)
+        .map(|i| {
+            let claim = Claim {
+                campaign: id,
+                job,
+                issued_at: hivemesh_protocol::Timestamp(start.0 - i),
+            };
+            let signed = Signed::sign_and_encode(claim, &test_key(90)).expect("sign");
+            signed.bytes().to_vec()
+        })
+        .collect();
+    let (kept, unused) =
+        publish_and_count(&mut peer, &mut node, &topic, claims, "adds nothing").await;
     let stored = node.client.status().await.expect("up").messages_validated - before;
     eprintln!(
         "{sent} claims on one job by one member: {kept} kept ({stored} stored), {unused} not"
@@ -938,49 +959,26 @@ async fn heartbeats_from_fresh_keys_are_stored_only_up_to_the_joiner_pool() {
     use hivemesh_protocol::envelope::Signed;
     use hivemesh_protocol::message::Heartbeat;
     use hivemesh_protocol::peer::PeerConfig;
-    use hivemesh_tests::raw_peer::until_node;
 
     let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("sybil").await;
-    let attacker = *peer.local_peer_id();
     let before = node.client.status().await.expect("up").messages_validated;
     let sent: u64 = 300;
-    for i in 0..sent {
-        let hb = Heartbeat {
-            campaign: id,
-            generation: 0,
-            running: 0,
-            capacity: 1,
-            issued_at: hivemesh_node::unix_now(),
-        };
-        let signed = Signed::sign_and_encode(hb, &test_key(10_000 + i)).expect("sign");
-        peer.behaviour_mut()
-            .gossipsub
-            .publish(topic.clone(), signed.bytes().to_vec())
-            .expect("publish");
-    }
+    let heartbeats: Vec<Vec<u8>> = (0..sent)
+        .map(|i| {
+            let hb = Heartbeat {
+                campaign: id,
+                generation: 0,
+                running: 0,
+                capacity: 1,
+                issued_at: hivemesh_node::unix_now(),
+            };
+            let signed = Signed::sign_and_encode(hb, &test_key(10_000 + i)).expect("sign");
+            signed.bytes().to_vec()
+        })
+        .collect();
     // Every heartbeat gets a verdict: accepted (stored, forwarded) or unwanted (neither).
-    let (mut kept, mut unwanted) = (0u64, 0u64);
-    while kept + unwanted < sent {
-        match until_node(
-            &mut peer,
-            &mut node.events,
-            Duration::from_secs(60),
-            |e| match e {
-                Event::Accepted(_) => Some(true),
-                Event::Rejected {
-                    from,
-                    reason,
-                    penalised: false,
-                } if *from == attacker && reason.contains("not kept") => Some(false),
-                _ => None,
-            },
-        )
-        .await
-        {
-            true => kept += 1,
-            false => unwanted += 1,
-        }
-    }
+    let (kept, unwanted) =
+        publish_and_count(&mut peer, &mut node, &topic, heartbeats, "not kept").await;
     let stored = node.client.status().await.expect("up").messages_validated - before;
     eprintln!(
         "{sent} fresh-key heartbeats: {kept} kept and stored ({stored} validated), {unwanted} not"

@@ -87,6 +87,23 @@ pub(crate) fn salt(i: u64) -> [u8; 32] {
     *blake3::hash(&i.to_le_bytes()).as_bytes()
 }
 
+/// A heartbeat of `k` for `campaign` at `t` ms, offering `capacity` slots.
+pub(crate) fn heartbeat(k: &Keypair, campaign: CampaignId, t: u64, capacity: u16) -> AnySigned {
+    AnySigned::Heartbeat(
+        Signed::sign_and_encode(
+            Heartbeat {
+                campaign,
+                generation: 0,
+                running: 0,
+                capacity,
+                issued_at: Timestamp(t),
+            },
+            k,
+        )
+        .unwrap(),
+    )
+}
+
 pub(crate) fn claim(k: &Keypair, campaign: CampaignId, job: JobId, t: u64) -> AnySigned {
     AnySigned::Claim(
         Signed::sign_and_encode(
