@@ -13,11 +13,16 @@
 //! [`Nsga2::tell`] takes their [`Evaluation`]s. With the same seeded RNG and evaluations, every
 //! run is bit-identical.
 
+use std::collections::HashMap;
+
 use rand_core::Rng;
 
 use crate::problem::{Evaluation, EvolveError, Problem, check_told};
 use crate::random::{below, chance};
 use crate::sort::{crowding_distance, non_dominated_sort, prune_nearest_neighbours};
+
+/// Genomes held, by [`Problem::genome_hash`].
+type Seen<G> = HashMap<u64, Vec<G>>;
 
 /// NSGA-II settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,21 +151,27 @@ impl<P: Problem> Nsga2<P> {
         }
         let n = self.config.pop_size;
         let mut out: Vec<P::Genome> = Vec::with_capacity(n);
+        let mut seen: Seen<P::Genome> = HashMap::new();
+        for i in &self.population {
+            if let Some(h) = self.problem.genome_hash(&i.genome) {
+                seen.entry(h).or_default().push(i.genome.clone());
+            }
+        }
         if self.population.is_empty() {
             for g in &self.initial {
-                if out.len() < n && !self.is_duplicate(g, &out) {
-                    out.push(g.clone());
+                if out.len() < n && !self.is_duplicate(g, &out, &seen) {
+                    self.keep(g.clone(), &mut out, &mut seen);
                 }
             }
             while out.len() < n {
                 let mut g = self.problem.sample(rng);
                 for _ in 0..self.config.max_redraws {
-                    if !self.is_duplicate(&g, &out) {
+                    if !self.is_duplicate(&g, &out, &seen) {
                         break;
                     }
                     g = self.problem.sample(rng);
                 }
-                out.push(g);
+                self.keep(g, &mut out, &mut seen);
             }
         } else {
             // After `max_redraws` re-draws per child on average, accept duplicates rather than
@@ -181,8 +192,8 @@ impl<P: Problem> Nsga2<P> {
                 self.problem.mutate(&mut c, rng);
                 self.problem.mutate(&mut d, rng);
                 for child in [c, d] {
-                    if out.len() < n && (!strict || !self.is_duplicate(&child, &out)) {
-                        out.push(child);
+                    if out.len() < n && (!strict || !self.is_duplicate(&child, &out, &seen)) {
+                        self.keep(child, &mut out, &mut seen);
                     }
                 }
             }
@@ -191,9 +202,26 @@ impl<P: Problem> Nsga2<P> {
         out
     }
 
-    fn is_duplicate(&self, g: &P::Genome, out: &[P::Genome]) -> bool {
-        self.config.eliminate_duplicates
-            && (out.contains(g) || self.population.iter().any(|i| &i.genome == g))
+    /// Whether `g` is in the population or in `out` already (when duplicates are eliminated).
+    /// Where the problem hashes genomes, `seen` holds both by hash and `g` is compared with
+    /// the genomes of its hash only (comparing every draw with every genome held made drawing
+    /// a population of `n` O(n²): 1.15 s for 11,607 genomes).
+    fn is_duplicate(&self, g: &P::Genome, out: &[P::Genome], seen: &Seen<P::Genome>) -> bool {
+        if !self.config.eliminate_duplicates {
+            return false;
+        }
+        match self.problem.genome_hash(g) {
+            Some(h) => seen.get(&h).is_some_and(|same| same.contains(g)),
+            None => out.contains(g) || self.population.iter().any(|i| &i.genome == g),
+        }
+    }
+
+    /// Adds `g` to the batch `out` (and to `seen`, by its hash).
+    fn keep(&self, g: P::Genome, out: &mut Vec<P::Genome>, seen: &mut Seen<P::Genome>) {
+        if let Some(h) = self.problem.genome_hash(&g) {
+            seen.entry(h).or_default().push(g.clone());
+        }
+        out.push(g);
     }
 
     /// Binary tournament between the next two competitors: lower rank, then larger crowding

@@ -24,6 +24,12 @@ pub trait Problem {
 
     /// Mutates a genome in place.
     fn mutate<R: Rng + ?Sized>(&self, genome: &mut Self::Genome, rng: &mut R);
+
+    /// A hash of `genome` (equal genomes, equal hashes), where genomes can be hashed: it lets
+    /// duplicate checks skip comparing with every genome held. `None`, the default, compares.
+    fn genome_hash(&self, _genome: &Self::Genome) -> Option<u64> {
+        None
+    }
 }
 
 /// The measured quality of a genome: objectives to minimise and a constraint violation

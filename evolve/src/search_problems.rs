@@ -62,6 +62,13 @@ impl Problem for GeneProblem {
             *g = u32::try_from(v).unwrap_or(0);
         }
     }
+
+    fn genome_hash(&self, genome: &Vec<u32>) -> Option<u64> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        genome.hash(&mut h);
+        Some(h.finish())
+    }
 }
 
 /// Loss expressions within `config`'s depth and size limits.
@@ -135,6 +142,59 @@ mod tests {
                 .map(|g| Evaluation::feasible(vec![f64::from(g[2]), f64::from(g[3])]))
                 .collect();
             s.tell(evals).expect("tell");
+        }
+    }
+
+    /// `GeneProblem` without its genome hash: duplicates found by comparing with every genome.
+    #[derive(Clone)]
+    struct Unhashed(GeneProblem);
+
+    impl Problem for Unhashed {
+        type Genome = Vec<u32>;
+        fn n_objectives(&self) -> usize {
+            self.0.n_objectives()
+        }
+        fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Vec<u32> {
+            self.0.sample(rng)
+        }
+        fn crossover<R: Rng + ?Sized>(
+            &self,
+            a: &Vec<u32>,
+            b: &Vec<u32>,
+            rng: &mut R,
+        ) -> (Vec<u32>, Vec<u32>) {
+            self.0.crossover(a, b, rng)
+        }
+        fn mutate<R: Rng + ?Sized>(&self, g: &mut Vec<u32>, rng: &mut R) {
+            self.0.mutate(g, rng);
+        }
+    }
+
+    #[test]
+    fn hashed_duplicate_checks_draw_exactly_what_comparing_every_genome_draws() {
+        // A small space (60 genomes) and populations near and above it: duplicates are common.
+        let p = GeneProblem {
+            limits: vec![3, 4, 5],
+            objectives: 1,
+        };
+        for pop_size in [10, 50, 80] {
+            let config = Nsga2Config {
+                pop_size,
+                ..Nsga2Config::default()
+            };
+            let mut hashed = Nsga2::new(p.clone(), config.clone()).expect("config");
+            let mut plain = Nsga2::new(Unhashed(p.clone()), config).expect("config");
+            let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+            for _ in 0..4 {
+                let (a, b) = (hashed.ask(&mut r1), plain.ask(&mut r2));
+                assert_eq!(a, b, "pop {pop_size}");
+                let evals: Vec<Evaluation> = a
+                    .iter()
+                    .map(|g| Evaluation::feasible(vec![f64::from(g[0] + g[1] * g[2])]))
+                    .collect();
+                hashed.tell(evals.clone()).expect("tell");
+                plain.tell(evals).expect("tell");
+            }
         }
     }
 
