@@ -27,22 +27,7 @@ fn framed(selector: u8, body: &[u8]) -> Vec<u8> {
 
 /// The creator stalls generation 0's vote, hands it to itself, and prevotes in epoch 1.
 fn stall_then_regenesis() -> Vec<u8> {
-    let at = Timestamp(CREATED_AT.0 + 1_000);
-    let vote = |round, step| Vote {
-        campaign: campaign(),
-        generation: 0,
-        round,
-        step,
-        root: None,
-        issued_at: at,
-    };
-    let regenesis = Regenesis {
-        campaign: campaign(),
-        generation: 0,
-        epoch: 1,
-        voters: vec![signer().public()],
-        issued_at: at,
-    };
+    let regenesis = regenesis_to_signer();
     let enc = |v: &Vote| postcard::to_allocvec(v).expect("a vote encodes");
     [
         framed(1, &enc(&vote(0, Step::Stall))),
@@ -50,6 +35,29 @@ fn stall_then_regenesis() -> Vec<u8> {
         framed(1, &enc(&vote(EPOCH_ROUNDS, Step::Prevote))),
     ]
     .concat()
+}
+
+/// A nil vote of the creator ([`signer`]) in generation 0 of the fixture campaign.
+fn vote(round: u32, step: Step) -> Vote {
+    Vote {
+        campaign: campaign(),
+        generation: 0,
+        round,
+        step,
+        root: None,
+        issued_at: Timestamp(CREATED_AT.0 + 1_000),
+    }
+}
+
+/// The creator hands generation 0's vote to itself alone, in epoch 1.
+fn regenesis_to_signer() -> Regenesis {
+    Regenesis {
+        campaign: campaign(),
+        generation: 0,
+        epoch: 1,
+        voters: vec![signer().public()],
+        issued_at: Timestamp(CREATED_AT.0 + 1_000),
+    }
 }
 
 fn main() {
@@ -78,22 +86,8 @@ fn main() {
         write("verify_and_decode", &format!("proposal{i}"), &env);
     }
     // The stall and regenesis of `consensus`'s seed, as whole bodies and sealed envelopes.
-    let at = Timestamp(CREATED_AT.0 + 1_000);
-    let stall = Vote {
-        campaign: campaign(),
-        generation: 0,
-        round: 0,
-        step: Step::Stall,
-        root: None,
-        issued_at: at,
-    };
-    let regenesis = Regenesis {
-        campaign: campaign(),
-        generation: 0,
-        epoch: 1,
-        voters: vec![signer().public()],
-        issued_at: at,
-    };
+    let stall = vote(0, Step::Stall);
+    let regenesis = regenesis_to_signer();
     for (name, kind, body) in [
         (
             "stall",

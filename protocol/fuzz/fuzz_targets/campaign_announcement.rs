@@ -10,33 +10,9 @@
 //! this target keeps to the decoder so that it can run its ten million inputs.
 #![no_main]
 
-use hivemesh_protocol::envelope::seal;
-use hivemesh_protocol::{AnySigned, CampaignId, Context, Kind};
-use hivemesh_protocol_fuzz::{CREATED_AT, signer};
+use hivemesh_protocol_fuzz::announced_campaign;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    let (bytes, ctx) = if mode % 2 == 0 {
-        (rest.to_vec(), Context::announcement(CREATED_AT))
-    } else {
-        let ctx = Context {
-            campaign: None,
-            ..Context::sync(CampaignId([0; 32]))
-        };
-        (seal(Kind::Campaign as u8, rest, &signer()), ctx)
-    };
-    let Ok(any) = AnySigned::verify_and_decode(&bytes, &ctx) else {
-        return;
-    };
-    assert_eq!(any.bytes(), &bytes[..]);
-    let AnySigned::Campaign(signed) = any else {
-        return;
-    };
-    let spec = signed.message().clone();
-    spec.validate()
-        .expect("an accepted campaign spec validates");
-    let _ = spec.id();
+    let _ = announced_campaign(data);
 });

@@ -10,36 +10,16 @@
 //! must not panic either.
 #![no_main]
 
-use hivemesh_protocol::envelope::seal;
+use hivemesh_protocol::Timestamp;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput};
-use hivemesh_protocol::{AnySigned, CampaignId, Context, Kind, Timestamp};
-use hivemesh_protocol_fuzz::{CREATED_AT, receiver, signer};
+use hivemesh_protocol_fuzz::{announced_campaign, receiver};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    let (bytes, ctx) = if mode % 2 == 0 {
-        (rest.to_vec(), Context::announcement(CREATED_AT))
-    } else {
-        let ctx = Context {
-            campaign: None,
-            ..Context::sync(CampaignId([0; 32]))
-        };
-        (seal(Kind::Campaign as u8, rest, &signer()), ctx)
-    };
-    let Ok(any) = AnySigned::verify_and_decode(&bytes, &ctx) else {
-        return;
-    };
-    assert_eq!(any.bytes(), &bytes[..]);
-    let AnySigned::Campaign(signed) = any else {
+    let Some(signed) = announced_campaign(data) else {
         return;
     };
     let spec = signed.message().clone();
-    spec.validate()
-        .expect("an accepted campaign spec validates");
-    let _ = spec.id();
     let now = Timestamp(spec.created_at.0.saturating_add(1));
     if let Ok(peer) = Peer::new(spec, receiver(), PeerConfig::default(), now) {
         let mut peer = peer.with_creator(signed.signer());

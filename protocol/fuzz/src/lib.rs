@@ -130,3 +130,32 @@ pub fn proposals() -> Vec<Proposal> {
     }
     out
 }
+
+/// What a node makes of an announcement input of `campaign_announcement` and `campaign_follow`:
+/// a mode byte, then raw envelope bytes (even: decoded as gossip, announcement context) or a
+/// campaign body that [`signer`] seals (odd: a malicious submitter). The accepted campaign, if
+/// any; an accepted spec must validate and keep its exact bytes (checked here).
+pub fn announced_campaign(data: &[u8]) -> Option<hivemesh_protocol::Signed<CampaignSpec>> {
+    use hivemesh_protocol::{AnySigned, Context};
+    let (&mode, rest) = data.split_first()?;
+    let (bytes, ctx) = if mode % 2 == 0 {
+        (rest.to_vec(), Context::announcement(CREATED_AT))
+    } else {
+        let ctx = Context {
+            campaign: None,
+            ..Context::sync(CampaignId([0; 32]))
+        };
+        (seal(Kind::Campaign as u8, rest, &signer()), ctx)
+    };
+    let any = AnySigned::verify_and_decode(&bytes, &ctx).ok()?;
+    assert_eq!(any.bytes(), &bytes[..]);
+    let AnySigned::Campaign(signed) = any else {
+        return None;
+    };
+    signed
+        .message()
+        .validate()
+        .expect("an accepted campaign spec validates");
+    let _ = signed.message().id();
+    Some(signed)
+}
