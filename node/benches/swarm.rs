@@ -171,6 +171,7 @@ fn heartbeat(id: CampaignId, signer: u64, seq: usize) -> Signed<Heartbeat> {
         generation: 0,
         running: (seq % 60_000) as u16,
         capacity: 1,
+        job_ms: 0,
         issued_at: Timestamp(now_ms()),
     };
     Signed::sign_and_encode(hb, &key(signer)).expect("sign")

@@ -125,30 +125,6 @@ fn rank_key_from(prefix: &blake3::Hasher, p: &PeerKey, weight: u64) -> u128 {
     (u128::from(u64::from_le_bytes(b)) << 32) / u128::from(weight.max(1))
 }
 
-/// Each job's *due round* (issue 23, ADR 0007): a member works through the jobs it is ranked
-/// among the first `r` for in its queue order (its place, then the job index: the order
-/// `queues` lists them in), `slots(member)` at a time, one job deadline each; the `i`-th of its
-/// queue is due after `i / slots + 1` deadlines, and a job is due once every one of its first
-/// `r` has had its turn. Every node computes the same from the ranking, so a deadline measures
-/// lateness, not the length of a queue. Jobs no member holds are not listed.
-pub fn due_rounds<'a>(
-    queues: impl IntoIterator<Item = (&'a PeerKey, &'a [(usize, u32, JobId)])>,
-    r: usize,
-    slots: impl Fn(&PeerKey) -> u64,
-) -> std::collections::HashMap<JobId, u64> {
-    let mut due: std::collections::HashMap<JobId, u64> = std::collections::HashMap::new();
-    for (member, queue) in queues {
-        let slots = slots(member).max(1);
-        let mine = queue.iter().filter(|(pos, _, _)| *pos < r);
-        for (i, (_, _, job)) in mine.enumerate() {
-            let round = i as u64 / slots + 1;
-            let d = due.entry(*job).or_insert(round);
-            *d = (*d).max(round);
-        }
-    }
-    due
-}
-
 /// How many of the ranked members may run a job `elapsed_ms` after its generation started,
 /// when the job is due after `due_round` deadlines: `r`, plus one per deadline passed since
 /// it was due, plus `max_extra` for an idle peer — at most `r + max_extra` (and at most the
@@ -261,24 +237,5 @@ mod tests {
         assert_eq!(eligible(3, 2, 450, 100, 5, false, 10), 3);
         assert_eq!(eligible(3, 2, 500, 100, 5, false, 10), 4);
         assert_eq!(eligible(3, 2, 650, 100, 5, false, 10), 5);
-    }
-
-    #[test]
-    fn a_job_is_due_when_the_last_of_its_executors_reaches_it() {
-        let (a, b) = (peers(2)[0], peers(2)[1]);
-        let j = |i: u8| JobId([i; 32]);
-        // a's queue: j1 j2 j3 (places 0, 0, 1); b's: j3 j1 (0, 1); j4 is a's place 5 (beyond r).
-        let qa = [(0, 1, j(1)), (0, 2, j(2)), (1, 3, j(3)), (5, 4, j(4))];
-        let qb = [(0, 3, j(3)), (1, 1, j(1))];
-        let one = |_: &PeerKey| 1;
-        let due = due_rounds([(&a, &qa[..]), (&b, &qb[..])], 2, one);
-        assert_eq!(due[&j(1)], 2, "b reaches it second");
-        assert_eq!(due[&j(2)], 2);
-        assert_eq!(due[&j(3)], 3, "a reaches it third");
-        assert!(!due.contains_key(&j(4)), "nobody's among the first r");
-        // With two slots a runs j1 and j2 at once, j3 next.
-        let slots = |p: &PeerKey| if *p == a { 2 } else { 1 };
-        let due = due_rounds([(&a, &qa[..]), (&b, &qb[..])], 2, slots);
-        assert_eq!((due[&j(1)], due[&j(2)], due[&j(3)]), (2, 1, 2));
     }
 }

@@ -18,6 +18,7 @@ use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
 use crate::kinds::{SearchError, SearchState, Told};
 use crate::spec::{CampaignSpec, JobSpec};
+use crate::schedule::Plan;
 
 pub use crate::kinds::nas::{EvolveSpace, decode_genome, objectives as nas_objectives};
 
@@ -84,8 +85,6 @@ pub struct DerivationCache(Arc<Mutex<Memo>>);
 /// Each member's `(position, index, job)` for the jobs where it ranks below the bound, sorted.
 pub type RankTable = HashMap<PeerKey, Vec<(usize, u32, JobId)>>;
 
-/// Each job's due round ([`crate::assign::due_rounds`]).
-pub type DueRounds = HashMap<JobId, u64>;
 
 #[derive(Default)]
 struct Memo {
@@ -93,8 +92,8 @@ struct Memo {
     /// Per (seed, bound, weighted members, jobs) digest: each member's `(position, index, job)`
     /// for the jobs where it ranks below `bound`, sorted.
     ranks: HashMap<[u8; 32], Arc<RankTable>>,
-    /// Per (rank table key, r): each job's due round.
-    due: HashMap<([u8; 32], usize), Arc<DueRounds>>,
+    /// Per (rank table key, r): the generation's plan (queues, owners, due rounds).
+    plans: HashMap<([u8; 32], usize), Arc<Plan>>,
     /// Ids of the campaign specs that passed [`CampaignSpec::validate`].
     valid: HashSet<[u8; 32]>,
     /// Per (seed, members) digest: the generation's voters.
@@ -219,9 +218,9 @@ impl DerivationCache {
             .unwrap_or_default()
     }
 
-    /// Each job's due round ([`crate::assign::due_rounds`], every member one slot) from the
-    /// first `r` of each job's rank, `r <= bound`; remembered like the rank table it reads.
-    pub fn due_rounds(
+    /// The generation's [`Plan`] from the first `r` of each job's rank, `r <= bound`;
+    /// remembered like the rank table it reads.
+    pub fn plan(
         &self,
         seed: &[u8; 32],
         members: &[PeerKey],
@@ -229,22 +228,21 @@ impl DerivationCache {
         jobs: &[(JobId, u32)],
         bound: usize,
         r: usize,
-    ) -> Arc<DueRounds> {
+    ) -> Arc<Plan> {
         let (key, table) = self.rank_table(seed, members, weight_of, jobs, bound);
-        if let Some(d) = self.lock().due.get(&(key, r)) {
-            return Arc::clone(d);
+        if let Some(p) = self.lock().plans.get(&(key, r)) {
+            return Arc::clone(p);
         }
-        let due = Arc::new(crate::assign::due_rounds(
+        let plan = Arc::new(Plan::new(
             table.iter().map(|(p, q)| (p, q.as_slice())),
             r,
-            |_| 1,
         ));
         let mut memo = self.lock();
-        if memo.due.len() >= RANK_TABLES {
-            memo.due.clear();
+        if memo.plans.len() >= RANK_TABLES {
+            memo.plans.clear();
         }
-        memo.due.insert((key, r), Arc::clone(&due));
-        due
+        memo.plans.insert((key, r), Arc::clone(&plan));
+        plan
     }
 
     /// The shared rank table for (seed, bound, weighted members, jobs), and its key: each

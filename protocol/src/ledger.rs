@@ -910,6 +910,11 @@ impl Ledger {
         self.jobs.get(job).map_or(0, |j| j.commitments.len())
     }
 
+    /// The peers that claimed `job` (equivocators included).
+    pub fn claimers(&self, job: &JobId) -> impl Iterator<Item = &PeerKey> {
+        self.jobs.get(job).into_iter().flat_map(|j| j.claims.keys())
+    }
+
     /// Distinct peers that claimed `job` (equivocators included).
     pub fn claim_count(&self, job: &JobId) -> usize {
         self.jobs.get(job).map_or(0, |j| j.claims.len())

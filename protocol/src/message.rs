@@ -314,8 +314,12 @@ pub struct Heartbeat {
     pub generation: u32,
     /// Jobs the sender is running now.
     pub running: u16,
-    /// Jobs the sender can run at once.
+    /// Jobs the sender can run at once (its slots; 0: it leaves the campaign). Counted up to
+    /// [`crate::schedule::MAX_SLOTS`].
     pub capacity: u16,
+    /// The sender's measured time per job in this campaign, in milliseconds, smoothed over its
+    /// results (0: none yet). Advisory: peers measure it themselves once they can.
+    pub job_ms: u32,
     /// When.
     pub issued_at: Timestamp,
 }

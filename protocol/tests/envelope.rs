@@ -45,6 +45,7 @@ fn round_trip_every_kind() {
                     generation: 2,
                     running: 1,
                     capacity: 4,
+                    job_ms: 0,
                     issued_at: Timestamp(1_000_000),
                 },
                 &k,

@@ -751,6 +751,7 @@ async fn a_peer_in_the_mesh_is_banned_within_three_rejected_messages() {
             generation: 0,
             running: 0,
             capacity: 1,
+            job_ms: 0,
             issued_at: hivemesh_node::unix_now(),
         };
         let signed = Signed::sign_and_encode(hb, &test_key(300 + i)).expect("sign");
@@ -970,6 +971,7 @@ async fn heartbeats_from_fresh_keys_are_stored_only_up_to_the_joiner_pool() {
                 generation: 0,
                 running: 0,
                 capacity: 1,
+                job_ms: 0,
                 issued_at: hivemesh_node::unix_now(),
             };
             let signed = Signed::sign_and_encode(hb, &test_key(10_000 + i)).expect("sign");

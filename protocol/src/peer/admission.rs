@@ -273,6 +273,7 @@ mod tests {
                     generation: peer.generation(),
                     running: 0,
                     capacity: 1,
+                    job_ms: 0,
                     issued_at: now,
                 };
                 let m = AnySigned::Heartbeat(Signed::sign_and_encode(hb, k).expect("valid"));

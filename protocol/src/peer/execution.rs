@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::assign::{due_rounds, eligible, position_below};
+use crate::assign::position_below;
 use crate::derive::rank_table;
 use crate::envelope::AnySigned;
 use crate::id::{JobId, context, hash_canonical};
 use crate::ledger::Ledger;
+use crate::schedule::Plan;
 use crate::message::{Claim, Commitment, JobResult, Reveal, commitment_digest};
 use crate::time::Timestamp;
 
@@ -97,6 +98,7 @@ impl Peer {
         if !self.exec.running.remove(&job) || !self.chain.cur.jobs.contains_key(&job) {
             return;
         }
+        self.board.own_result(result.wall_time_ms);
         let salt = hash_canonical(context::COMMITMENT, &(self.key.secret_bytes(), job));
         let digest = commitment_digest(&job, &self.me, &result, &salt);
         // After a restart the store may hold our commitment and reveal already: say neither
@@ -129,10 +131,11 @@ impl Peer {
         let q = usize::from(self.spec.quorum);
         let r = usize::from(self.spec.redundancy);
         let cur = &self.chain.cur;
-        let past_due = |j: &JobId| {
-            let due = cur.due.get(j).copied().unwrap_or(1);
-            elapsed >= cur.deadline_ms.saturating_mul(due)
-        };
+        // With nothing left to start here, waiting for slower executors only delays the
+        // closure: a quorum's commitments suffice.
+        let starved = self.board.starved;
+        let past_due =
+            |j: &JobId| starved || elapsed >= cur.deadline_ms.saturating_mul(cur.plan.due(j));
         let to_reveal = self.exec.ready_to_reveal(&self.ledger, r, q, past_due);
         for job in to_reveal {
             let witnessed = self.ledger.punctual_committers(&job, &self.me);
@@ -154,7 +157,7 @@ impl Peer {
     }
 
     /// Lists the jobs this peer may run this generation (`my_jobs`), once per generation.
-    fn list_my_jobs(&mut self) {
+    pub(super) fn list_my_jobs(&mut self) {
         let bound = self.executor_bound();
         let w = self.reputation.weights();
         let (cur, me) = (&self.chain.cur, &self.me);
@@ -184,65 +187,25 @@ impl Peer {
         });
     }
 
-    /// The jobs to take now, best rank first: those whose rank is eligible `elapsed` into the
-    /// generation (one more rank per deadline past the job's due round), and, when idle, those
-    /// waiting for executors.
-    fn job_candidates(&mut self, elapsed: u64) -> Vec<JobId> {
-        let q = usize::from(self.spec.quorum);
-        let r = usize::from(self.spec.redundancy);
-        let extra = usize::from(self.spec.schedule.max_extra_executors);
-        let n = self.chain.cur.members.len();
-        let deadline_ms = self.chain.cur.deadline_ms;
-        let idle = self.exec.running.is_empty();
-        let due = Arc::clone(&self.chain.cur.due);
-        self.list_my_jobs();
-        // `my_jobs` is in rank order and loses each job this peer takes.
-        self.exec
-            .my_jobs
-            .iter()
-            .flatten()
-            .filter(|(pos, _, id)| {
-                let d = due.get(id).copied().unwrap_or(1);
-                let limit = eligible(r, extra, elapsed, deadline_ms, d, false, n);
-                let idle_limit = eligible(r, extra, elapsed, deadline_ms, d, idle, n);
-                // An idle peer helps jobs that wait for executors: fewer than r have
-                // claimed it (its ranked executors are busy) and it is not yet committed
-                // by a quorum. Where r peers already run it, a slow or silent one is
-                // replaced through the deadline rule instead.
-                !self.exec.taken.contains(id)
-                    && self.ledger.settlement(id).is_none()
-                    && (*pos < limit
-                        || (*pos < idle_limit
-                            && self.ledger.commitment_count(id) < q
-                            && self.ledger.claim_count(id) < r))
-            })
-            .map(|(_, _, id)| *id)
-            .collect()
-    }
-
-    /// Computes the current generation's due rounds (ADR 0007), at its start: from the first
-    /// `r` of each job's rank (as every node ranks them), every member one slot.
+    /// Computes the current generation's plan (ADR 0007), at its start: from the first `r` of
+    /// each job's rank, as every node ranks them.
     pub(super) fn plan_generation(&mut self) {
         let r = usize::from(self.spec.redundancy);
         let bound = self.executor_bound();
-        let due = {
+        let plan = {
             let w = self.reputation.weights();
             let cur = &self.chain.cur;
             let jobs: Vec<(JobId, u32)> = cur.jobs.iter().map(|(id, s)| (*id, s.index)).collect();
             match &self.chain.derive_cache {
-                Some(cache) => cache.due_rounds(&cur.seed, &cur.members, &w, &jobs, bound, r),
+                Some(cache) => cache.plan(&cur.seed, &cur.members, &w, &jobs, bound, r),
                 None => {
-                    let table = rank_table(&cur.seed, &cur.members, &w, &jobs, r);
-                    Arc::new(due_rounds(
-                        table.iter().map(|(p, q)| (p, q.as_slice())),
-                        r,
-                        |_| 1,
-                    ))
+                    let table = rank_table(&cur.seed, &cur.members, &w, &jobs, bound);
+                    Arc::new(Plan::new(table.iter().map(|(p, q)| (p, q.as_slice())), r))
                 }
             }
         };
-        self.chain.cur.last_due = due.values().copied().max().unwrap_or(1);
-        self.chain.cur.due = due;
+        self.chain.cur.plan = plan;
+        self.board.new_generation(&self.chain.cur.members);
     }
 
     /// Phase 4 of a step: takes jobs (members only, within capacity): claims each and asks
@@ -252,7 +215,8 @@ impl Peer {
         if !self.is_member() || self.running() >= capacity {
             return;
         }
-        for id in self.job_candidates(elapsed) {
+        let free = capacity - self.running();
+        for id in self.job_candidates(now, elapsed, free) {
             if self.running() >= capacity {
                 break;
             }

@@ -1,7 +1,7 @@
 //! The current generation (its members, jobs and deadlines), the closure vote with the closures
 //! decided before it, and moving to the next generation when a closure is decided.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use crate::envelope::AnySigned;
 use crate::id::{CampaignId, JobId};
 use crate::identity::PeerKey;
 use crate::ledger::Ledger;
+use crate::schedule::Plan;
 use crate::spec::{CampaignSpec, JobSpec};
 use crate::time::Timestamp;
 
@@ -31,11 +32,8 @@ pub(super) struct Generation {
     pub(super) started_at: Timestamp,
     /// Its job deadline, set by the previous closure.
     pub(super) deadline_ms: u64,
-    /// Each job's due round (ADR 0007): after how many job deadlines the first `r` ranked
-    /// executors of the job have all had their turn at it; a job not listed is due after one.
-    pub(super) due: Arc<HashMap<JobId, u64>>,
-    /// The largest due round (1 without jobs).
-    pub(super) last_due: u64,
+    /// Its plan (ADR 0007): each member's queue, each job's owners and due round.
+    pub(super) plan: Arc<Plan>,
     /// Its members.
     pub(super) members: Members,
     /// Its jobs. Shared with the derivation (and, in a simulator, with every peer).
@@ -109,8 +107,7 @@ impl GenerationState {
                 previous: [0; 32],
                 started_at: now,
                 deadline_ms: spec.schedule.job_deadline_ms,
-                due: Arc::default(),
-                last_due: 1,
+                plan: Arc::default(),
                 members: Members::Roster(spec.roster.clone()),
                 jobs,
             },
@@ -155,7 +152,7 @@ impl GenerationState {
     /// When jobs without a quorum are void: `max_extra + 1` job deadlines after the last job
     /// is due (ADR 0007).
     pub(super) fn void_deadline(&self, spec: &CampaignSpec) -> Timestamp {
-        let k = u64::from(spec.schedule.max_extra_executors) + 1 + self.cur.last_due;
+        let k = u64::from(spec.schedule.max_extra_executors) + 1 + self.cur.plan.last_due;
         self.cur.started_at.saturating_add(Duration::from_millis(
             self.cur.deadline_ms.saturating_mul(k),
         ))
@@ -204,8 +201,7 @@ impl GenerationState {
             previous: root,
             started_at: now,
             deadline_ms: closure.deadline_ms,
-            due: Arc::default(),
-            last_due: 1,
+            plan: Arc::default(),
             members: Members::Closure(Arc::clone(closure)),
             jobs,
         }

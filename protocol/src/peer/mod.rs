@@ -33,8 +33,10 @@ mod generation;
 mod liveness;
 mod proposal;
 mod reputation;
+mod scheduling;
 mod stall;
 
+use scheduling::Board;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,6 +188,8 @@ pub struct Peer {
     voting: Voting,
     /// This peer's own jobs: taken, running, committed, revealed.
     exec: Execution,
+    /// What this peer has seen of the generation's claims and of each peer's speed.
+    board: Board,
     /// Who was heard from in which generation, and this peer's own heartbeats.
     liveness: Liveness,
     /// Whose messages are kept: members, and a bounded pool of pending joiners.
@@ -252,6 +256,7 @@ impl Peer {
             chain,
             voting,
             exec: Execution::default(),
+            board: Board::default(),
             liveness: Liveness::default(),
             admission,
             audits: Audits::default(),
@@ -439,7 +444,7 @@ impl Peer {
         let extra = u64::from(self.spec.schedule.max_extra_executors);
         let elapsed = self.last_now.saturating_since(cur.started_at).as_millis() as u64;
         let k = elapsed / d + 1;
-        if k <= cur.last_due + extra + 1 {
+        if k <= cur.plan.last_due + extra + 1 {
             earliest(
                 cur.started_at
                     .saturating_add(Duration::from_millis(d.saturating_mul(k))),
@@ -616,6 +621,8 @@ impl Peer {
         }
         let mut changed = false;
         let kind = m.kind();
+        let seen = self.board_event(&m);
+        let mut accepted = false;
         for o in self.ledger.handle(Input::Message(m), now) {
             match o {
                 Output::Rejected { id, error, action } => {
@@ -631,12 +638,19 @@ impl Peer {
                     self.chain.settled_now.remove(&job);
                     changed = true;
                 }
-                Output::Accepted { .. } | Output::Equivocation(_) => changed = true,
+                Output::Accepted { .. } => {
+                    accepted = true;
+                    changed = true;
+                }
+                Output::Equivocation(_) => changed = true,
                 Output::Ignored { id, reason } if reason.keeps_nothing() => {
                     out.push(unused(id, kind));
                 }
                 Output::Ignored { .. } | Output::AuditMismatch { .. } => {}
             }
+        }
+        if accepted && let Some(seen) = &seen {
+            self.board_accepted(seen, now);
         }
         changed
     }

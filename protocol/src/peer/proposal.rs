@@ -536,8 +536,7 @@ mod tests {
                     previous: [6; 32],
                     started_at: spec.created_at,
                     deadline_ms: spec.schedule.job_deadline_ms,
-                    due: Arc::default(),
-                    last_due: 1,
+                    plan: Arc::default(),
                     members: Members::Roster(members),
                     jobs,
                 },
@@ -817,6 +816,7 @@ mod tests {
             generation: 0,
             running: 0,
             capacity: 1,
+            job_ms: 0,
             issued_at: f.now,
         };
         let hb = AnySigned::Heartbeat(Signed::sign_and_encode(hb, &key(7)).expect("valid"));

@@ -96,6 +96,7 @@ pub(crate) fn heartbeat(k: &Keypair, campaign: CampaignId, t: u64, capacity: u16
                 generation: 0,
                 running: 0,
                 capacity,
+                job_ms: 0,
                 issued_at: Timestamp(t),
             },
             k,
