@@ -246,6 +246,8 @@ fn sign_all(
             let claim = Claim {
                 campaign: job.campaign,
                 job: id,
+                slots: 1,
+                job_ms: 0,
                 issued_at: t,
             };
             let commitment = Commitment {

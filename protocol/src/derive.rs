@@ -17,8 +17,8 @@ use crate::closure::{Closure, generation_seed};
 use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
 use crate::kinds::{SearchError, SearchState, Told};
-use crate::spec::{CampaignSpec, JobSpec};
 use crate::schedule::Plan;
+use crate::spec::{CampaignSpec, JobSpec};
 
 pub use crate::kinds::nas::{EvolveSpace, decode_genome, objectives as nas_objectives};
 
@@ -84,7 +84,6 @@ pub struct DerivationCache(Arc<Mutex<Memo>>);
 
 /// Each member's `(position, index, job)` for the jobs where it ranks below the bound, sorted.
 pub type RankTable = HashMap<PeerKey, Vec<(usize, u32, JobId)>>;
-
 
 #[derive(Default)]
 struct Memo {
@@ -233,10 +232,7 @@ impl DerivationCache {
         if let Some(p) = self.lock().plans.get(&(key, r)) {
             return Arc::clone(p);
         }
-        let plan = Arc::new(Plan::new(
-            table.iter().map(|(p, q)| (p, q.as_slice())),
-            r,
-        ));
+        let plan = Arc::new(Plan::new(table.iter().map(|(p, q)| (p, q.as_slice())), r));
         let mut memo = self.lock();
         if memo.plans.len() >= RANK_TABLES {
             memo.plans.clear();

@@ -120,6 +120,12 @@ pub struct Claim {
     pub campaign: CampaignId,
     /// The job claimed.
     pub job: JobId,
+    /// The claimer's job slots (as in its heartbeats): its unfinished claims beyond them do
+    /// not hold a job. Counted up to [`crate::schedule::MAX_SLOTS`].
+    pub slots: u16,
+    /// The claimer's measured time per job in this campaign, in milliseconds (0: none yet;
+    /// as in its heartbeats). Advisory: peers measure it themselves once they can.
+    pub job_ms: u32,
     /// When.
     pub issued_at: Timestamp,
 }

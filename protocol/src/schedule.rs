@@ -35,6 +35,9 @@ pub struct Plan {
     pub queues: HashMap<PeerKey, Vec<JobId>>,
     /// Each job's owners, with the job's place in each one's queue.
     pub owners: HashMap<JobId, Vec<(PeerKey, u32)>>,
+    /// Each job's ranked members below the rank table's bound (the owners first): who may
+    /// ever run it.
+    pub ranked: HashMap<JobId, Vec<PeerKey>>,
 }
 
 impl Default for Plan {
@@ -45,6 +48,7 @@ impl Default for Plan {
             last_due: 1,
             queues: HashMap::new(),
             owners: HashMap::new(),
+            ranked: HashMap::new(),
         }
     }
 }
@@ -57,7 +61,11 @@ impl Plan {
         r: usize,
     ) -> Plan {
         let mut plan = Plan::default();
+        let mut by_rank: HashMap<JobId, Vec<(usize, PeerKey)>> = HashMap::new();
         for (member, list) in ranked {
+            for (pos, _, job) in list {
+                by_rank.entry(*job).or_default().push((*pos, *member));
+            }
             let queue: Vec<JobId> = list
                 .iter()
                 .filter(|(pos, _, _)| *pos < r)
@@ -73,6 +81,11 @@ impl Plan {
             if !queue.is_empty() {
                 plan.queues.insert(*member, queue);
             }
+        }
+        for (job, mut list) in by_rank {
+            list.sort_unstable();
+            plan.ranked
+                .insert(job, list.into_iter().map(|(_, p)| p).collect());
         }
         plan
     }
@@ -150,6 +163,9 @@ mod tests {
         assert_eq!(plan.last_due, 3);
         assert_eq!(plan.queues[&a], vec![j(1), j(2), j(3)]);
         assert_eq!(plan.owners[&j(1)], vec![(a, 0), (b, 1)]);
+        assert_eq!(plan.ranked[&j(1)], vec![a, b], "by place");
+        assert_eq!(plan.ranked[&j(3)], vec![b, a]);
+        assert_eq!(plan.ranked[&j(4)], vec![a], "ranked, though not an owner");
     }
 
     #[test]

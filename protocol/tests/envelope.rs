@@ -15,6 +15,8 @@ fn signed_claim() -> (Signed<Claim>, CampaignId) {
         Claim {
             campaign: c,
             job: JobId([3; 32]),
+            slots: 1,
+            job_ms: 0,
             issued_at: Timestamp(1_000_000),
         },
         &key(1),

@@ -390,6 +390,8 @@ async fn forged_and_oversized_messages_are_rejected_and_cost_gossip_score() {
     let claim = Claim {
         campaign: id,
         job: hivemesh_protocol::JobId([9; 32]),
+        slots: 1,
+        job_ms: 0,
         issued_at: hivemesh_node::unix_now(),
     };
     let signed = Signed::sign_and_encode(claim, &test_key(0)).expect("sign");
@@ -724,6 +726,8 @@ fn forged_claim(id: hivemesh_protocol::CampaignId, n: u8) -> Vec<u8> {
     let claim = Claim {
         campaign: id,
         job: hivemesh_protocol::JobId([n; 32]),
+        slots: 1,
+        job_ms: 0,
         issued_at: hivemesh_node::unix_now(),
     };
     let signed = Signed::sign_and_encode(claim, &test_key(500 + u64::from(n))).expect("sign");
@@ -938,6 +942,8 @@ async fn a_members_copies_are_neither_stored_nor_forwarded() {
             let claim = Claim {
                 campaign: id,
                 job,
+                slots: 1,
+                job_ms: 0,
                 issued_at: hivemesh_protocol::Timestamp(start.0 - i),
             };
             let signed = Signed::sign_and_encode(claim, &test_key(90)).expect("sign");

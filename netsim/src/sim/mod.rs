@@ -395,6 +395,8 @@ impl Sim {
             Claim {
                 campaign: other.id(),
                 job: JobId([9; 32]),
+                slots: 1,
+                job_ms: 0,
                 issued_at: Timestamp::from_millis(0),
             },
             &keys[0],
@@ -1098,6 +1100,8 @@ impl Sim {
                 let claim = Claim {
                     campaign: self.campaign,
                     job: JobId([self.rng.next_u32() as u8; 32]),
+                    slots: 1,
+                    job_ms: 0,
                     issued_at: Timestamp::from_millis(self.now),
                 };
                 if let Ok(s) = Signed::sign_and_encode(claim, &self.nodes[i].key) {

@@ -151,6 +151,7 @@ mod tests {
             generation: 0,
             running: 0,
             capacity,
+            job_ms: 0,
             issued_at: Timestamp(1),
         };
         AnySigned::Heartbeat(Signed::sign_and_encode(hb, k).expect("valid"))
@@ -160,6 +161,8 @@ mod tests {
         let c = Claim {
             campaign: CampaignId([3; 32]),
             job: JobId([4; 32]),
+            slots: 1,
+            job_ms: 0,
             issued_at: Timestamp(1),
         };
         AnySigned::Claim(Signed::sign_and_encode(c, k).expect("valid"))

@@ -9,8 +9,8 @@ use crate::derive::rank_table;
 use crate::envelope::AnySigned;
 use crate::id::{JobId, context, hash_canonical};
 use crate::ledger::Ledger;
-use crate::schedule::Plan;
 use crate::message::{Claim, Commitment, JobResult, Reveal, commitment_digest};
+use crate::schedule::Plan;
 use crate::time::Timestamp;
 
 use super::{Peer, PeerOutput};
@@ -158,7 +158,7 @@ impl Peer {
 
     /// Lists the jobs this peer may run this generation (`my_jobs`), once per generation.
     pub(super) fn list_my_jobs(&mut self) {
-        let bound = self.executor_bound();
+        let bound = self.steal_bound();
         let w = self.reputation.weights();
         let (cur, me) = (&self.chain.cur, &self.me);
         if self.exec.my_jobs.is_none()
@@ -191,7 +191,7 @@ impl Peer {
     /// each job's rank, as every node ranks them.
     pub(super) fn plan_generation(&mut self) {
         let r = usize::from(self.spec.redundancy);
-        let bound = self.executor_bound();
+        let bound = self.steal_bound();
         let plan = {
             let w = self.reputation.weights();
             let cur = &self.chain.cur;
@@ -225,9 +225,12 @@ impl Peer {
             };
             self.exec.taken.insert(id);
             self.exec.running.insert(id);
+            let (slots, job_ms) = self.advert();
             let claim = Claim {
                 campaign: self.campaign(),
                 job: id,
+                slots,
+                job_ms,
                 issued_at: now,
             };
             self.sign_and_send(claim, AnySigned::Claim, now, out);

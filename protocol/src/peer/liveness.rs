@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::closure::{Closure, Entry};
 use crate::envelope::AnySigned;
 use crate::identity::PeerKey;
-use crate::ledger::MIN_HEARTBEAT_GAP_MS;
 use crate::message::Heartbeat;
 use crate::time::Timestamp;
 
@@ -110,8 +109,7 @@ impl Peer {
     }
 
     /// Phase 2 of a step: joiners announce themselves; a member that has said nothing this
-    /// generation by its deadline shows it is alive (silent members are evicted); a member
-    /// whose slots or job time changed much since it last said them advertises them again.
+    /// generation by its deadline shows it is alive (silent members are evicted).
     pub(super) fn heartbeat_if_due(
         &mut self,
         now: Timestamp,
@@ -119,19 +117,7 @@ impl Peer {
         out: &mut Vec<PeerOutput>,
     ) {
         let member = self.is_member();
-        let advert = (
-            self.config.capacity,
-            self.board
-                .own_ms
-                .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX)),
-        );
-        let readvertise = member
-            && advert_changed(self.board.said, advert)
-            && self
-                .liveness
-                .last_heartbeat
-                .is_none_or(|t| now.saturating_since(t).as_millis() as u64 >= MIN_HEARTBEAT_GAP_MS);
-        if member && !readvertise && (self.liveness.spoke || !past_deadline) {
+        if member && (self.liveness.spoke || !past_deadline) {
             return;
         }
         if !member && now < self.join_heartbeat_due() {
@@ -139,29 +125,17 @@ impl Peer {
         }
         let generation = self.chain.cur.number;
         self.liveness.heartbeat_sent(generation, now);
-        self.board.said = Some(advert);
+        let (capacity, job_ms) = self.advert();
         let hb = Heartbeat {
             campaign: self.campaign(),
             generation,
             running: self.exec.running.len() as u16,
-            capacity: advert.0,
-            job_ms: advert.1,
+            capacity,
+            job_ms,
             issued_at: now,
         };
         self.sign_and_send(hb, AnySigned::Heartbeat, now, out);
     }
-}
-
-/// Whether a member should advertise `now` (slots, job time) after having said `said`: its
-/// slots changed, or its job time is first measured, more than doubled or fell below half. One slot
-/// and no measurement is what peers assume of a member that said nothing.
-fn advert_changed(said: Option<(u16, u32)>, now: (u16, u32)) -> bool {
-    let (slots, ms) = said.unwrap_or((crate::schedule::DEFAULT_SLOTS, 0));
-    if slots != now.0 {
-        return true;
-    }
-    let (a, b) = (u64::from(ms), u64::from(now.1));
-    (a == 0) != (b == 0) || 2 * a < b || 2 * b < a
 }
 
 #[cfg(test)]

@@ -412,9 +412,11 @@ impl Peer {
         self.voting.instance.voters()
     }
 
-    /// For each job of the current generation, the members that may ever run it: the first
-    /// `r + max_extra` of its ranking (reputation-weighted, as this peer assigns). A driver that
-    /// routes a job's evidence by interest (sharded topics) sends it to these and the voters.
+    /// For each job of the current generation, the members that may run it as owners or extra
+    /// executors: the first `r + max_extra` of its ranking (reputation-weighted, as this peer
+    /// assigns). A driver that routes a job's evidence by interest (sharded topics: the
+    /// simulator's) sends it to these and the voters; a peer ranked deeper that steals the job
+    /// (see `steal_bound`) is not on that route, so its own result may go unrevealed there.
     pub fn ranked_executors(&self) -> Vec<(JobId, Vec<PeerKey>)> {
         let bound = self.executor_bound();
         let w = self.reputation.weights();
@@ -462,6 +464,14 @@ impl Peer {
     /// How many ranks may ever run a job: `r + max_extra`.
     fn executor_bound(&self) -> usize {
         usize::from(self.spec.redundancy) + usize::from(self.spec.schedule.max_extra_executors)
+    }
+
+    /// How far down a job's ranking a peer may be to take one of its `r` places from owners
+    /// that would reach it late (ADR 0007): twice [`Peer::executor_bound`]. Stealing adds no
+    /// executor, so it may reach deeper than replication; deep enough that a peer several
+    /// times faster than the others can keep busy in a generation without history.
+    fn steal_bound(&self) -> usize {
+        2 * self.executor_bound()
     }
 
     fn is_member(&self) -> bool {
@@ -817,6 +827,8 @@ pub(crate) mod tests {
         let claim = Claim {
             campaign: peer.campaign(),
             job,
+            slots: 1,
+            job_ms: 0,
             issued_at: Timestamp(now.0 + 5),
         };
         let copy = AnySigned::Claim(Signed::sign_and_encode(claim, &key).expect("valid"));

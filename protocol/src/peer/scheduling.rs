@@ -8,7 +8,7 @@
 //! its slots (the latest to arrive here) do not hold a job, so claiming many jobs and running
 //! none keeps no one from them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::assign::eligible;
@@ -36,8 +36,6 @@ pub(super) struct Board {
     advertised: HashMap<PeerKey, (u16, u32)>,
     /// This peer's own job time (its results' wall times), smoothed.
     pub(super) own_ms: Option<u64>,
-    /// What this peer last advertised: slots and job time.
-    pub(super) said: Option<(u16, u32)>,
     /// Whether the last look for work found a free slot and nothing to take.
     pub(super) starved: bool,
 }
@@ -78,9 +76,7 @@ impl Board {
 
     /// The slots `p` advertised (capped), or the default.
     fn slots(&self, p: &PeerKey) -> u16 {
-        self.advertised
-            .get(p)
-            .map_or(DEFAULT_SLOTS, |a| a.0.max(1))
+        self.advertised.get(p).map_or(DEFAULT_SLOTS, |a| a.0.max(1))
     }
 }
 
@@ -94,6 +90,8 @@ struct Look<'a> {
     open: RefCell<HashMap<PeerKey, (HashSet<JobId>, Option<Timestamp>)>>,
     /// This peer's job time, or the generation's deadline while it has none.
     mine_ms: u64,
+    /// [`Look::remaining_ms`], once worked out.
+    remaining: Cell<Option<u64>>,
 }
 
 impl<'a> Look<'a> {
@@ -108,6 +106,7 @@ impl<'a> Look<'a> {
             now,
             open: RefCell::new(HashMap::new()),
             mine_ms,
+            remaining: Cell::new(None),
         }
     }
 
@@ -132,7 +131,10 @@ impl<'a> Look<'a> {
             mine.sort_unstable();
             let oldest = mine.first().map(|(t, _)| *t);
             let slots = usize::from(peer.board.slots(p));
-            (mine.into_iter().take(slots).map(|(_, j)| j).collect(), oldest)
+            (
+                mine.into_iter().take(slots).map(|(_, j)| j).collect(),
+                oldest,
+            )
         });
         f(entry)
     }
@@ -191,6 +193,67 @@ impl<'a> Look<'a> {
         owner_finish_ms(ahead, p.board.slots(o), per_job)
     }
 
+    /// How long the members would take to start and finish every execution the generation
+    /// still lacks (slots no counted claim holds), at the speeds this peer knows of them (its
+    /// own for a member it knows nothing of).
+    fn remaining_ms(&self) -> u64 {
+        if let Some(v) = self.remaining.get() {
+            return v;
+        }
+        let p = self.peer;
+        let r = usize::from(p.spec.redundancy);
+        let open: u128 = p
+            .chain
+            .cur
+            .jobs
+            .keys()
+            .filter(|j| p.ledger.settlement(j).is_none())
+            .map(|j| r.saturating_sub(self.counted(j).len()) as u128)
+            .sum();
+        // Jobs per 10^9 ms.
+        let rate: u128 = p
+            .chain
+            .cur
+            .members
+            .iter()
+            .map(|m| {
+                let t = self.per_job_ms(m).unwrap_or(self.mine_ms).max(1);
+                u128::from(p.board.slots(m)) * 1_000_000_000 / u128::from(t)
+            })
+            .sum();
+        let v = u64::try_from(open * 1_000_000_000 / rate.max(1)).unwrap_or(u64::MAX);
+        self.remaining.set(Some(v));
+        v
+    }
+
+    /// Whether this peer, starting `job` now, would likely finish it after the members have
+    /// done all the rest, while a member clearly faster than it, that may run the job, has not
+    /// claimed it and has a free slot (as far as this peer has seen): a slow peer leaves the
+    /// last jobs of a generation to the fast ones rather than become its tail. Never once the
+    /// job is past due (`elapsed` into the generation): the faster member may be gone.
+    fn would_be_the_tail(&self, job: &JobId, elapsed: u64) -> bool {
+        let p = self.peer;
+        let Some(mine) = p.board.own_ms else {
+            return false;
+        };
+        let cur = &p.chain.cur;
+        if elapsed >= cur.deadline_ms.saturating_mul(cur.plan.due(job)) {
+            return false;
+        }
+        let faster = p
+            .chain
+            .cur
+            .plan
+            .ranked
+            .get(job)
+            .into_iter()
+            .flatten()
+            .filter(|m| **m != p.me && !self.claimed_by(m, job))
+            .filter(|m| self.per_job_ms(m).is_some_and(|t| sooner(t, mine)))
+            .any(|m| self.with_open(m, |(held, _)| held.len() < usize::from(p.board.slots(m))));
+        faster && mine > self.remaining_ms()
+    }
+
     fn claimed_by(&self, p: &PeerKey, job: &JobId) -> bool {
         self.peer
             .board
@@ -236,7 +299,12 @@ impl Peer {
     /// is ranked among the first `r` for, then, one rank per deadline past a job's due round,
     /// those it is ranked next for), skipping jobs whose counted claims fill them; then, with
     /// slots left, takeovers ([`Look::takeovers`]). Notes whether it found nothing.
-    pub(super) fn job_candidates(&mut self, now: Timestamp, elapsed: u64, free: usize) -> Vec<JobId> {
+    pub(super) fn job_candidates(
+        &mut self,
+        now: Timestamp,
+        elapsed: u64,
+        free: usize,
+    ) -> Vec<JobId> {
         self.list_my_jobs();
         let chosen = {
             let look = Look::new(self, now);
@@ -279,6 +347,7 @@ impl Look<'_> {
                     && !p.exec.taken.contains(id)
                     && p.ledger.settlement(id).is_none()
                     && self.counted(id).len() < if *pos < r { r } else { limit }
+                    && !self.would_be_the_tail(id, elapsed)
             })
             .map(|(_, _, id)| *id)
             .collect()
@@ -301,9 +370,9 @@ impl Look<'_> {
             .my_jobs
             .iter()
             .flatten()
-            .map(|(_, _, j)| *j)
-            .filter(|j| !p.exec.taken.contains(j) && p.ledger.settlement(j).is_none());
-        for j in open {
+            .filter(|(_, _, j)| !p.exec.taken.contains(j) && p.ledger.settlement(j).is_none())
+            .filter(|(_, _, j)| !self.would_be_the_tail(j, elapsed));
+        for &(pos, _, j) in open {
             let counted = self.counted(&j);
             if counted.len() < r {
                 let theirs = p
@@ -324,7 +393,7 @@ impl Look<'_> {
                 continue;
             }
             let committed = p.ledger.commitment_count(&j);
-            if counted.len() >= r + extra || committed >= q {
+            if pos >= r + extra || counted.len() >= r + extra || committed >= q {
                 continue;
             }
             let mut finishes: Vec<u64> = counted
@@ -333,10 +402,7 @@ impl Look<'_> {
                 .map(|c| self.claimer_finish(c, &j))
                 .collect();
             finishes.sort_unstable();
-            let theirs = finishes
-                .get(q - committed - 1)
-                .copied()
-                .unwrap_or(u64::MAX);
+            let theirs = finishes.get(q - committed - 1).copied().unwrap_or(u64::MAX);
             if sooner(mine, theirs) {
                 replicas.push((theirs - mine, j));
             }
@@ -351,8 +417,9 @@ impl Look<'_> {
 
 /// What an incoming message tells the board, once the ledger has accepted it.
 pub(super) enum Seen {
-    /// A claim by this peer on this job of the current generation.
-    Claim(PeerKey, JobId),
+    /// A claim by this peer on this job of the current generation, advertising slots and a
+    /// job time.
+    Claim(PeerKey, JobId, u16, u32),
     /// A commitment by this peer on this job.
     Commitment(PeerKey, JobId),
     /// A heartbeat advertising slots and a job time.
@@ -364,7 +431,8 @@ impl Peer {
     pub(super) fn board_event(&self, m: &AnySigned) -> Option<Seen> {
         match m {
             AnySigned::Claim(c) if self.chain.cur.jobs.contains_key(&c.message().job) => {
-                Some(Seen::Claim(c.signer(), c.message().job))
+                let m = c.message();
+                Some(Seen::Claim(c.signer(), m.job, m.slots, m.job_ms))
             }
             AnySigned::Commitment(c) => Some(Seen::Commitment(c.signer(), c.message().job)),
             AnySigned::Heartbeat(h) => Some(Seen::Heartbeat(
@@ -376,10 +444,23 @@ impl Peer {
         }
     }
 
+    /// What this peer advertises in its claims and heartbeats: its slots and its measured
+    /// job time (0: none yet).
+    pub(super) fn advert(&self) -> (u16, u32) {
+        let ms = self
+            .board
+            .own_ms
+            .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX));
+        (self.config.capacity, ms)
+    }
+
     /// The ledger accepted the message `seen` came from, at `now`.
     pub(super) fn board_accepted(&mut self, seen: &Seen, now: Timestamp) {
         match seen {
-            Seen::Claim(p, j) => self.board.claimed(*p, *j, now),
+            Seen::Claim(p, j, slots, ms) => {
+                self.board.advertised(*p, *slots, *ms);
+                self.board.claimed(*p, *j, now);
+            }
             Seen::Commitment(p, j) => self.board.committed(*p, j, now),
             Seen::Heartbeat(p, slots, ms) => self.board.advertised(*p, *slots, *ms),
         }

@@ -111,6 +111,8 @@ pub(crate) fn claim(k: &Keypair, campaign: CampaignId, job: JobId, t: u64) -> An
             Claim {
                 campaign,
                 job,
+                slots: 1,
+                job_ms: 0,
                 issued_at: Timestamp(t),
             },
             k,
