@@ -80,6 +80,10 @@ impl Board {
     }
 }
 
+/// A claimer's unfinished claims that count (the earliest to arrive, up to its slots), and
+/// when its oldest unfinished claim arrived.
+type Open = (HashSet<JobId>, Option<Timestamp>);
+
 /// One look at the generation's claims, for one decision: which claims count, and how long
 /// each peer takes (worked out per claimer as it is asked about, and remembered for the look).
 struct Look<'a> {
@@ -87,7 +91,7 @@ struct Look<'a> {
     now: Timestamp,
     /// Per claimer asked about: its unfinished claims that count (the earliest to arrive,
     /// up to its slots), and the arrival of its oldest unfinished claim.
-    open: RefCell<HashMap<PeerKey, (HashSet<JobId>, Option<Timestamp>)>>,
+    open: RefCell<HashMap<PeerKey, Open>>,
     /// This peer's job time, or the generation's deadline while it has none.
     mine_ms: u64,
     /// [`Look::remaining_ms`], once worked out.
@@ -114,7 +118,7 @@ impl<'a> Look<'a> {
     fn with_open<T>(
         &self,
         p: &PeerKey,
-        f: impl FnOnce(&(HashSet<JobId>, Option<Timestamp>)) -> T,
+        f: impl FnOnce(&Open) -> T,
     ) -> T {
         let mut open = self.open.borrow_mut();
         let entry = open.entry(*p).or_insert_with(|| {
@@ -169,10 +173,14 @@ impl<'a> Look<'a> {
     }
 
     /// When owner `o` would finish `job` (ms from now): after the unfinished jobs of its queue
-    /// before it; never (`u64::MAX`) if it has claimed nothing this generation although a
-    /// quarter of the deadline has passed (it is not working on its queue).
+    /// before it; never (`u64::MAX`) if its claim on the job does not count (it claimed more
+    /// than its slots), or if it has claimed nothing this generation although a quarter of the
+    /// deadline has passed (it is not working on its queue).
     fn owner_finish(&self, o: &PeerKey, job: &JobId, elapsed: u64) -> u64 {
         let p = self.peer;
+        if self.claimed_by(o, job) && !self.counts(o, job) {
+            return u64::MAX;
+        }
         let idle_owner = !p.board.claims.contains_key(o);
         if idle_owner && elapsed >= p.chain.cur.deadline_ms / 4 {
             return u64::MAX;
@@ -464,5 +472,107 @@ impl Peer {
             Seen::Commitment(p, j) => self.board.committed(*p, j, now),
             Seen::Heartbeat(p, slots, ms) => self.board.advertised(*p, *slots, *ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Signed;
+    use crate::identity::Keypair;
+    use crate::message::Claim;
+    use crate::peer::tests::executed;
+    use crate::peer::{PeerConfig, PeerInput};
+    use crate::spec::tests::sample_spec;
+
+    /// A peer with `slots` slots in a two-member campaign (r = q = 1), the other member's key,
+    /// and the time.
+    fn pair(slots: u16) -> (Peer, Keypair, Timestamp) {
+        let (me, other) = (
+            Keypair::from_secret_bytes([1; 32]),
+            Keypair::from_secret_bytes([2; 32]),
+        );
+        let mut spec = sample_spec();
+        spec.redundancy = 1;
+        spec.quorum = 1;
+        spec.roster = vec![me.public(), other.public()];
+        spec.roster.sort();
+        let config = PeerConfig {
+            capacity: slots,
+            ..PeerConfig::default()
+        };
+        let now = Timestamp(spec.created_at.0 + 1);
+        (Peer::new(spec, me, config, now).expect("valid"), other, now)
+    }
+
+    fn claim(peer: &Peer, k: &Keypair, job: JobId, slots: u16, at: Timestamp) -> PeerInput {
+        let c = Claim {
+            campaign: peer.campaign(),
+            job,
+            slots,
+            job_ms: 0,
+            issued_at: at,
+        };
+        PeerInput::Message(AnySigned::Claim(
+            Signed::sign_and_encode(c, k).expect("signs"),
+        ))
+    }
+
+    /// The other member claims every job (in job order) advertising `its_slots` while this
+    /// peer has no slot free; then it has one per job: the jobs it takes.
+    fn taken_after_a_claim_flood(its_slots: u16) -> (Vec<JobId>, Vec<JobId>) {
+        let (mut peer, other, now) = pair(64);
+        peer.config.capacity = 0;
+        let jobs: Vec<JobId> = peer.chain.cur.jobs.keys().copied().collect();
+        for (i, j) in jobs.iter().enumerate() {
+            let at = Timestamp(now.0 + i as u64);
+            let out = peer.handle(claim(&peer, &other, *j, its_slots, at), at);
+            assert!(executed(&out).is_empty());
+        }
+        peer.config.capacity = 64;
+        let later = Timestamp(now.0 + jobs.len() as u64);
+        (executed(&peer.handle(PeerInput::Tick, later)), jobs)
+    }
+
+    #[test]
+    fn claims_beyond_the_claimers_slots_hold_no_job() {
+        // It says one slot: only its first claim holds a job; this peer takes all the others.
+        let (taken, jobs) = taken_after_a_claim_flood(1);
+        assert!(jobs.len() > 2);
+        assert_eq!(taken.len(), jobs.len() - 1, "{taken:?}");
+        assert!(!taken.contains(&jobs[0]), "its first claim counts");
+        // It says a slot per job: every claim holds its job, and this peer takes none.
+        let (taken, jobs) = taken_after_a_claim_flood(u16::try_from(jobs.len()).expect("few"));
+        assert!(taken.is_empty(), "{taken:?} of {}", jobs.len());
+    }
+
+    #[test]
+    fn an_idle_peer_steals_from_the_back_of_a_busy_owners_queue() {
+        // This peer has one slot and runs its own queue; then it takes the other member's
+        // queued jobs, last first, while the other is busy with its first.
+        let (mut peer, other, now) = pair(1);
+        let theirs = peer.chain.cur.plan.queues[&other.public()].clone();
+        assert!(theirs.len() >= 2, "the other owns several jobs");
+        let mut pending = executed(&peer.handle(claim(&peer, &other, theirs[0], 1, now), now));
+        let (mut stolen, mut t) = (Vec::new(), now);
+        while let Some(job) = pending.pop() {
+            if theirs.contains(&job) {
+                stolen.push(job);
+            }
+            t = Timestamp(t.0 + 10);
+            let result = crate::message::JobResult {
+                outcome: crate::agreement::tests::metrics(900),
+                wall_time_ms: 10,
+            };
+            pending.extend(executed(
+                &peer.handle(PeerInput::JobDone { job, result }, t),
+            ));
+        }
+        let mut expected: Vec<JobId> = theirs[1..].to_vec();
+        expected.reverse();
+        assert_eq!(
+            stolen, expected,
+            "every queued job, from the back; not the running one"
+        );
     }
 }
