@@ -115,11 +115,7 @@ impl<'a> Look<'a> {
     }
 
     /// `f` of `p`'s counted unfinished claims and its oldest unfinished claim's arrival.
-    fn with_open<T>(
-        &self,
-        p: &PeerKey,
-        f: impl FnOnce(&Open) -> T,
-    ) -> T {
+    fn with_open<T>(&self, p: &PeerKey, f: impl FnOnce(&Open) -> T) -> T {
         let mut open = self.open.borrow_mut();
         let entry = open.entry(*p).or_insert_with(|| {
             let peer = self.peer;
