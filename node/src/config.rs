@@ -6,7 +6,7 @@
 //! ```toml
 //! listen = ["/ip4/0.0.0.0/tcp/4077", "/ip4/0.0.0.0/udp/4077/quic-v1"]
 //! bootstrap = ["/ip4/203.0.113.7/tcp/4077/p2p/12D3KooW…"]
-//! jobs = 2
+//! jobs = 2                      # or: devices = ["cpu", "cuda:0", "cuda:1"]
 //! audit = false
 //! http = "127.0.0.1:8077"
 //! http_public = false
@@ -63,6 +63,8 @@ pub struct FileConfig {
     pub bootstrap: Option<Vec<Multiaddr>>,
     /// Jobs at once.
     pub jobs: Option<u16>,
+    /// Devices to train on, one job each (`cpu`, `cuda`, `cuda:N`); excludes `jobs`.
+    pub devices: Option<Vec<String>>,
     /// Audit mode.
     pub audit: Option<bool>,
     /// HTTP API address.

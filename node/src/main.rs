@@ -120,9 +120,16 @@ struct RunArgs {
     /// A peer to join through, as a multiaddr ending in /p2p/<peer id>; repeat for several.
     #[arg(long, env = "HIVEMESH_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
-    /// Jobs to train at once [default: 1].
-    #[arg(long, env = "HIVEMESH_JOBS")]
+    /// Jobs to train at once, each on its campaign's backend (the CPU, or the first GPU for
+    /// CUDA campaigns) [default: 1]. Peers see these slots in this node's claims.
+    #[arg(long, env = "HIVEMESH_JOBS", conflicts_with = "devices")]
     jobs: Option<u16>,
+    /// The devices to train on, one job at a time each: `cpu`, `cuda` (the first GPU) or
+    /// `cuda:N`, comma-separated (e.g. `cpu,cuda:0,cuda:1`). A campaign's jobs run on the
+    /// devices of its backend; a node listing none for a campaign's backend does not run its
+    /// jobs. Each device is checked at start: a GPU that is not there is an error.
+    #[arg(long, env = "HIVEMESH_DEVICES", value_delimiter = ',')]
+    devices: Vec<hivemesh_trainer::backend::Device>,
     /// Audit mode: re-execute jobs sampled for audit before taking jobs, and publish signed
     /// audit reports (validators).
     #[arg(long, env = "HIVEMESH_AUDIT")]
@@ -284,6 +291,41 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The devices of `--devices` (or the config file's `devices`), each checked to be there;
+/// `None` when neither lists any.
+fn node_devices(
+    args: &RunArgs,
+    file: &FileConfig,
+) -> anyhow::Result<Option<Vec<hivemesh_trainer::backend::Device>>> {
+    let devices = if !args.devices.is_empty() {
+        args.devices.clone()
+    } else {
+        match &file.devices {
+            None => return Ok(None),
+            Some(names) => names
+                .iter()
+                .map(|n| n.parse())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("config file: devices: {e}"))?,
+        }
+    };
+    if devices.is_empty() {
+        bail!("--devices lists no device: give cpu, cuda or cuda:N, or leave it out");
+    }
+    if args.jobs.is_some() || (file.jobs.is_some() && args.devices.is_empty()) {
+        bail!("--jobs and --devices both set: --devices gives one job slot per device; drop one");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in &devices {
+        if *d != hivemesh_trainer::backend::Device::Cpu && !seen.insert(*d) {
+            bail!("--devices lists {d} twice: each GPU is one slot; list it once");
+        }
+        d.check()
+            .map_err(|e| anyhow::anyhow!("--devices: {d}: {e}"))?;
+    }
+    Ok(Some(devices))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -299,6 +341,7 @@ fn node_config(
     file: FileConfig,
 ) -> anyhow::Result<(Config, Option<SocketAddr>)> {
     let mut cfg = Config::new(data_dir.to_path_buf());
+    cfg.devices = node_devices(&args, &file)?;
     cfg.listen = if !args.listen.is_empty() {
         args.listen
     } else if let Some(l) = file.listen {

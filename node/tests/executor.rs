@@ -1,6 +1,7 @@
 //! The executor runs protocol jobs with the trainer: real results for each job kind,
 //! deterministic failures as results, and "cannot run here" as errors.
 
+use hivemesh_trainer::backend::Device;
 use std::collections::BTreeMap;
 
 use hivemesh_evolve::arch::{Architecture, MlpSpace, Shape};
@@ -69,7 +70,11 @@ fn first_job(spec: &CampaignSpec) -> JobSpec {
 }
 
 fn run(spec: &CampaignSpec, job: &JobSpec, blobs: &Blobs) -> Result<Executed, ExecError> {
-    Executor::default().run(spec, job, blobs, &mut |_| {})
+    let device = match job.backend {
+        hivemesh_protocol::BackendClass::CpuNdarray => Device::Cpu,
+        hivemesh_protocol::BackendClass::Cuda => Device::Cuda(0),
+    };
+    Executor::default().run(spec, job, device, blobs, &mut |_| {})
 }
 
 fn success(e: &Executed) -> &Metrics {

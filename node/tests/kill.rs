@@ -282,3 +282,36 @@ fn sigterm_mid_job_exits_within_seconds() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `hivemesh run` with bad `--devices` exits at once with an error that names the problem.
+#[test]
+fn run_refuses_devices_that_are_not_there_or_ambiguous() {
+    let dir = tmp("devices");
+    let refused = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "run",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .output()
+            .expect("run hivemesh");
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = refused(&["--devices", "cpu,cuda:4096"]);
+    assert!(
+        e.contains("cuda:4096") && (e.contains("not there") || e.contains("cuda")),
+        "{e}"
+    );
+    let e = refused(&["--devices", "gpu"]);
+    assert!(e.contains("cuda:N"), "{e}");
+    let e = refused(&["--devices", "cpu", "--jobs", "2"]);
+    assert!(e.contains("--jobs") && e.contains("--devices"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,18 +31,46 @@ pub enum Entry {
         /// The agreeing executors that earn credit ([`credited`]): not copiers.
         credited: Vec<PeerKey>,
     },
-    /// No quorum by the deadline: the job is dropped (the search treats it as failed).
+    /// No quorum by the deadline: the job is run again in the next generation (a repair
+    /// generation, see [`crate::derive::Derivation::advance`]); void again there, the search
+    /// treats it as failed.
     Void {
         /// The job.
         job: JobId,
+        /// Why, as the proposer's evidence showed it.
+        reason: VoidReason,
     },
+}
+
+/// Why a job went void: the proposer's reading of its evidence at the deadline. Informative
+/// only: a validator checks that the job has no quorum and that the deadline passed, not the
+/// reason (its own evidence may differ, and a closure must not wait on that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VoidReason {
+    /// No member claimed it.
+    NoClaim,
+    /// Claimed, but fewer than a quorum of executors revealed results by the deadline.
+    NoQuorum,
+    /// A quorum revealed results, but no quorum of them agree: a dispute left unresolved.
+    Disputed,
+}
+
+impl VoidReason {
+    /// The reason in words (the API and CLI).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VoidReason::NoClaim => "no claim",
+            VoidReason::NoQuorum => "no quorum by the deadline",
+            VoidReason::Disputed => "dispute unresolved",
+        }
+    }
 }
 
 impl Entry {
     /// The job.
     pub fn job(&self) -> JobId {
         match self {
-            Entry::Settled { job, .. } | Entry::Void { job } => *job,
+            Entry::Settled { job, .. } | Entry::Void { job, .. } => *job,
         }
     }
 
@@ -134,13 +162,19 @@ pub fn generation_seed(campaign: &CampaignId, generation: u32, previous: &[u8; 3
 /// how many jobs an executor has before a given one is its due round (ADR 0007), not part of
 /// the deadline (until issue 23 it was multiplied by `⌈jobs · r / members⌉`).
 pub fn next_deadline(entries: &[Entry], previous_ms: u64, schedule: &Schedule) -> u64 {
-    let mut times: Vec<u64> = entries
+    let times: Vec<u64> = entries
         .iter()
         .filter_map(|e| match e {
             Entry::Settled { wall_time_ms, .. } => Some(*wall_time_ms),
             Entry::Void { .. } => None,
         })
         .collect();
+    deadline_from_times(times, previous_ms, schedule)
+}
+
+/// Twice the 90th percentile of settled jobs' wall `times`, clamped to the schedule's bounds;
+/// `previous_ms` (clamped) when there are none.
+pub fn deadline_from_times(mut times: Vec<u64>, previous_ms: u64, schedule: &Schedule) -> u64 {
     if times.is_empty() {
         return previous_ms.clamp(schedule.min_deadline_ms, schedule.max_deadline_ms);
     }
@@ -213,7 +247,7 @@ mod tests {
         assert_eq!(next_deadline(&e, 1000, &s), 1800);
         assert_eq!(next_deadline(&[settled(10)], 1000, &s), 100);
         assert_eq!(next_deadline(&[settled(10_000)], 1000, &s), 5000);
-        assert_eq!(next_deadline(&[Entry::Void { job }], 1000, &s), 1000);
+        assert_eq!(next_deadline(&[Entry::Void { job, reason: VoidReason::NoClaim }], 1000, &s), 1000);
         assert_eq!(lower_median(vec![5, 1, 3, 2]), 2);
     }
 

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::closure::{Closure, generation_seed};
 use crate::id::{CampaignId, JobId, context, hash_canonical};
 use crate::identity::PeerKey;
-use crate::kinds::{SearchError, SearchState, Told};
+use crate::kinds::{JobPayload, SearchError, SearchState, Told};
+use crate::outcome::Outcome;
 use crate::schedule::Plan;
 use crate::spec::{CampaignSpec, JobSpec};
 
@@ -53,12 +54,30 @@ pub struct Derivation {
     campaign: CampaignId,
     /// The kind's search, told each closure.
     state: Box<dyn SearchState>,
+    /// Search generations in the campaign (the kind's; repair generations come on top).
     generations: u32,
-    /// The generation whose jobs were derived last.
+    /// Search generations told to the kind's state so far.
+    searched: u32,
+    /// The generation whose jobs were derived last (the closure it awaits).
     generation: u32,
+    /// While the jobs are a repair generation: the search generation they complete.
+    repair: Option<Repair>,
     jobs: Vec<JobSpec>,
     /// The same jobs by id (hashed once per derivation, shared by every peer using it).
     by_id: Arc<BTreeMap<JobId, JobSpec>>,
+}
+
+/// A search generation some of whose jobs went void, while those are run again (issue 23:
+/// voided genomes are re-derived, not dropped): what the kind is told once the repair
+/// generation closes.
+#[derive(Debug, Clone)]
+struct Repair {
+    /// The search generation's payloads, in job-index order.
+    payloads: Vec<JobPayload>,
+    /// Their agreed outcomes so far (`None`: void).
+    outcomes: Vec<Option<Outcome>>,
+    /// For each job of the repair generation (by index), the payload it runs again.
+    reruns: Vec<usize>,
 }
 
 impl core::fmt::Debug for Derivation {
@@ -330,7 +349,9 @@ impl Derivation {
             spec: spec.clone(),
             state: rules.start()?,
             generations: rules.generations(),
+            searched: 0,
             generation: 0,
+            repair: None,
             jobs: Vec::new(),
             by_id: Arc::default(),
         })
@@ -371,6 +392,11 @@ impl Derivation {
 
     /// Feeds the closure of the current generation; returns the next generation's jobs, or
     /// an empty list when the campaign is finished.
+    ///
+    /// A search generation with void jobs is not told to the kind at once: the next
+    /// generation runs the voided payloads again (a *repair* generation, issue 23), and the
+    /// kind is told the search generation's outcomes once that closes. A job void again in
+    /// the repair is told as void: each search generation takes at most two closures.
     pub fn advance(&mut self, closure: &Closure) -> Result<&[JobSpec], DeriveError> {
         if closure.generation != self.generation {
             return Err(DeriveError::OutOfOrder {
@@ -387,26 +413,55 @@ impl Derivation {
         // Outcomes in job-index order (the closure is in job-id order).
         let by_id: std::collections::BTreeMap<_, _> =
             closure.entries.iter().map(|e| (e.job(), e)).collect();
-        let outcomes: Vec<Option<&crate::outcome::Outcome>> = self
+        let outcomes: Vec<Option<Outcome>> = self
             .jobs
             .iter()
-            .map(|j| by_id.get(&j.id()).and_then(|e| e.outcome()))
+            .map(|j| by_id.get(&j.id()).and_then(|e| e.outcome()).cloned())
             .collect();
-        let told: Vec<Told<'_>> = self
-            .jobs
+        let root = closure.root();
+        self.generation += 1;
+        let (payloads, outcomes) = match self.repair.take() {
+            Some(mut repair) => {
+                for (rerun, outcome) in repair.reruns.iter().zip(outcomes) {
+                    repair.outcomes[*rerun] = outcome;
+                }
+                (repair.payloads, repair.outcomes)
+            }
+            None => {
+                let payloads: Vec<JobPayload> =
+                    self.jobs.iter().map(|j| j.payload.clone()).collect();
+                let reruns: Vec<usize> = (0..outcomes.len())
+                    .filter(|i| outcomes[*i].is_none())
+                    .collect();
+                if !reruns.is_empty() {
+                    let again: Vec<JobPayload> =
+                        reruns.iter().map(|i| payloads[*i].clone()).collect();
+                    self.jobs = self.specs(self.generation, &root, again);
+                    self.repair = Some(Repair {
+                        payloads,
+                        outcomes,
+                        reruns,
+                    });
+                    self.index_jobs();
+                    return Ok(&self.jobs);
+                }
+                (payloads, outcomes)
+            }
+        };
+        let told: Vec<Told<'_>> = payloads
             .iter()
-            .zip(outcomes)
-            .map(|(j, outcome)| Told {
-                payload: &j.payload,
-                outcome,
+            .zip(&outcomes)
+            .map(|(payload, outcome)| Told {
+                payload,
+                outcome: outcome.as_ref(),
             })
             .collect();
         self.state.tell(&told)?;
-        self.generation += 1;
-        self.jobs = if self.generation >= self.generations {
+        self.searched += 1;
+        self.jobs = if self.searched >= self.generations {
             Vec::new()
         } else {
-            self.make_jobs(self.generation, &closure.root())
+            self.make_jobs(self.generation, &root)
         };
         self.index_jobs();
         Ok(&self.jobs)
@@ -415,6 +470,16 @@ impl Derivation {
     fn make_jobs(&mut self, generation: u32, previous: &[u8; 32]) -> Vec<JobSpec> {
         let mut rng = rng_for(&self.campaign, generation, previous);
         let payloads = self.state.ask(&mut rng);
+        self.specs(generation, previous, payloads)
+    }
+
+    /// The jobs of `generation` (after the closure `previous`) that run `payloads`.
+    fn specs(
+        &self,
+        generation: u32,
+        previous: &[u8; 32],
+        payloads: Vec<JobPayload>,
+    ) -> Vec<JobSpec> {
         payloads
             .into_iter()
             .enumerate()
@@ -519,7 +584,10 @@ mod tests {
     }
 
     fn closure_for(spec: &CampaignSpec, jobs: &[JobSpec], generation: u32) -> Closure {
-        let mut entries: Vec<Entry> = jobs.iter().map(|j| Entry::Void { job: j.id() }).collect();
+        let mut entries: Vec<Entry> = jobs.iter().map(|j| Entry::Void {
+                job: j.id(),
+                reason: crate::closure::VoidReason::NoClaim,
+            }).collect();
         entries.sort_by_key(Entry::job);
         Closure {
             campaign: spec.id(),
@@ -530,6 +598,74 @@ mod tests {
             members: spec.roster.clone(),
             deadline_ms: 1000,
         }
+    }
+
+    /// A closure of `jobs` (of `generation`) settling the jobs whose index `settle` picks and
+    /// voiding the rest.
+    fn closure_settling(
+        spec: &CampaignSpec,
+        jobs: &[JobSpec],
+        generation: u32,
+        settle: impl Fn(u32) -> bool,
+    ) -> Closure {
+        let mut c = closure_for(spec, jobs, generation);
+        let settled: BTreeMap<JobId, u32> = jobs
+            .iter()
+            .filter(|j| settle(j.index))
+            .map(|j| (j.id(), j.index))
+            .collect();
+        for e in &mut c.entries {
+            if let Some(i) = settled.get(&e.job()) {
+                let p = crate::agreement::tests::peer(1);
+                *e = Entry::Settled {
+                    job: e.job(),
+                    settlement: crate::Settlement {
+                        canonical: crate::agreement::tests::metrics(u64::from(*i)),
+                        agreeing: vec![p],
+                        dissenting: vec![],
+                    },
+                    wall_time_ms: 1,
+                    credited: vec![p],
+                };
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn voided_jobs_run_again_in_a_repair_generation_before_the_search_moves_on() {
+        let spec = sample_spec();
+        let mut d = Derivation::new(&spec).expect("derivation");
+        let g0: Vec<JobSpec> = d.generation_zero().to_vec();
+        // Jobs 3 and 7 go void: generation 1 runs exactly their payloads again.
+        let void = |i: u32| i == 3 || i == 7;
+        let repair = d
+            .advance(&closure_settling(&spec, &g0, 0, |i| !void(i)))
+            .expect("advance")
+            .to_vec();
+        let rerun: Vec<&JobPayload> = g0
+            .iter()
+            .filter(|j| void(j.index))
+            .map(|j| &j.payload)
+            .collect();
+        assert_eq!(repair.iter().map(|j| &j.payload).collect::<Vec<_>>(), rerun);
+        assert!(repair.iter().all(|j| j.generation == 1));
+        assert_eq!(d.searched, 0, "the search is not told yet");
+        // The repair settles: the search is told generation 0 whole and asks for more.
+        let next = d
+            .advance(&closure_settling(&spec, &repair, 1, |_| true))
+            .expect("advance")
+            .to_vec();
+        assert_eq!(d.searched, 1);
+        assert_eq!(next.len(), g0.len(), "a whole new generation");
+        assert!(next.iter().all(|j| j.generation == 2));
+        // A generation without voids is told at once.
+        let after = d
+            .advance(&closure_settling(&spec, &next, 2, |_| true))
+            .expect("advance")
+            .to_vec();
+        assert_eq!(d.searched, 2);
+        assert!(after.is_empty() || after.len() == g0.len());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agreement::Settlement;
 use crate::audit::Verdict;
-use crate::closure::{Closure, Entry};
+use crate::closure::{Closure, Entry, VoidReason};
 use crate::id::JobId;
 use crate::identity::PeerKey;
 use crate::outcome::{Outcome, Tolerance};
@@ -108,6 +108,8 @@ pub struct DecidedJob<'a> {
     pub job: JobId,
     /// The settlement the closure recorded; `None` when the job went void.
     pub settled: Option<&'a Settlement>,
+    /// Why the job went void, if it did.
+    pub void_reason: Option<VoidReason>,
     /// The audit verdict on the job, if it was audited.
     pub verdict: Option<&'a Verdict>,
     /// How the audit ended, if it was audited.
@@ -181,15 +183,16 @@ pub fn decided<'a>(closures: &[&'a Closure], tolerance: &Tolerance) -> Vec<Decid
     for closure in closures {
         for entry in &closure.entries {
             let job = entry.job();
-            let settled = match entry {
-                Entry::Settled { settlement, .. } => Some(settlement),
-                Entry::Void { .. } => None,
+            let (settled, void_reason) = match entry {
+                Entry::Settled { settlement, .. } => (Some(settlement), None),
+                Entry::Void { reason, .. } => (None, Some(*reason)),
             };
             let verdict = settled.and(verdicts.get(&job).copied());
             out.push(DecidedJob {
                 generation: closure.generation,
                 job,
                 settled,
+                void_reason,
                 verdict,
                 audit: verdict
                     .zip(settled)
@@ -322,7 +325,10 @@ mod tests {
                 settled(1, metrics(900), &[1, 2], &[3]),
                 settled(2, metrics(900), &[1, 3], &[]),
                 settled(3, metrics(500), &[1, 2], &[3]),
-                Entry::Void { job: job(4) },
+                Entry::Void {
+                    job: job(4),
+                    reason: crate::closure::VoidReason::NoQuorum,
+                },
                 settled(5, failure, &[2, 3], &[]),
             ],
             vec![],

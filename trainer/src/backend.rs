@@ -127,9 +127,23 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     ) -> Result<ShardLabels, TrainError>;
 }
 
-/// Runs jobs on backend `B` (training) and its inner backend (inference).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct On<B>(std::marker::PhantomData<B>);
+/// Runs jobs on backend `B` (training) and its inner backend (inference), on one device.
+#[derive(Debug, Clone)]
+pub struct On<B: TrainBackend>(B::Device);
+
+impl<B: TrainBackend> On<B> {
+    /// Runs on `device`.
+    pub fn new(device: B::Device) -> Self {
+        On(device)
+    }
+}
+
+impl<B: TrainBackend> Default for On<B> {
+    /// Runs on the backend's default device.
+    fn default() -> Self {
+        On(Default::default())
+    }
+}
 
 impl<B: TrainBackend> Runner for On<B> {
     fn nas(
@@ -138,7 +152,7 @@ impl<B: TrainBackend> Runner for On<B> {
         limits: &Limits,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<NasResult, TrainError> {
-        crate::train::run_nas::<B>(job, limits, &Default::default(), progress)
+        crate::train::run_nas::<B>(job, limits, &self.0, progress)
     }
     fn loss(
         &self,
@@ -146,7 +160,7 @@ impl<B: TrainBackend> Runner for On<B> {
         limits: &Limits,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<LossResult, TrainError> {
-        crate::loss::run_loss::<B>(job, limits, &Default::default(), progress)
+        crate::loss::run_loss::<B>(job, limits, &self.0, progress)
     }
     fn label(
         &self,
@@ -155,28 +169,129 @@ impl<B: TrainBackend> Runner for On<B> {
         range: Range<u64>,
         k: u8,
     ) -> Result<ShardLabels, TrainError> {
-        crate::distill::label_shard::<B::InnerBackend>(teacher, data, range, k, &Default::default())
+        crate::distill::label_shard::<B::InnerBackend>(teacher, data, range, k, &self.0)
     }
 }
 
 impl BackendChoice {
-    /// A runner for this backend, after [`BackendChoice::check`].
+    /// A runner for this backend on its first device, after [`BackendChoice::check`].
     pub fn runner(self) -> Result<Box<dyn Runner>, TrainError> {
-        self.check()?;
         match self {
-            BackendChoice::Cpu => Ok(Box::new(On::<crate::CpuAutodiff>::default())),
-            BackendChoice::Cuda => cuda_runner(),
+            BackendChoice::Cpu => Device::Cpu.runner(),
+            BackendChoice::Cuda => Device::Cuda(0).runner(),
         }
     }
 }
 
+/// A device a node trains on, one job at a time (`hivemesh run --devices cpu,cuda:0`): each is
+/// one job slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The CPU (burn's ndarray backend).
+    Cpu,
+    /// The CUDA GPU of this index (`cuda:0` is the first).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = TrainError;
+    /// `cpu`, `cuda` (the first GPU) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        let bad = || {
+            TrainError::Backend(format!(
+                "unknown device {s:?}: write cpu, cuda or cuda:N (N from 0), comma-separated"
+            ))
+        };
+        match s.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(Device::Cuda)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Device {
+    /// The backend class it runs.
+    pub fn backend(self) -> BackendChoice {
+        match self {
+            Device::Cpu => BackendChoice::Cpu,
+            Device::Cuda(_) => BackendChoice::Cuda,
+        }
+    }
+
+    /// Whether the device is there: the CPU always; a GPU needs the `cuda` feature, the
+    /// driver and an index below the GPUs this host shows ([`cuda_device_count`]).
+    pub fn check(self) -> Result<(), TrainError> {
+        self.backend().check()?;
+        if let Device::Cuda(i) = self {
+            let n = cuda_device_count();
+            if i >= n {
+                return Err(TrainError::Backend(format!(
+                    "cuda:{i} is not there: this host shows {n} GPU{} ({}); list the GPUs \
+                     to use as cuda:0 .. cuda:{}",
+                    if n == 1 { "" } else { "s" },
+                    if std::env::var_os("CUDA_VISIBLE_DEVICES").is_some() {
+                        "counted from CUDA_VISIBLE_DEVICES"
+                    } else {
+                        "counted from /dev/nvidiaN"
+                    },
+                    n.saturating_sub(1)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A runner on this device, after [`Device::check`].
+    pub fn runner(self) -> Result<Box<dyn Runner>, TrainError> {
+        self.check()?;
+        match self {
+            Device::Cpu => Ok(Box::new(On::<crate::CpuAutodiff>::default())),
+            Device::Cuda(i) => cuda_runner(i),
+        }
+    }
+}
+
+/// How many GPUs CUDA will show this process: the entries of `CUDA_VISIBLE_DEVICES` when it
+/// is set, else the `/dev/nvidiaN` device nodes.
+pub fn cuda_device_count() -> usize {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return v.split(',').filter(|d| !d.trim().is_empty()).count();
+    }
+    std::fs::read_dir("/dev").map_or(0, |dir| {
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.strip_prefix("nvidia")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count()
+    })
+}
+
 #[cfg(feature = "cuda")]
-fn cuda_runner() -> Result<Box<dyn Runner>, TrainError> {
-    Ok(Box::new(On::<CudaAutodiff>::default()))
+fn cuda_runner(index: usize) -> Result<Box<dyn Runner>, TrainError> {
+    Ok(Box::new(On::<CudaAutodiff>::new(
+        burn::backend::cuda::CudaDevice::new(index),
+    )))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_runner() -> Result<Box<dyn Runner>, TrainError> {
+fn cuda_runner(_index: usize) -> Result<Box<dyn Runner>, TrainError> {
     BackendChoice::Cuda.check()?;
     Err(TrainError::Backend("this build has no CUDA support".into()))
 }
@@ -193,6 +308,28 @@ mod tests {
             Some(BackendChoice::Cuda)
         );
         assert!("tpu".parse::<BackendChoice>().is_err());
+    }
+
+    #[test]
+    fn devices_parse_and_a_missing_gpu_is_a_clear_error() {
+        assert_eq!("cpu".parse::<Device>().ok(), Some(Device::Cpu));
+        assert_eq!("cuda".parse::<Device>().ok(), Some(Device::Cuda(0)));
+        assert_eq!(" cuda:3".parse::<Device>().ok(), Some(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            let e = bad.parse::<Device>().expect_err(bad).to_string();
+            assert!(e.contains("cuda:N"), "{e}");
+        }
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+        assert!(Device::Cpu.check().is_ok());
+        // No host shows this many GPUs: the error says what is there (or what is missing).
+        let e = Device::Cuda(4096)
+            .check()
+            .expect_err("not there")
+            .to_string();
+        assert!(
+            e.contains("is not there") || e.contains("features cuda") || e.contains("libcuda"),
+            "{e}"
+        );
     }
 
     #[test]

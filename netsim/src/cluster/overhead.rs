@@ -59,7 +59,13 @@ fn run_once(
     let c0 = process_cpu_seconds();
     let w0 = Instant::now();
     for j in todo {
-        let _ = ex.run(spec, j, blobs, &mut |_| {});
+        let _ = ex.run(
+            spec,
+            j,
+            hivemesh_trainer::backend::Device::Cpu,
+            blobs,
+            &mut |_| {},
+        );
     }
     match (c0, process_cpu_seconds()) {
         (Some(a), Some(b)) => Some(Single {

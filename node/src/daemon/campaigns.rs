@@ -238,7 +238,7 @@ impl EventLoop {
             spec.clone(),
             self.campaigns.key.clone(),
             PeerConfig {
-                capacity: self.config.jobs.max(1),
+                capacity: self.config.slots_for(spec.backend),
                 audit: self.config.audit,
                 ..PeerConfig::default()
             },

@@ -8,8 +8,9 @@ use hivemesh_protocol::id::{BlobId, CampaignId, JobId};
 use hivemesh_protocol::message::{JobResult, Outcome};
 use hivemesh_protocol::peer::PeerInput;
 use hivemesh_protocol::spec::JobSpec;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
+use super::devices::Slots;
 use super::pending::PendingResult;
 use super::{Event, EventLoop};
 use crate::executor::{BlobSource, ExecError, Executed, Executor, needed_blobs};
@@ -29,6 +30,9 @@ pub enum JobError {
     /// The training task panicked.
     #[error("the job panicked: {0}")]
     Panicked(String),
+    /// No device here runs its backend (`--devices` lists none of its class).
+    #[error("no device here runs {0:?} jobs (see --devices)")]
+    NoDevice(hivemesh_protocol::BackendClass),
 }
 
 /// A job that finished on the blocking pool.
@@ -45,8 +49,8 @@ pub(super) struct JobDone {
 pub(super) struct Jobs {
     /// Runs jobs (shared with the blocking tasks).
     pub(super) executor: Arc<Executor>,
-    /// One permit per job trained at once (`--jobs`).
-    slots: Arc<Semaphore>,
+    /// The job slots (`--jobs` or `--devices`).
+    slots: Arc<Slots>,
     /// Where finished jobs report (cloned into each task).
     tx: mpsc::Sender<JobDone>,
     /// What the event loop reads finished jobs from.
@@ -58,12 +62,12 @@ pub(super) struct Jobs {
 }
 
 impl Jobs {
-    /// Room for `jobs` jobs at once, run by `executor`.
-    pub(super) fn new(executor: Executor, jobs: u16) -> Jobs {
+    /// Jobs run by `executor` in `slots`.
+    pub(super) fn new(executor: Executor, slots: Slots) -> Jobs {
         let (tx, rx) = mpsc::channel(JOB_RESULT_CAPACITY);
         Jobs {
             executor: Arc::new(executor),
-            slots: Arc::new(Semaphore::new(usize::from(jobs.max(1)))),
+            slots: Arc::new(slots),
             tx,
             rx,
             running: 0,
@@ -163,15 +167,26 @@ impl EventLoop {
         });
         tracing::info!(campaign = %campaign, job = %job_id, generation = job.generation, index = job.index, "job started");
         tokio::spawn(async move {
-            let Ok(_permit) = slots.acquire_owned().await else {
+            let class = job.backend;
+            let Some(lease) = slots.acquire(class).await else {
+                let outcome = Err(JobError::NoDevice(class));
+                let _ = tx
+                    .send(JobDone {
+                        campaign,
+                        job: job_id,
+                        outcome,
+                    })
+                    .await;
                 return;
             };
+            let device = lease.device;
             let ran = tokio::task::spawn_blocking(move || {
-                executor.run(&spec, &job, &blobs, &mut |p| {
-                    tracing::debug!(job = %job_id, step = p.step, "training");
+                executor.run(&spec, &job, device, &blobs, &mut |p| {
+                    tracing::debug!(job = %job_id, step = p.step, %device, "training");
                 })
             })
             .await;
+            drop(lease);
             let outcome = match ran {
                 Ok(Ok(mut done)) => {
                     if fault == Some(Fault::Lie) {

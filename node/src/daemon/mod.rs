@@ -30,6 +30,7 @@
 pub mod blobs;
 pub mod campaigns;
 pub mod client;
+mod devices;
 pub mod gossip;
 pub mod jobs;
 pub mod pending;
@@ -108,8 +109,11 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Peers to dial at start.
     pub bootstrap: Vec<Multiaddr>,
-    /// Jobs run at once.
+    /// Jobs run at once (without `devices`).
     pub jobs: u16,
+    /// The devices jobs run on, one job each (`--devices`); `None`: `jobs` slots shared by
+    /// every campaign, each job on its backend's first device.
+    pub devices: Option<Vec<hivemesh_trainer::backend::Device>>,
     /// Audit mode (re-execute sampled jobs first).
     pub audit: bool,
     /// How often to pull missing ledger messages from a connected peer.
@@ -130,6 +134,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// Job slots for a campaign whose jobs run on `backend`: one per listed device of that
+    /// class with `devices` (0: this node cannot run it), else `jobs`.
+    pub fn slots_for(&self, backend: hivemesh_protocol::BackendClass) -> u16 {
+        match &self.devices {
+            None => self.jobs.max(1),
+            Some(list) => {
+                let n = list
+                    .iter()
+                    .filter(|d| devices::class_of(**d) == backend)
+                    .count();
+                u16::try_from(n).unwrap_or(u16::MAX)
+            }
+        }
+    }
+
     /// Defaults for a node keeping its state in `data_dir` (no listen addresses, no bootstrap
     /// peers, one job at a time).
     pub fn new(data_dir: PathBuf) -> Config {
@@ -138,6 +157,7 @@ impl Config {
             listen: Vec::new(),
             bootstrap: Vec::new(),
             jobs: 1,
+            devices: None,
             audit: false,
             sync_interval: Duration::from_secs(5),
             net: NetConfig::default(),
@@ -323,7 +343,10 @@ pub fn start_locked(
         status_tx,
         listen_addrs: Vec::new(),
         campaigns,
-        jobs: Jobs::new(Executor::new(&config.admission), config.jobs),
+        jobs: Jobs::new(
+            Executor::new(&config.admission),
+            devices::Slots::new(config.jobs, config.devices.as_deref()),
+        ),
         gossip: Gossip::default(),
         sync: SyncState::default(),
         limits: Limits::new(config.gossip_rate),

@@ -174,7 +174,8 @@ pub struct SettledJob {
     pub extra: BTreeMap<String, i64>,
     /// Artifact blob ids (weights, shards), hex.
     pub artifacts: Vec<String>,
-    /// Why it failed (failure).
+    /// Why it failed (failure), or why it went void (void: `no claim`, `no quorum by the
+    /// deadline` or `dispute unresolved`; a void job runs again in the next generation).
     pub failure: Option<String>,
     /// Executors that agreed.
     pub agreeing: Vec<String>,
@@ -236,7 +237,7 @@ impl SettledJob {
     /// audit overturned the closure), its audit label and the overturned executors.
     pub(super) fn decided(job: &JobSpec, d: &DecidedJob<'_>) -> SettledJob {
         match d.shown() {
-            None => SettledJob::void(job),
+            None => SettledJob::void(job, d.void_reason),
             Some(s) => SettledJob {
                 audit: d.audit,
                 overturned: d.overturned().iter().map(ToString::to_string).collect(),
@@ -245,7 +246,7 @@ impl SettledJob {
         }
     }
 
-    fn void(job: &JobSpec) -> SettledJob {
+    fn void(job: &JobSpec, reason: Option<hivemesh_protocol::closure::VoidReason>) -> SettledJob {
         let mut out = SettledJob::new(
             job,
             &hivemesh_protocol::Settlement {
@@ -258,7 +259,11 @@ impl SettledJob {
             },
         );
         out.status = JobStatus::Void;
-        out.failure = Some("no quorum by the deadline".into());
+        out.failure = Some(
+            reason
+                .map_or("no quorum by the deadline", |r| r.as_str())
+                .into(),
+        );
         out
     }
 }

@@ -27,7 +27,7 @@ use hivemesh_protocol::spec::{
 };
 use hivemesh_trainer::StopReason;
 use hivemesh_trainer::TrainError;
-use hivemesh_trainer::backend::{BackendChoice, Runner};
+use hivemesh_trainer::backend::{BackendChoice, Device, Runner};
 use hivemesh_trainer::data::{self, Dataset, Splits};
 use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Progress, Schedule, Stop};
 
@@ -209,11 +209,13 @@ impl Executor {
         }
     }
 
-    /// Runs `job` of campaign `spec`, reporting training progress.
+    /// Runs `job` of campaign `spec` on `device` (of the job's backend class), reporting
+    /// training progress.
     pub fn run(
         &self,
         spec: &CampaignSpec,
         job: &JobSpec,
+        device: Device,
         blobs: &dyn BlobSource,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Executed, ExecError> {
@@ -232,7 +234,13 @@ impl Executor {
             BackendClass::CpuNdarray => BackendChoice::Cpu,
             BackendClass::Cuda => BackendChoice::Cuda,
         };
-        let runner = choice.runner().map_err(|e| ExecError::Backend {
+        if device.backend() != choice {
+            return Err(ExecError::Backend {
+                class: job.backend,
+                reason: format!("the job needs a {choice:?} device, not {device}"),
+            });
+        }
+        let runner = device.runner().map_err(|e| ExecError::Backend {
             class: job.backend,
             reason: e.to_string(),
         })?;

@@ -105,7 +105,10 @@ pub fn proposals() -> Vec<Proposal> {
     let jobs: Vec<_> = Derivation::new(&spec)
         .map(|mut d| d.generation_zero().iter().map(|j| j.id()).collect())
         .unwrap_or_default();
-    let mut voided: Vec<Entry> = jobs.into_iter().map(|job| Entry::Void { job }).collect();
+    let mut voided: Vec<Entry> = jobs.into_iter().map(|job| Entry::Void {
+            job,
+            reason: hivemesh_protocol::closure::VoidReason::NoClaim,
+        }).collect();
     voided.sort_by_key(|e| e.job());
     let mut out = Vec::new();
     for entries in [Vec::new(), voided] {

@@ -135,7 +135,7 @@ impl Peer {
         // closure: a quorum's commitments suffice.
         let starved = self.board.starved;
         let past_due =
-            |j: &JobId| starved || elapsed >= cur.deadline_ms.saturating_mul(cur.plan.due(j));
+            |j: &JobId| starved || elapsed >= cur.deadline().saturating_mul(cur.plan.due(j));
         let to_reveal = self.exec.ready_to_reveal(&self.ledger, r, q, past_due);
         for job in to_reveal {
             let witnessed = self.ledger.punctual_committers(&job, &self.me);

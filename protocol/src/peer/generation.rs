@@ -30,14 +30,47 @@ pub(super) struct Generation {
     pub(super) previous: [u8; 32],
     /// When this peer entered it.
     pub(super) started_at: Timestamp,
-    /// Its job deadline, set by the previous closure.
+    /// Its job deadline, set by the previous closure (the spec's in generation 0).
     pub(super) deadline_ms: u64,
+    /// The wall times of its jobs settled so far (each the lower median of its agreeing
+    /// executors'), in the order they settled here.
+    pub(super) settled_walls: Vec<u64>,
+    /// The deadline those times call for, once [`CALIBRATE_AFTER`] jobs settled (0 before):
+    /// [`Generation::deadline`] never falls below `deadline_ms`, but a generation whose jobs
+    /// turn out longer than the deadline assumed stretches its deadlines as it learns so.
+    pub(super) calibrated_ms: u64,
     /// Its plan (ADR 0007): each member's queue, each job's owners and due round.
     pub(super) plan: Arc<Plan>,
     /// Its members.
     pub(super) members: Members,
     /// Its jobs. Shared with the derivation (and, in a simulator, with every peer).
     pub(super) jobs: Arc<BTreeMap<JobId, JobSpec>>,
+}
+
+/// Settled jobs a generation needs before it recalibrates its deadline (issue 23).
+pub(super) const CALIBRATE_AFTER: usize = 3;
+
+impl Generation {
+    /// The job deadline in force: the agreed one, or longer if the jobs settled so far in the
+    /// generation took longer than it allows (twice their 90th percentile).
+    pub(super) fn deadline(&self) -> u64 {
+        self.deadline_ms.max(self.calibrated_ms)
+    }
+
+    /// One more of its jobs settled here, with `wall_ms`; recalibrates the deadline.
+    pub(super) fn settled_in(&mut self, wall_ms: u64, schedule: &crate::spec::Schedule) {
+        if self.settled_walls.len() >= self.jobs.len() {
+            return;
+        }
+        self.settled_walls.push(wall_ms);
+        if self.settled_walls.len() >= CALIBRATE_AFTER.min(self.jobs.len()) {
+            self.calibrated_ms = crate::closure::deadline_from_times(
+                self.settled_walls.clone(),
+                self.deadline_ms,
+                schedule,
+            );
+        }
+    }
 }
 
 /// A generation's members (sorted): the spec's roster in generation 0, later the previous
@@ -107,6 +140,8 @@ impl GenerationState {
                 previous: [0; 32],
                 started_at: now,
                 deadline_ms: spec.schedule.job_deadline_ms,
+                settled_walls: Vec::new(),
+                calibrated_ms: 0,
                 plan: Arc::default(),
                 members: Members::Roster(spec.roster.clone()),
                 jobs,
@@ -154,7 +189,7 @@ impl GenerationState {
     pub(super) fn void_deadline(&self, spec: &CampaignSpec) -> Timestamp {
         let k = u64::from(spec.schedule.max_extra_executors) + 1 + self.cur.plan.last_due;
         self.cur.started_at.saturating_add(Duration::from_millis(
-            self.cur.deadline_ms.saturating_mul(k),
+            self.cur.deadline().saturating_mul(k),
         ))
     }
 
@@ -201,6 +236,8 @@ impl GenerationState {
             previous: root,
             started_at: now,
             deadline_ms: closure.deadline_ms,
+            settled_walls: Vec::new(),
+            calibrated_ms: 0,
             plan: Arc::default(),
             members: Members::Closure(Arc::clone(closure)),
             jobs,
@@ -426,18 +463,25 @@ mod tests {
 
     #[test]
     fn the_last_generation_closing_finishes_the_campaign() {
+        // Every job goes void: each search generation is run again once (a repair
+        // generation of its voided jobs), then told void, so the campaign takes two closures
+        // per search generation and still finishes.
         let (mut peer, _) = solo(1, 1, 1);
         let generations = peer.chain.derivation.generations();
+        let jobs = peer.chain.cur.jobs.len();
         let mut outs = Vec::new();
-        for g in 0..generations {
+        for g in 0..2 * generations {
             assert!(!peer.finished(), "generation {g} open");
             let at = peer.chain.void_deadline(&peer.spec);
             outs = peer.handle(PeerInput::Tick, at);
             assert_eq!(closed(&outs).first().map(|c| c.0), Some(g));
+            if g % 2 == 0 && g + 1 < 2 * generations {
+                assert_eq!(peer.chain.cur.jobs.len(), jobs, "the repair reruns every job");
+            }
         }
         assert!(peer.finished());
         assert!(outs.iter().any(|o| matches!(o, PeerOutput::Finished)));
         assert_eq!(peer.next_wakeup(), None);
-        assert_eq!(peer.closures().len(), generations as usize);
+        assert_eq!(peer.closures().len(), 2 * generations as usize);
     }
 }

@@ -442,7 +442,7 @@ impl Peer {
         // Deadlines: each passing widens eligibility, lets reveals go out, or voids jobs. The
         // first one still ahead is the next.
         let cur = &self.chain.cur;
-        let d = cur.deadline_ms.max(1);
+        let d = cur.deadline().max(1);
         let extra = u64::from(self.spec.schedule.max_extra_executors);
         let elapsed = self.last_now.saturating_since(cur.started_at).as_millis() as u64;
         let k = elapsed / d + 1;
@@ -558,7 +558,7 @@ impl Peer {
             return;
         }
         let elapsed = now.saturating_since(self.chain.cur.started_at).as_millis() as u64;
-        let past_deadline = elapsed >= self.chain.cur.deadline_ms;
+        let past_deadline = elapsed >= self.chain.cur.deadline();
         self.reveal_ready(now, elapsed, out);
         self.heartbeat_if_due(now, past_deadline, out);
         self.take_audits_phase(out);
@@ -633,14 +633,16 @@ impl Peer {
         let kind = m.kind();
         let seen = self.board_event(&m);
         let mut accepted = false;
+        let mut newly_settled = Vec::new();
         for o in self.ledger.handle(Input::Message(m), now) {
             match o {
                 Output::Rejected { id, error, action } => {
                     out.push(PeerOutput::Rejected { id, error, action });
                 }
                 Output::Settled { job, .. } => {
-                    if self.chain.cur.jobs.contains_key(&job) {
-                        self.chain.settled_now.insert(job);
+                    if self.chain.cur.jobs.contains_key(&job) && self.chain.settled_now.insert(job)
+                    {
+                        newly_settled.push(job);
                     }
                     changed = true;
                 }
@@ -661,6 +663,9 @@ impl Peer {
         }
         if accepted && let Some(seen) = &seen {
             self.board_accepted(seen, now);
+        }
+        for job in newly_settled {
+            self.calibrate(&job);
         }
         changed
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::agreement::settle_digested;
 use crate::audit::{PendingAudit, Verdict, judge};
-use crate::closure::{Closure, Entry, credited, lower_median, next_deadline};
+use crate::closure::{Closure, Entry, VoidReason, credited, lower_median, next_deadline};
 use crate::consensus::Env;
 use crate::id::{CampaignId, JobId};
 use crate::identity::{Keypair, PeerKey};
@@ -438,6 +438,20 @@ impl PeerEnv<'_> {
     }
 }
 
+impl PeerEnv<'_> {
+    /// Why `job`, without a quorum at the deadline, goes void as this peer's evidence shows.
+    fn void_reason(&self, job: &JobId) -> VoidReason {
+        let q = usize::from(self.spec.quorum);
+        if self.ledger.claim_count(job) == 0 && self.ledger.commitment_count(job) == 0 {
+            VoidReason::NoClaim
+        } else if self.ledger.executor_results(job).len() >= q {
+            VoidReason::Disputed
+        } else {
+            VoidReason::NoQuorum
+        }
+    }
+}
+
 impl Env for PeerEnv<'_> {
     fn valid(&mut self, c: &Closure) -> bool {
         self.check(c).is_ok()
@@ -448,7 +462,10 @@ impl Env for PeerEnv<'_> {
         for job in self.cur.jobs.keys() {
             match self.settle_job(job, None) {
                 Some(e) => entries.push(e),
-                None if self.now >= self.void_at => entries.push(Entry::Void { job: *job }),
+                None if self.now >= self.void_at => entries.push(Entry::Void {
+                    job: *job,
+                    reason: self.void_reason(job),
+                }),
                 None => return None,
             }
         }
@@ -536,6 +553,8 @@ mod tests {
                     previous: [6; 32],
                     started_at: spec.created_at,
                     deadline_ms: spec.schedule.job_deadline_ms,
+                    settled_walls: Vec::new(),
+                    calibrated_ms: 0,
                     plan: Arc::default(),
                     members: Members::Roster(members),
                     jobs,
@@ -716,7 +735,10 @@ mod tests {
     fn a_job_is_void_only_past_the_deadline_and_without_a_quorum() {
         let (mut f, c) = settled_and_void();
         let mut bad = c.clone();
-        bad.entries[0] = Entry::Void { job: f.job(0) };
+        bad.entries[0] = Entry::Void {
+            job: f.job(0),
+            reason: crate::closure::VoidReason::NoClaim,
+        };
         // (The deadline follows the entries: keep the closure otherwise right.)
         bad.deadline_ms = f.build().deadline_ms;
         assert_eq!(

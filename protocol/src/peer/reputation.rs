@@ -141,6 +141,7 @@ pub(super) mod tests {
             settled(2, &[1, 2], &[1, 2], &[]),
             Entry::Void {
                 job: JobId([3; 32]),
+                reason: crate::closure::VoidReason::NoClaim,
             },
         ];
         rep.record_closure(&closure(entries));

@@ -103,7 +103,7 @@ impl<'a> Look<'a> {
         let mine_ms = peer
             .board
             .own_ms
-            .unwrap_or(peer.chain.cur.deadline_ms)
+            .unwrap_or(peer.chain.cur.deadline())
             .max(1);
         Look {
             peer,
@@ -178,7 +178,7 @@ impl<'a> Look<'a> {
             return u64::MAX;
         }
         let idle_owner = !p.board.claims.contains_key(o);
-        if idle_owner && elapsed >= p.chain.cur.deadline_ms / 4 {
+        if idle_owner && elapsed >= p.chain.cur.deadline() / 4 {
             return u64::MAX;
         }
         let r = usize::from(p.spec.redundancy);
@@ -241,7 +241,7 @@ impl<'a> Look<'a> {
             return false;
         };
         let cur = &p.chain.cur;
-        if elapsed >= cur.deadline_ms.saturating_mul(cur.plan.due(job)) {
+        if elapsed >= cur.deadline().saturating_mul(cur.plan.due(job)) {
             return false;
         }
         let faster = p
@@ -283,7 +283,7 @@ impl<'a> Look<'a> {
         });
         let (expect, overdue) = match known {
             Some(ms) => (ms, age > ms.saturating_mul(2)),
-            None => (age, age > self.peer.chain.cur.deadline_ms),
+            None => (age, age > self.peer.chain.cur.deadline()),
         };
         if overdue {
             u64::MAX
@@ -340,7 +340,7 @@ impl Look<'_> {
         let r = usize::from(p.spec.redundancy);
         let extra = usize::from(p.spec.schedule.max_extra_executors);
         let n = p.chain.cur.members.len();
-        let d = p.chain.cur.deadline_ms;
+        let d = p.chain.cur.deadline();
         p.exec
             .my_jobs
             .iter()
@@ -446,6 +446,23 @@ impl Peer {
             )),
             _ => None,
         }
+    }
+
+    /// `job`, of the current generation, settled here: its wall time (the lower median of its
+    /// agreeing executors') recalibrates the generation's deadline.
+    pub(super) fn calibrate(&mut self, job: &JobId) {
+        let Some(s) = self.ledger.settlement(job) else {
+            return;
+        };
+        let walls: Vec<u64> = self
+            .ledger
+            .executor_results(job)
+            .iter()
+            .filter(|r| s.agreeing.binary_search(&r.peer).is_ok())
+            .map(|r| r.wall_time_ms)
+            .collect();
+        let wall = crate::closure::lower_median(walls);
+        self.chain.cur.settled_in(wall, &self.spec.schedule);
     }
 
     /// What this peer advertises in its claims and heartbeats: its slots and its measured
