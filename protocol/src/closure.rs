@@ -247,7 +247,17 @@ mod tests {
         assert_eq!(next_deadline(&e, 1000, &s), 1800);
         assert_eq!(next_deadline(&[settled(10)], 1000, &s), 100);
         assert_eq!(next_deadline(&[settled(10_000)], 1000, &s), 5000);
-        assert_eq!(next_deadline(&[Entry::Void { job, reason: VoidReason::NoClaim }], 1000, &s), 1000);
+        assert_eq!(
+            next_deadline(
+                &[Entry::Void {
+                    job,
+                    reason: VoidReason::NoClaim
+                }],
+                1000,
+                &s
+            ),
+            1000
+        );
         assert_eq!(lower_median(vec![5, 1, 3, 2]), 2);
     }
 

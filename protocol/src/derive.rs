@@ -584,10 +584,13 @@ mod tests {
     }
 
     fn closure_for(spec: &CampaignSpec, jobs: &[JobSpec], generation: u32) -> Closure {
-        let mut entries: Vec<Entry> = jobs.iter().map(|j| Entry::Void {
+        let mut entries: Vec<Entry> = jobs
+            .iter()
+            .map(|j| Entry::Void {
                 job: j.id(),
                 reason: crate::closure::VoidReason::NoClaim,
-            }).collect();
+            })
+            .collect();
         entries.sort_by_key(Entry::job);
         Closure {
             campaign: spec.id(),

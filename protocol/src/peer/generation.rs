@@ -188,9 +188,9 @@ impl GenerationState {
     /// is due (ADR 0007).
     pub(super) fn void_deadline(&self, spec: &CampaignSpec) -> Timestamp {
         let k = u64::from(spec.schedule.max_extra_executors) + 1 + self.cur.plan.last_due;
-        self.cur.started_at.saturating_add(Duration::from_millis(
-            self.cur.deadline().saturating_mul(k),
-        ))
+        self.cur
+            .started_at
+            .saturating_add(Duration::from_millis(self.cur.deadline().saturating_mul(k)))
     }
 
     /// Recomputes `settled_now` from the ledger (when a generation starts).
@@ -476,7 +476,11 @@ mod tests {
             outs = peer.handle(PeerInput::Tick, at);
             assert_eq!(closed(&outs).first().map(|c| c.0), Some(g));
             if g % 2 == 0 && g + 1 < 2 * generations {
-                assert_eq!(peer.chain.cur.jobs.len(), jobs, "the repair reruns every job");
+                assert_eq!(
+                    peer.chain.cur.jobs.len(),
+                    jobs,
+                    "the repair reruns every job"
+                );
             }
         }
         assert!(peer.finished());
