@@ -374,7 +374,7 @@ impl Peer {
 mod tests {
     use super::*;
     use crate::agreement::tests::metrics;
-    use crate::closure::Entry;
+    use crate::closure::{Entry, VoidReason};
     use crate::message::JobResult;
     use crate::peer::PeerInput;
     use crate::peer::tests::{executed, solo};
@@ -456,9 +456,52 @@ mod tests {
                 .iter()
                 .all(|e| matches!(e, Entry::Void { .. }))
         );
+        // The job taken was claimed but never committed; the others nobody claimed.
+        let reasons: Vec<VoidReason> = closure
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Void { reason, .. } => Some(*reason),
+                Entry::Settled { .. } => None,
+            })
+            .collect();
+        let no_quorum = reasons.iter().filter(|r| **r == VoidReason::NoQuorum).count();
+        assert_eq!(no_quorum, 1, "{reasons:?}");
+        assert!(reasons.iter().all(|r| *r != VoidReason::Disputed));
         assert_eq!(peer.generation(), 1);
         assert_eq!(peer.running(), 0, "the old job is forgotten");
         assert_eq!(executed(&peer.handle(PeerInput::Tick, void_at)).len(), 1);
+    }
+
+    #[test]
+    fn a_generation_whose_jobs_outlast_its_deadline_stretches_it_after_three_settle() {
+        let (mut peer, now) = solo(1, 1, 1);
+        let agreed = peer.chain.cur.deadline_ms;
+        let void_before = peer.chain.void_deadline(&peer.spec);
+        let long = agreed * 3;
+        let mut t = now;
+        let mut pending = executed(&peer.handle(PeerInput::Tick, t));
+        for i in 0..3 {
+            assert_eq!(peer.chain.cur.deadline(), agreed, "{i} settled: not yet");
+            let job = pending.pop().expect("a job running");
+            t = Timestamp(t.0 + long);
+            let result = crate::message::JobResult {
+                outcome: crate::agreement::tests::metrics(900),
+                wall_time_ms: long,
+            };
+            pending.extend(executed(
+                &peer.handle(PeerInput::JobDone { job, result }, t),
+            ));
+        }
+        let want = (2 * long).clamp(
+            peer.spec.schedule.min_deadline_ms,
+            peer.spec.schedule.max_deadline_ms,
+        );
+        assert_eq!(peer.chain.cur.deadline(), want.max(agreed));
+        assert!(peer.chain.cur.deadline() > agreed);
+        assert!(peer.chain.void_deadline(&peer.spec) > void_before);
+        // The agreed deadline, which the closure's next deadline starts from, is unchanged.
+        assert_eq!(peer.chain.cur.deadline_ms, agreed);
     }
 
     #[test]
