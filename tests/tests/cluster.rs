@@ -275,3 +275,90 @@ async fn hivemesh_run_processes_heal_a_partition_to_one_ledger() {
         assert_eq!(v.closures, r.node_views[0].closures, "node {}", v.index);
     }
 }
+
+/// Issue 23's tier-2 scheduling test: one wide generation whose work per node is many times
+/// the generation-0 deadline, on three one-slot nodes with no extra executors, while a busy
+/// thread eats a core. Every job settles: deadlines count from each job's turn in its
+/// executors' queues (ADR 0007), not from the generation's start. Before that change the jobs
+/// went void at `deadline × (max_extra + 2)` = 20 s, long before the nodes reached them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_many_deadlines_long_settles_every_job_on_a_busy_host() {
+    let dir = TempDir::new("cluster-long-queue");
+    let mut c = ClusterConfig::new(dir.path().join("nodes"));
+    c.keep_data = true;
+    c.nodes = 3;
+    c.byzantine = 0;
+    c.campaign = LONG_QUEUE_CAMPAIGN.to_string();
+    c.overrides = Overrides {
+        redundancy: Some(2),
+        quorum: Some(2),
+        population: Some(48),
+        generations: Some(1),
+        job_deadline_s: Some(10),
+        max_extra_executors: Some(0),
+        ..Overrides::default()
+    };
+    c.jobs_per_node = 1;
+    c.timeout = Duration::from_secs(600);
+    c.progress = false;
+    c.measure_overhead = false;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        })
+    };
+    let r = run(&c).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().expect("the busy thread ends");
+    assert!(r.finished && r.grade.agreement, "{r:#?}");
+    assert_eq!(
+        r.jobs.len(),
+        48,
+        "one generation, no repair: {:?}",
+        r.generations
+    );
+    let void: Vec<_> = r
+        .jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Void)
+        .collect();
+    assert!(void.is_empty(), "{} of 48 void: {void:?}", void.len());
+    // Each node worked through about 32 jobs: many deadlines' worth.
+    assert!(
+        r.wall_s > 20.0,
+        "{:.1} s: the queue must outlast the old void time (20 s) for the test to mean anything",
+        r.wall_s
+    );
+}
+
+/// Small MLPs on the embedded digits set, trained long enough that a one-slot node's share of
+/// a 48-job generation takes well over the 10 s deadline.
+const LONG_QUEUE_CAMPAIGN: &str = r#"
+name = "long queue"
+dataset = "builtin:digits"
+seed = 7
+tolerance_correct = 0
+audit_rate = 0.0
+roster = []
+
+[nas]
+space = "mlp"
+max_layers = 2
+widths = [64, 128, 256]
+population = 48
+generations = 1
+strategy = "nsga2"
+
+[budget]
+epochs = 100
+max_steps = 600
+batch_size = 64
+optimizer = "adam"
+learning_rate = 0.005
+schedule = "constant"
+"#;

@@ -465,7 +465,10 @@ mod tests {
                 Entry::Settled { .. } => None,
             })
             .collect();
-        let no_quorum = reasons.iter().filter(|r| **r == VoidReason::NoQuorum).count();
+        let no_quorum = reasons
+            .iter()
+            .filter(|r| **r == VoidReason::NoQuorum)
+            .count();
         assert_eq!(no_quorum, 1, "{reasons:?}");
         assert!(reasons.iter().all(|r| *r != VoidReason::Disputed));
         assert_eq!(peer.generation(), 1);

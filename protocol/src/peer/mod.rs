@@ -469,9 +469,16 @@ impl Peer {
     /// How far down a job's ranking a peer may be to take one of its `r` places from owners
     /// that would reach it late (ADR 0007): twice [`Peer::executor_bound`]. Stealing adds no
     /// executor, so it may reach deeper than replication; deep enough that a peer several
-    /// times faster than the others can keep busy in a generation without history.
+    /// times faster than the others can keep busy in a generation without history. A campaign
+    /// without extra executors (`max_extra_executors = 0`) pins every job to its `r` ranked
+    /// owners: nobody else runs it, stolen or not, so colluders cannot reach jobs they are not
+    /// ranked for by being fast.
     fn steal_bound(&self) -> usize {
-        2 * self.executor_bound()
+        if self.spec.schedule.max_extra_executors == 0 {
+            self.executor_bound()
+        } else {
+            2 * self.executor_bound()
+        }
     }
 
     fn is_member(&self) -> bool {
