@@ -227,8 +227,9 @@ impl Submission {
 }
 
 /// The spec a node signs for `file`, created `now` by `creator`: the dataset resolved (an
-/// MNIST folder is read to learn its id: call it off the async runtime) and, when the file
-/// names no roster, the creator and the `connected` peers as the genesis roster (others join at
+/// MNIST folder is read to learn its id: call it off the async runtime), generation 0's job
+/// deadline estimated from its cost when the file names none, and, when the file names no
+/// roster, the creator and the `connected` peers as the genesis roster (others join at
 /// generation boundaries).
 pub fn build_spec(
     file: &CampaignFile,
@@ -238,6 +239,15 @@ pub fn build_spec(
 ) -> Result<CampaignSpec, CampaignFileError> {
     let dataset = resolve_dataset(&file.dataset)?;
     let mut spec = file.to_spec(creator, now, dataset)?;
+    if file.schedule.job_deadline_s.is_none()
+        && let Some(ms) = crate::executor::estimate::estimate_job_ms(&spec)
+    {
+        // Generation 0's deadline from the jobs' cost (issue 23); the floor follows it down.
+        let d = crate::executor::estimate::deadline_for(ms);
+        spec.schedule.job_deadline_ms = d;
+        spec.schedule.min_deadline_ms = spec.schedule.min_deadline_ms.min(d);
+        spec.validate()?;
+    }
     if file.roster.is_empty() {
         spec.roster = std::iter::once(creator)
             .chain(connected.iter().copied().take(MAX_ROSTER - 1))

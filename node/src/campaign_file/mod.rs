@@ -205,8 +205,9 @@ impl BudgetFile {
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleFile {
     /// Generation 0's job deadline: how long one job may take (each executor gets one per
-    /// job ahead of it in its queue; ADR 0007).
-    pub job_deadline_s: u64,
+    /// job ahead of it in its queue; ADR 0007). Left out: estimated from the jobs' cost at
+    /// submission where the kind allows (architecture search), else 600 s.
+    pub job_deadline_s: Option<u64>,
     /// Base timeout of a closure round step.
     pub round_timeout_s: f64,
     /// Most extra executors a job may get beyond `redundancy` (takeovers past deadlines and
@@ -218,7 +219,9 @@ impl ScheduleFile {
     /// The protocol's schedule.
     pub fn to_schedule(&self) -> Schedule {
         let d = Schedule::default();
-        let job_deadline_ms = self.job_deadline_s.saturating_mul(1000);
+        let job_deadline_ms = self
+            .job_deadline_s
+            .map_or(d.job_deadline_ms, |s| s.saturating_mul(1000));
         Schedule {
             job_deadline_ms,
             // A first deadline shorter than the default floor lowers the floor with it.
@@ -234,7 +237,7 @@ impl Default for ScheduleFile {
     fn default() -> Self {
         let d = Schedule::default();
         ScheduleFile {
-            job_deadline_s: d.job_deadline_ms / 1000,
+            job_deadline_s: None,
             round_timeout_s: d.round_timeout_ms as f64 / 1000.0,
             max_extra_executors: d.max_extra_executors,
         }

@@ -34,6 +34,7 @@ use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Progress, Schedule,
 use crate::admission::Admission;
 
 pub mod distill;
+pub mod estimate;
 pub mod loss;
 pub mod nas;
 

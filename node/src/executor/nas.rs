@@ -54,7 +54,7 @@ pub(super) fn run(p: &NasParams, genome: &[u8], job: &mut JobRun<'_>) -> Result<
 
 /// Why a genome is not a valid model for the data.
 #[derive(Debug, thiserror::Error)]
-enum InvalidGenome {
+pub(super) enum InvalidGenome {
     /// The bytes are not a genome.
     #[error("the genome does not decode")]
     Undecodable,
@@ -64,7 +64,7 @@ enum InvalidGenome {
 }
 
 /// A NAS genome as an architecture for `data`, or why it is not a valid model for it.
-fn architecture(
+pub(super) fn architecture(
     space: &NasSpace,
     genome: &[u8],
     data: &Dataset,
