@@ -30,19 +30,23 @@ fn start(dir: &Path, bootstrap: Option<&str>) -> Node {
     start_logging(dir, bootstrap, "hivemesh_node=info")
 }
 
+/// `hivemesh --data-dir DIR run` on loopback ports chosen by the system.
+fn run_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir").arg(dir).args([
+        "run",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
 /// [`start`] with its own `RUST_LOG` filter.
 fn start_logging(dir: &Path, bootstrap: Option<&str>, log: &str) -> Node {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--data-dir")
-        .arg(dir)
-        .args([
-            "run",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(["--sync-interval-ms", "500"])
+    let mut cmd = run_command(dir);
+    cmd.args(["--sync-interval-ms", "500"])
         .env("RUST_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -288,16 +292,7 @@ fn sigterm_mid_job_exits_within_seconds() {
 fn run_refuses_devices_that_are_not_there_or_ambiguous() {
     let dir = tmp("devices");
     let refused = |extra: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&dir)
-            .args([
-                "run",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--http",
-                "127.0.0.1:0",
-            ])
+        let out = run_command(&dir)
             .args(extra)
             .output()
             .expect("run hivemesh");

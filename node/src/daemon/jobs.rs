@@ -168,34 +168,28 @@ impl EventLoop {
         tracing::info!(campaign = %campaign, job = %job_id, generation = job.generation, index = job.index, "job started");
         tokio::spawn(async move {
             let class = job.backend;
-            let Some(lease) = slots.acquire(class).await else {
-                let outcome = Err(JobError::NoDevice(class));
-                let _ = tx
-                    .send(JobDone {
-                        campaign,
-                        job: job_id,
-                        outcome,
+            let outcome = match slots.acquire(class).await {
+                None => Err(JobError::NoDevice(class)),
+                Some(lease) => {
+                    let device = lease.device;
+                    let ran = tokio::task::spawn_blocking(move || {
+                        executor.run(&spec, &job, device, &blobs, &mut |p| {
+                            tracing::debug!(job = %job_id, step = p.step, %device, "training");
+                        })
                     })
                     .await;
-                return;
-            };
-            let device = lease.device;
-            let ran = tokio::task::spawn_blocking(move || {
-                executor.run(&spec, &job, device, &blobs, &mut |p| {
-                    tracing::debug!(job = %job_id, step = p.step, %device, "training");
-                })
-            })
-            .await;
-            drop(lease);
-            let outcome = match ran {
-                Ok(Ok(mut done)) => {
-                    if fault == Some(Fault::Lie) {
-                        done.result = lie(done.result);
+                    drop(lease);
+                    match ran {
+                        Ok(Ok(mut done)) => {
+                            if fault == Some(Fault::Lie) {
+                                done.result = lie(done.result);
+                            }
+                            Ok(done)
+                        }
+                        Ok(Err(e)) => Err(JobError::Exec(e)),
+                        Err(e) => Err(JobError::Panicked(e.to_string())),
                     }
-                    Ok(done)
                 }
-                Ok(Err(e)) => Err(JobError::Exec(e)),
-                Err(e) => Err(JobError::Panicked(e.to_string())),
             };
             let _ = tx
                 .send(JobDone {

@@ -206,6 +206,13 @@ impl Peer {
         };
         self.chain.cur.plan = plan;
         self.board.new_generation(&self.chain.cur.members);
+        // Claims on the new jobs that arrived before the generation began count from now.
+        let now = self.last_now;
+        for job in self.chain.cur.jobs.keys() {
+            for p in self.ledger.claimers(job) {
+                self.board.claimed(*p, *job, now);
+            }
+        }
     }
 
     /// Phase 4 of a step: takes jobs (members only, within capacity): claims each and asks

@@ -31,8 +31,8 @@ pub(super) struct Board {
     /// Per peer, its job time as measured here (its claim's arrival to its commitment's),
     /// smoothed over its jobs; kept across generations for the members.
     measured: HashMap<PeerKey, u64>,
-    /// Per peer, the slots (capped) and job time (0: not yet measured) its latest heartbeat
-    /// advertised.
+    /// Per peer, the slots (capped) and job time (0: not yet measured) its latest claim or
+    /// heartbeat advertised.
     advertised: HashMap<PeerKey, (u16, u32)>,
     /// This peer's own job time (its results' wall times), smoothed.
     pub(super) own_ms: Option<u64>,
