@@ -518,19 +518,28 @@ async fn post_campaign(
         zoo: true,
         files: None,
     };
-    sub.upload_blobs(zoo, |_, bytes| s.client.put_blob(bytes))
-        .await
-        .map_err(|e| match e {
-            UploadError::Prepare(e) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
-            UploadError::Put(e) => client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m)(e),
-        })?;
+    // Kept for the generation-0 estimate (a loss search's reference model).
+    let mut built = std::collections::BTreeMap::new();
+    sub.upload_blobs(zoo, |_, bytes| {
+        built.insert(
+            hivemesh_protocol::id::BlobId::of_bytes(&bytes),
+            bytes.clone(),
+        );
+        s.client.put_blob(bytes)
+    })
+    .await
+    .map_err(|e| match e {
+        UploadError::Prepare(e) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+        UploadError::Put(e) => client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m)(e),
+    })?;
     // Resolving an MNIST dataset reads files: off the async runtime.
     let file = sub.file;
-    let spec =
-        tokio::task::spawn_blocking(move || build_spec(&file, key, &connected, crate::unix_now()))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let spec = tokio::task::spawn_blocking(move || {
+        build_spec(&file, key, &connected, crate::unix_now(), &built)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let id = s
         .client
         .submit(spec)

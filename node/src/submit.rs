@@ -228,7 +228,8 @@ impl Submission {
 
 /// The spec a node signs for `file`, created `now` by `creator`: the dataset resolved (an
 /// MNIST folder is read to learn its id: call it off the async runtime), generation 0's job
-/// deadline estimated from its cost when the file names none, and, when the file names no
+/// deadline estimated from its cost when the file names none (a reference model or teacher
+/// read from `blobs`), and, when the file names no
 /// roster, the creator and the `connected` peers as the genesis roster (others join at
 /// generation boundaries).
 pub fn build_spec(
@@ -236,11 +237,12 @@ pub fn build_spec(
     creator: PeerKey,
     connected: &[PeerKey],
     now: Timestamp,
+    blobs: &dyn crate::executor::BlobSource,
 ) -> Result<CampaignSpec, CampaignFileError> {
     let dataset = resolve_dataset(&file.dataset)?;
     let mut spec = file.to_spec(creator, now, dataset)?;
     if file.schedule.job_deadline_s.is_none()
-        && let Some(ms) = crate::executor::estimate::estimate_job_ms(&spec)
+        && let Some(ms) = crate::executor::estimate::estimate_job_ms(&spec, blobs)
     {
         // Generation 0's deadline from the jobs' cost (issue 23); the floor follows it down.
         let d = crate::executor::estimate::deadline_for(ms);
@@ -264,6 +266,10 @@ mod tests {
 
     const LOSS: &str =
         "name = \"x\"\n[loss]\npopulation = 4\ngenerations = 1\nreference_model = \"zoo:mlp-16\"\n";
+
+    fn no_blobs() -> std::collections::BTreeMap<BlobId, Vec<u8>> {
+        std::collections::BTreeMap::new()
+    }
 
     fn key(i: u8) -> PeerKey {
         hivemesh_protocol::Keypair::from_secret_bytes([i; 32]).public()
@@ -291,7 +297,14 @@ mod tests {
             again.file.loss.expect("loss").reference_model,
             id.to_string()
         );
-        let spec = build_spec(&sub.file, key(1), &[key(2), key(3)], Timestamp(1)).expect("spec");
+        let spec = build_spec(
+            &sub.file,
+            key(1),
+            &[key(2), key(3)],
+            Timestamp(1),
+            &no_blobs(),
+        )
+        .expect("spec");
         assert_eq!(spec.roster.len(), 3, "creator and the connected peers");
     }
 
@@ -322,6 +335,7 @@ mod tests {
             key(1),
             &[],
             Timestamp(1),
+            &no_blobs(),
         )
         .expect("spec");
         assert!(matches!(

@@ -102,10 +102,15 @@ pub(super) async fn submit_campaign(
         zoo: true,
         files: Some(&cfg.campaign_dir),
     };
-    sub.upload_blobs(resolve, |_, bytes| async move {
-        let id = creator.put_blob(bytes).await?;
-        id.parse::<BlobId>()
-            .map_err(|e| ClusterError::Config(format!("node 0 stored a blob as {id}: {e}")))
+    // Kept for the generation-0 estimate (a reference model or teacher).
+    let mut built = std::collections::BTreeMap::new();
+    sub.upload_blobs(resolve, |_, bytes| {
+        built.insert(BlobId::of_bytes(&bytes), bytes.clone());
+        async move {
+            let id = creator.put_blob(bytes).await?;
+            id.parse::<BlobId>()
+                .map_err(|e| ClusterError::Config(format!("node 0 stored a blob as {id}: {e}")))
+        }
     })
     .await
     .map_err(|e| match e {
@@ -113,7 +118,13 @@ pub(super) async fn submit_campaign(
         UploadError::Put(e) => e,
     })?;
     let creator_key = node_key(cfg.seed, 0).public();
-    let spec = build_spec(&sub.file, creator_key, &[], hivemesh_node::unix_now())?;
+    let spec = build_spec(
+        &sub.file,
+        creator_key,
+        &[],
+        hivemesh_node::unix_now(),
+        &built,
+    )?;
     check_roster(&spec)?;
     let id = match creator {
         Handle::InProcess(client) => client.submit(spec.clone()).await?,
