@@ -130,5 +130,18 @@ mod tests {
         assert_eq!(c.listen.map(|l| l.len()), Some(1));
         assert!(toml::from_str::<FileConfig>("jbos = 2\n").is_err());
         assert!(toml::from_str::<FileConfig>("listen = [\"not an addr\"]\n").is_err());
+        let d: FileConfig = toml::from_str("devices = [\"cpu\", \"cuda:0\"]\n").expect("valid");
+        assert_eq!(
+            d.devices,
+            Some(vec!["cpu".to_string(), "cuda:0".to_string()])
+        );
+        // The shipped example parses, with its commented-out devices line switched on too.
+        let example = include_str!("../../examples/node.toml");
+        toml::from_str::<FileConfig>(example).expect("examples/node.toml parses");
+        let on = example
+            .replace("jobs = 1 ", "# jobs = 1 ")
+            .replace("# devices = ", "devices = ");
+        let c = toml::from_str::<FileConfig>(&on).expect("with devices");
+        assert!(c.devices.is_some() && c.jobs.is_none());
     }
 }
