@@ -139,10 +139,12 @@ impl<'a> Look<'a> {
         f(entry)
     }
 
-    /// Whether `p`'s claim on `job` holds the job: `p` finished it, or it is among the
-    /// unfinished claims `p`'s slots cover.
+    /// Whether `p`'s claim on `job` holds the job: `p` is a member and finished it, or the
+    /// job is among the unfinished claims `p`'s slots cover. A non-member's claim (a pending
+    /// joiner's) holds nothing: only members run jobs.
     fn counts(&self, p: &PeerKey, job: &JobId) -> bool {
-        !self.peer.unfinished(p, job) || self.with_open(p, |(held, _)| held.contains(job))
+        self.peer.chain.cur.members.binary_search(p).is_ok()
+            && (!self.peer.unfinished(p, job) || self.with_open(p, |(held, _)| held.contains(job)))
     }
 
     /// The claimers of `job` whose claim counts.
@@ -587,5 +589,40 @@ mod tests {
             stolen, expected,
             "every queued job, from the back; not the running one"
         );
+    }
+
+    /// The jobs this peer (64 slots, in a two-member campaign) takes at its first look, after
+    /// a joiner that is no member announced itself with 64 slots and claimed every job, or not.
+    fn taken_beside_a_joiner(flood: bool) -> Vec<JobId> {
+        let (mut peer, _other, now) = pair(64);
+        peer.config.capacity = 0;
+        let joiner = Keypair::from_secret_bytes([3; 32]);
+        if flood {
+            let hb = crate::message::Heartbeat {
+                campaign: peer.campaign(),
+                generation: 0,
+                running: 0,
+                capacity: 64,
+                job_ms: 1,
+                issued_at: now,
+            };
+            let hb = AnySigned::Heartbeat(Signed::sign_and_encode(hb, &joiner).expect("signs"));
+            let _ = peer.handle(PeerInput::Message(hb), now);
+            let jobs: Vec<JobId> = peer.chain.cur.jobs.keys().copied().collect();
+            for j in jobs {
+                let _ = peer.handle(claim(&peer, &joiner, j, 64, now), now);
+            }
+        }
+        peer.config.capacity = 64;
+        let mut taken = executed(&peer.handle(PeerInput::Tick, now));
+        taken.sort();
+        taken
+    }
+
+    #[test]
+    fn a_joiners_claims_hold_no_job() {
+        let alone = taken_beside_a_joiner(false);
+        assert!(!alone.is_empty());
+        assert_eq!(taken_beside_a_joiner(true), alone);
     }
 }
