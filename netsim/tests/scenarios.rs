@@ -230,6 +230,23 @@ fn queued_slow_and_uneven_executors_void_nothing_and_fast_nodes_take_more() {
     }
 }
 
+/// Issue 23, bad input: a member advertising the most slots the protocol counts (64) claims
+/// every job it may and finishes none. Its claims hold jobs only until they are overdue, then
+/// the honest nodes run them: nothing is void and no job runs more than `r` times.
+#[test]
+fn a_member_hoarding_claims_voids_nothing() {
+    for r in runs("scheduling/hoarder") {
+        assert_eq!(r.void_entries, 0, "seed {}: {}", r.seed, describe(&r));
+        assert_eq!(r.settled_entries, 80, "seed {}", r.seed);
+        assert!(
+            r.executions <= 80 * 3,
+            "seed {}: {} honest executions",
+            r.seed,
+            r.executions
+        );
+    }
+}
+
 #[test]
 fn partition_heals_to_one_ledger() {
     for r in runs("partition") {
