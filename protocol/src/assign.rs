@@ -8,10 +8,10 @@
 //! node computes exactly the same order. The seed comes from the previous closure, so no one
 //! can grind an identity that ranks first for a job in advance.
 //!
-//! The top `r` run a job. [`eligible`] widens the set over time — one more rank each time the
-//! job deadline passes without a quorum, and idle peers may take a job within the widened set
-//! early while fewer than `r` peers have claimed it (its ranked executors are busy elsewhere)
-//! — never beyond `r + max_extra`.
+//! The top `r` (the job's *owners*) run a job. [`eligible`] widens the set over time — one more
+//! rank each time the job deadline passes after the job's due round — never beyond
+//! `r + max_extra`. Idle peers take work over earlier by stealing and replication
+//! (`peer/scheduling.rs`, ADR 0007).
 
 use crate::id::{JobId, context, keyed_hasher};
 use crate::identity::PeerKey;
@@ -127,25 +127,18 @@ fn rank_key_from(prefix: &blake3::Hasher, p: &PeerKey, weight: u64) -> u128 {
 
 /// How many of the ranked members may run a job `elapsed_ms` after its generation started,
 /// when the job is due after `due_round` deadlines: `r`, plus one per deadline passed since
-/// it was due, plus `max_extra` for an idle peer — at most `r + max_extra` (and at most the
-/// number of members).
+/// it was due — at most `r + max_extra` (and at most the number of members).
 pub fn eligible(
     r: usize,
     max_extra: usize,
     elapsed_ms: u64,
     deadline_ms: u64,
     due_round: u64,
-    idle: bool,
     members: usize,
 ) -> usize {
     let rounds = (elapsed_ms / deadline_ms.max(1)).saturating_sub(due_round.max(1) - 1);
     let passed = usize::try_from(rounds).unwrap_or(usize::MAX);
-    let extra = if idle {
-        max_extra
-    } else {
-        passed.min(max_extra)
-    };
-    (r + extra).min(members)
+    (r + passed.min(max_extra)).min(members)
 }
 
 #[cfg(test)]
@@ -228,14 +221,13 @@ mod tests {
 
     #[test]
     fn eligibility_grows_with_deadlines_past_the_due_round_up_to_the_bound() {
-        assert_eq!(eligible(3, 2, 0, 100, 1, false, 10), 3);
-        assert_eq!(eligible(3, 2, 150, 100, 1, false, 10), 4);
-        assert_eq!(eligible(3, 2, 10_000, 100, 1, false, 10), 5);
-        assert_eq!(eligible(3, 2, 0, 100, 1, true, 10), 5);
-        assert_eq!(eligible(3, 2, 0, 100, 1, true, 4), 4);
+        assert_eq!(eligible(3, 2, 0, 100, 1, 10), 3);
+        assert_eq!(eligible(3, 2, 150, 100, 1, 10), 4);
+        assert_eq!(eligible(3, 2, 10_000, 100, 1, 10), 5);
+        assert_eq!(eligible(3, 2, 10_000, 100, 1, 4), 4, "at most the members");
         // Due after 5 deadlines: no one else before the 5th has passed.
-        assert_eq!(eligible(3, 2, 450, 100, 5, false, 10), 3);
-        assert_eq!(eligible(3, 2, 500, 100, 5, false, 10), 4);
-        assert_eq!(eligible(3, 2, 650, 100, 5, false, 10), 5);
+        assert_eq!(eligible(3, 2, 450, 100, 5, 10), 3);
+        assert_eq!(eligible(3, 2, 500, 100, 5, 10), 4);
+        assert_eq!(eligible(3, 2, 650, 100, 5, 10), 5);
     }
 }

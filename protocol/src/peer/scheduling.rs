@@ -348,7 +348,7 @@ impl Look<'_> {
             .iter()
             .flatten()
             .filter(|(pos, _, id)| {
-                let limit = eligible(r, extra, elapsed, d, p.chain.cur.plan.due(id), false, n);
+                let limit = eligible(r, extra, elapsed, d, p.chain.cur.plan.due(id), n);
                 *pos < limit
                     && !p.exec.taken.contains(id)
                     && p.ledger.settlement(id).is_none()
