@@ -175,11 +175,15 @@ pub fn next_deadline(entries: &[Entry], previous_ms: u64, schedule: &Schedule) -
 /// Twice the 90th percentile of settled jobs' wall `times`, clamped to the schedule's bounds;
 /// `previous_ms` (clamped) when there are none.
 pub fn deadline_from_times(mut times: Vec<u64>, previous_ms: u64, schedule: &Schedule) -> u64 {
-    if times.is_empty() {
-        return previous_ms.clamp(schedule.min_deadline_ms, schedule.max_deadline_ms);
-    }
     times.sort_unstable();
-    let p90 = times[(times.len() * 9).div_ceil(10).saturating_sub(1)];
+    deadline_from_sorted(&times, previous_ms, schedule)
+}
+
+/// [`deadline_from_times`] of times already sorted (ascending).
+pub fn deadline_from_sorted(times: &[u64], previous_ms: u64, schedule: &Schedule) -> u64 {
+    let Some(p90) = times.get((times.len() * 9).div_ceil(10).saturating_sub(1)) else {
+        return previous_ms.clamp(schedule.min_deadline_ms, schedule.max_deadline_ms);
+    };
     p90.saturating_mul(2)
         .clamp(schedule.min_deadline_ms, schedule.max_deadline_ms)
 }

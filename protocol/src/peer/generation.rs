@@ -33,7 +33,7 @@ pub(super) struct Generation {
     /// Its job deadline, set by the previous closure (the spec's in generation 0).
     pub(super) deadline_ms: u64,
     /// The wall times of its jobs settled so far (each the lower median of its agreeing
-    /// executors'), in the order they settled here.
+    /// executors'), sorted.
     pub(super) settled_walls: Vec<u64>,
     /// The deadline those times call for, once [`CALIBRATE_AFTER`] jobs settled (0 before):
     /// [`Generation::deadline`] never falls below `deadline_ms`, but a generation whose jobs
@@ -62,10 +62,11 @@ impl Generation {
         if self.settled_walls.len() >= self.jobs.len() {
             return;
         }
-        self.settled_walls.push(wall_ms);
+        let at = self.settled_walls.partition_point(|w| *w <= wall_ms);
+        self.settled_walls.insert(at, wall_ms);
         if self.settled_walls.len() >= CALIBRATE_AFTER.min(self.jobs.len()) {
-            self.calibrated_ms = crate::closure::deadline_from_times(
-                self.settled_walls.clone(),
+            self.calibrated_ms = crate::closure::deadline_from_sorted(
+                &self.settled_walls,
                 self.deadline_ms,
                 schedule,
             );
