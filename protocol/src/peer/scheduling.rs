@@ -96,6 +96,8 @@ struct Look<'a> {
     mine_ms: u64,
     /// [`Look::remaining_ms`], once worked out.
     remaining: Cell<Option<u64>>,
+    /// [`Look::count`] per job asked about.
+    counts: RefCell<HashMap<JobId, usize>>,
 }
 
 impl<'a> Look<'a> {
@@ -111,6 +113,7 @@ impl<'a> Look<'a> {
             open: RefCell::new(HashMap::new()),
             mine_ms,
             remaining: Cell::new(None),
+            counts: RefCell::new(HashMap::new()),
         }
     }
 
@@ -156,6 +159,17 @@ impl<'a> Look<'a> {
             .collect()
     }
 
+    /// How many claims on `job` count (remembered for the look: a look asks about the same
+    /// jobs once per queue that holds them).
+    fn count(&self, job: &JobId) -> usize {
+        if let Some(n) = self.counts.borrow().get(job) {
+            return *n;
+        }
+        let n = self.counted(job).len();
+        self.counts.borrow_mut().insert(*job, n);
+        n
+    }
+
     /// How long `p` takes per job, as far as this peer can tell; `None` if it cannot.
     fn per_job_ms(&self, p: &PeerKey) -> Option<u64> {
         let b = &self.peer.board;
@@ -193,7 +207,7 @@ impl<'a> Look<'a> {
             .into_iter()
             .flatten()
             .take_while(|j| *j != job)
-            .filter(|j| p.unfinished(o, j) && !self.claimed_by(o, j) && self.counted(j).len() < r)
+            .filter(|j| p.unfinished(o, j) && !self.claimed_by(o, j) && self.count(j) < r)
             .count() as u64;
         let per_job = self.per_job_ms(o).unwrap_or(self.mine_ms);
         owner_finish_ms(ahead, p.board.slots(o), per_job)
@@ -214,7 +228,7 @@ impl<'a> Look<'a> {
             .jobs
             .keys()
             .filter(|j| p.ledger.settlement(j).is_none())
-            .map(|j| r.saturating_sub(self.counted(j).len()) as u128)
+            .map(|j| r.saturating_sub(self.count(j)) as u128)
             .sum();
         // Jobs per 10^9 ms.
         let rate: u128 = p
@@ -352,7 +366,7 @@ impl Look<'_> {
                 *pos < limit
                     && !p.exec.taken.contains(id)
                     && p.ledger.settlement(id).is_none()
-                    && self.counted(id).len() < if *pos < r { r } else { limit }
+                    && self.count(id) < if *pos < r { r } else { limit }
                     && !self.would_be_the_tail(id, elapsed)
             })
             .map(|(_, _, id)| *id)
