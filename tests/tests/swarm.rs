@@ -720,6 +720,22 @@ async fn node_and_raw_peer(
 
 /// A claim for campaign `id` signed by a fresh key and then tampered with (a bad signature: every
 /// honest node rejects it), distinct for each `n`.
+/// A one-slot join heartbeat for campaign `id`, signed by `key` (a fresh joiner's first word).
+fn join_heartbeat(
+    id: hivemesh_protocol::CampaignId,
+    key: &hivemesh_protocol::Keypair,
+) -> hivemesh_protocol::envelope::Signed<hivemesh_protocol::message::Heartbeat> {
+    let hb = hivemesh_protocol::message::Heartbeat {
+        campaign: id,
+        generation: 0,
+        running: 0,
+        capacity: 1,
+        job_ms: 0,
+        issued_at: hivemesh_node::unix_now(),
+    };
+    hivemesh_protocol::envelope::Signed::sign_and_encode(hb, key).expect("sign")
+}
+
 fn forged_claim(id: hivemesh_protocol::CampaignId, n: u8) -> Vec<u8> {
     use hivemesh_protocol::envelope::Signed;
     use hivemesh_protocol::message::Claim;
@@ -739,8 +755,7 @@ fn forged_claim(id: hivemesh_protocol::CampaignId, n: u8) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_in_the_mesh_is_banned_within_three_rejected_messages() {
-    use hivemesh_protocol::envelope::{AnySigned, Signed};
-    use hivemesh_protocol::message::Heartbeat;
+    use hivemesh_protocol::envelope::AnySigned;
     use hivemesh_tests::raw_peer::{until_node, until_swarm};
     use libp2p::swarm::SwarmEvent;
 
@@ -750,15 +765,7 @@ async fn a_peer_in_the_mesh_is_banned_within_three_rejected_messages() {
     // Bank credit first: valid join heartbeats (fresh keys) the node accepts and it delivers
     // first (P2), while it sits in the node's mesh (P1).
     for i in 0..5 {
-        let hb = Heartbeat {
-            campaign: id,
-            generation: 0,
-            running: 0,
-            capacity: 1,
-            job_ms: 0,
-            issued_at: hivemesh_node::unix_now(),
-        };
-        let signed = Signed::sign_and_encode(hb, &test_key(300 + i)).expect("sign");
+        let signed = join_heartbeat(id, &test_key(300 + i));
         let mid = AnySigned::Heartbeat(signed.clone()).id();
         peer.behaviour_mut()
             .gossipsub
@@ -963,26 +970,13 @@ async fn a_members_copies_are_neither_stored_nor_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_from_fresh_keys_are_stored_only_up_to_the_joiner_pool() {
-    use hivemesh_protocol::envelope::Signed;
-    use hivemesh_protocol::message::Heartbeat;
     use hivemesh_protocol::peer::PeerConfig;
 
     let (_dir, mut node, mut peer, topic, id) = node_and_raw_peer("sybil").await;
     let before = node.client.status().await.expect("up").messages_validated;
     let sent: u64 = 300;
     let heartbeats: Vec<Vec<u8>> = (0..sent)
-        .map(|i| {
-            let hb = Heartbeat {
-                campaign: id,
-                generation: 0,
-                running: 0,
-                capacity: 1,
-                job_ms: 0,
-                issued_at: hivemesh_node::unix_now(),
-            };
-            let signed = Signed::sign_and_encode(hb, &test_key(10_000 + i)).expect("sign");
-            signed.bytes().to_vec()
-        })
+        .map(|i| join_heartbeat(id, &test_key(10_000 + i)).bytes().to_vec())
         .collect();
     // Every heartbeat gets a verdict: accepted (stored, forwarded) or unwanted (neither).
     let (kept, unwanted) =
