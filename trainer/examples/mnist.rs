@@ -185,9 +185,8 @@ fn on_progress(pb: &ProgressBar) -> impl FnMut(&Progress) + '_ {
 }
 
 fn load(dir: &std::path::Path) -> Result<(Dataset, Splits)> {
-    let (data, test_from) =
-        load_mnist(dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
-    let splits = data.default_splits(Some(test_from));
+    let data = load_mnist(dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
+    let splits = data.default_splits();
     Ok((data, splits))
 }
 

@@ -23,6 +23,28 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// A cell of a table (CSV) is wrong: `file:row:col` (1-based, rows as lines of the file).
+    #[error("{}:{row}:{col}: {reason}", path.display())]
+    At {
+        /// The file.
+        path: PathBuf,
+        /// The line.
+        row: usize,
+        /// The column.
+        col: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A member of an archive (`.npz`) or a file of a folder is wrong.
+    #[error("{} ({member}): {reason}", path.display())]
+    Member {
+        /// The archive or folder.
+        path: PathBuf,
+        /// The member or file inside it.
+        member: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The data is readable but inconsistent (labels, sizes, ranges).
     #[error("invalid dataset: {0}")]
     Invalid(String),

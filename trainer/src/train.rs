@@ -438,7 +438,7 @@ pub fn check_fit(
     }
     arch.shapes().map_err(|e| TrainError::Arch(e.to_string()))?;
     if let Some(budget) = limits.memory_budget {
-        let needed = estimate_bytes(arch, batch)? + data.pixels.len() as u64;
+        let needed = estimate_bytes(arch, batch)? + data.values.byte_len();
         if needed > budget {
             return Err(TrainError::MemoryBudget { needed, budget });
         }

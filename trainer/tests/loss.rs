@@ -42,7 +42,7 @@ fn scaled_ce(c0: f32) -> Expr {
 #[test]
 fn the_cross_entropy_expression_trains_as_well_as_built_in_cross_entropy() {
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let arch = digits_mlp(&[32], &[1]);
     let b = budget();
     let ce = Expr::cross_entropy();
@@ -82,7 +82,7 @@ fn the_cross_entropy_expression_trains_as_well_as_built_in_cross_entropy() {
 #[test]
 fn tuning_raises_a_too_small_loss_scale_and_is_deterministic() {
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let arch = digits_mlp(&[32], &[1]);
     let b = Budget {
         epochs: 1,
@@ -134,7 +134,7 @@ fn tuning_raises_a_too_small_loss_scale_and_is_deterministic() {
 #[test]
 fn an_overflowing_loss_is_a_failed_job_not_a_panic() {
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let arch = digits_mlp(&[32], &[1]);
     let b = budget();
     // mean(sum(square(square(square(exp(z · 20)))))) overflows to infinity.

@@ -36,7 +36,7 @@ fn run(arch: &Architecture, budget: &Budget, seed: u64, splits: &Splits) -> NasR
 
 #[test]
 fn an_mlp_learns_the_digits_and_the_same_spec_gives_identical_results() {
-    let splits = digits().default_splits(None);
+    let splits = digits().default_splits();
     let a = run(&digits_mlp(&[32, 64], &[2, 0]), &budget(8), 1, &splits);
     assert!(a.accuracy() > 0.9, "accuracy {}", a.accuracy());
     assert_eq!(a.total, splits.test.len() as u64);
@@ -56,7 +56,7 @@ fn an_mlp_learns_the_digits_and_the_same_spec_gives_identical_results() {
 
 #[test]
 fn a_cnn_with_batch_norm_learns_and_concurrent_jobs_match_solo_runs() {
-    let splits = digits().default_splits(None);
+    let splits = digits().default_splits();
     let b = Budget {
         max_steps: Some(60),
         ..budget(2)
@@ -84,7 +84,7 @@ fn a_cnn_with_batch_norm_learns_and_concurrent_jobs_match_solo_runs() {
 #[test]
 fn an_ir_that_does_not_fit_the_data_names_the_layer() {
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let wrong = MlpSpace {
         input: Shape::Image { c: 1, h: 28, w: 28 },
         classes: 10,
@@ -127,7 +127,7 @@ fn an_ir_that_does_not_fit_the_data_names_the_layer() {
 #[test]
 fn a_job_over_the_memory_budget_is_refused_before_training() {
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let arch = cnn();
     let job = NasJob {
         arch: &arch,
@@ -154,7 +154,7 @@ fn a_job_over_the_memory_budget_is_refused_before_training() {
 #[test]
 fn a_job_over_the_compute_budget_is_refused_before_training() {
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let arch = digits_mlp(&[32, 64], &[2, 0]);
     // The poison budget of issue 22: a billion epochs.
     let b = Budget {
@@ -198,7 +198,7 @@ fn a_run_past_its_deadline_or_told_to_stop_ends_within_a_step() {
     use hivemesh_trainer::train::Stop;
 
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let arch = digits_mlp(&[32, 64], &[2, 0]);
     let b = Budget {
         epochs: 1_000_000,
@@ -257,7 +257,7 @@ fn a_run_past_its_deadline_or_told_to_stop_ends_within_a_step() {
 
 #[test]
 fn a_diverging_run_is_a_failure_not_a_panic() {
-    let splits = digits().default_splits(None);
+    let splits = digits().default_splits();
     let data = digits();
     let arch = digits_mlp(&[32, 64], &[2, 0]);
     let b = Budget {
@@ -280,7 +280,7 @@ fn a_diverging_run_is_a_failure_not_a_panic() {
 #[test]
 fn progress_is_reported_every_step() {
     let data = digits();
-    let splits = data.default_splits(None);
+    let splits = data.default_splits();
     let arch = digits_mlp(&[32, 64], &[2, 0]);
     let b = Budget {
         max_steps: Some(25),

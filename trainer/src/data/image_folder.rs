@@ -1,0 +1,1 @@
+//! An image folder in torchvision's ImageFolder layout (`root/class/*.png|jpg`).

@@ -1,0 +1,1 @@
+//! NumPy `.npy` arrays and `.npz` archives (members `x` and `y`).
