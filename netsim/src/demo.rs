@@ -92,6 +92,7 @@ fn spec(cfg: &DemoConfig) -> CampaignSpec {
             id: BlobId::of_bytes(b"demo: no dataset is read"),
             name: "digits-8x8".into(),
             sources: vec!["builtin:digits".into()],
+            bytes: 1 << 20,
         },
         budget: TrainingBudget {
             epochs: 1,

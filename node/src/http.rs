@@ -21,6 +21,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::daemon::{Client, ClientError};
+
+pub mod datasets;
 use crate::fetch::MAX_BLOB_LEN;
 use crate::submit::{Resolve, Submission, UploadError, build_spec};
 
@@ -184,6 +186,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
             headers: &[("Authorization", "Bearer <token>")],
             body: "<bytes>",
             output: "{\"id\":\"<64 hex digits>\",\"bytes\":1234}",
+        }],
+    },
+    Endpoint {
+        uri: "/datasets",
+        input_methods: &["POST"],
+        input_query: "format (mnist, csv, npy, npz, image-folder, cifar10, text, blob; guessed from name), name (the file's name), label (CSV label column: header name or 0-based index), header (true/false), shape (CxHxW or a length)",
+        input_headers: "Authorization: Bearer <DATA_DIR/api.token>",
+        input_body: "a dataset file (CSV, .npz, a CIFAR-10 batch, UTF-8 text) or a canonical dataset blob, at most 256 MiB; folder formats are converted by `hivemesh dataset add`, which posts the blob",
+        output: "201 {\"id\":\"<dataset id>\",\"bytes\":<blob size>,\"samples\":n,\"shape\":\"1x8x8\",\"classes\":10,\"summary\":\"…\"}; 400 naming the file, row and column of bad input",
+        documentation: "Convert a dataset into its canonical blob (ADR 0008), store it and announce this node as its provider; campaign files name it `dataset = \"blob:ID\"`. Executors fetch it from peers before their first job.",
+        example_calls: &[ExampleCall {
+            method: "POST",
+            query: "name=iris.csv&label=species",
+            headers: &[("Authorization", "Bearer <token>")],
+            body: "sepal,petal,species\n5.1,1.4,setosa\n…",
+            output: "{\"id\":\"<64 hex digits>\",\"samples\":150,\"shape\":\"2\",\"classes\":3,\"class_names\":[\"setosa\",…]}",
         }],
     },
     Endpoint {
@@ -513,13 +531,28 @@ async fn post_campaign(
     let connected = s.client.connected_keys().await.map_err(stopped)?;
     let mut sub =
         Submission::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    // Kept for checking the dataset and the generation-0 estimate (a loss search's reference
+    // model).
+    let mut built = std::collections::BTreeMap::new();
+    if let Ok(crate::campaign_file::DatasetSource::Blob(id)) =
+        crate::campaign_file::DatasetSource::parse(&sub.file.dataset)
+    {
+        // An uploaded dataset: from the store, or else from the peers that provide it.
+        let bytes = s
+            .client
+            .fetch_blob(id)
+            .await
+            .map_err(client_error(StatusCode::BAD_REQUEST, |m| {
+                format!("dataset blob:{id}: {m}")
+            }))?;
+        sub.know_dataset(&bytes);
+        built.insert(id, bytes);
+    }
     // A zoo reference model is built here and stored (and announced) before the campaign is.
     let zoo = Resolve {
         zoo: true,
         files: None,
     };
-    // Kept for the generation-0 estimate (a loss search's reference model).
-    let mut built = std::collections::BTreeMap::new();
     sub.upload_blobs(zoo, |_, bytes| {
         built.insert(
             hivemesh_protocol::id::BlobId::of_bytes(&bytes),
@@ -532,7 +565,7 @@ async fn post_campaign(
         UploadError::Prepare(e) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
         UploadError::Put(e) => client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m)(e),
     })?;
-    // Resolving an MNIST dataset reads files: off the async runtime.
+    // Checking the dataset decodes it: off the async runtime.
     let file = sub.file;
     let spec = tokio::task::spawn_blocking(move || {
         build_spec(&file, key, &connected, crate::unix_now(), &built)
@@ -729,6 +762,8 @@ fn handler(uri: &str) -> Option<MethodRouter<ApiState>> {
             axum::routing::post(post_blob).layer(DefaultBodyLimit::max(MAX_BLOB_LEN as usize))
         }
         "/blobs/{id}" => get(get_blob),
+        "/datasets" => axum::routing::post(datasets::post_dataset)
+            .layer(DefaultBodyLimit::max(MAX_BLOB_LEN as usize)),
         "/metrics" => get(get_metrics),
         "/peers/{peer_id}/block" => axum::routing::post(block_peer).delete(unblock_peer),
         "/peers/dial" => axum::routing::post(dial_peer).layer(DefaultBodyLimit::max(MAX_DIAL_LEN)),

@@ -15,6 +15,7 @@ use hivemesh_node::store::{DataDirLock, STORE_FILE};
 use hivemesh_node::submit::{BlobRef, Resolve, Submission, UploadError};
 use hivemesh_node::{http, identity};
 use hivemesh_protocol::id::BlobId;
+use hivemesh_trainer::data::{ReadOptions, read_dataset};
 use libp2p::Multiaddr;
 
 /// mimalloc instead of the system allocator: training and the swarm allocate many short-lived
@@ -83,6 +84,10 @@ enum Command {
     /// the running node.
     #[command(subcommand)]
     Blob(BlobCmd),
+    /// Upload datasets: convert a file (CSV, NumPy, MNIST IDX, an image folder, CIFAR-10,
+    /// text) into its canonical blob, which executors fetch from peers.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
     /// The running node's state: peers, jobs, campaigns.
     Status(ApiArgs),
 }
@@ -109,6 +114,43 @@ enum BlobCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetCmd {
+    /// Convert a dataset into its canonical blob, store it in the running node and announce
+    /// it; prints the dataset id (what `dataset = "blob:ID"` names), samples, shape and
+    /// classes. A campaign file may instead say `dataset = "file:PATH"`: `campaign submit`
+    /// then converts and uploads it itself.
+    Add {
+        /// A file (CSV/TSV, .npz, text, a CIFAR-10 .bin batch, a dataset blob) or a folder
+        /// (MNIST's four IDX files, x.npy + y.npy, CIFAR-10's batches, or class folders of
+        /// images).
+        path: PathBuf,
+        #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// How to read a dataset file.
+#[derive(Debug, Args)]
+struct ReadArgs {
+    /// The format: mnist, csv, npy, npz, image-folder, cifar10, text or blob [default: from
+    /// the path].
+    #[arg(long)]
+    format: Option<String>,
+    /// CSV: the label column, a header name or a 0-based index [default: the last column].
+    #[arg(long)]
+    label: Option<String>,
+    /// CSV: whether the first row names the columns [default: guessed].
+    #[arg(long)]
+    header: Option<bool>,
+    /// A sample's shape, CxHxW or a length (CSV: how to view the features; image folders:
+    /// the size every image is resized to, required).
+    #[arg(long)]
+    shape: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +303,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Campaign(cmd) => runtime()?.block_on(campaign(&cli.data_dir, cmd)),
         Command::Blob(cmd) => runtime()?.block_on(blob(&cli.data_dir, cmd)),
+        Command::Dataset(DatasetCmd::Add { path, read, api }) => {
+            runtime()?.block_on(dataset_add(&cli.data_dir, &path, read, &api))
+        }
         Command::Status(api) => runtime()?.block_on(async {
             let r = get(&cli.data_dir, &api, "/status").await?;
             if api.json {
@@ -665,11 +710,22 @@ async fn upload_file_blobs(
         files: Some(campaign.parent().unwrap_or(Path::new("."))),
     };
     sub.upload_blobs(files, |blob, bytes| {
-        let path = match &blob.source {
-            BlobRef::File(p) => p.clone(),
-            BlobRef::Zoo(_) => PathBuf::new(),
+        let (path, dataset) = match &blob.source {
+            BlobRef::File(p) => (p.clone(), false),
+            BlobRef::Dataset { path, .. } => (path.clone(), true),
+            BlobRef::Zoo(_) => (PathBuf::new(), false),
         };
         async move {
+            if dataset {
+                let v = post_dataset(data_dir, api, &path, bytes).await?;
+                let id: BlobId = v["id"].as_str().unwrap_or("?").parse()?;
+                eprintln!(
+                    "uploaded the dataset {} as blob {id}: {}",
+                    path.display(),
+                    v["summary"].as_str().unwrap_or("")
+                );
+                return anyhow::Ok(id);
+            }
             let id = put_blob_bytes(data_dir, api, &path, bytes).await?;
             eprintln!("uploaded {} as blob {id}", path.display());
             anyhow::Ok(id)
@@ -681,6 +737,79 @@ async fn upload_file_blobs(
         UploadError::Put(e) => e,
     })?;
     Ok(())
+}
+
+/// `hivemesh dataset add`: converts here, posts the canonical blob, prints what it is.
+async fn dataset_add(
+    data_dir: &Path,
+    path: &Path,
+    read: ReadArgs,
+    api: &ApiArgs,
+) -> anyhow::Result<()> {
+    let opts = ReadOptions {
+        format: read
+            .format
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("--format: {e}"))?,
+        label: read.label,
+        header: read.header,
+        shape: read.shape,
+    };
+    eprintln!("reading {} …", path.display());
+    let dataset = read_dataset(path, &opts)?;
+    let blob = dataset.blob.encode();
+    let v = post_dataset(data_dir, api, path, blob).await?;
+    if api.json {
+        say!("{v}");
+        return Ok(());
+    }
+    say!("{}", v["id"].as_str().unwrap_or("?"));
+    eprintln!("{}: {}", path.display(), dataset.blob.summary());
+    eprintln!("{} bytes as a dataset blob", v["bytes"]);
+    if let Some(names) = &dataset.class_names {
+        let shown: Vec<String> = names
+            .iter()
+            .take(20)
+            .enumerate()
+            .map(|(i, n)| format!("{i}={n}"))
+            .collect();
+        let more = if names.len() > 20 { ", …" } else { "" };
+        eprintln!("classes: {}{more}", shown.join(", "));
+    }
+    Ok(())
+}
+
+/// Posts a canonical dataset blob to `POST /datasets`; returns the node's description.
+async fn post_dataset(
+    data_dir: &Path,
+    api: &ApiArgs,
+    file: &Path,
+    blob: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let auth = bearer(data_dir)?;
+    let addr = api_addr(data_dir, api);
+    let r = api_client::request(
+        addr,
+        "POST",
+        "/datasets?format=blob",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &blob,
+    )
+    .await?;
+    if r.status != 201 {
+        bail!(
+            "the node refused the dataset {} ({}): {}",
+            file.display(),
+            r.status,
+            r.error_message()
+        );
+    }
+    Ok(serde_json::from_slice(&r.body)?)
 }
 
 async fn blob(data_dir: &Path, cmd: BlobCmd) -> anyhow::Result<()> {

@@ -20,7 +20,13 @@ use hivemesh_protocol::identity::PeerKey;
 use hivemesh_protocol::spec::{CampaignSpec, MAX_ROSTER, SpecError};
 use hivemesh_protocol::time::Timestamp;
 
-use crate::campaign_file::{CampaignFile, CampaignFileError, resolve_dataset, zoo_model};
+use hivemesh_evolve::arch::Shape;
+use hivemesh_trainer::data::{Format, read_dataset};
+
+use crate::campaign_file::dataset::shape_of;
+use crate::campaign_file::{
+    CampaignFile, CampaignFileError, DataFile, DatasetSource, resolve_dataset, zoo_model,
+};
 
 /// Why a node refuses to submit a campaign spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +85,9 @@ pub enum SubmitError {
     /// The file is not a valid campaign file, or a `zoo:` model does not exist.
     #[error(transparent)]
     File(#[from] CampaignFileError),
+    /// A `file:` dataset could not be read or converted.
+    #[error("dataset: {0}")]
+    Dataset(#[from] hivemesh_trainer::DataError),
     /// A `file:PATH` blob could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -107,12 +116,19 @@ pub enum BlobRef {
     Zoo(String),
     /// `file:PATH`: a file, relative to the base folder.
     File(PathBuf),
+    /// `dataset = "file:PATH"` or `"mnist:DIR"`: a dataset file to convert into its blob.
+    Dataset {
+        /// The file or folder, relative to the base folder.
+        path: PathBuf,
+        /// The format the form implies (`mnist:`).
+        format: Option<Format>,
+    },
 }
 
 /// A blob a campaign file names by reference, to be stored before the campaign is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingBlob {
-    /// The field, as `table.key` (`loss.reference_model`, `distill.teacher`).
+    /// The field, as `table.key` (`loss.reference_model`, `distill.teacher`), or `dataset`.
     pub field: &'static str,
     /// The reference.
     pub source: BlobRef,
@@ -138,6 +154,8 @@ pub struct Submission {
     text: String,
     /// Whether a blob reference was replaced (the text no longer matches).
     changed: bool,
+    /// The dataset's sample shape and classes, once known (for zoo models).
+    dataset_shape: Option<(Shape, u32)>,
 }
 
 impl Submission {
@@ -150,6 +168,7 @@ impl Submission {
             table,
             text: text.to_string(),
             changed: false,
+            dataset_shape: None,
         })
     }
 
@@ -162,9 +181,21 @@ impl Submission {
         }
     }
 
-    /// The blob references `resolve` asks to resolve here, in field order.
+    /// The blob references `resolve` asks to resolve here: the dataset first (zoo models are
+    /// built for it), then the others in field order.
     pub fn pending(&mut self, resolve: Resolve<'_>) -> Vec<PendingBlob> {
         let mut out = Vec::new();
+        if let (Some(base), Ok(DatasetSource::File { path, format })) =
+            (resolve.files, DatasetSource::parse(&self.file.dataset))
+        {
+            out.push(PendingBlob {
+                field: "dataset",
+                source: BlobRef::Dataset {
+                    path: base.join(path),
+                    format,
+                },
+            });
+        }
         for (field, value) in self.file.blob_refs_mut() {
             let source = if let Some(name) = value.strip_prefix("zoo:") {
                 resolve.zoo.then(|| BlobRef::Zoo(name.to_string()))
@@ -178,19 +209,58 @@ impl Submission {
         out
     }
 
-    /// A pending blob's bytes: the zoo model built for the file's dataset, or the file read.
+    /// A pending blob's bytes: the zoo model built for the file's dataset, the file read, or
+    /// the dataset converted into its canonical blob.
     pub fn bytes(&self, blob: &PendingBlob) -> Result<Vec<u8>, SubmitError> {
         match &blob.source {
-            BlobRef::Zoo(name) => Ok(zoo_model(name, &self.file.dataset)?),
+            BlobRef::Zoo(name) => {
+                let (shape, classes) = self.dataset_shape()?;
+                Ok(zoo_model(name, shape, classes)?)
+            }
             BlobRef::File(path) => std::fs::read(path).map_err(|source| SubmitError::Read {
                 path: path.clone(),
                 source,
             }),
+            BlobRef::Dataset { path, format } => {
+                let mut opts = self
+                    .file
+                    .data
+                    .as_ref()
+                    .map(DataFile::read_options)
+                    .transpose()?
+                    .unwrap_or_default();
+                opts.format = format.or(opts.format);
+                Ok(read_dataset(path, &opts)?.blob.encode())
+            }
         }
+    }
+
+    /// Learns the dataset's shape from its blob (a node resolving `blob:ID` itself).
+    pub fn know_dataset(&mut self, bytes: &[u8]) {
+        self.dataset_shape = shape_of(bytes);
+    }
+
+    /// The dataset's sample shape and classes: the embedded digits, or a dataset uploaded or
+    /// made known ([`Submission::know_dataset`]) before.
+    fn dataset_shape(&self) -> Result<(Shape, u32), CampaignFileError> {
+        if self.file.dataset == "builtin:digits" {
+            let d = hivemesh_trainer::data::digits();
+            return Ok((d.shape, d.classes));
+        }
+        self.dataset_shape.ok_or_else(|| CampaignFileError::Field {
+            field: "loss.reference_model",
+            reason: format!(
+                "a zoo model is built for the dataset, and {} is not known here yet",
+                self.file.dataset
+            ),
+        })
     }
 
     /// Names the stored blob by its id in the file and the table.
     pub fn set_blob(&mut self, field: &str, id: BlobId) {
+        if field == "dataset" {
+            return self.set_dataset(id);
+        }
         for (f, value) in self.file.blob_refs_mut() {
             if f == field {
                 *value = id.to_string();
@@ -201,6 +271,37 @@ impl Submission {
         {
             t.insert(key.into(), toml::Value::String(id.to_string()));
         }
+        self.changed = true;
+    }
+
+    /// Names the uploaded dataset `blob:ID`, keeping the file's name as the dataset's.
+    fn set_dataset(&mut self, id: BlobId) {
+        let stem = match DatasetSource::parse(&self.file.dataset) {
+            Ok(DatasetSource::File { path, .. }) => Path::new(&path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| n.split('.').next().unwrap_or(n).to_string())
+                .filter(|n| !n.is_empty() && n.len() <= 64),
+            _ => None,
+        };
+        let data = self.file.data.get_or_insert_with(DataFile::default);
+        if data.name.is_none()
+            && let Some(stem) = stem
+        {
+            data.name = Some(stem.clone());
+            let t = self
+                .table
+                .entry("data")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = t {
+                t.insert("name".into(), toml::Value::String(stem));
+            }
+        }
+        self.file.dataset = format!("blob:{id}");
+        self.table.insert(
+            "dataset".into(),
+            toml::Value::String(self.file.dataset.clone()),
+        );
         self.changed = true;
     }
 
@@ -218,6 +319,9 @@ impl Submission {
         let mut stored = Vec::new();
         for blob in self.pending(resolve) {
             let bytes = self.bytes(&blob)?;
+            if blob.field == "dataset" {
+                self.know_dataset(&bytes);
+            }
             let id = put(&blob, bytes).await.map_err(UploadError::Put)?;
             self.set_blob(blob.field, id);
             stored.push((blob, id));
@@ -227,7 +331,7 @@ impl Submission {
 }
 
 /// The spec a node signs for `file`, created `now` by `creator`: the dataset resolved (an
-/// MNIST folder is read to learn its id: call it off the async runtime), generation 0's job
+/// uploaded blob is decoded from `blobs` to check it: call it off the async runtime), generation 0's job
 /// deadline estimated from its cost when the file names none (a reference model or teacher
 /// read from `blobs`), and, when the file names no
 /// roster, the creator and the `connected` peers as the genesis roster (others join at
@@ -239,7 +343,7 @@ pub fn build_spec(
     now: Timestamp,
     blobs: &dyn crate::executor::BlobSource,
 ) -> Result<CampaignSpec, CampaignFileError> {
-    let dataset = resolve_dataset(&file.dataset)?;
+    let dataset = resolve_dataset(&file.dataset, file.data.as_ref(), blobs)?;
     let mut spec = file.to_spec(creator, now, dataset)?;
     if file.schedule.job_deadline_s.is_none()
         && let Some(ms) = crate::executor::estimate::estimate_job_ms(&spec, blobs)

@@ -158,14 +158,60 @@ fn jobs_this_node_cannot_run_are_errors_not_results() {
 
     let mut wrong_data = nas_campaign();
     wrong_data.dataset.id = BlobId::of_bytes(b"not the digits");
-    wrong_data.dataset.sources = vec!["builtin:digits".into(), "builtin:cifar".into()];
     let job = first_job(&wrong_data);
     let e = run(&wrong_data, &job, &Blobs::new()).expect_err("refused");
-    let msg = e.to_string();
-    assert!(
-        msg.contains("builtin:digits: has id") && msg.contains("no built-in dataset `cifar`"),
-        "{msg}"
+    assert!(e.to_string().contains("embedded digits have id"), "{e}");
+    wrong_data.dataset.sources = vec!["builtin:cifar".into()];
+    let job = first_job(&wrong_data);
+    let e = run(&wrong_data, &job, &Blobs::new()).expect_err("refused");
+    assert!(e.to_string().contains("no built-in dataset `cifar`"), "{e}");
+    // An uploaded dataset this node has not fetched.
+    wrong_data.dataset.sources = Vec::new();
+    let job = first_job(&wrong_data);
+    let e = run(&wrong_data, &job, &Blobs::new()).expect_err("refused");
+    assert!(matches!(e, ExecError::Data { .. }), "{e}");
+    assert!(e.to_string().contains("not in the store"), "{e}");
+}
+
+#[test]
+fn a_dataset_blob_trains_like_the_builtin_and_a_broken_one_fails_the_job() {
+    use hivemesh_trainer::data::{DatasetBlob, digits};
+    let builtin = nas_campaign();
+    let blob = DatasetBlob::Samples(digits()).encode();
+    let mut uploaded = nas_campaign();
+    uploaded.dataset.sources = Vec::new();
+    uploaded.dataset.bytes = blob.len() as u64;
+    assert_eq!(
+        uploaded.dataset.id,
+        BlobId::of_bytes(&blob),
+        "the dataset id is the blob's"
     );
+    let mut blobs = Blobs::new();
+    blobs.insert(uploaded.dataset.id, blob.clone());
+    let a = run(&builtin, &first_job(&builtin), &Blobs::new()).expect("builtin");
+    let b = run(&uploaded, &first_job(&uploaded), &blobs).expect("uploaded");
+    let (Outcome::Success(a), Outcome::Success(b)) = (&a.result.outcome, &b.result.outcome) else {
+        panic!("both train: {a:?} {b:?}");
+    };
+    assert_eq!(a.total, b.total, "the same test split");
+    let again = run(&uploaded, &first_job(&uploaded), &blobs).expect("again");
+    assert_eq!(
+        again.result.outcome,
+        Outcome::Success(b.clone()),
+        "bit-identical"
+    );
+    // A blob that hashes to its id but is not a dataset: the job fails the same everywhere.
+    let junk = b"HMDS\x01\x00 not a dataset".to_vec();
+    let mut broken = nas_campaign();
+    broken.dataset.id = BlobId::of_bytes(&junk);
+    broken.dataset.sources = Vec::new();
+    blobs.insert(broken.dataset.id, junk);
+    let r = run(&broken, &first_job(&broken), &blobs).expect("a result");
+    let Outcome::Failure(f) = &r.result.outcome else {
+        panic!("{:?}", r.result.outcome);
+    };
+    assert_eq!(f.kind, FailureKind::InvalidJob);
+    assert!(f.detail.contains("dataset"), "{}", f.detail);
 }
 
 #[test]

@@ -41,6 +41,7 @@ fn spec() -> CampaignSpec {
             id: BlobId::of_bytes(b"d"),
             name: "digits-8x8".into(),
             sources: vec![],
+            bytes: 1 << 20,
         },
         budget: TrainingBudget {
             epochs: 1,

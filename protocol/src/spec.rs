@@ -107,10 +107,16 @@ pub struct DatasetRef {
     pub id: BlobId,
     /// A human-readable name, e.g. `digits-8x8`.
     pub name: String,
-    /// Where to get it: `builtin:digits`, a provider hint, a path; tried in order, and the
-    /// bytes are always checked against `id`.
+    /// Where else to get it than from peers by `id`: `builtin:digits` (every node holds it).
+    /// Empty for an uploaded dataset: executors fetch the blob `id` (ADR 0008).
     pub sources: Vec<String>,
+    /// The size of the dataset blob in bytes (1 ..= [`MAX_DATASET_BYTES`]): a node refuses a
+    /// campaign whose dataset is over its own limit, and fetches no more than this.
+    pub bytes: u64,
 }
+
+/// The largest dataset blob a campaign may name (64 GiB).
+pub const MAX_DATASET_BYTES: u64 = 64 << 30;
 
 /// How much training a job gets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +218,12 @@ impl CampaignSpec {
             return Err(field(
                 "dataset.name",
                 format!("must be 1 to {MAX_NAME_LEN} bytes"),
+            ));
+        }
+        if !(1..=MAX_DATASET_BYTES).contains(&self.dataset.bytes) {
+            return Err(field(
+                "dataset.bytes",
+                format!("must be 1 to {MAX_DATASET_BYTES}"),
             ));
         }
         if self.dataset.sources.len() > 8 || self.dataset.sources.iter().any(|s| s.len() > 256) {
@@ -349,6 +361,7 @@ pub(crate) mod tests {
                 id: BlobId::of_bytes(b"digits"),
                 name: "digits-8x8".into(),
                 sources: vec!["builtin:digits".into()],
+                bytes: 1 << 20,
             },
             budget: TrainingBudget {
                 epochs: 2,

@@ -234,7 +234,12 @@ pub async fn wait_finished(node: &mut TestNode, id: CampaignId) -> Vec<(u32, [u8
 /// The reference model of the loss-search tests: a 64-16-10 MLP for the digits set (the
 /// postcard architecture IR a loss campaign names by blob id).
 pub fn digits_reference_model() -> Vec<u8> {
-    hivemesh_node::campaign_file::zoo_model("mlp-16", "builtin:digits").expect("zoo model")
+    hivemesh_node::campaign_file::zoo_model(
+        "mlp-16",
+        hivemesh_evolve::arch::Shape::Image { c: 1, h: 8, w: 8 },
+        10,
+    )
+    .expect("zoo model")
 }
 
 /// A small loss-search campaign on the digits set: `population` expressions per generation

@@ -147,10 +147,8 @@ async fn a_distill_campaign_agrees_on_every_shard_and_hands_them_over() {
     use hivemesh_trainer::distill::ShardLabels;
     let dir = TempDir::new("cluster-distill");
     // An (untrained) 64-16-10 teacher: what matters here is that executors agree on its labels.
-    let arch: hivemesh_evolve::arch::Architecture = postcard::from_bytes(
-        &hivemesh_node::campaign_file::zoo_model("mlp-16", "builtin:digits").expect("zoo"),
-    )
-    .expect("architecture");
+    let arch: hivemesh_evolve::arch::Architecture =
+        postcard::from_bytes(&hivemesh_tests::digits_reference_model()).expect("architecture");
     let teacher = hivemesh_trainer::model::Model::<hivemesh_trainer::Cpu>::new(
         &arch,
         [5; 32],
@@ -200,6 +198,73 @@ async fn a_distill_campaign_agrees_on_every_shard_and_hands_them_over() {
         md.contains("distillation shards agreed, held and verified | 3 of 3 (yes)"),
         "{md}"
     );
+}
+
+/// Issue 24's end-to-end check: a NAS campaign on a CSV file that only the submitting node
+/// had. `campaign submit` converts it into a dataset blob and stores it at node 0; nodes 1 and
+/// 2 fetch it from their peers before their first job, and train on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nas_campaign_trains_on_a_csv_dataset_only_the_submitter_had() {
+    use hivemesh_trainer::data::{Values, digits};
+    let dir = TempDir::new("cluster-csv");
+    // The digits as a CSV a researcher might have: a header, features as decimals, the label
+    // a named column of words in the middle.
+    let d = digits();
+    let Values::U8 { data, .. } = &d.values else {
+        panic!("digits are bytes");
+    };
+    let names = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    let mut csv = (0..32)
+        .map(|i| format!("p{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push_str(",digit,");
+    csv.push_str(
+        &(32..64)
+            .map(|i| format!("p{i}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    csv.push('\n');
+    for (k, label) in d.labels.iter().enumerate() {
+        let px: Vec<String> = data[k * 64..(k + 1) * 64]
+            .iter()
+            .map(|&v| format!("{}", f32::from(v) / 16.0))
+            .collect();
+        csv.push_str(&px[..32].join(","));
+        csv.push_str(&format!(",{},", names[usize::from(*label)]));
+        csv.push_str(&px[32..].join(","));
+        csv.push('\n');
+    }
+    std::fs::write(dir.path().join("digits.csv"), csv).expect("write the CSV");
+    let mut c = small(&dir);
+    c.nodes = 3;
+    c.overrides.redundancy = Some(2);
+    c.campaign_dir = dir.path().to_path_buf();
+    c.campaign = "name = \"test: NAS on a CSV\"\ndataset = \"file:digits.csv\"\nquorum = 2\n\
+                  [data]\nlabel = \"digit\"\n\
+                  [nas]\nmax_layers = 1\nwidths = [8, 16]\n"
+        .into();
+    let r = run(&c).await;
+    assert!(r.ok(), "finished and agreed: {r:#?}");
+    assert_eq!(r.kind, "nas");
+    assert!(
+        r.jobs
+            .iter()
+            .all(|j| j.status == JobStatus::Success && j.total == 270),
+        "every job agreed on the CSV's 270-sample test split: {:?}",
+        r.jobs
+    );
+    for n in &r.node_views[1..] {
+        assert!(
+            n.jobs_trained > 0,
+            "node {} fetched the dataset and trained on it: {:?}",
+            n.index,
+            r.node_views
+        );
+    }
 }
 
 /// [`small`] with every node a `hivemesh run` child process.

@@ -27,6 +27,7 @@ fn spec() -> CampaignSpec {
             id: BlobId::of_bytes(b"digits"),
             name: "digits-8x8".into(),
             sources: vec!["builtin:digits".into()],
+            bytes: 1 << 20,
         },
         budget: TrainingBudget {
             epochs: 3,

@@ -265,6 +265,7 @@ fn spec_for(sc: &Scenario, roster: Vec<PeerKey>, name: &str) -> CampaignSpec {
             id: hivemesh_protocol::BlobId::of_bytes(b"netsim stub data"),
             name: "stub".into(),
             sources: vec!["builtin:stub".into()],
+            bytes: 1 << 20,
         },
         budget: TrainingBudget {
             epochs: 1,

@@ -62,25 +62,18 @@ impl LossFile {
     }
 }
 
-/// A reference model from the zoo (`zoo:mlp-N`, `zoo:cnn`) for the dataset `source`, as the
-/// blob a loss campaign names (its postcard architecture IR).
-pub fn zoo_model(name: &str, source: &str) -> Result<Vec<u8>, CampaignFileError> {
-    use hivemesh_evolve::arch::Shape;
-    let input = if source == "builtin:digits" {
-        Shape::Image { c: 1, h: 8, w: 8 }
-    } else if source.starts_with("mnist:") {
-        Shape::Image { c: 1, h: 28, w: 28 }
-    } else {
-        return Err(field(
-            "loss.reference_model",
-            format!("zoo models are built for builtin:digits or mnist:DIR, not {source:?}"),
-        ));
-    };
+/// A reference model from the zoo (`zoo:mlp-N`, `zoo:cnn`) for samples of shape `input` and
+/// `classes` classes, as the blob a loss campaign names (its postcard architecture IR).
+pub fn zoo_model(
+    name: &str,
+    input: hivemesh_evolve::arch::Shape,
+    classes: u32,
+) -> Result<Vec<u8>, CampaignFileError> {
     let arch = match name {
-        "cnn" => hivemesh_trainer::zoo::small_cnn(input, 10),
+        "cnn" => hivemesh_trainer::zoo::small_cnn(input, classes),
         _ => match name.strip_prefix("mlp-").map(str::parse::<u32>) {
             Some(Ok(hidden)) if (1..=4096).contains(&hidden) => {
-                hivemesh_trainer::zoo::mlp(input, hidden, 10)
+                hivemesh_trainer::zoo::mlp(input, hidden, classes)
             }
             _ => {
                 return Err(field(
@@ -90,5 +83,11 @@ pub fn zoo_model(name: &str, source: &str) -> Result<Vec<u8>, CampaignFileError>
             }
         },
     };
+    arch.shapes().map_err(|e| {
+        field(
+            "loss.reference_model",
+            format!("zoo:{name} does not fit samples of shape {input:?}: {e}"),
+        )
+    })?;
     postcard::to_stdvec(&arch).map_err(|e| field("loss.reference_model", e.to_string()))
 }

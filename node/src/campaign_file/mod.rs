@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! name = "NAS on digits"
-//! dataset = "builtin:digits"     # or "mnist:/path/to/mnist" (the IDX .gz files)
+//! dataset = "builtin:digits"     # or "file:data.csv", "mnist:DIR", "blob:ID" (see [`dataset`])
 //! seed = 1
 //! redundancy = 3                 # executors per job
 //! quorum = 2                     # agreeing executors needed
@@ -22,7 +22,6 @@
 //! ```
 
 use hivemesh_protocol::Tolerance;
-use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::identity::PeerKey;
 use hivemesh_protocol::spec::{
     BackendClass, CampaignSpec, DatasetRef, LrSchedule, Optimizer, Schedule, TrainingBudget,
@@ -30,12 +29,14 @@ use hivemesh_protocol::spec::{
 use hivemesh_protocol::time::Timestamp;
 use serde::Deserialize;
 
-use crate::executor::{CODE_VERSION, builtin_digits};
+use crate::executor::CODE_VERSION;
 
+pub mod dataset;
 pub mod distill;
 pub mod loss;
 pub mod nas;
 
+pub use self::dataset::{DataFile, DatasetSource, resolve_dataset};
 pub use self::distill::DistillFile;
 pub use self::loss::{LossFile, zoo_model};
 pub use self::nas::NasFile;
@@ -75,9 +76,11 @@ fn field(field: &'static str, reason: impl Into<String>) -> CampaignFileError {
 pub struct CampaignFile {
     /// A human-readable name.
     pub name: String,
-    /// `builtin:digits` (default) or `mnist:DIR`.
+    /// `builtin:digits` (default), `file:PATH`, `mnist:DIR` or `blob:ID` ([`dataset`]).
     #[serde(default = "default_dataset")]
     pub dataset: String,
+    /// `[data]`: how a `file:` dataset is read, and its name.
+    pub data: Option<DataFile>,
     /// The root seed.
     #[serde(default = "default_seed")]
     pub seed: u64,
@@ -328,31 +331,12 @@ impl CampaignFile {
     }
 }
 
-/// The dataset reference for a `dataset = "…"` value: `builtin:digits` at once; `mnist:DIR` by
-/// loading the files to learn their content id (every executor checks it).
-pub fn resolve_dataset(source: &str) -> Result<DatasetRef, CampaignFileError> {
-    if source == "builtin:digits" {
-        return Ok(builtin_digits());
-    }
-    if let Some(dir) = source.strip_prefix("mnist:") {
-        let (data, _) = hivemesh_trainer::data::load_mnist(std::path::Path::new(dir))
-            .map_err(|e| field("dataset", format!("{source}: {e}")))?;
-        return Ok(DatasetRef {
-            id: BlobId(data.id()),
-            name: "mnist".into(),
-            sources: vec![source.to_string()],
-        });
-    }
-    Err(field(
-        "dataset",
-        format!("{source:?}: use builtin:digits or mnist:DIR"),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::builtin_digits;
     use hivemesh_evolve::arch::Architecture;
+    use hivemesh_protocol::id::BlobId;
 
     fn spec_of(text: &str, dataset: DatasetRef) -> Result<CampaignSpec, CampaignFileError> {
         let key = hivemesh_protocol::Keypair::from_secret_bytes([3; 32]).public();
@@ -405,20 +389,19 @@ mod tests {
 
     #[test]
     fn zoo_models_are_built_for_the_dataset() {
-        let digits = zoo_model("mlp-32", "builtin:digits").expect("mlp");
+        use hivemesh_evolve::arch::Shape;
+        let digits = zoo_model("mlp-32", Shape::Image { c: 1, h: 8, w: 8 }, 10).expect("mlp");
         let arch: Architecture = postcard::from_bytes(&digits).expect("IR");
         // 64*32+32 + 32*10+10
         assert_eq!(arch.params().expect("params"), 2410);
-        let mnist: Architecture =
-            postcard::from_bytes(&zoo_model("cnn", "mnist:/data").expect("cnn")).expect("IR");
+        let mnist = zoo_model("cnn", Shape::Image { c: 1, h: 28, w: 28 }, 10).expect("cnn");
+        let mnist: Architecture = postcard::from_bytes(&mnist).expect("IR");
         assert_eq!(mnist.params().expect("params"), 421_642);
-        for (name, source) in [
-            ("mlp-0", "builtin:digits"),
-            ("mlp-x", "builtin:digits"),
-            ("resnet", "builtin:digits"),
-            ("cnn", "/somewhere"),
-        ] {
-            let e = zoo_model(name, source).expect_err(name);
+        let iris: Architecture =
+            postcard::from_bytes(&zoo_model("mlp-8", Shape::Flat(4), 3).expect("mlp")).expect("IR");
+        assert_eq!(iris.params().expect("params"), 4 * 8 + 8 + 8 * 3 + 3);
+        for name in ["mlp-0", "mlp-x", "resnet"] {
+            let e = zoo_model(name, Shape::Flat(4), 3).expect_err(name);
             assert!(e.to_string().contains("loss.reference_model"), "{e}");
         }
     }

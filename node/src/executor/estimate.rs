@@ -36,7 +36,7 @@ const MAX_DEADLINE_MS: u64 = 24 * 3_600_000;
 /// cannot be told here: a dataset this node cannot load, or a reference model or teacher
 /// (loss search, distillation) that `blobs` does not hold or that does not decode.
 pub fn estimate_job_ms(spec: &CampaignSpec, blobs: &dyn BlobSource) -> Option<u64> {
-    let loaded = load_dataset(&spec.dataset).ok()?;
+    let loaded = load_dataset(&spec.dataset, blobs).ok()?;
     let budget = budget(&spec.budget);
     let steps = budget.total_steps(loaded.splits.train.len());
     let batch = u64::from(budget.batch_size);

@@ -14,7 +14,6 @@
 //! them the same way (see each module).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use hivemesh_protocol::spec::{
 use hivemesh_trainer::StopReason;
 use hivemesh_trainer::TrainError;
 use hivemesh_trainer::backend::{BackendChoice, Device, Runner};
-use hivemesh_trainer::data::{self, Dataset, Splits};
+use hivemesh_trainer::data::{self, Dataset, DatasetBlob, Splits};
 use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Progress, Schedule, Stop};
 
 use crate::admission::Admission;
@@ -76,6 +75,10 @@ pub enum ExecError {
         /// What each source said.
         reason: String,
     },
+    /// The dataset blob does not decode (its bytes are verified, so every executor sees the
+    /// same: the job fails rather than waits).
+    #[error("the dataset does not decode: {0}")]
+    BadDataset(String),
     /// A blob the job needs (reference model, teacher) is not available here.
     #[error("blob {id} ({what}) is not available: {reason}")]
     Blob {
@@ -159,10 +162,22 @@ impl Ran {
 
 /// A loaded dataset and its deterministic splits (MNIST keeps its official test part).
 #[derive(Debug)]
-struct Loaded {
+pub(crate) struct Loaded {
+    /// The samples.
     data: Dataset,
+    /// Its splits.
     splits: Splits,
 }
+
+impl Loaded {
+    fn new(data: Dataset) -> Loaded {
+        let splits = data.default_splits();
+        Loaded { data, splits }
+    }
+}
+
+/// Datasets an executor keeps loaded (the least recently loaded goes first).
+const CACHED_DATASETS: usize = 4;
 
 /// Runs jobs. Cheap to share across threads: datasets are loaded once and cached by id.
 #[derive(Debug, Default)]
@@ -173,8 +188,8 @@ pub struct Executor {
     max_job_time: Option<Duration>,
     /// Raised by [`Executor::stop_all`]: running jobs stop within one optimiser step.
     shutdown: Arc<AtomicBool>,
-    /// Datasets loaded, by id.
-    datasets: Mutex<BTreeMap<BlobId, Arc<Loaded>>>,
+    /// Datasets loaded, by id, oldest first.
+    datasets: Mutex<Vec<(BlobId, Arc<Loaded>)>>,
 }
 
 impl Executor {
@@ -188,7 +203,7 @@ impl Executor {
             },
             max_job_time: Some(admission.max_job_time),
             shutdown: Arc::new(AtomicBool::new(false)),
-            datasets: Mutex::new(BTreeMap::new()),
+            datasets: Mutex::new(Vec::new()),
         }
     }
 
@@ -257,9 +272,6 @@ impl Executor {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Executed, ExecError> {
         let started = Instant::now();
-        let loaded = self.dataset(&spec.dataset)?;
-        let (data, splits) = (&loaded.data, &loaded.splits);
-        let budget = budget(&spec.budget);
         let done = |outcome: Outcome, blobs: Vec<(BlobId, Vec<u8>)>| Executed {
             result: JobResult {
                 outcome,
@@ -267,6 +279,17 @@ impl Executor {
             },
             blobs,
         };
+        let loaded = match self.dataset(&spec.dataset, blobs) {
+            // Every executor decodes the same verified bytes: a dataset that does not decode
+            // fails the job the same way everywhere.
+            Err(ExecError::BadDataset(why)) => {
+                let detail = format!("dataset {}: {why}", spec.dataset.name);
+                return Ok(done(failure(FailureKind::InvalidJob, detail), Vec::new()));
+            }
+            r => r?,
+        };
+        let (data, splits) = (&loaded.data, &loaded.splits);
+        let budget = budget(&spec.budget);
         let limits = self.job_limits(spec);
         let mut run = JobRun {
             runner,
@@ -294,99 +317,92 @@ impl Executor {
         Ok(done(ran.outcome, ran.blobs))
     }
 
-    /// The campaign's dataset, loaded once per id.
-    fn dataset(&self, r: &DatasetRef) -> Result<Arc<Loaded>, ExecError> {
-        if let Some(d) = self.cache().get(&r.id) {
-            return Ok(d.clone());
+    /// The campaign's dataset, loaded once per id (at most [`CACHED_DATASETS`] kept).
+    fn dataset(&self, r: &DatasetRef, blobs: &dyn BlobSource) -> Result<Arc<Loaded>, ExecError> {
+        if let Some(d) = self.cache().iter().find(|(id, _)| *id == r.id) {
+            return Ok(d.1.clone());
         }
-        let loaded = Arc::new(load_dataset(r)?);
-        self.cache().insert(r.id, loaded.clone());
+        let loaded = Arc::new(load_dataset(r, blobs)?);
+        let mut cache = self.cache();
+        if cache.len() >= CACHED_DATASETS {
+            cache.remove(0);
+        }
+        cache.push((r.id, loaded.clone()));
         Ok(loaded)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<BlobId, Arc<Loaded>>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Vec<(BlobId, Arc<Loaded>)>> {
         // A panic while holding the lock cannot leave the map half-written (inserts are
         // atomic), so a poisoned lock is still usable.
         self.datasets.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Loads `r` from the first of its sources that yields data with the right id.
-///
-/// Sources: `builtin:digits` (the embedded 8x8 digits), `mnist:DIR` or a plain directory
-/// holding the four MNIST IDX files (`.gz` or raw).
-fn load_dataset(r: &DatasetRef) -> Result<Loaded, ExecError> {
-    let mut why = Vec::new();
-    for source in &r.sources {
-        let attempt: Result<(Dataset, Option<usize>), SourceError> = if source == "builtin:digits" {
-            Ok((data::digits(), None))
-        } else if let Some(name) = source.strip_prefix("builtin:") {
-            Err(SourceError::NoBuiltin(name.into()))
-        } else {
-            let dir = PathBuf::from(source.strip_prefix("mnist:").unwrap_or(source));
-            load_dir(&dir)
-        };
-        match attempt {
-            Ok((d, test_from)) => {
-                let id = BlobId(d.id());
-                if id == r.id {
-                    let splits = d.default_splits(test_from);
-                    return Ok(Loaded { data: d, splits });
-                }
-                why.push(format!("{source}: has id {id}, not the campaign's"));
-            }
-            Err(e) => why.push(format!("{source}: {e}")),
-        }
-    }
-    if why.is_empty() {
-        why.push("the campaign lists no sources".into());
-    }
-    Err(ExecError::Data {
+/// Loads `r`: the embedded digits for `builtin:digits`, otherwise the dataset blob `r.id`
+/// from `blobs` (the node fetched it from peers before the job started; ADR 0008).
+pub(crate) fn load_dataset(r: &DatasetRef, blobs: &dyn BlobSource) -> Result<Loaded, ExecError> {
+    let unavailable = |reason: String| ExecError::Data {
         name: r.name.clone(),
         id: r.id,
-        reason: why.join("; "),
-    })
-}
-
-/// Why one of a dataset's sources gave nothing.
-#[derive(Debug, thiserror::Error)]
-enum SourceError {
-    /// `builtin:NAME` with an unknown name.
-    #[error("no built-in dataset `{0}` (there is `builtin:digits`)")]
-    NoBuiltin(String),
-    /// Not a directory.
-    #[error("not a directory with MNIST IDX files")]
-    NotADirectory,
-    /// The MNIST files did not load.
-    #[error(transparent)]
-    Mnist(#[from] hivemesh_trainer::DataError),
-}
-
-fn load_dir(dir: &Path) -> Result<(Dataset, Option<usize>), SourceError> {
-    if !dir.is_dir() {
-        return Err(SourceError::NotADirectory);
+        reason,
+    };
+    if let Some(name) = r.sources.iter().find_map(|s| s.strip_prefix("builtin:")) {
+        if name != "digits" {
+            return Err(unavailable(format!(
+                "no built-in dataset `{name}` (there is `builtin:digits`)"
+            )));
+        }
+        let d = data::digits();
+        if BlobId(d.id()) != r.id {
+            return Err(unavailable(format!(
+                "the embedded digits have id {}, not the campaign's",
+                BlobId(d.id())
+            )));
+        }
+        return Ok(Loaded::new(d));
     }
-    Ok(data::load_mnist(dir).map(|(d, test_from)| (d, Some(test_from)))?)
+    let bytes = blobs
+        .blob(&r.id)
+        .ok_or_else(|| unavailable("the dataset blob is not in the store".into()))?;
+    if BlobId::of_bytes(&bytes) != r.id {
+        return Err(unavailable("the stored bytes do not hash to the id".into()));
+    }
+    match DatasetBlob::decode(&r.name, &bytes) {
+        Ok(DatasetBlob::Samples(d)) => Ok(Loaded::new(d)),
+        Ok(DatasetBlob::Text(_)) => Err(ExecError::BadDataset(
+            "a text corpus, not labelled samples".into(),
+        )),
+        Err(e) => Err(ExecError::BadDataset(e.to_string())),
+    }
 }
 
 /// The dataset reference of the embedded digits set (what `builtin:digits` resolves to).
 pub fn builtin_digits() -> DatasetRef {
+    let d = data::digits();
     DatasetRef {
-        id: BlobId(data::digits().id()),
+        id: BlobId(d.id()),
         name: "digits-8x8".into(),
         sources: vec!["builtin:digits".into()],
+        bytes: DatasetBlob::Samples(d).encode().len() as u64,
     }
 }
 
-/// The blobs every job of a campaign needs before it can run (the loss search's reference
-/// model, the distillation teacher), with what each is. The node fetches missing ones from
+/// The blobs every job of a campaign needs before it can run (an uploaded dataset, the loss
+/// search's reference model, the distillation teacher), with what each is. The node fetches missing ones from
 /// peers before it starts the job.
 pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
-    match &spec.search {
+    let builtin = spec
+        .dataset
+        .sources
+        .iter()
+        .any(|s| s.starts_with("builtin:"));
+    let dataset = (!builtin).then_some((spec.dataset.id, "dataset"));
+    let kind = match &spec.search {
         Search::Nas(_) => Vec::new(),
         Search::Loss(p) => loss::needed_blobs(p),
         Search::Distill(p) => distill::needed_blobs(p),
-    }
+    };
+    dataset.into_iter().chain(kind).collect()
 }
 
 /// A blob the job needs, checked against its id.

@@ -29,6 +29,7 @@ pub(crate) fn spec() -> CampaignSpec {
             id: BlobId::of_bytes(b"data"),
             name: "digits-8x8".into(),
             sources: vec!["builtin:digits".into()],
+            bytes: 1 << 20,
         },
         budget: TrainingBudget {
             epochs: 1,

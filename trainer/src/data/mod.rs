@@ -27,11 +27,13 @@ pub mod csv;
 pub mod idx;
 pub mod image_folder;
 pub mod npy;
+pub mod read;
 pub mod text;
 
 pub use blob::{DatasetBlob, MAX_DATASET_BYTES};
 pub use csv::{CsvOptions, LabelColumn};
 pub use idx::{load_idx, load_mnist, parse_idx};
+pub use read::{Format, ReadDataset, ReadOptions, read_dataset, read_posted};
 pub use text::TextCorpus;
 
 /// The embedded default dataset: the 8x8 digits (UCI optdigits test set, 1,797 samples).

@@ -1,0 +1,94 @@
+//! `POST /datasets`: a dataset file converted into its canonical blob (ADR 0008), stored and
+//! announced; the answer describes it (id, size, samples, shape, classes).
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hivemesh_protocol::id::BlobId;
+use hivemesh_trainer::data::{DatasetBlob, ReadDataset, ReadOptions, read_posted};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState, Authorized, client_error};
+
+/// `POST /datasets` query parameters: how to read the body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DatasetQuery {
+    /// The format (guessed from `name`, or the blob magic, when left out).
+    format: Option<String>,
+    /// The file's name (for the format guess and errors).
+    name: Option<String>,
+    /// CSV: the label column (a header name or a 0-based index).
+    label: Option<String>,
+    /// CSV: whether the first row is a header.
+    header: Option<bool>,
+    /// A sample's shape (`CxHxW` or a length).
+    shape: Option<String>,
+}
+
+/// What a stored dataset is, as the API and `hivemesh dataset add` show it.
+pub fn describe(id: BlobId, bytes: u64, read: &ReadDataset) -> Value {
+    let mut v = json!({
+        "id": id.to_string(),
+        "bytes": bytes,
+        "summary": read.blob.summary(),
+    });
+    match &read.blob {
+        DatasetBlob::Samples(d) => {
+            v["kind"] = json!("samples");
+            v["samples"] = json!(d.len());
+            v["shape"] = json!(hivemesh_trainer::data::blob::shape_text(&d.shape));
+            v["classes"] = json!(d.classes);
+            if let Some(t) = d.test_from {
+                v["test_from"] = json!(t);
+            }
+        }
+        DatasetBlob::Text(t) => {
+            v["kind"] = json!("text");
+            v["characters"] = json!(t.tokens.len());
+            v["vocabulary"] = json!(t.vocab.len());
+        }
+    }
+    if let Some(names) = &read.class_names {
+        v["class_names"] = json!(names);
+    }
+    v
+}
+
+pub(super) async fn post_dataset(
+    State(s): State<ApiState>,
+    _auth: Authorized,
+    Query(q): Query<DatasetQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let opts = ReadOptions {
+        format: q
+            .format
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(bad)?,
+        label: q.label,
+        header: q.header,
+        shape: q.shape,
+    };
+    let name = q.name.unwrap_or_else(|| "upload".into());
+    // Converting reads and parses the whole body: off the async runtime.
+    let (read, blob) = tokio::task::spawn_blocking(move || {
+        let read = read_posted(&name, &body, &opts)?;
+        let blob = read.blob.encode();
+        Ok::<_, hivemesh_trainer::DataError>((read, blob))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| bad(e.to_string()))?;
+    let len = blob.len() as u64;
+    let id = s
+        .client
+        .put_blob(blob)
+        .await
+        .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
+    Ok((StatusCode::CREATED, axum::Json(describe(id, len, &read))).into_response())
+}
