@@ -32,6 +32,7 @@ pub fn unix_now() -> hivemesh_protocol::Timestamp {
 
 pub mod admission;
 pub mod api_client;
+pub mod blobtree;
 pub mod campaign_file;
 pub mod config;
 pub mod daemon;
