@@ -31,8 +31,11 @@ pub mod read;
 pub mod text;
 
 pub use blob::{DatasetBlob, MAX_DATASET_BYTES};
+pub use cifar::load_cifar10;
 pub use csv::{CsvOptions, LabelColumn};
 pub use idx::{load_idx, load_mnist, parse_idx};
+pub use image_folder::load_image_folder;
+pub use npy::{load_npy_pair, load_npz};
 pub use read::{Format, ReadDataset, ReadOptions, read_dataset, read_posted};
 pub use text::TextCorpus;
 
