@@ -14,7 +14,9 @@
 
 use std::io::Read;
 
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
 use hivemesh_protocol::id::BlobId;
 
 /// Bytes per part (a power of two, at least blake3's 1 KiB chunk).
@@ -138,7 +140,11 @@ impl Outboarder {
     /// The id, the size and the outboard (empty for a one-part blob).
     pub fn finish(mut self) -> (BlobId, u64, Vec<Cv>) {
         if self.len <= PART {
-            return (BlobId(*self.whole.finalize().as_bytes()), self.len, Vec::new());
+            return (
+                BlobId(*self.whole.finalize().as_bytes()),
+                self.len,
+                Vec::new(),
+            );
         }
         if !self.part.is_empty() {
             self.flush();

@@ -11,6 +11,7 @@
 //! http = "127.0.0.1:8077"
 //! http_public = false
 //! sync_interval_ms = 5000
+//! blob_quota_mb = 32768         # disk for blobs; unneeded fetched ones are evicted
 //!
 //! [accept]            # what this node runs (see `hivemesh::admission`); all optional
 //! kinds = ["nas", "loss"]
@@ -73,6 +74,8 @@ pub struct FileConfig {
     pub http_public: Option<bool>,
     /// Sync interval.
     pub sync_interval_ms: Option<u64>,
+    /// Most disk space for blobs, MiB.
+    pub blob_quota_mb: Option<u64>,
     /// What the node follows and the limits of its jobs (see [`crate::admission`]).
     pub accept: Option<crate::admission::AcceptFile>,
 }

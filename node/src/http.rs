@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::daemon::{Client, ClientError};
 
 pub mod datasets;
-use crate::fetch::MAX_BLOB_LEN;
+use crate::daemon::MAX_PUT_LEN;
 use crate::submit::{Resolve, Submission, UploadError, build_spec};
 
 /// Largest campaign file accepted by `POST /campaigns`.
@@ -759,11 +759,11 @@ fn handler(uri: &str) -> Option<MethodRouter<ApiState>> {
         "/campaigns/{id}/results" => get(get_results),
         "/campaigns/{id}/scores" => get(get_scores),
         "/blobs" => {
-            axum::routing::post(post_blob).layer(DefaultBodyLimit::max(MAX_BLOB_LEN as usize))
+            axum::routing::post(post_blob).layer(DefaultBodyLimit::max(MAX_PUT_LEN as usize))
         }
         "/blobs/{id}" => get(get_blob),
         "/datasets" => axum::routing::post(datasets::post_dataset)
-            .layer(DefaultBodyLimit::max(MAX_BLOB_LEN as usize)),
+            .layer(DefaultBodyLimit::max(MAX_PUT_LEN as usize)),
         "/metrics" => get(get_metrics),
         "/peers/{peer_id}/block" => axum::routing::post(block_peer).delete(unblock_peer),
         "/peers/dial" => axum::routing::post(dial_peer).layer(DefaultBodyLimit::max(MAX_DIAL_LEN)),

@@ -54,7 +54,7 @@ struct Cli {
     data_dir: PathBuf,
 
     /// A TOML config file (default: DATA_DIR/config.toml if it exists). Keys: listen, bootstrap,
-    /// jobs, audit, http, http_public, sync_interval_ms.
+    /// jobs, audit, http, http_public, sync_interval_ms, blob_quota_mb.
     #[arg(long, env = "HIVEMESH_CONFIG", global = true)]
     config: Option<PathBuf>,
 
@@ -189,6 +189,11 @@ struct RunArgs {
     /// How often to pull missing ledger messages from a peer, in milliseconds [default: 5000].
     #[arg(long, env = "HIVEMESH_SYNC_INTERVAL_MS")]
     sync_interval_ms: Option<u64>,
+    /// Most disk space for blobs (datasets, models, shards), in MiB [default: 32768]. Blobs
+    /// fetched from peers that no followed campaign needs are evicted to make room; a blob
+    /// that still does not fit is refused before anything is written.
+    #[arg(long, env = "HIVEMESH_BLOB_QUOTA_MB")]
+    blob_quota_mb: Option<u64>,
     /// Gossipsub heartbeat in milliseconds [default: 500]; longer means slower mesh repair
     /// and gossip.
     #[arg(long, env = "HIVEMESH_HEARTBEAT_MS")]
@@ -412,6 +417,12 @@ fn node_config(
             bail!("--sync-interval-ms must be at least 1");
         }
         cfg.sync_interval = Duration::from_millis(ms);
+    }
+    if let Some(mb) = args.blob_quota_mb.or(file.blob_quota_mb) {
+        if mb == 0 {
+            bail!("--blob-quota-mb must be at least 1");
+        }
+        cfg.blob_quota = Some(mb.saturating_mul(1 << 20));
     }
     if let Some(ms) = args.heartbeat_ms {
         if ms == 0 {

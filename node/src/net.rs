@@ -12,7 +12,8 @@
 //! - Kademlia `/hivemesh/kad/1`: peer routing, and provider records for blobs;
 //! - identify `/hivemesh/id/1` and ping;
 //! - request–response `/hivemesh/sync/1` (which campaigns a peer has; a campaign's stored
-//!   messages from a sequence number) and `/hivemesh/blob/1` (a blob in chunks);
+//!   messages from a sequence number) and `/hivemesh/blob/2` (a blob: its outboard, then parts
+//!   checked against it, from several providers at once; ADR 0008);
 //! - connection limits.
 
 use std::io;
@@ -33,7 +34,7 @@ use serde::de::DeserializeOwned;
 mod wire;
 
 pub use wire::{
-    BLOB_CHUNK, BlobRequest, BlobResponse, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, MAX_SYNC_BYTES,
+    BlobRequest, BlobResponse, MAX_HASHES, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, MAX_SYNC_BYTES,
     MAX_SYNC_CAMPAIGNS, SyncRequest, SyncResponse, check_len, decode_blob_request,
     decode_blob_response, decode_body, decode_sync_request, decode_sync_response,
 };
@@ -47,7 +48,7 @@ pub const IDENTIFY_PROTOCOL: &str = "/hivemesh/id/1";
 /// Ledger sync's protocol name.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/sync/1");
 /// Blob transfer's protocol name.
-pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/blob/1");
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/blob/2");
 
 /// Largest gossip message accepted on the wire: one signed envelope (which is itself limited per
 /// kind), with room for gossipsub's framing.

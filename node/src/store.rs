@@ -10,8 +10,9 @@
 //!   published. When the replayed protocol asks for the job again, the stored result is fed
 //!   back at once: finished training is never lost and never redone. A job that was running
 //!   when the node died has no result and is run again (training is reproducible);
-//! - **blobs**: content-addressed bytes (id = blake3 of the bytes), checked on the way in and on
-//!   the way out.
+//! - **blobs**: content-addressed bytes (id = blake3 of the bytes) are files beside the database
+//!   ([`blobs`]: streamed in and out in verified parts, with a quota; ADR 0008). A store of an
+//!   older version kept them in the database: they move to files when it is opened.
 //!
 //! Every commit of the node's own work (campaigns, own messages, results, blobs) is durable
 //! (`fsync`) before it returns; messages received from peers are committed without waiting for
@@ -47,9 +48,11 @@ use prometheus_client::metrics::counter::Counter;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 mod backend;
+pub mod blobs;
 mod lock;
 
 pub use self::backend::StoreFaults;
+pub use self::blobs::{BlobError, BlobStore, Partial};
 pub use self::lock::{DataDirLock, LOCK_FILE};
 
 /// The store's file name inside the data directory.
@@ -66,8 +69,14 @@ const MESSAGES: Def = TableDefinition::new("messages");
 const MESSAGE_IDS: Def = TableDefinition::new("message_ids");
 /// campaign id ‖ job id → postcard [`JobResult`].
 const RESULTS: Def = TableDefinition::new("results");
-/// Blob id → bytes (not framed: the id is the bytes' blake3).
+/// Blob id → bytes (not framed: the id is the bytes' blake3). Only in stores of older
+/// versions: its blobs move to [`BlobStore`] files when the store is opened.
 const BLOBS: Def = TableDefinition::new("blobs");
+
+/// The blob folder inside the data directory.
+pub const BLOBS_DIR: &str = "blobs";
+/// The blob store's quota when the operator sets none (32 GiB).
+pub const DEFAULT_BLOB_QUOTA: u64 = 32 << 30;
 /// The store's own facts: [`FORMAT_KEY`], [`OWNER_KEY`].
 const META: Def = TableDefinition::new("meta");
 /// The tables whose values carry a checksum.
@@ -133,6 +142,9 @@ pub enum StoreError {
         /// The format recorded.
         found: u8,
     },
+    /// A blob file could not be stored or read, or the blob quota is full.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
     /// The store belongs to another key than the node's.
     #[error(
         "the store in {data_dir} belongs to node key {owner}, but the identity key is {key}: restore the original identity.key, or pass --new-identity to keep this store under the new key (peers then see a new node)"
@@ -154,6 +166,8 @@ pub struct StoreOptions {
     pub write_failures: Counter,
     /// Disk faults to inject (tests).
     pub faults: StoreFaults,
+    /// Most bytes of blobs kept (`None`: [`DEFAULT_BLOB_QUOTA`]).
+    pub blob_quota: Option<u64>,
 }
 
 /// The node's database. Cheap to share behind an `Arc`; redb serialises writers.
@@ -168,6 +182,8 @@ pub struct Store {
     last_error: Mutex<Option<String>>,
     /// The data-directory lock, held as long as the store is open.
     lock: DataDirLock,
+    /// The blob files.
+    blobs: BlobStore,
 }
 
 impl std::fmt::Debug for Store {
@@ -301,14 +317,22 @@ impl Store {
     pub fn open_with(lock: DataDirLock, options: StoreOptions) -> Result<Store, StoreError> {
         let path = lock.data_dir().join(STORE_FILE);
         let db = open_db(&path, &options.faults)?;
+        let quota = options.blob_quota.unwrap_or(DEFAULT_BLOB_QUOTA);
+        let blobs = BlobStore::open(
+            &lock.data_dir().join(BLOBS_DIR),
+            quota,
+            options.faults.clone(),
+        )?;
         let store = Store {
             db: RwLock::new(Some(Arc::new(db))),
             path,
             options,
             last_error: Mutex::new(None),
             lock,
+            blobs,
         };
         store.init()?;
+        store.move_blobs_to_files()?;
         Ok(store)
     }
 
@@ -353,6 +377,35 @@ impl Store {
                 Ok(())
             }),
         }
+    }
+
+    /// Moves the blobs a store of an older version kept in the database into files, one
+    /// commit per blob (a crash between the two leaves a copy in both: harmless).
+    fn move_blobs_to_files(&self) -> Result<(), StoreError> {
+        loop {
+            let row = {
+                let t = self.read_table(BLOBS)?;
+                let first = t.first().map_err(|e| self.db_err(e))?;
+                first.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+            };
+            let Some((key, bytes)) = row else {
+                return Ok(());
+            };
+            if let Ok(id) = <[u8; 32]>::try_from(key.as_slice()).map(BlobId)
+                && BlobId::of_bytes(&bytes) == id
+            {
+                self.blobs.put(&id, &bytes, true)?;
+            }
+            self.write(|txn| {
+                txn.open_table(BLOBS)?.remove(key.as_slice())?;
+                Ok(())
+            })?;
+        }
+    }
+
+    /// The blob files.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
     }
 
     /// The database file.
@@ -764,7 +817,8 @@ impl Store {
         }
     }
 
-    /// Stores a job's result and the blobs it produced, in one durable commit. Blob ids are
+    /// Stores a job's result and the blobs it produced: the blobs first (each synced), then the
+    /// result in one durable commit, so a stored result always finds its blobs. Blob ids are
     /// checked against their bytes.
     pub fn put_result(
         &self,
@@ -778,13 +832,12 @@ impl Store {
         }
         let encoded = postcard::to_allocvec(result)
             .map_err(|e| self.corrupt(format!("result of job {job}: {e}")))?;
+        for (id, bytes) in blobs {
+            self.noted(self.blobs.put(id, bytes, true))?;
+        }
         let key = pair_key(campaign.as_bytes(), job.as_bytes());
         let framed = frame(&key, &encoded);
         self.write(|txn| {
-            let mut blob_t = txn.open_table(BLOBS)?;
-            for (id, bytes) in blobs {
-                blob_t.insert(id.as_bytes().as_slice(), bytes.as_slice())?;
-            }
             txn.open_table(RESULTS)?
                 .insert(key.as_slice(), framed.as_slice())?;
             Ok(())
@@ -824,82 +877,42 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Stores a blob after checking that its bytes hash to `id`; `false` if already there.
+    /// Stores a blob given here (an upload) after checking that its bytes hash to `id`;
+    /// `false` if already there.
     pub fn put_blob(&self, id: &BlobId, bytes: &[u8]) -> Result<bool, StoreError> {
-        if BlobId::of_bytes(bytes) != *id {
-            return Err(self.corrupt(format!("blob {id}: bytes do not hash to the id")));
-        }
-        self.write(|txn| {
-            let mut t = txn.open_table(BLOBS)?;
-            if t.get(id.as_bytes().as_slice())?.is_some() {
-                return Ok(false);
+        self.noted(self.blobs.put(id, bytes, true))
+    }
+
+    /// A blob write's outcome, counted and remembered as a failed write when the disk failed.
+    fn noted<T>(&self, r: Result<T, BlobError>) -> Result<T, StoreError> {
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &r {
+            Ok(_) => *last = None,
+            Err(e @ BlobError::Io { .. }) => {
+                self.options.write_failures.inc();
+                *last = Some(e.to_string());
             }
-            t.insert(id.as_bytes().as_slice(), bytes)?;
-            Ok(true)
-        })
+            Err(_) => {}
+        }
+        Ok(r?)
     }
 
-    /// A blob, checked against its id. A blob whose bytes no longer hash to its id is dropped
-    /// (and `None` returned), so that it is fetched again.
+    /// A whole blob, checked against its id (a blob damaged on disk is dropped, and `None`
+    /// returned, so that it is fetched again).
     pub fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.read_table(BLOBS)?;
-        let bytes = match t
-            .get(id.as_bytes().as_slice())
-            .map_err(|e| self.db_err(e))?
-        {
-            None => return Ok(None),
-            Some(v) => v.value().to_vec(),
-        };
-        drop(t);
-        if BlobId::of_bytes(&bytes) != *id {
-            self.report_corrupt(&format!("blob {id}"));
-            self.drop_records(BLOBS, &[id.as_bytes().to_vec()]);
-            return Ok(None);
-        }
-        Ok(Some(bytes))
+        Ok(self.blobs.get(id)?)
     }
 
-    /// Up to `len` bytes of a blob from `offset` (clamped to its end), and its total size:
-    /// what a peer asking for one chunk gets, without copying the rest. (The blob was checked
-    /// against its id when stored; the fetching peer checks the whole again.)
-    pub fn blob_chunk(
-        &self,
-        id: &BlobId,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let t = self.read_table(BLOBS)?;
-        let v = t
-            .get(id.as_bytes().as_slice())
-            .map_err(|e| self.db_err(e))?;
-        Ok(v.map(|v| {
-            let bytes = v.value();
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
-            let end = start.saturating_add(len).min(bytes.len());
-            (bytes.len() as u64, bytes[start..end].to_vec())
-        }))
-    }
-
-    /// The ids of up to `limit` blobs held (in id order).
+    /// The ids of up to `limit` blobs held (own ones first).
     pub fn blob_ids(&self, limit: usize) -> Result<Vec<BlobId>, StoreError> {
-        let t = self.read_table(BLOBS)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| self.db_err(e))?.take(limit) {
-            let (k, _) = row.map_err(|e| self.db_err(e))?;
-            let id: [u8; 32] = k.value().try_into().map_err(|_| self.corrupt("blob key"))?;
-            out.push(BlobId(id));
-        }
-        Ok(out)
+        Ok(self.blobs.ids(limit))
     }
 
-    /// The size of a blob, without reading it whole into the caller.
+    /// The size of a blob, without reading it.
     pub fn blob_len(&self, id: &BlobId) -> Result<Option<u64>, StoreError> {
-        let t = self.read_table(BLOBS)?;
-        let v = t
-            .get(id.as_bytes().as_slice())
-            .map_err(|e| self.db_err(e))?;
-        Ok(v.map(|v| v.value().len() as u64))
+        Ok(self.blobs.len(id))
     }
 }

@@ -2,7 +2,9 @@
 //! record is dropped so a good copy is stored again), usable again after a failed write, and
 //! exclusive to one node per data directory.
 
-use hivemesh_node::store::{DataDirLock, LOCK_FILE, Store, StoreError, StoreFaults, StoreOptions};
+use hivemesh_node::store::{
+    BlobError, DataDirLock, LOCK_FILE, Store, StoreError, StoreFaults, StoreOptions,
+};
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId, MessageId};
 use hivemesh_protocol::message::{JobResult, Metrics, Outcome};
 
@@ -106,7 +108,7 @@ fn blobs_must_hash_to_their_id() {
     let wrong = BlobId([0; 32]);
     assert!(matches!(
         s.put_blob(&wrong, b"bytes"),
-        Err(StoreError::Corrupt { .. })
+        Err(StoreError::Blob(BlobError::Mismatch(_)))
     ));
     let r = s.put_result(
         &CampaignId([1; 32]),

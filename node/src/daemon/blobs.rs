@@ -1,8 +1,9 @@
-//! Blobs: serving chunks to peers, storing blobs clients give, announcing held blobs as
-//! Kademlia provider records, and fetching missing ones from peers (driving the sans-IO
-//! [`BlobFetch`] of `crate::fetch`) for jobs and clients waiting on them.
+//! Blobs: serving outboards and parts to peers, storing blobs clients give, announcing held
+//! blobs as Kademlia provider records, and fetching missing ones from several peers at once
+//! (driving the sans-IO [`BlobFetch`] of `crate::fetch`, writing verified parts to disk as they
+//! arrive) for jobs and clients waiting on them (ADR 0008).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use hivemesh_protocol::id::{BlobId, CampaignId};
@@ -13,14 +14,18 @@ use tokio::sync::oneshot;
 
 use super::client::ClientError;
 use super::{Event, EventLoop};
+use crate::blobtree;
 use crate::fault::Fault;
-use crate::fetch::{BlobFetch, MAX_BLOB_LEN, MAX_FETCHES, Step};
+use crate::fetch::{Ask, BlobFetch, MAX_BLOB_LEN, MAX_FETCHES, State, Want};
 use crate::metrics::Metrics;
-use crate::net::{BLOB_CHUNK, BlobRequest, BlobResponse};
-use crate::store::StoreError;
+use crate::net::{BlobRequest, BlobResponse, MAX_HASHES};
+use crate::store::{BlobError, Partial, StoreError};
 
 /// Blobs this node announces as a provider when it starts (the rest are still served).
 pub const MAX_ANNOUNCED_BLOBS: usize = 4096;
+/// The largest blob a client may give in one piece (weights, teachers; datasets are converted
+/// into blobs of up to this size by `POST /datasets`).
+pub const MAX_PUT_LEN: u64 = 256 * 1024 * 1024;
 
 /// Why a blob could not be fetched from peers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,10 +33,10 @@ pub enum FetchError {
     /// [`MAX_FETCHES`] fetches are under way.
     #[error("{MAX_FETCHES} blob fetches are under way already; try again later")]
     Busy,
-    /// No peer gave it (what the last one said).
+    /// No peer gave it (what the last ones said).
     #[error("{0}")]
     NoPeer(String),
-    /// It arrived but could not be stored.
+    /// It could not be stored (the disk, or the blob quota).
     #[error("cannot store blob {id}: {reason}")]
     Store {
         /// The blob.
@@ -48,10 +53,29 @@ type Waiter = oneshot::Sender<Result<Vec<u8>, ClientError>>;
 struct Fetching {
     /// The fetch's state machine.
     fetch: BlobFetch,
+    /// The file its verified parts go to, once the outboard verified.
+    partial: Option<Partial>,
+    /// The peer that gave the outboard (reported when it is done).
+    source: Option<PeerId>,
+    /// The peers that gave verified parts.
+    providers: HashSet<PeerId>,
+    /// Bytes of verified parts received.
+    fetched: u64,
     /// Jobs to start once it is here.
     jobs: Vec<(CampaignId, JobSpec)>,
     /// Clients to answer.
     waiters: Vec<Waiter>,
+}
+
+/// How a fetch under way is doing, for the status and the API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FetchProgress {
+    /// The blob.
+    pub id: String,
+    /// Bytes verified and written.
+    pub have: u64,
+    /// Its size, once known.
+    pub total: Option<u64>,
 }
 
 /// Blob fetches under way and the requests and queries that serve them.
@@ -59,10 +83,27 @@ struct Fetching {
 pub(super) struct Blobs {
     /// Fetches by blob (at most [`MAX_FETCHES`]).
     fetches: HashMap<BlobId, Fetching>,
-    /// Chunk requests in flight, to their blob.
+    /// Requests in flight, to their blob.
     requests: HashMap<OutboundRequestId, BlobId>,
     /// Kademlia provider searches in flight, to their blob.
     searches: HashMap<kad::QueryId, BlobId>,
+}
+
+impl Blobs {
+    /// The fetches under way.
+    pub(super) fn progress(&self) -> Vec<FetchProgress> {
+        let mut v: Vec<FetchProgress> = self
+            .fetches
+            .iter()
+            .map(|(id, f)| FetchProgress {
+                id: id.to_string(),
+                have: f.fetch.have(),
+                total: f.fetch.total(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
 }
 
 impl EventLoop {
@@ -82,7 +123,7 @@ impl EventLoop {
         Ok(())
     }
 
-    /// A blob request–response event: a request to serve or a chunk of a fetch.
+    /// A blob request–response event: a request to serve, or an answer to a fetch.
     pub(super) fn on_blob(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
         match event {
             request_response::Event::Message {
@@ -112,15 +153,15 @@ impl EventLoop {
                     return;
                 };
                 if let Some(f) = self.blobs.fetches.get_mut(&id) {
-                    let step = f.fetch.on_missing(peer, &error.to_string());
-                    self.advance_fetch(id, step, peer);
+                    f.fetch.on_missing(peer, &error.to_string());
                 }
+                self.advance_fetch(id);
             }
             _ => {}
         }
     }
 
-    /// A peer's answer to one of our chunk requests.
+    /// A peer's answer to one of our requests.
     fn on_blob_response(
         &mut self,
         peer: PeerId,
@@ -133,26 +174,70 @@ impl EventLoop {
         let Some(f) = self.blobs.fetches.get_mut(&id) else {
             return;
         };
-        let step = match response {
-            BlobResponse::Chunk {
-                total,
-                offset,
-                data,
-            } => match f.fetch.on_chunk(peer, total, offset, data) {
-                Ok(step) => step,
-                Err(bad) => {
-                    let next = f.fetch.next_step();
-                    self.penalise(peer, format!("blob {id}: {bad}"));
-                    Metrics::count(&self.metrics.rejected, "reason", "blob_hash");
-                    next
+        let outcome = match response {
+            BlobResponse::Hashes { total, from, cvs } => {
+                match f.fetch.on_hashes(peer, total, from, cvs) {
+                    Ok(true) => {
+                        f.source = Some(peer);
+                        self.open_partial(id);
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(bad) => Err(bad),
                 }
+            }
+            BlobResponse::Part { index, data } => match f.fetch.on_part(peer, index, &data) {
+                Ok(true) => {
+                    f.providers.insert(peer);
+                    f.fetched += data.len() as u64;
+                    let written = f.partial.as_mut().map(|p| p.write_part(index, &data));
+                    if let Some(Err(e)) = written {
+                        tracing::error!(blob = %id, "cannot write part {index}: {e}");
+                        f.fetch.unwritten(index);
+                    }
+                    self.metrics.blob_bytes_fetched.inc_by(data.len() as u64);
+                    Ok(())
+                }
+                Ok(false) => Ok(()),
+                Err(bad) => Err(bad),
             },
-            BlobResponse::NotFound => f.fetch.on_missing(peer, "not found"),
+            BlobResponse::NotFound => {
+                f.fetch.on_missing(peer, "not found");
+                Ok(())
+            }
         };
-        self.advance_fetch(id, step, peer);
+        if let Err(bad) = outcome {
+            self.penalise(peer, format!("blob {id}: {bad}"));
+            Metrics::count(&self.metrics.rejected, "reason", "blob_hash");
+        }
+        self.advance_fetch(id);
     }
 
-    /// Serves one chunk of a held blob (within the blob request rate).
+    /// The outboard verified: opens (or resumes) the file its parts go to, which reserves
+    /// the room; a full store fails the fetch before anything is written.
+    fn open_partial(&mut self, id: BlobId) {
+        let Some(f) = self.blobs.fetches.get_mut(&id) else {
+            return;
+        };
+        let Some(total) = f.fetch.total() else {
+            return;
+        };
+        let cvs = f.fetch.outboard().to_vec();
+        match self.store.blobs().partial(&id, total, cvs.clone()) {
+            Ok(p) => {
+                f.fetch.resume(total, cvs, p.done());
+                f.partial = Some(p);
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if let Some(f) = self.blobs.fetches.remove(&id) {
+                    self.fail_fetch(f, FetchError::Store { id, reason });
+                }
+            }
+        }
+    }
+
+    /// Serves an outboard page or a part of a held blob (within the blob request rate).
     fn serve_blob(
         &mut self,
         peer: PeerId,
@@ -162,33 +247,32 @@ impl EventLoop {
         if !self.limits.blobs.allow(peer, Instant::now()) {
             return; // dropping the channel tells the peer no
         }
-        let response = match self
-            .store
-            .blob_chunk(&request.id, request.offset, BLOB_CHUNK)
-        {
-            Ok(Some((total, mut data))) => {
-                if self.config.fault == Some(Fault::CorruptBlobs)
-                    && let Some(b) = data.first_mut()
-                {
-                    *b ^= 0xff;
-                }
-                BlobResponse::Chunk {
-                    total,
-                    offset: request.offset.min(total),
-                    data,
-                }
-            }
-            Ok(None) => BlobResponse::NotFound,
-            Err(e) => {
-                tracing::error!("blob {}: {e}", request.id);
-                BlobResponse::NotFound
-            }
+        let id = request.id();
+        let blobs = self.store.blobs();
+        let response = match request {
+            BlobRequest::Hashes { from, max, .. } => blobs
+                .hashes(&id, from, max.min(MAX_HASHES) as usize)
+                .map(|h| h.map(|(total, cvs)| BlobResponse::Hashes { total, from, cvs })),
+            BlobRequest::Part { index, .. } => blobs.part(&id, index).map(|p| {
+                p.map(|(_, mut data)| {
+                    if self.config.fault == Some(Fault::CorruptBlobs)
+                        && let Some(b) = data.first_mut()
+                    {
+                        *b ^= 0xff;
+                    }
+                    BlobResponse::Part { index, data }
+                })
+            }),
         };
+        let response = response.unwrap_or_else(|e: BlobError| {
+            tracing::error!("blob {id}: {e}");
+            None
+        });
         let _ = self
             .swarm
             .behaviour_mut()
             .blob
-            .send_response(channel, response);
+            .send_response(channel, response.unwrap_or(BlobResponse::NotFound));
     }
 
     /// Announces this node as a provider of a blob it holds (a Kademlia provider record).
@@ -201,7 +285,7 @@ impl EventLoop {
 
     /// Stores a blob given by a client and announces it.
     pub(super) fn put_blob(&mut self, bytes: &[u8]) -> Result<BlobId, ClientError> {
-        if bytes.len() as u64 > MAX_BLOB_LEN {
+        if bytes.len() as u64 > MAX_PUT_LEN {
             return Err(ClientError::TooLarge { len: bytes.len() });
         }
         let id = BlobId::of_bytes(bytes);
@@ -226,9 +310,32 @@ impl EventLoop {
         }
     }
 
+    /// The most bytes a fetch of `id` may bring: the declared size of a followed campaign's
+    /// dataset, else [`MAX_PUT_LEN`] (reference models, teachers, weights, shards).
+    fn fetch_limit(&self, id: &BlobId) -> u64 {
+        self.campaigns
+            .map
+            .values()
+            .find(|c| c.spec.dataset.id == *id)
+            .map_or(MAX_PUT_LEN, |c| c.spec.dataset.bytes.min(MAX_BLOB_LEN))
+    }
+
+    /// Tells the store which blobs followed unfinished campaigns need (never evicted).
+    fn pin_needed_blobs(&self) {
+        let pins: HashSet<BlobId> = self
+            .campaigns
+            .map
+            .values()
+            .filter(|c| !c.peer.finished())
+            .flat_map(|c| crate::executor::needed_blobs(&c.spec))
+            .map(|(id, _)| id)
+            .collect();
+        self.store.blobs().set_pins(pins);
+    }
+
     /// Fetches a blob from peers for a job to start and/or a client to answer. Fails at once
     /// (answering the waiter too) when too many fetches are under way; otherwise the outcome
-    /// arrives later.
+    /// arrives later. A fetch cut short by a restart resumes from the parts on disk.
     pub(super) fn fetch_blob(
         &mut self,
         id: BlobId,
@@ -246,48 +353,58 @@ impl EventLoop {
             }
             return Err(FetchError::Busy);
         }
+        self.pin_needed_blobs();
         let query = self
             .swarm
             .behaviour_mut()
             .kad
             .get_providers(kad::RecordKey::new(id.as_bytes()));
         self.blobs.searches.insert(query, id);
-        let mut fetch = BlobFetch::new(id, true);
+        let mut fetch = BlobFetch::new(id, self.fetch_limit(&id), true);
         // Connected peers are asked too (after any provider found): in a small swarm they are
         // likely holders, and asking costs one round trip.
         fetch.add_candidates(self.swarm.connected_peers().copied(), false);
-        let step = fetch.next_step();
         self.blobs.fetches.insert(
             id,
             Fetching {
                 fetch,
+                partial: None,
+                source: None,
+                providers: HashSet::new(),
+                fetched: 0,
                 jobs: job.into_iter().collect(),
                 waiters: waiter.into_iter().collect(),
             },
         );
-        let me = *self.swarm.local_peer_id();
-        self.advance_fetch(id, step, me);
+        self.resume_partial(id);
+        self.advance_fetch(id);
         Ok(())
     }
 
-    /// A newly connected peer may hold what a fetch still searches for: add it as a candidate
-    /// and move idle fetches on.
-    pub(super) fn offer_peer_to_fetches(&mut self, peer: PeerId) {
-        for f in self.blobs.fetches.values_mut() {
-            f.fetch.add_candidates([peer], false);
+    /// Picks up an earlier fetch of `id` whose outboard is on disk (after a restart).
+    fn resume_partial(&mut self, id: BlobId) {
+        let Some((total, cvs)) = self.store.blobs().partial_outboard(&id) else {
+            return;
+        };
+        if total > self.fetch_limit(&id) || !blobtree::outboard_matches(&id, total, &cvs) {
+            return;
         }
-        let idle: Vec<BlobId> = self
-            .blobs
-            .fetches
-            .iter()
-            .filter(|(_, f)| f.fetch.current().is_none())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
+        if let Some(f) = self.blobs.fetches.get_mut(&id) {
+            f.fetch.resume(total, cvs, &[]);
+            tracing::info!(blob = %id, bytes = total, "resuming an unfinished fetch");
+        }
+        self.open_partial(id);
+    }
+
+    /// A newly connected peer may hold what a fetch still searches for: add it as a candidate
+    /// and move the fetches on.
+    pub(super) fn offer_peer_to_fetches(&mut self, peer: PeerId) {
+        let ids: Vec<BlobId> = self.blobs.fetches.keys().copied().collect();
+        for id in ids {
             if let Some(f) = self.blobs.fetches.get_mut(&id) {
-                let step = f.fetch.next_step();
-                self.advance_fetch(id, step, peer);
+                f.fetch.add_candidates([peer], false);
             }
+            self.advance_fetch(id);
         }
     }
 
@@ -315,65 +432,105 @@ impl EventLoop {
         if last {
             f.fetch.search_done();
         }
-        if f.fetch.current().is_none() {
-            let next = f.fetch.next_step();
-            self.advance_fetch(blob, next, me);
-        }
+        self.advance_fetch(blob);
     }
 
-    /// Carries out a fetch's next step (`from`: the peer that answered last).
-    fn advance_fetch(&mut self, id: BlobId, step: Step, from: PeerId) {
-        match step {
-            Step::Request { peer, offset } => {
-                let rid = self
-                    .swarm
-                    .behaviour_mut()
-                    .blob
-                    .send_request(&peer, BlobRequest { id, offset });
-                self.blobs.requests.insert(rid, id);
-            }
-            Step::Wait => {}
-            Step::Done(bytes) => {
-                let Some(f) = self.blobs.fetches.remove(&id) else {
-                    return;
-                };
-                if let Err(e) = self.store.put_blob(&id, &bytes) {
-                    let reason = e.to_string();
-                    self.finish_fetch(f, Err(FetchError::Store { id, reason }));
-                    return;
-                }
-                tracing::info!(blob = %id, bytes = bytes.len(), %from, "blob fetched");
-                Metrics::count(&self.metrics.blob_fetches, "result", "ok");
-                self.metrics.blob_bytes_fetched.inc_by(bytes.len() as u64);
-                self.announce_blob(&id);
-                self.emit(Event::BlobFetched { id, from });
-                self.finish_fetch(f, Ok(bytes));
-            }
-            Step::Failed(reason) => {
+    /// Sends what a fetch asks for next, or finishes it.
+    fn advance_fetch(&mut self, id: BlobId) {
+        let Some(f) = self.blobs.fetches.get_mut(&id) else {
+            return;
+        };
+        let asks = f.fetch.poll();
+        let state = f.fetch.state();
+        for Ask { peer, want } in asks {
+            let request = match want {
+                Want::Hashes { from, max } => BlobRequest::Hashes { id, from, max },
+                Want::Part(index) => BlobRequest::Part { id, index },
+            };
+            let rid = self.swarm.behaviour_mut().blob.send_request(&peer, request);
+            self.blobs.requests.insert(rid, id);
+        }
+        match state {
+            State::Going => {}
+            State::Done => {
                 if let Some(f) = self.blobs.fetches.remove(&id) {
-                    Metrics::count(&self.metrics.blob_fetches, "result", "failed");
-                    self.emit(Event::BlobFetchFailed {
-                        id,
-                        reason: reason.clone(),
-                    });
-                    self.finish_fetch(f, Err(FetchError::NoPeer(reason)));
+                    self.complete_fetch(id, f);
+                }
+            }
+            State::Failed(reason) => {
+                if let Some(f) = self.blobs.fetches.remove(&id) {
+                    self.fail_fetch(f, FetchError::NoPeer(reason));
                 }
             }
         }
     }
 
-    /// Answers everyone waiting on a finished fetch: clients get the bytes or the error, jobs
-    /// start (checking their other blobs) or are abandoned.
-    fn finish_fetch(&mut self, f: Fetching, outcome: Result<Vec<u8>, FetchError>) {
-        self.blobs.searches.retain(|_, b| *b != f.fetch.id());
-        for w in f.waiters {
-            let _ = w.send(outcome.clone().map_err(ClientError::from));
+    /// Every part is on disk: the blob joins the store, is announced, and who waited is told.
+    fn complete_fetch(&mut self, id: BlobId, mut f: Fetching) {
+        let total = f.fetch.total().unwrap_or(0);
+        let stored = match f.partial.take() {
+            Some(p) => self.store.blobs().finish(p).map_err(|e| e.to_string()),
+            None => Err("no file was opened for it".to_string()),
+        };
+        if let Err(reason) = stored {
+            self.fail_fetch(f, FetchError::Store { id, reason });
+            return;
+        }
+        let from = f.source.unwrap_or(*self.swarm.local_peer_id());
+        tracing::info!(blob = %id, bytes = total, %from, "blob fetched");
+        Metrics::count(&self.metrics.blob_fetches, "result", "ok");
+        self.announce_blob(&id);
+        let mut providers: Vec<PeerId> = f.providers.iter().copied().collect();
+        providers.sort();
+        self.emit(Event::BlobFetched {
+            id,
+            from,
+            providers,
+            fetched: f.fetched,
+        });
+        self.blobs.searches.retain(|_, b| *b != id);
+        if !f.waiters.is_empty() {
+            // Clients get the bytes (blobs too large to read whole get the store's error).
+            let bytes = self.store.blob(&id).map_err(|e| e.to_string());
+            for w in f.waiters {
+                let answer = match &bytes {
+                    Ok(Some(b)) => Ok(b.clone()),
+                    Ok(None) => Err(FetchError::NoPeer(format!("blob {id} vanished")).into()),
+                    Err(e) => Err(FetchError::Store {
+                        id,
+                        reason: e.clone(),
+                    }
+                    .into()),
+                };
+                let _ = w.send(answer);
+            }
         }
         for (campaign, job) in f.jobs {
-            match &outcome {
-                Ok(_) => self.start_job(campaign, job),
-                Err(e) => self.abandon(campaign, job.id(), e.to_string()),
-            }
+            self.start_job(campaign, job);
+        }
+    }
+
+    /// Tells everyone waiting on a fetch that failed; jobs are abandoned (others run them).
+    fn fail_fetch(&mut self, f: Fetching, e: FetchError) {
+        let id = f.fetch.id();
+        Metrics::count(&self.metrics.blob_fetches, "result", "failed");
+        self.emit(Event::BlobFetchFailed {
+            id,
+            reason: e.to_string(),
+        });
+        self.blobs.searches.retain(|_, b| *b != id);
+        // A fetch that got nowhere keeps nothing; one with verified parts keeps them for a
+        // later try (the room stays reserved until then).
+        if let Some(p) = f.partial
+            && p.done().iter().all(|d| !d)
+        {
+            self.store.blobs().abandon(p);
+        }
+        for w in f.waiters {
+            let _ = w.send(Err(e.clone().into()));
+        }
+        for (campaign, job) in f.jobs {
+            self.abandon(campaign, job.id(), e.to_string());
         }
     }
 }

@@ -20,7 +20,7 @@ use super::blobs::FetchError;
 use super::campaigns::CampaignError;
 use super::status::{self, CampaignStatus, NodeStatus, SettledJob};
 use super::{EventLoop, peer_key};
-use crate::fetch::MAX_BLOB_LEN;
+use crate::daemon::MAX_PUT_LEN;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::submit::Refusal;
@@ -45,8 +45,8 @@ pub enum ClientError {
     /// A campaign spec could not be signed.
     #[error(transparent)]
     Sign(#[from] EncodeError),
-    /// A blob over [`MAX_BLOB_LEN`].
-    #[error("the blob is {len} bytes, over the limit of {MAX_BLOB_LEN}")]
+    /// A blob over [`MAX_PUT_LEN`].
+    #[error("the blob is {len} bytes, over the limit of {MAX_PUT_LEN}")]
     TooLarge {
         /// Its size.
         len: usize,
@@ -250,12 +250,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// A blob was fetched from a peer, hash-checked and stored.
+    /// A blob was fetched from peers, verified and stored.
     BlobFetched {
         /// The blob.
         id: BlobId,
-        /// The peer that gave it.
+        /// The peer that gave its outboard (its size and part hashes).
         from: PeerId,
+        /// The peers that gave verified parts.
+        providers: Vec<PeerId>,
+        /// Bytes fetched now (less than its size when an earlier fetch left parts on disk).
+        fetched: u64,
     },
     /// No peer gave a blob.
     BlobFetchFailed {
@@ -399,7 +403,7 @@ impl Client {
     }
 
     /// Stores a blob (a reference model, a teacher), announces this node as its provider, and
-    /// returns its id. At most [`MAX_BLOB_LEN`] bytes.
+    /// returns its id. At most [`MAX_PUT_LEN`] bytes.
     pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<BlobId, ClientError> {
         self.ask(|reply| Command::PutBlob { bytes, reply }).await?
     }
@@ -562,6 +566,8 @@ impl EventLoop {
             audit: self.config.audit,
             store_error: self.store.last_error(),
             pending_writes: self.pending_writes(),
+            fetches: self.blobs.progress(),
+            blob_store: self.store.blobs().usage(),
             campaigns,
         }
     }

@@ -50,7 +50,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use tokio::sync::{broadcast, mpsc, watch};
 
-pub use self::blobs::{FetchError, MAX_ANNOUNCED_BLOBS};
+pub use self::blobs::{FetchError, FetchProgress, MAX_ANNOUNCED_BLOBS, MAX_PUT_LEN};
 pub use self::campaigns::{CampaignError, MAX_CAMPAIGNS};
 pub use self::client::{COMMAND_CAPACITY, Client, ClientError, EVENT_CAPACITY, Event};
 pub use self::gossip::OUTBOX_CAPACITY;
@@ -131,6 +131,9 @@ pub struct Config {
     pub new_identity: bool,
     /// Disk faults to inject into the store (tests only).
     pub store_faults: StoreFaults,
+    /// Most bytes of blobs kept (`None`: the store's default); fetched blobs no followed
+    /// campaign needs are evicted to make room.
+    pub blob_quota: Option<u64>,
 }
 
 impl Config {
@@ -166,6 +169,7 @@ impl Config {
             fault: None,
             new_identity: false,
             store_faults: StoreFaults::default(),
+            blob_quota: None,
         }
     }
 }
@@ -318,6 +322,7 @@ pub fn start_locked(
     let options = StoreOptions {
         write_failures: metrics.store_write_failures.clone(),
         faults: config.store_faults.clone(),
+        blob_quota: config.blob_quota,
     };
     let store = Arc::new(Store::open_with(lock, options)?);
     store.claim_owner(&key.public(), config.new_identity)?;

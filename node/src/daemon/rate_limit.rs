@@ -10,8 +10,9 @@ use libp2p::PeerId;
 pub const GOSSIP_RATE_PER_PEER: f64 = 500.0;
 /// Sync requests answered per peer per second.
 pub const REQUEST_RATE_PER_PEER: f64 = 50.0;
-/// Blob chunk requests answered per peer per second (256 KiB each: 50 MiB/s).
-pub const BLOB_RATE_PER_PEER: f64 = 200.0;
+/// Blob requests answered per peer per second (a part is 256 KiB: 512 MiB/s; each part is
+/// read and checked against its outboard before it is sent).
+pub const BLOB_RATE_PER_PEER: f64 = 2048.0;
 /// Junk (gossip dropped without blame before the protocol sees it: another version, stale,
 /// dated ahead) taken from one peer per second before each one costs it [`JUNK_PENALTY`].
 pub const JUNK_RATE_PER_PEER: f64 = 5.0;

@@ -142,6 +142,10 @@ pub struct NodeStatus {
     /// Results and messages that wait in memory for the store to take them (retried on the
     /// sync timer; a waiting result is not yet acknowledged).
     pub pending_writes: usize,
+    /// Blob fetches under way (datasets, models): bytes verified so far and the size.
+    pub fetches: Vec<super::blobs::FetchProgress>,
+    /// Bytes the blob store holds, and its quota.
+    pub blob_store: (u64, u64),
     /// Campaigns followed.
     pub campaigns: Vec<CampaignStatus>,
 }

@@ -17,8 +17,6 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SYNC_BYTES: usize = 1 << 20;
 /// Most campaigns listed in one sync response.
 pub const MAX_SYNC_CAMPAIGNS: usize = 256;
-/// Largest blob chunk.
-pub const BLOB_CHUNK: usize = 256 * 1024;
 /// Largest request frame.
 pub const MAX_REQUEST_LEN: usize = 4 * 1024;
 /// Largest response frame.
@@ -63,25 +61,57 @@ pub enum SyncResponse {
     Unknown,
 }
 
-/// A blob-chunk request.
+/// Most chaining values in one [`BlobResponse::Hashes`] (256 KiB of them).
+pub const MAX_HASHES: u32 = 8192;
+
+/// A blob request (ADR 0008): the outboard, then parts checked against it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRequest {
-    /// The blob.
-    pub id: BlobId,
-    /// The first byte wanted.
-    pub offset: u64,
+pub enum BlobRequest {
+    /// The blob's size and up to `max` (at most [`MAX_HASHES`]) chaining values of its
+    /// outboard from part `from`; `max` 0 asks only whether the peer holds it, and its size.
+    Hashes {
+        /// The blob.
+        id: BlobId,
+        /// The first part.
+        from: u64,
+        /// How many values.
+        max: u32,
+    },
+    /// Part `index` of the blob (256 KiB; the last is shorter).
+    Part {
+        /// The blob.
+        id: BlobId,
+        /// Which part.
+        index: u64,
+    },
 }
 
-/// A blob-chunk response.
+impl BlobRequest {
+    /// The blob asked for.
+    pub fn id(&self) -> BlobId {
+        match self {
+            BlobRequest::Hashes { id, .. } | BlobRequest::Part { id, .. } => *id,
+        }
+    }
+}
+
+/// A blob response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobResponse {
-    /// Up to [`BLOB_CHUNK`] bytes from `offset`, and the blob's total size.
-    Chunk {
+    /// The blob's size and chaining values of its outboard from part `from`.
+    Hashes {
         /// The blob's size.
         total: u64,
-        /// Where `data` starts.
-        offset: u64,
-        /// The bytes.
+        /// The first part.
+        from: u64,
+        /// The values (none for a one-part blob).
+        cvs: Vec<[u8; 32]>,
+    },
+    /// One part.
+    Part {
+        /// Which part.
+        index: u64,
+        /// Its bytes.
         data: Vec<u8>,
     },
     /// The responder does not have the blob.
@@ -153,16 +183,26 @@ mod tests {
         ] {
             assert_eq!(decode_sync_response(&encode(&r)).expect("decodes"), r);
         }
-        let r = BlobRequest {
-            id: BlobId::of_bytes(b"x"),
-            offset: 5,
-        };
-        assert_eq!(decode_blob_request(&encode(&r)).expect("decodes"), r);
+        let id = BlobId::of_bytes(b"x");
         for r in [
-            BlobResponse::Chunk {
-                total: 3,
-                offset: 0,
-                data: vec![1, 2, 3],
+            BlobRequest::Hashes {
+                id,
+                from: 3,
+                max: MAX_HASHES,
+            },
+            BlobRequest::Part { id, index: 5 },
+        ] {
+            assert_eq!(decode_blob_request(&encode(&r)).expect("decodes"), r);
+        }
+        for r in [
+            BlobResponse::Hashes {
+                total: 3 << 20,
+                from: 0,
+                cvs: vec![[7; 32]; MAX_HASHES as usize],
+            },
+            BlobResponse::Part {
+                index: 2,
+                data: vec![1; 256 * 1024],
             },
             BlobResponse::NotFound,
         ] {

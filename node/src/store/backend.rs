@@ -27,7 +27,8 @@ impl StoreFaults {
         self.disk_full.store(full, Ordering::SeqCst);
     }
 
-    fn check(&self) -> std::io::Result<()> {
+    /// Fails as a full disk would, while the disk is made to look full.
+    pub(super) fn check(&self) -> std::io::Result<()> {
         if self.disk_full.load(Ordering::SeqCst) {
             return Err(std::io::Error::new(
                 ErrorKind::StorageFull,
