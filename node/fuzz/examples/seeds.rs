@@ -69,29 +69,37 @@ fn main() {
     write("sync_response", "unknown", &SyncResponse::Unknown);
     write(
         "blob_request",
-        "request",
-        &BlobRequest {
+        "hashes",
+        &BlobRequest::Hashes {
             id: blob_id(),
-            offset: 262_144,
+            from: 0,
+            max: 8192,
+        },
+    );
+    write(
+        "blob_request",
+        "part",
+        &BlobRequest::Part {
+            id: blob_id(),
+            index: 1,
         },
     );
     let total = BLOB.len() as u64;
     write(
         "blob_response",
-        "whole",
-        &BlobResponse::Chunk {
+        "hashes",
+        &BlobResponse::Hashes {
             total,
-            offset: 0,
-            data: BLOB.to_vec(),
+            from: 0,
+            cvs: Vec::new(),
         },
     );
     write(
         "blob_response",
         "part",
-        &BlobResponse::Chunk {
-            total,
-            offset: 0,
-            data: BLOB[..10].to_vec(),
+        &BlobResponse::Part {
+            index: 0,
+            data: BLOB.to_vec(),
         },
     );
     write("blob_response", "missing", &BlobResponse::NotFound);

@@ -1,6 +1,6 @@
 //! A blob request frame's body from any peer: the codec's decoder must never panic, and what
-//! it accepts must survive a round trip. (Serving it reads the store, which clamps the offset:
-//! `Store::blob_chunk`, tested in the node.)
+//! it accepts must survive a round trip. (Serving it reads the blob store, which bounds the
+//! part index and the page: `BlobStore::part` and `hashes`, tested in the node.)
 #![no_main]
 
 use hivemesh_node_fuzz::wire::decode_blob_request;

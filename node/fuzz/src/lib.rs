@@ -1,12 +1,15 @@
 //! The node's network-input code, compiled here from the node's own source files so that the
 //! fuzz targets run exactly that code: `wire` (the request–response decoders the codec runs on
-//! every frame) and `fetch` (what a node does with a blob chunk). Neither imports anything
-//! from the rest of the node crate.
+//! every frame) and `fetch` (what a node does with a blob's outboard and parts, checked with
+//! `blobtree`). None imports anything from the rest of the node crate.
 
 #![allow(dead_code)]
 
 #[path = "../../src/net/wire.rs"]
 pub mod wire;
+
+#[path = "../../src/blobtree.rs"]
+pub mod blobtree;
 
 #[path = "../../src/fetch.rs"]
 pub mod fetch;
