@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_JOB_MEMORY: u64 = 4 << 30;
 pub const DEFAULT_MAX_JOB_FLOPS: u64 = 200_000_000_000_000;
 /// Default wall-clock limit of one job: two hours.
 pub const DEFAULT_MAX_JOB_TIME: Duration = Duration::from_secs(2 * 3600);
+/// Default largest dataset followed: 16 GiB.
+pub const DEFAULT_MAX_DATASET: u64 = 16 << 30;
 /// Default number of live campaigns one submitter may have on this node.
 pub const DEFAULT_CAMPAIGNS_PER_SUBMITTER: usize = 8;
 
@@ -46,6 +48,8 @@ pub struct Admission {
     pub max_job_flops: u64,
     /// Longest one job may train.
     pub max_job_time: Duration,
+    /// Largest dataset blob followed, in bytes (it is fetched before the first job).
+    pub max_dataset: u64,
 }
 
 impl Default for Admission {
@@ -58,6 +62,7 @@ impl Default for Admission {
             max_job_memory: DEFAULT_MAX_JOB_MEMORY,
             max_job_flops: DEFAULT_MAX_JOB_FLOPS,
             max_job_time: DEFAULT_MAX_JOB_TIME,
+            max_dataset: DEFAULT_MAX_DATASET,
         }
     }
 }
@@ -76,6 +81,19 @@ pub enum NotAccepted {
     /// The submitter is not in `[accept] submitters`.
     #[error("this node runs campaigns of listed submitters only, and {0} is not one")]
     Submitter(String),
+    /// The dataset is larger than `[accept] max_dataset_mb`.
+    #[error(
+        "the dataset {name} is {bytes} bytes; this node accepts datasets of at most {max} \
+         ([accept] max_dataset_mb)"
+    )]
+    Dataset {
+        /// Its name.
+        name: String,
+        /// Its size.
+        bytes: u64,
+        /// Allowed.
+        max: u64,
+    },
     /// The budget asks for more epochs than `[accept] max_epochs`.
     #[error("the budget asks for {epochs} epochs; this node accepts at most {max}")]
     Epochs {
@@ -104,6 +122,13 @@ impl Admission {
         {
             return Err(NotAccepted::Submitter(submitter.to_string()));
         }
+        if spec.dataset.bytes > self.max_dataset {
+            return Err(NotAccepted::Dataset {
+                name: spec.dataset.name.clone(),
+                bytes: spec.dataset.bytes,
+                max: self.max_dataset,
+            });
+        }
         if spec.budget.epochs > self.max_epochs {
             return Err(NotAccepted::Epochs {
                 epochs: spec.budget.epochs,
@@ -125,6 +150,7 @@ impl Admission {
 /// max_job_memory_mb = 2048
 /// max_job_flops = 1e13
 /// max_job_time_s = 600
+/// max_dataset_mb = 4096
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +169,8 @@ pub struct AcceptFile {
     pub max_job_flops: Option<f64>,
     /// Longest job, in seconds.
     pub max_job_time_s: Option<u64>,
+    /// Largest dataset, in MiB.
+    pub max_dataset_mb: Option<u64>,
 }
 
 /// A value of the `[accept]` table that is not usable.
@@ -217,6 +245,8 @@ impl AcceptFile {
                 self.max_job_time_s,
                 d.max_job_time.as_secs(),
             )?),
+            max_dataset: positive("max_dataset_mb", self.max_dataset_mb, d.max_dataset >> 20)?
+                .saturating_mul(1 << 20),
         })
     }
 }
@@ -294,5 +324,16 @@ mod tests {
             short.check(&nas, &me),
             Err(NotAccepted::Epochs { epochs: 3, max: 2 })
         );
+        let small = AcceptFile {
+            max_dataset_mb: Some(1),
+            ..AcceptFile::default()
+        }
+        .admission()
+        .expect("valid");
+        let mut big = nas.clone();
+        big.dataset.bytes = 2 << 20;
+        let e = small.check(&big, &me).expect_err("a 2 MiB dataset");
+        assert!(e.to_string().contains("max_dataset_mb"), "{e}");
+        assert_eq!(small.check(&nas, &me), Ok(()), "the digits are 118 KiB");
     }
 }

@@ -18,6 +18,7 @@
 //! max_job_memory_mb = 4096
 //! max_job_flops = 2e14
 //! max_job_time_s = 7200
+//! max_dataset_mb = 16384
 //! ```
 
 use std::net::SocketAddr;

@@ -331,6 +331,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 s["messages_validated"],
                 s["messages_rejected"]
             );
+            let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+            say!(
+                "blobs     {:.1} MiB of {:.0} MiB",
+                mib(&s["blob_store"][0]),
+                mib(&s["blob_store"][1])
+            );
+            for f in s["fetches"].as_array().into_iter().flatten() {
+                let have = mib(&f["have"]);
+                let line = match f["total"].as_u64() {
+                    Some(t) if t > 0 => format!(
+                        "{have:.1} of {:.1} MiB ({:.0}%)",
+                        mib(&f["total"]),
+                        100.0 * f["have"].as_u64().unwrap_or(0) as f64 / t as f64
+                    ),
+                    _ => "finding holders".into(),
+                };
+                say!("fetching  {} {line}", f["id"].as_str().unwrap_or("?"));
+            }
             for c in s["campaigns"].as_array().into_iter().flatten() {
                 if let Ok(c) = serde_json::from_value::<CampaignView>(c.clone()) {
                     say!("{}", c.line());

@@ -83,6 +83,10 @@ impl BlobSource for StoreBlobs {
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
         self.0.blob(id).ok().flatten()
     }
+
+    fn file(&self, id: &BlobId) -> Option<(std::path::PathBuf, u64)> {
+        self.0.blobs().file(id)
+    }
 }
 
 /// [`Fault::Lie`]: every successful result's `correct` off by one.

@@ -105,6 +105,49 @@ pub enum ExecError {
 pub trait BlobSource: Send + Sync {
     /// The blob's bytes, if held. Callers check the hash.
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>>;
+
+    /// The file holding the blob and its size, if it is on disk (datasets are read from it
+    /// rather than whole into memory first). Callers check the hash.
+    fn file(&self, _id: &BlobId) -> Option<(std::path::PathBuf, u64)> {
+        None
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    /// The source.
+    inner: R,
+    /// blake3 of everything read.
+    hasher: blake3::Hasher,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Decodes the dataset blob `id` from its file, checking its hash on the way.
+fn read_dataset_file(
+    name: &str,
+    id: &BlobId,
+    path: &std::path::Path,
+    len: u64,
+) -> Result<Result<DatasetBlob, String>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut r = Hashing {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        hasher: blake3::Hasher::new(),
+    };
+    let decoded = DatasetBlob::read_from(name, &mut r, len);
+    // Hash whatever the decoder left unread, so that the id is checked in every case.
+    std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    if BlobId(*r.hasher.finalize().as_bytes()) != *id {
+        return Err("the stored bytes do not hash to the id".into());
+    }
+    Ok(decoded.map_err(|e| e.to_string()))
 }
 
 impl BlobSource for BTreeMap<BlobId, Vec<u8>> {
@@ -361,18 +404,24 @@ pub(crate) fn load_dataset(r: &DatasetRef, blobs: &dyn BlobSource) -> Result<Loa
         }
         return Ok(Loaded::new(d));
     }
-    let bytes = blobs
-        .blob(&r.id)
-        .ok_or_else(|| unavailable("the dataset blob is not in the store".into()))?;
-    if BlobId::of_bytes(&bytes) != r.id {
-        return Err(unavailable("the stored bytes do not hash to the id".into()));
-    }
-    match DatasetBlob::decode(&r.name, &bytes) {
+    let decoded = match blobs.file(&r.id) {
+        Some((path, len)) => read_dataset_file(&r.name, &r.id, &path, len).map_err(unavailable)?,
+        None => {
+            let bytes = blobs
+                .blob(&r.id)
+                .ok_or_else(|| unavailable("the dataset blob is not in the store".into()))?;
+            if BlobId::of_bytes(&bytes) != r.id {
+                return Err(unavailable("the stored bytes do not hash to the id".into()));
+            }
+            DatasetBlob::decode(&r.name, &bytes).map_err(|e| e.to_string())
+        }
+    };
+    match decoded {
         Ok(DatasetBlob::Samples(d)) => Ok(Loaded::new(d)),
         Ok(DatasetBlob::Text(_)) => Err(ExecError::BadDataset(
             "a text corpus, not labelled samples".into(),
         )),
-        Err(e) => Err(ExecError::BadDataset(e.to_string())),
+        Err(e) => Err(ExecError::BadDataset(e)),
     }
 }
 

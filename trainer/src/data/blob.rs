@@ -23,7 +23,7 @@
 //! Nothing may follow. The decoder checks every size against the blob's length before it
 //! allocates, so a hostile blob costs at most its own size.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use hivemesh_evolve::arch::Shape;
@@ -136,6 +136,87 @@ impl DatasetBlob {
             }
             k => Err(corrupt(5, format!("unknown dataset kind {k}"))),
         }
+    }
+}
+
+impl DatasetBlob {
+    /// Decodes a blob of `len` bytes from a reader (a file) without holding its bytes twice:
+    /// the header is checked against `len` before the samples are allocated and read into
+    /// place.
+    pub fn read_from(name: &str, mut r: impl Read, len: u64) -> Result<DatasetBlob, DataError> {
+        let path = Path::new(name).to_path_buf();
+        let io = |e: io::Error| DataError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let mut head = [0u8; SAMPLES_HEADER];
+        let n = (len as usize).min(SAMPLES_HEADER);
+        r.read_exact(&mut head[..n]).map_err(io)?;
+        if n < SAMPLES_HEADER || head[5] != 0 {
+            // Text, or something too short for samples: small enough to read whole.
+            let mut all = head[..n].to_vec();
+            r.take(len - n as u64).read_to_end(&mut all).map_err(io)?;
+            return DatasetBlob::decode(name, &all);
+        }
+        // Check the header alone (as a blob with no samples), then the sizes against `len`.
+        let mut empty = head;
+        empty[25..33].copy_from_slice(&0u64.to_le_bytes());
+        empty[33..41].copy_from_slice(&u64::MAX.to_le_bytes());
+        let DatasetBlob::Samples(d) = DatasetBlob::decode(name, &empty)? else {
+            unreachable!("kind 0 decodes as samples");
+        };
+        let samples = read_u64(&head, 25).unwrap_or_default();
+        let width: u64 = if head[6] == 0 { 1 } else { 4 };
+        let expected = d
+            .shape
+            .numel()
+            .checked_mul(width)
+            .and_then(|s| s.checked_add(2))
+            .and_then(|s| s.checked_mul(samples))
+            .and_then(|s| s.checked_add(SAMPLES_HEADER as u64));
+        if expected != Some(len) {
+            return Err(DataError::Corrupt {
+                path,
+                offset: 25,
+                reason: format!("{samples} samples do not fill a blob of {len} bytes"),
+            });
+        }
+        let mut labels = vec![0u8; 2 * samples as usize];
+        r.read_exact(&mut labels).map_err(io)?;
+        let labels = labels
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let count = (samples * d.shape.numel()) as usize;
+        let values = match d.values {
+            Values::U8 { max, .. } => {
+                let mut data = vec![0u8; count];
+                r.read_exact(&mut data).map_err(io)?;
+                Values::U8 { max, data }
+            }
+            Values::F32(_) => {
+                let mut v = Vec::with_capacity(count);
+                let mut buf = vec![0u8; 1 << 16];
+                while v.len() < count {
+                    let take = ((count - v.len()) * 4).min(buf.len());
+                    r.read_exact(&mut buf[..take]).map_err(io)?;
+                    v.extend(
+                        buf[..take]
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                    );
+                }
+                Values::F32(v)
+            }
+        };
+        let d = Dataset {
+            labels,
+            values,
+            test_from: Some(read_u64(&head, 33).unwrap_or_default()).filter(|&t| t != u64::MAX),
+            ..d
+        };
+        d.validate()?;
+        Ok(DatasetBlob::Samples(d))
     }
 }
 
@@ -309,6 +390,38 @@ mod tests {
             DatasetBlob::decode("t", &bytes).expect("text"),
             DatasetBlob::Text(t)
         );
+    }
+
+    #[test]
+    fn reading_from_a_stream_gives_what_decoding_gives() {
+        let mut d = digits();
+        d.test_from = Some(17);
+        let f = Dataset {
+            values: Values::F32((0..6).map(|i| i as f32 / 3.0).collect()),
+            ..Dataset::of_bytes("f", Shape::Flat(3), 2, 1, vec![0; 6], vec![1, 0]).expect("ok")
+        };
+        let t = TextCorpus::from_text(Path::new("t"), b"abcab").expect("text");
+        for blob in [
+            DatasetBlob::Samples(d),
+            DatasetBlob::Samples(f),
+            DatasetBlob::Text(t),
+        ] {
+            let bytes = blob.encode();
+            let name = match &blob {
+                DatasetBlob::Samples(d) => d.name.clone(),
+                DatasetBlob::Text(_) => "t".into(),
+            };
+            let read = DatasetBlob::read_from(&name, &bytes[..], bytes.len() as u64);
+            assert_eq!(read.expect("reads"), blob);
+        }
+        let bytes = DatasetBlob::Samples(digits()).encode();
+        let short = bytes.len() as u64 - 1;
+        let e = DatasetBlob::read_from("d", &bytes[..], short).expect_err("a length that lies");
+        assert!(e.to_string().contains("do not fill"), "{e}");
+        let mut huge = bytes[..SAMPLES_HEADER].to_vec();
+        huge[25..33].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let e = DatasetBlob::read_from("d", &huge[..], 1 << 40).expect_err("no allocation");
+        assert!(e.to_string().contains("do not fill"), "{e}");
     }
 
     #[test]
