@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 use crate::daemon::{Client, ClientError};
 
 pub mod datasets;
-use crate::daemon::MAX_PUT_LEN;
 use crate::submit::{Resolve, Submission, UploadError, build_spec};
 
 /// Largest campaign file accepted by `POST /campaigns`.
@@ -177,8 +176,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         input_methods: &["POST"],
         input_query: "",
         input_headers: "Authorization: Bearer <DATA_DIR/api.token>",
-        input_body: "the blob's bytes (application/octet-stream), at most 256 MiB",
-        output: "201 {\"id\":\"<blob id>\",\"bytes\":<size>}",
+        input_body: "the blob's bytes (application/octet-stream), streamed to disk (never held whole), at most 64 GiB and the node's blob quota (a Content-Length over the room left is refused before anything is written)",
+        output: "201 {\"id\":\"<blob id>\",\"bytes\":<size>}; 413 over the limit or the quota",
         documentation: "Store a blob (a loss search's reference model, a distillation teacher) and announce this node as its provider; campaign files name it by id. `hivemesh blob put FILE` does this.",
         example_calls: &[ExampleCall {
             method: "POST",
@@ -533,20 +532,24 @@ async fn post_campaign(
         Submission::parse(&text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     // Kept for checking the dataset and the generation-0 estimate (a loss search's reference
     // model).
-    let mut built = std::collections::BTreeMap::new();
+    let mut built = crate::executor::HeldBlobs::default();
     if let Ok(crate::campaign_file::DatasetSource::Blob(id)) =
         crate::campaign_file::DatasetSource::parse(&sub.file.dataset)
     {
-        // An uploaded dataset: from the store, or else from the peers that provide it.
-        let bytes = s
+        // An uploaded dataset: in the store, or else fetched from the peers that provide it.
+        let (path, len) = s
             .client
-            .fetch_blob(id)
+            .fetch_blob_file(id)
             .await
             .map_err(client_error(StatusCode::BAD_REQUEST, |m| {
                 format!("dataset blob:{id}: {m}")
             }))?;
-        sub.know_dataset(&bytes);
-        built.insert(id, bytes);
+        let mut head = Vec::new();
+        if let Ok(f) = std::fs::File::open(&path) {
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(f, 64), &mut head);
+        }
+        sub.know_dataset(&head);
+        built.files.insert(id, (path, len));
     }
     // A zoo reference model is built here and stored (and announced) before the campaign is.
     let zoo = Resolve {
@@ -554,7 +557,7 @@ async fn post_campaign(
         files: None,
     };
     sub.upload_blobs(zoo, |_, bytes| {
-        built.insert(
+        built.bytes.insert(
             hivemesh_protocol::id::BlobId::of_bytes(&bytes),
             bytes.clone(),
         );
@@ -640,43 +643,94 @@ async fn get_blob(
     let id: BlobId = id
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("blob id {id:?}: {e}")))?;
-    let bytes = if q.fetch {
-        s.client
-            .fetch_blob(id)
+    let (path, len) = match s.client.blob_file(&id) {
+        Some(held) => held,
+        None if q.fetch => s
+            .client
+            .fetch_blob_file(id)
             .await
             .map_err(client_error(StatusCode::NOT_FOUND, |m| {
                 format!("blob {id}: {m}")
-            }))?
-    } else {
-        s.client
-            .blob(id)
-            .await
-            .map_err(client_error(StatusCode::INTERNAL_SERVER_ERROR, |m| m))?
-            .ok_or_else(|| {
-                not_found(format!(
-                    "blob {id} is not held by this node (add ?fetch=true to ask peers)"
-                ))
-            })?
+            }))?,
+        None => {
+            return Err(not_found(format!(
+                "blob {id} is not held by this node (add ?fetch=true to ask peers)"
+            )));
+        }
     };
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("blob {id}: {e}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(file_chunks(file)),
+    )
+        .into_response())
+}
+
+/// A file as a stream of 1 MiB chunks (a blob sent without holding it whole).
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 1 << 20];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// The Content-Length a client declared, if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 async fn post_blob(
     State(s): State<ApiState>,
     _auth: Authorized,
-    body: axum::body::Bytes,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let len = body.len();
-    let id = s
+    let (id, len) = s
         .client
-        .put_blob(body.to_vec())
+        .put_blob_stream(
+            body.into_data_stream(),
+            content_length(&headers),
+            crate::fetch::MAX_BLOB_LEN,
+        )
         .await
-        .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
+        .map_err(upload_error)?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id.to_string(), "bytes": len })),
     )
         .into_response())
+}
+
+/// An upload refused: 413 when it is too large or the store is full, else 400.
+fn upload_error(e: ClientError) -> ApiError {
+    let text = e.to_string();
+    match e {
+        ClientError::Stopped => stopped(e),
+        _ if text.contains("full") || text.contains("most this node takes") => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, text)
+        }
+        _ => ApiError(StatusCode::BAD_REQUEST, text),
+    }
 }
 
 fn peer_id(s: &str) -> Result<libp2p::PeerId, ApiError> {
@@ -758,12 +812,9 @@ fn handler(uri: &str) -> Option<MethodRouter<ApiState>> {
         "/campaigns/{id}" => get(get_campaign),
         "/campaigns/{id}/results" => get(get_results),
         "/campaigns/{id}/scores" => get(get_scores),
-        "/blobs" => {
-            axum::routing::post(post_blob).layer(DefaultBodyLimit::max(MAX_PUT_LEN as usize))
-        }
+        "/blobs" => axum::routing::post(post_blob),
         "/blobs/{id}" => get(get_blob),
-        "/datasets" => axum::routing::post(datasets::post_dataset)
-            .layer(DefaultBodyLimit::max(MAX_PUT_LEN as usize)),
+        "/datasets" => axum::routing::post(datasets::post_dataset),
         "/metrics" => get(get_metrics),
         "/peers/{peer_id}/block" => axum::routing::post(block_peer).delete(unblock_peer),
         "/peers/dial" => axum::routing::post(dial_peer).layer(DefaultBodyLimit::max(MAX_DIAL_LEN)),

@@ -849,6 +849,12 @@ async fn blob(data_dir: &Path, cmd: BlobCmd) -> anyhow::Result<()> {
         }
         BlobCmd::Get { id, out, api } => {
             let r = get(data_dir, &api, &format!("/blobs/{id}?fetch=true")).await?;
+            let want: BlobId = id
+                .parse()
+                .map_err(|e| anyhow::anyhow!("blob id {id:?}: {e}"))?;
+            if BlobId::of_bytes(&r.body) != want {
+                bail!("the node sent bytes that do not hash to {id}: nothing written");
+            }
             write_new(&out, &r.body)?;
             say!("wrote {} bytes to {}", r.body.len(), out.display());
             Ok(())

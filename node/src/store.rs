@@ -883,8 +883,9 @@ impl Store {
         self.noted(self.blobs.put(id, bytes, true))
     }
 
-    /// A blob write's outcome, counted and remembered as a failed write when the disk failed.
-    fn noted<T>(&self, r: Result<T, BlobError>) -> Result<T, StoreError> {
+    /// A blob write's outcome, counted and remembered as a failed write when the disk failed
+    /// (as every database write is); a success clears the last error.
+    pub fn noted<T>(&self, r: Result<T, BlobError>) -> Result<T, StoreError> {
         let mut last = self
             .last_error
             .lock()

@@ -413,3 +413,70 @@ async fn an_idle_api_connection_is_closed_after_the_header_timeout() {
     assert_eq!(r.status, 200, "{}", r.text());
     a.stop().await;
 }
+
+/// `POST /datasets`: a CSV and the same data as a canonical blob get one id; bad cells are
+/// named by file, row and column; an upload over the blob quota is refused (413) and leaves
+/// nothing; `GET /blobs/{id}` streams the blob back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_are_converted_checked_and_limited() {
+    let dir = TempDir::new("httpdata");
+    let mut cfg = test_config(dir.path());
+    cfg.blob_quota = Some(1 << 20);
+    let a = start_node(0, cfg).await;
+    let addr = serve_api(a.client.clone()).await;
+    let auth = format!("Bearer {API_TOKEN}");
+    let headers = [("Authorization", auth.as_str())];
+    let csv = "f1,f2,kind\n0.5,1,cat\n2,3,dog\n1,1.5,dog\n";
+    let r = call(addr, "POST", "/datasets?name=pets.csv", &headers, csv).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(
+        (v["samples"].as_u64(), v["classes"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(v["class_names"], serde_json::json!(["cat", "dog"]));
+    let id = v["id"].as_str().expect("id").to_string();
+    // The stored blob comes back whole, and posting it as a blob gives the same id.
+    let blob = request(addr, "GET", &format!("/blobs/{id}"), &[], b"")
+        .await
+        .expect("api answers");
+    assert_eq!(blob.status, 200);
+    assert_eq!(
+        hivemesh_protocol::BlobId::of_bytes(&blob.body).to_string(),
+        id
+    );
+    let again = request(addr, "POST", "/datasets?format=blob", &headers, &blob.body)
+        .await
+        .expect("api answers");
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert!(again.text().contains(&id), "{}", again.text());
+    // Bad input names where it is, and is not stored.
+    let r = call(
+        addr,
+        "POST",
+        "/datasets?name=bad.csv",
+        &headers,
+        "a,b,y\n1,2,0\n3,x,1\n",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("bad.csv:3:2"), "{}", r.text());
+    let r = call(addr, "POST", "/datasets?format=blob", &headers, "HMDS junk").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Over the 1 MiB quota: refused before anything is written.
+    let used = |s: serde_json::Value| s["blob_store"][0].as_u64().expect("used");
+    let before = used(status_of(addr).await);
+    let big = vec![7u8; 2 << 20];
+    let r = request(addr, "POST", "/blobs", &headers, &big)
+        .await
+        .expect("api answers");
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("full"), "{}", r.text());
+    assert_eq!(used(status_of(addr).await), before, "nothing kept");
+    a.stop().await;
+}
+
+async fn status_of(addr: SocketAddr) -> serde_json::Value {
+    let r = call(addr, "GET", "/status", &[], "").await;
+    serde_json::from_slice(&r.body).expect("json")
+}

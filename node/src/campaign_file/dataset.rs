@@ -21,7 +21,7 @@ use hivemesh_trainer::data::{DatasetBlob, Format, ReadOptions};
 use serde::Deserialize;
 
 use super::{CampaignFileError, field};
-use crate::executor::{BlobSource, builtin_digits};
+use crate::executor::{BlobSource, builtin_digits, dataset_blob};
 
 /// `[data]`: how a `file:` dataset is read, and its name.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -123,30 +123,31 @@ pub fn resolve_dataset(
             ),
         )),
         DatasetSource::Blob(id) => {
-            let bytes = blobs.blob(&id).ok_or_else(|| {
-                field(
-                    "dataset",
-                    format!(
-                        "blob {id} is not in this node's store: upload it first with \
-                         `hivemesh dataset add`"
-                    ),
-                )
-            })?;
-            if BlobId::of_bytes(&bytes) != id {
-                return Err(field("dataset", format!("blob {id}: bytes do not match")));
-            }
             let name = data
                 .and_then(|d| d.name.clone())
                 .unwrap_or_else(|| format!("dataset-{}", &id.to_string()[..8]));
             if name.is_empty() || name.len() > MAX_NAME_LEN {
                 return Err(field("data.name", format!("1 to {MAX_NAME_LEN} bytes")));
             }
-            match DatasetBlob::decode(&name, &bytes) {
+            let bytes = match blobs.file(&id) {
+                Some((_, len)) => len,
+                None => blobs.blob(&id).map_or(0, |b| b.len() as u64),
+            };
+            let decoded = dataset_blob(&name, &id, blobs).map_err(|why| {
+                field(
+                    "dataset",
+                    format!(
+                        "blob {id}: {why}: upload it first with `hivemesh dataset add` (or \
+                         POST /datasets)"
+                    ),
+                )
+            })?;
+            match decoded {
                 Ok(DatasetBlob::Samples(_)) => Ok(DatasetRef {
                     id,
                     name,
                     sources: Vec::new(),
-                    bytes: bytes.len() as u64,
+                    bytes,
                 }),
                 Ok(DatasetBlob::Text(_)) => Err(field(
                     "dataset",
@@ -158,12 +159,10 @@ pub fn resolve_dataset(
     }
 }
 
-/// A labelled dataset's sample shape and classes, from a blob's header (for zoo models).
-pub fn shape_of(bytes: &[u8]) -> Option<(Shape, u32)> {
-    match DatasetBlob::decode("dataset", bytes).ok()? {
-        DatasetBlob::Samples(d) => Some((d.shape, d.classes)),
-        DatasetBlob::Text(_) => None,
-    }
+/// A labelled dataset's sample shape and classes, from its blob's first bytes (for zoo
+/// models).
+pub fn shape_of(head: &[u8]) -> Option<(Shape, u32)> {
+    hivemesh_trainer::data::blob::peek(head)
 }
 
 #[cfg(test)]
@@ -187,6 +186,7 @@ mod tests {
         let mut store = BTreeMap::new();
         let value = format!("blob:{id}");
         let e = resolve_dataset(&value, None, &store).expect_err("not stored");
+        assert!(e.to_string().contains("not in the store"), "{e}");
         assert!(e.to_string().contains("dataset add"), "{e}");
         store.insert(id, blob.clone());
         let r = resolve_dataset(&value, None, &store).expect("stored");

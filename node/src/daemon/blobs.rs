@@ -46,8 +46,42 @@ pub enum FetchError {
     },
 }
 
-/// Who waits for a blob being fetched: a client's reply channel.
-type Waiter = oneshot::Sender<Result<Vec<u8>, ClientError>>;
+/// Who waits for a blob being fetched: a client's reply channel, for the bytes or the file.
+pub(super) enum Waiter {
+    /// The whole blob in memory (at most the store's read-whole limit).
+    Bytes(oneshot::Sender<Result<Vec<u8>, ClientError>>),
+    /// Where it is on disk, and its size.
+    File(oneshot::Sender<Result<(std::path::PathBuf, u64), ClientError>>),
+}
+
+impl Waiter {
+    /// Answers from the store (the blob is held), or with `err`.
+    fn answer(self, store: &crate::store::Store, id: &BlobId, err: Option<ClientError>) {
+        match (self, err) {
+            (Waiter::Bytes(w), Some(e)) => {
+                let _ = w.send(Err(e));
+            }
+            (Waiter::File(w), Some(e)) => {
+                let _ = w.send(Err(e));
+            }
+            (Waiter::Bytes(w), None) => {
+                let r = match store.blob(id) {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => Err(FetchError::NoPeer(format!("blob {id} vanished")).into()),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = w.send(r);
+            }
+            (Waiter::File(w), None) => {
+                let r = store
+                    .blobs()
+                    .file(id)
+                    .ok_or_else(|| FetchError::NoPeer(format!("blob {id} vanished")).into());
+                let _ = w.send(r);
+            }
+        }
+    }
+}
 
 /// A blob being fetched and who waits for it.
 struct Fetching {
@@ -294,20 +328,15 @@ impl EventLoop {
         Ok(id)
     }
 
-    /// A client wants a blob: from the store, or else fetched from peers (the fetch answers).
+    /// A client wants a blob (its bytes or its file): from the store, or else fetched from
+    /// peers (the fetch answers).
     pub(super) fn get_or_fetch_blob(&mut self, id: BlobId, reply: Waiter) {
-        match self.store.blob(&id) {
-            Ok(Some(bytes)) => {
-                let _ = reply.send(Ok(bytes));
-            }
-            // The fetch answers `reply`, also when it cannot start.
-            Ok(None) => {
-                let _ = self.fetch_blob(id, None, Some(reply));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e.into()));
-            }
+        if self.store.blobs().len(&id).is_some() {
+            reply.answer(&self.store, &id, None);
+            return;
         }
+        // The fetch answers `reply`, also when it cannot start.
+        let _ = self.fetch_blob(id, None, Some(reply));
     }
 
     /// The most bytes a fetch of `id` may bring: the declared size of a followed campaign's
@@ -349,7 +378,7 @@ impl EventLoop {
         }
         if self.blobs.fetches.len() >= MAX_FETCHES {
             if let Some(w) = waiter {
-                let _ = w.send(Err(FetchError::Busy.into()));
+                w.answer(&self.store, &id, Some(FetchError::Busy.into()));
             }
             return Err(FetchError::Busy);
         }
@@ -489,21 +518,8 @@ impl EventLoop {
             fetched: f.fetched,
         });
         self.blobs.searches.retain(|_, b| *b != id);
-        if !f.waiters.is_empty() {
-            // Clients get the bytes (blobs too large to read whole get the store's error).
-            let bytes = self.store.blob(&id).map_err(|e| e.to_string());
-            for w in f.waiters {
-                let answer = match &bytes {
-                    Ok(Some(b)) => Ok(b.clone()),
-                    Ok(None) => Err(FetchError::NoPeer(format!("blob {id} vanished")).into()),
-                    Err(e) => Err(FetchError::Store {
-                        id,
-                        reason: e.clone(),
-                    }
-                    .into()),
-                };
-                let _ = w.send(answer);
-            }
+        for w in f.waiters {
+            w.answer(&self.store, &id, None);
         }
         for (campaign, job) in f.jobs {
             self.start_job(campaign, job);
@@ -527,7 +543,7 @@ impl EventLoop {
             self.store.blobs().abandon(p);
         }
         for w in f.waiters {
-            let _ = w.send(Err(e.clone().into()));
+            w.answer(&self.store, &id, Some(e.clone().into()));
         }
         for (campaign, job) in f.jobs {
             self.abandon(campaign, job.id(), e.to_string());

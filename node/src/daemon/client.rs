@@ -16,7 +16,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::blobs::FetchError;
+use super::blobs::{FetchError, Waiter};
 use super::campaigns::CampaignError;
 use super::status::{self, CampaignStatus, NodeStatus, SettledJob};
 use super::{EventLoop, peer_key};
@@ -54,6 +54,9 @@ pub enum ClientError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A streamed upload was refused or broke off (nothing of it is kept).
+    #[error("upload: {0}")]
+    Upload(String),
     /// A blob could not be fetched from peers.
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -167,6 +170,20 @@ pub(super) enum Command {
         id: BlobId,
         /// Where the answer goes.
         reply: Reply<Result<Vec<u8>, ClientError>>,
+    },
+    /// Announce a blob stored without the loop (an upload).
+    Announce {
+        /// The blob.
+        id: BlobId,
+        /// Where the answer goes.
+        reply: Reply<()>,
+    },
+    /// A blob's file, fetched from peers if not held.
+    FetchBlobFile {
+        /// The blob.
+        id: BlobId,
+        /// Where the answer goes.
+        reply: Reply<Result<(std::path::PathBuf, u64), ClientError>>,
     },
     /// The connected peers' keys.
     PeerKeys {
@@ -295,6 +312,8 @@ pub struct Client {
     /// The latest status snapshot (refreshed by the event loop every
     /// [`super::STATUS_SNAPSHOT_EVERY`]; `None` until it runs).
     pub(super) snapshot: watch::Receiver<Option<Arc<NodeStatus>>>,
+    /// The store (uploads stream into its blob files without passing through the loop).
+    pub(super) store: Arc<crate::store::Store>,
 }
 
 impl Client {
@@ -327,6 +346,12 @@ impl Client {
         }
         let latest = self.snapshot.borrow().clone();
         match latest {
+            // Uploads write the store without the loop: its health is read fresh.
+            Some(s) if s.store_error != self.store.last_error() => {
+                let mut fresh = (*s).clone();
+                fresh.store_error = self.store.last_error();
+                Ok(Arc::new(fresh))
+            }
             Some(s) => Ok(s),
             None => self.status().await.map(Arc::new),
         }
@@ -408,10 +433,96 @@ impl Client {
         self.ask(|reply| Command::PutBlob { bytes, reply }).await?
     }
 
+    /// Streams an upload into the blob store (hashed on the way; never whole in memory), then
+    /// announces it; returns its id and size. `expected` (a Content-Length) is reserved
+    /// before anything is written; an upload past `limit` bytes or the quota is refused and
+    /// leaves nothing. A stream that ends in an error stores nothing.
+    pub async fn put_blob_stream<S, E>(
+        &self,
+        mut body: S,
+        expected: Option<u64>,
+        limit: u64,
+    ) -> Result<(BlobId, u64), ClientError>
+    where
+        S: futures::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt;
+        let store = Arc::clone(&self.store);
+        let (tx, mut rx) = mpsc::channel::<Option<axum::body::Bytes>>(8);
+        let writer = tokio::task::spawn_blocking(move || {
+            let blobs = store.blobs();
+            let mut up = store.noted(blobs.begin_upload(expected, limit))?;
+            while let Some(item) = rx.blocking_recv() {
+                let written = match item {
+                    Some(chunk) => blobs.upload_write(&mut up, &chunk),
+                    None => {
+                        blobs.abort_upload(up);
+                        return Ok(None);
+                    }
+                };
+                if let Err(e) = written {
+                    blobs.abort_upload(up);
+                    return store.noted(Err(e));
+                }
+            }
+            store.noted(blobs.finish_upload(up)).map(Some)
+        });
+        let mut broken = None;
+        while let Some(chunk) = body.next().await {
+            let item = match chunk {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    None
+                }
+            };
+            let stop = item.is_none();
+            if tx.send(item).await.is_err() || stop {
+                break; // the writer stopped (an error it reports below) or the body broke
+            }
+        }
+        drop(tx);
+        let stored = writer
+            .await
+            .map_err(|e| ClientError::Upload(e.to_string()))?
+            .map_err(|e| ClientError::Upload(e.to_string()))?;
+        let Some((id, len)) = stored.filter(|_| broken.is_none()) else {
+            return Err(ClientError::Upload(format!(
+                "the upload broke off: {}",
+                broken.unwrap_or_default()
+            )));
+        };
+        self.ask(|reply| Command::Announce { id, reply }).await?;
+        Ok((id, len))
+    }
+
     /// A blob from this node's store, or else fetched from the peers that provide it
     /// (hash-checked, then stored here).
     pub async fn fetch_blob(&self, id: BlobId) -> Result<Vec<u8>, ClientError> {
         self.ask(|reply| Command::FetchBlob { id, reply }).await?
+    }
+
+    /// Where a blob's bytes are on this node's disk, and its size: held already, or fetched
+    /// from the peers that provide it first (verified part by part). For blobs too large to
+    /// read whole (datasets).
+    pub async fn fetch_blob_file(
+        &self,
+        id: BlobId,
+    ) -> Result<(std::path::PathBuf, u64), ClientError> {
+        self.ask(|reply| Command::FetchBlobFile { id, reply })
+            .await?
+    }
+
+    /// Removes a blob uploaded here that turned out to be unusable (a dataset that does not
+    /// decode).
+    pub fn remove_blob(&self, id: &BlobId) {
+        self.store.blobs().remove(id);
+    }
+
+    /// Where a blob held by this node is on disk, and its size (`None`: not held).
+    pub fn blob_file(&self, id: &BlobId) -> Option<(std::path::PathBuf, u64)> {
+        self.store.blobs().file(id)
     }
 
     /// Stops talking to a peer (closes its connections, refuses new ones) or, with `blocked`
@@ -505,7 +616,14 @@ impl EventLoop {
             Command::PutBlob { bytes, reply } => {
                 let _ = reply.send(self.put_blob(&bytes));
             }
-            Command::FetchBlob { id, reply } => self.get_or_fetch_blob(id, reply),
+            Command::FetchBlob { id, reply } => self.get_or_fetch_blob(id, Waiter::Bytes(reply)),
+            Command::Announce { id, reply } => {
+                self.announce_blob(&id);
+                let _ = reply.send(());
+            }
+            Command::FetchBlobFile { id, reply } => {
+                self.get_or_fetch_blob(id, Waiter::File(reply));
+            }
             Command::GossipScore { peer, reply } => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }

@@ -338,6 +338,7 @@ pub fn start_locked(
         key: key.public(),
         metrics: Arc::clone(&metrics),
         snapshot,
+        store: Arc::clone(&store),
     };
     let mut ev = EventLoop {
         swarm,

@@ -129,6 +129,50 @@ impl<R: std::io::Read> std::io::Read for Hashing<R> {
     }
 }
 
+/// The dataset blob `id` from `blobs` (its file, else its bytes), hash-checked: the outer error
+/// says it is not here (or not intact), the inner one that it does not decode.
+pub(crate) fn dataset_blob(
+    name: &str,
+    id: &BlobId,
+    blobs: &dyn BlobSource,
+) -> Result<Result<DatasetBlob, String>, String> {
+    if let Some((path, len)) = blobs.file(id) {
+        return read_dataset_file(name, id, &path, len);
+    }
+    let bytes = blobs
+        .blob(id)
+        .ok_or_else(|| "the dataset blob is not in the store".to_string())?;
+    if BlobId::of_bytes(&bytes) != *id {
+        return Err("the stored bytes do not hash to the id".into());
+    }
+    Ok(DatasetBlob::decode(name, &bytes).map_err(|e| e.to_string()))
+}
+
+/// Blobs a submission holds: built or read in memory, or already in the node's store.
+#[derive(Debug, Default)]
+pub struct HeldBlobs {
+    /// Blobs in memory.
+    pub bytes: BTreeMap<BlobId, Vec<u8>>,
+    /// Blobs on disk: their file and size.
+    pub files: BTreeMap<BlobId, (std::path::PathBuf, u64)>,
+}
+
+impl BlobSource for HeldBlobs {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        if let Some(b) = self.bytes.get(id) {
+            return Some(b.clone());
+        }
+        let (path, len) = self.files.get(id)?;
+        (*len <= 1 << 30)
+            .then(|| std::fs::read(path).ok())
+            .flatten()
+    }
+
+    fn file(&self, id: &BlobId) -> Option<(std::path::PathBuf, u64)> {
+        self.files.get(id).cloned()
+    }
+}
+
 /// Decodes the dataset blob `id` from its file, checking its hash on the way.
 fn read_dataset_file(
     name: &str,
@@ -404,18 +448,7 @@ pub(crate) fn load_dataset(r: &DatasetRef, blobs: &dyn BlobSource) -> Result<Loa
         }
         return Ok(Loaded::new(d));
     }
-    let decoded = match blobs.file(&r.id) {
-        Some((path, len)) => read_dataset_file(&r.name, &r.id, &path, len).map_err(unavailable)?,
-        None => {
-            let bytes = blobs
-                .blob(&r.id)
-                .ok_or_else(|| unavailable("the dataset blob is not in the store".into()))?;
-            if BlobId::of_bytes(&bytes) != r.id {
-                return Err(unavailable("the stored bytes do not hash to the id".into()));
-            }
-            DatasetBlob::decode(&r.name, &bytes).map_err(|e| e.to_string())
-        }
-    };
+    let decoded = dataset_blob(&r.name, &r.id, blobs).map_err(unavailable)?;
     match decoded {
         Ok(DatasetBlob::Samples(d)) => Ok(Loaded::new(d)),
         Ok(DatasetBlob::Text(_)) => Err(ExecError::BadDataset(

@@ -5,11 +5,14 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hivemesh_protocol::id::BlobId;
-use hivemesh_trainer::data::{DatasetBlob, ReadDataset, ReadOptions, read_posted};
+use hivemesh_trainer::data::{
+    DatasetBlob, Format, MAX_DATASET_BYTES, ReadDataset, ReadOptions, read_posted,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, Authorized, client_error};
+use crate::daemon::MAX_PUT_LEN;
 
 /// `POST /datasets` query parameters: how to read the body.
 #[derive(Debug, Default, Deserialize)]
@@ -60,7 +63,8 @@ pub(super) async fn post_dataset(
     State(s): State<ApiState>,
     _auth: Authorized,
     Query(q): Query<DatasetQuery>,
-    body: axum::body::Bytes,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let opts = ReadOptions {
@@ -75,6 +79,20 @@ pub(super) async fn post_dataset(
         shape: q.shape,
     };
     let name = q.name.unwrap_or_else(|| "upload".into());
+    if opts.format == Some(Format::Blob) {
+        return post_dataset_blob(&s, &name, &headers, body).await;
+    }
+    let body = axum::body::to_bytes(body, MAX_PUT_LEN as usize)
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{e}: a dataset file is read whole here (at most {MAX_PUT_LEN} bytes); \
+                     convert larger ones with `hivemesh dataset add`, which streams the blob"
+                ),
+            )
+        })?;
     // Converting reads and parses the whole body: off the async runtime.
     let (read, blob) = tokio::task::spawn_blocking(move || {
         let read = read_posted(&name, &body, &opts)?;
@@ -91,4 +109,53 @@ pub(super) async fn post_dataset(
         .await
         .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
     Ok((StatusCode::CREATED, axum::Json(describe(id, len, &read))).into_response())
+}
+
+/// A canonical dataset blob, streamed to disk, then checked (decoded from its file); one that
+/// does not decode is removed again.
+async fn post_dataset_blob(
+    s: &ApiState,
+    name: &str,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let (id, len) = s
+        .client
+        .put_blob_stream(
+            body.into_data_stream(),
+            super::content_length(headers),
+            MAX_DATASET_BYTES,
+        )
+        .await
+        .map_err(super::upload_error)?;
+    let (path, _) = s.client.blob_file(&id).ok_or_else(|| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("blob {id} vanished"),
+        )
+    })?;
+    let name = name.to_string();
+    let checked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let r = std::io::BufReader::with_capacity(1 << 20, file);
+        DatasetBlob::read_from(&name, r, len).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match checked {
+        Ok(blob) => {
+            let read = ReadDataset {
+                blob,
+                class_names: None,
+            };
+            Ok((StatusCode::CREATED, axum::Json(describe(id, len, &read))).into_response())
+        }
+        Err(e) => {
+            s.client.remove_blob(&id);
+            Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("not a dataset blob: {e}"),
+            ))
+        }
+    }
 }

@@ -56,6 +56,12 @@ pub enum BlobError {
         /// Bytes held that cannot be evicted.
         used: u64,
     },
+    /// An upload past the most bytes allowed.
+    #[error("the upload passed {max} bytes, the most this node takes in one blob")]
+    OverLimit {
+        /// The limit.
+        max: u64,
+    },
     /// A blob too large to read whole into memory (it is served and fetched in parts).
     #[error("blob {id} has {len} bytes, over the {max} read whole")]
     TooLarge {
@@ -481,6 +487,123 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     })
 }
 
+/// An upload being streamed to disk: hashed as it is written, named by its id at the end.
+#[derive(Debug)]
+pub struct Upload {
+    /// The file being written.
+    file: File,
+    /// Its path (`partial/upload-N`).
+    path: PathBuf,
+    /// The id and outboard, computed on the way.
+    outboard: blobtree::Outboarder,
+    /// Bytes reserved against the quota so far.
+    reserved: u64,
+    /// The most bytes taken.
+    limit: u64,
+}
+
+/// Bytes a blob of `len` bytes takes with its outboard.
+fn stored_size(len: u64) -> u64 {
+    let parts = blobtree::parts(len);
+    len + if parts > 1 { 32 * parts } else { 0 }
+}
+
+impl BlobStore {
+    /// Starts an upload of at most `limit` bytes; `expected` (a Content-Length) is reserved at
+    /// once, so an upload that cannot fit is refused before anything is written.
+    pub fn begin_upload(&self, expected: Option<u64>, limit: u64) -> Result<Upload, BlobError> {
+        if expected.is_some_and(|e| e > limit) {
+            return Err(BlobError::OverLimit { max: limit });
+        }
+        let reserved = expected.map_or(0, stored_size);
+        self.reserve(reserved)?;
+        let n = {
+            let mut ix = self.index();
+            ix.clock += 1;
+            ix.clock
+        };
+        let path = self
+            .dir
+            .join("partial")
+            .join(format!("upload-{}-{n}", std::process::id()));
+        let file = File::create(&path).map_err(|e| {
+            self.release(reserved);
+            io(&path)(e)
+        })?;
+        Ok(Upload {
+            file,
+            path,
+            outboard: blobtree::Outboarder::default(),
+            reserved,
+            limit,
+        })
+    }
+
+    /// Appends bytes to an upload (reserving more room when it outgrows what was reserved).
+    pub fn upload_write(&self, u: &mut Upload, data: &[u8]) -> Result<(), BlobError> {
+        let len = u.outboard.len() + data.len() as u64;
+        if len > u.limit {
+            return Err(BlobError::OverLimit { max: u.limit });
+        }
+        let need = stored_size(len);
+        if need > u.reserved {
+            self.reserve(need - u.reserved)?;
+            u.reserved = need;
+        }
+        self.faults.check().map_err(io(&u.path))?;
+        u.file.write_all(data).map_err(io(&u.path))?;
+        u.outboard.update(data);
+        Ok(())
+    }
+
+    /// Ends an upload: the blob joins the own ones under its id (or is dropped when held
+    /// already). Returns its id and size.
+    pub fn finish_upload(&self, u: Upload) -> Result<(BlobId, u64), BlobError> {
+        let Upload {
+            file,
+            path,
+            outboard,
+            reserved,
+            ..
+        } = u;
+        let (id, len, cvs) = outboard.finish();
+        let stored = (|| {
+            file.sync_all().map_err(io(&path))?;
+            if let Some(h) = self.touch(&id) {
+                if !h.own {
+                    self.promote(&id)?;
+                }
+                return Ok(false);
+            }
+            let to = self.path(&id, true);
+            write_outboard(&to, &cvs)?;
+            fs::rename(&path, &to).map_err(io(&to))?;
+            File::open(self.dir.join("own"))
+                .and_then(|d| d.sync_all())
+                .map_err(io(&to))?;
+            Ok(true)
+        })();
+        let _ = fs::remove_file(&path);
+        self.release(reserved);
+        match stored {
+            Ok(true) => {
+                let bytes = stored_size(len);
+                self.index().used += bytes;
+                self.insert(id, bytes, len, true);
+                Ok((id, len))
+            }
+            Ok(false) => Ok((id, len)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops an upload that failed (its room is released).
+    pub fn abort_upload(&self, u: Upload) {
+        let _ = fs::remove_file(&u.path);
+        self.release(u.reserved);
+    }
+}
+
 /// A fetch under way: the outboard verified, parts written at their places as they verify.
 #[derive(Debug)]
 pub struct Partial {
@@ -675,6 +798,44 @@ mod tests {
             .expect_err("full");
         assert!(e.to_string().contains("quota of 1000"), "{e}");
         assert_eq!(s.usage().0, 800, "nothing written by the refused blob");
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn uploads_stream_to_disk_and_respect_the_quota_and_the_limit() {
+        let d = dir("upload");
+        let s = BlobStore::open(&d, 4 * PART, StoreFaults::default()).expect("open");
+        let data = bytes(3 * PART + 11, 17);
+        let mut u = s.begin_upload(None, 1 << 30).expect("begin");
+        for piece in data.chunks(100_000) {
+            s.upload_write(&mut u, piece).expect("write");
+        }
+        let (id, len) = s.finish_upload(u).expect("finish");
+        assert_eq!((id, len), (BlobId::of_bytes(&data), data.len() as u64));
+        assert_eq!(
+            s.part(&id, 3).expect("read").expect("held").1,
+            data[3 * PART as usize..]
+        );
+        assert_eq!(s.usage().0, data.len() as u64 + 4 * 32);
+        // A declared size over the room left is refused before a byte is written.
+        let e = s.begin_upload(Some(PART), 1 << 30).expect_err("full");
+        assert!(matches!(e, BlobError::Full { .. }), "{e}");
+        // An undeclared one is stopped when it outgrows the room, and leaves nothing.
+        let mut u = s.begin_upload(None, 1 << 30).expect("begin");
+        let e = s
+            .upload_write(&mut u, &data[..PART as usize])
+            .expect_err("full");
+        assert!(matches!(e, BlobError::Full { .. }), "{e}");
+        s.abort_upload(u);
+        let mut u = s.begin_upload(None, 10).expect("begin");
+        assert!(matches!(
+            s.upload_write(&mut u, &[0; 11]),
+            Err(BlobError::OverLimit { max: 10 })
+        ));
+        s.abort_upload(u);
+        assert_eq!(s.usage().0, data.len() as u64 + 4 * 32, "nothing more held");
+        let partial = fs::read_dir(d.join("partial")).expect("dir").count();
+        assert_eq!(partial, 0, "no upload file left");
         fs::remove_dir_all(&d).ok();
     }
 

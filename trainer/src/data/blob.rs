@@ -158,13 +158,7 @@ impl DatasetBlob {
             r.take(len - n as u64).read_to_end(&mut all).map_err(io)?;
             return DatasetBlob::decode(name, &all);
         }
-        // Check the header alone (as a blob with no samples), then the sizes against `len`.
-        let mut empty = head;
-        empty[25..33].copy_from_slice(&0u64.to_le_bytes());
-        empty[33..41].copy_from_slice(&u64::MAX.to_le_bytes());
-        let DatasetBlob::Samples(d) = DatasetBlob::decode(name, &empty)? else {
-            unreachable!("kind 0 decodes as samples");
-        };
+        let d = header_only(name, &head)?;
         let samples = read_u64(&head, 25).unwrap_or_default();
         let width: u64 = if head[6] == 0 { 1 } else { 4 };
         let expected = d
@@ -218,6 +212,25 @@ impl DatasetBlob {
         d.validate()?;
         Ok(DatasetBlob::Samples(d))
     }
+}
+
+/// A labelled-samples header checked alone: the dataset it describes with no samples.
+fn header_only(name: &str, head: &[u8; SAMPLES_HEADER]) -> Result<Dataset, DataError> {
+    let mut empty = *head;
+    empty[25..33].copy_from_slice(&0u64.to_le_bytes());
+    empty[33..41].copy_from_slice(&u64::MAX.to_le_bytes());
+    match DatasetBlob::decode(name, &empty)? {
+        DatasetBlob::Samples(d) => Ok(d),
+        DatasetBlob::Text(_) => Err(DataError::Invalid(format!("{name}: not labelled samples"))),
+    }
+}
+
+/// The sample shape and classes a labelled dataset blob's first bytes declare (`None` for a
+/// text corpus or a header that does not check).
+pub fn peek(head: &[u8]) -> Option<(Shape, u32)> {
+    let head: &[u8; SAMPLES_HEADER] = head.get(..SAMPLES_HEADER)?.try_into().ok()?;
+    let d = header_only("dataset", head).ok()?;
+    Some((d.shape, d.classes))
 }
 
 /// `c×h×w` or the flat length.
@@ -415,6 +428,8 @@ mod tests {
             assert_eq!(read.expect("reads"), blob);
         }
         let bytes = DatasetBlob::Samples(digits()).encode();
+        assert_eq!(peek(&bytes), Some((Shape::Image { c: 1, h: 8, w: 8 }, 10)));
+        assert_eq!(peek(&bytes[..SAMPLES_HEADER - 1]), None);
         let short = bytes.len() as u64 - 1;
         let e = DatasetBlob::read_from("d", &bytes[..], short).expect_err("a length that lies");
         assert!(e.to_string().contains("do not fill"), "{e}");
