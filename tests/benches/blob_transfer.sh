@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Issue 24's transfer figures (BENCHMARKS.md "Datasets as blobs"): two `hivemesh run`
+# processes on loopback.
+#  1. A dataset blob of SIZE_MB (default: 64 and 1024) goes from node A to node B
+#     (/hivemesh/blob/2: outboard, then verified 256 KiB parts written to disk). It prints the
+#     MB/s, `cp` of the same file in the same run, and the peak RSS (VmHWM) of both nodes.
+#  2. With MNIST=DIR (default ../shared/data/mnist): the time from node B following a NAS
+#     campaign whose 55 MB MNIST dataset only A holds, to B's first job running.
+# Needs: cargo build --release -p hivemesh-node; curl, jq, python3. Uses $TMPDIR (4 GiB free).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HM=${HM:-target/release/hivemesh}
+SIZES=${SIZES:-"64 1024"}
+MNIST=${MNIST:-../shared/data/mnist}
+[ -x "$HM" ] || { echo "build first: cargo build --release -p hivemesh-node" >&2; exit 2; }
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/hm-blobbench.XXXXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+api() { cat "$1/api.addr"; }
+token() { cat "$1/api.token"; }
+rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+# start NAME [BOOTSTRAP]: a node in $WORK/NAME; sets PID_NAME.
+start() {
+  local dir="$WORK/$1"; mkdir -p "$dir"
+  "$HM" --data-dir "$dir" keygen >/dev/null
+  local args=(--data-dir "$dir" run --listen /ip4/127.0.0.1/tcp/0 --http 127.0.0.1:0)
+  [ -n "${2:-}" ] && args+=(--bootstrap "$2")
+  RUST_LOG=warn "$HM" "${args[@]}" >"$dir/log" 2>&1 &
+  PIDS+=($!); eval "PID_$1=$!"
+  for _ in $(seq 200); do [ -s "$dir/api.addr" ] && break; sleep 0.05; done
+  [ -s "$dir/api.addr" ] || { cat "$dir/log"; exit 1; }
+}
+listen_of() { curl -s "http://$(api "$WORK/$1")/status" | jq -r '.listen[0]'; }
+peers_of() { curl -s "http://$(api "$WORK/$1")/status" | jq -r '.peers'; }
+
+# A canonical dataset blob (ADR 0008) of about $1 MiB: 1x32x32 byte samples, random.
+make_blob() {
+  python3 - "$1" "$2" <<'PY'
+import os, struct, sys
+mib, path = int(sys.argv[1]), sys.argv[2]
+n = (mib << 20) // (2 + 1024)
+with open(path, "wb") as f:
+    f.write(b"HMDS" + bytes([1, 0, 0, 255, 0]) + struct.pack("<IIIIQQ", 1, 32, 32, 10, n, 2**64 - 1))
+    f.write(bytes(x for b in os.urandom(n) for x in (b % 10, 0)))
+    left = n * 1024
+    while left:
+        k = min(left, 1 << 24); f.write(os.urandom(k)); left -= k
+PY
+}
+
+transfer() {
+  local mib=$1
+  rm -rf "$WORK"/a "$WORK"/b
+  start a; start b "$(listen_of a)"
+  for _ in $(seq 100); do [ "$(peers_of b)" -ge 1 ] && break; sleep 0.1; done
+  local blob="$WORK/blob-$mib"; make_blob "$mib" "$blob"
+  local bytes; bytes=$(stat -c %s "$blob")
+  local t0; t0=$(now); cp "$blob" "$WORK/copy"; sync "$WORK/copy"; local t1; t1=$(now)
+  local cp_s; cp_s=$(echo "$t1 - $t0" | bc -l); rm -f "$WORK/copy"
+  local id
+  id=$(curl -s -X POST -T "$blob" -H "Authorization: Bearer $(token "$WORK/a")" \
+    "http://$(api "$WORK/a")/blobs" | jq -r .id)
+  [ "$id" != null ] || { echo "upload failed" >&2; exit 1; }
+  t0=$(now)
+  # The answer starts once the fetch finished (every part verified and on disk).
+  local first
+  first=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://$(api "$WORK/b")/blobs/$id?fetch=true")
+  t1=$(now)
+  local fetch_s=$first
+  local mbs; mbs=$(echo "$bytes / 1000000 / $fetch_s" | bc -l)
+  local cp_mbs; cp_mbs=$(echo "$bytes / 1000000 / $cp_s" | bc -l)
+  printf '%6d MiB  fetch %.2f s = %.0f MB/s   cp+sync %.2f s = %.0f MB/s   ratio %.2f   peak RSS: A %s MB, B %s MB\n' \
+    "$mib" "$fetch_s" "$mbs" "$cp_s" "$cp_mbs" "$(echo "$mbs / $cp_mbs" | bc -l)" \
+    "$(rss_mb "$PID_a")" "$(rss_mb "$PID_b")"
+  rm -f "$blob"
+  kill "$PID_a" "$PID_b"; wait "$PID_a" "$PID_b" 2>/dev/null || true
+}
+
+join_to_first_job() {
+  rm -rf "$WORK"/a "$WORK"/b
+  start a; start b "$(listen_of a)"
+  for _ in $(seq 100); do [ "$(peers_of b)" -ge 1 ] && break; sleep 0.1; done
+  local id
+  id=$("$HM" --data-dir "$WORK/a" dataset add "$MNIST" 2>/dev/null)
+  cat >"$WORK/campaign.toml" <<TOML
+name = "bench: join to first job"
+dataset = "blob:$id"
+redundancy = 2
+quorum = 2
+[nas]
+max_layers = 1
+widths = [16]
+population = 2
+generations = 1
+[budget]
+max_steps = 20
+TOML
+  local t0; t0=$(now)
+  "$HM" --data-dir "$WORK/a" campaign submit "$WORK/campaign.toml" >/dev/null
+  local joined="" first=""
+  for _ in $(seq 6000); do
+    local s; s=$(curl -s "http://$(api "$WORK/b")/status")
+    [ -z "$joined" ] && [ "$(echo "$s" | jq '.campaigns | length')" -ge 1 ] && joined=$(now)
+    if [ -n "$joined" ] && [ "$(echo "$s" | jq '.jobs_running + .jobs_finished')" -ge 1 ]; then
+      first=$(now); break
+    fi
+    sleep 0.05
+  done
+  [ -n "$first" ] || { echo "B never ran a job"; tail -5 "$WORK/b/log"; exit 1; }
+  printf 'MNIST dataset blob %s bytes: B followed the campaign %.2f s after submission, ran its first job %.2f s after following it\n' \
+    "$(stat -c %s "$WORK/a/blobs/own/$id")" "$(echo "$joined - $t0" | bc -l)" "$(echo "$first - $joined" | bc -l)"
+  kill "$PID_a" "$PID_b"; wait "$PID_a" "$PID_b" 2>/dev/null || true
+}
+
+for s in $SIZES; do transfer "$s"; done
+[ -d "$MNIST" ] && join_to_first_job
