@@ -31,9 +31,9 @@ pub const MAX_FETCHES: usize = 8;
 /// Chaining values asked for per outboard page.
 pub const PAGE: u32 = 8192;
 /// Parts in flight per provider.
-pub const PER_PROVIDER: usize = 4;
+pub const PER_PROVIDER: usize = 16;
 /// Parts in flight per fetch.
-pub const IN_FLIGHT: usize = 16;
+pub const IN_FLIGHT: usize = 32;
 /// Providers a fetch uses at once (asked whether they hold it, then for parts).
 pub const MAX_PROVIDERS: usize = 8;
 

@@ -111,11 +111,40 @@ pub enum BlobResponse {
     Part {
         /// Which part.
         index: u64,
-        /// Its bytes.
+        /// Its bytes (as one byte string: postcard's encoding is the same as a sequence of
+        /// `u8`, without a visit per byte).
+        #[serde(with = "byte_string")]
         data: Vec<u8>,
     },
     /// The responder does not have the blob.
     NotFound,
+}
+
+/// `Vec<u8>` as a serde byte string (postcard: a varint length and the bytes, exactly as a
+/// sequence of `u8`, but copied at once rather than visited byte by byte).
+mod byte_string {
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
 }
 
 /// Refuses a frame of `len` bytes over `limit` (checked before any of it is buffered).
@@ -208,6 +237,22 @@ mod tests {
         ] {
             assert_eq!(decode_blob_response(&encode(&r)).expect("decodes"), r);
         }
+    }
+
+    #[test]
+    fn a_part_is_encoded_as_a_sequence_of_bytes_would_be() {
+        #[derive(Serialize)]
+        enum Plain {
+            _Hashes,
+            Part { index: u64, data: Vec<u8> },
+        }
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let plain = encode(&Plain::Part {
+            index: 7,
+            data: data.clone(),
+        });
+        let ours = encode(&BlobResponse::Part { index: 7, data });
+        assert_eq!(plain, ours, "the wire format is unchanged");
     }
 
     #[test]

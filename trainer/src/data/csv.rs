@@ -140,7 +140,34 @@ pub fn parse_csv(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<CsvData
         Some(s) => s,
         None => Shape::Flat(features as u32),
     };
-    let mut values = Vec::with_capacity(samples.len() * features);
+    let (values, label_cells) = cells_of(samples, width, label, &at)?;
+    let (labels, classes, class_names) =
+        labels_of(&label_cells, |k, r| at(samples[k].line, label + 1, r))?;
+    let values = compact(values);
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("csv");
+    let dataset = Dataset {
+        name: name.into(),
+        shape,
+        classes,
+        values,
+        labels,
+        test_from: None,
+    };
+    dataset.validate()?;
+    Ok(CsvDataset {
+        dataset,
+        class_names,
+    })
+}
+
+/// The feature values (row-major) and the label cells of the sample rows.
+fn cells_of<'a>(
+    samples: &'a [Row<'a>],
+    width: usize,
+    label: usize,
+    at: &dyn Fn(usize, usize, String) -> DataError,
+) -> Result<(Vec<f32>, Vec<&'a str>), DataError> {
+    let mut values = Vec::with_capacity(samples.len() * (width - 1));
     let mut label_cells = Vec::with_capacity(samples.len());
     for row in samples {
         if row.cells.len() != width {
@@ -166,23 +193,7 @@ pub fn parse_csv(path: &Path, bytes: &[u8], opts: &CsvOptions) -> Result<CsvData
             values.push(v);
         }
     }
-    let (labels, classes, class_names) =
-        labels_of(&label_cells, |k, r| at(samples[k].line, label + 1, r))?;
-    let values = compact(values);
-    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("csv");
-    let dataset = Dataset {
-        name: name.into(),
-        shape,
-        classes,
-        values,
-        labels,
-        test_from: None,
-    };
-    dataset.validate()?;
-    Ok(CsvDataset {
-        dataset,
-        class_names,
-    })
+    Ok((values, label_cells))
 }
 
 /// The label column's index, from the options and the first row.
