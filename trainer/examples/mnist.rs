@@ -7,6 +7,7 @@
 //! cargo run --release -p hivemesh-trainer --example mnist -- distill --mnist DIR --teacher teacher.hmw
 //! cargo run --release -p hivemesh-trainer --example mnist -- distill --mnist DIR --shards REPORT/shards
 //! cargo run --release -p hivemesh-trainer --example mnist -- bench --mnist DIR
+//! cargo run --release -p hivemesh-trainer --example mnist -- export --mnist DIR --out DIR
 //! ```
 //!
 //! `--mnist` is a folder holding the four standard IDX files (gzip or raw), e.g. from
@@ -17,10 +18,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hivemesh_evolve::arch::Architecture;
+use hivemesh_evolve::arch::{Architecture, MacroSpace, Shape};
 use hivemesh_evolve::gp::Expr;
-use hivemesh_trainer::data::{Dataset, Splits, load_mnist};
+use hivemesh_trainer::data::{Dataset, Splits, digits, load_mnist};
 use hivemesh_trainer::distill::{KdConfig, ShardLabels, StudentJob, label_shard, run_student};
+use hivemesh_trainer::export::{ExportFiles, npy_f32, npy_i64};
 use hivemesh_trainer::loss::{LossJob, run_loss};
 use hivemesh_trainer::model::{Model, WeightsFile};
 use hivemesh_trainer::train::{
@@ -55,6 +57,10 @@ enum Cmd {
     Loss(LossArgs),
     /// Training steps/s at batch 64 for the MLP and the CNN, and peak memory.
     Bench(BenchArgs),
+    /// Train a model and export it (arch.json, weights.safetensors, model.py) with the test
+    /// split as x_test.npy / y_test.npy; prints hivemesh's correct count, the number
+    /// tests/python/check_export.py and check_torch_module.py must reproduce.
+    Export(ExportArgs),
 }
 
 /// The arguments of `accuracy`.
@@ -159,6 +165,24 @@ struct BenchArgs {
     /// Timed steps per model (after 20 warm-up steps).
     #[arg(long, default_value_t = 200)]
     steps: u64,
+}
+
+/// The arguments of `export`.
+#[derive(Args)]
+struct ExportArgs {
+    /// Folder with the four MNIST IDX files [default: the embedded 8x8 digits].
+    #[arg(long)]
+    mnist: Option<PathBuf>,
+    /// The folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// mlp (784-128-10 on MNIST, 64-128-10 on the digits), cnn (the small CNN) or macro (an
+    /// NSGA-Net macro-space CNN: conv, batch norm, residual adds, global average pooling).
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// Epochs (Adam, lr 1e-3, batch 64).
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
 }
 
 fn bar(total: u64, label: &str) -> ProgressBar {
@@ -573,6 +597,63 @@ fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The NSGA-Net macro space's largest network with 16 channels and 3x3 kernels.
+fn macro_cnn(input: Shape, classes: u32) -> Result<Architecture> {
+    let space = MacroSpace {
+        input,
+        classes,
+        phases: 2,
+        nodes: 3,
+        channels: vec![16],
+        kernels: vec![3],
+    };
+    let genome: Vec<u32> = space.gene_limits().iter().map(|l| l - 1).collect();
+    Ok(space.decode(&genome)?)
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let (data, splits) = match &a.mnist {
+        Some(dir) => load(dir)?,
+        None => {
+            let d = digits();
+            let s = d.default_splits();
+            (d, s)
+        }
+    };
+    let arch = match a.model.as_str() {
+        "mlp" => mlp(data.shape, 128, data.classes),
+        "cnn" => small_cnn(data.shape, data.classes),
+        "macro" => macro_cnn(data.shape, data.classes)?,
+        other => anyhow::bail!("unknown model {other:?}: mlp, cnn or macro"),
+    };
+    let r = train(&arch, &data, &splits, &adam(a.epochs), &a.model)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let files = ExportFiles::of(&r.weights)?;
+    let n = splits.test.len();
+    let mut dims = vec![n];
+    dims.extend(match data.shape {
+        Shape::Image { c, h, w } => vec![c as usize, h as usize, w as usize],
+        Shape::Flat(f) => vec![f as usize],
+    });
+    let x = npy_f32(&dims, &data.inputs(&splits.test));
+    let y = npy_i64(&[n], &data.targets(&splits.test));
+    for (name, bytes) in files
+        .files()
+        .into_iter()
+        .chain([("x_test.npy", x.as_slice()), ("y_test.npy", y.as_slice())])
+    {
+        let path = a.out.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "correct {} of {} -> {}",
+        r.correct,
+        r.total,
+        a.out.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Accuracy(a) => accuracy(a),
@@ -580,5 +661,6 @@ fn main() -> Result<()> {
         Cmd::Distill(a) => distill(a),
         Cmd::Loss(a) => loss(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Export(a) => export(a),
     }
 }

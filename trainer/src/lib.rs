@@ -11,12 +11,14 @@
 //! * [`train`]: the training loop (optimisers, schedules, progress, memory budget) and the NAS job;
 //! * [`ops`]: the layer operations per backend (fast CPU convolution and pooling with their own
 //!   backward passes; burn's kernels on CUDA);
+//! * [`export`]: a trained model as JSON IR, safetensors and a generated PyTorch module;
 //! * [`backend`]: choosing the device, with a clear error where CUDA is not usable.
 
 pub mod backend;
 pub mod data;
 pub mod distill;
 pub mod error;
+pub mod export;
 mod kernels;
 pub mod loss;
 pub mod model;
