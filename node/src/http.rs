@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::daemon::{Client, ClientError};
 
 pub mod datasets;
+pub mod export;
 use crate::submit::{Resolve, Submission, UploadError, build_spec};
 
 /// Largest campaign file accepted by `POST /campaigns`.
@@ -169,6 +170,38 @@ pub const ENDPOINTS: &[Endpoint] = &[
             headers: &[],
             body: "",
             output: "[{\"peer\":\"…\",\"agreed\":5,\"dissented\":0,\"points\":50,…}]",
+        }],
+    },
+    Endpoint {
+        uri: "/campaigns/{id}/best",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "application/json: {\"campaign\":id,\"front\":[…]}: each front entry (best accuracy first) with k, job, generation, accuracy, correct, total, params, flops, its weights blob id, the URLs of its export files and `ir`, the architecture as versioned JSON (`null` with an `error` when its weights cannot be had); 400 bad id, 404 unknown",
+        documentation: "The campaign's Pareto front as models: the weights come from this node's store or its peers. `hivemesh campaign export` writes the same as front/<k>-<job>/ folders.",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "{\"campaign\":\"…\",\"front\":[{\"k\":0,\"accuracy\":0.93,\"correct\":251,\"weights\":\"…\",\"ir\":{\"format\":\"hivemesh-architecture\",\"version\":1,\"nodes\":[…]},…}]}",
+        }],
+    },
+    Endpoint {
+        uri: "/campaigns/{id}/best/{k}/{file}",
+        input_methods: &["GET"],
+        input_query: "",
+        input_headers: "",
+        input_body: "",
+        output: "arch.json (application/json: the IR), weights.safetensors (f32 tensors `nodes.<i>.<name>` in PyTorch layouts) or model.py (a self-contained PyTorch nn.Module with load(path)); 404 with the reason for an unknown file, an entry not on the front, or weights neither this node nor its peers hold",
+        documentation: "One export file of front entry k (its place in `/campaigns/{id}/best`).",
+        example_calls: &[ExampleCall {
+            method: "GET",
+            query: "",
+            headers: &[],
+            body: "",
+            output: "class Model(nn.Module): …",
         }],
     },
     Endpoint {
@@ -812,6 +845,8 @@ fn handler(uri: &str) -> Option<MethodRouter<ApiState>> {
         "/campaigns/{id}" => get(get_campaign),
         "/campaigns/{id}/results" => get(get_results),
         "/campaigns/{id}/scores" => get(get_scores),
+        "/campaigns/{id}/best" => get(export::get_best),
+        "/campaigns/{id}/best/{k}/{file}" => get(export::get_best_file),
         "/blobs" => axum::routing::post(post_blob),
         "/blobs/{id}" => get(get_blob),
         "/datasets" => axum::routing::post(datasets::post_dataset),

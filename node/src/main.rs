@@ -16,6 +16,8 @@ use hivemesh_node::submit::{BlobRef, Resolve, Submission, UploadError};
 use hivemesh_node::{http, identity};
 use hivemesh_protocol::id::BlobId;
 use hivemesh_trainer::data::{ReadOptions, read_dataset};
+use hivemesh_trainer::export::ExportFiles;
+use hivemesh_trainer::model::WeightsFile;
 use libp2p::Multiaddr;
 
 /// mimalloc instead of the system allocator: training and the swarm allocate many short-lived
@@ -245,9 +247,10 @@ enum CampaignCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Write a campaign's agreed results (results.json, results.csv) and the best model's
-    /// weights (best-weights.bin, fetched from peers when this node does not hold them) to a
-    /// directory.
+    /// Write a campaign's agreed results (results.json, results.csv), the best model's weights
+    /// (best-weights.bin) and every front model as front/<k>-<job>/{arch.json (the IR),
+    /// weights.safetensors, model.py (a PyTorch module)} to a directory; weights are fetched
+    /// from peers when this node does not hold them.
     Export {
         /// The campaign id.
         id: String,
@@ -1013,6 +1016,58 @@ async fn export(data_dir: &Path, id: &str, out: &Path, api: &ApiArgs) -> anyhow:
                 r.error_message()
             );
         }
+    }
+    export_front(data_dir, api, &doc["campaign"]["front"], out).await
+}
+
+/// Writes `front/<k>-<job>/{arch.json, weights.safetensors, model.py}` for every front entry
+/// whose weights this node holds or its peers give (see `hivemesh_trainer::export`).
+async fn export_front(
+    data_dir: &Path,
+    api: &ApiArgs,
+    front: &serde_json::Value,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let front = front.as_array().map(Vec::as_slice).unwrap_or_default();
+    let addr = api_addr(data_dir, api);
+    let mut written = 0;
+    for (k, p) in front.iter().enumerate() {
+        let job = p["job"].as_str().unwrap_or_default();
+        let Some(blob) = p["artifact"].as_str() else {
+            say!("front entry {k} (job {job}) has no weights artifact");
+            continue;
+        };
+        let path = format!("/blobs/{blob}?fetch=true");
+        let r = api_client::request(addr, "GET", &path, &[], &[]).await?;
+        if r.status != 200 {
+            say!("front entry {k}: weights {blob}: {}", r.error_message());
+            continue;
+        }
+        let files = tokio::task::spawn_blocking(move || {
+            WeightsFile::from_bytes(&r.body).and_then(|w| ExportFiles::of(&w))
+        })
+        .await?;
+        let files = match files {
+            Ok(f) => f,
+            Err(e) => {
+                say!("front entry {k}: blob {blob} is not a model's weights: {e}");
+                continue;
+            }
+        };
+        let dir = out.join("front").join(http::export::folder_name(k, job));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        for (name, bytes) in files.files() {
+            write_new(&dir.join(name), bytes)?;
+        }
+        written += 1;
+    }
+    if !front.is_empty() {
+        say!(
+            "front: {written} of {} models -> {} (arch.json, weights.safetensors, model.py)",
+            front.len(),
+            out.join("front").display()
+        );
     }
     Ok(())
 }

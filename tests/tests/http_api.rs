@@ -169,7 +169,12 @@ async fn manifest_checks(addr: SocketAddr, id: &str) {
         ] {
             assert!(e.get(k).is_some(), "endpoint {e} lacks {k}");
         }
-        let uri = e["uri"].as_str().expect("uri").replace("{id}", id);
+        // A front entry that no front has (99) of a real export file: a 404 that says why.
+        let uri = e["uri"]
+            .as_str()
+            .expect("uri")
+            .replace("{id}", id)
+            .replace("{k}/{file}", "99/model.py");
         for c in e["example_calls"].as_array().expect("examples") {
             for k in ["method", "query", "headers", "body", "output"] {
                 assert!(c.get(k).is_some(), "example {c} lacks {k}");
@@ -187,6 +192,13 @@ async fn manifest_checks(addr: SocketAddr, id: &str) {
                 assert_eq!(r.status, 404);
                 assert!(
                     r.error_message().contains("not held"),
+                    "{}",
+                    r.error_message()
+                );
+            } else if uri.ends_with("/best/99/model.py") {
+                assert_eq!(r.status, 404);
+                assert!(
+                    r.error_message().contains("front has"),
                     "{}",
                     r.error_message()
                 );
