@@ -1,8 +1,12 @@
 //! Real nodes on loopback: blobs fetched from peers (Kademlia provider records, chunked
 //! transfer, hash check) for a loss campaign, corrupt blobs refused, and audit-mode nodes
-//! catching a colluding pair of executors.
+//! catching a colluding pair of executors; exported models checked by an independent forward
+//! pass ([`export`]).
 
 use std::time::Duration;
+
+#[path = "blobs_and_audits/export.rs"]
+mod export;
 
 use hivemesh_node::daemon::{ClientError, Event, Fault, FetchError};
 use hivemesh_protocol::BlobId;
