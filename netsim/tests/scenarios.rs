@@ -292,12 +292,18 @@ fn sharded_evidence_reaches_fewer_nodes_and_changes_no_closure() {
         assert_eq!(r.final_members, 140, "every joiner was admitted");
         let f = run(&flooded, r.seed).expect("flooded run");
         assert!(f.sound(), "{}", describe(&f));
+        // Sharding spares the nodes that are not voters the evidence of jobs they are not
+        // ranked for (voters get all of it either way; heartbeats, votes and sync make up
+        // most of the traffic and vary with the seed by more than this).
+        let (sj, fj) = (
+            r.evidence_per_joiner_per_job.expect("nodes off the roster"),
+            f.evidence_per_joiner_per_job.expect("nodes off the roster"),
+        );
         assert!(
-            r.messages_per_node_per_job < f.messages_per_node_per_job,
-            "seed {}: sharded {:.1} vs flooded {:.1} deliveries per node per job",
-            r.seed,
-            r.messages_per_node_per_job,
-            f.messages_per_node_per_job
+            sj < 0.75 * fj,
+            "seed {}: sharded {sj:.1} vs flooded {fj:.1} evidence deliveries per node off \
+             the genesis roster per job",
+            r.seed
         );
     }
 }

@@ -345,6 +345,7 @@ fn new_nodes(keys: Vec<Keypair>, behaviours: Vec<Option<Behaviour>>) -> Vec<Node
             results: HashMap::new(),
             rejected: 0,
             delivered: 0,
+            evidence_delivered: 0,
         })
         .collect()
 }

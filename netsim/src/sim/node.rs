@@ -87,6 +87,8 @@ pub(super) struct Node {
     pub(super) rejected: usize,
     /// Messages delivered to it (not counting replays).
     pub(super) delivered: u64,
+    /// Of those, job evidence (claims, commitments, reveals): what sharded topics route.
+    pub(super) evidence_delivered: u64,
 }
 
 impl Node {
@@ -166,6 +168,12 @@ impl Node {
                 self.have.set(m as usize);
                 self.delivered += 1;
                 let msg = &view.log[m as usize];
+                if matches!(
+                    &**msg,
+                    AnySigned::Claim(_) | AnySigned::Commitment(_) | AnySigned::Reveal(_)
+                ) {
+                    self.evidence_delivered += 1;
+                }
                 // A copier waiting for this job's reveal copies it (after handling it).
                 if let AnySigned::Reveal(r) = &**msg
                     && self.waiting_copy.remove(&r.message().job)

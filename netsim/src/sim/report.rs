@@ -71,6 +71,12 @@ pub struct RunReport {
     pub closure_times_ms: Vec<Vec<u64>>,
     /// Message deliveries to honest nodes, divided by honest nodes and jobs.
     pub messages_per_node_per_job: f64,
+    /// Of those, job evidence (claims, commitments, reveals), per honest node and job.
+    pub evidence_per_node_per_job: f64,
+    /// Job evidence delivered to honest nodes outside the genesis roster (joiners, who vote
+    /// only once admitted, and members past the roster cap), per node and job: what sharded
+    /// evidence topics spare them. `None` when every node is on the roster.
+    pub evidence_per_joiner_per_job: Option<f64>,
     /// Distinct messages sent (signed envelopes).
     pub distinct_messages: usize,
     /// Messages turned away at ingress (bad signature, wrong campaign, garbage).
@@ -250,8 +256,22 @@ impl Sim {
             .filter(|&i| self.honest(i))
             .map(|i| self.nodes[i].delivered)
             .sum();
-        r.messages_per_node_per_job =
-            deliveries_to_honest as f64 / honest.len().max(1) as f64 / total_jobs.max(1) as f64;
+        let per_node_job =
+            |n: u64| n as f64 / honest.len().max(1) as f64 / total_jobs.max(1) as f64;
+        r.messages_per_node_per_job = per_node_job(deliveries_to_honest);
+        r.evidence_per_node_per_job = per_node_job(
+            (0..self.nodes.len())
+                .filter(|&i| self.honest(i))
+                .map(|i| self.nodes[i].evidence_delivered)
+                .sum(),
+        );
+        let joiners: Vec<u64> = (0..self.nodes.len())
+            .filter(|&i| self.honest(i) && !self.spec.roster.contains(&self.nodes[i].key.public()))
+            .map(|i| self.nodes[i].evidence_delivered)
+            .collect();
+        r.evidence_per_joiner_per_job = (!joiners.is_empty()).then(|| {
+            joiners.iter().sum::<u64>() as f64 / joiners.len() as f64 / total_jobs.max(1) as f64
+        });
     }
 
     /// Who is who among the nodes, by key.
@@ -478,8 +498,15 @@ pub fn describe(r: &RunReport) -> String {
     }
     let _ = writeln!(
         s,
-        "  messages: {} distinct, {:.1} deliveries per honest node per job; {} rejected at ingress; {} events",
-        r.distinct_messages, r.messages_per_node_per_job, r.rejected_at_ingress, r.events
+        "  messages: {} distinct, {:.1} deliveries per honest node per job ({:.1} of job evidence{}); {} rejected at ingress; {} events",
+        r.distinct_messages,
+        r.messages_per_node_per_job,
+        r.evidence_per_node_per_job,
+        r.evidence_per_joiner_per_job
+            .map(|j| format!(", {j:.1} to nodes off the genesis roster"))
+            .unwrap_or_default(),
+        r.rejected_at_ingress,
+        r.events
     );
     if let Some(root) = r.roots.last() {
         let hex: String = root[..8].iter().map(|b| format!("{b:02x}")).collect();
