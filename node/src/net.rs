@@ -94,8 +94,15 @@ where
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     check_len(len, limit)?;
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Filled as it arrives rather than zeroed first (a blob part is 256 KiB).
+    let mut buf = Vec::with_capacity(len);
+    (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame of {len} bytes ended after {}", buf.len()),
+        ));
+    }
     decode_body(&buf, limit)
 }
 

@@ -22,6 +22,7 @@ now() { date +%s.%N; }
 api() { cat "$1/api.addr"; }
 token() { cat "$1/api.token"; }
 rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 # start NAME [BOOTSTRAP]: a node in $WORK/NAME; sets PID_NAME.
 start() {
@@ -29,7 +30,7 @@ start() {
   "$HM" --data-dir "$dir" keygen >/dev/null
   local args=(--data-dir "$dir" run --listen /ip4/127.0.0.1/tcp/0 --http 127.0.0.1:0)
   [ -n "${2:-}" ] && args+=(--bootstrap "$2")
-  RUST_LOG=warn "$HM" "${args[@]}" >"$dir/log" 2>&1 &
+  RUST_LOG=${LOG:-warn} "$HM" "${args[@]}" >"$dir/log" 2>&1 &
   PIDS+=($!); eval "PID_$1=$!"
   for _ in $(seq 200); do [ -s "$dir/api.addr" ] && break; sleep 0.05; done
   [ -s "$dir/api.addr" ] || { cat "$dir/log"; exit 1; }
@@ -65,24 +66,31 @@ transfer() {
   id=$(curl -s -X POST -T "$blob" -H "Authorization: Bearer $(token "$WORK/a")" \
     "http://$(api "$WORK/a")/blobs" | jq -r .id)
   [ "$id" != null ] || { echo "upload failed" >&2; exit 1; }
+  local ca0 cb0; ca0=$(cpu_s "$PID_a"); cb0=$(cpu_s "$PID_b")
+  if [ -n "${PERF_B:-}" ]; then
+    perf record -F 2999 -g -p "$PID_b" -o "$PERF_B" 2>/dev/null &
+    local perf_pid=$!
+  fi
   t0=$(now)
   # The answer starts once the fetch finished (every part verified and on disk).
   local first
   first=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://$(api "$WORK/b")/blobs/$id?fetch=true")
   t1=$(now)
+  if [ -n "${PERF_B:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   local fetch_s=$first
   local mbs; mbs=$(echo "$bytes / 1000000 / $fetch_s" | bc -l)
   local cp_mbs; cp_mbs=$(echo "$bytes / 1000000 / $cp_s" | bc -l)
-  printf '%6d MiB  fetch %.2f s = %.0f MB/s   cp+sync %.2f s = %.0f MB/s   ratio %.2f   peak RSS: A %s MB, B %s MB\n' \
+  printf '%6d MiB  fetch %.2f s = %.0f MB/s   cp+sync %.2f s = %.0f MB/s   ratio %.2f   peak RSS: A %s MB, B %s MB   CPU s: A %.2f, B %.2f\n' \
     "$mib" "$fetch_s" "$mbs" "$cp_s" "$cp_mbs" "$(echo "$mbs / $cp_mbs" | bc -l)" \
-    "$(rss_mb "$PID_a")" "$(rss_mb "$PID_b")"
+    "$(rss_mb "$PID_a")" "$(rss_mb "$PID_b")" \
+    "$(echo "$(cpu_s "$PID_a") - $ca0" | bc -l)" "$(echo "$(cpu_s "$PID_b") - $cb0" | bc -l)"
   rm -f "$blob"
   kill "$PID_a" "$PID_b"; wait "$PID_a" "$PID_b" 2>/dev/null || true
 }
 
 join_to_first_job() {
   rm -rf "$WORK"/a "$WORK"/b
-  start a; start b "$(listen_of a)"
+  LOG=hivemesh_node=info start a; LOG=hivemesh_node=info start b "$(listen_of a)"
   for _ in $(seq 100); do [ "$(peers_of b)" -ge 1 ] && break; sleep 0.1; done
   local id
   id=$("$HM" --data-dir "$WORK/a" dataset add "$MNIST" 2>/dev/null)
@@ -99,20 +107,27 @@ generations = 1
 [budget]
 max_steps = 20
 TOML
-  local t0; t0=$(now)
   "$HM" --data-dir "$WORK/a" campaign submit "$WORK/campaign.toml" >/dev/null
-  local joined="" first=""
   for _ in $(seq 6000); do
-    local s; s=$(curl -s "http://$(api "$WORK/b")/status")
-    [ -z "$joined" ] && [ "$(echo "$s" | jq '.campaigns | length')" -ge 1 ] && joined=$(now)
-    if [ -n "$joined" ] && [ "$(echo "$s" | jq '.jobs_running + .jobs_finished')" -ge 1 ]; then
-      first=$(now); break
-    fi
+    grep -q "job started" "$WORK/b/log" && break
     sleep 0.05
   done
-  [ -n "$first" ] || { echo "B never ran a job"; tail -5 "$WORK/b/log"; exit 1; }
-  printf 'MNIST dataset blob %s bytes: B followed the campaign %.2f s after submission, ran its first job %.2f s after following it\n' \
-    "$(stat -c %s "$WORK/a/blobs/own/$id")" "$(echo "$joined - $t0" | bc -l)" "$(echo "$first - $joined" | bc -l)"
+  # From B's log: when it followed the campaign, fetched the dataset, started its first job.
+  python3 - "$WORK/b/log" "$WORK/a/log" <<'PY'
+import re, sys
+from datetime import datetime
+def at(path, what):
+    for line in open(path, errors="replace"):
+        if what in line:
+            stamp = re.sub(r"\x1b\[[0-9;]*m", "", line).split()[0]
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+b, a = sys.argv[1], sys.argv[2]
+follow, fetched, job = at(b, "following campaign"), at(b, "blob fetched"), at(b, "job started")
+a_job = at(a, "job started")
+print(f"MNIST dataset blob (55,020,041 bytes): B fetched it {fetched - follow:.2f} s after following "
+      f"the campaign and started its first job {job - follow:.2f} s after following it; "
+      f"A (which held it) started its first job {a_job - at(a, 'following campaign'):.2f} s after following it")
+PY
   kill "$PID_a" "$PID_b"; wait "$PID_a" "$PID_b" 2>/dev/null || true
 }
 

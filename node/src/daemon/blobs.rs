@@ -224,7 +224,11 @@ impl EventLoop {
                 Ok(true) => {
                     f.providers.insert(peer);
                     f.fetched += data.len() as u64;
-                    let written = f.partial.as_mut().map(|p| p.write_part(index, &data));
+                    // `on_part` checked it against the outboard the partial file was opened with.
+                    let written = f
+                        .partial
+                        .as_mut()
+                        .map(|p| p.write_checked_part(index, &data));
                     if let Some(Err(e)) = written {
                         tracing::error!(blob = %id, "cannot write part {index}: {e}");
                         f.fetch.unwritten(index);
@@ -340,13 +344,15 @@ impl EventLoop {
     }
 
     /// The most bytes a fetch of `id` may bring: the declared size of a followed campaign's
-    /// dataset, else [`MAX_PUT_LEN`] (reference models, teachers, weights, shards).
-    fn fetch_limit(&self, id: &BlobId) -> u64 {
+    /// dataset; else, for a job, [`MAX_PUT_LEN`] (reference models, teachers); else (the
+    /// operator asked, through the API) [`MAX_BLOB_LEN`], within the blob quota.
+    fn fetch_limit(&self, id: &BlobId, for_job: bool) -> u64 {
+        let default = if for_job { MAX_PUT_LEN } else { MAX_BLOB_LEN };
         self.campaigns
             .map
             .values()
             .find(|c| c.spec.dataset.id == *id)
-            .map_or(MAX_PUT_LEN, |c| c.spec.dataset.bytes.min(MAX_BLOB_LEN))
+            .map_or(default, |c| c.spec.dataset.bytes.min(MAX_BLOB_LEN))
     }
 
     /// Tells the store which blobs followed unfinished campaigns need (never evicted).
@@ -389,7 +395,8 @@ impl EventLoop {
             .kad
             .get_providers(kad::RecordKey::new(id.as_bytes()));
         self.blobs.searches.insert(query, id);
-        let mut fetch = BlobFetch::new(id, self.fetch_limit(&id), true);
+        let limit = self.fetch_limit(&id, job.is_some());
+        let mut fetch = BlobFetch::new(id, limit, true);
         // Connected peers are asked too (after any provider found): in a small swarm they are
         // likely holders, and asking costs one round trip.
         fetch.add_candidates(self.swarm.connected_peers().copied(), false);
@@ -405,17 +412,17 @@ impl EventLoop {
                 waiters: waiter.into_iter().collect(),
             },
         );
-        self.resume_partial(id);
+        self.resume_partial(id, limit);
         self.advance_fetch(id);
         Ok(())
     }
 
     /// Picks up an earlier fetch of `id` whose outboard is on disk (after a restart).
-    fn resume_partial(&mut self, id: BlobId) {
+    fn resume_partial(&mut self, id: BlobId, limit: u64) {
         let Some((total, cvs)) = self.store.blobs().partial_outboard(&id) else {
             return;
         };
-        if total > self.fetch_limit(&id) || !blobtree::outboard_matches(&id, total, &cvs) {
+        if total > limit || !blobtree::outboard_matches(&id, total, &cvs) {
             return;
         }
         if let Some(f) = self.blobs.fetches.get_mut(&id) {

@@ -703,9 +703,18 @@ impl Partial {
         &self.done
     }
 
-    /// Writes a part that verified against the outboard.
+    /// Writes part `index`, checked against the outboard.
     pub fn write_part(&mut self, index: u64, data: &[u8]) -> Result<(), BlobError> {
         if !blobtree::part_matches(&self.id, self.total, &self.cvs, index, data) {
+            return Err(BlobError::Mismatch(self.id));
+        }
+        self.write_checked_part(index, data)
+    }
+
+    /// Writes part `index` that the caller checked against this fetch's outboard already
+    /// ([`crate::fetch::BlobFetch::on_part`] does): one hash per part, not two.
+    pub fn write_checked_part(&mut self, index: u64, data: &[u8]) -> Result<(), BlobError> {
+        if index >= self.done.len() as u64 {
             return Err(BlobError::Mismatch(self.id));
         }
         let at = blobtree::part_range(self.total, index).start;
