@@ -516,7 +516,7 @@ mod tests {
     use super::*;
     use crate::Cpu;
     use crate::model::Model;
-    use hivemesh_evolve::arch::{MacroSpace, MlpSpace, Node};
+    use hivemesh_evolve::arch::{MlpSpace, Node};
     use safetensors::SafeTensors;
 
     fn mlp() -> Architecture {
@@ -531,17 +531,7 @@ mod tests {
     }
 
     fn cnn() -> Architecture {
-        let space = MacroSpace {
-            input: Shape::Image { c: 1, h: 8, w: 8 },
-            classes: 10,
-            phases: 2,
-            nodes: 3,
-            channels: vec![4, 8],
-            kernels: vec![3, 5],
-        };
-        let mut genome = vec![1u32; space.genome_len()];
-        genome[2] = 0;
-        space.decode(&genome).expect("valid")
+        crate::model::tests::macro_arch()
     }
 
     /// Every op of the IR, also those no search space emits today (avg pooling, tanh,

@@ -546,7 +546,7 @@ fn activate<B: Backend, const D: usize>(a: Activation, t: Tensor<B, D>) -> Tenso
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Cpu;
     use hivemesh_evolve::arch::{MacroSpace, MlpSpace};

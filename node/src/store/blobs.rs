@@ -102,6 +102,23 @@ struct Index {
     clock: u64,
 }
 
+impl Index {
+    /// Records a held blob, used now.
+    fn hold(&mut self, id: BlobId, bytes: u64, len: u64, own: bool) {
+        self.clock += 1;
+        let used = self.clock;
+        self.held.insert(
+            id,
+            Held {
+                bytes,
+                len,
+                own,
+                used,
+            },
+        );
+    }
+}
+
 /// The blob files of a data directory.
 #[derive(Debug)]
 pub struct BlobStore {
@@ -139,18 +156,8 @@ impl BlobStore {
         let mut index = Index::default();
         for (sub, own) in [("own", true), ("cache", false)] {
             for (id, bytes, len) in scan(&dir.join(sub))? {
-                index.clock += 1;
                 index.used += bytes;
-                let used = index.clock;
-                index.held.insert(
-                    id,
-                    Held {
-                        bytes,
-                        len,
-                        own,
-                        used,
-                    },
-                );
+                index.hold(id, bytes, len, own);
             }
         }
         let partial = dir.join("partial");
@@ -300,18 +307,7 @@ impl BlobStore {
     }
 
     fn insert(&self, id: BlobId, bytes: u64, len: u64, own: bool) {
-        let mut ix = self.index();
-        ix.clock += 1;
-        let used = ix.clock;
-        ix.held.insert(
-            id,
-            Held {
-                bytes,
-                len,
-                own,
-                used,
-            },
-        );
+        self.index().hold(id, bytes, len, own);
     }
 
     /// Moves a fetched blob among the own ones.
