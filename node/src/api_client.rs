@@ -153,6 +153,127 @@ async fn request_inner(
     parse_response(&raw).map_err(|reason| ApiClientError::Malformed { addr, reason })
 }
 
+/// Sends a file as the body of one request (streamed: never held whole), and reads the
+/// (small) answer. No overall time limit: a large upload takes as long as it takes.
+pub async fn upload_file(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    file: &std::path::Path,
+) -> Result<ApiResponse, ApiClientError> {
+    let io = |e: std::io::Error| ApiClientError::Io {
+        addr,
+        reason: e.to_string(),
+    };
+    let mut f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| ApiClientError::Io {
+            addr,
+            reason: format!("{}: {e}", file.display()),
+        })?;
+    let len = f.metadata().await.map_err(io)?.len();
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ApiClientError::Connect { addr, source })?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {len}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.map_err(io)?;
+    // A node that refuses early (a full store) closes its side: its answer still comes back.
+    let sent = tokio::io::copy(&mut f, &mut stream).await;
+    let mut raw = Vec::new();
+    let read = (&mut stream)
+        .take(MAX_RESPONSE as u64 + 64 * 1024)
+        .read_to_end(&mut raw)
+        .await;
+    if raw.is_empty() {
+        sent.map_err(io)?;
+        read.map_err(io)?;
+    }
+    parse_response(&raw).map_err(|reason| ApiClientError::Malformed { addr, reason })
+}
+
+/// A GET whose 200 body is streamed into `out` (never held whole); the blake3 hash of what
+/// was written and its size come back. Any other status comes back as an error response.
+pub async fn download_to(
+    addr: SocketAddr,
+    path: &str,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<Result<(blake3::Hash, u64), ApiResponse>, ApiClientError> {
+    let io = |e: std::io::Error| ApiClientError::Io {
+        addr,
+        reason: e.to_string(),
+    };
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ApiClientError::Connect { addr, source })?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.map_err(io)?;
+    // The head, read until the blank line (at most 64 KiB).
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if raw.len() > 64 * 1024 {
+            return Err(ApiClientError::Malformed {
+                addr,
+                reason: Malformed::NoEndOfHeaders,
+            });
+        }
+        let n = stream.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            return Err(ApiClientError::Malformed {
+                addr,
+                reason: Malformed::NoEndOfHeaders,
+            });
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let status = parse_response(&raw[..end])
+        .map(|r| r.status)
+        .or_else(|_| {
+            // The head alone: a status line is all that is needed here.
+            std::str::from_utf8(&raw[..end])
+                .ok()
+                .and_then(|h| h.split_whitespace().nth(1))
+                .and_then(|c| c.parse().ok())
+                .ok_or(Malformed::StatusLine(String::new()))
+        })
+        .map_err(|reason| ApiClientError::Malformed { addr, reason })?;
+    if status != 200 {
+        (&mut stream)
+            .take(MAX_RESPONSE as u64)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(io)?;
+        let r =
+            parse_response(&raw).map_err(|reason| ApiClientError::Malformed { addr, reason })?;
+        return Ok(Err(r));
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut total = (raw.len() - end) as u64;
+    hasher.update(&raw[end..]);
+    out.write_all(&raw[end..]).await.map_err(io)?;
+    loop {
+        let n = stream.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).await.map_err(io)?;
+        total += n as u64;
+    }
+    out.flush().await.map_err(io)?;
+    Ok(Ok((hasher.finalize(), total)))
+}
+
 /// Parses a whole HTTP/1.1 response (fixed length, chunked, or read to close).
 pub fn parse_response(raw: &[u8]) -> Result<ApiResponse, Malformed> {
     let split = raw

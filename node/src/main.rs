@@ -686,12 +686,30 @@ fn bearer(data_dir: &Path) -> anyhow::Result<String> {
     Ok(format!("Bearer {}", token.trim()))
 }
 
-/// Uploads a file as a blob; returns its id.
+/// Uploads a file as a blob (streamed); returns its id.
 async fn put_blob(data_dir: &Path, api: &ApiArgs, file: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    Ok(put_blob_bytes(data_dir, api, file, bytes)
-        .await?
-        .to_string())
+    let auth = bearer(data_dir)?;
+    let r = api_client::upload_file(
+        api_addr(data_dir, api),
+        "POST",
+        "/blobs",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        file,
+    )
+    .await?;
+    if r.status != 201 {
+        bail!(
+            "the node refused {} ({}): {}",
+            file.display(),
+            r.status,
+            r.error_message()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    Ok(v["id"].as_str().unwrap_or("?").to_string())
 }
 
 /// Uploads `file`'s bytes as a blob; returns its id.
@@ -791,8 +809,19 @@ async fn dataset_add(
     };
     eprintln!("reading {} …", path.display());
     let dataset = read_dataset(path, &opts)?;
-    let blob = dataset.blob.encode();
-    let v = post_dataset(data_dir, api, path, blob).await?;
+    // The blob goes to a temporary file and is streamed from there (not held twice).
+    let tmp = data_dir.join(format!("dataset-upload-{}.hmds", std::process::id()));
+    let written = std::fs::File::create(&tmp).and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        dataset.blob.write_to(&mut w)?;
+        std::io::Write::flush(&mut w)
+    });
+    let v = match written {
+        Ok(()) => post_dataset_file(data_dir, api, path, &tmp).await,
+        Err(e) => Err(anyhow::anyhow!("cannot write {}: {e}", tmp.display())),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let v = v?;
     if api.json {
         say!("{v}");
         return Ok(());
@@ -811,6 +840,36 @@ async fn dataset_add(
         eprintln!("classes: {}{more}", shown.join(", "));
     }
     Ok(())
+}
+
+/// Streams a canonical dataset blob file to `POST /datasets`; returns the node's description.
+async fn post_dataset_file(
+    data_dir: &Path,
+    api: &ApiArgs,
+    file: &Path,
+    blob: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    let auth = bearer(data_dir)?;
+    let r = api_client::upload_file(
+        api_addr(data_dir, api),
+        "POST",
+        "/datasets?format=blob",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        blob,
+    )
+    .await?;
+    if r.status != 201 {
+        bail!(
+            "the node refused the dataset {} ({}): {}",
+            file.display(),
+            r.status,
+            r.error_message()
+        );
+    }
+    Ok(serde_json::from_slice(&r.body)?)
 }
 
 /// Posts a canonical dataset blob to `POST /datasets`; returns the node's description.
@@ -844,6 +903,53 @@ async fn post_dataset(
     Ok(serde_json::from_slice(&r.body)?)
 }
 
+/// Streams blob `id` (fetched by the node from its peers if need be) into `out` through a
+/// temporary file, checking its hash; nothing is left at `out` unless it matches.
+async fn get_blob_to_file(
+    data_dir: &Path,
+    api: &ApiArgs,
+    id: &BlobId,
+    out: &Path,
+) -> anyhow::Result<u64> {
+    if out.exists() {
+        bail!("{} exists: not overwritten", out.display());
+    }
+    let tmp = out.with_extension("part");
+    let mut f = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let got = api_client::download_to(
+        api_addr(data_dir, api),
+        &format!("/blobs/{id}?fetch=true"),
+        &mut f,
+    )
+    .await;
+    drop(f);
+    let checked = match got {
+        Ok(Ok((hash, len))) if BlobId(*hash.as_bytes()) == *id => Ok(len),
+        Ok(Ok(_)) => Err(anyhow::anyhow!(
+            "the node sent bytes that do not hash to {id}: nothing written"
+        )),
+        Ok(Err(r)) => Err(anyhow::anyhow!(
+            "the node has no blob {id} ({}): {}",
+            r.status,
+            r.error_message()
+        )),
+        Err(e) => Err(e.into()),
+    };
+    match checked {
+        Ok(len) => {
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            Ok(len)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 async fn blob(data_dir: &Path, cmd: BlobCmd) -> anyhow::Result<()> {
     match cmd {
         BlobCmd::Put { file, api } => {
@@ -851,15 +957,11 @@ async fn blob(data_dir: &Path, cmd: BlobCmd) -> anyhow::Result<()> {
             Ok(())
         }
         BlobCmd::Get { id, out, api } => {
-            let r = get(data_dir, &api, &format!("/blobs/{id}?fetch=true")).await?;
             let want: BlobId = id
                 .parse()
                 .map_err(|e| anyhow::anyhow!("blob id {id:?}: {e}"))?;
-            if BlobId::of_bytes(&r.body) != want {
-                bail!("the node sent bytes that do not hash to {id}: nothing written");
-            }
-            write_new(&out, &r.body)?;
-            say!("wrote {} bytes to {}", r.body.len(), out.display());
+            let len = get_blob_to_file(data_dir, &api, &want, &out).await?;
+            say!("wrote {len} bytes to {}", out.display());
             Ok(())
         }
     }

@@ -53,12 +53,17 @@ impl DatasetBlob {
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        match self {
-            DatasetBlob::Samples(d) => write_samples(d, &mut out),
-            DatasetBlob::Text(t) => write_text(&t.text(), &mut out),
-        }
-        .expect("writing to memory cannot fail");
+        self.write_to(&mut out)
+            .expect("writing to memory cannot fail");
         out
+    }
+
+    /// Writes the canonical bytes (to a file, without building them in memory).
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        match self {
+            DatasetBlob::Samples(d) => write_samples(d, w),
+            DatasetBlob::Text(t) => write_text(&t.text(), w),
+        }
     }
 
     /// The id: blake3 of the canonical bytes.
