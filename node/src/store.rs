@@ -394,7 +394,7 @@ impl Store {
             if let Ok(id) = <[u8; 32]>::try_from(key.as_slice()).map(BlobId)
                 && BlobId::of_bytes(&bytes) == id
             {
-                self.blobs.put(&id, &bytes, true)?;
+                self.blobs.adopt(&id, &bytes)?;
             }
             self.write(|txn| {
                 txn.open_table(BLOBS)?.remove(key.as_slice())?;

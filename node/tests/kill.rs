@@ -336,27 +336,54 @@ fn the_cli_streams_blobs_and_datasets_through_the_api() {
     let put_path = files.join("x.bin");
     std::fs::write(&put_path, &data).expect("write");
     let put = cli(&["blob", "put", put_path.to_str().expect("utf-8")]);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
     let id = String::from_utf8_lossy(&put.stdout).trim().to_string();
     assert_eq!(id, hivemesh_protocol::BlobId::of_bytes(&data).to_string());
     let out = files.join("y.bin");
     let get = cli(&["blob", "get", &id, "--out", out.to_str().expect("utf-8")]);
-    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
-    assert!(std::fs::read(&out).expect("written") == data, "byte for byte");
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert!(
+        std::fs::read(&out).expect("written") == data,
+        "byte for byte"
+    );
     let again = cli(&["blob", "get", &id, "--out", out.to_str().expect("utf-8")]);
-    assert!(!again.status.success(), "an existing file is not overwritten");
+    assert!(
+        !again.status.success(),
+        "an existing file is not overwritten"
+    );
     let unknown = hivemesh_protocol::BlobId::of_bytes(b"nobody has this").to_string();
     let none = files.join("none.bin");
-    let miss = cli(&["blob", "get", &unknown, "--out", none.to_str().expect("utf-8")]);
+    let miss = cli(&[
+        "blob",
+        "get",
+        &unknown,
+        "--out",
+        none.to_str().expect("utf-8"),
+    ]);
     assert!(!miss.status.success());
-    assert!(!none.exists() && !none.with_extension("part").exists(), "nothing left");
+    assert!(
+        !none.exists() && !none.with_extension("part").exists(),
+        "nothing left"
+    );
     let csv = files.join("pets.csv");
     std::fs::write(&csv, "a,b,kind\n0.5,1,cat\n2,3,dog\n1,1.5,dog\n").expect("write");
     let add = cli(&["dataset", "add", csv.to_str().expect("utf-8")]);
     let err = String::from_utf8_lossy(&add.stderr);
     assert!(add.status.success(), "{err}");
     assert!(err.contains("3 samples") && err.contains("0=cat"), "{err}");
-    assert_eq!(String::from_utf8_lossy(&add.stdout).trim().len(), 64, "the dataset id");
+    assert_eq!(
+        String::from_utf8_lossy(&add.stdout).trim().len(),
+        64,
+        "the dataset id"
+    );
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&files);

@@ -588,3 +588,48 @@ fn errors_name_each_cause_once() {
     assert!(text.contains("hivemesh run"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The old layout's blob table.
+const OLD_BLOBS: redb::TableDefinition<'static, &[u8], &[u8]> = redb::TableDefinition::new("blobs");
+
+/// A store of the old layout kept blobs in the database: opening it moves them into files,
+/// even past a quota smaller than they are (the quota limits what comes in, not what was there).
+#[test]
+fn blobs_of_an_older_store_move_to_files_whatever_the_quota() {
+    let _no_spawns = spawn_guard();
+    let d = dir("oldblobs");
+    drop(Store::open(&d).expect("create"));
+    let bytes = vec![9u8; 300_000];
+    let id = BlobId::of_bytes(&bytes);
+    {
+        let db = redb::Database::open(d.join("store.redb")).expect("redb");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut t = txn.open_table(OLD_BLOBS).expect("table");
+            t.insert(id.as_bytes().as_slice(), bytes.as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let options = StoreOptions {
+        blob_quota: Some(1000),
+        ..StoreOptions::default()
+    };
+    let s = Store::open_with(DataDirLock::acquire(&d).expect("lock"), options).expect("open");
+    assert_eq!(s.blob(&id).expect("read"), Some(bytes));
+    assert!(
+        d.join("blobs/own").join(id.to_string()).exists(),
+        "a file now"
+    );
+    drop(s);
+    let db = redb::Database::open(d.join("store.redb")).expect("redb");
+    let txn = redb::ReadableDatabase::begin_read(&db).expect("read");
+    let t = txn.open_table(OLD_BLOBS).expect("table");
+    assert_eq!(
+        redb::ReadableTableMetadata::len(&t).expect("len"),
+        0,
+        "moved, not copied"
+    );
+    drop((t, txn, db));
+    let _ = std::fs::remove_dir_all(&d);
+}
