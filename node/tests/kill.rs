@@ -186,7 +186,22 @@ fn kill_9_mid_job_loses_nothing_and_resumes() {
         if c["finished"].as_bool() == Some(true) {
             break;
         }
-        assert!(Instant::now() < end, "campaign did not finish: {c}");
+        if Instant::now() >= end {
+            let b_status = get(&rt, &db, &format!("/campaigns/{id}"));
+            while let Ok(l) = b.lines.try_recv() {
+                log_b.push(l);
+            }
+            while let Ok(l) = a.lines.try_recv() {
+                log_a2.push(l);
+            }
+            panic!(
+                "campaign did not finish: A {c}\nB {b_status}\nA's log before the kill:\n{}\n\
+                 A's log after:\n{}\nB's log:\n{}",
+                log_a.join("\n"),
+                log_a2.join("\n"),
+                log_b.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     while let Ok(l) = a.lines.try_recv() {

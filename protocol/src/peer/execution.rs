@@ -232,15 +232,19 @@ impl Peer {
             };
             self.exec.taken.insert(id);
             self.exec.running.insert(id);
-            let (slots, job_ms) = self.advert();
-            let claim = Claim {
-                campaign: self.campaign(),
-                job: id,
-                slots,
-                job_ms,
-                issued_at: now,
-            };
-            self.sign_and_send(claim, AnySigned::Claim, now, out);
+            // A job claimed before a restart is not claimed again (a second, different claim
+            // would contradict the first).
+            if !self.ledger.claimers(&id).any(|c| *c == self.me) {
+                let (slots, job_ms) = self.advert();
+                let claim = Claim {
+                    campaign: self.campaign(),
+                    job: id,
+                    slots,
+                    job_ms,
+                    issued_at: now,
+                };
+                self.sign_and_send(claim, AnySigned::Claim, now, out);
+            }
             out.push(PeerOutput::Execute(spec));
             if let Some(mine) = &mut self.exec.my_jobs {
                 mine.retain(|(_, _, j)| *j != id);
@@ -277,6 +281,47 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_job_claimed_before_a_restart_is_run_again_without_a_second_claim() {
+        // Capacity 1: the peer claims one job, then "crashes" before its result is published.
+        let (mut peer, now) = solo(1, 1, 1);
+        let out = peer.handle(PeerInput::Tick, now);
+        let job = executed(&out)[0];
+        let claim = out
+            .iter()
+            .find_map(|o| match o {
+                PeerOutput::Broadcast(m @ AnySigned::Claim(_)) => Some(m.clone()),
+                _ => None,
+            })
+            .expect("a claim");
+        // The restarted peer replays its own claim: the job is still its own to finish.
+        let (mut restarted, _) = solo(1, 1, 1);
+        restarted.handle(PeerInput::Replay(claim), now);
+        let out = restarted.handle(PeerInput::Tick, now);
+        assert_eq!(
+            executed(&out),
+            vec![job],
+            "the claimed job runs again first"
+        );
+        assert!(
+            said(&out).is_empty(),
+            "and is not claimed a second time: {:?}",
+            said(&out)
+        );
+        let out = restarted.handle(
+            PeerInput::JobDone {
+                job,
+                result: result(),
+            },
+            now,
+        );
+        assert_eq!(
+            said(&out)[..2],
+            [("commit", job), ("reveal", job)],
+            "then committed and revealed (and the slot goes to the next job)"
+        );
     }
 
     #[test]

@@ -326,6 +326,25 @@ impl Peer {
         free: usize,
     ) -> Vec<JobId> {
         self.list_my_jobs();
+        // Jobs this peer claimed before a restart are its own to finish, however many claims
+        // they hold now (its own among them): running one again gives the stored result.
+        let mut resumed: Vec<JobId> = self
+            .chain
+            .cur
+            .jobs
+            .keys()
+            .filter(|j| {
+                !self.exec.taken.contains(j)
+                    && self.ledger.settlement(j).is_none()
+                    && self.ledger.claimers(j).any(|c| *c == self.me)
+            })
+            .copied()
+            .collect();
+        if !resumed.is_empty() {
+            resumed.truncate(free);
+            self.board.starved = false;
+            return resumed;
+        }
         let chosen = {
             let look = Look::new(self, now);
             let own = look.own_queue(elapsed);
