@@ -45,8 +45,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> std::io::Resul
     Ok(())
 }
 
-/// A new temporary file beside `path`, created exclusively under a random name.
-fn create_temp(path: &Path, access: Access) -> std::io::Result<(std::fs::File, PathBuf)> {
+/// A new temporary file beside `path`, created exclusively under a random name (a file or
+/// link already at that name is an error, never followed): write it, then rename it over
+/// `path`, as [`write_atomic`] does.
+pub fn create_temp(path: &Path, access: Access) -> std::io::Result<(std::fs::File, PathBuf)> {
     let name = path.file_name().ok_or_else(|| {
         std::io::Error::new(
             ErrorKind::InvalidInput,

@@ -903,30 +903,30 @@ async fn post_dataset(
     Ok(serde_json::from_slice(&r.body)?)
 }
 
-/// Streams blob `id` (fetched by the node from its peers if need be) into `out` through a
-/// temporary file, checking its hash; nothing is left at `out` unless it matches.
+/// Streams blob `id` (fetched by the node from its peers if need be) into `out` through an
+/// exclusive temporary file beside it, checking its hash; `out` is replaced (a link there is
+/// replaced, not followed) only when the bytes match.
 async fn get_blob_to_file(
     data_dir: &Path,
     api: &ApiArgs,
     id: &BlobId,
     out: &Path,
 ) -> anyhow::Result<u64> {
-    if out.exists() {
-        bail!("{} exists: not overwritten", out.display());
-    }
-    let tmp = out.with_extension("part");
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let (file, tmp) = hivemesh_node::files::create_temp(out, Access::Public)
+        .with_context(|| format!("cannot write beside {}", out.display()))?;
+    let mut f = tokio::fs::File::from_std(file);
     let got = api_client::download_to(
         api_addr(data_dir, api),
         &format!("/blobs/{id}?fetch=true"),
         &mut f,
     )
     .await;
+    let synced = f.sync_all().await;
     drop(f);
     let checked = match got {
-        Ok(Ok((hash, len))) if BlobId(*hash.as_bytes()) == *id => Ok(len),
+        Ok(Ok((hash, len))) if BlobId(*hash.as_bytes()) == *id => synced
+            .map(|()| len)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display())),
         Ok(Ok(_)) => Err(anyhow::anyhow!(
             "the node sent bytes that do not hash to {id}: nothing written"
         )),

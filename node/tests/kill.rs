@@ -327,8 +327,8 @@ fn run_refuses_devices_that_are_not_there_or_ambiguous() {
 }
 
 /// `hivemesh blob put/get` and `hivemesh dataset add` stream files through a running node: the
-/// blob comes back byte for byte under its id, an existing output file is not overwritten, a
-/// blob nobody has leaves no file behind, and a CSV becomes a dataset blob.
+/// blob comes back byte for byte under its id (replacing an older file whole), a blob nobody
+/// has leaves no file behind, and a CSV becomes a dataset blob.
 #[test]
 fn the_cli_streams_blobs_and_datasets_through_the_api() {
     let dir = tmp("cli");
@@ -369,10 +369,16 @@ fn the_cli_streams_blobs_and_datasets_through_the_api() {
         std::fs::read(&out).expect("written") == data,
         "byte for byte"
     );
+    std::fs::write(&out, b"stale").expect("write");
     let again = cli(&["blob", "get", &id, "--out", out.to_str().expect("utf-8")]);
     assert!(
-        !again.status.success(),
-        "an existing file is not overwritten"
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        std::fs::read(&out).expect("written") == data,
+        "replaced whole"
     );
     let unknown = hivemesh_protocol::BlobId::of_bytes(b"nobody has this").to_string();
     let none = files.join("none.bin");
@@ -384,10 +390,13 @@ fn the_cli_streams_blobs_and_datasets_through_the_api() {
         none.to_str().expect("utf-8"),
     ]);
     assert!(!miss.status.success());
-    assert!(
-        !none.exists() && !none.with_extension("part").exists(),
-        "nothing left"
-    );
+    let left: Vec<String> = std::fs::read_dir(&files)
+        .expect("files")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("none"))
+        .collect();
+    assert!(left.is_empty(), "nothing left: {left:?}");
     let csv = files.join("pets.csv");
     std::fs::write(&csv, "a,b,kind\n0.5,1,cat\n2,3,dog\n1,1.5,dog\n").expect("write");
     let add = cli(&["dataset", "add", csv.to_str().expect("utf-8")]);
