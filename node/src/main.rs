@@ -686,29 +686,47 @@ fn bearer(data_dir: &Path) -> anyhow::Result<String> {
     Ok(format!("Bearer {}", token.trim()))
 }
 
-/// Uploads a file as a blob (streamed); returns its id.
-async fn put_blob(data_dir: &Path, api: &ApiArgs, file: &Path) -> anyhow::Result<String> {
+/// What an upload sends: bytes in memory, or a file streamed from disk.
+enum Body<'a> {
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// A file, never held whole.
+    File(&'a Path),
+}
+
+/// Posts `body` to `endpoint` with the API token; the node's JSON answer, or an error naming
+/// `what` and the node's reason.
+async fn upload(
+    data_dir: &Path,
+    api: &ApiArgs,
+    endpoint: &str,
+    what: &str,
+    body: Body<'_>,
+) -> anyhow::Result<serde_json::Value> {
     let auth = bearer(data_dir)?;
-    let r = api_client::upload_file(
-        api_addr(data_dir, api),
-        "POST",
-        "/blobs",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/octet-stream"),
-        ],
-        file,
-    )
-    .await?;
+    let addr = api_addr(data_dir, api);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let r = match body {
+        Body::Bytes(bytes) => api_client::request(addr, "POST", endpoint, &headers, bytes).await?,
+        Body::File(f) => api_client::upload_file(addr, "POST", endpoint, &headers, f).await?,
+    };
     if r.status != 201 {
         bail!(
-            "the node refused {} ({}): {}",
-            file.display(),
+            "the node refused {what} ({}): {}",
             r.status,
             r.error_message()
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    Ok(serde_json::from_slice(&r.body)?)
+}
+
+/// Uploads a file as a blob (streamed); returns its id.
+async fn put_blob(data_dir: &Path, api: &ApiArgs, file: &Path) -> anyhow::Result<String> {
+    let what = file.display().to_string();
+    let v = upload(data_dir, api, "/blobs", &what, Body::File(file)).await?;
     Ok(v["id"].as_str().unwrap_or("?").to_string())
 }
 
@@ -719,28 +737,8 @@ async fn put_blob_bytes(
     file: &Path,
     bytes: Vec<u8>,
 ) -> anyhow::Result<BlobId> {
-    let auth = bearer(data_dir)?;
-    let addr = api_addr(data_dir, api);
-    let r = api_client::request(
-        addr,
-        "POST",
-        "/blobs",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/octet-stream"),
-        ],
-        &bytes,
-    )
-    .await?;
-    if r.status != 201 {
-        bail!(
-            "the node refused {} ({}): {}",
-            file.display(),
-            r.status,
-            r.error_message()
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let what = file.display().to_string();
+    let v = upload(data_dir, api, "/blobs", &what, Body::Bytes(&bytes)).await?;
     let id = v["id"].as_str().unwrap_or("?");
     id.parse()
         .with_context(|| format!("the node answered POST /blobs with {id:?}, not a blob id"))
@@ -849,27 +847,15 @@ async fn post_dataset_file(
     file: &Path,
     blob: &Path,
 ) -> anyhow::Result<serde_json::Value> {
-    let auth = bearer(data_dir)?;
-    let r = api_client::upload_file(
-        api_addr(data_dir, api),
-        "POST",
+    let what = format!("the dataset {}", file.display());
+    upload(
+        data_dir,
+        api,
         "/datasets?format=blob",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/octet-stream"),
-        ],
-        blob,
+        &what,
+        Body::File(blob),
     )
-    .await?;
-    if r.status != 201 {
-        bail!(
-            "the node refused the dataset {} ({}): {}",
-            file.display(),
-            r.status,
-            r.error_message()
-        );
-    }
-    Ok(serde_json::from_slice(&r.body)?)
+    .await
 }
 
 /// Posts a canonical dataset blob to `POST /datasets`; returns the node's description.
@@ -879,28 +865,15 @@ async fn post_dataset(
     file: &Path,
     blob: Vec<u8>,
 ) -> anyhow::Result<serde_json::Value> {
-    let auth = bearer(data_dir)?;
-    let addr = api_addr(data_dir, api);
-    let r = api_client::request(
-        addr,
-        "POST",
+    let what = format!("the dataset {}", file.display());
+    upload(
+        data_dir,
+        api,
         "/datasets?format=blob",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/octet-stream"),
-        ],
-        &blob,
+        &what,
+        Body::Bytes(&blob),
     )
-    .await?;
-    if r.status != 201 {
-        bail!(
-            "the node refused the dataset {} ({}): {}",
-            file.display(),
-            r.status,
-            r.error_message()
-        );
-    }
-    Ok(serde_json::from_slice(&r.body)?)
+    .await
 }
 
 /// Streams blob `id` (fetched by the node from its peers if need be) into `out` through an
