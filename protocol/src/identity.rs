@@ -8,7 +8,7 @@
 //! ([`PeerKey::libp2p_peer_id_bytes`]); base58 of those bytes is the familiar `12D3KooW…`
 //! string. So a node's peer id and its result-signing key are one and the same, and a peer
 //! cannot gossip results under a key other than the one its connection authenticated.
-//! `tests/tests/libp2p_identity.rs` checks this mapping against `libp2p-identity` 0.3.1 (the
+//! `tests/tests/it/libp2p_identity.rs` checks this mapping against `libp2p-identity` 0.3.1 (the
 //! version libp2p 0.57.1 uses).
 //!
 //! # Verification rules

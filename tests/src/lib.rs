@@ -1,6 +1,6 @@
 //! # hivemesh-tests
 //!
-//! Multi-crate integration tests live in `tests/tests/`. This library holds helpers they share:
+//! Multi-crate integration tests live in `tests/tests/it/` (one binary). This library holds helpers they share:
 //! deterministic identities and message builders today; multi-node harnesses (nodes on loopback
 //! that wait on events with a timeout, never sleep-and-retry) once the node exists.
 

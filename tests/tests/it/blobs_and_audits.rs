@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-#[path = "blobs_and_audits/export.rs"]
 mod export;
 
 use hivemesh_node::daemon::{ClientError, Event, Fault, FetchError};

@@ -1,7 +1,7 @@
 //! NAS jobs on the embedded digits: learning, bit-exact reproducibility (alone and concurrent),
 //! and clear refusals.
 
-mod common;
+use crate::common;
 
 use common::{budget, digits_mlp, run_cpu};
 use hivemesh_evolve::arch::{Architecture, MacroSpace, MlpSpace, Shape};

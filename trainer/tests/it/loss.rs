@@ -1,7 +1,7 @@
 //! Loss jobs: a GP expression trains the reference model; constants are tuned by the
 //! hypergradient; broken losses fail cleanly.
 
-mod common;
+use crate::common;
 
 use common::digits_mlp;
 use hivemesh_evolve::gp::{Expr, Op};

@@ -1,7 +1,7 @@
 //! Distillation on the embedded digits: a teacher labels shards, the blobs are reproducible
 //! and well-formed, and a student learns from them.
 
-mod common;
+use crate::common;
 
 use common::{budget, digits_mlp};
 use hivemesh_trainer::distill::{KdConfig, ShardLabels, StudentJob, label_shard, run_student};

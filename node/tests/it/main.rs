@@ -1,0 +1,6 @@
+//! The node's integration tests, as one binary: the executor on real jobs, the `hivemesh`
+//! binary killed and restarted, and the store on disk.
+
+mod executor;
+mod kill;
+mod store;

@@ -1,0 +1,6 @@
+//! The protocol's integration tests, as one binary: envelopes, the ledger, and property tests.
+
+mod common;
+mod envelope;
+mod ledger;
+mod props;
