@@ -227,8 +227,39 @@ fn kind_results(s: &mut String, r: &ClusterReport) {
     match CampaignKind::from_name(&r.kind) {
         Some(CampaignKind::Nas | CampaignKind::Loss) => front(s, r),
         Some(CampaignKind::Distill) => shards(s, r),
+        Some(CampaignKind::Train) => rounds(s, r),
         None => {}
     }
+}
+
+/// A `train` campaign's rounds: agreed segments, the start model's validation accuracy, the
+/// segments' training loss and the start model's id; then the final model on the test split.
+fn rounds(s: &mut String, r: &ClusterReport) {
+    let _ = writeln!(
+        s,
+        "## Rounds
+"
+    );
+    let _ = writeln!(
+        s,
+        "| round | agreed / jobs | start model accuracy | train loss | start model |\n|---|---:|---:|---:|---|"
+    );
+    for l in &r.rounds {
+        let round = if l.is_final {
+            "final (test split)".to_string()
+        } else {
+            l.round.to_string()
+        };
+        let acc = l.accuracy.map_or("-".into(), |a| format!("{a:.4}"));
+        let loss = l.train_loss.map_or("-".into(), |x| format!("{x:.4}"));
+        let model = l.model.as_deref().map_or("-", |m| &m[..16.min(m.len())]);
+        let _ = writeln!(
+            s,
+            "| {round} | {} / {} | {acc} | {loss} | `{model}` |",
+            l.agreed, l.jobs
+        );
+    }
+    let _ = writeln!(s);
 }
 
 /// The Pareto front.

@@ -25,7 +25,7 @@ use hivemesh_trainer::data::{Format, read_dataset};
 
 use crate::campaign_file::dataset::shape_of;
 use crate::campaign_file::{
-    CampaignFile, CampaignFileError, DataFile, DatasetSource, resolve_dataset, zoo_model,
+    CampaignFile, CampaignFileError, DataFile, DatasetSource, resolve_dataset, zoo_model_for,
 };
 
 /// Why a node refuses to submit a campaign spec.
@@ -128,7 +128,8 @@ pub enum BlobRef {
 /// A blob a campaign file names by reference, to be stored before the campaign is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingBlob {
-    /// The field, as `table.key` (`loss.reference_model`, `distill.teacher`), or `dataset`.
+    /// The field, as `table.key` (`loss.reference_model`, `distill.teacher`, `train.model`),
+    /// or `dataset`.
     pub field: &'static str,
     /// The reference.
     pub source: BlobRef,
@@ -214,8 +215,8 @@ impl Submission {
     pub fn bytes(&self, blob: &PendingBlob) -> Result<Vec<u8>, SubmitError> {
         match &blob.source {
             BlobRef::Zoo(name) => {
-                let (shape, classes) = self.dataset_shape()?;
-                Ok(zoo_model(name, shape, classes)?)
+                let (shape, classes) = self.dataset_shape(blob.field)?;
+                Ok(zoo_model_for(blob.field, name, shape, classes)?)
             }
             BlobRef::File(path) => std::fs::read(path).map_err(|source| SubmitError::Read {
                 path: path.clone(),
@@ -242,13 +243,13 @@ impl Submission {
 
     /// The dataset's sample shape and classes: the embedded digits, or a dataset uploaded or
     /// made known ([`Submission::know_dataset`]) before.
-    fn dataset_shape(&self) -> Result<(Shape, u32), CampaignFileError> {
+    fn dataset_shape(&self, for_field: &'static str) -> Result<(Shape, u32), CampaignFileError> {
         if self.file.dataset == "builtin:digits" {
             let d = hivemesh_trainer::data::digits();
             return Ok((d.shape, d.classes));
         }
         self.dataset_shape.ok_or_else(|| CampaignFileError::Field {
-            field: "loss.reference_model",
+            field: for_field,
             reason: format!(
                 "a zoo model is built for the dataset, and {} is not known here yet",
                 self.file.dataset

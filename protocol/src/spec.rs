@@ -13,8 +13,8 @@ use crate::outcome::Tolerance;
 use crate::spec_error::field;
 
 pub use crate::kinds::{
-    CampaignKind, DistillParams, JobPayload, LossParams, MAX_JOBS_PER_GENERATION, NasParams,
-    NasSpace, Search, Strategy,
+    Aggregate, CampaignKind, DistillParams, JobPayload, LossParams, MAX_JOBS_PER_GENERATION,
+    NasParams, NasSpace, OuterStep, Search, Strategy, TrainJob, TrainParams,
 };
 pub use crate::spec_error::SpecError;
 use crate::time::Timestamp;

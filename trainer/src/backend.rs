@@ -14,6 +14,7 @@ use crate::error::TrainError;
 use crate::loss::{LossJob, LossResult};
 use crate::model::WeightsFile;
 use crate::ops::TrainBackend;
+use crate::rounds::{SegmentJob, SegmentResult};
 use crate::train::{Limits, NasJob, NasResult, Progress};
 
 /// Where to train.
@@ -125,6 +126,20 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
         range: Range<u64>,
         k: u8,
     ) -> Result<ShardLabels, TrainError>;
+    /// [`crate::rounds::run_segment`].
+    fn segment(
+        &self,
+        job: &SegmentJob<'_>,
+        limits: &Limits,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<SegmentResult, TrainError>;
+    /// [`crate::rounds::evaluate_weights`].
+    fn evaluate(
+        &self,
+        weights: &WeightsFile,
+        data: &Dataset,
+        idx: &[u32],
+    ) -> Result<(u64, u64), TrainError>;
 }
 
 /// Runs jobs on backend `B` (training) and its inner backend (inference), on one device.
@@ -170,6 +185,22 @@ impl<B: TrainBackend> Runner for On<B> {
         k: u8,
     ) -> Result<ShardLabels, TrainError> {
         crate::distill::label_shard::<B::InnerBackend>(teacher, data, range, k, &self.0)
+    }
+    fn segment(
+        &self,
+        job: &SegmentJob<'_>,
+        limits: &Limits,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<SegmentResult, TrainError> {
+        crate::rounds::run_segment::<B>(job, limits, &self.0, progress)
+    }
+    fn evaluate(
+        &self,
+        weights: &WeightsFile,
+        data: &Dataset,
+        idx: &[u32],
+    ) -> Result<(u64, u64), TrainError> {
+        crate::rounds::evaluate_weights::<B::InnerBackend>(weights, data, idx, &self.0)
     }
 }
 

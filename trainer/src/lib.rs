@@ -9,6 +9,7 @@
 //! * [`model`]: burn models from evolve's architecture IR, weights from the job's own seeded RNG
 //!   (so concurrent jobs stay bit-identical), content-addressed weights artifacts;
 //! * [`train`]: the training loop (optimisers, schedules, progress, memory budget) and the NAS job;
+//! * [`rounds`]: training one model together in rounds: start states, updates, the outer step;
 //! * [`ops`]: the layer operations per backend (fast CPU convolution and pooling with their own
 //!   backward passes; burn's kernels on CUDA);
 //! * [`export`]: a trained model as JSON IR, safetensors and a generated PyTorch module;
@@ -23,6 +24,7 @@ mod kernels;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod rounds;
 pub mod train;
 pub mod zoo;
 

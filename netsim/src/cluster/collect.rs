@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use hivemesh_node::daemon::{Client, SettledJob};
-use hivemesh_node::executor::needed_blobs;
+use hivemesh_node::executor::{job_blobs, needed_blobs};
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::spec::{CampaignKind, CampaignSpec, JobSpec};
 use hivemesh_protocol::standings::JobStatus;
@@ -148,8 +148,20 @@ impl Agreed {
             .await
             .map_err(stopped)?
             .map(|(spec, jobs)| Rerun { spec, jobs });
-        for (b, _) in needed_blobs(spec) {
-            if let Ok(Some(bytes)) = n.blob(b).await {
+        // The campaign's blobs, and each job's own (a training round's base and updates).
+        let per_job = self
+            .rerun
+            .iter()
+            .flat_map(|r| r.jobs.iter().flat_map(|j| job_blobs(spec, j)));
+        let wanted: Vec<BlobId> = needed_blobs(spec)
+            .into_iter()
+            .chain(per_job)
+            .map(|(b, _)| b)
+            .collect();
+        for b in wanted {
+            if !self.blobs.contains_key(&b)
+                && let Ok(Some(bytes)) = n.blob(b).await
+            {
                 self.blobs.insert(b, bytes);
             }
         }

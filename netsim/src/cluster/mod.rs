@@ -28,6 +28,7 @@ mod grade;
 mod nodes;
 mod outcome;
 mod overhead;
+mod rounds;
 mod run_loop;
 mod submission;
 
@@ -48,6 +49,7 @@ pub use outcome::{
     ClusterReport, FaultEvent, GenerationView, NodeView, Overhead, ShardFile, ShardView, Standing,
 };
 pub use overhead::process_cpu_seconds;
+pub use rounds::{RoundLine, round_lines};
 
 use collect::Collected;
 pub use grade::Grade;
@@ -288,6 +290,7 @@ async fn report(
     };
     let settled = jobs.iter().filter(|j| j.status != JobStatus::Void).count();
     let generations = generation_views(&tally);
+    let jobs_for_rounds = jobs.clone();
     ClusterReport {
         campaign: submitted.id.to_string(),
         name: spec.name.clone(),
@@ -310,6 +313,7 @@ async fn report(
         overhead,
         shards: shards.views,
         shard_blobs: shards.files,
+        rounds: round_lines(&jobs_for_rounds),
     }
 }
 

@@ -135,6 +135,8 @@ pub struct ClusterReport {
     /// The shard blobs, written to the report's `shards/` folder.
     #[serde(skip)]
     pub shard_blobs: Vec<ShardFile>,
+    /// `train` campaigns: one line per round, then the final evaluation.
+    pub rounds: Vec<super::RoundLine>,
 }
 
 /// One distillation shard as the cluster ended with it.

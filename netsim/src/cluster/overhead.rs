@@ -59,13 +59,16 @@ fn run_once(
     let c0 = process_cpu_seconds();
     let w0 = Instant::now();
     for j in todo {
-        let _ = ex.run(
+        // A job that cannot run here (a blob no node still held) leaves the figure unmeasured
+        // rather than too small.
+        ex.run(
             spec,
             j,
             hivemesh_trainer::backend::Device::Cpu,
             blobs,
             &mut |_| {},
-        );
+        )
+        .ok()?;
     }
     match (c0, process_cpu_seconds()) {
         (Some(a), Some(b)) => Some(Single {

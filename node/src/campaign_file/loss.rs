@@ -69,6 +69,17 @@ pub fn zoo_model(
     input: hivemesh_evolve::arch::Shape,
     classes: u32,
 ) -> Result<Vec<u8>, CampaignFileError> {
+    zoo_model_for("loss.reference_model", name, input, classes)
+}
+
+/// [`zoo_model`] for the campaign-file field `for_field` (`train.model`, …), which its errors
+/// name.
+pub fn zoo_model_for(
+    for_field: &'static str,
+    name: &str,
+    input: hivemesh_evolve::arch::Shape,
+    classes: u32,
+) -> Result<Vec<u8>, CampaignFileError> {
     let arch = match name {
         "cnn" => hivemesh_trainer::zoo::small_cnn(input, classes),
         _ => match name.strip_prefix("mlp-").map(str::parse::<u32>) {
@@ -77,7 +88,7 @@ pub fn zoo_model(
             }
             _ => {
                 return Err(field(
-                    "loss.reference_model",
+                    for_field,
                     format!("no zoo model {name:?}: use zoo:mlp-N (N in 1..=4096) or zoo:cnn"),
                 ));
             }
@@ -85,9 +96,9 @@ pub fn zoo_model(
     };
     arch.shapes().map_err(|e| {
         field(
-            "loss.reference_model",
+            for_field,
             format!("zoo:{name} does not fit samples of shape {input:?}: {e}"),
         )
     })?;
-    postcard::to_stdvec(&arch).map_err(|e| field("loss.reference_model", e.to_string()))
+    postcard::to_stdvec(&arch).map_err(|e| field(for_field, e.to_string()))
 }

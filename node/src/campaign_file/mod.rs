@@ -11,7 +11,7 @@
 //! roster = []                    # genesis voters (public keys); empty: the submitting node
 //                                # and the peers it is connected to
 //!
-//! [nas]                          # or [loss] / [distill]
+//! [nas]                          # or [loss] / [distill] / [train]
 //! max_layers = 2
 //! widths = [16, 32, 64]
 //! population = 8
@@ -35,11 +35,13 @@ pub mod dataset;
 pub mod distill;
 pub mod loss;
 pub mod nas;
+pub mod train;
 
 pub use self::dataset::{DataFile, DatasetSource, resolve_dataset};
 pub use self::distill::DistillFile;
-pub use self::loss::{LossFile, zoo_model};
+pub use self::loss::{LossFile, zoo_model, zoo_model_for};
 pub use self::nas::NasFile;
+pub use self::train::TrainFile;
 
 /// Why a campaign file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +50,7 @@ pub enum CampaignFileError {
     #[error("campaign file: {0}")]
     Toml(#[from] toml::de::Error),
     /// The file names no search, or more than one.
-    #[error("campaign file: give exactly one of [nas], [loss] or [distill]")]
+    #[error("campaign file: give exactly one of [nas], [loss], [distill] or [train]")]
     Search,
     /// A value is out of range.
     #[error("campaign file: {field}: {reason}")]
@@ -116,6 +118,8 @@ pub struct CampaignFile {
     pub loss: Option<LossFile>,
     /// Distillation shards.
     pub distill: Option<DistillFile>,
+    /// One model trained together in rounds.
+    pub train: Option<TrainFile>,
 }
 
 fn default_dataset() -> String {
@@ -253,7 +257,8 @@ pub const SEARCH_SECTIONS: [&str; 2] = [nas::SECTION, loss::SECTION];
 
 /// The campaign-file fields that name a blob, as (table, key): each holds a blob id, or a
 /// reference resolved at submit time (`zoo:NAME` for a reference model, `file:PATH`).
-pub const BLOB_FIELDS: [(&str, &str); 2] = [loss::BLOB_FIELD, distill::BLOB_FIELD];
+pub const BLOB_FIELDS: [(&str, &str); 3] =
+    [loss::BLOB_FIELD, distill::BLOB_FIELD, train::BLOB_FIELD];
 
 impl CampaignFile {
     /// The blob-naming fields present in this file ([`BLOB_FIELDS`]), as (`table.key`, value).
@@ -264,6 +269,9 @@ impl CampaignFile {
         }
         if let Some(d) = self.distill.as_mut() {
             out.push(("distill.teacher", &mut d.teacher));
+        }
+        if let Some(t) = self.train.as_mut() {
+            out.push(("train.model", &mut t.model));
         }
         debug_assert!(out.len() <= BLOB_FIELDS.len());
         out
@@ -282,10 +290,11 @@ impl CampaignFile {
         now: Timestamp,
         dataset: DatasetRef,
     ) -> Result<CampaignSpec, CampaignFileError> {
-        let search = match (&self.nas, &self.loss, &self.distill) {
-            (Some(n), None, None) => n.to_search()?,
-            (None, Some(l), None) => l.to_search()?,
-            (None, None, Some(d)) => d.to_search()?,
+        let search = match (&self.nas, &self.loss, &self.distill, &self.train) {
+            (Some(n), None, None, None) => n.to_search()?,
+            (None, Some(l), None, None) => l.to_search()?,
+            (None, None, Some(d), None) => d.to_search()?,
+            (None, None, None, Some(t)) => t.to_search()?,
             _ => return Err(CampaignFileError::Search),
         };
         let budget = self.budget.to_budget()?;

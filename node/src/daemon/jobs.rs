@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::devices::Slots;
 use super::pending::PendingResult;
 use super::{Event, EventLoop};
-use crate::executor::{BlobSource, ExecError, Executed, Executor, needed_blobs};
+use crate::executor::{BlobSource, ExecError, Executed, Executor, job_blobs, needed_blobs};
 use crate::fault::Fault;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -127,6 +127,7 @@ impl EventLoop {
         };
         let missing = needed_blobs(&c.spec)
             .into_iter()
+            .chain(job_blobs(&c.spec, &job))
             .find(|(b, _)| !matches!(self.store.blob_len(b), Ok(Some(_))));
         match missing {
             None => self.spawn_job(campaign, job),

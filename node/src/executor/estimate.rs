@@ -63,6 +63,11 @@ pub fn estimate_job_ms(spec: &CampaignSpec, blobs: &dyn BlobSource) -> Option<u6
             let shard = u64::from(params.shard_size);
             (shard.saturating_mul(teacher.arch.flops().ok()?), 0)
         }
+        Search::Train(params) => {
+            let arch = super::train::model_arch(&blobs.blob(&params.model)?)?;
+            let steps = u64::from(params.inner_steps);
+            (training(steps, arch.flops().ok()?), steps)
+        }
     };
     let (rate, step_ms) = match spec.backend {
         BackendClass::CpuNdarray => (CPU_FLOPS_PER_MS, CPU_STEP_MS),

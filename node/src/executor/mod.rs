@@ -9,7 +9,7 @@
 //! published, and the protocol's deadlines hand the job to the next-ranked peer.
 //!
 //! Each campaign kind is one module that owns running its jobs and what the node shows of it
-//! ([`nas`], [`loss`], [`distill`]); this module is the one place that matches on the kind
+//! ([`nas`], [`loss`], [`distill`], [`train`]); this module is the one place that matches on the kind
 //! and hands over to them. What each kind reports is all integers, so every node compares
 //! them the same way (see each module).
 
@@ -36,6 +36,7 @@ pub mod distill;
 pub mod estimate;
 pub mod loss;
 pub mod nas;
+pub mod train;
 
 /// The trainer code version this node runs; jobs name the version they were derived for.
 pub const CODE_VERSION: &str = hivemesh_trainer::CODE_VERSION;
@@ -396,6 +397,7 @@ impl Executor {
             (Search::Distill(p), JobPayload::Distill { start, end }) => {
                 distill::run(p, *start, *end, &mut run)?
             }
+            (Search::Train(p), JobPayload::Train(t)) => train::run(p, t, spec.seed, &mut run)?,
             _ => {
                 let detail = "the job's payload does not match the campaign's search kind".into();
                 Ran::nothing(failure(FailureKind::InvalidJob, detail))
@@ -470,7 +472,8 @@ pub fn builtin_digits() -> DatasetRef {
 }
 
 /// The blobs every job of a campaign needs before it can run (an uploaded dataset, the loss
-/// search's reference model, the distillation teacher), with what each is. The node fetches missing ones from
+/// search's reference model, the distillation teacher, the model a `train` campaign trains),
+/// with what each is. The node fetches missing ones from
 /// peers before it starts the job.
 pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
     let builtin = spec
@@ -483,8 +486,18 @@ pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
         Search::Nas(_) => Vec::new(),
         Search::Loss(p) => loss::needed_blobs(p),
         Search::Distill(p) => distill::needed_blobs(p),
+        Search::Train(p) => train::needed_blobs(p),
     };
     dataset.into_iter().chain(kind).collect()
+}
+
+/// The blobs one job needs besides the campaign's ([`needed_blobs`]): a training round's base
+/// model and the updates it applies.
+pub fn job_blobs(spec: &CampaignSpec, job: &JobSpec) -> Vec<(BlobId, &'static str)> {
+    match (&spec.search, &job.payload) {
+        (Search::Train(p), JobPayload::Train(t)) => train::job_blobs(p, t),
+        _ => Vec::new(),
+    }
 }
 
 /// A blob the job needs, checked against its id.

@@ -1,5 +1,5 @@
-//! Campaign kinds: architecture search ([`nas`]), loss-function search ([`loss`]) and
-//! distillation shards ([`distill`]).
+//! Campaign kinds: architecture search ([`nas`]), loss-function search ([`loss`]),
+//! distillation shards ([`distill`]) and training one model together in rounds ([`train`]).
 //!
 //! Each kind owns, in its one file, its typed parameters and their validation, how the jobs of
 //! generation 0 and of generation `g + 1` are derived (its [`SearchState`]), how an agreed
@@ -15,6 +15,7 @@
 pub mod distill;
 pub mod loss;
 pub mod nas;
+pub mod train;
 
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use crate::spec_error::{SpecError, field};
 pub use distill::DistillParams;
 pub use loss::LossParams;
 pub use nas::{NasParams, NasSpace, Strategy};
+pub use train::{Aggregate, OuterStep, TrainJob, TrainParams};
 
 /// Most jobs in one generation.
 pub const MAX_JOBS_PER_GENERATION: u64 = 20_000;
@@ -38,19 +40,27 @@ pub enum CampaignKind {
     Loss,
     /// Distillation shards.
     Distill,
+    /// One model trained together, round by round.
+    Train,
 }
 
 impl CampaignKind {
     /// Every kind.
-    pub const ALL: [CampaignKind; 3] =
-        [CampaignKind::Nas, CampaignKind::Loss, CampaignKind::Distill];
+    pub const ALL: [CampaignKind; 4] = [
+        CampaignKind::Nas,
+        CampaignKind::Loss,
+        CampaignKind::Distill,
+        CampaignKind::Train,
+    ];
 
-    /// The kind's name in campaign files, reports and the API: `nas`, `loss` or `distill`.
+    /// The kind's name in campaign files, reports and the API: `nas`, `loss`, `distill` or
+    /// `train`.
     pub const fn name(self) -> &'static str {
         match self {
             CampaignKind::Nas => "nas",
             CampaignKind::Loss => "loss",
             CampaignKind::Distill => "distill",
+            CampaignKind::Train => "train",
         }
     }
 
@@ -75,6 +85,8 @@ pub enum Search {
     Loss(LossParams),
     /// Distillation: a teacher's top-k soft labels over shards of the dataset.
     Distill(DistillParams),
+    /// Training: one model trained round by round from its segments' agreed updates.
+    Train(TrainParams),
 }
 
 /// What a job computes.
@@ -97,6 +109,8 @@ pub enum JobPayload {
         /// One past the last sample.
         end: u64,
     },
+    /// Train the round's model on one segment (or evaluate the final model).
+    Train(TrainJob),
 }
 
 /// What the shared machinery asks of a campaign kind's parameters.
@@ -159,6 +173,7 @@ impl Search {
             Search::Nas(p) => p,
             Search::Loss(p) => p,
             Search::Distill(p) => p,
+            Search::Train(p) => p,
         }
     }
 
@@ -175,6 +190,7 @@ impl JobPayload {
             JobPayload::Nas { .. } => CampaignKind::Nas,
             JobPayload::Loss { .. } => CampaignKind::Loss,
             JobPayload::Distill { .. } => CampaignKind::Distill,
+            JobPayload::Train(_) => CampaignKind::Train,
         }
     }
 
@@ -185,6 +201,7 @@ impl JobPayload {
             JobPayload::Nas { genome } => nas::summary(genome),
             JobPayload::Loss { expression } => loss::summary(expression),
             JobPayload::Distill { start, end } => distill::summary(*start, *end),
+            JobPayload::Train(j) => train::summary(j),
         }
     }
 }
@@ -233,7 +250,7 @@ mod tests {
             assert_eq!(CampaignKind::from_name(k.name()), Some(k));
             assert_eq!(k.to_string(), k.name());
         }
-        assert_eq!(CampaignKind::from_name("train"), None);
+        assert_eq!(CampaignKind::from_name("federated"), None);
     }
 
     #[test]
@@ -288,7 +305,7 @@ mod tests {
         let k = |k: CampaignKind| postcard::to_stdvec(&k).expect("encodes")[0];
         assert_eq!(
             CampaignKind::ALL.map(k),
-            [0, 1, 2],
+            [0, 1, 2, 3],
             "CampaignKind variants keep their order"
         );
     }

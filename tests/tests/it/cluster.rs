@@ -427,3 +427,102 @@ optimizer = "adam"
 learning_rate = 0.005
 schedule = "constant"
 "#;
+
+/// A `train` campaign (issue 25) on the embedded digits: an MLP trained over 3 rounds of 3
+/// segments, 20 Adam steps each, with a Nesterov outer step; then the final evaluation.
+fn train_campaign(rounds: u32) -> String {
+    format!(
+        "name = \"test: train digits\"\ndataset = \"builtin:digits\"\nquorum = 2\n\
+         [train]\nmodel = \"zoo:mlp-16\"\nrounds = {rounds}\nsegments = 3\nsegment_size = 200\n\
+         inner_steps = 20\nouter = \"nesterov\"\n\
+         [budget]\nbatch_size = 32\nlearning_rate = 0.005\n"
+    )
+}
+
+/// Checks a finished `train` run: every round agreed on every segment, every segment of a round
+/// started from the same model, the model improved, and the final model was computed alike by
+/// at least two executors.
+fn assert_trained(r: &ClusterReport, rounds: u32) {
+    assert_eq!(r.kind, "train");
+    let lines = &r.rounds;
+    assert_eq!(lines.len(), rounds as usize + 1, "{lines:#?}");
+    for (k, l) in lines.iter().enumerate() {
+        assert_eq!(l.round, k as u32);
+        assert_eq!(l.is_final, k == rounds as usize, "{l:?}");
+        assert_eq!(l.agreed, l.jobs, "every job of round {k} agreed: {l:?}");
+    }
+    for round in 0..rounds {
+        let prefix = format!("round {round} segment ");
+        let starts: std::collections::BTreeSet<&String> = r
+            .jobs
+            .iter()
+            .filter(|j| j.payload.1.starts_with(&prefix))
+            .map(|j| &j.artifacts[1])
+            .collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "round {round}: one start model, {starts:?}"
+        );
+    }
+    let first = lines[0].accuracy.expect("round 0 measured");
+    let last = lines[rounds as usize].accuracy.expect("final measured");
+    assert!(last > first + 0.3, "the model learned: {first} -> {last}");
+    let fin = r
+        .jobs
+        .iter()
+        .find(|j| j.payload.1 == format!("round {rounds} segment 0"))
+        .expect("the final evaluation settled");
+    assert!(fin.agreeing.len() >= 2, "{fin:?}");
+    assert_eq!(
+        fin.artifacts.first(),
+        lines[rounds as usize].model.as_ref(),
+        "the final model is named"
+    );
+}
+
+/// Issue 25's end-to-end check: three nodes train one model over three rounds with a liar
+/// among them; the liar is outvoted on every job, and every node holds the same ledger, so the
+/// same model ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_train_one_model_over_rounds_and_outvote_a_liar() {
+    let dir = TempDir::new("cluster-train");
+    let mut c = small(&dir);
+    c.nodes = 3;
+    c.byzantine = 1;
+    c.campaign = train_campaign(3);
+    let r = run(&c).await;
+    assert!(r.ok(), "finished, agreed, no wrong result: {r:#?}");
+    assert_trained(&r, 3);
+    assert_eq!(
+        r.grade.cheaters_detected,
+        vec![2],
+        "{:?}",
+        r.grade.standings
+    );
+    assert!(r.grade.honest_penalised.is_empty());
+    let liar = &r.node_views[2].key;
+    assert!(r.jobs.iter().all(|j| !j.agreeing.contains(liar)));
+    for v in &r.node_views {
+        assert_eq!(v.closures, r.node_views[0].closures, "node {}", v.index);
+    }
+}
+
+/// A node killed after round 0 and restarted resumes without retraining what it finished and
+/// ends with the same closures (so the same model ids) as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_rejoins_training_and_ends_on_the_same_model() {
+    let dir = TempDir::new("cluster-train-restart");
+    let mut c = small(&dir);
+    c.campaign = train_campaign(3);
+    c.kills = vec![restart_node_2_after_generation_0()];
+    let r = run(&c).await;
+    assert!(r.ok(), "{r:#?}");
+    assert_eq!(r.faults.len(), 2, "killed and restarted: {:?}", r.faults);
+    assert_trained(&r, 3);
+    let v = &r.node_views[2];
+    assert!(v.up && v.finished, "{v:?}");
+    for v in &r.node_views {
+        assert_eq!(v.closures, r.node_views[0].closures, "node {}", v.index);
+    }
+}

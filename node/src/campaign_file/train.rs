@@ -1,0 +1,109 @@
+//! `[train]`: one model trained together, round by round (ADR 0009), and its defaults.
+//!
+//! ```toml
+//! [train]
+//! model = "zoo:mlp-32"     # a blob id, zoo:NAME, or file:PATH (an architecture or weights file)
+//! rounds = 5
+//! segments = 4             # jobs per round
+//! segment_size = 256       # samples per segment
+//! inner_steps = 50         # H: inner optimiser steps per segment ([budget] gives the optimiser)
+//! outer = "nesterov"       # or "average"
+//! outer_learning_rate = 0.7
+//! outer_momentum = 0.9
+//! trim = 0                 # > 0: a coordinate-wise trimmed mean of the updates
+//! ```
+
+use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams};
+use serde::Deserialize;
+
+use super::{CampaignFileError, field};
+
+/// The blob-naming key of `[train]`.
+pub const BLOB_FIELD: (&str, &str) = ("train", "model");
+
+/// `[train]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainFile {
+    /// The model: a blob id (hex), `zoo:mlp-N` or `zoo:cnn` (built for the dataset, weights
+    /// drawn from the campaign's seed), or `file:PATH` (an architecture IR or a weights file,
+    /// e.g. an architecture search's result; uploaded by `campaign submit`).
+    pub model: String,
+    /// Rounds.
+    pub rounds: u32,
+    /// Segments (jobs) per round.
+    #[serde(default = "default_segments")]
+    pub segments: u32,
+    /// Samples per segment.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: u32,
+    /// Inner optimiser steps per segment.
+    #[serde(default = "default_inner_steps")]
+    pub inner_steps: u32,
+    /// `nesterov` (default) or `average`.
+    #[serde(default = "default_outer")]
+    pub outer: String,
+    /// Outer learning rate (Nesterov).
+    #[serde(default = "default_outer_lr")]
+    pub outer_learning_rate: f32,
+    /// Outer momentum (Nesterov).
+    #[serde(default = "default_outer_momentum")]
+    pub outer_momentum: f32,
+    /// Values dropped at each end of every coordinate before averaging (0: the plain mean).
+    #[serde(default)]
+    pub trim: u32,
+}
+
+fn default_segments() -> u32 {
+    4
+}
+fn default_segment_size() -> u32 {
+    256
+}
+fn default_inner_steps() -> u32 {
+    50
+}
+fn default_outer() -> String {
+    "nesterov".into()
+}
+fn default_outer_lr() -> f32 {
+    0.7
+}
+fn default_outer_momentum() -> f32 {
+    0.9
+}
+
+impl TrainFile {
+    /// The protocol's search (the model must be a blob id by now).
+    pub fn to_search(&self) -> Result<Search, CampaignFileError> {
+        let outer = match self.outer.as_str() {
+            "nesterov" => OuterStep::Nesterov {
+                learning_rate: self.outer_learning_rate,
+                momentum: self.outer_momentum,
+            },
+            "average" => OuterStep::Average,
+            other => {
+                return Err(field(
+                    "train.outer",
+                    format!("{other:?}: use \"nesterov\" or \"average\""),
+                ));
+            }
+        };
+        Ok(Search::Train(TrainParams {
+            model: self
+                .model
+                .parse::<BlobId>()
+                .map_err(|e| field("train.model", e.to_string()))?,
+            rounds: self.rounds,
+            segments: self.segments,
+            segment_size: self.segment_size,
+            inner_steps: self.inner_steps,
+            outer,
+            aggregate: match self.trim {
+                0 => Aggregate::Mean,
+                trim => Aggregate::TrimmedMean { trim },
+            },
+        }))
+    }
+}

@@ -1,0 +1,503 @@
+//! Training rounds (ADR 0009): the model state a round starts from ([`TrainState`]), the
+//! update a segment sends ([`Update`]), the outer step that turns a round's agreed updates
+//! into the next state ([`outer_step`]), and a segment's training ([`run_segment`]).
+//!
+//! Everything here that every node must compute alike (segments, the outer step) is plain
+//! `f32` arithmetic in a fixed order, on the CPU, whatever backend trained the updates: the
+//! same inputs give the same bytes on every machine (Rust does not contract `a * b + c` into
+//! a fused multiply-add).
+
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use hivemesh_evolve::arch::Architecture;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, shuffle};
+use crate::error::TrainError;
+use crate::model::{Model, SavedTensor, WeightsFile};
+use crate::ops::{ModelBackend, TrainBackend};
+use crate::train::{
+    Budget, FitPlan, FitStats, Limits, Progress, check_fit, cross_entropy, evaluate, fit, one_hot,
+    sub_seed,
+};
+
+/// Format version of [`TrainState`] and [`Update`] blobs.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The model a round starts from, with the outer optimiser's state: a content-addressed blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// The architecture and weights.
+    pub weights: WeightsFile,
+    /// The outer momentum, one tensor per weight tensor (same names and shapes); empty while
+    /// it is all zeros (plain averaging keeps none).
+    pub momentum: Vec<SavedTensor>,
+}
+
+/// A segment's update: the trained weights minus the start weights, tensor by tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// One delta per weight tensor, in the weights file's order (little-endian `f32`).
+    pub tensors: Vec<SavedTensor>,
+}
+
+/// How the combined update moves the model (the protocol's `OuterStep`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outer {
+    /// Start plus the combined update.
+    Average,
+    /// Nesterov momentum SGD on the pseudo-gradient `Δ = -combined`.
+    Nesterov {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum `μ`.
+        momentum: f32,
+    },
+}
+
+/// How a round's updates are combined per coordinate (the protocol's `Aggregate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// The mean.
+    Mean,
+    /// The mean without the `n` largest and `n` smallest values (the median when fewer than
+    /// `2n + 1` values are there).
+    Trimmed(usize),
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn to_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn artifact<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: &str) -> Result<T, TrainError> {
+    postcard::from_bytes(bytes).map_err(|e| TrainError::Artifact(format!("not {what}: {e}")))
+}
+
+fn check_version(version: u32, what: &str) -> Result<(), TrainError> {
+    if version == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(TrainError::Artifact(format!(
+            "{what} of format version {version} (this build reads {FORMAT_VERSION})"
+        )))
+    }
+}
+
+/// Whether `tensors` match the weights' names and shapes, one for one.
+fn same_layout(weights: &WeightsFile, tensors: &[SavedTensor]) -> Result<(), String> {
+    if tensors.len() != weights.tensors.len() {
+        return Err(format!(
+            "{} tensors, the model has {}",
+            tensors.len(),
+            weights.tensors.len()
+        ));
+    }
+    for (t, w) in tensors.iter().zip(&weights.tensors) {
+        if t.name != w.name || t.shape != w.shape || t.data.len() != w.data.len() {
+            return Err(format!(
+                "tensor {} {:?} where the model has {} {:?}",
+                t.name, t.shape, w.name, w.shape
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl TrainState {
+    /// The start of training: `weights` with no momentum.
+    pub fn fresh(weights: WeightsFile) -> TrainState {
+        TrainState {
+            version: FORMAT_VERSION,
+            weights,
+            momentum: Vec::new(),
+        }
+    }
+
+    /// The encoded blob.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("states always encode")
+    }
+
+    /// Decodes a blob, checking the momentum's layout against the weights'.
+    pub fn from_bytes(bytes: &[u8]) -> Result<TrainState, TrainError> {
+        let s: TrainState = artifact(bytes, "a training state")?;
+        check_version(s.version, "a training state")?;
+        check_version(s.weights.version, "a weights file")?;
+        if !s.momentum.is_empty() {
+            same_layout(&s.weights, &s.momentum)
+                .map_err(|e| TrainError::Artifact(format!("momentum: {e}")))?;
+        }
+        Ok(s)
+    }
+}
+
+impl Update {
+    /// The encoded blob.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("updates always encode")
+    }
+
+    /// Decodes a blob (its fit to a model is checked by [`Update::check`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Update, TrainError> {
+        let u: Update = artifact(bytes, "an update")?;
+        check_version(u.version, "an update")?;
+        Ok(u)
+    }
+
+    /// Why this update cannot be applied to `start`: another layout, or a value that is not
+    /// finite.
+    pub fn check(&self, start: &WeightsFile) -> Result<(), String> {
+        same_layout(start, &self.tensors)?;
+        match self
+            .tensors
+            .iter()
+            .find(|t| floats(&t.data).iter().any(|v| !v.is_finite()))
+        {
+            Some(t) => Err(format!("tensor {} has a value that is not finite", t.name)),
+            None => Ok(()),
+        }
+    }
+
+    /// `after - before`, tensor by tensor (the two share a layout: `after` was trained from
+    /// `before`).
+    pub fn between(before: &WeightsFile, after: &WeightsFile) -> Update {
+        let tensors = before
+            .tensors
+            .iter()
+            .zip(&after.tensors)
+            .map(|(b, a)| {
+                let d: Vec<f32> = floats(&a.data)
+                    .iter()
+                    .zip(floats(&b.data))
+                    .map(|(a, b)| a - b)
+                    .collect();
+                SavedTensor {
+                    name: b.name.clone(),
+                    shape: b.shape.clone(),
+                    data: to_bytes(&d),
+                }
+            })
+            .collect();
+        Update {
+            version: FORMAT_VERSION,
+            tensors,
+        }
+    }
+}
+
+/// Batch-norm running statistics are averaged, never given momentum (a variance must stay a
+/// variance).
+fn is_statistic(name: &str) -> bool {
+    name.ends_with(".bn.mean") || name.ends_with(".bn.var")
+}
+
+/// One coordinate's combined value from `values` (sorted in place when trimming).
+fn combine(values: &mut [f32], how: Combine) -> f32 {
+    let kept: &[f32] = match how {
+        Combine::Mean => values,
+        Combine::Trimmed(n) => {
+            values.sort_by(f32::total_cmp);
+            let k = values.len();
+            if k > 2 * n {
+                &values[n..k - n]
+            } else {
+                // The median: the middle value, or the two middle ones.
+                &values[(k - 1) / 2..k / 2 + 1]
+            }
+        }
+    };
+    let sum: f32 = kept.iter().sum();
+    sum / kept.len() as f32
+}
+
+/// The next round's state: `state` moved by the combined `updates` (each already
+/// [checked](Update::check) against `state`'s weights), in their order. No updates leave the
+/// state as it is.
+pub fn outer_step(
+    state: &TrainState,
+    updates: &[Update],
+    outer: Outer,
+    how: Combine,
+) -> TrainState {
+    if updates.is_empty() {
+        return state.clone();
+    }
+    let mut weights = state.weights.clone();
+    let mut momentum = Vec::new();
+    let mut column = vec![0.0f32; updates.len()];
+    for (t, w) in weights.tensors.iter_mut().enumerate() {
+        let deltas: Vec<Vec<f32>> = updates.iter().map(|u| floats(&u.tensors[t].data)).collect();
+        let theta = floats(&w.data);
+        let old_m = state
+            .momentum
+            .get(t)
+            .map_or_else(|| vec![0.0; theta.len()], |m| floats(&m.data));
+        let mut new_theta = Vec::with_capacity(theta.len());
+        let mut new_m = Vec::with_capacity(theta.len());
+        for i in 0..theta.len() {
+            for (c, d) in column.iter_mut().zip(&deltas) {
+                *c = d[i];
+            }
+            let c = combine(&mut column, how);
+            match outer {
+                Outer::Nesterov { lr, momentum: mu } if !is_statistic(&w.name) => {
+                    let g = -c;
+                    let m = mu * old_m[i] + g;
+                    new_theta.push(theta[i] - lr * (g + mu * m));
+                    new_m.push(m);
+                }
+                _ => {
+                    new_theta.push(theta[i] + c);
+                    new_m.push(old_m[i]);
+                }
+            }
+        }
+        w.data = to_bytes(&new_theta);
+        momentum.push(SavedTensor {
+            name: w.name.clone(),
+            shape: w.shape.clone(),
+            data: to_bytes(&new_m),
+        });
+    }
+    if outer == Outer::Average {
+        momentum.clear();
+    }
+    TrainState {
+        version: FORMAT_VERSION,
+        weights,
+        momentum,
+    }
+}
+
+/// The samples of segment `segment` (of `size` samples) in a round whose seed is `shuffle`:
+/// the training split in the round's shuffled order, cut into consecutive segments (wrapping
+/// around when the round asks for more samples than the split has).
+pub fn segment_samples(train: &[u32], shuffle_seed: u64, segment: u32, size: u32) -> Vec<u32> {
+    if train.is_empty() {
+        return Vec::new();
+    }
+    let mut order = train.to_vec();
+    shuffle(&mut order, &mut ChaCha8Rng::seed_from_u64(shuffle_seed));
+    let n = order.len() as u64;
+    let first = u64::from(segment) * u64::from(size);
+    (0..u64::from(size))
+        .map(|k| order[((first + k) % n) as usize])
+        .collect()
+}
+
+/// The weights of a fresh model of `arch`, drawn from `seed` (round 0 of a campaign that names
+/// an architecture; the same on every backend: weights are drawn on the CPU).
+pub fn initial_weights(arch: &Architecture, seed: [u8; 32]) -> Result<WeightsFile, TrainError> {
+    let model = Model::<crate::Cpu>::new(arch, seed, &Default::default())?;
+    Ok(model.weights_file(arch))
+}
+
+/// One segment's training: the start weights, evaluated on `evaluate_on`, then trained for the
+/// budget's `max_steps` on `samples`.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentJob<'a> {
+    /// The round's start weights.
+    pub start: &'a WeightsFile,
+    /// The data.
+    pub data: &'a Dataset,
+    /// The segment's samples.
+    pub samples: &'a [u32],
+    /// Where the start weights are evaluated (the validation split).
+    pub evaluate_on: &'a [u32],
+    /// The inner optimiser, batch size and learning rate; `max_steps` is the inner steps.
+    pub budget: &'a Budget,
+    /// The job's seed (batch order).
+    pub seed: u64,
+}
+
+/// A segment trained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentResult {
+    /// Correct predictions of the start weights on `evaluate_on`.
+    pub correct: u64,
+    /// Size of `evaluate_on`.
+    pub total: u64,
+    /// Steps and final loss.
+    pub fit: FitStats,
+    /// The trained weights.
+    pub trained: WeightsFile,
+}
+
+impl SegmentJob<'_> {
+    /// Checks the budget, the fit of the model to the data and the node's limits before
+    /// anything is allocated.
+    pub fn check(&self, limits: &Limits) -> Result<(), TrainError> {
+        self.budget.validate()?;
+        let arch = &self.start.arch;
+        check_fit(arch, self.data, self.budget.batch_size as usize, limits)?;
+        if let Some(budget) = limits.flops_budget {
+            let forward = arch.flops().map_err(|e| TrainError::Arch(e.to_string()))?;
+            let steps = self.budget.total_steps(self.samples.len());
+            let needed = steps
+                .saturating_mul(u64::from(self.budget.batch_size))
+                .saturating_mul(forward.saturating_mul(3))
+                .saturating_add((self.evaluate_on.len() as u64).saturating_mul(forward));
+            if needed > budget {
+                return Err(TrainError::CostBudget { needed, budget });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a segment on backend `B`.
+pub fn run_segment<B: TrainBackend>(
+    job: &SegmentJob<'_>,
+    limits: &Limits,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SegmentResult, TrainError> {
+    job.check(limits)?;
+    let model = Model::<B>::from_weights(job.start, device)?;
+    let (correct, total) = evaluate(&model.valid(), job.data, job.evaluate_on, 1000, device);
+    let classes = job.data.classes as usize;
+    let data = job.data;
+    let mut loss = |logits: Tensor<B, 2>, batch: &[u32]| {
+        let y = one_hot::<B>(&data.targets(batch), classes, device);
+        cross_entropy(logits, y)
+    };
+    let plan = FitPlan {
+        data: job.data,
+        train: job.samples,
+        budget: job.budget,
+        order_seed: sub_seed(job.seed, "order"),
+        stop: &limits.stop,
+    };
+    let (model, fit) = fit(model, &plan, device, &mut loss, progress)?;
+    Ok(SegmentResult {
+        correct,
+        total,
+        fit,
+        trained: model.valid().weights_file(&job.start.arch),
+    })
+}
+
+/// Correct predictions of `weights` on `idx` (the final model on the test split).
+pub fn evaluate_weights<B: ModelBackend>(
+    weights: &WeightsFile,
+    data: &Dataset,
+    idx: &[u32],
+    device: &B::Device,
+) -> Result<(u64, u64), TrainError> {
+    check_fit(&weights.arch, data, 1, &Limits::default())?;
+    let model = Model::<B>::from_weights(weights, device)?;
+    Ok(evaluate(&model, data, idx, 1000, device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::digits;
+
+    fn state() -> TrainState {
+        let d = digits();
+        let arch = crate::zoo::mlp(d.shape, 8, d.classes);
+        TrainState::fresh(initial_weights(&arch, [1; 32]).expect("weights"))
+    }
+
+    /// An update adding `v` to every weight.
+    fn constant(s: &TrainState, v: f32) -> Update {
+        let mut after = s.weights.clone();
+        for t in &mut after.tensors {
+            let x: Vec<f32> = floats(&t.data).iter().map(|x| x + v).collect();
+            t.data = to_bytes(&x);
+        }
+        Update::between(&s.weights, &after)
+    }
+
+    fn first(s: &TrainState) -> f32 {
+        floats(&s.weights.tensors[0].data)[0]
+    }
+
+    #[test]
+    fn averaging_adds_the_mean_update_and_nesterov_keeps_momentum() {
+        let s = state();
+        let x0 = first(&s);
+        let ups = [constant(&s, 0.5), constant(&s, 1.5)];
+        let avg = outer_step(&s, &ups, Outer::Average, Combine::Mean);
+        assert!((first(&avg) - (x0 + 1.0)).abs() < 1e-5);
+        assert!(avg.momentum.is_empty());
+        let nest = Outer::Nesterov {
+            lr: 0.5,
+            momentum: 0.9,
+        };
+        let n1 = outer_step(&s, &ups, nest, Combine::Mean);
+        // Δ = -1, m = -1, θ -= 0.5 (Δ + 0.9 m) = θ + 0.95.
+        assert!((first(&n1) - (x0 + 0.95)).abs() < 1e-5, "{}", first(&n1));
+        assert!((floats(&n1.momentum[0].data)[0] + 1.0).abs() < 1e-6);
+        // No updates: nothing moves, momentum included.
+        assert_eq!(outer_step(&n1, &[], nest, Combine::Mean), n1);
+        // The state round-trips through its blob.
+        assert_eq!(TrainState::from_bytes(&n1.to_bytes()).expect("decodes"), n1);
+    }
+
+    #[test]
+    fn a_trimmed_mean_ignores_one_outlier_of_three_and_the_order_does_not_matter() {
+        let s = state();
+        let x0 = first(&s);
+        let liar = constant(&s, 1e6);
+        let ups = [constant(&s, 0.25), liar.clone(), constant(&s, 0.75)];
+        let t = outer_step(&s, &ups, Outer::Average, Combine::Trimmed(1));
+        assert!((first(&t) - (x0 + 0.75)).abs() < 1e-5, "the median of 3");
+        let mean = outer_step(&s, &ups, Outer::Average, Combine::Mean);
+        assert!(
+            first(&mean) > x0 + 1000.0,
+            "the plain mean is moved by the liar"
+        );
+        let reordered = [ups[2].clone(), ups[0].clone(), liar];
+        assert_eq!(
+            outer_step(&s, &reordered, Outer::Average, Combine::Trimmed(1)),
+            t
+        );
+    }
+
+    #[test]
+    fn updates_of_another_layout_or_with_nan_are_refused() {
+        let s = state();
+        let mut u = constant(&s, 0.1);
+        u.check(&s.weights).expect("fits");
+        u.tensors[0].data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(u.check(&s.weights).unwrap_err().contains("not finite"));
+        let mut short = constant(&s, 0.1);
+        short.tensors.pop();
+        assert!(short.check(&s.weights).unwrap_err().contains("tensors"));
+        let mut renamed = constant(&s, 0.1);
+        renamed.tensors[0].shape = vec![1];
+        assert!(renamed.check(&s.weights).is_err());
+        assert!(Update::from_bytes(b"junk").is_err());
+    }
+
+    #[test]
+    fn segments_are_fixed_by_the_round_seed_and_wrap_around() {
+        let train: Vec<u32> = (100..110).collect();
+        let a = segment_samples(&train, 7, 0, 4);
+        assert_eq!(a, segment_samples(&train, 7, 0, 4));
+        assert_ne!(a, segment_samples(&train, 8, 0, 4));
+        let all: Vec<u32> = (0..3)
+            .flat_map(|s| segment_samples(&train, 7, s, 4))
+            .collect();
+        // 12 samples from 10: the first ten are distinct, then it wraps.
+        let mut first10 = all[..10].to_vec();
+        first10.sort_unstable();
+        assert_eq!(first10, train);
+        assert_eq!(all[10..], all[..2]);
+    }
+}
