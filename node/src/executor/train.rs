@@ -36,7 +36,7 @@ pub fn job_blobs(p: &TrainParams, job: &TrainJob) -> Vec<(BlobId, &'static str)>
 /// Decodes `bytes` as exactly one `T` (no bytes left over).
 fn exactly<T: for<'a> serde::Deserialize<'a>>(bytes: &[u8]) -> Option<T> {
     match postcard::take_from_bytes(bytes) {
-        Ok((v, rest)) if rest.is_empty() => Some(v),
+        Ok((v, [])) => Some(v),
         _ => None,
     }
 }
