@@ -14,7 +14,7 @@ use hivemesh_protocol::id::CampaignId;
 use hivemesh_protocol::identity::PeerKey;
 use hivemesh_protocol::message::Outcome;
 use hivemesh_protocol::scoring::PeerScore;
-use hivemesh_protocol::spec::{CampaignSpec, JobSpec};
+use hivemesh_protocol::spec::{CampaignKind, CampaignSpec, JobSpec};
 use hivemesh_protocol::standings::{self, AuditLabel, DecidedJob, JobStatus};
 use serde::Serialize;
 
@@ -81,10 +81,13 @@ pub struct FrontPoint {
 }
 
 /// The non-dominated settled jobs (accuracy up, params and FLOPs down), best accuracy first.
+/// A `train` campaign's front is its final model (the final evaluation, whose one artifact is
+/// the model): its rounds' jobs are steps towards it, not candidates.
 pub fn front(jobs: &[SettledJob]) -> Vec<FrontPoint> {
     let ok: Vec<&SettledJob> = jobs
         .iter()
         .filter(|j| j.status == JobStatus::Success)
+        .filter(|j| j.payload.0 != CampaignKind::Train.name() || j.artifacts.len() == 1)
         .collect();
     let dominates = |a: &SettledJob, b: &SettledJob| {
         a.accuracy >= b.accuracy

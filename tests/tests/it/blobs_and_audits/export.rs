@@ -219,3 +219,77 @@ async fn a_campaigns_front_is_served_as_models_that_count_as_the_swarm_agreed() 
         n.stop().await;
     }
 }
+
+/// A `train` campaign (issue 25): every node ends with the same final model (each holds it or
+/// fetches it by id, checked by its hash), and the front served over the API is that model,
+/// whose exported files count exactly what the swarm agreed on its test split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_train_campaigns_final_model_is_the_same_everywhere_and_exports() {
+    use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams};
+    use hivemesh_trainer::rounds::TrainState;
+    let py = python();
+    let (_dirs, mut nodes) = cluster("trainbest", 3, |_, _| {}).await;
+    let model = hivemesh_tests::digits_reference_model();
+    let blob = nodes[0].client.put_blob(model).await.expect("stored");
+    let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
+    let mut spec = digits_nas_spec(&roster, 2, 1, 78);
+    spec.name = "test: train digits, exported".into();
+    spec.search = Search::Train(TrainParams {
+        model: blob,
+        rounds: 2,
+        segments: 2,
+        segment_size: 300,
+        inner_steps: 30,
+        outer: OuterStep::Nesterov {
+            learning_rate: 0.7,
+            momentum: 0.9,
+        },
+        aggregate: Aggregate::Mean,
+    });
+    let id = nodes[0].client.submit(spec).await.expect("accepted");
+    for n in nodes.iter_mut() {
+        wait_finished(n, id).await;
+    }
+    let addr = serve_api(nodes[0].client.clone()).await;
+    let (status, body, msg) = get(addr, &format!("/campaigns/{id}/best")).await;
+    assert_eq!(status, 200, "{msg}");
+    let best: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let front = best["front"].as_array().expect("front");
+    assert_eq!(front.len(), 1, "the final model alone: {best}");
+    let final_id: hivemesh_protocol::BlobId = front[0]["weights"]
+        .as_str()
+        .expect("model id")
+        .parse()
+        .expect("an id");
+    let mut held = Vec::new();
+    for n in &nodes {
+        let bytes = n
+            .client
+            .fetch_blob(final_id)
+            .await
+            .expect("held or fetched");
+        assert_eq!(hivemesh_protocol::BlobId::of_bytes(&bytes), final_id);
+        held.push(bytes);
+    }
+    assert!(held.iter().all(|b| *b == held[0]), "one final model");
+    let state = TrainState::from_bytes(&held[0]).expect("a training state");
+    assert!(!state.momentum.is_empty(), "Nesterov keeps its momentum");
+
+    let mut files = Vec::new();
+    for name in FILE_NAMES {
+        let (status, body, msg) = get(addr, &format!("/campaigns/{id}/best/0/{name}")).await;
+        assert_eq!(status, 200, "{name}: {msg}");
+        files.push((name, body));
+    }
+    let tmp = TempDir::new("train-best-check");
+    let split = write_test_split(&digits(), tmp.path());
+    let correct = front[0]["correct"].as_u64().expect("correct");
+    assert!(
+        correct * 2 > front[0]["total"].as_u64().expect("total"),
+        "it learned: {best}"
+    );
+    cross_check(&py, &files, &tmp.path().join("0"), &split, correct);
+    for n in nodes {
+        n.stop().await;
+    }
+}
