@@ -38,13 +38,112 @@ pub struct TrainState {
     pub momentum: Vec<SavedTensor>,
 }
 
-/// A segment's update: the trained weights minus the start weights, tensor by tensor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A segment's update: the trained weights minus the start weights, tensor by tensor (dense
+/// `f32` in memory; [`Encoding`] says how its blob carries it).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Update {
-    /// [`FORMAT_VERSION`].
-    pub version: u32,
     /// One delta per weight tensor, in the weights file's order (little-endian `f32`).
     pub tensors: Vec<SavedTensor>,
+}
+
+/// How an update's blob carries its values (the protocol's `UpdateEncoding`). Every encoding
+/// is a deterministic function of the dense update, so executors of a job still agree bit
+/// for bit; what the swarm applies is the decoded blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// 4 bytes a value.
+    F32,
+    /// IEEE half precision, rounded to nearest even: 2 bytes a value.
+    F16,
+    /// Per tensor, the `per_mille`/1000 largest values by magnitude (at least one; ties to the
+    /// lower index) as (`u32` index, `f32` value) pairs; the rest are zero.
+    TopK {
+        /// Values kept per thousand.
+        per_mille: u16,
+    },
+}
+
+/// An update's blob.
+#[derive(Serialize, Deserialize)]
+struct UpdateBlob {
+    /// [`FORMAT_VERSION`].
+    version: u32,
+    /// How `tensors` carry their values.
+    encoding: Encoding,
+    /// One per weight tensor.
+    tensors: Vec<EncodedTensor>,
+}
+
+/// One tensor of an update's blob.
+#[derive(Serialize, Deserialize)]
+struct EncodedTensor {
+    /// Its name (the weight's).
+    name: String,
+    /// Its shape.
+    shape: Vec<u32>,
+    /// Values it has (dense).
+    len: u32,
+    /// The values, as the blob's encoding lays them out.
+    data: Vec<u8>,
+}
+
+/// Most values of one update tensor (a bound for decoding: 2^28 values are 1 GiB of `f32`).
+const MAX_TENSOR_LEN: u32 = 1 << 28;
+
+fn encode_values(values: &[f32], encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::F32 => to_bytes(values),
+        Encoding::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Encoding::TopK { per_mille } => {
+            let keep = (values.len() * usize::from(per_mille))
+                .div_ceil(1000)
+                .clamp(1, values.len().max(1));
+            let mut idx: Vec<u32> = (0..values.len() as u32).collect();
+            idx.sort_by(|a, b| {
+                let (x, y) = (values[*a as usize].abs(), values[*b as usize].abs());
+                y.total_cmp(&x).then(a.cmp(b))
+            });
+            idx.truncate(keep.min(values.len()));
+            idx.sort_unstable();
+            idx.iter()
+                .flat_map(|i| {
+                    let mut pair = i.to_le_bytes().to_vec();
+                    pair.extend(values[*i as usize].to_le_bytes());
+                    pair
+                })
+                .collect()
+        }
+    }
+}
+
+fn decode_values(t: &EncodedTensor, encoding: Encoding) -> Result<Vec<f32>, String> {
+    let n = t.len as usize;
+    let bad = |why: &str| Err(format!("tensor {}: {why}", t.name));
+    match encoding {
+        Encoding::F32 if t.data.len() == 4 * n => Ok(floats(&t.data)),
+        Encoding::F16 if t.data.len() == 2 * n => Ok(t
+            .data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        Encoding::TopK { .. } if t.data.len() % 8 == 0 && t.data.len() / 8 <= n => {
+            let mut dense = vec![0.0f32; n];
+            let mut last: Option<u32> = None;
+            for pair in t.data.chunks_exact(8) {
+                let i = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
+                if i as usize >= n || last.is_some_and(|l| i <= l) {
+                    return bad("sparse indices out of range or not increasing");
+                }
+                last = Some(i);
+                dense[i as usize] = f32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
+            }
+            Ok(dense)
+        }
+        _ => bad("its data does not match its length and encoding"),
+    }
 }
 
 /// How the combined update moves the model (the protocol's `OuterStep`).
@@ -145,16 +244,51 @@ impl TrainState {
 }
 
 impl Update {
-    /// The encoded blob.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("updates always encode")
+    /// The update's blob in `encoding`.
+    pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
+        let blob = UpdateBlob {
+            version: FORMAT_VERSION,
+            encoding,
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| EncodedTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    len: (t.data.len() / 4) as u32,
+                    data: encode_values(&floats(&t.data), encoding),
+                })
+                .collect(),
+        };
+        postcard::to_stdvec(&blob).expect("updates always encode")
     }
 
-    /// Decodes a blob (its fit to a model is checked by [`Update::check`]).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Update, TrainError> {
-        let u: Update = artifact(bytes, "an update")?;
-        check_version(u.version, "an update")?;
-        Ok(u)
+    /// Decodes a blob into the dense update it carries (its fit to a model is checked by
+    /// [`Update::check`]).
+    pub fn decode(bytes: &[u8]) -> Result<Update, TrainError> {
+        let blob: UpdateBlob = artifact(bytes, "an update")?;
+        check_version(blob.version, "an update")?;
+        let tensors = blob
+            .tensors
+            .iter()
+            .map(|t| {
+                if t.len > MAX_TENSOR_LEN {
+                    return Err(format!("tensor {} has {} values", t.name, t.len));
+                }
+                Ok(SavedTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    data: to_bytes(&decode_values(t, blob.encoding)?),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| TrainError::Artifact(format!("update: {e}")))?;
+        Ok(Update { tensors })
+    }
+
+    /// What the swarm applies of this update once it travelled in `encoding`.
+    pub fn as_sent(&self, encoding: Encoding) -> Result<Update, TrainError> {
+        Update::decode(&self.encode(encoding))
     }
 
     /// Why this update cannot be applied to `start`: another layout, or a value that is not
@@ -191,10 +325,7 @@ impl Update {
                 }
             })
             .collect();
-        Update {
-            version: FORMAT_VERSION,
-            tensors,
-        }
+        Update { tensors }
     }
 }
 
@@ -482,7 +613,52 @@ mod tests {
         let mut renamed = constant(&s, 0.1);
         renamed.tensors[0].shape = vec![1];
         assert!(renamed.check(&s.weights).is_err());
-        assert!(Update::from_bytes(b"junk").is_err());
+        assert!(Update::decode(b"junk").is_err());
+    }
+
+    #[test]
+    fn encodings_round_trip_what_they_keep_and_refuse_broken_blobs() {
+        let s = state();
+        let mut after = s.weights.clone();
+        for t in &mut after.tensors {
+            let x: Vec<f32> = floats(&t.data)
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x + (i as f32 - 30.0) * 0.001)
+                .collect();
+            t.data = to_bytes(&x);
+        }
+        let u = Update::between(&s.weights, &after);
+        let f32_blob = u.encode(Encoding::F32);
+        assert_eq!(Update::decode(&f32_blob).expect("f32"), u);
+        let f16_blob = u.encode(Encoding::F16);
+        assert!(f16_blob.len() * 10 < f32_blob.len() * 6, "half the bytes");
+        let h = Update::decode(&f16_blob).expect("f16");
+        let (a, b) = (floats(&u.tensors[0].data), floats(&h.tensors[0].data));
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| (x - y).abs() <= x.abs() / 1000.0 + 1e-7)
+        );
+        let k = Encoding::TopK { per_mille: 10 };
+        let top = Update::decode(&u.encode(k)).expect("top-k");
+        let dense = floats(&top.tensors[0].data);
+        let kept = dense.iter().filter(|v| **v != 0.0).count();
+        assert_eq!(kept, a.len().div_ceil(100));
+        // The largest magnitudes are the ones kept, exactly.
+        let max = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(dense.iter().any(|v| v.abs() == max));
+        assert_eq!(top, u.as_sent(k).expect("same"));
+        assert_eq!(u.encode(k), top.encode(k), "top-k of top-k is itself");
+        // A sparse index past the end, or data that does not fit the length: refused.
+        let mut blob: UpdateBlob = postcard::from_bytes(&u.encode(k)).expect("blob");
+        blob.tensors[0].data[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = Update::decode(&postcard::to_stdvec(&blob).expect("enc")).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let mut blob: UpdateBlob = postcard::from_bytes(&f16_blob).expect("blob");
+        blob.tensors[1].len += 1;
+        let e = Update::decode(&postcard::to_stdvec(&blob).expect("enc")).unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
     }
 
     #[test]

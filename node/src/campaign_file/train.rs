@@ -11,10 +11,11 @@
 //! outer_learning_rate = 0.7
 //! outer_momentum = 0.9
 //! trim = 0                 # > 0: a coordinate-wise trimmed mean of the updates
+//! encoding = "f32"         # or "f16", "top-k" (with top_k_per_mille)
 //! ```
 
 use hivemesh_protocol::id::BlobId;
-use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams};
+use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams, UpdateEncoding};
 use serde::Deserialize;
 
 use super::{CampaignFileError, field};
@@ -53,6 +54,12 @@ pub struct TrainFile {
     /// Values dropped at each end of every coordinate before averaging (0: the plain mean).
     #[serde(default)]
     pub trim: u32,
+    /// How updates travel: `f32` (default), `f16` or `top-k`.
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    /// With `top-k`: values kept per thousand (default 10, 1 %).
+    #[serde(default = "default_per_mille")]
+    pub top_k_per_mille: u16,
 }
 
 fn default_segments() -> u32 {
@@ -73,6 +80,12 @@ fn default_outer_lr() -> f32 {
 fn default_outer_momentum() -> f32 {
     0.9
 }
+fn default_encoding() -> String {
+    "f32".into()
+}
+fn default_per_mille() -> u16 {
+    10
+}
 
 impl TrainFile {
     /// The protocol's search (the model must be a blob id by now).
@@ -90,6 +103,19 @@ impl TrainFile {
                 ));
             }
         };
+        let encoding = match self.encoding.as_str() {
+            "f32" => UpdateEncoding::F32,
+            "f16" => UpdateEncoding::F16,
+            "top-k" => UpdateEncoding::TopK {
+                per_mille: self.top_k_per_mille,
+            },
+            other => {
+                return Err(field(
+                    "train.encoding",
+                    format!("{other:?}: use \"f32\", \"f16\" or \"top-k\""),
+                ));
+            }
+        };
         Ok(Search::Train(TrainParams {
             model: self
                 .model
@@ -104,6 +130,7 @@ impl TrainFile {
                 0 => Aggregate::Mean,
                 trim => Aggregate::TrimmedMean { trim },
             },
+            encoding,
         }))
     }
 }

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use hivemesh_evolve::arch::Architecture;
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
-use hivemesh_protocol::spec::{Aggregate, OuterStep, TrainJob, TrainParams};
+use hivemesh_protocol::spec::{Aggregate, OuterStep, TrainJob, TrainParams, UpdateEncoding};
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::rounds::{
-    Combine, Outer, SegmentJob, TrainState, Update, initial_weights, outer_step, segment_samples,
+    Combine, Encoding, Outer, SegmentJob, TrainState, Update, initial_weights, outer_step,
+    segment_samples,
 };
 use hivemesh_trainer::train::{Budget, sub_seed};
 
@@ -96,7 +97,7 @@ fn start_state(
     let mut updates = Vec::with_capacity(t.updates.len());
     for id in &t.updates {
         let bytes = fetch(job.blobs, id, "agreed update")?;
-        match Update::from_bytes(&bytes)
+        match Update::decode(&bytes)
             .map_err(|e| e.to_string())
             .and_then(|u| {
                 u.check(&base.weights)?;
@@ -121,6 +122,15 @@ fn start_state(
         Aggregate::TrimmedMean { trim } => Combine::Trimmed(trim as usize),
     };
     Ok(Ok(outer_step(&base, &updates, outer, how)))
+}
+
+/// The trainer's encoding for the campaign's.
+fn encoding(p: &TrainParams) -> Encoding {
+    match p.encoding {
+        UpdateEncoding::F32 => Encoding::F32,
+        UpdateEncoding::F16 => Encoding::F16,
+        UpdateEncoding::TopK { per_mille } => Encoding::TopK { per_mille },
+    }
 }
 
 /// Runs a `train` job.
@@ -176,11 +186,14 @@ pub(super) fn run(
         Ok(r) => r,
         Err(e) => return Ok(Ran::nothing(train_failure(e)?)),
     };
-    let update = Update::between(&start.weights, &r.trained);
-    if let Err(e) = update.check(&start.weights) {
+    // What the swarm will apply is the update as it travels: it must fit and be finite.
+    let update_bytes = Update::between(&start.weights, &r.trained).encode(encoding(p));
+    let sent = Update::decode(&update_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.check(&start.weights));
+    if let Err(e) = sent {
         return Ok(Ran::nothing(failure(FailureKind::NonFinite, e)));
     }
-    let update_bytes = update.to_bytes();
     let update_id = BlobId::of_bytes(&update_bytes);
     let loss = (f64::from(r.fit.final_loss) * 1e6).round() as i64;
     let extra = BTreeMap::from([("train_loss_micro".to_string(), loss)]);

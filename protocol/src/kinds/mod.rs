@@ -26,7 +26,7 @@ use crate::spec_error::{SpecError, field};
 pub use distill::DistillParams;
 pub use loss::LossParams;
 pub use nas::{NasParams, NasSpace, Strategy};
-pub use train::{Aggregate, OuterStep, TrainJob, TrainParams};
+pub use train::{Aggregate, OuterStep, TrainJob, TrainParams, UpdateEncoding};
 
 /// Most jobs in one generation.
 pub const MAX_JOBS_PER_GENERATION: u64 = 20_000;

@@ -51,6 +51,23 @@ pub struct TrainParams {
     pub outer: OuterStep,
     /// How the agreed updates are combined before the outer step.
     pub aggregate: Aggregate,
+    /// How updates travel.
+    pub encoding: UpdateEncoding,
+}
+
+/// How an update's blob carries its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateEncoding {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (half the bytes).
+    F16,
+    /// Per tensor, only the `per_mille`/1000 largest values by magnitude, as index and value
+    /// (8 bytes each); the rest count as zero.
+    TopK {
+        /// Values kept per thousand, 1 to 1000.
+        per_mille: u16,
+    },
 }
 
 /// The outer step: how a round's combined update moves the model.
@@ -114,6 +131,11 @@ impl KindRules for TrainParams {
             if !(0.0..1.0).contains(&momentum) {
                 return Err(field("outer_momentum", "must be in [0, 1)"));
             }
+        }
+        if let UpdateEncoding::TopK { per_mille } = self.encoding
+            && !(1..=1000).contains(&per_mille)
+        {
+            return Err(field("top_k_per_mille", "must be 1 to 1000"));
         }
         if let Aggregate::TrimmedMean { trim } = self.aggregate
             && trim.saturating_mul(2) >= self.segments
@@ -267,6 +289,7 @@ mod tests {
                 momentum: 0.9,
             },
             aggregate: Aggregate::Mean,
+            encoding: UpdateEncoding::F32,
         }
     }
 
@@ -412,5 +435,9 @@ mod tests {
             "outer_momentum",
         );
         bad(|p| p.aggregate = Aggregate::TrimmedMean { trim: 2 }, "trim");
+        bad(
+            |p| p.encoding = UpdateEncoding::TopK { per_mille: 0 },
+            "top_k_per_mille",
+        );
     }
 }

@@ -225,7 +225,7 @@ async fn a_campaigns_front_is_served_as_models_that_count_as_the_swarm_agreed() 
 /// whose exported files count exactly what the swarm agreed on its test split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_train_campaigns_final_model_is_the_same_everywhere_and_exports() {
-    use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams};
+    use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams, UpdateEncoding};
     use hivemesh_trainer::rounds::TrainState;
     let py = python();
     let (_dirs, mut nodes) = cluster("trainbest", 3, |_, _| {}).await;
@@ -245,6 +245,7 @@ async fn a_train_campaigns_final_model_is_the_same_everywhere_and_exports() {
             momentum: 0.9,
         },
         aggregate: Aggregate::Mean,
+        encoding: UpdateEncoding::F16,
     });
     let id = nodes[0].client.submit(spec).await.expect("accepted");
     for n in nodes.iter_mut() {
