@@ -129,7 +129,7 @@ fn decode_values(t: &EncodedTensor, encoding: Encoding) -> Result<Vec<f32>, Stri
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect()),
-        Encoding::TopK { .. } if t.data.len() % 8 == 0 && t.data.len() / 8 <= n => {
+        Encoding::TopK { .. } if t.data.len().is_multiple_of(8) && t.data.len() / 8 <= n => {
             let mut dense = vec![0.0f32; n];
             let mut last: Option<u32> = None;
             for pair in t.data.chunks_exact(8) {
