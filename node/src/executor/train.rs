@@ -12,12 +12,13 @@ use hivemesh_evolve::arch::Architecture;
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
 use hivemesh_protocol::spec::{Aggregate, OuterStep, TrainJob, TrainParams, UpdateEncoding};
+use hivemesh_trainer::TrainError;
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::rounds::{
     Combine, Encoding, Outer, SegmentJob, TrainState, Update, initial_weights, outer_step,
     segment_samples,
 };
-use hivemesh_trainer::train::{Budget, sub_seed};
+use hivemesh_trainer::train::{Budget, check_fit, sub_seed};
 
 use super::{ExecError, JobRun, Ran, failure, fetch, train_failure};
 
@@ -140,6 +141,20 @@ pub(super) fn run(
     campaign_seed: u64,
     job: &mut JobRun<'_>,
 ) -> Result<Ran, ExecError> {
+    // Every round trains the campaign model's architecture: a model over this node's limits
+    // is refused before any state or update is decoded.
+    let arch = model_arch(&fetch(job.blobs, &p.model, "model")?);
+    if let Some(arch) = &arch
+        && let Err(e) = check_fit(arch, job.data, job.budget.batch_size as usize, job.limits)
+    {
+        return match e {
+            TrainError::MemoryBudget { .. } => Err(ExecError::OverLimit(e)),
+            e => Ok(Ran::nothing(failure(
+                FailureKind::InvalidJob,
+                e.to_string(),
+            ))),
+        };
+    }
     let start = match start_state(p, t, campaign_seed, job)? {
         Ok(s) => s,
         Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),

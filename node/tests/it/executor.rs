@@ -317,3 +317,115 @@ fn a_loss_job_trains_the_reference_model_from_the_store() {
         "{e}"
     );
 }
+
+fn train_campaign(model: BlobId) -> CampaignSpec {
+    use hivemesh_protocol::spec::{Aggregate, OuterStep, TrainParams, UpdateEncoding};
+    campaign(Search::Train(TrainParams {
+        model,
+        rounds: 2,
+        segments: 2,
+        segment_size: 200,
+        inner_steps: 20,
+        outer: OuterStep::Nesterov {
+            learning_rate: 0.7,
+            momentum: 0.9,
+        },
+        aggregate: Aggregate::Mean,
+        encoding: UpdateEncoding::F32,
+    }))
+}
+
+/// `train` jobs (issue 25): round 0 from the campaign's architecture, reproducibly; round 1
+/// built from round 0's start model and agreed updates, leaving out one that does not fit;
+/// the final evaluation names the model; an update not held and a model over the memory limit
+/// are "cannot run here".
+#[test]
+fn train_jobs_chain_rounds_leave_out_bad_updates_and_refuse_what_does_not_fit() {
+    use hivemesh_node::admission::Admission;
+    use hivemesh_protocol::spec::TrainJob;
+    use hivemesh_trainer::rounds::{Combine, Encoding, Outer, TrainState, Update, outer_step};
+    let model = postcard::to_stdvec(&digits_mlp(16)).expect("IR");
+    let model_id = BlobId::of_bytes(&model);
+    let mut blobs = Blobs::from([(model_id, model)]);
+    let spec = train_campaign(model_id);
+    let job0 = first_job(&spec);
+    let JobPayload::Train(t0) = &job0.payload else {
+        panic!("a train job")
+    };
+    assert_eq!((t0.round, t0.base, t0.updates.len()), (0, model_id, 0));
+    let a = run(&spec, &job0, &blobs).expect("runs");
+    assert_eq!(
+        a.blobs,
+        run(&spec, &job0, &blobs).expect("runs").blobs,
+        "bit-exact"
+    );
+    let m = success(&a);
+    assert_eq!(m.artifacts.len(), 2, "update, start model");
+    assert!(m.extra.contains_key("train_loss_micro"));
+    blobs.extend(a.blobs.iter().cloned());
+    let (update, start) = (m.artifacts[0], m.artifacts[1]);
+    let state0 = TrainState::from_bytes(&blobs[&start]).expect("a state");
+    assert!(
+        state0.momentum.is_empty(),
+        "round 0 starts without momentum"
+    );
+
+    // An agreed update of another layout (one tensor) is left out of the outer step.
+    let mut bad = Update::decode(&blobs[&update]).expect("an update");
+    bad.tensors.truncate(1);
+    let bad_bytes = bad.encode(Encoding::F32);
+    let bad_id = BlobId::of_bytes(&bad_bytes);
+    blobs.insert(bad_id, bad_bytes);
+    let mut job1 = job0.clone();
+    job1.payload = JobPayload::Train(TrainJob {
+        round: 1,
+        segment: 1,
+        shuffle: t0.shuffle + 1,
+        base: start,
+        updates: vec![update, bad_id],
+    });
+    let b = run(&spec, &job1, &blobs).expect("runs");
+    let expected = outer_step(
+        &state0,
+        &[Update::decode(&blobs[&update]).expect("update")],
+        Outer::Nesterov {
+            lr: 0.7,
+            momentum: 0.9,
+        },
+        Combine::Mean,
+    );
+    assert_eq!(
+        success(&b).artifacts[1],
+        BlobId::of_bytes(&expected.to_bytes()),
+        "the start model is the outer step over the updates that fit"
+    );
+    assert!(
+        success(&b).correct > m.correct,
+        "round 1 starts from a better model"
+    );
+
+    // The final evaluation: one artifact, the model, evaluated on the test split.
+    let mut last = job1.clone();
+    if let JobPayload::Train(t) = &mut last.payload {
+        t.round = 2;
+        t.segment = 0;
+    }
+    let f = run(&spec, &last, &blobs).expect("runs");
+    assert_eq!(success(&f).artifacts, vec![success(&b).artifacts[1]]);
+
+    // An update this node does not hold; a model over the memory limit.
+    let mut missing = job1.clone();
+    if let JobPayload::Train(t) = &mut missing.payload {
+        t.updates.push(BlobId::of_bytes(b"not here"));
+    }
+    let e = run(&spec, &missing, &blobs).expect_err("refused");
+    assert!(matches!(e, ExecError::Blob { .. }), "{e}");
+    let small = Executor::new(&Admission {
+        max_job_memory: 1000,
+        ..Admission::default()
+    });
+    let e = small
+        .run(&spec, &job0, Device::Cpu, &blobs, &mut |_| {})
+        .expect_err("refused");
+    assert!(matches!(e, ExecError::OverLimit(_)), "{e}");
+}
