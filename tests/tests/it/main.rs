@@ -8,3 +8,4 @@ mod http_api;
 mod identity_and_ledgers;
 mod libp2p_identity;
 mod swarm;
+mod train;
