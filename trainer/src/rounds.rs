@@ -329,6 +329,46 @@ impl Update {
     }
 }
 
+/// Directions in an update's [`sketch`].
+pub const SKETCH_DIRECTIONS: usize = 8;
+
+/// A fingerprint that nearby updates share (ADR 0009, tolerance mode): the natural log of the
+/// update's L2 norm, and its projections on [`SKETCH_DIRECTIONS`] random ±1 directions drawn
+/// from `seed`, each divided by the norm. For an update at relative L2 distance `ε` from
+/// another, each projection differs by about `ε` (a standard normal times `ε`) and the log norm
+/// by at most about `ε`; unrelated updates have projections about 1 apart. Computed in `f64`
+/// in a fixed order, so the same update gives the same bits on every machine.
+pub fn sketch(u: &Update, seed: u64) -> (f64, [f64; SKETCH_DIRECTIONS]) {
+    use rand_core::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut signs = [0u8; 4096];
+    let mut used = signs.len();
+    let mut dots = [0.0f64; SKETCH_DIRECTIONS];
+    let mut sq = 0.0f64;
+    for t in &u.tensors {
+        for v in floats(&t.data) {
+            if used == signs.len() {
+                rng.fill_bytes(&mut signs);
+                used = 0;
+            }
+            let bits = signs[used];
+            used += 1;
+            let v = f64::from(v);
+            sq += v * v;
+            for (j, d) in dots.iter_mut().enumerate() {
+                if bits >> j & 1 == 1 {
+                    *d += v;
+                } else {
+                    *d -= v;
+                }
+            }
+        }
+    }
+    let norm = sq.sqrt();
+    let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+    (norm.max(1e-30).ln(), dots.map(|d| d * scale))
+}
+
 /// Batch-norm running statistics are averaged, never given momentum (a variance must stay a
 /// variance).
 fn is_statistic(name: &str) -> bool {
@@ -659,6 +699,56 @@ mod tests {
         blob.tensors[1].len += 1;
         let e = Update::decode(&postcard::to_stdvec(&blob).expect("enc")).unwrap_err();
         assert!(e.to_string().contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn sketches_of_nearby_updates_are_close_and_of_others_far() {
+        let s = state();
+        let mut after = s.weights.clone();
+        for (k, t) in after.tensors.iter_mut().enumerate() {
+            let x: Vec<f32> = floats(&t.data)
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x + ((i * 7 + k * 13) % 17) as f32 * 0.01 - 0.08)
+                .collect();
+            t.data = to_bytes(&x);
+        }
+        let u = Update::between(&s.weights, &after);
+        let (n, a) = sketch(&u, 5);
+        assert_eq!(sketch(&u, 5), (n, a), "deterministic");
+        // The same update with relative noise 1e-4: every value within 1e-3.
+        let mut near = u.clone();
+        for t in &mut near.tensors {
+            let x: Vec<f32> = floats(&t.data)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1.0 + if i % 2 == 0 { 1e-4 } else { -1e-4 }))
+                .collect();
+            t.data = to_bytes(&x);
+        }
+        let (n2, b) = sketch(&near, 5);
+        assert!((n - n2).abs() < 1e-3);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-3),
+            "{a:?} {b:?}"
+        );
+        // Another update (the same values reversed within each tensor): far apart.
+        let mut other = u.clone();
+        for t in &mut other.tensors {
+            let mut x = floats(&t.data);
+            x.reverse();
+            t.data = to_bytes(&x);
+        }
+        let (n3, c) = sketch(&other, 5);
+        assert!((n - n3).abs() < 1e-9, "same norm");
+        let far = a
+            .iter()
+            .zip(&c)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(far > 0.1, "{a:?} {c:?}");
+        // Another seed draws other directions.
+        assert_ne!(sketch(&u, 6).1, a);
     }
 
     #[test]

@@ -316,6 +316,13 @@ impl CampaignFile {
             other => return Err(field("backend", format!("{other:?}: use cpu or cuda"))),
         };
         let schedule = self.schedule.to_schedule();
+        let mut tolerance = Tolerance {
+            correct: self.tolerance_correct,
+            ..Tolerance::EXACT
+        };
+        if let Some(t) = &self.train {
+            tolerance = t.tolerance(tolerance)?;
+        }
         let spec = CampaignSpec {
             name: self.name.clone(),
             created_at: now,
@@ -325,10 +332,7 @@ impl CampaignFile {
             seed: self.seed,
             redundancy: self.redundancy,
             quorum: self.quorum,
-            tolerance: Tolerance {
-                correct: self.tolerance_correct,
-                ..Tolerance::EXACT
-            },
+            tolerance,
             audit_rate_ppm: (self.audit_rate * 1e6).round() as u32,
             backend,
             code_version: CODE_VERSION.into(),

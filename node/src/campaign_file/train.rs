@@ -12,8 +12,10 @@
 //! outer_momentum = 0.9
 //! trim = 0                 # > 0: a coordinate-wise trimmed mean of the updates
 //! encoding = "f32"         # or "f16", "top-k" (with top_k_per_mille)
+//! update_tolerance = 0.0   # > 0 (GPUs): agree on updates within this relative L2 distance
 //! ```
 
+use hivemesh_protocol::Tolerance;
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams, UpdateEncoding};
 use serde::Deserialize;
@@ -60,6 +62,11 @@ pub struct TrainFile {
     /// With `top-k`: values kept per thousand (default 10, 1 %).
     #[serde(default = "default_per_mille")]
     pub top_k_per_mille: u16,
+    /// 0 (default): executors agree on the update's bytes (the CPU backend is bit-exact).
+    /// Above 0 (GPU backends): on its sketch, as updates within about this relative L2
+    /// distance of each other (ADR 0009); at most 0.5.
+    #[serde(default)]
+    pub update_tolerance: f64,
 }
 
 fn default_segments() -> u32 {
@@ -87,7 +94,28 @@ fn default_per_mille() -> u16 {
     10
 }
 
+/// Standard deviations of a sketch projection's difference allowed at the stated distance.
+const SKETCH_SIGMAS: f64 = 4.0;
+
 impl TrainFile {
+    /// The campaign's tolerance with `[train] update_tolerance` applied: above 0, extras
+    /// (the update's sketch and loss) may differ by `SKETCH_SIGMAS` x the tolerance, in
+    /// millionths, and artifacts (the updates' bytes) need not match.
+    pub fn tolerance(&self, base: Tolerance) -> Result<Tolerance, CampaignFileError> {
+        let t = self.update_tolerance;
+        if !(0.0..=0.5).contains(&t) {
+            return Err(field("train.update_tolerance", "must be 0 to 0.5"));
+        }
+        if t == 0.0 {
+            return Ok(base);
+        }
+        Ok(Tolerance {
+            extra: (SKETCH_SIGMAS * t * 1e6).ceil() as u64,
+            exact_artifacts: false,
+            ..base
+        })
+    }
+
     /// The protocol's search (the model must be a blob id by now).
     pub fn to_search(&self) -> Result<Search, CampaignFileError> {
         let outer = match self.outer.as_str() {

@@ -4,7 +4,9 @@
 //! then start model). The final evaluation reports the final model's test accuracy and names
 //! it (its one artifact).
 //!
-//! Extras: `train_loss_micro`, the segment's last training loss in millionths.
+//! Extras (millionths): `train_loss_micro`, the segment's last training loss;
+//! `update_log_norm_micro` and `update_sketch0_micro` … `update_sketch7_micro`, the update's
+//! sketch ([`sketch`]), which tolerance mode compares instead of the update's bytes.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +18,7 @@ use hivemesh_trainer::TrainError;
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::rounds::{
     Combine, Encoding, Outer, SegmentJob, TrainState, Update, initial_weights, outer_step,
-    segment_samples,
+    segment_samples, sketch,
 };
 use hivemesh_trainer::train::{Budget, check_fit, sub_seed};
 
@@ -125,6 +127,26 @@ fn start_state(
     Ok(Ok(outer_step(&base, &updates, outer, how)))
 }
 
+/// Millionths, rounded (saturating).
+fn micro(x: f64) -> i64 {
+    (x * 1e6).round() as i64
+}
+
+/// A segment's extras: its last training loss, and its update's sketch (log norm and
+/// normalised projections, seeded by the job), which tolerance mode compares instead of the
+/// update's bytes (ADR 0009).
+fn extras(loss: f32, sent: &Update, seed: u64) -> BTreeMap<String, i64> {
+    let (log_norm, projections) = sketch(sent, seed);
+    let mut extra = BTreeMap::from([
+        ("train_loss_micro".to_string(), micro(f64::from(loss))),
+        ("update_log_norm_micro".to_string(), micro(log_norm)),
+    ]);
+    for (j, p) in projections.iter().enumerate() {
+        extra.insert(format!("update_sketch{j}_micro"), micro(*p));
+    }
+    extra
+}
+
 /// The trainer's encoding for the campaign's.
 fn encoding(p: &TrainParams) -> Encoding {
     match p.encoding {
@@ -205,13 +227,13 @@ pub(super) fn run(
     let update_bytes = Update::between(&start.weights, &r.trained).encode(encoding(p));
     let sent = Update::decode(&update_bytes)
         .map_err(|e| e.to_string())
-        .and_then(|u| u.check(&start.weights));
-    if let Err(e) = sent {
-        return Ok(Ran::nothing(failure(FailureKind::NonFinite, e)));
-    }
+        .and_then(|u| u.check(&start.weights).map(|()| u));
+    let sent = match sent {
+        Ok(u) => u,
+        Err(e) => return Ok(Ran::nothing(failure(FailureKind::NonFinite, e))),
+    };
     let update_id = BlobId::of_bytes(&update_bytes);
-    let loss = (f64::from(r.fit.final_loss) * 1e6).round() as i64;
-    let extra = BTreeMap::from([("train_loss_micro".to_string(), loss)]);
+    let extra = extras(r.fit.final_loss, &sent, job.seed);
     Ok(Ran {
         outcome: Outcome::Success(metrics(
             r.correct,
@@ -221,4 +243,79 @@ pub(super) fn run(
         )),
         blobs: vec![(update_id, update_bytes), (start_id, start_bytes)],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hivemesh_protocol::{Tolerance, agree};
+    use hivemesh_trainer::model::SavedTensor;
+
+    /// An update of `n` values, value `i` being `f(i)`.
+    fn update(n: usize, f: impl Fn(usize) -> f32) -> Update {
+        let data = (0..n).flat_map(|i| f(i).to_le_bytes()).collect();
+        Update {
+            tensors: vec![SavedTensor {
+                name: "n1.dense.weight".into(),
+                shape: vec![n as u32],
+                data,
+            }],
+        }
+    }
+
+    fn outcome(loss: f32, u: &Update) -> Outcome {
+        let bytes = u.encode(Encoding::F32);
+        Outcome::Success(Metrics {
+            correct: 150,
+            total: 300,
+            params: 1,
+            flops: 1,
+            extra: extras(loss, u, 42),
+            artifacts: vec![BlobId::of_bytes(&bytes), BlobId::of_bytes(b"start")],
+        })
+    }
+
+    /// Tolerance mode (ADR 0009): updates within the stated relative distance agree on their
+    /// sketch though their bytes differ; a scaled, a reversed or a redirected update does not.
+    #[test]
+    fn tolerance_mode_agrees_on_nearby_updates_and_not_on_others() {
+        let n = 10_000;
+        let base = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+        let honest = outcome(0.5, &update(n, base));
+        // Another GPU: relative noise of 1e-4 on every value, a slightly different loss.
+        let gpu = outcome(
+            0.500_01,
+            &update(n, |i| {
+                base(i) * (1.0 + if i % 3 == 0 { 1e-4 } else { -1e-4 })
+            }),
+        );
+        let file: crate::campaign_file::TrainFile =
+            toml::from_str("model = \"x\"\nrounds = 1\nupdate_tolerance = 0.01\n")
+                .expect("a [train] table");
+        let tol = file
+            .tolerance(Tolerance {
+                correct: 2,
+                ..Tolerance::EXACT
+            })
+            .expect("valid");
+        assert!(!tol.exact_artifacts && tol.extra == 40_000, "{tol:?}");
+        assert!(agree(&honest, &gpu, &tol));
+        assert!(!agree(&honest, &gpu, &Tolerance::EXACT), "bytes differ");
+        let half = outcome(0.5, &update(n, |i| base(i) * 0.5));
+        assert!(!agree(&honest, &half, &tol), "half the norm");
+        let reversed = outcome(0.5, &update(n, |i| base(n - 1 - i)));
+        assert!(
+            !agree(&honest, &reversed, &tol),
+            "same norm, other direction"
+        );
+        // 5 % of the norm redirected: the projections move by about that much.
+        let bent = outcome(
+            0.5,
+            &update(n, |i| base(i) + if i % 2 == 0 { 0.015 } else { -0.015 }),
+        );
+        assert!(!agree(&honest, &bent, &tol));
+        let bad: crate::campaign_file::TrainFile =
+            toml::from_str("model = \"x\"\nrounds = 1\nupdate_tolerance = 0.9\n").expect("toml");
+        assert!(bad.tolerance(Tolerance::EXACT).is_err());
+    }
 }
