@@ -88,6 +88,39 @@ fn segment(a: &Args, splits: &Splits, r: u32, s: u32) -> Vec<u32> {
     segment_samples(&splits.train, u64::from(r) * 7919 + 1, s, size)
 }
 
+/// Segment `s` of round `r` trained from `start` (the job seed numbers the segments).
+fn train_segment(
+    a: &Args,
+    data: &Dataset,
+    splits: &Splits,
+    start: &WeightsFile,
+    (r, s): (u32, u32),
+) -> Result<WeightsFile> {
+    let samples = segment(a, splits, r, s);
+    let job = SegmentJob {
+        start,
+        data,
+        samples: &samples,
+        evaluate_on: &[],
+        budget: &budget(a),
+        seed: u64::from(r * a.segments + s),
+    };
+    let limits = Limits::default();
+    Ok(run_segment::<CpuAutodiff>(&job, &limits, &Default::default(), &mut |_| {})?.trained)
+}
+
+/// `weights`' test accuracy, and the bytes of one round's updates.
+fn tested(weights: &WeightsFile, data: &Dataset, splits: &Splits, bytes: u64) -> Result<Outcome> {
+    let device = Default::default();
+    let (correct, total) =
+        evaluate_weights::<hivemesh_trainer::Cpu>(weights, data, &splits.test, &device)?;
+    Ok(Outcome {
+        correct,
+        total,
+        update_bytes: bytes,
+    })
+}
+
 /// The rounds, as a campaign's executors run them.
 fn swarm(
     a: &Args,
@@ -98,81 +131,30 @@ fn swarm(
     encoding: Encoding,
 ) -> Result<Outcome> {
     let mut state = TrainState::fresh(start.clone());
-    let budget = budget(a);
     let mut update_bytes = 0;
     for r in 0..a.rounds {
         let mut updates = Vec::new();
         update_bytes = 0;
         for s in 0..a.segments {
-            let samples = segment(a, splits, r, s);
-            let job = SegmentJob {
-                start: &state.weights,
-                data,
-                samples: &samples,
-                evaluate_on: &[],
-                budget: &budget,
-                seed: u64::from(r * a.segments + s),
-            };
-            let done = run_segment::<CpuAutodiff>(
-                &job,
-                &Limits::default(),
-                &Default::default(),
-                &mut |_| {},
-            )?;
-            let blob = Update::between(&state.weights, &done.trained).encode(encoding);
+            let trained = train_segment(a, data, splits, &state.weights, (r, s))?;
+            let blob = Update::between(&state.weights, &trained).encode(encoding);
             update_bytes += blob.len() as u64;
             updates.push(Update::decode(&blob)?);
         }
         state = outer_step(&state, &updates, outer, Combine::Mean);
     }
-    let (correct, total) = evaluate_weights::<hivemesh_trainer::Cpu>(
-        &state.weights,
-        data,
-        &splits.test,
-        &Default::default(),
-    )?;
-    Ok(Outcome {
-        correct,
-        total,
-        update_bytes,
-    })
+    tested(&state.weights, data, splits, update_bytes)
 }
 
 /// One model alone over the same segments in the same order.
 fn one_node(a: &Args, data: &Dataset, splits: &Splits, start: &WeightsFile) -> Result<Outcome> {
-    let budget = budget(a);
     let mut weights = start.clone();
     for r in 0..a.rounds {
         for s in 0..a.segments {
-            let samples = segment(a, splits, r, s);
-            let job = SegmentJob {
-                start: &weights,
-                data,
-                samples: &samples,
-                evaluate_on: &[],
-                budget: &budget,
-                seed: u64::from(r * a.segments + s),
-            };
-            weights = run_segment::<CpuAutodiff>(
-                &job,
-                &Limits::default(),
-                &Default::default(),
-                &mut |_| {},
-            )?
-            .trained;
+            weights = train_segment(a, data, splits, &weights, (r, s))?;
         }
     }
-    let (correct, total) = evaluate_weights::<hivemesh_trainer::Cpu>(
-        &weights,
-        data,
-        &splits.test,
-        &Default::default(),
-    )?;
-    Ok(Outcome {
-        correct,
-        total,
-        update_bytes: 0,
-    })
+    tested(&weights, data, splits, 0)
 }
 
 fn main() -> Result<()> {
