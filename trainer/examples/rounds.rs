@@ -24,7 +24,7 @@ use hivemesh_trainer::data::{Dataset, Splits, digits, load_mnist};
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::rounds::{
     Combine, Encoding, Outer, SegmentJob, TrainState, Update, evaluate_weights, initial_weights,
-    outer_step, run_segment, segment_samples,
+    outer_step, run_segment, segment_samples, with_feedback,
 };
 use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Schedule, sub_seed};
 use hivemesh_trainer::zoo::{mlp, small_cnn};
@@ -59,6 +59,9 @@ struct Args {
     /// Outer momentum.
     #[arg(long, default_value_t = 0.9)]
     outer_momentum: f32,
+    /// Top-k: values kept per thousand.
+    #[arg(long, default_value_t = 10)]
+    per_mille: u16,
     /// Nodes fetching each round's updates (for the bytes figure).
     #[arg(long, default_value_t = 4)]
     nodes: u64,
@@ -69,6 +72,8 @@ struct Outcome {
     correct: u64,
     total: u64,
     update_bytes: u64,
+    /// Bytes of one round's residuals (each goes to its segment's next executor only).
+    residual_bytes: u64,
 }
 
 fn budget(a: &Args) -> Budget {
@@ -118,6 +123,7 @@ fn tested(weights: &WeightsFile, data: &Dataset, splits: &Splits, bytes: u64) ->
         correct,
         total,
         update_bytes: bytes,
+        residual_bytes: 0,
     })
 }
 
@@ -128,22 +134,36 @@ fn swarm(
     splits: &Splits,
     start: &WeightsFile,
     outer: Outer,
-    encoding: Encoding,
+    (encoding, feedback): (Encoding, bool),
 ) -> Result<Outcome> {
     let mut state = TrainState::fresh(start.clone());
-    let mut update_bytes = 0;
+    let (mut update_bytes, mut residual_bytes) = (0, 0);
+    let mut residuals: Vec<Option<Update>> = vec![None; a.segments as usize];
     for r in 0..a.rounds {
         let mut updates = Vec::new();
-        update_bytes = 0;
+        (update_bytes, residual_bytes) = (0, 0);
         for s in 0..a.segments {
             let trained = train_segment(a, data, splits, &state.weights, (r, s))?;
-            let blob = Update::between(&state.weights, &trained).encode(encoding);
+            let delta = Update::between(&state.weights, &trained);
+            let blob = if feedback {
+                let slot = &mut residuals[s as usize];
+                let (blob, left) = with_feedback(&delta, slot.as_ref(), encoding)?;
+                // The residual travels as f16 to the segment's next executor only.
+                let left = left.encode(Encoding::F16);
+                residual_bytes += left.len() as u64;
+                *slot = Some(Update::decode(&left)?);
+                blob
+            } else {
+                delta.encode(encoding)
+            };
             update_bytes += blob.len() as u64;
             updates.push(Update::decode(&blob)?);
         }
         state = outer_step(&state, &updates, outer, Combine::Mean);
     }
-    tested(&state.weights, data, splits, update_bytes)
+    let mut o = tested(&state.weights, data, splits, update_bytes)?;
+    o.residual_bytes = residual_bytes;
+    Ok(o)
 }
 
 /// One model alone over the same segments in the same order.
@@ -200,29 +220,31 @@ fn main() -> Result<()> {
         lr: a.outer_lr,
         momentum: a.outer_momentum,
     };
+    let top = Encoding::TopK {
+        per_mille: a.per_mille,
+    };
     let ways = [
-        ("average, f32", Outer::Average, Encoding::F32),
-        ("Nesterov, f32", nesterov, Encoding::F32),
-        ("Nesterov, f16", nesterov, Encoding::F16),
-        (
-            "Nesterov, top-k 1 %",
-            nesterov,
-            Encoding::TopK { per_mille: 10 },
-        ),
+        ("average, f32", Outer::Average, (Encoding::F32, false)),
+        ("Nesterov, f32", nesterov, (Encoding::F32, false)),
+        ("Nesterov, f16", nesterov, (Encoding::F16, false)),
+        ("Nesterov, top-k", nesterov, (top, false)),
+        ("Nesterov, top-k + error feedback", nesterov, (top, true)),
     ];
     for (name, outer, enc) in ways {
         let t = Instant::now();
         let o = swarm(&a, &data, &splits, &start, outer, enc)?;
-        let moved = a.nodes * o.update_bytes;
+        let moved = a.nodes * o.update_bytes + o.residual_bytes;
         println!(
             "swarm, {name}: {:.2} % ({:+.2} points vs one node; {:.0} s); bytes per round {} \
-             ({} nodes x {} B of updates) vs synchronous data parallel {} = {:.0}x less",
+             ({} nodes x {} B of updates + {} B of residuals) vs synchronous data parallel {} = \
+             {:.0}x less",
             pct(&o),
             pct(&o) - pct(&alone),
             t.elapsed().as_secs_f64(),
             moved,
             a.nodes,
             o.update_bytes,
+            o.residual_bytes,
             sync,
             sync as f64 / moved as f64
         );

@@ -329,6 +329,45 @@ impl Update {
     }
 }
 
+/// `f(a, b)` value by value over two updates of one layout.
+fn zip_with(a: &Update, b: &Update, f: impl Fn(f32, f32) -> f32) -> Update {
+    let tensors = a
+        .tensors
+        .iter()
+        .zip(&b.tensors)
+        .map(|(x, y)| {
+            let v: Vec<f32> = floats(&x.data)
+                .iter()
+                .zip(floats(&y.data))
+                .map(|(p, q)| f(*p, q))
+                .collect();
+            SavedTensor {
+                name: x.name.clone(),
+                shape: x.shape.clone(),
+                data: to_bytes(&v),
+            }
+        })
+        .collect();
+    Update { tensors }
+}
+
+/// Error feedback (top-k): the segment's `delta` plus the `residual` its last update left
+/// unsent (of the same layout, checked by the caller), as it travels in `encoding`; and the new
+/// residual, what this blob leaves unsent. Deterministic, like the encodings.
+pub fn with_feedback(
+    delta: &Update,
+    residual: Option<&Update>,
+    encoding: Encoding,
+) -> Result<(Vec<u8>, Update), TrainError> {
+    let full = match residual {
+        Some(r) => zip_with(delta, r, |d, r| d + r),
+        None => delta.clone(),
+    };
+    let bytes = full.encode(encoding);
+    let sent = Update::decode(&bytes)?;
+    Ok((bytes, zip_with(&full, &sent, |f, s| f - s)))
+}
+
 /// Directions in an update's [`sketch`].
 pub const SKETCH_DIRECTIONS: usize = 8;
 
@@ -749,6 +788,35 @@ mod tests {
         assert!(far > 0.1, "{a:?} {c:?}");
         // Another seed draws other directions.
         assert_ne!(sketch(&u, 6).1, a);
+    }
+
+    #[test]
+    fn error_feedback_sends_later_what_top_k_left_out() {
+        let s = state();
+        let k = Encoding::TopK { per_mille: 100 };
+        let delta = constant(&s, 0.0);
+        let mut d = delta.clone();
+        let n = floats(&d.tensors[0].data).len();
+        d.tensors[0].data = to_bytes(&(0..n).map(|i| i as f32 * 1e-3).collect::<Vec<_>>());
+        let (bytes, residual) = with_feedback(&d, None, k).expect("encodes");
+        let sent = Update::decode(&bytes).expect("decodes");
+        // Sent + residual is exactly the update (top-k keeps values exactly).
+        assert_eq!(zip_with(&sent, &residual, |a, b| a + b), d);
+        // Next round, nothing new: the residual's largest values go out now.
+        let (bytes2, residual2) = with_feedback(&delta, Some(&residual), k).expect("encodes");
+        let sent2 = floats(&Update::decode(&bytes2).expect("decodes").tensors[0].data);
+        let left = floats(&residual.tensors[0].data);
+        let max_left = left.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            sent2.contains(&max_left),
+            "the largest unsent value is sent"
+        );
+        assert!(
+            floats(&residual2.tensors[0].data)
+                .iter()
+                .all(|v| v.abs() <= max_left),
+            "the residual shrinks"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use hivemesh_trainer::TrainError;
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::rounds::{
     Combine, Encoding, Outer, SegmentJob, TrainState, Update, initial_weights, outer_step,
-    segment_samples, sketch,
+    segment_samples, sketch, with_feedback,
 };
 use hivemesh_trainer::train::{Budget, check_fit, sub_seed};
 
@@ -34,6 +34,7 @@ pub fn job_blobs(p: &TrainParams, job: &TrainJob) -> Vec<(BlobId, &'static str)>
     let base = (job.base != p.model).then_some((job.base, "round's base model"));
     base.into_iter()
         .chain(job.updates.iter().map(|u| (*u, "agreed update")))
+        .chain(job.residual.map(|r| (r, "segment's residual")))
         .collect()
 }
 
@@ -125,6 +126,29 @@ fn start_state(
         Aggregate::TrimmedMean { trim } => Combine::Trimmed(trim as usize),
     };
     Ok(Ok(outer_step(&base, &updates, outer, how)))
+}
+
+/// The residual this job's segment carries (top-k's error feedback): `None` when there is
+/// none, or when it does not fit the start model (left out the same way on every node).
+fn residual_of(
+    t: &TrainJob,
+    start: &TrainState,
+    job: &JobRun<'_>,
+) -> Result<Option<Update>, ExecError> {
+    let Some(id) = t.residual else {
+        return Ok(None);
+    };
+    let bytes = fetch(job.blobs, &id, "segment's residual")?;
+    match Update::decode(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.check(&start.weights).map(|()| u))
+    {
+        Ok(u) => Ok(Some(u)),
+        Err(e) => {
+            tracing::warn!(residual = %id, "residual left out: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Millionths, rounded (saturating).
@@ -224,7 +248,17 @@ pub(super) fn run(
         Err(e) => return Ok(Ran::nothing(train_failure(e)?)),
     };
     // What the swarm will apply is the update as it travels: it must fit and be finite.
-    let update_bytes = Update::between(&start.weights, &r.trained).encode(encoding(p));
+    let delta = Update::between(&start.weights, &r.trained);
+    let (update_bytes, residual) = match encoding(p) {
+        enc @ Encoding::TopK { .. } => {
+            let previous = residual_of(t, &start, job)?;
+            match with_feedback(&delta, previous.as_ref(), enc) {
+                Ok((bytes, residual)) => (bytes, Some(residual.encode(Encoding::F16))),
+                Err(e) => return Ok(Ran::nothing(failure(FailureKind::NonFinite, e.to_string()))),
+            }
+        }
+        enc => (delta.encode(enc), None),
+    };
     let sent = Update::decode(&update_bytes)
         .map_err(|e| e.to_string())
         .and_then(|u| u.check(&start.weights).map(|()| u));
@@ -234,14 +268,16 @@ pub(super) fn run(
     };
     let update_id = BlobId::of_bytes(&update_bytes);
     let extra = extras(r.fit.final_loss, &sent, job.seed);
+    let mut artifacts = vec![update_id, start_id];
+    let mut blobs = vec![(update_id, update_bytes), (start_id, start_bytes)];
+    if let Some(bytes) = residual {
+        let id = BlobId::of_bytes(&bytes);
+        artifacts.push(id);
+        blobs.push((id, bytes));
+    }
     Ok(Ran {
-        outcome: Outcome::Success(metrics(
-            r.correct,
-            r.total,
-            extra,
-            vec![update_id, start_id],
-        )),
-        blobs: vec![(update_id, update_bytes), (start_id, start_bytes)],
+        outcome: Outcome::Success(metrics(r.correct, r.total, extra, artifacts)),
+        blobs,
     })
 }
 

@@ -383,6 +383,7 @@ fn train_jobs_chain_rounds_leave_out_bad_updates_and_refuse_what_does_not_fit() 
         shuffle: t0.shuffle + 1,
         base: start,
         updates: vec![update, bad_id],
+        residual: None,
     });
     let b = run(&spec, &job1, &blobs).expect("runs");
     let expected = outer_step(

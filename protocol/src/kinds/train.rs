@@ -63,7 +63,8 @@ pub enum UpdateEncoding {
     /// 16-bit floats (half the bytes).
     F16,
     /// Per tensor, only the `per_mille`/1000 largest values by magnitude, as index and value
-    /// (8 bytes each); the rest count as zero.
+    /// (8 bytes each); the rest count as zero. With error feedback: what a segment did not send
+    /// is its residual (a third artifact), added to the next round's update of the same segment.
     TopK {
         /// Values kept per thousand, 1 to 1000.
         per_mille: u16,
@@ -163,6 +164,7 @@ impl KindRules for TrainParams {
             round: 0,
             base: self.model,
             updates: Vec::new(),
+            residuals: vec![None; self.segments as usize],
         }))
     }
 }
@@ -183,6 +185,9 @@ pub struct TrainJob {
     /// The agreed updates of that round, in segment order, applied to `base` by the outer
     /// step (none: the start model is `base`).
     pub updates: Vec<BlobId>,
+    /// Top-k's error feedback: the residual this segment's last agreed update left unsent
+    /// (`None` before any, and with the other encodings).
+    pub residual: Option<BlobId>,
 }
 
 impl TrainJob {
@@ -197,10 +202,13 @@ pub(super) fn summary(job: &TrainJob) -> String {
     format!("round {} segment {}", job.round, job.segment)
 }
 
-/// The blobs an agreed successful training outcome names: its update, then its start model.
-pub fn update_and_start(outcome: &Outcome) -> Option<(BlobId, BlobId)> {
+/// The blobs an agreed successful training outcome names: its update, its start model, and
+/// (top-k) its residual.
+pub fn trained_blobs(outcome: &Outcome) -> Option<(BlobId, BlobId, Option<BlobId>)> {
     match outcome {
-        Outcome::Success(m) if m.artifacts.len() == 2 => Some((m.artifacts[0], m.artifacts[1])),
+        Outcome::Success(m) if matches!(m.artifacts.len(), 2 | 3) => {
+            Some((m.artifacts[0], m.artifacts[1], m.artifacts.get(2).copied()))
+        }
         _ => None,
     }
 }
@@ -216,6 +224,8 @@ struct Rounds {
     base: BlobId,
     /// See [`TrainJob::updates`].
     updates: Vec<BlobId>,
+    /// See [`TrainJob::residual`], by segment.
+    residuals: Vec<Option<BlobId>>,
 }
 
 impl SearchState for Rounds {
@@ -234,6 +244,7 @@ impl SearchState for Rounds {
                     shuffle,
                     base: self.base,
                     updates: self.updates.clone(),
+                    residual: self.residuals.get(segment as usize).copied().flatten(),
                 })
             })
             .collect()
@@ -241,27 +252,39 @@ impl SearchState for Rounds {
 
     /// The next start model: the start model this round's agreed outcomes name (by most
     /// segments; a tie goes to the lowest segment's), with the agreed updates that started
-    /// from it. A round with no agreed update leaves the model as it was.
+    /// from it, and their segments' residuals. A round with no agreed update leaves the model
+    /// as it was; a segment without one keeps its residual.
     fn tell(&mut self, told: &[Told<'_>]) -> Result<(), SearchError> {
         self.round = self.round.saturating_add(1);
-        let agreed: Vec<(BlobId, BlobId)> = told
+        // (segment, update, start, residual) of each agreed training outcome.
+        let agreed: Vec<(Option<u32>, BlobId, BlobId, Option<BlobId>)> = told
             .iter()
-            .filter_map(|t| t.outcome.and_then(update_and_start))
+            .filter_map(|t| {
+                let (u, s, r) = t.outcome.and_then(trained_blobs)?;
+                let segment = match t.payload {
+                    JobPayload::Train(j) => Some(j.segment),
+                    _ => None,
+                };
+                Some((segment, u, s, r))
+            })
             .collect();
         let mut best: Option<(usize, BlobId)> = None;
-        for (_, start) in &agreed {
-            let n = agreed.iter().filter(|(_, s)| s == start).count();
+        for (_, _, start, _) in &agreed {
+            let n = agreed.iter().filter(|a| a.2 == *start).count();
             if best.is_none_or(|(m, _)| n > m) {
                 best = Some((n, *start));
             }
         }
-        if let Some((_, start)) = best {
-            self.base = start;
-            self.updates = agreed
-                .iter()
-                .filter(|(_, s)| *s == start)
-                .map(|(u, _)| *u)
-                .collect();
+        let Some((_, start)) = best else {
+            return Ok(());
+        };
+        self.base = start;
+        self.updates.clear();
+        for (segment, update, _, residual) in agreed.iter().filter(|a| a.2 == start) {
+            self.updates.push(*update);
+            if let Some(slot) = segment.and_then(|s| self.residuals.get_mut(s as usize)) {
+                *slot = *residual;
+            }
         }
         Ok(())
     }
@@ -401,6 +424,54 @@ mod tests {
         assert_eq!(
             next[0].updates,
             vec![BlobId::of_bytes(b"u1"), BlobId::of_bytes(b"u2")]
+        );
+    }
+
+    #[test]
+    fn each_segment_gets_the_residual_its_last_agreed_update_left() {
+        let p = TrainParams {
+            rounds: 3,
+            ..params()
+        };
+        let mut s = p.start().expect("starts");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let payloads = s.ask(&mut rng);
+        assert!(jobs(&payloads).iter().all(|j| j.residual.is_none()));
+        let mut with_residual = trained(b"u1", b"m");
+        if let Outcome::Success(m) = &mut with_residual {
+            m.artifacts.push(BlobId::of_bytes(b"r1"));
+        }
+        let outcomes = [Some(trained(b"u0", b"m")), Some(with_residual), None];
+        let told: Vec<Told<'_>> = payloads
+            .iter()
+            .zip(&outcomes)
+            .map(|(payload, o)| Told {
+                payload,
+                outcome: o.as_ref(),
+            })
+            .collect();
+        s.tell(&told).expect("told");
+        let next = jobs(&s.ask(&mut rng));
+        assert_eq!(
+            next.iter().map(|j| j.residual).collect::<Vec<_>>(),
+            vec![None, Some(BlobId::of_bytes(b"r1")), None]
+        );
+        // Segment 1 goes void next: it keeps its residual for the round after.
+        let payloads: Vec<JobPayload> = next.iter().cloned().map(JobPayload::Train).collect();
+        let outcomes = [Some(trained(b"v0", b"m2")), None, None];
+        let told: Vec<Told<'_>> = payloads
+            .iter()
+            .zip(&outcomes)
+            .map(|(payload, o)| Told {
+                payload,
+                outcome: o.as_ref(),
+            })
+            .collect();
+        s.tell(&told).expect("told");
+        let after = jobs(&s.ask(&mut rng));
+        assert_eq!(
+            after.iter().map(|j| j.residual).collect::<Vec<_>>(),
+            vec![None, Some(BlobId::of_bytes(b"r1")), None]
         );
     }
 

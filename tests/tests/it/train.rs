@@ -1,9 +1,11 @@
 //! `train` campaigns on real nodes (issue 25): a node that joins mid-campaign trains from the
-//! round it arrives in, with the round's base model and updates fetched from its peers.
+//! round it arrives in, with the round's base model, updates and its segment's residual (top-k
+//! error feedback) fetched from its peers.
 
 use hivemesh_node::daemon::Event;
 use hivemesh_protocol::BlobId;
 use hivemesh_protocol::spec::{Aggregate, OuterStep, Search, TrainParams, UpdateEncoding};
+use hivemesh_protocol::standings::JobStatus;
 use hivemesh_tests::{
     CAMPAIGN_TIMEOUT, TempDir, cluster, digits_nas_spec, digits_reference_model, start_node,
     test_config, test_key, wait_finished, wait_for,
@@ -33,7 +35,8 @@ async fn a_node_joining_mid_campaign_trains_from_the_round_it_joins() {
         inner_steps: 400,
         outer: OuterStep::Average,
         aggregate: Aggregate::Mean,
-        encoding: UpdateEncoding::F32,
+        // Top-k with error feedback: each segment's residual travels to its next executor.
+        encoding: UpdateEncoding::TopK { per_mille: 100 },
     });
     let id = nodes[0].client.submit(spec).await.expect("accepted");
     wait_for(&mut nodes[0].events, CAMPAIGN_TIMEOUT, |e| match e {
@@ -93,6 +96,14 @@ async fn a_node_joining_mid_campaign_trains_from_the_round_it_joins() {
     let mine = late.client.fetch_blob(final_model).await.expect("fetched");
     assert_eq!(BlobId::of_bytes(&mine), final_model);
     assert!(!roots.is_empty());
+    // Every agreed round names a residual, and later rounds' jobs carried them.
+    assert!(
+        settled
+            .iter()
+            .filter(|j| j.status == JobStatus::Success && j.payload.1 != "round 5 segment 0")
+            .all(|j| j.artifacts.len() == 3),
+        "update, start model, residual"
+    );
     late.stop().await;
     for n in nodes {
         n.stop().await;
