@@ -143,13 +143,18 @@ async fn request_inner(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.map_err(io)?;
-    stream.write_all(body).await.map_err(io)?;
+    // A node that refuses early (a body over a limit) answers and closes its side while the
+    // body is still going out: its answer is read all the same.
+    let sent = stream.write_all(body).await;
     let mut raw = Vec::new();
-    (&mut stream)
+    let read = (&mut stream)
         .take(MAX_RESPONSE as u64 + 64 * 1024)
         .read_to_end(&mut raw)
-        .await
-        .map_err(io)?;
+        .await;
+    if raw.is_empty() || read.is_err() && sent.is_ok() {
+        sent.map_err(io)?;
+        read.map_err(io)?;
+    }
     parse_response(&raw).map_err(|reason| ApiClientError::Malformed { addr, reason })
 }
 
