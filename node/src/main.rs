@@ -17,7 +17,7 @@ use hivemesh_node::{http, identity};
 use hivemesh_protocol::id::BlobId;
 use hivemesh_trainer::data::{ReadOptions, read_dataset};
 use hivemesh_trainer::export::ExportFiles;
-use hivemesh_trainer::model::WeightsFile;
+use hivemesh_trainer::rounds::model_weights;
 use libp2p::Multiaddr;
 
 /// mimalloc instead of the system allocator: training and the swarm allocate many short-lived
@@ -1042,7 +1042,6 @@ async fn export(data_dir: &Path, id: &str, out: &Path, api: &ApiArgs) -> anyhow:
     let mut csv = String::from(
         "job,generation,index,kind,payload,status,correct,total,accuracy,params,flops,agreeing,dissenting,artifact\n",
     );
-    let mut best: Option<(f64, String)> = None;
     for j in &jobs {
         let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
         let n = |k: &str| j[k].as_u64().unwrap_or(0);
@@ -1069,21 +1068,19 @@ async fn export(data_dir: &Path, id: &str, out: &Path, api: &ApiArgs) -> anyhow:
             count("agreeing"),
             count("dissenting"),
         ));
-        if s("status") == "success"
-            && !artifact.is_empty()
-            && best.as_ref().is_none_or(|(b, _)| acc > *b)
-        {
-            best = Some((acc, artifact));
-        }
     }
     write_new(&out.join("results.csv"), csv.as_bytes())?;
     say!("wrote {} settled jobs to {}", jobs.len(), out.display());
-    if let Some((acc, blob)) = best {
+    // The best model is the front's first (best accuracy first; a `train` campaign's front is
+    // its final model); its weights file is written whatever blob holds it.
+    let top = &doc["campaign"]["front"][0];
+    if let (Some(acc), Some(blob)) = (top["accuracy"].as_f64(), top["artifact"].as_str()) {
         let addr = api_addr(data_dir, api);
         let path = format!("/blobs/{blob}?fetch=true");
         let r = api_client::request(addr, "GET", &path, &[], &[]).await?;
         if r.status == 200 {
-            write_new(&out.join("best-weights.bin"), &r.body)?;
+            let weights = model_weights(&r.body).map_or(r.body.clone(), |w| w.to_bytes());
+            write_new(&out.join("best-weights.bin"), &weights)?;
             say!("best model: accuracy {acc:.4}, weights {blob} -> best-weights.bin");
         } else {
             say!(
@@ -1119,7 +1116,7 @@ async fn export_front(
             continue;
         }
         let files = tokio::task::spawn_blocking(move || {
-            WeightsFile::from_bytes(&r.body).and_then(|w| ExportFiles::of(&w))
+            model_weights(&r.body).and_then(|w| ExportFiles::of(&w))
         })
         .await?;
         let files = match files {

@@ -243,6 +243,16 @@ impl TrainState {
     }
 }
 
+/// A model's weights from a blob that holds them: a weights file, or a training state (a
+/// `train` campaign's model).
+pub fn model_weights(bytes: &[u8]) -> Result<WeightsFile, TrainError> {
+    WeightsFile::from_bytes(bytes).or_else(|e| {
+        TrainState::from_bytes(bytes)
+            .map(|s| s.weights)
+            .map_err(|_| e)
+    })
+}
+
 impl Update {
     /// The update's blob in `encoding`.
     pub fn encode(&self, encoding: Encoding) -> Vec<u8> {

@@ -144,16 +144,14 @@ pub(super) async fn submit_campaign(
     Ok(Submitted { spec, id })
 }
 
-/// `nas`, `loss` or `distill`.
+/// `nas`, `loss`, `distill` or `train`.
 pub(super) fn kind_of(spec: &CampaignSpec) -> &'static str {
     spec.search.kind().name()
 }
 
 /// Jobs the campaign settles in all.
 pub(super) fn total_jobs(spec: &CampaignSpec) -> usize {
-    let rules = spec.search.rules();
-    usize::try_from(rules.jobs_per_generation() * u64::from(rules.generations()))
-        .unwrap_or(usize::MAX)
+    usize::try_from(spec.search.rules().total_jobs()).unwrap_or(usize::MAX)
 }
 
 /// Generations the campaign runs (a distillation is one).

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use hivemesh_protocol::id::{BlobId, CampaignId};
 use hivemesh_trainer::export::{ExportFiles, FILE_NAMES, ir_json};
 use hivemesh_trainer::model::WeightsFile;
-use hivemesh_trainer::rounds::TrainState;
+use hivemesh_trainer::rounds::model_weights;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, campaign_id, client_error, not_found, stopped};
@@ -61,15 +61,7 @@ async fn weights_of(s: &ApiState, k: usize, p: &FrontPoint) -> Result<WeightsFil
             format!("front entry {k}: weights blob {id}: {m}")
         }))?;
     // A `train` campaign's model is a training state: its weights are exported.
-    blocking(move || {
-        WeightsFile::from_bytes(&bytes).or_else(|e| {
-            TrainState::from_bytes(&bytes)
-                .map(|s| s.weights)
-                .map_err(|_| e)
-        })
-    })
-    .await?
-    .map_err(|e| {
+    blocking(move || model_weights(&bytes)).await?.map_err(|e| {
         not_found(format!(
             "front entry {k}: blob {id} is not a model's weights ({e}); only architecture \
              searches and training campaigns export models"

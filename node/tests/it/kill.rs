@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
 use hivemesh_node::api_client;
+use hivemesh_trainer::model::WeightsFile;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hivemesh");
 /// Guard against hangs (a debug build on 2 cores).
@@ -407,6 +408,78 @@ fn the_cli_streams_blobs_and_datasets_through_the_api() {
         String::from_utf8_lossy(&add.stdout).trim().len(),
         64,
         "the dataset id"
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&files);
+}
+
+/// `hivemesh campaign submit`, `watch` and `export` on a `train` campaign (issue 25): the zoo
+/// model is built by the node, the campaign finishes on one node, and the export holds the
+/// final model as a weights file and as the front's files.
+#[test]
+fn the_cli_submits_watches_and_exports_a_train_campaign() {
+    let dir = tmp("cli-train");
+    let files = tmp("cli-train-files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    let node = start(&dir, None);
+    let mut seen = Vec::new();
+    wait_line(&node, &mut seen, |l| l.contains("api http://"));
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(args)
+            .output()
+            .expect("run the cli");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{args:?}: {err}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), err)
+    };
+    let campaign = files.join("train.toml");
+    std::fs::write(
+        &campaign,
+        "name = \"cli train\"\nredundancy = 1\nquorum = 1\n[train]\nmodel = \"zoo:mlp-16\"\n\
+         rounds = 2\nsegments = 2\nsegment_size = 200\ninner_steps = 20\n",
+    )
+    .expect("write");
+    let (out, err) = cli(&["campaign", "submit", campaign.to_str().expect("utf-8")]);
+    let id = out.trim().to_string();
+    assert_eq!(id.len(), 64, "the campaign id on stdout: {out} {err}");
+    let (out, err) = cli(&["campaign", "watch", &id, "--every", "1"]);
+    assert!(
+        format!("{out}{err}").contains("finished"),
+        "watch ends when the campaign does: {out} {err}"
+    );
+    let export = files.join("export");
+    let (out, err) = cli(&[
+        "campaign",
+        "export",
+        &id,
+        "--out",
+        export.to_str().expect("utf-8"),
+    ]);
+    let said = format!("{out}{err}");
+    assert!(said.contains("best model"), "{said}");
+    let best = std::fs::read(export.join("best-weights.bin")).expect("best-weights.bin");
+    let weights = WeightsFile::from_bytes(&best).expect("a weights file");
+    assert_eq!(
+        weights.arch.params().expect("params"),
+        64 * 16 + 16 + 16 * 10 + 10
+    );
+    let front: Vec<PathBuf> = std::fs::read_dir(export.join("front"))
+        .expect("front/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(front.len(), 1, "the final model: {front:?}");
+    for name in ["arch.json", "weights.safetensors", "model.py"] {
+        assert!(front[0].join(name).is_file(), "{name}");
+    }
+    let csv = std::fs::read_to_string(export.join("results.csv")).expect("results.csv");
+    assert_eq!(
+        csv.lines().count(),
+        1 + 2 * 2 + 1,
+        "header, 4 segments, the final: {csv}"
     );
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);

@@ -123,6 +123,11 @@ pub trait KindRules: core::fmt::Debug {
     fn generations(&self) -> u32;
     /// Jobs in each generation.
     fn jobs_per_generation(&self) -> u64;
+    /// Jobs in the whole campaign, repair generations not counted.
+    fn total_jobs(&self) -> u64 {
+        self.jobs_per_generation()
+            .saturating_mul(u64::from(self.generations()))
+    }
     /// The search state before generation 0.
     fn start(&self) -> Result<Box<dyn SearchState>, SearchError>;
 }

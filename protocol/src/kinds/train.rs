@@ -158,6 +158,11 @@ impl KindRules for TrainParams {
         u64::from(self.segments)
     }
 
+    fn total_jobs(&self) -> u64 {
+        // The rounds' segments, then the one final evaluation.
+        u64::from(self.segments) * u64::from(self.rounds) + 1
+    }
+
     fn start(&self) -> Result<Box<dyn SearchState>, SearchError> {
         Ok(Box::new(Rounds {
             params: self.clone(),
@@ -341,7 +346,7 @@ mod tests {
     fn rounds_chain_agreed_updates_and_end_with_one_evaluation() {
         let p = params();
         p.validate().expect("valid");
-        assert_eq!(p.generations(), 3);
+        assert_eq!((p.generations(), p.total_jobs()), (3, 7));
         let mut s = p.start().expect("starts");
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let r0 = jobs(&s.ask(&mut rng));
