@@ -348,8 +348,14 @@ async fn a_lying_executor_is_outvoted_and_penalised() {
         let bad = of(liar_key).expect("liar scored");
         assert_eq!(bad.agreed, 0);
         assert!(bad.dissented > 0);
-        for i in 0..3 {
-            let good = of(test_key(i).public()).expect("honest scored");
+        // Every job needed two honest executors; an honest node that the others outpaced may
+        // have run none (it has no score then; CI saw it once on a loaded machine).
+        let honest: Vec<_> = (0..3).filter_map(|i| of(test_key(i).public())).collect();
+        assert!(
+            honest.len() >= 2,
+            "two honest executors per job: {scores:?}"
+        );
+        for good in honest {
             assert!(
                 good.points > bad.points && good.reputation > bad.reputation,
                 "honest {good:?} ranks above the liar {bad:?}"
