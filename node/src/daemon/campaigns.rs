@@ -104,8 +104,12 @@ impl Campaigns {
         }
     }
 
-    /// When the earliest unfinished campaign wants a tick (at most a second from now).
-    pub(super) fn next_wakeup(&self) -> tokio::time::Instant {
+    /// When the earliest unfinished campaign wants a tick, and at the latest a second after
+    /// `last_tick`. The second counts from the last tick, not from now: the loop wakes for
+    /// other reasons (the status snapshot every 250 ms), and a second from each wake-up would
+    /// never come, leaving peers that no message drives (a node alone in its campaign) to wait
+    /// for their next deadline before taking a new generation's jobs.
+    pub(super) fn next_wakeup(&self, last_tick: tokio::time::Instant) -> tokio::time::Instant {
         let now = unix_now();
         let soonest = self
             .map
@@ -113,11 +117,15 @@ impl Campaigns {
             .filter(|c| !c.peer.finished())
             .filter_map(|c| c.peer.next_wakeup())
             .min();
-        let wait = match soonest {
-            Some(t) => Duration::from_millis(t.as_millis().saturating_sub(now.as_millis())),
-            None => Duration::from_secs(1),
+        let fallback = last_tick + Duration::from_secs(1);
+        let at = match soonest {
+            Some(t) => {
+                let wait = Duration::from_millis(t.as_millis().saturating_sub(now.as_millis()));
+                (tokio::time::Instant::now() + wait).min(fallback)
+            }
+            None => fallback,
         };
-        tokio::time::Instant::now() + wait.clamp(Duration::from_millis(1), Duration::from_secs(1))
+        at.max(tokio::time::Instant::now() + Duration::from_millis(1))
     }
 
     /// Whether `id` is followed and not finished.

@@ -377,15 +377,19 @@ impl EventLoop {
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut chores = tokio::time::interval(STATUS_SNAPSHOT_EVERY);
         chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = tokio::time::Instant::now();
         loop {
-            let wake = self.campaigns.next_wakeup();
+            let wake = self.campaigns.next_wakeup(last_tick);
             // Fair: when several sources are ready, one is picked at random, so a flood on one
             // (API commands, a chatty peer) gets its share and no more.
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(done) = self.jobs.rx.recv() => self.on_job_done(done),
-                () = tokio::time::sleep_until(wake) => self.tick_all(),
+                () = tokio::time::sleep_until(wake) => {
+                    last_tick = tokio::time::Instant::now();
+                    self.tick_all();
+                }
                 _ = sync.tick() => self.on_sync_tick(),
                 _ = chores.tick() => self.on_chores(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),

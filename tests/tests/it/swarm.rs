@@ -996,3 +996,40 @@ async fn heartbeats_from_fresh_keys_are_stored_only_up_to_the_joiner_pool() {
     assert_eq!(stored, pool);
     node.stop().await;
 }
+
+/// A node alone in its campaign starts each new generation's jobs on its next tick, without
+/// waiting for the generation's first deadline (10 s here): its ticks are not starved by the
+/// event loop's other wake-ups (the status snapshot every 250 ms). No message from a peer
+/// drives it; before the fix each generation began 10 s after the previous one closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_starts_each_generation_without_waiting_for_a_deadline() {
+    let (_dirs, mut nodes) = cluster("lone", 1, |_, _| {}).await;
+    let mut spec = digits_nas_spec(&[test_key(0).public()], 4, 3, 91);
+    (spec.redundancy, spec.quorum) = (1, 1);
+    assert_eq!(spec.schedule.min_deadline_ms, 10_000);
+    let id = nodes[0].client.submit(spec).await.expect("accepted");
+    for generation in 0..2 {
+        wait_for(
+            &mut nodes[0].events,
+            hivemesh_tests::CAMPAIGN_TIMEOUT,
+            |e| match e {
+                Event::Closed {
+                    campaign,
+                    generation: g,
+                    ..
+                } if *campaign == id && *g == generation => Some(()),
+                _ => None,
+            },
+        )
+        .await;
+        // Well under the 10 s deadline (a tick comes at least once a second).
+        wait_for(&mut nodes[0].events, Duration::from_secs(6), |e| match e {
+            Event::JobStarted { campaign, .. } if *campaign == id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
