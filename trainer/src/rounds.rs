@@ -161,13 +161,24 @@ pub enum Outer {
 }
 
 /// How a round's updates are combined per coordinate (the protocol's `Aggregate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Combine {
     /// The mean.
     Mean,
     /// The mean without the `n` largest and `n` smallest values (the median when fewer than
     /// `2n + 1` values are there).
     Trimmed(usize),
+    /// CenteredClip (Karimireddy et al. 2021, as in hivemind's BTARD), over whole updates, not
+    /// per coordinate: from the coordinate-wise median `v`, `iterations` times
+    /// `v += mean_i (x_i - v) * min(1, τ / ‖x_i - v‖)`, with `τ = radius` × the median distance
+    /// of the updates from the first `v`. An update far from the others moves `v` by at most
+    /// `τ / n` per iteration, however large it is.
+    CenteredClip {
+        /// `τ` as a multiple of the updates' median distance from their median.
+        radius: f32,
+        /// Iterations.
+        iterations: u32,
+    },
 }
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
@@ -427,7 +438,8 @@ fn is_statistic(name: &str) -> bool {
 /// One coordinate's combined value from `values` (sorted in place when trimming).
 fn combine(values: &mut [f32], how: Combine) -> f32 {
     let kept: &[f32] = match how {
-        Combine::Mean => values,
+        // CenteredClip combines whole updates (`centered_clip`); per coordinate, the mean.
+        Combine::Mean | Combine::CenteredClip { .. } => values,
         Combine::Trimmed(n) => {
             values.sort_by(f32::total_cmp);
             let k = values.len();
@@ -441,6 +453,89 @@ fn combine(values: &mut [f32], how: Combine) -> f32 {
     };
     let sum: f32 = kept.iter().sum();
     sum / kept.len() as f32
+}
+
+/// The combined update, tensor by tensor: per coordinate ([`combine`]), or CenteredClip over
+/// whole updates.
+fn combine_updates(updates: &[Update], how: Combine) -> Vec<Vec<f32>> {
+    let dense: Vec<Vec<Vec<f32>>> = updates
+        .iter()
+        .map(|u| u.tensors.iter().map(|t| floats(&t.data)).collect())
+        .collect();
+    if let Combine::CenteredClip { radius, iterations } = how {
+        return centered_clip(&dense, radius, iterations);
+    }
+    let mut column = vec![0.0f32; updates.len()];
+    (0..dense[0].len())
+        .map(|t| {
+            (0..dense[0][t].len())
+                .map(|i| {
+                    for (c, d) in column.iter_mut().zip(&dense) {
+                        *c = d[t][i];
+                    }
+                    combine(&mut column, how)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The L2 distance between two updates (as tensors of values), in `f64`, in a fixed order.
+fn distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let mut sq = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        for (p, q) in x.iter().zip(y) {
+            let d = f64::from(*p) - f64::from(*q);
+            sq += d * d;
+        }
+    }
+    sq.sqrt()
+}
+
+/// [`Combine::CenteredClip`] over `dense` updates (each a list of tensors of values).
+fn centered_clip(dense: &[Vec<Vec<f32>>], radius: f32, iterations: u32) -> Vec<Vec<f32>> {
+    let n = dense.len();
+    let mut column = vec![0.0f32; n];
+    let mut v: Vec<Vec<f64>> = (0..dense[0].len())
+        .map(|t| {
+            (0..dense[0][t].len())
+                .map(|i| {
+                    for (c, d) in column.iter_mut().zip(dense) {
+                        *c = d[t][i];
+                    }
+                    f64::from(combine(&mut column, Combine::Trimmed(n)))
+                })
+                .collect()
+        })
+        .collect();
+    let as_f32 = |v: &[Vec<f64>]| -> Vec<Vec<f32>> {
+        v.iter()
+            .map(|t| t.iter().map(|x| *x as f32).collect())
+            .collect()
+    };
+    let mut dists: Vec<f64> = dense.iter().map(|x| distance(x, &as_f32(&v))).collect();
+    let mut sorted = dists.clone();
+    sorted.sort_by(f64::total_cmp);
+    let tau = f64::from(radius) * sorted[(n - 1) / 2];
+    for _ in 0..iterations {
+        let weights: Vec<f64> = dists
+            .iter()
+            .map(|d| if *d > tau { tau / d } else { 1.0 })
+            .collect();
+        for (t, vt) in v.iter_mut().enumerate() {
+            for (i, vi) in vt.iter_mut().enumerate() {
+                let step: f64 = dense
+                    .iter()
+                    .zip(&weights)
+                    .map(|(x, w)| (f64::from(x[t][i]) - *vi) * w)
+                    .sum();
+                *vi += step / n as f64;
+            }
+        }
+        let center = as_f32(&v);
+        dists = dense.iter().map(|x| distance(x, &center)).collect();
+    }
+    as_f32(&v)
 }
 
 /// The next round's state: `state` moved by the combined `updates` (each already
@@ -457,9 +552,8 @@ pub fn outer_step(
     }
     let mut weights = state.weights.clone();
     let mut momentum = Vec::new();
-    let mut column = vec![0.0f32; updates.len()];
+    let combined = combine_updates(updates, how);
     for (t, w) in weights.tensors.iter_mut().enumerate() {
-        let deltas: Vec<Vec<f32>> = updates.iter().map(|u| floats(&u.tensors[t].data)).collect();
         let theta = floats(&w.data);
         let old_m = state
             .momentum
@@ -467,11 +561,7 @@ pub fn outer_step(
             .map_or_else(|| vec![0.0; theta.len()], |m| floats(&m.data));
         let mut new_theta = Vec::with_capacity(theta.len());
         let mut new_m = Vec::with_capacity(theta.len());
-        for i in 0..theta.len() {
-            for (c, d) in column.iter_mut().zip(&deltas) {
-                *c = d[i];
-            }
-            let c = combine(&mut column, how);
+        for (i, &c) in combined[t].iter().enumerate() {
             match outer {
                 Outer::Nesterov { lr, momentum: mu } if !is_statistic(&w.name) => {
                     let g = -c;
@@ -687,6 +777,39 @@ mod tests {
             outer_step(&s, &reordered, Outer::Average, Combine::Trimmed(1)),
             t
         );
+    }
+
+    #[test]
+    fn centered_clip_bounds_what_an_outlier_moves_and_is_the_mean_without_one() {
+        let s = state();
+        let x0 = first(&s);
+        let clip = Combine::CenteredClip {
+            radius: 1.0,
+            iterations: 3,
+        };
+        let honest = [constant(&s, 0.25), constant(&s, 0.5), constant(&s, 0.75)];
+        // Without an outlier every update is within τ of the center after clipping starts:
+        // the result is (close to) the mean.
+        let calm = outer_step(&s, &honest, Outer::Average, clip);
+        assert!(
+            (first(&calm) - (x0 + 0.5)).abs() < 1e-3,
+            "{}",
+            first(&calm) - x0
+        );
+        // A huge fourth update moves the result by a bounded amount, not by 1e6 / 4.
+        let mut with_liar = honest.to_vec();
+        with_liar.push(constant(&s, 1e6));
+        let bent = outer_step(&s, &with_liar, Outer::Average, clip);
+        let moved = first(&bent) - x0;
+        assert!(moved > 0.25 && moved < 2.0, "{moved}");
+        let mean = outer_step(&s, &with_liar, Outer::Average, Combine::Mean);
+        assert!(first(&mean) - x0 > 1e5);
+        // Another order gives nearly the same (every node applies segment order, so the bits
+        // agree there).
+        let mut reversed = with_liar.clone();
+        reversed.reverse();
+        let again = outer_step(&s, &reversed, Outer::Average, clip);
+        assert!((first(&again) - first(&bent)).abs() < 1e-6);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! outer_learning_rate = 0.7
 //! outer_momentum = 0.9
 //! trim = 0                 # > 0: a coordinate-wise trimmed mean of the updates
+//! clip_radius = 0.0        # > 0: CenteredClip instead (with clip_iterations, default 3)
 //! encoding = "f32"         # or "f16", "top-k" (with top_k_per_mille)
 //! update_tolerance = 0.0   # > 0 (GPUs): agree on updates within this relative L2 distance
 //! ```
@@ -56,6 +57,13 @@ pub struct TrainFile {
     /// Values dropped at each end of every coordinate before averaging (0: the plain mean).
     #[serde(default)]
     pub trim: u32,
+    /// Above 0: CenteredClip with this radius (a multiple of the updates' median distance from
+    /// their median) instead of a mean; not with `trim`.
+    #[serde(default)]
+    pub clip_radius: f32,
+    /// CenteredClip's iterations.
+    #[serde(default = "default_clip_iterations")]
+    pub clip_iterations: u8,
     /// How updates travel: `f32` (default), `f16` or `top-k`.
     #[serde(default = "default_encoding")]
     pub encoding: String,
@@ -86,6 +94,9 @@ fn default_outer_lr() -> f32 {
 }
 fn default_outer_momentum() -> f32 {
     0.9
+}
+fn default_clip_iterations() -> u8 {
+    3
 }
 fn default_encoding() -> String {
     "f32".into()
@@ -154,11 +165,54 @@ impl TrainFile {
             segment_size: self.segment_size,
             inner_steps: self.inner_steps,
             outer,
-            aggregate: match self.trim {
-                0 => Aggregate::Mean,
-                trim => Aggregate::TrimmedMean { trim },
+            aggregate: match (self.trim, self.clip_radius) {
+                (0, 0.0) => Aggregate::Mean,
+                (trim, 0.0) => Aggregate::TrimmedMean { trim },
+                (0, radius) => Aggregate::CenteredClip {
+                    radius,
+                    iterations: self.clip_iterations,
+                },
+                _ => {
+                    return Err(field(
+                        "train.clip_radius",
+                        "give trim or clip_radius, not both",
+                    ));
+                }
             },
             encoding,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aggregate_of(extra: &str) -> Result<Aggregate, CampaignFileError> {
+        let id = BlobId::of_bytes(b"m");
+        let f: TrainFile =
+            toml::from_str(&format!("model = \"{id}\"\nrounds = 2\n{extra}")).expect("toml");
+        match f.to_search()? {
+            Search::Train(p) => Ok(p.aggregate),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_aggregate_is_the_mean_a_trimmed_mean_or_centered_clip_never_two() {
+        assert_eq!(aggregate_of("").expect("mean"), Aggregate::Mean);
+        assert_eq!(
+            aggregate_of("trim = 1").expect("trimmed"),
+            Aggregate::TrimmedMean { trim: 1 }
+        );
+        assert_eq!(
+            aggregate_of("clip_radius = 2.0").expect("clip"),
+            Aggregate::CenteredClip {
+                radius: 2.0,
+                iterations: 3
+            }
+        );
+        let e = aggregate_of("trim = 1\nclip_radius = 2.0").expect_err("both");
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 }

@@ -124,6 +124,10 @@ fn start_state(
     let how = match p.aggregate {
         Aggregate::Mean => Combine::Mean,
         Aggregate::TrimmedMean { trim } => Combine::Trimmed(trim as usize),
+        Aggregate::CenteredClip { radius, iterations } => Combine::CenteredClip {
+            radius,
+            iterations: u32::from(iterations),
+        },
     };
     Ok(Ok(outer_step(&base, &updates, outer, how)))
 }

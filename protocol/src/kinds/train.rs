@@ -86,8 +86,8 @@ pub enum OuterStep {
     },
 }
 
-/// How the agreed updates of a round are combined, coordinate by coordinate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How the agreed updates of a round are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Aggregate {
     /// The mean.
     Mean,
@@ -97,6 +97,16 @@ pub enum Aggregate {
     TrimmedMean {
         /// Values dropped at each end.
         trim: u32,
+    },
+    /// CenteredClip over whole updates (hivemind's BTARD): from the coordinate-wise median,
+    /// `iterations` steps towards the updates, each clipped to `radius` × their median
+    /// distance from the median: one update far from the others moves the result a bounded
+    /// amount.
+    CenteredClip {
+        /// The clipping radius as a multiple of the median distance, in `(0, 100]`.
+        radius: f32,
+        /// Steps, 1 to 10.
+        iterations: u8,
     },
 }
 
@@ -137,6 +147,14 @@ impl KindRules for TrainParams {
             && !(1..=1000).contains(&per_mille)
         {
             return Err(field("top_k_per_mille", "must be 1 to 1000"));
+        }
+        if let Aggregate::CenteredClip { radius, iterations } = self.aggregate {
+            if !(radius.is_finite() && radius > 0.0 && radius <= 100.0) {
+                return Err(field("clip_radius", "must be in (0, 100]"));
+            }
+            if !(1..=10).contains(&iterations) {
+                return Err(field("clip_iterations", "must be 1 to 10"));
+            }
         }
         if let Aggregate::TrimmedMean { trim } = self.aggregate
             && trim.saturating_mul(2) >= self.segments
@@ -511,6 +529,24 @@ mod tests {
             "outer_momentum",
         );
         bad(|p| p.aggregate = Aggregate::TrimmedMean { trim: 2 }, "trim");
+        bad(
+            |p| {
+                p.aggregate = Aggregate::CenteredClip {
+                    radius: 0.0,
+                    iterations: 3,
+                }
+            },
+            "clip_radius",
+        );
+        bad(
+            |p| {
+                p.aggregate = Aggregate::CenteredClip {
+                    radius: 1.0,
+                    iterations: 0,
+                }
+            },
+            "clip_iterations",
+        );
         bad(
             |p| p.encoding = UpdateEncoding::TopK { per_mille: 0 },
             "top_k_per_mille",

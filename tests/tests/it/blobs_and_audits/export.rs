@@ -244,7 +244,10 @@ async fn a_train_campaigns_final_model_is_the_same_everywhere_and_exports() {
             learning_rate: 0.7,
             momentum: 0.9,
         },
-        aggregate: Aggregate::Mean,
+        aggregate: Aggregate::CenteredClip {
+            radius: 1.0,
+            iterations: 3,
+        },
         encoding: UpdateEncoding::F16,
     });
     let id = nodes[0].client.submit(spec).await.expect("accepted");
