@@ -143,11 +143,25 @@ async fn request_inner(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.map_err(io)?;
-    // A node that refuses early (a body over a limit) answers and closes its side while the
-    // body is still going out: its answer is read all the same.
     let sent = stream.write_all(body).await;
+    answer(addr, &mut stream, sent).await
+}
+
+/// Reads the (small) answer to a request whose body went out with result `sent`. A node that
+/// refuses early (a body over a limit, a full store) answers and closes its side while the
+/// body is still going out: its answer is read all the same, and the send's error counts only
+/// when no answer came.
+async fn answer(
+    addr: SocketAddr,
+    stream: &mut TcpStream,
+    sent: std::io::Result<()>,
+) -> Result<ApiResponse, ApiClientError> {
+    let io = |e: std::io::Error| ApiClientError::Io {
+        addr,
+        reason: e.to_string(),
+    };
     let mut raw = Vec::new();
-    let read = (&mut stream)
+    let read = stream
         .take(MAX_RESPONSE as u64 + 64 * 1024)
         .read_to_end(&mut raw)
         .await;
@@ -189,18 +203,8 @@ pub async fn upload_file(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.map_err(io)?;
-    // A node that refuses early (a full store) closes its side: its answer still comes back.
-    let sent = tokio::io::copy(&mut f, &mut stream).await;
-    let mut raw = Vec::new();
-    let read = (&mut stream)
-        .take(MAX_RESPONSE as u64 + 64 * 1024)
-        .read_to_end(&mut raw)
-        .await;
-    if raw.is_empty() {
-        sent.map_err(io)?;
-        read.map_err(io)?;
-    }
-    parse_response(&raw).map_err(|reason| ApiClientError::Malformed { addr, reason })
+    let sent = tokio::io::copy(&mut f, &mut stream).await.map(drop);
+    answer(addr, &mut stream, sent).await
 }
 
 /// A GET whose 200 body is streamed into `out` (never held whole); the blake3 hash of what

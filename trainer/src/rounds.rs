@@ -462,15 +462,21 @@ fn combine_updates(updates: &[Update], how: Combine) -> Vec<Vec<f32>> {
         .iter()
         .map(|u| u.tensors.iter().map(|t| floats(&t.data)).collect())
         .collect();
-    if let Combine::CenteredClip { radius, iterations } = how {
-        return centered_clip(&dense, radius, iterations);
+    match how {
+        Combine::CenteredClip { radius, iterations } => centered_clip(&dense, radius, iterations),
+        how => per_coordinate(&dense, how),
     }
-    let mut column = vec![0.0f32; updates.len()];
+}
+
+/// `dense` updates (each a list of tensors of values, one layout) combined coordinate by
+/// coordinate with [`combine`].
+fn per_coordinate(dense: &[Vec<Vec<f32>>], how: Combine) -> Vec<Vec<f32>> {
+    let mut column = vec![0.0f32; dense.len()];
     (0..dense[0].len())
         .map(|t| {
             (0..dense[0][t].len())
                 .map(|i| {
-                    for (c, d) in column.iter_mut().zip(&dense) {
+                    for (c, d) in column.iter_mut().zip(dense) {
                         *c = d[t][i];
                     }
                     combine(&mut column, how)
@@ -495,18 +501,10 @@ fn distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 /// [`Combine::CenteredClip`] over `dense` updates (each a list of tensors of values).
 fn centered_clip(dense: &[Vec<Vec<f32>>], radius: f32, iterations: u32) -> Vec<Vec<f32>> {
     let n = dense.len();
-    let mut column = vec![0.0f32; n];
-    let mut v: Vec<Vec<f64>> = (0..dense[0].len())
-        .map(|t| {
-            (0..dense[0][t].len())
-                .map(|i| {
-                    for (c, d) in column.iter_mut().zip(dense) {
-                        *c = d[t][i];
-                    }
-                    f64::from(combine(&mut column, Combine::Trimmed(n)))
-                })
-                .collect()
-        })
+    // The coordinate-wise median (a trimmed mean trimming everything but the middle).
+    let mut v: Vec<Vec<f64>> = per_coordinate(dense, Combine::Trimmed(n))
+        .into_iter()
+        .map(|t| t.into_iter().map(f64::from).collect())
         .collect();
     let as_f32 = |v: &[Vec<f64>]| -> Vec<Vec<f32>> {
         v.iter()

@@ -46,35 +46,70 @@ fn exactly<T: for<'a> serde::Deserialize<'a>>(bytes: &[u8]) -> Option<T> {
     }
 }
 
-/// The architecture of a campaign's model blob (a weights file's, or the architecture itself).
-pub fn model_arch(bytes: &[u8]) -> Option<Architecture> {
-    match exactly::<WeightsFile>(bytes).filter(|w| w.version == 1) {
-        Some(w) => Some(w.arch),
-        None => exactly::<Architecture>(bytes),
+/// A campaign's model blob, decoded: a weights file, or an architecture.
+enum ModelBlob {
+    /// Architecture and initial weights.
+    Weights(WeightsFile),
+    /// An architecture; round 0 draws its weights from the campaign's seed.
+    Arch(Architecture),
+}
+
+impl ModelBlob {
+    /// The blob as one or the other, exactly (no bytes left over), or `None`.
+    fn decode(bytes: &[u8]) -> Option<ModelBlob> {
+        match exactly::<WeightsFile>(bytes).filter(|w| w.version == 1) {
+            Some(w) => Some(ModelBlob::Weights(w)),
+            None => exactly::<Architecture>(bytes).map(ModelBlob::Arch),
+        }
+    }
+
+    fn arch(&self) -> &Architecture {
+        match self {
+            ModelBlob::Weights(w) => &w.arch,
+            ModelBlob::Arch(a) => a,
+        }
+    }
+
+    /// Round 0's state: the weights file as it is, or the architecture with weights drawn
+    /// from the campaign's seed.
+    fn initial_state(self, campaign_seed: u64) -> Result<TrainState, String> {
+        match self {
+            ModelBlob::Weights(w) => Ok(TrainState::fresh(w)),
+            ModelBlob::Arch(arch) => initial_weights(&arch, sub_seed(campaign_seed, "train-init"))
+                .map(TrainState::fresh)
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 
-/// The campaign's model as round 0's state: a weights file as it is, or an architecture with
-/// weights drawn from the campaign's seed.
-fn initial_state(
-    p: &TrainParams,
-    campaign_seed: u64,
+/// The architecture of a campaign's model blob (a weights file's, or the architecture itself).
+pub fn model_arch(bytes: &[u8]) -> Option<Architecture> {
+    ModelBlob::decode(bytes).map(|m| match m {
+        ModelBlob::Weights(w) => w.arch,
+        ModelBlob::Arch(a) => a,
+    })
+}
+
+/// Blob `id` (`what` it is) as an update that fits `weights`: `None` when it does not decode,
+/// does not fit, or holds a value that is not finite (left out the same way on every node:
+/// they all read the same verified bytes).
+fn fitting_update(
     job: &JobRun<'_>,
-) -> Result<Result<TrainState, String>, ExecError> {
-    let bytes = fetch(job.blobs, &p.model, "model")?;
-    if let Some(w) = exactly::<WeightsFile>(&bytes).filter(|w| w.version == 1) {
-        return Ok(Ok(TrainState::fresh(w)));
+    id: &BlobId,
+    what: &'static str,
+    weights: &WeightsFile,
+) -> Result<Option<Update>, ExecError> {
+    let bytes = fetch(job.blobs, id, what)?;
+    match Update::decode(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.check(weights).map(|()| u))
+    {
+        Ok(u) => Ok(Some(u)),
+        Err(e) => {
+            tracing::warn!(blob = %id, "{what} left out: {e}");
+            Ok(None)
+        }
     }
-    let Some(arch) = exactly::<Architecture>(&bytes) else {
-        return Ok(Err(
-            "the campaign's model is neither an architecture nor a weights file".into(),
-        ));
-    };
-    Ok(
-        initial_weights(&arch, sub_seed(campaign_seed, "train-init"))
-            .map(TrainState::fresh)
-            .map_err(|e| e.to_string()),
-    )
 }
 
 /// The job's start state: its base moved by the updates that fit it (an update of another
@@ -83,11 +118,16 @@ fn initial_state(
 fn start_state(
     p: &TrainParams,
     t: &TrainJob,
-    campaign_seed: u64,
+    (model, campaign_seed): (Option<ModelBlob>, u64),
     job: &JobRun<'_>,
 ) -> Result<Result<TrainState, String>, ExecError> {
     let base = if t.base == p.model {
-        match initial_state(p, campaign_seed, job)? {
+        let Some(model) = model else {
+            return Ok(Err(
+                "the campaign's model is neither an architecture nor a weights file".into(),
+            ));
+        };
+        match model.initial_state(campaign_seed) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         }
@@ -100,16 +140,7 @@ fn start_state(
     };
     let mut updates = Vec::with_capacity(t.updates.len());
     for id in &t.updates {
-        let bytes = fetch(job.blobs, id, "agreed update")?;
-        match Update::decode(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|u| {
-                u.check(&base.weights)?;
-                Ok(u)
-            }) {
-            Ok(u) => updates.push(u),
-            Err(e) => tracing::warn!(update = %id, "agreed update left out: {e}"),
-        }
+        updates.extend(fitting_update(job, id, "agreed update", &base.weights)?);
     }
     let outer = match p.outer {
         OuterStep::Average => Outer::Average,
@@ -130,29 +161,6 @@ fn start_state(
         },
     };
     Ok(Ok(outer_step(&base, &updates, outer, how)))
-}
-
-/// The residual this job's segment carries (top-k's error feedback): `None` when there is
-/// none, or when it does not fit the start model (left out the same way on every node).
-fn residual_of(
-    t: &TrainJob,
-    start: &TrainState,
-    job: &JobRun<'_>,
-) -> Result<Option<Update>, ExecError> {
-    let Some(id) = t.residual else {
-        return Ok(None);
-    };
-    let bytes = fetch(job.blobs, &id, "segment's residual")?;
-    match Update::decode(&bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|u| u.check(&start.weights).map(|()| u))
-    {
-        Ok(u) => Ok(Some(u)),
-        Err(e) => {
-            tracing::warn!(residual = %id, "residual left out: {e}");
-            Ok(None)
-        }
-    }
 }
 
 /// Millionths, rounded (saturating).
@@ -193,9 +201,14 @@ pub(super) fn run(
 ) -> Result<Ran, ExecError> {
     // Every round trains the campaign model's architecture: a model over this node's limits
     // is refused before any state or update is decoded.
-    let arch = model_arch(&fetch(job.blobs, &p.model, "model")?);
-    if let Some(arch) = &arch
-        && let Err(e) = check_fit(arch, job.data, job.budget.batch_size as usize, job.limits)
+    let model = ModelBlob::decode(&fetch(job.blobs, &p.model, "model")?);
+    if let Some(m) = &model
+        && let Err(e) = check_fit(
+            m.arch(),
+            job.data,
+            job.budget.batch_size as usize,
+            job.limits,
+        )
     {
         return match e {
             TrainError::MemoryBudget { .. } => Err(ExecError::OverLimit(e)),
@@ -205,7 +218,7 @@ pub(super) fn run(
             ))),
         };
     }
-    let start = match start_state(p, t, campaign_seed, job)? {
+    let start = match start_state(p, t, (model, campaign_seed), job)? {
         Ok(s) => s,
         Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
     };
@@ -255,7 +268,10 @@ pub(super) fn run(
     let delta = Update::between(&start.weights, &r.trained);
     let (update_bytes, residual) = match encoding(p) {
         enc @ Encoding::TopK { .. } => {
-            let previous = residual_of(t, &start, job)?;
+            let previous = match &t.residual {
+                Some(id) => fitting_update(job, id, "segment's residual", &start.weights)?,
+                None => None,
+            };
             match with_feedback(&delta, previous.as_ref(), enc) {
                 Ok((bytes, residual)) => (bytes, Some(residual.encode(Encoding::F16))),
                 Err(e) => return Ok(Ran::nothing(failure(FailureKind::NonFinite, e.to_string()))),

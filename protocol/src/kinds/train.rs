@@ -350,6 +350,19 @@ mod tests {
         })
     }
 
+    /// Tells `s` the `outcomes` of `payloads` (`None`: the job went void).
+    fn tell(s: &mut Box<dyn SearchState>, payloads: &[JobPayload], outcomes: &[Option<Outcome>]) {
+        let told: Vec<Told<'_>> = payloads
+            .iter()
+            .zip(outcomes)
+            .map(|(payload, o)| Told {
+                payload,
+                outcome: o.as_ref(),
+            })
+            .collect();
+        s.tell(&told).expect("told");
+    }
+
     fn jobs(payloads: &[JobPayload]) -> Vec<TrainJob> {
         payloads
             .iter()
@@ -384,15 +397,7 @@ mod tests {
         });
         let outcomes = [Some(trained(b"u0", b"m0")), None, Some(fail)];
         let payloads: Vec<JobPayload> = r0.iter().cloned().map(JobPayload::Train).collect();
-        let told: Vec<Told<'_>> = payloads
-            .iter()
-            .zip(&outcomes)
-            .map(|(payload, o)| Told {
-                payload,
-                outcome: o.as_ref(),
-            })
-            .collect();
-        s.tell(&told).expect("told");
+        tell(&mut s, &payloads, &outcomes);
         let r1 = jobs(&s.ask(&mut rng));
         assert_eq!(r1.len(), 3);
         assert!(r1.iter().all(|j| j.round == 1
@@ -404,14 +409,7 @@ mod tests {
         );
         // A round where nothing agreed keeps the recipe; the last generation is one job.
         let payloads: Vec<JobPayload> = r1.iter().cloned().map(JobPayload::Train).collect();
-        let told: Vec<Told<'_>> = payloads
-            .iter()
-            .map(|payload| Told {
-                payload,
-                outcome: None,
-            })
-            .collect();
-        s.tell(&told).expect("told");
+        tell(&mut s, &payloads, &[None, None, None]);
         let last = jobs(&s.ask(&mut rng));
         assert_eq!(last.len(), 1);
         assert!(last[0].is_final(&p));
@@ -433,15 +431,7 @@ mod tests {
             trained(b"u1", b"m"),
             trained(b"u2", b"m"),
         ];
-        let told: Vec<Told<'_>> = payloads
-            .iter()
-            .zip(&outcomes)
-            .map(|(payload, o)| Told {
-                payload,
-                outcome: Some(o),
-            })
-            .collect();
-        s.tell(&told).expect("told");
+        tell(&mut s, &payloads, &outcomes.map(Some));
         let next = jobs(&s.ask(&mut rng));
         assert_eq!(next[0].base, BlobId::of_bytes(b"m"));
         assert_eq!(
@@ -465,15 +455,7 @@ mod tests {
             m.artifacts.push(BlobId::of_bytes(b"r1"));
         }
         let outcomes = [Some(trained(b"u0", b"m")), Some(with_residual), None];
-        let told: Vec<Told<'_>> = payloads
-            .iter()
-            .zip(&outcomes)
-            .map(|(payload, o)| Told {
-                payload,
-                outcome: o.as_ref(),
-            })
-            .collect();
-        s.tell(&told).expect("told");
+        tell(&mut s, &payloads, &outcomes);
         let next = jobs(&s.ask(&mut rng));
         assert_eq!(
             next.iter().map(|j| j.residual).collect::<Vec<_>>(),
@@ -482,15 +464,7 @@ mod tests {
         // Segment 1 goes void next: it keeps its residual for the round after.
         let payloads: Vec<JobPayload> = next.iter().cloned().map(JobPayload::Train).collect();
         let outcomes = [Some(trained(b"v0", b"m2")), None, None];
-        let told: Vec<Told<'_>> = payloads
-            .iter()
-            .zip(&outcomes)
-            .map(|(payload, o)| Told {
-                payload,
-                outcome: o.as_ref(),
-            })
-            .collect();
-        s.tell(&told).expect("told");
+        tell(&mut s, &payloads, &outcomes);
         let after = jobs(&s.ask(&mut rng));
         assert_eq!(
             after.iter().map(|j| j.residual).collect::<Vec<_>>(),
