@@ -9,7 +9,7 @@
 
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
-use hivemesh_evolve::arch::Architecture;
+use hivemesh_evolve::arch::{ArchError, Architecture, Op, Shape};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -455,17 +455,124 @@ fn combine(values: &mut [f32], how: Combine) -> f32 {
     sum / kept.len() as f32
 }
 
-/// The combined update, tensor by tensor: per coordinate ([`combine`]), or CenteredClip over
-/// whole updates.
-fn combine_updates(updates: &[Update], how: Combine) -> Vec<Vec<f32>> {
-    let dense: Vec<Vec<Vec<f32>>> = updates
-        .iter()
-        .map(|u| u.tensors.iter().map(|t| floats(&t.data)).collect())
-        .collect();
-    match how {
-        Combine::CenteredClip { radius, iterations } => centered_clip(&dense, radius, iterations),
-        how => per_coordinate(&dense, how),
+/// A round's agreed updates gathered for the outer step, one at a time as they are read: the
+/// mean keeps a running sum (memory of two models however many updates there are), the
+/// robust aggregates keep every update's values (they need them all at once; admission
+/// counts them with [`outer_step_bytes`]).
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    /// How the updates are combined.
+    how: Combine,
+    /// The running sum, tensor by tensor (the mean).
+    sum: Vec<Vec<f32>>,
+    /// Every update's values (the robust aggregates).
+    dense: Vec<Vec<Vec<f32>>>,
+    /// Updates gathered so far.
+    count: usize,
+}
+
+impl Aggregator {
+    /// No updates yet.
+    pub fn new(how: Combine) -> Aggregator {
+        Aggregator {
+            how,
+            sum: Vec::new(),
+            dense: Vec::new(),
+            count: 0,
+        }
     }
+
+    /// One more update (already [checked](Update::check) against the state it will move),
+    /// in the fixed order every node uses. The mean adds it to the running sum in `f32`,
+    /// coordinate by coordinate, in that order.
+    pub fn push(&mut self, u: &Update) {
+        let values: Vec<Vec<f32>> = u.tensors.iter().map(|t| floats(&t.data)).collect();
+        self.count += 1;
+        match self.how {
+            Combine::Mean if self.sum.is_empty() => self.sum = values,
+            Combine::Mean => {
+                for (s, v) in self.sum.iter_mut().zip(&values) {
+                    for (a, b) in s.iter_mut().zip(v) {
+                        *a += b;
+                    }
+                }
+            }
+            _ => self.dense.push(values),
+        }
+    }
+
+    /// Updates gathered so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether none was gathered.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The combined update, tensor by tensor (`None` without updates).
+    fn combined(self) -> Option<Vec<Vec<f32>>> {
+        if self.count == 0 {
+            return None;
+        }
+        Some(match self.how {
+            Combine::Mean => {
+                let n = self.count as f32;
+                let mut sum = self.sum;
+                sum.iter_mut().flatten().for_each(|a| *a /= n);
+                sum
+            }
+            Combine::CenteredClip { radius, iterations } => {
+                centered_clip(&self.dense, radius, iterations)
+            }
+            how => per_coordinate(&self.dense, how),
+        })
+    }
+
+    /// The next round's state: `state` moved by the combined updates; no updates leave it as
+    /// it is.
+    pub fn step(self, state: &TrainState, outer: Outer) -> TrainState {
+        match self.combined() {
+            Some(c) => apply_outer(state, &c, outer),
+            None => state.clone(),
+        }
+    }
+}
+
+/// Values a model of `arch` saves (its weights file's tensors): the trainable parameters and
+/// each batch norm's running mean and variance.
+pub fn state_values(arch: &Architecture) -> Result<u64, TrainError> {
+    let bad = |e: ArchError| TrainError::Arch(e.to_string());
+    let shapes = arch.shapes().map_err(bad)?;
+    let statistics: u64 = arch
+        .nodes
+        .iter()
+        .filter(|n| n.op == Op::BatchNorm)
+        .filter_map(|n| n.inputs.first().map(|&j| shapes[j as usize]))
+        .map(|s| match s {
+            Shape::Image { c, .. } => 2 * u64::from(c),
+            Shape::Flat(n) => 2 * u64::from(n),
+        })
+        .sum();
+    Ok(arch.params().map_err(bad)? + statistics)
+}
+
+/// Bytes the outer step holds at its peak for a model of `values` values (weights, with
+/// batch-norm statistics) and `updates` agreed updates combined by `how`: the base and the
+/// next state (weights and momentum each), one update being read (its blob, decoded, and its
+/// values), and the running sum (the mean) or every update's values (the robust aggregates;
+/// CenteredClip also keeps its centre in `f64`). An estimate for admission, on the high side.
+pub fn outer_step_bytes(values: u64, updates: usize, how: Combine) -> u64 {
+    let model = 4 * values;
+    let states = 4 * model;
+    let reading = 3 * model;
+    let held = match how {
+        Combine::Mean => model,
+        Combine::Trimmed(_) => updates as u64 * model + model,
+        Combine::CenteredClip { .. } => updates as u64 * model + 4 * model,
+    };
+    states.saturating_add(reading).saturating_add(held)
 }
 
 /// `dense` updates (each a list of tensors of values, one layout) combined coordinate by
@@ -538,19 +645,24 @@ fn centered_clip(dense: &[Vec<Vec<f32>>], radius: f32, iterations: u32) -> Vec<V
 
 /// The next round's state: `state` moved by the combined `updates` (each already
 /// [checked](Update::check) against `state`'s weights), in their order. No updates leave the
-/// state as it is.
+/// state as it is. ([`Aggregator`] does the same reading one update at a time.)
 pub fn outer_step(
     state: &TrainState,
     updates: &[Update],
     outer: Outer,
     how: Combine,
 ) -> TrainState {
-    if updates.is_empty() {
-        return state.clone();
+    let mut agg = Aggregator::new(how);
+    for u in updates {
+        agg.push(u);
     }
+    agg.step(state, outer)
+}
+
+/// `state` moved by the `combined` update (tensor by tensor) through the outer optimiser.
+fn apply_outer(state: &TrainState, combined: &[Vec<f32>], outer: Outer) -> TrainState {
     let mut weights = state.weights.clone();
     let mut momentum = Vec::new();
-    let combined = combine_updates(updates, how);
     for (t, w) in weights.tensors.iter_mut().enumerate() {
         let theta = floats(&w.data);
         let old_m = state
@@ -733,6 +845,55 @@ mod tests {
 
     fn first(s: &TrainState) -> f32 {
         floats(&s.weights.tensors[0].data)[0]
+    }
+
+    /// The mean read one update at a time is the per-coordinate mean of all of them, bit for
+    /// bit (signed zeros included), and holds one model where a robust aggregate holds all.
+    #[test]
+    fn the_streaming_mean_is_the_mean_of_all_updates_bit_for_bit() {
+        let s = state();
+        let mut ups: Vec<Update> = [0.25f32, -1.0 / 3.0, 1e-7, 7.5]
+            .iter()
+            .map(|v| constant(&s, *v))
+            .collect();
+        let zeros = floats(&ups[0].tensors[0].data).len();
+        for u in &mut ups {
+            u.tensors[0].data = to_bytes(&vec![-0.0; zeros]);
+        }
+        let dense: Vec<Vec<Vec<f32>>> = ups
+            .iter()
+            .map(|u| u.tensors.iter().map(|t| floats(&t.data)).collect())
+            .collect();
+        let mut agg = Aggregator::new(Combine::Mean);
+        for u in &ups {
+            agg.push(u);
+        }
+        assert_eq!(agg.len(), 4);
+        let streamed = agg.combined().expect("four updates");
+        let all = per_coordinate(&dense, Combine::Mean);
+        let bits =
+            |v: &[Vec<f32>]| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+        assert_eq!(bits(&streamed), bits(&all));
+        assert_eq!(streamed[0][0].to_bits(), (-0.0f32).to_bits());
+        let values = 1000;
+        let mean = outer_step_bytes(values, 100, Combine::Mean);
+        assert_eq!(mean, outer_step_bytes(values, 1, Combine::Mean));
+        assert!(outer_step_bytes(values, 100, Combine::Trimmed(1)) > 100 * 4 * values);
+        assert!(Aggregator::new(Combine::Mean).combined().is_none());
+    }
+
+    /// A model's saved values are its weights file's, batch-norm statistics included.
+    #[test]
+    fn state_values_count_the_weights_files_values() {
+        let d = digits();
+        for arch in [
+            crate::zoo::mlp(d.shape, 8, d.classes),
+            crate::zoo::small_cnn(d.shape, d.classes),
+        ] {
+            let w = initial_weights(&arch, [2; 32]).expect("weights");
+            let n: usize = w.tensors.iter().map(|t| t.data.len() / 4).sum();
+            assert_eq!(state_values(&arch).expect("valid"), n as u64);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! arrive) for jobs and clients waiting on them (ADR 0008).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use hivemesh_protocol::id::{BlobId, CampaignId};
@@ -13,6 +14,7 @@ use libp2p::{PeerId, kad};
 use tokio::sync::oneshot;
 
 use super::client::ClientError;
+use super::jobs::StoreBlobs;
 use super::{Event, EventLoop};
 use crate::blobtree;
 use crate::fault::Fault;
@@ -344,15 +346,32 @@ impl EventLoop {
     }
 
     /// The most bytes a fetch of `id` may bring: the declared size of a followed campaign's
-    /// dataset; else, for a job, [`MAX_PUT_LEN`] (reference models, teachers); else (the
-    /// operator asked, through the API) [`MAX_BLOB_LEN`], within the blob quota.
-    fn fetch_limit(&self, id: &BlobId, for_job: bool) -> u64 {
-        let default = if for_job { MAX_PUT_LEN } else { MAX_BLOB_LEN };
-        self.campaigns
+    /// dataset; else, for a job, [`MAX_PUT_LEN`] (reference models, teachers) or what the
+    /// job's kind sizes its blobs to from what is held here (a training round's states, from
+    /// the model), whichever is larger; else (the operator asked, through the API)
+    /// [`MAX_BLOB_LEN`]; always within the blob quota.
+    fn fetch_limit(&self, id: &BlobId, job: Option<&CampaignId>) -> u64 {
+        if let Some(c) = self
+            .campaigns
             .map
             .values()
             .find(|c| c.spec.dataset.id == *id)
-            .map_or(default, |c| c.spec.dataset.bytes.min(MAX_BLOB_LEN))
+        {
+            return c.spec.dataset.bytes.min(MAX_BLOB_LEN);
+        }
+        let Some(c) = job.and_then(|campaign| self.campaigns.map.get(campaign)) else {
+            return if job.is_some() {
+                MAX_PUT_LEN
+            } else {
+                MAX_BLOB_LEN
+            };
+        };
+        let held = StoreBlobs(Arc::clone(&self.store));
+        self.jobs
+            .executor
+            .job_blob_limit(&c.spec, &held)
+            .map_or(MAX_PUT_LEN, |l| l.max(MAX_PUT_LEN))
+            .min(MAX_BLOB_LEN)
     }
 
     /// Tells the store which blobs followed unfinished campaigns need (never evicted).
@@ -395,7 +414,7 @@ impl EventLoop {
             .kad
             .get_providers(kad::RecordKey::new(id.as_bytes()));
         self.blobs.searches.insert(query, id);
-        let limit = self.fetch_limit(&id, job.is_some());
+        let limit = self.fetch_limit(&id, job.as_ref().map(|(c, _)| c));
         let mut fetch = BlobFetch::new(id, limit, true);
         // Connected peers are asked too (after any provider found): in a small swarm they are
         // likely holders, and asking costs one round trip.

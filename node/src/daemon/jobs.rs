@@ -77,7 +77,7 @@ impl Jobs {
 }
 
 /// The store as the executor's blob source.
-struct StoreBlobs(Arc<Store>);
+pub(super) struct StoreBlobs(pub(super) Arc<Store>);
 
 impl BlobSource for StoreBlobs {
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
@@ -132,6 +132,11 @@ impl EventLoop {
         match missing {
             None => self.spawn_job(campaign, job),
             Some((blob, what)) => {
+                let held = StoreBlobs(Arc::clone(&self.store));
+                if let Err(e) = self.jobs.executor.precheck(&c.spec, &job, &held) {
+                    self.abandon(campaign, job.id(), e.to_string());
+                    return;
+                }
                 tracing::info!(job = %job.id(), %blob, "fetching the {what} from peers first");
                 if let Err(reason) = self.fetch_blob(blob, Some((campaign, job.clone())), None) {
                     self.abandon(campaign, job.id(), format!("the {what}: {reason}"));

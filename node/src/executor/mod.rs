@@ -22,7 +22,7 @@ use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::message::{Failure, FailureKind, JobResult, Outcome};
 use hivemesh_protocol::spec::{
     BackendClass, CampaignSpec, DatasetRef, JobPayload, JobSpec, LrSchedule, Optimizer, Search,
-    TrainingBudget,
+    TrainParams, TrainingBudget,
 };
 use hivemesh_trainer::StopReason;
 use hivemesh_trainer::TrainError;
@@ -278,7 +278,13 @@ pub struct Executor {
     shutdown: Arc<AtomicBool>,
     /// Datasets loaded, by id, oldest first.
     datasets: Mutex<Vec<(BlobId, Arc<Loaded>)>>,
+    /// Values (weights and statistics) of training campaigns' models, by model blob, newest
+    /// last, at most [`MODEL_SIZES`]: read once, not at every fetch a round makes.
+    model_values: Mutex<Vec<(BlobId, u64)>>,
 }
+
+/// Models whose size [`Executor`] remembers.
+const MODEL_SIZES: usize = 16;
 
 impl Executor {
     /// An executor refusing jobs over the operator's limits (`admission`).
@@ -292,6 +298,7 @@ impl Executor {
             max_job_time: Some(admission.max_job_time),
             shutdown: Arc::new(AtomicBool::new(false)),
             datasets: Mutex::new(Vec::new()),
+            model_values: Mutex::new(Vec::new()),
         }
     }
 
@@ -311,6 +318,49 @@ impl Executor {
             stop: Stop::after(limit, Some(Arc::clone(&self.shutdown))),
             ..self.limits.clone()
         }
+    }
+
+    /// Refuses, before the blobs it needs are fetched, a job that cannot run within this
+    /// node's limits as far as what is held here shows (a training round whose outer step
+    /// would hold too many updates of the model); the run checks everything again.
+    pub fn precheck(
+        &self,
+        spec: &CampaignSpec,
+        job: &JobSpec,
+        blobs: &dyn BlobSource,
+    ) -> Result<(), ExecError> {
+        match (&spec.search, &job.payload) {
+            (Search::Train(p), JobPayload::Train(t)) => match self.model_values(p, blobs) {
+                Some(values) => train::check_outer_memory(p, t, values, &self.limits),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The most bytes one of a job's own blobs ([`job_blobs`]) may hold, where the campaign's
+    /// kind sizes them from what is held here (a training round's states and updates, from
+    /// the model); `None` for the default limit.
+    pub fn job_blob_limit(&self, spec: &CampaignSpec, blobs: &dyn BlobSource) -> Option<u64> {
+        match &spec.search {
+            Search::Train(p) => self.model_values(p, blobs).map(train::blob_limit),
+            _ => None,
+        }
+    }
+
+    /// The values of a training campaign's model, remembered, or read from its blob when it
+    /// is held here.
+    fn model_values(&self, p: &TrainParams, blobs: &dyn BlobSource) -> Option<u64> {
+        let mut known = self.model_values.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, v)) = known.iter().find(|(id, _)| *id == p.model) {
+            return Some(*v);
+        }
+        let values = train::held_model_values(p, blobs)?;
+        if known.len() >= MODEL_SIZES {
+            known.remove(0);
+        }
+        known.push((p.model, values));
+        Some(values)
     }
 
     /// Runs `job` of campaign `spec` on `device` (of the job's backend class), reporting

@@ -17,12 +17,12 @@ use hivemesh_protocol::spec::{Aggregate, OuterStep, TrainJob, TrainParams, Updat
 use hivemesh_trainer::TrainError;
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::rounds::{
-    Combine, Encoding, Outer, SegmentJob, TrainState, Update, initial_weights, outer_step,
-    segment_samples, sketch, with_feedback,
+    Aggregator, Combine, Encoding, Outer, SegmentJob, TrainState, Update, initial_weights,
+    outer_step_bytes, segment_samples, sketch, state_values, with_feedback,
 };
-use hivemesh_trainer::train::{Budget, check_fit, sub_seed};
+use hivemesh_trainer::train::{Budget, Limits, check_fit, sub_seed};
 
-use super::{ExecError, JobRun, Ran, failure, fetch, train_failure};
+use super::{BlobSource, ExecError, JobRun, Ran, failure, fetch, train_failure};
 
 /// The blobs every job of the campaign needs: the model.
 pub fn needed_blobs(p: &TrainParams) -> Vec<(BlobId, &'static str)> {
@@ -36,6 +36,17 @@ pub fn job_blobs(p: &TrainParams, job: &TrainJob) -> Vec<(BlobId, &'static str)>
         .chain(job.updates.iter().map(|u| (*u, "agreed update")))
         .chain(job.residual.map(|r| (r, "segment's residual")))
         .collect()
+}
+
+/// The values (weights and statistics) of the campaign's model, when its blob is held here.
+pub fn held_model_values(p: &TrainParams, blobs: &dyn BlobSource) -> Option<u64> {
+    state_values(&model_arch(&blobs.blob(&p.model)?)?).ok()
+}
+
+/// The most bytes one of a campaign's job blobs may hold for a model of `values` values: a
+/// state (weights and outer momentum, 4 bytes a value each), with a MiB for names and shapes.
+pub fn blob_limit(values: u64) -> u64 {
+    values.saturating_mul(8).saturating_add(1 << 20)
 }
 
 /// Decodes `bytes` as exactly one `T` (no bytes left over).
@@ -138,9 +149,18 @@ fn start_state(
             Err(e) => return Ok(Err(format!("base model {}: {e}", t.base))),
         }
     };
-    let mut updates = Vec::with_capacity(t.updates.len());
+    let values = base
+        .weights
+        .tensors
+        .iter()
+        .map(|t| t.data.len() as u64 / 4)
+        .sum();
+    check_outer_memory(p, t, values, job.limits)?;
+    let mut gathered = Aggregator::new(combine(p));
     for id in &t.updates {
-        updates.extend(fitting_update(job, id, "agreed update", &base.weights)?);
+        if let Some(u) = fitting_update(job, id, "agreed update", &base.weights)? {
+            gathered.push(&u);
+        }
     }
     let outer = match p.outer {
         OuterStep::Average => Outer::Average,
@@ -152,15 +172,38 @@ fn start_state(
             momentum,
         },
     };
-    let how = match p.aggregate {
+    Ok(Ok(gathered.step(&base, outer)))
+}
+
+/// The trainer's combine for the campaign's aggregate.
+fn combine(p: &TrainParams) -> Combine {
+    match p.aggregate {
         Aggregate::Mean => Combine::Mean,
         Aggregate::TrimmedMean { trim } => Combine::Trimmed(trim as usize),
         Aggregate::CenteredClip { radius, iterations } => Combine::CenteredClip {
             radius,
             iterations: u32::from(iterations),
         },
-    };
-    Ok(Ok(outer_step(&base, &updates, outer, how)))
+    }
+}
+
+/// Refuses a job whose outer step would hold more than this node's job memory: a model of
+/// `values` values (weights and statistics) moved by the job's agreed updates (the robust
+/// aggregates hold them all; the mean reads them one at a time).
+pub fn check_outer_memory(
+    p: &TrainParams,
+    t: &TrainJob,
+    values: u64,
+    limits: &Limits,
+) -> Result<(), ExecError> {
+    let needed = outer_step_bytes(values, t.updates.len(), combine(p));
+    match limits.memory_budget {
+        Some(budget) if needed > budget => Err(ExecError::OverLimit(TrainError::MemoryBudget {
+            needed,
+            budget,
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// Millionths, rounded (saturating).

@@ -430,3 +430,69 @@ fn train_jobs_chain_rounds_leave_out_bad_updates_and_refuse_what_does_not_fit() 
         .expect_err("refused");
     assert!(matches!(e, ExecError::OverLimit(_)), "{e}");
 }
+
+/// A round whose outer step would hold more than the node's job memory (a robust aggregate
+/// keeps every agreed update) is refused before its updates are fetched, and when run; the
+/// mean reads one update at a time, so the same round passes the check.
+#[test]
+fn a_round_whose_outer_step_does_not_fit_is_refused_before_its_updates_are_fetched() {
+    use hivemesh_node::admission::Admission;
+    use hivemesh_protocol::spec::{Aggregate, TrainJob};
+    let model = postcard::to_stdvec(&digits_mlp(16)).expect("IR");
+    let model_id = BlobId::of_bytes(&model);
+    let mut blobs = Blobs::from([(model_id, model)]);
+    let node = Executor::new(&Admission {
+        max_job_memory: 2 << 20,
+        ..Admission::default()
+    });
+    for (aggregate, fits) in [
+        (Aggregate::Mean, true),
+        (Aggregate::TrimmedMean { trim: 1 }, false),
+    ] {
+        let mut spec = train_campaign(model_id);
+        if let Search::Train(p) = &mut spec.search {
+            p.aggregate = aggregate;
+        }
+        let job0 = first_job(&spec);
+        let round0 = node
+            .run(&spec, &job0, Device::Cpu, &blobs, &mut |_| {})
+            .expect("round 0 fits");
+        let start = success(&round0).artifacts[1];
+        blobs.extend(round0.blobs.iter().cloned());
+        // 2,000 agreed updates of 1,210 values: 9.7 MB held by a robust aggregate.
+        let mut job1 = job0.clone();
+        job1.payload = JobPayload::Train(TrainJob {
+            round: 1,
+            segment: 0,
+            shuffle: 1,
+            base: start,
+            updates: (0..2000u32)
+                .map(|i| BlobId::of_bytes(&i.to_le_bytes()))
+                .collect(),
+            residual: None,
+        });
+        let checked = node.precheck(&spec, &job1, &blobs);
+        let ran = node
+            .run(&spec, &job1, Device::Cpu, &blobs, &mut |_| {})
+            .expect_err("the updates are not here");
+        if fits {
+            assert!(checked.is_ok(), "{checked:?}");
+            assert!(matches!(ran, ExecError::Blob { .. }), "{ran}");
+        } else {
+            let e = checked.expect_err("refused before fetching");
+            assert!(matches!(e, ExecError::OverLimit(_)), "{e}");
+            assert!(matches!(ran, ExecError::OverLimit(_)), "{ran}");
+        }
+    }
+    // Job blobs may be as large as a state of the model, and no less than the default.
+    let spec = train_campaign(model_id);
+    let limit = node
+        .job_blob_limit(&spec, &blobs)
+        .expect("the model is here");
+    assert!(limit >= 8 * 1210, "{limit}");
+    assert_eq!(
+        node.job_blob_limit(&spec, &Blobs::new()),
+        Some(limit),
+        "remembered"
+    );
+}
