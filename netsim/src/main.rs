@@ -72,7 +72,8 @@ struct ClusterArgs {
     #[arg(long, default_value_t = 1)]
     byzantine: usize,
     /// How the Byzantine nodes misbehave: `lie` (all return the same wrong results, so two
-    /// can form a quorum) or `corrupt-blobs` (serve corrupt copies of blobs).
+    /// can form a quorum), `corrupt-blobs` (serve corrupt copies of blobs) or `noise` (a
+    /// training round's update is random noise, sketched like a real one; other results lie).
     #[arg(long, value_enum, default_value_t = Fault::Lie)]
     strategy: Fault,
     /// Honest nodes in audit mode (nodes 1..=N).

@@ -36,7 +36,7 @@ pub struct Spawn<'a> {
     pub jobs: u16,
     /// Audit mode.
     pub audit: bool,
-    /// `HIVEMESH_FAULT` (`lie`, `corrupt-blobs`).
+    /// `HIVEMESH_FAULT` (`lie`, `corrupt-blobs`, `noise`).
     pub fault: Option<&'a str>,
     /// Gossipsub heartbeat.
     pub heartbeat: Option<Duration>,

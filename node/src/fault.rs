@@ -17,17 +17,21 @@ pub enum Fault {
     Lie,
     /// Serve blobs with their first byte flipped.
     CorruptBlobs,
+    /// Publish garbage: a training round's update is random noise (sketched like a real one),
+    /// every other result lies as [`Fault::Lie`] does.
+    Noise,
 }
 
 impl Fault {
     /// Every fault, in flag order.
-    pub const ALL: [Fault; 2] = [Fault::Lie, Fault::CorruptBlobs];
+    pub const ALL: [Fault; 3] = [Fault::Lie, Fault::CorruptBlobs, Fault::Noise];
 
-    /// The name on the command line and in config files: `lie`, `corrupt-blobs`.
+    /// The name on the command line and in config files: `lie`, `corrupt-blobs`, `noise`.
     pub fn as_flag(self) -> &'static str {
         match self {
             Fault::Lie => "lie",
             Fault::CorruptBlobs => "corrupt-blobs",
+            Fault::Noise => "noise",
         }
     }
 }
@@ -40,7 +44,7 @@ impl fmt::Display for Fault {
 
 /// A fault name that is none of [`Fault::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown fault {given:?}: use lie or corrupt-blobs")]
+#[error("unknown fault {given:?}: use lie, corrupt-blobs or noise")]
 pub struct UnknownFault {
     /// What was given.
     pub given: String,

@@ -201,7 +201,8 @@ struct RunArgs {
     #[arg(long, env = "HIVEMESH_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
     /// Test clusters only: misbehave on purpose (`lie`: publish wrong results;
-    /// `corrupt-blobs`: serve corrupt blobs). Peers will catch and penalise this node.
+    /// `corrupt-blobs`: serve corrupt blobs; `noise`: publish random-noise training updates).
+    /// Peers will catch and penalise this node.
     #[arg(long, env = "HIVEMESH_FAULT", hide = true, value_enum)]
     fault: Option<daemon::Fault>,
     /// Start although identity.key is not the key the store belongs to (it was replaced or

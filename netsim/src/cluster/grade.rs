@@ -108,14 +108,14 @@ pub(crate) fn grade(input: &GradeInput<'_>) -> Grade {
         // Serving corrupt blobs is not a ledger offence: peers refuse the bytes and lower the
         // server's gossip score, which the ledger does not see.
         Fault::CorruptBlobs => Vec::new(),
-        Fault::Lie => (0..input.roles.len())
+        Fault::Lie | Fault::Noise => (0..input.roles.len())
             .filter(|i| input.roles[*i] == Role::Byzantine)
             .filter(|i| !byz.iter().any(|s| s.index == *i && caught(&s.score)))
             .collect(),
     };
     let wrong_results = match input.strategy {
         Fault::CorruptBlobs => 0,
-        Fault::Lie => {
+        Fault::Lie | Fault::Noise => {
             let byz_keys: BTreeSet<&str> = byz.iter().map(|s| s.key.as_str()).collect();
             input
                 .agreeing

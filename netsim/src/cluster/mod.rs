@@ -5,7 +5,9 @@
 //! Faults that apply to real nodes:
 //! * **Byzantine executors** ([`Byzantine`]): wrong results (`lie`: every node set to lie
 //!   returns the same wrong count, so two of them can form a quorum), or corrupt blobs
-//!   (`corrupt-blobs`: they serve flipped bytes to peers fetching a reference model or teacher);
+//!   (`corrupt-blobs`: they serve flipped bytes to peers fetching a reference model or teacher),
+//!   or garbage updates (`noise`: a training round's update is random noise, sketched like a
+//!   real one; other results lie);
 //! * **kill -9 and restart** ([`Kill`]): the node's event loop is dropped where it stands, with
 //!   nothing flushed (received messages committed without `fsync` may be lost, as in a crash),
 //!   and after `down` it starts again from its data directory;

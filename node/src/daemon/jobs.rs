@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use hivemesh_protocol::id::{BlobId, CampaignId, JobId};
-use hivemesh_protocol::message::{JobResult, Outcome};
+use hivemesh_protocol::message::Outcome;
 use hivemesh_protocol::peer::PeerInput;
 use hivemesh_protocol::spec::JobSpec;
 use tokio::sync::mpsc;
@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use super::devices::Slots;
 use super::pending::PendingResult;
 use super::{Event, EventLoop};
-use crate::executor::{BlobSource, ExecError, Executed, Executor, job_blobs, needed_blobs};
+use crate::executor::{
+    BlobSource, ExecError, Executed, Executor, garble, job_blobs, lie, needed_blobs,
+};
 use crate::fault::Fault;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -87,14 +89,6 @@ impl BlobSource for StoreBlobs {
     fn file(&self, id: &BlobId) -> Option<(std::path::PathBuf, u64)> {
         self.0.blobs().file(id)
     }
-}
-
-/// [`Fault::Lie`]: every successful result's `correct` off by one.
-fn lie(mut result: JobResult) -> JobResult {
-    if let Outcome::Success(m) = &mut result.outcome {
-        m.correct = (m.correct + 1) % (m.total + 1);
-    }
-    result
 }
 
 impl EventLoop {
@@ -183,19 +177,22 @@ impl EventLoop {
                 Some(lease) => {
                     let device = lease.device;
                     let ran = tokio::task::spawn_blocking(move || {
-                        executor.run(&spec, &job, device, &blobs, &mut |p| {
+                        let done = executor.run(&spec, &job, device, &blobs, &mut |p| {
                             tracing::debug!(job = %job_id, step = p.step, %device, "training");
+                        });
+                        done.map(|d| match fault {
+                            Some(Fault::Lie) => Executed {
+                                result: lie(d.result),
+                                ..d
+                            },
+                            Some(Fault::Noise) => garble(&spec, &job, d),
+                            _ => d,
                         })
                     })
                     .await;
                     drop(lease);
                     match ran {
-                        Ok(Ok(mut done)) => {
-                            if fault == Some(Fault::Lie) {
-                                done.result = lie(done.result);
-                            }
-                            Ok(done)
-                        }
+                        Ok(Ok(done)) => Ok(done),
                         Ok(Err(e)) => Err(JobError::Exec(e)),
                         Err(e) => Err(JobError::Panicked(e.to_string())),
                     }

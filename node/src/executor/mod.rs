@@ -550,6 +550,28 @@ pub fn job_blobs(spec: &CampaignSpec, job: &JobSpec) -> Vec<(BlobId, &'static st
     }
 }
 
+/// What a node with [`Fault::Noise`](crate::fault::Fault::Noise) publishes for `job`: a training
+/// round's update replaced by noise ([`train::with_noisy_update`]); every other success's
+/// `correct` off by one (as [`Fault::Lie`](crate::fault::Fault::Lie)).
+pub fn garble(spec: &CampaignSpec, job: &JobSpec, mut done: Executed) -> Executed {
+    let noisy = match &spec.search {
+        Search::Train(p) => train::with_noisy_update(p, &mut done, job.seed),
+        _ => None,
+    };
+    if noisy.is_none() {
+        done.result = lie(done.result);
+    }
+    done
+}
+
+/// [`Fault::Lie`](crate::fault::Fault::Lie): a successful result's `correct` off by one.
+pub fn lie(mut result: JobResult) -> JobResult {
+    if let Outcome::Success(m) = &mut result.outcome {
+        m.correct = (m.correct + 1) % (m.total + 1);
+    }
+    result
+}
+
 /// A blob the job needs, checked against its id.
 fn fetch(blobs: &dyn BlobSource, id: &BlobId, what: &'static str) -> Result<Vec<u8>, ExecError> {
     let bytes = blobs.blob(id).ok_or_else(|| ExecError::Blob {

@@ -22,7 +22,7 @@ use hivemesh_trainer::rounds::{
 };
 use hivemesh_trainer::train::{Budget, Limits, check_fit, sub_seed};
 
-use super::{BlobSource, ExecError, JobRun, Ran, failure, fetch, train_failure};
+use super::{BlobSource, ExecError, Executed, JobRun, Ran, failure, fetch, train_failure};
 
 /// The blobs every job of the campaign needs: the model.
 pub fn needed_blobs(p: &TrainParams) -> Vec<(BlobId, &'static str)> {
@@ -344,6 +344,47 @@ pub(super) fn run(
     })
 }
 
+/// [`Fault::Noise`](crate::fault::Fault::Noise) for a round's result: its update replaced by
+/// uniform noise of ten times each tensor's root mean square (drawn from `seed`), encoded as
+/// the campaign says and sketched anew, so it looks like a real update. `None` when `done` is
+/// not a trained segment's success (the final evaluation, a failure).
+pub fn with_noisy_update(p: &TrainParams, done: &mut Executed, seed: u64) -> Option<()> {
+    let Outcome::Success(m) = &mut done.result.outcome else {
+        return None;
+    };
+    let update_id = *m.artifacts.first().filter(|_| m.artifacts.len() >= 2)?;
+    let slot = done.blobs.iter_mut().find(|(id, _)| *id == update_id)?;
+    let mut u = Update::decode(&slot.1).ok()?;
+    let mut xof = blake3::Hasher::new_derive_key("hivemesh 2026-12 noisy update fault")
+        .update(&seed.to_le_bytes())
+        .finalize_xof();
+    for t in &mut u.tensors {
+        let values: Vec<f32> = t
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let rms = (values.iter().map(|v| v * v).sum::<f32>() / values.len().max(1) as f32).sqrt();
+        let amplitude = 10.0 * rms.max(1e-4);
+        let mut noisy = Vec::with_capacity(t.data.len());
+        for _ in &values {
+            let mut b = [0u8; 4];
+            xof.fill(&mut b);
+            let unit = u32::from_le_bytes(b) as f32 / u32::MAX as f32;
+            noisy.extend_from_slice(&((2.0 * unit - 1.0) * amplitude).to_le_bytes());
+        }
+        t.data = noisy;
+    }
+    let bytes = u.encode(encoding(p));
+    let sent = Update::decode(&bytes).ok()?;
+    let loss = m.extra.get("train_loss_micro").copied().unwrap_or(0) as f32 / 1e6;
+    m.extra = extras(loss, &sent, seed);
+    let id = BlobId::of_bytes(&bytes);
+    m.artifacts[0] = id;
+    *slot = (id, bytes);
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,5 +457,71 @@ mod tests {
         let bad: crate::campaign_file::TrainFile =
             toml::from_str("model = \"x\"\nrounds = 1\nupdate_tolerance = 0.9\n").expect("toml");
         assert!(bad.tolerance(Tolerance::EXACT).is_err());
+    }
+
+    /// The noise fault's update is a real-looking update of the same layout (it decodes and
+    /// fits), far from the honest one, sketched anew: tolerance mode cannot agree with it.
+    #[test]
+    fn a_noisy_update_fits_but_agrees_with_no_honest_one() {
+        let honest = update(1000, |i| ((i % 17) as f32 - 8.0) * 1e-3);
+        let out = outcome(0.5, &honest);
+        let Outcome::Success(m) = &out else {
+            unreachable!()
+        };
+        let mut done = Executed {
+            result: hivemesh_protocol::message::JobResult {
+                outcome: out.clone(),
+                wall_time_ms: 1,
+            },
+            blobs: vec![
+                (m.artifacts[0], honest.encode(Encoding::F32)),
+                (m.artifacts[1], b"start".to_vec()),
+            ],
+        };
+        let file: crate::campaign_file::TrainFile = toml::from_str(&format!(
+            "model = \"{}\"\nrounds = 1\nencoding = \"f16\"\n",
+            BlobId::of_bytes(b"m")
+        ))
+        .expect("a [train] table");
+        let Ok(hivemesh_protocol::spec::Search::Train(p)) = file.to_search() else {
+            panic!("a train search")
+        };
+        assert_eq!(with_noisy_update(&p, &mut done, 7), Some(()));
+        let Outcome::Success(noisy) = &done.result.outcome else {
+            panic!("still a success")
+        };
+        assert_ne!(noisy.artifacts[0], m.artifacts[0]);
+        assert_eq!(noisy.artifacts[1], m.artifacts[1]);
+        let (id, bytes) = &done.blobs[0];
+        assert_eq!(
+            *id,
+            BlobId::of_bytes(bytes),
+            "the blob is what the result names"
+        );
+        assert_eq!(*id, noisy.artifacts[0]);
+        assert_eq!(
+            bytes.len(),
+            honest.encode(Encoding::F16).len(),
+            "sent as f16"
+        );
+        let u = Update::decode(bytes).expect("decodes");
+        assert_eq!(u.tensors[0].shape, honest.tensors[0].shape);
+        assert_eq!(
+            noisy.extra.get("train_loss_micro"),
+            m.extra.get("train_loss_micro")
+        );
+        let tol = Tolerance {
+            extra: 40_000,
+            exact_artifacts: false,
+            ..Tolerance::EXACT
+        };
+        assert!(agree(&out, &out, &tol));
+        assert!(!agree(&out, &done.result.outcome, &tol));
+        // The final evaluation (one artifact) is left to the lie.
+        let mut last = done;
+        if let Outcome::Success(m) = &mut last.result.outcome {
+            m.artifacts.truncate(1);
+        }
+        assert_eq!(with_noisy_update(&p, &mut last, 7), None);
     }
 }
