@@ -50,6 +50,7 @@ pub mod ledger;
 pub mod message;
 pub mod outcome;
 pub mod peer;
+pub mod privacy;
 pub mod schedule;
 pub mod scoring;
 mod small;
