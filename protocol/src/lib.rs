@@ -53,6 +53,7 @@ pub mod peer;
 pub mod privacy;
 pub mod schedule;
 pub mod scoring;
+pub mod secagg;
 mod small;
 pub mod spec;
 mod spec_error;
