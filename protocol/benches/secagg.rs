@@ -98,7 +98,9 @@ fn main() {
         let sum = fp.decode(&unmask(&round, &masked, &reveals, VALUES).unwrap());
         let mut want = vec![0f64; VALUES];
         for i in &survivors {
-            want.iter_mut().zip(&xs[*i]).for_each(|(a, b)| *a += f64::from(*b));
+            want.iter_mut()
+                .zip(&xs[*i])
+                .for_each(|(a, b)| *a += f64::from(*b));
         }
         let err = sum
             .iter()

@@ -24,6 +24,7 @@ mod kernels;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod private;
 pub mod rounds;
 pub mod train;
 pub mod zoo;

@@ -272,19 +272,61 @@ pub fn fit<B: TrainBackend>(
     if plan.train.is_empty() {
         return Err(TrainError::Options("the training split is empty".into()));
     }
-    match plan.budget.optimizer {
-        OptimizerKind::Adam => {
-            let opt = AdamConfig::new().with_epsilon(1e-8).init();
-            fit_with(model, opt, plan, device, loss, progress)
+    struct Fit<'a, 'b, B: TrainBackend> {
+        model: Model<B>,
+        plan: &'a FitPlan<'b>,
+        device: &'a B::Device,
+        loss: &'a mut StepLoss<'b, B>,
+        progress: &'a mut dyn FnMut(&Progress),
+    }
+    impl<B: TrainBackend> WithOptimizer<B> for Fit<'_, '_, B> {
+        type Output = Result<(Model<B>, FitStats), TrainError>;
+        fn run<O: Optimizer<Model<B>, B>>(self, opt: O) -> Self::Output {
+            fit_with(
+                self.model,
+                opt,
+                self.plan,
+                self.device,
+                self.loss,
+                self.progress,
+            )
         }
+    }
+    with_optimizer(
+        plan.budget.optimizer,
+        Fit {
+            model,
+            plan,
+            device,
+            loss,
+            progress,
+        },
+    )
+}
+
+/// A training loop to run with whichever optimiser the budget names (generic over its type).
+pub(crate) trait WithOptimizer<B: TrainBackend> {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop with `opt`.
+    fn run<O: Optimizer<Model<B>, B>>(self, opt: O) -> Self::Output;
+}
+
+/// Runs `w` with the optimiser `kind` names: Adam (ε = 1e-8, as PyTorch) or SGD with
+/// PyTorch-style momentum.
+pub(crate) fn with_optimizer<B: TrainBackend, W: WithOptimizer<B>>(
+    kind: OptimizerKind,
+    w: W,
+) -> W::Output {
+    match kind {
+        OptimizerKind::Adam => w.run(AdamConfig::new().with_epsilon(1e-8).init()),
         OptimizerKind::Sgd { momentum } => {
             let m = (momentum > 0.0).then(|| MomentumConfig {
                 momentum: f64::from(momentum),
                 dampening: 0.0,
                 nesterov: false,
             });
-            let opt = SgdConfig::new().with_momentum(m).init();
-            fit_with(model, opt, plan, device, loss, progress)
+            w.run(SgdConfig::new().with_momentum(m).init())
         }
     }
 }

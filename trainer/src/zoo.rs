@@ -4,7 +4,7 @@
 
 use hivemesh_evolve::arch::{Activation, Architecture, Node, Op, Shape};
 
-fn chain(input: Shape, classes: u32, ops: &[Op]) -> Architecture {
+pub(crate) fn chain(input: Shape, classes: u32, ops: &[Op]) -> Architecture {
     let mut nodes = vec![Node {
         op: Op::Input,
         inputs: vec![],
