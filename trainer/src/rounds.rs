@@ -179,6 +179,17 @@ pub enum Combine {
         /// Iterations.
         iterations: u32,
     },
+    /// The coordinate-wise median (the middle value, or the mean of the two middle ones).
+    Median,
+    /// Multi-Krum (Blanchard et al. 2017), over whole updates: each update is scored by the
+    /// sum of its squared distances to its `n − f − 2` nearest others (at least 1); the mean of
+    /// the `m` best-scored is kept. Up to `f` arbitrary updates are tolerated while `n > 2f + 2`.
+    MultiKrum {
+        /// Bad updates assumed (`f`).
+        byzantine: usize,
+        /// Updates averaged (`m`, at least 1).
+        keep: usize,
+    },
 }
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
@@ -439,7 +450,8 @@ fn is_statistic(name: &str) -> bool {
 fn combine(values: &mut [f32], how: Combine) -> f32 {
     let kept: &[f32] = match how {
         // CenteredClip combines whole updates (`centered_clip`); per coordinate, the mean.
-        Combine::Mean | Combine::CenteredClip { .. } => values,
+        Combine::Mean | Combine::CenteredClip { .. } | Combine::MultiKrum { .. } => values,
+        Combine::Median => return combine(values, Combine::Trimmed(values.len())),
         Combine::Trimmed(n) => {
             values.sort_by(f32::total_cmp);
             let k = values.len();
@@ -526,6 +538,12 @@ impl Aggregator {
             Combine::CenteredClip { radius, iterations } => {
                 centered_clip(&self.dense, radius, iterations)
             }
+            Combine::MultiKrum { byzantine, keep } => {
+                let chosen = krum_choice(&self.dense, byzantine, keep);
+                let kept: Vec<Vec<Vec<f32>>> =
+                    chosen.iter().map(|i| self.dense[*i].clone()).collect();
+                per_coordinate(&kept, Combine::Mean)
+            }
             how => per_coordinate(&self.dense, how),
         })
     }
@@ -569,7 +587,8 @@ pub fn outer_step_bytes(values: u64, updates: usize, how: Combine) -> u64 {
     let reading = 3 * model;
     let held = match how {
         Combine::Mean => model,
-        Combine::Trimmed(_) => updates as u64 * model + model,
+        Combine::Trimmed(_) | Combine::Median => updates as u64 * model + model,
+        Combine::MultiKrum { keep, .. } => (updates + keep.min(updates)) as u64 * model + model,
         Combine::CenteredClip { .. } => updates as u64 * model + 4 * model,
     };
     states.saturating_add(reading).saturating_add(held)
@@ -603,6 +622,80 @@ fn distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
         }
     }
     sq.sqrt()
+}
+
+/// The updates Multi-Krum keeps (indices, ascending): the `keep` with the smallest scores,
+/// a score being the sum of squared distances to the `n − byzantine − 2` nearest others (at
+/// least 1), ties to the lower index.
+pub fn krum_choice(dense: &[Vec<Vec<f32>>], byzantine: usize, keep: usize) -> Vec<usize> {
+    let n = dense.len();
+    if n <= 1 {
+        return (0..n).collect();
+    }
+    let mut d2 = vec![vec![0.0f64; n]; n];
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = distance(&dense[i], &dense[j]);
+            d2[i][j] = d * d;
+            d2[j][i] = d * d;
+        }
+    }
+    let near = n.saturating_sub(byzantine + 2).clamp(1, n - 1);
+    let mut scores: Vec<(f64, usize)> = (0..n)
+        .map(|i| {
+            let mut others: Vec<f64> = (0..n).filter(|j| *j != i).map(|j| d2[i][j]).collect();
+            others.sort_by(f64::total_cmp);
+            (others[..near].iter().sum(), i)
+        })
+        .collect();
+    scores.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut chosen: Vec<usize> = scores.iter().take(keep.clamp(1, n)).map(|s| s.1).collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// Which of `updates` lie far from `combined` (their aggregate): L2 distance above `factor`
+/// times the median distance (and above zero). For reputation: a client whose update an
+/// aggregate had to resist.
+pub fn outliers(updates: &[Update], combined: &Update, factor: f64) -> Vec<usize> {
+    let dense =
+        |u: &Update| -> Vec<Vec<f32>> { u.tensors.iter().map(|t| floats(&t.data)).collect() };
+    let c = dense(combined);
+    let dists: Vec<f64> = updates.iter().map(|u| distance(&dense(u), &c)).collect();
+    let mut sorted = dists.clone();
+    sorted.sort_by(f64::total_cmp);
+    let Some(median) = sorted.get(sorted.len().saturating_sub(1) / 2).copied() else {
+        return Vec::new();
+    };
+    dists
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d > factor * median && **d > 0.0)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+impl Update {
+    /// The update scaled down to L2 norm at most `max` (over every value); returns whether it
+    /// was scaled ("norm bounding": one update can move the aggregate by at most `max / n`).
+    pub fn bound_norm(&mut self, max: f64) -> bool {
+        let norm: f64 = self
+            .tensors
+            .iter()
+            .flat_map(|t| floats(&t.data))
+            .map(|v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        if norm <= max {
+            return false;
+        }
+        let scale = (max / norm) as f32;
+        for t in &mut self.tensors {
+            let v: Vec<f32> = floats(&t.data).iter().map(|x| x * scale).collect();
+            t.data = to_bytes(&v);
+        }
+        true
+    }
 }
 
 /// [`Combine::CenteredClip`] over `dense` updates (each a list of tensors of values).
@@ -880,6 +973,59 @@ mod tests {
         assert_eq!(mean, outer_step_bytes(values, 1, Combine::Mean));
         assert!(outer_step_bytes(values, 100, Combine::Trimmed(1)) > 100 * 4 * values);
         assert!(Aggregator::new(Combine::Mean).combined().is_none());
+    }
+
+    /// Median and Multi-Krum resist two far-off updates among seven; `outliers` names them;
+    /// norm bounding caps one update's pull.
+    #[test]
+    fn median_and_multi_krum_leave_out_far_updates_and_outliers_names_them() {
+        let s = state();
+        let x0 = first(&s);
+        let mut ups: Vec<Update> = [0.10f32, 0.11, 0.09, 0.10, 0.12]
+            .iter()
+            .map(|v| constant(&s, *v))
+            .collect();
+        ups.push(constant(&s, -50.0));
+        ups.push(constant(&s, 80.0));
+        let median = outer_step(&s, &ups, Outer::Average, Combine::Median);
+        assert!(
+            (first(&median) - (x0 + 0.10)).abs() < 1e-5,
+            "{}",
+            first(&median) - x0
+        );
+        let dense: Vec<Vec<Vec<f32>>> = ups
+            .iter()
+            .map(|u| u.tensors.iter().map(|t| floats(&t.data)).collect())
+            .collect();
+        assert_eq!(krum_choice(&dense, 2, 3), vec![0, 1, 3]);
+        let krum = Combine::MultiKrum {
+            byzantine: 2,
+            keep: 4,
+        };
+        let k = outer_step(&s, &ups, Outer::Average, krum);
+        let chosen = krum_choice(&dense, 2, 4);
+        assert!(chosen.iter().all(|i| *i < 5), "{chosen:?}");
+        let want: f32 = chosen
+            .iter()
+            .map(|i| [0.10f32, 0.11, 0.09, 0.10, 0.12][*i])
+            .sum::<f32>()
+            / 4.0;
+        assert!((first(&k) - x0 - want).abs() < 1e-5, "{}", first(&k) - x0);
+        let mean = outer_step(&s, &ups, Outer::Average, Combine::Mean);
+        assert!((first(&mean) - x0 - 30.0 / 7.0 - 0.52 / 7.0).abs() < 1e-3);
+        let combined = Update::between(&s.weights, &k.weights);
+        assert_eq!(outliers(&ups, &combined, 3.0), vec![5, 6]);
+        let mut big = constant(&s, 80.0);
+        assert!(big.bound_norm(1.0));
+        let n: f64 = big
+            .tensors
+            .iter()
+            .flat_map(|t| floats(&t.data))
+            .map(|v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        assert!((n - 1.0).abs() < 1e-5);
+        assert!(!big.bound_norm(2.0));
     }
 
     /// A model's saved values are its weights file's, batch-norm statistics included.

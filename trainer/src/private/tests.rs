@@ -1,10 +1,10 @@
 use super::*;
-use burn::module::AutodiffModule;
 use crate::data::digits;
 use crate::model::WeightsFile;
 use crate::rounds::initial_weights;
 use crate::train::{OptimizerKind, Schedule, evaluate};
 use crate::{Cpu, CpuAutodiff};
+use burn::module::AutodiffModule;
 use hivemesh_evolve::arch::Activation;
 
 type B = CpuAutodiff;
