@@ -10,8 +10,11 @@
 //! outer = "nesterov"       # or "average"
 //! outer_learning_rate = 0.7
 //! outer_momentum = 0.9
-//! trim = 0                 # > 0: a coordinate-wise trimmed mean of the updates
-//! clip_radius = 0.0        # > 0: CenteredClip instead (with clip_iterations, default 3)
+//! aggregate = "mean"       # or "trimmed-mean" (with trim), "median", "centered-clip" (with
+//!                          # clip_radius, clip_iterations = 3), "multi-krum" (with
+//!                          # krum_byzantine, krum_keep)
+//! trim = 0                 # > 0 alone also means a trimmed mean
+//! clip_radius = 0.0        # > 0 alone also means CenteredClip
 //! encoding = "f32"         # or "f16", "top-k" (with top_k_per_mille)
 //! update_tolerance = 0.0   # > 0 (GPUs): agree on updates within this relative L2 distance
 //! ```
@@ -55,6 +58,14 @@ pub struct TrainFile {
     #[serde(default = "default_outer_momentum")]
     pub outer_momentum: f32,
     /// Values dropped at each end of every coordinate before averaging (0: the plain mean).
+    #[serde(default)]
+    pub aggregate: Option<String>,
+    /// Multi-Krum: bad updates assumed.
+    #[serde(default)]
+    pub krum_byzantine: u16,
+    /// Multi-Krum: updates averaged (0: segments − krum_byzantine).
+    #[serde(default)]
+    pub krum_keep: u16,
     #[serde(default)]
     pub trim: u32,
     /// Above 0: CenteredClip with this radius (a multiple of the updates' median distance from
@@ -127,6 +138,49 @@ impl TrainFile {
         })
     }
 
+    /// The aggregate: `aggregate` by name, else from `trim` / `clip_radius` (the mean when
+    /// neither is set).
+    fn aggregate(&self) -> Result<Aggregate, CampaignFileError> {
+        let centered = || Aggregate::CenteredClip {
+            radius: self.clip_radius,
+            iterations: self.clip_iterations,
+        };
+        let by_name = match self.aggregate.as_deref() {
+            None => None,
+            Some("mean") => Some(Aggregate::Mean),
+            Some("trimmed-mean") => Some(Aggregate::TrimmedMean { trim: self.trim }),
+            Some("median") => Some(Aggregate::Median),
+            Some("centered-clip") => Some(centered()),
+            Some("multi-krum") => Some(Aggregate::MultiKrum {
+                byzantine: self.krum_byzantine,
+                keep: match self.krum_keep {
+                    0 => (self.segments.saturating_sub(u32::from(self.krum_byzantine)))
+                        .min(u32::from(u16::MAX)) as u16,
+                    k => k,
+                },
+            }),
+            Some(other) => {
+                return Err(field(
+                    "train.aggregate",
+                    format!(
+                        "{other:?}: use \"mean\", \"trimmed-mean\", \"median\", \
+                         \"centered-clip\" or \"multi-krum\""
+                    ),
+                ));
+            }
+        };
+        match (by_name, self.trim, self.clip_radius) {
+            (Some(a), _, _) => Ok(a),
+            (None, 0, 0.0) => Ok(Aggregate::Mean),
+            (None, trim, 0.0) => Ok(Aggregate::TrimmedMean { trim }),
+            (None, 0, _) => Ok(centered()),
+            _ => Err(field(
+                "train.clip_radius",
+                "give trim or clip_radius, not both",
+            )),
+        }
+    }
+
     /// The protocol's search (the model must be a blob id by now).
     pub fn to_search(&self) -> Result<Search, CampaignFileError> {
         let outer = match self.outer.as_str() {
@@ -165,20 +219,7 @@ impl TrainFile {
             segment_size: self.segment_size,
             inner_steps: self.inner_steps,
             outer,
-            aggregate: match (self.trim, self.clip_radius) {
-                (0, 0.0) => Aggregate::Mean,
-                (trim, 0.0) => Aggregate::TrimmedMean { trim },
-                (0, radius) => Aggregate::CenteredClip {
-                    radius,
-                    iterations: self.clip_iterations,
-                },
-                _ => {
-                    return Err(field(
-                        "train.clip_radius",
-                        "give trim or clip_radius, not both",
-                    ));
-                }
-            },
+            aggregate: self.aggregate()?,
             encoding,
         }))
     }
@@ -214,5 +255,41 @@ mod tests {
         );
         let e = aggregate_of("trim = 1\nclip_radius = 2.0").expect_err("both");
         assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn the_aggregate_can_be_named_median_and_multi_krum_included() {
+        assert_eq!(
+            aggregate_of("aggregate = \"median\"").expect("median"),
+            Aggregate::Median
+        );
+        assert_eq!(
+            aggregate_of("segments = 8\naggregate = \"multi-krum\"\nkrum_byzantine = 2")
+                .expect("krum"),
+            Aggregate::MultiKrum {
+                byzantine: 2,
+                keep: 6
+            }
+        );
+        assert_eq!(
+            aggregate_of("aggregate = \"trimmed-mean\"\ntrim = 1").expect("trimmed"),
+            Aggregate::TrimmedMean { trim: 1 }
+        );
+        let e = aggregate_of("aggregate = \"krum\"").expect_err("unknown");
+        assert!(e.to_string().contains("multi-krum"), "{e}");
+        // Multi-Krum needs n > 2f + 2: refused by the protocol's validation.
+        let id = BlobId::of_bytes(b"m");
+        let f: TrainFile = toml::from_str(&format!(
+            "model = \"{id}\"\nrounds = 2\nsegments = 4\naggregate = \"multi-krum\"\nkrum_byzantine = 1"
+        ))
+        .expect("toml");
+        let Ok(Search::Train(p)) = f.to_search() else {
+            panic!("a train search")
+        };
+        use hivemesh_protocol::kinds::KindRules;
+        let e = p
+            .validate()
+            .expect_err("4 segments cannot tolerate 1 by Multi-Krum");
+        assert!(e.to_string().contains("2f + 2"), "{e}");
     }
 }

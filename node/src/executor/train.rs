@@ -184,6 +184,11 @@ fn combine(p: &TrainParams) -> Combine {
             radius,
             iterations: u32::from(iterations),
         },
+        Aggregate::Median => Combine::Median,
+        Aggregate::MultiKrum { byzantine, keep } => Combine::MultiKrum {
+            byzantine: usize::from(byzantine),
+            keep: usize::from(keep),
+        },
     }
 }
 

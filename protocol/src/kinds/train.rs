@@ -108,6 +108,16 @@ pub enum Aggregate {
         /// Steps, 1 to 10.
         iterations: u8,
     },
+    /// The coordinate-wise median.
+    Median,
+    /// Multi-Krum over whole updates: the mean of the `keep` updates with the smallest sums
+    /// of squared distances to their `n − byzantine − 2` nearest others.
+    MultiKrum {
+        /// Bad updates assumed; `2·byzantine + 2 < segments`.
+        byzantine: u16,
+        /// Updates averaged, 1 to `segments − byzantine`.
+        keep: u16,
+    },
 }
 
 impl KindRules for TrainParams {
@@ -154,6 +164,18 @@ impl KindRules for TrainParams {
             }
             if !(1..=10).contains(&iterations) {
                 return Err(field("clip_iterations", "must be 1 to 10"));
+            }
+        }
+        if let Aggregate::MultiKrum { byzantine, keep } = self.aggregate {
+            let (f, m) = (u32::from(byzantine), u32::from(keep));
+            if 2 * f + 2 >= self.segments {
+                return Err(field(
+                    "krum_byzantine",
+                    "Multi-Krum tolerates f bad updates of n only while n > 2f + 2",
+                ));
+            }
+            if m == 0 || m > self.segments - f {
+                return Err(field("krum_keep", "must be 1 to segments - krum_byzantine"));
             }
         }
         if let Aggregate::TrimmedMean { trim } = self.aggregate
