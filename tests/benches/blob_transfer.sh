@@ -28,7 +28,7 @@ cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/p
 start() {
   local dir="$WORK/$1"; mkdir -p "$dir"
   "$HM" --data-dir "$dir" keygen >/dev/null
-  local args=(--data-dir "$dir" run --listen /ip4/127.0.0.1/tcp/0 --http 127.0.0.1:0)
+  local args=(--data-dir "$dir" run --listen "${LISTEN:-/ip4/127.0.0.1/tcp/0}" --http 127.0.0.1:0)
   [ -n "${2:-}" ] && args+=(--bootstrap "$2")
   RUST_LOG=${LOG:-warn} "$HM" "${args[@]}" >"$dir/log" 2>&1 &
   PIDS+=($!); eval "PID_$1=$!"
