@@ -227,7 +227,7 @@ fn kind_results(s: &mut String, r: &ClusterReport) {
     match CampaignKind::from_name(&r.kind) {
         Some(CampaignKind::Nas | CampaignKind::Loss) => front(s, r),
         Some(CampaignKind::Distill) => shards(s, r),
-        Some(CampaignKind::Train) => rounds(s, r),
+        Some(CampaignKind::Train | CampaignKind::Federated) => rounds(s, r),
         None => {}
     }
 }

@@ -365,7 +365,8 @@ impl Derivation {
     /// The jobs of generation 0 (derived once; later calls return the same jobs).
     pub fn generation_zero(&mut self) -> &[JobSpec] {
         if self.jobs.is_empty() && self.generation == 0 {
-            self.jobs = self.make_jobs(0, &[0; 32]);
+            let roster = self.spec.roster.clone();
+            self.jobs = self.make_jobs(0, &[0; 32], &roster);
             self.index_jobs();
         }
         &self.jobs
@@ -461,15 +462,20 @@ impl Derivation {
         self.jobs = if self.searched >= self.generations {
             Vec::new()
         } else {
-            self.make_jobs(self.generation, &root)
+            self.make_jobs(self.generation, &root, &closure.members)
         };
         self.index_jobs();
         Ok(&self.jobs)
     }
 
-    fn make_jobs(&mut self, generation: u32, previous: &[u8; 32]) -> Vec<JobSpec> {
+    fn make_jobs(
+        &mut self,
+        generation: u32,
+        previous: &[u8; 32],
+        members: &[PeerKey],
+    ) -> Vec<JobSpec> {
         let mut rng = rng_for(&self.campaign, generation, previous);
-        let payloads = self.state.ask(&mut rng);
+        let payloads = self.state.ask_among(&mut rng, members);
         self.specs(generation, previous, payloads)
     }
 

@@ -68,6 +68,11 @@ pub fn estimate_job_ms(spec: &CampaignSpec, blobs: &dyn BlobSource) -> Option<u6
             let steps = u64::from(params.inner_steps);
             (training(steps, arch.flops().ok()?), steps)
         }
+        Search::Federated(params) => {
+            let arch = super::train::model_arch(&blobs.blob(&params.model)?)?;
+            let steps = u64::from(params.local_steps);
+            (training(steps, arch.flops().ok()?), steps)
+        }
     };
     let (rate, step_ms) = match spec.backend {
         BackendClass::CpuNdarray => (CPU_FLOPS_PER_MS, CPU_STEP_MS),

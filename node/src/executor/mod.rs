@@ -94,6 +94,9 @@ pub enum ExecError {
     /// max_job_memory_mb`, `max_job_flops`).
     #[error("{0}: another peer will take it")]
     OverLimit(TrainError),
+    /// This node cannot run jobs of this kind (what is missing).
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The node is shutting down (the job runs again after a restart).
     #[error("stopped at step {step}: the node is shutting down")]
     Stopped {
@@ -448,6 +451,12 @@ impl Executor {
                 distill::run(p, *start, *end, &mut run)?
             }
             (Search::Train(p), JobPayload::Train(t)) => train::run(p, t, spec.seed, &mut run)?,
+            (Search::Federated(_), JobPayload::Federated(_)) => {
+                return Err(ExecError::Unsupported(
+                    "federated jobs do not run on this node yet (issue 26: the protocol side is \
+                     built, the client side is not)",
+                ));
+            }
             _ => {
                 let detail = "the job's payload does not match the campaign's search kind".into();
                 Ran::nothing(failure(FailureKind::InvalidJob, detail))
@@ -537,6 +546,7 @@ pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
         Search::Loss(p) => loss::needed_blobs(p),
         Search::Distill(p) => distill::needed_blobs(p),
         Search::Train(p) => train::needed_blobs(p),
+        Search::Federated(p) => vec![(p.model, "model")],
     };
     dataset.into_iter().chain(kind).collect()
 }

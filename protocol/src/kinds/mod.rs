@@ -13,6 +13,7 @@
 //! not change) and its arm in each `match` below.
 
 pub mod distill;
+pub mod federated;
 pub mod loss;
 pub mod nas;
 pub mod train;
@@ -20,10 +21,12 @@ pub mod train;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::PeerKey;
 use crate::outcome::Outcome;
 use crate::spec_error::{SpecError, field};
 
 pub use distill::DistillParams;
+pub use federated::{ClientPrivacy, ExamplePrivacy, FedJob, FederatedParams};
 pub use loss::LossParams;
 pub use nas::{NasParams, NasSpace, Strategy};
 pub use train::{Aggregate, OuterStep, TrainJob, TrainParams, UpdateEncoding};
@@ -42,25 +45,29 @@ pub enum CampaignKind {
     Distill,
     /// One model trained together, round by round.
     Train,
+    /// One model trained on private data that never leaves its clients (ADR 0010).
+    Federated,
 }
 
 impl CampaignKind {
     /// Every kind.
-    pub const ALL: [CampaignKind; 4] = [
+    pub const ALL: [CampaignKind; 5] = [
         CampaignKind::Nas,
         CampaignKind::Loss,
         CampaignKind::Distill,
         CampaignKind::Train,
+        CampaignKind::Federated,
     ];
 
-    /// The kind's name in campaign files, reports and the API: `nas`, `loss`, `distill` or
-    /// `train`.
+    /// The kind's name in campaign files, reports and the API: `nas`, `loss`, `distill`,
+    /// `train` or `federated`.
     pub const fn name(self) -> &'static str {
         match self {
             CampaignKind::Nas => "nas",
             CampaignKind::Loss => "loss",
             CampaignKind::Distill => "distill",
             CampaignKind::Train => "train",
+            CampaignKind::Federated => "federated",
         }
     }
 
@@ -87,6 +94,8 @@ pub enum Search {
     Distill(DistillParams),
     /// Training: one model trained round by round from its segments' agreed updates.
     Train(TrainParams),
+    /// Federated learning: clients train on private data; updates are private and combined.
+    Federated(FederatedParams),
 }
 
 /// What a job computes.
@@ -111,6 +120,8 @@ pub enum JobPayload {
     },
     /// Train the round's model on one segment (or evaluate the final model).
     Train(TrainJob),
+    /// A client's round on its private data (or the final evaluation).
+    Federated(FedJob),
 }
 
 /// What the shared machinery asks of a campaign kind's parameters.
@@ -138,6 +149,12 @@ pub trait KindRules: core::fmt::Debug {
 pub trait SearchState: Send + Sync {
     /// The payloads of the next generation's jobs, in job-index order.
     fn ask(&mut self, rng: &mut ChaCha8Rng) -> Vec<JobPayload>;
+    /// [`SearchState::ask`] for a generation whose members (sorted) are `members`: kinds
+    /// whose jobs go to particular members (federated clients) sample them here.
+    fn ask_among(&mut self, rng: &mut ChaCha8Rng, members: &[PeerKey]) -> Vec<JobPayload> {
+        let _ = members;
+        self.ask(rng)
+    }
     /// The agreed outcomes of the generation asked last, in job-index order (`None`: the job
     /// went void).
     fn tell(&mut self, told: &[Told<'_>]) -> Result<(), SearchError>;
@@ -179,6 +196,7 @@ impl Search {
             Search::Loss(p) => p,
             Search::Distill(p) => p,
             Search::Train(p) => p,
+            Search::Federated(p) => p,
         }
     }
 
@@ -196,6 +214,17 @@ impl JobPayload {
             JobPayload::Loss { .. } => CampaignKind::Loss,
             JobPayload::Distill { .. } => CampaignKind::Distill,
             JobPayload::Train(_) => CampaignKind::Train,
+            JobPayload::Federated(_) => CampaignKind::Federated,
+        }
+    }
+
+    /// The one member that may run this job, when the kind pins it (a federated client's
+    /// round: only its data can compute it). A pinned job settles on its executor's result
+    /// alone, is never stolen, replicated or audited, and no one else's result for it counts.
+    pub fn pinned(&self) -> Option<&PeerKey> {
+        match self {
+            JobPayload::Federated(j) => j.client.as_ref(),
+            _ => None,
         }
     }
 
@@ -207,6 +236,7 @@ impl JobPayload {
             JobPayload::Loss { expression } => loss::summary(expression),
             JobPayload::Distill { start, end } => distill::summary(*start, *end),
             JobPayload::Train(j) => train::summary(j),
+            JobPayload::Federated(j) => federated::summary(j),
         }
     }
 }
@@ -255,7 +285,7 @@ mod tests {
             assert_eq!(CampaignKind::from_name(k.name()), Some(k));
             assert_eq!(k.to_string(), k.name());
         }
-        assert_eq!(CampaignKind::from_name("federated"), None);
+        assert_eq!(CampaignKind::from_name("prompt"), None);
     }
 
     #[test]
@@ -310,7 +340,7 @@ mod tests {
         let k = |k: CampaignKind| postcard::to_stdvec(&k).expect("encodes")[0];
         assert_eq!(
             CampaignKind::ALL.map(k),
-            [0, 1, 2, 3],
+            [0, 1, 2, 3, 4],
             "CampaignKind variants keep their order"
         );
     }

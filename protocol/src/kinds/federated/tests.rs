@@ -1,0 +1,250 @@
+use super::*;
+use crate::agreement::tests::peer;
+use crate::outcome::{Metrics, Outcome};
+use crate::privacy::epsilon;
+use rand_core::SeedableRng;
+
+fn params() -> FederatedParams {
+    FederatedParams {
+        model: BlobId::of_bytes(b"model"),
+        private_data: "clinic-notes".into(),
+        rounds: 3,
+        clients_per_round: 3,
+        min_clients: 2,
+        local_steps: 50,
+        example_privacy: Some(ExamplePrivacy {
+            clip: 1.0,
+            noise_multiplier: 1.1,
+            sample_rate: 0.01,
+        }),
+        client_privacy: None,
+        delta: 1e-5,
+        epsilon_budget: None,
+        norm_bound: 0.0,
+        aggregate: Aggregate::Mean,
+        outer: OuterStep::Average,
+    }
+}
+
+fn members(n: u8) -> Vec<PeerKey> {
+    let mut m: Vec<PeerKey> = (1..=n).map(peer).collect();
+    m.sort();
+    m
+}
+
+fn trained(update: &[u8], start: &[u8]) -> Outcome {
+    Outcome::Success(Metrics {
+        correct: 1,
+        total: 2,
+        params: 3,
+        flops: 4,
+        extra: Default::default(),
+        artifacts: vec![BlobId::of_bytes(update), BlobId::of_bytes(start)],
+    })
+}
+
+fn jobs(p: &[JobPayload]) -> Vec<FedJob> {
+    p.iter()
+        .map(|j| match j {
+            JobPayload::Federated(f) => f.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+fn tell(s: &mut Box<dyn SearchState>, payloads: &[JobPayload], outcomes: &[Option<Outcome>]) {
+    let told: Vec<Told<'_>> = payloads
+        .iter()
+        .zip(outcomes)
+        .map(|(payload, outcome)| Told {
+            payload,
+            outcome: outcome.as_ref(),
+        })
+        .collect();
+    s.tell(&told).expect("told");
+}
+
+/// Each round samples distinct members, reproducibly from the seed, pins each job to its
+/// client; the next recipe comes from the agreed updates; the last generation is one
+/// unpinned evaluation.
+#[test]
+fn rounds_sample_distinct_clients_pin_their_jobs_and_chain_the_model() {
+    let p = params();
+    let m = members(5);
+    let mut s = p.start().expect("starts");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let r0 = s.ask_among(&mut rng, &m);
+    let j0 = jobs(&r0);
+    assert_eq!(j0.len(), 3);
+    let clients: Vec<PeerKey> = j0.iter().map(|j| j.client.expect("pinned")).collect();
+    let mut distinct = clients.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3);
+    assert!(clients.iter().all(|c| m.contains(c)));
+    assert_eq!(r0[0].pinned(), Some(&clients[0]));
+    assert!(j0.iter().all(|j| j.population == 5 && j.base == p.model));
+    let again = p
+        .start()
+        .expect("starts")
+        .ask_among(&mut ChaCha8Rng::seed_from_u64(7), &m);
+    assert_eq!(again, r0, "the same seed samples the same clients");
+    // Two of three agree on a start model: their updates make the next recipe.
+    tell(
+        &mut s,
+        &r0,
+        &[
+            Some(trained(b"u0", b"s")),
+            Some(trained(b"u1", b"s")),
+            Some(trained(b"liar", b"other")),
+        ],
+    );
+    let j1 = jobs(&s.ask_among(&mut rng, &m));
+    assert_eq!(j1[0].round, 1);
+    assert_eq!(j1[0].base, BlobId::of_bytes(b"s"));
+    assert_eq!(
+        j1[0].updates,
+        vec![BlobId::of_bytes(b"u0"), BlobId::of_bytes(b"u1")]
+    );
+    // Fewer agreed updates than min_clients: the model stays.
+    let r1: Vec<JobPayload> = j1.iter().cloned().map(JobPayload::Federated).collect();
+    tell(&mut s, &r1, &[Some(trained(b"v0", b"t")), None, None]);
+    let j2 = jobs(&s.ask_among(&mut rng, &m));
+    assert_eq!(j2[0].base, BlobId::of_bytes(b"s"));
+    let r2: Vec<JobPayload> = j2.iter().cloned().map(JobPayload::Federated).collect();
+    tell(&mut s, &r2, &[None, None, None]);
+    let last = s.ask_among(&mut rng, &m);
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].pinned(), None, "anyone evaluates the final model");
+}
+
+/// A budget on example-level ε: clients that took part too often are no longer sampled, and a
+/// round with none left is not started (the campaign goes to its evaluation).
+#[test]
+fn a_client_over_its_budget_is_not_sampled_and_an_empty_round_is_not_started() {
+    let mut p = params();
+    p.rounds = 10;
+    p.clients_per_round = 2;
+    p.min_clients = 1;
+    let one = p.example_round().expect("example privacy");
+    let eps = |rounds: u64| {
+        epsilon(
+            &Mechanism {
+                steps: one.steps * rounds,
+                ..one
+            }
+            .rdp(),
+            p.delta,
+        )
+        .0
+    };
+    // A budget for exactly two rounds per client.
+    p.epsilon_budget = Some((eps(2) + eps(3)) / 2.0);
+    let m = members(3);
+    let mut s = p.start().expect("starts");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut taken: BTreeMap<PeerKey, u32> = BTreeMap::new();
+    let mut rounds = 0;
+    loop {
+        let payloads = s.ask_among(&mut rng, &m);
+        let js = jobs(&payloads);
+        if js[0].client.is_none() {
+            break;
+        }
+        rounds += 1;
+        for j in &js {
+            *taken.entry(j.client.expect("pinned")).or_default() += 1;
+        }
+        let none: Vec<Option<Outcome>> = vec![None; payloads.len()];
+        tell(&mut s, &payloads, &none);
+    }
+    assert!(taken.values().all(|n| *n <= 2), "{taken:?}");
+    assert_eq!(
+        taken.values().sum::<u32>(),
+        6,
+        "three clients, two rounds each"
+    );
+    assert!(rounds < 10, "stopped early at round {rounds}");
+}
+
+/// Client-level ε for the campaign: a round that would overspend is not started; what was
+/// spent is stated per round from the jobs alone, and per client at example level.
+#[test]
+fn privacy_spent_is_stated_from_the_jobs_and_the_budget_stops_rounds() {
+    let mut p = params();
+    p.rounds = 50;
+    p.clients_per_round = 2;
+    p.min_clients = 1;
+    // q = 2/4, σ = 3: about 0.88 after one round, 1.85 after five, 3.7 after twenty.
+    p.client_privacy = Some(ClientPrivacy {
+        clip: 1.0,
+        noise_multiplier: 3.0,
+    });
+    p.epsilon_budget = Some(3.0);
+    let m = members(4);
+    let mut s = p.start().expect("starts");
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut rounds: Vec<Vec<FedJob>> = Vec::new();
+    loop {
+        let payloads = s.ask_among(&mut rng, &m);
+        let js = jobs(&payloads);
+        if js[0].client.is_none() {
+            break;
+        }
+        rounds.push(js);
+        let none: Vec<Option<Outcome>> = vec![None; payloads.len()];
+        tell(&mut s, &payloads, &none);
+    }
+    let refs: Vec<Vec<&FedJob>> = rounds.iter().map(|r| r.iter().collect()).collect();
+    let spent = privacy_spent(&p, &refs);
+    assert_eq!(spent.campaign.len(), rounds.len());
+    assert!(spent.campaign.windows(2).all(|w| w[0] < w[1]), "ε grows");
+    let last = *spent.campaign.last().expect("rounds ran");
+    assert!(last <= 3.0, "{last}");
+    assert!(rounds.len() > 5 && rounds.len() < 20, "{} rounds", rounds.len());
+    // One more round would have gone over.
+    let mut a = Accountant::new();
+    let q = p.client_round(2, 4).expect("client privacy");
+    a.add(&Mechanism {
+        steps: rounds.len() as u64 + 1,
+        ..q
+    });
+    assert!(a.epsilon(p.delta) > 3.0);
+    // Per client, example level: rounds taken part in, and their ε.
+    let total: u32 = spent.clients.values().map(|(n, _)| n).sum();
+    assert_eq!(total as usize, 2 * rounds.len());
+    assert!(spent.clients.values().all(|(_, e)| *e > 0.0));
+}
+
+#[test]
+fn parameters_are_checked_with_the_field_named() {
+    use crate::kinds::KindRules;
+    assert!(params().validate().is_ok());
+    let bad = |f: &dyn Fn(&mut FederatedParams), name: &str| {
+        let mut p = params();
+        f(&mut p);
+        let e = p.validate().expect_err(name);
+        assert!(e.to_string().contains(name), "{name}: {e}");
+    };
+    bad(&|p| p.private_data = "Clinic Notes".into(), "private_data");
+    bad(&|p| p.private_data = String::new(), "private_data");
+    bad(&|p| p.clients_per_round = 0, "clients_per_round");
+    bad(&|p| p.min_clients = 4, "min_clients");
+    bad(&|p| p.local_steps = 0, "local_steps");
+    bad(&|p| p.delta = 0.0, "delta");
+    bad(&|p| p.epsilon_budget = Some(-1.0), "epsilon_budget");
+    bad(
+        &|p| {
+            p.example_privacy = Some(ExamplePrivacy {
+                clip: 0.0,
+                noise_multiplier: 1.0,
+                sample_rate: 0.1,
+            })
+        },
+        "example_privacy.clip",
+    );
+    bad(
+        &|p| p.aggregate = Aggregate::TrimmedMean { trim: 1 },
+        "trim",
+    );
+}
