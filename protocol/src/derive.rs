@@ -225,7 +225,7 @@ impl DerivationCache {
         seed: &[u8; 32],
         members: &[PeerKey],
         weight_of: impl Fn(&PeerKey) -> u64,
-        jobs: &[(JobId, u32)],
+        jobs: &[RankedJob],
         bound: usize,
         me: &PeerKey,
     ) -> Vec<(usize, u32, JobId)> {
@@ -243,7 +243,7 @@ impl DerivationCache {
         seed: &[u8; 32],
         members: &[PeerKey],
         weight_of: impl Fn(&PeerKey) -> u64,
-        jobs: &[(JobId, u32)],
+        jobs: &[RankedJob],
         bound: usize,
         r: usize,
     ) -> Arc<Plan> {
@@ -267,7 +267,7 @@ impl DerivationCache {
         seed: &[u8; 32],
         members: &[PeerKey],
         weight_of: impl Fn(&PeerKey) -> u64,
-        jobs: &[(JobId, u32)],
+        jobs: &[RankedJob],
         bound: usize,
     ) -> ([u8; 32], Arc<RankTable>) {
         let weights: Vec<u64> = members.iter().map(&weight_of).collect();
@@ -279,7 +279,7 @@ impl DerivationCache {
                 h.update(p.as_bytes());
                 h.update(&w.to_le_bytes());
             }
-            for (j, i) in jobs {
+            for (j, i, _) in jobs {
                 h.update(j.as_bytes());
                 h.update(&i.to_le_bytes());
             }
@@ -315,17 +315,34 @@ impl DerivationCache {
 }
 
 /// Each member's `(position, index, job)` for the `jobs` where it ranks below `bound` among
+/// A job as ranking sees it: its id, its index, and the member it is pinned to, if any
+/// ([`crate::kinds::JobPayload::pinned`]).
+pub type RankedJob = (JobId, u32, Option<PeerKey>);
+
+/// The ranking inputs of `jobs` (by id).
+pub fn ranked_jobs<'a>(jobs: impl IntoIterator<Item = (&'a JobId, &'a JobSpec)>) -> Vec<RankedJob> {
+    jobs.into_iter()
+        .map(|(id, s)| (*id, s.index, s.payload.pinned().copied()))
+        .collect()
+}
+
 /// `members` weighted by `weight_of`, sorted.
 pub fn rank_table(
     seed: &[u8; 32],
     members: &[PeerKey],
     weight_of: impl Fn(&PeerKey) -> u64,
-    jobs: &[(JobId, u32)],
+    jobs: &[RankedJob],
     bound: usize,
 ) -> RankTable {
     let mut t = RankTable::new();
-    for (job, index) in jobs {
-        let ranked = crate::assign::rank(job, seed, members, &weight_of);
+    for (job, index, pinned) in jobs {
+        // A pinned job ranks its one executor first and no one else (if it is a member).
+        let ranked = match pinned {
+            Some(p) => members
+                .binary_search(p)
+                .map_or_else(|_| Vec::new(), |_| vec![*p]),
+            None => crate::assign::rank(job, seed, members, &weight_of),
+        };
         for (pos, p) in ranked.into_iter().take(bound).enumerate() {
             t.entry(p).or_default().push((pos, *index, *job));
         }
@@ -545,8 +562,8 @@ mod tests {
             .collect();
         members.sort();
         let weight = |p: &PeerKey| 1 + u64::from(p.as_bytes()[0] % 5);
-        let jobs: Vec<(JobId, u32)> = (0u32..45)
-            .map(|i| (JobId(*blake3::hash(&i.to_le_bytes()).as_bytes()), i))
+        let jobs: Vec<RankedJob> = (0u32..45)
+            .map(|i| (JobId(*blake3::hash(&i.to_le_bytes()).as_bytes()), i, None))
             .collect();
         let seed = [9; 32];
         let cache = DerivationCache::default();
@@ -555,7 +572,7 @@ mod tests {
             for me in &members {
                 let mut direct: Vec<(usize, u32, JobId)> = jobs
                     .iter()
-                    .filter_map(|(j, i)| {
+                    .filter_map(|(j, i, _)| {
                         crate::assign::position_below(j, &seed, &members, weight, me, bound)
                             .map(|pos| (pos, *i, *j))
                     })
@@ -582,7 +599,7 @@ mod tests {
         let flat = cache.jobs_ranked_below(&seed, &members, |_| 1, &jobs, 5, &members[0]);
         let flat_direct = jobs
             .iter()
-            .filter(|(j, _)| {
+            .filter(|(j, _, _)| {
                 crate::assign::position_below(j, &seed, &members, |_| 1, &members[0], 5).is_some()
             })
             .count();

@@ -100,6 +100,9 @@ pub enum IgnoreReason {
     /// Evidence on a job of a closed generation whose evidence was retired
     /// ([`Ledger::retire`]): the closure has the final word on it.
     Retired,
+    /// A statement on a job pinned to another executor ([`crate::kinds::JobPayload::pinned`]): only that
+    /// executor's claims and results count, and pinned jobs are not audited.
+    NotTheExecutor,
 }
 
 /// How much later than the kept one a peer's heartbeat must be issued to replace it (unless it
@@ -338,6 +341,17 @@ struct Counted {
 struct Registered {
     generation: u32,
     compute: u64,
+    /// The one executor whose results count ([`crate::kinds::JobPayload::pinned`]).
+    pinned: Option<PeerKey>,
+}
+
+/// How a job settles: the quorum, the campaign's tolerance, and the one executor whose
+/// results count when the kind pins the job (its quorum is then 1).
+#[derive(Debug, Clone, Copy)]
+struct SettleRule {
+    q: usize,
+    tol: Tolerance,
+    pinned: Option<PeerKey>,
 }
 
 /// The evidence held on one job. Created on the first message about the job, not when the job
@@ -586,6 +600,7 @@ impl Ledger {
                 return Status::Registered(Registered {
                     generation: spec.generation,
                     compute: spec.compute,
+                    pinned: spec.payload.pinned().copied(),
                 });
             }
         }
@@ -612,6 +627,7 @@ impl Ledger {
             Registered {
                 generation: spec.generation,
                 compute: spec.compute,
+                pinned: spec.payload.pinned().copied(),
             },
         );
         self.registered_now(id, now);
@@ -678,15 +694,19 @@ impl Ledger {
             self.reject_wrong_campaign(id, s.message().campaign());
             return None;
         }
+        let signer = s.signer();
         let registered = match self.status(&job) {
             Status::Retired => {
                 self.ignore(id, IgnoreReason::Retired);
                 return None;
             }
+            Status::Registered(r) if r.pinned.is_some_and(|p| p != signer) => {
+                self.ignore(id, IgnoreReason::NotTheExecutor);
+                return None;
+            }
             Status::Registered(_) => true,
             Status::Unknown => false,
         };
-        let signer = s.signer();
         let max_signers = self.config.max_signers_per_job;
         let over_cap = !registered
             && self.unregistered.get(&signer).copied().unwrap_or(0)
@@ -758,7 +778,7 @@ impl Ledger {
     fn on_statement<T: Statement>(&mut self, s: Signed<T>, now: Timestamp) {
         let job = s.message().job();
         let (id, signer) = (s.id(), s.signer());
-        let (q, tol) = (usize::from(self.spec.quorum), self.spec.tolerance);
+        let rule = self.rule(&job);
         let Some(mut a) = self.admit(&s, job) else {
             return;
         };
@@ -782,7 +802,7 @@ impl Ledger {
                     mark_equivocator(a.entry, a.outputs, job, signer, T::OFFENCE, messages);
                 }
                 if refresh(a.entry, a.outputs, job, signer) && a.registered {
-                    resettle(a.entry, a.outputs, job, now, q, &tol);
+                    resettle(a.entry, a.outputs, job, now, &rule);
                 }
                 return;
             }
@@ -791,13 +811,31 @@ impl Ledger {
     }
 
     /// [`resettle`] of a registered job this ledger holds evidence on.
+    /// How `job` settles (an unregistered job as the campaign says; it does not settle
+    /// before it is registered anyway).
+    fn rule(&self, job: &JobId) -> SettleRule {
+        let pinned = match self.status(job) {
+            Status::Registered(r) => r.pinned,
+            _ => None,
+        };
+        SettleRule {
+            q: if pinned.is_some() {
+                1
+            } else {
+                usize::from(self.spec.quorum)
+            },
+            tol: self.spec.tolerance,
+            pinned,
+        }
+    }
+
     fn resettle(&mut self, job: JobId, now: Timestamp) {
-        let (q, tol) = (usize::from(self.spec.quorum), self.spec.tolerance);
+        let rule = self.rule(&job);
         if !self.is_registered(&job) {
             return;
         }
         if let Some(entry) = self.jobs.get_mut(&job) {
-            resettle(entry, &mut self.outputs, job, now, q, &tol);
+            resettle(entry, &mut self.outputs, job, now, &rule);
         }
     }
 
@@ -1096,15 +1134,18 @@ fn resettle(
     outputs: &mut VecDeque<Output>,
     job: JobId,
     now: Timestamp,
-    q: usize,
-    tol: &Tolerance,
+    rule: &SettleRule,
 ) {
+    let tol = &rule.tol;
+    // A pinned job's results count from its executor only (anyone else's, e.g. kept from
+    // before the job was registered, are evidence of nothing).
     let evidence: Vec<(PeerKey, [u8; 32], &Outcome)> = entry
         .counted
         .iter()
+        .filter(|(p, _)| rule.pinned.is_none_or(|x| x == **p))
         .map(|(p, c)| (*p, c.digest, &c.outcome))
         .collect();
-    let new = settle_digested(evidence, q, tol);
+    let new = settle_digested(evidence, rule.q, tol);
     if new != entry.settlement {
         match &new {
             Some(s) => outputs.push_back(Output::Settled {

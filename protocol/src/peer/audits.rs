@@ -59,7 +59,9 @@ impl Audits {
             };
             let flagged = settlement.agreeing.iter().any(|p| rep.has_failed(p));
             let rate_ppm = audit::rate(s.spec.audit_rate_ppm, flagged);
-            let Some(spec) = s.jobs.get(job) else {
+            // A pinned job (a federated client's round) can be run by its executor only: no
+            // jury could repeat it, so it is never drawn.
+            let Some(spec) = s.jobs.get(job).filter(|j| j.payload.pinned().is_none()) else {
                 continue;
             };
             let drawn = audit::sampled(s.seed, job, rate_ppm);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::assign::position_below;
-use crate::derive::rank_table;
+use crate::derive::{rank_table, ranked_jobs};
 use crate::envelope::AnySigned;
 use crate::id::{JobId, context, hash_canonical};
 use crate::ledger::Ledger;
@@ -58,8 +58,7 @@ impl Execution {
     fn ready_to_reveal(
         &mut self,
         ledger: &Ledger,
-        r: usize,
-        q: usize,
+        r_q: impl Fn(&JobId) -> (usize, usize),
         past_due: impl Fn(&JobId) -> bool,
     ) -> Vec<JobId> {
         if !std::mem::take(&mut self.reveal_check) {
@@ -70,6 +69,7 @@ impl Execution {
             .filter(|(j, o)| {
                 !o.revealed && {
                     let c = ledger.commitment_count(j);
+                    let (r, q) = r_q(j);
                     c >= r || (c >= q && past_due(j))
                 }
             })
@@ -128,15 +128,22 @@ impl Peer {
     /// Phase 1 of a step: reveals the own results that are ready: every assigned executor
     /// committed, or a quorum did and the job is past due (`elapsed` into the generation).
     pub(super) fn reveal_ready(&mut self, now: Timestamp, elapsed: u64, out: &mut Vec<PeerOutput>) {
-        let q = usize::from(self.spec.quorum);
-        let r = usize::from(self.spec.redundancy);
+        let (q, r) = (
+            usize::from(self.spec.quorum),
+            usize::from(self.spec.redundancy),
+        );
         let cur = &self.chain.cur;
+        // A pinned job has one executor: its own commitment is all there will be.
+        let r_q = |j: &JobId| match cur.jobs.get(j).and_then(|s| s.payload.pinned()) {
+            Some(_) => (1, 1),
+            None => (r, q),
+        };
         // With nothing left to start here, waiting for slower executors only delays the
         // closure: a quorum's commitments suffice.
         let starved = self.board.starved;
         let past_due =
             |j: &JobId| starved || elapsed >= cur.deadline().saturating_mul(cur.plan.due(j));
-        let to_reveal = self.exec.ready_to_reveal(&self.ledger, r, q, past_due);
+        let to_reveal = self.exec.ready_to_reveal(&self.ledger, r_q, past_due);
         for job in to_reveal {
             let witnessed = self.ledger.punctual_committers(&job, &self.me);
             let campaign = self.campaign();
@@ -168,7 +175,7 @@ impl Peer {
                 self.exec.my_jobs = Some(Vec::new());
                 return;
             }
-            let jobs: Vec<(JobId, u32)> = cur.jobs.iter().map(|(id, s)| (*id, s.index)).collect();
+            let jobs = ranked_jobs(cur.jobs.iter());
             self.exec.my_jobs =
                 Some(cache.jobs_ranked_below(&cur.seed, &cur.members, &w, &jobs, bound, me));
             return;
@@ -178,7 +185,10 @@ impl Peer {
                 .jobs
                 .iter()
                 .filter_map(|(id, spec)| {
-                    let pos = position_below(id, &cur.seed, &cur.members, &w, me, bound)?;
+                    let pos = match spec.payload.pinned() {
+                        Some(p) => (p == me).then_some(0)?,
+                        None => position_below(id, &cur.seed, &cur.members, &w, me, bound)?,
+                    };
                     Some((pos, spec.index, *id))
                 })
                 .collect();
@@ -195,7 +205,7 @@ impl Peer {
         let plan = {
             let w = self.reputation.weights();
             let cur = &self.chain.cur;
-            let jobs: Vec<(JobId, u32)> = cur.jobs.iter().map(|(id, s)| (*id, s.index)).collect();
+            let jobs = ranked_jobs(cur.jobs.iter());
             match &self.chain.derive_cache {
                 Some(cache) => cache.plan(&cur.seed, &cur.members, &w, &jobs, bound, r),
                 None => {

@@ -422,9 +422,12 @@ impl Peer {
         let w = self.reputation.weights();
         let cur = &self.chain.cur;
         cur.jobs
-            .keys()
-            .map(|id| {
-                let mut top = rank(id, &cur.seed, &cur.members, &w);
+            .iter()
+            .map(|(id, spec)| {
+                let mut top = match spec.payload.pinned() {
+                    Some(p) => vec![*p],
+                    None => rank(id, &cur.seed, &cur.members, &w),
+                };
                 top.truncate(bound);
                 (*id, top)
             })

@@ -168,6 +168,15 @@ pub(super) struct PeerEnv<'a> {
 }
 
 impl PeerEnv<'_> {
+    /// The quorum of `job` and the one executor whose results count, if the kind pins it
+    /// (then the quorum is 1).
+    fn job_rule(&self, job: &JobId) -> (usize, Option<PeerKey>) {
+        match self.cur.jobs.get(job).and_then(|s| s.payload.pinned()) {
+            Some(p) => (1, Some(*p)),
+            None => (usize::from(self.spec.quorum), None),
+        }
+    }
+
     /// The closure entry for `job` from the executors' results listed in `only`, or, without
     /// a list, the one this peer would propose: from the results whose commitment arrived
     /// before any reveal (no copies) if those reach a quorum, else from all results.
@@ -187,8 +196,10 @@ impl PeerEnv<'_> {
         punctual: bool,
     ) -> Option<Entry> {
         let results = self.ledger.executor_results(job);
+        let (q, pinned) = self.job_rule(job);
         let chosen: Vec<_> = results
             .iter()
+            .filter(|r| pinned.is_none_or(|p| p == r.peer))
             .filter(|r| match only {
                 Some(set) => set.contains(&r.peer),
                 None => !(punctual && r.late),
@@ -201,11 +212,7 @@ impl PeerEnv<'_> {
             .iter()
             .map(|r| (r.peer, r.digest, r.outcome))
             .collect();
-        let settlement = settle_digested(
-            evidence,
-            usize::from(self.spec.quorum),
-            &self.spec.tolerance,
-        )?;
+        let settlement = settle_digested(evidence, q, &self.spec.tolerance)?;
         let agreeing: Vec<_> = chosen
             .iter()
             .filter(|r| settlement.agreeing.binary_search(&r.peer).is_ok())
@@ -441,7 +448,7 @@ impl PeerEnv<'_> {
 impl PeerEnv<'_> {
     /// Why `job`, without a quorum at the deadline, goes void as this peer's evidence shows.
     fn void_reason(&self, job: &JobId) -> VoidReason {
-        let q = usize::from(self.spec.quorum);
+        let (q, _) = self.job_rule(job);
         if self.ledger.claim_count(job) == 0 && self.ledger.commitment_count(job) == 0 {
             VoidReason::NoClaim
         } else if self.ledger.executor_results(job).len() >= q {

@@ -2,5 +2,6 @@
 
 mod common;
 mod envelope;
+mod federated;
 mod ledger;
 mod props;

@@ -201,7 +201,11 @@ fn privacy_spent_is_stated_from_the_jobs_and_the_budget_stops_rounds() {
     assert!(spent.campaign.windows(2).all(|w| w[0] < w[1]), "ε grows");
     let last = *spent.campaign.last().expect("rounds ran");
     assert!(last <= 3.0, "{last}");
-    assert!(rounds.len() > 5 && rounds.len() < 20, "{} rounds", rounds.len());
+    assert!(
+        rounds.len() > 5 && rounds.len() < 20,
+        "{} rounds",
+        rounds.len()
+    );
     // One more round would have gone over.
     let mut a = Accountant::new();
     let q = p.client_round(2, 4).expect("client privacy");
