@@ -448,8 +448,10 @@ impl Derivation {
             None => {
                 let payloads: Vec<JobPayload> =
                     self.jobs.iter().map(|j| j.payload.clone()).collect();
+                // A void job runs once more in a repair generation, unless it is pinned: its
+                // one executor did not deliver, and asking it again would only wait again.
                 let reruns: Vec<usize> = (0..outcomes.len())
-                    .filter(|i| outcomes[*i].is_none())
+                    .filter(|i| outcomes[*i].is_none() && payloads[*i].pinned().is_none())
                     .collect();
                 if !reruns.is_empty() {
                     let again: Vec<JobPayload> =

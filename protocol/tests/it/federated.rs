@@ -116,11 +116,9 @@ fn outcome_for(job: &JobSpec) -> JobResult {
     }
 }
 
-/// Four peers run a federated campaign to its end: each round's jobs are pinned to distinct
-/// clients sampled among the members, run by those clients only and settled by their one
-/// result; the final evaluation is run by two; every peer holds the same closures.
-#[test]
-fn a_swarm_runs_a_federated_campaign_with_each_client_job_run_by_its_client_only() {
+/// Runs a federated campaign on four peers; peer `silent` (if any) never finishes a job.
+/// Returns what each peer ran and the closures' roots (the same at every peer).
+fn run_swarm(silent: Option<usize>) -> (Vec<(PeerKey, JobSpec)>, BTreeMap<u32, [u8; 32]>) {
     let keys: Vec<Keypair> = (1..=4).map(key).collect();
     let mut roster: Vec<PeerKey> = keys.iter().map(Keypair::public).collect();
     roster.sort();
@@ -160,6 +158,9 @@ fn a_swarm_runs_a_federated_campaign_with_each_client_job_run_by_its_client_only
                 }
                 PeerOutput::Execute(job) => {
                     ran.push((keys[i].public(), job.clone()));
+                    if silent == Some(i) {
+                        continue;
+                    }
                     inbox.push_back((
                         i,
                         PeerInput::JobDone {
@@ -181,9 +182,18 @@ fn a_swarm_runs_a_federated_campaign_with_each_client_job_run_by_its_client_only
     }
     assert_eq!(finished.len(), 4, "every peer finished");
     assert!(roots.iter().all(|r| *r == roots[0]), "the same closures");
+    (ran, roots.swap_remove(0))
+}
+
+/// Four peers run a federated campaign to its end: each round's jobs are pinned to distinct
+/// clients sampled among the members, run by those clients only and settled by their one
+/// result; the final evaluation is run by two; every peer holds the same closures.
+#[test]
+fn a_swarm_runs_a_federated_campaign_with_each_client_job_run_by_its_client_only() {
+    let (ran, roots) = run_swarm(None);
     // Three rounds, the evaluation, and the epilogue that judges the evaluation's audit (every
     // settled job is drawn at this audit rate, but pinned jobs never are).
-    assert_eq!(roots[0].len(), 5, "{:?}", roots[0].keys());
+    assert_eq!(roots.len(), 5, "{:?}", roots.keys());
     // Client jobs: run by their client only; two distinct clients a round.
     let mut by_round: BTreeMap<u32, BTreeSet<PeerKey>> = BTreeMap::new();
     let mut finals = 0;
@@ -211,4 +221,33 @@ fn a_swarm_runs_a_federated_campaign_with_each_client_job_run_by_its_client_only
         .filter(|(_, j)| j.payload.pinned().is_some())
         .count();
     assert_eq!(client_runs, 6);
+}
+
+/// A client that never delivers voids its own job only: the round goes on with the others,
+/// the void pinned job is not repaired (asking the same client again would only wait again),
+/// and the campaign finishes.
+#[test]
+fn a_silent_client_voids_its_job_and_no_repair_waits_for_it() {
+    let silent = 3;
+    let (ran, roots) = run_swarm(Some(silent));
+    let silent_key = key(silent as u64 + 1).public();
+    let mut its_jobs = 0;
+    for (_, job) in &ran {
+        let JobPayload::Federated(f) = &job.payload else {
+            panic!("a federated job")
+        };
+        if f.client.is_some() {
+            assert_eq!(
+                job.generation, f.round,
+                "round {} was not repaired",
+                f.round
+            );
+        }
+        its_jobs += usize::from(f.client == Some(silent_key));
+    }
+    assert!(
+        its_jobs > 0,
+        "the silent client was sampled (else the test shows nothing)"
+    );
+    assert!(roots.len() >= 4, "{:?}", roots.keys());
 }
