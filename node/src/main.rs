@@ -209,6 +209,14 @@ struct RunArgs {
     /// deleted): the store is kept and recorded under the new key, and peers see a new node.
     #[arg(long)]
     new_identity: bool,
+    /// Offer a private dataset to federated campaigns as NAME=PATH (any format `hivemesh
+    /// dataset add` reads, guessed from the file name; CSV labels in the last column); repeat
+    /// for several. The data is read at start (a file that does not load stops the node, with
+    /// the reason), trained on by this node's jobs only, and never sent: only updates leave,
+    /// private as the campaign's privacy settings make them. This node joins a federated
+    /// campaign only if it offers the campaign's `private_data` name.
+    #[arg(long = "private-data", value_name = "NAME=PATH")]
+    private_data: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -458,6 +466,18 @@ fn node_config(
             .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     }
     cfg.fault = args.fault;
+    for offer in &args.private_data {
+        let Some((name, path)) = offer.split_once('=') else {
+            bail!("--private-data {offer}: give NAME=PATH (e.g. clinic=./records.csv)");
+        };
+        if cfg
+            .private_data
+            .insert(name.to_string(), PathBuf::from(path))
+            .is_some()
+        {
+            bail!("--private-data: {name} is given twice");
+        }
+    }
     cfg.new_identity = args.new_identity;
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "this node misbehaves on purpose (HIVEMESH_FAULT): test clusters only");

@@ -13,8 +13,9 @@ use crate::outcome::Tolerance;
 use crate::spec_error::field;
 
 pub use crate::kinds::{
-    Aggregate, CampaignKind, DistillParams, JobPayload, LossParams, MAX_JOBS_PER_GENERATION,
-    NasParams, NasSpace, OuterStep, Search, Strategy, TrainJob, TrainParams, UpdateEncoding,
+    Aggregate, CampaignKind, ClientPrivacy, DistillParams, ExamplePrivacy, FedJob, FederatedParams,
+    JobPayload, LossParams, MAX_JOBS_PER_GENERATION, NasParams, NasSpace, OuterStep, Search,
+    Strategy, TrainJob, TrainParams, UpdateEncoding,
 };
 pub use crate::spec_error::SpecError;
 use crate::time::Timestamp;

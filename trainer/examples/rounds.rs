@@ -109,6 +109,7 @@ fn train_segment(
         evaluate_on: &[],
         budget: &budget(a),
         seed: u64::from(r * a.segments + s),
+        private: None,
     };
     let limits = Limits::default();
     Ok(run_segment::<CpuAutodiff>(&job, &limits, &Default::default(), &mut |_| {})?.trained)

@@ -27,7 +27,7 @@ use crate::model::Model;
 use crate::ops::TrainBackend;
 use crate::rounds::Update;
 use crate::train::{
-    Budget, FitStats, Progress, Stop, WithOptimizer, cross_entropy, input_batch, one_hot, sub_seed,
+    Budget, FitStats, Progress, Stop, WithOptimizer, cross_entropy, input_batch, one_hot,
     with_optimizer,
 };
 
@@ -42,6 +42,9 @@ pub struct DpSgd {
     pub sample_rate: f64,
     /// Steps.
     pub steps: u64,
+    /// The seed of the sampling and the noise. It must be secret: whoever knows it can
+    /// redraw the noise and subtract it (a node derives it from its own key and the job).
+    pub secret: [u8; 32],
 }
 
 impl DpSgd {
@@ -224,6 +227,15 @@ fn param_sizes<B: TrainBackend>(model: &Model<B>) -> Vec<usize> {
     s.0
 }
 
+/// A generator seed for `purpose` from a secret seed.
+pub fn secret_seed(secret: &[u8; 32], purpose: &str) -> [u8; 32] {
+    *blake3::Hasher::new_derive_key("hivemesh 2026-12 private training seed")
+        .update(secret)
+        .update(purpose.as_bytes())
+        .finalize()
+        .as_bytes()
+}
+
 /// What a private training run needs besides the model.
 #[derive(Debug, Clone, Copy)]
 pub struct PrivatePlan<'a> {
@@ -235,8 +247,6 @@ pub struct PrivatePlan<'a> {
     pub dp: &'a DpSgd,
     /// The optimiser, learning rate and schedule (its epochs and step cap are not used).
     pub budget: &'a Budget,
-    /// Seed of the sampling and the noise.
-    pub seed: u64,
     /// When to stop early.
     pub stop: &'a Stop,
 }
@@ -284,8 +294,8 @@ fn private_loop<B: TrainBackend, O: Optimizer<Model<B>, B>>(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(Model<B>, FitStats), TrainError> {
     let dp = plan.dp;
-    let mut sampling = ChaCha8Rng::from_seed(sub_seed(plan.seed, "dp-sample"));
-    let mut noise = ChaCha8Rng::from_seed(sub_seed(plan.seed, "dp-noise"));
+    let mut sampling = ChaCha8Rng::from_seed(secret_seed(&dp.secret, "dp-sample"));
+    let mut noise = ChaCha8Rng::from_seed(secret_seed(&dp.secret, "dp-noise"));
     let expected = dp.sample_rate * plan.train.len() as f64;
     // Poisson sampling: a record is in when a uniform 53-bit draw falls below q.
     let threshold = (dp.sample_rate * (1u64 << 53) as f64) as u64;

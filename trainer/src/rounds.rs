@@ -18,6 +18,7 @@ use crate::data::{Dataset, shuffle};
 use crate::error::TrainError;
 use crate::model::{Model, SavedTensor, WeightsFile};
 use crate::ops::{ModelBackend, TrainBackend};
+use crate::private::{DpSgd, PrivatePlan, check_private, fit_private};
 use crate::train::{
     Budget, FitPlan, FitStats, Limits, Progress, check_fit, cross_entropy, evaluate, fit, one_hot,
     sub_seed,
@@ -832,8 +833,10 @@ pub struct SegmentJob<'a> {
     pub evaluate_on: &'a [u32],
     /// The inner optimiser, batch size and learning rate; `max_steps` is the inner steps.
     pub budget: &'a Budget,
-    /// The job's seed (batch order).
+    /// The job's seed (batch order; DP-SGD's sampling and noise).
     pub seed: u64,
+    /// Train by DP-SGD with these settings (its steps replace the budget's), or not.
+    pub private: Option<&'a DpSgd>,
 }
 
 /// A segment trained.
@@ -856,6 +859,10 @@ impl SegmentJob<'_> {
         self.budget.validate()?;
         let arch = &self.start.arch;
         check_fit(arch, self.data, self.budget.batch_size as usize, limits)?;
+        if let Some(dp) = self.private {
+            dp.validate()?;
+            check_private(arch)?;
+        }
         if let Some(budget) = limits.flops_budget {
             let forward = arch.flops().map_err(|e| TrainError::Arch(e.to_string()))?;
             let steps = self.budget.total_steps(self.samples.len());
@@ -894,7 +901,19 @@ pub fn run_segment<B: TrainBackend>(
         order_seed: sub_seed(job.seed, "order"),
         stop: &limits.stop,
     };
-    let (model, fit) = fit(model, &plan, device, &mut loss, progress)?;
+    let (model, fit) = match job.private {
+        Some(dp) => {
+            let plan = PrivatePlan {
+                data: job.data,
+                train: job.samples,
+                dp,
+                budget: job.budget,
+                stop: &limits.stop,
+            };
+            fit_private(model, &plan, device, progress)?
+        }
+        None => fit(model, &plan, device, &mut loss, progress)?,
+    };
     Ok(SegmentResult {
         correct,
         total,

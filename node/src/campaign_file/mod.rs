@@ -11,7 +11,7 @@
 //! roster = []                    # genesis voters (public keys); empty: the submitting node
 //                                # and the peers it is connected to
 //!
-//! [nas]                          # or [loss] / [distill] / [train]
+//! [nas]                          # or [loss] / [distill] / [train] / [federated]
 //! max_layers = 2
 //! widths = [16, 32, 64]
 //! population = 8
@@ -33,12 +33,14 @@ use crate::executor::CODE_VERSION;
 
 pub mod dataset;
 pub mod distill;
+pub mod federated;
 pub mod loss;
 pub mod nas;
 pub mod train;
 
 pub use self::dataset::{DataFile, DatasetSource, resolve_dataset};
 pub use self::distill::DistillFile;
+pub use self::federated::FederatedFile;
 pub use self::loss::{LossFile, zoo_model, zoo_model_for};
 pub use self::nas::NasFile;
 pub use self::train::TrainFile;
@@ -50,7 +52,7 @@ pub enum CampaignFileError {
     #[error("campaign file: {0}")]
     Toml(#[from] toml::de::Error),
     /// The file names no search, or more than one.
-    #[error("campaign file: give exactly one of [nas], [loss], [distill] or [train]")]
+    #[error("campaign file: give exactly one of [nas], [loss], [distill], [train] or [federated]")]
     Search,
     /// A value is out of range.
     #[error("campaign file: {field}: {reason}")]
@@ -120,6 +122,8 @@ pub struct CampaignFile {
     pub distill: Option<DistillFile>,
     /// One model trained together in rounds.
     pub train: Option<TrainFile>,
+    /// One model trained on private data (ADR 0010).
+    pub federated: Option<FederatedFile>,
 }
 
 fn default_dataset() -> String {
@@ -257,8 +261,12 @@ pub const SEARCH_SECTIONS: [&str; 2] = [nas::SECTION, loss::SECTION];
 
 /// The campaign-file fields that name a blob, as (table, key): each holds a blob id, or a
 /// reference resolved at submit time (`zoo:NAME` for a reference model, `file:PATH`).
-pub const BLOB_FIELDS: [(&str, &str); 3] =
-    [loss::BLOB_FIELD, distill::BLOB_FIELD, train::BLOB_FIELD];
+pub const BLOB_FIELDS: [(&str, &str); 4] = [
+    loss::BLOB_FIELD,
+    distill::BLOB_FIELD,
+    train::BLOB_FIELD,
+    federated::BLOB_FIELD,
+];
 
 impl CampaignFile {
     /// The blob-naming fields present in this file ([`BLOB_FIELDS`]), as (`table.key`, value).
@@ -272,6 +280,9 @@ impl CampaignFile {
         }
         if let Some(t) = self.train.as_mut() {
             out.push(("train.model", &mut t.model));
+        }
+        if let Some(f) = self.federated.as_mut() {
+            out.push(("federated.model", &mut f.model));
         }
         debug_assert!(out.len() <= BLOB_FIELDS.len());
         out
@@ -290,12 +301,28 @@ impl CampaignFile {
         now: Timestamp,
         dataset: DatasetRef,
     ) -> Result<CampaignSpec, CampaignFileError> {
-        let search = match (&self.nas, &self.loss, &self.distill, &self.train) {
-            (Some(n), None, None, None) => n.to_search()?,
-            (None, Some(l), None, None) => l.to_search()?,
-            (None, None, Some(d), None) => d.to_search()?,
-            (None, None, None, Some(t)) => t.to_search()?,
-            _ => return Err(CampaignFileError::Search),
+        let sections = [
+            self.nas.is_some(),
+            self.loss.is_some(),
+            self.distill.is_some(),
+            self.train.is_some(),
+            self.federated.is_some(),
+        ];
+        if sections.iter().filter(|s| **s).count() != 1 {
+            return Err(CampaignFileError::Search);
+        }
+        let search = if let Some(n) = &self.nas {
+            n.to_search()?
+        } else if let Some(l) = &self.loss {
+            l.to_search()?
+        } else if let Some(d) = &self.distill {
+            d.to_search()?
+        } else if let Some(t) = &self.train {
+            t.to_search()?
+        } else if let Some(f) = &self.federated {
+            f.to_search()?
+        } else {
+            return Err(CampaignFileError::Search);
         };
         let budget = self.budget.to_budget()?;
         if !(0.0..=1.0).contains(&self.audit_rate) {

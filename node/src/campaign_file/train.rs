@@ -57,7 +57,9 @@ pub struct TrainFile {
     /// Outer momentum (Nesterov).
     #[serde(default = "default_outer_momentum")]
     pub outer_momentum: f32,
-    /// Values dropped at each end of every coordinate before averaging (0: the plain mean).
+    /// How the round's updates are combined: `mean`, `trimmed-mean` (with `trim`), `median`,
+    /// `centered-clip` (with `clip_radius`) or `multi-krum` (with `krum_byzantine`); unset:
+    /// from `trim` / `clip_radius`, else the mean.
     #[serde(default)]
     pub aggregate: Option<String>,
     /// Multi-Krum: bad updates assumed.
@@ -66,6 +68,7 @@ pub struct TrainFile {
     /// Multi-Krum: updates averaged (0: segments − krum_byzantine).
     #[serde(default)]
     pub krum_keep: u16,
+    /// Values dropped at each end of every coordinate before averaging (0: none).
     #[serde(default)]
     pub trim: u32,
     /// Above 0: CenteredClip with this radius (a multiple of the updates' median distance from
@@ -116,6 +119,68 @@ fn default_per_mille() -> u16 {
     10
 }
 
+/// The aggregate fields a `[train]` or `[federated]` table has.
+pub(super) struct AggregateFields<'a> {
+    /// `aggregate`.
+    pub name: Option<&'a str>,
+    /// `trim`.
+    pub trim: u32,
+    /// `clip_radius`.
+    pub clip_radius: f32,
+    /// `clip_iterations`.
+    pub clip_iterations: u8,
+    /// `krum_byzantine`.
+    pub krum_byzantine: u16,
+    /// `krum_keep` (0: `updates − krum_byzantine`).
+    pub krum_keep: u16,
+}
+
+/// The aggregate from a table's fields: `aggregate` by name, else from `trim` / `clip_radius`
+/// (the mean when neither is set); `updates` is how many a round combines (Multi-Krum's
+/// default `keep`); errors name `keys` (`TABLE.aggregate`, `TABLE.clip_radius`).
+pub(super) fn parse_aggregate(
+    keys: [&'static str; 2],
+    f: &AggregateFields<'_>,
+    updates: u32,
+) -> Result<Aggregate, CampaignFileError> {
+    let centered = || Aggregate::CenteredClip {
+        radius: f.clip_radius,
+        iterations: f.clip_iterations,
+    };
+    let by_name = match f.name {
+        None => None,
+        Some("mean") => Some(Aggregate::Mean),
+        Some("trimmed-mean") => Some(Aggregate::TrimmedMean { trim: f.trim }),
+        Some("median") => Some(Aggregate::Median),
+        Some("centered-clip") => Some(centered()),
+        Some("multi-krum") => Some(Aggregate::MultiKrum {
+            byzantine: f.krum_byzantine,
+            keep: match f.krum_keep {
+                0 => updates
+                    .saturating_sub(u32::from(f.krum_byzantine))
+                    .min(u32::from(u16::MAX)) as u16,
+                k => k,
+            },
+        }),
+        Some(other) => {
+            return Err(field(
+                keys[0],
+                format!(
+                    "{other:?}: use \"mean\", \"trimmed-mean\", \"median\", \
+                     \"centered-clip\" or \"multi-krum\""
+                ),
+            ));
+        }
+    };
+    match (by_name, f.trim, f.clip_radius) {
+        (Some(a), _, _) => Ok(a),
+        (None, 0, 0.0) => Ok(Aggregate::Mean),
+        (None, trim, 0.0) => Ok(Aggregate::TrimmedMean { trim }),
+        (None, 0, _) => Ok(centered()),
+        _ => Err(field(keys[1], "give trim or clip_radius, not both")),
+    }
+}
+
 /// Standard deviations of a sketch projection's difference allowed at the stated distance.
 const SKETCH_SIGMAS: f64 = 4.0;
 
@@ -138,47 +203,20 @@ impl TrainFile {
         })
     }
 
-    /// The aggregate: `aggregate` by name, else from `trim` / `clip_radius` (the mean when
-    /// neither is set).
+    /// The aggregate ([`parse_aggregate`]).
     fn aggregate(&self) -> Result<Aggregate, CampaignFileError> {
-        let centered = || Aggregate::CenteredClip {
-            radius: self.clip_radius,
-            iterations: self.clip_iterations,
-        };
-        let by_name = match self.aggregate.as_deref() {
-            None => None,
-            Some("mean") => Some(Aggregate::Mean),
-            Some("trimmed-mean") => Some(Aggregate::TrimmedMean { trim: self.trim }),
-            Some("median") => Some(Aggregate::Median),
-            Some("centered-clip") => Some(centered()),
-            Some("multi-krum") => Some(Aggregate::MultiKrum {
-                byzantine: self.krum_byzantine,
-                keep: match self.krum_keep {
-                    0 => (self.segments.saturating_sub(u32::from(self.krum_byzantine)))
-                        .min(u32::from(u16::MAX)) as u16,
-                    k => k,
-                },
-            }),
-            Some(other) => {
-                return Err(field(
-                    "train.aggregate",
-                    format!(
-                        "{other:?}: use \"mean\", \"trimmed-mean\", \"median\", \
-                         \"centered-clip\" or \"multi-krum\""
-                    ),
-                ));
-            }
-        };
-        match (by_name, self.trim, self.clip_radius) {
-            (Some(a), _, _) => Ok(a),
-            (None, 0, 0.0) => Ok(Aggregate::Mean),
-            (None, trim, 0.0) => Ok(Aggregate::TrimmedMean { trim }),
-            (None, 0, _) => Ok(centered()),
-            _ => Err(field(
-                "train.clip_radius",
-                "give trim or clip_radius, not both",
-            )),
-        }
+        parse_aggregate(
+            ["train.aggregate", "train.clip_radius"],
+            &AggregateFields {
+                name: self.aggregate.as_deref(),
+                trim: self.trim,
+                clip_radius: self.clip_radius,
+                clip_iterations: self.clip_iterations,
+                krum_byzantine: self.krum_byzantine,
+                krum_keep: self.krum_keep,
+            },
+            self.segments,
+        )
     }
 
     /// The protocol's search (the model must be a blob id by now).

@@ -12,7 +12,7 @@ use hivemesh_protocol::id::{CampaignId, MessageId};
 use hivemesh_protocol::identity::{Keypair, PeerKey};
 use hivemesh_protocol::message::Kind;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerError, PeerInput, PeerOutput};
-use hivemesh_protocol::spec::CampaignSpec;
+use hivemesh_protocol::spec::{CampaignSpec, Search};
 use libp2p::PeerId;
 use libp2p::gossipsub::{IdentTopic, TopicHash};
 
@@ -242,11 +242,22 @@ impl EventLoop {
         if self.campaigns.map.len() >= MAX_HELD_CAMPAIGNS {
             return Err(CampaignError::TooManyHeld);
         }
+        // A federated campaign's members are the nodes that offer its private data: others
+        // follow it (relay, vote when asked, evaluate nothing) with no slots.
+        let offers = match &spec.search {
+            Search::Federated(p) => self.jobs.executor.offers().any(|n| n == p.private_data),
+            _ => true,
+        };
+        let capacity = if offers {
+            self.config.slots_for(spec.backend)
+        } else {
+            0
+        };
         let peer = Peer::new(
             spec.clone(),
             self.campaigns.key.clone(),
             PeerConfig {
-                capacity: self.config.slots_for(spec.backend),
+                capacity,
                 audit: self.config.audit,
                 ..PeerConfig::default()
             },

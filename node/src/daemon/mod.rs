@@ -39,6 +39,7 @@ pub mod redial;
 pub mod status;
 pub mod sync;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,16 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// A private dataset (`--private-data NAME=PATH`) cannot be offered.
+    #[error("--private-data {name}={path}: {reason}; the node does not start without it")]
+    PrivateData {
+        /// Its name.
+        name: String,
+        /// Its file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// How to run a node.
@@ -134,6 +145,9 @@ pub struct Config {
     /// Most bytes of blobs kept (`None`: the store's default); fetched blobs no followed
     /// campaign needs are evicted to make room.
     pub blob_quota: Option<u64>,
+    /// Private datasets offered to federated campaigns, by name (`--private-data NAME=PATH`):
+    /// read here, used by this node's jobs only, never sent (ADR 0010).
+    pub private_data: BTreeMap<String, PathBuf>,
 }
 
 impl Config {
@@ -170,8 +184,59 @@ impl Config {
             new_identity: false,
             store_faults: StoreFaults::default(),
             blob_quota: None,
+            private_data: BTreeMap::new(),
         }
     }
+}
+
+/// Reads the private datasets `offers` names (any format `hivemesh dataset add` reads, guessed
+/// from the file name), refusing the first that does not load, is not labelled samples or has
+/// a bad name, with the reason.
+pub fn load_private_data(
+    offers: &BTreeMap<String, PathBuf>,
+) -> Result<BTreeMap<String, hivemesh_trainer::data::Dataset>, NodeError> {
+    use hivemesh_trainer::data::DatasetBlob;
+    use hivemesh_trainer::data::read::{ReadOptions, read_dataset};
+    let mut loaded = BTreeMap::new();
+    for (name, path) in offers {
+        let bad = |reason: String| NodeError::PrivateData {
+            name: name.clone(),
+            path: path.display().to_string(),
+            reason,
+        };
+        let valid = !name.is_empty()
+            && name.len() <= hivemesh_protocol::kinds::federated::MAX_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(bad("a name is 1 to 64 bytes of a-z, 0-9, - and _".into()));
+        }
+        match read_dataset(path, &ReadOptions::default()) {
+            Ok(r) => match r.blob {
+                DatasetBlob::Samples(d) if !d.is_empty() => {
+                    loaded.insert(name.clone(), d);
+                }
+                DatasetBlob::Samples(_) => return Err(bad("it holds no samples".into())),
+                DatasetBlob::Text(_) => {
+                    return Err(bad(
+                        "a text corpus: federated campaigns train on labelled samples".into(),
+                    ));
+                }
+            },
+            Err(e) => return Err(bad(e.to_string())),
+        }
+    }
+    Ok(loaded)
+}
+
+/// This node's secret for private randomness (DP sampling and noise), from its key: no one
+/// else can redraw its noise, and a restarted node draws the same.
+fn private_secret(key: &Keypair) -> [u8; 32] {
+    blake3::derive_key(
+        "hivemesh 2026-12 node private randomness",
+        &key.secret_bytes(),
+    )
 }
 
 /// Refuses a listen address whose fixed port another socket already holds. libp2p's TCP
@@ -324,6 +389,7 @@ pub fn start_locked(
         faults: config.store_faults.clone(),
         blob_quota: config.blob_quota,
     };
+    let private = load_private_data(&config.private_data)?;
     let store = Arc::new(Store::open_with(lock, options)?);
     store.claim_owner(&key.public(), config.new_identity)?;
     let campaigns = Campaigns::new(key.clone());
@@ -350,7 +416,7 @@ pub fn start_locked(
         listen_addrs: Vec::new(),
         campaigns,
         jobs: Jobs::new(
-            Executor::new(&config.admission),
+            Executor::new(&config.admission).with_private_data(private, private_secret(&key)),
             devices::Slots::new(config.jobs, config.devices.as_deref()),
         ),
         gossip: Gossip::default(),

@@ -34,6 +34,7 @@ use crate::admission::Admission;
 
 pub mod distill;
 pub mod estimate;
+pub mod federated;
 pub mod loss;
 pub mod nas;
 pub mod train;
@@ -94,9 +95,12 @@ pub enum ExecError {
     /// max_job_memory_mb`, `max_job_flops`).
     #[error("{0}: another peer will take it")]
     OverLimit(TrainError),
-    /// This node cannot run jobs of this kind (what is missing).
-    #[error("{0}")]
-    Unsupported(&'static str),
+    /// A federated client's round for private data this node does not offer.
+    #[error(
+        "this node offers no private data named {0:?} (start it with --private-data {0}=PATH to \
+         take part)"
+    )]
+    NoPrivateData(String),
     /// The node is shutting down (the job runs again after a restart).
     #[error("stopped at step {step}: the node is shutting down")]
     Stopped {
@@ -284,6 +288,10 @@ pub struct Executor {
     /// Values (weights and statistics) of training campaigns' models, by model blob, newest
     /// last, at most [`MODEL_SIZES`]: read once, not at every fetch a round makes.
     model_values: Mutex<Vec<(BlobId, u64)>>,
+    /// The private datasets this node offers to federated campaigns, by name.
+    private: BTreeMap<String, Arc<Loaded>>,
+    /// This node's secret for private randomness (DP sampling and noise): from its key.
+    secret: [u8; 32],
 }
 
 /// Models whose size [`Executor`] remembers.
@@ -302,7 +310,30 @@ impl Executor {
             shutdown: Arc::new(AtomicBool::new(false)),
             datasets: Mutex::new(Vec::new()),
             model_values: Mutex::new(Vec::new()),
+            private: BTreeMap::new(),
+            secret: [0; 32],
         }
+    }
+
+    /// This executor offering `private` datasets (by name) to federated campaigns, with
+    /// `secret` (kept from everyone: derive it from the node's key) seeding their private
+    /// randomness.
+    pub fn with_private_data(
+        mut self,
+        private: BTreeMap<String, Dataset>,
+        secret: [u8; 32],
+    ) -> Executor {
+        self.private = private
+            .into_iter()
+            .map(|(name, d)| (name, Arc::new(Loaded::new(d))))
+            .collect();
+        self.secret = secret;
+        self
+    }
+
+    /// The names of the private datasets offered.
+    pub fn offers(&self) -> impl Iterator<Item = &str> {
+        self.private.keys().map(String::as_str)
     }
 
     /// Stops every running job within one optimiser step (they end with
@@ -451,11 +482,13 @@ impl Executor {
                 distill::run(p, *start, *end, &mut run)?
             }
             (Search::Train(p), JobPayload::Train(t)) => train::run(p, t, spec.seed, &mut run)?,
-            (Search::Federated(_), JobPayload::Federated(_)) => {
-                return Err(ExecError::Unsupported(
-                    "federated jobs do not run on this node yet (issue 26: the protocol side is \
-                     built, the client side is not)",
-                ));
+            (Search::Federated(p), JobPayload::Federated(f)) => {
+                let client = federated::Client {
+                    private: &self.private,
+                    secret: &self.secret,
+                    job_id: *job.id().as_bytes(),
+                };
+                federated::run(p, f, spec.seed, &mut run, &client)?
             }
             _ => {
                 let detail = "the job's payload does not match the campaign's search kind".into();

@@ -58,7 +58,7 @@ fn exactly<T: for<'a> serde::Deserialize<'a>>(bytes: &[u8]) -> Option<T> {
 }
 
 /// A campaign's model blob, decoded: a weights file, or an architecture.
-enum ModelBlob {
+pub(super) enum ModelBlob {
     /// Architecture and initial weights.
     Weights(WeightsFile),
     /// An architecture; round 0 draws its weights from the campaign's seed.
@@ -67,14 +67,14 @@ enum ModelBlob {
 
 impl ModelBlob {
     /// The blob as one or the other, exactly (no bytes left over), or `None`.
-    fn decode(bytes: &[u8]) -> Option<ModelBlob> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<ModelBlob> {
         match exactly::<WeightsFile>(bytes).filter(|w| w.version == 1) {
             Some(w) => Some(ModelBlob::Weights(w)),
             None => exactly::<Architecture>(bytes).map(ModelBlob::Arch),
         }
     }
 
-    fn arch(&self) -> &Architecture {
+    pub(super) fn arch(&self) -> &Architecture {
         match self {
             ModelBlob::Weights(w) => &w.arch,
             ModelBlob::Arch(a) => a,
@@ -104,7 +104,7 @@ pub fn model_arch(bytes: &[u8]) -> Option<Architecture> {
 /// Blob `id` (`what` it is) as an update that fits `weights`: `None` when it does not decode,
 /// does not fit, or holds a value that is not finite (left out the same way on every node:
 /// they all read the same verified bytes).
-fn fitting_update(
+pub(super) fn fitting_update(
     job: &JobRun<'_>,
     id: &BlobId,
     what: &'static str,
@@ -123,16 +123,32 @@ fn fitting_update(
     }
 }
 
+/// How a round's start model is built: the campaign's model (or a base state), moved by the
+/// agreed updates through the campaign's aggregate and outer step.
+pub(super) struct Recipe<'a> {
+    /// The campaign's model blob.
+    pub model: BlobId,
+    /// The base: the campaign's model, or an agreed start state.
+    pub base: BlobId,
+    /// The agreed updates to apply, in order.
+    pub updates: &'a [BlobId],
+    /// How they are combined.
+    pub combine: Combine,
+    /// How the combined update moves the model.
+    pub outer: OuterStep,
+    /// Each update scaled to at most this L2 norm first, if any.
+    pub norm_bound: Option<f64>,
+}
+
 /// The job's start state: its base moved by the updates that fit it (an update of another
 /// layout or with a value that is not finite is left out, the same way on every node). The
 /// inner error fails the job (every executor reads the same verified bytes).
-fn start_state(
-    p: &TrainParams,
-    t: &TrainJob,
+pub(super) fn build_start(
+    r: &Recipe<'_>,
     (model, campaign_seed): (Option<ModelBlob>, u64),
     job: &JobRun<'_>,
 ) -> Result<Result<TrainState, String>, ExecError> {
-    let base = if t.base == p.model {
+    let base = if r.base == r.model {
         let Some(model) = model else {
             return Ok(Err(
                 "the campaign's model is neither an architecture nor a weights file".into(),
@@ -143,10 +159,10 @@ fn start_state(
             Err(e) => return Ok(Err(e)),
         }
     } else {
-        let bytes = fetch(job.blobs, &t.base, "round's base model")?;
+        let bytes = fetch(job.blobs, &r.base, "round's base model")?;
         match TrainState::from_bytes(&bytes) {
             Ok(s) => s,
-            Err(e) => return Ok(Err(format!("base model {}: {e}", t.base))),
+            Err(e) => return Ok(Err(format!("base model {}: {e}", r.base))),
         }
     };
     let values = base
@@ -155,14 +171,17 @@ fn start_state(
         .iter()
         .map(|t| t.data.len() as u64 / 4)
         .sum();
-    check_outer_memory(p, t, values, job.limits)?;
-    let mut gathered = Aggregator::new(combine(p));
-    for id in &t.updates {
-        if let Some(u) = fitting_update(job, id, "agreed update", &base.weights)? {
+    outer_memory_fits(r.combine, r.updates.len(), values, job.limits)?;
+    let mut gathered = Aggregator::new(r.combine);
+    for id in r.updates {
+        if let Some(mut u) = fitting_update(job, id, "agreed update", &base.weights)? {
+            if let Some(max) = r.norm_bound {
+                u.bound_norm(max);
+            }
             gathered.push(&u);
         }
     }
-    let outer = match p.outer {
+    let outer = match r.outer {
         OuterStep::Average => Outer::Average,
         OuterStep::Nesterov {
             learning_rate,
@@ -175,9 +194,27 @@ fn start_state(
     Ok(Ok(gathered.step(&base, outer)))
 }
 
+/// [`build_start`] for a `train` job.
+fn start_state(
+    p: &TrainParams,
+    t: &TrainJob,
+    model: (Option<ModelBlob>, u64),
+    job: &JobRun<'_>,
+) -> Result<Result<TrainState, String>, ExecError> {
+    let recipe = Recipe {
+        model: p.model,
+        base: t.base,
+        updates: &t.updates,
+        combine: combine(&p.aggregate),
+        outer: p.outer,
+        norm_bound: None,
+    };
+    build_start(&recipe, model, job)
+}
+
 /// The trainer's combine for the campaign's aggregate.
-fn combine(p: &TrainParams) -> Combine {
-    match p.aggregate {
+pub(super) fn combine(aggregate: &Aggregate) -> Combine {
+    match *aggregate {
         Aggregate::Mean => Combine::Mean,
         Aggregate::TrimmedMean { trim } => Combine::Trimmed(trim as usize),
         Aggregate::CenteredClip { radius, iterations } => Combine::CenteredClip {
@@ -201,7 +238,17 @@ pub fn check_outer_memory(
     values: u64,
     limits: &Limits,
 ) -> Result<(), ExecError> {
-    let needed = outer_step_bytes(values, t.updates.len(), combine(p));
+    outer_memory_fits(combine(&p.aggregate), t.updates.len(), values, limits)
+}
+
+/// [`check_outer_memory`] for `updates` updates combined by `how`.
+pub(super) fn outer_memory_fits(
+    how: Combine,
+    updates: usize,
+    values: u64,
+    limits: &Limits,
+) -> Result<(), ExecError> {
+    let needed = outer_step_bytes(values, updates, how);
     match limits.memory_budget {
         Some(budget) if needed > budget => Err(ExecError::OverLimit(TrainError::MemoryBudget {
             needed,
@@ -232,7 +279,7 @@ fn extras(loss: f32, sent: &Update, seed: u64) -> BTreeMap<String, i64> {
 }
 
 /// The trainer's encoding for the campaign's.
-fn encoding(p: &TrainParams) -> Encoding {
+pub(super) fn encoding(p: &TrainParams) -> Encoding {
     match p.encoding {
         UpdateEncoding::F32 => Encoding::F32,
         UpdateEncoding::F16 => Encoding::F16,
@@ -307,6 +354,7 @@ pub(super) fn run(
         evaluate_on: &job.splits.validation,
         budget: &budget,
         seed: job.seed,
+        private: None,
     };
     let r = match job.runner.segment(&seg, job.limits, job.progress) {
         Ok(r) => r,

@@ -116,9 +116,12 @@ fn outcome_for(job: &JobSpec) -> JobResult {
     }
 }
 
+/// A job and the peer that ran it.
+type Ran = (PeerKey, JobSpec);
+
 /// Runs a federated campaign on four peers; peer `silent` (if any) never finishes a job.
 /// Returns what each peer ran and the closures' roots (the same at every peer).
-fn run_swarm(silent: Option<usize>) -> (Vec<(PeerKey, JobSpec)>, BTreeMap<u32, [u8; 32]>) {
+fn run_swarm(silent: Option<usize>) -> (Vec<Ran>, BTreeMap<u32, [u8; 32]>) {
     let keys: Vec<Keypair> = (1..=4).map(key).collect();
     let mut roster: Vec<PeerKey> = keys.iter().map(Keypair::public).collect();
     roster.sort();
@@ -134,7 +137,7 @@ fn run_swarm(silent: Option<usize>) -> (Vec<(PeerKey, JobSpec)>, BTreeMap<u32, [
             Peer::new(spec.clone(), k.clone(), config, now).unwrap()
         })
         .collect();
-    let mut ran: Vec<(PeerKey, JobSpec)> = Vec::new();
+    let mut ran: Vec<Ran> = Vec::new();
     let mut roots: Vec<BTreeMap<u32, [u8; 32]>> = vec![BTreeMap::new(); peers.len()];
     let mut finished = BTreeSet::new();
     let mut inbox: VecDeque<(usize, PeerInput)> = VecDeque::new();

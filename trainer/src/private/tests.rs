@@ -32,6 +32,7 @@ fn dp(clip: f32, noise_multiplier: f32) -> DpSgd {
         noise_multiplier,
         sample_rate: 1.0,
         steps: 1,
+        secret: [9; 32],
     }
 }
 
@@ -153,20 +154,21 @@ fn dp_sgd_learns_and_is_reproducible() {
     let data = digits();
     let splits = data.splits(0.2);
     let w = weights(32);
-    let dp = DpSgd {
+    let dp = |seed: u8| DpSgd {
         clip: 1.0,
         noise_multiplier: 1.0,
         sample_rate: 64.0 / splits.train.len() as f64,
         steps: 150,
+        secret: [seed; 32],
     };
     let b = budget();
     let train = |seed| {
+        let dp = dp(seed);
         let plan = PrivatePlan {
             data: &data,
             train: &splits.train,
             dp: &dp,
             budget: &b,
-            seed,
             stop: &Stop::default(),
         };
         let (m, stats) =

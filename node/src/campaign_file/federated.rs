@@ -1,0 +1,289 @@
+//! `[federated]`: one model trained on private data that never leaves its clients (ADR 0010).
+//!
+//! ```toml
+//! dataset = "builtin:digits"   # the PUBLIC data: validation of each round, the final test
+//! [federated]
+//! model = "zoo:mlp-32"         # as [train]: a blob id, zoo:NAME or file:PATH
+//! private_data = "clinics"     # clients offer it: hivemesh run --private-data clinics=FILE
+//! rounds = 5
+//! clients_per_round = 3
+//! min_clients = 1              # fewer agreed updates leave the round's model as it was
+//! local_steps = 50             # [budget] gives the optimiser, batch size, learning rate
+//! outer = "average"            # FedAvg (default); or "nesterov" (outer_learning_rate, …)
+//! aggregate = "mean"           # or trimmed-mean, median, centered-clip, multi-krum (as [train])
+//! norm_bound = 0.0             # > 0: each update scaled to at most this L2 norm first
+//! # Example-level privacy (DP-SGD on each client): all three, or none.
+//! example_clip = 1.0           # C
+//! example_noise = 1.1          # σ (or give target_epsilon instead)
+//! example_sample_rate = 0.01   # Poisson sampling rate q of each local step
+//! # Client-level privacy (each update clipped to C, noise σC): both, or none.
+//! client_clip = 0.0
+//! client_noise = 0.0
+//! target_epsilon = 0.0         # > 0: σ solved so the planned rounds spend at most this
+//! delta = 1e-5
+//! epsilon_budget = 0.0         # > 0: rounds that would spend more are not started
+//! ```
+
+use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::privacy::noise_for;
+use hivemesh_protocol::spec::{ClientPrivacy, ExamplePrivacy, FederatedParams, OuterStep, Search};
+use serde::Deserialize;
+
+use super::train::{AggregateFields, parse_aggregate};
+use super::{CampaignFileError, field};
+
+/// The blob-naming key of `[federated]`.
+pub const BLOB_FIELD: (&str, &str) = ("federated", "model");
+
+/// `[federated]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedFile {
+    /// The model, as `[train]`'s.
+    pub model: String,
+    /// The name clients offer their data under.
+    pub private_data: String,
+    /// Rounds.
+    pub rounds: u32,
+    /// Clients per round.
+    #[serde(default = "default_clients")]
+    pub clients_per_round: u32,
+    /// Fewest agreed updates for a round to move the model.
+    #[serde(default = "default_min_clients")]
+    pub min_clients: u32,
+    /// Local optimiser steps per round.
+    #[serde(default = "default_local_steps")]
+    pub local_steps: u32,
+    /// `average` (default, FedAvg) or `nesterov`.
+    #[serde(default = "default_outer")]
+    pub outer: String,
+    /// Outer learning rate (Nesterov).
+    #[serde(default = "default_outer_lr")]
+    pub outer_learning_rate: f32,
+    /// Outer momentum (Nesterov).
+    #[serde(default = "default_outer_momentum")]
+    pub outer_momentum: f32,
+    /// As `[train] aggregate`.
+    #[serde(default)]
+    pub aggregate: Option<String>,
+    /// As `[train] trim`.
+    #[serde(default)]
+    pub trim: u32,
+    /// As `[train] clip_radius`.
+    #[serde(default)]
+    pub clip_radius: f32,
+    /// As `[train] clip_iterations`.
+    #[serde(default = "default_clip_iterations")]
+    pub clip_iterations: u8,
+    /// As `[train] krum_byzantine`.
+    #[serde(default)]
+    pub krum_byzantine: u16,
+    /// As `[train] krum_keep`.
+    #[serde(default)]
+    pub krum_keep: u16,
+    /// Each update scaled to at most this L2 norm before combining (0: none).
+    #[serde(default)]
+    pub norm_bound: f32,
+    /// DP-SGD's per-record clipping norm (0: no example-level privacy).
+    #[serde(default)]
+    pub example_clip: f32,
+    /// DP-SGD's noise multiplier σ.
+    #[serde(default)]
+    pub example_noise: f32,
+    /// DP-SGD's Poisson sampling rate.
+    #[serde(default)]
+    pub example_sample_rate: f64,
+    /// The update clipping norm (0: no client-level privacy).
+    #[serde(default)]
+    pub client_clip: f32,
+    /// The client-level noise multiplier σ.
+    #[serde(default)]
+    pub client_noise: f32,
+    /// Above 0: the noise multipliers left at 0 are solved for this ε over the planned rounds.
+    #[serde(default)]
+    pub target_epsilon: f64,
+    /// δ.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Above 0: the most ε the campaign may spend.
+    #[serde(default)]
+    pub epsilon_budget: f64,
+}
+
+fn default_clients() -> u32 {
+    3
+}
+fn default_min_clients() -> u32 {
+    1
+}
+fn default_local_steps() -> u32 {
+    50
+}
+fn default_outer() -> String {
+    "average".into()
+}
+fn default_outer_lr() -> f32 {
+    0.7
+}
+fn default_outer_momentum() -> f32 {
+    0.9
+}
+fn default_clip_iterations() -> u8 {
+    3
+}
+fn default_delta() -> f64 {
+    1e-5
+}
+
+impl FederatedFile {
+    /// The example-level settings, `σ` solved for `target_epsilon` when it is given and
+    /// `example_noise` is 0 (planned as if every client took part in every round:
+    /// `local_steps × rounds` steps).
+    fn example_privacy(&self) -> Result<Option<ExamplePrivacy>, CampaignFileError> {
+        if self.example_clip == 0.0 {
+            return Ok(None);
+        }
+        let mut sigma = self.example_noise;
+        if sigma == 0.0 && self.target_epsilon > 0.0 {
+            let steps = u64::from(self.local_steps) * u64::from(self.rounds);
+            sigma = noise_for(
+                self.target_epsilon,
+                self.delta,
+                self.example_sample_rate,
+                steps,
+            )
+            .map_err(|e| field("federated.target_epsilon", e.to_string()))?
+                as f32;
+        }
+        Ok(Some(ExamplePrivacy {
+            clip: self.example_clip,
+            noise_multiplier: sigma,
+            sample_rate: self.example_sample_rate,
+        }))
+    }
+
+    /// The client-level settings, `σ` solved as for the example level when it is 0 (planned
+    /// with every client in every round: sampling rate 1, `rounds` steps).
+    fn client_privacy(&self) -> Result<Option<ClientPrivacy>, CampaignFileError> {
+        if self.client_clip == 0.0 {
+            return Ok(None);
+        }
+        let mut sigma = self.client_noise;
+        if sigma == 0.0 && self.target_epsilon > 0.0 {
+            sigma = noise_for(self.target_epsilon, self.delta, 1.0, u64::from(self.rounds))
+                .map_err(|e| field("federated.target_epsilon", e.to_string()))?
+                as f32;
+        }
+        Ok(Some(ClientPrivacy {
+            clip: self.client_clip,
+            noise_multiplier: sigma,
+        }))
+    }
+
+    /// The protocol's search (the model must be a blob id by now).
+    pub fn to_search(&self) -> Result<Search, CampaignFileError> {
+        let outer = match self.outer.as_str() {
+            "nesterov" => OuterStep::Nesterov {
+                learning_rate: self.outer_learning_rate,
+                momentum: self.outer_momentum,
+            },
+            "average" => OuterStep::Average,
+            other => {
+                return Err(field(
+                    "federated.outer",
+                    format!("{other:?}: use \"average\" or \"nesterov\""),
+                ));
+            }
+        };
+        let aggregate = parse_aggregate(
+            ["federated.aggregate", "federated.clip_radius"],
+            &AggregateFields {
+                name: self.aggregate.as_deref(),
+                trim: self.trim,
+                clip_radius: self.clip_radius,
+                clip_iterations: self.clip_iterations,
+                krum_byzantine: self.krum_byzantine,
+                krum_keep: self.krum_keep,
+            },
+            self.min_clients,
+        )?;
+        Ok(Search::Federated(FederatedParams {
+            model: self
+                .model
+                .parse::<BlobId>()
+                .map_err(|e| field("federated.model", e.to_string()))?,
+            private_data: self.private_data.clone(),
+            rounds: self.rounds,
+            clients_per_round: self.clients_per_round,
+            min_clients: self.min_clients,
+            local_steps: self.local_steps,
+            example_privacy: self.example_privacy()?,
+            client_privacy: self.client_privacy()?,
+            delta: self.delta,
+            epsilon_budget: (self.epsilon_budget > 0.0).then_some(self.epsilon_budget),
+            norm_bound: self.norm_bound,
+            aggregate,
+            outer,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hivemesh_protocol::kinds::KindRules;
+    use hivemesh_protocol::privacy::{Mechanism, epsilon};
+
+    fn params(extra: &str) -> Result<FederatedParams, CampaignFileError> {
+        let id = BlobId::of_bytes(b"m");
+        let f: FederatedFile = toml::from_str(&format!(
+            "model = \"{id}\"\nprivate_data = \"wards\"\nrounds = 4\n{extra}"
+        ))
+        .expect("toml");
+        match f.to_search()? {
+            Search::Federated(p) => Ok(p),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_fedavg_without_privacy_and_valid() {
+        let p = params("").expect("valid");
+        assert_eq!(p.outer, OuterStep::Average);
+        assert!(p.example_privacy.is_none() && p.client_privacy.is_none());
+        assert!(p.validate().is_ok());
+    }
+
+    /// A target ε gives the σ that spends at most it over the planned rounds.
+    #[test]
+    fn a_target_epsilon_is_met_by_the_solved_noise() {
+        let p = params(
+            "local_steps = 40\nexample_clip = 1.0\nexample_sample_rate = 0.02\ntarget_epsilon = 2.0",
+        )
+        .expect("valid");
+        let e = p.example_privacy.expect("example privacy");
+        assert!(e.noise_multiplier > 0.3, "{}", e.noise_multiplier);
+        let spent = epsilon(
+            &Mechanism {
+                sample_rate: 0.02,
+                noise_multiplier: f64::from(e.noise_multiplier),
+                steps: 40 * 4,
+            }
+            .rdp(),
+            1e-5,
+        )
+        .0;
+        assert!(spent <= 2.0 + 1e-3, "{spent}");
+        let bad = params("example_clip = 1.0\nexample_sample_rate = 1.0\ntarget_epsilon = 1e-9")
+            .expect_err("unreachable");
+        assert!(bad.to_string().contains("target_epsilon"), "{bad}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = params("outer = \"adam\"").expect_err("outer");
+        assert!(e.to_string().contains("federated.outer"), "{e}");
+        let e = params("aggregate = \"krum\"").expect_err("aggregate");
+        assert!(e.to_string().contains("federated.aggregate"), "{e}");
+    }
+}

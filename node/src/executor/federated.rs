@@ -1,0 +1,190 @@
+//! `federated` jobs (ADR 0010): a client's round on its private data, or the final evaluation.
+//!
+//! A client round builds the round's start model from the job's recipe (as `train` does, with
+//! the campaign's norm bound on each agreed update), evaluates it on the campaign's public
+//! validation split, trains it on this node's private dataset for `local_steps` (DP-SGD when
+//! the campaign asks for example-level privacy), clips and noises the update when it asks for
+//! client-level privacy, and reports the update and the start model as blobs.
+//!
+//! What leaves the node is the update (private by the campaign's settings) and numbers on
+//! public data. Nothing computed from the private data without privacy is published: no
+//! training loss, no update norm, no record count. The sampling and noise come from a secret
+//! of this node (its key) and the job, never from the job's public seed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
+use hivemesh_protocol::spec::{FedJob, FederatedParams};
+use hivemesh_trainer::TrainError;
+use hivemesh_trainer::private::{DpSgd, clip_and_noise, secret_seed};
+use hivemesh_trainer::rounds::{Encoding, SegmentJob, Update};
+use hivemesh_trainer::train::{Budget, check_fit};
+
+use super::train::{ModelBlob, Recipe, build_start, combine};
+use super::{ExecError, JobRun, Loaded, Ran, failure, fetch, train_failure};
+
+/// The job's secret: what seeds its private sampling and noise (from this node's secret and
+/// the job's id, so a restarted node draws the same and no one else can).
+fn job_secret(node_secret: &[u8; 32], job: &[u8; 32]) -> [u8; 32] {
+    *blake3::Hasher::new_keyed(node_secret)
+        .update(b"hivemesh 2026-12 federated job secret")
+        .update(job)
+        .finalize()
+        .as_bytes()
+}
+
+/// What a federated job needs of the executor besides the job itself.
+pub(super) struct Client<'a> {
+    /// The private datasets this node offers, by name.
+    pub private: &'a BTreeMap<String, Arc<Loaded>>,
+    /// This node's secret for private randomness.
+    pub secret: &'a [u8; 32],
+    /// The job's id.
+    pub job_id: [u8; 32],
+}
+
+/// Runs a `federated` job.
+pub(super) fn run(
+    p: &FederatedParams,
+    f: &FedJob,
+    campaign_seed: u64,
+    job: &mut JobRun<'_>,
+    client: &Client<'_>,
+) -> Result<Ran, ExecError> {
+    let model = ModelBlob::decode(&fetch(job.blobs, &p.model, "model")?);
+    if let Some(m) = &model
+        && let Err(e) = check_fit(
+            m.arch(),
+            job.data,
+            job.budget.batch_size as usize,
+            job.limits,
+        )
+    {
+        return match e {
+            TrainError::MemoryBudget { .. } => Err(ExecError::OverLimit(e)),
+            e => Ok(Ran::nothing(failure(
+                FailureKind::InvalidJob,
+                e.to_string(),
+            ))),
+        };
+    }
+    let recipe = Recipe {
+        model: p.model,
+        base: f.base,
+        updates: &f.updates,
+        combine: combine(&p.aggregate),
+        outer: p.outer,
+        norm_bound: (p.norm_bound > 0.0).then_some(f64::from(p.norm_bound)),
+    };
+    let start = match build_start(&recipe, (model, campaign_seed), job)? {
+        Ok(s) => s,
+        Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
+    };
+    let start_bytes = start.to_bytes();
+    let start_id = BlobId::of_bytes(&start_bytes);
+    let arch = &start.weights.arch;
+    let (params, flops) = (arch.params().unwrap_or(0), arch.flops().unwrap_or(0));
+    let metrics = |correct, total, artifacts| Metrics {
+        correct,
+        total,
+        params,
+        flops,
+        extra: BTreeMap::new(),
+        artifacts,
+    };
+    // The start model on public data: the final model on the test split, a round's start
+    // model on the validation split.
+    let public = if f.client.is_none() {
+        &job.splits.test
+    } else {
+        &job.splits.validation
+    };
+    let (correct, total) = match job.runner.evaluate(&start.weights, job.data, public) {
+        Ok(c) => c,
+        Err(e) => return Ok(Ran::nothing(train_failure(e)?)),
+    };
+    if f.client.is_none() {
+        return Ok(Ran {
+            outcome: Outcome::Success(metrics(correct, total, vec![start_id])),
+            blobs: vec![(start_id, start_bytes)],
+        });
+    }
+    let mine = client
+        .private
+        .get(&p.private_data)
+        .ok_or_else(|| ExecError::NoPrivateData(p.private_data.clone()))?;
+    let secret = job_secret(client.secret, &client.job_id);
+    let update = match train_locally(p, &start.weights, mine, job, secret)? {
+        Ok(u) => u,
+        Err(outcome) => return Ok(Ran::nothing(outcome)),
+    };
+    let update_bytes = update.encode(Encoding::F32);
+    let update_id = BlobId::of_bytes(&update_bytes);
+    Ok(Ran {
+        outcome: Outcome::Success(metrics(correct, total, vec![update_id, start_id])),
+        blobs: vec![(update_id, update_bytes), (start_id, start_bytes)],
+    })
+}
+
+/// Trains the start weights on this node's private data (DP-SGD when the campaign asks), and
+/// returns the update with client-level clipping and noise applied (when it asks), or the
+/// failure to publish (the private data does not fit the model; training diverged).
+fn train_locally(
+    p: &FederatedParams,
+    start: &hivemesh_trainer::model::WeightsFile,
+    mine: &Loaded,
+    job: &mut JobRun<'_>,
+    secret: [u8; 32],
+) -> Result<Result<Update, Outcome>, ExecError> {
+    let dp = p.example_privacy.map(|e| DpSgd {
+        clip: e.clip,
+        noise_multiplier: e.noise_multiplier,
+        sample_rate: e.sample_rate,
+        steps: u64::from(p.local_steps),
+        secret: secret_seed(&secret, "dp-sgd"),
+    });
+    let budget = Budget {
+        epochs: u32::MAX,
+        max_steps: Some(u64::from(p.local_steps)),
+        ..job.budget.clone()
+    };
+    let seg = SegmentJob {
+        start,
+        data: &mine.data,
+        samples: &mine.splits.train,
+        evaluate_on: &[],
+        budget: &budget,
+        // The batch order of non-private training: from the secret too (it is this node's
+        // business, and a public order would say which records went together).
+        seed: u64::from_le_bytes(
+            secret_seed(&secret, "order")[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ),
+        private: dp.as_ref(),
+    };
+    let r = match job.runner.segment(&seg, job.limits, job.progress) {
+        Ok(r) => r,
+        Err(TrainError::Arch(e)) => {
+            let detail = format!("this client's private data does not fit the model: {e}");
+            return Ok(Err(failure(FailureKind::InvalidJob, detail)));
+        }
+        Err(e) => return Ok(Err(train_failure(e)?)),
+    };
+    let mut update = Update::between(start, &r.trained);
+    if let Some(c) = p.client_privacy {
+        let std = f64::from(c.noise_multiplier) * f64::from(c.clip);
+        clip_and_noise(
+            &mut update,
+            c.clip,
+            std,
+            secret_seed(&secret, "client-noise"),
+        );
+    }
+    match update.check(start) {
+        Ok(()) => Ok(Ok(update)),
+        Err(e) => Ok(Err(failure(FailureKind::NonFinite, e))),
+    }
+}
