@@ -217,6 +217,10 @@ struct RunArgs {
     /// campaign only if it offers the campaign's `private_data` name.
     #[arg(long = "private-data", value_name = "NAME=PATH")]
     private_data: Vec<String>,
+    /// The shape of one sample of a private dataset whose format has none (CSV, .npy), as
+    /// NAME=CxHxW (e.g. digits=1x8x8) or NAME=LENGTH; repeat for several.
+    #[arg(long = "private-shape", value_name = "NAME=SHAPE")]
+    private_shape: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -466,17 +470,31 @@ fn node_config(
             .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     }
     cfg.fault = args.fault;
+    let mut shapes = std::collections::BTreeMap::new();
+    for s in &args.private_shape {
+        let Some((name, shape)) = s.split_once('=') else {
+            bail!("--private-shape {s}: give NAME=CxHxW (e.g. digits=1x8x8) or NAME=LENGTH");
+        };
+        shapes.insert(name.to_string(), shape.to_string());
+    }
     for offer in &args.private_data {
         let Some((name, path)) = offer.split_once('=') else {
             bail!("--private-data {offer}: give NAME=PATH (e.g. clinic=./records.csv)");
         };
+        let opts = ReadOptions {
+            shape: shapes.remove(name),
+            ..ReadOptions::default()
+        };
         if cfg
             .private_data
-            .insert(name.to_string(), PathBuf::from(path))
+            .insert(name.to_string(), (PathBuf::from(path), opts))
             .is_some()
         {
             bail!("--private-data: {name} is given twice");
         }
+    }
+    if let Some(name) = shapes.keys().next() {
+        bail!("--private-shape {name}=…: no --private-data {name}=PATH to apply it to");
     }
     cfg.new_identity = args.new_identity;
     if let Some(f) = cfg.fault {
@@ -665,6 +683,56 @@ struct CampaignView {
     summary: String,
     #[serde(default)]
     front: Vec<FrontView>,
+    #[serde(default)]
+    privacy: Option<PrivacyView>,
+}
+
+/// A federated campaign's privacy as the CLI prints it.
+#[derive(Debug, serde::Deserialize)]
+struct PrivacyView {
+    delta: f64,
+    budget: Option<f64>,
+    #[serde(default)]
+    campaign_epsilon: Vec<f64>,
+    #[serde(default)]
+    clients: Vec<ClientPrivacyView>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ClientPrivacyView {
+    client: String,
+    rounds: u32,
+    epsilon: f64,
+}
+
+impl PrivacyView {
+    /// Lines: the campaign's client-level ε per round, each client's example-level ε.
+    fn lines(&self) -> Vec<String> {
+        let budget = self
+            .budget
+            .map_or_else(|| "no budget".to_string(), |b| format!("budget ε = {b}"));
+        let mut out = vec![format!("privacy (δ = {:e}, {budget}):", self.delta)];
+        if !self.campaign_epsilon.is_empty() {
+            let per_round: Vec<String> = self
+                .campaign_epsilon
+                .iter()
+                .map(|e| format!("{e:.3}"))
+                .collect();
+            out.push(format!(
+                "  client level, campaign ε after each round: {}",
+                per_round.join(", ")
+            ));
+        }
+        for c in &self.clients {
+            out.push(format!(
+                "  example level, client {}: ε = {:.3} after {} rounds",
+                &c.client[..12.min(c.client.len())],
+                c.epsilon,
+                c.rounds
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -1021,6 +1089,9 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
             }
             if !c.summary.is_empty() {
                 say!("protocol: {}", c.summary);
+            }
+            for line in c.privacy.iter().flat_map(PrivacyView::lines) {
+                say!("{line}");
             }
             Ok(())
         }

@@ -145,9 +145,10 @@ pub struct Config {
     /// Most bytes of blobs kept (`None`: the store's default); fetched blobs no followed
     /// campaign needs are evicted to make room.
     pub blob_quota: Option<u64>,
-    /// Private datasets offered to federated campaigns, by name (`--private-data NAME=PATH`):
-    /// read here, used by this node's jobs only, never sent (ADR 0010).
-    pub private_data: BTreeMap<String, PathBuf>,
+    /// Private datasets offered to federated campaigns, by name (`--private-data NAME=PATH`),
+    /// with how to read each (`--private-shape`): read here, used by this node's jobs only,
+    /// never sent (ADR 0010).
+    pub private_data: BTreeMap<String, (PathBuf, hivemesh_trainer::data::ReadOptions)>,
 }
 
 impl Config {
@@ -190,15 +191,15 @@ impl Config {
 }
 
 /// Reads the private datasets `offers` names (any format `hivemesh dataset add` reads, guessed
-/// from the file name), refusing the first that does not load, is not labelled samples or has
+/// from the file name, read as each one's options say), refusing the first that does not load, is not labelled samples or has
 /// a bad name, with the reason.
 pub fn load_private_data(
-    offers: &BTreeMap<String, PathBuf>,
+    offers: &BTreeMap<String, (PathBuf, hivemesh_trainer::data::ReadOptions)>,
 ) -> Result<BTreeMap<String, hivemesh_trainer::data::Dataset>, NodeError> {
     use hivemesh_trainer::data::DatasetBlob;
-    use hivemesh_trainer::data::read::{ReadOptions, read_dataset};
+    use hivemesh_trainer::data::read::read_dataset;
     let mut loaded = BTreeMap::new();
-    for (name, path) in offers {
+    for (name, (path, opts)) in offers {
         let bad = |reason: String| NodeError::PrivateData {
             name: name.clone(),
             path: path.display().to_string(),
@@ -212,7 +213,7 @@ pub fn load_private_data(
         if !valid {
             return Err(bad("a name is 1 to 64 bytes of a-z, 0-9, - and _".into()));
         }
-        match read_dataset(path, &ReadOptions::default()) {
+        match read_dataset(path, opts) {
             Ok(r) => match r.blob {
                 DatasetBlob::Samples(d) if !d.is_empty() => {
                     loaded.insert(name.clone(), d);

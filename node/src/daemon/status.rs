@@ -12,9 +12,10 @@ use hivemesh_protocol::closure::Closure;
 use hivemesh_protocol::derive::jobs_of_closures;
 use hivemesh_protocol::id::CampaignId;
 use hivemesh_protocol::identity::PeerKey;
+use hivemesh_protocol::kinds::federated::privacy_spent;
 use hivemesh_protocol::message::Outcome;
 use hivemesh_protocol::scoring::PeerScore;
-use hivemesh_protocol::spec::{CampaignKind, CampaignSpec, JobSpec};
+use hivemesh_protocol::spec::{CampaignKind, CampaignSpec, FedJob, JobPayload, JobSpec, Search};
 use hivemesh_protocol::standings::{self, AuditLabel, DecidedJob, JobStatus};
 use serde::Serialize;
 
@@ -61,6 +62,62 @@ pub struct CampaignStatus {
     pub front: Vec<FrontPoint>,
     /// The protocol's one-line summary.
     pub summary: String,
+    /// What a federated campaign's privacy has cost so far (ADR 0010); `None` for other kinds.
+    pub privacy: Option<PrivacyStatus>,
+}
+
+/// Privacy spent by a federated campaign, as every node states it from the jobs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrivacyStatus {
+    /// `δ` of every `ε` here.
+    pub delta: f64,
+    /// The campaign's budget, if any.
+    pub budget: Option<f64>,
+    /// Client-level `ε` of the campaign after each round (empty without client-level
+    /// privacy).
+    pub campaign_epsilon: Vec<f64>,
+    /// Example-level `ε` per client (empty without example-level privacy).
+    pub clients: Vec<ClientPrivacyStatus>,
+}
+
+/// One client's example-level spending.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientPrivacyStatus {
+    /// Its key (hex).
+    pub client: String,
+    /// Rounds it was sampled for.
+    pub rounds: u32,
+    /// Its `ε`.
+    pub epsilon: f64,
+}
+
+/// The privacy a federated campaign's `jobs` spent (`None` for other kinds).
+pub fn privacy_status(spec: &CampaignSpec, jobs: &[JobSpec]) -> Option<PrivacyStatus> {
+    let Search::Federated(p) = &spec.search else {
+        return None;
+    };
+    let mut rounds: BTreeMap<u32, Vec<&FedJob>> = BTreeMap::new();
+    for j in jobs {
+        if let JobPayload::Federated(f) = &j.payload {
+            rounds.entry(j.generation).or_default().push(f);
+        }
+    }
+    let rounds: Vec<Vec<&FedJob>> = rounds.into_values().collect();
+    let spent = privacy_spent(p, &rounds);
+    Some(PrivacyStatus {
+        delta: spent.delta,
+        budget: p.epsilon_budget,
+        campaign_epsilon: spent.campaign,
+        clients: spent
+            .clients
+            .into_iter()
+            .map(|(k, (rounds, epsilon))| ClientPrivacyStatus {
+                client: hex(k.as_bytes()),
+                rounds,
+                epsilon,
+            })
+            .collect(),
+    })
 }
 
 /// One point of a campaign's front.
@@ -87,7 +144,10 @@ pub fn front(jobs: &[SettledJob]) -> Vec<FrontPoint> {
     let ok: Vec<&SettledJob> = jobs
         .iter()
         .filter(|j| j.status == JobStatus::Success)
-        .filter(|j| j.payload.0 != CampaignKind::Train.name() || j.artifacts.len() == 1)
+        .filter(|j| {
+            let rounds = [CampaignKind::Train.name(), CampaignKind::Federated.name()];
+            !rounds.contains(&j.payload.0.as_str()) || j.artifacts.len() == 1
+        })
         .collect();
     let dominates = |a: &SettledJob, b: &SettledJob| {
         a.accuracy >= b.accuracy
@@ -302,6 +362,7 @@ pub(super) fn campaign_status(id: &CampaignId, c: &Campaign, store: &Store) -> C
             .collect(),
         front: front(&jobs),
         summary: String::new(),
+        privacy: privacy_status(spec, &self::jobs(c).1),
     }
 }
 

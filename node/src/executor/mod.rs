@@ -22,7 +22,7 @@ use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::message::{Failure, FailureKind, JobResult, Outcome};
 use hivemesh_protocol::spec::{
     BackendClass, CampaignSpec, DatasetRef, JobPayload, JobSpec, LrSchedule, Optimizer, Search,
-    TrainParams, TrainingBudget,
+    TrainingBudget,
 };
 use hivemesh_trainer::StopReason;
 use hivemesh_trainer::TrainError;
@@ -364,10 +364,21 @@ impl Executor {
         blobs: &dyn BlobSource,
     ) -> Result<(), ExecError> {
         match (&spec.search, &job.payload) {
-            (Search::Train(p), JobPayload::Train(t)) => match self.model_values(p, blobs) {
+            (Search::Train(p), JobPayload::Train(t)) => match self.model_values(p.model, blobs) {
                 Some(values) => train::check_outer_memory(p, t, values, &self.limits),
                 None => Ok(()),
             },
+            (Search::Federated(p), JobPayload::Federated(f)) => {
+                match self.model_values(p.model, blobs) {
+                    Some(values) => train::outer_memory_fits(
+                        train::combine(&p.aggregate),
+                        f.updates.len(),
+                        values,
+                        &self.limits,
+                    ),
+                    None => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -377,23 +388,24 @@ impl Executor {
     /// the model); `None` for the default limit.
     pub fn job_blob_limit(&self, spec: &CampaignSpec, blobs: &dyn BlobSource) -> Option<u64> {
         match &spec.search {
-            Search::Train(p) => self.model_values(p, blobs).map(train::blob_limit),
+            Search::Train(p) => self.model_values(p.model, blobs).map(train::blob_limit),
+            Search::Federated(p) => self.model_values(p.model, blobs).map(train::blob_limit),
             _ => None,
         }
     }
 
     /// The values of a training campaign's model, remembered, or read from its blob when it
     /// is held here.
-    fn model_values(&self, p: &TrainParams, blobs: &dyn BlobSource) -> Option<u64> {
+    fn model_values(&self, model: BlobId, blobs: &dyn BlobSource) -> Option<u64> {
         let mut known = self.model_values.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, v)) = known.iter().find(|(id, _)| *id == p.model) {
+        if let Some((_, v)) = known.iter().find(|(id, _)| *id == model) {
             return Some(*v);
         }
-        let values = train::held_model_values(p, blobs)?;
+        let values = train::held_model_values(model, blobs)?;
         if known.len() >= MODEL_SIZES {
             known.remove(0);
         }
-        known.push((p.model, values));
+        known.push((model, values));
         Some(values)
     }
 
@@ -589,6 +601,12 @@ pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
 pub fn job_blobs(spec: &CampaignSpec, job: &JobSpec) -> Vec<(BlobId, &'static str)> {
     match (&spec.search, &job.payload) {
         (Search::Train(p), JobPayload::Train(t)) => train::job_blobs(p, t),
+        (Search::Federated(p), JobPayload::Federated(f)) => {
+            let base = (f.base != p.model).then_some((f.base, "round's base model"));
+            base.into_iter()
+                .chain(f.updates.iter().map(|u| (*u, "agreed update")))
+                .collect()
+        }
         _ => Vec::new(),
     }
 }

@@ -38,9 +38,9 @@ pub fn job_blobs(p: &TrainParams, job: &TrainJob) -> Vec<(BlobId, &'static str)>
         .collect()
 }
 
-/// The values (weights and statistics) of the campaign's model, when its blob is held here.
-pub fn held_model_values(p: &TrainParams, blobs: &dyn BlobSource) -> Option<u64> {
-    state_values(&model_arch(&blobs.blob(&p.model)?)?).ok()
+/// The values (weights and statistics) of a campaign's `model`, when its blob is held here.
+pub fn held_model_values(model: BlobId, blobs: &dyn BlobSource) -> Option<u64> {
+    state_values(&model_arch(&blobs.blob(&model)?)?).ok()
 }
 
 /// The most bytes one of a campaign's job blobs may hold for a model of `values` values: a

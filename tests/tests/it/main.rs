@@ -4,6 +4,7 @@
 
 mod blobs_and_audits;
 mod cluster;
+mod federated;
 mod http_api;
 mod identity_and_ledgers;
 mod libp2p_identity;
