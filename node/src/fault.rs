@@ -77,6 +77,6 @@ mod tests {
             assert_eq!(v.get_name(), f.as_flag());
         }
         let e = "crash".parse::<Fault>().expect_err("unknown");
-        assert!(e.to_string().contains("lie or corrupt-blobs"), "{e}");
+        assert!(e.to_string().contains("lie, corrupt-blobs or noise"), "{e}");
     }
 }
