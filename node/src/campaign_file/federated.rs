@@ -286,4 +286,20 @@ mod tests {
         let e = params("aggregate = \"krum\"").expect_err("aggregate");
         assert!(e.to_string().contains("federated.aggregate"), "{e}");
     }
+
+    /// The shipped example parses, its σ is solved for its target, and it validates.
+    #[test]
+    fn the_example_campaign_is_valid() {
+        let text = include_str!("../../../examples/federated-digits.toml");
+        let mut file = super::super::CampaignFile::parse(text).expect("parses");
+        let f = file.federated.as_mut().expect("[federated]");
+        f.model = BlobId::of_bytes(b"m").to_string();
+        let Search::Federated(p) = f.to_search().expect("a search") else {
+            panic!("federated")
+        };
+        assert!(p.validate().is_ok());
+        let e = p.example_privacy.expect("example privacy");
+        assert!(e.noise_multiplier > 0.0);
+        assert_eq!(p.epsilon_budget, Some(8.0));
+    }
 }
