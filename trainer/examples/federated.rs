@@ -1,0 +1,398 @@
+//! Issue 26's figures on one machine, with the functions a federated campaign's clients and
+//! nodes run: each client trains the round's model on its own part of the training split
+//! (`run_segment`, DP-SGD when a target ε is given), its update is attacked if it is one of the
+//! attackers, the round's updates are combined by the chosen rule (`Aggregator`) and applied
+//! (FedAvg), and the final model is tested. ε is the protocol's accountant's
+//! (`hivemesh_protocol::privacy`), σ solved for the target over the planned rounds.
+//!
+//! ```text
+//! cargo run --release -p hivemesh-trainer --example federated -- --mnist ../shared/data/mnist \
+//!     --clients 10 --rounds 10 --epsilon 2 --dirichlet 0.3
+//! cargo run --release -p hivemesh-trainer --example federated -- --mnist DIR \
+//!     --attackers 3 --attack sign-flip --aggregate median
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use hivemesh_protocol::privacy::{Accountant, Mechanism, noise_for};
+use hivemesh_trainer::data::{Dataset, digits, load_mnist};
+use hivemesh_trainer::private::DpSgd;
+use hivemesh_trainer::rounds::{
+    Aggregator, Combine, Outer, SegmentJob, TrainState, Update, evaluate_weights, initial_weights,
+    run_segment,
+};
+use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Schedule, sub_seed};
+use hivemesh_trainer::zoo::mlp;
+use hivemesh_trainer::{Cpu, CpuAutodiff};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+/// Federated rounds on MNIST (or the embedded digits).
+#[derive(Parser)]
+struct Args {
+    /// MNIST folder (IDX files); the embedded digits without it.
+    #[arg(long)]
+    mnist: Option<PathBuf>,
+    /// Clients (all take part in every round).
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
+    /// Local steps per round.
+    #[arg(long, default_value_t = 50)]
+    local_steps: u32,
+    /// Batch size (DP-SGD: the expected batch, the sampling rate is batch / client records).
+    #[arg(long, default_value_t = 64)]
+    batch: u32,
+    /// Local Adam learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    /// Hidden width of the 784-W-10 MLP.
+    #[arg(long, default_value_t = 128)]
+    hidden: u32,
+    /// Target example-level ε (δ below) for each client over all rounds; 0: no DP.
+    #[arg(long, default_value_t = 0.0)]
+    epsilon: f64,
+    /// δ.
+    #[arg(long, default_value_t = 1e-5)]
+    delta: f64,
+    /// DP-SGD's per-record clipping norm.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Dirichlet α of the label skew across clients (0: IID, an equal random split).
+    #[arg(long, default_value_t = 0.0)]
+    dirichlet: f64,
+    /// `mean`, `median`, `trimmed:K`, `krum:F` (Multi-Krum keeping n - F) or `clip:R`
+    /// (CenteredClip, radius R x the median distance).
+    #[arg(long, default_value = "mean")]
+    aggregate: String,
+    /// Each update scaled to at most this L2 norm first (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    norm_bound: f64,
+    /// Attacking clients (the last ones).
+    #[arg(long, default_value_t = 0)]
+    attackers: usize,
+    /// `sign-flip`, `scale` (x10), `garbage` (Gaussian, 10x the update's RMS), `label-flip`
+    /// (trains on 9 - y) or `free-rider` (a zero update).
+    #[arg(long, default_value = "sign-flip")]
+    attack: String,
+    /// Seed of the split and the clients' randomness.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn combine(rule: &str, clients: usize) -> Result<Combine> {
+    let arg = |s: &str| -> Result<f64> { s.parse().with_context(|| format!("--aggregate {rule}")) };
+    Ok(match rule.split_once(':') {
+        None if rule == "mean" => Combine::Mean,
+        None if rule == "median" => Combine::Median,
+        Some(("trimmed", k)) => Combine::Trimmed(arg(k)? as usize),
+        Some(("krum", f)) => {
+            let f = arg(f)? as usize;
+            Combine::MultiKrum {
+                byzantine: f,
+                keep: clients.saturating_sub(f).max(1),
+            }
+        }
+        Some(("clip", r)) => Combine::CenteredClip {
+            radius: arg(r)? as f32,
+            iterations: 3,
+        },
+        _ => bail!("--aggregate {rule}: use mean, median, trimmed:K, krum:F or clip:R"),
+    })
+}
+
+/// A Gamma(shape, 1) draw (Marsaglia and Tsang; shape < 1 by the boost).
+fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
+    let uniform =
+        |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    if shape < 1.0 {
+        return gamma(shape + 1.0, rng) * uniform(rng).powf(1.0 / shape);
+    }
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        let (u1, u2) = (uniform(rng), uniform(rng));
+        let x = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let v = (1.0 + c * x).powi(3);
+        if v > 0.0 && uniform(rng).ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+            return d * v;
+        }
+    }
+}
+
+/// The training split dealt to `n` clients: equal random parts (IID), or per class by
+/// Dirichlet(α) proportions.
+fn partition(data: &Dataset, train: &[u32], n: usize, alpha: f64, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order = train.to_vec();
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let mut parts = vec![Vec::new(); n];
+    if alpha <= 0.0 {
+        for (k, i) in order.into_iter().enumerate() {
+            parts[k % n].push(i);
+        }
+        return parts;
+    }
+    for class in 0..data.classes {
+        let of_class: Vec<u32> = order
+            .iter()
+            .copied()
+            .filter(|i| u32::from(data.labels[*i as usize]) == class)
+            .collect();
+        let g: Vec<f64> = (0..n).map(|_| gamma(alpha, &mut rng)).collect();
+        let total: f64 = g.iter().sum();
+        let mut start = 0;
+        let mut acc = 0.0;
+        for (k, gk) in g.iter().enumerate() {
+            acc += gk / total;
+            let end = if k + 1 == n {
+                of_class.len()
+            } else {
+                ((acc * of_class.len() as f64).round() as usize).min(of_class.len())
+            };
+            parts[k].extend_from_slice(&of_class[start..end.max(start)]);
+            start = end.max(start);
+        }
+    }
+    parts
+}
+
+/// `u` as the attack `attack` sends it.
+fn attacked(u: &Update, attack: &str, seed: u64) -> Update {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = u.clone();
+    for t in &mut out.tensors {
+        let v: Vec<f32> = t
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len().max(1) as f32).sqrt();
+        let new: Vec<f32> = match attack {
+            "sign-flip" => v.iter().map(|x| -x).collect(),
+            "scale" => v.iter().map(|x| 10.0 * x).collect(),
+            "free-rider" => vec![0.0; v.len()],
+            "garbage" => v
+                .iter()
+                .map(|_| {
+                    let u1 = ((rng.next_u64() >> 11) as f32 + 0.5) / (1u64 << 53) as f32;
+                    let u2 = (rng.next_u64() >> 11) as f32 / (1u64 << 53) as f32;
+                    10.0 * rms * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+                })
+                .collect(),
+            _ => v,
+        };
+        t.data = new.iter().flat_map(|x| x.to_le_bytes()).collect();
+    }
+    out
+}
+
+/// Each client's DP-SGD settings (its sampling rate from its own record count, σ solved for
+/// the target over all rounds), or none without a target.
+fn dp_settings(a: &Args, parts: &[Vec<u32>]) -> Result<Vec<Option<DpSgd>>> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(k, p)| -> Result<Option<DpSgd>> {
+            if a.epsilon <= 0.0 {
+                return Ok(None);
+            }
+            let q = (f64::from(a.batch) / p.len().max(1) as f64).min(1.0);
+            let steps = u64::from(a.local_steps) * u64::from(a.rounds);
+            let sigma = noise_for(a.epsilon, a.delta, q, steps)?;
+            let mut secret = [0u8; 32];
+            secret[..8].copy_from_slice(&(a.seed + k as u64).to_le_bytes());
+            Ok(Some(DpSgd {
+                clip: a.clip,
+                noise_multiplier: sigma as f32,
+                sample_rate: q,
+                steps: u64::from(a.local_steps),
+                secret,
+            }))
+        })
+        .collect()
+}
+
+/// What every round needs: the data (and its label-flipped copy), the clients' parts and
+/// DP settings, the local budget.
+struct Setup {
+    data: Dataset,
+    flipped: Dataset,
+    parts: Vec<Vec<u32>>,
+    dp: Vec<Option<DpSgd>>,
+    budget: Budget,
+}
+
+/// Round `r`'s updates from `state`, as the clients send them (attackers' attacked).
+fn client_updates(a: &Args, s: &Setup, state: &TrainState, r: u32) -> Result<Vec<Update>> {
+    let honest = a.clients.saturating_sub(a.attackers);
+    (0..a.clients)
+        .into_par_iter()
+        .map(|k| -> Result<Update> {
+            let attacker = k >= honest;
+            let source = if attacker && a.attack == "label-flip" {
+                &s.flipped
+            } else {
+                &s.data
+            };
+            // A fresh secret per round (the same every round would repeat the noise).
+            let private = s.dp[k].map(|d| {
+                let mut secret = d.secret;
+                secret[8..12].copy_from_slice(&r.to_le_bytes());
+                DpSgd { secret, ..d }
+            });
+            let job = SegmentJob {
+                start: &state.weights,
+                data: source,
+                samples: &s.parts[k],
+                evaluate_on: &[],
+                budget: &s.budget,
+                seed: a.seed * 1000 + u64::from(r) * 100 + k as u64,
+                private: private.as_ref(),
+            };
+            let seg = run_segment::<CpuAutodiff>(
+                &job,
+                &Limits::default(),
+                &Default::default(),
+                &mut |_| {},
+            )?;
+            let u = Update::between(&state.weights, &seg.trained);
+            Ok(if attacker {
+                attacked(&u, &a.attack, u64::from(r))
+            } else {
+                u
+            })
+        })
+        .collect()
+}
+
+/// The ε the largest-spending client spent over all rounds, and the largest σ.
+fn privacy_line(a: &Args, dp: &[Option<DpSgd>]) -> String {
+    if dp.iter().all(Option::is_none) {
+        return "no DP (ε = ∞)".into();
+    }
+    let spent = dp
+        .iter()
+        .flatten()
+        .map(|d| {
+            let mut acc = Accountant::new();
+            acc.add(&Mechanism {
+                sample_rate: d.sample_rate,
+                noise_multiplier: f64::from(d.noise_multiplier),
+                steps: d.steps * u64::from(a.rounds),
+            });
+            acc.epsilon(a.delta)
+        })
+        .fold(0.0f64, f64::max);
+    let sigma = dp
+        .iter()
+        .flatten()
+        .map(|d| d.noise_multiplier)
+        .fold(0.0f32, f32::max);
+    format!(
+        "ε spent (largest client) {spent:.3} at δ = {}, σ up to {sigma:.3}",
+        a.delta
+    )
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let data = match &a.mnist {
+        Some(dir) => load_mnist(dir).with_context(|| format!("MNIST from {}", dir.display()))?,
+        None => digits(),
+    };
+    if !["sign-flip", "scale", "garbage", "label-flip", "free-rider"].contains(&a.attack.as_str()) {
+        bail!(
+            "--attack {}: use sign-flip, scale, garbage, label-flip or free-rider",
+            a.attack
+        );
+    }
+    let how = combine(&a.aggregate, a.clients)?;
+    let splits = data.default_splits();
+    let parts = partition(&data, &splits.train, a.clients, a.dirichlet, a.seed);
+    let mut flipped = data.clone();
+    for l in &mut flipped.labels {
+        *l = (data.classes as u16 - 1).saturating_sub(*l);
+    }
+    let smallest = parts.iter().map(Vec::len).min().unwrap_or(0);
+    let dp = dp_settings(&a, &parts)?;
+    let arch = mlp(data.shape, a.hidden, data.classes);
+    let mut state = TrainState::fresh(initial_weights(&arch, sub_seed(a.seed, "init"))?);
+    let budget = Budget {
+        epochs: u32::MAX,
+        max_steps: Some(u64::from(a.local_steps)),
+        batch_size: a.batch,
+        optimizer: OptimizerKind::Adam,
+        learning_rate: a.lr,
+        schedule: Schedule::Constant,
+    };
+    let split = if a.dirichlet > 0.0 {
+        format!("Dirichlet α = {}", a.dirichlet)
+    } else {
+        "IID".into()
+    };
+    eprintln!(
+        "{} clients ({smallest} to {} records; {split}), {} rounds x {} local steps, \
+         aggregate {}, {} {} attackers, target ε {}",
+        a.clients,
+        parts.iter().map(Vec::len).max().unwrap_or(0),
+        a.rounds,
+        a.local_steps,
+        a.aggregate,
+        a.attackers,
+        a.attack,
+        a.epsilon,
+    );
+    let t0 = Instant::now();
+    let setup = Setup {
+        data,
+        flipped,
+        parts,
+        dp,
+        budget,
+    };
+    for r in 0..a.rounds {
+        let updates = client_updates(&a, &setup, &state, r)?;
+        let mut agg = Aggregator::new(how);
+        for mut u in updates {
+            if a.norm_bound > 0.0 {
+                u.bound_norm(a.norm_bound);
+            }
+            agg.push(&u);
+        }
+        state = agg.step(&state, Outer::Average);
+        let (correct, total) = evaluate_weights::<Cpu>(
+            &state.weights,
+            &setup.data,
+            &splits.test,
+            &Default::default(),
+        )?;
+        eprintln!(
+            "round {r}: test accuracy {:.4} ({:.0} s)",
+            correct as f64 / total as f64,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let (correct, total) = evaluate_weights::<Cpu>(
+        &state.weights,
+        &setup.data,
+        &splits.test,
+        &Default::default(),
+    )?;
+    println!(
+        "final test accuracy {:.4} ({correct}/{total}); {}; {:.0} s",
+        correct as f64 / total as f64,
+        privacy_line(&a, &setup.dp),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
