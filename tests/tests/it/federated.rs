@@ -33,6 +33,66 @@ fn write_private_part(dir: &Path, k: usize, n: usize) -> (PathBuf, Vec<Vec<u8>>)
     (path, records)
 }
 
+/// The campaign: 3 rounds of 3 clients, 40 DP-SGD steps each (σ = 1, q = 0.1), FedAvg.
+fn params(model: hivemesh_protocol::BlobId) -> FederatedParams {
+    FederatedParams {
+        model,
+        private_data: "wards".into(),
+        rounds: 3,
+        clients_per_round: 3,
+        min_clients: 2,
+        local_steps: 40,
+        example_privacy: Some(ExamplePrivacy {
+            clip: 1.0,
+            noise_multiplier: 1.0,
+            sample_rate: 0.1,
+        }),
+        client_privacy: None,
+        delta: 1e-5,
+        epsilon_budget: None,
+        norm_bound: 0.0,
+        aggregate: Aggregate::Mean,
+        outer: OuterStep::Average,
+    }
+}
+
+/// No file under any of `dirs` holds one of the private `records` (the 64 pixel bytes of the
+/// busier ones) or a line of the private CSV files; a control shows the search finds what is
+/// there.
+fn assert_no_private_bytes(dirs: &[TempDir], parts: &[(PathBuf, Vec<Vec<u8>>)]) {
+    let control = TempDir::new("fedcontrol");
+    let probe = &parts[0].1[7];
+    std::fs::write(
+        control.path().join("leak"),
+        [b"x".as_slice(), probe].concat(),
+    )
+    .expect("w");
+    assert!(any_file_holds(control.path(), probe));
+    let csv_lines: Vec<String> = parts
+        .iter()
+        .map(|(p, _)| {
+            let text = std::fs::read_to_string(p).expect("read");
+            text.lines().nth(5).expect("a line").to_string()
+        })
+        .collect();
+    for dir in dirs {
+        for (_, records) in parts {
+            let busy = records
+                .iter()
+                .filter(|r| r.iter().filter(|b| **b > 0).count() > 20);
+            for r in busy.take(25) {
+                assert!(
+                    !any_file_holds(dir.path(), r),
+                    "a private record in a store"
+                );
+            }
+        }
+        for line in &csv_lines {
+            assert!(!any_file_holds(dir.path(), line.as_bytes()));
+        }
+    }
+}
+
 /// Whether any file under `dir` holds `needle`.
 fn any_file_holds(dir: &Path, needle: &[u8]) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -76,25 +136,7 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
     spec.name = "test: federated digits".into();
     spec.redundancy = 2;
     spec.budget.learning_rate = 2e-2;
-    let params = FederatedParams {
-        model,
-        private_data: "wards".into(),
-        rounds: 3,
-        clients_per_round: 3,
-        min_clients: 2,
-        local_steps: 40,
-        example_privacy: Some(ExamplePrivacy {
-            clip: 1.0,
-            noise_multiplier: 1.0,
-            sample_rate: 0.1,
-        }),
-        client_privacy: None,
-        delta: 1e-5,
-        epsilon_budget: None,
-        norm_bound: 0.0,
-        aggregate: Aggregate::Mean,
-        outer: OuterStep::Average,
-    };
+    let params = params(model);
     spec.search = Search::Federated(params);
     let id = nodes[0].client.submit(spec).await.expect("accepted");
     let mut closures = Vec::new();
@@ -145,37 +187,5 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
     for n in nodes {
         n.stop().await;
     }
-    let csv_lines: Vec<String> = parts
-        .iter()
-        .map(|(p, _)| {
-            let text = std::fs::read_to_string(p).expect("read");
-            text.lines().nth(5).expect("a line").to_string()
-        })
-        .collect();
-    // The search finds what is there (a control: one record written raw into a file).
-    let control = TempDir::new("fedcontrol");
-    let probe = &parts[0].1[7];
-    std::fs::write(
-        control.path().join("leak"),
-        [b"x".as_slice(), probe].concat(),
-    )
-    .expect("w");
-    assert!(any_file_holds(control.path(), probe));
-    for dir in &dirs {
-        for (_, records) in &parts {
-            for r in records
-                .iter()
-                .filter(|r| r.iter().filter(|b| **b > 0).count() > 20)
-                .take(25)
-            {
-                assert!(
-                    !any_file_holds(dir.path(), r),
-                    "a private record in a store"
-                );
-            }
-        }
-        for line in &csv_lines {
-            assert!(!any_file_holds(dir.path(), line.as_bytes()));
-        }
-    }
+    assert_no_private_bytes(&dirs, &parts);
 }
