@@ -244,6 +244,85 @@ pub fn progress(
     })
 }
 
+/// One round of a `train` campaign as the rounds plot draws it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundPoint {
+    /// The round.
+    pub round: u32,
+    /// The start model's validation accuracy, if agreed.
+    pub accuracy: Option<f64>,
+    /// The agreed segments' mean training loss, if any.
+    pub train_loss: Option<f64>,
+}
+
+fn rounds_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    points: &[RoundPoint],
+) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 / 2);
+    let r_max = points.iter().map(|p| p.round).max().unwrap_or(0).max(1);
+    let series = |f: fn(&RoundPoint) -> Option<f64>| -> Vec<(u32, f64)> {
+        points
+            .iter()
+            .filter_map(|p| f(p).map(|v| (p.round, v)))
+            .collect()
+    };
+    let acc = series(|p| p.accuracy);
+    let loss = series(|p| p.train_loss);
+    let mut chart = ChartBuilder::on(&top)
+        .caption(title, (FAMILY, 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0u32..r_max, 0.0..1.0)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .y_desc("start model accuracy (validation)")
+        .label_style((FAMILY, 14))
+        .draw()
+        .map_err(e)?;
+    chart
+        .draw_series(LineSeries::new(acc.iter().copied(), RED.stroke_width(2)))
+        .map_err(e)?;
+    let l_max = loss.iter().map(|l| l.1).fold(0.0, f64::max).max(1e-3) * 1.1;
+    let mut chart = ChartBuilder::on(&bottom)
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0u32..r_max, 0.0..l_max)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc("training loss (agreed segments)")
+        .label_style((FAMILY, 14))
+        .draw()
+        .map_err(e)?;
+    chart
+        .draw_series(LineSeries::new(loss.iter().copied(), BLUE.stroke_width(2)))
+        .map_err(e)?;
+    Ok(())
+}
+
+/// Writes `dir/rounds.png` and `dir/rounds.svg`: a training campaign's accuracy and loss by
+/// round.
+pub fn rounds(dir: &Path, title: &str, points: &[RoundPoint]) -> Result<(), PlotError> {
+    register_font();
+    let (png, svg) = (dir.join("rounds.png"), dir.join("rounds.svg"));
+    let size = (900, 700);
+    render(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        &png,
+        |r| rounds_chart(r, title, points),
+    )?;
+    render(SVGBackend::new(&svg, size).into_drawing_area(), &svg, |r| {
+        rounds_chart(r, title, points)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +362,27 @@ mod tests {
             },
         ];
         progress(&dir, "progress", &samples, 24).expect("progress");
-        for f in ["front.png", "front.svg", "progress.png", "progress.svg"] {
+        let rounds_in = [
+            (0, Some(0.11), Some(2.2)),
+            (1, Some(0.85), Some(0.6)),
+            (2, None, None),
+        ]
+        .map(|(round, accuracy, train_loss)| RoundPoint {
+            round,
+            accuracy,
+            train_loss,
+        });
+        rounds(&dir, "rounds", &rounds_in).expect("rounds");
+        let svg = std::fs::read_to_string(dir.join("rounds.svg")).expect("svg");
+        assert!(svg.contains("training loss"), "the loss panel is labelled");
+        for f in [
+            "front.png",
+            "front.svg",
+            "progress.png",
+            "progress.svg",
+            "rounds.png",
+            "rounds.svg",
+        ] {
             let bytes = std::fs::read(dir.join(f)).expect(f);
             assert!(bytes.len() > 1000, "{f}: {} bytes", bytes.len());
         }

@@ -76,6 +76,20 @@ pub fn write_all(dir: &Path, r: &ClusterReport) -> Result<Vec<PathBuf>, ReportEr
     .iter()
     .map(|f| dir.join(f))
     .collect();
+    if !r.rounds.is_empty() {
+        let points: Vec<plot::RoundPoint> = r
+            .rounds
+            .iter()
+            .filter(|l| !l.is_final)
+            .map(|l| plot::RoundPoint {
+                round: l.round,
+                accuracy: l.accuracy,
+                train_loss: l.train_loss,
+            })
+            .collect();
+        plot::rounds(dir, &format!("{}: rounds", r.name), &points)?;
+        out.extend(["rounds.png", "rounds.svg"].iter().map(|f| dir.join(f)));
+    }
     if !r.shard_blobs.is_empty() {
         let shards = dir.join("shards");
         std::fs::create_dir_all(&shards).map_err(|source| ReportError::Io {
@@ -259,7 +273,7 @@ fn rounds(s: &mut String, r: &ClusterReport) {
             l.agreed, l.jobs
         );
     }
-    let _ = writeln!(s);
+    let _ = writeln!(s, "\n![rounds](rounds.png)\n");
 }
 
 /// The Pareto front.
