@@ -360,6 +360,7 @@ fn main() -> Result<()> {
         dp,
         budget,
     };
+    let mut last = (0, 0);
     for r in 0..a.rounds {
         let updates = client_updates(&a, &setup, &state, r)?;
         let mut agg = Aggregator::new(how);
@@ -370,24 +371,20 @@ fn main() -> Result<()> {
             agg.push(&u);
         }
         state = agg.step(&state, Outer::Average);
-        let (correct, total) = evaluate_weights::<Cpu>(
+        last = evaluate_weights::<Cpu>(
             &state.weights,
             &setup.data,
             &splits.test,
             &Default::default(),
         )?;
+        let (correct, total) = last;
         eprintln!(
             "round {r}: test accuracy {:.4} ({:.0} s)",
             correct as f64 / total as f64,
             t0.elapsed().as_secs_f64()
         );
     }
-    let (correct, total) = evaluate_weights::<Cpu>(
-        &state.weights,
-        &setup.data,
-        &splits.test,
-        &Default::default(),
-    )?;
+    let (correct, total) = last;
     println!(
         "final test accuracy {:.4} ({correct}/{total}); {}; {:.0} s",
         correct as f64 / total as f64,

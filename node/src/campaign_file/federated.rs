@@ -26,10 +26,10 @@
 
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::privacy::noise_for;
-use hivemesh_protocol::spec::{ClientPrivacy, ExamplePrivacy, FederatedParams, OuterStep, Search};
+use hivemesh_protocol::spec::{ClientPrivacy, ExamplePrivacy, FederatedParams, Search};
 use serde::Deserialize;
 
-use super::train::{AggregateFields, parse_aggregate};
+use super::train::{AggregateFields, parse_aggregate, parse_outer};
 use super::{CampaignFileError, field};
 
 /// The blob-naming key of `[federated]`.
@@ -182,19 +182,12 @@ impl FederatedFile {
 
     /// The protocol's search (the model must be a blob id by now).
     pub fn to_search(&self) -> Result<Search, CampaignFileError> {
-        let outer = match self.outer.as_str() {
-            "nesterov" => OuterStep::Nesterov {
-                learning_rate: self.outer_learning_rate,
-                momentum: self.outer_momentum,
-            },
-            "average" => OuterStep::Average,
-            other => {
-                return Err(field(
-                    "federated.outer",
-                    format!("{other:?}: use \"average\" or \"nesterov\""),
-                ));
-            }
-        };
+        let outer = parse_outer(
+            "federated.outer",
+            &self.outer,
+            self.outer_learning_rate,
+            self.outer_momentum,
+        )?;
         let aggregate = parse_aggregate(
             ["federated.aggregate", "federated.clip_radius"],
             &AggregateFields {
@@ -249,7 +242,7 @@ mod tests {
     #[test]
     fn defaults_are_fedavg_without_privacy_and_valid() {
         let p = params("").expect("valid");
-        assert_eq!(p.outer, OuterStep::Average);
+        assert_eq!(p.outer, hivemesh_protocol::spec::OuterStep::Average);
         assert!(p.example_privacy.is_none() && p.client_privacy.is_none());
         assert!(p.validate().is_ok());
     }

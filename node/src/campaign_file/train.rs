@@ -119,6 +119,27 @@ fn default_per_mille() -> u16 {
     10
 }
 
+/// The outer step named `name` (`nesterov`, with its learning rate and momentum, or
+/// `average`); errors name `key`.
+pub(super) fn parse_outer(
+    key: &'static str,
+    name: &str,
+    learning_rate: f32,
+    momentum: f32,
+) -> Result<OuterStep, CampaignFileError> {
+    match name {
+        "nesterov" => Ok(OuterStep::Nesterov {
+            learning_rate,
+            momentum,
+        }),
+        "average" => Ok(OuterStep::Average),
+        other => Err(field(
+            key,
+            format!("{other:?}: use \"nesterov\" or \"average\""),
+        )),
+    }
+}
+
 /// The aggregate fields a `[train]` or `[federated]` table has.
 pub(super) struct AggregateFields<'a> {
     /// `aggregate`.
@@ -221,19 +242,12 @@ impl TrainFile {
 
     /// The protocol's search (the model must be a blob id by now).
     pub fn to_search(&self) -> Result<Search, CampaignFileError> {
-        let outer = match self.outer.as_str() {
-            "nesterov" => OuterStep::Nesterov {
-                learning_rate: self.outer_learning_rate,
-                momentum: self.outer_momentum,
-            },
-            "average" => OuterStep::Average,
-            other => {
-                return Err(field(
-                    "train.outer",
-                    format!("{other:?}: use \"nesterov\" or \"average\""),
-                ));
-            }
-        };
+        let outer = parse_outer(
+            "train.outer",
+            &self.outer,
+            self.outer_learning_rate,
+            self.outer_momentum,
+        )?;
         let encoding = match self.encoding.as_str() {
             "f32" => UpdateEncoding::F32,
             "f16" => UpdateEncoding::F16,

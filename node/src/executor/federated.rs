@@ -20,10 +20,10 @@ use hivemesh_protocol::spec::{FedJob, FederatedParams};
 use hivemesh_trainer::TrainError;
 use hivemesh_trainer::private::{DpSgd, clip_and_noise, secret_seed};
 use hivemesh_trainer::rounds::{Encoding, SegmentJob, Update};
-use hivemesh_trainer::train::{Budget, check_fit};
+use hivemesh_trainer::train::Budget;
 
-use super::train::{ModelBlob, Recipe, build_start, combine};
-use super::{ExecError, JobRun, Loaded, Ran, failure, fetch, train_failure};
+use super::train::{Recipe, build_start, combine, fitting_model};
+use super::{ExecError, JobRun, Loaded, Ran, failure, train_failure};
 
 /// The job's secret: what seeds its private sampling and noise (from this node's secret and
 /// the job's id, so a restarted node draws the same and no one else can).
@@ -53,23 +53,10 @@ pub(super) fn run(
     job: &mut JobRun<'_>,
     client: &Client<'_>,
 ) -> Result<Ran, ExecError> {
-    let model = ModelBlob::decode(&fetch(job.blobs, &p.model, "model")?);
-    if let Some(m) = &model
-        && let Err(e) = check_fit(
-            m.arch(),
-            job.data,
-            job.budget.batch_size as usize,
-            job.limits,
-        )
-    {
-        return match e {
-            TrainError::MemoryBudget { .. } => Err(ExecError::OverLimit(e)),
-            e => Ok(Ran::nothing(failure(
-                FailureKind::InvalidJob,
-                e.to_string(),
-            ))),
-        };
-    }
+    let model = match fitting_model(p.model, job)? {
+        Ok(m) => m,
+        Err(ran) => return Ok(ran),
+    };
     let recipe = Recipe {
         model: p.model,
         base: f.base,

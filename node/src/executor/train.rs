@@ -287,17 +287,17 @@ pub(super) fn encoding(p: &TrainParams) -> Encoding {
     }
 }
 
-/// Runs a `train` job.
-pub(super) fn run(
-    p: &TrainParams,
-    t: &TrainJob,
-    campaign_seed: u64,
-    job: &mut JobRun<'_>,
-) -> Result<Ran, ExecError> {
-    // Every round trains the campaign model's architecture: a model over this node's limits
-    // is refused before any state or update is decoded.
-    let model = ModelBlob::decode(&fetch(job.blobs, &p.model, "model")?);
-    if let Some(m) = &model
+/// The campaign's model blob, decoded (`None`: neither an architecture nor a weights file;
+/// the recipe then fails the job), once it is known to fit the data and this node's limits:
+/// every round trains its architecture, so a model over the limits is refused (an error) and
+/// one that does not fit the data fails the job (the inner `Err`) before any state or update
+/// is decoded.
+pub(super) fn fitting_model(
+    model: BlobId,
+    job: &JobRun<'_>,
+) -> Result<Result<Option<ModelBlob>, Ran>, ExecError> {
+    let decoded = ModelBlob::decode(&fetch(job.blobs, &model, "model")?);
+    if let Some(m) = &decoded
         && let Err(e) = check_fit(
             m.arch(),
             job.data,
@@ -307,12 +307,26 @@ pub(super) fn run(
     {
         return match e {
             TrainError::MemoryBudget { .. } => Err(ExecError::OverLimit(e)),
-            e => Ok(Ran::nothing(failure(
+            e => Ok(Err(Ran::nothing(failure(
                 FailureKind::InvalidJob,
                 e.to_string(),
-            ))),
+            )))),
         };
     }
+    Ok(Ok(decoded))
+}
+
+/// Runs a `train` job.
+pub(super) fn run(
+    p: &TrainParams,
+    t: &TrainJob,
+    campaign_seed: u64,
+    job: &mut JobRun<'_>,
+) -> Result<Ran, ExecError> {
+    let model = match fitting_model(p.model, job)? {
+        Ok(m) => m,
+        Err(ran) => return Ok(ran),
+    };
     let start = match start_state(p, t, (model, campaign_seed), job)? {
         Ok(s) => s,
         Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
