@@ -496,6 +496,9 @@ impl Store {
         durability: redb::Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
+        // A commit that is not made durable writes nothing to the disk yet: its success says
+        // nothing of the disk, so it does not clear the last failed write.
+        let durable = !matches!(durability, redb::Durability::None);
         let out = self.db().and_then(|db| {
             let commit = || -> Result<T, redb::Error> {
                 let mut txn = db.begin_write()?;
@@ -511,7 +514,8 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match &out {
-            Ok(_) => *last = None,
+            Ok(_) if durable => *last = None,
+            Ok(_) => {}
             Err(e) => {
                 self.options.write_failures.inc();
                 *last = Some(e.to_string());
