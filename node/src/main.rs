@@ -221,6 +221,11 @@ struct RunArgs {
     /// NAME=CxHxW (e.g. digits=1x8x8) or NAME=LENGTH; repeat for several.
     #[arg(long = "private-shape", value_name = "NAME=SHAPE")]
     private_shape: Vec<String>,
+    /// The most example-level ε a federated campaign may spend of this node's private data
+    /// [default: 10]: a campaign without DP-SGD, or without an ε budget, or with a larger one,
+    /// gets no slots here. `inf` accepts any campaign (its updates may then reveal records).
+    #[arg(long = "private-max-epsilon", value_name = "EPSILON")]
+    private_max_epsilon: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -419,6 +424,48 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The node's config and the HTTP API's address (`None`: no API) from flags, environment and
 /// config file.
+/// `--private-data`, `--private-shape` and `--private-max-epsilon` into `cfg`.
+fn private_config(
+    private_data: &[String],
+    private_shape: &[String],
+    max_epsilon: Option<f64>,
+    cfg: &mut Config,
+) -> anyhow::Result<()> {
+    let mut shapes = std::collections::BTreeMap::new();
+    for s in private_shape {
+        let Some((name, shape)) = s.split_once('=') else {
+            bail!("--private-shape {s}: give NAME=CxHxW (e.g. digits=1x8x8) or NAME=LENGTH");
+        };
+        shapes.insert(name.to_string(), shape.to_string());
+    }
+    for offer in private_data {
+        let Some((name, path)) = offer.split_once('=') else {
+            bail!("--private-data {offer}: give NAME=PATH (e.g. clinic=./records.csv)");
+        };
+        let opts = ReadOptions {
+            shape: shapes.remove(name),
+            ..ReadOptions::default()
+        };
+        if cfg
+            .private_data
+            .insert(name.to_string(), (PathBuf::from(path), opts))
+            .is_some()
+        {
+            bail!("--private-data: {name} is given twice");
+        }
+    }
+    if let Some(e) = max_epsilon {
+        if e.is_nan() || e <= 0.0 {
+            bail!("--private-max-epsilon must be above 0 (inf accepts any campaign)");
+        }
+        cfg.private_max_epsilon = e;
+    }
+    if let Some(name) = shapes.keys().next() {
+        bail!("--private-shape {name}=…: no --private-data {name}=PATH to apply it to");
+    }
+    Ok(())
+}
+
 fn node_config(
     data_dir: &Path,
     args: RunArgs,
@@ -470,32 +517,12 @@ fn node_config(
             .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     }
     cfg.fault = args.fault;
-    let mut shapes = std::collections::BTreeMap::new();
-    for s in &args.private_shape {
-        let Some((name, shape)) = s.split_once('=') else {
-            bail!("--private-shape {s}: give NAME=CxHxW (e.g. digits=1x8x8) or NAME=LENGTH");
-        };
-        shapes.insert(name.to_string(), shape.to_string());
-    }
-    for offer in &args.private_data {
-        let Some((name, path)) = offer.split_once('=') else {
-            bail!("--private-data {offer}: give NAME=PATH (e.g. clinic=./records.csv)");
-        };
-        let opts = ReadOptions {
-            shape: shapes.remove(name),
-            ..ReadOptions::default()
-        };
-        if cfg
-            .private_data
-            .insert(name.to_string(), (PathBuf::from(path), opts))
-            .is_some()
-        {
-            bail!("--private-data: {name} is given twice");
-        }
-    }
-    if let Some(name) = shapes.keys().next() {
-        bail!("--private-shape {name}=…: no --private-data {name}=PATH to apply it to");
-    }
+    private_config(
+        &args.private_data,
+        &args.private_shape,
+        args.private_max_epsilon,
+        &mut cfg,
+    )?;
     cfg.new_identity = args.new_identity;
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "this node misbehaves on purpose (HIVEMESH_FAULT): test clusters only");

@@ -245,7 +245,20 @@ impl EventLoop {
         // A federated campaign's members are the nodes that offer its private data: others
         // follow it (relay, vote when asked, evaluate nothing) with no slots.
         let offers = match &spec.search {
-            Search::Federated(p) => self.jobs.executor.offers().any(|n| n == p.private_data),
+            Search::Federated(p) if self.jobs.executor.offers().any(|n| n == p.private_data) => {
+                match super::private_data_refusal(p, self.config.private_max_epsilon) {
+                    Some(why) => {
+                        tracing::warn!(
+                            campaign = %id,
+                            "not giving private data {:?} to this campaign: {why} (see --private-max-epsilon)",
+                            p.private_data
+                        );
+                        false
+                    }
+                    None => true,
+                }
+            }
+            Search::Federated(_) => false,
             _ => true,
         };
         let capacity = if offers {

@@ -149,6 +149,10 @@ pub struct Config {
     /// with how to read each (`--private-shape`): read here, used by this node's jobs only,
     /// never sent (ADR 0010).
     pub private_data: BTreeMap<String, (PathBuf, hivemesh_trainer::data::ReadOptions)>,
+    /// The most example-level ε a federated campaign may spend of this node's private data
+    /// (`--private-max-epsilon`): a campaign without DP-SGD, or whose ε budget is missing or
+    /// larger, gets no slots here (infinite: any campaign, none refused).
+    pub private_max_epsilon: f64,
 }
 
 impl Config {
@@ -186,7 +190,33 @@ impl Config {
             store_faults: StoreFaults::default(),
             blob_quota: None,
             private_data: BTreeMap::new(),
+            private_max_epsilon: DEFAULT_PRIVATE_MAX_EPSILON,
         }
+    }
+}
+
+/// The default of [`Config::private_max_epsilon`].
+pub const DEFAULT_PRIVATE_MAX_EPSILON: f64 = 10.0;
+
+/// Why this node does not give its private data to a federated campaign with `p`'s privacy
+/// settings under a limit of `max_epsilon` (`None`: it does).
+pub fn private_data_refusal(
+    p: &hivemesh_protocol::spec::FederatedParams,
+    max_epsilon: f64,
+) -> Option<String> {
+    if max_epsilon.is_infinite() {
+        return None;
+    }
+    match (p.example_privacy, p.epsilon_budget) {
+        (None, _) => Some(format!(
+            "it trains on private data {:?} without example-level privacy (DP-SGD)",
+            p.private_data
+        )),
+        (Some(_), None) => Some("it states no ε budget".into()),
+        (Some(_), Some(b)) if b > max_epsilon => Some(format!(
+            "its ε budget {b} is above this node's --private-max-epsilon {max_epsilon}"
+        )),
+        _ => None,
     }
 }
 
@@ -610,4 +640,45 @@ pub fn peer_key(peer: &PeerId) -> Option<PeerKey> {
     let public = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
     let ed = public.try_into_ed25519().ok()?;
     Some(PeerKey(ed.to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hivemesh_protocol::spec::{Aggregate, ExamplePrivacy, FederatedParams, OuterStep};
+
+    /// A node gives its private data only to campaigns that train it with DP-SGD within its ε
+    /// limit (infinite: any).
+    #[test]
+    fn private_data_goes_only_to_campaigns_within_the_nodes_epsilon() {
+        let mut p = FederatedParams {
+            model: hivemesh_protocol::BlobId::of_bytes(b"m"),
+            private_data: "wards".into(),
+            rounds: 2,
+            clients_per_round: 2,
+            min_clients: 1,
+            local_steps: 10,
+            example_privacy: None,
+            client_privacy: None,
+            delta: 1e-5,
+            epsilon_budget: None,
+            norm_bound: 0.0,
+            aggregate: Aggregate::Mean,
+            outer: OuterStep::Average,
+        };
+        let why = private_data_refusal(&p, 10.0).expect("no DP: refused");
+        assert!(why.contains("without example-level privacy"), "{why}");
+        assert_eq!(private_data_refusal(&p, f64::INFINITY), None);
+        p.example_privacy = Some(ExamplePrivacy {
+            clip: 1.0,
+            noise_multiplier: 1.0,
+            sample_rate: 0.1,
+        });
+        assert!(private_data_refusal(&p, 10.0).is_some(), "no budget");
+        p.epsilon_budget = Some(12.0);
+        let why = private_data_refusal(&p, 10.0).expect("over the limit");
+        assert!(why.contains("--private-max-epsilon"), "{why}");
+        p.epsilon_budget = Some(8.0);
+        assert_eq!(private_data_refusal(&p, 10.0), None);
+    }
 }

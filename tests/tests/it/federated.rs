@@ -49,7 +49,8 @@ fn params(model: hivemesh_protocol::BlobId) -> FederatedParams {
         }),
         client_privacy: None,
         delta: 1e-5,
-        epsilon_budget: None,
+        // Within the nodes' default --private-max-epsilon (10): they take part.
+        epsilon_budget: Some(10.0),
         norm_bound: 0.0,
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
