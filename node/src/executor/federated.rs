@@ -137,10 +137,13 @@ fn train_locally(
         max_steps: Some(u64::from(p.local_steps)),
         ..job.budget.clone()
     };
+    // Every record the client offers: no split of its data is held out here (the public data
+    // measures the model).
+    let records: Vec<u32> = (0..mine.data.len() as u32).collect();
     let seg = SegmentJob {
         start,
         data: &mine.data,
-        samples: &mine.splits.train,
+        samples: &records,
         evaluate_on: &[],
         budget: &budget,
         // The batch order of non-private training: from the secret too (it is this node's
