@@ -356,13 +356,7 @@ pub fn clip_and_noise(update: &mut Update, clip: f32, std: f64, seed: [u8; 32]) 
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     };
-    let norm: f64 = update
-        .tensors
-        .iter()
-        .flat_map(&values)
-        .map(|v| f64::from(v) * f64::from(v))
-        .sum::<f64>()
-        .sqrt();
+    let norm = update.norm();
     let scale = (f64::from(clip) / norm.max(1e-12)).min(1.0);
     for t in &mut update.tensors {
         let noisy: Vec<u8> = values(t)

@@ -677,16 +677,20 @@ pub fn outliers(updates: &[Update], combined: &Update, factor: f64) -> Vec<usize
 }
 
 impl Update {
-    /// The update scaled down to L2 norm at most `max` (over every value); returns whether it
-    /// was scaled ("norm bounding": one update can move the aggregate by at most `max / n`).
-    pub fn bound_norm(&mut self, max: f64) -> bool {
-        let norm: f64 = self
-            .tensors
+    /// The L2 norm over every value (in `f64`, in tensor order).
+    pub fn norm(&self) -> f64 {
+        self.tensors
             .iter()
             .flat_map(|t| floats(&t.data))
             .map(|v| f64::from(v) * f64::from(v))
             .sum::<f64>()
-            .sqrt();
+            .sqrt()
+    }
+
+    /// The update scaled down to L2 norm at most `max` (over every value); returns whether it
+    /// was scaled ("norm bounding": one update can move the aggregate by at most `max / n`).
+    pub fn bound_norm(&mut self, max: f64) -> bool {
+        let norm = self.norm();
         if norm <= max {
             return false;
         }
@@ -1036,14 +1040,7 @@ mod tests {
         assert_eq!(outliers(&ups, &combined, 3.0), vec![5, 6]);
         let mut big = constant(&s, 80.0);
         assert!(big.bound_norm(1.0));
-        let n: f64 = big
-            .tensors
-            .iter()
-            .flat_map(|t| floats(&t.data))
-            .map(|v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
-        assert!((n - 1.0).abs() < 1e-5);
+        assert!((big.norm() - 1.0).abs() < 1e-5);
         assert!(!big.bound_norm(2.0));
     }
 

@@ -759,6 +759,64 @@ fn forged_claim(id: hivemesh_protocol::CampaignId, n: u8) -> Vec<u8> {
     forged
 }
 
+/// Publishes forged claims from `peer`, one at a time, until `node` bans it; returns how many
+/// were rejected before the ban and the peer's score at the ban.
+async fn reject_until_banned(
+    peer: &mut libp2p::Swarm<hivemesh_tests::raw_peer::RawBehaviour>,
+    node: &mut hivemesh_tests::TestNode,
+    topic: &libp2p::gossipsub::IdentTopic,
+    id: hivemesh_protocol::CampaignId,
+) -> (usize, f64) {
+    use hivemesh_tests::raw_peer::until_node;
+    let attacker = *peer.local_peer_id();
+    let mut rejected = 0;
+    let score = loop {
+        assert!(
+            rejected < 20,
+            "not banned after {rejected} rejected messages"
+        );
+        let sent = peer
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), forged_claim(id, rejected as u8));
+        if sent.is_err() {
+            // The node dropped this peer while handling the last rejected message: its ban
+            // event came after that rejection and is still to be read.
+            let score = until_node(
+                peer,
+                &mut node.events,
+                Duration::from_secs(30),
+                |e| match e {
+                    Event::Banned { peer, score } if *peer == attacker => Some(*score),
+                    _ => None,
+                },
+            )
+            .await;
+            break score;
+        }
+        let banned = until_node(
+            peer,
+            &mut node.events,
+            Duration::from_secs(30),
+            |e| match e {
+                Event::Rejected {
+                    from,
+                    penalised: true,
+                    ..
+                } if *from == attacker => Some(None),
+                Event::Banned { peer, score } if *peer == attacker => Some(Some(*score)),
+                _ => None,
+            },
+        )
+        .await;
+        match banned {
+            None => rejected += 1,
+            Some(score) => break score,
+        }
+    };
+    (rejected, score)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_in_the_mesh_is_banned_within_three_rejected_messages() {
     use hivemesh_protocol::envelope::AnySigned;
@@ -792,51 +850,7 @@ async fn a_peer_in_the_mesh_is_banned_within_three_rejected_messages() {
 
     // Now rejected messages, one at a time, until the node bans the peer.
     let bound = hivemesh_node::net::rejects_to_graylist();
-    let mut rejected = 0;
-    let score = loop {
-        assert!(
-            rejected < 20,
-            "not banned after {rejected} rejected messages"
-        );
-        let sent = peer
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic.clone(), forged_claim(id, rejected as u8));
-        if sent.is_err() {
-            // The node dropped this peer while handling the last rejected message: its ban
-            // event came after that rejection and is still to be read.
-            let score = until_node(
-                &mut peer,
-                &mut node.events,
-                Duration::from_secs(30),
-                |e| match e {
-                    Event::Banned { peer, score } if *peer == attacker => Some(*score),
-                    _ => None,
-                },
-            )
-            .await;
-            break score;
-        }
-        let banned = until_node(
-            &mut peer,
-            &mut node.events,
-            Duration::from_secs(30),
-            |e| match e {
-                Event::Rejected {
-                    from,
-                    penalised: true,
-                    ..
-                } if *from == attacker => Some(None),
-                Event::Banned { peer, score } if *peer == attacker => Some(Some(*score)),
-                _ => None,
-            },
-        )
-        .await;
-        match banned {
-            None => rejected += 1,
-            Some(score) => break score,
-        }
-    };
+    let (rejected, score) = reject_until_banned(&mut peer, &mut node, &topic, id).await;
     eprintln!(
         "rejected messages before the ban: {rejected} (credit banked {banked:.2}, score at the \
          ban {score:.1}, bound {bound})"
