@@ -261,6 +261,18 @@ impl Accountant {
         }
     }
 
+    /// Composes `times` copies of a mechanism whose RDP curve is `rdp` (as [`Mechanism::rdp`]
+    /// gives it): the curve is computed once and scaled, which matters where the same round
+    /// is composed for many clients or many rounds.
+    pub fn add_curve(&mut self, rdp: &[f64; ORDERS.len()], times: u64) {
+        let times = times as f64;
+        for (total, r) in self.rdp.iter_mut().zip(rdp) {
+            if *r != 0.0 && times != 0.0 {
+                *total += r * times;
+            }
+        }
+    }
+
     /// `ε` spent at `δ`.
     pub fn epsilon(&self, delta: f64) -> f64 {
         let mut rdp = [0.0; ORDERS.len()];

@@ -25,7 +25,7 @@ use super::train::{Aggregate, OuterStep, trained_blobs};
 use super::{CampaignKind, JobPayload, KindRules, SearchError, SearchState, Told};
 use crate::id::BlobId;
 use crate::identity::PeerKey;
-use crate::privacy::{Accountant, Mechanism};
+use crate::privacy::{Accountant, MAX_NOISE_MULTIPLIER, Mechanism, ORDERS};
 use crate::spec_error::{SpecError, field};
 
 /// Most clients in one round (secure aggregation's Shamir shares allow 255).
@@ -126,6 +126,12 @@ fn positive(x: f32) -> bool {
     x.is_finite() && x > 0.0
 }
 
+/// A noise multiplier the accountant computes in bounded time: `0 ≤ σ ≤` [`MAX_NOISE_MULTIPLIER`]
+/// (a larger one protects no better in any useful sense, and its RDP series runs longer).
+fn valid_multiplier(x: f32) -> bool {
+    x.is_finite() && (0.0..=MAX_NOISE_MULTIPLIER as f32).contains(&x)
+}
+
 impl FederatedParams {
     /// The example-level mechanism of one client's round.
     pub fn example_round(&self) -> Option<Mechanism> {
@@ -154,10 +160,10 @@ impl FederatedParams {
             if !positive(e.clip) {
                 return Err(field("example_privacy.clip", "must be above 0"));
             }
-            if !(e.noise_multiplier.is_finite() && e.noise_multiplier >= 0.0) {
+            if !valid_multiplier(e.noise_multiplier) {
                 return Err(field(
                     "example_privacy.noise_multiplier",
-                    "must be at least 0",
+                    format!("must be 0 to {MAX_NOISE_MULTIPLIER}"),
                 ));
             }
             if !(e.sample_rate > 0.0 && e.sample_rate <= 1.0) {
@@ -168,10 +174,10 @@ impl FederatedParams {
             if !positive(c.clip) {
                 return Err(field("client_privacy.clip", "must be above 0"));
             }
-            if !(c.noise_multiplier.is_finite() && c.noise_multiplier >= 0.0) {
+            if !valid_multiplier(c.noise_multiplier) {
                 return Err(field(
                     "client_privacy.noise_multiplier",
-                    "must be at least 0",
+                    format!("must be 0 to {MAX_NOISE_MULTIPLIER}"),
                 ));
             }
         }
@@ -278,6 +284,7 @@ impl KindRules for FederatedParams {
             updates: Vec::new(),
             participation: BTreeMap::new(),
             campaign: Accountant::new(),
+            curves: Curves::new(self),
         }))
     }
 }
@@ -299,28 +306,74 @@ struct FedRounds {
     participation: BTreeMap<PeerKey, u32>,
     /// The campaign's client-level spending.
     campaign: Accountant,
+    /// The RDP curves of one client's round and of each round shape seen.
+    curves: Curves,
+}
+
+/// An RDP curve at every order of [`ORDERS`].
+type Curve = [f64; ORDERS.len()];
+
+/// Most client-level curves kept (one per distinct `(clients, population)` of a round).
+const MAX_CURVES: usize = 64;
+
+/// RDP curves computed once and scaled, never once per member or per round: a curve costs
+/// up to tens of milliseconds (a fractional order's series), and a campaign may have
+/// hundreds of members and thousands of rounds.
+#[derive(Clone)]
+struct Curves {
+    /// One client's round at example level (`local_steps` DP-SGD steps), if private.
+    example: Option<Curve>,
+    /// The client-level curve of a round of `clients` sampled among `population`.
+    client: BTreeMap<(u32, u32), Curve>,
+}
+
+impl Curves {
+    fn new(params: &FederatedParams) -> Curves {
+        Curves {
+            example: params.example_round().map(|m| m.rdp()),
+            client: BTreeMap::new(),
+        }
+    }
+
+    /// The client-level curve of a round of `clients` of `population` (cached).
+    fn client(&mut self, params: &FederatedParams, clients: u32, population: u32) -> Option<Curve> {
+        let m = params.client_round(clients, population)?;
+        if let Some(c) = self.client.get(&(clients, population)) {
+            return Some(*c);
+        }
+        if self.client.len() >= MAX_CURVES {
+            self.client.clear();
+        }
+        let c = m.rdp();
+        self.client.insert((clients, population), c);
+        Some(c)
+    }
+
+    /// Example-level `ε` of a client after `rounds` rounds.
+    fn example_epsilon(&self, rounds: u32, delta: f64) -> Option<f64> {
+        let curve = self.example.as_ref()?;
+        let mut a = Accountant::new();
+        a.add_curve(curve, u64::from(rounds));
+        Some(a.epsilon(delta))
+    }
 }
 
 impl FedRounds {
     /// Whether one more round for `client` keeps its example-level `ε` within the budget.
     fn client_may_join(&self, client: &PeerKey) -> bool {
-        let (Some(budget), Some(m)) = (self.params.epsilon_budget, self.params.example_round())
-        else {
+        let Some(budget) = self.params.epsilon_budget else {
             return true;
         };
         let rounds = self.participation.get(client).copied().unwrap_or(0) + 1;
-        let mut a = Accountant::new();
-        a.add(&Mechanism {
-            steps: m.steps * u64::from(rounds),
-            ..m
-        });
-        a.epsilon(self.params.delta) <= budget
+        self.curves
+            .example_epsilon(rounds, self.params.delta)
+            .is_none_or(|e| e <= budget)
     }
 
     /// The round's clients: up to `clients_per_round` of the eligible members, drawn from
     /// `rng` (partial Fisher–Yates over the sorted eligible list), or none when the campaign's
     /// client-level budget forbids the round.
-    fn sample(&self, rng: &mut ChaCha8Rng, members: &[PeerKey]) -> Vec<PeerKey> {
+    fn sample(&mut self, rng: &mut ChaCha8Rng, members: &[PeerKey]) -> Vec<PeerKey> {
         let mut eligible: Vec<PeerKey> = members
             .iter()
             .filter(|p| self.client_may_join(p))
@@ -329,12 +382,16 @@ impl FedRounds {
         eligible.sort();
         eligible.dedup();
         let k = (self.params.clients_per_round as usize).min(eligible.len());
-        if let (Some(budget), Some(m)) = (
-            self.params.epsilon_budget,
-            self.params.client_round(k as u32, members.len() as u32),
-        ) && self.campaign.epsilon_after(&m, self.params.delta) > budget
+        if let Some(budget) = self.params.epsilon_budget
+            && let Some(curve) = self
+                .curves
+                .client(&self.params, k as u32, members.len() as u32)
         {
-            return Vec::new();
+            let mut next = self.campaign.clone();
+            next.add_curve(&curve, 1);
+            if next.epsilon(self.params.delta) > budget {
+                return Vec::new();
+            }
         }
         for i in 0..k {
             let j = i + (rng.next_u64() % (eligible.len() - i) as u64) as usize;
@@ -398,8 +455,11 @@ impl SearchState for FedRounds {
             *self.participation.entry(*c).or_default() += 1;
         }
         let population = jobs.first().map_or(0, |j| j.population);
-        if let Some(m) = self.params.client_round(clients.len() as u32, population) {
-            self.campaign.add(&m);
+        if let Some(curve) = self
+            .curves
+            .client(&self.params, clients.len() as u32, population)
+        {
+            self.campaign.add_curve(&curve, 1);
         }
         self.round = self.round.saturating_add(1);
         let agreed: Vec<(BlobId, BlobId)> = told
@@ -449,6 +509,7 @@ pub struct Spent {
 /// The privacy spent by `rounds` (each round's jobs, in round order): client-level per round
 /// for the campaign, example-level per client. Computed from the job payloads alone.
 pub fn privacy_spent(params: &FederatedParams, rounds: &[Vec<&FedJob>]) -> Spent {
+    let mut curves = Curves::new(params);
     let mut campaign = Accountant::new();
     let mut spent = Spent {
         campaign: Vec::new(),
@@ -465,19 +526,14 @@ pub fn privacy_spent(params: &FederatedParams, rounds: &[Vec<&FedJob>]) -> Spent
             *taken.entry(*c).or_default() += 1;
         }
         let population = jobs.first().map_or(0, |j| j.population);
-        if let Some(m) = params.client_round(clients.len() as u32, population) {
-            campaign.add(&m);
+        if let Some(curve) = curves.client(params, clients.len() as u32, population) {
+            campaign.add_curve(&curve, 1);
             spent.campaign.push(campaign.epsilon(params.delta));
         }
     }
-    if let Some(m) = params.example_round() {
-        for (c, n) in taken {
-            let mut a = Accountant::new();
-            a.add(&Mechanism {
-                steps: m.steps * u64::from(n),
-                ..m
-            });
-            spent.clients.insert(c, (n, a.epsilon(params.delta)));
+    for (c, n) in taken {
+        if let Some(e) = curves.example_epsilon(n, params.delta) {
+            spent.clients.insert(c, (n, e));
         }
     }
     spent

@@ -251,4 +251,60 @@ fn parameters_are_checked_with_the_field_named() {
         &|p| p.aggregate = Aggregate::TrimmedMean { trim: 1 },
         "trim",
     );
+    // A noise multiplier above the accountant's bound (its RDP series would run long on
+    // every node deriving the campaign).
+    bad(
+        &|p| {
+            p.client_privacy = Some(ClientPrivacy {
+                clip: 1.0,
+                noise_multiplier: 1e5,
+            })
+        },
+        "client_privacy.noise_multiplier",
+    );
+    bad(
+        &|p| {
+            p.example_privacy = Some(ExamplePrivacy {
+                clip: 1.0,
+                noise_multiplier: f32::NAN,
+                sample_rate: 0.1,
+            })
+        },
+        "example_privacy.noise_multiplier",
+    );
+}
+
+/// Curves are computed once and scaled: the example-level ε of a client after `n` rounds is
+/// the ε of `n × local_steps` steps, and the client-level cache stays bounded whatever
+/// populations a campaign sees.
+#[test]
+fn curves_are_computed_once_scaled_and_kept_bounded() {
+    let mut p = params();
+    p.client_privacy = Some(ClientPrivacy {
+        clip: 1.0,
+        noise_multiplier: 2.0,
+    });
+    let mut c = Curves::new(&p);
+    let one = p.example_round().expect("example privacy");
+    for n in [1u32, 2, 7, 40] {
+        let direct = epsilon(
+            &Mechanism {
+                steps: one.steps * u64::from(n),
+                ..one
+            }
+            .rdp(),
+            p.delta,
+        )
+        .0;
+        let scaled = c.example_epsilon(n, p.delta).expect("private");
+        assert!(
+            (scaled - direct).abs() <= 1e-12 * direct,
+            "{n}: {scaled} {direct}"
+        );
+    }
+    for population in 1..=(2 * MAX_CURVES as u32) {
+        let curve = c.client(&p, 1, population).expect("client privacy");
+        assert_eq!(curve, p.client_round(1, population).expect("client").rdp());
+        assert!(c.client.len() <= MAX_CURVES);
+    }
 }
