@@ -69,13 +69,15 @@ fn main() {
             .map(|i| ClientSecrets::from_seed([i as u8 + 1; 32]))
             .collect();
         let roster: Vec<_> = secrets.iter().map(ClientSecrets::public).collect();
-        let round = Round::new([1; 32], roster, CLIENTS - 1, THRESHOLD).unwrap();
+        let mut round = Round::new([1; 32], roster, CLIENTS - 1, THRESHOLD).unwrap();
         let fp = FixedPoint::new(1.0, CLIENTS).unwrap();
         let t_deal = time(|| deal(&round, 0, &secrets[0], [9; 32]).unwrap());
         let mut held: Vec<Vec<Held>> = vec![Vec::new(); CLIENTS];
         let mut sealed_bytes = 0;
         for (i, s) in secrets.iter().enumerate() {
-            for sealed in deal(&round, i, s, [i as u8; 32]).unwrap() {
+            let dealt = deal(&round, i, s, [i as u8; 32]).unwrap();
+            round.record_deal(i, &dealt).unwrap();
+            for sealed in dealt {
                 if i == 0 {
                     sealed_bytes += postcard::to_stdvec(&sealed).unwrap().len();
                 }

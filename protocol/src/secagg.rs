@@ -8,9 +8,15 @@
 //! 1. **Deal.** Client `i` splits its self-mask seed `b_i` and its mask key `s_i` into
 //!    `threshold`-of-`k` Shamir shares (bytewise over GF(2⁸)) and sends share `j` to neighbour
 //!    `j`, sealed (ChaCha20-Poly1305 under a key from X25519 between their sealing keys).
+//!    With the sealed shares the dealer publishes a hash of each share ([`Sealed::self_hash`],
+//!    [`Sealed::mask_hash`]), so a share revealed later is checked on its own and a revealer
+//!    that lies about one is ignored instead of failing the round.
+//!    The clients whose deals arrived are the round's **active** clients
+//!    ([`Round::record_deal`]); the rest take no further part.
 //! 2. **Mask.** `y_i = x_i + PRG(b_i) + Σ_{j ∈ N(i), j > i} PRG(s_ij) − Σ_{j ∈ N(i), j < i}
-//!    PRG(s_ij)` in `u32` arithmetic (wrapping), `s_ij` from X25519 between mask keys: the
-//!    pairwise masks cancel in any sum over both ends of every pair.
+//!    PRG(s_ij)` in `u32` arithmetic (wrapping), over the *active* neighbours `j`, `s_ij` from
+//!    X25519 between mask keys: the pairwise masks cancel in any sum over both ends of every
+//!    pair.
 //! 3. **Reveal.** Once the survivors `S` (clients whose `y` arrived) are fixed, each survivor
 //!    reveals, for each neighbour, the share of `b` if the neighbour survived, else the share of
 //!    `s` — never both for one client, so no client's input is ever unmasked alone.
@@ -70,6 +76,12 @@ pub enum SecAggError {
     #[error("the shares revealed for client {client}'s mask are inconsistent; the round fails")]
     BadShares {
         /// Whose secret.
+        client: usize,
+    },
+    /// A deal that is not one share for each of the dealer's neighbours.
+    #[error("client {client}'s deal is not one sealed share for each of its neighbours")]
+    BadDeal {
+        /// Dealer.
         client: usize,
     },
     /// A masked input of the wrong length.
@@ -164,6 +176,9 @@ pub struct Round {
     pub threshold: usize,
     /// Each client's neighbours, sorted (symmetric; all others when the round is small).
     neighbours: Vec<Vec<usize>>,
+    /// Per client, once its deal is recorded: the hashes of the shares it dealt, by
+    /// recipient (`None`: it did not deal, so it is not active).
+    dealt: Vec<Option<Vec<(u16, [u8; 32], [u8; 32])>>>,
 }
 
 impl Round {
@@ -194,7 +209,55 @@ impl Round {
             roster,
             threshold,
             neighbours,
+            dealt: vec![None; n],
         })
+    }
+
+    /// Records client `dealer`'s deal (as published: every share it sealed): it becomes
+    /// active, and the hashes of its shares check what is revealed of them. A deal that is not
+    /// exactly one share for each of the dealer's neighbours is refused, naming the dealer.
+    pub fn record_deal(&mut self, dealer: usize, sealed: &[Sealed]) -> Result<(), SecAggError> {
+        let bad = SecAggError::BadDeal { client: dealer };
+        let Some(expected) = self.neighbours.get(dealer) else {
+            return Err(bad);
+        };
+        let mut to: Vec<u16> = sealed.iter().map(|s| s.to).collect();
+        to.sort_unstable();
+        let fits = to.len() == expected.len()
+            && to.iter().zip(expected).all(|(a, b)| usize::from(*a) == *b)
+            && sealed.iter().all(|s| usize::from(s.from) == dealer);
+        if !fits {
+            return Err(bad);
+        }
+        let mut hashes: Vec<(u16, [u8; 32], [u8; 32])> = sealed
+            .iter()
+            .map(|s| (s.to, s.self_hash, s.mask_hash))
+            .collect();
+        hashes.sort_unstable();
+        self.dealt[dealer] = Some(hashes);
+        Ok(())
+    }
+
+    /// Whether client `i` dealt (is active).
+    pub fn is_active(&self, i: usize) -> bool {
+        self.dealt.get(i).is_some_and(Option::is_some)
+    }
+
+    /// Whether `share` is the share of `owner`'s self-mask seed (or, with `mask`, of its mask
+    /// key) that `owner` dealt to `holder` (its neighbour), by the hash it published.
+    fn share_matches(&self, owner: usize, holder: usize, mask: bool, share: &[u8; 32]) -> bool {
+        let Some((self_hash, mask_hash)) = self.share_hashes(owner, holder) else {
+            return false;
+        };
+        let want = if mask { mask_hash } else { self_hash };
+        share_hash(&self.context, owner as u16, holder as u16, mask, share) == want
+    }
+
+    /// The hashes `owner` published for its shares held by `holder`.
+    fn share_hashes(&self, owner: usize, holder: usize) -> Option<([u8; 32], [u8; 32])> {
+        let dealt = self.dealt.get(owner)?.as_ref()?;
+        let i = dealt.binary_search_by_key(&(holder as u16), |d| d.0).ok()?;
+        Some((dealt[i].1, dealt[i].2))
     }
 
     /// Client `i`'s neighbours.
@@ -351,6 +414,32 @@ pub struct Sealed {
     pub to: u16,
     /// ChaCha20-Poly1305 of the share of `b` then the share of `s` (64 bytes, plus the tag).
     pub bytes: Vec<u8>,
+    /// [`share_hash`] of the share of `b` (public: a share of a threshold of 2 or more is
+    /// uniformly random, and its hash tells nothing of the secret).
+    pub self_hash: [u8; 32],
+    /// [`share_hash`] of the share of `s`.
+    pub mask_hash: [u8; 32],
+}
+
+/// What checks a revealed share: a hash bound to the round, the dealer, the holder and the
+/// kind of secret.
+pub fn share_hash(
+    context: &[u8; 32],
+    from: u16,
+    to: u16,
+    mask: bool,
+    share: &[u8; 32],
+) -> [u8; 32] {
+    derive(
+        "hivemesh 2026-12 secagg share hash",
+        &[
+            context,
+            &from.to_le_bytes(),
+            &to.to_le_bytes(),
+            &[u8::from(mask)],
+            share,
+        ],
+    )
 }
 
 /// The shares a client holds of one neighbour's secrets.
@@ -390,6 +479,8 @@ pub fn deal(
                 from: me as u16,
                 to: *j as u16,
                 bytes,
+                self_hash: share_hash(&round.context, me as u16, *j as u16, false, &b[n]),
+                mask_hash: share_hash(&round.context, me as u16, *j as u16, true, &s[n]),
             })
         })
         .collect()
@@ -437,7 +528,8 @@ fn add_prg(out: &mut [u32], seed: &[u8; 32], negative: bool) {
     }
 }
 
-/// Client `me`'s masked input.
+/// Client `me`'s masked input (pairwise masks with its active neighbours only: a neighbour
+/// that did not deal could not have its masks removed were it to drop).
 pub fn mask(
     round: &Round,
     me: usize,
@@ -446,7 +538,7 @@ pub fn mask(
 ) -> Result<Vec<u32>, SecAggError> {
     let mut y = input.to_vec();
     add_prg(&mut y, &secrets.self_seed, false);
-    for j in round.neighbours(me) {
+    for j in round.neighbours(me).iter().filter(|j| round.is_active(**j)) {
         let seed = round.pair_seed(secrets.mask, me, *j)?;
         add_prg(&mut y, &seed, *j < me);
     }
@@ -483,9 +575,12 @@ pub fn reveal(me: usize, held: &[Held], survivors: &[usize]) -> Reveal {
 }
 
 /// The sum of the survivors' inputs from their masked inputs `(client, y)` (`len` values
-/// each) and the survivors' reveals. Shares from a non-survivor, for a client that is not
-/// the revealer's neighbour, of the wrong kind (a self-mask share of a dropped client, a mask
-/// share of a survivor) are ignored.
+/// each) and the survivors' reveals; the survivors are the active clients (see
+/// [`Round::record_deal`]) whose masked input is given, the dropped ones the other active
+/// clients. Shares from a non-survivor, for a client that is not the revealer's neighbour, of
+/// the wrong kind (a self-mask share of a dropped client, a mask share of a survivor) or that
+/// do not match the hash their dealer published are ignored (see [`bad_revealers`]); a
+/// masked input of a client that is not active is left out.
 pub fn unmask(
     round: &Round,
     masked: &[(usize, Vec<u32>)],
@@ -503,7 +598,7 @@ pub fn unmask(
                 expected: len,
             });
         }
-        if *i < n && !survived[*i] {
+        if *i < n && round.is_active(*i) && !survived[*i] {
             survived[*i] = true;
             sum.iter_mut()
                 .zip(y)
@@ -518,16 +613,24 @@ pub fn unmask(
         if from >= n || !survived[from] {
             continue;
         }
-        let near = |o: usize| o < n && round.neighbours(from).contains(&o);
         for (o, s) in &r.self_shares {
             let o = usize::from(*o);
-            if near(o) && survived[o] && !self_shares[o].iter().any(|(x, _)| *x == x_of(from)) {
+            if o < n
+                && survived[o]
+                && round.share_matches(o, from, false, s)
+                && !self_shares[o].iter().any(|(x, _)| *x == x_of(from))
+            {
                 self_shares[o].push((x_of(from), *s));
             }
         }
         for (o, s) in &r.mask_shares {
             let o = usize::from(*o);
-            if near(o) && !survived[o] && !mask_shares[o].iter().any(|(x, _)| *x == x_of(from)) {
+            if o < n
+                && round.is_active(o)
+                && !survived[o]
+                && round.share_matches(o, from, true, s)
+                && !mask_shares[o].iter().any(|(x, _)| *x == x_of(from))
+            {
                 mask_shares[o].push((x_of(from), *s));
             }
         }
@@ -550,7 +653,7 @@ pub fn unmask(
         }
         add_prg(&mut sum, &b, true);
     }
-    for d in (0..n).filter(|d| !survived[*d]) {
+    for d in (0..n).filter(|d| round.is_active(*d) && !survived[*d]) {
         let live: Vec<usize> = round
             .neighbours(d)
             .iter()
@@ -571,6 +674,28 @@ pub fn unmask(
         }
     }
     Ok(sum)
+}
+
+/// The revealers in `reveals` that revealed a share its dealer's hash refutes (to be
+/// penalised; [`unmask`] ignores those shares).
+pub fn bad_revealers(round: &Round, reveals: &[Reveal]) -> Vec<usize> {
+    let mut bad: Vec<usize> = reveals
+        .iter()
+        .filter(|r| {
+            let from = usize::from(r.from);
+            let wrong = |shares: &[(u16, [u8; 32])], mask: bool| {
+                shares.iter().any(|(o, s)| {
+                    let o = usize::from(*o);
+                    round.share_hashes(o, from).is_some() && !round.share_matches(o, from, mask, s)
+                })
+            };
+            wrong(&r.self_shares, false) || wrong(&r.mask_shares, true)
+        })
+        .map(|r| usize::from(r.from))
+        .collect();
+    bad.sort_unstable();
+    bad.dedup();
+    bad
 }
 
 /// Fixed-point encoding of bounded values for exact sums in `u32` arithmetic: `v ↦

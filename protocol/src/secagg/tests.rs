@@ -14,12 +14,18 @@ fn input(i: usize, len: usize) -> Vec<u32> {
     (0..len).map(|k| (i * 1000 + k * 7) as u32).collect()
 }
 
-/// Every client deals and opens what it was dealt; the shares each holds.
-fn deal_all(round: &Round, secrets: &[ClientSecrets]) -> Vec<Vec<Held>> {
+/// Every client but `absent` deals (its deal recorded in the round) and opens what it was
+/// dealt; the shares each holds.
+fn deal_except(round: &mut Round, secrets: &[ClientSecrets], absent: &[usize]) -> Vec<Vec<Held>> {
     let n = secrets.len();
     let mut held: Vec<Vec<Held>> = vec![Vec::new(); n];
     for (i, s) in secrets.iter().enumerate() {
-        for sealed in deal(round, i, s, [i as u8 + 100; 32]).expect("deals") {
+        if absent.contains(&i) {
+            continue;
+        }
+        let dealt = deal(round, i, s, [i as u8 + 100; 32]).expect("deals");
+        round.record_deal(i, &dealt).expect("a whole deal");
+        for sealed in dealt {
             let to = usize::from(sealed.to);
             held[to].push(open(round, to, &secrets[to], &sealed).expect("opens"));
         }
@@ -27,10 +33,14 @@ fn deal_all(round: &Round, secrets: &[ClientSecrets]) -> Vec<Vec<Held>> {
     held
 }
 
+fn deal_all(round: &mut Round, secrets: &[ClientSecrets]) -> Vec<Vec<Held>> {
+    deal_except(round, secrets, &[])
+}
+
 /// A whole round in which `dropped` deal but never send their masked input; the unmasked sum.
 fn run(n: usize, k: usize, t: usize, dropped: &[usize]) -> Result<Vec<u32>, SecAggError> {
-    let (round, secrets) = setup(n, k, t);
-    let held = deal_all(&round, &secrets);
+    let (mut round, secrets) = setup(n, k, t);
+    let held = deal_all(&mut round, &secrets);
     let survivors: Vec<usize> = (0..n).filter(|i| !dropped.contains(i)).collect();
     let masked: Vec<(usize, Vec<u32>)> = survivors
         .iter()
@@ -79,7 +89,8 @@ fn the_unmasked_sum_is_the_sum_of_the_survivors_inputs() {
 
 #[test]
 fn a_masked_input_hides_the_input_and_masks_cancel_only_in_the_sum() {
-    let (round, secrets) = setup(5, 4, 3);
+    let (mut round, secrets) = setup(5, 4, 3);
+    deal_all(&mut round, &secrets);
     let x = input(2, 50);
     let y = mask(&round, 2, &secrets[2], &x).expect("masks");
     assert_eq!(y.iter().zip(&x).filter(|(a, b)| a == b).count(), 0);
@@ -117,8 +128,20 @@ fn too_many_dropouts_fail_the_round_cleanly() {
 
 #[test]
 fn sealed_shares_open_only_for_their_recipient_and_untampered() {
-    let (round, secrets) = setup(4, 3, 2);
+    let (mut round, secrets) = setup(4, 3, 2);
     let sealed = deal(&round, 0, &secrets[0], [1; 32]).expect("deals");
+    // A deal short of one neighbour, or claiming another dealer, is refused by name.
+    assert_eq!(
+        round.record_deal(0, &sealed[1..]),
+        Err(SecAggError::BadDeal { client: 0 })
+    );
+    assert_eq!(
+        round.record_deal(1, &sealed),
+        Err(SecAggError::BadDeal { client: 1 })
+    );
+    assert!(!round.is_active(0));
+    round.record_deal(0, &sealed).expect("whole");
+    assert!(round.is_active(0));
     let to1 = sealed.iter().find(|s| s.to == 1).expect("one for client 1");
     assert!(open(&round, 1, &secrets[1], to1).is_ok());
     assert_eq!(
@@ -136,9 +159,9 @@ fn sealed_shares_open_only_for_their_recipient_and_untampered() {
 }
 
 #[test]
-fn inconsistent_revealed_shares_fail_the_round_instead_of_corrupting_the_sum() {
-    let (round, secrets) = setup(6, 5, 3);
-    let held = deal_all(&round, &secrets);
+fn a_lying_revealer_is_named_and_ignored_and_a_lying_dealer_fails_the_round() {
+    let (mut round, secrets) = setup(6, 5, 3);
+    let held = deal_all(&mut round, &secrets);
     let survivors: Vec<usize> = (0..6).collect();
     let masked: Vec<(usize, Vec<u32>)> = (0..6)
         .map(|i| {
@@ -156,8 +179,32 @@ fn inconsistent_revealed_shares_fail_the_round_instead_of_corrupting_the_sum() {
         .find(|(o, _)| *o == 0)
         .expect("holds 0's share");
     lie.1[0] ^= 0x55;
+    assert_eq!(bad_revealers(&round, &reveals), vec![1]);
     assert_eq!(
         unmask(&round, &masked, &reveals, 50),
+        Ok(plain_sum(6, &[])),
+        "the four honest shares rebuild client 0's self-mask"
+    );
+    // A dealer whose shares are of another secret than the one it committed to: consistent
+    // with its published hashes, so only the rebuilt secret shows it.
+    let other = ClientSecrets {
+        self_seed: [0xee; 32],
+        ..secrets[0].clone()
+    };
+    let mut forged = round.clone();
+    let dealt = deal(&forged, 0, &other, [1; 32]).expect("deals");
+    forged.record_deal(0, &dealt).expect("a whole deal");
+    let mut held = held.clone();
+    for h in held.iter_mut() {
+        h.retain(|h| h.owner != 0);
+    }
+    for sealed in &dealt {
+        let to = usize::from(sealed.to);
+        held[to].push(open(&forged, to, &secrets[to], sealed).expect("opens"));
+    }
+    let reveals: Vec<Reveal> = (0..6).map(|i| reveal(i, &held[i], &survivors)).collect();
+    assert_eq!(
+        unmask(&forged, &masked, &reveals, 50),
         Err(SecAggError::BadShares { client: 0 })
     );
     // A masked input of the wrong length is named.
@@ -174,8 +221,8 @@ fn a_revealed_mask_share_of_a_survivor_is_ignored() {
     // A revealer that also hands out a survivor's mask-key share (which with the self-mask
     // would unmask that survivor alone) is not used for it: the sum is still right and the
     // share is never combined.
-    let (round, secrets) = setup(5, 4, 2);
-    let held = deal_all(&round, &secrets);
+    let (mut round, secrets) = setup(5, 4, 2);
+    let held = deal_all(&mut round, &secrets);
     let survivors: Vec<usize> = (0..5).collect();
     let masked: Vec<(usize, Vec<u32>)> = (0..5)
         .map(|i| {
@@ -193,6 +240,7 @@ fn a_revealed_mask_share_of_a_survivor_is_ignored() {
 #[test]
 fn a_low_order_key_is_refused_by_name() {
     let (mut round, secrets) = setup(3, 2, 1);
+    deal_all(&mut round, &secrets);
     round.roster[2].mask = [0; 32];
     assert_eq!(
         mask(&round, 0, &secrets[0], &[1, 2, 3]),
@@ -254,4 +302,36 @@ fn fixed_point_sums_are_exact_to_the_scale_and_clamped() {
     let ten: u32 = (0..10).fold(0u32, |s, _| s.wrapping_add(fp.encode(&[-1.0])[0]));
     assert!((fp.decode(&[ten])[0] + 10.0).abs() < 1e-6);
     assert!(FixedPoint::new(0.0, 10).is_err());
+}
+
+/// A client that never dealt takes no part: no one masks with it, and the sum is the other
+/// clients' (with one of those dropping after dealing, too).
+#[test]
+fn a_client_that_did_not_deal_is_left_out_of_every_mask() {
+    let (mut round, secrets) = setup(6, 5, 3);
+    let held = deal_except(&mut round, &secrets, &[4]);
+    assert!(!round.is_active(4) && round.is_active(0));
+    for dropped in [&[4][..], &[4, 1]] {
+        let survivors: Vec<usize> = (0..6).filter(|i| !dropped.contains(i)).collect();
+        let mut masked: Vec<(usize, Vec<u32>)> = survivors
+            .iter()
+            .map(|i| {
+                (
+                    *i,
+                    mask(&round, *i, &secrets[*i], &input(*i, 50)).expect("masks"),
+                )
+            })
+            .collect();
+        // Client 4's masked input, were it sent anyway, is not added.
+        masked.push((4, input(4, 50)));
+        let reveals: Vec<Reveal> = survivors
+            .iter()
+            .map(|i| reveal(*i, &held[*i], &survivors))
+            .collect();
+        assert_eq!(
+            unmask(&round, &masked, &reveals, 50),
+            Ok(plain_sum(6, dropped)),
+            "{dropped:?}"
+        );
+    }
 }
