@@ -165,6 +165,10 @@ fn shared(secret: [u8; 32], public: [u8; 32], client: usize) -> Result<[u8; 32],
     Ok(s)
 }
 
+/// The hashes of the two shares a dealer sealed for one recipient: `(recipient, self-mask
+/// share hash, mask-key share hash)`.
+type DealtHashes = (u16, [u8; 32], [u8; 32]);
+
 /// One round's public setup, the same at every participant.
 #[derive(Debug, Clone)]
 pub struct Round {
@@ -178,7 +182,7 @@ pub struct Round {
     neighbours: Vec<Vec<usize>>,
     /// Per client, once its deal is recorded: the hashes of the shares it dealt, by
     /// recipient (`None`: it did not deal, so it is not active).
-    dealt: Vec<Option<Vec<(u16, [u8; 32], [u8; 32])>>>,
+    dealt: Vec<Option<Vec<DealtHashes>>>,
 }
 
 impl Round {
@@ -229,7 +233,7 @@ impl Round {
         if !fits {
             return Err(bad);
         }
-        let mut hashes: Vec<(u16, [u8; 32], [u8; 32])> = sealed
+        let mut hashes: Vec<DealtHashes> = sealed
             .iter()
             .map(|s| (s.to, s.self_hash, s.mask_hash))
             .collect();
