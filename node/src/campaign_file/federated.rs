@@ -22,11 +22,18 @@
 //! target_epsilon = 0.0         # > 0: σ solved so the planned rounds spend at most this
 //! delta = 1e-5
 //! epsilon_budget = 0.0         # > 0: rounds that would spend more are not started
+//! # Secure aggregation (needs client_clip or norm_bound): only sums of updates are revealed;
+//! # each round then takes four generations (keys, deal, masked update, reveal).
+//! secure = false
+//! secure_buckets = 1           # groups whose sums are revealed (a robust aggregate needs several)
+//! secure_neighbours = 0        # SecAgg+ neighbours per client; 0: all of its group
 //! ```
 
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::privacy::noise_for;
-use hivemesh_protocol::spec::{ClientPrivacy, ExamplePrivacy, FederatedParams, Search};
+use hivemesh_protocol::spec::{
+    ClientPrivacy, ExamplePrivacy, FederatedParams, Search, SecureAggregation,
+};
 use serde::Deserialize;
 
 use super::train::{AggregateFields, parse_aggregate, parse_outer};
@@ -108,6 +115,19 @@ pub struct FederatedFile {
     /// Above 0: the most ε the campaign may spend.
     #[serde(default)]
     pub epsilon_budget: f64,
+    /// Secure aggregation.
+    #[serde(default)]
+    pub secure: bool,
+    /// Secure aggregation's groups.
+    #[serde(default = "default_buckets")]
+    pub secure_buckets: u32,
+    /// Secure aggregation's neighbours per client (0: all of its group).
+    #[serde(default)]
+    pub secure_neighbours: u32,
+}
+
+fn default_buckets() -> u32 {
+    1
 }
 
 fn default_clients() -> u32 {
@@ -217,6 +237,10 @@ impl FederatedFile {
             norm_bound: self.norm_bound,
             aggregate,
             outer,
+            secure: self.secure.then_some(SecureAggregation {
+                buckets: self.secure_buckets,
+                neighbours: self.secure_neighbours,
+            }),
         }))
     }
 }

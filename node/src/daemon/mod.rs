@@ -665,6 +665,7 @@ mod tests {
             norm_bound: 0.0,
             aggregate: Aggregate::Mean,
             outer: OuterStep::Average,
+            secure: None,
         };
         let why = private_data_refusal(&p, 10.0).expect("no DP: refused");
         assert!(why.contains("without example-level privacy"), "{why}");

@@ -25,6 +25,7 @@ use super::train::{Aggregate, OuterStep, trained_blobs};
 use super::{CampaignKind, JobPayload, KindRules, SearchError, SearchState, Told};
 use crate::id::BlobId;
 use crate::identity::PeerKey;
+use crate::outcome::Outcome;
 use crate::privacy::{Accountant, MAX_NOISE_MULTIPLIER, Mechanism, ORDERS};
 use crate::spec_error::{SpecError, field};
 
@@ -68,6 +69,29 @@ pub struct FederatedParams {
     pub aggregate: Aggregate,
     /// How the combined update moves the model.
     pub outer: OuterStep,
+    /// Secure aggregation, if any: each round then takes four generations (see
+    /// [`SecureStep`]) and only sums of updates are revealed.
+    pub secure: Option<SecureAggregation>,
+}
+
+/// Secure aggregation's settings (ADR 0010).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureAggregation {
+    /// Groups a round's clients are split into (roster position modulo `buckets`); each
+    /// group's sum is revealed and the aggregate combines the groups' means (1: only the
+    /// round's sum is revealed). A robust aggregate needs several.
+    pub buckets: u32,
+    /// Each client's neighbours in its group (SecAgg+); 0: every other client of the group.
+    pub neighbours: u32,
+}
+
+impl SecureAggregation {
+    /// The fewest surviving clients a group's sum may be revealed for: an honest client
+    /// reveals no self-mask share of a smaller group, and each adds `1/this` of the
+    /// client-level noise variance, so every revealed sum carries the whole of it.
+    pub fn group_min(&self, min_clients: u32) -> u32 {
+        (min_clients / self.buckets.max(1)).max(2)
+    }
 }
 
 /// DP-SGD's settings for every client.
@@ -90,6 +114,38 @@ pub struct ClientPrivacy {
     pub noise_multiplier: f32,
 }
 
+/// The step of a round a `federated` job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecureStep {
+    /// Without secure aggregation: train and publish the update (or the final evaluation).
+    Train,
+    /// Secure aggregation, 1: publish fresh public keys for this round.
+    Keys,
+    /// 2: deal sealed shares of this round's secrets to the neighbours of the roster.
+    Deal,
+    /// 3: train and publish the masked update (pairwise masks with the clients that dealt).
+    Mask,
+    /// 4: reveal the shares that unmask the survivors' sum.
+    Reveal,
+}
+
+/// A round with secure aggregation, as far as it has gone: what its steps agreed, indexed by
+/// roster position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureRound {
+    /// Clients sampled for the round (the client-level sampling rate is this / population).
+    pub sampled: u32,
+    /// Clients whose keys were agreed, with the keys blob, in sampling order.
+    pub roster: Vec<(PeerKey, BlobId)>,
+    /// Each roster client's deal blob (`None`: it did not deal and takes no further part).
+    pub deals: Vec<Option<BlobId>>,
+    /// Each roster client's masked update (`None`: it dropped, or started from another model
+    /// than most).
+    pub masked: Vec<Option<BlobId>>,
+    /// Each roster client's reveal (`None`: none agreed).
+    pub reveals: Vec<Option<BlobId>>,
+}
+
 /// What a `federated` job does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FedJob {
@@ -102,14 +158,27 @@ pub struct FedJob {
     pub population: u32,
     /// The start model's base (as [`super::TrainJob::base`]).
     pub base: BlobId,
-    /// The previous round's agreed updates, in job order.
+    /// The previous round's agreed updates, in job order (without secure aggregation).
     pub updates: Vec<BlobId>,
+    /// With secure aggregation: the previous round, whose unmasked sums move `base`.
+    pub sums: Option<SecureRound>,
+    /// The step this job runs.
+    pub step: SecureStep,
+    /// With secure aggregation: this round so far (empty for [`SecureStep::Keys`]).
+    pub secure: Option<SecureRound>,
 }
 
 /// A job as reports show it: `round R client KEY` (`final` for the evaluation).
 pub(super) fn summary(job: &FedJob) -> String {
+    let step = match job.step {
+        SecureStep::Train => "",
+        SecureStep::Keys => " keys",
+        SecureStep::Deal => " deal",
+        SecureStep::Mask => " masked update",
+        SecureStep::Reveal => " reveal",
+    };
     match &job.client {
-        Some(c) => format!("round {} client {c}", job.round),
+        Some(c) => format!("round {} client {c}{step}", job.round),
         None => format!("round {} final evaluation", job.round),
     }
 }
@@ -153,6 +222,48 @@ impl FederatedParams {
             noise_multiplier: f64::from(c.noise_multiplier),
             steps: 1,
         })
+    }
+
+    /// Generations a round takes: 1, or 4 with secure aggregation.
+    pub fn steps_per_round(&self) -> u32 {
+        if self.secure.is_some() { 4 } else { 1 }
+    }
+
+    /// The largest magnitude of one value of a client's update under secure aggregation (the
+    /// fixed point's bound): the clip, plus eight standard deviations of the client's share of
+    /// the client-level noise. `None` without secure aggregation.
+    pub fn secure_bound(&self) -> Option<f64> {
+        let s = self.secure?;
+        let m = f64::from(s.group_min(self.min_clients));
+        Some(match self.client_privacy {
+            Some(c) => f64::from(c.clip) * (1.0 + 8.0 * f64::from(c.noise_multiplier) / m.sqrt()),
+            None => f64::from(self.norm_bound),
+        })
+    }
+
+    fn validate_secure(&self) -> Result<(), SpecError> {
+        let Some(s) = self.secure else {
+            return Ok(());
+        };
+        if self.client_privacy.is_none() && self.norm_bound <= 0.0 {
+            return Err(field(
+                "secure",
+                "secure aggregation needs bounded updates: give client_privacy or a norm_bound",
+            ));
+        }
+        if s.buckets == 0 || 2 * s.buckets > self.min_clients {
+            return Err(field(
+                "secure.buckets",
+                "must be 1 to min_clients / 2 (each group's sum hides at least two clients)",
+            ));
+        }
+        if s.neighbours == 1 || s.neighbours >= MAX_CLIENTS {
+            return Err(field(
+                "secure.neighbours",
+                format!("must be 0 (all of the group) or 2 to {}", MAX_CLIENTS - 1),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_privacy(&self) -> Result<(), SpecError> {
@@ -227,6 +338,7 @@ impl KindRules for FederatedParams {
             return Err(field("norm_bound", "must be 0 (none) or above"));
         }
         self.validate_privacy()?;
+        self.validate_secure()?;
         if let OuterStep::Nesterov {
             learning_rate,
             momentum,
@@ -238,17 +350,25 @@ impl KindRules for FederatedParams {
                 "Nesterov needs a learning rate above 0 and a momentum in [0, 1)",
             ));
         }
+        // What the aggregate combines at the least: the updates of a round, or with secure
+        // aggregation its groups' means.
+        let (fewest, what) = match self.secure {
+            Some(s) => (s.buckets, "secure.buckets"),
+            None => (self.min_clients, "min_clients"),
+        };
         match self.aggregate {
-            Aggregate::TrimmedMean { trim } if 2 * trim >= self.min_clients => Err(field(
+            Aggregate::TrimmedMean { trim } if 2 * trim >= fewest => Err(field(
                 "trim",
-                "must leave at least one update of the fewest a round combines: 2 x trim < min_clients",
+                format!(
+                    "must leave at least one update of the fewest a round combines: 2 x trim < {what}"
+                ),
             )),
             Aggregate::MultiKrum { byzantine, keep }
-                if 2 * u32::from(byzantine) + 2 >= self.min_clients || keep == 0 =>
+                if 2 * u32::from(byzantine) + 2 >= fewest || keep == 0 =>
             {
                 Err(field(
                     "krum_byzantine",
-                    "Multi-Krum needs min_clients > 2f + 2 and keep of at least 1",
+                    format!("Multi-Krum needs {what} > 2f + 2 and keep of at least 1"),
                 ))
             }
             Aggregate::CenteredClip { radius, iterations }
@@ -264,7 +384,9 @@ impl KindRules for FederatedParams {
     }
 
     fn generations(&self) -> u32 {
-        self.rounds.saturating_add(1)
+        self.rounds
+            .saturating_mul(self.steps_per_round())
+            .saturating_add(1)
     }
 
     fn jobs_per_generation(&self) -> u64 {
@@ -272,7 +394,10 @@ impl KindRules for FederatedParams {
     }
 
     fn total_jobs(&self) -> u64 {
-        u64::from(self.clients_per_round) * u64::from(self.rounds) + 1
+        u64::from(self.clients_per_round)
+            * u64::from(self.rounds)
+            * u64::from(self.steps_per_round())
+            + 1
     }
 
     fn start(&self) -> Result<Box<dyn SearchState>, SearchError> {
@@ -282,6 +407,10 @@ impl KindRules for FederatedParams {
             stopped: false,
             base: self.model,
             updates: Vec::new(),
+            sums: None,
+            step: SecureStep::Keys,
+            current: SecureRound::default(),
+            pending_start: None,
             participation: BTreeMap::new(),
             campaign: Accountant::new(),
             curves: Curves::new(self),
@@ -302,6 +431,14 @@ struct FedRounds {
     base: BlobId,
     /// See [`FedJob::updates`].
     updates: Vec<BlobId>,
+    /// See [`FedJob::sums`].
+    sums: Option<SecureRound>,
+    /// With secure aggregation: the step asked next.
+    step: SecureStep,
+    /// With secure aggregation: the round so far.
+    current: SecureRound,
+    /// With secure aggregation: the start model the round's masked updates agreed on.
+    pending_start: Option<BlobId>,
     /// Rounds each client was sampled for.
     participation: BTreeMap<PeerKey, u32>,
     /// The campaign's client-level spending.
@@ -401,15 +538,167 @@ impl FedRounds {
         eligible
     }
 
-    fn job(&self, client: Option<PeerKey>, population: u32) -> JobPayload {
+    fn job(&self, client: Option<PeerKey>, population: u32, step: SecureStep) -> JobPayload {
+        let secure = match step {
+            SecureStep::Deal | SecureStep::Mask | SecureStep::Reveal => Some(self.current.clone()),
+            SecureStep::Train | SecureStep::Keys => None,
+        };
         JobPayload::Federated(FedJob {
             round: self.round,
             client,
             population,
             base: self.base,
             updates: self.updates.clone(),
+            sums: self.sums.clone(),
+            step,
+            secure,
         })
     }
+
+    /// The clients of the current secure step: the roster for the deal, those that dealt for
+    /// the masked update, the survivors for the reveal.
+    fn secure_clients(&self) -> Vec<PeerKey> {
+        let c = &self.current;
+        let keep = |i: usize| match self.step {
+            SecureStep::Deal => true,
+            SecureStep::Mask => c.deals.get(i).is_some_and(Option::is_some),
+            _ => c.masked.get(i).is_some_and(Option::is_some),
+        };
+        (0..c.roster.len())
+            .filter(|i| keep(*i))
+            .map(|i| c.roster[i].0)
+            .collect()
+    }
+
+    /// A round with secure aggregation that cannot go on (too few clients at a step): the
+    /// model stays as it was and the next round starts.
+    fn abandon_round(&mut self) {
+        self.round = self.round.saturating_add(1);
+        self.step = SecureStep::Keys;
+        self.current = SecureRound::default();
+        self.pending_start = None;
+    }
+
+    /// Spends a round's privacy: each client that computed an update takes part once, and the
+    /// campaign's client-level accountant composes one round of `sampled` of `population`.
+    fn spend(&mut self, clients: &[PeerKey], sampled: u32, population: u32) {
+        for c in clients {
+            *self.participation.entry(*c).or_default() += 1;
+        }
+        if let Some(curve) = self.curves.client(&self.params, sampled, population) {
+            self.campaign.add_curve(&curve, 1);
+        }
+    }
+
+    /// Tells a step of a round with secure aggregation: `agreed` is each asked client with the
+    /// artifacts of its agreed success (if any).
+    fn tell_secure(&mut self, agreed: &[(PeerKey, Option<&[BlobId]>)], population: u32) {
+        let min = self.params.min_clients.max(2) as usize;
+        let first = |a: Option<&[BlobId]>| a.and_then(|a| a.first().copied());
+        let by_client = |c: &PeerKey| agreed.iter().find(|a| a.0 == *c).and_then(|a| first(a.1));
+        match self.step {
+            SecureStep::Train => {}
+            SecureStep::Keys => {
+                self.current.roster = agreed
+                    .iter()
+                    .filter_map(|(c, a)| first(*a).map(|k| (*c, k)))
+                    .collect();
+                self.step = SecureStep::Deal;
+            }
+            SecureStep::Deal => {
+                self.current.deals = self
+                    .current
+                    .roster
+                    .iter()
+                    .map(|r| by_client(&r.0))
+                    .collect();
+                self.step = SecureStep::Mask;
+            }
+            SecureStep::Mask => {
+                let clients: Vec<PeerKey> = agreed.iter().map(|a| a.0).collect();
+                self.spend(&clients, self.current.sampled, population);
+                let starts: Vec<(PeerKey, BlobId, BlobId)> = agreed
+                    .iter()
+                    .filter_map(|(c, a)| match a {
+                        Some([masked, start]) => Some((*c, *masked, *start)),
+                        _ => None,
+                    })
+                    .collect();
+                let start = most_named(starts.iter().map(|s| s.2));
+                self.current.masked = self
+                    .current
+                    .roster
+                    .iter()
+                    .map(|r| {
+                        starts
+                            .iter()
+                            .find(|s| s.0 == r.0 && Some(s.2) == start)
+                            .map(|s| s.1)
+                    })
+                    .collect();
+                self.pending_start = start;
+                self.step = SecureStep::Reveal;
+            }
+            SecureStep::Reveal => {
+                self.current.reveals = self
+                    .current
+                    .roster
+                    .iter()
+                    .map(|r| by_client(&r.0))
+                    .collect();
+                self.base = self.pending_start.take().unwrap_or(self.base);
+                self.updates.clear();
+                self.sums = Some(std::mem::take(&mut self.current));
+                self.round = self.round.saturating_add(1);
+                self.step = SecureStep::Keys;
+                return;
+            }
+        }
+        let c = &self.current;
+        let left = match self.step {
+            SecureStep::Deal => c.roster.len(),
+            SecureStep::Mask => c.deals.iter().flatten().count(),
+            _ => c.masked.iter().flatten().count(),
+        };
+        if left < min {
+            self.abandon_round();
+        }
+    }
+
+    /// Tells a round without secure aggregation: the next recipe as `train` takes it, the
+    /// start model most agreed outcomes name, with the updates that started from it; fewer
+    /// than `min_clients` of them leave the model as it was.
+    fn tell_plain(&mut self, told: &[Told<'_>]) {
+        let agreed: Vec<(BlobId, BlobId)> = told
+            .iter()
+            .filter_map(|t| t.outcome.and_then(trained_blobs).map(|(u, s, _)| (u, s)))
+            .collect();
+        let Some(start) = most_named(agreed.iter().map(|a| a.1)) else {
+            return;
+        };
+        let updates: Vec<BlobId> = agreed
+            .iter()
+            .filter(|a| a.1 == start)
+            .map(|a| a.0)
+            .collect();
+        if (updates.len() as u32) < self.params.min_clients {
+            return;
+        }
+        self.base = start;
+        self.updates = updates;
+    }
+}
+
+/// The id named most often (the first to reach the count on a tie), if any.
+fn most_named(ids: impl Iterator<Item = BlobId> + Clone) -> Option<BlobId> {
+    let mut best: Option<(usize, BlobId)> = None;
+    for id in ids.clone() {
+        let n = ids.clone().filter(|x| *x == id).count();
+        if best.is_none_or(|(m, _)| n > m) {
+            best = Some((n, id));
+        }
+    }
+    best.map(|b| b.1)
 }
 
 impl SearchState for FedRounds {
@@ -420,24 +709,41 @@ impl SearchState for FedRounds {
     fn ask_among(&mut self, rng: &mut ChaCha8Rng, members: &[PeerKey]) -> Vec<JobPayload> {
         let population = members.len() as u32;
         if self.round >= self.params.rounds || self.stopped {
-            return vec![self.job(None, population)];
+            return vec![self.job(None, population, SecureStep::Train)];
+        }
+        let secure = self.params.secure.is_some();
+        if secure && self.step != SecureStep::Keys {
+            let step = self.step;
+            return self
+                .secure_clients()
+                .into_iter()
+                .map(|c| self.job(Some(c), population, step))
+                .collect();
         }
         let clients = self.sample(rng, members);
         if clients.is_empty() {
             // Over budget, or no member: the campaign ends with its evaluation.
             self.stopped = true;
-            return vec![self.job(None, population)];
+            return vec![self.job(None, population, SecureStep::Train)];
         }
+        let step = if secure {
+            self.current = SecureRound {
+                sampled: clients.len() as u32,
+                ..SecureRound::default()
+            };
+            SecureStep::Keys
+        } else {
+            SecureStep::Train
+        };
         clients
             .into_iter()
-            .map(|c| self.job(Some(c), population))
+            .map(|c| self.job(Some(c), population, step))
             .collect()
     }
 
-    /// Spends the round's privacy (every sampled client counts, settled or not: a client
-    /// may have published before its job went void), then takes the next recipe as `train`
-    /// does: the start model most agreed outcomes name, with the updates that started from
-    /// it; fewer than `min_clients` of them leave the model as it was.
+    /// Spends the round's privacy when its clients computed updates (every client asked
+    /// counts, settled or not: a client may have published before its job went void), then
+    /// takes the next recipe (see [`FedRounds::tell_plain`], [`FedRounds::tell_secure`]).
     fn tell(&mut self, told: &[Told<'_>]) -> Result<(), SearchError> {
         let jobs: Vec<&FedJob> = told
             .iter()
@@ -451,40 +757,27 @@ impl SearchState for FedRounds {
             self.round = self.round.saturating_add(1);
             return Ok(());
         }
-        for c in &clients {
-            *self.participation.entry(*c).or_default() += 1;
-        }
         let population = jobs.first().map_or(0, |j| j.population);
-        if let Some(curve) = self
-            .curves
-            .client(&self.params, clients.len() as u32, population)
-        {
-            self.campaign.add_curve(&curve, 1);
+        if self.params.secure.is_some() {
+            let agreed: Vec<(PeerKey, Option<&[BlobId]>)> = told
+                .iter()
+                .filter_map(|t| {
+                    let JobPayload::Federated(j) = t.payload else {
+                        return None;
+                    };
+                    let artifacts = match t.outcome {
+                        Some(Outcome::Success(m)) => Some(m.artifacts.as_slice()),
+                        _ => None,
+                    };
+                    Some((j.client?, artifacts))
+                })
+                .collect();
+            self.tell_secure(&agreed, population);
+            return Ok(());
         }
+        self.spend(&clients, clients.len() as u32, population);
         self.round = self.round.saturating_add(1);
-        let agreed: Vec<(BlobId, BlobId)> = told
-            .iter()
-            .filter_map(|t| t.outcome.and_then(trained_blobs).map(|(u, s, _)| (u, s)))
-            .collect();
-        let mut best: Option<(usize, BlobId)> = None;
-        for (_, start) in &agreed {
-            let n = agreed.iter().filter(|a| a.1 == *start).count();
-            if best.is_none_or(|(m, _)| n > m) {
-                best = Some((n, *start));
-            }
-        }
-        let Some((n, start)) = best else {
-            return Ok(());
-        };
-        if (n as u32) < self.params.min_clients {
-            return Ok(());
-        }
-        self.base = start;
-        self.updates = agreed
-            .iter()
-            .filter(|a| a.1 == start)
-            .map(|a| a.0)
-            .collect();
+        self.tell_plain(told);
         Ok(())
     }
 
@@ -506,7 +799,7 @@ pub struct Spent {
     pub delta: f64,
 }
 
-/// The privacy spent by `rounds` (each round's jobs, in round order): client-level per round
+/// The privacy spent by `rounds` (each generation's jobs, in order): client-level per round
 /// for the campaign, example-level per client. Computed from the job payloads alone.
 pub fn privacy_spent(params: &FederatedParams, rounds: &[Vec<&FedJob>]) -> Spent {
     let mut curves = Curves::new(params);
@@ -518,7 +811,12 @@ pub fn privacy_spent(params: &FederatedParams, rounds: &[Vec<&FedJob>]) -> Spent
     };
     let mut taken: BTreeMap<PeerKey, u32> = BTreeMap::new();
     for jobs in rounds {
-        let clients: Vec<PeerKey> = jobs.iter().filter_map(|j| j.client).collect();
+        // Updates are computed by a plain round's clients and at a secure round's mask step.
+        let clients: Vec<PeerKey> = jobs
+            .iter()
+            .filter(|j| matches!(j.step, SecureStep::Train | SecureStep::Mask))
+            .filter_map(|j| j.client)
+            .collect();
         if clients.is_empty() {
             continue;
         }
@@ -526,7 +824,11 @@ pub fn privacy_spent(params: &FederatedParams, rounds: &[Vec<&FedJob>]) -> Spent
             *taken.entry(*c).or_default() += 1;
         }
         let population = jobs.first().map_or(0, |j| j.population);
-        if let Some(curve) = curves.client(params, clients.len() as u32, population) {
+        let sampled = jobs
+            .first()
+            .and_then(|j| j.secure.as_ref())
+            .map_or(clients.len() as u32, |s| s.sampled);
+        if let Some(curve) = curves.client(params, sampled, population) {
             campaign.add_curve(&curve, 1);
             spent.campaign.push(campaign.epsilon(params.delta));
         }

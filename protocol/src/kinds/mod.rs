@@ -26,7 +26,10 @@ use crate::outcome::Outcome;
 use crate::spec_error::{SpecError, field};
 
 pub use distill::DistillParams;
-pub use federated::{ClientPrivacy, ExamplePrivacy, FedJob, FederatedParams};
+pub use federated::{
+    ClientPrivacy, ExamplePrivacy, FedJob, FederatedParams, SecureAggregation, SecureRound,
+    SecureStep,
+};
 pub use loss::LossParams;
 pub use nas::{NasParams, NasSpace, Strategy};
 pub use train::{Aggregate, OuterStep, TrainJob, TrainParams, UpdateEncoding};

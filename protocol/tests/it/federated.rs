@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::common;
 
 use common::*;
-use hivemesh_protocol::kinds::{FedJob, FederatedParams};
+use hivemesh_protocol::kinds::{FedJob, FederatedParams, SecureStep};
 use hivemesh_protocol::ledger::IgnoreReason;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerInput, PeerOutput};
 use hivemesh_protocol::spec::{Aggregate, OuterStep};
@@ -30,6 +30,7 @@ fn params() -> FederatedParams {
         norm_bound: 0.0,
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
+        secure: None,
     }
 }
 
@@ -51,6 +52,9 @@ fn pinned_job(campaign: CampaignId, client: &Keypair) -> JobSpec {
         population: 3,
         base: BlobId::of_bytes(b"model"),
         updates: Vec::new(),
+        sums: None,
+        step: SecureStep::Train,
+        secure: None,
     });
     j
 }

@@ -54,6 +54,7 @@ fn params(model: hivemesh_protocol::BlobId) -> FederatedParams {
         norm_bound: 0.0,
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
+        secure: None,
     }
 }
 

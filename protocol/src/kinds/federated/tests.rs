@@ -23,6 +23,7 @@ fn params() -> FederatedParams {
         norm_bound: 0.0,
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
+        secure: None,
     }
 }
 
@@ -307,4 +308,135 @@ fn curves_are_computed_once_scaled_and_kept_bounded() {
         assert_eq!(curve, p.client_round(1, population).expect("client").rdp());
         assert!(c.client.len() <= MAX_CURVES);
     }
+}
+
+fn success(artifacts: &[&[u8]]) -> Option<Outcome> {
+    Some(Outcome::Success(Metrics {
+        correct: 0,
+        total: 0,
+        params: 0,
+        flops: 0,
+        extra: Default::default(),
+        artifacts: artifacts.iter().map(|a| BlobId::of_bytes(a)).collect(),
+    }))
+}
+
+/// With secure aggregation a round is four steps, each for the clients the last left: the
+/// roster (keys agreed), those that dealt, the survivors (masked updates from the start most
+/// named); the next round's jobs carry the whole round as the sums to apply, and privacy is
+/// spent once, at the masked updates. A step with too few clients abandons the round.
+#[test]
+fn a_secure_round_takes_four_steps_each_for_the_clients_the_last_left() {
+    let mut p = params();
+    p.rounds = 2;
+    p.clients_per_round = 3;
+    p.min_clients = 2;
+    p.client_privacy = Some(ClientPrivacy {
+        clip: 1.0,
+        noise_multiplier: 1.0,
+    });
+    p.secure = Some(SecureAggregation {
+        buckets: 1,
+        neighbours: 0,
+    });
+    assert!(p.validate().is_ok());
+    assert_eq!(p.generations(), 9);
+    let m = members(5);
+    let mut s = p.start().expect("starts");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut generations: Vec<Vec<FedJob>> = Vec::new();
+    let mut step = |s: &mut Box<dyn SearchState>,
+                    rng: &mut ChaCha8Rng,
+                    out: &dyn Fn(usize, &FedJob) -> Option<Outcome>| {
+        let payloads = s.ask_among(rng, &m);
+        let js = jobs(&payloads);
+        let outcomes: Vec<Option<Outcome>> =
+            js.iter().enumerate().map(|(i, j)| out(i, j)).collect();
+        tell(s, &payloads, &outcomes);
+        generations.push(js.clone());
+        js
+    };
+    let keys = step(&mut s, &mut rng, &|i, _| success(&[&[b'k', i as u8]]));
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|j| j.step == SecureStep::Keys && j.secure.is_none()));
+    // Client 1 deals nothing.
+    let deal = step(&mut s, &mut rng, &|i, _| {
+        (i != 1).then(|| success(&[&[b'd', i as u8]])).flatten()
+    });
+    assert_eq!(deal.len(), 3);
+    let roster = &deal[0].secure.as_ref().expect("the round so far").roster;
+    assert_eq!(roster.len(), 3);
+    assert_eq!(roster[0].1, BlobId::of_bytes(b"k\0"));
+    let mask = step(&mut s, &mut rng, &|i, _| success(&[&[b'm', i as u8], b"start"]));
+    assert_eq!(mask.len(), 2, "those that dealt");
+    assert!(mask.iter().all(|j| j.step == SecureStep::Mask));
+    assert_eq!(mask[0].client, Some(keys[0].client.expect("pinned")));
+    assert_eq!(mask[1].client, Some(keys[2].client.expect("pinned")));
+    let reveal = step(&mut s, &mut rng, &|i, _| success(&[&[b'r', i as u8]]));
+    assert_eq!(reveal.len(), 2);
+    let masked = &reveal[0].secure.as_ref().expect("round").masked;
+    assert_eq!(masked.iter().flatten().count(), 2);
+    assert!(masked[1].is_none());
+    // Round 2: its jobs apply round 1's sums to its agreed start; all but one key is lost,
+    // so the round is abandoned and the evaluation follows.
+    let keys2 = step(&mut s, &mut rng, &|i, _| {
+        (i == 0).then(|| success(&[b"k"])).flatten()
+    });
+    assert_eq!(keys2[0].round, 1);
+    assert_eq!(keys2[0].base, BlobId::of_bytes(b"start"));
+    let sums = keys2[0].sums.as_ref().expect("round 1's sums");
+    assert_eq!(sums.reveals.iter().flatten().count(), 2);
+    assert!(keys2[0].updates.is_empty());
+    let last = step(&mut s, &mut rng, &|_, _| success(&[b"final"]));
+    assert_eq!(last.len(), 1);
+    assert!(last[0].client.is_none());
+    assert_eq!(last[0].base, BlobId::of_bytes(b"start"));
+    // Privacy: one round spent, by the two clients that computed masked updates.
+    let refs: Vec<Vec<&FedJob>> = generations.iter().map(|g| g.iter().collect()).collect();
+    let spent = privacy_spent(&p, &refs);
+    assert_eq!(spent.campaign.len(), 1);
+    assert_eq!(spent.clients.len(), 2);
+    let q = p.client_round(3, 5).expect("client privacy");
+    assert!((spent.campaign[0] - epsilon(&q.rdp(), p.delta).0).abs() < 1e-12);
+}
+
+#[test]
+fn secure_aggregation_is_checked_with_the_field_named() {
+    use crate::kinds::KindRules;
+    let secure = |p: &mut FederatedParams, buckets, neighbours| {
+        p.norm_bound = 1.0;
+        p.min_clients = 3;
+        p.secure = Some(SecureAggregation {
+            buckets,
+            neighbours,
+        });
+    };
+    let mut ok = params();
+    secure(&mut ok, 1, 0);
+    assert!(ok.validate().is_ok());
+    assert!(ok.secure_bound().is_some_and(|b| b == 1.0));
+    let bad = |f: &dyn Fn(&mut FederatedParams), name: &str| {
+        let mut p = params();
+        f(&mut p);
+        let e = p.validate().expect_err(name);
+        assert!(e.to_string().contains(name), "{name}: {e}");
+    };
+    bad(
+        &|p| {
+            secure(p, 1, 0);
+            p.norm_bound = 0.0;
+        },
+        "secure",
+    );
+    bad(&|p| secure(p, 2, 0), "secure.buckets");
+    bad(&|p| secure(p, 0, 0), "secure.buckets");
+    bad(&|p| secure(p, 1, 1), "secure.neighbours");
+    // A robust rule counts the groups' means, not the clients.
+    bad(
+        &|p| {
+            secure(p, 1, 0);
+            p.aggregate = Aggregate::TrimmedMean { trim: 1 };
+        },
+        "secure.buckets",
+    );
 }
