@@ -107,6 +107,16 @@ pub struct ClientKeys {
     pub self_commitment: [u8; 32],
 }
 
+impl ClientKeys {
+    /// Whether both keys are usable: not low-order points (whose shared secrets anyone
+    /// knows). A clamped scalar is a multiple of 8, so it maps exactly the low-order points
+    /// to zero.
+    pub fn usable(&self) -> bool {
+        let probe = [0x55u8; 32];
+        x25519(probe, self.mask) != [0; 32] && x25519(probe, self.seal) != [0; 32]
+    }
+}
+
 /// A client's secrets for one round, derived from one seed.
 #[derive(Clone)]
 pub struct ClientSecrets {

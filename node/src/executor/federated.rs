@@ -16,12 +16,14 @@ use std::sync::Arc;
 
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
-use hivemesh_protocol::spec::{FedJob, FederatedParams};
+use hivemesh_protocol::spec::{FedJob, FederatedParams, SecureStep};
 use hivemesh_trainer::TrainError;
+use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::private::{DpSgd, clip_and_noise, secret_seed};
 use hivemesh_trainer::rounds::{Encoding, SegmentJob, Update};
 use hivemesh_trainer::train::Budget;
 
+use super::secure;
 use super::train::{Recipe, build_start, combine, fitting_model};
 use super::{ExecError, JobRun, Loaded, Ran, failure, train_failure};
 
@@ -43,6 +45,8 @@ pub(super) struct Client<'a> {
     pub secret: &'a [u8; 32],
     /// The job's id.
     pub job_id: [u8; 32],
+    /// The campaign's id.
+    pub campaign: [u8; 32],
 }
 
 /// Runs a `federated` job.
@@ -53,9 +57,20 @@ pub(super) fn run(
     job: &mut JobRun<'_>,
     client: &Client<'_>,
 ) -> Result<Ran, ExecError> {
+    if matches!(
+        f.step,
+        SecureStep::Keys | SecureStep::Deal | SecureStep::Reveal
+    ) {
+        return secure::run_step(p, f, client.secret, &client.campaign, job);
+    }
     let model = match fitting_model(p.model, job)? {
         Ok(m) => m,
         Err(ran) => return Ok(ran),
+    };
+    let view: &JobRun<'_> = job;
+    let sums = |w: &WeightsFile| match &f.sums {
+        Some(r) => secure::group_means(p, &client.campaign, r, w, view),
+        None => Ok(Vec::new()),
     };
     let recipe = Recipe {
         model: p.model,
@@ -64,8 +79,9 @@ pub(super) fn run(
         combine: combine(&p.aggregate),
         outer: p.outer,
         norm_bound: (p.norm_bound > 0.0).then_some(f64::from(p.norm_bound)),
+        sums: Some(&sums),
     };
-    let start = match build_start(&recipe, (model, campaign_seed), job)? {
+    let start = match build_start(&recipe, (model, campaign_seed), view)? {
         Ok(s) => s,
         Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
     };
@@ -107,7 +123,14 @@ pub(super) fn run(
         Ok(u) => u,
         Err(outcome) => return Ok(Ran::nothing(outcome)),
     };
-    let update_bytes = update.encode(Encoding::F32);
+    let update_bytes = if f.step == SecureStep::Mask {
+        match secure::masked_update(p, f, &update, (client.secret, &client.campaign), job)? {
+            Ok(b) => b,
+            Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
+        }
+    } else {
+        update.encode(Encoding::F32)
+    };
     let update_id = BlobId::of_bytes(&update_bytes);
     Ok(Ran {
         outcome: Outcome::Success(metrics(correct, total, vec![update_id, start_id])),
@@ -165,13 +188,22 @@ fn train_locally(
     };
     let mut update = Update::between(start, &r.trained);
     if let Some(c) = p.client_privacy {
-        let std = f64::from(c.noise_multiplier) * f64::from(c.clip);
+        // Under secure aggregation each client adds its share of the noise: every revealed
+        // sum has at least `group_min` clients, so it carries all of it.
+        let share = p
+            .secure
+            .map_or(1.0, |s| f64::from(s.group_min(p.min_clients)).sqrt());
+        let std = f64::from(c.noise_multiplier) * f64::from(c.clip) / share;
         clip_and_noise(
             &mut update,
             c.clip,
             std,
             secret_seed(&secret, "client-noise"),
         );
+    }
+    if p.secure.is_some() && p.client_privacy.is_none() && p.norm_bound > 0.0 {
+        // No one can bound a masked update: an honest client bounds its own.
+        update.bound_norm(f64::from(p.norm_bound));
     }
     match update.check(start) {
         Ok(()) => Ok(Ok(update)),

@@ -22,7 +22,7 @@ use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::message::{Failure, FailureKind, JobResult, Outcome};
 use hivemesh_protocol::spec::{
     BackendClass, CampaignSpec, DatasetRef, JobPayload, JobSpec, LrSchedule, Optimizer, Search,
-    TrainingBudget,
+    SecureStep, TrainingBudget,
 };
 use hivemesh_trainer::StopReason;
 use hivemesh_trainer::TrainError;
@@ -37,6 +37,7 @@ pub mod estimate;
 pub mod federated;
 pub mod loss;
 pub mod nas;
+pub mod secure;
 pub mod train;
 
 /// The trainer code version this node runs; jobs name the version they were derived for.
@@ -372,7 +373,7 @@ impl Executor {
                 match self.model_values(p.model, blobs) {
                     Some(values) => train::outer_memory_fits(
                         train::combine(&p.aggregate),
-                        f.updates.len(),
+                        f.updates.len() + f.sums.as_ref().map_or(0, |s| s.roster.len()),
                         values,
                         &self.limits,
                     ),
@@ -499,6 +500,7 @@ impl Executor {
                     private: &self.private,
                     secret: &self.secret,
                     job_id: *job.id().as_bytes(),
+                    campaign: *job.campaign.as_bytes(),
                 };
                 federated::run(p, f, spec.seed, &mut run, &client)?
             }
@@ -602,9 +604,11 @@ pub fn job_blobs(spec: &CampaignSpec, job: &JobSpec) -> Vec<(BlobId, &'static st
     match (&spec.search, &job.payload) {
         (Search::Train(p), JobPayload::Train(t)) => train::job_blobs(p, t),
         (Search::Federated(p), JobPayload::Federated(f)) => {
-            let base = (f.base != p.model).then_some((f.base, "round's base model"));
+            let needs_start = matches!(f.step, SecureStep::Train | SecureStep::Mask);
+            let base = (f.base != p.model && needs_start).then_some((f.base, "round's base model"));
             base.into_iter()
                 .chain(f.updates.iter().map(|u| (*u, "agreed update")))
+                .chain(secure::job_blobs(f))
                 .collect()
         }
         _ => Vec::new(),

@@ -138,7 +138,13 @@ pub(super) struct Recipe<'a> {
     pub outer: OuterStep,
     /// Each update scaled to at most this L2 norm first, if any.
     pub norm_bound: Option<f64>,
+    /// Updates to combine besides `updates`, computed from the base's weights (a federated
+    /// round's unmasked group means), if any.
+    pub sums: Option<&'a SumsOf<'a>>,
 }
+
+/// What computes a recipe's extra updates from the base's weights.
+pub(super) type SumsOf<'a> = dyn Fn(&WeightsFile) -> Result<Vec<Update>, ExecError> + 'a;
 
 /// The job's start state: its base moved by the updates that fit it (an update of another
 /// layout or with a value that is not finite is left out, the same way on every node). The
@@ -181,6 +187,11 @@ pub(super) fn build_start(
             gathered.push(&u);
         }
     }
+    if let Some(sums) = r.sums {
+        for u in sums(&base.weights)? {
+            gathered.push(&u);
+        }
+    }
     let outer = match r.outer {
         OuterStep::Average => Outer::Average,
         OuterStep::Nesterov {
@@ -208,6 +219,7 @@ fn start_state(
         combine: combine(&p.aggregate),
         outer: p.outer,
         norm_bound: None,
+        sums: None,
     };
     build_start(&recipe, model, job)
 }

@@ -133,6 +133,8 @@ pub enum SecureStep {
 /// roster position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecureRound {
+    /// The round (its keys and masks are bound to it).
+    pub round: u32,
     /// Clients sampled for the round (the client-level sampling rate is this / population).
     pub sampled: u32,
     /// Clients whose keys were agreed, with the keys blob, in sampling order.
@@ -728,6 +730,7 @@ impl SearchState for FedRounds {
         }
         let step = if secure {
             self.current = SecureRound {
+                round: self.round,
                 sampled: clients.len() as u32,
                 ..SecureRound::default()
             };

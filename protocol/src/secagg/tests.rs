@@ -241,7 +241,9 @@ fn a_revealed_mask_share_of_a_survivor_is_ignored() {
 fn a_low_order_key_is_refused_by_name() {
     let (mut round, secrets) = setup(3, 2, 1);
     deal_all(&mut round, &secrets);
+    assert!(round.roster[2].usable());
     round.roster[2].mask = [0; 32];
+    assert!(!round.roster[2].usable());
     assert_eq!(
         mask(&round, 0, &secrets[0], &[1, 2, 3]),
         Err(SecAggError::LowOrderKey { client: 2 })

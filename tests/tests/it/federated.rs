@@ -5,7 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use hivemesh_protocol::spec::{Aggregate, ExamplePrivacy, FederatedParams, OuterStep, Search};
+use hivemesh_protocol::BlobId;
+use hivemesh_protocol::spec::{
+    Aggregate, ExamplePrivacy, FederatedParams, OuterStep, Search, SecureAggregation,
+};
+use hivemesh_protocol::standings::JobStatus;
 use hivemesh_tests::{
     TempDir, cluster, digits_nas_spec, digits_reference_model, test_key, wait_finished,
 };
@@ -110,16 +114,27 @@ fn any_file_holds(dir: &Path, needle: &[u8]) -> bool {
     })
 }
 
-/// Three nodes, each with private records only it holds: a federated campaign with
-/// example-level DP (σ = 1) runs to the end; all nodes hold the same closures and the same
-/// final model; each client's ε is stated; and no store holds a private record or a CSV line.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_clients_train_one_model_on_data_only_each_holds() {
+/// What a federated campaign on three loopback nodes left: their store directories, the
+/// nodes, each node's view of the campaign, and the private parts.
+struct Ran {
+    dirs: Vec<TempDir>,
+    nodes: Vec<hivemesh_tests::TestNode>,
+    views: Vec<hivemesh_node::daemon::CampaignStatus>,
+    parts: Vec<(PathBuf, Vec<Vec<u8>>)>,
+    /// Every settled job, as node 0 states them.
+    settled: Vec<hivemesh_node::daemon::SettledJob>,
+    _data: TempDir,
+}
+
+/// Runs a federated campaign of `params` (its model set here) on three nodes, each offering
+/// one third of the digits' training split as its private `wards` data, to the end; checks
+/// every node holds the same closures and the same final model.
+async fn run_three(name: &str, mut params: FederatedParams) -> Ran {
     let data = TempDir::new("fedprivate");
     let parts: Vec<(PathBuf, Vec<Vec<u8>>)> = (0..3)
         .map(|k| write_private_part(data.path(), k, 3))
         .collect();
-    let (dirs, mut nodes) = cluster("federated", 3, |i, cfg| {
+    let (dirs, mut nodes) = cluster(name, 3, |i, cfg| {
         let opts = ReadOptions {
             shape: Some("1x8x8".into()),
             ..ReadOptions::default()
@@ -128,17 +143,17 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
             .insert("wards".into(), (parts[i].0.clone(), opts));
     })
     .await;
-    let model = nodes[0]
+    params.model = nodes[0]
         .client
         .put_blob(digits_reference_model())
         .await
         .expect("stored");
     let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
     let mut spec = digits_nas_spec(&roster, 2, 1, 83);
-    spec.name = "test: federated digits".into();
+    spec.name = format!("test: {name}");
     spec.redundancy = 2;
     spec.budget.learning_rate = 2e-2;
-    let params = params(model);
+    let generations = params.rounds * params.steps_per_round();
     spec.search = Search::Federated(params);
     let id = nodes[0].client.submit(spec).await.expect("accepted");
     let mut closures = Vec::new();
@@ -161,7 +176,10 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
             v.closures, views[0].closures,
             "the same closures everywhere"
         );
-        assert!(c.len() >= 4, "three rounds and the evaluation: {c:?}");
+        assert!(
+            c.len() > generations as usize,
+            "every round and the evaluation: {c:?}"
+        );
     }
     // The final model: the evaluation's one artifact, the same everywhere, better than chance.
     let settled = nodes[0].client.settled(id).await.expect("answers");
@@ -169,7 +187,28 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
     let best = &views[0].front[0];
     assert!(views.iter().all(|v| v.front[0].artifact == best.artifact));
     assert!(best.artifact.is_some());
-    assert!(best.accuracy > 0.5, "final accuracy {}", best.accuracy);
+    assert!(
+        best.accuracy > 0.5,
+        "final accuracy {}: {settled:#?}",
+        best.accuracy
+    );
+    Ran {
+        dirs,
+        nodes,
+        views,
+        parts,
+        settled: settled.unwrap_or_default(),
+        _data: data,
+    }
+}
+
+/// Three nodes, each with private records only it holds: a federated campaign with
+/// example-level DP (σ = 1) runs to the end; all nodes hold the same closures and the same
+/// final model; each client's ε is stated; and no store holds a private record or a CSV line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_train_one_model_on_data_only_each_holds() {
+    let ran = run_three("federated", params(BlobId::of_bytes(b"set by run_three"))).await;
+    let views = &ran.views;
     // Privacy: every client's example-level ε, stated alike by every node.
     let privacy = views[0]
         .privacy
@@ -186,8 +225,51 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
     assert!(views.iter().all(|v| v.privacy.as_ref() == Some(&privacy)));
     // The data never left its node: no store holds a private record (the 64 pixel bytes) or a
     // CSV line, its own client's included (the file was read, not stored).
-    for n in nodes {
+    for n in ran.nodes {
         n.stop().await;
     }
-    assert_no_private_bytes(&dirs, &parts);
+    assert_no_private_bytes(&ran.dirs, &ran.parts);
+}
+
+/// The whole case: three nodes with data only each holds, DP at both levels and
+/// secure aggregation (each round: keys, sealed shares, masked updates, reveals). The model
+/// learns (so every node unmasked the same sums: the final model is one id everywhere, and
+/// better than chance only if the rounds' sums were applied), both ε are stated, and no store
+/// holds a private record or a CSV line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_with_secure_aggregation_reach_one_model_revealing_only_sums() {
+    let mut p = params(BlobId::of_bytes(b"set by run_three"));
+    p.rounds = 2;
+    // Each client bounds its own update (no one can check a masked one): the fixed point's
+    // range. Client-level noise is left out here: three clients cannot carry it and learn.
+    p.norm_bound = 5.0;
+    p.secure = Some(SecureAggregation {
+        buckets: 1,
+        neighbours: 0,
+    });
+    let ran = run_three("federated-secure", p).await;
+    let views = &ran.views;
+    let privacy = views[0].privacy.clone().expect("privacy stated");
+    assert!(
+        privacy
+            .clients
+            .iter()
+            .all(|c| c.rounds == 2 && c.epsilon.is_finite() && c.epsilon > 0.0),
+        "{privacy:?}"
+    );
+    assert_eq!(privacy.clients.len(), 3);
+    assert!(views.iter().all(|v| v.privacy.as_ref() == Some(&privacy)));
+    // Each round ran its four steps, each step by all three clients.
+    for step in ["keys", "deal", "masked update", "reveal"] {
+        let n = ran
+            .settled
+            .iter()
+            .filter(|j| j.payload.1.ends_with(step) && j.status == JobStatus::Success)
+            .count();
+        assert_eq!(n, 6, "{step}: {:#?}", ran.settled);
+    }
+    for n in ran.nodes {
+        n.stop().await;
+    }
+    assert_no_private_bytes(&ran.dirs, &ran.parts);
 }

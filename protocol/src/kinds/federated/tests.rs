@@ -358,7 +358,10 @@ fn a_secure_round_takes_four_steps_each_for_the_clients_the_last_left() {
     };
     let keys = step(&mut s, &mut rng, &|i, _| success(&[&[b'k', i as u8]]));
     assert_eq!(keys.len(), 3);
-    assert!(keys.iter().all(|j| j.step == SecureStep::Keys && j.secure.is_none()));
+    assert!(
+        keys.iter()
+            .all(|j| j.step == SecureStep::Keys && j.secure.is_none())
+    );
     // Client 1 deals nothing.
     let deal = step(&mut s, &mut rng, &|i, _| {
         (i != 1).then(|| success(&[&[b'd', i as u8]])).flatten()
@@ -367,7 +370,9 @@ fn a_secure_round_takes_four_steps_each_for_the_clients_the_last_left() {
     let roster = &deal[0].secure.as_ref().expect("the round so far").roster;
     assert_eq!(roster.len(), 3);
     assert_eq!(roster[0].1, BlobId::of_bytes(b"k\0"));
-    let mask = step(&mut s, &mut rng, &|i, _| success(&[&[b'm', i as u8], b"start"]));
+    let mask = step(&mut s, &mut rng, &|i, _| {
+        success(&[&[b'm', i as u8], b"start"])
+    });
     assert_eq!(mask.len(), 2, "those that dealt");
     assert!(mask.iter().all(|j| j.step == SecureStep::Mask));
     assert_eq!(mask[0].client, Some(keys[0].client.expect("pinned")));
