@@ -552,10 +552,36 @@ impl Aggregator {
     /// The next round's state: `state` moved by the combined updates; no updates leave it as
     /// it is.
     pub fn step(self, state: &TrainState, outer: Outer) -> TrainState {
-        match self.combined() {
-            Some(c) => apply_outer(state, &c, outer),
-            None => state.clone(),
-        }
+        self.step_flagging(state, outer, f64::INFINITY).0
+    }
+
+    /// [`Aggregator::step`], and the updates (by push order) whose distance from the
+    /// combined update is above `factor` times the median distance (as [`outliers`]); only a
+    /// robust aggregate holds the updates to measure, the mean flags none.
+    pub fn step_flagging(
+        self,
+        state: &TrainState,
+        outer: Outer,
+        factor: f64,
+    ) -> (TrainState, Vec<usize>) {
+        let dense = if factor.is_finite() && self.how != Combine::Mean {
+            self.dense.clone()
+        } else {
+            Vec::new()
+        };
+        let Some(c) = self.combined() else {
+            return (state.clone(), Vec::new());
+        };
+        let dists: Vec<f64> = dense.iter().map(|u| distance(u, &c)).collect();
+        let mut sorted = dists.clone();
+        sorted.sort_by(f64::total_cmp);
+        let flagged = match sorted.get(sorted.len().saturating_sub(1) / 2) {
+            Some(median) => (0..dists.len())
+                .filter(|i| dists[*i] > factor * median && dists[*i] > 0.0)
+                .collect(),
+            None => Vec::new(),
+        };
+        (apply_outer(state, &c, outer), flagged)
     }
 }
 

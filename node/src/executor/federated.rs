@@ -15,17 +15,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hivemesh_protocol::id::BlobId;
+use hivemesh_protocol::kinds::federated::flag_metrics;
 use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
 use hivemesh_protocol::spec::{FedJob, FederatedParams, SecureStep};
 use hivemesh_trainer::TrainError;
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::private::{DpSgd, clip_and_noise, secret_seed};
-use hivemesh_trainer::rounds::{Encoding, SegmentJob, Update};
+use hivemesh_trainer::rounds::{Encoding, SegmentJob, Update, state_values};
 use hivemesh_trainer::train::Budget;
 
 use super::secure;
 use super::train::{Recipe, build_start, combine, fitting_model};
 use super::{ExecError, JobRun, Loaded, Ran, failure, train_failure};
+
+/// A robust aggregate flags an update farther than this many times the median distance from
+/// the combined update.
+const OUTLIER_FACTOR: f64 = 3.0;
 
 /// The job's secret: what seeds its private sampling and noise (from this node's secret and
 /// the job's id, so a restarted node draws the same and no one else can).
@@ -70,19 +75,24 @@ pub(super) fn run(
     let view: &JobRun<'_> = job;
     let sums = |w: &WeightsFile| match &f.sums {
         Some(r) => secure::group_means(p, &client.campaign, r, w, view),
-        None => Ok(Vec::new()),
+        None => Ok((Vec::new(), Vec::new())),
     };
+    let values = model
+        .as_ref()
+        .and_then(|m| state_values(m.arch()).ok())
+        .unwrap_or(0);
     let recipe = Recipe {
         model: p.model,
         base: f.base,
         updates: &f.updates,
         combine: combine(&p.aggregate),
         outer: p.outer,
-        norm_bound: (p.norm_bound > 0.0).then_some(f64::from(p.norm_bound)),
+        norm_limit: p.norm_limit(values),
+        outlier_factor: OUTLIER_FACTOR,
         sums: Some(&sums),
     };
-    let start = match build_start(&recipe, (model, campaign_seed), view)? {
-        Ok(s) => s,
+    let (start, flagged) = match build_start(&recipe, (model, campaign_seed), view)? {
+        Ok(s) => (s.state, s.flagged),
         Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
     };
     let start_bytes = start.to_bytes();
@@ -94,7 +104,7 @@ pub(super) fn run(
         total,
         params,
         flops,
-        extra: BTreeMap::new(),
+        extra: flag_metrics(&flagged),
         artifacts,
     };
     // The start model on public data: the final model on the test split, a round's start
@@ -201,8 +211,9 @@ fn train_locally(
             secret_seed(&secret, "client-noise"),
         );
     }
-    if p.secure.is_some() && p.client_privacy.is_none() && p.norm_bound > 0.0 {
-        // No one can bound a masked update: an honest client bounds its own.
+    if p.client_privacy.is_none() && p.norm_bound > 0.0 {
+        // An honest client bounds its own update (no one can bound a masked one, and one
+        // above the bound is dropped and its client flagged).
         update.bound_norm(f64::from(p.norm_bound));
     }
     match update.check(start) {

@@ -341,16 +341,19 @@ pub(super) fn masked_update(
 }
 
 /// The means of the groups of round `sums` whose sums unmask, as updates of `weights`'s
-/// layout, in group order (groups that cannot be unmasked are left out, with a warning).
+/// layout, in group order (groups that cannot be unmasked are left out, with a warning), and
+/// the roster positions found at fault: a masked update of the wrong length, a revealed share
+/// its dealer's hash refutes, a dealer whose shares rebuild another secret than it committed.
 pub(super) fn group_means(
     p: &FederatedParams,
     campaign: &[u8; 32],
     sums: &SecureRound,
     weights: &WeightsFile,
     job: &JobRun<'_>,
-) -> Result<Vec<Update>, ExecError> {
+) -> Result<(Vec<Update>, Vec<usize>), ExecError> {
+    let mut flagged = Vec::new();
     let Some(bound) = p.secure_bound() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), flagged));
     };
     let len: usize = weights.tensors.iter().map(|t| t.data.len() / 4).sum();
     let min = p.secure.map_or(2, |s| s.group_min(p.min_clients)) as usize;
@@ -379,6 +382,8 @@ pub(super) fn group_means(
                     .collect();
                 if bytes.len() == 4 * len {
                     masked.push((*i, y));
+                } else {
+                    flagged.push(g.members[*i]);
                 }
             }
         }
@@ -391,9 +396,17 @@ pub(super) fn group_means(
                 reveals.push(r);
             }
         }
+        flagged.extend(
+            secagg::bad_revealers(&g.round, &reveals)
+                .into_iter()
+                .map(|i| g.members[i]),
+        );
         let sum = match secagg::unmask(&g.round, &masked, &reveals, len) {
             Ok(s) => s,
             Err(e) => {
+                if let secagg::SecAggError::BadShares { client } = e {
+                    flagged.push(g.members[client]);
+                }
                 tracing::warn!(round = sums.round, group = which, "left out: {e}");
                 continue;
             }
@@ -409,7 +422,9 @@ pub(super) fn group_means(
             means.push(u);
         }
     }
-    Ok(means)
+    flagged.sort_unstable();
+    flagged.dedup();
+    Ok((means, flagged))
 }
 
 /// The blobs a secure job needs: the previous round's (for its start model) and this round's

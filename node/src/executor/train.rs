@@ -136,24 +136,40 @@ pub(super) struct Recipe<'a> {
     pub combine: Combine,
     /// How the combined update moves the model.
     pub outer: OuterStep,
-    /// Each update scaled to at most this L2 norm first, if any.
-    pub norm_bound: Option<f64>,
+    /// An update whose L2 norm is above this is left out and flagged, if any.
+    pub norm_limit: Option<f64>,
+    /// Updates farther from the combined update than this many times the median distance are
+    /// flagged (a robust aggregate only; `INFINITY`: none).
+    pub outlier_factor: f64,
     /// Updates to combine besides `updates`, computed from the base's weights (a federated
     /// round's unmasked group means), if any.
     pub sums: Option<&'a SumsOf<'a>>,
 }
 
-/// What computes a recipe's extra updates from the base's weights.
-pub(super) type SumsOf<'a> = dyn Fn(&WeightsFile) -> Result<Vec<Update>, ExecError> + 'a;
+/// What computes a recipe's extra updates from the base's weights, and the positions of the
+/// clients they found at fault.
+pub(super) type SumsOf<'a> =
+    dyn Fn(&WeightsFile) -> Result<(Vec<Update>, Vec<usize>), ExecError> + 'a;
+
+/// A round's start state, and the updates that were flagged building it: by position in the
+/// recipe's `updates` (refused, over the norm limit, or outliers), or the positions its `sums`
+/// named.
+pub(super) struct Start {
+    /// The start state.
+    pub state: TrainState,
+    /// Flagged positions, sorted.
+    pub flagged: Vec<usize>,
+}
 
 /// The job's start state: its base moved by the updates that fit it (an update of another
-/// layout or with a value that is not finite is left out, the same way on every node). The
-/// inner error fails the job (every executor reads the same verified bytes).
+/// layout, with a value that is not finite or over the norm limit is left out and flagged,
+/// the same way on every node). The inner error fails the job (every executor reads the same
+/// verified bytes).
 pub(super) fn build_start(
     r: &Recipe<'_>,
     (model, campaign_seed): (Option<ModelBlob>, u64),
     job: &JobRun<'_>,
-) -> Result<Result<TrainState, String>, ExecError> {
+) -> Result<Result<Start, String>, ExecError> {
     let base = if r.base == r.model {
         let Some(model) = model else {
             return Ok(Err(
@@ -179,18 +195,22 @@ pub(super) fn build_start(
         .sum();
     outer_memory_fits(r.combine, r.updates.len(), values, job.limits)?;
     let mut gathered = Aggregator::new(r.combine);
-    for id in r.updates {
-        if let Some(mut u) = fitting_update(job, id, "agreed update", &base.weights)? {
-            if let Some(max) = r.norm_bound {
-                u.bound_norm(max);
+    let (mut flagged, mut pushed) = (Vec::new(), Vec::new());
+    for (i, id) in r.updates.iter().enumerate() {
+        match fitting_update(job, id, "agreed update", &base.weights)? {
+            Some(u) if r.norm_limit.is_none_or(|max| u.norm() <= max) => {
+                gathered.push(&u);
+                pushed.push(i);
             }
-            gathered.push(&u);
+            _ => flagged.push(i),
         }
     }
     if let Some(sums) = r.sums {
-        for u in sums(&base.weights)? {
+        let (means, at_fault) = sums(&base.weights)?;
+        for u in means {
             gathered.push(&u);
         }
+        flagged.extend(at_fault);
     }
     let outer = match r.outer {
         OuterStep::Average => Outer::Average,
@@ -202,7 +222,12 @@ pub(super) fn build_start(
             momentum,
         },
     };
-    Ok(Ok(gathered.step(&base, outer)))
+    let (state, outliers) = gathered.step_flagging(&base, outer, r.outlier_factor);
+    // Outliers by push order; group means (pushed after the updates) are not clients.
+    flagged.extend(outliers.iter().filter_map(|k| pushed.get(*k).copied()));
+    flagged.sort_unstable();
+    flagged.dedup();
+    Ok(Ok(Start { state, flagged }))
 }
 
 /// [`build_start`] for a `train` job.
@@ -218,10 +243,11 @@ fn start_state(
         updates: &t.updates,
         combine: combine(&p.aggregate),
         outer: p.outer,
-        norm_bound: None,
+        norm_limit: None,
+        outlier_factor: f64::INFINITY,
         sums: None,
     };
-    build_start(&recipe, model, job)
+    build_start(&recipe, model, job).map(|r| r.map(|s| s.state))
 }
 
 /// The trainer's combine for the campaign's aggregate.

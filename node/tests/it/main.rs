@@ -2,5 +2,6 @@
 //! binary killed and restarted, and the store on disk.
 
 mod executor;
+mod federated;
 mod kill;
 mod store;

@@ -170,6 +170,41 @@ pub struct FedJob {
     pub secure: Option<SecureRound>,
 }
 
+/// Bits of one `flagged_K` metric (below the sign bit of an `i64`).
+const FLAG_BITS: usize = 62;
+
+/// Extra metrics a client reports about the previous round's updates it found at fault
+/// (refused, over the norm limit, outliers; with secure aggregation, bad shares): position
+/// `i` is bit `i % 62` of `flagged_{i / 62}`, present only when not zero.
+pub fn flag_metrics(flagged: &[usize]) -> BTreeMap<String, i64> {
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    for i in flagged.iter().filter(|i| **i < MAX_CLIENTS as usize) {
+        *out.entry(format!("flagged_{}", i / FLAG_BITS)).or_default() |= 1 << (i % FLAG_BITS);
+    }
+    out
+}
+
+/// The positions [`flag_metrics`] encoded in `extra`.
+pub fn flags_of(extra: &BTreeMap<String, i64>) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (k, v) in extra {
+        let Some(word) = k
+            .strip_prefix("flagged_")
+            .and_then(|w| w.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        out.extend(
+            (0..FLAG_BITS)
+                .filter(|b| v >> b & 1 == 1)
+                .map(|b| word * FLAG_BITS + b)
+                .filter(|i| *i < MAX_CLIENTS as usize),
+        );
+    }
+    out.sort_unstable();
+    out
+}
+
 /// A job as reports show it: `round R client KEY` (`final` for the evaluation).
 pub(super) fn summary(job: &FedJob) -> String {
     let step = match job.step {
@@ -241,6 +276,27 @@ impl FederatedParams {
             Some(c) => f64::from(c.clip) * (1.0 + 8.0 * f64::from(c.noise_multiplier) / m.sqrt()),
             None => f64::from(self.norm_bound),
         })
+    }
+
+    /// The largest L2 norm an honest client's update of `values` values can have: it clips
+    /// to the client-level `C` (then adds its noise, of standard deviation `σ'C` per value,
+    /// whose norm stays below `σ'C(√values + 6)` but with negligible probability) or bounds
+    /// itself to `norm_bound`; `None` when neither is asked. An update above it is dropped and
+    /// its client flagged.
+    pub fn norm_limit(&self, values: u64) -> Option<f64> {
+        let slack = 1.0 + 1e-3;
+        match self.client_privacy {
+            Some(c) => {
+                let share = self
+                    .secure
+                    .map_or(1.0, |s| f64::from(s.group_min(self.min_clients)).sqrt());
+                let sigma = f64::from(c.noise_multiplier) / share;
+                let noise = sigma * ((values as f64).sqrt() + 6.0);
+                Some(f64::from(c.clip) * (slack + noise))
+            }
+            None if self.norm_bound > 0.0 => Some(f64::from(self.norm_bound) * slack),
+            None => None,
+        }
     }
 
     fn validate_secure(&self) -> Result<(), SpecError> {
@@ -413,6 +469,9 @@ impl KindRules for FederatedParams {
             step: SecureStep::Keys,
             current: SecureRound::default(),
             pending_start: None,
+            update_clients: Vec::new(),
+            strikes: BTreeMap::new(),
+            benched: BTreeMap::new(),
             participation: BTreeMap::new(),
             campaign: Accountant::new(),
             curves: Curves::new(self),
@@ -441,6 +500,12 @@ struct FedRounds {
     current: SecureRound,
     /// With secure aggregation: the start model the round's masked updates agreed on.
     pending_start: Option<BlobId>,
+    /// The client of each of `updates`.
+    update_clients: Vec<PeerKey>,
+    /// Times each client was found at fault by most of the next round's clients.
+    strikes: BTreeMap<PeerKey, u32>,
+    /// Clients not sampled before the given round (`2^(strikes − 1)` rounds after a strike).
+    benched: BTreeMap<PeerKey, u32>,
     /// Rounds each client was sampled for.
     participation: BTreeMap<PeerKey, u32>,
     /// The campaign's client-level spending.
@@ -515,6 +580,11 @@ impl FedRounds {
     fn sample(&mut self, rng: &mut ChaCha8Rng, members: &[PeerKey]) -> Vec<PeerKey> {
         let mut eligible: Vec<PeerKey> = members
             .iter()
+            .filter(|p| {
+                self.benched
+                    .get(*p)
+                    .is_none_or(|until| self.round >= *until)
+            })
             .filter(|p| self.client_may_join(p))
             .copied()
             .collect();
@@ -667,27 +737,56 @@ impl FedRounds {
         }
     }
 
+    /// Strikes each of `accused` (the clients of the updates the reporters applied, by
+    /// position) that more than half of `reports` flagged, with at least two reports: a struck
+    /// client is not sampled for `2^(strikes − 1)` rounds. One lying reporter cannot strike an
+    /// honest client; honest reporters flag alike (the same blobs, the same rule).
+    fn judge(&mut self, reports: &[Vec<usize>], accused: &[PeerKey]) {
+        if reports.len() < 2 {
+            return;
+        }
+        for (i, c) in accused.iter().enumerate() {
+            let n = reports
+                .iter()
+                .filter(|r| r.binary_search(&i).is_ok())
+                .count();
+            if 2 * n > reports.len() {
+                let s = self.strikes.entry(*c).or_default();
+                *s = s.saturating_add(1);
+                let rounds = 1u32 << (*s - 1).min(16);
+                self.benched
+                    .insert(*c, self.round.saturating_add(1).saturating_add(rounds));
+            }
+        }
+    }
+
     /// Tells a round without secure aggregation: the next recipe as `train` takes it, the
     /// start model most agreed outcomes name, with the updates that started from it; fewer
     /// than `min_clients` of them leave the model as it was.
     fn tell_plain(&mut self, told: &[Told<'_>]) {
-        let agreed: Vec<(BlobId, BlobId)> = told
+        let agreed: Vec<(BlobId, BlobId, Option<PeerKey>)> = told
             .iter()
-            .filter_map(|t| t.outcome.and_then(trained_blobs).map(|(u, s, _)| (u, s)))
+            .filter_map(|t| {
+                let client = match t.payload {
+                    JobPayload::Federated(j) => j.client,
+                    _ => None,
+                };
+                t.outcome
+                    .and_then(trained_blobs)
+                    .map(|(u, s, _)| (u, s, client))
+            })
             .collect();
         let Some(start) = most_named(agreed.iter().map(|a| a.1)) else {
             return;
         };
-        let updates: Vec<BlobId> = agreed
-            .iter()
-            .filter(|a| a.1 == start)
-            .map(|a| a.0)
-            .collect();
-        if (updates.len() as u32) < self.params.min_clients {
+        let from_start: Vec<&(BlobId, BlobId, Option<PeerKey>)> =
+            agreed.iter().filter(|a| a.1 == start).collect();
+        if (from_start.len() as u32) < self.params.min_clients {
             return;
         }
         self.base = start;
-        self.updates = updates;
+        self.updates = from_start.iter().map(|a| a.0).collect();
+        self.update_clients = from_start.iter().filter_map(|a| a.2).collect();
     }
 }
 
@@ -761,6 +860,23 @@ impl SearchState for FedRounds {
             return Ok(());
         }
         let population = jobs.first().map_or(0, |j| j.population);
+        let reports: Vec<Vec<usize>> = told
+            .iter()
+            .filter(|t| {
+                matches!(t.payload, JobPayload::Federated(j)
+                    if j.client.is_some() && matches!(j.step, SecureStep::Train | SecureStep::Mask))
+            })
+            .filter_map(|t| match t.outcome {
+                Some(Outcome::Success(m)) => Some(flags_of(&m.extra)),
+                _ => None,
+            })
+            .collect();
+        let accused: Vec<PeerKey> = match (&self.sums, self.params.secure) {
+            (Some(sums), Some(_)) => sums.roster.iter().map(|r| r.0).collect(),
+            (_, Some(_)) => Vec::new(),
+            (_, None) => self.update_clients.clone(),
+        };
+        self.judge(&reports, &accused);
         if self.params.secure.is_some() {
             let agreed: Vec<(PeerKey, Option<&[BlobId]>)> = told
                 .iter()

@@ -38,6 +38,9 @@ fn federated_spec(roster: Vec<PeerKey>) -> CampaignSpec {
     let mut s = spec();
     s.search = Search::Federated(params());
     s.redundancy = 2;
+    // A silent client's job goes void `max_extra + 1 + last_due` deadlines after its
+    // generation starts; generation 0 has no measured times to shorten the first deadline.
+    s.schedule.job_deadline_ms = 20_000;
     s.quorum = 2;
     s.audit_rate_ppm = 1_000_000;
     s.roster = roster;

@@ -445,3 +445,69 @@ fn secure_aggregation_is_checked_with_the_field_named() {
         "secure.buckets",
     );
 }
+
+#[test]
+fn flags_round_trip_through_extra_metrics() {
+    let flagged = vec![0, 5, 61, 62, 130, 254];
+    let extra = flag_metrics(&flagged);
+    assert_eq!(extra.len(), 4, "{extra:?}");
+    assert!(extra.values().all(|v| *v > 0));
+    assert_eq!(flags_of(&extra), flagged);
+    assert!(flag_metrics(&[]).is_empty());
+    assert!(
+        flags_of(&flag_metrics(&[300])).is_empty(),
+        "beyond the most clients"
+    );
+}
+
+/// A client whose update most of the next round's clients flag is not sampled for a round
+/// (two, after a second strike); one reporter alone strikes no one.
+#[test]
+fn a_client_most_reporters_flag_is_benched_and_one_reporter_alone_strikes_no_one() {
+    let mut p = params();
+    p.rounds = 6;
+    p.clients_per_round = 3;
+    p.min_clients = 1;
+    p.example_privacy = None;
+    let m = members(3);
+    let mut s = p.start().expect("starts");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // Round 0: everyone trains; updates u0, u1, u2 from the same start.
+    let r0 = s.ask_among(&mut rng, &m);
+    let j0 = jobs(&r0);
+    let outs: Vec<Option<Outcome>> = (0..3)
+        .map(|i| Some(trained(&[b'u', i as u8], b"s0")))
+        .collect();
+    tell(&mut s, &r0, &outs);
+    let accused = j0[1].client.expect("pinned");
+    // Round 1: two of three flag update 1 (its client), the third flags update 0.
+    let r1 = s.ask_among(&mut rng, &m);
+    assert_eq!(jobs(&r1).len(), 3);
+    let flagged = |flags: &[usize], i: u8| {
+        let mut o = trained(&[b'v', i], b"s1");
+        if let Outcome::Success(m) = &mut o {
+            m.extra = flag_metrics(flags);
+        }
+        Some(o)
+    };
+    tell(
+        &mut s,
+        &r1,
+        &[flagged(&[1], 0), flagged(&[1], 1), flagged(&[0], 2)],
+    );
+    // Round 2: the accused is benched; the one flagged by a single reporter is not.
+    let r2 = jobs(&s.ask_among(&mut rng, &m));
+    let clients: Vec<PeerKey> = r2.iter().filter_map(|j| j.client).collect();
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    assert!(!clients.contains(&accused));
+    assert!(clients.contains(&j0[0].client.expect("pinned")));
+    let none: Vec<Option<Outcome>> = vec![None; 2];
+    tell(&mut s, &jobs_payloads(&r2), &none);
+    // Round 3: back.
+    let r3 = jobs(&s.ask_among(&mut rng, &m));
+    assert!(r3.iter().any(|j| j.client == Some(accused)));
+}
+
+fn jobs_payloads(js: &[FedJob]) -> Vec<JobPayload> {
+    js.iter().cloned().map(JobPayload::Federated).collect()
+}
