@@ -18,6 +18,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hivemesh_protocol::privacy::{Accountant, Mechanism, noise_for};
+use hivemesh_trainer::attack::Attack;
+use hivemesh_trainer::data::partition::partition;
 use hivemesh_trainer::data::{Dataset, digits, load_mnist};
 use hivemesh_trainer::private::DpSgd;
 use hivemesh_trainer::rounds::{
@@ -27,8 +29,6 @@ use hivemesh_trainer::rounds::{
 use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Schedule, sub_seed};
 use hivemesh_trainer::zoo::mlp;
 use hivemesh_trainer::{Cpu, CpuAutodiff};
-use rand_chacha::ChaCha8Rng;
-use rand_core::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 /// Federated rounds on MNIST (or the embedded digits).
@@ -107,93 +107,16 @@ fn combine(rule: &str, clients: usize) -> Result<Combine> {
     })
 }
 
-/// A Gamma(shape, 1) draw (Marsaglia and Tsang; shape < 1 by the boost).
-fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
-    let uniform =
-        |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    if shape < 1.0 {
-        return gamma(shape + 1.0, rng) * uniform(rng).powf(1.0 / shape);
-    }
-    let d = shape - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let (u1, u2) = (uniform(rng), uniform(rng));
-        let x = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-        let v = (1.0 + c * x).powi(3);
-        if v > 0.0 && uniform(rng).ln() < 0.5 * x * x + d - d * v + d * v.ln() {
-            return d * v;
-        }
-    }
-}
-
-/// The training split dealt to `n` clients: equal random parts (IID), or per class by
-/// Dirichlet(α) proportions.
-fn partition(data: &Dataset, train: &[u32], n: usize, alpha: f64, seed: u64) -> Vec<Vec<u32>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut order = train.to_vec();
-    for i in (1..order.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    let mut parts = vec![Vec::new(); n];
-    if alpha <= 0.0 {
-        for (k, i) in order.into_iter().enumerate() {
-            parts[k % n].push(i);
-        }
-        return parts;
-    }
-    for class in 0..data.classes {
-        let of_class: Vec<u32> = order
-            .iter()
-            .copied()
-            .filter(|i| u32::from(data.labels[*i as usize]) == class)
-            .collect();
-        let g: Vec<f64> = (0..n).map(|_| gamma(alpha, &mut rng)).collect();
-        let total: f64 = g.iter().sum();
-        let mut start = 0;
-        let mut acc = 0.0;
-        for (k, gk) in g.iter().enumerate() {
-            acc += gk / total;
-            let end = if k + 1 == n {
-                of_class.len()
-            } else {
-                ((acc * of_class.len() as f64).round() as usize).min(of_class.len())
-            };
-            parts[k].extend_from_slice(&of_class[start..end.max(start)]);
-            start = end.max(start);
-        }
-    }
-    parts
-}
-
-/// `u` as the attack `attack` sends it.
+/// `u` as the attack `attack` sends it (`none` and `label-flip`: as it is).
 fn attacked(u: &Update, attack: &str, seed: u64) -> Update {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = u.clone();
-    for t in &mut out.tensors {
-        let v: Vec<f32> = t
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len().max(1) as f32).sqrt();
-        let new: Vec<f32> = match attack {
-            "sign-flip" => v.iter().map(|x| -x).collect(),
-            "scale" => v.iter().map(|x| 10.0 * x).collect(),
-            "free-rider" => vec![0.0; v.len()],
-            "garbage" => v
-                .iter()
-                .map(|_| {
-                    let u1 = ((rng.next_u64() >> 11) as f32 + 0.5) / (1u64 << 53) as f32;
-                    let u2 = (rng.next_u64() >> 11) as f32 / (1u64 << 53) as f32;
-                    10.0 * rms * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                })
-                .collect(),
-            _ => v,
-        };
-        t.data = new.iter().flat_map(|x| x.to_le_bytes()).collect();
-    }
-    out
+    let a = match attack {
+        "sign-flip" => Attack::SignFlip,
+        "scale" => Attack::Scale,
+        "free-rider" => Attack::FreeRider,
+        "garbage" => Attack::Garbage,
+        _ => return u.clone(),
+    };
+    a.apply(u, seed)
 }
 
 /// Each client's DP-SGD settings (its sampling rate from its own record count, σ solved for
@@ -320,9 +243,7 @@ fn main() -> Result<()> {
     let splits = data.default_splits();
     let parts = partition(&data, &splits.train, a.clients, a.dirichlet, a.seed);
     let mut flipped = data.clone();
-    for l in &mut flipped.labels {
-        *l = (data.classes as u16 - 1).saturating_sub(*l);
-    }
+    flipped.flip_labels();
     let smallest = parts.iter().map(Vec::len).min().unwrap_or(0);
     let dp = dp_settings(&a, &parts)?;
     let arch = mlp(data.shape, a.hidden, data.classes);

@@ -15,6 +15,7 @@
 //! * [`export`]: a trained model as JSON IR, safetensors and a generated PyTorch module;
 //! * [`backend`]: choosing the device, with a clear error where CUDA is not usable.
 
+pub mod attack;
 pub mod backend;
 pub mod data;
 pub mod distill;

@@ -27,6 +27,7 @@ pub mod csv;
 pub mod idx;
 pub mod image_folder;
 pub mod npy;
+pub mod partition;
 pub mod read;
 pub mod text;
 
