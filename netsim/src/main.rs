@@ -72,8 +72,11 @@ struct ClusterArgs {
     #[arg(long, default_value_t = 1)]
     byzantine: usize,
     /// How the Byzantine nodes misbehave: `lie` (all return the same wrong results, so two
-    /// can form a quorum), `corrupt-blobs` (serve corrupt copies of blobs) or `noise` (a
-    /// training round's update is random noise, sketched like a real one; other results lie).
+    /// can form a quorum), `corrupt-blobs` (serve corrupt copies of blobs), `noise` (a
+    /// training round's update is random noise, sketched like a real one; other results lie),
+    /// or, as clients of a federated campaign: `sign-flip`, `scale` (x10), `garbage`
+    /// (Gaussian, 10x the update's RMS), `label-flip` (train on their private data with the
+    /// labels flipped) or `free-rider` (a zero update).
     #[arg(long, value_enum, default_value_t = Fault::Lie)]
     strategy: Fault,
     /// Honest nodes in audit mode (nodes 1..=N).
@@ -148,6 +151,19 @@ struct ClusterArgs {
     /// built by `cargo build --release -p hivemesh-node`].
     #[arg(long, requires = "processes")]
     hivemesh: Option<PathBuf>,
+    /// A federated campaign's private data: this dataset file's training split is dealt
+    /// among the nodes (each offers only its part, under the campaign's `private_data`
+    /// name). Any format `hivemesh dataset add` reads.
+    #[arg(long)]
+    private_data: Option<PathBuf>,
+    /// The shape of --private-data's samples where its format needs one (CSV, image
+    /// folders): CxHxW or a length.
+    #[arg(long, requires = "private_data")]
+    private_shape: Option<String>,
+    /// Deal --private-data by Dirichlet(ALPHA) class proportions (0.1: each node holds
+    /// mostly a class or two; 100: near IID) instead of equal random parts.
+    #[arg(long, requires = "private_data", default_value_t = 0.0)]
+    dirichlet: f64,
 }
 
 fn seconds(s: &str) -> Result<std::time::Duration, String> {
@@ -349,6 +365,19 @@ fn cluster_config(a: &ClusterArgs) -> anyhow::Result<hivemesh_netsim::cluster::C
     cfg.timeout = std::time::Duration::from_secs(a.timeout_s);
     cfg.progress = !a.quiet;
     cfg.measure_overhead = !a.no_overhead;
+    if let Some(source) = &a.private_data {
+        if !(a.dirichlet.is_finite() && a.dirichlet >= 0.0) {
+            anyhow::bail!("--dirichlet {}: give 0 (IID) or a positive α", a.dirichlet);
+        }
+        cfg.private = Some(hivemesh_netsim::cluster::PrivateSplit {
+            source: source.clone(),
+            read: hivemesh_trainer::data::read::ReadOptions {
+                shape: a.private_shape.clone(),
+                ..Default::default()
+            },
+            alpha: a.dirichlet,
+        });
+    }
     if a.processes {
         cfg.processes = Some(
             a.hivemesh

@@ -20,18 +20,55 @@ pub enum Fault {
     /// Publish garbage: a training round's update is random noise (sketched like a real one),
     /// every other result lies as [`Fault::Lie`] does.
     Noise,
+    /// A malicious federated client: its update with the sign flipped (other jobs honest).
+    SignFlip,
+    /// A malicious federated client: its update ×10.
+    Scale,
+    /// A malicious federated client: Gaussian garbage of 10× its update's RMS.
+    Garbage,
+    /// A malicious federated client: trains on its private data with every label flipped.
+    LabelFlip,
+    /// A federated free rider: a zero update.
+    FreeRider,
 }
 
 impl Fault {
     /// Every fault, in flag order.
-    pub const ALL: [Fault; 3] = [Fault::Lie, Fault::CorruptBlobs, Fault::Noise];
+    pub const ALL: [Fault; 8] = [
+        Fault::Lie,
+        Fault::CorruptBlobs,
+        Fault::Noise,
+        Fault::SignFlip,
+        Fault::Scale,
+        Fault::Garbage,
+        Fault::LabelFlip,
+        Fault::FreeRider,
+    ];
 
-    /// The name on the command line and in config files: `lie`, `corrupt-blobs`, `noise`.
+    /// The name on the command line and in config files: `lie`, `corrupt-blobs`, `noise`,
+    /// `sign-flip`, `scale`, `garbage`, `label-flip`, `free-rider`.
     pub fn as_flag(self) -> &'static str {
         match self {
             Fault::Lie => "lie",
             Fault::CorruptBlobs => "corrupt-blobs",
             Fault::Noise => "noise",
+            Fault::SignFlip => "sign-flip",
+            Fault::Scale => "scale",
+            Fault::Garbage => "garbage",
+            Fault::LabelFlip => "label-flip",
+            Fault::FreeRider => "free-rider",
+        }
+    }
+
+    /// The attack on a federated client's update this fault makes, if it is one.
+    pub fn client_attack(self) -> Option<hivemesh_trainer::attack::Attack> {
+        use hivemesh_trainer::attack::Attack;
+        match self {
+            Fault::SignFlip => Some(Attack::SignFlip),
+            Fault::Scale => Some(Attack::Scale),
+            Fault::Garbage => Some(Attack::Garbage),
+            Fault::FreeRider => Some(Attack::FreeRider),
+            _ => None,
         }
     }
 }
@@ -44,7 +81,10 @@ impl fmt::Display for Fault {
 
 /// A fault name that is none of [`Fault::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown fault {given:?}: use lie, corrupt-blobs or noise")]
+#[error(
+    "unknown fault {given:?}: use lie, corrupt-blobs, noise, sign-flip, scale, garbage, \
+     label-flip or free-rider"
+)]
 pub struct UnknownFault {
     /// What was given.
     pub given: String,
@@ -77,6 +117,6 @@ mod tests {
             assert_eq!(v.get_name(), f.as_flag());
         }
         let e = "crash".parse::<Fault>().expect_err("unknown");
-        assert!(e.to_string().contains("lie, corrupt-blobs or noise"), "{e}");
+        assert!(e.to_string().contains("lie, corrupt-blobs, noise"), "{e}");
     }
 }

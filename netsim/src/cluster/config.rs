@@ -97,6 +97,8 @@ pub struct ClusterConfig {
     /// Run every node as a `hivemesh run` child process of this binary (the path), instead of
     /// in this process.
     pub processes: Option<PathBuf>,
+    /// A federated campaign's private data, dealt among the nodes.
+    pub private: Option<super::private::PrivateSplit>,
 }
 
 impl ClusterConfig {
@@ -125,6 +127,7 @@ impl ClusterConfig {
             progress: true,
             measure_overhead: true,
             processes: None,
+            private: None,
         }
     }
 
@@ -163,6 +166,18 @@ impl ClusterConfig {
                 k.node,
                 self.nodes - 1
             )));
+        }
+        if self.private.is_some() && self.processes.is_some() {
+            return Err(ClusterError::Config(
+                "--private-data runs in-process nodes only (not with --processes)".into(),
+            ));
+        }
+        if self.private.is_some() && super::private::private_name(&self.campaign).is_none() {
+            return Err(ClusterError::Config(
+                "--private-data needs a federated campaign (its [federated] private_data names \
+                 the data)"
+                    .into(),
+            ));
         }
         if let Some(bin) = &self.processes
             && !bin.is_file()

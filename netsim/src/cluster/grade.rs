@@ -106,16 +106,18 @@ pub(crate) fn grade(input: &GradeInput<'_>) -> Grade {
     // A liar that executed but is not in the standings (no settled job) is also missed.
     let cheaters_missed = match input.strategy {
         // Serving corrupt blobs is not a ledger offence: peers refuse the bytes and lower the
-        // server's gossip score, which the ledger does not see.
-        Fault::CorruptBlobs => Vec::new(),
-        Fault::Lie | Fault::Noise => (0..input.roles.len())
+        // server's gossip score, which the ledger does not see. A federated client's attack
+        // is on its own private round, which no one else can recompute: the aggregation rule
+        // and the campaign's strikes answer it, not the ledger (the grade is the accuracy).
+        f if !matches!(f, Fault::Lie | Fault::Noise) => Vec::new(),
+        _ => (0..input.roles.len())
             .filter(|i| input.roles[*i] == Role::Byzantine)
             .filter(|i| !byz.iter().any(|s| s.index == *i && caught(&s.score)))
             .collect(),
     };
     let wrong_results = match input.strategy {
-        Fault::CorruptBlobs => 0,
-        Fault::Lie | Fault::Noise => {
+        f if !matches!(f, Fault::Lie | Fault::Noise) => 0,
+        _ => {
             let byz_keys: BTreeSet<&str> = byz.iter().map(|s| s.key.as_str()).collect();
             input
                 .agreeing

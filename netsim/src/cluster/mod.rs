@@ -30,6 +30,7 @@ mod grade;
 mod nodes;
 mod outcome;
 mod overhead;
+mod private;
 mod rounds;
 mod run_loop;
 mod submission;
@@ -51,6 +52,7 @@ pub use outcome::{
     ClusterReport, FaultEvent, GenerationView, NodeView, Overhead, ShardFile, ShardView, Standing,
 };
 pub use overhead::process_cpu_seconds;
+pub use private::{PrivateSplit, private_name};
 pub use rounds::{RoundLine, round_lines};
 
 use collect::Collected;
@@ -161,6 +163,12 @@ async fn start_nodes(
 /// Starts the nodes and submits the campaign at the creator; every node is then watched.
 async fn setup(cfg: &ClusterConfig) -> Result<Setup, ClusterError> {
     let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    if let Some(split) = &cfg.private {
+        let sizes = private::deal(cfg, split)?;
+        if cfg.progress {
+            eprintln!("private data dealt (α {}): {sizes:?} records", split.alpha);
+        }
+    }
     let (events, heard) = mpsc::channel(EVENT_CAPACITY);
     let mut nodes = start_nodes(cfg, &events).await?;
     let keys: Vec<PeerKey> = (0..cfg.nodes)

@@ -471,6 +471,13 @@ async fn start_in_process(
     if let Some(d) = cfg.delay {
         c.net.heartbeat = d;
     }
+    if cfg.private.is_some()
+        && let Some(name) = super::private::private_name(&cfg.campaign)
+    {
+        let opts = hivemesh_trainer::data::read::ReadOptions::default();
+        c.private_data
+            .insert(name, (super::private::part_path(cfg, i), opts));
+    }
     match cfg.role(i) {
         Role::Byzantine => c.fault = Some(cfg.strategy),
         Role::Auditor => c.audit = true,

@@ -304,6 +304,35 @@ mod tests {
         assert!(e.to_string().contains("federated.aggregate"), "{e}");
     }
 
+    #[test]
+    fn secure_aggregation_is_read_and_checked() {
+        let p = params("min_clients = 4\nclients_per_round = 6\nnorm_bound = 2.0\nsecure = true\nsecure_buckets = 2")
+            .expect("valid");
+        let s = p.secure.expect("secure");
+        assert_eq!((s.buckets, s.neighbours), (2, 0));
+        assert!(p.validate().is_ok());
+        assert_eq!(p.generations(), 4 * 4 + 1);
+        let e = params("secure = true")
+            .expect("parses")
+            .validate()
+            .expect_err("no bound");
+        assert!(e.to_string().contains("secure"), "{e}");
+    }
+
+    /// The shipped examples parse and validate (the digits one's σ is solved for its target).
+    #[test]
+    fn the_example_campaigns_are_valid() {
+        let text = include_str!("../../../examples/federated-mnist.toml");
+        let mut file = super::super::CampaignFile::parse(text).expect("parses");
+        let f = file.federated.as_mut().expect("[federated]");
+        f.model = BlobId::of_bytes(b"m").to_string();
+        let Search::Federated(p) = f.to_search().expect("a search") else {
+            panic!("federated")
+        };
+        assert!(p.validate().is_ok());
+        assert_eq!(p.clients_per_round, 10);
+    }
+
     /// The shipped example parses, its σ is solved for its target, and it validates.
     #[test]
     fn the_example_campaign_is_valid() {

@@ -420,7 +420,11 @@ pub fn start_locked(
         faults: config.store_faults.clone(),
         blob_quota: config.blob_quota,
     };
-    let private = load_private_data(&config.private_data)?;
+    let mut private = load_private_data(&config.private_data)?;
+    if config.fault == Some(Fault::LabelFlip) {
+        private.values_mut().for_each(|d| d.flip_labels());
+    }
+    let attack = config.fault.and_then(Fault::client_attack);
     let store = Arc::new(Store::open_with(lock, options)?);
     store.claim_owner(&key.public(), config.new_identity)?;
     let campaigns = Campaigns::new(key.clone());
@@ -447,7 +451,9 @@ pub fn start_locked(
         listen_addrs: Vec::new(),
         campaigns,
         jobs: Jobs::new(
-            Executor::new(&config.admission).with_private_data(private, private_secret(&key)),
+            Executor::new(&config.admission)
+                .with_private_data(private, private_secret(&key))
+                .with_attack(attack),
             devices::Slots::new(config.jobs, config.devices.as_deref()),
         ),
         gossip: Gossip::default(),

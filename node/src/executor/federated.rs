@@ -19,6 +19,7 @@ use hivemesh_protocol::kinds::federated::flag_metrics;
 use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
 use hivemesh_protocol::spec::{FedJob, FederatedParams, SecureStep};
 use hivemesh_trainer::TrainError;
+use hivemesh_trainer::attack::Attack;
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::private::{DpSgd, clip_and_noise, secret_seed};
 use hivemesh_trainer::rounds::{Encoding, SegmentJob, Update, state_values};
@@ -52,6 +53,8 @@ pub(super) struct Client<'a> {
     pub job_id: [u8; 32],
     /// The campaign's id.
     pub campaign: [u8; 32],
+    /// A malicious client's attack on its update, if any.
+    pub attack: Option<Attack>,
 }
 
 /// Runs a `federated` job.
@@ -130,7 +133,11 @@ pub(super) fn run(
         .ok_or_else(|| ExecError::NoPrivateData(p.private_data.clone()))?;
     let secret = job_secret(client.secret, &client.job_id);
     let update = match train_locally(p, &start.weights, mine, job, secret)? {
-        Ok(u) => u,
+        Ok(u) => match client.attack {
+            // After the honest clipping and noise: what the attacker sends instead.
+            Some(a) => a.apply(&u, u64::from(f.round)),
+            None => u,
+        },
         Err(outcome) => return Ok(Ran::nothing(outcome)),
     };
     let update_bytes = if f.step == SecureStep::Mask {

@@ -26,6 +26,7 @@ use hivemesh_protocol::spec::{
 };
 use hivemesh_trainer::StopReason;
 use hivemesh_trainer::TrainError;
+use hivemesh_trainer::attack::Attack;
 use hivemesh_trainer::backend::{BackendChoice, Device, Runner};
 use hivemesh_trainer::data::{self, Dataset, DatasetBlob, Splits};
 use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Progress, Schedule, Stop};
@@ -293,6 +294,8 @@ pub struct Executor {
     private: BTreeMap<String, Arc<Loaded>>,
     /// This node's secret for private randomness (DP sampling and noise): from its key.
     secret: [u8; 32],
+    /// A malicious federated client's attack on its updates (netsim's attack suite), if any.
+    attack: Option<Attack>,
 }
 
 /// Models whose size [`Executor`] remembers.
@@ -313,7 +316,15 @@ impl Executor {
             model_values: Mutex::new(Vec::new()),
             private: BTreeMap::new(),
             secret: [0; 32],
+            attack: None,
         }
+    }
+
+    /// This executor sending `attack` instead of its federated updates (a Byzantine client,
+    /// for netsim's attack suite; `None`: honest).
+    pub fn with_attack(mut self, attack: Option<Attack>) -> Executor {
+        self.attack = attack;
+        self
     }
 
     /// This executor offering `private` datasets (by name) to federated campaigns, with
@@ -501,6 +512,7 @@ impl Executor {
                     secret: &self.secret,
                     job_id: *job.id().as_bytes(),
                     campaign: *job.campaign.as_bytes(),
+                    attack: self.attack,
                 };
                 federated::run(p, f, spec.seed, &mut run, &client)?
             }

@@ -92,8 +92,7 @@ fn client(k: usize, n: usize) -> (PeerKey, Executor) {
         pixels.extend_from_slice(&data[i * 64..(i + 1) * 64]);
         labels.push(d.labels[i]);
     }
-    let mine =
-        Dataset::of_bytes("ward", d.shape, 10, *max, pixels, labels).expect("a dataset");
+    let mine = Dataset::of_bytes("ward", d.shape, 10, *max, pixels, labels).expect("a dataset");
     let key = Keypair::from_secret_bytes([k as u8 + 1; 32]);
     let exec = Executor::default()
         .with_private_data(BTreeMap::from([("wards".into(), mine)]), [k as u8 + 40; 32]);

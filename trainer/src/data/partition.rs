@@ -32,7 +32,13 @@ pub fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
 /// The samples `indices` of `data` dealt to `n` clients, reproducibly from `seed`: equal
 /// random parts when `alpha` is 0 (IID), else each class split by Dirichlet(`alpha`)
 /// proportions (a client may get no sample of a class, or none at all at small `alpha`).
-pub fn partition(data: &Dataset, indices: &[u32], n: usize, alpha: f64, seed: u64) -> Vec<Vec<u32>> {
+pub fn partition(
+    data: &Dataset,
+    indices: &[u32],
+    n: usize,
+    alpha: f64,
+    seed: u64,
+) -> Vec<Vec<u32>> {
     let n = n.max(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order = indices.to_vec();
