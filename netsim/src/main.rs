@@ -153,7 +153,8 @@ struct ClusterArgs {
     hivemesh: Option<PathBuf>,
     /// A federated campaign's private data: this dataset file's training split is dealt
     /// among the nodes (each offers only its part, under the campaign's `private_data`
-    /// name). Any format `hivemesh dataset add` reads.
+    /// name; they accept the campaign whatever privacy it asks, as `--private-max-epsilon
+    /// inf` does). Any format `hivemesh dataset add` reads.
     #[arg(long)]
     private_data: Option<PathBuf>,
     /// The shape of --private-data's samples where its format needs one (CSV, image

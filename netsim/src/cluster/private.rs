@@ -69,3 +69,58 @@ fn write_part(path: &Path, d: &hivemesh_trainer::data::Dataset) -> Result<(), St
     write_samples(d, &mut f).map_err(|e| format!("{}: {e}", path.display()))?;
     std::io::Write::flush(&mut f).map_err(|e| format!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_comes_from_a_federated_campaign_only() {
+        let fed = include_str!("../../../examples/federated-mnist.toml");
+        assert_eq!(private_name(fed).as_deref(), Some("mnist-part"));
+        assert_eq!(private_name(super::super::DEFAULT_CAMPAIGN), None);
+    }
+
+    /// The digits' training split dealt to three nodes: every training record in exactly one
+    /// part, each part a dataset file its node can read.
+    #[test]
+    fn each_node_gets_a_readable_part_of_the_training_split() {
+        let dir = std::env::temp_dir().join(format!("hivemesh-private-{}", std::process::id()));
+        let mut cfg = ClusterConfig::new(dir.clone());
+        cfg.nodes = 3;
+        let split = PrivateSplit {
+            source: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/data/digits/digits.csv.gz"
+            )),
+            read: ReadOptions {
+                shape: Some("1x8x8".into()),
+                ..ReadOptions::default()
+            },
+            alpha: 0.3,
+        };
+        let sizes = deal(&cfg, &split).expect("dealt");
+        let all = read_dataset(&split.source, &split.read).expect("reads");
+        let DatasetBlob::Samples(all) = all.blob else {
+            panic!("samples")
+        };
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            all.default_splits().train.len()
+        );
+        for (i, n) in sizes.iter().enumerate() {
+            let part = read_dataset(&part_path(&cfg, i), &ReadOptions::default()).expect("a part");
+            let DatasetBlob::Samples(d) = part.blob else {
+                panic!("samples")
+            };
+            assert_eq!(d.len(), *n);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        let bad = PrivateSplit {
+            source: PathBuf::from("/no/such/file.csv"),
+            ..split
+        };
+        let e = deal(&cfg, &bad).expect_err("refused");
+        assert!(e.to_string().contains("/no/such/file.csv"), "{e}");
+    }
+}
