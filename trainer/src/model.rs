@@ -438,7 +438,52 @@ impl<B: ModelBackend> Model<B> {
     }
 }
 
+/// One dense layer of a [`Model::dense_chain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseLayer {
+    /// Input features.
+    pub inputs: usize,
+    /// Output features.
+    pub outputs: usize,
+    /// Whether a ReLU follows it.
+    pub relu: bool,
+}
+
 impl<B: Backend> Model<B> {
+    /// When the network is a chain of dense layers (after the input, optionally flattened),
+    /// each followed by a ReLU or by nothing, the last by nothing: its layers, whose
+    /// parameters are visited as weight `[inputs, outputs]` then bias, layer by layer.
+    /// `None` for any other network.
+    pub fn dense_chain(&self) -> Option<Vec<DenseLayer>> {
+        let p = &self.plan;
+        if !self.convs.is_empty() || !self.norms.is_empty() {
+            return None;
+        }
+        let mut layers: Vec<DenseLayer> = Vec::new();
+        for (i, step) in p.steps.iter().enumerate().skip(1) {
+            if p.inputs[i] != [i - 1] {
+                return None;
+            }
+            match *step {
+                Step::Flatten if layers.is_empty() => {}
+                Step::Dense(k) if k == layers.len() => layers.push(DenseLayer {
+                    inputs: p.shapes[i - 1].numel() as usize,
+                    outputs: p.shapes[i].numel() as usize,
+                    relu: false,
+                }),
+                Step::Act(Activation::Relu) => match layers.last_mut() {
+                    Some(l) if !l.relu && matches!(p.steps[i - 1], Step::Dense(_)) => l.relu = true,
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+        match layers.last() {
+            Some(l) if !l.relu => Some(layers),
+            _ => None,
+        }
+    }
+
     /// Every tensor (weights, biases, batch-norm scale, shift and running statistics) in node
     /// order, as saved in a [`WeightsFile`].
     pub fn saved_tensors(&self) -> Vec<SavedTensor> {

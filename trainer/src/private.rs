@@ -23,7 +23,7 @@ use rand_core::{Rng, SeedableRng};
 
 use crate::data::Dataset;
 use crate::error::TrainError;
-use crate::model::Model;
+use crate::model::{DenseLayer, Model};
 use crate::ops::TrainBackend;
 use crate::rounds::Update;
 use crate::train::{
@@ -157,11 +157,29 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
+/// Each float parameter's values, in visiting order.
+fn param_values<B: TrainBackend>(model: &Model<B>) -> Vec<Vec<f32>> {
+    struct Values(Vec<Vec<f32>>);
+    impl<B: TrainBackend> ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let v = param.val().into_data().convert::<f32>().to_vec();
+            self.0.push(v.unwrap_or_default());
+        }
+    }
+    let mut v = Values(Vec::new());
+    model.visit(&mut v);
+    v.0
+}
+
 /// The private gradient of one step over `batch`: per-record gradients clipped to `C`,
 /// summed, noised (`σC` per coordinate, from `noise`), over `expected` records; and the mean
-/// loss of the batch (NaN when it is empty).
+/// loss of the batch (NaN when it is empty). With `chain` (the model's
+/// [`Model::dense_chain`]) the clipped sum comes from one pass over the batch
+/// ([`dense::clipped_sum`]), else from one backward pass per record.
+#[allow(clippy::too_many_arguments)]
 pub fn private_gradient<B: TrainBackend>(
     model: &Model<B>,
+    chain: Option<&[DenseLayer]>,
     data: &Dataset,
     batch: &[u32],
     dp: &DpSgd,
@@ -169,27 +187,12 @@ pub fn private_gradient<B: TrainBackend>(
     noise: &mut ChaCha8Rng,
     device: &B::Device,
 ) -> (Vec<Vec<f32>>, f32) {
-    let mut sum: Vec<Vec<f64>> = Vec::new();
-    let mut loss = 0.0f64;
-    for r in batch {
-        let (l, g) = record_gradient(model, data, *r, device);
-        loss += f64::from(l);
-        let norm: f64 = g
-            .iter()
-            .flatten()
-            .map(|v| f64::from(*v) * f64::from(*v))
-            .sum::<f64>()
-            .sqrt();
-        let scale = (f64::from(dp.clip) / norm.max(1e-12)).min(1.0);
-        if sum.is_empty() {
-            sum = g.iter().map(|t| vec![0.0; t.len()]).collect();
+    let (mut sum, loss) = match chain {
+        Some(layers) if !batch.is_empty() => {
+            dense::clipped_sum(layers, &param_values(model), data, batch, dp.clip)
         }
-        for (s, t) in sum.iter_mut().zip(&g) {
-            s.iter_mut()
-                .zip(t)
-                .for_each(|(a, b)| *a += f64::from(*b) * scale);
-        }
-    }
+        _ => per_record_sum(model, data, batch, dp, device),
+    };
     if sum.is_empty() {
         // No record sampled: the step is noise alone (the shapes from one record's pass).
         sum = param_sizes(model)
@@ -212,6 +215,39 @@ pub fn private_gradient<B: TrainBackend>(
         (loss / batch.len() as f64) as f32
     };
     (grads, mean)
+}
+
+/// The sum of the records' gradients, each clipped to `C`, by one backward pass per record;
+/// and the sum of their losses.
+fn per_record_sum<B: TrainBackend>(
+    model: &Model<B>,
+    data: &Dataset,
+    batch: &[u32],
+    dp: &DpSgd,
+    device: &B::Device,
+) -> (Vec<Vec<f64>>, f64) {
+    let mut sum: Vec<Vec<f64>> = Vec::new();
+    let mut loss = 0.0f64;
+    for r in batch {
+        let (l, g) = record_gradient(model, data, *r, device);
+        loss += f64::from(l);
+        let norm: f64 = g
+            .iter()
+            .flatten()
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum::<f64>()
+            .sqrt();
+        let scale = (f64::from(dp.clip) / norm.max(1e-12)).min(1.0);
+        if sum.is_empty() {
+            sum = g.iter().map(|t| vec![0.0; t.len()]).collect();
+        }
+        for (s, t) in sum.iter_mut().zip(&g) {
+            s.iter_mut()
+                .zip(t)
+                .for_each(|(a, b)| *a += f64::from(*b) * scale);
+        }
+    }
+    (sum, loss)
 }
 
 /// Each float parameter's number of values, in visiting order.
@@ -300,6 +336,8 @@ fn private_loop<B: TrainBackend, O: Optimizer<Model<B>, B>>(
     // Poisson sampling: a record is in when a uniform 53-bit draw falls below q.
     let threshold = (dp.sample_rate * (1u64 << 53) as f64) as u64;
     let mut last = f32::NAN;
+    // A chain of dense layers: each record's norm without its own backward pass.
+    let chain = model.dense_chain();
     for step in 0..dp.steps {
         plan.stop.check(step)?;
         let batch: Vec<u32> = plan
@@ -308,8 +346,16 @@ fn private_loop<B: TrainBackend, O: Optimizer<Model<B>, B>>(
             .copied()
             .filter(|_| (sampling.next_u64() >> 11) < threshold)
             .collect();
-        let (values, loss) =
-            private_gradient(&model, plan.data, &batch, dp, expected, &mut noise, device);
+        let (values, loss) = private_gradient(
+            &model,
+            chain.as_deref(),
+            plan.data,
+            &batch,
+            dp,
+            expected,
+            &mut noise,
+            device,
+        );
         if loss.is_finite() {
             last = loss;
         } else if !batch.is_empty() {
@@ -367,6 +413,8 @@ pub fn clip_and_noise(update: &mut Update, clip: f32, std: f64, seed: [u8; 32]) 
     }
     norm
 }
+
+mod dense;
 
 #[cfg(test)]
 mod tests;

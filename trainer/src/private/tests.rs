@@ -37,23 +37,33 @@ fn dp(clip: f32, noise_multiplier: f32) -> DpSgd {
 }
 
 /// Without clipping or noise, the sum of the per-record gradients over the batch size is the
-/// ordinary gradient of the batch's mean loss.
+/// ordinary gradient of the batch's mean loss, by one backward pass per record and by the
+/// dense chain's one pass alike.
 #[test]
 fn unclipped_and_noiseless_it_is_the_batch_gradient() {
     let data = digits();
     let m = model(&weights(16));
+    let chain = m.dense_chain().expect("an MLP is a dense chain");
+    assert_eq!(chain.len(), 2);
+    for path in [None, Some(chain.as_slice())] {
+        unclipped_is_the_batch_gradient(&m, path, &data);
+    }
+}
+
+fn unclipped_is_the_batch_gradient(m: &Model<B>, chain: Option<&[DenseLayer]>, data: &Dataset) {
     let batch: Vec<u32> = (0..32).collect();
     let mut rng = ChaCha8Rng::from_seed([0; 32]);
     let (ours, loss) = private_gradient(
-        &m,
-        &data,
+        m,
+        chain,
+        data,
         &batch,
         &dp(1e9, 0.0),
         32.0,
         &mut rng,
         &Default::default(),
     );
-    let x = input_batch::<B>(&data, &batch, &Default::default());
+    let x = input_batch::<B>(data, &batch, &Default::default());
     let y = one_hot::<B>(
         &data.targets(&batch),
         data.classes as usize,
@@ -61,7 +71,7 @@ fn unclipped_and_noiseless_it_is_the_batch_gradient() {
     );
     let l = cross_entropy(m.forward(x), y);
     let mean: f32 = l.clone().into_scalar().elem();
-    let grads = GradientsParams::from_grads(l.backward(), &m);
+    let grads = GradientsParams::from_grads(l.backward(), m);
     let mut g = Gather::<B> {
         grads: &grads,
         out: Vec::new(),
@@ -77,15 +87,17 @@ fn unclipped_and_noiseless_it_is_the_batch_gradient() {
 }
 
 /// Each record adds at most `C` to the sum; one record whose gradient is larger adds exactly
-/// `C`.
+/// `C`; the dense chain's clipped sum is the per-record one.
 #[test]
 fn each_record_counts_for_at_most_the_clipping_norm() {
     let data = digits();
     let m = model(&weights(16));
+    let chain = m.dense_chain().expect("a dense chain");
     let mut rng = ChaCha8Rng::from_seed([0; 32]);
     let clip = 1e-3;
     let (one, _) = private_gradient(
         &m,
+        Some(&chain),
         &data,
         &[5],
         &dp(clip, 0.0),
@@ -99,16 +111,24 @@ fn each_record_counts_for_at_most_the_clipping_norm() {
         norm(&one)
     );
     let batch: Vec<u32> = (0..50).collect();
-    let (sum, _) = private_gradient(
-        &m,
-        &data,
-        &batch,
-        &dp(clip, 0.0),
-        1.0,
-        &mut rng,
-        &Default::default(),
-    );
-    assert!(norm(&sum) <= 50.0 * f64::from(clip) * (1.0 + 1e-5));
+    let mut sums = Vec::new();
+    for path in [None, Some(chain.as_slice())] {
+        let (sum, _) = private_gradient(
+            &m,
+            path,
+            &data,
+            &batch,
+            &dp(clip, 0.0),
+            1.0,
+            &mut rng,
+            &Default::default(),
+        );
+        assert!(norm(&sum) <= 50.0 * f64::from(clip) * (1.0 + 1e-5));
+        sums.push(sum);
+    }
+    for (a, b) in sums[0].iter().flatten().zip(sums[1].iter().flatten()) {
+        assert!((a - b).abs() <= 1e-7 + 1e-4 * a.abs(), "{a} vs {b}");
+    }
 }
 
 /// An empty step is noise alone, of standard deviation `σC / (qN)` per value.
@@ -119,6 +139,7 @@ fn the_noise_has_the_stated_deviation() {
     let mut rng = ChaCha8Rng::from_seed([1; 32]);
     let (g, loss) = private_gradient(
         &m,
+        m.dense_chain().as_deref(),
         &data,
         &[],
         &dp(0.5, 2.0),
@@ -236,4 +257,30 @@ fn a_clients_update_is_clipped_then_noised() {
     clip_and_noise(&mut b, 1.0, 0.1, [3; 32]);
     assert_eq!(a, b);
     assert_ne!(a, clipped);
+}
+
+/// Only a chain of dense layers with ReLUs takes the one-pass path: a convolutional network
+/// and a tanh do not.
+#[test]
+fn only_dense_relu_chains_are_dense_chains() {
+    let d = digits();
+    let cnn = crate::zoo::small_cnn(d.shape, d.classes);
+    let w = initial_weights(&cnn, [1; 32]).expect("weights");
+    assert!(model(&w).dense_chain().is_none());
+    let mut tanh = crate::zoo::mlp(d.shape, 16, d.classes);
+    for n in &mut tanh.nodes {
+        if n.op == hivemesh_evolve::arch::Op::Act(Activation::Relu) {
+            n.op = hivemesh_evolve::arch::Op::Act(Activation::Tanh);
+        }
+    }
+    let w = initial_weights(&tanh, [1; 32]).expect("weights");
+    assert!(model(&w).dense_chain().is_none());
+    let layers = model(&weights(16)).dense_chain().expect("an MLP");
+    assert_eq!(
+        layers
+            .iter()
+            .map(|l| (l.inputs, l.outputs, l.relu))
+            .collect::<Vec<_>>(),
+        vec![(64, 16, true), (16, 10, false)]
+    );
 }
