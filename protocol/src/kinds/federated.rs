@@ -504,7 +504,8 @@ struct FedRounds {
     update_clients: Vec<PeerKey>,
     /// Times each client was found at fault by most of the next round's clients.
     strikes: BTreeMap<PeerKey, u32>,
-    /// Clients not sampled before the given round (`2^(strikes − 1)` rounds after a strike).
+    /// Clients sampled before the given round only to make up `min_clients` (`2^(strikes − 1)`
+    /// rounds after a strike).
     benched: BTreeMap<PeerKey, u32>,
     /// Rounds each client was sampled for.
     participation: BTreeMap<PeerKey, u32>,
@@ -574,27 +575,39 @@ impl FedRounds {
             .is_none_or(|e| e <= budget)
     }
 
-    /// The round's clients: up to `clients_per_round` of the eligible members, drawn from
-    /// `rng` (partial Fisher–Yates over the sorted eligible list), or none when the campaign's
+    /// The round's clients: up to `clients_per_round` of the eligible members (within their
+    /// budget, not benched), drawn from `rng` (partial Fisher–Yates over the sorted list),
+    /// made up to `min_clients` from benched members if need be; or none when the campaign's
     /// client-level budget forbids the round.
     fn sample(&mut self, rng: &mut ChaCha8Rng, members: &[PeerKey]) -> Vec<PeerKey> {
-        let mut eligible: Vec<PeerKey> = members
+        let mut ok: Vec<PeerKey> = members
             .iter()
-            .filter(|p| {
-                self.benched
-                    .get(*p)
-                    .is_none_or(|until| self.round >= *until)
-            })
             .filter(|p| self.client_may_join(p))
             .copied()
             .collect();
-        eligible.sort();
-        eligible.dedup();
+        ok.sort();
+        ok.dedup();
+        let is_benched = |p: &PeerKey| self.benched.get(p).is_some_and(|until| self.round < *until);
+        let (mut benched, mut eligible): (Vec<PeerKey>, Vec<PeerKey>) =
+            ok.into_iter().partition(|p| is_benched(p));
         let k = (self.params.clients_per_round as usize).min(eligible.len());
+        for i in 0..k {
+            let j = i + (rng.next_u64() % (eligible.len() - i) as u64) as usize;
+            eligible.swap(i, j);
+        }
+        eligible.truncate(k);
+        // Benched clients only make up the round's minimum, fewest strikes first: a bench
+        // must not starve the campaign when few members offer the data.
+        let want = (self.params.min_clients as usize).min(self.params.clients_per_round as usize);
+        if eligible.len() < want {
+            benched.sort_by_key(|p| (self.strikes.get(p).copied().unwrap_or(0), *p));
+            let missing = want - eligible.len();
+            eligible.extend(benched.into_iter().take(missing));
+        }
         if let Some(budget) = self.params.epsilon_budget
-            && let Some(curve) = self
-                .curves
-                .client(&self.params, k as u32, members.len() as u32)
+            && let Some(curve) =
+                self.curves
+                    .client(&self.params, eligible.len() as u32, members.len() as u32)
         {
             let mut next = self.campaign.clone();
             next.add_curve(&curve, 1);
@@ -602,11 +615,6 @@ impl FedRounds {
                 return Vec::new();
             }
         }
-        for i in 0..k {
-            let j = i + (rng.next_u64() % (eligible.len() - i) as u64) as usize;
-            eligible.swap(i, j);
-        }
-        eligible.truncate(k);
         eligible
     }
 

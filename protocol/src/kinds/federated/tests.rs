@@ -460,14 +460,21 @@ fn flags_round_trip_through_extra_metrics() {
     );
 }
 
-/// A client whose update most of the next round's clients flag is not sampled for a round
-/// (two, after a second strike); one reporter alone strikes no one.
+/// A client whose update most of the next round's clients flag is not sampled for a round;
+/// one reporter alone strikes no one; a benched client still makes up `min_clients` when too
+/// few others are left.
 #[test]
 fn a_client_most_reporters_flag_is_benched_and_one_reporter_alone_strikes_no_one() {
+    for min_clients in [1, 3] {
+        bench_after_flags(min_clients);
+    }
+}
+
+fn bench_after_flags(min_clients: u32) {
     let mut p = params();
     p.rounds = 6;
     p.clients_per_round = 3;
-    p.min_clients = 1;
+    p.min_clients = min_clients;
     p.example_privacy = None;
     let m = members(3);
     let mut s = p.start().expect("starts");
@@ -498,6 +505,11 @@ fn a_client_most_reporters_flag_is_benched_and_one_reporter_alone_strikes_no_one
     // Round 2: the accused is benched; the one flagged by a single reporter is not.
     let r2 = jobs(&s.ask_among(&mut rng, &m));
     let clients: Vec<PeerKey> = r2.iter().filter_map(|j| j.client).collect();
+    if min_clients == 3 {
+        assert_eq!(clients.len(), 3, "made up from the bench: {clients:?}");
+        assert_eq!(clients[2], accused, "the benched one last");
+        return;
+    }
     assert_eq!(clients.len(), 2, "{clients:?}");
     assert!(!clients.contains(&accused));
     assert!(clients.contains(&j0[0].client.expect("pinned")));
