@@ -319,10 +319,8 @@ mod tests {
         assert!(e.to_string().contains("secure"), "{e}");
     }
 
-    /// The shipped examples parse and validate (the digits one's σ is solved for its target).
-    #[test]
-    fn the_example_campaigns_are_valid() {
-        let text = include_str!("../../../examples/federated-mnist.toml");
+    /// A shipped example's parameters (its model named by a stand-in id).
+    fn example(text: &str) -> FederatedParams {
         let mut file = super::super::CampaignFile::parse(text).expect("parses");
         let f = file.federated.as_mut().expect("[federated]");
         f.model = BlobId::of_bytes(b"m").to_string();
@@ -330,20 +328,15 @@ mod tests {
             panic!("federated")
         };
         assert!(p.validate().is_ok());
-        assert_eq!(p.clients_per_round, 10);
+        p
     }
 
-    /// The shipped example parses, its σ is solved for its target, and it validates.
+    /// The shipped examples parse and validate; the digits one's σ is solved for its target.
     #[test]
-    fn the_example_campaign_is_valid() {
-        let text = include_str!("../../../examples/federated-digits.toml");
-        let mut file = super::super::CampaignFile::parse(text).expect("parses");
-        let f = file.federated.as_mut().expect("[federated]");
-        f.model = BlobId::of_bytes(b"m").to_string();
-        let Search::Federated(p) = f.to_search().expect("a search") else {
-            panic!("federated")
-        };
-        assert!(p.validate().is_ok());
+    fn the_example_campaigns_are_valid() {
+        let p = example(include_str!("../../../examples/federated-mnist.toml"));
+        assert_eq!(p.clients_per_round, 10);
+        let p = example(include_str!("../../../examples/federated-digits.toml"));
         let e = p.example_privacy.expect("example privacy");
         assert!(e.noise_multiplier > 0.0);
         assert_eq!(p.epsilon_budget, Some(8.0));

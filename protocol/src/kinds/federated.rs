@@ -675,7 +675,13 @@ impl FedRounds {
     fn tell_secure(&mut self, agreed: &[(PeerKey, Option<&[BlobId]>)], population: u32) {
         let min = self.params.min_clients.max(2) as usize;
         let first = |a: Option<&[BlobId]>| a.and_then(|a| a.first().copied());
-        let by_client = |c: &PeerKey| agreed.iter().find(|a| a.0 == *c).and_then(|a| first(a.1));
+        // Each roster client's agreed artifact, in roster order.
+        let by_roster = |roster: &[(PeerKey, BlobId)]| -> Vec<Option<BlobId>> {
+            roster
+                .iter()
+                .map(|r| agreed.iter().find(|a| a.0 == r.0).and_then(|a| first(a.1)))
+                .collect()
+        };
         match self.step {
             SecureStep::Train => {}
             SecureStep::Keys => {
@@ -686,12 +692,7 @@ impl FedRounds {
                 self.step = SecureStep::Deal;
             }
             SecureStep::Deal => {
-                self.current.deals = self
-                    .current
-                    .roster
-                    .iter()
-                    .map(|r| by_client(&r.0))
-                    .collect();
+                self.current.deals = by_roster(&self.current.roster);
                 self.step = SecureStep::Mask;
             }
             SecureStep::Mask => {
@@ -720,12 +721,7 @@ impl FedRounds {
                 self.step = SecureStep::Reveal;
             }
             SecureStep::Reveal => {
-                self.current.reveals = self
-                    .current
-                    .roster
-                    .iter()
-                    .map(|r| by_client(&r.0))
-                    .collect();
+                self.current.reveals = by_roster(&self.current.roster);
                 self.base = self.pending_start.take().unwrap_or(self.base);
                 self.updates.clear();
                 self.sums = Some(std::mem::take(&mut self.current));
