@@ -478,7 +478,7 @@ impl Derivation {
             .collect();
         self.state.tell(&told)?;
         self.searched += 1;
-        self.jobs = if self.searched >= self.generations {
+        self.jobs = if self.searched >= self.generations || self.state.finished() {
             Vec::new()
         } else {
             self.make_jobs(self.generation, &root, &closure.members)

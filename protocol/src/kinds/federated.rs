@@ -463,6 +463,7 @@ impl KindRules for FederatedParams {
             params: self.clone(),
             round: 0,
             stopped: false,
+            evaluated: false,
             base: self.model,
             updates: Vec::new(),
             sums: None,
@@ -488,6 +489,8 @@ struct FedRounds {
     round: u32,
     /// Whether privacy stopped the rounds (the next ask is the final evaluation).
     stopped: bool,
+    /// Whether the final evaluation was told (the campaign ends).
+    evaluated: bool,
     /// See [`FedJob::base`].
     base: BlobId,
     /// See [`FedJob::updates`].
@@ -860,7 +863,9 @@ impl SearchState for FedRounds {
             .collect();
         let clients: Vec<PeerKey> = jobs.iter().filter_map(|j| j.client).collect();
         if clients.is_empty() {
+            // The final evaluation: nothing is left to ask.
             self.round = self.round.saturating_add(1);
+            self.evaluated = true;
             return Ok(());
         }
         let population = jobs.first().map_or(0, |j| j.population);
@@ -902,6 +907,10 @@ impl SearchState for FedRounds {
         self.round = self.round.saturating_add(1);
         self.tell_plain(told);
         Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.evaluated
     }
 
     fn clone_box(&self) -> Box<dyn SearchState> {

@@ -161,6 +161,12 @@ pub trait SearchState: Send + Sync {
     /// The agreed outcomes of the generation asked last, in job-index order (`None`: the job
     /// went void).
     fn tell(&mut self, told: &[Told<'_>]) -> Result<(), SearchError>;
+    /// Whether the search has nothing more to ask: the campaign then ends before its last
+    /// generation (a federated campaign stopped early by its privacy budget or by too few
+    /// clients, once its final evaluation is told). Default: never.
+    fn finished(&self) -> bool {
+        false
+    }
     /// A copy of this state (derivations are shared copy-on-write).
     fn clone_box(&self) -> Box<dyn SearchState>;
 }

@@ -392,9 +392,14 @@ fn a_secure_round_takes_four_steps_each_for_the_clients_the_last_left() {
     let sums = keys2[0].sums.as_ref().expect("round 1's sums");
     assert_eq!(sums.reveals.iter().flatten().count(), 2);
     assert!(keys2[0].updates.is_empty());
+    assert!(!s.finished());
     let last = step(&mut s, &mut rng, &|_, _| success(&[b"final"]));
     assert_eq!(last.len(), 1);
     assert!(last[0].client.is_none());
+    assert!(
+        s.finished(),
+        "the campaign ends with its evaluation, rounds to spare or not"
+    );
     assert_eq!(last[0].base, BlobId::of_bytes(b"start"));
     // Privacy: one round spent, by the two clients that computed masked updates.
     let refs: Vec<Vec<&FedJob>> = generations.iter().map(|g| g.iter().collect()).collect();
