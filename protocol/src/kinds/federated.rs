@@ -709,6 +709,11 @@ impl FedRounds {
                     })
                     .collect();
                 let start = most_named(starts.iter().map(|s| s.2));
+                if start.is_none() {
+                    // No client could build the start model: as in a plain round, the sums
+                    // it applies may be lost; the next round starts from the base alone.
+                    self.sums = None;
+                }
                 self.current.masked = self
                     .current
                     .roster
@@ -784,6 +789,11 @@ impl FedRounds {
             })
             .collect();
         let Some(start) = most_named(agreed.iter().map(|a| a.1)) else {
+            // No client could build the start model: the agreed updates it applies may be
+            // lost (their one holder gone before anyone fetched them). The next round starts
+            // from the base alone, or the campaign would never move again.
+            self.updates.clear();
+            self.update_clients.clear();
             return;
         };
         let from_start: Vec<&(BlobId, BlobId, Option<PeerKey>)> =

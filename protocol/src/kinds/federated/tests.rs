@@ -528,3 +528,28 @@ fn bench_after_flags(min_clients: u32) {
 fn jobs_payloads(js: &[FedJob]) -> Vec<JobPayload> {
     js.iter().cloned().map(JobPayload::Federated).collect()
 }
+
+/// A round in which no client could build its start model (the previous round's updates or
+/// sums lost with their only holder) starts the next one from the base alone: the campaign
+/// moves on instead of failing every later round on the same missing blob.
+#[test]
+fn a_round_no_client_could_start_drops_what_it_could_not_fetch() {
+    let mut p = params();
+    p.rounds = 4;
+    p.min_clients = 1;
+    let m = members(3);
+    let mut s = p.start().expect("starts");
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let r0 = s.ask_among(&mut rng, &m);
+    let outs: Vec<Option<Outcome>> = (0..r0.len())
+        .map(|i| Some(trained(&[b'u', i as u8], b"start0")))
+        .collect();
+    tell(&mut s, &r0, &outs);
+    let r1 = s.ask_among(&mut rng, &m);
+    assert_eq!(jobs(&r1)[0].updates.len(), r0.len());
+    // Every client of round 1 failed to start.
+    tell(&mut s, &r1, &vec![None; r1.len()]);
+    let r2 = jobs(&s.ask_among(&mut rng, &m));
+    assert!(r2[0].updates.is_empty(), "{:?}", r2[0].updates);
+    assert_eq!(r2[0].base, BlobId::of_bytes(b"start0"));
+}
