@@ -445,11 +445,6 @@ pub fn job_blobs(f: &FedJob) -> Vec<(BlobId, &'static str)> {
     }
     if let Some(r) = &f.secure {
         round(r, false);
-        if f.step == SecureStep::Reveal {
-            // Not needed to reveal, but every survivor then holds every masked update of
-            // the round before a client that masked can vanish with the only copy.
-            out.extend(r.masked.iter().flatten().map(|m| (*m, "masked update")));
-        }
     }
     out
 }
