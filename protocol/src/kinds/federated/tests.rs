@@ -553,3 +553,50 @@ fn a_round_no_client_could_start_drops_what_it_could_not_fetch() {
     assert!(r2[0].updates.is_empty(), "{:?}", r2[0].updates);
     assert_eq!(r2[0].base, BlobId::of_bytes(b"start0"));
 }
+
+/// With secure aggregation too: a masked step whose clients could all not build their start
+/// model (the previous round's sums lost) drops the sums; the next round starts from the base.
+#[test]
+fn a_secure_round_no_client_could_start_drops_the_sums() {
+    let mut p = params();
+    p.rounds = 3;
+    p.min_clients = 2;
+    p.norm_bound = 1.0;
+    p.secure = Some(SecureAggregation {
+        buckets: 1,
+        neighbours: 0,
+    });
+    let m = members(3);
+    let mut s = p.start().expect("starts");
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut round = |s: &mut Box<dyn SearchState>, masked: bool| {
+        let mut last = Vec::new();
+        for (tag, step) in [(b'k', 0), (b'd', 1), (b'm', 2), (b'r', 3)] {
+            let payloads = s.ask_among(&mut rng, &m);
+            let outs: Vec<Option<Outcome>> = (0..payloads.len())
+                .map(|i| match step {
+                    2 if !masked => None,
+                    2 => success(&[&[tag, i as u8], b"start"]),
+                    _ => success(&[&[tag, i as u8]]),
+                })
+                .collect();
+            last = jobs(&payloads);
+            tell(s, &payloads, &outs);
+            if step == 2 && !masked {
+                break;
+            }
+        }
+        last
+    };
+    round(&mut s, true);
+    let failed = round(&mut s, false);
+    assert!(
+        failed
+            .iter()
+            .all(|j| j.step == SecureStep::Mask && j.sums.is_some())
+    );
+    let next = jobs(&s.ask_among(&mut rng, &m));
+    assert_eq!(next[0].step, SecureStep::Keys);
+    assert!(next[0].sums.is_none(), "the lost sums are dropped");
+    assert_eq!(next[0].base, BlobId::of_bytes(b"start"));
+}
