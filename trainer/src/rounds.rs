@@ -525,14 +525,15 @@ impl Aggregator {
     }
 
     /// The combined update, tensor by tensor (`None` without updates).
-    fn combined(self) -> Option<Vec<Vec<f32>>> {
+    /// (The mean's running sum is taken, not copied; the updates a robust rule holds stay.)
+    fn combined(&mut self) -> Option<Vec<Vec<f32>>> {
         if self.count == 0 {
             return None;
         }
         Some(match self.how {
             Combine::Mean => {
                 let n = self.count as f32;
-                let mut sum = self.sum;
+                let mut sum = std::mem::take(&mut self.sum);
                 sum.iter_mut().flatten().for_each(|a| *a /= n);
                 sum
             }
@@ -559,20 +560,17 @@ impl Aggregator {
     /// combined update is above `factor` times the median distance (as [`outliers`]); only a
     /// robust aggregate holds the updates to measure, the mean flags none.
     pub fn step_flagging(
-        self,
+        mut self,
         state: &TrainState,
         outer: Outer,
         factor: f64,
     ) -> (TrainState, Vec<usize>) {
-        let dense = if factor.is_finite() && self.how != Combine::Mean {
-            self.dense.clone()
-        } else {
-            Vec::new()
-        };
         let Some(c) = self.combined() else {
             return (state.clone(), Vec::new());
         };
-        let dists: Vec<f64> = dense.iter().map(|u| distance(u, &c)).collect();
+        // The mean holds no update to measure (its `dense` is empty).
+        let measured: &[Vec<Vec<f32>>] = if factor.is_finite() { &self.dense } else { &[] };
+        let dists: Vec<f64> = measured.iter().map(|u| distance(u, &c)).collect();
         let mut sorted = dists.clone();
         sorted.sort_by(f64::total_cmp);
         let flagged = match sorted.get(sorted.len().saturating_sub(1) / 2) {
