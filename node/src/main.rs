@@ -712,6 +712,31 @@ struct CampaignView {
     front: Vec<FrontView>,
     #[serde(default)]
     privacy: Option<PrivacyView>,
+    #[serde(default)]
+    clients: Vec<StandingView>,
+}
+
+/// A federated client's standing as the CLI prints it.
+#[derive(Debug, serde::Deserialize)]
+struct StandingView {
+    client: String,
+    rounds: u32,
+    strikes: u32,
+    benched_until: Option<u32>,
+}
+
+impl StandingView {
+    fn line(&self) -> String {
+        let bench = self
+            .benched_until
+            .map_or_else(String::new, |r| format!(", benched until round {r}"));
+        format!(
+            "  client {}: {} rounds, {} strikes{bench}",
+            &self.client[..12.min(self.client.len())],
+            self.rounds,
+            self.strikes
+        )
+    }
 }
 
 /// A federated campaign's privacy as the CLI prints it.
@@ -1119,6 +1144,12 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
             }
             for line in c.privacy.iter().flat_map(PrivacyView::lines) {
                 say!("{line}");
+            }
+            if !c.clients.is_empty() {
+                say!("clients (rounds sampled, strikes from later rounds' flags):");
+                for s in &c.clients {
+                    say!("{}", s.line());
+                }
             }
             Ok(())
         }

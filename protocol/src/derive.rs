@@ -408,6 +408,11 @@ impl Derivation {
         self.generation
     }
 
+    /// The search's record of its participants (see [`SearchState::standings`]).
+    pub fn standings(&self) -> Vec<crate::kinds::ClientStanding> {
+        self.state.standings()
+    }
+
     /// Feeds the closure of the current generation; returns the next generation's jobs, or
     /// an empty list when the campaign is finished.
     ///

@@ -3,12 +3,15 @@
 //! (driving the sans-IO [`BlobFetch`] of `crate::fetch`, writing verified parts to disk as they
 //! arrive) for jobs and clients waiting on them (ADR 0008).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use hivemesh_protocol::envelope::Signed;
 use hivemesh_protocol::id::{BlobId, CampaignId};
-use hivemesh_protocol::spec::JobSpec;
+use hivemesh_protocol::message::Reveal;
+use hivemesh_protocol::outcome::Outcome;
+use hivemesh_protocol::spec::{JobPayload, JobSpec, Search};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, kad};
 use tokio::sync::oneshot;
@@ -123,7 +126,13 @@ pub(super) struct Blobs {
     requests: HashMap<OutboundRequestId, BlobId>,
     /// Kademlia provider searches in flight, to their blob.
     searches: HashMap<kad::QueryId, BlobId>,
+    /// Blobs to fetch ahead of need once fetches finish (at most [`MAX_PREFETCHES`]).
+    prefetches: VecDeque<(BlobId, CampaignId, Option<PeerId>)>,
 }
+
+/// The most blobs waiting to be fetched ahead of need (a secure round of 255 clients' keys,
+/// shares, masked updates and reveals is about 1,000).
+pub const MAX_PREFETCHES: usize = 1024;
 
 impl Blobs {
     /// The fetches under way.
@@ -407,6 +416,59 @@ impl EventLoop {
             }
             return Err(FetchError::Busy);
         }
+        let limit = self.fetch_limit(&id, job.as_ref().map(|(c, _)| c));
+        self.begin_fetch(id, limit, None, job, waiter);
+        Ok(())
+    }
+
+    /// Fetches `id`, a result a followed campaign will need, ahead of any job asking for it
+    /// (see [`EventLoop::prefetch_step_blobs`]): nothing if it is held or under way, or if
+    /// half of [`MAX_FETCHES`] are under way (the rest stays for jobs and clients).
+    /// `holder` (the result's signer) is asked first. When it cannot start now it waits its
+    /// turn (see [`Blobs::prefetches`]).
+    fn prefetch_blob(&mut self, id: BlobId, campaign: CampaignId, holder: Option<PeerId>) {
+        if self.store.blobs().len(&id).is_some() || self.blobs.fetches.contains_key(&id) {
+            return;
+        }
+        if self.blobs.fetches.len() >= MAX_FETCHES / 2 {
+            let q = &mut self.blobs.prefetches;
+            if q.len() < MAX_PREFETCHES && !q.iter().any(|(b, _, _)| *b == id) {
+                q.push_back((id, campaign, holder));
+            }
+            return;
+        }
+        let limit = self.fetch_limit(&id, Some(&campaign));
+        tracing::debug!(blob = %id, %campaign, "prefetching a secure round's result");
+        self.begin_fetch(id, limit, holder, None, None);
+    }
+
+    /// Starts the waiting prefetches there is room for (those of campaigns still followed).
+    fn next_prefetches(&mut self) {
+        while self.blobs.fetches.len() < MAX_FETCHES / 2 {
+            let Some((id, campaign, holder)) = self.blobs.prefetches.pop_front() else {
+                return;
+            };
+            if self
+                .campaigns
+                .map
+                .get(&campaign)
+                .is_some_and(|c| !c.peer.finished())
+            {
+                self.prefetch_blob(id, campaign, holder);
+            }
+        }
+    }
+
+    /// Starts fetching `id` (at most `limit` bytes) for `job` and/or `waiter`: providers
+    /// searched, `holder` and connected peers asked, parts on disk resumed.
+    fn begin_fetch(
+        &mut self,
+        id: BlobId,
+        limit: u64,
+        holder: Option<PeerId>,
+        job: Option<(CampaignId, JobSpec)>,
+        waiter: Option<Waiter>,
+    ) {
         self.pin_needed_blobs();
         let query = self
             .swarm
@@ -414,11 +476,11 @@ impl EventLoop {
             .kad
             .get_providers(kad::RecordKey::new(id.as_bytes()));
         self.blobs.searches.insert(query, id);
-        let limit = self.fetch_limit(&id, job.as_ref().map(|(c, _)| c));
         let mut fetch = BlobFetch::new(id, limit, true);
         // Connected peers are asked too (after any provider found): in a small swarm they are
         // likely holders, and asking costs one round trip.
         fetch.add_candidates(self.swarm.connected_peers().copied(), false);
+        fetch.add_candidates(holder, true);
         self.blobs.fetches.insert(
             id,
             Fetching {
@@ -433,7 +495,38 @@ impl EventLoop {
         );
         self.resume_partial(id, limit);
         self.advance_fetch(id);
-        Ok(())
+    }
+
+    /// With secure aggregation, each step's result (keys, sealed shares, a masked update, a
+    /// reveal) is held by its one client until someone fetches it, and every later step and
+    /// the next round's start model need it: a client gone right after its step would take
+    /// the round with it. So every node following the campaign fetches such a result as soon
+    /// as its reveal is accepted (one blob per result, for jobs of the current generation
+    /// only).
+    pub(super) fn prefetch_step_blobs(&mut self, campaign: CampaignId, reveal: &Signed<Reveal>) {
+        let holder = super::peer_id_of(&reveal.signer());
+        let reveal = reveal.message();
+        let Some(c) = self.campaigns.map.get(&campaign) else {
+            return;
+        };
+        let Search::Federated(p) = &c.spec.search else {
+            return;
+        };
+        let Outcome::Success(m) = &reveal.result.outcome else {
+            return;
+        };
+        let secure_step = c
+            .peer
+            .current_job(&reveal.job)
+            .is_some_and(|j| matches!(&j.payload, JobPayload::Federated(f) if f.client.is_some()));
+        if p.secure.is_none() || !secure_step {
+            return;
+        }
+        // The step's own blob (a masked update's second artifact is the start model it
+        // trained from, which every client builds for itself).
+        if let Some(id) = m.artifacts.first().copied() {
+            self.prefetch_blob(id, campaign, holder);
+        }
     }
 
     /// Picks up an earlier fetch of `id` whose outboard is on disk (after a restart).
@@ -550,6 +643,7 @@ impl EventLoop {
         for (campaign, job) in f.jobs {
             self.start_job(campaign, job);
         }
+        self.next_prefetches();
     }
 
     /// Tells everyone waiting on a fetch that failed; jobs are abandoned (others run them).
@@ -574,5 +668,6 @@ impl EventLoop {
         for (campaign, job) in f.jobs {
             self.abandon(campaign, job.id(), e.to_string());
         }
+        self.next_prefetches();
     }
 }

@@ -141,6 +141,9 @@ impl EventLoop {
             return self.refuse(from, error.to_string(), error.label(), action);
         }
         self.store_message(id, mid, msg.bytes(), false);
+        if let AnySigned::Reveal(r) = &msg {
+            self.prefetch_step_blobs(id, r);
+        }
         self.gossip.validated += 1;
         Metrics::count(&self.metrics.accepted, "kind", msg.kind().label());
         self.emit(Event::Accepted(mid));

@@ -58,7 +58,9 @@ pub use self::gossip::OUTBOX_CAPACITY;
 pub use self::jobs::{JOB_RESULT_CAPACITY, JobError};
 pub use self::pending::{PENDING_MESSAGES, PENDING_RESULTS};
 pub use self::rate_limit::{BLOB_RATE_PER_PEER, GOSSIP_RATE_PER_PEER, REQUEST_RATE_PER_PEER};
-pub use self::status::{CampaignStatus, FrontPoint, NodeStatus, SettledJob, front};
+pub use self::status::{
+    CampaignStatus, ClientStandingStatus, FrontPoint, NodeStatus, SettledJob, front,
+};
 pub use crate::fault::Fault;
 
 use self::blobs::Blobs;
@@ -635,6 +637,12 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// The peer id of a hivemesh signing key (`None`: not a valid ed25519 point).
+pub fn peer_id_of(key: &PeerKey) -> Option<PeerId> {
+    let ed = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
+    Some(PeerId::from_public_key(&ed.into()))
 }
 
 /// The ed25519 signing key inside a peer id (hivemesh peer ids embed their public key).

@@ -64,6 +64,22 @@ pub struct CampaignStatus {
     pub summary: String,
     /// What a federated campaign's privacy has cost so far (ADR 0010); `None` for other kinds.
     pub privacy: Option<PrivacyStatus>,
+    /// A federated campaign's clients as its rounds judged them: rounds taken part in,
+    /// strikes, bench (empty for other kinds).
+    pub clients: Vec<ClientStandingStatus>,
+}
+
+/// One client's standing in a federated campaign (from the agreed rounds).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientStandingStatus {
+    /// Its key (hex).
+    pub client: String,
+    /// Rounds it was sampled for.
+    pub rounds: u32,
+    /// Times most of a later round's clients flagged its update.
+    pub strikes: u32,
+    /// While benched: the round before which it is sampled only to make up the minimum.
+    pub benched_until: Option<u32>,
 }
 
 /// Privacy spent by a federated campaign, as every node states it from the jobs.
@@ -363,6 +379,17 @@ pub(super) fn campaign_status(id: &CampaignId, c: &Campaign, store: &Store) -> C
         front: front(&jobs),
         summary: String::new(),
         privacy: privacy_status(spec, &self::jobs(c).1),
+        clients: c
+            .peer
+            .standings()
+            .into_iter()
+            .map(|s| ClientStandingStatus {
+                client: hex(s.client.as_bytes()),
+                rounds: s.rounds,
+                strikes: s.strikes,
+                benched_until: s.benched_until,
+            })
+            .collect(),
     }
 }
 

@@ -923,6 +923,22 @@ impl SearchState for FedRounds {
         self.evaluated
     }
 
+    fn standings(&self) -> Vec<super::ClientStanding> {
+        let keys: std::collections::BTreeSet<&PeerKey> = self
+            .participation
+            .keys()
+            .chain(self.strikes.keys())
+            .collect();
+        keys.into_iter()
+            .map(|k| super::ClientStanding {
+                client: *k,
+                rounds: self.participation.get(k).copied().unwrap_or(0),
+                strikes: self.strikes.get(k).copied().unwrap_or(0),
+                benched_until: self.benched.get(k).copied().filter(|u| self.round < *u),
+            })
+            .collect()
+    }
+
     fn clone_box(&self) -> Box<dyn SearchState> {
         Box::new(self.clone())
     }

@@ -167,8 +167,28 @@ pub trait SearchState: Send + Sync {
     fn finished(&self) -> bool {
         false
     }
+    /// How the search stands with each participant it keeps a record of (a federated
+    /// campaign's clients: rounds taken part in, strikes, bench), sorted by key. Default:
+    /// none.
+    fn standings(&self) -> Vec<ClientStanding> {
+        Vec::new()
+    }
     /// A copy of this state (derivations are shared copy-on-write).
     fn clone_box(&self) -> Box<dyn SearchState>;
+}
+
+/// One client as a kind's search judges it (see [`SearchState::standings`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStanding {
+    /// The client.
+    pub client: PeerKey,
+    /// Rounds it was sampled for.
+    pub rounds: u32,
+    /// Times most of a later round's clients flagged its update (outlier, above the norm
+    /// bound, malformed, a lying reveal).
+    pub strikes: u32,
+    /// While benched: the round before which it is sampled only to make up the minimum.
+    pub benched_until: Option<u32>,
 }
 
 impl Clone for Box<dyn SearchState> {

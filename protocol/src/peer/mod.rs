@@ -291,6 +291,17 @@ impl Peer {
         self.chain.finished
     }
 
+    /// A job of the current generation.
+    pub fn current_job(&self, id: &JobId) -> Option<&JobSpec> {
+        self.chain.cur.jobs.get(id)
+    }
+
+    /// The search's record of the campaign's clients after the closures so far (a federated
+    /// campaign's rounds, strikes and bench; empty for other kinds).
+    pub fn standings(&self) -> Vec<crate::kinds::ClientStanding> {
+        self.chain.derivation.standings()
+    }
+
     /// Every decided closure with its certificate, oldest first.
     pub fn closures(&self) -> &[(Arc<Closure>, Vec<PeerKey>)] {
         &self.voting.closures

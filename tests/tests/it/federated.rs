@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use hivemesh_protocol::BlobId;
+use hivemesh_protocol::id::CampaignId;
+use hivemesh_protocol::spec::CampaignSpec;
 use hivemesh_protocol::spec::{
     Aggregate, ExamplePrivacy, FederatedParams, OuterStep, Search, SecureAggregation,
 };
@@ -126,42 +128,70 @@ struct Ran {
     _data: TempDir,
 }
 
-/// Runs a federated campaign of `params` (its model set here) on three nodes, each offering
-/// one third of the digits' training split as its private `wards` data, to the end; checks
-/// every node holds the same closures and the same final model.
-async fn run_three(name: &str, mut params: FederatedParams) -> Ran {
+/// Three loopback nodes, each offering one third of the digits' training split as its
+/// private `wards` data (CSV files under `data`).
+struct Three {
+    dirs: Vec<TempDir>,
+    nodes: Vec<hivemesh_tests::TestNode>,
+    parts: Vec<(PathBuf, Vec<Vec<u8>>)>,
+    data: TempDir,
+}
+
+async fn start_three(name: &str) -> Three {
+    start_nodes(name, 3).await
+}
+
+/// [`start_three`] with `n - 3` more nodes that offer no private data (members, not clients).
+async fn start_nodes(name: &str, n: usize) -> Three {
     let data = TempDir::new("fedprivate");
     let parts: Vec<(PathBuf, Vec<Vec<u8>>)> = (0..3)
         .map(|k| write_private_part(data.path(), k, 3))
         .collect();
-    let (dirs, mut nodes) = cluster(name, 3, |i, cfg| {
+    let (dirs, nodes) = cluster(name, n, |i, cfg| {
         let opts = ReadOptions {
             shape: Some("1x8x8".into()),
             ..ReadOptions::default()
         };
-        cfg.private_data
-            .insert("wards".into(), (parts[i].0.clone(), opts));
+        if let Some(part) = parts.get(i) {
+            cfg.private_data
+                .insert("wards".into(), (part.0.clone(), opts));
+        }
     })
     .await;
-    params.model = nodes[0]
+    Three {
+        dirs,
+        nodes,
+        parts,
+        data,
+    }
+}
+
+/// The campaign of `params` on the three nodes (its model stored on node 0 and set here).
+async fn three_spec(t: &Three, name: &str, mut params: FederatedParams) -> CampaignSpec {
+    params.model = t.nodes[0]
         .client
         .put_blob(digits_reference_model())
         .await
         .expect("stored");
-    let roster: Vec<_> = (0..3).map(|i| test_key(i).public()).collect();
+    let roster: Vec<_> = (0..t.nodes.len() as u64)
+        .map(|i| test_key(i).public())
+        .collect();
     let mut spec = digits_nas_spec(&roster, 2, 1, 83);
     spec.name = format!("test: {name}");
     spec.redundancy = 2;
     spec.budget.learning_rate = 2e-2;
-    let generations = params.rounds * params.steps_per_round();
     spec.search = Search::Federated(params);
-    let id = nodes[0].client.submit(spec).await.expect("accepted");
-    let mut closures = Vec::new();
-    for n in &mut nodes {
-        closures.push(wait_finished(n, id).await);
+    spec
+}
+
+/// Waits until every node of `t` saw campaign `id` finish; checks they hold the same closures
+/// (at least `generations` of them) and the same final model, better than chance.
+async fn collect(mut t: Three, id: CampaignId, generations: u32) -> Ran {
+    for n in &mut t.nodes {
+        wait_finished(n, id).await;
     }
     let mut views = Vec::new();
-    for n in &nodes {
+    for n in &t.nodes {
         views.push(
             n.client
                 .campaign(id)
@@ -170,19 +200,20 @@ async fn run_three(name: &str, mut params: FederatedParams) -> Ran {
                 .expect("known"),
         );
     }
-    for (v, c) in views.iter().zip(&closures) {
+    let settled = t.nodes[0].client.settled(id).await.expect("answers");
+    for v in &views {
         assert!(v.finished, "{v:?}");
         assert_eq!(
             v.closures, views[0].closures,
             "the same closures everywhere"
         );
         assert!(
-            c.len() > generations as usize,
-            "every round and the evaluation: {c:?}"
+            v.closures.len() > generations as usize,
+            "every round and the evaluation: {:?} {settled:#?}",
+            v.closures
         );
     }
     // The final model: the evaluation's one artifact, the same everywhere, better than chance.
-    let settled = nodes[0].client.settled(id).await.expect("answers");
     assert!(!views[0].front.is_empty(), "no final model: {settled:#?}");
     let best = &views[0].front[0];
     assert!(views.iter().all(|v| v.front[0].artifact == best.artifact));
@@ -193,13 +224,24 @@ async fn run_three(name: &str, mut params: FederatedParams) -> Ran {
         best.accuracy
     );
     Ran {
-        dirs,
-        nodes,
+        dirs: t.dirs,
+        nodes: t.nodes,
         views,
-        parts,
+        parts: t.parts,
         settled: settled.unwrap_or_default(),
-        _data: data,
+        _data: t.data,
     }
+}
+
+/// Runs a federated campaign of `params` (its model set here) on three nodes, each offering
+/// one third of the digits' training split as its private `wards` data, to the end; checks
+/// every node holds the same closures and the same final model.
+async fn run_three(name: &str, params: FederatedParams) -> Ran {
+    let t = start_three(name).await;
+    let generations = params.rounds * params.steps_per_round();
+    let spec = three_spec(&t, name, params).await;
+    let id = t.nodes[0].client.submit(spec).await.expect("accepted");
+    collect(t, id, generations).await
 }
 
 /// Three nodes, each with private records only it holds: a federated campaign with
@@ -223,6 +265,16 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
     );
     assert!(privacy.clients.iter().all(|c| c.epsilon.is_finite()));
     assert!(views.iter().all(|v| v.privacy.as_ref() == Some(&privacy)));
+    // Each client's standing: every round taken part in, no strike (all honest), shown alike.
+    let clients = &views[0].clients;
+    assert_eq!(clients.len(), 3, "{clients:?}");
+    assert!(
+        clients
+            .iter()
+            .all(|c| c.rounds == 3 && c.strikes == 0 && c.benched_until.is_none()),
+        "{clients:?}"
+    );
+    assert!(views.iter().all(|v| &v.clients == clients));
     // The data never left its node: no store holds a private record (the 64 pixel bytes) or a
     // CSV line, its own client's included (the file was read, not stored).
     for n in ran.nodes {
@@ -272,4 +324,51 @@ async fn three_clients_with_secure_aggregation_reach_one_model_revealing_only_su
         n.stop().await;
     }
     assert_no_private_bytes(&ran.dirs, &ran.parts);
+}
+
+/// With secure aggregation each step's result (keys, sealed shares, a masked update, a
+/// reveal) is held by its one client until someone fetches it, and later steps and the next
+/// round need it: every node fetches it as soon as its reveal arrives, so a client gone after
+/// its step does not take the round with it. Shown on a fourth node, a member that offers no
+/// private data: it runs no client job, and its one possible job (the final evaluation) needs
+/// only the last round's blobs, yet it holds every step result of both rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_fetches_each_secure_step_result_as_its_reveal_arrives() {
+    let mut p = params(BlobId::of_bytes(b"set by three_spec"));
+    p.rounds = 2;
+    p.norm_bound = 5.0;
+    p.secure = Some(SecureAggregation {
+        buckets: 1,
+        neighbours: 0,
+    });
+    let generations = p.rounds * p.steps_per_round();
+    let name = "federated-observer";
+    let t = start_nodes(name, 4).await;
+    let mut spec = three_spec(&t, name, p).await;
+    // The observer's pinned jobs, if it is sampled, go void at their deadline: keep it short.
+    spec.schedule.job_deadline_ms = 4_000;
+    spec.schedule.min_deadline_ms = 2_000;
+    spec.schedule.max_deadline_ms = 8_000;
+    let id = t.nodes[0].client.submit(spec).await.expect("accepted");
+    let ran = collect(t, id, generations).await;
+    let results: Vec<BlobId> = ran
+        .settled
+        .iter()
+        .filter(|j| j.payload.1.contains(" client ") && j.status == JobStatus::Success)
+        .filter_map(|j| j.artifacts.first())
+        .map(|a| a.parse().expect("a blob id"))
+        .collect();
+    // Four steps in each of two rounds, each by at least two clients (a member offering no
+    // data may be sampled until its heartbeat of capacity 0 removes it; its jobs go void).
+    assert!(results.len() >= 2 * 4 * 2, "{:#?}", ran.settled);
+    let observer = &ran.nodes[3].client;
+    for r in &results {
+        assert!(
+            observer.blob(*r).await.expect("answers").is_some(),
+            "the observer lacks {r}"
+        );
+    }
+    for n in ran.nodes {
+        n.stop().await;
+    }
 }

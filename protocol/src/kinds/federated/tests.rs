@@ -507,6 +507,16 @@ fn bench_after_flags(min_clients: u32) {
         &r1,
         &[flagged(&[1], 0), flagged(&[1], 1), flagged(&[0], 2)],
     );
+    // The standings name the strike and the bench (round 2 is asked next; one strike benches
+    // for one round); the client flagged by a single reporter has none.
+    let standing = s.standings();
+    assert_eq!(standing.len(), 3, "{standing:?}");
+    for st in &standing {
+        assert_eq!(st.rounds, 2, "{st:?}");
+        let struck = st.client == accused;
+        assert_eq!(st.strikes, u32::from(struck), "{st:?}");
+        assert_eq!(st.benched_until, struck.then_some(3), "{st:?}");
+    }
     // Round 2: the accused is benched; the one flagged by a single reporter is not.
     let r2 = jobs(&s.ask_among(&mut rng, &m));
     let clients: Vec<PeerKey> = r2.iter().filter_map(|j| j.client).collect();
