@@ -22,6 +22,7 @@ pub mod distill;
 pub mod error;
 pub mod export;
 mod kernels;
+pub mod lm;
 pub mod loss;
 pub mod model;
 pub mod ops;
