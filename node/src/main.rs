@@ -1,5 +1,7 @@
 //! The `hivemesh` command: see `hivemesh --help`.
 
+mod lm_cli;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -92,6 +94,10 @@ enum Command {
     Dataset(DatasetCmd),
     /// The running node's state: peers, jobs, campaigns.
     Status(ApiArgs),
+    /// Language models on this machine: train a small transformer on a text corpus, sample
+    /// from it (no node needed).
+    #[command(subcommand)]
+    Model(lm_cli::ModelCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,6 +333,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let file = config::load(&cli.data_dir, cli.config.as_deref())?;
             run(&cli.data_dir, args, file)
         }
+        Command::Model(cmd) => lm_cli::run(cmd),
         Command::Campaign(cmd) => runtime()?.block_on(campaign(&cli.data_dir, cmd)),
         Command::Blob(cmd) => runtime()?.block_on(blob(&cli.data_dir, cmd)),
         Command::Dataset(DatasetCmd::Add { path, read, api }) => {

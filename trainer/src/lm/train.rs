@@ -112,19 +112,42 @@ pub fn split(tokens: &[u32]) -> (&[u32], &[u32]) {
     tokens.split_at(tokens.len() - tokens.len() / 10)
 }
 
-/// `batch` random windows of `t + 1` tokens from `stream`: inputs and targets (shifted by
-/// one), as `i64`.
-fn windows(stream: &[u32], t: usize, batch: usize, rng: &mut ChaCha8Rng) -> (Vec<i64>, Vec<i64>) {
-    let starts = stream.len() - t;
-    let mut x = Vec::with_capacity(batch * t);
-    let mut y = Vec::with_capacity(batch * t);
-    for _ in 0..batch {
-        let s = (rng.next_u64() % starts as u64) as usize;
-        x.extend(stream[s..s + t].iter().map(|&v| i64::from(v)));
-        y.extend(stream[s + 1..s + t + 1].iter().map(|&v| i64::from(v)));
+/// The windows' random stream: SplitMix64, simple enough that the PyTorch yardstick
+/// (`trainer/benches/pytorch_lm.py`) draws the very same windows.
+pub struct Windows(u64);
+
+impl Windows {
+    /// The stream of `seed`.
+    pub fn new(seed: u64) -> Windows {
+        Windows(seed)
     }
-    (x, y)
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// `batch` windows of `t + 1` tokens from `stream` (each starting at the next draw modulo
+    /// `len − t`): inputs and targets (shifted by one), as `i64`.
+    pub fn draw(&mut self, stream: &[u32], t: usize, batch: usize) -> (Vec<i64>, Vec<i64>) {
+        let starts = (stream.len() - t) as u64;
+        let mut x = Vec::with_capacity(batch * t);
+        let mut y = Vec::with_capacity(batch * t);
+        for _ in 0..batch {
+            let s = (self.next() % starts) as usize;
+            x.extend(stream[s..s + t].iter().map(|&v| i64::from(v)));
+            y.extend(stream[s + 1..s + t + 1].iter().map(|&v| i64::from(v)));
+        }
+        (x, y)
+    }
 }
+
+/// The seeds of the training and evaluation windows for a run seeded `seed`.
+const TRAIN_WINDOWS: u64 = 0x6c6d_7472_6169_6e21;
+const EVAL_WINDOWS: u64 = 0x6576_616c_7561_7465;
 
 fn int2<B: Backend>(v: Vec<i64>, b: usize, t: usize, device: &B::Device) -> Tensor<B, 2, Int> {
     Tensor::from_data(TensorData::new(v, [b, t]), device)
@@ -176,7 +199,7 @@ pub fn train_lm<B: AutodiffBackend>(
         .with_weight_decay(cfg.weight_decay as f32)
         .with_grad_clipping(clip)
         .init::<B, Lm<B>>();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6c6d_7472_6169_6e21);
+    let mut rng = Windows::new(cfg.seed ^ TRAIN_WINDOWS);
     let mut run = LmRun {
         train_loss: Vec::with_capacity(cfg.steps),
         val_loss: Vec::new(),
@@ -184,7 +207,7 @@ pub fn train_lm<B: AutodiffBackend>(
     };
     let t = c.context;
     for step in 0..cfg.steps {
-        let (x, y) = windows(train, t, cfg.batch, &mut rng);
+        let (x, y) = rng.draw(train, t, cfg.batch);
         let loss = lm_loss(
             model.forward(int2(x, cfg.batch, t, device)),
             int2(y, cfg.batch, t, device),
@@ -223,10 +246,10 @@ pub fn evaluate<B: Backend>(
 ) -> f64 {
     let t = model.config().context;
     let device = model.tok.val().device();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6576_616c_7561_7465);
+    let mut rng = Windows::new(seed ^ EVAL_WINDOWS);
     let mut sum = 0.0;
     for _ in 0..batches.max(1) {
-        let (x, y) = windows(stream, t, batch, &mut rng);
+        let (x, y) = rng.draw(stream, t, batch);
         let loss = lm_loss(
             model.forward(int2(x, batch, t, &device)),
             int2(y, batch, t, &device),
@@ -500,6 +523,16 @@ mod tests {
             ..LmTrainConfig::nanogpt()
         };
         (c, cfg)
+    }
+
+    #[test]
+    fn windows_follow_splitmix64() {
+        // SplitMix64's published first output from state 0.
+        assert_eq!(Windows::new(0).next(), 0xe220_a839_7b1d_cdaf);
+        let stream: Vec<u32> = (0..100).collect();
+        let (x, y) = Windows::new(5).draw(&stream, 4, 3);
+        assert_eq!(x.len(), 12);
+        assert!(x.iter().zip(&y).all(|(a, b)| b - a == 1));
     }
 
     #[test]

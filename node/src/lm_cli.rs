@@ -1,0 +1,177 @@
+//! `hivemesh model …`: train a small language model on a text corpus on this machine, and
+//! sample from one (issue 27). No node needs to run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use hivemesh_node::files::{Access, write_atomic};
+use hivemesh_trainer::data::TextCorpus;
+use hivemesh_trainer::lm::{self, LmConfig, LmTrainConfig};
+use hivemesh_trainer::{Cpu, CpuAutodiff};
+
+/// Language models on this machine.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCmd {
+    /// Train a causal transformer on a UTF-8 text corpus (plain or gzip), one token per
+    /// character, on the CPU; 90 % of the text trains, the last 10 % validates. Prints the
+    /// loss as it goes (nats per token) and writes the model as safetensors.
+    TrainLm(TrainLmArgs),
+    /// Continue a prompt with a model written by `train-lm`: greedy, or sampled with a seed.
+    Sample {
+        /// The model file.
+        model: PathBuf,
+        /// The text to continue (every character must be in the model's vocabulary).
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        /// Characters to generate.
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        /// Sample at this temperature instead of taking the most likely character.
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// The sampling seed (the same seed, the same text).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+/// `model train-lm`'s options (nanoGPT's CPU character-level settings by default).
+#[derive(Debug, Args)]
+pub(crate) struct TrainLmArgs {
+    /// The corpus (e.g. ../shared/data/shakespeare/plays.txt.gz).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Where to write the model (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Attention heads (divides the width).
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// The residual width.
+    #[arg(long, default_value_t = 128)]
+    width: usize,
+    /// Context length in characters.
+    #[arg(long, default_value_t = 64)]
+    context: usize,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Windows per step.
+    #[arg(long, default_value_t = 12)]
+    batch: usize,
+    /// Peak learning rate (warm-up, then cosine decay to a tenth of it).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// Seeds the weights and the windows (the same seed and corpus, the same model).
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Evaluate on the validation text every this many steps (and at the end).
+    #[arg(long, default_value_t = 250)]
+    eval_every: usize,
+    /// Also write the untrained model here (what `trainer/benches/pytorch_lm.py --init`
+    /// starts from, to compare the same run in PyTorch).
+    #[arg(long)]
+    save_init: Option<PathBuf>,
+}
+
+/// Runs a `model` command.
+pub(crate) fn run(cmd: ModelCmd) -> anyhow::Result<()> {
+    match cmd {
+        ModelCmd::TrainLm(a) => train(&a),
+        ModelCmd::Sample {
+            model,
+            prompt,
+            tokens,
+            temperature,
+            seed,
+        } => sample(&model, &prompt, tokens, temperature.map(|t| (t, seed))),
+    }
+}
+
+fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
+    let corpus = TextCorpus::load(&a.corpus)
+        .with_context(|| format!("cannot use {} as a corpus", a.corpus.display()))?;
+    let c = LmConfig {
+        vocab: corpus.vocab.len(),
+        context: a.context,
+        layers: a.layers,
+        heads: a.heads,
+        width: a.width,
+    };
+    c.check()?;
+    let cfg = LmTrainConfig {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        min_lr: a.lr / 10.0,
+        warmup: a.warmup.min(a.steps),
+        seed: a.seed,
+        eval_every: a.eval_every,
+        ..LmTrainConfig::nanogpt()
+    };
+    eprintln!(
+        "{} characters, a vocabulary of {}; {} parameters, {:.1} MFLOPs per window; {} steps of {} windows",
+        corpus.tokens.len(),
+        c.vocab,
+        c.params(),
+        c.flops_per_sequence() as f64 / 1e6,
+        cfg.steps,
+        cfg.batch
+    );
+    if let Some(path) = &a.save_init {
+        let init = lm::Lm::<Cpu>::new(&c, cfg.seed, &Default::default())?;
+        write_atomic(path, &lm::save_lm(&init, &corpus.vocab)?, Access::Public)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let started = Instant::now();
+    let every = (cfg.steps / 20).max(1);
+    let mut report = |step: usize, loss: f64, val: Option<f64>| {
+        if step % every == 0 || val.is_some() {
+            let tps = (step * cfg.batch * c.context) as f64 / started.elapsed().as_secs_f64();
+            let val = val.map_or_else(String::new, |v| format!(", validation {v:.4}"));
+            eprintln!(
+                "step {step}/{}: loss {loss:.4}{val} ({tps:.0} tokens/s)",
+                cfg.steps
+            );
+        }
+    };
+    let device = Default::default();
+    let (model, run) = lm::train_lm::<CpuAutodiff>(&c, &cfg, &corpus.tokens, &device, &mut report)?;
+    let bytes = lm::save_lm(&model, &corpus.vocab)?;
+    write_atomic(&a.out, &bytes, Access::Public)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    let val = run.val_loss.last().map_or(f64::NAN, |v| v.1);
+    println!(
+        "wrote {} ({} bytes): validation loss {val:.4} nats per character after {} steps, {:.0} s",
+        a.out.display(),
+        bytes.len(),
+        cfg.steps,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn sample(path: &Path, prompt: &str, n: usize, how: Option<(f64, u64)>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (model, vocab) = lm::load_lm::<Cpu>(&bytes, &Default::default())
+        .with_context(|| format!("{} is not a model written by train-lm", path.display()))?;
+    let mut ids = Vec::new();
+    for (i, ch) in prompt.chars().enumerate() {
+        match vocab.binary_search(&ch) {
+            Ok(k) => ids.push(k as u32),
+            Err(_) => bail!("the prompt's character {i} ({ch:?}) is not in the model's vocabulary"),
+        }
+    }
+    let out = lm::generate(&model, &ids, n, how)?;
+    let text: String = out.iter().map(|&t| vocab[t as usize]).collect();
+    println!("{prompt}{text}");
+    Ok(())
+}
