@@ -8,14 +8,14 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use hivemesh_node::files::{Access, write_atomic};
 use hivemesh_trainer::data::TextCorpus;
-use hivemesh_trainer::lm::{self, LmConfig, LmTrainConfig};
+use hivemesh_trainer::lm::{self, Bpe, LmConfig, LmTrainConfig, Tokenizer};
 use hivemesh_trainer::{Cpu, CpuAutodiff};
 
 /// Language models on this machine.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelCmd {
     /// Train a causal transformer on a UTF-8 text corpus (plain or gzip), one token per
-    /// character, on the CPU; 90 % of the text trains, the last 10 % validates. Prints the
+    /// character (or merged by a BPE learnt from the corpus, `--bpe N`), on the CPU; 90 % of the text trains, the last 10 % validates. Prints the
     /// loss as it goes (nats per token) and writes the model as safetensors.
     TrainLm(TrainLmArgs),
     /// Continue a prompt with a model written by `train-lm`: greedy, or sampled with a seed.
@@ -76,6 +76,13 @@ pub(crate) struct TrainLmArgs {
     /// Evaluate on the validation text every this many steps (and at the end).
     #[arg(long, default_value_t = 250)]
     eval_every: usize,
+    /// Learn this many byte-pair merges from the corpus's first `--bpe-sample` characters and
+    /// train on the merged tokens (0: one token per character).
+    #[arg(long, default_value_t = 0)]
+    bpe: usize,
+    /// Characters the BPE learns from (learning costs one pass over them per merge).
+    #[arg(long, default_value_t = 1_000_000)]
+    bpe_sample: usize,
     /// Also write the untrained model here (what `trainer/benches/pytorch_lm.py --init`
     /// starts from, to compare the same run in PyTorch).
     #[arg(long)]
@@ -99,8 +106,22 @@ pub(crate) fn run(cmd: ModelCmd) -> anyhow::Result<()> {
 fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
     let corpus = TextCorpus::load(&a.corpus)
         .with_context(|| format!("cannot use {} as a corpus", a.corpus.display()))?;
+    let mut tokenizer = Tokenizer::chars(corpus.vocab.clone());
+    let tokens = if a.bpe > 0 {
+        let sample = &corpus.tokens[..a.bpe_sample.min(corpus.tokens.len())];
+        let bpe = Bpe::learn(sample, corpus.vocab.len() as u32, a.bpe);
+        eprintln!(
+            "learnt {} merges from {} characters",
+            bpe.merges.len(),
+            sample.len()
+        );
+        tokenizer.bpe = Some(bpe);
+        tokenizer.encode_tokens(&corpus.tokens)
+    } else {
+        corpus.tokens.clone()
+    };
     let c = LmConfig {
-        vocab: corpus.vocab.len(),
+        vocab: tokenizer.vocab(),
         context: a.context,
         layers: a.layers,
         heads: a.heads,
@@ -118,8 +139,9 @@ fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
         ..LmTrainConfig::nanogpt()
     };
     eprintln!(
-        "{} characters, a vocabulary of {}; {} parameters, {:.1} MFLOPs per window; {} steps of {} windows",
+        "{} characters ({} tokens), a vocabulary of {}; {} parameters, {:.1} MFLOPs per window; {} steps of {} windows",
         corpus.tokens.len(),
+        tokens.len(),
         c.vocab,
         c.params(),
         c.flops_per_sequence() as f64 / 1e6,
@@ -128,13 +150,13 @@ fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
     );
     if let Some(path) = &a.save_init {
         let init = lm::Lm::<Cpu>::new(&c, cfg.seed, &Default::default())?;
-        write_atomic(path, &lm::save_lm(&init, &corpus.vocab)?, Access::Public)
+        write_atomic(path, &lm::save_lm(&init, &tokenizer)?, Access::Public)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let started = Instant::now();
     let every = (cfg.steps / 20).max(1);
     let mut report = |step: usize, loss: f64, val: Option<f64>| {
-        if step % every == 0 || val.is_some() {
+        if step.is_multiple_of(every) || val.is_some() {
             let tps = (step * cfg.batch * c.context) as f64 / started.elapsed().as_secs_f64();
             let val = val.map_or_else(String::new, |v| format!(", validation {v:.4}"));
             eprintln!(
@@ -144,13 +166,13 @@ fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
         }
     };
     let device = Default::default();
-    let (model, run) = lm::train_lm::<CpuAutodiff>(&c, &cfg, &corpus.tokens, &device, &mut report)?;
-    let bytes = lm::save_lm(&model, &corpus.vocab)?;
+    let (model, run) = lm::train_lm::<CpuAutodiff>(&c, &cfg, &tokens, &device, &mut report)?;
+    let bytes = lm::save_lm(&model, &tokenizer)?;
     write_atomic(&a.out, &bytes, Access::Public)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     let val = run.val_loss.last().map_or(f64::NAN, |v| v.1);
     println!(
-        "wrote {} ({} bytes): validation loss {val:.4} nats per character after {} steps, {:.0} s",
+        "wrote {} ({} bytes): validation loss {val:.4} nats per token after {} steps, {:.0} s",
         a.out.display(),
         bytes.len(),
         cfg.steps,
@@ -161,17 +183,13 @@ fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
 
 fn sample(path: &Path, prompt: &str, n: usize, how: Option<(f64, u64)>) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (model, vocab) = lm::load_lm::<Cpu>(&bytes, &Default::default())
+    let (model, tokenizer) = lm::load_lm::<Cpu>(&bytes, &Default::default())
         .with_context(|| format!("{} is not a model written by train-lm", path.display()))?;
-    let mut ids = Vec::new();
-    for (i, ch) in prompt.chars().enumerate() {
-        match vocab.binary_search(&ch) {
-            Ok(k) => ids.push(k as u32),
-            Err(_) => bail!("the prompt's character {i} ({ch:?}) is not in the model's vocabulary"),
-        }
+    let ids = tokenizer.encode(prompt).context("the prompt")?;
+    if ids.is_empty() {
+        bail!("the prompt is empty: give at least one character");
     }
     let out = lm::generate(&model, &ids, n, how)?;
-    let text: String = out.iter().map(|&t| vocab[t as usize]).collect();
-    println!("{prompt}{text}");
+    println!("{prompt}{}", tokenizer.decode(&out));
     Ok(())
 }
