@@ -4,4 +4,5 @@
 mod executor;
 mod federated;
 mod kill;
+mod lm;
 mod store;
