@@ -35,6 +35,18 @@ pub(crate) enum ModelCmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// The log-likelihood (nats) of a target text following a prompt under a model (teacher
+    /// forcing: one forward pass); what a prompt search maximises.
+    Score {
+        /// The model file.
+        model: PathBuf,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// The text that should follow it.
+        #[arg(long)]
+        target: String,
+    },
 }
 
 /// `model train-lm`'s options (nanoGPT's CPU character-level settings by default).
@@ -100,6 +112,22 @@ pub(crate) fn run(cmd: ModelCmd) -> anyhow::Result<()> {
             temperature,
             seed,
         } => sample(&model, &prompt, tokens, temperature.map(|t| (t, seed))),
+        ModelCmd::Score {
+            model,
+            prompt,
+            target,
+        } => {
+            let (lm, tokenizer) = load(&model)?;
+            let p = tokenizer.encode(&prompt).context("the prompt")?;
+            let t = tokenizer.encode(&target).context("the target")?;
+            let ll = lm::target_loglik(&lm, &p, &t)?;
+            println!(
+                "log p(target | prompt) = {ll:.4} nats over {} tokens ({:.4} per token)",
+                t.len(),
+                ll / t.len() as f64
+            );
+            Ok(())
+        }
     }
 }
 
@@ -182,9 +210,7 @@ fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
 }
 
 fn sample(path: &Path, prompt: &str, n: usize, how: Option<(f64, u64)>) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (model, tokenizer) = lm::load_lm::<Cpu>(&bytes, &Default::default())
-        .with_context(|| format!("{} is not a model written by train-lm", path.display()))?;
+    let (model, tokenizer) = load(path)?;
     let ids = tokenizer.encode(prompt).context("the prompt")?;
     if ids.is_empty() {
         bail!("the prompt is empty: give at least one character");
@@ -192,4 +218,11 @@ fn sample(path: &Path, prompt: &str, n: usize, how: Option<(f64, u64)>) -> anyho
     let out = lm::generate(&model, &ids, n, how)?;
     println!("{prompt}{}", tokenizer.decode(&out));
     Ok(())
+}
+
+/// A model file written by `train-lm`.
+fn load(path: &Path) -> anyhow::Result<(lm::Lm<Cpu>, Tokenizer)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    lm::load_lm::<Cpu>(&bytes, &Default::default())
+        .with_context(|| format!("{} is not a model written by train-lm", path.display()))
 }

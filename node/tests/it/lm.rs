@@ -72,6 +72,30 @@ fn a_tiny_language_model_trains_samples_and_refuses_bad_input() {
     assert!(a.starts_with("to be") && a.len() > 10, "{a}");
     assert_eq!(a, text(&hivemesh(&dir, &seeded)).0);
     assert!(hivemesh(&dir, &sample).status.success(), "greedy");
+    // Scoring: the corpus's own continuation is likelier than a scrambled one.
+    let score = |target: &str| -> f64 {
+        let o = hivemesh(
+            &dir,
+            &[
+                "model",
+                "score",
+                m,
+                "--prompt",
+                "to be, or not ",
+                "--target",
+                target,
+            ],
+        );
+        let out = text(&o).0;
+        assert!(o.status.success(), "{out}{}", text(&o).1);
+        out.split("= ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .expect("a number")
+            .parse()
+            .expect("a number")
+    };
+    assert!(score("to be") > score("ot eb"));
     // A prompt character the model never saw, a corpus that is not UTF-8, a file that is not
     // a model: refused, saying what.
     let o = hivemesh(&dir, &["model", "sample", m, "--prompt", "toZ"]);

@@ -5,13 +5,15 @@
 //! * [`LmConfig`]: the shape, with exact parameter and FLOP counts;
 //! * [`model`]: the burn module, initialised from a seed (bit-identical on the CPU backend);
 //! * [`train`]: AdamW with warm-up and cosine decay on random windows of a token stream,
-//!   evaluation in nats per token, greedy and seeded sampling, safetensors files.
+//!   evaluation in nats per token, greedy and seeded sampling, safetensors files;
+//! * [`score`]: the log-likelihood of a target given a prompt (teacher forcing).
 //!
 //! Tokens are the corpus's characters ([`crate::data::TextCorpus`]), optionally merged by a
 //! [`Bpe`] learnt from it; a [`Tokenizer`] holds both and travels in the model's file.
 
 pub mod bpe;
 pub mod model;
+pub mod score;
 pub mod train;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,7 @@ use crate::error::TrainError;
 
 pub use bpe::Bpe;
 pub use model::Lm;
+pub use score::target_loglik;
 pub use train::{LmRun, LmTrainConfig, evaluate, generate, load_lm, save_lm, train_lm};
 
 /// The most layers, heads, width, context and vocabulary an [`LmConfig`] may ask for (a
