@@ -6,12 +6,15 @@
 //! * [`model`]: the burn module, initialised from a seed (bit-identical on the CPU backend);
 //! * [`train`]: AdamW with warm-up and cosine decay on random windows of a token stream,
 //!   evaluation in nats per token, greedy and seeded sampling, safetensors files;
-//! * [`score`]: the log-likelihood of a target given a prompt (teacher forcing).
+//! * [`score`]: the log-likelihood of a target given a prompt (teacher forcing);
+//! * [`distill`]: a teacher's top-k labels over token windows as a shard, a student trained on
+//!   them.
 //!
 //! Tokens are the corpus's characters ([`crate::data::TextCorpus`]), optionally merged by a
 //! [`Bpe`] learnt from it; a [`Tokenizer`] holds both and travels in the model's file.
 
 pub mod bpe;
+pub mod distill;
 pub mod model;
 pub mod score;
 pub mod train;

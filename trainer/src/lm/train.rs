@@ -123,7 +123,8 @@ impl Windows {
         Windows(seed)
     }
 
-    fn next(&mut self) -> u64 {
+    /// The next draw.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -138,7 +139,7 @@ impl Windows {
         let mut x = Vec::with_capacity(batch * t);
         let mut y = Vec::with_capacity(batch * t);
         for _ in 0..batch {
-            let s = (self.next() % starts) as usize;
+            let s = (self.next_u64() % starts) as usize;
             x.extend(stream[s..s + t].iter().map(|&v| i64::from(v)));
             y.extend(stream[s + 1..s + t + 1].iter().map(|&v| i64::from(v)));
         }
@@ -532,7 +533,7 @@ mod tests {
     #[test]
     fn windows_follow_splitmix64() {
         // SplitMix64's published first output from state 0.
-        assert_eq!(Windows::new(0).next(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(Windows::new(0).next_u64(), 0xe220_a839_7b1d_cdaf);
         let stream: Vec<u32> = (0..100).collect();
         let (x, y) = Windows::new(5).draw(&stream, 4, 3);
         assert_eq!(x.len(), 12);
