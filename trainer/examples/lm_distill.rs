@@ -51,6 +51,9 @@ struct Args {
     /// The temperatures to try (comma-separated).
     #[arg(long, default_value = "1,2")]
     temperatures: String,
+    /// The students' seed (initial weights and the windows each step draws).
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>> {
@@ -100,6 +103,7 @@ fn main() -> Result<()> {
         steps: a.steps,
         warmup: (a.steps / 20).max(1),
         eval_every: 0,
+        seed: a.seed,
         ..LmTrainConfig::nanogpt()
     };
     println!(
