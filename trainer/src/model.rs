@@ -216,7 +216,8 @@ impl WeightsFile {
     }
 }
 
-fn param<B: Backend, const D: usize>(
+/// A parameter of `shape` holding `values` (row-major).
+pub(crate) fn param<B: Backend, const D: usize>(
     values: Vec<f32>,
     shape: [usize; D],
     device: &B::Device,

@@ -283,6 +283,20 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
     assert_no_private_bytes(&ran.dirs, &ran.parts);
 }
 
+/// Two rounds with secure aggregation (one group of all clients). Each client bounds its own
+/// update (no one can check a masked one): the fixed point's range. Client-level noise is left
+/// out: three clients cannot carry it and learn.
+fn secure_params() -> FederatedParams {
+    let mut p = params(BlobId::of_bytes(b"set by three_spec"));
+    p.rounds = 2;
+    p.norm_bound = 5.0;
+    p.secure = Some(SecureAggregation {
+        buckets: 1,
+        neighbours: 0,
+    });
+    p
+}
+
 /// The whole case: three nodes with data only each holds, DP at both levels and
 /// secure aggregation (each round: keys, sealed shares, masked updates, reveals). The model
 /// learns (so every node unmasked the same sums: the final model is one id everywhere, and
@@ -290,16 +304,7 @@ async fn three_clients_train_one_model_on_data_only_each_holds() {
 /// holds a private record or a CSV line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_with_secure_aggregation_reach_one_model_revealing_only_sums() {
-    let mut p = params(BlobId::of_bytes(b"set by run_three"));
-    p.rounds = 2;
-    // Each client bounds its own update (no one can check a masked one): the fixed point's
-    // range. Client-level noise is left out here: three clients cannot carry it and learn.
-    p.norm_bound = 5.0;
-    p.secure = Some(SecureAggregation {
-        buckets: 1,
-        neighbours: 0,
-    });
-    let ran = run_three("federated-secure", p).await;
+    let ran = run_three("federated-secure", secure_params()).await;
     let views = &ran.views;
     let privacy = views[0].privacy.clone().expect("privacy stated");
     assert!(
@@ -334,13 +339,7 @@ async fn three_clients_with_secure_aggregation_reach_one_model_revealing_only_su
 /// only the last round's blobs, yet it holds every step result of both rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_fetches_each_secure_step_result_as_its_reveal_arrives() {
-    let mut p = params(BlobId::of_bytes(b"set by three_spec"));
-    p.rounds = 2;
-    p.norm_bound = 5.0;
-    p.secure = Some(SecureAggregation {
-        buckets: 1,
-        neighbours: 0,
-    });
+    let p = secure_params();
     let generations = p.rounds * p.steps_per_round();
     let name = "federated-observer";
     let t = start_nodes(name, 4).await;

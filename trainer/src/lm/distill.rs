@@ -317,24 +317,9 @@ mod tests {
     #[test]
     fn a_student_learns_from_a_teachers_labels() {
         use crate::CpuAutodiff;
-        let c = LmConfig {
-            vocab: 5,
-            context: 8,
-            layers: 1,
-            heads: 2,
-            width: 16,
-        };
-        let cfg = LmTrainConfig {
-            steps: 150,
-            batch: 8,
-            lr: 1e-2,
-            min_lr: 1e-3,
-            warmup: 5,
-            eval_every: 0,
-            eval_batches: 2,
-            ..LmTrainConfig::nanogpt()
-        };
-        let corpus: Vec<u32> = (0..3000).map(|i| [0, 1, 2, 0, 1, 3][i % 6]).collect();
+        let (c, cfg) = crate::lm::train::tests::tiny();
+        let cfg = LmTrainConfig { steps: 150, ..cfg };
+        let corpus = crate::lm::train::tests::corpus();
         let d = Default::default();
         let (teacher, _) =
             crate::lm::train_lm::<CpuAutodiff>(&c, &cfg, &corpus, &d, &mut |_, _, _| {})

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
 use super::LmConfig;
+use crate::model::param;
 
 /// One pre-norm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
 #[derive(Module, Debug)]
@@ -61,14 +62,6 @@ impl Normal {
             })
             .collect()
     }
-}
-
-fn param<B: Backend, const D: usize>(
-    values: Vec<f32>,
-    shape: [usize; D],
-    device: &B::Device,
-) -> Param<Tensor<B, D>> {
-    Param::from_data(TensorData::new(values, shape), device)
 }
 
 fn layer_norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<B> {

@@ -500,16 +500,17 @@ fn set_tensors<B: Backend>(m: &mut Lm<B>, v: &mut HashMap<String, Vec<f32>>, dev
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Cpu, CpuAutodiff};
 
-    fn corpus() -> Vec<u32> {
-        // A repetitive text a tiny model learns quickly: "abcabd" cycles of 5 tokens.
+    /// A repetitive text a tiny model learns quickly: "abcabd" cycles of 5 tokens.
+    pub(crate) fn corpus() -> Vec<u32> {
         (0..3000).map(|i| [0, 1, 2, 0, 1, 3][i % 6]).collect()
     }
 
-    fn tiny() -> (LmConfig, LmTrainConfig) {
+    /// A one-block model and a 200-step schedule for [`corpus`].
+    pub(crate) fn tiny() -> (LmConfig, LmTrainConfig) {
         let c = LmConfig {
             vocab: 5,
             context: 8,
