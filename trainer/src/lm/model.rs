@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::Backend;
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -191,6 +191,7 @@ impl<B: Backend> Block<B> {
 mod tests {
     use super::*;
     use crate::Cpu;
+    use burn::tensor::TensorData;
 
     fn tokens(v: &[i64], b: usize) -> Tensor<Cpu, 2, Int> {
         Tensor::from_data(
