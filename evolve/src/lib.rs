@@ -47,6 +47,7 @@ pub mod hypervolume;
 pub mod nsga2;
 pub mod operators;
 pub mod problem;
+pub mod prompt;
 pub mod random;
 pub mod regularized;
 pub mod search_problems;
