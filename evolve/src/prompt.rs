@@ -107,10 +107,7 @@ impl Problem for PromptProblem {
     }
 
     fn genome_hash(&self, genome: &Vec<u32>) -> Option<u64> {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut h = DefaultHasher::new();
-        genome.hash(&mut h);
-        Some(h.finish())
+        Some(crate::search_problems::hash_tokens(genome))
     }
 }
 

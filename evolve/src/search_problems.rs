@@ -64,11 +64,16 @@ impl Problem for GeneProblem {
     }
 
     fn genome_hash(&self, genome: &Vec<u32>) -> Option<u64> {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut h = DefaultHasher::new();
-        genome.hash(&mut h);
-        Some(h.finish())
+        Some(hash_tokens(genome))
     }
+}
+
+/// A hash of an integer genome (for duplicate checks within one process).
+pub(crate) fn hash_tokens(genome: &[u32]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    genome.hash(&mut h);
+    h.finish()
 }
 
 /// Loss expressions within `config`'s depth and size limits.
