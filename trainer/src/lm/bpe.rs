@@ -71,13 +71,18 @@ impl Bpe {
         out
     }
 
+    /// Appends the base tokens of `id` (with an explicit stack: a file's chain of 65,536
+    /// merges must not overflow the thread's stack).
     fn expand(&self, id: u32, out: &mut Vec<u32>) {
-        if id < self.base {
-            out.push(id);
-        } else if let Some(&(a, b)) = self.merges.get((id - self.base) as usize) {
-            // A merge only names earlier tokens, so this recursion ends.
-            self.expand(a, out);
-            self.expand(b, out);
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            if id < self.base {
+                out.push(id);
+            } else if let Some(&(a, b)) = self.merges.get((id - self.base) as usize) {
+                // A merge only names earlier tokens (`is_valid`), so this ends.
+                stack.push(b);
+                stack.push(a);
+            }
         }
     }
 
@@ -130,6 +135,18 @@ mod tests {
             merges: vec![(0, 4)],
         };
         assert!(!bad.is_valid());
+    }
+
+    #[test]
+    fn a_long_chain_of_merges_decodes_without_recursion() {
+        // Each merge appends token 0 to the previous one: the last token is 65,537 zeros.
+        let mut merges = vec![(0, 0)];
+        merges.extend((0..MAX_MERGES as u32 - 1).map(|i| (1 + i, 0)));
+        let bpe = Bpe { base: 1, merges };
+        assert!(bpe.is_valid());
+        let out = bpe.decode(&[MAX_MERGES as u32]);
+        assert_eq!(out.len(), MAX_MERGES + 1);
+        assert!(out.iter().all(|&t| t == 0));
     }
 
     #[test]

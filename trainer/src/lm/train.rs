@@ -440,6 +440,16 @@ pub fn load_lm<B: Backend>(
             c.vocab
         )));
     }
+    // A file names its shape before its tensors: check the shape, and that the file is large
+    // enough to hold it, before allocating the model (a lying header costs nothing).
+    c.check()?;
+    if c.params().saturating_mul(4) > bytes.len() as u64 {
+        return Err(bad(format!(
+            "its shape has {} parameters, the file holds {} bytes",
+            c.params(),
+            bytes.len()
+        )));
+    }
     let mut m = Lm::<B>::new(&c, 0, device)?;
     let mut values: HashMap<String, Vec<f32>> = HashMap::new();
     for (name, shape, _) in tensors(&m) {
@@ -587,6 +597,33 @@ pub(crate) mod tests {
             generate(&back, &[0], 10, Some((1.0, 9))).expect("samples")
         );
         assert!(load_lm::<Cpu>(b"not a model", &d).is_err());
+        // A header claiming a huge model with no tensors behind it is refused before any
+        // allocation.
+        let merges = crate::lm::bpe::MAX_MERGES as u32;
+        let big = LmConfig {
+            vocab: 2 + merges as usize,
+            context: 8192,
+            layers: 48,
+            heads: 64,
+            width: 4096,
+        };
+        let meta = LmMeta {
+            config: big,
+            tokenizer: Tokenizer {
+                chars: vec!['a', 'b'],
+                bpe: Some(crate::lm::Bpe {
+                    base: 2,
+                    merges: (0..merges).map(|i| (i, i)).collect(),
+                }),
+            },
+        };
+        let header: HashMap<String, String> = [("hivemesh_lm".to_string(), to_json(&meta))]
+            .into_iter()
+            .collect();
+        let liar = safetensors::serialize(Vec::<(String, TensorView<'_>)>::new(), Some(header))
+            .expect("serialises");
+        let e = load_lm::<Cpu>(&liar, &d).unwrap_err();
+        assert!(e.to_string().contains("parameters, the file holds"), "{e}");
     }
 
     #[test]
