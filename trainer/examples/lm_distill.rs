@@ -20,7 +20,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use hivemesh_trainer::data::TextCorpus;
 use hivemesh_trainer::distill::KdConfig;
-use hivemesh_trainer::lm::distill::{TextKd, label_text, streams, train_student};
+use hivemesh_trainer::lm::distill::{TextKd, label_text, train_student};
+use hivemesh_trainer::lm::train::split;
 use hivemesh_trainer::lm::{LmConfig, LmTrainConfig, load_lm};
 use hivemesh_trainer::{Cpu, CpuAutodiff};
 
@@ -79,7 +80,7 @@ fn main() -> Result<()> {
         corpus.vocab == tokenizer.chars,
         "the teacher was trained on another corpus"
     );
-    let (train, val) = streams(&corpus.tokens);
+    let (train, val) = split(&corpus.tokens);
     let ks: Vec<usize> = list(&a.ks)?;
     let temps: Vec<f32> = list(&a.temperatures)?;
     let kmax = ks.iter().copied().max().unwrap_or(1) as u16;

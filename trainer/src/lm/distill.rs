@@ -18,7 +18,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
-use super::train::{LmRun, LmTrainConfig, Windows, evaluate, split};
+use super::train::{LmRun, LmTrainConfig, Windows, evaluate};
 use super::{Lm, LmConfig};
 use crate::distill::{KdConfig, PROB_SCALE, kd_loss};
 use crate::error::TrainError;
@@ -213,7 +213,8 @@ pub struct TextKd {
 }
 
 /// Trains a student of shape `c` (its context the shard's window length) on `labels` over
-/// `tokens` (the stream the shard labelled) with `cfg`'s schedule: each step draws `cfg.batch`
+/// `tokens` (the stream the shard labelled) with `cfg`'s schedule and AdamW (no gradient
+/// clipping): each step draws `cfg.batch`
 /// of the shard's windows; the loss is [`kd_loss`] against the teacher's top-k at the given
 /// temperature and the true next tokens. Evaluated like [`super::train_lm`] on `val`.
 pub fn train_student<B: AutodiffBackend>(
@@ -226,7 +227,7 @@ pub fn train_student<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Lm<B>, LmRun), TrainError> {
     use burn::module::AutodiffModule;
-    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::optim::{GradientsParams, Optimizer};
     let t = labels.t as usize;
     if c.context != t || labels.windows() == 0 {
         return Err(TrainError::Options(format!(
@@ -236,12 +237,7 @@ pub fn train_student<B: AutodiffBackend>(
         )));
     }
     let mut model = Lm::<B>::new(c, cfg.seed, device)?;
-    let mut opt = AdamWConfig::new()
-        .with_beta_1(cfg.beta1)
-        .with_beta_2(cfg.beta2)
-        .with_epsilon(1e-8)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init::<B, Lm<B>>();
+    let mut opt = cfg.adamw().init::<B, Lm<B>>();
     let mut rng = Windows::new(cfg.seed);
     let n = labels.windows() as u64;
     let mut run = LmRun {
@@ -303,11 +299,6 @@ fn student_batch<'a>(
     Ok((x, y, records))
 }
 
-/// The training stream of a corpus's tokens (what shards label) and its validation stream.
-pub fn streams(tokens: &[u32]) -> (&[u32], &[u32]) {
-    split(tokens)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +315,7 @@ mod tests {
         let (teacher, _) =
             crate::lm::train_lm::<CpuAutodiff>(&c, &cfg, &corpus, &d, &mut |_, _, _| {})
                 .expect("teacher");
-        let (train, val) = streams(&corpus);
+        let (train, val) = crate::lm::train::split(&corpus);
         let labels = label_text(&teacher.valid(), train, 0..300, 3, 32).expect("labels");
         let kd = TextKd {
             k: 3,

@@ -135,7 +135,7 @@ impl<B: Backend> Lm<B> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
         let tok = self.tok.val();
-        let [_, d] = tok.dims();
+        let [vocab, d] = tok.dims();
         let x = burn::tensor::module::embedding(tok.clone(), tokens);
         let pos = self.pos.val().slice([0..t, 0..d]).unsqueeze::<3>();
         let mut x = x + pos;
@@ -146,12 +146,8 @@ impl<B: Backend> Lm<B> {
         let x = self.ln_f.forward(x);
         x.reshape([b * t, d])
             .matmul(tok.transpose())
-            .reshape([b, t, tok_rows(&self.tok)])
+            .reshape([b, t, vocab])
     }
-}
-
-fn tok_rows<B: Backend>(tok: &Param<Tensor<B, 2>>) -> usize {
-    tok.val().dims()[0]
 }
 
 /// `[1, 1, t, t]`, true above the diagonal (a position may not attend to later ones).

@@ -80,6 +80,15 @@ impl LmTrainConfig {
         self.min_lr + cos * (self.lr - self.min_lr)
     }
 
+    /// AdamW with these β, decay and ε = 1e-8 (clipping left to the caller).
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig::new()
+            .with_beta_1(self.beta1)
+            .with_beta_2(self.beta2)
+            .with_epsilon(1e-8)
+            .with_weight_decay(self.weight_decay as f32)
+    }
+
     fn check(&self) -> Result<(), TrainError> {
         let bad = |w: &str| Err(TrainError::Options(format!("language model training: {w}")));
         if self.steps == 0 || self.batch == 0 {
@@ -194,13 +203,7 @@ pub fn train_lm<B: AutodiffBackend>(
     need_tokens(val, c.context, "validation")?;
     let mut model = Lm::<B>::new(c, cfg.seed, device)?;
     let clip = (cfg.clip > 0.0).then_some(GradientClippingConfig::Norm(cfg.clip));
-    let mut opt = AdamWConfig::new()
-        .with_beta_1(cfg.beta1)
-        .with_beta_2(cfg.beta2)
-        .with_epsilon(1e-8)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .with_grad_clipping(clip)
-        .init::<B, Lm<B>>();
+    let mut opt = cfg.adamw().with_grad_clipping(clip).init::<B, Lm<B>>();
     let mut rng = Windows::new(cfg.seed ^ TRAIN_WINDOWS);
     let mut run = LmRun {
         train_loss: Vec::with_capacity(cfg.steps),
