@@ -169,7 +169,12 @@ pub fn label_shard<B: ModelBackend>(
 /// Soft targets `[batch, classes]` at temperature `t` from top-k records: `p^(1/t)` over the
 /// kept classes, renormalised (the teacher's softmax at temperature `t` restricted to its top
 /// k), zero elsewhere.
-pub fn soft_targets(records: &[&[(u8, u16)]], classes: usize, t: f32) -> Vec<f32> {
+/// Classes are any small integers (`u8` for images, `u32` tokens for text).
+pub fn soft_targets<C: Copy + Into<u32>>(
+    records: &[&[(C, u16)]],
+    classes: usize,
+    t: f32,
+) -> Vec<f32> {
     let mut out = vec![0f32; records.len() * classes];
     for (i, rec) in records.iter().enumerate() {
         let w: Vec<f32> = rec
@@ -178,7 +183,7 @@ pub fn soft_targets(records: &[&[(u8, u16)]], classes: usize, t: f32) -> Vec<f32
             .collect();
         let s: f32 = w.iter().sum();
         for (&(c, _), wv) in rec.iter().zip(&w) {
-            out[i * classes + usize::from(c)] = wv / s;
+            out[i * classes + c.into() as usize] = wv / s;
         }
     }
     out

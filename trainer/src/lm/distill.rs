@@ -20,7 +20,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 use super::train::{LmRun, LmTrainConfig, Windows, evaluate};
 use super::{Lm, LmConfig};
-use crate::distill::{KdConfig, PROB_SCALE, kd_loss};
+use crate::distill::{KdConfig, PROB_SCALE, kd_loss, soft_targets};
 use crate::error::TrainError;
 
 const MAGIC: &[u8; 4] = b"HMTK";
@@ -186,21 +186,10 @@ fn top_k(row: &[f32], k: usize) -> Vec<(u32, u16)> {
 }
 
 /// Soft targets `[rows, vocab]` at temperature `temp` from the first `k` entries of each
-/// record (`p^(1/T)` renormalised over them, zero elsewhere).
+/// record (as [`soft_targets`] computes them for images).
 fn soft_rows(records: &[&[(u32, u16)]], vocab: usize, k: usize, temp: f32) -> Vec<f32> {
-    let mut out = vec![0f32; records.len() * vocab];
-    for (i, rec) in records.iter().enumerate() {
-        let rec = &rec[..k.min(rec.len())];
-        let w: Vec<f32> = rec
-            .iter()
-            .map(|&(_, p)| (f32::from(p) / PROB_SCALE).max(1e-12).powf(1.0 / temp))
-            .collect();
-        let s: f32 = w.iter().sum();
-        for (&(tok, _), wv) in rec.iter().zip(&w) {
-            out[i * vocab + tok as usize] = wv / s;
-        }
-    }
-    out
+    let cut: Vec<&[(u32, u16)]> = records.iter().map(|r| &r[..k.min(r.len())]).collect();
+    soft_targets(&cut, vocab, temp)
 }
 
 /// How a student learns from a text shard.
