@@ -413,6 +413,11 @@ impl Derivation {
         self.state.standings()
     }
 
+    /// What the search has counted (see [`SearchState::counters`]).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.state.counters()
+    }
+
     /// Feeds the closure of the current generation; returns the next generation's jobs, or
     /// an empty list when the campaign is finished.
     ///

@@ -1,5 +1,6 @@
 //! Campaign kinds: architecture search ([`nas`]), loss-function search ([`loss`]),
-//! distillation shards ([`distill`]) and training one model together in rounds ([`train`]).
+//! distillation shards ([`distill`]), training one model together in rounds ([`train`]),
+//! federated learning on private data ([`federated`]) and prompt search ([`prompt`]).
 //!
 //! Each kind owns, in its one file, its typed parameters and their validation, how the jobs of
 //! generation 0 and of generation `g + 1` are derived (its [`SearchState`]), how an agreed
@@ -16,6 +17,7 @@ pub mod distill;
 pub mod federated;
 pub mod loss;
 pub mod nas;
+pub mod prompt;
 pub mod train;
 
 use rand_chacha::ChaCha8Rng;
@@ -32,6 +34,7 @@ pub use federated::{
 };
 pub use loss::LossParams;
 pub use nas::{NasParams, NasSpace, Strategy};
+pub use prompt::{PromptParams, PromptStrategy};
 pub use train::{Aggregate, OuterStep, TrainJob, TrainParams, UpdateEncoding};
 
 /// Most jobs in one generation.
@@ -50,20 +53,23 @@ pub enum CampaignKind {
     Train,
     /// One model trained on private data that never leaves its clients (ADR 0010).
     Federated,
+    /// Prompt search: the prompt that makes a language model most likely to say a target.
+    Prompt,
 }
 
 impl CampaignKind {
     /// Every kind.
-    pub const ALL: [CampaignKind; 5] = [
+    pub const ALL: [CampaignKind; 6] = [
         CampaignKind::Nas,
         CampaignKind::Loss,
         CampaignKind::Distill,
         CampaignKind::Train,
         CampaignKind::Federated,
+        CampaignKind::Prompt,
     ];
 
     /// The kind's name in campaign files, reports and the API: `nas`, `loss`, `distill`,
-    /// `train` or `federated`.
+    /// `train`, `federated` or `prompt`.
     pub const fn name(self) -> &'static str {
         match self {
             CampaignKind::Nas => "nas",
@@ -71,6 +77,7 @@ impl CampaignKind {
             CampaignKind::Distill => "distill",
             CampaignKind::Train => "train",
             CampaignKind::Federated => "federated",
+            CampaignKind::Prompt => "prompt",
         }
     }
 
@@ -99,6 +106,8 @@ pub enum Search {
     Train(TrainParams),
     /// Federated learning: clients train on private data; updates are private and combined.
     Federated(FederatedParams),
+    /// Prompt search: prompts scored by a language model's likelihood of a target.
+    Prompt(PromptParams),
 }
 
 /// What a job computes.
@@ -125,6 +134,11 @@ pub enum JobPayload {
     Train(TrainJob),
     /// A client's round on its private data (or the final evaluation).
     Federated(FedJob),
+    /// Score a batch of prompts (genes: words or tokens) under the teacher.
+    Prompt {
+        /// The prompts, as genes.
+        prompts: Vec<Vec<u32>>,
+    },
 }
 
 /// What the shared machinery asks of a campaign kind's parameters.
@@ -171,6 +185,11 @@ pub trait SearchState: Send + Sync {
     /// campaign's clients: rounds taken part in, strikes, bench), sorted by key. Default:
     /// none.
     fn standings(&self) -> Vec<ClientStanding> {
+        Vec::new()
+    }
+    /// What the search has counted so far, by name (a prompt campaign's model calls, tokens
+    /// and cache hits, and its budgets). Default: nothing.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
     /// A copy of this state (derivations are shared copy-on-write).
@@ -226,6 +245,7 @@ impl Search {
             Search::Distill(p) => p,
             Search::Train(p) => p,
             Search::Federated(p) => p,
+            Search::Prompt(p) => p,
         }
     }
 
@@ -244,6 +264,7 @@ impl JobPayload {
             JobPayload::Distill { .. } => CampaignKind::Distill,
             JobPayload::Train(_) => CampaignKind::Train,
             JobPayload::Federated(_) => CampaignKind::Federated,
+            JobPayload::Prompt { .. } => CampaignKind::Prompt,
         }
     }
 
@@ -266,6 +287,7 @@ impl JobPayload {
             JobPayload::Distill { start, end } => distill::summary(*start, *end),
             JobPayload::Train(j) => train::summary(j),
             JobPayload::Federated(j) => federated::summary(j),
+            JobPayload::Prompt { prompts } => prompt::summary(prompts),
         }
     }
 }
@@ -314,7 +336,7 @@ mod tests {
             assert_eq!(CampaignKind::from_name(k.name()), Some(k));
             assert_eq!(k.to_string(), k.name());
         }
-        assert_eq!(CampaignKind::from_name("prompt"), None);
+        assert_eq!(CampaignKind::from_name("prompts"), None);
     }
 
     #[test]
@@ -369,7 +391,7 @@ mod tests {
         let k = |k: CampaignKind| postcard::to_stdvec(&k).expect("encodes")[0];
         assert_eq!(
             CampaignKind::ALL.map(k),
-            [0, 1, 2, 3, 4],
+            [0, 1, 2, 3, 4, 5],
             "CampaignKind variants keep their order"
         );
     }

@@ -302,6 +302,12 @@ impl Peer {
         self.chain.derivation.standings()
     }
 
+    /// What the search has counted after the closures so far (a prompt campaign's model
+    /// calls, tokens, cache hits and budgets; empty for other kinds).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.chain.derivation.counters()
+    }
+
     /// Every decided closure with its certificate, oldest first.
     pub fn closures(&self) -> &[(Arc<Closure>, Vec<PeerKey>)] {
         &self.voting.closures
