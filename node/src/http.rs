@@ -584,6 +584,17 @@ async fn post_campaign(
         sub.know_dataset(&head);
         built.files.insert(id, (path, len));
     }
+    if let Some(id) = sub.file.prompt.as_ref().and_then(|p| p.teacher_id()) {
+        // A prompt campaign's teacher gives the target and the words their tokens.
+        let (path, len) = s
+            .client
+            .fetch_blob_file(id)
+            .await
+            .map_err(client_error(StatusCode::BAD_REQUEST, |m| {
+                format!("prompt.teacher {id}: {m}")
+            }))?;
+        built.files.insert(id, (path, len));
+    }
     // A zoo reference model is built here and stored (and announced) before the campaign is.
     let zoo = Resolve {
         zoo: true,
@@ -609,6 +620,14 @@ async fn post_campaign(
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    // What a budgeted campaign may spend, stated before it runs.
+    let projected = match &spec.search {
+        hivemesh_protocol::spec::Search::Prompt(p) => {
+            let (calls, tokens) = p.projected();
+            json!({ "model_calls": calls, "tokens": tokens })
+        }
+        _ => Value::Null,
+    };
     let id = s
         .client
         .submit(spec)
@@ -616,7 +635,7 @@ async fn post_campaign(
         .map_err(client_error(StatusCode::BAD_REQUEST, |m| m))?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "id": id.to_string() })),
+        axum::Json(json!({ "id": id.to_string(), "projected": projected })),
     )
         .into_response())
 }

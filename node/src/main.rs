@@ -721,6 +721,53 @@ struct CampaignView {
     privacy: Option<PrivacyView>,
     #[serde(default)]
     clients: Vec<StandingView>,
+    #[serde(default)]
+    counters: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    prompts: Vec<PromptView>,
+}
+
+/// A prompt on a prompt campaign's front as the CLI prints it.
+#[derive(Debug, serde::Deserialize)]
+struct PromptView {
+    text: Option<String>,
+    genes: Vec<u32>,
+    loglik: f64,
+    generation: u32,
+}
+
+impl CampaignView {
+    /// A prompt campaign's spending and front.
+    fn prompt_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let n = |k: &str| self.counters.get(k).copied().unwrap_or(0);
+        if self.counters.contains_key("model_calls") {
+            out.push(format!(
+                "spent: {} of {} model calls, {} of {} tokens; {} proposals answered by the cache",
+                n("model_calls"),
+                n("max_calls"),
+                n("tokens"),
+                n("max_tokens"),
+                n("cache_hits")
+            ));
+        }
+        if !self.prompts.is_empty() {
+            out.push("prompts (log p(target | prompt) up, length down):".into());
+        }
+        for p in &self.prompts {
+            let text = p
+                .text
+                .clone()
+                .map_or_else(|| format!("{:?}", p.genes), |t| format!("{t:?}"));
+            out.push(format!(
+                "  {:>10.4} nats  {:>3} long  gen {}  {text}",
+                p.loglik,
+                p.genes.len(),
+                p.generation
+            ));
+        }
+        out
+    }
 }
 
 /// A federated client's standing as the CLI prints it.
@@ -1122,6 +1169,13 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
                 say!("{}", r.text());
             } else {
                 say!("{}", v["id"].as_str().unwrap_or("?"));
+                if let Some(p) = v.get("projected").filter(|p| !p.is_null()) {
+                    eprintln!(
+                        "projected: at most {} model calls and {} tokens (the campaign stops \
+                         at its budget; `campaign status` shows what is spent)",
+                        p["model_calls"], p["tokens"]
+                    );
+                }
             }
             Ok(())
         }
@@ -1157,6 +1211,9 @@ async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
                 for s in &c.clients {
                     say!("{}", s.line());
                 }
+            }
+            for line in c.prompt_lines() {
+                say!("{line}");
             }
             Ok(())
         }

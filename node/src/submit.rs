@@ -345,6 +345,25 @@ pub fn build_spec(
     blobs: &dyn crate::executor::BlobSource,
 ) -> Result<CampaignSpec, CampaignFileError> {
     let dataset = resolve_dataset(&file.dataset, file.data.as_ref(), blobs)?;
+    let mut file = file.clone();
+    if let Some(p) = file.prompt.as_mut() {
+        // The target and the words become the teacher's tokens: the teacher must be here.
+        let id = p.teacher_id();
+        let bytes = id
+            .and_then(|id| blobs.blob(&id))
+            .ok_or_else(|| CampaignFileError::Field {
+                field: "prompt.teacher",
+                reason: format!("{}: this node does not hold the teacher", p.teacher),
+            })?;
+        if id != Some(BlobId::of_bytes(&bytes)) {
+            return Err(CampaignFileError::Field {
+                field: "prompt.teacher",
+                reason: "the stored bytes do not hash to the id".into(),
+            });
+        }
+        p.resolve(&bytes)?;
+    }
+    let file = &file;
     let mut spec = file.to_spec(creator, now, dataset)?;
     if file.schedule.job_deadline_s.is_none()
         && let Some(ms) = crate::executor::estimate::estimate_job_ms(&spec, blobs)

@@ -11,7 +11,7 @@
 //! roster = []                    # genesis voters (public keys); empty: the submitting node
 //                                # and the peers it is connected to
 //!
-//! [nas]                          # or [loss] / [distill] / [train] / [federated]
+//! [nas]                          # or [loss] / [distill] / [train] / [federated] / [prompt]
 //! max_layers = 2
 //! widths = [16, 32, 64]
 //! population = 8
@@ -36,6 +36,7 @@ pub mod distill;
 pub mod federated;
 pub mod loss;
 pub mod nas;
+pub mod prompt;
 pub mod train;
 
 pub use self::dataset::{DataFile, DatasetSource, resolve_dataset};
@@ -43,6 +44,7 @@ pub use self::distill::DistillFile;
 pub use self::federated::FederatedFile;
 pub use self::loss::{LossFile, zoo_model, zoo_model_for};
 pub use self::nas::NasFile;
+pub use self::prompt::PromptFile;
 pub use self::train::TrainFile;
 
 /// Why a campaign file was refused.
@@ -52,7 +54,10 @@ pub enum CampaignFileError {
     #[error("campaign file: {0}")]
     Toml(#[from] toml::de::Error),
     /// The file names no search, or more than one.
-    #[error("campaign file: give exactly one of [nas], [loss], [distill], [train] or [federated]")]
+    #[error(
+        "campaign file: give exactly one of [nas], [loss], [distill], [train], [federated] or \
+         [prompt]"
+    )]
     Search,
     /// A value is out of range.
     #[error("campaign file: {field}: {reason}")]
@@ -124,6 +129,8 @@ pub struct CampaignFile {
     pub train: Option<TrainFile>,
     /// One model trained on private data (ADR 0010).
     pub federated: Option<FederatedFile>,
+    /// Prompt search under a language model.
+    pub prompt: Option<PromptFile>,
 }
 
 fn default_dataset() -> String {
@@ -261,11 +268,12 @@ pub const SEARCH_SECTIONS: [&str; 2] = [nas::SECTION, loss::SECTION];
 
 /// The campaign-file fields that name a blob, as (table, key): each holds a blob id, or a
 /// reference resolved at submit time (`zoo:NAME` for a reference model, `file:PATH`).
-pub const BLOB_FIELDS: [(&str, &str); 4] = [
+pub const BLOB_FIELDS: [(&str, &str); 5] = [
     loss::BLOB_FIELD,
     distill::BLOB_FIELD,
     train::BLOB_FIELD,
     federated::BLOB_FIELD,
+    prompt::BLOB_FIELD,
 ];
 
 impl CampaignFile {
@@ -283,6 +291,9 @@ impl CampaignFile {
         }
         if let Some(f) = self.federated.as_mut() {
             out.push(("federated.model", &mut f.model));
+        }
+        if let Some(p) = self.prompt.as_mut() {
+            out.push(("prompt.teacher", &mut p.teacher));
         }
         debug_assert!(out.len() <= BLOB_FIELDS.len());
         out
@@ -307,6 +318,7 @@ impl CampaignFile {
             self.distill.is_some(),
             self.train.is_some(),
             self.federated.is_some(),
+            self.prompt.is_some(),
         ];
         if sections.iter().filter(|s| **s).count() != 1 {
             return Err(CampaignFileError::Search);
@@ -321,6 +333,8 @@ impl CampaignFile {
             t.to_search()?
         } else if let Some(f) = &self.federated {
             f.to_search()?
+        } else if let Some(p) = &self.prompt {
+            p.to_search()?
         } else {
             return Err(CampaignFileError::Search);
         };
@@ -403,7 +417,15 @@ mod tests {
                     *v = toml::Value::String(BlobId::of_bytes(b"x").to_string());
                 }
             }
-            let spec = spec_of(&doc.to_string(), builtin_digits())
+            let mut file = CampaignFile::parse(&doc.to_string()).expect("parses");
+            if let Some(p) = file.prompt.as_mut() {
+                // A prompt campaign reads its teacher's tokens: a small one stands in.
+                p.resolve(&prompt::tests::tiny_teacher(64))
+                    .expect("a teacher");
+            }
+            let key = hivemesh_protocol::Keypair::from_secret_bytes([3; 32]).public();
+            let spec = file
+                .to_spec(key, Timestamp(1_764_000_000_000), builtin_digits())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             spec.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
             seen += 1;

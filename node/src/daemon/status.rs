@@ -67,6 +67,13 @@ pub struct CampaignStatus {
     /// A federated campaign's clients as its rounds judged them: rounds taken part in,
     /// strikes, bench (empty for other kinds).
     pub clients: Vec<ClientStandingStatus>,
+    /// What the search has counted, by name: a prompt campaign's `model_calls`, `tokens` and
+    /// `cache_hits` so far and its budgets `max_calls` and `max_tokens` (empty for other
+    /// kinds).
+    pub counters: BTreeMap<String, u64>,
+    /// A prompt campaign's front: the scored prompts no other beats on both log-likelihood
+    /// and length, best first (empty for other kinds).
+    pub prompts: Vec<crate::executor::prompt::PromptPoint>,
 }
 
 /// One client's standing in a federated campaign (from the agreed rounds).
@@ -164,6 +171,8 @@ pub fn front(jobs: &[SettledJob]) -> Vec<FrontPoint> {
             let rounds = [CampaignKind::Train.name(), CampaignKind::Federated.name()];
             !rounds.contains(&j.payload.0.as_str()) || j.artifacts.len() == 1
         })
+        // A prompt job scores prompts, not a model: its front is [`CampaignStatus::prompts`].
+        .filter(|j| j.payload.0 != CampaignKind::Prompt.name())
         .collect();
     let dominates = |a: &SettledJob, b: &SettledJob| {
         a.accuracy >= b.accuracy
@@ -390,7 +399,36 @@ pub(super) fn campaign_status(id: &CampaignId, c: &Campaign, store: &Store) -> C
                 benched_until: s.benched_until,
             })
             .collect(),
+        counters: c
+            .peer
+            .counters()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        prompts: prompt_front(c, store),
     }
+}
+
+/// A prompt campaign's front, its prompts as text where this node holds the teacher (empty
+/// for other kinds).
+fn prompt_front(c: &Campaign, store: &Store) -> Vec<crate::executor::prompt::PromptPoint> {
+    let Search::Prompt(p) = &c.spec.search else {
+        return Vec::new();
+    };
+    let all = closures(c);
+    let jobs = jobs_of_closures(&c.spec, all.iter().copied());
+    let decided = standings::decided(&all, &c.spec.tolerance);
+    let scored: Vec<(&JobSpec, &Outcome)> = decided
+        .iter()
+        .filter_map(|d| Some((jobs.get(&d.job)?, d.outcome()?)))
+        .collect();
+    let tokenizer = store
+        .blob(&p.teacher)
+        .ok()
+        .flatten()
+        .and_then(|b| hivemesh_trainer::lm::read_lm_meta(&b).ok())
+        .map(|(_, t)| t);
+    crate::executor::prompt::front(p, &scored, tokenizer.as_ref())
 }
 
 /// A campaign's spec and every job derived so far, in generation and index order.

@@ -73,6 +73,13 @@ pub fn estimate_job_ms(spec: &CampaignSpec, blobs: &dyn BlobSource) -> Option<u6
             let steps = u64::from(params.local_steps);
             (training(steps, arch.flops().ok()?), steps)
         }
+        Search::Prompt(params) => {
+            // One forward pass of the full context per prompt (an upper bound).
+            let model = super::prompt::teacher(params, &blobs.blob(&params.teacher)?).ok()?;
+            let calls = u64::from(params.batch);
+            let flops = model.config().flops_per_sequence();
+            (calls.saturating_mul(flops), calls)
+        }
     };
     let (rate, step_ms) = match spec.backend {
         BackendClass::CpuNdarray => (CPU_FLOPS_PER_MS, CPU_STEP_MS),

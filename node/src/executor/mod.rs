@@ -38,6 +38,7 @@ pub mod estimate;
 pub mod federated;
 pub mod loss;
 pub mod nas;
+pub mod prompt;
 pub mod secure;
 pub mod train;
 
@@ -475,6 +476,11 @@ impl Executor {
             },
             blobs,
         };
+        // A prompt campaign scores prompts under its teacher and reads no dataset.
+        if let (Search::Prompt(p), JobPayload::Prompt { prompts }) = (&spec.search, &job.payload) {
+            let ran = prompt::run(p, prompts, blobs, &self.job_limits(spec))?;
+            return Ok(done(ran.outcome, ran.blobs));
+        }
         let loaded = match self.dataset(&spec.dataset, blobs) {
             // Every executor decodes the same verified bytes: a dataset that does not decode
             // fails the job the same way everywhere.
@@ -599,13 +605,15 @@ pub fn needed_blobs(spec: &CampaignSpec) -> Vec<(BlobId, &'static str)> {
         .sources
         .iter()
         .any(|s| s.starts_with("builtin:"));
-    let dataset = (!builtin).then_some((spec.dataset.id, "dataset"));
+    let reads_data = !matches!(spec.search, Search::Prompt(_));
+    let dataset = (!builtin && reads_data).then_some((spec.dataset.id, "dataset"));
     let kind = match &spec.search {
         Search::Nas(_) => Vec::new(),
         Search::Loss(p) => loss::needed_blobs(p),
         Search::Distill(p) => distill::needed_blobs(p),
         Search::Train(p) => train::needed_blobs(p),
         Search::Federated(p) => vec![(p.model, "model")],
+        Search::Prompt(p) => prompt::needed_blobs(p),
     };
     dataset.into_iter().chain(kind).collect()
 }

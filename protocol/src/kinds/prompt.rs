@@ -132,14 +132,24 @@ impl PromptParams {
         (prompt.len() + self.target.len()) as u64
     }
 
+    /// The most tokens one call reads: the longest prompt (every gene its longest word) and
+    /// the target.
+    pub fn longest_call(&self) -> u64 {
+        (usize::from(self.max_len) * self.longest_gene() + self.target.len()) as u64
+    }
+
     /// The most calls and tokens the campaign can spend: every generation's proposals scored
     /// (none found in the cache), each at the longest prompt, capped by the budgets.
     pub fn projected(&self) -> (u64, u64) {
         let calls = u64::from(self.population)
             .saturating_mul(u64::from(self.generations))
             .min(self.max_calls);
-        let per_call = (usize::from(self.max_len) * self.longest_gene() + self.target.len()) as u64;
-        (calls, calls.saturating_mul(per_call).min(self.max_tokens))
+        (
+            calls,
+            calls
+                .saturating_mul(self.longest_call())
+                .min(self.max_tokens),
+        )
     }
 
     fn problem(&self) -> PromptProblem {

@@ -26,7 +26,9 @@ use crate::error::TrainError;
 pub use bpe::Bpe;
 pub use model::Lm;
 pub use score::target_loglik;
-pub use train::{LmRun, LmTrainConfig, evaluate, generate, load_lm, save_lm, train_lm};
+pub use train::{
+    LmRun, LmTrainConfig, evaluate, generate, load_lm, read_lm_meta, save_lm, train_lm,
+};
 
 /// The most layers, heads, width, context and vocabulary an [`LmConfig`] may ask for (a
 /// file or a command line cannot make the trainer allocate without bound).

@@ -414,6 +414,21 @@ fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// The tokenizer and shape of a model file from [`save_lm`] (its metadata only: no tensor is
+/// read), or why it is not one.
+pub fn read_lm_meta(bytes: &[u8]) -> Result<(LmConfig, Tokenizer), TrainError> {
+    let bad = |w: String| TrainError::Artifact(format!("not a hivemesh language model: {w}"));
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    let LmMeta { config, tokenizer } = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("hivemesh_lm"))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| bad("no hivemesh_lm metadata".into()))?;
+    Ok((config, tokenizer))
+}
+
 /// A model and its vocabulary from [`save_lm`]'s bytes; a file that is not one (no
 /// `hivemesh_lm` metadata, a missing or misshapen tensor) is refused with the reason.
 pub fn load_lm<B: Backend>(
@@ -421,20 +436,8 @@ pub fn load_lm<B: Backend>(
     device: &B::Device,
 ) -> Result<(Lm<B>, Tokenizer), TrainError> {
     let bad = |w: String| TrainError::Artifact(format!("not a hivemesh language model: {w}"));
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    let (c, tokenizer) = read_lm_meta(bytes)?;
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-    let info = meta
-        .metadata()
-        .as_ref()
-        .ok_or_else(|| bad("no metadata".into()))?;
-    let LmMeta {
-        config: c,
-        tokenizer,
-    } = info
-        .get("hivemesh_lm")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| bad("no hivemesh_lm metadata".into()))?;
     if !tokenizer.is_valid() || tokenizer.vocab() != c.vocab {
         return Err(bad(format!(
             "a tokenizer of {} tokens (valid: {}) for a model of {}",
