@@ -443,6 +443,18 @@ fn print_outcome(
             report.front.len()
         );
     }
+    if let Some(best) = report.prompts.first() {
+        let n = |k: &str| report.counters.get(k).copied().unwrap_or(0);
+        println!(
+            "best prompt: {:?}, log p(target | prompt) = {:.4} nats ({} of {} model calls, {} \
+             cache hits)",
+            best.text.as_deref().unwrap_or("?"),
+            best.loglik,
+            n("model_calls"),
+            n("max_calls"),
+            n("cache_hits")
+        );
+    }
     println!(
         "cheaters detected {:?}, missed {:?}, paid {:?}; honest penalised {:?}; wrong results standing {}",
         report.grade.cheaters_detected,

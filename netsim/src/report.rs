@@ -242,7 +242,46 @@ fn kind_results(s: &mut String, r: &ClusterReport) {
         Some(CampaignKind::Nas | CampaignKind::Loss) => front(s, r),
         Some(CampaignKind::Distill) => shards(s, r),
         Some(CampaignKind::Train | CampaignKind::Federated) => rounds(s, r),
+        Some(CampaignKind::Prompt) => prompts(s, r),
         None => {}
+    }
+}
+
+/// A prompt campaign's spending against its budgets and its front of prompts.
+fn prompts(s: &mut String, r: &ClusterReport) {
+    let n = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "## Prompts
+"
+    );
+    let _ = writeln!(
+        s,
+        "Spent {} of {} model calls and {} of {} tokens; {} proposals were answered by the \
+         swarm's cache instead of the model.\n",
+        n("model_calls"),
+        n("max_calls"),
+        n("tokens"),
+        n("max_tokens"),
+        n("cache_hits")
+    );
+    let _ = writeln!(
+        s,
+        "| log p(target given prompt), nats | length | generation | prompt |\n|---:|---:|---:|---|"
+    );
+    for p in &r.prompts {
+        let text = p
+            .text
+            .clone()
+            .map_or_else(|| format!("{:?}", p.genes), |t| format!("{t:?}"));
+        let _ = writeln!(
+            s,
+            "| {:.4} | {} | {} | `{}` |",
+            p.loglik,
+            p.genes.len(),
+            p.generation,
+            text.replace('|', "\\|")
+        );
     }
 }
 

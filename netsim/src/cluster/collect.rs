@@ -57,6 +57,8 @@ pub(super) struct Agreed {
     pub(super) rerun: Option<Rerun>,
     /// The blobs those jobs need.
     pub(super) blobs: BTreeMap<BlobId, Vec<u8>>,
+    /// The campaign's status there (a prompt campaign's spending and front).
+    pub(super) status: Option<hivemesh_node::daemon::CampaignStatus>,
     /// Whether a node knew the campaign's settled jobs (if not, the next honest node is
     /// asked).
     found: bool,
@@ -143,6 +145,7 @@ impl Agreed {
         self.found = jobs.is_some();
         self.jobs = jobs.unwrap_or_default();
         self.scores = n.scores(id).await.map_err(stopped)?.unwrap_or_default();
+        self.status = n.campaign(id).await.map_err(stopped)?;
         self.rerun = n
             .jobs(id)
             .await

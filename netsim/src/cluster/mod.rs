@@ -280,6 +280,10 @@ async fn report(
         closures: up,
     });
     let jobs = agreed.jobs;
+    let (counters, prompts) = agreed
+        .status
+        .map(|c| (c.counters, c.prompts))
+        .unwrap_or_default();
     let shards = collect::collect_shards(&jobs, &shard_bytes);
     let tally = ended.tally;
     let overhead = match (cfg.measure_overhead, swarm_cpu, agreed.rerun) {
@@ -324,6 +328,8 @@ async fn report(
         shards: shards.views,
         shard_blobs: shards.files,
         rounds: round_lines(&jobs_for_rounds),
+        counters,
+        prompts,
     }
 }
 

@@ -137,6 +137,11 @@ pub struct ClusterReport {
     pub shard_blobs: Vec<ShardFile>,
     /// `train` campaigns: one line per round, then the final evaluation.
     pub rounds: Vec<super::RoundLine>,
+    /// What the search counted (a prompt campaign's model calls, tokens, cache hits and
+    /// budgets).
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// A prompt campaign's front of prompts, best first.
+    pub prompts: Vec<hivemesh_node::executor::prompt::PromptPoint>,
 }
 
 /// One distillation shard as the cluster ended with it.

@@ -8,5 +8,6 @@ mod federated;
 mod http_api;
 mod identity_and_ledgers;
 mod libp2p_identity;
+mod prompt;
 mod swarm;
 mod train;

@@ -1,0 +1,163 @@
+//! `prompt` campaigns on real nodes (issue 27): three nodes search for the prompt, made of
+//! words from a list, under which a small language model they all fetch is most likely to
+//! say a target. Every node ends on the same closures, no prompt is scored twice in the
+//! swarm, the campaign stops at its budget of model calls, and the status states what was
+//! spent and the front of prompts as text.
+
+use std::collections::BTreeSet;
+
+use hivemesh_node::submit::{Submission, build_spec};
+use hivemesh_protocol::BlobId;
+use hivemesh_protocol::kinds::prompt::logliks;
+use hivemesh_protocol::message::Outcome;
+use hivemesh_protocol::spec::{JobPayload, Search};
+use hivemesh_protocol::standings::JobStatus;
+use hivemesh_tests::{cluster, test_key, wait_finished};
+use hivemesh_trainer::CpuAutodiff;
+use hivemesh_trainer::lm::{LmConfig, LmTrainConfig, Tokenizer, save_lm, train_lm};
+
+/// A small character model trained briefly on a few repeated lines (about a second).
+fn teacher() -> Vec<u8> {
+    let text =
+        "the king said my lord. the queen said my lady. good sir, my lord is come. ".repeat(40);
+    let mut chars: Vec<char> = text.chars().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let tokenizer = Tokenizer::chars(chars);
+    let tokens = tokenizer.encode(&text).expect("in the vocabulary");
+    let c = LmConfig {
+        vocab: tokenizer.vocab(),
+        context: 32,
+        layers: 1,
+        heads: 2,
+        width: 16,
+    };
+    let cfg = LmTrainConfig {
+        steps: 120,
+        batch: 8,
+        warmup: 10,
+        eval_every: 0,
+        eval_batches: 1,
+        ..LmTrainConfig::nanogpt()
+    };
+    let (model, _) =
+        train_lm::<CpuAutodiff>(&c, &cfg, &tokens, &Default::default(), &mut |_, _, _| {})
+            .expect("trains");
+    save_lm(&model, &tokenizer).expect("file")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_search_prompts_within_a_budget_and_score_none_twice() {
+    let (_dirs, mut nodes) = cluster("prompt", 3, |_, _| {}).await;
+    let bytes = teacher();
+    let id = nodes[0]
+        .client
+        .put_blob(bytes.clone())
+        .await
+        .expect("stored");
+    let roster: Vec<String> = (0..3).map(|i| test_key(i).public().to_string()).collect();
+    let file = format!(
+        "name = \"test: prompt search\"\nredundancy = 2\nquorum = 2\nroster = {roster:?}\n\
+         [prompt]\nteacher = \"{id}\"\ntarget = \"my lord\"\n\
+         words = [\"the\", \"king\", \"queen\", \"said\", \"my\", \"lord\", \"lady\", \"good\", \"sir,\", \"is\"]\n\
+         max_len = 4\npopulation = 8\ngenerations = 10\nbatch = 4\nmax_calls = 30\n"
+    );
+    let sub = Submission::parse(&file).expect("a campaign file");
+    let held: std::collections::BTreeMap<BlobId, Vec<u8>> = [(id, bytes)].into();
+    let spec = build_spec(
+        &sub.file,
+        test_key(0).public(),
+        &[],
+        hivemesh_node::unix_now(),
+        &held,
+    )
+    .expect("built");
+    let Search::Prompt(p) = spec.search.clone() else {
+        panic!("a prompt search")
+    };
+    assert_eq!(p.projected().0, 30, "the budget caps the projection");
+    let campaign = nodes[0].client.submit(spec).await.expect("accepted");
+    let mut roots = Vec::new();
+    for n in nodes.iter_mut() {
+        roots.push(wait_finished(n, campaign).await);
+    }
+    assert!(
+        roots.iter().all(|r| *r == roots[0]),
+        "one ledger: {roots:?}"
+    );
+    assert!(roots[0].len() < 10, "the budget ended the campaign early");
+
+    // Every prompt the swarm scored, from the agreed outcomes: none twice, within budget.
+    let settled = nodes[1]
+        .client
+        .settled(campaign)
+        .await
+        .expect("up")
+        .expect("known");
+    let (_, jobs) = nodes[1]
+        .client
+        .jobs(campaign)
+        .await
+        .expect("up")
+        .expect("known");
+    let mut scored: Vec<Vec<u32>> = Vec::new();
+    for j in settled.iter().filter(|j| j.status == JobStatus::Success) {
+        let spec = jobs
+            .iter()
+            .find(|s| s.id().to_string() == j.job)
+            .expect("derived");
+        let JobPayload::Prompt { prompts } = &spec.payload else {
+            panic!("a prompt job")
+        };
+        let outcome = Outcome::Success(hivemesh_protocol::message::Metrics {
+            correct: j.correct,
+            total: j.total,
+            params: j.params,
+            flops: j.flops,
+            extra: j.extra.clone(),
+            artifacts: vec![],
+        });
+        assert!(
+            logliks(&outcome, prompts.len()).is_some(),
+            "one score per prompt"
+        );
+        scored.extend(
+            prompts
+                .iter()
+                .map(|g| p.tokens(g).expect("in the alphabet")),
+        );
+    }
+    let distinct: BTreeSet<&Vec<u32>> = scored.iter().collect();
+    assert_eq!(distinct.len(), scored.len(), "a prompt was scored twice");
+    let status = nodes[2]
+        .client
+        .campaign(campaign)
+        .await
+        .expect("up")
+        .expect("known");
+    let calls = status.counters["model_calls"];
+    assert_eq!(calls as usize, scored.len(), "{:?}", status.counters);
+    assert!((25..=30).contains(&calls), "spent {calls} of 30 calls");
+    assert_eq!(status.counters["max_calls"], 30);
+    let texts: Vec<&str> = status
+        .prompts
+        .iter()
+        .filter_map(|p| p.text.as_deref())
+        .collect();
+    assert_eq!(texts.len(), status.prompts.len(), "the front as text");
+    let best = &status.prompts[0];
+    assert!(best.loglik < 0.0 && best.genes.len() <= 4, "{best:?}");
+    for n in &nodes[..2] {
+        let theirs = n
+            .client
+            .campaign(campaign)
+            .await
+            .expect("up")
+            .expect("known");
+        assert_eq!(theirs.counters, status.counters, "every node counts alike");
+        assert_eq!(theirs.prompts, status.prompts);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
