@@ -166,3 +166,85 @@ pub fn front(
     out.dedup_by(|a, b| a.genes == b.genes);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign_file::prompt::tests::tiny_teacher;
+    use hivemesh_protocol::spec::PromptStrategy;
+
+    fn params(teacher: BlobId) -> PromptParams {
+        PromptParams {
+            teacher,
+            vocab: 95,
+            context: 64,
+            target: vec![77, 89, 0, 76],
+            words: vec![vec![65, 0], vec![66, 67, 0]],
+            min_len: 1,
+            max_len: 4,
+            population: 4,
+            generations: 1,
+            batch: 4,
+            max_calls: 10,
+            max_tokens: 1000,
+            strategy: PromptStrategy::Nsga2,
+        }
+    }
+
+    fn score(p: &PromptParams, bytes: &[u8], prompts: &[Vec<u32>]) -> Outcome {
+        let blobs: BTreeMap<BlobId, Vec<u8>> = [(BlobId::of_bytes(bytes), bytes.to_vec())].into();
+        run(p, prompts, &blobs, &Default::default())
+            .expect("runs here")
+            .outcome
+    }
+
+    fn failure_of(o: &Outcome) -> (FailureKind, String) {
+        match o {
+            Outcome::Failure(f) => (f.kind, f.detail.clone()),
+            Outcome::Success(_) => panic!("a failure, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_scored_the_same_twice_one_loglik_per_prompt() {
+        let bytes = tiny_teacher(64);
+        let p = params(BlobId::of_bytes(&bytes));
+        let prompts = vec![vec![0], vec![1, 0, 1]];
+        let a = score(&p, &bytes, &prompts);
+        assert_eq!(a, score(&p, &bytes, &prompts), "bit-identical");
+        let lls = hivemesh_protocol::kinds::prompt::logliks(&a, 2).expect("two scores");
+        assert!(lls.iter().all(|&l| l < 0), "{lls:?}");
+        assert_ne!(lls[0], lls[1]);
+    }
+
+    #[test]
+    fn a_gene_or_token_outside_the_vocabulary_or_another_teacher_is_an_invalid_job() {
+        let bytes = tiny_teacher(64);
+        let p = params(BlobId::of_bytes(&bytes));
+        let (kind, detail) = failure_of(&score(&p, &bytes, &[vec![0], vec![2]]));
+        assert_eq!(kind, FailureKind::InvalidJob);
+        assert!(
+            detail.contains("prompt 1") && detail.contains("alphabet"),
+            "{detail}"
+        );
+        // A word list naming a token the teacher does not have (a spec no honest node would
+        // build, but a job must still fail alike everywhere).
+        let mut bad = params(p.teacher);
+        bad.words.push(vec![150]);
+        let (kind, detail) = failure_of(&score(&bad, &bytes, &[vec![2]]));
+        assert_eq!(kind, FailureKind::InvalidJob);
+        assert!(detail.contains("outside the vocabulary of 95"), "{detail}");
+        // A free-token campaign that claims another teacher's vocabulary.
+        let mut free = params(p.teacher);
+        free.words.clear();
+        free.vocab = 200;
+        let (kind, detail) = failure_of(&score(&free, &bytes, &[vec![150]]));
+        assert_eq!(kind, FailureKind::InvalidJob);
+        assert!(detail.contains("a vocabulary of 95"), "{detail}");
+        let junk = b"not a model".to_vec();
+        let (kind, detail) =
+            failure_of(&score(&params(BlobId::of_bytes(&junk)), &junk, &[vec![0]]));
+        assert_eq!(kind, FailureKind::InvalidJob);
+        assert!(detail.contains("not a hivemesh language model"), "{detail}");
+    }
+}
