@@ -584,14 +584,21 @@ async fn post_campaign(
         sub.know_dataset(&head);
         built.files.insert(id, (path, len));
     }
-    if let Some(id) = sub.file.prompt.as_ref().and_then(|p| p.teacher_id()) {
-        // A prompt campaign's teacher gives the target and the words their tokens.
+    let teacher = (sub.file.prompt.as_ref().and_then(|p| p.teacher_id())).or_else(|| {
+        sub.file
+            .distill
+            .as_ref()
+            .and_then(|d| d.teacher.parse().ok())
+    });
+    if let Some(id) = teacher {
+        // A prompt campaign's teacher gives the target and the words their tokens; a
+        // distillation's tells whether it labels samples or text.
         let (path, len) = s
             .client
             .fetch_blob_file(id)
             .await
             .map_err(client_error(StatusCode::BAD_REQUEST, |m| {
-                format!("prompt.teacher {id}: {m}")
+                format!("teacher {id}: {m}")
             }))?;
         built.files.insert(id, (path, len));
     }

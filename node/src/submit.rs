@@ -23,9 +23,9 @@ use hivemesh_protocol::time::Timestamp;
 use hivemesh_evolve::arch::Shape;
 use hivemesh_trainer::data::{Format, read_dataset};
 
-use crate::campaign_file::dataset::shape_of;
+use crate::campaign_file::dataset::{resolve_dataset_for, shape_of};
 use crate::campaign_file::{
-    CampaignFile, CampaignFileError, DataFile, DatasetSource, resolve_dataset, zoo_model_for,
+    CampaignFile, CampaignFileError, DataFile, DatasetSource, zoo_model_for,
 };
 
 /// Why a node refuses to submit a campaign spec.
@@ -344,7 +344,15 @@ pub fn build_spec(
     now: Timestamp,
     blobs: &dyn crate::executor::BlobSource,
 ) -> Result<CampaignSpec, CampaignFileError> {
-    let dataset = resolve_dataset(&file.dataset, file.data.as_ref(), blobs)?;
+    // A distillation whose teacher is a language model labels a text corpus.
+    let text = file.distill.as_ref().is_some_and(|d| {
+        d.teacher
+            .parse()
+            .ok()
+            .and_then(|id| blobs.blob(&id))
+            .is_some_and(|b| crate::executor::distill::is_language_model(&b))
+    });
+    let dataset = resolve_dataset_for(&file.dataset, file.data.as_ref(), blobs, text)?;
     let mut file = file.clone();
     if let Some(p) = file.prompt.as_mut() {
         // The target and the words become the teacher's tokens: the teacher must be here.

@@ -12,6 +12,7 @@ use hivemesh_protocol::spec::{CampaignKind, CampaignSpec, JobSpec};
 use hivemesh_protocol::standings::JobStatus;
 use hivemesh_protocol::{CampaignId, PeerKey, PeerScore};
 use hivemesh_trainer::distill::ShardLabels;
+use hivemesh_trainer::lm::distill::TextLabels;
 
 use super::ClusterError;
 use super::config::{ClusterConfig, Role};
@@ -282,7 +283,8 @@ pub(super) struct Shards {
 }
 
 /// The distillation shards of `jobs` (the agreed settled jobs), checked against the bytes
-/// found at the nodes: each must hash to its agreed id and parse as a shard of its range.
+/// found at the nodes: each must hash to its agreed id and parse as a shard of its range (an
+/// image shard of samples, or a text shard of windows).
 pub(super) fn collect_shards(jobs: &[SettledJob], bytes: &BTreeMap<BlobId, Vec<u8>>) -> Shards {
     let mut out = Shards::default();
     for j in jobs
@@ -300,12 +302,18 @@ pub(super) fn collect_shards(jobs: &[SettledJob], bytes: &BTreeMap<BlobId, Vec<u
             .as_deref()
             .and_then(|b| b.parse::<BlobId>().ok())
             .and_then(|b| bytes.get(&b));
-        let verified = j.status == JobStatus::Success
-            && found.is_some_and(|b| {
-                ShardLabels::from_bytes(b)
-                    .is_ok_and(|s| s.start == start && s.len() as u64 == end - start)
-            });
-        let file = verified.then(|| format!("{start:09}-{end:09}.hmkd"));
+        // An image shard (HMKD) of samples, or a text shard (HMTK) of windows.
+        let image = found.is_some_and(|b| {
+            ShardLabels::from_bytes(b)
+                .is_ok_and(|s| s.start == start && s.len() as u64 == end - start)
+        });
+        let text = found.is_some_and(|b| {
+            TextLabels::from_bytes(b)
+                .is_ok_and(|s| s.start == start && s.windows() as u64 == end - start)
+        });
+        let verified = j.status == JobStatus::Success && (image || text);
+        let ext = if text { "hmtk" } else { "hmkd" };
+        let file = verified.then(|| format!("{start:09}-{end:09}.{ext}"));
         if let (Some(name), Some(b)) = (&file, found) {
             out.files.push(ShardFile {
                 name: name.clone(),

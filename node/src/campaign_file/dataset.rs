@@ -108,6 +108,17 @@ pub fn resolve_dataset(
     data: Option<&DataFile>,
     blobs: &dyn BlobSource,
 ) -> Result<DatasetRef, CampaignFileError> {
+    resolve_dataset_for(value, data, blobs, false)
+}
+
+/// [`resolve_dataset`] for a campaign that reads a text corpus (`text`: a distillation whose
+/// teacher is a language model) rather than labelled samples.
+pub fn resolve_dataset_for(
+    value: &str,
+    data: Option<&DataFile>,
+    blobs: &dyn BlobSource,
+    text: bool,
+) -> Result<DatasetRef, CampaignFileError> {
     match DatasetSource::parse(value)? {
         DatasetSource::Builtin(name) if name == "digits" => Ok(builtin_digits()),
         DatasetSource::Builtin(name) => Err(field(
@@ -142,16 +153,25 @@ pub fn resolve_dataset(
                     ),
                 )
             })?;
+            let found = DatasetRef {
+                id,
+                name,
+                sources: Vec::new(),
+                bytes,
+            };
             match decoded {
-                Ok(DatasetBlob::Samples(_)) => Ok(DatasetRef {
-                    id,
-                    name,
-                    sources: Vec::new(),
-                    bytes,
-                }),
+                Ok(DatasetBlob::Samples(_)) if !text => Ok(found),
+                Ok(DatasetBlob::Text(_)) if text => Ok(found),
                 Ok(DatasetBlob::Text(_)) => Err(field(
                     "dataset",
                     format!("blob {id} is a text corpus; this campaign needs labelled samples"),
+                )),
+                Ok(DatasetBlob::Samples(_)) => Err(field(
+                    "dataset",
+                    format!(
+                        "blob {id} holds labelled samples; a language-model teacher labels a \
+                         text corpus (`hivemesh dataset add FILE.txt --format text`)"
+                    ),
                 )),
                 Err(e) => Err(field("dataset", format!("blob {id}: {e}"))),
             }

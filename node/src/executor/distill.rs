@@ -2,6 +2,11 @@
 //! report the teacher's top-1 `correct` over the shard and the shard size, the teacher's
 //! params and FLOPs, the shard blob (HMKD v1) as the artifact and the first 8 bytes of its
 //! fingerprint as the extra `fingerprint`.
+//!
+//! A teacher that is a language model (ADR 0011) labels a text corpus instead ([`run_text`]):
+//! a shard is a range of windows of the corpus in the teacher's tokens (window `w` covers
+//! tokens `w·t .. w·t + t`, `t` the teacher's context), its blob a `HMTK` v1 text shard, and
+//! `correct` counts the positions whose top-1 token is the one that follows in the text.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +15,14 @@ use hivemesh_protocol::message::{Metrics, Outcome};
 use hivemesh_protocol::spec::DistillParams;
 use hivemesh_trainer::model::WeightsFile;
 
-use super::{ExecError, JobRun, Ran, fetch, train_failure};
+use hivemesh_protocol::message::FailureKind;
+use hivemesh_protocol::spec::DatasetRef;
+use hivemesh_trainer::Cpu;
+use hivemesh_trainer::data::DatasetBlob;
+use hivemesh_trainer::lm::distill::label_text;
+use hivemesh_trainer::lm::{load_lm, read_lm_meta};
+
+use super::{BlobSource, ExecError, JobRun, Ran, dataset_blob, failure, fetch, train_failure};
 
 /// The blobs a distillation job needs: the teacher.
 pub fn needed_blobs(p: &DistillParams) -> Vec<(BlobId, &'static str)> {
@@ -65,4 +77,92 @@ pub(super) fn run(
         }
         Err(e) => Ok(Ran::nothing(train_failure(e)?)),
     }
+}
+
+/// Whether a distillation teacher's bytes are a language model (its campaign labels text).
+pub fn is_language_model(teacher: &[u8]) -> bool {
+    read_lm_meta(teacher).is_ok()
+}
+
+/// Windows per forward pass when labelling text.
+const TEXT_BATCH: usize = 16;
+
+/// Labels windows `start..end` of the campaign's text corpus with a language-model teacher
+/// (`teacher`, its verified bytes).
+pub(super) fn run_text(
+    p: &DistillParams,
+    teacher: &[u8],
+    (start, end): (u64, u64),
+    dataset: &DatasetRef,
+    blobs: &dyn BlobSource,
+    limits: &hivemesh_trainer::train::Limits,
+) -> Result<Ran, ExecError> {
+    let invalid = |detail: String| Ok(Ran::nothing(failure(FailureKind::InvalidJob, detail)));
+    if dataset.sources.iter().any(|s| s.starts_with("builtin:")) {
+        return invalid(
+            "a language-model teacher labels a text corpus, not the built-in digits".into(),
+        );
+    }
+    let unavailable = |reason: String| ExecError::Data {
+        name: dataset.name.clone(),
+        id: dataset.id,
+        reason,
+    };
+    let corpus = match dataset_blob(&dataset.name, &dataset.id, blobs).map_err(unavailable)? {
+        Ok(DatasetBlob::Text(c)) => c,
+        Ok(DatasetBlob::Samples(_)) => {
+            return invalid(
+                "a language-model teacher labels a text corpus; the dataset holds labelled samples"
+                    .into(),
+            );
+        }
+        Err(e) => return invalid(format!("dataset {}: {e}", dataset.name)),
+    };
+    let (model, tokenizer) = match load_lm::<Cpu>(teacher, &Default::default()) {
+        Ok(m) => m,
+        Err(e) => return invalid(format!("teacher: {e}")),
+    };
+    let c = model.config();
+    super::prompt::check_memory(&c, limits)?;
+    let tokens = match tokenizer.encode(&corpus.text()) {
+        Ok(t) => t,
+        Err(e) => return invalid(format!("the corpus in the teacher's tokens: {e}")),
+    };
+    let labels = match label_text(&model, &tokens, start..end, u16::from(p.top_k), TEXT_BATCH) {
+        Ok(l) => l,
+        Err(e) => return Ok(Ran::nothing(train_failure(e)?)),
+    };
+    let t = c.context;
+    let k = usize::from(labels.k.max(1));
+    // Position j of window w predicts token w·t + j + 1.
+    let correct = labels
+        .entries
+        .chunks(k)
+        .enumerate()
+        .filter(|(i, rec)| {
+            let (w, j) = (start as usize + i / t, i % t);
+            rec.first().map(|e| e.0) == tokens.get(w * t + j + 1).copied()
+        })
+        .count() as u64;
+    let shard = labels.to_bytes();
+    let id = BlobId::of_bytes(&shard);
+    let fp = blake3::hash(&shard);
+    let fp = fp.as_bytes();
+    let mut extra = BTreeMap::new();
+    extra.insert(
+        "fingerprint".to_string(),
+        i64::from_le_bytes([fp[0], fp[1], fp[2], fp[3], fp[4], fp[5], fp[6], fp[7]]),
+    );
+    let m = Metrics {
+        correct,
+        total: (labels.entries.len() / k) as u64,
+        params: c.params(),
+        flops: c.flops_per_sequence(),
+        extra,
+        artifacts: vec![id],
+    };
+    Ok(Ran {
+        outcome: Outcome::Success(m),
+        blobs: vec![(id, shard)],
+    })
 }

@@ -481,6 +481,18 @@ impl Executor {
             let ran = prompt::run(p, prompts, blobs, &self.job_limits(spec))?;
             return Ok(done(ran.outcome, ran.blobs));
         }
+        // A language-model teacher labels a text corpus (ADR 0011), not samples.
+        if let (Search::Distill(p), JobPayload::Distill { start, end }) =
+            (&spec.search, &job.payload)
+        {
+            let teacher = fetch(blobs, &p.teacher, "teacher")?;
+            if distill::is_language_model(&teacher) {
+                let limits = self.job_limits(spec);
+                let range = (*start, *end);
+                let ran = distill::run_text(p, &teacher, range, &spec.dataset, blobs, &limits)?;
+                return Ok(done(ran.outcome, ran.blobs));
+            }
+        }
         let loaded = match self.dataset(&spec.dataset, blobs) {
             // Every executor decodes the same verified bytes: a dataset that does not decode
             // fails the job the same way everywhere.

@@ -99,7 +99,10 @@ pub(super) fn run(
 /// Refuses (for another peer to take) a teacher whose forward pass would exceed this node's
 /// memory limit: its weights, and per layer the attention scores and a dozen activations of
 /// the full context (a generous bound of what one forward pass holds).
-fn check_memory(c: &LmConfig, limits: &hivemesh_trainer::train::Limits) -> Result<(), ExecError> {
+pub(super) fn check_memory(
+    c: &LmConfig,
+    limits: &hivemesh_trainer::train::Limits,
+) -> Result<(), ExecError> {
     let (t, d) = (c.context as u64, c.width as u64);
     let per_layer = 4 * (t * t * c.heads as u64 + 12 * t * d);
     let needed = 4 * c.params() + per_layer * c.layers as u64 + 4 * t * c.vocab as u64;

@@ -7,7 +7,7 @@ mod cluster;
 mod federated;
 mod http_api;
 mod identity_and_ledgers;
+mod language_models;
 mod libp2p_identity;
-mod prompt;
 mod swarm;
 mod train;

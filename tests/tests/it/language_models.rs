@@ -1,8 +1,13 @@
-//! `prompt` campaigns on real nodes (issue 27): three nodes search for the prompt, made of
-//! words from a list, under which a small language model they all fetch is most likely to
-//! say a target. Every node ends on the same closures, no prompt is scored twice in the
-//! swarm, the campaign stops at its budget of model calls, and the status states what was
-//! spent and the front of prompts as text.
+//! Language models on real nodes (issue 27, ADR 0011).
+//!
+//! - `prompt` campaigns: three nodes search for the prompt, made of words from a list, under
+//!   which a small language model they all fetch is most likely to say a target. Every node
+//!   ends on the same closures, no prompt is scored twice in the swarm, the campaign stops at
+//!   its budget of model calls, and the status states what was spent and the front of prompts
+//!   as text.
+//! - text distillation: three nodes label windows of a text corpus that only the submitter
+//!   held with the teacher's top-k next-token distributions; the agreed shards are the bytes
+//!   the teacher gives locally.
 
 use std::collections::BTreeSet;
 
@@ -13,13 +18,19 @@ use hivemesh_protocol::message::Outcome;
 use hivemesh_protocol::spec::{JobPayload, Search};
 use hivemesh_protocol::standings::JobStatus;
 use hivemesh_tests::{cluster, test_key, wait_finished};
-use hivemesh_trainer::CpuAutodiff;
-use hivemesh_trainer::lm::{LmConfig, LmTrainConfig, Tokenizer, save_lm, train_lm};
+use hivemesh_trainer::data::{DatasetBlob, TextCorpus};
+use hivemesh_trainer::lm::distill::label_text;
+use hivemesh_trainer::lm::{LmConfig, LmTrainConfig, Tokenizer, load_lm, save_lm, train_lm};
+use hivemesh_trainer::{Cpu, CpuAutodiff};
 
-/// A small character model trained briefly on a few repeated lines (about a second).
+/// The corpus the teacher learns from.
+fn corpus() -> String {
+    "the king said my lord. the queen said my lady. good sir, my lord is come. ".repeat(40)
+}
+
+/// A small character model trained briefly on [`corpus`] (about a second).
 fn teacher() -> Vec<u8> {
-    let text =
-        "the king said my lord. the queen said my lady. good sir, my lord is come. ".repeat(40);
+    let text = corpus();
     let mut chars: Vec<char> = text.chars().collect();
     chars.sort_unstable();
     chars.dedup();
@@ -156,6 +167,76 @@ async fn three_nodes_search_prompts_within_a_budget_and_score_none_twice() {
             .expect("known");
         assert_eq!(theirs.counters, status.counters, "every node counts alike");
         assert_eq!(theirs.prompts, status.prompts);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_label_a_text_corpus_only_the_submitter_held() {
+    let (_dirs, mut nodes) = cluster("textkd", 3, |_, _| {}).await;
+    let bytes = teacher();
+    let teacher_id = nodes[0]
+        .client
+        .put_blob(bytes.clone())
+        .await
+        .expect("stored");
+    let text = corpus();
+    let corpus =
+        TextCorpus::from_text(std::path::Path::new("corpus.txt"), text.as_bytes()).expect("UTF-8");
+    let data = DatasetBlob::Text(corpus).encode();
+    let data_id = nodes[0]
+        .client
+        .put_blob(data.clone())
+        .await
+        .expect("stored");
+    let roster: Vec<String> = (0..3).map(|i| test_key(i).public().to_string()).collect();
+    let file = format!(
+        "name = \"test: text distillation\"\nredundancy = 2\nquorum = 2\nroster = {roster:?}\n\
+         dataset = \"blob:{data_id}\"\n[distill]\nteacher = \"{teacher_id}\"\ntop_k = 3\n\
+         shard_size = 10\nsamples = 30\n"
+    );
+    let sub = Submission::parse(&file).expect("a campaign file");
+    let held: std::collections::BTreeMap<BlobId, Vec<u8>> =
+        [(teacher_id, bytes.clone()), (data_id, data)].into();
+    let spec = build_spec(
+        &sub.file,
+        test_key(0).public(),
+        &[],
+        hivemesh_node::unix_now(),
+        &held,
+    )
+    .expect("built");
+    let campaign = nodes[0].client.submit(spec).await.expect("accepted");
+    let mut roots = Vec::new();
+    for n in nodes.iter_mut() {
+        roots.push(wait_finished(n, campaign).await);
+    }
+    assert!(
+        roots.iter().all(|r| *r == roots[0]),
+        "one ledger: {roots:?}"
+    );
+    let settled = nodes[2]
+        .client
+        .settled(campaign)
+        .await
+        .expect("up")
+        .expect("known");
+    assert_eq!(settled.len(), 3);
+    // The teacher, run here over the same windows, gives the agreed shards byte for byte.
+    let (model, tokenizer) = load_lm::<Cpu>(&bytes, &Default::default()).expect("a model");
+    let tokens = tokenizer.encode(&text).expect("tokens");
+    for (k, j) in settled.iter().enumerate() {
+        assert_eq!(j.status, JobStatus::Success, "{j:?}");
+        let id: BlobId = j.artifacts[0].parse().expect("an id");
+        let shard = nodes[2].client.fetch_blob(id).await.expect("fetched");
+        let mine =
+            label_text(&model, &tokens, k as u64 * 10..(k as u64 + 1) * 10, 3, 16).expect("labels");
+        assert_eq!(shard, mine.to_bytes(), "shard {k}");
+        assert_eq!(j.total, 10 * 32, "a position per token of 10 windows");
+        // A teacher trained on this text predicts most of its next characters.
+        assert!(j.accuracy > 0.3, "teacher top-1 {}", j.accuracy);
     }
     for n in nodes {
         n.stop().await;
