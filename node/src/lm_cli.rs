@@ -35,6 +35,11 @@ pub(crate) enum ModelCmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Train a student language model from a text distillation's shards (`*.hmtk`: a netsim
+    /// report's `shards/` folder, or blobs fetched from a node): the knowledge-distillation
+    /// loss against the teacher's top-k next-token distributions, plus the true next tokens.
+    /// The corpus must be the one the campaign labelled; the teacher's file gives the tokens.
+    DistillLm(DistillLmArgs),
     /// The log-likelihood (nats) of a target text following a prompt under a model (teacher
     /// forcing: one forward pass); what a prompt search maximises.
     Score {
@@ -101,10 +106,55 @@ pub(crate) struct TrainLmArgs {
     save_init: Option<PathBuf>,
 }
 
+/// `model distill-lm`'s options.
+#[derive(Debug, Args)]
+pub(crate) struct DistillLmArgs {
+    /// The corpus the campaign labelled (its dataset file).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// The teacher's model file (only its tokenizer and context are read).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// The folder of shards (`*.hmtk`), consecutive window ranges of the campaign.
+    #[arg(long)]
+    shards: PathBuf,
+    /// Where to write the student (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// The student's transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Its attention heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Its residual width.
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 600)]
+    steps: usize,
+    /// Windows per step.
+    #[arg(long, default_value_t = 12)]
+    batch: usize,
+    /// Entries of each position's distribution used (default: all the shards hold).
+    #[arg(long)]
+    k: Option<usize>,
+    /// The soft term's temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// The soft term's weight (0: the true next tokens only; 1: the teacher only).
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// Seeds the student's weights and the windows drawn.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+}
+
 /// Runs a `model` command.
 pub(crate) fn run(cmd: ModelCmd) -> anyhow::Result<()> {
     match cmd {
         ModelCmd::TrainLm(a) => train(&a),
+        ModelCmd::DistillLm(a) => distill(&a),
         ModelCmd::Sample {
             model,
             prompt,
@@ -203,6 +253,101 @@ fn train(a: &TrainLmArgs) -> anyhow::Result<()> {
         "wrote {} ({} bytes): validation loss {val:.4} nats per token after {} steps, {:.0} s",
         a.out.display(),
         bytes.len(),
+        cfg.steps,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn distill(a: &DistillLmArgs) -> anyhow::Result<()> {
+    let (teacher, tokenizer) = {
+        let bytes = std::fs::read(&a.teacher)
+            .with_context(|| format!("cannot read {}", a.teacher.display()))?;
+        lm::read_lm_meta(&bytes).with_context(|| {
+            format!("{} is not a model written by train-lm", a.teacher.display())
+        })?
+    };
+    let corpus = TextCorpus::load(&a.corpus)
+        .with_context(|| format!("cannot use {} as a corpus", a.corpus.display()))?;
+    let tokens = tokenizer
+        .encode(&corpus.text())
+        .context("the corpus in the teacher's tokens")?;
+    let mut shards = Vec::new();
+    let dir = std::fs::read_dir(&a.shards)
+        .with_context(|| format!("cannot read the folder {}", a.shards.display()))?;
+    for entry in dir {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "hmtk") {
+            let bytes = std::fs::read(&path)?;
+            shards.push(
+                lm::distill::TextLabels::from_bytes(&bytes)
+                    .with_context(|| path.display().to_string())?,
+            );
+        }
+    }
+    if shards.is_empty() {
+        bail!("no text shards (*.hmtk) in {}", a.shards.display());
+    }
+    let labels = lm::distill::TextLabels::merge(shards)?;
+    let c = LmConfig {
+        vocab: tokenizer.vocab(),
+        context: teacher.context,
+        layers: a.layers,
+        heads: a.heads,
+        width: a.width,
+    };
+    c.check()?;
+    let cfg = LmTrainConfig {
+        steps: a.steps,
+        batch: a.batch,
+        warmup: (a.steps / 20).min(100),
+        seed: a.seed,
+        ..LmTrainConfig::nanogpt()
+    };
+    let kd = lm::distill::TextKd {
+        k: a.k
+            .unwrap_or(usize::from(labels.k))
+            .min(usize::from(labels.k)),
+        kd: hivemesh_trainer::distill::KdConfig {
+            temperature: a.temperature,
+            alpha: a.alpha,
+        },
+    };
+    // Validation on the text the campaign's windows end before (or the last tenth).
+    let covered = (labels.start + labels.windows() as u64) as usize * labels.t as usize + 1;
+    let val = if covered < tokens.len() * 9 / 10 {
+        &tokens[covered..]
+    } else {
+        lm::train::split(&tokens).1
+    };
+    eprintln!(
+        "{} windows of {} tokens (k = {}) from {}; a student of {} parameters, {} steps",
+        labels.windows(),
+        labels.t,
+        labels.k,
+        a.shards.display(),
+        c.params(),
+        cfg.steps
+    );
+    let started = Instant::now();
+    let (model, run) = lm::distill::train_student::<CpuAutodiff>(
+        &c,
+        &cfg,
+        &tokens,
+        &labels,
+        kd,
+        val,
+        &Default::default(),
+    )?;
+    let bytes = lm::save_lm(&model, &tokenizer)?;
+    write_atomic(&a.out, &bytes, Access::Public)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    let v = run.val_loss.last().map_or(f64::NAN, |v| v.1);
+    println!(
+        "wrote {}: validation loss {v:.4} nats per token on {} held-out tokens after {} steps, \
+         {:.0} s",
+        a.out.display(),
+        val.len(),
         cfg.steps,
         started.elapsed().as_secs_f64()
     );

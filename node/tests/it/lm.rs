@@ -113,3 +113,84 @@ fn a_tiny_language_model_trains_samples_and_refuses_bad_input() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `model distill-lm`: a student trained from a teacher's text shards (as a campaign's
+/// executors write them), refused with the reason when the shards leave a gap.
+#[test]
+fn a_student_trains_from_text_shards_and_a_gap_is_refused() {
+    use hivemesh_trainer::Cpu;
+    use hivemesh_trainer::lm::{distill::label_text, load_lm};
+    let dir = std::env::temp_dir().join(format!("hm-lmkd-{}", std::process::id()));
+    let shards = dir.join("shards");
+    std::fs::create_dir_all(&shards).expect("dir");
+    let corpus = dir.join("corpus.txt");
+    let words = "to be, or not to be, that is the question. ".repeat(100);
+    std::fs::write(&corpus, &words).expect("corpus");
+    let teacher = dir.join("teacher.safetensors");
+    let (c, t) = (
+        corpus.to_str().expect("utf-8"),
+        teacher.to_str().expect("utf-8"),
+    );
+    let small = [
+        "--layers", "1", "--heads", "2", "--width", "16", "--batch", "4",
+    ];
+    let mut args = vec![
+        "model",
+        "train-lm",
+        "--corpus",
+        c,
+        "--out",
+        t,
+        "--context",
+        "16",
+    ];
+    args.extend(small);
+    args.extend(["--steps", "30", "--warmup", "5", "--eval-every", "0"]);
+    assert!(hivemesh(&dir, &args).status.success());
+    let (model, tokenizer) =
+        load_lm::<Cpu>(&std::fs::read(&teacher).expect("read"), &Default::default())
+            .expect("a model");
+    let tokens = tokenizer.encode(&words).expect("tokens");
+    for (a, b) in [(0u64, 20u64), (20, 40)] {
+        let l = label_text(&model, &tokens, a..b, 4, 8).expect("labels");
+        std::fs::write(shards.join(format!("{a:09}-{b:09}.hmtk")), l.to_bytes()).expect("shard");
+    }
+    let student = dir.join("student.safetensors");
+    let s = student.to_str().expect("utf-8");
+    let sh = shards.to_str().expect("utf-8");
+    let mut kd = vec![
+        "model",
+        "distill-lm",
+        "--corpus",
+        c,
+        "--teacher",
+        t,
+        "--shards",
+        sh,
+        "--out",
+        s,
+    ];
+    kd.extend(small);
+    kd.extend(["--steps", "20"]);
+    let o = hivemesh(&dir, &kd);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("40 windows of 16 tokens (k = 4)"), "{err}");
+    assert!(out.contains("validation loss"), "{out}");
+    let sample = ["model", "sample", s, "--prompt", "to be", "--tokens", "5"];
+    assert!(
+        hivemesh(&dir, &sample).status.success(),
+        "the student is a model file"
+    );
+    std::fs::remove_file(shards.join(format!("{:09}-{:09}.hmtk", 0, 20))).expect("removed");
+    let l = label_text(&model, &tokens, 0..10, 4, 8).expect("labels");
+    std::fs::write(shards.join("a.hmtk"), l.to_bytes()).expect("shard");
+    let o = hivemesh(&dir, &kd);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("does not follow windows 0..10"),
+        "{}",
+        text(&o).1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

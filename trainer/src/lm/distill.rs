@@ -101,6 +101,28 @@ impl TextLabels {
         })
     }
 
+    /// Shards of one campaign (the same `k` and window length, consecutive window ranges in
+    /// any order) joined into one; the error names the first gap, overlap or mismatch.
+    pub fn merge(mut shards: Vec<TextLabels>) -> Result<TextLabels, TrainError> {
+        shards.sort_by_key(|s| s.start);
+        let mut it = shards.into_iter();
+        let mut out = it
+            .next()
+            .ok_or_else(|| TrainError::Options("no text shards to merge".into()))?;
+        for s in it {
+            let next = out.start + out.windows() as u64;
+            if (s.k, s.t) != (out.k, out.t) || s.start != next {
+                return Err(TrainError::Options(format!(
+                    "a shard of windows from {} (k {}, window {}) does not follow windows \
+                     {}..{next} (k {}, window {})",
+                    s.start, s.k, s.t, out.start, out.k, out.t
+                )));
+            }
+            out.entries.extend(s.entries);
+        }
+        Ok(out)
+    }
+
     /// Position `j` of window `w` (absolute index), if held.
     pub fn record(&self, w: u64, j: usize) -> Option<&[(u32, u16)]> {
         let i = usize::try_from(w.checked_sub(self.start)?).ok()?;
@@ -353,6 +375,21 @@ mod tests {
         assert!(
             label_text(&teacher, &tokens, 2..11, 3, 3).is_err(),
             "past the end"
+        );
+        // Shards of one campaign, in any order, merge into the labels of their whole range.
+        let parts = vec![
+            label_text(&teacher, &tokens, 6..10, 3, 3).expect("labels"),
+            label_text(&teacher, &tokens, 2..6, 3, 3).expect("labels"),
+        ];
+        assert_eq!(TextLabels::merge(parts.clone()).expect("consecutive"), l);
+        let gap = vec![
+            parts[0].clone(),
+            label_text(&teacher, &tokens, 2..5, 3, 3).expect("l"),
+        ];
+        let e = TextLabels::merge(gap).expect_err("a gap");
+        assert!(
+            e.to_string().contains("does not follow windows 2..5"),
+            "{e}"
         );
     }
 }
