@@ -146,7 +146,10 @@ fn main() {
     let Ok(Search::Prompt(mut p)) = file.to_search() else {
         panic!("a prompt search")
     };
-    p.validate().expect("valid");
+    if let Err(e) = p.validate() {
+        eprintln!("the search is refused: {e}");
+        std::process::exit(2);
+    }
     println!(
         "target {:?}, {} words, prompts of 1..={} words, {} calls per run, population {}",
         a.target,
