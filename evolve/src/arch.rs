@@ -4,7 +4,9 @@
 //! layers, in topological order, with shapes inferred from the input shape and class count.
 //! The trainer builds a `burn` model from the IR; the IR alone gives the exact number of
 //! trainable parameters and FLOPs, and a canonical content id, so identical architectures
-//! reached from different genomes are recognised as one.
+//! reached from different genomes are recognised as one. Sequence models have their own IR,
+//! [`Transformer`] (a causal language model's shape, with its exact counts and id): its blocks
+//! are not graph nodes, since every block is the same and only the shape varies.
 //!
 //! Two spaces:
 //! * [`MlpSpace`]: up to `max_layers` hidden dense layers, each width chosen from a list (gene
@@ -151,6 +153,9 @@ pub enum ArchError {
     /// The space itself is misconfigured.
     #[error("invalid search space: {0}")]
     Space(String),
+    /// A language model's shape is out of range.
+    #[error("language model: {0}")]
+    Transformer(String),
     /// A node breaks a structural rule (ordering, arity, shapes).
     #[error("node {node}: {reason}")]
     Node {
@@ -573,6 +578,118 @@ fn check_genes(genome: &[u32], limits: &[u32]) -> Result<(), ArchError> {
     Ok(())
 }
 
+/// The most layers, heads, width, context and vocabulary a [`Transformer`] may ask
+/// for (a file or a command line cannot make a trainer allocate without bound).
+pub const MAX_LM_LAYERS: usize = 48;
+/// See [`MAX_LM_LAYERS`].
+pub const MAX_LM_WIDTH: usize = 4096;
+/// See [`MAX_LM_LAYERS`].
+pub const MAX_LM_CONTEXT: usize = 8192;
+/// See [`MAX_LM_LAYERS`].
+pub const MAX_LM_VOCAB: usize = 1 << 20;
+
+/// A causal transformer language model (GPT-style, nanoGPT's architecture without dropout):
+/// token embedding, learned positions, `layers` pre-norm blocks of multi-head causal
+/// self-attention and a `4 × width` MLP, a final layer norm, and an output head tied to the
+/// token embedding; biases everywhere. The IR of sequence models: the trainer builds it
+/// (`hivemesh_trainer::lm`), and its exact counts are here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transformer {
+    /// Tokens in the vocabulary.
+    pub vocab: usize,
+    /// The longest sequence (positions learned).
+    pub context: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Attention heads per block (divides `width`).
+    pub heads: usize,
+    /// The residual stream's width.
+    pub width: usize,
+}
+
+impl Transformer {
+    /// nanoGPT's CPU character-level configuration (4 layers, 4 heads, width 128, context 64)
+    /// for a vocabulary of `vocab` tokens.
+    pub fn small(vocab: usize) -> Transformer {
+        Transformer {
+            vocab,
+            context: 64,
+            layers: 4,
+            heads: 4,
+            width: 128,
+        }
+    }
+
+    /// Checks the shape, naming what is wrong.
+    pub fn check(&self) -> Result<(), ArchError> {
+        let bad = |what: String| Err(ArchError::Transformer(what));
+        if !(2..=MAX_LM_VOCAB).contains(&self.vocab) {
+            return bad(format!(
+                "a vocabulary of {} (2 to {MAX_LM_VOCAB})",
+                self.vocab
+            ));
+        }
+        if !(1..=MAX_LM_CONTEXT).contains(&self.context) {
+            return bad(format!(
+                "a context of {} (1 to {MAX_LM_CONTEXT})",
+                self.context
+            ));
+        }
+        if !(1..=MAX_LM_LAYERS).contains(&self.layers) {
+            return bad(format!("{} layers (1 to {MAX_LM_LAYERS})", self.layers));
+        }
+        if !(1..=MAX_LM_WIDTH).contains(&self.width) {
+            return bad(format!("a width of {} (1 to {MAX_LM_WIDTH})", self.width));
+        }
+        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
+            return bad(format!(
+                "{} heads do not divide the width {}",
+                self.heads, self.width
+            ));
+        }
+        Ok(())
+    }
+
+    /// Trainable parameters: embeddings (the head is tied to the token embedding), per block
+    /// two layer norms (scale and shift), the attention's joint q/k/v and output projections
+    /// and the MLP's two layers (hidden width `4 × width`), all with biases, and the final
+    /// layer norm.
+    pub fn params(&self) -> u64 {
+        let (v, t, d) = (self.vocab as u64, self.context as u64, self.width as u64);
+        let block = 2 * (2 * d)      // two layer norms
+            + d * 3 * d + 3 * d       // q, k, v
+            + d * d + d               // attention output
+            + d * 4 * d + 4 * d       // MLP in
+            + 4 * d * d + d; // MLP out
+        v * d + t * d + self.layers as u64 * block + 2 * d
+    }
+
+    /// Forward FLOPs (multiply-adds count 2) to process one sequence of the full context,
+    /// counting the matrix products only (projections, attention scores and mixing, the
+    /// head): per token `2 × (12 d² L + v d)` for the weights plus `2 × 2 t d L` per token
+    /// for attention over the whole `t × t` score matrix (the causal half is not skipped).
+    pub fn flops_per_sequence(&self) -> u64 {
+        let (v, t, d, l) = (
+            self.vocab as u64,
+            self.context as u64,
+            self.width as u64,
+            self.layers as u64,
+        );
+        let weights = 2 * (12 * d * d * l + v * d);
+        let attention = 2 * 2 * t * d * l;
+        t * (weights + attention)
+    }
+
+    /// The content id of this shape: blake3 of its encoding (as [`Architecture::id`]).
+    pub fn id(&self) -> [u8; 32] {
+        let bytes = postcard::to_stdvec(self).expect("IR types always encode");
+        *blake3::Hasher::new_derive_key("hivemesh 2026-12 transformer id v1")
+            .update(&bytes)
+            .finalize()
+            .as_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,5 +875,32 @@ mod tests {
             let _ = mnist_macro().decode(&g);
             let _ = digits_mlp().decode(&g);
         }
+    }
+
+    #[test]
+    fn params_and_flops_match_hand_counts() {
+        // nanoGPT's character model on Shakespeare (65 characters): counted by hand.
+        // embeddings 65·128 + 64·128 = 16,512; a block: LN 512 + qkv 49,536 + proj 16,512
+        // + fc 66,048 + out 65,664 = 198,272; four of them 793,088; final LN 256.
+        let c = Transformer::small(65);
+        assert_eq!(c.params(), 16_512 + 793_088 + 256);
+        // Per token: 2·(12·128²·4 + 65·128) = 1,589,504; attention 2·2·64·128·4 = 131,072.
+        assert_eq!(c.flops_per_sequence(), 64 * (1_589_504 + 131_072));
+    }
+
+    #[test]
+    fn shapes_are_checked_with_the_reason() {
+        let mut c = Transformer::small(65);
+        assert!(c.check().is_ok());
+        c.heads = 3;
+        assert!(c.check().unwrap_err().to_string().contains("3 heads"));
+        c = Transformer::small(1);
+        assert!(c.check().unwrap_err().to_string().contains("vocabulary"));
+        c = Transformer::small(65);
+        c.layers = 1000;
+        assert!(c.check().unwrap_err().to_string().contains("layers"));
+        // Content ids tell shapes apart.
+        assert_eq!(Transformer::small(65).id(), Transformer::small(65).id());
+        assert_ne!(Transformer::small(65).id(), Transformer::small(66).id());
     }
 }

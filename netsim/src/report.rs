@@ -283,6 +283,7 @@ fn prompts(s: &mut String, r: &ClusterReport) {
             text.replace('|', "\\|")
         );
     }
+    let _ = writeln!(s);
 }
 
 /// A `train` campaign's rounds: agreed segments, the start model's validation accuracy, the

@@ -46,10 +46,10 @@ pub const MAX_WORD_TOKENS: usize = 32;
 pub const MAX_ENCODED_BYTES: usize = 12 * 1024;
 /// The largest call budget.
 pub const MAX_CALLS: u64 = 1_000_000;
-/// The largest vocabulary and context a campaign may name.
-pub const MAX_VOCAB: u32 = 1 << 20;
-/// The largest context a campaign may name.
-pub const MAX_CONTEXT: u32 = 8192;
+/// The largest vocabulary a campaign may name (the architecture IR's limit).
+pub const MAX_VOCAB: u32 = hivemesh_evolve::arch::MAX_LM_VOCAB as u32;
+/// The largest context a campaign may name (the architecture IR's limit).
+pub const MAX_CONTEXT: u32 = hivemesh_evolve::arch::MAX_LM_CONTEXT as u32;
 /// Rounds of offspring a generation draws before it gives up finding an unscored prompt (the
 /// search then ends: its space is exhausted around the population).
 const MAX_DRAWS: usize = 16;

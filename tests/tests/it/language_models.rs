@@ -57,6 +57,43 @@ fn teacher() -> Vec<u8> {
     save_lm(&model, &tokenizer).expect("file")
 }
 
+/// The token sequences the agreed successful jobs scored, in order (each job must carry one
+/// score per prompt).
+fn scored_prompts(
+    settled: &[hivemesh_node::daemon::SettledJob],
+    jobs: &[hivemesh_protocol::spec::JobSpec],
+    p: &hivemesh_protocol::spec::PromptParams,
+) -> Vec<Vec<u32>> {
+    let mut scored: Vec<Vec<u32>> = Vec::new();
+    for j in settled.iter().filter(|j| j.status == JobStatus::Success) {
+        let spec = jobs
+            .iter()
+            .find(|s| s.id().to_string() == j.job)
+            .expect("derived");
+        let JobPayload::Prompt { prompts } = &spec.payload else {
+            panic!("a prompt job")
+        };
+        let outcome = Outcome::Success(hivemesh_protocol::message::Metrics {
+            correct: j.correct,
+            total: j.total,
+            params: j.params,
+            flops: j.flops,
+            extra: j.extra.clone(),
+            artifacts: vec![],
+        });
+        assert!(
+            logliks(&outcome, prompts.len()).is_some(),
+            "one score per prompt"
+        );
+        scored.extend(
+            prompts
+                .iter()
+                .map(|g| p.tokens(g).expect("in the alphabet")),
+        );
+    }
+    scored
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_search_prompts_within_a_budget_and_score_none_twice() {
     let (_dirs, mut nodes) = cluster("prompt", 3, |_, _| {}).await;
@@ -111,33 +148,7 @@ async fn three_nodes_search_prompts_within_a_budget_and_score_none_twice() {
         .await
         .expect("up")
         .expect("known");
-    let mut scored: Vec<Vec<u32>> = Vec::new();
-    for j in settled.iter().filter(|j| j.status == JobStatus::Success) {
-        let spec = jobs
-            .iter()
-            .find(|s| s.id().to_string() == j.job)
-            .expect("derived");
-        let JobPayload::Prompt { prompts } = &spec.payload else {
-            panic!("a prompt job")
-        };
-        let outcome = Outcome::Success(hivemesh_protocol::message::Metrics {
-            correct: j.correct,
-            total: j.total,
-            params: j.params,
-            flops: j.flops,
-            extra: j.extra.clone(),
-            artifacts: vec![],
-        });
-        assert!(
-            logliks(&outcome, prompts.len()).is_some(),
-            "one score per prompt"
-        );
-        scored.extend(
-            prompts
-                .iter()
-                .map(|g| p.tokens(g).expect("in the alphabet")),
-        );
-    }
+    let scored = scored_prompts(&settled, &jobs, &p);
     let distinct: BTreeSet<&Vec<u32>> = scored.iter().collect();
     assert_eq!(distinct.len(), scored.len(), "a prompt was scored twice");
     let status = nodes[2]

@@ -2,7 +2,8 @@
 //! causal self-attention and an MLP, learned positions, a final layer norm and an output head
 //! tied to the token embedding (nanoGPT's architecture, without dropout).
 //!
-//! * [`LmConfig`]: the shape, with exact parameter and FLOP counts;
+//! * [`LmConfig`]: the shape, with exact parameter and FLOP counts (the architecture IR's
+//!   [`hivemesh_evolve::arch::Transformer`]);
 //! * [`model`]: the burn module, initialised from a seed (bit-identical on the CPU backend);
 //! * [`train`]: AdamW with warm-up and cosine decay on random windows of a token stream,
 //!   evaluation in nats per token, greedy and seeded sampling, safetensors files;
@@ -24,21 +25,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainError;
 
 pub use bpe::Bpe;
+/// The shape of a language model: the architecture IR's sequence model (exact params and
+/// FLOPs live there, beside the image models').
+pub use hivemesh_evolve::arch::Transformer as LmConfig;
+pub use hivemesh_evolve::arch::{
+    MAX_LM_CONTEXT as MAX_CONTEXT, MAX_LM_LAYERS as MAX_LAYERS, MAX_LM_VOCAB as MAX_VOCAB,
+    MAX_LM_WIDTH as MAX_WIDTH,
+};
 pub use model::Lm;
 pub use score::target_loglik;
 pub use train::{
     LmRun, LmTrainConfig, evaluate, generate, load_lm, read_lm_meta, save_lm, train_lm,
 };
-
-/// The most layers, heads, width, context and vocabulary an [`LmConfig`] may ask for (a
-/// file or a command line cannot make the trainer allocate without bound).
-pub const MAX_LAYERS: usize = 48;
-/// See [`MAX_LAYERS`].
-pub const MAX_WIDTH: usize = 4096;
-/// See [`MAX_LAYERS`].
-pub const MAX_CONTEXT: usize = 8192;
-/// See [`MAX_LAYERS`].
-pub const MAX_VOCAB: usize = 1 << 20;
 
 /// Text to tokens and back: the characters of the vocabulary (sorted), then a BPE's merges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,120 +101,5 @@ impl Tokenizer {
         base.iter()
             .filter_map(|&t| self.chars.get(t as usize))
             .collect()
-    }
-}
-
-/// The shape of a language model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LmConfig {
-    /// Tokens in the vocabulary.
-    pub vocab: usize,
-    /// The longest sequence (positions learned).
-    pub context: usize,
-    /// Transformer blocks.
-    pub layers: usize,
-    /// Attention heads per block (divides `width`).
-    pub heads: usize,
-    /// The residual stream's width.
-    pub width: usize,
-}
-
-impl LmConfig {
-    /// nanoGPT's CPU character-level configuration (4 layers, 4 heads, width 128, context 64)
-    /// for a vocabulary of `vocab` tokens.
-    pub fn small(vocab: usize) -> LmConfig {
-        LmConfig {
-            vocab,
-            context: 64,
-            layers: 4,
-            heads: 4,
-            width: 128,
-        }
-    }
-
-    /// Checks the shape, naming what is wrong.
-    pub fn check(&self) -> Result<(), TrainError> {
-        let bad = |what: String| Err(TrainError::Options(format!("language model: {what}")));
-        if !(2..=MAX_VOCAB).contains(&self.vocab) {
-            return bad(format!("a vocabulary of {} (2 to {MAX_VOCAB})", self.vocab));
-        }
-        if !(1..=MAX_CONTEXT).contains(&self.context) {
-            return bad(format!(
-                "a context of {} (1 to {MAX_CONTEXT})",
-                self.context
-            ));
-        }
-        if !(1..=MAX_LAYERS).contains(&self.layers) {
-            return bad(format!("{} layers (1 to {MAX_LAYERS})", self.layers));
-        }
-        if !(1..=MAX_WIDTH).contains(&self.width) {
-            return bad(format!("a width of {} (1 to {MAX_WIDTH})", self.width));
-        }
-        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
-            return bad(format!(
-                "{} heads do not divide the width {}",
-                self.heads, self.width
-            ));
-        }
-        Ok(())
-    }
-
-    /// Trainable parameters: embeddings (the head is tied to the token embedding), per block
-    /// two layer norms (scale and shift), the attention's joint q/k/v and output projections
-    /// and the MLP's two layers (hidden width `4 × width`), all with biases, and the final
-    /// layer norm.
-    pub fn params(&self) -> u64 {
-        let (v, t, d) = (self.vocab as u64, self.context as u64, self.width as u64);
-        let block = 2 * (2 * d)      // two layer norms
-            + d * 3 * d + 3 * d       // q, k, v
-            + d * d + d               // attention output
-            + d * 4 * d + 4 * d       // MLP in
-            + 4 * d * d + d; // MLP out
-        v * d + t * d + self.layers as u64 * block + 2 * d
-    }
-
-    /// Forward FLOPs (multiply-adds count 2) to process one sequence of the full context,
-    /// counting the matrix products only (projections, attention scores and mixing, the
-    /// head): per token `2 × (12 d² L + v d)` for the weights plus `2 × 2 t d L` per token
-    /// for attention over the whole `t × t` score matrix (the causal half is not skipped).
-    pub fn flops_per_sequence(&self) -> u64 {
-        let (v, t, d, l) = (
-            self.vocab as u64,
-            self.context as u64,
-            self.width as u64,
-            self.layers as u64,
-        );
-        let weights = 2 * (12 * d * d * l + v * d);
-        let attention = 2 * 2 * t * d * l;
-        t * (weights + attention)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn params_and_flops_match_hand_counts() {
-        // nanoGPT's character model on Shakespeare (65 characters): counted by hand.
-        // embeddings 65·128 + 64·128 = 16,512; a block: LN 512 + qkv 49,536 + proj 16,512
-        // + fc 66,048 + out 65,664 = 198,272; four of them 793,088; final LN 256.
-        let c = LmConfig::small(65);
-        assert_eq!(c.params(), 16_512 + 793_088 + 256);
-        // Per token: 2·(12·128²·4 + 65·128) = 1,589,504; attention 2·2·64·128·4 = 131,072.
-        assert_eq!(c.flops_per_sequence(), 64 * (1_589_504 + 131_072));
-    }
-
-    #[test]
-    fn shapes_are_checked_with_the_reason() {
-        let mut c = LmConfig::small(65);
-        assert!(c.check().is_ok());
-        c.heads = 3;
-        assert!(c.check().unwrap_err().to_string().contains("3 heads"));
-        c = LmConfig::small(1);
-        assert!(c.check().unwrap_err().to_string().contains("vocabulary"));
-        c = LmConfig::small(65);
-        c.layers = 1000;
-        assert!(c.check().unwrap_err().to_string().contains("layers"));
     }
 }

@@ -93,7 +93,8 @@ impl<B: Backend> Lm<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Lm<B>, crate::error::TrainError> {
-        c.check()?;
+        c.check()
+            .map_err(|e| crate::error::TrainError::Options(e.to_string()))?;
         let mut rng = Normal(ChaCha8Rng::seed_from_u64(seed));
         let d = c.width;
         let residual = 0.02 / ((2 * c.layers) as f64).sqrt();

@@ -448,7 +448,7 @@ pub fn load_lm<B: Backend>(
     }
     // A file names its shape before its tensors: check the shape, and that the file is large
     // enough to hold it, before allocating the model (a lying header costs nothing).
-    c.check()?;
+    c.check().map_err(|e| TrainError::Options(e.to_string()))?;
     if c.params().saturating_mul(4) > bytes.len() as u64 {
         return Err(bad(format!(
             "its shape has {} parameters, the file holds {} bytes",

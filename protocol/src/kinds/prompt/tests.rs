@@ -52,16 +52,12 @@ fn success(lls: &[i64]) -> Outcome {
 
 /// Runs a campaign to its end with the stand-in model; returns every token sequence a job
 /// scored (in order), the state's counters and the best log-likelihood seen.
-fn run(p: &PromptParams, seed: u64) -> (Vec<Vec<u32>>, Vec<(&'static str, u64)>, i64) {
+fn run(p: &PromptParams, seed: u64) -> Ran {
     run_against(p, seed, &[3, 4, 0, 1, 2, 3])
 }
 
 /// [`run`] with the stand-in model preferring `hidden`.
-fn run_against(
-    p: &PromptParams,
-    seed: u64,
-    hidden: &[u32],
-) -> (Vec<Vec<u32>>, Vec<(&'static str, u64)>, i64) {
+fn run_against(p: &PromptParams, seed: u64, hidden: &[u32]) -> Ran {
     let mut s = p.start().expect("starts");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut scored = Vec::new();
@@ -105,6 +101,9 @@ fn run_against(
     }
     (scored, s.counters(), best)
 }
+
+/// What a run scored (token sequences, in order), the state's counters, the best score.
+type Ran = (Vec<Vec<u32>>, Vec<(&'static str, u64)>, i64);
 
 fn counter(c: &[(&'static str, u64)], name: &str) -> u64 {
     c.iter().find(|(n, _)| *n == name).expect("counter").1
