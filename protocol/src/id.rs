@@ -186,6 +186,7 @@ pub(crate) mod context {
     pub(crate) const JOB_SEED: &str = "hivemesh 2026-11 job seed v1";
     pub(crate) const AUDIT_SAMPLE: &str = "hivemesh 2026-11 audit sample v1";
     pub(crate) const DISPUTE: &str = "hivemesh 2026-11 dispute jury v1";
+    pub(crate) const PROMPT: &str = "hivemesh 2026-12 prompt cache key v1";
 }
 
 #[cfg(test)]

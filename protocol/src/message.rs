@@ -491,3 +491,16 @@ impl Message for Regenesis {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prompt job's full batch reports one extra metric per prompt, each name within limits.
+    #[test]
+    fn a_full_prompt_batch_fits_a_results_extra_metrics() {
+        use crate::kinds::prompt::{MAX_BATCH, loglik_name};
+        assert_eq!(MAX_BATCH as usize, MAX_EXTRA_METRICS);
+        assert!(loglik_name(MAX_BATCH as usize - 1).len() <= MAX_METRIC_NAME_LEN);
+    }
+}

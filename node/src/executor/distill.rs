@@ -45,8 +45,6 @@ pub(super) fn run(
     let data = job.data;
     match job.runner.label(&teacher, data, start..end, p.top_k) {
         Ok(labels) => {
-            let shard = labels.to_bytes();
-            let id = BlobId::of_bytes(&shard);
             let correct = labels
                 .entries
                 .chunks(usize::from(labels.k.max(1)))
@@ -56,24 +54,13 @@ pub(super) fn run(
                         == data.labels.get(*i as usize).map(|&l| u32::from(l))
                 })
                 .count() as u64;
-            let fp = labels.fingerprint();
-            let mut extra = BTreeMap::new();
-            extra.insert(
-                "fingerprint".to_string(),
-                i64::from_le_bytes([fp[0], fp[1], fp[2], fp[3], fp[4], fp[5], fp[6], fp[7]]),
-            );
-            let m = Metrics {
+            let counts = Counts {
                 correct,
                 total: labels.len() as u64,
                 params: teacher.arch.params().unwrap_or(0),
                 flops: teacher.arch.flops().unwrap_or(0),
-                extra,
-                artifacts: vec![id],
             };
-            Ok(Ran {
-                outcome: Outcome::Success(m),
-                blobs: vec![(id, shard)],
-            })
+            Ok(shard_ran(counts, labels.fingerprint(), labels.to_bytes()))
         }
         Err(e) => Ok(Ran::nothing(train_failure(e)?)),
     }
@@ -144,25 +131,45 @@ pub(super) fn run_text(
             rec.first().map(|e| e.0) == tokens.get(w * t + j + 1).copied()
         })
         .count() as u64;
-    let shard = labels.to_bytes();
-    let id = BlobId::of_bytes(&shard);
-    let fp = blake3::hash(&shard);
-    let fp = fp.as_bytes();
-    let mut extra = BTreeMap::new();
-    extra.insert(
-        "fingerprint".to_string(),
-        i64::from_le_bytes([fp[0], fp[1], fp[2], fp[3], fp[4], fp[5], fp[6], fp[7]]),
-    );
-    let m = Metrics {
+    let counts = Counts {
         correct,
         total: (labels.entries.len() / k) as u64,
         params: c.params(),
         flops: c.flops_per_sequence(),
+    };
+    let shard = labels.to_bytes();
+    Ok(shard_ran(counts, *blake3::hash(&shard).as_bytes(), shard))
+}
+
+/// What a shard's outcome counts: the teacher's top-1 agreement with the data, and its size.
+struct Counts {
+    /// Records whose most likely entry is the true label (next token).
+    correct: u64,
+    /// Records in the shard.
+    total: u64,
+    /// The teacher's parameters.
+    params: u64,
+    /// Its FLOPs per sample (per window, for text).
+    flops: u64,
+}
+
+/// A shard's outcome: the counts, the first 8 bytes of its fingerprint as the extra
+/// `fingerprint`, and the shard blob as the artifact.
+fn shard_ran(c: Counts, fingerprint: [u8; 32], shard: Vec<u8>) -> Ran {
+    let id = BlobId::of_bytes(&shard);
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&fingerprint[..8]);
+    let extra = BTreeMap::from([("fingerprint".to_string(), i64::from_le_bytes(head))]);
+    let m = Metrics {
+        correct: c.correct,
+        total: c.total,
+        params: c.params,
+        flops: c.flops,
         extra,
         artifacts: vec![id],
     };
-    Ok(Ran {
+    Ran {
         outcome: Outcome::Success(m),
         blobs: vec![(id, shard)],
-    })
+    }
 }

@@ -29,12 +29,13 @@ use super::{
     CampaignKind, JobPayload, KindRules, SearchError, SearchState, Told, check_population,
 };
 use crate::id::BlobId;
-use crate::message::MAX_EXTRA_METRICS;
 use crate::outcome::Outcome;
 use crate::spec_error::{SpecError, field};
 
-/// Most prompts in one job (one extra metric each).
-pub const MAX_BATCH: u32 = MAX_EXTRA_METRICS as u32;
+/// Most prompts in one job: one extra metric each, and a result carries at most
+/// `message::MAX_EXTRA_METRICS` (16; a test in `message` holds them equal: kinds sit below
+/// `message` in the crate's layering).
+pub const MAX_BATCH: u32 = 16;
 /// The longest prompt, in genes.
 pub const MAX_PROMPT_LEN: u16 = 256;
 /// Most words in a word list.
@@ -306,6 +307,15 @@ pub fn logliks(outcome: &Outcome, n: usize) -> Option<Vec<i64>> {
     }
 }
 
+/// A scored prompt's key in the cache: the hash of its tokens (32 bytes whatever the prompt's
+/// length, so a campaign's cache holds at most [`MAX_CALLS`] small entries).
+type PromptKey = [u8; 32];
+
+/// The cache key of the prompt `tokens`.
+fn key(tokens: &[u32]) -> PromptKey {
+    crate::id::hash_canonical(crate::id::context::PROMPT, &tokens)
+}
+
 /// Calls, tokens and cache hits so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Spent {
@@ -324,9 +334,9 @@ struct PromptSearch {
     params: Arc<PromptParams>,
     /// The genetic search.
     nsga: Box<Nsga2<PromptProblem>>,
-    /// Every prompt scored, by its tokens: its log-likelihood in micro-nats, `None` when its
-    /// job failed (shared copy-on-write between derivations).
-    cache: Arc<BTreeMap<Vec<u32>, Option<i64>>>,
+    /// Every prompt scored, by the hash of its tokens: its log-likelihood in micro-nats,
+    /// `None` when its job failed (shared copy-on-write between derivations).
+    cache: Arc<BTreeMap<PromptKey, Option<i64>>>,
     /// The proposals of the generation asked last (genes), in order.
     asked: Vec<Vec<u32>>,
     /// The generation's jobs: indices into `asked`.
@@ -354,7 +364,7 @@ impl PromptSearch {
         let score = self
             .params
             .tokens(genes)
-            .and_then(|t| self.cache.get(&t).copied());
+            .and_then(|t| self.cache.get(&key(&t)).copied());
         match score.flatten() {
             Some(ll) => Evaluation::feasible(vec![-(ll as f64) / 1e6, genes.len() as f64]),
             None => Evaluation::worst(2),
@@ -375,12 +385,13 @@ impl PromptSearch {
     fn plan(&mut self) -> bool {
         let p = Arc::clone(&self.params);
         let (mut calls, mut tokens) = (self.spent.calls, self.spent.tokens);
-        let mut fresh: BTreeMap<Vec<u32>, ()> = BTreeMap::new();
+        let mut fresh: std::collections::BTreeSet<PromptKey> = Default::default();
         let mut chosen = Vec::new();
         let mut unpaid = false;
         for (i, genes) in self.asked.iter().enumerate() {
             let Some(t) = p.tokens(genes) else { continue };
-            if self.cache.contains_key(&t) || fresh.contains_key(&t) {
+            let k = key(&t);
+            if self.cache.contains_key(&k) || fresh.contains(&k) {
                 self.spent.cache_hits += 1;
                 continue;
             }
@@ -391,7 +402,7 @@ impl PromptSearch {
             }
             calls += 1;
             tokens += cost;
-            fresh.insert(t, ());
+            fresh.insert(k);
             chosen.push(i);
         }
         self.jobs = chosen
@@ -446,7 +457,7 @@ impl SearchState for PromptSearch {
                 };
                 self.spent.calls += 1;
                 self.spent.tokens += p.call_tokens(&tokens);
-                cache.insert(tokens, scores.as_ref().map(|s| s[i]));
+                cache.insert(key(&tokens), scores.as_ref().map(|s| s[i]));
             }
         }
         self.tell_cached()

@@ -57,6 +57,30 @@ fn teacher() -> Vec<u8> {
     save_lm(&model, &tokenizer).expect("file")
 }
 
+/// The spec node 0 builds for a campaign file of nodes 0–2, redundancy 2, named `name`, with
+/// the top-level `extra` lines and the kind's `section`, from the blobs `held`.
+fn build(
+    name: &str,
+    extra: &str,
+    section: &str,
+    held: &[(BlobId, Vec<u8>)],
+) -> hivemesh_protocol::spec::CampaignSpec {
+    let roster: Vec<String> = (0..3).map(|i| test_key(i).public().to_string()).collect();
+    let file = format!(
+        "name = {name:?}\nredundancy = 2\nquorum = 2\nroster = {roster:?}\n{extra}{section}"
+    );
+    let sub = Submission::parse(&file).expect("a campaign file");
+    let held: std::collections::BTreeMap<BlobId, Vec<u8>> = held.iter().cloned().collect();
+    build_spec(
+        &sub.file,
+        test_key(0).public(),
+        &[],
+        hivemesh_node::unix_now(),
+        &held,
+    )
+    .expect("built")
+}
+
 /// The token sequences the agreed successful jobs scored, in order (each job must carry one
 /// score per prompt).
 fn scored_prompts(
@@ -103,23 +127,12 @@ async fn three_nodes_search_prompts_within_a_budget_and_score_none_twice() {
         .put_blob(bytes.clone())
         .await
         .expect("stored");
-    let roster: Vec<String> = (0..3).map(|i| test_key(i).public().to_string()).collect();
-    let file = format!(
-        "name = \"test: prompt search\"\nredundancy = 2\nquorum = 2\nroster = {roster:?}\n\
-         [prompt]\nteacher = \"{id}\"\ntarget = \"my lord\"\n\
+    let section = format!(
+        "[prompt]\nteacher = \"{id}\"\ntarget = \"my lord\"\n\
          words = [\"the\", \"king\", \"queen\", \"said\", \"my\", \"lord\", \"lady\", \"good\", \"sir,\", \"is\"]\n\
          max_len = 4\npopulation = 8\ngenerations = 10\nbatch = 4\nmax_calls = 30\n"
     );
-    let sub = Submission::parse(&file).expect("a campaign file");
-    let held: std::collections::BTreeMap<BlobId, Vec<u8>> = [(id, bytes)].into();
-    let spec = build_spec(
-        &sub.file,
-        test_key(0).public(),
-        &[],
-        hivemesh_node::unix_now(),
-        &held,
-    )
-    .expect("built");
+    let spec = build("test: prompt search", "", &section, &[(id, bytes)]);
     let Search::Prompt(p) = spec.search.clone() else {
         panic!("a prompt search")
     };
@@ -202,23 +215,12 @@ async fn three_nodes_label_a_text_corpus_only_the_submitter_held() {
         .put_blob(data.clone())
         .await
         .expect("stored");
-    let roster: Vec<String> = (0..3).map(|i| test_key(i).public().to_string()).collect();
-    let file = format!(
-        "name = \"test: text distillation\"\nredundancy = 2\nquorum = 2\nroster = {roster:?}\n\
-         dataset = \"blob:{data_id}\"\n[distill]\nteacher = \"{teacher_id}\"\ntop_k = 3\n\
-         shard_size = 10\nsamples = 30\n"
+    let section = format!(
+        "[distill]\nteacher = \"{teacher_id}\"\ntop_k = 3\nshard_size = 10\nsamples = 30\n"
     );
-    let sub = Submission::parse(&file).expect("a campaign file");
-    let held: std::collections::BTreeMap<BlobId, Vec<u8>> =
-        [(teacher_id, bytes.clone()), (data_id, data)].into();
-    let spec = build_spec(
-        &sub.file,
-        test_key(0).public(),
-        &[],
-        hivemesh_node::unix_now(),
-        &held,
-    )
-    .expect("built");
+    let dataset = format!("dataset = \"blob:{data_id}\"\n");
+    let held = [(teacher_id, bytes.clone()), (data_id, data)];
+    let spec = build("test: text distillation", &dataset, &section, &held);
     let campaign = nodes[0].client.submit(spec).await.expect("accepted");
     let mut roots = Vec::new();
     for n in nodes.iter_mut() {
