@@ -584,13 +584,7 @@ async fn post_campaign(
         sub.know_dataset(&head);
         built.files.insert(id, (path, len));
     }
-    let teacher = (sub.file.prompt.as_ref().and_then(|p| p.teacher_id())).or_else(|| {
-        sub.file
-            .distill
-            .as_ref()
-            .and_then(|d| d.teacher.parse().ok())
-    });
-    if let Some(id) = teacher {
+    if let Some(id) = teacher_of(&sub.file) {
         // A prompt campaign's teacher gives the target and the words their tokens; a
         // distillation's tells whether it labels samples or text.
         let (path, len) = s
@@ -627,14 +621,7 @@ async fn post_campaign(
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    // What a budgeted campaign may spend, stated before it runs.
-    let projected = match &spec.search {
-        hivemesh_protocol::spec::Search::Prompt(p) => {
-            let (calls, tokens) = p.projected();
-            json!({ "model_calls": calls, "tokens": tokens })
-        }
-        _ => Value::Null,
-    };
+    let projected = projected(&spec);
     let id = s
         .client
         .submit(spec)
@@ -645,6 +632,25 @@ async fn post_campaign(
         axum::Json(json!({ "id": id.to_string(), "projected": projected })),
     )
         .into_response())
+}
+
+/// The teacher a campaign file names by id (prompt search, distillation): the submitting node
+/// reads it to build the spec.
+fn teacher_of(file: &crate::campaign_file::CampaignFile) -> Option<hivemesh_protocol::id::BlobId> {
+    let prompt = file.prompt.as_ref().and_then(|p| p.teacher_id());
+    prompt.or_else(|| file.distill.as_ref().and_then(|d| d.teacher.parse().ok()))
+}
+
+/// What a budgeted campaign may spend at most (a prompt search's model calls and tokens),
+/// stated before it runs; `null` for other kinds.
+fn projected(spec: &hivemesh_protocol::spec::CampaignSpec) -> Value {
+    match &spec.search {
+        hivemesh_protocol::spec::Search::Prompt(p) => {
+            let (calls, tokens) = p.projected();
+            json!({ "model_calls": calls, "tokens": tokens })
+        }
+        _ => Value::Null,
+    }
 }
 
 async fn get_campaign(

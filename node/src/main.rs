@@ -1135,50 +1135,54 @@ async fn blob(data_dir: &Path, cmd: BlobCmd) -> anyhow::Result<()> {
     }
 }
 
+/// `campaign submit FILE`: upload the file's blobs, post it, print its id (and what a
+/// budgeted campaign may spend).
+async fn submit(data_dir: &Path, file: &Path, api: &ApiArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Check locally first: a clear error without a round trip.
+    let mut sub = Submission::parse(&text).with_context(|| file.display().to_string())?;
+    upload_file_blobs(data_dir, api, file, &mut sub).await?;
+    let text = sub.text();
+    let auth = bearer(data_dir)?;
+    let addr = api_addr(data_dir, api);
+    let r = api_client::request(
+        addr,
+        "POST",
+        "/campaigns",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/toml"),
+        ],
+        text.as_bytes(),
+    )
+    .await?;
+    if r.status != 201 {
+        bail!(
+            "the node refused the campaign ({}): {}",
+            r.status,
+            r.error_message()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    if api.json {
+        say!("{}", r.text());
+    } else {
+        say!("{}", v["id"].as_str().unwrap_or("?"));
+        if let Some(p) = v.get("projected").filter(|p| !p.is_null()) {
+            eprintln!(
+                "projected: at most {} model calls and {} tokens (the campaign stops \
+                 at its budget; `campaign status` shows what is spent)",
+                p["model_calls"], p["tokens"]
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn campaign(data_dir: &Path, cmd: CampaignCmd) -> anyhow::Result<()> {
     match cmd {
-        CampaignCmd::Submit { file, api } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            // Check locally first: a clear error without a round trip.
-            let mut sub = Submission::parse(&text).with_context(|| file.display().to_string())?;
-            upload_file_blobs(data_dir, &api, &file, &mut sub).await?;
-            let text = sub.text();
-            let auth = bearer(data_dir)?;
-            let addr = api_addr(data_dir, &api);
-            let r = api_client::request(
-                addr,
-                "POST",
-                "/campaigns",
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/toml"),
-                ],
-                text.as_bytes(),
-            )
-            .await?;
-            if r.status != 201 {
-                bail!(
-                    "the node refused the campaign ({}): {}",
-                    r.status,
-                    r.error_message()
-                );
-            }
-            let v: serde_json::Value = serde_json::from_slice(&r.body)?;
-            if api.json {
-                say!("{}", r.text());
-            } else {
-                say!("{}", v["id"].as_str().unwrap_or("?"));
-                if let Some(p) = v.get("projected").filter(|p| !p.is_null()) {
-                    eprintln!(
-                        "projected: at most {} model calls and {} tokens (the campaign stops \
-                         at its budget; `campaign status` shows what is spent)",
-                        p["model_calls"], p["tokens"]
-                    );
-                }
-            }
-            Ok(())
-        }
+        CampaignCmd::Submit { file, api } => submit(data_dir, &file, &api).await,
         CampaignCmd::Status { id, api } => {
             let r = get(data_dir, &api, &format!("/campaigns/{id}")).await?;
             if api.json {
