@@ -111,6 +111,7 @@ pub(super) fn run_text(
     };
     let c = model.config();
     super::prompt::check_memory(&c, limits)?;
+    check_shard_memory(end.saturating_sub(start), &c, p.top_k, limits)?;
     let tokens = match tokenizer.encode(&corpus.text()) {
         Ok(t) => t,
         Err(e) => return invalid(format!("the corpus in the teacher's tokens: {e}")),
@@ -139,6 +140,29 @@ pub(super) fn run_text(
     };
     let shard = labels.to_bytes();
     Ok(shard_ran(counts, *blake3::hash(&shard).as_bytes(), shard))
+}
+
+/// Refuses (for another peer to take) a text shard whose labels would exceed this node's
+/// memory limit: `windows × context × k` entries of 6 bytes, held as entries and again as the
+/// blob, plus one batch's probabilities. A campaign of few, long shards over a large corpus
+/// asks for that much; the shard's size, not the corpus's, is what a job holds.
+fn check_shard_memory(
+    windows: u64,
+    c: &hivemesh_trainer::lm::LmConfig,
+    k: u8,
+    limits: &hivemesh_trainer::train::Limits,
+) -> Result<(), ExecError> {
+    let entries = windows
+        .saturating_mul(c.context as u64)
+        .saturating_mul(u64::from(k));
+    let probs = (TEXT_BATCH * c.context * c.vocab * 4) as u64;
+    let needed = entries.saturating_mul(2 * 6).saturating_add(probs);
+    match limits.memory_budget {
+        Some(budget) if needed > budget => Err(ExecError::OverLimit(
+            hivemesh_trainer::TrainError::MemoryBudget { needed, budget },
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// What a shard's outcome counts: the teacher's top-1 agreement with the data, and its size.
@@ -171,5 +195,26 @@ fn shard_ran(c: Counts, fingerprint: [u8; 32], shard: Vec<u8>) -> Ran {
     Ran {
         outcome: Outcome::Success(m),
         blobs: vec![(id, shard)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hivemesh_trainer::lm::LmConfig;
+    use hivemesh_trainer::train::Limits;
+
+    #[test]
+    fn a_text_shard_over_the_memory_limit_is_left_to_another_peer() {
+        let c = LmConfig::small(84);
+        let limits = Limits {
+            memory_budget: Some(1 << 30),
+            ..Limits::default()
+        };
+        // 500 windows of 64 at k = 20: 7.7 MB of labels.
+        check_shard_memory(500, &c, 20, &limits).expect("fits");
+        // 2 million windows at k = 255: some 400 GB.
+        let e = check_shard_memory(2_000_000, &c, 255, &limits).expect_err("over the limit");
+        assert!(matches!(e, ExecError::OverLimit(_)), "{e}");
     }
 }
