@@ -6,9 +6,10 @@ Dense10), same batch (64), same optimiser (Adam, lr 1e-3), same data (MNIST scal
 same number of threads as the machine's cores. Prints training steps/s after 20 warm-up steps.
 
     pip install torch
-    python3 trainer/benches/pytorch_mnist.py --mnist ../shared/data/mnist --steps 100
+    python3 trainer/benches/pytorch_mnist.py --mnist ../shared/data/mnist --steps 100 \
+        --macro target/macro_model.py   # written by `mnist bench --write-macro`
 """
-import argparse, gzip, os, struct, time
+import argparse, gzip, importlib.util, os, struct, time
 
 import torch
 import torch.nn as nn
@@ -27,8 +28,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mnist", required=True)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--models", default="mlp,cnn,macro",
+                    help="comma-separated: mlp, cnn, macro (macro needs --macro)")
+    ap.add_argument("--macro", help="the macro genome's generated module, written by "
+                    "`mnist bench --write-macro FILE`")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(a.threads)
     torch.manual_seed(1)
     x = idx(os.path.join(a.mnist, "train-images-idx3-ubyte.gz")).float().div(255).unsqueeze(1)
     y = idx(os.path.join(a.mnist, "train-labels-idx1-ubyte.gz")).long()
@@ -39,8 +45,17 @@ def main():
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)),
     }
+    if a.macro:
+        spec = importlib.util.spec_from_file_location("macro_model", a.macro)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        models["macro 32ch 5x5"] = mod.Model()
+    keys = {"mlp": "mlp 784-128-10", "cnn": "small cnn", "macro": "macro 32ch 5x5"}
+    wanted = [keys[m] for m in a.models.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name, model in models.items():
+        if name not in wanted:
+            continue
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         loss_fn = nn.CrossEntropyLoss()
         perm = torch.randperm(x.shape[0])

@@ -165,6 +165,14 @@ struct BenchArgs {
     /// Timed steps per model (after 20 warm-up steps).
     #[arg(long, default_value_t = 200)]
     steps: u64,
+    /// Which models, comma-separated: `mlp` (784-128-10), `cnn` (the small CNN), `macro` (the
+    /// NSGA-Net macro genome with 32 channels and 5x5 kernels).
+    #[arg(long, default_value = "mlp,cnn,macro", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Where to write the macro genome's generated PyTorch module (`macro_model.py`) for
+    /// `benches/pytorch_mnist.py --macro FILE`.
+    #[arg(long)]
+    write_macro: Option<PathBuf>,
 }
 
 /// The arguments of `export`.
@@ -552,13 +560,23 @@ fn loss(args: LossArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    let BenchArgs { mnist, steps } = args;
-    let (data, splits) = load(&mnist)?;
+    let (data, splits) = load(&args.mnist)?;
+    let steps = args.steps;
     let device = Default::default();
-    for (name, arch) in [
-        ("mlp 784-128-10", mlp(data.shape, 128, 10)),
-        ("small cnn", small_cnn(data.shape, 10)),
-    ] {
+    let bench_macro = bench_macro_cnn(data.shape, 10)?;
+    if let Some(path) = &args.write_macro {
+        let py = hivemesh_trainer::export::pytorch_module(&bench_macro)?;
+        std::fs::write(path, py).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let all = [
+        ("mlp", "mlp 784-128-10", mlp(data.shape, 128, 10)),
+        ("cnn", "small cnn", small_cnn(data.shape, 10)),
+        ("macro", "macro 32ch 5x5", bench_macro),
+    ];
+    for (_, name, arch) in all
+        .into_iter()
+        .filter(|(key, _, _)| args.models.iter().any(|m| m == key))
+    {
         let budget = Budget {
             max_steps: Some(20 + steps),
             ..adam(100)
@@ -595,6 +613,21 @@ fn bench(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The NSGA-Net macro space (2 phases × 3 nodes) with 32 channels and 5x5 kernels: every
+/// connection on, residual on — the benchmark's representative genome (issue 28).
+fn bench_macro_cnn(input: Shape, classes: u32) -> Result<Architecture> {
+    let space = MacroSpace {
+        input,
+        classes,
+        phases: 2,
+        nodes: 3,
+        channels: vec![32],
+        kernels: vec![5],
+    };
+    let genome: Vec<u32> = space.gene_limits().iter().map(|l| l - 1).collect();
+    Ok(space.decode(&genome)?)
 }
 
 /// The NSGA-Net macro space's largest network with 16 channels and 3x3 kernels.

@@ -35,8 +35,9 @@ pub use error::{DataError, StopReason, TrainError};
 pub use ops::{ModelBackend, TrainBackend};
 
 /// The trainer's code version: jobs name it, and results of different versions are not
-/// compared.
-pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"));
+/// compared. The suffix counts changes of the CPU kernels that change result bits (ADR 0012):
+/// `k2` = the `gemm` crate's products, one per sample.
+pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k2");
 
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).
 pub type Cpu = burn::backend::NdArray<f32>;

@@ -1,21 +1,23 @@
 //! CPU kernels for the two layers burn-ndarray computes slowly: "same" convolution and
 //! non-overlapping max pooling, forward and backward, on contiguous `f32` slices in NCHW order.
 //!
-//! A convolution is im2col + matrix multiplication (ndarray's `general_mat_mul`, the same
-//! matrixmultiply GEMM burn-ndarray uses for dense layers). The batch is cut into
-//! [`CHUNKS`] runs of samples that rayon processes in parallel, each with its own patch
-//! matrix, so a GEMM's output rows (the output channels, often just 32 or 64) need not be
-//! split across threads. The backward pass recomputes the patches from the saved input
-//! instead of keeping them, which keeps a job's memory at the size of its activations.
+//! A convolution is im2col + matrix multiplication, one product per sample (the `gemm` crate's
+//! AVX-512/AVX2 kernels through [`linalg`]). The batch is cut into [`CHUNKS`] runs of samples
+//! that rayon processes in parallel, each with its own patch buffer, so a GEMM's output rows
+//! (the output channels, often just 32 or 64) need not be split across threads. The backward
+//! pass recomputes the patches from the saved input instead of keeping them, which keeps a
+//! job's memory at the size of its activations.
 //!
 //! Determinism: the chunks depend on the batch size only, never on the thread count; the
 //! weight gradient is summed chunk by chunk in chunk order; every other output is written by
 //! exactly one task. So results are bit-identical across runs, thread counts and machines with
 //! the same GEMM kernel.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2};
+mod linalg;
+
 use rayon::prelude::*;
+
+use linalg::{Mat, MatMut, matmul};
 
 /// How many runs of samples a batch is cut into (fewer if the batch is smaller).
 pub(crate) const CHUNKS: usize = 8;
@@ -43,10 +45,6 @@ impl ConvDims {
     fn chunk(&self) -> usize {
         self.b.div_ceil(CHUNKS).max(1)
     }
-    /// The same convolution over `b` samples.
-    fn with_batch(&self, b: usize) -> ConvDims {
-        ConvDims { b, ..*self }
-    }
     /// Where, along one image row, output column `x` reads input `x + dx - k/2`: the output
     /// range whose input lies inside the image, and the input offset of its first element.
     fn x_span(&self, dx: usize) -> (usize, usize, usize) {
@@ -62,96 +60,78 @@ impl ConvDims {
     }
 }
 
-/// The patch matrix `[c·k·k, b·h·w]` of `x` `[b, c, h, w]` (zero padding outside the image).
-fn im2col(x: &[f32], d: &ConvDims) -> Vec<f32> {
+/// The patch matrix `[c·k·k, h·w]` of one sample `x` `[c, h, w]` into `cols`. Only the
+/// entries inside the image are written: positions that read padding are the same for every
+/// sample, so a buffer zeroed once serves a whole run of samples.
+fn im2col(x: &[f32], d: &ConvDims, cols: &mut [f32]) {
     let (hw, kk) = (d.hw(), d.k * d.k);
-    let n = d.b * hw;
-    let mut cols = vec![0f32; d.rows() * n];
-    for (r, row) in cols.chunks_mut(n).enumerate() {
+    for (r, row) in cols.chunks_mut(hw).enumerate() {
         let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
         let (x0, x1, src0) = d.x_span(dx);
         if x0 >= x1 {
             continue;
         }
-        for s in 0..d.b {
-            let plane = &x[(s * d.c + ci) * hw..][..hw];
-            let out = &mut row[s * hw..][..hw];
-            for y in 0..d.h {
-                if let Some(iy) = d.src_row(y, dy) {
-                    out[y * d.w + x0..y * d.w + x1]
-                        .copy_from_slice(&plane[iy * d.w + src0..][..x1 - x0]);
-                }
+        let plane = &x[ci * hw..][..hw];
+        for y in 0..d.h {
+            if let Some(iy) = d.src_row(y, dy) {
+                row[y * d.w + x0..y * d.w + x1]
+                    .copy_from_slice(&plane[iy * d.w + src0..][..x1 - x0]);
             }
         }
     }
-    cols
 }
 
-/// The adjoint of [`im2col`]: sums the patch-matrix gradient back into `gx` `[b, c, h, w]`.
+/// The adjoint of [`im2col`]: sums one sample's patch-matrix gradient into `gx` `[c, h, w]`.
 fn col2im(gcols: &[f32], d: &ConvDims, gx: &mut [f32]) {
     let (hw, kk) = (d.hw(), d.k * d.k);
-    let n = d.b * hw;
-    for (s, sample) in gx.chunks_mut(d.c * hw).enumerate() {
-        for r in 0..d.rows() {
-            let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
-            let (x0, x1, src0) = d.x_span(dx);
-            if x0 >= x1 {
-                continue;
-            }
-            let src = &gcols[r * n + s * hw..][..hw];
-            let plane = &mut sample[ci * hw..][..hw];
-            for y in 0..d.h {
-                if let Some(iy) = d.src_row(y, dy) {
-                    let dst = &mut plane[iy * d.w + src0..][..x1 - x0];
-                    for (g, v) in dst.iter_mut().zip(&src[y * d.w + x0..y * d.w + x1]) {
-                        *g += v;
-                    }
+    for (r, src) in gcols.chunks(hw).enumerate() {
+        let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
+        let (x0, x1, src0) = d.x_span(dx);
+        if x0 >= x1 {
+            continue;
+        }
+        let plane = &mut gx[ci * hw..][..hw];
+        for y in 0..d.h {
+            if let Some(iy) = d.src_row(y, dy) {
+                let dst = &mut plane[iy * d.w + src0..][..x1 - x0];
+                for (g, v) in dst.iter_mut().zip(&src[y * d.w + x0..y * d.w + x1]) {
+                    *g += v;
                 }
             }
         }
     }
-}
-
-fn view<'a>(rows: usize, cols: usize, data: &'a [f32]) -> ArrayView2<'a, f32> {
-    match ArrayView2::from_shape((rows, cols), data) {
-        Ok(v) => v,
-        Err(e) => unreachable!("kernel buffers are sized from their dims: {e}"),
-    }
-}
-
-/// `a × b` as a row-major vector.
-fn matmul(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Vec<f32> {
-    let mut c = Array2::<f32>::zeros((a.nrows(), b.ncols()));
-    general_mat_mul(1.0, &a, &b, 0.0, &mut c);
-    c.into_raw_vec_and_offset().0
 }
 
 /// `y = conv(x, weight) + bias`: `x` `[b, c, h, w]`, `weight` `[o, c, k, k]`, `bias` `[o]`.
+/// Each sample is one product `weight [o, c·k·k] × patches [c·k·k, h·w]` written straight
+/// into its output planes, which already hold the bias.
 pub(crate) fn conv_forward(x: &[f32], weight: &[f32], bias: &[f32], d: &ConvDims) -> Vec<f32> {
     let (hw, per) = (d.hw(), d.chunk());
     let mut y = vec![0f32; d.b * d.o * hw];
-    let wm = view(d.o, d.rows(), weight);
+    let wm = Mat::rows(weight, d.o, d.rows());
     y.par_chunks_mut(per * d.o * hw)
         .zip(x.par_chunks(per * d.c * hw))
         .for_each(|(y, x)| {
-            let dc = d.with_batch(x.len() / (d.c * hw));
-            let n = dc.b * hw;
-            let cols = im2col(x, &dc);
-            let ym = matmul(wm, view(d.rows(), n, &cols));
-            // [o, (sample, pixel)] → [sample, o, pixel], plus the bias.
-            for (s, sample) in y.chunks_mut(d.o * hw).enumerate() {
-                for (oi, (dst, b)) in sample.chunks_mut(hw).zip(bias).enumerate() {
-                    for (v, m) in dst.iter_mut().zip(&ym[oi * n + s * hw..][..hw]) {
-                        *v = m + b;
-                    }
+            let mut cols = vec![0f32; d.rows() * hw];
+            for (ys, xs) in y.chunks_mut(d.o * hw).zip(x.chunks(d.c * hw)) {
+                for (plane, b) in ys.chunks_mut(hw).zip(bias) {
+                    plane.fill(*b);
                 }
+                im2col(xs, d, &mut cols);
+                let dst = MatMut {
+                    data: ys,
+                    rows: d.o,
+                    cols: hw,
+                };
+                matmul(dst, wm, Mat::rows(&cols, d.rows(), hw), true);
             }
         });
     y
 }
 
 /// Gradients of [`conv_forward`] given the output gradient `gy` `[b, o, h, w]`:
-/// `(gx, gweight, gbias)`; `gx` is empty unless `want_x`.
+/// `(gx, gweight, gbias)`; `gx` is empty unless `want_x`. Per sample: `gweight += gy_s ×
+/// patchesᵀ`, `gx_s = col2im(weightᵀ × gy_s)`; chunk sums are added in chunk order.
 pub(crate) fn conv_backward(
     x: &[f32],
     weight: &[f32],
@@ -160,7 +140,7 @@ pub(crate) fn conv_backward(
     want_x: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (hw, per) = (d.hw(), d.chunk());
-    let wm = view(d.o, d.rows(), weight);
+    let wm = Mat::rows(weight, d.o, d.rows());
     let mut gx = vec![0f32; if want_x { d.b * d.c * hw } else { 0 }];
     let mut gx_chunks = gx.chunks_mut(per * d.c * hw);
     let tasks: Vec<(usize, Option<&mut [f32]>)> = (0..d.b.div_ceil(per))
@@ -168,24 +148,34 @@ pub(crate) fn conv_backward(
         .collect();
     let partial: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .into_par_iter()
-        .map(|(i, gx)| {
+        .map(|(i, mut gx)| {
             let (s0, s1) = (i * per, ((i + 1) * per).min(d.b));
-            let dc = d.with_batch(s1 - s0);
-            let n = dc.b * hw;
-            // The output gradient as [o, (sample, pixel)], the patch matrix's column order.
-            let mut g = vec![0f32; d.o * n];
-            for (oi, row) in g.chunks_mut(n).enumerate() {
-                for (s, dst) in row.chunks_mut(hw).enumerate() {
-                    dst.copy_from_slice(&gy[((s0 + s) * d.o + oi) * hw..][..hw]);
+            let mut cols = vec![0f32; d.rows() * hw];
+            let mut gcols = vec![0f32; if gx.is_some() { d.rows() * hw } else { 0 }];
+            let mut gw = vec![0f32; d.o * d.rows()];
+            let mut gb = vec![0f32; d.o];
+            for s in s0..s1 {
+                let gys = &gy[s * d.o * hw..][..d.o * hw];
+                for (acc, plane) in gb.iter_mut().zip(gys.chunks(hw)) {
+                    *acc += plane.iter().sum::<f32>();
                 }
-            }
-            let gb: Vec<f32> = g.chunks(n).map(|row| row.iter().sum()).collect();
-            let gm = view(d.o, n, &g);
-            let cols = im2col(&x[s0 * d.c * hw..s1 * d.c * hw], &dc);
-            let gw = matmul(gm, view(d.rows(), n, &cols).t());
-            drop(cols);
-            if let Some(gx) = gx {
-                col2im(&matmul(wm.t(), gm), &dc, gx);
+                im2col(&x[s * d.c * hw..][..d.c * hw], d, &mut cols);
+                let gym = Mat::rows(gys, d.o, hw);
+                let dst = MatMut {
+                    data: &mut gw,
+                    rows: d.o,
+                    cols: d.rows(),
+                };
+                matmul(dst, gym, Mat::rows(&cols, d.rows(), hw).t(), s > s0);
+                if let Some(gx) = gx.as_deref_mut() {
+                    let dst = MatMut {
+                        data: &mut gcols,
+                        rows: d.rows(),
+                        cols: hw,
+                    };
+                    matmul(dst, wm.t(), gym, false);
+                    col2im(&gcols, d, &mut gx[(s - s0) * d.c * hw..][..d.c * hw]);
+                }
             }
             (gw, gb)
         })
