@@ -26,6 +26,7 @@ pub mod lm;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod private;
 pub mod rounds;
 pub mod train;

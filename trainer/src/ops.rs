@@ -24,6 +24,7 @@ use ndarray::{ArcArray, IxDyn};
 
 use crate::Cpu;
 use crate::kernels::{self, ConvDims};
+use crate::optim::{AdamStep, adam_update_tensors};
 
 /// A backend a model can run on.
 pub trait ModelBackend: Backend {
@@ -36,6 +37,16 @@ pub trait ModelBackend: Backend {
     ) -> Tensor<Self, 4>;
     /// `k×k` max pooling with stride `k`, no padding, floor mode.
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4>;
+    /// One Adam update of `param` (see [`crate::optim`]): the new parameter and moments.
+    /// `moments` is `None` on the first step. By default burn tensor operations.
+    fn adam_update<const D: usize>(
+        param: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
+        step: &AdamStep,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+        adam_update_tensors(param, grad, moments, step)
+    }
 }
 
 /// A backend a model can be trained on: autodiff over a [`ModelBackend`].
@@ -113,6 +124,56 @@ impl ModelBackend for Cpu {
         let x = x.into_primitive().tensor();
         let (y, _) = kernels::max_pool_forward(&host(&x), b * c, h, w, k);
         Tensor::from_primitive(TensorPrimitive::Float(cpu(y, [b, c, h / k, w / k])))
+    }
+
+    fn adam_update<const D: usize>(
+        param: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
+        step: &AdamStep,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+        let shape = param.dims();
+        let n = param.shape().num_elements();
+        let grad = grad.into_primitive().tensor();
+        let mut p = owned(param.into_primitive().tensor(), &shape);
+        let (mut m1, mut m2, first) = match moments {
+            Some((m1, m2)) => (
+                owned(m1.into_primitive().tensor(), &shape),
+                owned(m2.into_primitive().tensor(), &shape),
+                false,
+            ),
+            None => {
+                let zeros = || ArcArray::zeros(IxDyn(&shape));
+                (zeros(), zeros(), true)
+            }
+        };
+        match (p.as_slice_mut(), m1.as_slice_mut(), m2.as_slice_mut()) {
+            (Some(p), Some(m1), Some(m2)) if p.len() == n => {
+                kernels::adam(p, &host(&grad), m1, m2, step, first);
+            }
+            _ => unreachable!("owned() returns arrays in standard layout"),
+        }
+        let back = |a: ArcArray<f32, IxDyn>| {
+            Tensor::from_primitive(TensorPrimitive::Float(NdArrayTensor::from(a)))
+        };
+        (back(p), back(m1), back(m2))
+    }
+}
+
+/// A CPU tensor's values as an array of its own in standard layout (no copy when it is
+/// already one and unshared; copied on write otherwise).
+fn owned(t: FloatTensor<Cpu>, shape: &[usize]) -> ArcArray<f32, IxDyn> {
+    let a = match t {
+        NdArrayTensor::F32(storage) => storage.into_owned(),
+        other => match ArcArray::from_shape_vec(IxDyn(shape), host(&other).into_owned()) {
+            Ok(a) => a,
+            Err(e) => unreachable!("a tensor's values fill its shape: {e}"),
+        },
+    };
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned().into_shared()
     }
 }
 

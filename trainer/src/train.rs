@@ -11,8 +11,9 @@
 //! [`TrainError::Diverged`], never a panic.
 
 use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::Backend;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
@@ -28,6 +29,7 @@ use crate::data::{Dataset, Splits, shuffle};
 use crate::error::{StopReason, TrainError};
 use crate::model::{Model, WeightsFile};
 use crate::ops::{ModelBackend, TrainBackend};
+use crate::optim::FusedAdam;
 
 /// How the learning rate changes over training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -319,7 +321,7 @@ pub(crate) fn with_optimizer<B: TrainBackend, W: WithOptimizer<B>>(
     w: W,
 ) -> W::Output {
     match kind {
-        OptimizerKind::Adam => w.run(AdamConfig::new().with_epsilon(1e-8).init()),
+        OptimizerKind::Adam => w.run(OptimizerAdaptor::from(FusedAdam::default())),
         OptimizerKind::Sgd { momentum } => {
             let m = (momentum > 0.0).then(|| MomentumConfig {
                 momentum: f64::from(momentum),

@@ -19,6 +19,8 @@ use rayon::prelude::*;
 
 use linalg::{Mat, MatMut, matmul};
 
+use crate::optim::AdamStep;
+
 /// How many runs of samples a batch is cut into (fewer if the batch is smaller).
 pub(crate) const CHUNKS: usize = 8;
 
@@ -191,6 +193,32 @@ pub(crate) fn conv_backward(
         }
     }
     (gx, gw, gb)
+}
+
+/// Elements per piece of an element-wise update spread over the thread pool.
+const PIECE: usize = 1 << 14;
+
+/// Adam over one tensor in place: `p`, `m1`, `m2` are updated by `step` given the gradient
+/// `g`; `first` when the moments are fresh (their values are then ignored). Each element's
+/// arithmetic is independent of the pieces, so the bits are too.
+pub(crate) fn adam(
+    p: &mut [f32],
+    g: &[f32],
+    m1: &mut [f32],
+    m2: &mut [f32],
+    step: &AdamStep,
+    first: bool,
+) {
+    p.par_chunks_mut(PIECE)
+        .zip(g.par_chunks(PIECE))
+        .zip(m1.par_chunks_mut(PIECE))
+        .zip(m2.par_chunks_mut(PIECE))
+        .for_each(|(((p, g), m1), m2)| {
+            for (((p, g), m1), m2) in p.iter_mut().zip(g).zip(m1).zip(m2) {
+                let before = (!first).then_some((*m1, *m2));
+                (*p, *m1, *m2) = step.apply(*p, *g, before);
+            }
+        });
 }
 
 /// `k×k` max pooling with stride `k`, no padding, floor mode, over `planes` planes of `h×w`:
