@@ -49,6 +49,35 @@ pub struct Plan {
     shapes: Vec<Shape>,
     /// For each node, the last node that reads it (its value is dropped after that).
     last_use: Vec<usize>,
+    /// For each node: a convolution or dense layer whose only reader is a ReLU computes that
+    /// ReLU itself (one pass instead of two, and no separate mask in the backward pass)...
+    fused_relu: Vec<bool>,
+    /// ...and that ReLU node then passes its input on.
+    passthrough: Vec<bool>,
+}
+
+/// Which layers take their ReLU into their own pass: `(fused_relu, passthrough)` per node
+/// (see [`Plan`]).
+fn relu_fusion(arch: &Architecture) -> (Vec<bool>, Vec<bool>) {
+    let n = arch.nodes.len();
+    let mut readers = vec![0usize; n];
+    for node in &arch.nodes {
+        for &j in &node.inputs {
+            readers[j as usize] += 1;
+        }
+    }
+    let (mut fused, mut pass) = (vec![false; n], vec![false; n]);
+    for (i, node) in arch.nodes.iter().enumerate() {
+        if let (Op::Act(Activation::Relu), [j]) = (node.op, node.inputs.as_slice()) {
+            let j = *j as usize;
+            let layer = matches!(arch.nodes[j].op, Op::Conv { .. } | Op::Dense { .. });
+            if layer && readers[j] == 1 {
+                fused[j] = true;
+                pass[i] = true;
+            }
+        }
+    }
+    (fused, pass)
 }
 
 /// A 2-D convolution, stride 1, "same" zero padding, with bias; computed by the backend's
@@ -63,9 +92,9 @@ pub struct Conv<B: Backend> {
 }
 
 impl<B: ModelBackend> Conv<B> {
-    /// `[b, c, h, w]` → `[b, out, h, w]`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        B::conv_same(x, self.weight.val(), self.bias.val())
+    /// `[b, c, h, w]` → `[b, out, h, w]`, then ReLU when `relu`.
+    pub fn forward(&self, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+        B::conv_same(x, self.weight.val(), self.bias.val(), relu)
     }
 }
 
@@ -253,7 +282,10 @@ impl Plan {
                 Op::Add => Step::Add,
             });
         }
+        let (fused_relu, passthrough) = relu_fusion(arch);
         Ok(Plan {
+            fused_relu,
+            passthrough,
             steps,
             inputs: arch
                 .nodes
@@ -387,8 +419,15 @@ impl<B: ModelBackend> Model<B> {
                     }
                     Shape::Flat(_) => Value::Flat(x.clone()),
                 },
-                Step::Conv(k) => Value::Img(self.convs[k].forward(img(arg(&values, 0)))),
-                Step::Dense(k) => Value::Flat(self.denses[k].forward(flat(arg(&values, 0)))),
+                Step::Conv(k) => {
+                    Value::Img(self.convs[k].forward(img(arg(&values, 0)), p.fused_relu[i]))
+                }
+                Step::Dense(k) => Value::Flat(dense(
+                    &self.denses[k],
+                    flat(arg(&values, 0)),
+                    p.fused_relu[i],
+                )),
+                Step::Act(_) if p.passthrough[i] => arg(&values, 0),
                 Step::Norm(k) => match arg(&values, 0) {
                     Value::Img(t) => Value::Img(self.norms[k].forward(t)),
                     Value::Flat(t) => Value::Flat(self.norms[k].forward(t)),
@@ -563,6 +602,21 @@ impl<B: Backend> Model<B> {
     }
 }
 
+/// A dense layer through [`ModelBackend::dense`] (burn's own forward if it has no bias).
+fn dense<B: ModelBackend>(l: &Linear<B>, x: Tensor<B, 2>, relu: bool) -> Tensor<B, 2> {
+    match &l.bias {
+        Some(b) => B::dense(x, l.weight.val(), b.val(), relu),
+        None => {
+            let y = l.forward(x);
+            if relu {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            }
+        }
+    }
+}
+
 fn img<B: Backend>(v: Value<B>) -> Tensor<B, 4> {
     match v {
         Value::Img(t) => t,
@@ -609,6 +663,30 @@ pub(crate) mod tests {
         let mut genome = vec![1u32; space.genome_len()];
         genome[2] = 0;
         space.decode(&genome).expect("valid genome")
+    }
+
+    /// A convolution or dense layer takes in its ReLU only when the ReLU is its sole reader.
+    #[test]
+    fn relus_fuse_into_their_only_producer() {
+        let mnist = Shape::Image { c: 1, h: 28, w: 28 };
+        let cnn = crate::zoo::small_cnn(mnist, 10);
+        let (fused, pass) = relu_fusion(&cnn);
+        // Input, Conv, ReLU, Pool, Conv, ReLU, Pool, Flatten, Dense, ReLU, Dense.
+        let at = |v: &[bool]| (0..v.len()).filter(|&i| v[i]).collect::<Vec<_>>();
+        assert_eq!(at(&fused), vec![1, 4, 8]);
+        assert_eq!(at(&pass), vec![2, 5, 9]);
+        // A conv read by a ReLU and by a residual add keeps both readers unfused.
+        let relu = Op::Act(Activation::Relu);
+        let mut branch = crate::zoo::chain(mnist, 10, &[Op::Conv { out: 1, kernel: 3 }, relu]);
+        branch.nodes.push(hivemesh_evolve::arch::Node {
+            op: Op::Add,
+            inputs: vec![1, 2],
+        });
+        let (fused, pass) = relu_fusion(&branch);
+        assert!(fused.iter().chain(&pass).all(|f| !f));
+        // The macro space puts batch norm between convolution and ReLU: nothing to fuse.
+        let (fused, _) = relu_fusion(&macro_arch());
+        assert!(fused.iter().all(|f| !f));
     }
 
     #[test]
@@ -693,7 +771,7 @@ mod conv_tests {
                 bias: param::<Cpu, 1>(b.clone(), [4], &d),
             };
             let ours = conv
-                .forward(x.clone())
+                .forward(x.clone(), false)
                 .into_data()
                 .to_vec::<f32>()
                 .expect("f32");

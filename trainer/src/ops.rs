@@ -18,23 +18,37 @@ use burn::backend::ndarray::NdArrayTensor;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive, activation};
 
 use ndarray::{ArcArray, IxDyn};
 
 use crate::Cpu;
-use crate::kernels::{self, ConvDims};
+use crate::kernels::{self, ConvDims, DenseDims};
 use crate::optim::{AdamStep, adam_update_tensors};
 
 /// A backend a model can run on.
 pub trait ModelBackend: Backend {
     /// Stride-1 convolution with "same" zero padding (`k / 2`, odd `k`) and bias:
     /// `x` `[b, c, h, w]`, `weight` `[o, c, k, k]`, `bias` `[o]` → `[b, o, h, w]`.
+    /// With `relu`, ReLU follows in the same pass (the model fuses a convolution whose only
+    /// reader is a ReLU).
     fn conv_same(
         x: Tensor<Self, 4>,
         weight: Tensor<Self, 4>,
         bias: Tensor<Self, 1>,
+        relu: bool,
     ) -> Tensor<Self, 4>;
+    /// A dense layer `x · weight + bias` (`x` `[b, i]`, `weight` `[i, o]` as burn's
+    /// `Linear`), then ReLU when `relu`. By default burn tensor operations.
+    fn dense(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let y = x.matmul(weight) + bias.unsqueeze::<2>();
+        if relu { activation::relu(y) } else { y }
+    }
     /// `k×k` max pooling with stride `k`, no padding, floor mode.
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4>;
     /// One Adam update of `param` (see [`crate::optim`]): the new parameter and moments.
@@ -99,9 +113,30 @@ fn conv_cpu(
     weight: &FloatTensor<Cpu>,
     bias: &FloatTensor<Cpu>,
     d: &ConvDims,
+    relu: bool,
 ) -> FloatTensor<Cpu> {
-    let y = kernels::conv_forward(&host(x), &host(weight), &host(bias), d);
+    let y = kernels::conv_forward(&host(x), &host(weight), &host(bias), d, relu);
     cpu(y, [d.b, d.o, d.h, d.w])
+}
+
+/// The dense layer of CPU tensors.
+fn dense_cpu(
+    x: &FloatTensor<Cpu>,
+    weight: &FloatTensor<Cpu>,
+    bias: &FloatTensor<Cpu>,
+    d: &DenseDims,
+    relu: bool,
+) -> FloatTensor<Cpu> {
+    let y = kernels::dense_forward(&host(x), &host(weight), &host(bias), d, relu);
+    cpu(y, [d.b, d.o])
+}
+
+fn dense_dims(x: [usize; 2], weight: [usize; 2]) -> DenseDims {
+    DenseDims {
+        b: x[0],
+        i: x[1],
+        o: weight[1],
+    }
 }
 
 impl ModelBackend for Cpu {
@@ -109,6 +144,7 @@ impl ModelBackend for Cpu {
         x: Tensor<Self, 4>,
         weight: Tensor<Self, 4>,
         bias: Tensor<Self, 1>,
+        relu: bool,
     ) -> Tensor<Self, 4> {
         let d = dims(x.dims(), weight.dims());
         let (x, weight, bias) = (
@@ -116,7 +152,24 @@ impl ModelBackend for Cpu {
             weight.into_primitive().tensor(),
             bias.into_primitive().tensor(),
         );
-        Tensor::from_primitive(TensorPrimitive::Float(conv_cpu(&x, &weight, &bias, &d)))
+        let y = conv_cpu(&x, &weight, &bias, &d, relu);
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
+
+    fn dense(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let d = dense_dims(x.dims(), weight.dims());
+        let (x, weight, bias) = (
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        );
+        let y = dense_cpu(&x, &weight, &bias, &d, relu);
+        Tensor::from_primitive(TensorPrimitive::Float(y))
     }
 
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
@@ -177,12 +230,55 @@ fn owned(t: FloatTensor<Cpu>, shape: &[usize]) -> ArcArray<f32, IxDyn> {
     }
 }
 
-/// What the convolution's backward pass needs: its input and weight (shared, not copied).
+/// What the convolution's backward pass needs: its input and weight (shared, not copied),
+/// and its output when a ReLU was fused into it.
 #[derive(Clone, Debug)]
 struct ConvSaved {
     x: FloatTensor<Cpu>,
     weight: FloatTensor<Cpu>,
+    relu_out: Option<FloatTensor<Cpu>>,
     dims: ConvDims,
+}
+
+/// What a dense layer's backward pass needs (as [`ConvSaved`]).
+#[derive(Clone, Debug)]
+struct DenseSaved {
+    x: FloatTensor<Cpu>,
+    weight: FloatTensor<Cpu>,
+    relu_out: Option<FloatTensor<Cpu>>,
+    dims: DenseDims,
+}
+
+#[derive(Debug)]
+struct DenseOp;
+
+impl Backward<Cpu, 3> for DenseOp {
+    type State = DenseSaved;
+
+    fn backward(self, ops: Ops<DenseSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let gy = grads.consume::<Cpu>(&ops.node);
+        let s = ops.state;
+        let d = s.dims;
+        let relu_out = s.relu_out.as_ref().map(host);
+        let (gx, gw, gb) = kernels::dense_backward(
+            &host(&s.x),
+            &host(&s.weight),
+            &host(&gy),
+            relu_out.as_deref(),
+            &d,
+            node_x.is_some(),
+        );
+        if let Some(node) = node_x {
+            grads.register::<Cpu>(node.id, cpu(gx, [d.b, d.i]));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Cpu>(node.id, cpu(gw, [d.i, d.o]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Cpu>(node.id, cpu(gb, [d.o]));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -196,10 +292,12 @@ impl Backward<Cpu, 3> for ConvOp {
         let gy = grads.consume::<Cpu>(&ops.node);
         let s = ops.state;
         let d = s.dims;
+        let relu_out = s.relu_out.as_ref().map(host);
         let (gx, gw, gb) = kernels::conv_backward(
             &host(&s.x),
             &host(&s.weight),
             &host(&gy),
+            relu_out.as_deref(),
             &d,
             node_x.is_some(),
         );
@@ -244,6 +342,7 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
         x: Tensor<Self, 4>,
         weight: Tensor<Self, 4>,
         bias: Tensor<Self, 1>,
+        relu: bool,
     ) -> Tensor<Self, 4> {
         let d = dims(x.dims(), weight.dims());
         let (x, weight, bias) = (
@@ -251,7 +350,7 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
             weight.into_primitive().tensor(),
             bias.into_primitive().tensor(),
         );
-        let y = conv_cpu(&x.primitive, &weight.primitive, &bias.primitive, &d);
+        let y = conv_cpu(&x.primitive, &weight.primitive, &bias.primitive, &d, relu);
         let out = match ConvOp
             .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
             .compute_bound()
@@ -261,6 +360,39 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
                 ConvSaved {
                     x: x.primitive.clone(),
                     weight: weight.primitive.clone(),
+                    relu_out: relu.then(|| y.clone()),
+                    dims: d,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn dense(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 2> {
+        let d = dense_dims(x.dims(), weight.dims());
+        let (x, weight, bias) = (
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        );
+        let y = dense_cpu(&x.primitive, &weight.primitive, &bias.primitive, &d, relu);
+        let out = match DenseOp
+            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                DenseSaved {
+                    x: x.primitive.clone(),
+                    weight: weight.primitive.clone(),
+                    relu_out: relu.then(|| y.clone()),
                     dims: d,
                 },
                 y,
@@ -306,14 +438,16 @@ mod native {
         x: Tensor<B, 4>,
         weight: Tensor<B, 4>,
         bias: Tensor<B, 1>,
+        relu: bool,
     ) -> Tensor<B, 4> {
         let p = weight.dims()[2] / 2;
-        conv2d(
+        let y = conv2d(
             x,
             weight,
             Some(bias),
             ConvOptions::new([1, 1], [p, p], [1, 1], 1),
-        )
+        );
+        if relu { activation::relu(y) } else { y }
     }
 
     pub(super) fn max_pool<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
@@ -325,8 +459,9 @@ mod native {
             x: Tensor<Self, 4>,
             w: Tensor<Self, 4>,
             b: Tensor<Self, 1>,
+            relu: bool,
         ) -> Tensor<Self, 4> {
-            conv_same(x, w, b)
+            conv_same(x, w, b, relu)
         }
         fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
             max_pool(x, k)
@@ -338,8 +473,9 @@ mod native {
             x: Tensor<Self, 4>,
             w: Tensor<Self, 4>,
             b: Tensor<Self, 1>,
+            relu: bool,
         ) -> Tensor<Self, 4> {
-            conv_same(x, w, b)
+            conv_same(x, w, b, relu)
         }
         fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
             max_pool(x, k)
@@ -383,6 +519,46 @@ mod tests {
     /// output differently.
     #[test]
     fn gradients_match_burns_own_layers() {
+        for relu in [false, true] {
+            conv_and_pool_match_burns_own(relu);
+            dense_matches_burns_own(relu);
+        }
+    }
+
+    /// Our dense layer (with its ReLU fused or not) against burn's matmul + bias (+ ReLU).
+    fn dense_matches_burns_own(relu: bool) {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        type A = CpuAutodiff;
+        // 37 samples and 41 inputs: pieces of 16 rows and a ragged last piece.
+        let x = random::<A, 2>([37, 41], &mut rng);
+        let w = random::<A, 2>([41, 19], &mut rng);
+        let b = random::<A, 1>([19], &mut rng);
+        let mix = random::<A, 2>([37, 19], &mut rng);
+        let run = |ours: bool| {
+            let (x, w, b) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                b.clone().require_grad(),
+            );
+            let y = if ours {
+                A::dense(x.clone(), w.clone(), b.clone(), relu)
+            } else {
+                let y = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
+                if relu { activation::relu(y) } else { y }
+            };
+            let g = (y.clone() * mix.clone()).sum().backward();
+            let grad = |t: &Tensor<A, 2>| t.grad(&g).expect("has a gradient");
+            (y.inner(), grad(&x), grad(&w), b.grad(&g).expect("bias"))
+        };
+        let (y1, gx1, gw1, gb1) = run(true);
+        let (y2, gx2, gw2, gb2) = run(false);
+        assert_close(y1, y2, "dense output");
+        assert_close(gx1, gx2, "dense input gradient");
+        assert_close(gw1, gw2, "dense weight gradient");
+        assert_close(gb1, gb2, "dense bias gradient");
+    }
+
+    fn conv_and_pool_match_burns_own(relu: bool) {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         type A = CpuAutodiff;
         let x = random::<A, 4>([3, 2, 7, 6], &mut rng);
@@ -396,7 +572,7 @@ mod tests {
                 b.clone().require_grad(),
             );
             let y = if ours {
-                A::max_pool(A::conv_same(x.clone(), w.clone(), b.clone()), 2)
+                A::max_pool(A::conv_same(x.clone(), w.clone(), b.clone(), relu), 2)
             } else {
                 let c = conv2d(
                     x.clone(),
@@ -404,6 +580,7 @@ mod tests {
                     Some(b.clone()),
                     ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
                 );
+                let c = if relu { activation::relu(c) } else { c };
                 max_pool2d(c, [2, 2], [2, 2], [0, 0], [1, 1], false)
             };
             let loss = (y.clone() * mix.clone()).sum();
@@ -430,8 +607,8 @@ mod tests {
         let x = random::<CpuAutodiff, 4>([2, 3, 5, 5], &mut rng);
         let w = random::<CpuAutodiff, 4>([2, 3, 5, 5], &mut rng);
         let b = random::<CpuAutodiff, 1>([2], &mut rng);
-        let train = CpuAutodiff::conv_same(x.clone(), w.clone(), b.clone()).inner();
-        let infer = Cpu::conv_same(x.inner(), w.inner(), b.inner());
+        let train = CpuAutodiff::conv_same(x.clone(), w.clone(), b.clone(), true).inner();
+        let infer = Cpu::conv_same(x.inner(), w.inner(), b.inner(), true);
         assert_eq!(train.into_data(), infer.into_data());
     }
 }

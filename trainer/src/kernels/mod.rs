@@ -104,10 +104,34 @@ fn col2im(gcols: &[f32], d: &ConvDims, gx: &mut [f32]) {
     }
 }
 
-/// `y = conv(x, weight) + bias`: `x` `[b, c, h, w]`, `weight` `[o, c, k, k]`, `bias` `[o]`.
-/// Each sample is one product `weight [o, c·k·k] × patches [c·k·k, h·w]` written straight
-/// into its output planes, which already hold the bias.
-pub(crate) fn conv_forward(x: &[f32], weight: &[f32], bias: &[f32], d: &ConvDims) -> Vec<f32> {
+/// ReLU in place, as burn computes it: values `<= 0` become 0 (NaN stays NaN).
+pub(crate) fn relu_in_place(v: &mut [f32]) {
+    for x in v {
+        if *x <= 0.0 {
+            *x = 0.0;
+        }
+    }
+}
+
+/// The gradient through a ReLU whose output was `y`: zero where `y <= 0`, as burn's.
+pub(crate) fn relu_mask(g: &mut [f32], y: &[f32]) {
+    for (g, y) in g.iter_mut().zip(y) {
+        if *y <= 0.0 {
+            *g = 0.0;
+        }
+    }
+}
+
+/// `y = conv(x, weight) + bias`, then ReLU when `relu`: `x` `[b, c, h, w]`, `weight`
+/// `[o, c, k, k]`, `bias` `[o]`. Each sample is one product `weight [o, c·k·k] × patches
+/// [c·k·k, h·w]` written straight into its output planes, which already hold the bias.
+pub(crate) fn conv_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    d: &ConvDims,
+    relu: bool,
+) -> Vec<f32> {
     let (hw, per) = (d.hw(), d.chunk());
     let mut y = vec![0f32; d.b * d.o * hw];
     let wm = Mat::rows(weight, d.o, d.rows());
@@ -126,18 +150,23 @@ pub(crate) fn conv_forward(x: &[f32], weight: &[f32], bias: &[f32], d: &ConvDims
                     cols: hw,
                 };
                 matmul(dst, wm, Mat::rows(&cols, d.rows(), hw), true);
+                if relu {
+                    relu_in_place(ys);
+                }
             }
         });
     y
 }
 
-/// Gradients of [`conv_forward`] given the output gradient `gy` `[b, o, h, w]`:
+/// Gradients of [`conv_forward`] given the output gradient `gy` `[b, o, h, w]` (and, for a
+/// convolution fused with its ReLU, its output `relu_out`, which masks `gy`):
 /// `(gx, gweight, gbias)`; `gx` is empty unless `want_x`. Per sample: `gweight += gy_s ×
 /// patchesᵀ`, `gx_s = col2im(weightᵀ × gy_s)`; chunk sums are added in chunk order.
 pub(crate) fn conv_backward(
     x: &[f32],
     weight: &[f32],
     gy: &[f32],
+    relu_out: Option<&[f32]>,
     d: &ConvDims,
     want_x: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -156,8 +185,14 @@ pub(crate) fn conv_backward(
             let mut gcols = vec![0f32; if gx.is_some() { d.rows() * hw } else { 0 }];
             let mut gw = vec![0f32; d.o * d.rows()];
             let mut gb = vec![0f32; d.o];
+            let mut masked = vec![0f32; if relu_out.is_some() { d.o * hw } else { 0 }];
             for s in s0..s1 {
-                let gys = &gy[s * d.o * hw..][..d.o * hw];
+                let mut gys = &gy[s * d.o * hw..][..d.o * hw];
+                if let Some(y) = relu_out {
+                    masked.copy_from_slice(gys);
+                    relu_mask(&mut masked, &y[s * d.o * hw..][..d.o * hw]);
+                    gys = &masked;
+                }
                 for (acc, plane) in gb.iter_mut().zip(gys.chunks(hw)) {
                     *acc += plane.iter().sum::<f32>();
                 }
@@ -192,6 +227,113 @@ pub(crate) fn conv_backward(
             *a += v;
         }
     }
+    (gx, gw, gb)
+}
+
+/// Sizes of one dense layer: input `[b, i]`, weight `[i, o]` (burn's `Linear` layout),
+/// output `[b, o]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DenseDims {
+    pub(crate) b: usize,
+    pub(crate) i: usize,
+    pub(crate) o: usize,
+}
+
+/// Rows of a dense layer's product per parallel piece. Fixed, so the pieces (and the bits)
+/// depend on the shapes only, never on the thread count.
+const ROWS: usize = 16;
+
+/// `y = x · w + bias`, then ReLU when `relu`; pieces of [`ROWS`] samples in parallel.
+pub(crate) fn dense_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    d: &DenseDims,
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; d.b * d.o];
+    let wm = Mat::rows(w, d.i, d.o);
+    y.par_chunks_mut(ROWS * d.o)
+        .zip(x.par_chunks(ROWS * d.i))
+        .for_each(|(y, x)| {
+            let rows = y.len() / d.o.max(1);
+            for row in y.chunks_mut(d.o) {
+                row.copy_from_slice(bias);
+            }
+            let dst = MatMut {
+                data: y,
+                rows,
+                cols: d.o,
+            };
+            matmul(dst, Mat::rows(x, rows, d.i), wm, true);
+            if relu {
+                relu_in_place(y);
+            }
+        });
+    y
+}
+
+/// Gradients of [`dense_forward`] given `gy` `[b, o]` (masked by `relu_out` for a layer fused
+/// with its ReLU): `(gx, gw, gbias)`, `gx` empty unless `want_x`. `gw = xᵀ · g` in pieces of
+/// [`ROWS`] input features, `gx = g · wᵀ` in pieces of [`ROWS`] samples, `gbias` summed over
+/// samples in order.
+pub(crate) fn dense_backward(
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    relu_out: Option<&[f32]>,
+    d: &DenseDims,
+    want_x: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut masked;
+    let g = match relu_out {
+        Some(y) => {
+            masked = gy.to_vec();
+            relu_mask(&mut masked, y);
+            &masked[..]
+        }
+        None => gy,
+    };
+    let mut gb = vec![0f32; d.o];
+    for row in g.chunks(d.o) {
+        for (a, v) in gb.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+    let gm = Mat::rows(g, d.b, d.o);
+    let mut gw = vec![0f32; d.i * d.o];
+    gw.par_chunks_mut(ROWS * d.o)
+        .enumerate()
+        .for_each(|(piece, dst)| {
+            let (r0, rows) = (piece * ROWS, dst.len() / d.o.max(1));
+            // xᵀ's rows r0.. : column r of x, read with stride i.
+            let xt = Mat {
+                data: &x[r0..],
+                rows,
+                cols: d.b,
+                rs: 1,
+                cs: d.i,
+            };
+            let dst = MatMut {
+                data: dst,
+                rows,
+                cols: d.o,
+            };
+            matmul(dst, xt, gm, false);
+        });
+    let mut gx = vec![0f32; if want_x { d.b * d.i } else { 0 }];
+    let wt = Mat::rows(w, d.i, d.o).t();
+    gx.par_chunks_mut(ROWS * d.i)
+        .zip(g.par_chunks(ROWS * d.o))
+        .for_each(|(dst, g)| {
+            let rows = dst.len() / d.i.max(1);
+            let dst = MatMut {
+                data: dst,
+                rows,
+                cols: d.i,
+            };
+            matmul(dst, Mat::rows(g, rows, d.o), wt, false);
+        });
     (gx, gw, gb)
 }
 
@@ -336,7 +478,7 @@ mod tests {
             let wt = ramp(d.o * d.c * k * k, 13);
             let bias = ramp(d.o, 5);
             close(
-                &conv_forward(&x, &wt, &bias, &d),
+                &conv_forward(&x, &wt, &bias, &d, false),
                 &naive_conv(&x, &wt, &bias, &d),
                 1e-5,
             );
@@ -362,7 +504,7 @@ mod tests {
             let wt = ramp(d.o * d.c * k * k, 17);
             let zero = vec![0f32; d.o];
             let g = ramp(d.b * d.o * d.h * d.w, 23);
-            let (gx, gw, gb) = conv_backward(&x, &wt, &g, &d, true);
+            let (gx, gw, gb) = conv_backward(&x, &wt, &g, None, &d, true);
             let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>();
             let dx = ramp(x.len(), 29);
             let dw = ramp(wt.len(), 31);
@@ -379,7 +521,7 @@ mod tests {
                 })
                 .collect();
             close(&gb, &per_o, 1e-5);
-            let (none, _, _) = conv_backward(&x, &wt, &g, &d, false);
+            let (none, _, _) = conv_backward(&x, &wt, &g, None, &d, false);
             assert!(none.is_empty());
         }
     }
@@ -404,8 +546,9 @@ mod tests {
                 .build()
                 .expect("a thread pool");
             pool.install(|| {
-                let y = conv_forward(&x, &wt, &ramp(d.o, 3), &d);
-                (y, conv_backward(&x, &wt, &g, &d, true))
+                let y = conv_forward(&x, &wt, &ramp(d.o, 3), &d, true);
+                let back = conv_backward(&x, &wt, &g, Some(&y), &d, true);
+                (y, back)
             })
         };
         assert_eq!(run(1), run(4));
