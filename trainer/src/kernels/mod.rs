@@ -191,7 +191,7 @@ pub(crate) fn conv_backward(
                     gys = &masked;
                 }
                 for (acc, plane) in gb.iter_mut().zip(gys.chunks(hw)) {
-                    *acc += plane.iter().sum::<f32>();
+                    *acc += sum_lanes(plane);
                 }
                 im2col(&x[s * d.c * hw..][..d.c * hw], d, &mut cols);
                 let gym = Mat::rows(gys, d.o, hw);
@@ -225,6 +225,22 @@ pub(crate) fn conv_backward(
         }
     }
     (gx, gw, gb)
+}
+
+/// A sum in 16 interleaved lanes combined in a fixed order: the same bits every time, and a
+/// loop that vectorises (a plain `f32` sum is one long dependency chain).
+fn sum_lanes(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    for (l, x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l += x;
+    }
+    lanes.iter().sum()
 }
 
 /// Sizes of one dense layer: input `[b, i]`, weight `[i, o]` (burn's `Linear` layout),
@@ -373,29 +389,76 @@ pub(crate) fn max_pool_forward(
     let (oh, ow) = (h / k, w / k);
     let mut out = vec![0f32; planes * oh * ow];
     let mut arg = vec![0u32; planes * oh * ow];
-    out.par_chunks_mut(oh * ow)
-        .zip(arg.par_chunks_mut(oh * ow))
+    // Whole planes per task, enough of them that a task is worth scheduling.
+    let per = (PIECE / (h * w).max(1)).max(1);
+    out.par_chunks_mut(per * oh * ow)
+        .zip(arg.par_chunks_mut(per * oh * ow))
         .enumerate()
-        .for_each(|(pl, (out, arg))| {
-            let plane = &x[pl * h * w..][..h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let first = oy * k * w + ox * k;
-                    let (mut best, mut at) = (plane[first], first);
-                    for dy in 0..k {
-                        for dx in 0..k {
-                            let i = first + dy * w + dx;
-                            if plane[i] > best {
-                                (best, at) = (plane[i], i);
-                            }
-                        }
-                    }
-                    out[oy * ow + ox] = best;
-                    arg[oy * ow + ox] = at as u32;
+        .for_each(|(piece, (out, arg))| {
+            let planes = out.chunks_mut(oh * ow).zip(arg.chunks_mut(oh * ow));
+            for (i, (out, arg)) in planes.enumerate() {
+                let plane = &x[(piece * per + i) * h * w..][..h * w];
+                if k == 2 {
+                    pool_plane_2(plane, w, oh, ow, out, arg);
+                } else {
+                    pool_plane(plane, w, k, oh, ow, out, arg);
                 }
             }
         });
     (out, arg)
+}
+
+/// One plane of [`max_pool_forward`], any `k`: the first maximum in row-major window order.
+fn pool_plane(
+    plane: &[f32],
+    w: usize,
+    k: usize,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+    arg: &mut [u32],
+) {
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let first = oy * k * w + ox * k;
+            let (mut best, mut at) = (plane[first], first);
+            for dy in 0..k {
+                for dx in 0..k {
+                    let i = first + dy * w + dx;
+                    if plane[i] > best {
+                        (best, at) = (plane[i], i);
+                    }
+                }
+            }
+            out[oy * ow + ox] = best;
+            arg[oy * ow + ox] = at as u32;
+        }
+    }
+}
+
+/// [`pool_plane`] for `k = 2` (the macro space's and the zoo's pooling): the same window
+/// order, with selects instead of branches and no index arithmetic per element.
+fn pool_plane_2(plane: &[f32], w: usize, oh: usize, ow: usize, out: &mut [f32], arg: &mut [u32]) {
+    for oy in 0..oh {
+        let base = 2 * oy * w;
+        let (r0, r1) = (&plane[base..][..w], &plane[base + w..][..w]);
+        let (out, arg) = (&mut out[oy * ow..][..ow], &mut arg[oy * ow..][..ow]);
+        for ox in 0..ow {
+            let c = 2 * ox;
+            let (mut best, mut at) = (r0[c], base + c);
+            for (v, i) in [
+                (r0[c + 1], base + c + 1),
+                (r1[c], base + w + c),
+                (r1[c + 1], base + w + c + 1),
+            ] {
+                let more = v > best;
+                best = if more { v } else { best };
+                at = if more { i } else { at };
+            }
+            out[ox] = best;
+            arg[ox] = at as u32;
+        }
+    }
 }
 
 /// The input gradient of [`max_pool_forward`]: each output's gradient goes to its maximum.
@@ -549,6 +612,21 @@ mod tests {
             })
         };
         assert_eq!(run(1), run(4));
+    }
+
+    /// The `k = 2` path picks the same maxima (ties included: few distinct values) as the
+    /// general one, on odd sizes where the last row and column are dropped.
+    #[test]
+    fn the_two_by_two_pool_equals_the_general_one() {
+        let (h, w) = (9, 11);
+        let plane: Vec<f32> = ramp(h * w, 37).iter().map(|v| v.round()).collect();
+        let (oh, ow) = (h / 2, w / 2);
+        let mut general = (vec![0f32; oh * ow], vec![0u32; oh * ow]);
+        let mut fast = general.clone();
+        pool_plane(&plane, w, 2, oh, ow, &mut general.0, &mut general.1);
+        pool_plane_2(&plane, w, oh, ow, &mut fast.0, &mut fast.1);
+        assert_eq!(general, fast);
+        assert!(general.1.windows(2).all(|p| p[0] != p[1]));
     }
 
     #[test]
