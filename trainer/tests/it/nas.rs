@@ -81,6 +81,37 @@ fn a_cnn_with_batch_norm_learns_and_concurrent_jobs_match_solo_runs() {
     }
 }
 
+/// The CPU kernels split work into pieces fixed by the shapes, never by the thread count: a
+/// CNN with fused conv + ReLU, one with batch norm and residual adds, and an MLP train to the
+/// same bits on 1, 2 and 3 threads (ADR 0012).
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let splits = digits().default_splits();
+    let b = Budget {
+        max_steps: Some(25),
+        ..budget(1)
+    };
+    let zoo_cnn = hivemesh_trainer::zoo::small_cnn(Shape::Image { c: 1, h: 8, w: 8 }, 10);
+    for arch in [zoo_cnn, cnn(), digits_mlp(&[32, 64], &[2, 0])] {
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| run(&arch, &b, 3, &splits))
+        };
+        let one = on(1);
+        for threads in [2, 3] {
+            let other = on(threads);
+            assert_eq!(
+                (other.weights_hash, other.correct),
+                (one.weights_hash, one.correct),
+                "{threads} threads vs 1"
+            );
+        }
+    }
+}
+
 #[test]
 fn an_ir_that_does_not_fit_the_data_names_the_layer() {
     let data = digits();
