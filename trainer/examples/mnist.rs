@@ -26,8 +26,8 @@ use hivemesh_trainer::export::{ExportFiles, npy_f32, npy_i64};
 use hivemesh_trainer::loss::{LossJob, run_loss};
 use hivemesh_trainer::model::{Model, WeightsFile};
 use hivemesh_trainer::train::{
-    Budget, FitPlan, Limits, NasJob, OptimizerKind, Progress, Schedule, Stop, cross_entropy, fit,
-    one_hot, run_nas, sub_seed,
+    Budget, FitPlan, Limits, NasJob, OptimizerKind, Progress, Schedule, Stop, cross_entropy,
+    estimate_bytes, fit, one_hot, run_nas, sub_seed,
 };
 use hivemesh_trainer::zoo::{mlp, small_cnn};
 use hivemesh_trainer::{Cpu, CpuAutodiff};
@@ -362,10 +362,91 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
+}
+
+/// A `/proc/self/status` memory field in MB (Linux only).
+fn status_mb(field: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// The global allocator, counting live and peak heap bytes, so the bench can measure what a
+/// training job allocates beside the IR's estimate (RSS would hide reuse of freed memory).
+/// The one `unsafe` of this example: `GlobalAlloc` is an unsafe trait; every call is passed to
+/// the system allocator unchanged.
+mod counting {
+    #![allow(unsafe_code)]
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// [`System`], counted.
+    pub(crate) struct Counting;
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    // SAFETY: forwards to `System` with the same layout and pointer; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract is System's.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: as `alloc`.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` with this layout.
+            unsafe { System.dealloc(ptr, layout) };
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            // SAFETY: as `dealloc` and `alloc`.
+            let p = unsafe { System.realloc(ptr, layout, new) };
+            if !p.is_null() {
+                LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+                let now = LIVE.fetch_add(new, Ordering::Relaxed) + new;
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            }
+            p
+        }
+    }
+
+    /// Live heap bytes now; the peak restarts from here.
+    pub(crate) fn reset_peak() -> usize {
+        let now = LIVE.load(Ordering::Relaxed);
+        PEAK.store(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The most live heap bytes since [`reset_peak`].
+    pub(crate) fn peak() -> usize {
+        PEAK.load(Ordering::Relaxed)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
+
+/// Resets the process's peak RSS to its current RSS (Linux: `5` to `clear_refs`), so the next
+/// peak measures what came after; the RSS now, in MB.
+fn reset_peak_rss() -> Option<f64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    status_mb("VmRSS:")
 }
 
 fn accuracy(args: AccuracyArgs) -> Result<()> {
@@ -590,6 +671,8 @@ fn bench(args: BenchArgs) -> Result<()> {
             )
         };
         let mut started = None;
+        let rss_before = reset_peak_rss();
+        let heap_before = counting::reset_peak();
         let plan = FitPlan {
             data: &data,
             train: &splits.train,
@@ -610,6 +693,17 @@ fn bench(args: BenchArgs) -> Result<()> {
             steps as f64 / secs,
             stats.final_loss,
             peak_rss_mb().unwrap_or(f64::NAN)
+        );
+        let grew = match (rss_before, peak_rss_mb()) {
+            (Some(a), Some(b)) => b - a,
+            _ => f64::NAN,
+        };
+        let heap = (counting::peak() - heap_before) as f64 / 1e6;
+        let estimate = estimate_bytes(&arch, 64)? as f64 / 1e6;
+        println!(
+            "{name}: memory: peak heap {heap:.1} MB above the heap before training (weights, \
+             gradients, Adam moments, activations, kernel buffers; peak RSS rose {grew:.1} MB); \
+             the IR's estimate (the admission limit's input) {estimate:.1} MB"
         );
     }
     Ok(())
