@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="a Python with torch installed")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--models", default="mlp,cnn,macro")
+    ap.add_argument("--before", help="an older build of the `mnist` example to time in the same "
+                    "rounds (its bench may know only mlp and cnn)")
     ap.add_argument("--steps", default="mlp=1000,cnn=200,macro=20",
                     help="timed steps per model, e.g. mlp=1000,cnn=200,macro=20")
     a = ap.parse_args()
@@ -44,18 +46,27 @@ def main():
                         "--write-macro", macro_py])
             torch = run([a.python, os.path.join(HERE, "pytorch_mnist.py"), "--mnist", a.mnist,
                          "--steps", n, "--models", model, "--macro", macro_py])
+            before = {}
+            if a.before and model in ("mlp", "cnn"):
+                before = run([a.before, "bench", "--mnist", a.mnist, "--steps", n])
+                before = {k: v for k, v in before.items() if k in ours}
             for name, v in ours.items():
-                results.setdefault(name, ([], []))[0].append(v)
+                results.setdefault(name, ([], [], []))[0].append(v)
             for name, v in torch.items():
-                results.setdefault(name, ([], []))[1].append(v)
-            print(f"round {r + 1}: {model}: ours {list(ours.values())} torch {list(torch.values())}",
-                  flush=True)
-    print(f"\n| model | hivemesh steps/s (median of {a.rounds}) | PyTorch CPU | ratio |")
-    print("|---|---|---|---|")
-    for name, (ours, torch) in results.items():
+                results.setdefault(name, ([], [], []))[1].append(v)
+            for name, v in before.items():
+                results.setdefault(name, ([], [], []))[2].append(v)
+            print(f"round {r + 1}: {model}: ours {list(ours.values())} torch "
+                  f"{list(torch.values())} before {list(before.values())}", flush=True)
+    span = lambda v: f"{statistics.median(v):.1f} ({min(v):.1f}–{max(v):.1f})" if v else "–"
+    print(f"\n| model | before | hivemesh (median of {a.rounds}, range) | PyTorch CPU | "
+          "ratio before | ratio now |")
+    print("|---|---|---|---|---|---|")
+    for name, (ours, torch, old) in results.items():
         mo, mt = statistics.median(ours), statistics.median(torch)
-        print(f"| {name} | {mo:.1f} ({min(ours):.1f}–{max(ours):.1f}) | "
-              f"{mt:.1f} ({min(torch):.1f}–{max(torch):.1f}) | **{mo / mt:.2f}x** |")
+        rb = f"{statistics.median(old) / mt:.2f}x" if old else "–"
+        print(f"| {name} | {span(old)} | {span(ours)} | {span(torch)} | {rb} | "
+              f"**{mo / mt:.2f}x** |")
 
 
 if __name__ == "__main__":
