@@ -7,6 +7,7 @@
 //! functions (cross-correlation with "same" zero padding; first maximum on ties).
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
@@ -100,35 +101,11 @@ fn host(p: &FloatTensor<Cpu>) -> Cow<'_, [f32]> {
 }
 
 /// A CPU tensor owning `values` (no copy).
-fn cpu<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Cpu> {
-    match ArcArray::from_shape_vec(IxDyn(&shape), values) {
+fn cpu(values: Vec<f32>, shape: &[usize]) -> FloatTensor<Cpu> {
+    match ArcArray::from_shape_vec(IxDyn(shape), values) {
         Ok(a) => NdArrayTensor::from(a),
         Err(e) => unreachable!("kernel outputs are sized from their shapes: {e}"),
     }
-}
-
-/// The convolution of CPU tensors.
-fn conv_cpu(
-    x: &FloatTensor<Cpu>,
-    weight: &FloatTensor<Cpu>,
-    bias: &FloatTensor<Cpu>,
-    d: &ConvDims,
-    relu: bool,
-) -> FloatTensor<Cpu> {
-    let y = kernels::conv_forward(&host(x), &host(weight), &host(bias), d, relu);
-    cpu(y, [d.b, d.o, d.h, d.w])
-}
-
-/// The dense layer of CPU tensors.
-fn dense_cpu(
-    x: &FloatTensor<Cpu>,
-    weight: &FloatTensor<Cpu>,
-    bias: &FloatTensor<Cpu>,
-    d: &DenseDims,
-    relu: bool,
-) -> FloatTensor<Cpu> {
-    let y = kernels::dense_forward(&host(x), &host(weight), &host(bias), d, relu);
-    cpu(y, [d.b, d.o])
 }
 
 fn dense_dims(x: [usize; 2], weight: [usize; 2]) -> DenseDims {
@@ -139,6 +116,149 @@ fn dense_dims(x: [usize; 2], weight: [usize; 2]) -> DenseDims {
     }
 }
 
+/// A layer our kernels compute, with weights, a bias and an optionally fused ReLU: a
+/// convolution or a dense layer, described by its sizes.
+trait Layer: Copy + std::fmt::Debug + Send + Sync + 'static {
+    /// The input's (and its gradient's) shape.
+    fn x_shape(&self) -> Vec<usize>;
+    /// The weight's shape.
+    fn w_shape(&self) -> Vec<usize>;
+    /// The bias's length.
+    fn b_len(&self) -> usize;
+    /// The output's shape.
+    fn y_shape(&self) -> Vec<usize>;
+    /// The output (see the kernels).
+    fn forward(&self, x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32>;
+    /// `(gx, gw, gb)`, `gx` empty unless `want_x` (see the kernels).
+    fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        gy: &[f32],
+        relu_out: Option<&[f32]>,
+        want_x: bool,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+}
+
+impl Layer for ConvDims {
+    fn x_shape(&self) -> Vec<usize> {
+        vec![self.b, self.c, self.h, self.w]
+    }
+    fn w_shape(&self) -> Vec<usize> {
+        vec![self.o, self.c, self.k, self.k]
+    }
+    fn b_len(&self) -> usize {
+        self.o
+    }
+    fn y_shape(&self) -> Vec<usize> {
+        vec![self.b, self.o, self.h, self.w]
+    }
+    fn forward(&self, x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
+        kernels::conv_forward(x, w, b, self, relu)
+    }
+    fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        gy: &[f32],
+        relu_out: Option<&[f32]>,
+        want_x: bool,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        kernels::conv_backward(x, w, gy, relu_out, self, want_x)
+    }
+}
+
+impl Layer for DenseDims {
+    fn x_shape(&self) -> Vec<usize> {
+        vec![self.b, self.i]
+    }
+    fn w_shape(&self) -> Vec<usize> {
+        vec![self.i, self.o]
+    }
+    fn b_len(&self) -> usize {
+        self.o
+    }
+    fn y_shape(&self) -> Vec<usize> {
+        vec![self.b, self.o]
+    }
+    fn forward(&self, x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
+        kernels::dense_forward(x, w, b, self, relu)
+    }
+    fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        gy: &[f32],
+        relu_out: Option<&[f32]>,
+        want_x: bool,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        kernels::dense_backward(x, w, gy, relu_out, self, want_x)
+    }
+}
+
+/// A layer's output from CPU tensors.
+fn layer_cpu<L: Layer>(
+    x: &FloatTensor<Cpu>,
+    weight: &FloatTensor<Cpu>,
+    bias: &FloatTensor<Cpu>,
+    d: &L,
+    relu: bool,
+) -> FloatTensor<Cpu> {
+    let y = d.forward(&host(x), &host(weight), &host(bias), relu);
+    cpu(y, &d.y_shape())
+}
+
+/// A layer on the CPU backend without autodiff (inference).
+fn layer_plain<L: Layer, const D: usize, const DW: usize>(
+    x: Tensor<Cpu, D>,
+    weight: Tensor<Cpu, DW>,
+    bias: Tensor<Cpu, 1>,
+    d: L,
+    relu: bool,
+) -> Tensor<Cpu, D> {
+    let (x, weight, bias) = (
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.into_primitive().tensor(),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(layer_cpu(
+        &x, &weight, &bias, &d, relu,
+    )))
+}
+
+/// A layer under autodiff: our forward, and [`LayerOp`] as its backward when tracked.
+fn layer_tracked<C: CheckpointStrategy, L: Layer, const D: usize, const DW: usize>(
+    x: Tensor<Autodiff<Cpu, C>, D>,
+    weight: Tensor<Autodiff<Cpu, C>, DW>,
+    bias: Tensor<Autodiff<Cpu, C>, 1>,
+    d: L,
+    relu: bool,
+) -> Tensor<Autodiff<Cpu, C>, D> {
+    let (x, weight, bias) = (
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.into_primitive().tensor(),
+    );
+    let y = layer_cpu(&x.primitive, &weight.primitive, &bias.primitive, &d, relu);
+    let out = match LayerOp::<L>(PhantomData)
+        .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            LayerSaved {
+                x: x.primitive.clone(),
+                weight: weight.primitive.clone(),
+                relu_out: relu.then(|| y.clone()),
+                dims: d,
+            },
+            y,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 impl ModelBackend for Cpu {
     fn conv_same(
         x: Tensor<Self, 4>,
@@ -147,13 +267,7 @@ impl ModelBackend for Cpu {
         relu: bool,
     ) -> Tensor<Self, 4> {
         let d = dims(x.dims(), weight.dims());
-        let (x, weight, bias) = (
-            x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
-            bias.into_primitive().tensor(),
-        );
-        let y = conv_cpu(&x, &weight, &bias, &d, relu);
-        Tensor::from_primitive(TensorPrimitive::Float(y))
+        layer_plain(x, weight, bias, d, relu)
     }
 
     fn dense(
@@ -163,20 +277,14 @@ impl ModelBackend for Cpu {
         relu: bool,
     ) -> Tensor<Self, 2> {
         let d = dense_dims(x.dims(), weight.dims());
-        let (x, weight, bias) = (
-            x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
-            bias.into_primitive().tensor(),
-        );
-        let y = dense_cpu(&x, &weight, &bias, &d, relu);
-        Tensor::from_primitive(TensorPrimitive::Float(y))
+        layer_plain(x, weight, bias, d, relu)
     }
 
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
         let [b, c, h, w] = x.dims();
         let x = x.into_primitive().tensor();
         let (y, _) = kernels::max_pool_forward(&host(&x), b * c, h, w, k);
-        Tensor::from_primitive(TensorPrimitive::Float(cpu(y, [b, c, h / k, w / k])))
+        Tensor::from_primitive(TensorPrimitive::Float(cpu(y, &[b, c, h / k, w / k])))
     }
 
     fn adam_update<const D: usize>(
@@ -230,85 +338,44 @@ fn owned(t: FloatTensor<Cpu>, shape: &[usize]) -> ArcArray<f32, IxDyn> {
     }
 }
 
-/// What the convolution's backward pass needs: its input and weight (shared, not copied),
-/// and its output when a ReLU was fused into it.
+/// What a layer's backward pass needs: its input and weight (shared, not copied), and its
+/// output when a ReLU was fused into it.
 #[derive(Clone, Debug)]
-struct ConvSaved {
+struct LayerSaved<L> {
     x: FloatTensor<Cpu>,
     weight: FloatTensor<Cpu>,
     relu_out: Option<FloatTensor<Cpu>>,
-    dims: ConvDims,
+    dims: L,
 }
 
-/// What a dense layer's backward pass needs (as [`ConvSaved`]).
-#[derive(Clone, Debug)]
-struct DenseSaved {
-    x: FloatTensor<Cpu>,
-    weight: FloatTensor<Cpu>,
-    relu_out: Option<FloatTensor<Cpu>>,
-    dims: DenseDims,
-}
-
+/// The backward pass of a [`Layer`].
 #[derive(Debug)]
-struct DenseOp;
+struct LayerOp<L>(PhantomData<L>);
 
-impl Backward<Cpu, 3> for DenseOp {
-    type State = DenseSaved;
+impl<L: Layer> Backward<Cpu, 3> for LayerOp<L> {
+    type State = LayerSaved<L>;
 
-    fn backward(self, ops: Ops<DenseSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<LayerSaved<L>, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let gy = grads.consume::<Cpu>(&ops.node);
         let s = ops.state;
         let d = s.dims;
         let relu_out = s.relu_out.as_ref().map(host);
-        let (gx, gw, gb) = kernels::dense_backward(
+        let (gx, gw, gb) = d.backward(
             &host(&s.x),
             &host(&s.weight),
             &host(&gy),
             relu_out.as_deref(),
-            &d,
             node_x.is_some(),
         );
         if let Some(node) = node_x {
-            grads.register::<Cpu>(node.id, cpu(gx, [d.b, d.i]));
+            grads.register::<Cpu>(node.id, cpu(gx, &d.x_shape()));
         }
         if let Some(node) = node_w {
-            grads.register::<Cpu>(node.id, cpu(gw, [d.i, d.o]));
+            grads.register::<Cpu>(node.id, cpu(gw, &d.w_shape()));
         }
         if let Some(node) = node_b {
-            grads.register::<Cpu>(node.id, cpu(gb, [d.o]));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct ConvOp;
-
-impl Backward<Cpu, 3> for ConvOp {
-    type State = ConvSaved;
-
-    fn backward(self, ops: Ops<ConvSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
-        let gy = grads.consume::<Cpu>(&ops.node);
-        let s = ops.state;
-        let d = s.dims;
-        let relu_out = s.relu_out.as_ref().map(host);
-        let (gx, gw, gb) = kernels::conv_backward(
-            &host(&s.x),
-            &host(&s.weight),
-            &host(&gy),
-            relu_out.as_deref(),
-            &d,
-            node_x.is_some(),
-        );
-        if let Some(node) = node_x {
-            grads.register::<Cpu>(node.id, cpu(gx, [d.b, d.c, d.h, d.w]));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Cpu>(node.id, cpu(gw, [d.o, d.c, d.k, d.k]));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Cpu>(node.id, cpu(gb, [d.o]));
+            grads.register::<Cpu>(node.id, cpu(gb, &[d.b_len()]));
         }
     }
 }
@@ -332,7 +399,7 @@ impl Backward<Cpu, 1> for PoolOp {
         if let Some(node) = node_x {
             let [b, c, h, w] = ops.state.shape;
             let gx = kernels::max_pool_backward(&host(&gy), &ops.state.arg, b * c, h * w);
-            grads.register::<Cpu>(node.id, cpu(gx, [b, c, h, w]));
+            grads.register::<Cpu>(node.id, cpu(gx, &[b, c, h, w]));
         }
     }
 }
@@ -345,29 +412,7 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
         relu: bool,
     ) -> Tensor<Self, 4> {
         let d = dims(x.dims(), weight.dims());
-        let (x, weight, bias) = (
-            x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
-            bias.into_primitive().tensor(),
-        );
-        let y = conv_cpu(&x.primitive, &weight.primitive, &bias.primitive, &d, relu);
-        let out = match ConvOp
-            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                ConvSaved {
-                    x: x.primitive.clone(),
-                    weight: weight.primitive.clone(),
-                    relu_out: relu.then(|| y.clone()),
-                    dims: d,
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        layer_tracked(x, weight, bias, d, relu)
     }
 
     fn dense(
@@ -377,29 +422,7 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
         relu: bool,
     ) -> Tensor<Self, 2> {
         let d = dense_dims(x.dims(), weight.dims());
-        let (x, weight, bias) = (
-            x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
-            bias.into_primitive().tensor(),
-        );
-        let y = dense_cpu(&x.primitive, &weight.primitive, &bias.primitive, &d, relu);
-        let out = match DenseOp
-            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                DenseSaved {
-                    x: x.primitive.clone(),
-                    weight: weight.primitive.clone(),
-                    relu_out: relu.then(|| y.clone()),
-                    dims: d,
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        layer_tracked(x, weight, bias, d, relu)
     }
 
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {
@@ -407,7 +430,7 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
         let [b, c, h, w] = shape;
         let x = x.into_primitive().tensor();
         let (y, arg) = kernels::max_pool_forward(&host(&x.primitive), b * c, h, w, k);
-        let y = cpu(y, [b, c, h / k, w / k]);
+        let y = cpu(y, &[b, c, h / k, w / k]);
         let out = match PoolOp
             .prepare::<C>([x.node.clone()])
             .compute_bound()
