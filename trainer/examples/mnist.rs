@@ -709,33 +709,29 @@ fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The NSGA-Net macro space (2 phases × 3 nodes) with 32 channels and 5x5 kernels: every
-/// connection on, residual on — the benchmark's representative genome (issue 28).
-fn bench_macro_cnn(input: Shape, classes: u32) -> Result<Architecture> {
+/// The NSGA-Net macro space (2 phases × 3 nodes) with one channel count and one kernel size,
+/// every connection on, residual on: the largest genome of that space.
+fn macro_genome(input: Shape, classes: u32, channels: u32, kernel: u32) -> Result<Architecture> {
     let space = MacroSpace {
         input,
         classes,
         phases: 2,
         nodes: 3,
-        channels: vec![32],
-        kernels: vec![5],
+        channels: vec![channels],
+        kernels: vec![kernel],
     };
     let genome: Vec<u32> = space.gene_limits().iter().map(|l| l - 1).collect();
     Ok(space.decode(&genome)?)
 }
 
-/// The NSGA-Net macro space's largest network with 16 channels and 3x3 kernels.
+/// The benchmark's representative genome (issue 28): 32 channels, 5x5 kernels.
+fn bench_macro_cnn(input: Shape, classes: u32) -> Result<Architecture> {
+    macro_genome(input, classes, 32, 5)
+}
+
+/// The export example's genome: 16 channels, 3x3 kernels.
 fn macro_cnn(input: Shape, classes: u32) -> Result<Architecture> {
-    let space = MacroSpace {
-        input,
-        classes,
-        phases: 2,
-        nodes: 3,
-        channels: vec![16],
-        kernels: vec![3],
-    };
-    let genome: Vec<u32> = space.gene_limits().iter().map(|l| l - 1).collect();
-    Ok(space.decode(&genome)?)
+    macro_genome(input, classes, 16, 3)
 }
 
 fn export(a: ExportArgs) -> Result<()> {
