@@ -441,8 +441,10 @@ fn a_round_whose_outer_step_does_not_fit_is_refused_before_its_updates_are_fetch
     let model = postcard::to_stdvec(&digits_mlp(16)).expect("IR");
     let model_id = BlobId::of_bytes(&model);
     let mut blobs = Blobs::from([(model_id, model)]);
+    // 8 MiB: a round of this MLP fits (its training estimate is ~4.4 MB, most of it the
+    // trainer's fixed workspace), a robust outer step over 2,000 updates (9.7 MB) does not.
     let node = Executor::new(&Admission {
-        max_job_memory: 2 << 20,
+        max_job_memory: 8 << 20,
         ..Admission::default()
     });
     for (aggregate, fits) in [

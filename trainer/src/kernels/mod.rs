@@ -1,5 +1,6 @@
-//! CPU kernels for the two layers burn-ndarray computes slowly: "same" convolution and
-//! non-overlapping max pooling, forward and backward, on contiguous `f32` slices in NCHW order.
+//! CPU kernels for what burn-ndarray computes slowly: "same" convolution, dense layers (both
+//! with an optionally fused ReLU), non-overlapping max pooling, forward and backward, and the
+//! Adam update, on contiguous `f32` slices (images in NCHW order). ADR 0004 and ADR 0012.
 //!
 //! A convolution is im2col + matrix multiplication, one product per sample (the `gemm` crate's
 //! AVX-512/AVX2 kernels through [`linalg`]). The batch is cut into [`CHUNKS`] runs of samples
