@@ -37,8 +37,9 @@ pub use ops::{ModelBackend, TrainBackend};
 
 /// The trainer's code version: jobs name it, and results of different versions are not
 /// compared. The suffix counts changes of the CPU kernels that change result bits (ADR 0012):
-/// `k2` = convolutions and dense layers multiply with the `gemm` crate.
-pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k2");
+/// `k2` = convolutions and dense layers multiply with the `gemm` crate; `k3` = batch norm is
+/// one fused op (with its ReLU) and a convolution's input gradient is a convolution.
+pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k3");
 
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).
 pub type Cpu = burn::backend::NdArray<f32>;

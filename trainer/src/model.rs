@@ -70,7 +70,10 @@ fn relu_fusion(arch: &Architecture) -> (Vec<bool>, Vec<bool>) {
     for (i, node) in arch.nodes.iter().enumerate() {
         if let (Op::Act(Activation::Relu), [j]) = (node.op, node.inputs.as_slice()) {
             let j = *j as usize;
-            let layer = matches!(arch.nodes[j].op, Op::Conv { .. } | Op::Dense { .. });
+            let layer = matches!(
+                arch.nodes[j].op,
+                Op::Conv { .. } | Op::Dense { .. } | Op::BatchNorm
+            );
             if layer && readers[j] == 1 {
                 fused[j] = true;
                 pass[i] = true;
@@ -428,10 +431,16 @@ impl<B: ModelBackend> Model<B> {
                     p.fused_relu[i],
                 )),
                 Step::Act(_) if p.passthrough[i] => arg(&values, 0),
-                Step::Norm(k) => match arg(&values, 0) {
-                    Value::Img(t) => Value::Img(self.norms[k].forward(t)),
-                    Value::Flat(t) => Value::Flat(self.norms[k].forward(t)),
-                },
+                Step::Norm(k) => {
+                    let (bn, relu) = (&self.norms[k], p.fused_relu[i]);
+                    match arg(&values, 0) {
+                        Value::Img(t) => Value::Img(norm(bn, t, relu)),
+                        Value::Flat(t) => {
+                            let [b, n] = t.dims();
+                            Value::Flat(norm(bn, t.reshape([b, n, 1, 1]), relu).reshape([b, n]))
+                        }
+                    }
+                }
                 Step::Act(a) => match arg(&values, 0) {
                     Value::Img(t) => Value::Img(activate(a, t)),
                     Value::Flat(t) => Value::Flat(activate(a, t)),
@@ -617,6 +626,35 @@ fn dense<B: ModelBackend>(l: &Linear<B>, x: Tensor<B, 2>, relu: bool) -> Tensor<
     }
 }
 
+/// Batch norm `[b, c, h, w]`, then ReLU when `relu`. Under autodiff it normalises with the
+/// batch's statistics through [`ModelBackend::batch_norm_train`] and moves the running
+/// averages as burn's `BatchNorm` does; otherwise with the running averages (burn's own).
+fn norm<B: ModelBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+    let device = x.device();
+    if !B::ad_enabled(&device) {
+        let y = bn.forward(x);
+        return if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        };
+    }
+    let (y, mean, var) = B::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, relu);
+    let m = bn.momentum;
+    let moved = |running: Tensor<B, 1>, batch: Tensor<B, 1>| {
+        running
+            .to_device(&device)
+            .mul_scalar(1.0 - m)
+            .add(batch.mul_scalar(m))
+            .detach()
+    };
+    bn.running_mean
+        .update(moved(bn.running_mean.value_sync(), mean));
+    bn.running_var
+        .update(moved(bn.running_var.value_sync(), var));
+    y
+}
+
 fn img<B: Backend>(v: Value<B>) -> Tensor<B, 4> {
     match v {
         Value::Img(t) => t,
@@ -684,9 +722,89 @@ pub(crate) mod tests {
         });
         let (fused, pass) = relu_fusion(&branch);
         assert!(fused.iter().chain(&pass).all(|f| !f));
-        // The macro space puts batch norm between convolution and ReLU: nothing to fuse.
-        let (fused, _) = relu_fusion(&macro_arch());
-        assert!(fused.iter().all(|f| !f));
+        // The macro space puts batch norm between convolution and ReLU: each ReLU fuses into
+        // its batch norm, never into the convolution (whose reader is the batch norm).
+        let arch = macro_arch();
+        let (fused, pass) = relu_fusion(&arch);
+        let relus = arch.nodes.iter().filter(|n| n.op == relu).count();
+        assert!(relus > 0);
+        assert_eq!(at(&pass).len(), relus);
+        for i in at(&fused) {
+            assert_eq!(arch.nodes[i].op, Op::BatchNorm, "node {i}");
+        }
+        assert_eq!(at(&fused).len(), relus);
+    }
+
+    /// Batch norm through the backend's training op (fused ReLU or not) gives burn's
+    /// `BatchNorm` output, gradients and running averages, on image and flat batches.
+    #[test]
+    fn batch_norm_matches_burns_own() {
+        use burn::nn::BatchNormConfig;
+        use burn::tensor::Distribution;
+        type A = crate::CpuAutodiff;
+        let device = Default::default();
+        for (shape, relu) in [
+            ([5, 3, 4, 6], false),
+            ([5, 3, 4, 6], true),
+            ([37, 19, 1, 1], true),
+        ] {
+            let uniform = |dims: Vec<usize>| {
+                Tensor::<A, 1>::random(
+                    [dims.iter().product::<usize>()],
+                    Distribution::Default,
+                    &device,
+                )
+            };
+            let (gamma, beta) = (uniform(vec![shape[1]]) + 0.5, uniform(vec![shape[1]]) - 0.5);
+            let x = (uniform(shape.to_vec()) * 4.0 - 1.0).reshape(shape);
+            let mix = uniform(shape.to_vec()).reshape(shape);
+            let run = |ours: bool| {
+                // A fresh layer each run: clones would share the running averages.
+                let mut bn = BatchNormConfig::new(shape[1]).init::<A>(&device);
+                bn.gamma = Param::from_tensor(gamma.clone());
+                bn.beta = Param::from_tensor(beta.clone());
+                let x = x.clone().require_grad();
+                let y = if ours {
+                    norm(&bn, x.clone(), relu)
+                } else {
+                    let y = bn.forward(x.clone());
+                    if relu {
+                        burn::tensor::activation::relu(y)
+                    } else {
+                        y
+                    }
+                };
+                let g = (y.clone() * mix.clone()).sum().backward();
+                let v = |t: Tensor<crate::Cpu, 1>| t.into_data().to_vec::<f32>().expect("f32");
+                let flat = |t: Tensor<crate::Cpu, 4>| v(t.reshape([-1]));
+                [
+                    flat(y.inner()),
+                    flat(x.grad(&g).expect("x")),
+                    v(bn.gamma.val().grad(&g).expect("gamma")),
+                    v(bn.beta.val().grad(&g).expect("beta")),
+                    v(bn.running_mean.value_sync().inner()),
+                    v(bn.running_var.value_sync().inner()),
+                ]
+            };
+            let (ours, burns) = (run(true), run(false));
+            let what = [
+                "output",
+                "input gradient",
+                "gamma gradient",
+                "beta gradient",
+                "mean",
+                "var",
+            ];
+            for ((a, b), what) in ours.iter().zip(&burns).zip(what) {
+                assert_eq!(a.len(), b.len(), "{what}");
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{what} {shape:?} at {i}: {x} vs {y}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

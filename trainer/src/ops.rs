@@ -24,7 +24,7 @@ use burn::tensor::{Tensor, TensorPrimitive, activation};
 use ndarray::{ArcArray, IxDyn};
 
 use crate::Cpu;
-use crate::kernels::{self, ConvDims, DenseDims};
+use crate::kernels::{self, ConvDims, DenseDims, NormDims, NormStats};
 use crate::optim::{AdamStep, adam_update_tensors};
 
 /// A backend a model can run on.
@@ -52,6 +52,36 @@ pub trait ModelBackend: Backend {
     }
     /// `k×k` max pooling with stride `k`, no padding, floor mode.
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4>;
+    /// Batch normalisation with the batch's own statistics (training mode) of `x`
+    /// `[b, c, h, w]` per channel, scaled by `gamma` and shifted by `beta` (`[c]`), then ReLU
+    /// when `relu`: `(y, mean, var)` with the batch's mean and biased variance `[c]`, detached
+    /// (for the running averages). By default burn tensor operations in the order of burn's
+    /// own `BatchNorm`.
+    fn batch_norm_train(
+        x: Tensor<Self, 4>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        let [b, c, h, w] = x.dims();
+        let stat = |t: Tensor<Self, 4>| {
+            t.swap_dims(0, 1)
+                .reshape([c, b * h * w])
+                .mean_dim(1)
+                .reshape([1, c, 1, 1])
+        };
+        let mean = stat(x.clone());
+        let var = stat(x.clone().sub(mean.clone()).square());
+        let std = var.clone().add_scalar(epsilon).sqrt();
+        let y = x
+            .sub(mean.clone())
+            .div(std)
+            .mul(gamma.reshape([1, c, 1, 1]))
+            .add(beta.reshape([1, c, 1, 1]));
+        let y = if relu { activation::relu(y) } else { y };
+        (y, mean.detach().reshape([c]), var.detach().reshape([c]))
+    }
     /// One Adam update of `param` (see [`crate::optim`]): the new parameter and moments.
     /// `moments` is `None` on the first step. By default burn tensor operations.
     fn adam_update<const D: usize>(
@@ -404,6 +434,48 @@ impl Backward<Cpu, 1> for PoolOp {
     }
 }
 
+/// What batch norm's backward pass needs: its input (shared, not copied) and the batch's
+/// statistics.
+#[derive(Clone, Debug)]
+struct NormSaved {
+    x: FloatTensor<Cpu>,
+    stats: Arc<NormStats>,
+    dims: NormDims,
+    relu: bool,
+}
+
+/// The backward pass of [`kernels::norm_forward`].
+#[derive(Debug)]
+struct NormOp;
+
+impl Backward<Cpu, 3> for NormOp {
+    type State = NormSaved;
+
+    fn backward(self, ops: Ops<NormSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_g, node_b] = ops.parents;
+        let gy = grads.consume::<Cpu>(&ops.node);
+        let s = ops.state;
+        let d = s.dims;
+        let (gx, gg, gb) = kernels::norm_backward(
+            &host(&s.x),
+            &host(&gy),
+            &s.stats,
+            &d,
+            s.relu,
+            node_x.is_some(),
+        );
+        if let Some(node) = node_x {
+            grads.register::<Cpu>(node.id, cpu(gx, &[d.b, d.c, d.hw]));
+        }
+        if let Some(node) = node_g {
+            grads.register::<Cpu>(node.id, cpu(gg, &[d.c]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Cpu>(node.id, cpu(gb, &[d.c]));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
     fn conv_same(
         x: Tensor<Self, 4>,
@@ -423,6 +495,55 @@ impl<C: CheckpointStrategy> ModelBackend for Autodiff<Cpu, C> {
     ) -> Tensor<Self, 2> {
         let d = dense_dims(x.dims(), weight.dims());
         layer_tracked(x, weight, bias, d, relu)
+    }
+
+    fn batch_norm_train(
+        x: Tensor<Self, 4>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        let shape = x.dims();
+        let [b, c, h, w] = shape;
+        let d = NormDims { b, c, hw: h * w };
+        let (x, gamma, beta) = (
+            x.into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
+        );
+        let xs = host(&x.primitive);
+        let g = (host(&gamma.primitive), host(&beta.primitive));
+        let stats = kernels::norm_stats(&xs, &g.0, &g.1, epsilon as f32, &d);
+        let y = cpu(kernels::norm_forward(&xs, &stats, &d, relu), &shape);
+        drop(xs);
+        let plain = |v: &[f32]| {
+            Tensor::from_inner(Tensor::<Cpu, 1>::from_primitive(TensorPrimitive::Float(
+                cpu(v.to_vec(), &[c]),
+            )))
+        };
+        let (mean, var) = (plain(&stats.mean), plain(&stats.var));
+        let out = match NormOp
+            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                NormSaved {
+                    x: x.primitive.clone(),
+                    stats: Arc::new(stats),
+                    dims: d,
+                    relu,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (
+            Tensor::from_primitive(TensorPrimitive::Float(out)),
+            mean,
+            var,
+        )
     }
 
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4> {

@@ -15,12 +15,15 @@
 //! the same GEMM kernel.
 
 mod linalg;
+mod norm;
 
 use rayon::prelude::*;
 
 use linalg::{Mat, MatMut, matmul};
 
 use crate::optim::AdamStep;
+
+pub(crate) use norm::{NormDims, NormStats, norm_backward, norm_forward, norm_stats};
 
 /// How many runs of samples a batch is cut into (fewer if the batch is smaller).
 pub(crate) const CHUNKS: usize = 8;
@@ -84,24 +87,31 @@ fn im2col(x: &[f32], d: &ConvDims, cols: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: sums one sample's patch-matrix gradient into `gx` `[c, h, w]`.
-fn col2im(gcols: &[f32], d: &ConvDims, gx: &mut [f32]) {
-    let (hw, kk) = (d.hw(), d.k * d.k);
-    for (r, src) in gcols.chunks(hw).enumerate() {
-        let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
-        let (x0, x1, src0) = d.x_span(dx);
-        if x0 >= x1 {
-            continue;
+/// A sample's patch matrix `[c·k·k, h·w]` as one product's operand. A 1×1 convolution's
+/// patches are the sample itself (no copy); otherwise a buffer that [`im2col`] refills, zeroed
+/// once (see there).
+struct Patches {
+    d: ConvDims,
+    cols: Vec<f32>,
+}
+
+impl Patches {
+    fn new(d: &ConvDims) -> Patches {
+        let len = if d.k == 1 { 0 } else { d.rows() * d.hw() };
+        Patches {
+            d: *d,
+            cols: vec![0f32; len],
         }
-        let plane = &mut gx[ci * hw..][..hw];
-        for y in 0..d.h {
-            if let Some(iy) = d.src_row(y, dy) {
-                let dst = &mut plane[iy * d.w + src0..][..x1 - x0];
-                for (g, v) in dst.iter_mut().zip(&src[y * d.w + x0..y * d.w + x1]) {
-                    *g += v;
-                }
-            }
+    }
+
+    /// The patches of sample `x` `[c, h, w]`.
+    fn of<'s>(&'s mut self, x: &'s [f32]) -> Mat<'s> {
+        let d = &self.d;
+        if d.k == 1 {
+            return Mat::rows(x, d.rows(), d.hw());
         }
+        im2col(x, d, &mut self.cols);
+        Mat::rows(&self.cols, d.rows(), d.hw())
     }
 }
 
@@ -136,18 +146,17 @@ pub(crate) fn conv_forward(
     y.par_chunks_mut(per * d.o * hw)
         .zip(x.par_chunks(per * d.c * hw))
         .for_each(|(y, x)| {
-            let mut cols = vec![0f32; d.rows() * hw];
+            let mut cols = Patches::new(d);
             for (ys, xs) in y.chunks_mut(d.o * hw).zip(x.chunks(d.c * hw)) {
                 for (plane, b) in ys.chunks_mut(hw).zip(bias) {
                     plane.fill(*b);
                 }
-                im2col(xs, d, &mut cols);
                 let dst = MatMut {
                     data: ys,
                     rows: d.o,
                     cols: hw,
                 };
-                matmul(dst, wm, Mat::rows(&cols, d.rows(), hw), true);
+                matmul(dst, wm, cols.of(xs), true);
                 if relu {
                     relu_in_place(ys);
                 }
@@ -159,7 +168,11 @@ pub(crate) fn conv_forward(
 /// Gradients of [`conv_forward`] given the output gradient `gy` `[b, o, h, w]` (and, for a
 /// convolution fused with its ReLU, its output `relu_out`, which masks `gy`):
 /// `(gx, gweight, gbias)`; `gx` is empty unless `want_x`. Per sample: `gweight += gy_s ×
-/// patchesᵀ`, `gx_s = col2im(weightᵀ × gy_s)`; chunk sums are added in chunk order.
+/// patches(x_s)ᵀ`; chunk sums are added in chunk order. The input gradient is itself a "same"
+/// convolution, of `gy_s` with the weight flipped in space and its channel axes swapped
+/// ([`flipped`]): one product `[c, o·k·k] × patches(gy_s)` shaped like the forward one,
+/// where `weightᵀ × gy_s` would sum over only `o` terms per element and then need a col2im
+/// pass over a `c·k·k × h·w` matrix.
 pub(crate) fn conv_backward(
     x: &[f32],
     weight: &[f32],
@@ -169,7 +182,17 @@ pub(crate) fn conv_backward(
     want_x: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (hw, per) = (d.hw(), d.chunk());
-    let wm = Mat::rows(weight, d.o, d.rows());
+    let dt = ConvDims {
+        c: d.o,
+        o: d.c,
+        ..*d
+    };
+    let flip = if want_x {
+        flipped(weight, d)
+    } else {
+        Vec::new()
+    };
+    let wt = Mat::rows(&flip, if want_x { d.c } else { 0 }, dt.rows());
     let mut gx = vec![0f32; if want_x { d.b * d.c * hw } else { 0 }];
     let mut gx_chunks = gx.chunks_mut(per * d.c * hw);
     let tasks: Vec<(usize, Option<&mut [f32]>)> = (0..d.b.div_ceil(per))
@@ -179,8 +202,8 @@ pub(crate) fn conv_backward(
         .into_par_iter()
         .map(|(i, mut gx)| {
             let (s0, s1) = (i * per, ((i + 1) * per).min(d.b));
-            let mut cols = vec![0f32; d.rows() * hw];
-            let mut gcols = vec![0f32; if gx.is_some() { d.rows() * hw } else { 0 }];
+            let mut cols = Patches::new(d);
+            let mut gcols = gx.is_some().then(|| Patches::new(&dt));
             let mut gw = vec![0f32; d.o * d.rows()];
             let mut gb = vec![0f32; d.o];
             let mut masked = vec![0f32; if relu_out.is_some() { d.o * hw } else { 0 }];
@@ -194,22 +217,25 @@ pub(crate) fn conv_backward(
                 for (acc, plane) in gb.iter_mut().zip(gys.chunks(hw)) {
                     *acc += sum_lanes(plane);
                 }
-                im2col(&x[s * d.c * hw..][..d.c * hw], d, &mut cols);
                 let gym = Mat::rows(gys, d.o, hw);
                 let dst = MatMut {
                     data: &mut gw,
                     rows: d.o,
                     cols: d.rows(),
                 };
-                matmul(dst, gym, Mat::rows(&cols, d.rows(), hw).t(), s > s0);
-                if let Some(gx) = gx.as_deref_mut() {
+                matmul(
+                    dst,
+                    gym,
+                    cols.of(&x[s * d.c * hw..][..d.c * hw]).t(),
+                    s > s0,
+                );
+                if let (Some(gx), Some(gcols)) = (gx.as_deref_mut(), gcols.as_mut()) {
                     let dst = MatMut {
-                        data: &mut gcols,
-                        rows: d.rows(),
+                        data: &mut gx[(s - s0) * d.c * hw..][..d.c * hw],
+                        rows: d.c,
                         cols: hw,
                     };
-                    matmul(dst, wm.t(), gym, false);
-                    col2im(&gcols, d, &mut gx[(s - s0) * d.c * hw..][..d.c * hw]);
+                    matmul(dst, wt, gcols.of(gys), false);
                 }
             }
             (gw, gb)
@@ -226,6 +252,22 @@ pub(crate) fn conv_backward(
         }
     }
     (gx, gw, gb)
+}
+
+/// The weight `[o, c, k, k]` of a convolution as the weight `[c, o, k, k]` of its adjoint:
+/// `flipped[c][o][y][x] = weight[o][c][k-1-y][k-1-x]`.
+fn flipped(weight: &[f32], d: &ConvDims) -> Vec<f32> {
+    let kk = d.k * d.k;
+    let mut f = vec![0f32; weight.len()];
+    for (ci, out) in f.chunks_mut(d.o * kk).enumerate() {
+        for (oi, taps) in out.chunks_mut(kk).enumerate() {
+            let src = &weight[(oi * d.c + ci) * kk..][..kk];
+            for (t, v) in taps.iter_mut().zip(src.iter().rev()) {
+                *t = *v;
+            }
+        }
+    }
+    f
 }
 
 /// A sum in 16 interleaved lanes combined in a fixed order: the same bits every time, and a
