@@ -878,12 +878,21 @@ mod conv_tests {
     #[test]
     fn conv_matches_burns_conv2d() {
         let d = Default::default();
-        for k in [1usize, 3, 5] {
+        // Images larger and smaller than the kernel; five samples share one patch buffer.
+        let cases = [
+            (1usize, 6, 7),
+            (3, 6, 7),
+            (5, 6, 7),
+            (5, 2, 3),
+            (3, 1, 1),
+            (5, 4, 4),
+        ];
+        for (k, h, wd) in cases {
             let mut init = SeededInit(ChaCha8Rng::seed_from_u64(k as u64));
             let w = init.tensor("w", &[4, 3, k, k], 27).expect("random");
             let b = init.tensor("b", &[4], 27).expect("random");
-            let x = init.tensor("x", &[2, 3, 6, 7], 1).expect("random");
-            let x = Tensor::<Cpu, 4>::from_data(TensorData::new(x, [2, 3, 6, 7]), &d);
+            let x = init.tensor("x", &[5, 3, h, wd], 1).expect("random");
+            let x = Tensor::<Cpu, 4>::from_data(TensorData::new(x, [5, 3, h, wd]), &d);
             let conv = Conv::<Cpu> {
                 weight: param::<Cpu, 4>(w.clone(), [4, 3, k, k], &d),
                 bias: param::<Cpu, 1>(b.clone(), [4], &d),
@@ -904,7 +913,7 @@ mod conv_tests {
             .expect("f32");
             assert_eq!(ours.len(), reference.len());
             for (a, r) in ours.iter().zip(&reference) {
-                assert!((a - r).abs() < 1e-5, "k={k}: {a} vs {r}");
+                assert!((a - r).abs() < 1e-5, "k={k} {h}x{wd}: {a} vs {r}");
             }
         }
     }

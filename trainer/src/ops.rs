@@ -664,7 +664,10 @@ mod tests {
     #[test]
     fn gradients_match_burns_own_layers() {
         for relu in [false, true] {
-            conv_and_pool_match_burns_own(relu);
+            // Kernels smaller and larger than the image.
+            for (k, h, w) in [(3, 7, 6), (5, 7, 6), (5, 2, 3), (1, 4, 2)] {
+                conv_and_pool_match_burns_own(relu, k, [h, w]);
+            }
             dense_matches_burns_own(relu);
         }
     }
@@ -702,13 +705,13 @@ mod tests {
         assert_close(gb1, gb2, "dense bias gradient");
     }
 
-    fn conv_and_pool_match_burns_own(relu: bool) {
+    fn conv_and_pool_match_burns_own(relu: bool, k: usize, [h, wd]: [usize; 2]) {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         type A = CpuAutodiff;
-        let x = random::<A, 4>([3, 2, 7, 6], &mut rng);
-        let w = random::<A, 4>([4, 2, 3, 3], &mut rng);
+        let x = random::<A, 4>([3, 2, h, wd], &mut rng);
+        let w = random::<A, 4>([4, 2, k, k], &mut rng);
         let b = random::<A, 1>([4], &mut rng);
-        let mix = random::<A, 4>([3, 4, 3, 3], &mut rng);
+        let mix = random::<A, 4>([3, 4, h / 2, wd / 2], &mut rng);
         let run = |ours: bool| {
             let (x, w, b) = (
                 x.clone().require_grad(),
@@ -722,7 +725,7 @@ mod tests {
                     x.clone(),
                     w.clone(),
                     Some(b.clone()),
-                    ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+                    ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], 1),
                 );
                 let c = if relu { activation::relu(c) } else { c };
                 max_pool2d(c, [2, 2], [2, 2], [0, 0], [1, 1], false)

@@ -59,29 +59,40 @@ impl ConvDims {
         let x1 = (self.w + p).saturating_sub(dx).min(self.w);
         (x0, x1, x0 + dx - p)
     }
-    /// The input row read by output row `y` at kernel row `dy`, if inside the image.
-    fn src_row(&self, y: usize, dy: usize) -> Option<usize> {
-        let iy = (y + dy).checked_sub(self.k / 2)?;
-        (iy < self.h).then_some(iy)
-    }
 }
 
 /// The patch matrix `[c·k·k, h·w]` of one sample `x` `[c, h, w]` into `cols`. Only the
 /// entries inside the image are written: positions that read padding are the same for every
 /// sample, so a buffer zeroed once serves a whole run of samples.
+///
+/// Row `(channel, dy, dx)` is the channel's plane shifted by `(dy − k/2)·w + dx − k/2`: one
+/// block copy of the rows that stay inside, after which the few columns that wrapped around
+/// a row's end are zeroed again (per-row copies of `w` values cost a `memmove` call each and
+/// were most of the time im2col took).
 fn im2col(x: &[f32], d: &ConvDims, cols: &mut [f32]) {
-    let (hw, kk) = (d.hw(), d.k * d.k);
+    let (hw, kk, w, p) = (d.hw(), d.k * d.k, d.w, d.k / 2);
     for (r, row) in cols.chunks_mut(hw).enumerate() {
         let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
-        let (x0, x1, src0) = d.x_span(dx);
-        if x0 >= x1 {
+        let (x0, x1, _) = d.x_span(dx);
+        let (y0, y1) = (p.saturating_sub(dy), (d.h + p).saturating_sub(dy).min(d.h));
+        if x0 >= x1 || y0 >= y1 {
             continue;
         }
         let plane = &x[ci * hw..][..hw];
-        for y in 0..d.h {
-            if let Some(iy) = d.src_row(y, dy) {
-                row[y * d.w + x0..y * d.w + x1]
-                    .copy_from_slice(&plane[iy * d.w + src0..][..x1 - x0]);
+        // row[y·w + j] = plane[(y + dy − p)·w + j + dx − p] for y in y0..y1, every j: the
+        // source block starts `p − dx` before or `dx − p` after a row start; clip it to the plane.
+        let src0 = ((y0 + dy - p) * w) as isize + dx as isize - p as isize;
+        let len = (y1 - y0) * w;
+        let lo = (-src0).max(0) as usize;
+        let hi = (hw as isize - src0).clamp(0, len as isize) as usize;
+        if lo < hi {
+            let from = (src0 + lo as isize) as usize;
+            row[y0 * w + lo..y0 * w + hi].copy_from_slice(&plane[from..from + (hi - lo)]);
+        }
+        // Columns outside the image, strided (a loop of plain stores, not a memset per row).
+        for e in (0..x0).chain(x1..w) {
+            for y in y0..y1 {
+                row[y * w + e] = 0.0;
             }
         }
     }
