@@ -38,7 +38,8 @@ pub use ops::{ModelBackend, TrainBackend};
 /// The trainer's code version: jobs name it, and results of different versions are not
 /// compared. The suffix counts changes of the CPU kernels that change result bits (ADR 0012):
 /// `k2` = convolutions and dense layers multiply with the `gemm` crate; `k3` = batch norm is
-/// one fused op (with its ReLU) and a convolution's input gradient is a convolution.
+/// one fused op (with its ReLU), a convolution's input gradient is a convolution, and its
+/// weight gradient is summed over bands of output rows.
 pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k3");
 
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).

@@ -54,15 +54,30 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// A mutable contiguous row-major matrix.
+/// A mutable row-major matrix whose rows may be further apart than its width (a band of
+/// columns of a wider matrix).
 #[derive(Debug)]
 pub(crate) struct MatMut<'a> {
-    /// The elements, `rows × cols`.
+    /// The elements (at least the last reachable index + 1).
     pub(crate) data: &'a mut [f32],
     /// Rows.
     pub(crate) rows: usize,
     /// Columns.
     pub(crate) cols: usize,
+    /// Distance between rows, in elements (`>= cols`).
+    pub(crate) rs: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// A contiguous row-major `rows × cols` matrix.
+    pub(crate) fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> MatMut<'a> {
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs: cols,
+        }
+    }
 }
 
 /// One past the largest index a `rows × cols` matrix with strides `rs`, `cs` touches (0 when
@@ -94,8 +109,10 @@ pub(crate) fn matmul(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool) 
         dst.cols
     );
     assert!(a.fits() && b.fits(), "matmul operand outside its slice");
+    // Rows at least `cols` apart: no two destination elements alias.
     assert!(
-        reach(dst.rows, dst.cols, dst.cols, 1).is_some_and(|r| r <= dst.data.len()),
+        dst.rs >= dst.cols
+            && reach(dst.rows, dst.cols, dst.rs, 1).is_some_and(|r| r <= dst.data.len()),
         "matmul destination outside its slice"
     );
     let as_isize = |v: usize| isize::try_from(v).unwrap_or(isize::MAX);
@@ -109,7 +126,7 @@ pub(crate) fn matmul(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool) 
             a.cols,
             dst.data.as_mut_ptr(),
             1,
-            as_isize(dst.cols),
+            as_isize(dst.rs),
             accumulate,
             a.data.as_ptr(),
             as_isize(a.cs),
@@ -149,42 +166,15 @@ mod tests {
         let b: Vec<f32> = (0..13 * 33).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
         let (am, bm) = (Mat::rows(&a, 7, 13), Mat::rows(&b, 13, 33));
         let mut c = vec![0f32; 7 * 33];
-        matmul(
-            MatMut {
-                data: &mut c,
-                rows: 7,
-                cols: 33,
-            },
-            am,
-            bm,
-            false,
-        );
+        matmul(MatMut::rows(&mut c, 7, 33), am, bm, false);
         assert_eq!(c, naive(am, bm));
         // Accumulating adds a second product.
-        matmul(
-            MatMut {
-                data: &mut c,
-                rows: 7,
-                cols: 33,
-            },
-            am,
-            bm,
-            true,
-        );
+        matmul(MatMut::rows(&mut c, 7, 33), am, bm, true);
         let twice: Vec<f32> = naive(am, bm).iter().map(|v| 2.0 * v).collect();
         assert_eq!(c, twice);
         // (bᵀ aᵀ) = (a b)ᵀ through transposed views.
         let mut ct = vec![0f32; 33 * 7];
-        matmul(
-            MatMut {
-                data: &mut ct,
-                rows: 33,
-                cols: 7,
-            },
-            bm.t(),
-            am.t(),
-            false,
-        );
+        matmul(MatMut::rows(&mut ct, 33, 7), bm.t(), am.t(), false);
         assert_eq!(ct, naive(bm.t(), am.t()));
     }
 
@@ -200,11 +190,7 @@ mod tests {
             rs: 6,
             cs: 1,
         };
-        let dst = MatMut {
-            data: &mut c,
-            rows: 2,
-            cols: 2,
-        };
+        let dst = MatMut::rows(&mut c, 2, 2);
         matmul(dst, short, Mat::rows(&b, 6, 2), false);
     }
 }

@@ -28,6 +28,9 @@ pub(crate) use norm::{NormDims, NormStats, norm_backward, norm_forward, norm_sta
 /// How many runs of samples a batch is cut into (fewer if the batch is smaller).
 pub(crate) const CHUNKS: usize = 8;
 
+/// Output positions per convolution product (see [`ConvDims::band`]).
+const BAND: usize = 256;
+
 /// Sizes of one convolution: input `[b, c, h, w]`, weight `[o, c, k, k]`, output `[b, o, h, w]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConvDims {
@@ -51,6 +54,21 @@ impl ConvDims {
     fn chunk(&self) -> usize {
         self.b.div_ceil(CHUNKS).max(1)
     }
+    /// Output rows per product: about [`BAND`] positions, so that a band of the patch matrix
+    /// stays in the core's L2 cache between im2col and the product (a whole 28×28 sample's
+    /// 5×5 patches are 2.5 MB); a multiple of 16 positions when one fits (the GEMM's tile).
+    fn band(&self) -> usize {
+        let most = (BAND / self.w.max(1)).clamp(1, self.h.max(1));
+        (1..=most)
+            .rev()
+            .find(|r| (r * self.w).is_multiple_of(16))
+            .unwrap_or(most)
+    }
+    /// The bands `[ya, yb)` of output rows, top to bottom.
+    fn bands(&self) -> impl Iterator<Item = [usize; 2]> + use<> {
+        let (band, h) = (self.band(), self.h);
+        (0..h).step_by(band).map(move |ya| [ya, (ya + band).min(h)])
+    }
     /// Where, along one image row, output column `x` reads input `x + dx - k/2`: the output
     /// range whose input lies inside the image, and the input offset of its first element.
     fn x_span(&self, dx: usize) -> (usize, usize, usize) {
@@ -61,46 +79,51 @@ impl ConvDims {
     }
 }
 
-/// The patch matrix `[c·k·k, h·w]` of one sample `x` `[c, h, w]` into `cols`. Only the
-/// entries inside the image are written: positions that read padding are the same for every
-/// sample, so a buffer zeroed once serves a whole run of samples.
+/// The patch matrix `[c·k·k, (yb − ya)·w]` of output rows `ya..yb` of one sample `x`
+/// `[c, h, w]` into `cols`.
 ///
 /// Row `(channel, dy, dx)` is the channel's plane shifted by `(dy − k/2)·w + dx − k/2`: one
-/// block copy of the rows that stay inside, after which the few columns that wrapped around
-/// a row's end are zeroed again (per-row copies of `w` values cost a `memmove` call each and
-/// were most of the time im2col took).
-fn im2col(x: &[f32], d: &ConvDims, cols: &mut [f32]) {
+/// block copy of the rows that stay inside the image, after which the few columns that
+/// wrapped around a row's end are zeroed again (one `memmove` per image row cost most of
+/// what im2col took), and rows that read above or below the image are zeroed.
+fn im2col(x: &[f32], d: &ConvDims, [ya, yb]: [usize; 2], cols: &mut [f32]) {
     let (hw, kk, w, p) = (d.hw(), d.k * d.k, d.w, d.k / 2);
-    for (r, row) in cols.chunks_mut(hw).enumerate() {
+    for (r, row) in cols.chunks_mut((yb - ya) * w).enumerate() {
         let (ci, dy, dx) = (r / kk, (r % kk) / d.k, r % d.k);
         let (x0, x1, _) = d.x_span(dx);
-        let (y0, y1) = (p.saturating_sub(dy), (d.h + p).saturating_sub(dy).min(d.h));
-        if x0 >= x1 || y0 >= y1 {
+        // Output rows whose source row lies inside the image, within the band.
+        let v0 = p.saturating_sub(dy).max(ya);
+        let v1 = (d.h + p).saturating_sub(dy).min(d.h).min(yb);
+        if x0 >= x1 || v0 >= v1 {
+            row.fill(0.0);
             continue;
         }
+        row[..(v0 - ya) * w].fill(0.0);
+        row[(v1 - ya) * w..].fill(0.0);
         let plane = &x[ci * hw..][..hw];
-        // row[y·w + j] = plane[(y + dy − p)·w + j + dx − p] for y in y0..y1, every j: the
-        // source block starts `p − dx` before or `dx − p` after a row start; clip it to the plane.
-        let src0 = ((y0 + dy - p) * w) as isize + dx as isize - p as isize;
-        let len = (y1 - y0) * w;
+        // row[(y − ya)·w + j] = plane[(y + dy − p)·w + j + dx − p] for y in v0..v1, every j:
+        // clip the shifted source block to the plane; the clipped ends are edge columns.
+        let src0 = ((v0 + dy - p) * w) as isize + dx as isize - p as isize;
+        let len = (v1 - v0) * w;
         let lo = (-src0).max(0) as usize;
         let hi = (hw as isize - src0).clamp(0, len as isize) as usize;
+        let at = (v0 - ya) * w;
         if lo < hi {
             let from = (src0 + lo as isize) as usize;
-            row[y0 * w + lo..y0 * w + hi].copy_from_slice(&plane[from..from + (hi - lo)]);
+            row[at + lo..at + hi].copy_from_slice(&plane[from..from + (hi - lo)]);
         }
         // Columns outside the image, strided (a loop of plain stores, not a memset per row).
         for e in (0..x0).chain(x1..w) {
-            for y in y0..y1 {
-                row[y * w + e] = 0.0;
+            for y in v0..v1 {
+                row[(y - ya) * w + e] = 0.0;
             }
         }
     }
 }
 
-/// A sample's patch matrix `[c·k·k, h·w]` as one product's operand. A 1×1 convolution's
-/// patches are the sample itself (no copy); otherwise a buffer that [`im2col`] refills, zeroed
-/// once (see there).
+/// A band of a sample's patch matrix as one product's operand (see [`ConvDims::band`]). A 1×1
+/// convolution's patches are the sample itself (no copy); otherwise a buffer that [`im2col`]
+/// refills.
 struct Patches {
     d: ConvDims,
     cols: Vec<f32>,
@@ -108,21 +131,33 @@ struct Patches {
 
 impl Patches {
     fn new(d: &ConvDims) -> Patches {
-        let len = if d.k == 1 { 0 } else { d.rows() * d.hw() };
+        let len = if d.k == 1 {
+            0
+        } else {
+            d.rows() * d.band() * d.w
+        };
         Patches {
             d: *d,
             cols: vec![0f32; len],
         }
     }
 
-    /// The patches of sample `x` `[c, h, w]`.
-    fn of<'s>(&'s mut self, x: &'s [f32]) -> Mat<'s> {
+    /// The patches `[c·k·k, (yb − ya)·w]` of output rows `ya..yb` of sample `x` `[c, h, w]`.
+    fn of<'s>(&'s mut self, x: &'s [f32], [ya, yb]: [usize; 2]) -> Mat<'s> {
         let d = &self.d;
+        let n = (yb - ya) * d.w;
         if d.k == 1 {
-            return Mat::rows(x, d.rows(), d.hw());
+            return Mat {
+                data: &x[ya * d.w..],
+                rows: d.rows(),
+                cols: n,
+                rs: d.hw(),
+                cs: 1,
+            };
         }
-        im2col(x, d, &mut self.cols);
-        Mat::rows(&self.cols, d.rows(), d.hw())
+        let cols = &mut self.cols[..d.rows() * n];
+        im2col(x, d, [ya, yb], cols);
+        Mat::rows(cols, d.rows(), n)
     }
 }
 
@@ -162,12 +197,16 @@ pub(crate) fn conv_forward(
                 for (plane, b) in ys.chunks_mut(hw).zip(bias) {
                     plane.fill(*b);
                 }
-                let dst = MatMut {
-                    data: ys,
-                    rows: d.o,
-                    cols: hw,
-                };
-                matmul(dst, wm, cols.of(xs), true);
+                for band in d.bands() {
+                    let n = (band[1] - band[0]) * d.w;
+                    let dst = MatMut {
+                        data: &mut ys[band[0] * d.w..],
+                        rows: d.o,
+                        cols: n,
+                        rs: hw,
+                    };
+                    matmul(dst, wm, cols.of(xs, band), true);
+                }
                 if relu {
                     relu_in_place(ys);
                 }
@@ -228,25 +267,27 @@ pub(crate) fn conv_backward(
                 for (acc, plane) in gb.iter_mut().zip(gys.chunks(hw)) {
                     *acc += sum_lanes(plane);
                 }
-                let gym = Mat::rows(gys, d.o, hw);
-                let dst = MatMut {
-                    data: &mut gw,
-                    rows: d.o,
-                    cols: d.rows(),
-                };
-                matmul(
-                    dst,
-                    gym,
-                    cols.of(&x[s * d.c * hw..][..d.c * hw]).t(),
-                    s > s0,
-                );
-                if let (Some(gx), Some(gcols)) = (gx.as_deref_mut(), gcols.as_mut()) {
-                    let dst = MatMut {
-                        data: &mut gx[(s - s0) * d.c * hw..][..d.c * hw],
-                        rows: d.c,
-                        cols: hw,
+                let xs = &x[s * d.c * hw..][..d.c * hw];
+                for band in d.bands() {
+                    let (at, n) = (band[0] * d.w, (band[1] - band[0]) * d.w);
+                    let gym = Mat {
+                        data: &gys[at..],
+                        rows: d.o,
+                        cols: n,
+                        rs: hw,
+                        cs: 1,
                     };
-                    matmul(dst, wt, gcols.of(gys), false);
+                    let dst = MatMut::rows(&mut gw, d.o, d.rows());
+                    matmul(dst, gym, cols.of(xs, band).t(), s > s0 || at > 0);
+                    if let (Some(gx), Some(gcols)) = (gx.as_deref_mut(), gcols.as_mut()) {
+                        let dst = MatMut {
+                            data: &mut gx[(s - s0) * d.c * hw + at..],
+                            rows: d.c,
+                            cols: n,
+                            rs: hw,
+                        };
+                        matmul(dst, wt, gcols.of(gys, band), false);
+                    }
                 }
             }
             (gw, gb)
@@ -327,11 +368,7 @@ pub(crate) fn dense_forward(
             for row in y.chunks_mut(d.o) {
                 row.copy_from_slice(bias);
             }
-            let dst = MatMut {
-                data: y,
-                rows,
-                cols: d.o,
-            };
+            let dst = MatMut::rows(y, rows, d.o);
             matmul(dst, Mat::rows(x, rows, d.i), wm, true);
             if relu {
                 relu_in_place(y);
@@ -381,11 +418,7 @@ pub(crate) fn dense_backward(
                 rs: 1,
                 cs: d.i,
             };
-            let dst = MatMut {
-                data: dst,
-                rows,
-                cols: d.o,
-            };
+            let dst = MatMut::rows(dst, rows, d.o);
             matmul(dst, xt, gm, false);
         });
     let mut gx = vec![0f32; if want_x { d.b * d.i } else { 0 }];
@@ -394,11 +427,7 @@ pub(crate) fn dense_backward(
         .zip(g.par_chunks(ROWS * d.o))
         .for_each(|(dst, g)| {
             let rows = dst.len() / d.i.max(1);
-            let dst = MatMut {
-                data: dst,
-                rows,
-                cols: d.i,
-            };
+            let dst = MatMut::rows(dst, rows, d.i);
             matmul(dst, Mat::rows(g, rows, d.o), wt, false);
         });
     (gx, gw, gb)
