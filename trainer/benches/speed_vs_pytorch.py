@@ -39,6 +39,10 @@ def main():
     macro_py = os.path.join(ROOT, "target", "macro_model.py")
     steps = dict(kv.split("=") for kv in a.steps.split(","))
     results = {}
+    # Builds since issue 28's first session take `--models`; older ones time the MLP and the
+    # CNN every time (so they are run for those two only).
+    before_models = bool(a.before) and "--models" in subprocess.run(
+        [a.before, "bench", "--help"], capture_output=True, text=True).stdout
     for r in range(a.rounds):
         for model in a.models.split(","):
             n = steps.get(model, "200")
@@ -47,8 +51,9 @@ def main():
             torch = run([a.python, os.path.join(HERE, "pytorch_mnist.py"), "--mnist", a.mnist,
                          "--steps", n, "--models", model, "--macro", macro_py])
             before = {}
-            if a.before and model in ("mlp", "cnn"):
-                before = run([a.before, "bench", "--mnist", a.mnist, "--steps", n])
+            if a.before and (model in ("mlp", "cnn") or before_models):
+                cmd = [a.before, "bench", "--mnist", a.mnist, "--steps", n]
+                before = run(cmd + (["--models", model] if before_models else []))
                 before = {k: v for k, v in before.items() if k in ours}
             for name, v in ours.items():
                 results.setdefault(name, ([], [], []))[0].append(v)

@@ -878,7 +878,9 @@ mod conv_tests {
     #[test]
     fn conv_matches_burns_conv2d() {
         let d = Default::default();
-        // Images larger and smaller than the kernel; five samples share one patch buffer.
+        // Images larger and smaller than the kernel, and images whose patch matrix is cut
+        // into bands of rows (47×41: 6 rows and a ragged 5; 48×48: 5 rows, 240 positions);
+        // five samples share one patch buffer.
         let cases = [
             (1usize, 6, 7),
             (3, 6, 7),
@@ -886,6 +888,9 @@ mod conv_tests {
             (5, 2, 3),
             (3, 1, 1),
             (5, 4, 4),
+            (5, 47, 41),
+            (5, 48, 48),
+            (1, 47, 41),
         ];
         for (k, h, wd) in cases {
             let mut init = SeededInit(ChaCha8Rng::seed_from_u64(k as u64));

@@ -28,8 +28,10 @@ pub(crate) use norm::{NormDims, NormStats, norm_backward, norm_forward, norm_sta
 /// How many runs of samples a batch is cut into (fewer if the batch is smaller).
 pub(crate) const CHUNKS: usize = 8;
 
-/// Output positions per convolution product (see [`ConvDims::band`]).
+/// Output positions per convolution product (see [`ConvDims::band`])...
 const BAND: usize = 256;
+/// ...unless the sample's whole patch matrix has at most this many values (512 KB).
+const WHOLE: usize = 128 * 1024;
 
 /// Sizes of one convolution: input `[b, c, h, w]`, weight `[o, c, k, k]`, output `[b, o, h, w]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +56,15 @@ impl ConvDims {
     fn chunk(&self) -> usize {
         self.b.div_ceil(CHUNKS).max(1)
     }
-    /// Output rows per product: about [`BAND`] positions, so that a band of the patch matrix
-    /// stays in the core's L2 cache between im2col and the product (a whole 28×28 sample's
-    /// 5×5 patches are 2.5 MB); a multiple of 16 positions when one fits (the GEMM's tile).
+    /// Output rows per product: the whole image when its patch matrix is small (a product per
+    /// band costs a call each), otherwise about [`BAND`] positions, so that a band of the
+    /// patch matrix stays in the core's L2 cache between im2col and the product (a whole 28×28
+    /// sample's 5×5 patches with 32 channels are 2.5 MB); a multiple of 16 positions when one
+    /// fits (the GEMM's tile).
     fn band(&self) -> usize {
+        if self.rows() * self.hw() <= WHOLE {
+            return self.h.max(1);
+        }
         let most = (BAND / self.w.max(1)).clamp(1, self.h.max(1));
         (1..=most)
             .rev()
