@@ -664,8 +664,18 @@ mod tests {
     #[test]
     fn gradients_match_burns_own_layers() {
         for relu in [false, true] {
-            // Kernels smaller and larger than the image; patches cut into bands (56×50).
-            for (k, h, w) in [(3, 7, 6), (5, 7, 6), (5, 2, 3), (1, 4, 2), (5, 56, 50)] {
+            // Kernels smaller and larger than the image; patches cut into bands (56×50), and
+            // at 40×40 the 2 input channels' patches alone would fit whole, the 4 output
+            // channels' (the input gradient's) would not.
+            let cases = [
+                (3, 7, 6),
+                (5, 7, 6),
+                (5, 2, 3),
+                (1, 4, 2),
+                (5, 56, 50),
+                (5, 40, 40),
+            ];
+            for (k, h, w) in cases {
                 conv_and_pool_match_burns_own(relu, k, [h, w]);
             }
             dense_matches_burns_own(relu);

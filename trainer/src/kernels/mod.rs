@@ -60,9 +60,10 @@ impl ConvDims {
     /// band costs a call each), otherwise about [`BAND`] positions, so that a band of the
     /// patch matrix stays in the core's L2 cache between im2col and the product (a whole 28×28
     /// sample's 5×5 patches with 32 channels are 2.5 MB); a multiple of 16 positions when one
-    /// fits (the GEMM's tile).
+    /// fits (the GEMM's tile). Symmetric in `c` and `o`, so the input gradient's convolution
+    /// (channels swapped) cuts the same bands as the forward one.
     fn band(&self) -> usize {
-        if self.rows() * self.hw() <= WHOLE {
+        if self.c.max(self.o) * self.k * self.k * self.hw() <= WHOLE {
             return self.h.max(1);
         }
         let most = (BAND / self.w.max(1)).clamp(1, self.h.max(1));
