@@ -24,7 +24,7 @@ use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-use crate::ops::ModelBackend;
+use crate::ops::{ModelBackend, relu_if};
 
 /// One step of the plan: what a node does and which layer list holds its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -615,14 +615,7 @@ impl<B: Backend> Model<B> {
 fn dense<B: ModelBackend>(l: &Linear<B>, x: Tensor<B, 2>, relu: bool) -> Tensor<B, 2> {
     match &l.bias {
         Some(b) => B::dense(x, l.weight.val(), b.val(), relu),
-        None => {
-            let y = l.forward(x);
-            if relu {
-                burn::tensor::activation::relu(y)
-            } else {
-                y
-            }
-        }
+        None => relu_if(l.forward(x), relu),
     }
 }
 
@@ -632,12 +625,7 @@ fn dense<B: ModelBackend>(l: &Linear<B>, x: Tensor<B, 2>, relu: bool) -> Tensor<
 fn norm<B: ModelBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
     let device = x.device();
     if !B::ad_enabled(&device) {
-        let y = bn.forward(x);
-        return if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
-        };
+        return relu_if(bn.forward(x), relu);
     }
     let (y, mean, var) = B::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, relu);
     let m = bn.momentum;

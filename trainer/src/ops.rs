@@ -48,7 +48,7 @@ pub trait ModelBackend: Backend {
         relu: bool,
     ) -> Tensor<Self, 2> {
         let y = x.matmul(weight) + bias.unsqueeze::<2>();
-        if relu { activation::relu(y) } else { y }
+        relu_if(y, relu)
     }
     /// `k×k` max pooling with stride `k`, no padding, floor mode.
     fn max_pool(x: Tensor<Self, 4>, k: usize) -> Tensor<Self, 4>;
@@ -79,8 +79,11 @@ pub trait ModelBackend: Backend {
             .div(std)
             .mul(gamma.reshape([1, c, 1, 1]))
             .add(beta.reshape([1, c, 1, 1]));
-        let y = if relu { activation::relu(y) } else { y };
-        (y, mean.detach().reshape([c]), var.detach().reshape([c]))
+        (
+            relu_if(y, relu),
+            mean.detach().reshape([c]),
+            var.detach().reshape([c]),
+        )
     }
     /// One Adam update of `param` (see [`crate::optim`]): the new parameter and moments.
     /// `moments` is `None` on the first step. By default burn tensor operations.
@@ -92,6 +95,12 @@ pub trait ModelBackend: Backend {
     ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
         adam_update_tensors(param, grad, moments, step)
     }
+}
+
+/// `y`, through a ReLU when `relu` (a layer whose ReLU was fused into it, computed by burn's
+/// tensor operations).
+pub(crate) fn relu_if<B: Backend, const D: usize>(y: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
+    if relu { activation::relu(y) } else { y }
 }
 
 /// A backend a model can be trained on: autodiff over a [`ModelBackend`].

@@ -12,6 +12,8 @@
 
 use rayon::prelude::*;
 
+use super::sum_lanes;
+
 /// Sizes of one batch norm: `b` samples of `c` channels of `hw` values each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NormDims {
@@ -58,7 +60,7 @@ fn affine(x: f32, scale: f32, shift: f32) -> f32 {
 }
 
 /// A sum of `f` over the pairs of `a` and `b` in 16 interleaved lanes combined in a fixed
-/// order (see `sum_lanes`).
+/// order, as [`sum_lanes`].
 #[inline(always)]
 fn lanes2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
@@ -86,7 +88,7 @@ pub(crate) fn norm_stats(
     let per: Vec<(f32, f32)> = (0..d.c)
         .into_par_iter()
         .map(|ci| {
-            let sum: f32 = d.planes(x, ci).map(|p| lanes2(p, p, |v, _| v)).sum();
+            let sum: f32 = d.planes(x, ci).map(sum_lanes).sum();
             let mean = sum / n;
             let sq: f32 = d
                 .planes(x, ci)
