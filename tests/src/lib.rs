@@ -231,6 +231,23 @@ pub async fn wait_finished(node: &mut TestNode, id: CampaignId) -> Vec<(u32, [u8
     closed
 }
 
+/// Waits until `node` holds a proven hivemesh connection to every peer in `keys` (so a campaign
+/// it submits next reaches them at once, not through a later sync).
+pub async fn wait_hivemesh_peers(node: &mut TestNode, keys: &[PeerKey]) {
+    loop {
+        let have = node.client.connected_keys().await.expect("node up");
+        if keys.iter().all(|k| have.contains(k)) {
+            return;
+        }
+        // The receiver holds every event since the node started: one emitted between the
+        // check above and this wait still wakes it.
+        wait_for(&mut node.events, Duration::from_secs(30), |e| {
+            matches!(e, Event::SpeaksHivemesh(_)).then_some(())
+        })
+        .await;
+    }
+}
+
 /// The reference model of the loss-search tests: a 64-16-10 MLP for the digits set (the
 /// postcard architecture IR a loss campaign names by blob id).
 pub fn digits_reference_model() -> Vec<u8> {
