@@ -29,6 +29,7 @@ pub mod ops;
 pub mod optim;
 pub mod private;
 pub mod rounds;
+pub mod scatter;
 pub mod train;
 pub mod zoo;
 
