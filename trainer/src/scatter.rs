@@ -571,8 +571,9 @@ mod tests {
                 .map(|v| (f64::from(*v) - mean).powi(2))
                 .sum::<f64>()
                 / n;
+            // Below 1 by the 1e-5 added to a small group's variance.
             assert!(
-                mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
+                mean.abs() < 1e-5 && var <= 1.0 && var > 0.95,
                 "{mean} {var}"
             );
         }
