@@ -215,7 +215,11 @@ impl Submission {
     pub fn bytes(&self, blob: &PendingBlob) -> Result<Vec<u8>, SubmitError> {
         match &blob.source {
             BlobRef::Zoo(name) => {
-                let (shape, classes) = self.dataset_shape(blob.field)?;
+                let (mut shape, classes) = self.dataset_shape(blob.field)?;
+                if let (Some(f), true) = (&self.file.federated, blob.field == "federated.model") {
+                    // The model sees the campaign's features, not the raw records.
+                    shape = f.model_input(shape)?;
+                }
                 Ok(zoo_model_for(blob.field, name, shape, classes)?)
             }
             BlobRef::File(path) => std::fs::read(path).map_err(|source| SubmitError::Read {

@@ -13,10 +13,10 @@ use crate::outcome::Tolerance;
 use crate::spec_error::field;
 
 pub use crate::kinds::{
-    Aggregate, CampaignKind, ClientPrivacy, DistillParams, ExamplePrivacy, FedJob, FederatedParams,
-    JobPayload, LossParams, MAX_JOBS_PER_GENERATION, NasParams, NasSpace, OuterStep, PromptParams,
-    PromptStrategy, Search, SecureAggregation, SecureRound, SecureStep, Strategy, TrainJob,
-    TrainParams, UpdateEncoding,
+    Aggregate, CampaignKind, ClientPrivacy, DistillParams, ExamplePrivacy, Features, FedJob,
+    FederatedParams, JobPayload, LossParams, MAX_JOBS_PER_GENERATION, NasParams, NasSpace,
+    OuterStep, PromptParams, PromptStrategy, Search, SecureAggregation, SecureRound, SecureStep,
+    Strategy, TrainJob, TrainParams, UpdateEncoding,
 };
 pub use crate::spec_error::SpecError;
 use crate::time::Timestamp;

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use hivemesh_evolve::arch::Shape;
 use hivemesh_protocol::privacy::{Accountant, Mechanism, noise_for};
 use hivemesh_trainer::attack::Attack;
 use hivemesh_trainer::data::partition::partition;
@@ -26,8 +27,9 @@ use hivemesh_trainer::rounds::{
     Aggregator, Combine, Outer, SegmentJob, TrainState, Update, evaluate_weights, initial_weights,
     run_segment,
 };
+use hivemesh_trainer::scatter::{ScatterSpec, Scattering};
 use hivemesh_trainer::train::{Budget, Limits, OptimizerKind, Schedule, sub_seed};
-use hivemesh_trainer::zoo::mlp;
+use hivemesh_trainer::zoo::{linear, mlp};
 use hivemesh_trainer::{Cpu, CpuAutodiff};
 use rayon::prelude::*;
 
@@ -52,9 +54,16 @@ struct Args {
     /// Local Adam learning rate.
     #[arg(long, default_value_t = 2e-3)]
     lr: f32,
-    /// Hidden width of the 784-W-10 MLP.
+    /// Hidden width of the 784-W-10 MLP (0: a linear model).
     #[arg(long, default_value_t = 128)]
     hidden: u32,
+    /// Train on scattering features (J = 2, L = 8, group-normalised: `hivemesh_trainer::
+    /// scatter`) instead of pixels.
+    #[arg(long)]
+    scatter: bool,
+    /// Local SGD with this momentum instead of Adam.
+    #[arg(long)]
+    sgd_momentum: Option<f32>,
     /// Target example-level ε (δ below) for each client over all rounds; 0: no DP.
     #[arg(long, default_value_t = 0.0)]
     epsilon: f64,
@@ -233,6 +242,23 @@ fn main() -> Result<()> {
         Some(dir) => load_mnist(dir).with_context(|| format!("MNIST from {}", dir.display()))?,
         None => digits(),
     };
+    let data = if a.scatter {
+        let Shape::Image { h, w, .. } = data.shape else {
+            bail!("--scatter needs images");
+        };
+        let t = Instant::now();
+        let s = Scattering::new(ScatterSpec::DEFAULT, h, w)?;
+        let f = s.dataset(&data)?;
+        eprintln!(
+            "scattering features {:?} of {} samples in {:.1} s",
+            f.shape,
+            f.len(),
+            t.elapsed().as_secs_f64()
+        );
+        f
+    } else {
+        data
+    };
     if !["sign-flip", "scale", "garbage", "label-flip", "free-rider"].contains(&a.attack.as_str()) {
         bail!(
             "--attack {}: use sign-flip, scale, garbage, label-flip or free-rider",
@@ -246,13 +272,19 @@ fn main() -> Result<()> {
     flipped.flip_labels();
     let smallest = parts.iter().map(Vec::len).min().unwrap_or(0);
     let dp = dp_settings(&a, &parts)?;
-    let arch = mlp(data.shape, a.hidden, data.classes);
+    let arch = match a.hidden {
+        0 => linear(data.shape, data.classes),
+        h => mlp(data.shape, h, data.classes),
+    };
     let mut state = TrainState::fresh(initial_weights(&arch, sub_seed(a.seed, "init"))?);
     let budget = Budget {
         epochs: u32::MAX,
         max_steps: Some(u64::from(a.local_steps)),
         batch_size: a.batch,
-        optimizer: OptimizerKind::Adam,
+        optimizer: match a.sgd_momentum {
+            Some(momentum) => OptimizerKind::Sgd { momentum },
+            None => OptimizerKind::Adam,
+        },
         learning_rate: a.lr,
         schedule: Schedule::Constant,
     };

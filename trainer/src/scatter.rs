@@ -12,13 +12,17 @@
 //! Fourier domain, unpadding by one sample per side), so the features agree with kymatio's to
 //! float precision (a test compares them with kymatio's own output). Each channel is then
 //! normalised per image and group of channels (group norm without parameters, as Tramèr and
-//! Boneh do), which uses only the image itself. Arithmetic is `f64` in a fixed order: the same
-//! bits on every CPU of one instruction-set class (the filters use the platform's `exp`, `sin`
-//! and `cos`).
+//! Boneh do), which uses only the image itself. Arithmetic is `f64` in a fixed order, the FFTs
+//! rustfft's scalar code: the same bits on every CPU (the filters use the platform's `exp`,
+//! `sin` and `cos`, computed once per transform).
 
 use std::f64::consts::PI;
+use std::sync::Arc;
 
 use hivemesh_evolve::arch::Shape;
+use rayon::prelude::*;
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlannerScalar};
 
 use crate::data::{Dataset, Values};
 use crate::error::TrainError;
@@ -73,68 +77,57 @@ impl C {
     }
 }
 
-/// The twiddle factors `exp(−2πi·km/n)` of an `n`-point DFT.
-#[derive(Debug, Clone)]
+/// 2-D DFTs of `n × n` grids (rustfft's scalar planner: no run-time choice of SIMD code, so
+/// the same bits on every CPU).
+#[derive(Clone)]
 struct Dft {
-    /// Points.
+    /// Points per side.
     n: usize,
-    /// `n × n`, row `k`, column `m`.
-    w: Vec<C>,
+    /// The forward 1-D transform.
+    fwd: Arc<dyn Fft<f64>>,
+    /// The inverse 1-D transform (unnormalised).
+    inv: Arc<dyn Fft<f64>>,
+}
+
+impl std::fmt::Debug for Dft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dft({})", self.n)
+    }
 }
 
 impl Dft {
     fn new(n: usize) -> Dft {
-        let mut w = Vec::with_capacity(n * n);
-        for k in 0..n {
-            for m in 0..n {
-                // Reduce km mod n first: the angle stays small and exact in f64.
-                let a = -2.0 * PI * ((k * m) % n) as f64 / n as f64;
-                w.push(C {
-                    re: a.cos(),
-                    im: a.sin(),
-                });
-            }
+        let mut planner = FftPlannerScalar::new();
+        Dft {
+            n,
+            fwd: planner.plan_fft_forward(n),
+            inv: planner.plan_fft_inverse(n),
         }
-        Dft { n, w }
     }
 
-    /// The 2-D DFT of an `n × n` grid (inverse: conjugate twiddles, divided by `n²`).
+    /// The 2-D DFT of an `n × n` grid (inverse: divided by `n²`, as `ifft2`).
     fn apply(&self, x: &[C], inverse: bool) -> Vec<C> {
         let n = self.n;
-        let tw = |k: usize, m: usize| {
-            let t = self.w[k * n + m];
-            if inverse {
-                C {
-                    re: t.re,
-                    im: -t.im,
-                }
-            } else {
-                t
-            }
-        };
-        let mut rows = vec![C::default(); n * n];
+        let plan = if inverse { &self.inv } else { &self.fwd };
+        let mut buf: Vec<Complex<f64>> = x.iter().map(|c| Complex::new(c.re, c.im)).collect();
+        // Rows, then columns (by transposing), then back.
+        plan.process(&mut buf);
+        let mut t = vec![Complex::new(0.0, 0.0); n * n];
         for r in 0..n {
-            for k in 0..n {
-                let mut acc = C::default();
-                for m in 0..n {
-                    let p = x[r * n + m].mul(tw(k, m));
-                    acc.re += p.re;
-                    acc.im += p.im;
-                }
-                rows[r * n + k] = acc;
+            for c in 0..n {
+                t[c * n + r] = buf[r * n + c];
             }
         }
+        plan.process(&mut t);
         let s = if inverse { 1.0 / (n * n) as f64 } else { 1.0 };
         let mut out = vec![C::default(); n * n];
-        for c in 0..n {
-            for k in 0..n {
-                let mut acc = C::default();
-                for m in 0..n {
-                    let p = rows[m * n + c].mul(tw(k, m));
-                    acc.re += p.re;
-                    acc.im += p.im;
-                }
-                out[k * n + c] = acc.scale(s);
+        for r in 0..n {
+            for c in 0..n {
+                let v = t[c * n + r];
+                out[r * n + c] = C {
+                    re: v.re * s,
+                    im: v.im * s,
+                };
             }
         }
         out
@@ -461,6 +454,15 @@ impl Scattering {
 
     /// Replaces every sample of `data` by its features (the labels and splits unchanged).
     pub fn dataset(&self, data: &Dataset) -> Result<Dataset, TrainError> {
+        let all: Vec<u32> = (0..data.len() as u32).collect();
+        let mut f = self.samples(data, &all)?;
+        f.test_from = data.test_from;
+        Ok(f)
+    }
+
+    /// The features of `data`'s samples `indices`, in that order, as a dataset of their own
+    /// (with their labels; no official test part).
+    pub fn samples(&self, data: &Dataset, indices: &[u32]) -> Result<Dataset, TrainError> {
         let Shape::Image { c, h, w } = data.shape else {
             return Err(TrainError::Options(format!(
                 "scattering needs images, and {} holds flat samples",
@@ -473,13 +475,27 @@ impl Scattering {
                 self.h, self.w, data.name
             )));
         }
-        let shape = self.out_shape(c);
-        let mut values = Vec::with_capacity(data.len() * shape.numel() as usize);
-        let mut sample = vec![0.0f32; data.sample_len()];
-        for i in 0..data.len() {
-            data.write_sample(i, &mut sample);
-            values.extend(self.transform(&sample, c));
+        if let Some(i) = indices.iter().find(|i| **i as usize >= data.len()) {
+            return Err(TrainError::Options(format!(
+                "sample {i} is past the {} samples of {}",
+                data.len(),
+                data.name
+            )));
         }
+        let shape = self.out_shape(c);
+        let per = shape.numel() as usize;
+        let mut values = vec![0.0f32; indices.len() * per];
+        // Samples are independent: any split over threads gives the same values.
+        values
+            .par_chunks_mut(per)
+            .zip(indices.par_iter())
+            .for_each_init(
+                || vec![0.0f32; data.sample_len()],
+                |sample, (out, i)| {
+                    data.write_sample(*i as usize, sample);
+                    out.copy_from_slice(&self.transform(sample, c));
+                },
+            );
         Ok(Dataset {
             name: format!(
                 "{} (scattering J={} L={})",
@@ -488,8 +504,8 @@ impl Scattering {
             shape,
             classes: data.classes,
             values: Values::F32(values),
-            labels: data.labels.clone(),
-            test_from: data.test_from,
+            labels: indices.iter().map(|i| data.labels[*i as usize]).collect(),
+            test_from: None,
         })
     }
 }

@@ -36,6 +36,17 @@ pub fn mlp(input: Shape, hidden: u32, classes: u32) -> Architecture {
     chain(input, classes, &ops)
 }
 
+/// A linear classifier (a flatten if the samples are images, then one dense layer): what
+/// DP training on fixed features such as [`crate::scatter`]'s uses.
+pub fn linear(input: Shape, classes: u32) -> Architecture {
+    let mut ops = vec![];
+    if matches!(input, Shape::Image { .. }) {
+        ops.push(Op::Flatten);
+    }
+    ops.push(Op::Dense { out: classes });
+    chain(input, classes, &ops)
+}
+
 /// A small CNN: Conv 3x3 (32) → ReLU → MaxPool 2 → Conv 3x3 (64) → ReLU → MaxPool 2 →
 /// Flatten → Dense 128 → ReLU → Dense(classes). On 28x28 MNIST: 421,642 parameters.
 pub fn small_cnn(input: Shape, classes: u32) -> Architecture {

@@ -27,12 +27,20 @@
 //! secure = false
 //! secure_buckets = 1           # groups whose sums are revealed (a robust aggregate needs several)
 //! secure_neighbours = 0        # SecAgg+ neighbours per client; 0: all of its group
+//! # What the model sees: "values" (default), or "scattering": fixed scattering features of
+//! # each image (computed on every node, private and public data alike; no privacy cost), for
+//! # a model such as zoo:linear built for their shape (81 x 7 x 7 for 28 x 28 images).
+//! features = "values"
+//! scatter_scales = 2            # J
+//! scatter_angles = 8            # L
+//! scatter_groups = 27           # per-image group normalisation (0: none)
 //! ```
 
+use hivemesh_evolve::arch::Shape;
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::privacy::noise_for;
 use hivemesh_protocol::spec::{
-    ClientPrivacy, ExamplePrivacy, FederatedParams, Search, SecureAggregation,
+    ClientPrivacy, ExamplePrivacy, Features, FederatedParams, Search, SecureAggregation,
 };
 use serde::Deserialize;
 
@@ -124,6 +132,31 @@ pub struct FederatedFile {
     /// Secure aggregation's neighbours per client (0: all of its group).
     #[serde(default)]
     pub secure_neighbours: u32,
+    /// What the model sees: `values` (default) or `scattering` (fixed features of images).
+    #[serde(default = "default_features")]
+    pub features: String,
+    /// Scattering's scales `J`.
+    #[serde(default = "default_scatter_scales")]
+    pub scatter_scales: u8,
+    /// Scattering's angles `L`.
+    #[serde(default = "default_scatter_angles")]
+    pub scatter_angles: u8,
+    /// Scattering's normalisation groups (0: none).
+    #[serde(default = "default_scatter_groups")]
+    pub scatter_groups: u8,
+}
+
+fn default_features() -> String {
+    "values".into()
+}
+fn default_scatter_scales() -> u8 {
+    2
+}
+fn default_scatter_angles() -> u8 {
+    8
+}
+fn default_scatter_groups() -> u8 {
+    27
 }
 
 fn default_buckets() -> u32 {
@@ -200,6 +233,33 @@ impl FederatedFile {
         }))
     }
 
+    /// What the model sees of each record.
+    pub fn features(&self) -> Result<Features, CampaignFileError> {
+        let f = match self.features.as_str() {
+            "values" => Features::Values,
+            "scattering" => Features::Scattering {
+                scales: self.scatter_scales,
+                angles: self.scatter_angles,
+                groups: self.scatter_groups,
+            },
+            other => {
+                return Err(field(
+                    "federated.features",
+                    format!("{other:?}: use values or scattering"),
+                ));
+            }
+        };
+        f.validate()
+            .map_err(|e| field("federated.features", e.to_string()))?;
+        Ok(f)
+    }
+
+    /// The shape the model takes for records of shape `data` (a zoo model is built for it).
+    pub fn model_input(&self, data: Shape) -> Result<Shape, CampaignFileError> {
+        crate::executor::feature_shape(&self.features()?, data)
+            .map_err(|e| field("federated.features", e))
+    }
+
     /// The protocol's search (the model must be a blob id by now).
     pub fn to_search(&self) -> Result<Search, CampaignFileError> {
         let outer = parse_outer(
@@ -241,6 +301,7 @@ impl FederatedFile {
                 buckets: self.secure_buckets,
                 neighbours: self.secure_neighbours,
             }),
+            features: self.features()?,
         }))
     }
 }
@@ -261,6 +322,31 @@ mod tests {
             Search::Federated(p) => Ok(p),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn features_are_values_by_default_or_scattering_with_checked_settings() {
+        assert_eq!(params("").expect("valid").features, Features::Values);
+        let p = params("features = \"scattering\"").expect("valid");
+        assert_eq!(p.features, Features::SCATTERING);
+        let p = params(
+            "features = \"scattering\"\nscatter_scales = 1\nscatter_angles = 4\nscatter_groups = 5",
+        )
+        .expect("valid");
+        assert_eq!(
+            p.features,
+            Features::Scattering {
+                scales: 1,
+                angles: 4,
+                groups: 5
+            }
+        );
+        let e = params("features = \"scattering\"\nscatter_groups = 4").expect_err("81 channels");
+        assert!(e.to_string().contains("81"), "{e}");
+        let e = params("features = \"pca\"").expect_err("unknown");
+        assert!(e.to_string().contains("values or scattering"), "{e}");
+        let e = params("features = \"scattering\"\nscatter_scales = 9").expect_err("J");
+        assert!(e.to_string().contains("scales"), "{e}");
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl LossFile {
     }
 }
 
-/// A reference model from the zoo (`zoo:mlp-N`, `zoo:cnn`) for samples of shape `input` and
+/// A reference model from the zoo (`zoo:mlp-N`, `zoo:linear`, `zoo:cnn`) for samples of shape `input` and
 /// `classes` classes, as the blob a loss campaign names (its postcard architecture IR).
 pub fn zoo_model(
     name: &str,
@@ -82,6 +82,7 @@ pub fn zoo_model_for(
 ) -> Result<Vec<u8>, CampaignFileError> {
     let arch = match name {
         "cnn" => hivemesh_trainer::zoo::small_cnn(input, classes),
+        "linear" => hivemesh_trainer::zoo::linear(input, classes),
         _ => match name.strip_prefix("mlp-").map(str::parse::<u32>) {
             Some(Ok(hidden)) if (1..=4096).contains(&hidden) => {
                 hivemesh_trainer::zoo::mlp(input, hidden, classes)
@@ -89,7 +90,9 @@ pub fn zoo_model_for(
             _ => {
                 return Err(field(
                     for_field,
-                    format!("no zoo model {name:?}: use zoo:mlp-N (N in 1..=4096) or zoo:cnn"),
+                    format!(
+                        "no zoo model {name:?}: use zoo:mlp-N (N in 1..=4096), zoo:linear or zoo:cnn"
+                    ),
                 ));
             }
         },

@@ -659,7 +659,9 @@ pub fn peer_key(peer: &PeerId) -> Option<PeerKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hivemesh_protocol::spec::{Aggregate, ExamplePrivacy, FederatedParams, OuterStep};
+    use hivemesh_protocol::spec::{
+        Aggregate, ExamplePrivacy, Features, FederatedParams, OuterStep,
+    };
 
     /// A node gives its private data only to campaigns that train it with DP-SGD within its ε
     /// limit (infinite: any).
@@ -680,6 +682,7 @@ mod tests {
             aggregate: Aggregate::Mean,
             outer: OuterStep::Average,
             secure: None,
+            features: Features::Values,
         };
         let why = private_data_refusal(&p, 10.0).expect("no DP: refused");
         assert!(why.contains("without example-level privacy"), "{why}");

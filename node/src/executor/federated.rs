@@ -12,17 +12,21 @@
 //! of this node (its key) and the job, never from the job's public seed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use hivemesh_evolve::arch::Shape;
 
 use hivemesh_protocol::id::BlobId;
 use hivemesh_protocol::kinds::federated::flag_metrics;
 use hivemesh_protocol::message::{FailureKind, Metrics, Outcome};
-use hivemesh_protocol::spec::{FedJob, FederatedParams, SecureStep};
+use hivemesh_protocol::spec::{Features, FedJob, FederatedParams, SecureStep};
 use hivemesh_trainer::TrainError;
 use hivemesh_trainer::attack::Attack;
+use hivemesh_trainer::data::{Dataset, Splits};
 use hivemesh_trainer::model::WeightsFile;
 use hivemesh_trainer::private::{DpSgd, clip_and_noise, secret_seed};
 use hivemesh_trainer::rounds::{Encoding, SegmentJob, Update, state_values};
+use hivemesh_trainer::scatter::{ScatterSpec, Scattering};
 use hivemesh_trainer::train::Budget;
 
 use super::secure;
@@ -55,6 +59,87 @@ pub(super) struct Client<'a> {
     pub campaign: [u8; 32],
     /// A malicious client's attack on its update, if any.
     pub attack: Option<Attack>,
+    /// Features computed here before.
+    pub features: &'a FeatureCache,
+}
+
+/// Feature datasets this node computed, newest last: a campaign's public split and each
+/// private dataset are transformed once, not at every round.
+#[derive(Debug, Default)]
+pub(crate) struct FeatureCache(Mutex<Vec<([u8; 32], Arc<Dataset>)>>);
+
+/// Feature datasets a [`FeatureCache`] keeps (the oldest goes first).
+const FEATURE_SETS: usize = 4;
+
+impl FeatureCache {
+    /// The features `f` of `data`'s samples `indices`, computed once per (data, features,
+    /// samples).
+    fn featured(
+        &self,
+        f: &Features,
+        data: &Dataset,
+        indices: &[u32],
+    ) -> Result<Arc<Dataset>, String> {
+        let mut h = blake3::Hasher::new();
+        h.update(&data.id());
+        h.update(&postcard::to_stdvec(f).map_err(|e| e.to_string())?);
+        for i in indices {
+            h.update(&i.to_le_bytes());
+        }
+        let key = *h.finalize().as_bytes();
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, d)) = lock().iter().find(|(k, _)| *k == key) {
+            return Ok(Arc::clone(d));
+        }
+        let Shape::Image { h, w, .. } = data.shape else {
+            return Err(format!(
+                "{} holds flat samples, and scattering needs images",
+                data.name
+            ));
+        };
+        let d = Arc::new(
+            scattering(f, h, w)?
+                .samples(data, indices)
+                .map_err(|e| e.to_string())?,
+        );
+        let mut cache = lock();
+        if cache.len() >= FEATURE_SETS {
+            cache.remove(0);
+        }
+        cache.push((key, Arc::clone(&d)));
+        Ok(d)
+    }
+}
+
+/// The scattering transform `f` asks for, for `h × w` images.
+fn scattering(f: &Features, h: u32, w: u32) -> Result<Scattering, String> {
+    let &Features::Scattering {
+        scales,
+        angles,
+        groups,
+    } = f
+    else {
+        return Err("no features asked for".into());
+    };
+    let spec = ScatterSpec {
+        scales: u32::from(scales),
+        angles: u32::from(angles),
+        groups: u32::from(groups),
+    };
+    Scattering::new(spec, h, w).map_err(|e| e.to_string())
+}
+
+/// The shape a model sees for records of shape `data` under `f`.
+pub fn feature_shape(f: &Features, data: Shape) -> Result<Shape, String> {
+    match (f, data) {
+        (Features::Values, _) => Ok(data),
+        (Features::Scattering { .. }, Shape::Image { c, h, w }) => {
+            Ok(scattering(f, h, w)?.out_shape(c))
+        }
+        (Features::Scattering { .. }, Shape::Flat(_)) => {
+            Err("scattering features need images, and the records are flat".into())
+        }
+    }
 }
 
 /// Runs a `federated` job.
@@ -71,6 +156,43 @@ pub(super) fn run(
     ) {
         return secure::run_step(p, f, client.secret, &client.campaign, job);
     }
+    if p.features == Features::Values {
+        return run_on(p, f, campaign_seed, job, client);
+    }
+    // The public split this job measures on, as features: the job then sees a dataset of
+    // just those samples (both splits name all of them).
+    let public = if f.client.is_none() {
+        &job.splits.test
+    } else {
+        &job.splits.validation
+    };
+    let featured = match client.features.featured(&p.features, job.data, public) {
+        Ok(d) => d,
+        Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
+    };
+    let all: Vec<u32> = (0..featured.len() as u32).collect();
+    let splits = Splits {
+        train: Vec::new(),
+        validation: all.clone(),
+        test: all,
+    };
+    let mut view = JobRun {
+        data: &featured,
+        splits: &splits,
+        progress: &mut *job.progress,
+        ..*job
+    };
+    run_on(p, f, campaign_seed, &mut view, client)
+}
+
+/// Runs a training or evaluation job on `job`'s data (the features when the campaign asks).
+fn run_on(
+    p: &FederatedParams,
+    f: &FedJob,
+    campaign_seed: u64,
+    job: &mut JobRun<'_>,
+    client: &Client<'_>,
+) -> Result<Ran, ExecError> {
     let model = match fitting_model(p.model, job)? {
         Ok(m) => m,
         Err(ran) => return Ok(ran),
@@ -132,7 +254,22 @@ pub(super) fn run(
         .get(&p.private_data)
         .ok_or_else(|| ExecError::NoPrivateData(p.private_data.clone()))?;
     let secret = job_secret(client.secret, &client.job_id);
-    let update = match train_locally(p, &start.weights, mine, job, secret)? {
+    let featured;
+    let private: &Dataset = match p.features {
+        Features::Values => &mine.data,
+        _ => {
+            let all: Vec<u32> = (0..mine.data.len() as u32).collect();
+            featured = match client.features.featured(&p.features, &mine.data, &all) {
+                Ok(d) => d,
+                Err(e) => {
+                    let detail = format!("this client's private data: {e}");
+                    return Ok(Ran::nothing(failure(FailureKind::InvalidJob, detail)));
+                }
+            };
+            &featured
+        }
+    };
+    let update = match train_locally(p, &start.weights, private, job, secret)? {
         Ok(u) => match client.attack {
             // After the honest clipping and noise: what the attacker sends instead.
             Some(a) => a.apply(&u, u64::from(f.round)),
@@ -161,7 +298,7 @@ pub(super) fn run(
 fn train_locally(
     p: &FederatedParams,
     start: &hivemesh_trainer::model::WeightsFile,
-    mine: &Loaded,
+    private: &Dataset,
     job: &mut JobRun<'_>,
     secret: [u8; 32],
 ) -> Result<Result<Update, Outcome>, ExecError> {
@@ -179,10 +316,10 @@ fn train_locally(
     };
     // Every record the client offers: no split of its data is held out here (the public data
     // measures the model).
-    let records: Vec<u32> = (0..mine.data.len() as u32).collect();
+    let records: Vec<u32> = (0..private.len() as u32).collect();
     let seg = SegmentJob {
         start,
-        data: &mine.data,
+        data: private,
         samples: &records,
         evaluate_on: &[],
         budget: &budget,

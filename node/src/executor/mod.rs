@@ -42,6 +42,8 @@ pub mod prompt;
 pub mod secure;
 pub mod train;
 
+pub use federated::feature_shape;
+
 /// The trainer code version this node runs; jobs name the version they were derived for.
 pub const CODE_VERSION: &str = hivemesh_trainer::CODE_VERSION;
 
@@ -297,6 +299,8 @@ pub struct Executor {
     secret: [u8; 32],
     /// A malicious federated client's attack on its updates (netsim's attack suite), if any.
     attack: Option<Attack>,
+    /// Features (of public splits and private data) computed for federated campaigns.
+    features: federated::FeatureCache,
 }
 
 /// Models whose size [`Executor`] remembers.
@@ -318,6 +322,7 @@ impl Executor {
             private: BTreeMap::new(),
             secret: [0; 32],
             attack: None,
+            features: Default::default(),
         }
     }
 
@@ -531,6 +536,7 @@ impl Executor {
                     job_id: *job.id().as_bytes(),
                     campaign: *job.campaign.as_bytes(),
                     attack: self.attack,
+                    features: &self.features,
                 };
                 federated::run(p, f, spec.seed, &mut run, &client)?
             }

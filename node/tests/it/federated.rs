@@ -51,6 +51,7 @@ fn params(model: BlobId, secure: Option<SecureAggregation>) -> FederatedParams {
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
         secure,
+        features: hivemesh_protocol::spec::Features::Values,
     }
 }
 
@@ -285,4 +286,73 @@ fn an_update_above_the_norm_bound_is_dropped_and_flagged() {
         Combine::Mean,
     );
     assert_eq!(m.artifacts[1], BlobId::of_bytes(&expected.to_bytes()));
+}
+
+/// With `features = scattering` every client trains on the scattering features of its own
+/// private images, and every job measures on the features of the public split: a linear model
+/// built for the features' shape learns the digits in one round of two clients, the same job
+/// gives the same update on two executors, and a model built for the raw pixels is refused
+/// with the shapes named.
+#[test]
+fn scattering_features_train_a_linear_model_on_private_images() {
+    use hivemesh_protocol::spec::Features;
+    let shape = hivemesh_node::executor::feature_shape(&Features::SCATTERING, model().input)
+        .expect("8x8 images");
+    assert_eq!(shape, Shape::Image { c: 81, h: 2, w: 2 });
+    let arch = postcard::to_stdvec(&hivemesh_trainer::zoo::linear(shape, 10)).expect("IR");
+    let model_id = BlobId::of_bytes(&arch);
+    let mut blobs = Blobs::from([(model_id, arch)]);
+    let mut p = params(model_id, None);
+    p.features = Features::SCATTERING;
+    let spec = campaign(p.clone());
+    let clients: Vec<(PeerKey, Executor)> = (0..2).map(|k| client(k, 2)).collect();
+    let mut updates = Vec::new();
+    let mut start = model_id;
+    for (key, exec) in &clients {
+        let j = job(&spec, 0, fed_job(model_id, Some(*key), SecureStep::Train));
+        let m = run(exec, &spec, &j, &mut blobs);
+        // A second executor with the same private data and secret: the same update.
+        let again = run(&client(updates.len(), 2).1, &spec, &j, &mut blobs);
+        assert_eq!(m.artifacts, again.artifacts, "deterministic");
+        updates.push(m.artifacts[0]);
+        start = m.artifacts[1];
+    }
+    let mut f = fed_job(start, None, SecureStep::Train);
+    f.round = 1;
+    f.updates = updates;
+    let before = run(
+        &clients[0].1,
+        &spec,
+        &job(&spec, 1, fed_job(model_id, None, SecureStep::Train)),
+        &mut blobs,
+    );
+    let after = run(&clients[0].1, &spec, &job(&spec, 1, f), &mut blobs);
+    assert_eq!(after.total, before.total);
+    assert!(
+        after.correct * 10 >= after.total * 8 && after.correct > before.correct,
+        "one round on scattering features: {} of {} correct (untrained: {})",
+        after.correct,
+        after.total,
+        before.correct
+    );
+
+    // A model for the raw 8x8 pixels does not take the features.
+    let pixels = postcard::to_stdvec(&model()).expect("IR");
+    let pixels_id = BlobId::of_bytes(&pixels);
+    blobs.insert(pixels_id, pixels);
+    p.model = pixels_id;
+    let spec = campaign(p);
+    let j = job(
+        &spec,
+        0,
+        fed_job(pixels_id, Some(clients[0].0), SecureStep::Train),
+    );
+    let done = clients[0]
+        .1
+        .run(&spec, &j, Device::Cpu, &blobs, &mut |_| {})
+        .expect("runs");
+    match done.result.outcome {
+        Outcome::Failure(f) => assert!(f.detail.contains("81"), "{f:?}"),
+        Outcome::Success(m) => panic!("a pixel model trained on features: {m:?}"),
+    }
 }

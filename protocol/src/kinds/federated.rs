@@ -72,6 +72,76 @@ pub struct FederatedParams {
     /// Secure aggregation, if any: each round then takes four generations (see
     /// [`SecureStep`]) and only sums of updates are revealed.
     pub secure: Option<SecureAggregation>,
+    /// What the model sees of each record: its values, or fixed features computed from them
+    /// (on the private and the public data alike; the model's input is their shape).
+    pub features: Features,
+}
+
+/// What a federated model sees of each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Features {
+    /// The record's own values.
+    Values,
+    /// The scattering transform of an image (order 2, kymatio's definition: `1 + JL +
+    /// L²J(J−1)/2` channels per input channel, subsampled by `2^J`), each image's channels
+    /// group-normalised. Fixed and data-independent: computed from private records it costs
+    /// no privacy, and DP training on it is far more accurate at a given ε than on pixels
+    /// (Tramèr and Boneh 2021).
+    Scattering {
+        /// Scales `J` (1 ..= [`MAX_SCATTER_SCALES`]).
+        scales: u8,
+        /// Angles `L` (1 ..= [`MAX_SCATTER_ANGLES`]).
+        angles: u8,
+        /// Groups of the per-image normalisation (0: none); divides the channel count.
+        groups: u8,
+    },
+}
+
+/// Most scattering scales.
+pub const MAX_SCATTER_SCALES: u8 = 4;
+/// Most scattering angles.
+pub const MAX_SCATTER_ANGLES: u8 = 16;
+
+impl Features {
+    /// Scattering with `J = 2`, `L = 8` and 27 groups: Tramèr and Boneh's setting for digits.
+    pub const SCATTERING: Features = Features::Scattering {
+        scales: 2,
+        angles: 8,
+        groups: 27,
+    };
+
+    /// Checks the settings: scales and angles in range, groups dividing the channels.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let Features::Scattering {
+            scales,
+            angles,
+            groups,
+        } = *self
+        else {
+            return Ok(());
+        };
+        if !(1..=MAX_SCATTER_SCALES).contains(&scales) {
+            return Err(field(
+                "features.scales",
+                format!("must be 1 to {MAX_SCATTER_SCALES}"),
+            ));
+        }
+        if !(1..=MAX_SCATTER_ANGLES).contains(&angles) {
+            return Err(field(
+                "features.angles",
+                format!("must be 1 to {MAX_SCATTER_ANGLES}"),
+            ));
+        }
+        let (j, l) = (u32::from(scales), u32::from(angles));
+        let channels = 1 + j * l + l * l * j * (j - 1) / 2;
+        if groups != 0 && channels % u32::from(groups) != 0 {
+            return Err(field(
+                "features.groups",
+                format!("must divide the {channels} channels (or be 0: no normalisation)"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Secure aggregation's settings (ADR 0010).
@@ -368,6 +438,7 @@ impl KindRules for FederatedParams {
     }
 
     fn validate(&self) -> Result<(), SpecError> {
+        self.features.validate()?;
         if !valid_name(&self.private_data) {
             return Err(field(
                 "private_data",

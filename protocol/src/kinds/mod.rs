@@ -29,8 +29,8 @@ use crate::spec_error::{SpecError, field};
 
 pub use distill::DistillParams;
 pub use federated::{
-    ClientPrivacy, ExamplePrivacy, FedJob, FederatedParams, SecureAggregation, SecureRound,
-    SecureStep,
+    ClientPrivacy, ExamplePrivacy, Features, FedJob, FederatedParams, SecureAggregation,
+    SecureRound, SecureStep,
 };
 pub use loss::LossParams;
 pub use nas::{NasParams, NasSpace, Strategy};

@@ -31,6 +31,7 @@ fn params() -> FederatedParams {
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
         secure: None,
+        features: hivemesh_protocol::spec::Features::Values,
     }
 }
 

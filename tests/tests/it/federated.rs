@@ -61,6 +61,7 @@ fn params(model: hivemesh_protocol::BlobId) -> FederatedParams {
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
         secure: None,
+        features: hivemesh_protocol::spec::Features::Values,
     }
 }
 

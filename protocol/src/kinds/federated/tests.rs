@@ -24,6 +24,7 @@ fn params() -> FederatedParams {
         aggregate: Aggregate::Mean,
         outer: OuterStep::Average,
         secure: None,
+        features: crate::kinds::federated::Features::Values,
     }
 }
 
