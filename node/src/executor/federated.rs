@@ -74,11 +74,14 @@ const FEATURE_SETS: usize = 4;
 impl FeatureCache {
     /// The features `f` of `data`'s samples `indices`, computed once per (data, features,
     /// samples).
+    /// Refused when the features would take more than `memory` bytes (the node's job
+    /// memory limit): a campaign cannot make a node hold features without bound.
     fn featured(
         &self,
         f: &Features,
         data: &Dataset,
         indices: &[u32],
+        memory: Option<u64>,
     ) -> Result<Arc<Dataset>, String> {
         let mut h = blake3::Hasher::new();
         h.update(&data.id());
@@ -97,6 +100,19 @@ impl FeatureCache {
                 data.name
             ));
         };
+        let per = feature_shape(f, data.shape)?.numel();
+        let bytes = (indices.len() as u64).saturating_mul(per).saturating_mul(4);
+        if let Some(limit) = memory
+            && bytes > limit
+        {
+            return Err(format!(
+                "the features of {} samples take {} MB, over this node's job memory limit of \
+                 {} MB",
+                indices.len(),
+                bytes >> 20,
+                limit >> 20
+            ));
+        }
         let d = Arc::new(
             scattering(f, h, w)?
                 .samples(data, indices)
@@ -166,7 +182,11 @@ pub(super) fn run(
     } else {
         &job.splits.validation
     };
-    let featured = match client.features.featured(&p.features, job.data, public) {
+    let memory = job.limits.memory_budget;
+    let featured = match client
+        .features
+        .featured(&p.features, job.data, public, memory)
+    {
         Ok(d) => d,
         Err(e) => return Ok(Ran::nothing(failure(FailureKind::InvalidJob, e))),
     };
@@ -259,7 +279,11 @@ fn run_on(
         Features::Values => &mine.data,
         _ => {
             let all: Vec<u32> = (0..mine.data.len() as u32).collect();
-            featured = match client.features.featured(&p.features, &mine.data, &all) {
+            let memory = job.limits.memory_budget;
+            featured = match client
+                .features
+                .featured(&p.features, &mine.data, &all, memory)
+            {
                 Ok(d) => d,
                 Err(e) => {
                     let detail = format!("this client's private data: {e}");

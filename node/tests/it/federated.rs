@@ -355,4 +355,27 @@ fn scattering_features_train_a_linear_model_on_private_images() {
         Outcome::Failure(f) => assert!(f.detail.contains("81"), "{f:?}"),
         Outcome::Success(m) => panic!("a pixel model trained on features: {m:?}"),
     }
+
+    // A node whose job memory limit the features would pass computes none of them.
+    let tight = hivemesh_node::admission::Admission {
+        max_job_memory: 100_000,
+        ..Default::default()
+    };
+    let small = Executor::new(&tight)
+        .with_private_data(BTreeMap::from([("wards".into(), digits())]), [40; 32]);
+    let mut p = params(model_id, None);
+    p.features = Features::SCATTERING;
+    let spec = campaign(p);
+    let j = job(
+        &spec,
+        0,
+        fed_job(model_id, Some(clients[0].0), SecureStep::Train),
+    );
+    let done = small
+        .run(&spec, &j, Device::Cpu, &blobs, &mut |_| {})
+        .expect("runs");
+    match done.result.outcome {
+        Outcome::Failure(f) => assert!(f.detail.contains("memory limit"), "{f:?}"),
+        Outcome::Success(m) => panic!("features over the memory limit: {m:?}"),
+    }
 }
