@@ -236,29 +236,32 @@ fn privacy_line(a: &Args, dp: &[Option<DpSgd>]) -> String {
     )
 }
 
-fn main() -> Result<()> {
-    let a = Args::parse();
+/// MNIST or the digits, as scattering features with `--scatter`.
+fn load(a: &Args) -> Result<Dataset> {
     let data = match &a.mnist {
         Some(dir) => load_mnist(dir).with_context(|| format!("MNIST from {}", dir.display()))?,
         None => digits(),
     };
-    let data = if a.scatter {
-        let Shape::Image { h, w, .. } = data.shape else {
-            bail!("--scatter needs images");
-        };
-        let t = Instant::now();
-        let s = Scattering::new(ScatterSpec::DEFAULT, h, w)?;
-        let f = s.dataset(&data)?;
-        eprintln!(
-            "scattering features {:?} of {} samples in {:.1} s",
-            f.shape,
-            f.len(),
-            t.elapsed().as_secs_f64()
-        );
-        f
-    } else {
-        data
+    if !a.scatter {
+        return Ok(data);
+    }
+    let Shape::Image { h, w, .. } = data.shape else {
+        bail!("--scatter needs images");
     };
+    let t = Instant::now();
+    let f = Scattering::new(ScatterSpec::DEFAULT, h, w)?.dataset(&data)?;
+    eprintln!(
+        "scattering features {:?} of {} samples in {:.1} s",
+        f.shape,
+        f.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(f)
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let data = load(&a)?;
     if !["sign-flip", "scale", "garbage", "label-flip", "free-rider"].contains(&a.attack.as_str()) {
         bail!(
             "--attack {}: use sign-flip, scale, garbage, label-flip or free-rider",

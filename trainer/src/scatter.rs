@@ -134,6 +134,11 @@ impl Dft {
     }
 }
 
+/// The π of kymatio's Gabor normalisation: the literal 3.1415, not π (the features match its
+/// output only with it).
+#[allow(clippy::approx_constant)]
+const KYMATIO_PI: f64 = 3.1415;
+
 /// A Gabor filter on an `m × m` grid, periodised over 5 × 5 copies (kymatio's `gabor_2d`).
 fn gabor(m: usize, sigma: f64, theta: f64, xi: f64, slant: f64) -> Vec<C> {
     // kymatio builds its rotation in f32.
@@ -162,7 +167,7 @@ fn gabor(m: usize, sigma: f64, theta: f64, xi: f64, slant: f64) -> Vec<C> {
             }
         }
     }
-    let norm = 2.0 * 3.1415 * sigma * sigma / slant;
+    let norm = 2.0 * KYMATIO_PI * sigma * sigma / slant;
     g.iter().map(|v| v.scale(1.0 / norm)).collect()
 }
 
@@ -263,7 +268,7 @@ impl Scattering {
             ));
         }
         let ch = spec.channels();
-        if spec.groups != 0 && ch % spec.groups != 0 {
+        if spec.groups != 0 && !ch.is_multiple_of(spec.groups) {
             return bad(format!(
                 "scattering's {ch} channels cannot be split into {} groups",
                 spec.groups

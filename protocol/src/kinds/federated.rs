@@ -134,7 +134,7 @@ impl Features {
         }
         let (j, l) = (u32::from(scales), u32::from(angles));
         let channels = 1 + j * l + l * l * j * (j - 1) / 2;
-        if groups != 0 && channels % u32::from(groups) != 0 {
+        if groups != 0 && !channels.is_multiple_of(u32::from(groups)) {
             return Err(field(
                 "features.groups",
                 format!("must divide the {channels} channels (or be 0: no normalisation)"),
