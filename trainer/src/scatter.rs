@@ -46,6 +46,52 @@ impl ScatterSpec {
         groups: 27,
     };
 
+    /// The padded side for `h × w` images (square: the larger side decides), after checking
+    /// the settings and the size.
+    fn padded(&self, h: u32, w: u32) -> Result<usize, TrainError> {
+        let bad = |m: String| Err(TrainError::Options(m));
+        if !(1..=4).contains(&self.scales) || !(1..=16).contains(&self.angles) {
+            return bad(format!(
+                "scattering needs 1 to 4 scales and 1 to 16 angles, not J = {} and L = {}",
+                self.scales, self.angles
+            ));
+        }
+        let ch = self.channels();
+        if self.groups != 0 && !ch.is_multiple_of(self.groups) {
+            return bad(format!(
+                "scattering's {ch} channels cannot be split into {} groups",
+                self.groups
+            ));
+        }
+        let k = 1usize << self.scales;
+        let (h, w) = (h as usize, w as usize);
+        let m = ((h.max(w) + k) / k + 1) * k;
+        if h < k || w < k || m - h >= 2 * h || m - w >= 2 * w || h.max(w) > 512 {
+            return bad(format!(
+                "a {h}x{w} image is too small or too large for scattering at J = {} \
+                 (each side from 2^J to 512)",
+                self.scales
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The shape of the features of `c × h × w` images: `c · channels × (m/2^J − 2)²`, `m`
+    /// the padded side; checked as [`Scattering::new`] checks, without building the filters.
+    pub fn output(&self, input: Shape) -> Result<Shape, TrainError> {
+        let Shape::Image { c, h, w } = input else {
+            return Err(TrainError::Options(
+                "scattering needs images, and the samples are flat".into(),
+            ));
+        };
+        let s = (self.padded(h, w)? >> self.scales) as u32 - 2;
+        Ok(Shape::Image {
+            c: c * self.channels(),
+            h: s,
+            w: s,
+        })
+    }
+
     /// Output channels per input channel: `1 + JL + L²J(J−1)/2`.
     pub fn channels(&self) -> u32 {
         let (j, l) = (self.scales, self.angles);
@@ -260,31 +306,8 @@ pub struct Scattering {
 impl Scattering {
     /// Builds the filters for `h × w` images (square after padding: the larger side decides).
     pub fn new(spec: ScatterSpec, h: u32, w: u32) -> Result<Scattering, TrainError> {
-        let bad = |m: String| Err(TrainError::Options(m));
-        if !(1..=4).contains(&spec.scales) || !(1..=16).contains(&spec.angles) {
-            return bad(format!(
-                "scattering needs 1 to 4 scales and 1 to 16 angles, not J = {} and L = {}",
-                spec.scales, spec.angles
-            ));
-        }
-        let ch = spec.channels();
-        if spec.groups != 0 && !ch.is_multiple_of(spec.groups) {
-            return bad(format!(
-                "scattering's {ch} channels cannot be split into {} groups",
-                spec.groups
-            ));
-        }
-        let k = 1usize << spec.scales;
+        let m = spec.padded(h, w)?;
         let (h, w) = (h as usize, w as usize);
-        let pad = |s: usize| ((s + k) / k + 1) * k;
-        let m = pad(h.max(w));
-        if h < k || w < k || m - h >= 2 * h || m - w >= 2 * w || h.max(w) > 512 {
-            return bad(format!(
-                "a {h}x{w} image is too small or too large for scattering at J = {} \
-                 (each side from 2^J to 512)",
-                spec.scales
-            ));
-        }
         let (top, left) = ((m - h) / 2, (m - w) / 2);
         let jj = spec.scales;
         let l = spec.angles;
@@ -634,6 +657,13 @@ mod tests {
             "smaller than 2^J"
         );
         let s = Scattering::new(ScatterSpec::DEFAULT, 28, 28).expect("valid");
+        let mnist = Shape::Image { c: 1, h: 28, w: 28 };
+        assert_eq!(
+            ScatterSpec::DEFAULT.output(mnist).expect("valid"),
+            s.out_shape(1)
+        );
+        assert_eq!(s.out_shape(1), Shape::Image { c: 81, h: 7, w: 7 });
+        assert!(ScatterSpec::DEFAULT.output(Shape::Flat(784)).is_err());
         let e = s.dataset(&crate::data::digits()).expect_err("8x8 images");
         assert!(e.to_string().contains("28x28"), "{e}");
     }

@@ -74,6 +74,7 @@ const FEATURE_SETS: usize = 4;
 impl FeatureCache {
     /// The features `f` of `data`'s samples `indices`, computed once per (data, features,
     /// samples).
+    ///
     /// Refused when the features would take more than `memory` bytes (the node's job
     /// memory limit): a campaign cannot make a node hold features without bound.
     fn featured(
@@ -113,11 +114,10 @@ impl FeatureCache {
                 limit >> 20
             ));
         }
-        let d = Arc::new(
-            scattering(f, h, w)?
-                .samples(data, indices)
-                .map_err(|e| e.to_string())?,
-        );
+        let d = Scattering::new(scatter_spec(f)?, h, w)
+            .and_then(|s| s.samples(data, indices))
+            .map_err(|e| e.to_string())?;
+        let d = Arc::new(d);
         let mut cache = lock();
         if cache.len() >= FEATURE_SETS {
             cache.remove(0);
@@ -127,34 +127,27 @@ impl FeatureCache {
     }
 }
 
-/// The scattering transform `f` asks for, for `h × w` images.
-fn scattering(f: &Features, h: u32, w: u32) -> Result<Scattering, String> {
-    let &Features::Scattering {
-        scales,
-        angles,
-        groups,
-    } = f
-    else {
-        return Err("no features asked for".into());
-    };
-    let spec = ScatterSpec {
-        scales: u32::from(scales),
-        angles: u32::from(angles),
-        groups: u32::from(groups),
-    };
-    Scattering::new(spec, h, w).map_err(|e| e.to_string())
+/// The scattering settings `f` asks for.
+fn scatter_spec(f: &Features) -> Result<ScatterSpec, String> {
+    match *f {
+        Features::Scattering {
+            scales,
+            angles,
+            groups,
+        } => Ok(ScatterSpec {
+            scales: u32::from(scales),
+            angles: u32::from(angles),
+            groups: u32::from(groups),
+        }),
+        Features::Values => Err("no features asked for".into()),
+    }
 }
 
 /// The shape a model sees for records of shape `data` under `f`.
 pub fn feature_shape(f: &Features, data: Shape) -> Result<Shape, String> {
-    match (f, data) {
-        (Features::Values, _) => Ok(data),
-        (Features::Scattering { .. }, Shape::Image { c, h, w }) => {
-            Ok(scattering(f, h, w)?.out_shape(c))
-        }
-        (Features::Scattering { .. }, Shape::Flat(_)) => {
-            Err("scattering features need images, and the records are flat".into())
-        }
+    match f {
+        Features::Values => Ok(data),
+        Features::Scattering { .. } => scatter_spec(f)?.output(data).map_err(|e| e.to_string()),
     }
 }
 
