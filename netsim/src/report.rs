@@ -241,7 +241,11 @@ fn kind_results(s: &mut String, r: &ClusterReport) {
     match CampaignKind::from_name(&r.kind) {
         Some(CampaignKind::Nas | CampaignKind::Loss) => front(s, r),
         Some(CampaignKind::Distill) => shards(s, r),
-        Some(CampaignKind::Train | CampaignKind::Federated) => rounds(s, r),
+        Some(CampaignKind::Train) => rounds(s, r),
+        Some(CampaignKind::Federated) => {
+            rounds(s, r);
+            privacy(s, r);
+        }
         Some(CampaignKind::Prompt) => prompts(s, r),
         None => {}
     }
@@ -314,6 +318,33 @@ fn rounds(s: &mut String, r: &ClusterReport) {
         );
     }
     let _ = writeln!(s, "\n![rounds](rounds.png)\n");
+}
+
+/// A federated campaign's privacy spent: the campaign's client-level `ε` after its last round
+/// and each client's example-level `ε`, as node 0 states them from the agreed jobs.
+fn privacy(s: &mut String, r: &ClusterReport) {
+    let Some(p) = &r.privacy else {
+        return;
+    };
+    let budget = p.budget.map_or("none".into(), |b| format!("ε = {b}"));
+    let _ = writeln!(s, "## Privacy (δ = {}, budget {budget})\n", p.delta);
+    if let Some(e) = p.campaign_epsilon.last() {
+        let _ = writeln!(
+            s,
+            "Client level: the campaign's ε = {e:.3} after {} rounds.\n",
+            p.campaign_epsilon.len()
+        );
+    }
+    if p.clients.is_empty() {
+        let _ = writeln!(s, "No example-level privacy.\n");
+        return;
+    }
+    let _ = writeln!(s, "| client | rounds | example-level ε |\n|---|---:|---:|");
+    for c in &p.clients {
+        let key = &c.client[..12.min(c.client.len())];
+        let _ = writeln!(s, "| `{key}` | {} | {:.3} |", c.rounds, c.epsilon);
+    }
+    let _ = writeln!(s);
 }
 
 /// The Pareto front.

@@ -280,9 +280,9 @@ async fn report(
         closures: up,
     });
     let jobs = agreed.jobs;
-    let (counters, prompts) = agreed
+    let (counters, prompts, privacy) = agreed
         .status
-        .map(|c| (c.counters, c.prompts))
+        .map(|c| (c.counters, c.prompts, c.privacy))
         .unwrap_or_default();
     let shards = collect::collect_shards(&jobs, &shard_bytes);
     let tally = ended.tally;
@@ -330,6 +330,7 @@ async fn report(
         rounds: round_lines(&jobs_for_rounds),
         counters,
         prompts,
+        privacy,
     }
 }
 

@@ -135,13 +135,15 @@ pub struct ClusterReport {
     /// The shard blobs, written to the report's `shards/` folder.
     #[serde(skip)]
     pub shard_blobs: Vec<ShardFile>,
-    /// `train` campaigns: one line per round, then the final evaluation.
+    /// `train` and `federated` campaigns: one line per round, then the final evaluation.
     pub rounds: Vec<super::RoundLine>,
     /// What the search counted (a prompt campaign's model calls, tokens, cache hits and
     /// budgets).
     pub counters: std::collections::BTreeMap<String, u64>,
     /// A prompt campaign's front of prompts, best first.
     pub prompts: Vec<hivemesh_node::executor::prompt::PromptPoint>,
+    /// A federated campaign's privacy spent, as node 0 states it (ADR 0010).
+    pub privacy: Option<hivemesh_node::daemon::PrivacyStatus>,
 }
 
 /// One distillation shard as the cluster ended with it.

@@ -25,24 +25,34 @@ pub struct RoundLine {
     pub model: Option<String>,
 }
 
-/// `round R segment S` as the payload summary shows it.
-fn round_of(summary: &str) -> Option<(u32, u32)> {
+/// The round of a job and its place in the round, from its payload summary: `round R segment
+/// S` (`train`), `round R client KEY` or `round R client KEY masked update` (`federated`), `round
+/// R final evaluation`. Secure aggregation's keys, deal and reveal steps train nothing: `None`.
+fn round_of(summary: &str) -> Option<(u32, String)> {
     let rest = summary.strip_prefix("round ")?;
-    let (r, s) = rest.split_once(" segment ")?;
-    Some((r.parse().ok()?, s.parse().ok()?))
+    let (r, place) = rest.split_once(' ')?;
+    let r = r.parse().ok()?;
+    if let Some(s) = place.strip_prefix("segment ") {
+        return Some((r, format!("{:010}", s.parse::<u32>().ok()?)));
+    }
+    let words = place.split(' ').count();
+    let trains = place == "final evaluation"
+        || (place.starts_with("client ") && (words == 2 || place.ends_with(" masked update")));
+    trains.then(|| (r, place.to_string()))
 }
 
-/// The rounds of `jobs` (a `train` campaign's settled jobs), in order; the last round seen
-/// is the final evaluation when it has one job that names only a model.
+/// The rounds of `jobs` (a `train` or `federated` campaign's settled jobs), in order; the last
+/// round seen is the final evaluation when it has one job that names only a model.
 pub fn round_lines(jobs: &[SettledJob]) -> Vec<RoundLine> {
     let mut lines: Vec<RoundLine> = Vec::new();
-    let mut keyed: Vec<(u32, u32, &SettledJob)> = jobs
+    let kinds = [CampaignKind::Train.name(), CampaignKind::Federated.name()];
+    let mut keyed: Vec<(u32, String, &SettledJob)> = jobs
         .iter()
-        .filter(|j| j.payload.0 == CampaignKind::Train.name())
+        .filter(|j| kinds.contains(&j.payload.0.as_str()))
         .filter_map(|j| round_of(&j.payload.1).map(|(r, s)| (r, s, j)))
         .collect();
     // A void job that ran again appears twice: keep its last settlement.
-    keyed.sort_by_key(|(r, s, j)| (*r, *s, j.generation));
+    keyed.sort_by(|a, b| (a.0, &a.1, a.2.generation).cmp(&(b.0, &b.1, b.2.generation)));
     keyed.dedup_by(|later, earlier| {
         let same = later.0 == earlier.0 && later.1 == earlier.1;
         if same {
@@ -80,4 +90,34 @@ pub fn round_lines(jobs: &[SettledJob]) -> Vec<RoundLine> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_are_read_from_train_and_federated_summaries() {
+        assert_eq!(
+            round_of("round 3 segment 2"),
+            Some((3, "0000000002".into()))
+        );
+        assert_eq!(
+            round_of("round 1 client ab12"),
+            Some((1, "client ab12".into()))
+        );
+        assert_eq!(
+            round_of("round 1 client ab12 masked update"),
+            Some((1, "client ab12 masked update".into()))
+        );
+        assert_eq!(
+            round_of("round 4 final evaluation"),
+            Some((4, "final evaluation".into()))
+        );
+        for step in ["keys", "deal", "reveal"] {
+            assert_eq!(round_of(&format!("round 1 client ab12 {step}")), None);
+        }
+        assert_eq!(round_of("generation 1"), None);
+        assert_eq!(round_of("round x segment 2"), None);
+    }
 }

@@ -59,7 +59,8 @@ pub use self::jobs::{JOB_RESULT_CAPACITY, JobError};
 pub use self::pending::{PENDING_MESSAGES, PENDING_RESULTS};
 pub use self::rate_limit::{BLOB_RATE_PER_PEER, GOSSIP_RATE_PER_PEER, REQUEST_RATE_PER_PEER};
 pub use self::status::{
-    CampaignStatus, ClientStandingStatus, FrontPoint, NodeStatus, SettledJob, front,
+    CampaignStatus, ClientPrivacyStatus, ClientStandingStatus, FrontPoint, NodeStatus,
+    PrivacyStatus, SettledJob, front,
 };
 pub use crate::fault::Fault;
 
