@@ -538,18 +538,24 @@ impl Scattering {
     }
 }
 
+/// The mean and the (biased) variance of `g`, in `f64`.
+fn moments(g: &[f32]) -> (f64, f64) {
+    let n = g.len() as f64;
+    let mean = g.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
+    let var = g
+        .iter()
+        .map(|v| (f64::from(*v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean, var)
+}
+
 /// Normalises `x` in `groups` equal, consecutive groups to mean 0 and variance 1 (plus 1e-5,
 /// as `torch.nn.functional.group_norm`).
 fn group_norm(x: &mut [f32], groups: usize) {
     let size = x.len() / groups;
     for g in x.chunks_exact_mut(size) {
-        let n = g.len() as f64;
-        let mean = g.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
-        let var = g
-            .iter()
-            .map(|v| (f64::from(*v) - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let (mean, var) = moments(g);
         let inv = 1.0 / (var + 1e-5).sqrt();
         for v in g.iter_mut() {
             *v = ((f64::from(*v) - mean) * inv) as f32;
@@ -617,16 +623,6 @@ mod tests {
         let s = Scattering::new(ScatterSpec::DEFAULT, 8, 8).expect("valid");
         let f = s.transform(&img, 1);
         assert_eq!(f.len(), 81 * 2 * 2);
-        let moments = |g: &[f32]| {
-            let n = g.len() as f64;
-            let mean = g.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
-            let var = g
-                .iter()
-                .map(|v| (f64::from(*v) - mean).powi(2))
-                .sum::<f64>()
-                / n;
-            (mean, var)
-        };
         let size = f.len() / 27;
         for (g, r) in f.chunks_exact(size).zip(raw.chunks_exact(size)) {
             let ((mean, var), (_, raw_var)) = (moments(g), moments(r));
