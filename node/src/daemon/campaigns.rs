@@ -246,11 +246,18 @@ impl EventLoop {
         // follow it (relay, vote when asked, evaluate nothing) with no slots.
         let offers = match &spec.search {
             Search::Federated(p) if self.jobs.executor.offers().any(|n| n == p.private_data) => {
-                match super::private_data_refusal(p, self.config.private_max_epsilon) {
+                let exec = &self.jobs.executor;
+                let refusal = super::private_data_refusal(p, self.config.private_max_epsilon)
+                    .map(|why| format!("{why} (see --private-max-epsilon)"))
+                    .or_else(|| {
+                        exec.private_features_refusal(&p.private_data, &p.features)
+                            .map(|why| format!("its features do not fit the data here: {why}"))
+                    });
+                match refusal {
                     Some(why) => {
                         tracing::warn!(
                             campaign = %id,
-                            "not giving private data {:?} to this campaign: {why} (see --private-max-epsilon)",
+                            "not giving private data {:?} to this campaign: {why}",
                             p.private_data
                         );
                         false

@@ -354,6 +354,17 @@ impl Executor {
         self.private.keys().map(String::as_str)
     }
 
+    /// Why the private dataset `name` cannot give the features `f` (images of a size the
+    /// transform takes), or `None` when it can (or is not offered here).
+    pub fn private_features_refusal(
+        &self,
+        name: &str,
+        f: &hivemesh_protocol::spec::Features,
+    ) -> Option<String> {
+        let d = self.private.get(name)?;
+        feature_shape(f, d.data.shape).err()
+    }
+
     /// Stops every running job within one optimiser step (they end with
     /// [`ExecError::Stopped`], publish nothing, and run again after a restart).
     pub fn stop_all(&self) {

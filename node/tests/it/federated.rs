@@ -355,6 +355,55 @@ fn scattering_features_train_a_linear_model_on_private_images() {
         Outcome::Failure(f) => assert!(f.detail.contains("81"), "{f:?}"),
         Outcome::Success(m) => panic!("a pixel model trained on features: {m:?}"),
     }
+}
+
+/// Features a node cannot compute are refused before any work: flat records and images too
+/// small for the transform keep a node out of the campaign (the daemon follows it with no
+/// slots), and features over the node's job memory limit fail the job before they are built.
+#[test]
+fn scattering_features_are_refused_where_they_cannot_be_computed() {
+    use hivemesh_protocol::spec::Features;
+    let shape = Shape::Image { c: 81, h: 2, w: 2 };
+    let arch = postcard::to_stdvec(&hivemesh_trainer::zoo::linear(shape, 10)).expect("IR");
+    let model_id = BlobId::of_bytes(&arch);
+    let blobs = Blobs::from([(model_id, arch)]);
+    let clients: Vec<(PeerKey, Executor)> = (0..1).map(|k| client(k, 2)).collect();
+    // A node offering flat records, or images too small for the transform, does not take
+    // part (the daemon follows the campaign with no slots); images that fit do.
+    let flat = Dataset::of_bytes(
+        "rows",
+        Shape::Flat(64),
+        10,
+        16,
+        vec![1; 64 * 4],
+        vec![0, 1, 2, 3],
+    )
+    .expect("a dataset");
+    let offers = |d: Dataset| {
+        Executor::default().with_private_data(BTreeMap::from([("wards".into(), d)]), [1; 32])
+    };
+    let why = offers(flat)
+        .private_features_refusal("wards", &Features::SCATTERING)
+        .expect("flat records");
+    assert!(why.contains("images"), "{why}");
+    let deep = Features::Scattering {
+        scales: 4,
+        angles: 8,
+        groups: 0,
+    };
+    let why = offers(digits())
+        .private_features_refusal("wards", &deep)
+        .expect("8x8 < 2^4");
+    assert!(why.contains("8x8"), "{why}");
+    assert_eq!(
+        offers(digits()).private_features_refusal("wards", &Features::SCATTERING),
+        None
+    );
+    assert_eq!(
+        offers(digits()).private_features_refusal("other", &deep),
+        None,
+        "not offered"
+    );
 
     // A node whose job memory limit the features would pass computes none of them.
     let tight = hivemesh_node::admission::Admission {
