@@ -611,3 +611,33 @@ fn a_secure_round_no_client_could_start_drops_the_sums() {
     assert!(next[0].sums.is_none(), "the lost sums are dropped");
     assert_eq!(next[0].base, BlobId::of_bytes(b"start"));
 }
+
+#[test]
+fn scattering_features_are_checked_with_the_campaign() {
+    let mut p = params();
+    p.features = Features::SCATTERING;
+    assert!(p.validate().is_ok());
+    let bad = [
+        (0, 8, 0, "scales"),
+        (5, 8, 0, "scales"),
+        (2, 0, 0, "angles"),
+        (2, 17, 0, "angles"),
+        (2, 8, 4, "groups"),
+    ];
+    for (scales, angles, groups, field) in bad {
+        p.features = Features::Scattering {
+            scales,
+            angles,
+            groups,
+        };
+        let e = p.validate().expect_err(field);
+        assert!(e.to_string().contains(field), "{e}");
+    }
+    // 1 + JL + L²J(J−1)/2 = 1 + 3·4 + 16·3 = 61 channels at J = 3, L = 4: 61 groups divide.
+    p.features = Features::Scattering {
+        scales: 3,
+        angles: 4,
+        groups: 61,
+    };
+    assert!(p.validate().is_ok());
+}
