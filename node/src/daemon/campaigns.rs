@@ -12,7 +12,7 @@ use hivemesh_protocol::id::{CampaignId, MessageId};
 use hivemesh_protocol::identity::{Keypair, PeerKey};
 use hivemesh_protocol::message::Kind;
 use hivemesh_protocol::peer::{Peer, PeerConfig, PeerError, PeerInput, PeerOutput};
-use hivemesh_protocol::spec::{CampaignSpec, Search};
+use hivemesh_protocol::spec::{CampaignSpec, Features, Search};
 use libp2p::PeerId;
 use libp2p::gossipsub::{IdentTopic, TopicHash};
 
@@ -268,6 +268,14 @@ impl EventLoop {
             Search::Federated(_) => false,
             _ => true,
         };
+        if let (true, Search::Federated(p)) = (offers, &spec.search)
+            && p.features != Features::Values
+        {
+            // The features of this node's private data, before the first round needs them.
+            let exec = Arc::clone(&self.jobs.executor);
+            let (name, features) = (p.private_data.clone(), p.features);
+            tokio::task::spawn_blocking(move || exec.warm_private_features(&name, &features));
+        }
         let capacity = if offers {
             self.config.slots_for(spec.backend)
         } else {

@@ -77,7 +77,7 @@ impl FeatureCache {
     ///
     /// Refused when the features would take more than `memory` bytes (the node's job
     /// memory limit): a campaign cannot make a node hold features without bound.
-    fn featured(
+    pub(super) fn featured(
         &self,
         f: &Features,
         data: &Dataset,

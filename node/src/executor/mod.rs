@@ -354,6 +354,22 @@ impl Executor {
         self.private.keys().map(String::as_str)
     }
 
+    /// Computes the features `f` of the private dataset `name` ahead of a campaign's first
+    /// client job, which then finds them cached instead of spending its deadline on them; an
+    /// error is left for that job to report.
+    pub fn warm_private_features(&self, name: &str, f: &hivemesh_protocol::spec::Features) {
+        let Some(d) = self.private.get(name) else {
+            return;
+        };
+        let all: Vec<u32> = (0..d.data.len() as u32).collect();
+        if let Err(e) = self
+            .features
+            .featured(f, &d.data, &all, self.limits.memory_budget)
+        {
+            tracing::debug!("features of private data {name:?} not computed ahead: {e}");
+        }
+    }
+
     /// Why the private dataset `name` cannot give the features `f` (images of a size the
     /// transform takes), or `None` when it can (or is not offered here).
     pub fn private_features_refusal(

@@ -311,8 +311,11 @@ fn scattering_features_train_a_linear_model_on_private_images() {
     for (key, exec) in &clients {
         let j = job(&spec, 0, fed_job(model_id, Some(*key), SecureStep::Train));
         let m = run(exec, &spec, &j, &mut blobs);
-        // A second executor with the same private data and secret: the same update.
-        let again = run(&client(updates.len(), 2).1, &spec, &j, &mut blobs);
+        // A second executor with the same private data and secret, its features computed
+        // ahead (as a node does when it follows the campaign): the same update.
+        let warm = client(updates.len(), 2).1;
+        warm.warm_private_features("wards", &Features::SCATTERING);
+        let again = run(&warm, &spec, &j, &mut blobs);
         assert_eq!(m.artifacts, again.artifacts, "deterministic");
         updates.push(m.artifacts[0]);
         start = m.artifacts[1];
