@@ -66,7 +66,8 @@ impl ScatterSpec {
         let k = 1usize << self.scales;
         let (h, w) = (h as usize, w as usize);
         let m = ((h.max(w) + k) / k + 1) * k;
-        if h < k || w < k || m - h >= 2 * h || m - w >= 2 * w || h.max(w) > 512 {
+        // Reflect padding needs each side's padding below the side (pad ≤ side − 1 on both ends).
+        if h < k || w < k || m - h + 2 > 2 * h || m - w + 2 > 2 * w || h.max(w) > 512 {
             return bad(format!(
                 "a {h}x{w} image is too small or too large for scattering at J = {} \
                  (each side from 2^J to 512)",
@@ -652,6 +653,17 @@ mod tests {
             Scattering::new(spec(3, 8, 0), 4, 4).is_err(),
             "smaller than 2^J"
         );
+        // 5 x 10 at J = 1 pads the short side to 14: 5 below it, more than reflection gives.
+        assert!(
+            Scattering::new(spec(1, 4, 0), 5, 10).is_err(),
+            "padding past the side"
+        );
+        // Every size that is taken transforms (reflection stays inside the image).
+        for (h, w) in [(6, 10), (8, 8), (7, 12), (28, 28), (28, 20)] {
+            let s = Scattering::new(spec(1, 4, 0), h, w).expect("taken");
+            let img = vec![0.5f32; (h * w) as usize];
+            assert_eq!(s.transform(&img, 1).len() as u64, s.out_shape(1).numel());
+        }
         let s = Scattering::new(ScatterSpec::DEFAULT, 28, 28).expect("valid");
         let mnist = Shape::Image { c: 1, h: 28, w: 28 };
         assert_eq!(
