@@ -267,25 +267,14 @@ fn run_on(
         .get(&p.private_data)
         .ok_or_else(|| ExecError::NoPrivateData(p.private_data.clone()))?;
     let secret = job_secret(client.secret, &client.job_id);
-    let featured;
-    let private: &Dataset = match p.features {
-        Features::Values => &mine.data,
-        _ => {
-            let all: Vec<u32> = (0..mine.data.len() as u32).collect();
-            let memory = job.limits.memory_budget;
-            featured = match client
-                .features
-                .featured(&p.features, &mine.data, &all, memory)
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    let detail = format!("this client's private data: {e}");
-                    return Ok(Ran::nothing(failure(FailureKind::InvalidJob, detail)));
-                }
-            };
-            &featured
+    let featured = match private_features(p, &mine.data, client, job.limits.memory_budget) {
+        Ok(f) => f,
+        Err(e) => {
+            let detail = format!("this client's private data: {e}");
+            return Ok(Ran::nothing(failure(FailureKind::InvalidJob, detail)));
         }
     };
+    let private = featured.as_deref().unwrap_or(&mine.data);
     let update = match train_locally(p, &start.weights, private, job, secret)? {
         Ok(u) => match client.attack {
             // After the honest clipping and noise: what the attacker sends instead.
@@ -307,6 +296,24 @@ fn run_on(
         outcome: Outcome::Success(metrics(correct, total, vec![update_id, start_id])),
         blobs: vec![(update_id, update_bytes), (start_id, start_bytes)],
     })
+}
+
+/// The features the campaign asks for of every record of `data` (this client's private
+/// dataset), or `None` when the model sees the records themselves.
+fn private_features(
+    p: &FederatedParams,
+    data: &Dataset,
+    client: &Client<'_>,
+    memory: Option<u64>,
+) -> Result<Option<Arc<Dataset>>, String> {
+    if p.features == Features::Values {
+        return Ok(None);
+    }
+    let all: Vec<u32> = (0..data.len() as u32).collect();
+    client
+        .features
+        .featured(&p.features, data, &all, memory)
+        .map(Some)
 }
 
 /// Trains the start weights on this node's private data (DP-SGD when the campaign asks), and
