@@ -31,6 +31,7 @@ use libp2p::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod tls;
 mod wire;
 
 pub use wire::{

@@ -363,7 +363,7 @@ fn build_swarm(
         .with_tokio()
         .with_tcp(
             libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
+            (crate::net::tls::Config::new, libp2p::noise::Config::new),
             libp2p::yamux::Config::default,
         )
         .map_err(|e| NodeError::Net(format!("tcp: {e}")))?
