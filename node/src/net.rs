@@ -31,8 +31,11 @@ use libp2p::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod blob_codec;
 pub mod tls;
 mod wire;
+
+pub use blob_codec::BlobCodec;
 
 pub use wire::{
     BlobRequest, BlobResponse, MAX_HASHES, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, MAX_SYNC_BYTES,
@@ -86,24 +89,28 @@ impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
     }
 }
 
-async fn read_frame<T, M>(io: &mut T, limit: usize) -> io::Result<M>
+/// Reads a frame's length prefix and refuses a length over `limit`.
+async fn read_len<T>(io: &mut T, limit: usize) -> io::Result<usize>
 where
     T: AsyncRead + Unpin + Send,
-    M: DeserializeOwned,
 {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     check_len(len, limit)?;
-    // Filled as it arrives rather than zeroed first (a blob part is 256 KiB).
-    let mut buf = Vec::with_capacity(len);
-    (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("frame of {len} bytes ended after {}", buf.len()),
-        ));
-    }
+    Ok(len)
+}
+
+async fn read_frame<T, M>(io: &mut T, limit: usize) -> io::Result<M>
+where
+    T: AsyncRead + Unpin + Send,
+    M: DeserializeOwned,
+{
+    let len = read_len(io, limit).await?;
+    // Zeroed once and filled in place (`read_to_end` would zero it too, then grow it by a
+    // copy to look for the end).
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
     decode_body(&buf, limit)
 }
 
@@ -183,7 +190,7 @@ pub struct Behaviour {
     /// Ledger sync: campaigns and their messages.
     pub sync: request_response::Behaviour<PostcardCodec<SyncRequest, SyncResponse>>,
     /// Blob transfer in chunks.
-    pub blob: request_response::Behaviour<PostcardCodec<BlobRequest, BlobResponse>>,
+    pub blob: request_response::Behaviour<BlobCodec>,
 }
 
 /// Why the behaviour could not be built.
@@ -416,7 +423,7 @@ impl Behaviour {
                 rr_cfg.clone(),
             ),
             blob: request_response::Behaviour::with_codec(
-                PostcardCodec::default(),
+                BlobCodec,
                 [(BLOB_PROTOCOL, request_response::ProtocolSupport::Full)],
                 rr_cfg,
             ),
