@@ -100,9 +100,33 @@ struct Index {
     used: u64,
     /// The use counter.
     clock: u64,
+    /// Parts of held blobs this process has hashed and found right (a bit per part): written
+    /// by it (uploaded, put or fetched, every part hashed on the way in) or served once. They
+    /// are served without hashing again; a blob found on disk at start is checked part by part
+    /// as it is first served (ADR 0008).
+    verified: HashMap<BlobId, Vec<u64>>,
 }
 
 impl Index {
+    /// Whether part `index` of `id` was hashed by this process already.
+    fn is_verified(&self, id: &BlobId, index: u64) -> bool {
+        self.verified
+            .get(id)
+            .and_then(|bits| bits.get((index / 64) as usize))
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    /// Records part `index` of `id`, of `parts`, as hashed (`None`: every part).
+    fn set_verified(&mut self, id: BlobId, parts: u64, index: Option<u64>) {
+        let words = parts.div_ceil(64) as usize;
+        let bits = self.verified.entry(id).or_insert_with(|| vec![0; words]);
+        match index {
+            Some(i) if (i / 64) < bits.len() as u64 => bits[(i / 64) as usize] |= 1 << (i % 64),
+            Some(_) => {}
+            None => bits.fill(u64::MAX),
+        }
+    }
+
     /// Records a held blob, used now.
     fn hold(&mut self, id: BlobId, bytes: u64, len: u64, own: bool) {
         self.clock += 1;
@@ -326,8 +350,11 @@ impl BlobStore {
         Ok(true)
     }
 
+    /// Records a blob this process just wrote, every part of it hashed on the way in.
     fn insert(&self, id: BlobId, bytes: u64, len: u64, own: bool) {
-        self.index().hold(id, bytes, len, own);
+        let mut ix = self.index();
+        ix.hold(id, bytes, len, own);
+        ix.set_verified(id, blobtree::parts(len), None);
     }
 
     /// Moves a fetched blob among the own ones.
@@ -376,6 +403,7 @@ impl BlobStore {
     fn forget(&self, id: &BlobId) -> Option<Held> {
         let mut ix = self.index();
         let h = ix.held.remove(id)?;
+        ix.verified.remove(id);
         ix.used = ix.used.saturating_sub(h.bytes);
         Some(h)
     }
@@ -408,8 +436,9 @@ impl BlobStore {
         Ok(Some((h.len, cvs)))
     }
 
-    /// Part `index` of a held blob and its size, checked against the outboard first (a blob
-    /// damaged on disk is removed rather than served).
+    /// Part `index` of a held blob and its size, checked against the outboard the first time
+    /// this process serves it (a blob damaged on disk is removed rather than served); a part
+    /// this process wrote or served already is not hashed again.
     pub fn part(&self, id: &BlobId, index: u64) -> Result<Option<(u64, Vec<u8>)>, BlobError> {
         let Some(h) = self.touch(id) else {
             return Ok(None);
@@ -419,11 +448,26 @@ impl BlobStore {
         }
         let path = self.path(id, h.own);
         let range = blobtree::part_range(h.len, index);
-        let mut data = vec![0u8; (range.end - range.start) as usize];
-        let read = File::open(&path).and_then(|f| f.read_exact_at(&mut data, range.start));
+        let len = range.end - range.start;
+        let checked = self.index().is_verified(id, index);
+        // Read into spare capacity: a part is not zeroed before it is filled.
+        let mut data = Vec::with_capacity(len as usize);
+        let read = File::open(&path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(range.start))?;
+            match f.take(len).read_to_end(&mut data)? as u64 {
+                n if n == len => Ok(()),
+                n => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("part {index} ended after {n} of its {len} bytes"),
+                )),
+            }
+        });
         if let Err(e) = read {
             self.remove(id);
             return Err(io(&path)(e));
+        }
+        if checked {
+            return Ok(Some((h.len, data)));
         }
         let cvs = if blobtree::parts(h.len) == 1 {
             Vec::new()
@@ -439,6 +483,8 @@ impl BlobStore {
             self.remove(id);
             return Ok(None);
         }
+        self.index()
+            .set_verified(*id, blobtree::parts(h.len), Some(index));
         Ok(Some((h.len, data)))
     }
 }
