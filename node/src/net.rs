@@ -2,6 +2,8 @@
 //! request–response wire types for ledger sync and blob transfer, and their size-limited
 //! postcard codec.
 //!
+//! Connections: TCP with TLS 1.3 ([`tls`], AES-GCM first) or noise, then yamux; QUIC.
+//!
 //! Protocols (all private to hivemesh, so a hivemesh swarm never merges with another one):
 //! - gossipsub, topics `hivemesh/campaigns/1` (signed campaign specs) and
 //!   `hivemesh/campaign/<id>/1` (a campaign's protocol messages). Messages carry no libp2p
