@@ -14,7 +14,7 @@ use hivemesh_protocol::outcome::Outcome;
 use hivemesh_protocol::spec::{JobPayload, JobSpec, Search};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, kad};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::client::ClientError;
 use super::jobs::StoreBlobs;
@@ -104,6 +104,9 @@ struct Fetching {
     jobs: Vec<(CampaignId, JobSpec)>,
     /// Clients to answer.
     waiters: Vec<Waiter>,
+    /// Its resumed file's parts are being re-checked off the event loop: nothing is asked
+    /// until they are ([`EventLoop::on_partial_opened`]).
+    opening: bool,
 }
 
 /// How a fetch under way is doing, for the status and the API.
@@ -117,9 +120,14 @@ pub struct FetchProgress {
     pub total: Option<u64>,
 }
 
+/// A resumed fetch's file, its parts re-checked.
+pub(super) type Opened = (BlobId, Partial);
+
 /// Blob fetches under way and the requests and queries that serve them.
-#[derive(Default)]
 pub(super) struct Blobs {
+    /// Resumed files whose parts were re-checked on the blocking pool, back to the event loop
+    /// (one per fetch at a time; a full channel holds a blocking thread, never the loop).
+    pub(super) opened: (mpsc::Sender<Opened>, mpsc::Receiver<Opened>),
     /// Fetches by blob (at most [`MAX_FETCHES`]).
     fetches: HashMap<BlobId, Fetching>,
     /// Requests in flight, to their blob.
@@ -128,6 +136,18 @@ pub(super) struct Blobs {
     searches: HashMap<kad::QueryId, BlobId>,
     /// Blobs to fetch ahead of need once fetches finish (at most [`MAX_PREFETCHES`]).
     prefetches: VecDeque<(BlobId, CampaignId, Option<PeerId>)>,
+}
+
+impl Default for Blobs {
+    fn default() -> Self {
+        Blobs {
+            opened: mpsc::channel(MAX_FETCHES),
+            fetches: HashMap::new(),
+            requests: HashMap::new(),
+            searches: HashMap::new(),
+            prefetches: VecDeque::new(),
+        }
+    }
 }
 
 /// The most blobs waiting to be fetched ahead of need (a secure round of 255 clients' keys,
@@ -273,6 +293,15 @@ impl EventLoop {
         };
         let cvs = f.fetch.outboard().to_vec();
         match self.store.blobs().partial(&id, total, cvs.clone()) {
+            Ok(mut p) if p.needs_recheck() => {
+                // Reading and hashing a resumed file of several GiB takes seconds: not here.
+                f.opening = true;
+                let tx = self.blobs.opened.0.clone();
+                tokio::task::spawn_blocking(move || {
+                    p.recheck();
+                    let _ = tx.blocking_send((id, p));
+                });
+            }
             Ok(p) => {
                 f.fetch.resume(total, cvs, p.done());
                 f.partial = Some(p);
@@ -491,6 +520,7 @@ impl EventLoop {
                 fetched: 0,
                 jobs: job.into_iter().collect(),
                 waiters: waiter.into_iter().collect(),
+                opening: false,
             },
         );
         self.resume_partial(id, limit);
@@ -583,11 +613,32 @@ impl EventLoop {
         self.advance_fetch(blob);
     }
 
+    /// A resumed file's parts were re-checked: the fetch asks for the rest. A fetch that ended
+    /// meanwhile keeps the verified parts on disk for a later try (as [`Self::fail_fetch`]).
+    pub(super) fn on_partial_opened(&mut self, id: BlobId, p: Partial) {
+        match self.blobs.fetches.get_mut(&id) {
+            Some(f) if f.opening && f.partial.is_none() => {
+                f.opening = false;
+                let (total, cvs) = (f.fetch.total().unwrap_or(0), f.fetch.outboard().to_vec());
+                f.fetch.resume(total, cvs, p.done());
+                f.partial = Some(p);
+                self.advance_fetch(id);
+            }
+            // Another try of the same blob opened the file already.
+            Some(_) => {}
+            None if p.done().iter().all(|d| !d) => self.store.blobs().abandon(p),
+            None => {}
+        }
+    }
+
     /// Sends what a fetch asks for next, or finishes it.
     fn advance_fetch(&mut self, id: BlobId) {
         let Some(f) = self.blobs.fetches.get_mut(&id) else {
             return;
         };
+        if f.opening {
+            return;
+        }
         let asks = f.fetch.poll();
         let state = f.fetch.state();
         for Ask { peer, want } in asks {

@@ -492,6 +492,7 @@ impl EventLoop {
                 () = &mut shutdown => break,
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(done) = self.jobs.rx.recv() => self.on_job_done(done),
+                Some((id, p)) = self.blobs.opened.1.recv() => self.on_partial_opened(id, p),
                 () = tokio::time::sleep_until(wake) => {
                     last_tick = tokio::time::Instant::now();
                     self.tick_all();

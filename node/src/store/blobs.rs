@@ -685,6 +685,9 @@ pub struct Partial {
     faults: StoreFaults,
     /// Writes this file's pages out while the fetch goes on.
     flusher: Flusher,
+    /// The file was there before (a fetch resumed after a restart): its parts must be checked
+    /// ([`Partial::recheck`]) before the fetch goes on.
+    resumed: bool,
 }
 
 /// Bytes a fetch writes between two background flushes of its file.
@@ -743,7 +746,9 @@ impl Flusher {
 
 impl BlobStore {
     /// Starts (or resumes) fetching blob `id` of `total` bytes whose outboard `cvs` verified:
-    /// reserves its room, and re-checks every part already on disk.
+    /// reserves its room and opens its file. A file that was there already must be re-checked
+    /// ([`Partial::needs_recheck`], [`Partial::recheck`]: it reads and hashes every part, so
+    /// the caller runs it off its event loop).
     pub fn partial(&self, id: &BlobId, total: u64, cvs: Vec<Cv>) -> Result<Partial, BlobError> {
         let path = self.dir.join("partial").join(hex(id));
         let need = total + 32 * cvs.len() as u64;
@@ -764,7 +769,7 @@ impl BlobStore {
             .map_err(io(&path))?;
         file.set_len(total).map_err(io(&path))?;
         write_outboard(&path, &cvs)?;
-        let mut p = Partial {
+        let p = Partial {
             id: *id,
             total,
             cvs,
@@ -773,10 +778,8 @@ impl BlobStore {
             done: vec![false; blobtree::parts(total) as usize],
             faults: self.faults.clone(),
             flusher: Flusher::default(),
+            resumed,
         };
-        if resumed {
-            p.recheck();
-        }
         Ok(p)
     }
 
@@ -853,8 +856,14 @@ impl Partial {
         Ok(())
     }
 
-    /// Marks the parts on disk that verify.
-    fn recheck(&mut self) {
+    /// Whether the file was there before and its parts are not checked yet.
+    pub fn needs_recheck(&self) -> bool {
+        self.resumed
+    }
+
+    /// Marks the parts on disk that verify (reads and hashes the whole file).
+    pub fn recheck(&mut self) {
+        self.resumed = false;
         let mut buf = vec![0u8; PART as usize];
         for i in 0..self.done.len() as u64 {
             let r = blobtree::part_range(self.total, i);
@@ -984,6 +993,7 @@ mod tests {
         let data = bytes(5 * PART + 3, 13);
         let (id, total, cvs) = blobtree::outboard_of(&data[..]).expect("outboard");
         let mut p = s.partial(&id, total, cvs.clone()).expect("start");
+        assert!(!p.needs_recheck(), "a new file holds no part");
         let part = |i: u64| {
             let r = blobtree::part_range(total, i);
             data[r.start as usize..r.end as usize].to_vec()
@@ -1000,6 +1010,10 @@ mod tests {
         let (size, cvs) = s.partial_outboard(&id).expect("outboard kept");
         assert_eq!(size, total);
         let mut p = s.partial(&id, total, cvs).expect("resume");
+        assert!(p.needs_recheck());
+        assert_eq!(p.done(), &[false; 6], "nothing counts before the check");
+        p.recheck();
+        assert!(!p.needs_recheck());
         assert_eq!(p.done(), &[true, false, false, true, false, false]);
         for i in [1, 2, 4, 5] {
             p.write_part(i, &part(i)).expect("rest");
