@@ -121,11 +121,26 @@ where
     T: AsyncWrite + Unpin + Send,
     M: Serialize,
 {
-    let buf =
-        postcard::to_allocvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    check_len(buf.len(), limit)?;
-    io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
-    io.write_all(&buf).await?;
+    write_pieces(io, &[&encode(msg)?], limit).await
+}
+
+/// `msg`'s postcard encoding.
+fn encode<M: Serialize>(msg: &M) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Writes one frame whose body is `pieces` one after the other (at most `limit` bytes in
+/// all), then closes the stream.
+async fn write_pieces<T>(io: &mut T, pieces: &[&[u8]], limit: usize) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    check_len(len, limit)?;
+    io.write_all(&(len as u32).to_be_bytes()).await?;
+    for p in pieces {
+        io.write_all(p).await?;
+    }
     io.close().await
 }
 

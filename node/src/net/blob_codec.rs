@@ -6,12 +6,12 @@
 
 use std::io;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
-use super::wire::{BlobRequest, BlobResponse, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, check_len};
-use super::{read_frame, read_len, write_frame};
+use super::wire::{BlobRequest, BlobResponse, MAX_REQUEST_LEN, MAX_RESPONSE_LEN};
+use super::{encode, read_frame, read_len, write_frame, write_pieces};
 
 /// Postcard's tag of [`BlobResponse::Part`] (its variant index as a varint).
 const PART_TAG: u32 = 1;
@@ -30,14 +30,8 @@ where
     let BlobResponse::Part { index, data } = resp else {
         return write_frame(io, resp, MAX_RESPONSE_LEN).await;
     };
-    let head = postcard::to_allocvec(&(PART_TAG, *index, data.len() as u64))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = head.len() + data.len();
-    check_len(len, MAX_RESPONSE_LEN)?;
-    io.write_all(&(len as u32).to_be_bytes()).await?;
-    io.write_all(&head).await?;
-    io.write_all(data).await?;
-    io.close().await
+    let head = encode(&(PART_TAG, *index, data.len() as u64))?;
+    write_pieces(io, &[&head, data], MAX_RESPONSE_LEN).await
 }
 
 /// Reads a response: a part's bytes go straight into their own buffer.
