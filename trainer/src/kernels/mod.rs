@@ -16,10 +16,12 @@
 
 mod linalg;
 mod norm;
+mod winograd;
 
 use rayon::prelude::*;
 
 use linalg::{Mat, MatMut, matmul};
+use winograd::Transform;
 
 use crate::optim::AdamStep;
 
@@ -194,6 +196,14 @@ pub(crate) fn conv_forward(
     d: &ConvDims,
     relu: bool,
 ) -> Vec<f32> {
+    match Transform::choose(d) {
+        Some(t) => winograd::forward(x, weight, bias, d, relu, &t),
+        None => direct_forward(x, weight, bias, d, relu),
+    }
+}
+
+/// [`conv_forward`] as im2col and one product per sample (or band of output rows).
+fn direct_forward(x: &[f32], weight: &[f32], bias: &[f32], d: &ConvDims, relu: bool) -> Vec<f32> {
     let (hw, per) = (d.hw(), d.chunk());
     let mut y = vec![0f32; d.b * d.o * hw];
     let wm = Mat::rows(weight, d.o, d.rows());
@@ -232,6 +242,21 @@ pub(crate) fn conv_forward(
 /// where `weightᵀ × gy_s` would sum over only `o` terms per element and then need a col2im
 /// pass over a `c·k·k × h·w` matrix.
 pub(crate) fn conv_backward(
+    x: &[f32],
+    weight: &[f32],
+    gy: &[f32],
+    relu_out: Option<&[f32]>,
+    d: &ConvDims,
+    want_x: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    match Transform::choose(d) {
+        Some(t) => winograd_backward(x, weight, gy, relu_out, d, want_x, &t),
+        None => direct_backward(x, weight, gy, relu_out, d, want_x),
+    }
+}
+
+/// [`conv_backward`] through im2col products, sample by sample.
+fn direct_backward(
     x: &[f32],
     weight: &[f32],
     gy: &[f32],
@@ -312,6 +337,51 @@ pub(crate) fn conv_backward(
         }
     }
     (gx, gw, gb)
+}
+
+/// [`conv_backward`] through Winograd transforms: the output gradient masked by the fused
+/// ReLU once for the whole batch, the bias gradient summed sample by sample, the input
+/// gradient as the flipped convolution ([`winograd::forward`]), the weight gradient by
+/// [`winograd::weight_grad`].
+fn winograd_backward(
+    x: &[f32],
+    weight: &[f32],
+    gy: &[f32],
+    relu_out: Option<&[f32]>,
+    d: &ConvDims,
+    want_x: bool,
+    t: &Transform,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let hw = d.hw();
+    let masked;
+    let g = match relu_out {
+        Some(y) => {
+            let mut m = gy.to_vec();
+            m.par_chunks_mut(d.o * hw)
+                .zip(y.par_chunks(d.o * hw))
+                .for_each(|(g, y)| relu_mask(g, y));
+            masked = m;
+            &masked[..]
+        }
+        None => gy,
+    };
+    let mut gb = vec![0f32; d.o];
+    for sample in g.chunks(d.o * hw) {
+        for (acc, plane) in gb.iter_mut().zip(sample.chunks(hw)) {
+            *acc += sum_lanes(plane);
+        }
+    }
+    let gx = if want_x {
+        let dt = ConvDims {
+            c: d.o,
+            o: d.c,
+            ..*d
+        };
+        winograd::forward(g, &flipped(weight, d), &vec![0f32; d.c], &dt, false, t)
+    } else {
+        Vec::new()
+    };
+    (gx, winograd::weight_grad(x, g, d, t), gb)
 }
 
 /// The weight `[o, c, k, k]` of a convolution as the weight `[c, o, k, k]` of its adjoint:
@@ -634,6 +704,19 @@ mod tests {
         }
     }
 
+    /// Within 2e-5 of the largest magnitude in `b`: a Winograd result's rounding error scales
+    /// with its sums' terms, not with each result (a small value among large ones).
+    fn close_to_scale(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 2e-5 * scale,
+                "at {i}: {x} vs {y} (scale {scale})"
+            );
+        }
+    }
+
     #[test]
     fn conv_forward_matches_the_definition_for_every_odd_kernel() {
         for (b, k) in [(2, 1), (2, 3), (11, 3), (3, 5)] {
@@ -694,6 +777,46 @@ mod tests {
             close(&gb, &per_o, 1e-5);
             let (none, _, _) = conv_backward(&x, &wt, &g, None, &d, false);
             assert!(none.is_empty());
+        }
+    }
+
+    /// Every Winograd tile size gives the convolution of the definition and its exact adjoint,
+    /// on images that are not a whole number of tiles, over several chunks of samples.
+    #[test]
+    fn winograd_convolutions_match_the_definition() {
+        for (m, k, h, w) in [(4, 3, 13, 9), (6, 3, 14, 14), (2, 5, 7, 11), (4, 5, 28, 10)] {
+            let t = Transform::new(m, k);
+            let d = ConvDims {
+                b: 11,
+                c: 8,
+                h,
+                w,
+                o: 9,
+                k,
+            };
+            let x = ramp(d.b * d.c * d.h * d.w, 7);
+            let wt = ramp(d.o * d.rows(), 13);
+            let bias = ramp(d.o, 5);
+            let y = winograd::forward(&x, &wt, &bias, &d, false, &t);
+            close_to_scale(&y, &naive_conv(&x, &wt, &bias, &d));
+            let g = ramp(y.len(), 23);
+            let (gx, gw, gb) = winograd_backward(&x, &wt, &g, None, &d, true, &t);
+            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>();
+            let (dx, dw, zero) = (ramp(x.len(), 29), ramp(wt.len(), 31), vec![0f32; d.o]);
+            close(
+                &[dot(&gx, &dx)],
+                &[dot(&g, &naive_conv(&dx, &wt, &zero, &d))],
+                1e-4,
+            );
+            close(
+                &[dot(&gw, &dw)],
+                &[dot(&g, &naive_conv(&x, &dw, &zero, &d))],
+                1e-4,
+            );
+            let (direct_gx, direct_gw, direct_gb) = direct_backward(&x, &wt, &g, None, &d, true);
+            close_to_scale(&gx, &direct_gx);
+            close_to_scale(&gw, &direct_gw);
+            close(&gb, &direct_gb, 1e-5);
         }
     }
 

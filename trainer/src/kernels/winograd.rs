@@ -1,0 +1,853 @@
+//! Winograd convolution for 3×3 and 5×5 kernels: fewer multiplications per output (ADR 0012,
+//! fourth session).
+//!
+//! F(m×m, r×r) computes an `m × m` output tile of an `r × r` correlation from an `n × n` input
+//! tile (`n = m + r − 1`) as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: `n²` products per input and
+//! output channel pair instead of `m² r²`. Summed over input channels, each of the `n²`
+//! transform positions is one matrix product `U[ξ] [o × c] × V[ξ] [c × tiles]` through the GEMM
+//! of [`super::linalg`]; the transforms run as plain loops over rows of [`Tiles::len`] tiles at a
+//! time, which vectorise. The weight gradient uses the same transforms transposed:
+//! `gW = Gᵀ [Σ_tiles (A gY Aᵀ) ⊙ (Bᵀ d B)] G`, one product per position summed over tiles; the
+//! input gradient is a convolution of the output gradient with the flipped weight, as in the
+//! direct path, so it is [`forward`] again.
+//!
+//! The matrices come from the Toom–Cook construction on the points `0, ±1, ±2` (`n = 6`) or
+//! `0, ±1, ±2, ±1/2` (`n = 8`) and infinity, built exactly in `f64` (see [`Transform::new`]).
+//! Determinism: blocks of tiles depend on the shapes only, products go through the same GEMM
+//! as the direct path, the transforms are element-wise over tiles (no reassociation), and the
+//! chunks' weight-gradient sums are added in chunk order.
+
+use rayon::prelude::*;
+
+use super::ConvDims;
+use super::linalg::{Mat, MatMut, matmul};
+
+/// Floats of transformed tiles (`n² × max(c, o) × tiles`) one block may hold: 256 K values,
+/// 1 MB, so the transformed input and the products stay in a core's L2 between passes.
+const BLOCK_VALUES: usize = 256 * 1024;
+
+/// The transform matrices of F(m×m, r×r).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Transform {
+    /// Output tile side.
+    pub(crate) m: usize,
+    /// Kernel side.
+    pub(crate) r: usize,
+    /// Input tile side and number of points, `m + r − 1`.
+    pub(crate) n: usize,
+    /// `Aᵀ` `[m × n]`: transformed products to an output tile.
+    at: Vec<f32>,
+    /// `A` `[n × m]`: an output-gradient tile to the transform domain.
+    a: Vec<f32>,
+    /// `G` `[n × r]`: a kernel to the transform domain.
+    g: Vec<f32>,
+    /// `Gᵀ` `[r × n]`: weight-gradient sums back to a kernel.
+    gt: Vec<f32>,
+    /// `Bᵀ` `[n × n]`: an input tile to the transform domain.
+    bt: Vec<f32>,
+}
+
+/// Coefficients (lowest power first) of `∏ (x − p)` over `points`.
+fn poly_from_roots(points: &[f64]) -> Vec<f64> {
+    let mut c = vec![1.0];
+    for p in points {
+        let mut next = vec![0.0; c.len() + 1];
+        for (i, v) in c.iter().enumerate() {
+            next[i + 1] += v;
+            next[i] -= p * v;
+        }
+        c = next;
+    }
+    c
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; v.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = v[i * cols + j];
+        }
+    }
+    t
+}
+
+impl Transform {
+    /// F(m×m, r×r) for `m + r − 1` of 6 or 8. Finite points `p_j`, then infinity:
+    /// `Aᵀ[i][j] = p_jⁱ`; `G[j][k] = p_jᵏ / q_j(p_j)` with `q_j = ∏_{l≠j} (x − p_l)`;
+    /// `Bᵀ` row `j` holds the coefficients of `q_j`; the infinity row/column picks the
+    /// leading coefficient (`Aᵀ`, `G`) or holds `∏_l (x − p_l)` (`Bᵀ`). This is Toom–Cook's
+    /// linear convolution, transposed into a correlation, with `q_j(p_j)` moved from `Bᵀ` into `G`
+    /// (whose transform runs once per step).
+    pub(crate) fn new(m: usize, r: usize) -> Transform {
+        let n = m + r - 1;
+        let finite: &[f64] = match n {
+            6 => &[0.0, 1.0, -1.0, 2.0, -2.0],
+            8 => &[0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5],
+            _ => panic!("Winograd transforms exist for 6 or 8 points, not {n}"),
+        };
+        let (mut at, mut g, mut bt) = (vec![0f32; m * n], vec![0f32; n * r], vec![0f32; n * n]);
+        for (j, &p) in finite.iter().enumerate() {
+            let others: Vec<f64> = finite
+                .iter()
+                .enumerate()
+                .filter(|&(l, _)| l != j)
+                .map(|(_, &q)| q)
+                .collect();
+            let q = poly_from_roots(&others);
+            let scale: f64 = others.iter().map(|o| p - o).product();
+            for i in 0..m {
+                at[i * n + j] = p.powi(i as i32) as f32;
+            }
+            for k in 0..r {
+                g[j * r + k] = (p.powi(k as i32) / scale) as f32;
+            }
+            for (k, v) in q.iter().enumerate() {
+                bt[j * n + k] = *v as f32;
+            }
+        }
+        let inf = n - 1;
+        at[(m - 1) * n + inf] = 1.0;
+        g[inf * r + r - 1] = 1.0;
+        for (k, v) in poly_from_roots(finite).iter().enumerate() {
+            bt[inf * n + k] = *v as f32;
+        }
+        Transform {
+            m,
+            r,
+            n,
+            a: transpose(&at, m, n),
+            gt: transpose(&g, n, r),
+            at,
+            g,
+            bt,
+        }
+    }
+
+    /// The transform for a convolution, when it is expected to be cheaper than the direct
+    /// product (`None` keeps the direct path): 3×3 or 5×5 kernels with at least 8 input and 8
+    /// output channels. The output tile is the one with the fewest products per image, the
+    /// transforms counted at a quarter of a product per value (they are not a GEMM).
+    pub(crate) fn choose(d: &ConvDims) -> Option<Transform> {
+        if !matches!(d.k, 3 | 5) || d.c.min(d.o) < 8 {
+            return None;
+        }
+        let cost = |m: usize| {
+            let n = m + d.k - 1;
+            let tiles = d.h.div_ceil(m) * d.w.div_ceil(m);
+            tiles * n * n * (d.c * d.o + 4 * n * (d.c + d.o))
+        };
+        let direct = d.h * d.w * d.k * d.k * d.c * d.o;
+        let m = 8 - (d.k - 1);
+        (cost(m) < direct).then(|| Transform::new(m, d.k))
+    }
+}
+
+/// Where the rows of a 2-D grid of rows lie in a slice: row `(i, j)` starts at
+/// `base + i·down + j·across`.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    base: usize,
+    down: usize,
+    across: usize,
+}
+
+impl Grid {
+    fn at(&self, i: usize, j: usize) -> usize {
+        self.base + i * self.down + j * self.across
+    }
+}
+
+/// Lanes per register block of [`mix`]: one AVX-512 register, four SSE ones.
+const LANES: usize = 16;
+
+/// `dst row a = Σ_i L[a][i] · src row i` (`L` `[pa × p]`, `p <= 8`) over rows of `len`
+/// values, [`LANES`] values at a time held in a local block (which LLVM keeps in registers),
+/// zero coefficients skipped. Every output value is the same sequence of products and sums in
+/// the full blocks and in the tail, so the result does not depend on where a block starts.
+fn mix(
+    (l, p, pa): (&[f32], usize, usize),
+    src: &[f32],
+    src_row: impl Fn(usize) -> usize,
+    dst: &mut [f32],
+    dst_row: impl Fn(usize) -> usize,
+    len: usize,
+) {
+    let full = len / LANES * LANES;
+    for at in (0..full).step_by(LANES) {
+        let mut x = [[0f32; LANES]; 8];
+        for (i, xi) in x.iter_mut().enumerate().take(p) {
+            *xi = src[src_row(i) + at..][..LANES]
+                .try_into()
+                .expect("a block of LANES values");
+        }
+        for a in 0..pa {
+            let out: &mut [f32; LANES] = (&mut dst[dst_row(a) + at..][..LANES])
+                .try_into()
+                .expect("a block of LANES values");
+            *out = combine(&l[a * p..][..p], &x);
+        }
+    }
+    if full < len {
+        let w = len - full;
+        let mut x = [[0f32; LANES]; 8];
+        for (i, xi) in x.iter_mut().enumerate().take(p) {
+            xi[..w].copy_from_slice(&src[src_row(i) + full..][..w]);
+        }
+        for a in 0..pa {
+            let acc = combine(&l[a * p..][..p], &x);
+            dst[dst_row(a) + full..][..w].copy_from_slice(&acc[..w]);
+        }
+    }
+}
+
+/// `Σ_i coef[i] · x[i]` lane by lane, skipping zero coefficients.
+#[inline(always)]
+fn combine(coef: &[f32], x: &[[f32; LANES]; 8]) -> [f32; LANES] {
+    let mut acc = [0f32; LANES];
+    for (c, xi) in coef.iter().zip(x) {
+        if *c != 0.0 {
+            for (s, v) in acc.iter_mut().zip(xi) {
+                *s += c * v;
+            }
+        }
+    }
+    acc
+}
+
+impl Transform {
+    /// `Bᵀ d B` of one input tile (rows of `len` channels): [`hot`] for eight points.
+    fn input_tile(
+        &self,
+        src: (&[f32], Grid),
+        len: usize,
+        mid: &mut [f32],
+        dst: (&mut [f32], Grid),
+    ) {
+        match self.n {
+            8 => hot::<8, 8, InputT>(src, len, mid, dst),
+            n => transform2(src, [n, n], (&self.bt, n), (&self.bt, n), len, mid, dst),
+        }
+    }
+    /// `Aᵀ M A` of one tile of products.
+    fn output_tile(
+        &self,
+        src: (&[f32], Grid),
+        len: usize,
+        mid: &mut [f32],
+        dst: (&mut [f32], Grid),
+    ) {
+        match (self.n, self.m) {
+            (8, 4) => hot::<8, 4, OutputT<4>>(src, len, mid, dst),
+            (8, 6) => hot::<8, 6, OutputT<6>>(src, len, mid, dst),
+            (n, m) => transform2(src, [n, n], (&self.at, m), (&self.at, m), len, mid, dst),
+        }
+    }
+    /// `A gY Aᵀ` of one output-gradient tile.
+    fn grad_tile(&self, src: (&[f32], Grid), len: usize, mid: &mut [f32], dst: (&mut [f32], Grid)) {
+        match (self.n, self.m) {
+            (8, 4) => hot::<4, 8, GradT<4>>(src, len, mid, dst),
+            (8, 6) => hot::<6, 8, GradT<6>>(src, len, mid, dst),
+            (n, m) => transform2(src, [m, m], (&self.a, n), (&self.a, n), len, mid, dst),
+        }
+    }
+}
+
+/// `out(a, b) = Σ_i Σ_j L[a][i] R[b][j] in(i, j)` over rows of `len` values: `in` a `p × q`
+/// grid, `L` `[pa × p]`, `R` `[qb × q]`, `out` a `pa × qb` grid; `mid` holds `pa · q · len`.
+/// For the transforms that run once per step (kernels in, weight gradients out); the ones
+/// that run per tile are [`Hot`].
+#[allow(clippy::too_many_arguments)]
+fn transform2(
+    (src, sg): (&[f32], Grid),
+    [p, q]: [usize; 2],
+    (l, pa): (&[f32], usize),
+    (r, qb): (&[f32], usize),
+    len: usize,
+    mid: &mut [f32],
+    (dst, dg): (&mut [f32], Grid),
+) {
+    for j in 0..q {
+        let to = |a: usize| (a * q + j) * len;
+        mix((l, p, pa), src, |i| sg.at(i, j), mid, to, len);
+    }
+    for a in 0..pa {
+        let from = |j: usize| (a * q + j) * len;
+        mix((r, q, qb), mid, from, dst, |b| dg.at(a, b), len);
+    }
+}
+
+/// The finite points of every per-tile transform: F(4×4, 5×5) and F(6×6, 3×3) both have
+/// eight (these seven and infinity), so they share the input transform.
+const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
+
+/// A per-tile transform matrix `[OUT × IN]` known at compile time, so that LLVM folds its
+/// zeros (skipped) and ones (no product) into the unrolled loops.
+trait Coefs<const IN: usize, const OUT: usize> {
+    const L: [[f32; IN]; OUT];
+}
+
+/// `Bᵀ` of the eight points: input tiles in.
+struct InputT;
+
+impl Coefs<8, 8> for InputT {
+    const L: [[f32; 8]; 8] = input_matrix();
+}
+
+/// `Aᵀ` for output tiles of side `M`: products out.
+struct OutputT<const M: usize>;
+
+impl<const M: usize> Coefs<8, M> for OutputT<M> {
+    const L: [[f32; 8]; M] = output_matrix::<M>();
+}
+
+/// `A` for output-gradient tiles of side `M` in (the weight gradient).
+struct GradT<const M: usize>;
+
+impl<const M: usize> Coefs<M, 8> for GradT<M> {
+    const L: [[f32; M]; 8] = grad_matrix::<M>();
+}
+
+const fn power(p: f64, e: usize) -> f64 {
+    let mut v = 1.0;
+    let mut i = 0;
+    while i < e {
+        v *= p;
+        i += 1;
+    }
+    v
+}
+
+/// [`Transform::new`]'s `Bᵀ` for eight points (a test checks they agree).
+const fn input_matrix() -> [[f32; 8]; 8] {
+    let mut bt = [[0f32; 8]; 8];
+    let mut j = 0;
+    while j < 8 {
+        // The coefficients of ∏ (x − p_l) over the finite points other than j (all for j = 7).
+        let mut c = [0f64; 9];
+        c[0] = 1.0;
+        let (mut deg, mut l) = (0, 0);
+        while l < 7 {
+            if l != j {
+                let mut k = deg + 1;
+                while k > 0 {
+                    c[k] = c[k - 1] - POINTS[l] * c[k];
+                    k -= 1;
+                }
+                c[0] *= -POINTS[l];
+                deg += 1;
+            }
+            l += 1;
+        }
+        let mut k = 0;
+        while k < 8 {
+            bt[j][k] = c[k] as f32;
+            k += 1;
+        }
+        j += 1;
+    }
+    bt
+}
+
+/// [`Transform::new`]'s `Aᵀ` for eight points and output side `M`.
+const fn output_matrix<const M: usize>() -> [[f32; 8]; M] {
+    let mut at = [[0f32; 8]; M];
+    let mut i = 0;
+    while i < M {
+        let mut j = 0;
+        while j < 7 {
+            at[i][j] = power(POINTS[j], i) as f32;
+            j += 1;
+        }
+        i += 1;
+    }
+    at[M - 1][7] = 1.0;
+    at
+}
+
+/// `A = (Aᵀ)ᵀ`.
+const fn grad_matrix<const M: usize>() -> [[f32; M]; 8] {
+    let at = output_matrix::<M>();
+    let mut a = [[0f32; M]; 8];
+    let mut i = 0;
+    while i < M {
+        let mut j = 0;
+        while j < 8 {
+            a[j][i] = at[i][j];
+            j += 1;
+        }
+        i += 1;
+    }
+    a
+}
+
+/// [`mix`] with a compile-time matrix `C` `[PA × P]`.
+#[inline(always)]
+fn mix_c<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    src: &[f32],
+    src_row: impl Fn(usize) -> usize,
+    dst: &mut [f32],
+    dst_row: impl Fn(usize) -> usize,
+    len: usize,
+) {
+    let full = len / LANES * LANES;
+    for at in (0..full).step_by(LANES) {
+        let mut x = [[0f32; LANES]; P];
+        for (i, xi) in x.iter_mut().enumerate() {
+            *xi = src[src_row(i) + at..][..LANES]
+                .try_into()
+                .expect("a block of LANES values");
+        }
+        for (a, coef) in C::L.iter().enumerate() {
+            let out: &mut [f32; LANES] = (&mut dst[dst_row(a) + at..][..LANES])
+                .try_into()
+                .expect("a block of LANES values");
+            *out = combine_c(coef, &x);
+        }
+    }
+    if full < len {
+        let w = len - full;
+        let mut x = [[0f32; LANES]; P];
+        for (i, xi) in x.iter_mut().enumerate() {
+            xi[..w].copy_from_slice(&src[src_row(i) + full..][..w]);
+        }
+        for (a, coef) in C::L.iter().enumerate() {
+            dst[dst_row(a) + full..][..w].copy_from_slice(&combine_c(coef, &x)[..w]);
+        }
+    }
+}
+
+/// [`combine`] for a compile-time row of coefficients.
+#[inline(always)]
+fn combine_c<const P: usize>(coef: &[f32; P], x: &[[f32; LANES]; P]) -> [f32; LANES] {
+    let mut acc = [0f32; LANES];
+    for (c, xi) in coef.iter().zip(x) {
+        if *c != 0.0 {
+            for (s, v) in acc.iter_mut().zip(xi) {
+                *s += c * v;
+            }
+        }
+    }
+    acc
+}
+
+/// The per-tile 2-D transform `out = C in Cᵀ` (`in` a `P × P` grid of rows of `len` values,
+/// `out` `PA × PA`), compiled for AVX-512, AVX2 and the baseline and picked at run time. The
+/// versions are the same element-wise products and sums (no fused multiply-add), so they give
+/// the same bits; only the register width differs.
+#[allow(unsafe_code)]
+fn hot<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    src: (&[f32], Grid),
+    len: usize,
+    mid: &mut [f32],
+    dst: (&mut [f32], Grid),
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { hot_avx512::<P, PA, C>(src, len, mid, dst) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { hot_avx2::<P, PA, C>(src, len, mid, dst) };
+        }
+    }
+    hot_any::<P, PA, C>(src, len, mid, dst)
+}
+
+/// [`hot`] with AVX-512 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn hot_avx512<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    src: (&[f32], Grid),
+    len: usize,
+    mid: &mut [f32],
+    dst: (&mut [f32], Grid),
+) {
+    hot_any::<P, PA, C>(src, len, mid, dst)
+}
+
+/// [`hot`] with AVX2 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn hot_avx2<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    src: (&[f32], Grid),
+    len: usize,
+    mid: &mut [f32],
+    dst: (&mut [f32], Grid),
+) {
+    hot_any::<P, PA, C>(src, len, mid, dst)
+}
+
+/// [`hot`]'s body, inlined into each version.
+#[inline(always)]
+fn hot_any<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    (src, sg): (&[f32], Grid),
+    len: usize,
+    mid: &mut [f32],
+    (dst, dg): (&mut [f32], Grid),
+) {
+    for j in 0..P {
+        mix_c::<P, PA, C>(src, |i| sg.at(i, j), mid, |a| (a * P + j) * len, len);
+    }
+    for a in 0..PA {
+        mix_c::<P, PA, C>(mid, |j| (a * P + j) * len, dst, |b| dg.at(a, b), len);
+    }
+}
+
+/// How a chunk of samples is cut into output tiles and blocks of tiles.
+#[derive(Debug, Clone, Copy)]
+struct Tiles {
+    /// Tiles per image row.
+    across: usize,
+    /// Tiles per image column.
+    down: usize,
+    /// Tiles per block (the rows of the products).
+    len: usize,
+}
+
+impl Tiles {
+    fn new(d: &ConvDims, t: &Transform) -> Tiles {
+        let fit = BLOCK_VALUES / (t.n * t.n * d.c.max(d.o));
+        Tiles {
+            across: d.w.div_ceil(t.m),
+            down: d.h.div_ceil(t.m),
+            len: (fit / 16 * 16).clamp(16, 512),
+        }
+    }
+    fn per_sample(&self) -> usize {
+        self.across * self.down
+    }
+    /// The sample and the tile row and column of tile `i` of a chunk.
+    fn at(&self, i: usize) -> (usize, usize, usize) {
+        let (s, rest) = (i / self.per_sample(), i % self.per_sample());
+        (s, rest / self.across, rest % self.across)
+    }
+}
+
+/// A chunk's samples `[s, c, h, w]` in channels-last order `[s, hp, wp, c]`, shifted by `pad`
+/// rows and columns into a zeroed frame of `hp × wp`: a tile's rows are then `c`-wide runs.
+fn channels_last(
+    x: &[f32],
+    [c, h, w]: [usize; 3],
+    [hp, wp]: [usize; 2],
+    pad: usize,
+    out: &mut Vec<f32>,
+) {
+    let samples = x.len() / (c * h * w);
+    out.clear();
+    out.resize(samples * hp * wp * c, 0.0);
+    for (s, sample) in x.chunks(c * h * w).enumerate() {
+        for y in 0..h {
+            let row = &mut out[((s * hp + y + pad) * wp + pad) * c..][..w * c];
+            for (ci, plane) in sample.chunks(h * w).enumerate() {
+                let line = &plane[y * w..][..w];
+                for (xx, v) in line.iter().enumerate() {
+                    row[xx * c + ci] = *v;
+                }
+            }
+        }
+    }
+}
+
+/// Work buffers of one chunk.
+struct Scratch {
+    /// The chunk's input (or output gradient) channels-last, framed (see [`channels_last`]).
+    framed: Vec<f32>,
+    /// The first pass of a 2-D transform.
+    mid: Vec<f32>,
+    /// Transformed inputs of a block, `[n²][tiles][c]`.
+    v: Vec<f32>,
+    /// Products (forward) or transformed output gradients (weight gradient), `[n²][tiles][o]`.
+    prod: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(d: &ConvDims, t: &Transform, tiles: &Tiles) -> Scratch {
+        let nn = t.n * t.n * tiles.len;
+        Scratch {
+            framed: Vec::new(),
+            mid: vec![0f32; t.n * t.n * d.c.max(d.o)],
+            v: vec![0f32; nn * d.c],
+            prod: vec![0f32; nn * d.o],
+        }
+    }
+
+    /// The chunk `x` `[s, c, h, w]` framed for input tiles: `k / 2` zeros before, enough after
+    /// for the last tile's window.
+    fn frame_input(&mut self, x: &[f32], d: &ConvDims, t: &Transform, tiles: &Tiles) -> [usize; 2] {
+        let frame = [tiles.down * t.m + t.r - 1, tiles.across * t.m + t.r - 1];
+        channels_last(x, [d.c, d.h, d.w], frame, d.k / 2, &mut self.framed);
+        frame
+    }
+
+    /// `v[ξ][k][·] = (Bᵀ d_k B)[ξ]` for tiles `first + k`, `k < len`, of the framed input.
+    fn transform_input(
+        &mut self,
+        d: &ConvDims,
+        t: &Transform,
+        tiles: &Tiles,
+        frame: [usize; 2],
+        [first, len]: [usize; 2],
+    ) {
+        let (n, c) = (t.n, d.c);
+        for k in 0..len {
+            let (s, ty, tx) = tiles.at(first + k);
+            let src = Grid {
+                base: ((s * frame[0] + ty * t.m) * frame[1] + tx * t.m) * c,
+                down: frame[1] * c,
+                across: c,
+            };
+            let dst = Grid {
+                base: k * c,
+                down: n * len * c,
+                across: len * c,
+            };
+            t.input_tile((&self.framed, src), c, &mut self.mid, (&mut self.v, dst));
+        }
+    }
+}
+
+/// `U[ξ][o][c] = (G g Gᵀ)[ξ]` for every kernel of `weight` `[o, c, r, r]`: the rows of the
+/// transform are `o · c` kernels wide.
+fn filters(weight: &[f32], d: &ConvDims, t: &Transform) -> Vec<f32> {
+    let (oc, rr) = (d.o * d.c, t.r * t.r);
+    let by_tap = transpose(weight, oc, rr);
+    let mut u = vec![0f32; t.n * t.n * oc];
+    let mut mid = vec![0f32; t.n * t.r * oc];
+    let src = Grid {
+        base: 0,
+        down: t.r * oc,
+        across: oc,
+    };
+    let dst = Grid {
+        base: 0,
+        down: t.n * oc,
+        across: oc,
+    };
+    let (g, n) = (&t.g[..], t.n);
+    transform2(
+        (&by_tap, src),
+        [t.r, t.r],
+        (g, n),
+        (g, n),
+        oc,
+        &mut mid,
+        (&mut u, dst),
+    );
+    u
+}
+
+/// `y = conv(x, weight) + bias` (ReLU after when `relu`), as [`super::conv_forward`], by
+/// F(m×m, r×r): per chunk of samples, per block of tiles, the input transform, `n²` products
+/// `V[ξ] [tiles × c] × U[ξ]ᵀ [c × o]`, and the output transform written into the output
+/// planes.
+pub(crate) fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    d: &ConvDims,
+    relu: bool,
+    t: &Transform,
+) -> Vec<f32> {
+    let (hw, per, nn) = (d.h * d.w, d.chunk(), t.n * t.n);
+    let u = filters(weight, d, t);
+    let tiles = Tiles::new(d, t);
+    let mut y = vec![0f32; d.b * d.o * hw];
+    y.par_chunks_mut(per * d.o * hw)
+        .zip(x.par_chunks(per * d.c * hw))
+        .for_each(|(y, x)| {
+            let mut s = Scratch::new(d, t, &tiles);
+            let mut out = vec![0f32; t.m * t.m * d.o];
+            let frame = s.frame_input(x, d, t, &tiles);
+            let total = x.len() / (d.c * hw) * tiles.per_sample();
+            for first in (0..total).step_by(tiles.len) {
+                let len = (total - first).min(tiles.len);
+                s.transform_input(d, t, &tiles, frame, [first, len]);
+                for xi in 0..nn {
+                    let dst = MatMut::rows(&mut s.prod[xi * len * d.o..][..len * d.o], len, d.o);
+                    let vx = Mat::rows(&s.v[xi * len * d.c..][..len * d.c], len, d.c);
+                    let ux = Mat::rows(&u[xi * d.o * d.c..][..d.o * d.c], d.o, d.c);
+                    matmul(dst, vx, ux.t(), false);
+                }
+                for k in 0..len {
+                    let src = Grid {
+                        base: k * d.o,
+                        down: t.n * len * d.o,
+                        across: len * d.o,
+                    };
+                    let dst = Grid {
+                        base: 0,
+                        down: t.m * d.o,
+                        across: d.o,
+                    };
+                    t.output_tile((&s.prod, src), d.o, &mut s.mid, (&mut out, dst));
+                    scatter(&out, bias, y, d, t.m, tiles.at(first + k));
+                }
+            }
+            if relu {
+                super::relu_in_place(y);
+            }
+        });
+    y
+}
+
+/// Writes one output tile `out[u][v][o]` (+ `bias[o]`) into the chunk's output `y`
+/// `[s, o, h, w]` at tile `(s, ty, tx)`, clipped to the image.
+fn scatter(
+    out: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    d: &ConvDims,
+    m: usize,
+    (s, ty, tx): (usize, usize, usize),
+) {
+    let hw = d.h * d.w;
+    let (oy, ox) = (ty * m, tx * m);
+    let sample = &mut y[s * d.o * hw..][..d.o * hw];
+    for u in 0..m.min(d.h - oy) {
+        for v in 0..m.min(d.w - ox) {
+            let at = (oy + u) * d.w + ox + v;
+            let vals = &out[(u * m + v) * d.o..][..d.o];
+            for ((plane, val), b) in sample.chunks_mut(hw).zip(vals).zip(bias) {
+                plane[at] = val + b;
+            }
+        }
+    }
+}
+
+/// The weight gradient of [`forward`] for the output gradient `gy` `[b, o, h, w]` (already
+/// masked by a fused ReLU): `gW = Gᵀ [Σ_tiles (A gY Aᵀ) ⊙ (Bᵀ d B)] G`; the sums over tiles are
+/// `n²` products `[o × tiles] × [tiles × c]` per block, accumulated per chunk, the chunks
+/// added in order.
+pub(crate) fn weight_grad(x: &[f32], gy: &[f32], d: &ConvDims, t: &Transform) -> Vec<f32> {
+    let (hw, per, nn, oc) = (d.h * d.w, d.chunk(), t.n * t.n, d.o * d.c);
+    let tiles = Tiles::new(d, t);
+    let partial: Vec<Vec<f32>> = gy
+        .par_chunks(per * d.o * hw)
+        .zip(x.par_chunks(per * d.c * hw))
+        .map(|(gy, x)| {
+            let mut s = Scratch::new(d, t, &tiles);
+            let mut sums = vec![0f32; nn * oc];
+            let frame = s.frame_input(x, d, t, &tiles);
+            let gframe = [tiles.down * t.m, tiles.across * t.m];
+            let mut gl = Vec::new();
+            channels_last(gy, [d.o, d.h, d.w], gframe, 0, &mut gl);
+            let total = x.len() / (d.c * hw) * tiles.per_sample();
+            for first in (0..total).step_by(tiles.len) {
+                let len = (total - first).min(tiles.len);
+                s.transform_input(d, t, &tiles, frame, [first, len]);
+                for k in 0..len {
+                    let (smp, ty, tx) = tiles.at(first + k);
+                    let src = Grid {
+                        base: ((smp * gframe[0] + ty * t.m) * gframe[1] + tx * t.m) * d.o,
+                        down: gframe[1] * d.o,
+                        across: d.o,
+                    };
+                    let dst = Grid {
+                        base: k * d.o,
+                        down: t.n * len * d.o,
+                        across: len * d.o,
+                    };
+                    t.grad_tile((&gl, src), d.o, &mut s.mid, (&mut s.prod, dst));
+                }
+                for xi in 0..nn {
+                    let dst = MatMut::rows(&mut sums[xi * oc..][..oc], d.o, d.c);
+                    let g = Mat::rows(&s.prod[xi * len * d.o..][..len * d.o], len, d.o);
+                    let v = Mat::rows(&s.v[xi * len * d.c..][..len * d.c], len, d.c);
+                    matmul(dst, g.t(), v, true);
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0f32; nn * oc];
+    for p in &partial {
+        for (a, v) in sums.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+    let mut by_tap = vec![0f32; t.r * t.r * oc];
+    let mut mid = vec![0f32; t.r * t.n * oc];
+    let src = Grid {
+        base: 0,
+        down: t.n * oc,
+        across: oc,
+    };
+    let dst = Grid {
+        base: 0,
+        down: t.r * oc,
+        across: oc,
+    };
+    let (gt, r) = (&t.gt[..], t.r);
+    transform2(
+        (&sums, src),
+        [t.n, t.n],
+        (gt, r),
+        (gt, r),
+        oc,
+        &mut mid,
+        (&mut by_tap, dst),
+    );
+    transpose(&by_tap, t.r * t.r, oc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-tile matrices LLVM sees as constants are the ones [`Transform::new`] builds.
+    #[test]
+    fn compile_time_matrices_are_the_constructed_ones() {
+        let flat = |rows: &[&[f32]]| rows.concat();
+        let t4 = Transform::new(4, 5);
+        let t6 = Transform::new(6, 3);
+        assert_eq!(t4.bt, t6.bt);
+        assert_eq!(
+            flat(&InputT::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
+            t4.bt
+        );
+        assert_eq!(
+            flat(&OutputT::<4>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
+            t4.at
+        );
+        assert_eq!(
+            flat(&OutputT::<6>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
+            t6.at
+        );
+        assert_eq!(
+            flat(&GradT::<4>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
+            t4.a
+        );
+        assert_eq!(
+            flat(&GradT::<6>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
+            t6.a
+        );
+    }
+
+    /// The 1-D identity `y_i = Σ_k g_k d_{i+k}` holds for every transform, in `f64` terms:
+    /// small integers in, so `f32` rounding stays far below the tolerance.
+    #[test]
+    fn transforms_compute_a_correlation() {
+        for (m, r) in [(4, 3), (6, 3), (2, 5), (4, 5)] {
+            let t = Transform::new(m, r);
+            let n = t.n;
+            let g: Vec<f32> = (0..r).map(|i| i as f32 - 1.5).collect();
+            let d: Vec<f32> = (0..n).map(|i| (i * 7 % 5) as f32 - 2.0).collect();
+            let gg: Vec<f32> = (0..n)
+                .map(|j| (0..r).map(|k| t.g[j * r + k] * g[k]).sum())
+                .collect();
+            let bd: Vec<f32> = (0..n)
+                .map(|j| (0..n).map(|i| t.bt[j * n + i] * d[i]).sum())
+                .collect();
+            for i in 0..m {
+                let got: f32 = (0..n).map(|j| t.at[i * n + j] * gg[j] * bd[j]).sum();
+                let want: f32 = (0..r).map(|k| g[k] * d[i + k]).sum();
+                assert!(
+                    (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                    "F({m},{r}) y{i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
