@@ -41,7 +41,7 @@ pub use ops::{ModelBackend, TrainBackend};
 /// `k2` = convolutions and dense layers multiply with the `gemm` crate; `k3` = batch norm is
 /// one fused op (with its ReLU), a convolution's input gradient is a convolution, and its
 /// weight gradient is summed over bands of output rows.
-pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k3");
+pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k4");
 
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).
 pub type Cpu = burn::backend::NdArray<f32>;

@@ -17,6 +17,8 @@
 //! as the direct path, the transforms are element-wise over tiles (no reassociation), and the
 //! chunks' weight-gradient sums are added in chunk order.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::ConvDims;
@@ -80,11 +82,8 @@ impl Transform {
     /// (whose transform runs once per step).
     pub(crate) fn new(m: usize, r: usize) -> Transform {
         let n = m + r - 1;
-        let finite: &[f64] = match n {
-            6 => &[0.0, 1.0, -1.0, 2.0, -2.0],
-            8 => &[0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5],
-            _ => panic!("Winograd transforms exist for 6 or 8 points, not {n}"),
-        };
+        assert_eq!(n, 8, "the per-tile transforms are built for eight points");
+        let finite: &[f64] = &POINTS;
         let (mut at, mut g, mut bt) = (vec![0f32; m * n], vec![0f32; n * r], vec![0f32; n * n]);
         for (j, &p) in finite.iter().enumerate() {
             let others: Vec<f64> = finite
@@ -215,40 +214,97 @@ fn combine(coef: &[f32], x: &[[f32; LANES]; 8]) -> [f32; LANES] {
 }
 
 impl Transform {
-    /// `Bᵀ d B` of one input tile (rows of `len` channels): [`hot`] for eight points.
-    fn input_tile(
+    /// The input transform of one tile row, the tiles `(s, ty, 0..across)` of the framed
+    /// chunk, into `v[ξ][k0 + tx][·]` (`v` `[n²][len][c]`): the first pass runs down whole
+    /// framed rows (every column of the tile row at once, each shared by two tiles), the second
+    /// along the columns of every tile at once (the phase-split frame makes each a run).
+    fn input_row(
         &self,
-        src: (&[f32], Grid),
-        len: usize,
+        framed: &[f32],
+        f: &Frame,
+        (s, ty, across): (usize, usize, usize),
         mid: &mut [f32],
-        dst: (&mut [f32], Grid),
+        (v, k0, len): (&mut [f32], usize, usize),
     ) {
-        match self.n {
-            8 => hot::<8, 8, InputT>(src, len, mid, dst),
-            n => transform2(src, [n, n], (&self.bt, n), (&self.bt, n), len, mid, dst),
+        let rl = f.row_len();
+        let base = s * f.sample_len() + ty * self.m * rl;
+        pass::<8, 8, InputT>(framed, |i| base + i * rl, mid, |a| a * rl, rl);
+        let run = across * f.c;
+        for a in 0..8 {
+            let dst = |b: usize| ((a * 8 + b) * len + k0) * f.c;
+            pass::<8, 8, InputT>(mid, |j| a * rl + f.column(j), v, dst, run);
         }
     }
-    /// `Aᵀ M A` of one tile of products.
-    fn output_tile(
+
+    /// The output transform of one tile row, products `prod[ξ][k0 + tx][·]` (`[n²][len][o]`)
+    /// into `out[u][v][tx][·]`.
+    fn output_row(
         &self,
-        src: (&[f32], Grid),
-        len: usize,
+        prod: &[f32],
+        (k0, len, o): (usize, usize, usize),
+        across: usize,
         mid: &mut [f32],
-        dst: (&mut [f32], Grid),
+        out: &mut [f32],
     ) {
-        match (self.n, self.m) {
-            (8, 4) => hot::<8, 4, OutputT<4>>(src, len, mid, dst),
-            (8, 6) => hot::<8, 6, OutputT<6>>(src, len, mid, dst),
-            (n, m) => transform2(src, [n, n], (&self.at, m), (&self.at, m), len, mid, dst),
+        match self.m {
+            4 => output_row::<4>(prod, (k0, len, o), across, mid, out),
+            _ => output_row::<6>(prod, (k0, len, o), across, mid, out),
         }
     }
-    /// `A gY Aᵀ` of one output-gradient tile.
-    fn grad_tile(&self, src: (&[f32], Grid), len: usize, mid: &mut [f32], dst: (&mut [f32], Grid)) {
-        match (self.n, self.m) {
-            (8, 4) => hot::<4, 8, GradT<4>>(src, len, mid, dst),
-            (8, 6) => hot::<6, 8, GradT<6>>(src, len, mid, dst),
-            (n, m) => transform2(src, [m, m], (&self.a, n), (&self.a, n), len, mid, dst),
+
+    /// `A gY Aᵀ` of one tile row of the framed output gradient into `prod[ξ][k0 + tx][·]`.
+    fn grad_row(
+        &self,
+        framed: &[f32],
+        f: &Frame,
+        at: (usize, usize, usize),
+        mid: &mut [f32],
+        (prod, k0, len): (&mut [f32], usize, usize),
+    ) {
+        match self.m {
+            4 => grad_row::<4>(framed, f, at, mid, (prod, k0, len)),
+            _ => grad_row::<6>(framed, f, at, mid, (prod, k0, len)),
         }
+    }
+}
+
+/// [`Transform::output_row`] for output tiles of side `M`.
+fn output_row<const M: usize>(
+    prod: &[f32],
+    (k0, len, o): (usize, usize, usize),
+    across: usize,
+    mid: &mut [f32],
+    out: &mut [f32],
+) where
+    OutputT<M>: Coefs<8, M>,
+{
+    let run = across * o;
+    for b in 0..8 {
+        let src = |a: usize| ((a * 8 + b) * len + k0) * o;
+        pass::<8, M, OutputT<M>>(prod, src, mid, |u| (u * 8 + b) * run, run);
+    }
+    for u in 0..M {
+        pass::<8, M, OutputT<M>>(mid, |b| (u * 8 + b) * run, out, |v| (u * M + v) * run, run);
+    }
+}
+
+/// [`Transform::grad_row`] for output tiles of side `M`.
+fn grad_row<const M: usize>(
+    framed: &[f32],
+    f: &Frame,
+    (s, ty, across): (usize, usize, usize),
+    mid: &mut [f32],
+    (prod, k0, len): (&mut [f32], usize, usize),
+) where
+    GradT<M>: Coefs<M, 8>,
+{
+    let rl = f.row_len();
+    let base = s * f.sample_len() + ty * M * rl;
+    pass::<M, 8, GradT<M>>(framed, |i| base + i * rl, mid, |a| a * rl, rl);
+    let run = across * f.c;
+    for a in 0..8 {
+        let dst = |b: usize| ((a * 8 + b) * len + k0) * f.c;
+        pass::<M, 8, GradT<M>>(mid, |j| a * rl + f.column(j), prod, dst, run);
     }
 }
 
@@ -284,6 +340,34 @@ const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 /// zeros (skipped) and ones (no product) into the unrolled loops.
 trait Coefs<const IN: usize, const OUT: usize> {
     const L: [[f32; IN]; OUT];
+
+    /// `L x` for a block of [`LANES`] columns: row by row from `L` unless a transform has a
+    /// cheaper sequence (the points come in pairs `±p`, so rows pair up into sums and
+    /// differences of shared even and odd parts).
+    #[inline(always)]
+    fn apply(x: &[[f32; LANES]; IN]) -> [[f32; LANES]; OUT] {
+        let mut y = [[0f32; LANES]; OUT];
+        for (row, coef) in y.iter_mut().zip(&Self::L) {
+            *row = combine_c(coef, x);
+        }
+        y
+    }
+}
+
+/// `f(x0, …, x7)` lane by lane: eight rows out of eight rows in.
+#[inline(always)]
+fn lanewise<const IN: usize, const OUT: usize>(
+    x: &[[f32; LANES]; IN],
+    f: impl Fn([f32; IN]) -> [f32; OUT],
+) -> [[f32; LANES]; OUT] {
+    let mut y = [[0f32; LANES]; OUT];
+    for z in 0..LANES {
+        let r = f(std::array::from_fn(|i| x[i][z]));
+        for (row, v) in y.iter_mut().zip(r) {
+            row[z] = v;
+        }
+    }
+    y
 }
 
 /// `Bᵀ` of the eight points: input tiles in.
@@ -291,20 +375,77 @@ struct InputT;
 
 impl Coefs<8, 8> for InputT {
     const L: [[f32; 8]; 8] = input_matrix();
+
+    /// `Bᵀ x` in 38 operations instead of 44 products and sums (a test checks it against `L`).
+    #[inline(always)]
+    fn apply(x: &[[f32; LANES]; 8]) -> [[f32; LANES]; 8] {
+        lanewise(x, |[x0, x1, x2, x3, x4, x5, x6, x7]| {
+            let (t1, t2) = ((x2 + x6) - 4.25 * x4, (x1 + x5) - 4.25 * x3);
+            let (t3, t4) = (
+                (0.25 * x2 + x6) - 1.25 * x4,
+                (0.5 * x1 + 2.0 * x5) - 2.5 * x3,
+            );
+            let (t5, t6) = ((4.0 * x2 + x6) - 5.0 * x4, (2.0 * x1 + 0.5 * x5) - 2.5 * x3);
+            [
+                (x6 - x0) + 5.25 * (x2 - x4),
+                t1 + t2,
+                t1 - t2,
+                t3 + t4,
+                t3 - t4,
+                t5 + t6,
+                t5 - t6,
+                (x7 - x1) + 5.25 * (x3 - x5),
+            ]
+        })
+    }
 }
 
 /// `Aᵀ` for output tiles of side `M`: products out.
 struct OutputT<const M: usize>;
 
-impl<const M: usize> Coefs<8, M> for OutputT<M> {
-    const L: [[f32; 8]; M] = output_matrix::<M>();
+impl Coefs<8, 4> for OutputT<4> {
+    const L: [[f32; 8]; 4] = output_matrix::<4>();
+
+    /// `Aᵀ x` through the sums and differences of the `±p` pairs.
+    #[inline(always)]
+    fn apply(x: &[[f32; LANES]; 8]) -> [[f32; LANES]; 4] {
+        lanewise(x, |[x0, x1, x2, x3, x4, x5, x6, x7]| {
+            let (a, b, c, d, e, f) = (x1 + x2, x1 - x2, x3 + x4, x3 - x4, x5 + x6, x5 - x6);
+            [
+                x0 + a + c + e,
+                b + 2.0 * d + 0.5 * f,
+                a + 4.0 * c + 0.25 * e,
+                b + 8.0 * d + 0.125 * f + x7,
+            ]
+        })
+    }
+}
+
+impl Coefs<8, 6> for OutputT<6> {
+    const L: [[f32; 8]; 6] = output_matrix::<6>();
 }
 
 /// `A` for output-gradient tiles of side `M` in (the weight gradient).
 struct GradT<const M: usize>;
 
-impl<const M: usize> Coefs<M, 8> for GradT<M> {
-    const L: [[f32; M]; 8] = grad_matrix::<M>();
+impl Coefs<4, 8> for GradT<4> {
+    const L: [[f32; 4]; 8] = grad_matrix::<4>();
+
+    /// `A x`: the values at the eight points of the cubic `x0 + x1 t + x2 t² + x3 t³`, the
+    /// `±p` pairs from shared even and odd parts.
+    #[inline(always)]
+    fn apply(x: &[[f32; LANES]; 4]) -> [[f32; LANES]; 8] {
+        lanewise(x, |[x0, x1, x2, x3]| {
+            let (e1, o1) = (x0 + x2, x1 + x3);
+            let (e2, o2) = (x0 + 4.0 * x2, 2.0 * x1 + 8.0 * x3);
+            let (e3, o3) = (x0 + 0.25 * x2, 0.5 * x1 + 0.125 * x3);
+            [x0, e1 + o1, e1 - o1, e2 + o2, e2 - o2, e3 + o3, e3 - o3, x3]
+        })
+    }
+}
+
+impl Coefs<6, 8> for GradT<6> {
+    const L: [[f32; 6]; 8] = grad_matrix::<6>();
 }
 
 const fn power(p: f64, e: usize) -> f64 {
@@ -397,11 +538,8 @@ fn mix_c<const P: usize, const PA: usize, C: Coefs<P, PA>>(
                 .try_into()
                 .expect("a block of LANES values");
         }
-        for (a, coef) in C::L.iter().enumerate() {
-            let out: &mut [f32; LANES] = (&mut dst[dst_row(a) + at..][..LANES])
-                .try_into()
-                .expect("a block of LANES values");
-            *out = combine_c(coef, &x);
+        for (a, row) in C::apply(&x).iter().enumerate() {
+            dst[dst_row(a) + at..][..LANES].copy_from_slice(row);
         }
     }
     if full < len {
@@ -410,8 +548,8 @@ fn mix_c<const P: usize, const PA: usize, C: Coefs<P, PA>>(
         for (i, xi) in x.iter_mut().enumerate() {
             xi[..w].copy_from_slice(&src[src_row(i) + full..][..w]);
         }
-        for (a, coef) in C::L.iter().enumerate() {
-            dst[dst_row(a) + full..][..w].copy_from_slice(&combine_c(coef, &x)[..w]);
+        for (a, row) in C::apply(&x).iter().enumerate() {
+            dst[dst_row(a) + full..][..w].copy_from_slice(&row[..w]);
         }
     }
 }
@@ -430,130 +568,156 @@ fn combine_c<const P: usize>(coef: &[f32; P], x: &[[f32; LANES]; P]) -> [f32; LA
     acc
 }
 
-/// The per-tile 2-D transform `out = C in Cᵀ` (`in` a `P × P` grid of rows of `len` values,
-/// `out` `PA × PA`), compiled for AVX-512, AVX2 and the baseline and picked at run time. The
-/// versions are the same element-wise products and sums (no fused multiply-add), so they give
-/// the same bits; only the register width differs.
+/// `dst row a = Σ_i C[a][i] · src row i` over rows of `len` values ([`mix_c`]), compiled
+/// for AVX-512, AVX2 and the baseline and picked at run time. The versions are the same
+/// element-wise products and sums (no fused multiply-add), so they give the same bits; only
+/// the register width differs.
 #[allow(unsafe_code)]
-fn hot<const P: usize, const PA: usize, C: Coefs<P, PA>>(
-    src: (&[f32], Grid),
+fn pass<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    src: &[f32],
+    src_row: impl Fn(usize) -> usize,
+    dst: &mut [f32],
+    dst_row: impl Fn(usize) -> usize,
     len: usize,
-    mid: &mut [f32],
-    dst: (&mut [f32], Grid),
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { hot_avx512::<P, PA, C>(src, len, mid, dst) };
+            return unsafe { pass_avx512::<P, PA, C>(src, src_row, dst, dst_row, len) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { hot_avx2::<P, PA, C>(src, len, mid, dst) };
+            return unsafe { pass_avx2::<P, PA, C>(src, src_row, dst, dst_row, len) };
         }
     }
-    hot_any::<P, PA, C>(src, len, mid, dst)
+    mix_c::<P, PA, C>(src, src_row, dst, dst_row, len)
 }
 
-/// [`hot`] with AVX-512 registers.
+/// [`pass`] with AVX-512 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn hot_avx512<const P: usize, const PA: usize, C: Coefs<P, PA>>(
-    src: (&[f32], Grid),
+fn pass_avx512<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    src: &[f32],
+    src_row: impl Fn(usize) -> usize,
+    dst: &mut [f32],
+    dst_row: impl Fn(usize) -> usize,
     len: usize,
-    mid: &mut [f32],
-    dst: (&mut [f32], Grid),
 ) {
-    hot_any::<P, PA, C>(src, len, mid, dst)
+    mix_c::<P, PA, C>(src, src_row, dst, dst_row, len)
 }
 
-/// [`hot`] with AVX2 registers.
+/// [`pass`] with AVX2 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn hot_avx2<const P: usize, const PA: usize, C: Coefs<P, PA>>(
-    src: (&[f32], Grid),
+fn pass_avx2<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+    src: &[f32],
+    src_row: impl Fn(usize) -> usize,
+    dst: &mut [f32],
+    dst_row: impl Fn(usize) -> usize,
     len: usize,
-    mid: &mut [f32],
-    dst: (&mut [f32], Grid),
 ) {
-    hot_any::<P, PA, C>(src, len, mid, dst)
+    mix_c::<P, PA, C>(src, src_row, dst, dst_row, len)
 }
 
-/// [`hot`]'s body, inlined into each version.
-#[inline(always)]
-fn hot_any<const P: usize, const PA: usize, C: Coefs<P, PA>>(
-    (src, sg): (&[f32], Grid),
-    len: usize,
-    mid: &mut [f32],
-    (dst, dg): (&mut [f32], Grid),
-) {
-    for j in 0..P {
-        mix_c::<P, PA, C>(src, |i| sg.at(i, j), mid, |a| (a * P + j) * len, len);
-    }
-    for a in 0..PA {
-        mix_c::<P, PA, C>(mid, |j| (a * P + j) * len, dst, |b| dg.at(a, b), len);
-    }
-}
-
-/// How a chunk of samples is cut into output tiles and blocks of tiles.
+/// How a chunk of samples is cut into output tiles and blocks of whole tile rows.
 #[derive(Debug, Clone, Copy)]
 struct Tiles {
     /// Tiles per image row.
     across: usize,
     /// Tiles per image column.
     down: usize,
-    /// Tiles per block (the rows of the products).
+    /// Tiles per block (the rows of the products): a whole number of tile rows.
     len: usize,
 }
 
 impl Tiles {
     fn new(d: &ConvDims, t: &Transform) -> Tiles {
+        let across = d.w.div_ceil(t.m);
         let fit = BLOCK_VALUES / (t.n * t.n * d.c.max(d.o));
         Tiles {
-            across: d.w.div_ceil(t.m),
+            across,
             down: d.h.div_ceil(t.m),
-            len: (fit / 16 * 16).clamp(16, 512),
+            len: {
+                // A multiple of 16 tiles (the GEMM's tile) when whole rows allow one.
+                let step = 16 / gcd(across, 16);
+                ((fit / across) / step * step).max(step) * across
+            },
         }
     }
     fn per_sample(&self) -> usize {
         self.across * self.down
     }
-    /// The sample and the tile row and column of tile `i` of a chunk.
-    fn at(&self, i: usize) -> (usize, usize, usize) {
-        let (s, rest) = (i / self.per_sample(), i % self.per_sample());
-        (s, rest / self.across, rest % self.across)
+    /// The sample and the tile row of tile `i` of a chunk.
+    fn row_of(&self, i: usize) -> (usize, usize) {
+        (i / self.per_sample(), i % self.per_sample() / self.across)
     }
 }
 
-/// A chunk's samples `[s, c, h, w]` in channels-last order `[s, hp, wp, c]`, shifted by `pad`
-/// rows and columns into a zeroed frame of `hp × wp`: a tile's rows are then `c`-wide runs.
-fn channels_last(
-    x: &[f32],
-    [c, h, w]: [usize; 3],
-    [hp, wp]: [usize; 2],
-    pad: usize,
-    out: &mut Vec<f32>,
-) {
+/// How a chunk's images lie in a framed buffer: channels last, and each framed row split by
+/// column phase (`x mod m`, the tile step), so that column `j` of every tile of a tile row is
+/// one contiguous run (`[s][y][x mod m][x / m][c]`).
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    /// Framed rows per sample.
+    rows: usize,
+    /// Column phases: the tile step `m`.
+    m: usize,
+    /// Framed columns per phase.
+    q: usize,
+    /// Channels.
+    c: usize,
+}
+
+impl Frame {
+    fn row_len(&self) -> usize {
+        self.m * self.q * self.c
+    }
+    fn sample_len(&self) -> usize {
+        self.rows * self.row_len()
+    }
+    /// Where framed column `x` starts within a framed row.
+    fn column(&self, x: usize) -> usize {
+        ((x % self.m) * self.q + x / self.m) * self.c
+    }
+}
+
+/// A chunk's samples `[s, c, h, w]` into the layout of `f`, shifted by `pad` rows and columns
+/// into a frame of zeros (every framed value outside the image is written 0).
+fn channels_last(x: &[f32], [c, h, w]: [usize; 3], f: &Frame, pad: usize, out: &mut Vec<f32>) {
     let samples = x.len() / (c * h * w);
-    out.clear();
-    out.resize(samples * hp * wp * c, 0.0);
+    if out.len() < samples * f.sample_len() {
+        out.resize(samples * f.sample_len(), 0.0);
+    }
+    let rl = f.row_len();
+    let columns: Vec<usize> = (0..w).map(|xx| f.column(xx + pad)).collect();
     for (s, sample) in x.chunks(c * h * w).enumerate() {
+        let framed = &mut out[s * f.sample_len()..][..f.sample_len()];
+        framed[..pad * rl].fill(0.0);
+        framed[(pad + h) * rl..].fill(0.0);
         for y in 0..h {
-            let row = &mut out[((s * hp + y + pad) * wp + pad) * c..][..w * c];
+            let row = &mut framed[(y + pad) * rl..][..rl];
+            for xx in (0..pad).chain(pad + w..f.m * f.q) {
+                row[f.column(xx)..][..c].fill(0.0);
+            }
             for (ci, plane) in sample.chunks(h * w).enumerate() {
-                let line = &plane[y * w..][..w];
-                for (xx, v) in line.iter().enumerate() {
-                    row[xx * c + ci] = *v;
+                for (at, v) in columns.iter().zip(&plane[y * w..][..w]) {
+                    row[at + ci] = *v;
                 }
             }
         }
     }
 }
 
-/// Work buffers of one chunk.
+/// Work buffers of one chunk. Each worker thread keeps one set between calls ([`POOL`]):
+/// every value a call reads it has written first, so nothing needs zeroing again, and the
+/// buffers (a few MB) are not reallocated for every chunk of every layer.
+#[derive(Default)]
 struct Scratch {
-    /// The chunk's input (or output gradient) channels-last, framed (see [`channels_last`]).
+    /// The chunk's input channels-last, framed (see [`channels_last`]).
     framed: Vec<f32>,
+    /// The chunk's output gradient channels-last, framed (the weight gradient).
+    framed_gy: Vec<f32>,
     /// The first pass of a 2-D transform.
     mid: Vec<f32>,
     /// Transformed inputs of a block, `[n²][tiles][c]`.
@@ -562,48 +726,61 @@ struct Scratch {
     prod: Vec<f32>,
 }
 
+thread_local! {
+    /// This thread's [`Scratch`].
+    static POOL: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 impl Scratch {
-    fn new(d: &ConvDims, t: &Transform, tiles: &Tiles) -> Scratch {
-        let nn = t.n * t.n * tiles.len;
-        Scratch {
-            framed: Vec::new(),
-            mid: vec![0f32; t.n * t.n * d.c.max(d.o)],
-            v: vec![0f32; nn * d.c],
-            prod: vec![0f32; nn * d.o],
-        }
+    /// Runs `f` with this thread's buffers, grown to what `d` needs (a fresh set if they are
+    /// already in use further up this thread's stack).
+    fn with<R>(d: &ConvDims, t: &Transform, tiles: &Tiles, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        POOL.with(|pool| {
+            let mut fresh = Scratch::default();
+            let mut held = pool.try_borrow_mut();
+            let s = match held.as_deref_mut() {
+                Ok(s) => s,
+                Err(_) => &mut fresh,
+            };
+            let nn = t.n * t.n * tiles.len;
+            for (buf, len) in [
+                (&mut s.mid, t.n * t.m * (tiles.across + 1) * d.c.max(d.o)),
+                (&mut s.v, nn * d.c),
+                (&mut s.prod, nn * d.o),
+            ] {
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+            }
+            f(s)
+        })
     }
 
-    /// The chunk `x` `[s, c, h, w]` framed for input tiles: `k / 2` zeros before, enough after
-    /// for the last tile's window.
-    fn frame_input(&mut self, x: &[f32], d: &ConvDims, t: &Transform, tiles: &Tiles) -> [usize; 2] {
-        let frame = [tiles.down * t.m + t.r - 1, tiles.across * t.m + t.r - 1];
-        channels_last(x, [d.c, d.h, d.w], frame, d.k / 2, &mut self.framed);
-        frame
+    /// The chunk `x` `[s, c, h, w]` framed for input tiles: `k / 2` zeros before, enough
+    /// after for the last tile's window.
+    fn frame_input(&mut self, x: &[f32], d: &ConvDims, t: &Transform, tiles: &Tiles) -> Frame {
+        let f = Frame {
+            rows: tiles.down * t.m + t.r - 1,
+            m: t.m,
+            q: tiles.across + (t.n - 1) / t.m,
+            c: d.c,
+        };
+        channels_last(x, [d.c, d.h, d.w], &f, d.k / 2, &mut self.framed);
+        f
     }
 
-    /// `v[ξ][k][·] = (Bᵀ d_k B)[ξ]` for tiles `first + k`, `k < len`, of the framed input.
+    /// `v[ξ][k][·] = (Bᵀ d_k B)[ξ]` for tiles `first + k`, `k < len` (whole tile rows).
     fn transform_input(
         &mut self,
-        d: &ConvDims,
         t: &Transform,
         tiles: &Tiles,
-        frame: [usize; 2],
+        f: &Frame,
         [first, len]: [usize; 2],
     ) {
-        let (n, c) = (t.n, d.c);
-        for k in 0..len {
-            let (s, ty, tx) = tiles.at(first + k);
-            let src = Grid {
-                base: ((s * frame[0] + ty * t.m) * frame[1] + tx * t.m) * c,
-                down: frame[1] * c,
-                across: c,
-            };
-            let dst = Grid {
-                base: k * c,
-                down: n * len * c,
-                across: len * c,
-            };
-            t.input_tile((&self.framed, src), c, &mut self.mid, (&mut self.v, dst));
+        for k0 in (0..len).step_by(tiles.across) {
+            let (smp, ty) = tiles.row_of(first + k0);
+            let at = (smp, ty, tiles.across);
+            t.input_row(&self.framed, f, at, &mut self.mid, (&mut self.v, k0, len));
         }
     }
 }
@@ -650,41 +827,16 @@ pub(crate) fn forward(
     relu: bool,
     t: &Transform,
 ) -> Vec<f32> {
-    let (hw, per, nn) = (d.h * d.w, d.chunk(), t.n * t.n);
+    let (hw, per) = (d.h * d.w, d.chunk());
     let u = filters(weight, d, t);
     let tiles = Tiles::new(d, t);
     let mut y = vec![0f32; d.b * d.o * hw];
     y.par_chunks_mut(per * d.o * hw)
         .zip(x.par_chunks(per * d.c * hw))
         .for_each(|(y, x)| {
-            let mut s = Scratch::new(d, t, &tiles);
-            let mut out = vec![0f32; t.m * t.m * d.o];
-            let frame = s.frame_input(x, d, t, &tiles);
-            let total = x.len() / (d.c * hw) * tiles.per_sample();
-            for first in (0..total).step_by(tiles.len) {
-                let len = (total - first).min(tiles.len);
-                s.transform_input(d, t, &tiles, frame, [first, len]);
-                for xi in 0..nn {
-                    let dst = MatMut::rows(&mut s.prod[xi * len * d.o..][..len * d.o], len, d.o);
-                    let vx = Mat::rows(&s.v[xi * len * d.c..][..len * d.c], len, d.c);
-                    let ux = Mat::rows(&u[xi * d.o * d.c..][..d.o * d.c], d.o, d.c);
-                    matmul(dst, vx, ux.t(), false);
-                }
-                for k in 0..len {
-                    let src = Grid {
-                        base: k * d.o,
-                        down: t.n * len * d.o,
-                        across: len * d.o,
-                    };
-                    let dst = Grid {
-                        base: 0,
-                        down: t.m * d.o,
-                        across: d.o,
-                    };
-                    t.output_tile((&s.prod, src), d.o, &mut s.mid, (&mut out, dst));
-                    scatter(&out, bias, y, d, t.m, tiles.at(first + k));
-                }
-            }
+            Scratch::with(d, t, &tiles, |s| {
+                forward_chunk(s, x, y, (&u, bias), d, t, &tiles)
+            });
             if relu {
                 super::relu_in_place(y);
             }
@@ -692,25 +844,62 @@ pub(crate) fn forward(
     y
 }
 
-/// Writes one output tile `out[u][v][o]` (+ `bias[o]`) into the chunk's output `y`
-/// `[s, o, h, w]` at tile `(s, ty, tx)`, clipped to the image.
+/// [`forward`] for one chunk of samples `x` into their outputs `y`, with the transformed
+/// kernels `u` and the bias.
+#[allow(clippy::too_many_arguments)]
+fn forward_chunk(
+    s: &mut Scratch,
+    x: &[f32],
+    y: &mut [f32],
+    (u, bias): (&[f32], &[f32]),
+    d: &ConvDims,
+    t: &Transform,
+    tiles: &Tiles,
+) {
+    let (hw, nn) = (d.h * d.w, t.n * t.n);
+    let mut out = vec![0f32; t.m * t.m * tiles.across * d.o];
+    let f = s.frame_input(x, d, t, tiles);
+    let total = x.len() / (d.c * hw) * tiles.per_sample();
+    for first in (0..total).step_by(tiles.len) {
+        let len = (total - first).min(tiles.len);
+        s.transform_input(t, tiles, &f, [first, len]);
+        for xi in 0..nn {
+            let dst = MatMut::rows(&mut s.prod[xi * len * d.o..][..len * d.o], len, d.o);
+            let vx = Mat::rows(&s.v[xi * len * d.c..][..len * d.c], len, d.c);
+            let ux = Mat::rows(&u[xi * d.o * d.c..][..d.o * d.c], d.o, d.c);
+            matmul(dst, vx, ux.t(), false);
+        }
+        for k0 in (0..len).step_by(tiles.across) {
+            t.output_row(&s.prod, (k0, len, d.o), tiles.across, &mut s.mid, &mut out);
+            scatter(&out, bias, y, d, t.m, tiles, tiles.row_of(first + k0));
+        }
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Writes one tile row of outputs `out[u][v][tx][o]` (+ `bias[o]`) into the chunk's output
+/// `y` `[s, o, h, w]` at tile row `(s, ty)`, clipped to the image.
 fn scatter(
     out: &[f32],
     bias: &[f32],
     y: &mut [f32],
     d: &ConvDims,
     m: usize,
-    (s, ty, tx): (usize, usize, usize),
+    tiles: &Tiles,
+    (s, ty): (usize, usize),
 ) {
-    let hw = d.h * d.w;
-    let (oy, ox) = (ty * m, tx * m);
+    let (hw, oy, run) = (d.h * d.w, ty * m, tiles.across * d.o);
     let sample = &mut y[s * d.o * hw..][..d.o * hw];
-    for u in 0..m.min(d.h - oy) {
-        for v in 0..m.min(d.w - ox) {
-            let at = (oy + u) * d.w + ox + v;
-            let vals = &out[(u * m + v) * d.o..][..d.o];
-            for ((plane, val), b) in sample.chunks_mut(hw).zip(vals).zip(bias) {
-                plane[at] = val + b;
+    for (o, (plane, b)) in sample.chunks_mut(hw).zip(bias).enumerate() {
+        for u in 0..m.min(d.h - oy) {
+            let line = &mut plane[(oy + u) * d.w..][..d.w];
+            for (tx, piece) in line.chunks_mut(m).enumerate() {
+                for (dx, v) in piece.iter_mut().enumerate() {
+                    *v = out[(u * m + dx) * run + tx * d.o + o] + b;
+                }
             }
         }
     }
@@ -726,40 +915,7 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], d: &ConvDims, t: &Transform) ->
     let partial: Vec<Vec<f32>> = gy
         .par_chunks(per * d.o * hw)
         .zip(x.par_chunks(per * d.c * hw))
-        .map(|(gy, x)| {
-            let mut s = Scratch::new(d, t, &tiles);
-            let mut sums = vec![0f32; nn * oc];
-            let frame = s.frame_input(x, d, t, &tiles);
-            let gframe = [tiles.down * t.m, tiles.across * t.m];
-            let mut gl = Vec::new();
-            channels_last(gy, [d.o, d.h, d.w], gframe, 0, &mut gl);
-            let total = x.len() / (d.c * hw) * tiles.per_sample();
-            for first in (0..total).step_by(tiles.len) {
-                let len = (total - first).min(tiles.len);
-                s.transform_input(d, t, &tiles, frame, [first, len]);
-                for k in 0..len {
-                    let (smp, ty, tx) = tiles.at(first + k);
-                    let src = Grid {
-                        base: ((smp * gframe[0] + ty * t.m) * gframe[1] + tx * t.m) * d.o,
-                        down: gframe[1] * d.o,
-                        across: d.o,
-                    };
-                    let dst = Grid {
-                        base: k * d.o,
-                        down: t.n * len * d.o,
-                        across: len * d.o,
-                    };
-                    t.grad_tile((&gl, src), d.o, &mut s.mid, (&mut s.prod, dst));
-                }
-                for xi in 0..nn {
-                    let dst = MatMut::rows(&mut sums[xi * oc..][..oc], d.o, d.c);
-                    let g = Mat::rows(&s.prod[xi * len * d.o..][..len * d.o], len, d.o);
-                    let v = Mat::rows(&s.v[xi * len * d.c..][..len * d.c], len, d.c);
-                    matmul(dst, g.t(), v, true);
-                }
-            }
-            sums
-        })
+        .map(|(gy, x)| Scratch::with(d, t, &tiles, |s| weight_grad_chunk(s, x, gy, d, t, &tiles)))
         .collect();
     let mut sums = vec![0f32; nn * oc];
     for p in &partial {
@@ -790,6 +946,44 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], d: &ConvDims, t: &Transform) ->
         (&mut by_tap, dst),
     );
     transpose(&by_tap, t.r * t.r, oc)
+}
+
+/// The sums `Σ_tiles (A gY Aᵀ) ⊙ (Bᵀ d B)`, `[n²][o][c]`, of one chunk (see [`weight_grad`]).
+fn weight_grad_chunk(
+    s: &mut Scratch,
+    x: &[f32],
+    gy: &[f32],
+    d: &ConvDims,
+    t: &Transform,
+    tiles: &Tiles,
+) -> Vec<f32> {
+    let (hw, nn, oc) = (d.h * d.w, t.n * t.n, d.o * d.c);
+    let mut sums = vec![0f32; nn * oc];
+    let f = s.frame_input(x, d, t, tiles);
+    let gf = Frame {
+        rows: tiles.down * t.m,
+        m: t.m,
+        q: tiles.across,
+        c: d.o,
+    };
+    channels_last(gy, [d.o, d.h, d.w], &gf, 0, &mut s.framed_gy);
+    let total = x.len() / (d.c * hw) * tiles.per_sample();
+    for first in (0..total).step_by(tiles.len) {
+        let len = (total - first).min(tiles.len);
+        s.transform_input(t, tiles, &f, [first, len]);
+        for k0 in (0..len).step_by(tiles.across) {
+            let (smp, ty) = tiles.row_of(first + k0);
+            let at = (smp, ty, tiles.across);
+            t.grad_row(&s.framed_gy, &gf, at, &mut s.mid, (&mut s.prod, k0, len));
+        }
+        for xi in 0..nn {
+            let dst = MatMut::rows(&mut sums[xi * oc..][..oc], d.o, d.c);
+            let g = Mat::rows(&s.prod[xi * len * d.o..][..len * d.o], len, d.o);
+            let v = Mat::rows(&s.v[xi * len * d.c..][..len * d.c], len, d.c);
+            matmul(dst, g.t(), v, true);
+        }
+    }
+    sums
 }
 
 #[cfg(test)]
@@ -825,11 +1019,31 @@ mod tests {
         );
     }
 
+    /// The hand-written sequences equal the matrices they stand for (up to rounding).
+    #[test]
+    fn cheaper_sequences_equal_their_matrices() {
+        fn check<const I: usize, const O: usize, C: Coefs<I, O>>() {
+            let x: [[f32; LANES]; I] = std::array::from_fn(|i| {
+                std::array::from_fn(|z| ((i * 37 + z * 11) % 23) as f32 - 11.0)
+            });
+            let fast = C::apply(&x);
+            for (row, coef) in fast.iter().zip(&C::L) {
+                let slow = combine_c(coef, &x);
+                for (a, b) in row.iter().zip(&slow) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+                }
+            }
+        }
+        check::<8, 8, InputT>();
+        check::<8, 4, OutputT<4>>();
+        check::<4, 8, GradT<4>>();
+    }
+
     /// The 1-D identity `y_i = Σ_k g_k d_{i+k}` holds for every transform, in `f64` terms:
     /// small integers in, so `f32` rounding stays far below the tolerance.
     #[test]
     fn transforms_compute_a_correlation() {
-        for (m, r) in [(4, 3), (6, 3), (2, 5), (4, 5)] {
+        for (m, r) in [(6, 3), (4, 5)] {
             let t = Transform::new(m, r);
             let n = t.n;
             let g: Vec<f32> = (0..r).map(|i| i as f32 - 1.5).collect();
