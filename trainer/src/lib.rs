@@ -40,7 +40,8 @@ pub use ops::{ModelBackend, TrainBackend};
 /// compared. The suffix counts changes of the CPU kernels that change result bits (ADR 0012):
 /// `k2` = convolutions and dense layers multiply with the `gemm` crate; `k3` = batch norm is
 /// one fused op (with its ReLU), a convolution's input gradient is a convolution, and its
-/// weight gradient is summed over bands of output rows.
+/// weight gradient is summed over bands of output rows; `k4` = 3×3 and 5×5 convolutions with
+/// at least 8 channels each way run as Winograd F(6×6, 3×3) / F(4×4, 5×5).
 pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k4");
 
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).

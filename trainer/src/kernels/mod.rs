@@ -820,10 +820,11 @@ mod tests {
         }
     }
 
-    /// Chunks depend on the batch, not on the threads: one thread and four give the same bits.
+    /// Chunks depend on the batch, not on the threads: one thread and four give the same bits,
+    /// through the direct path and through Winograd transforms.
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let d = ConvDims {
+        let direct = ConvDims {
             b: 13,
             c: 4,
             h: 9,
@@ -831,6 +832,21 @@ mod tests {
             o: 6,
             k: 3,
         };
+        let winograd = ConvDims {
+            c: 32,
+            o: 32,
+            h: 12,
+            w: 11,
+            k: 5,
+            ..direct
+        };
+        assert!(Transform::choose(&direct).is_none() && Transform::choose(&winograd).is_some());
+        for d in [direct, winograd] {
+            same_bits_on_one_and_four_threads(&d);
+        }
+    }
+
+    fn same_bits_on_one_and_four_threads(d: &ConvDims) {
         let x = ramp(d.b * d.c * d.h * d.w, 7);
         let wt = ramp(d.o * d.rows(), 13);
         let g = ramp(d.b * d.o * d.h * d.w, 19);
@@ -840,8 +856,8 @@ mod tests {
                 .build()
                 .expect("a thread pool");
             pool.install(|| {
-                let y = conv_forward(&x, &wt, &ramp(d.o, 3), &d, true);
-                let back = conv_backward(&x, &wt, &g, Some(&y), &d, true);
+                let y = conv_forward(&x, &wt, &ramp(d.o, 3), d, true);
+                let back = conv_backward(&x, &wt, &g, Some(&y), d, true);
                 (y, back)
             })
         };

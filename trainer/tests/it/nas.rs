@@ -10,13 +10,18 @@ use hivemesh_trainer::train::{Budget, Limits, NasJob, NasResult, OptimizerKind, 
 use hivemesh_trainer::{CpuAutodiff, TrainError};
 
 fn cnn() -> Architecture {
+    macro_cnn(8, 3)
+}
+
+/// The largest genome of the macro space on the 8x8 digits with one channel count and kernel.
+fn macro_cnn(channels: u32, kernel: u32) -> Architecture {
     let space = MacroSpace {
         input: Shape::Image { c: 1, h: 8, w: 8 },
         classes: 10,
         phases: 2,
         nodes: 3,
-        channels: vec![8],
-        kernels: vec![3],
+        channels: vec![channels],
+        kernels: vec![kernel],
     };
     let genome: Vec<u32> = space.gene_limits().iter().map(|l| l - 1).collect();
     space.decode(&genome).expect("valid")
@@ -82,8 +87,9 @@ fn a_cnn_with_batch_norm_learns_and_concurrent_jobs_match_solo_runs() {
 }
 
 /// The CPU kernels split work into pieces fixed by the shapes, never by the thread count: a
-/// CNN with fused conv + ReLU, one with batch norm and residual adds, and an MLP train to the
-/// same bits on 1, 2 and 3 threads (ADR 0012).
+/// CNN with fused conv + ReLU, one with batch norm and residual adds, one whose 32-channel 5x5
+/// convolutions run as Winograd transforms, and an MLP train to the same bits on 1, 2 and 3
+/// threads (ADR 0012).
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let splits = digits().default_splits();
@@ -92,7 +98,12 @@ fn results_do_not_depend_on_the_thread_count() {
         ..budget(1)
     };
     let zoo_cnn = hivemesh_trainer::zoo::small_cnn(Shape::Image { c: 1, h: 8, w: 8 }, 10);
-    for arch in [zoo_cnn, cnn(), digits_mlp(&[32, 64], &[2, 0])] {
+    for arch in [
+        zoo_cnn,
+        cnn(),
+        macro_cnn(32, 5),
+        digits_mlp(&[32, 64], &[2, 0]),
+    ] {
         let on = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
