@@ -124,8 +124,12 @@ impl Transform {
 
     /// The transform for a convolution, when it is expected to be cheaper than the direct
     /// product (`None` keeps the direct path): 3×3 or 5×5 kernels with at least 8 input and 8
-    /// output channels. The output tile is the one with the fewest products per image, the
-    /// transforms counted at a quarter of a product per value (they are not a GEMM).
+    /// output channels, F(6×6, 3×3) or F(4×4, 5×5). The estimate counts the products of both
+    /// (multiply-adds per image) and each transformed value at `6n` of them: the transforms,
+    /// the channels-last copies and the scatter are not a GEMM. Calibrated on the benchmark
+    /// (BENCHMARKS.md, issue 28): the small CNN's 14×14, 32→64 channel 3×3 layer measured
+    /// slower through the transforms and stays direct; the macro genome's 5×5 layers at 28×28
+    /// and 14×14 take them.
     pub(crate) fn choose(d: &ConvDims) -> Option<Transform> {
         if !matches!(d.k, 3 | 5) || d.c.min(d.o) < 8 {
             return None;
@@ -133,7 +137,7 @@ impl Transform {
         let cost = |m: usize| {
             let n = m + d.k - 1;
             let tiles = d.h.div_ceil(m) * d.w.div_ceil(m);
-            tiles * n * n * (d.c * d.o + 4 * n * (d.c + d.o))
+            tiles * n * n * (d.c * d.o + 6 * n * (d.c + d.o))
         };
         let direct = d.h * d.w * d.k * d.k * d.c * d.o;
         let m = 8 - (d.k - 1);
