@@ -1,4 +1,5 @@
-//! A safe matrix product over `f32` slices: the one place the workspace allows `unsafe`.
+//! A safe matrix product over `f32` slices: the one module the workspace allows `unsafe` in
+//! (besides the run-time instruction-set dispatch of `winograd`'s transform passes).
 //!
 //! The `gemm` crate (the kernels candle and burn-flex use) picks an AVX-512, AVX2+FMA or
 //! portable micro-kernel at run time and packs its operands; on the 2-core CI machine its

@@ -2,7 +2,9 @@
 //! with an optionally fused ReLU), non-overlapping max pooling, forward and backward, and the
 //! Adam update, on contiguous `f32` slices (images in NCHW order). ADR 0004 and ADR 0012.
 //!
-//! A convolution is im2col + matrix multiplication, one product per sample (the `gemm` crate's
+//! 3×3 and 5×5 convolutions with enough channels run as Winograd transforms ([`winograd`],
+//! where [`Transform::choose`] expects them to be cheaper). Every other convolution is im2col +
+//! matrix multiplication, one product per sample (the `gemm` crate's
 //! AVX-512/AVX2 kernels through [`linalg`]). The batch is cut into [`CHUNKS`] runs of samples
 //! that rayon processes in parallel, each with its own patch buffer, so a GEMM's output rows
 //! (the output channels, often just 32 or 64) need not be split across threads. The backward

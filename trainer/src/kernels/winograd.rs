@@ -2,20 +2,23 @@
 //! fourth session).
 //!
 //! F(m×m, r×r) computes an `m × m` output tile of an `r × r` correlation from an `n × n` input
-//! tile (`n = m + r − 1`) as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: `n²` products per input and
-//! output channel pair instead of `m² r²`. Summed over input channels, each of the `n²`
-//! transform positions is one matrix product `U[ξ] [o × c] × V[ξ] [c × tiles]` through the GEMM
-//! of [`super::linalg`]; the transforms run as plain loops over rows of [`Tiles::len`] tiles at a
-//! time, which vectorise. The weight gradient uses the same transforms transposed:
-//! `gW = Gᵀ [Σ_tiles (A gY Aᵀ) ⊙ (Bᵀ d B)] G`, one product per position summed over tiles; the
-//! input gradient is a convolution of the output gradient with the flipped weight, as in the
-//! direct path, so it is [`forward`] again.
+//! tile (`n = m + r − 1 = 8` here: F(6×6, 3×3) and F(4×4, 5×5)) as
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: `n²` products per input and output channel pair instead
+//! of `m² r²`. Summed over input channels, each of the `n²` transform positions is one matrix
+//! product `V[ξ] [tiles × c] × U[ξ]ᵀ [c × o]` through the GEMM of [`super::linalg`]. The weight
+//! gradient uses the same transforms transposed: `gW = Gᵀ [Σ_tiles (A gY Aᵀ) ⊙ (Bᵀ d B)] G`, one
+//! product per position summed over tiles; the input gradient is a convolution of the output
+//! gradient with the flipped weight, as in the direct path, so it is [`forward`] again.
 //!
-//! The matrices come from the Toom–Cook construction on the points `0, ±1, ±2` (`n = 6`) or
-//! `0, ±1, ±2, ±1/2` (`n = 8`) and infinity, built exactly in `f64` (see [`Transform::new`]).
-//! Determinism: blocks of tiles depend on the shapes only, products go through the same GEMM
-//! as the direct path, the transforms are element-wise over tiles (no reassociation), and the
-//! chunks' weight-gradient sums are added in chunk order.
+//! Data: a chunk of samples is copied channels-last into a zero frame whose rows are split by
+//! column phase ([`Frame`]); the transforms then run tile row by tile row as passes over long
+//! runs of values ([`pass`]), vectorised, with compile-time coefficients ([`Coefs`]).
+//!
+//! The matrices come from the Toom–Cook construction on the points `0, ±1, ±2, ±1/2` and
+//! infinity (see [`Transform::new`]). Determinism: blocks of tiles depend on the shapes only,
+//! products go through the same GEMM as the direct path, the transforms are element-wise
+//! (the same bits at every register width), and the chunks' weight-gradient sums are added in
+//! chunk order.
 
 use std::cell::RefCell;
 
@@ -28,39 +31,16 @@ use super::linalg::{Mat, MatMut, matmul};
 /// 1 MB, so the transformed input and the products stay in a core's L2 between passes.
 const BLOCK_VALUES: usize = 256 * 1024;
 
-/// The transform matrices of F(m×m, r×r).
-#[derive(Debug, Clone, PartialEq)]
+/// F(m×m, r×r) on the eight points [`POINTS`] and infinity: F(6×6, 3×3) or F(4×4, 5×5). Its
+/// matrices are compile-time constants ([`Coefs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Transform {
-    /// Output tile side.
+    /// Output tile side: 6 or 4.
     pub(crate) m: usize,
-    /// Kernel side.
+    /// Kernel side: 3 or 5.
     pub(crate) r: usize,
-    /// Input tile side and number of points, `m + r − 1`.
+    /// Input tile side and number of points, `m + r − 1 = 8`.
     pub(crate) n: usize,
-    /// `Aᵀ` `[m × n]`: transformed products to an output tile.
-    at: Vec<f32>,
-    /// `A` `[n × m]`: an output-gradient tile to the transform domain.
-    a: Vec<f32>,
-    /// `G` `[n × r]`: a kernel to the transform domain.
-    g: Vec<f32>,
-    /// `Gᵀ` `[r × n]`: weight-gradient sums back to a kernel.
-    gt: Vec<f32>,
-    /// `Bᵀ` `[n × n]`: an input tile to the transform domain.
-    bt: Vec<f32>,
-}
-
-/// Coefficients (lowest power first) of `∏ (x − p)` over `points`.
-fn poly_from_roots(points: &[f64]) -> Vec<f64> {
-    let mut c = vec![1.0];
-    for p in points {
-        let mut next = vec![0.0; c.len() + 1];
-        for (i, v) in c.iter().enumerate() {
-            next[i + 1] += v;
-            next[i] -= p * v;
-        }
-        c = next;
-    }
-    c
 }
 
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -74,52 +54,13 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 impl Transform {
-    /// F(m×m, r×r) for `m + r − 1` of 6 or 8. Finite points `p_j`, then infinity:
-    /// `Aᵀ[i][j] = p_jⁱ`; `G[j][k] = p_jᵏ / q_j(p_j)` with `q_j = ∏_{l≠j} (x − p_l)`;
-    /// `Bᵀ` row `j` holds the coefficients of `q_j`; the infinity row/column picks the
-    /// leading coefficient (`Aᵀ`, `G`) or holds `∏_l (x − p_l)` (`Bᵀ`). This is Toom–Cook's
-    /// linear convolution, transposed into a correlation, with `q_j(p_j)` moved from `Bᵀ` into `G`
-    /// (whose transform runs once per step).
+    /// F(m×m, r×r): `(6, 3)` or `(4, 5)`.
     pub(crate) fn new(m: usize, r: usize) -> Transform {
-        let n = m + r - 1;
-        assert_eq!(n, 8, "the per-tile transforms are built for eight points");
-        let finite: &[f64] = &POINTS;
-        let (mut at, mut g, mut bt) = (vec![0f32; m * n], vec![0f32; n * r], vec![0f32; n * n]);
-        for (j, &p) in finite.iter().enumerate() {
-            let others: Vec<f64> = finite
-                .iter()
-                .enumerate()
-                .filter(|&(l, _)| l != j)
-                .map(|(_, &q)| q)
-                .collect();
-            let q = poly_from_roots(&others);
-            let scale: f64 = others.iter().map(|o| p - o).product();
-            for i in 0..m {
-                at[i * n + j] = p.powi(i as i32) as f32;
-            }
-            for k in 0..r {
-                g[j * r + k] = (p.powi(k as i32) / scale) as f32;
-            }
-            for (k, v) in q.iter().enumerate() {
-                bt[j * n + k] = *v as f32;
-            }
-        }
-        let inf = n - 1;
-        at[(m - 1) * n + inf] = 1.0;
-        g[inf * r + r - 1] = 1.0;
-        for (k, v) in poly_from_roots(finite).iter().enumerate() {
-            bt[inf * n + k] = *v as f32;
-        }
-        Transform {
-            m,
-            r,
-            n,
-            a: transpose(&at, m, n),
-            gt: transpose(&g, n, r),
-            at,
-            g,
-            bt,
-        }
+        assert!(
+            matches!((m, r), (6, 3) | (4, 5)),
+            "Winograd transforms exist for F(6x6, 3x3) and F(4x4, 5x5), not F({m}x{m}, {r}x{r})"
+        );
+        Transform { m, r, n: m + r - 1 }
     }
 
     /// The transform for a convolution, when it is expected to be cheaper than the direct
@@ -143,78 +84,6 @@ impl Transform {
         let m = 8 - (d.k - 1);
         (cost(m) < direct).then(|| Transform::new(m, d.k))
     }
-}
-
-/// Where the rows of a 2-D grid of rows lie in a slice: row `(i, j)` starts at
-/// `base + i·down + j·across`.
-#[derive(Debug, Clone, Copy)]
-struct Grid {
-    base: usize,
-    down: usize,
-    across: usize,
-}
-
-impl Grid {
-    fn at(&self, i: usize, j: usize) -> usize {
-        self.base + i * self.down + j * self.across
-    }
-}
-
-/// Lanes per register block of [`mix`]: one AVX-512 register, four SSE ones.
-const LANES: usize = 16;
-
-/// `dst row a = Σ_i L[a][i] · src row i` (`L` `[pa × p]`, `p <= 8`) over rows of `len`
-/// values, [`LANES`] values at a time held in a local block (which LLVM keeps in registers),
-/// zero coefficients skipped. Every output value is the same sequence of products and sums in
-/// the full blocks and in the tail, so the result does not depend on where a block starts.
-fn mix(
-    (l, p, pa): (&[f32], usize, usize),
-    src: &[f32],
-    src_row: impl Fn(usize) -> usize,
-    dst: &mut [f32],
-    dst_row: impl Fn(usize) -> usize,
-    len: usize,
-) {
-    let full = len / LANES * LANES;
-    for at in (0..full).step_by(LANES) {
-        let mut x = [[0f32; LANES]; 8];
-        for (i, xi) in x.iter_mut().enumerate().take(p) {
-            *xi = src[src_row(i) + at..][..LANES]
-                .try_into()
-                .expect("a block of LANES values");
-        }
-        for a in 0..pa {
-            let out: &mut [f32; LANES] = (&mut dst[dst_row(a) + at..][..LANES])
-                .try_into()
-                .expect("a block of LANES values");
-            *out = combine(&l[a * p..][..p], &x);
-        }
-    }
-    if full < len {
-        let w = len - full;
-        let mut x = [[0f32; LANES]; 8];
-        for (i, xi) in x.iter_mut().enumerate().take(p) {
-            xi[..w].copy_from_slice(&src[src_row(i) + full..][..w]);
-        }
-        for a in 0..pa {
-            let acc = combine(&l[a * p..][..p], &x);
-            dst[dst_row(a) + full..][..w].copy_from_slice(&acc[..w]);
-        }
-    }
-}
-
-/// `Σ_i coef[i] · x[i]` lane by lane, skipping zero coefficients.
-#[inline(always)]
-fn combine(coef: &[f32], x: &[[f32; LANES]; 8]) -> [f32; LANES] {
-    let mut acc = [0f32; LANES];
-    for (c, xi) in coef.iter().zip(x) {
-        if *c != 0.0 {
-            for (s, v) in acc.iter_mut().zip(xi) {
-                *s += c * v;
-            }
-        }
-    }
-    acc
 }
 
 impl Transform {
@@ -312,29 +181,8 @@ fn grad_row<const M: usize>(
     }
 }
 
-/// `out(a, b) = Σ_i Σ_j L[a][i] R[b][j] in(i, j)` over rows of `len` values: `in` a `p × q`
-/// grid, `L` `[pa × p]`, `R` `[qb × q]`, `out` a `pa × qb` grid; `mid` holds `pa · q · len`.
-/// For the transforms that run once per step (kernels in, weight gradients out); the ones
-/// that run per tile are [`Hot`].
-#[allow(clippy::too_many_arguments)]
-fn transform2(
-    (src, sg): (&[f32], Grid),
-    [p, q]: [usize; 2],
-    (l, pa): (&[f32], usize),
-    (r, qb): (&[f32], usize),
-    len: usize,
-    mid: &mut [f32],
-    (dst, dg): (&mut [f32], Grid),
-) {
-    for j in 0..q {
-        let to = |a: usize| (a * q + j) * len;
-        mix((l, p, pa), src, |i| sg.at(i, j), mid, to, len);
-    }
-    for a in 0..pa {
-        let from = |j: usize| (a * q + j) * len;
-        mix((r, q, qb), mid, from, dst, |b| dg.at(a, b), len);
-    }
-}
+/// Lanes per register block of a [`pass`]: one AVX-512 register, four SSE ones.
+const LANES: usize = 16;
 
 /// The finite points of every per-tile transform: F(4×4, 5×5) and F(6×6, 3×3) both have
 /// eight (these seven and infinity), so they share the input transform.
@@ -452,6 +300,20 @@ impl Coefs<6, 8> for GradT<6> {
     const L: [[f32; 6]; 8] = grad_matrix::<6>();
 }
 
+/// `G` for kernels of side `R`: kernels in (once per step).
+struct FilterT<const R: usize>;
+
+impl<const R: usize> Coefs<R, 8> for FilterT<R> {
+    const L: [[f32; R]; 8] = filter_matrix::<R>();
+}
+
+/// `Gᵀ`: weight-gradient sums back to kernels of side `R` (once per step).
+struct WeightT<const R: usize>;
+
+impl<const R: usize> Coefs<8, R> for WeightT<R> {
+    const L: [[f32; 8]; R] = weight_matrix::<R>();
+}
+
 const fn power(p: f64, e: usize) -> f64 {
     let mut v = 1.0;
     let mut i = 0;
@@ -462,7 +324,11 @@ const fn power(p: f64, e: usize) -> f64 {
     v
 }
 
-/// [`Transform::new`]'s `Bᵀ` for eight points (a test checks they agree).
+/// `Bᵀ`: row `j` holds the coefficients (lowest power first) of `q_j = ∏_{l≠j} (x − p_l)` over
+/// the finite points, the infinity row those of `∏_l (x − p_l)`. With [`output_matrix`]
+/// (`Aᵀ[i][j] = p_jⁱ`, infinity picks the leading coefficient) and [`filter_matrix`] this is
+/// Toom–Cook's linear convolution transposed into a correlation, with the scale `q_j(p_j)`
+/// moved from `Bᵀ` into `G`, whose transform runs once per step.
 const fn input_matrix() -> [[f32; 8]; 8] {
     let mut bt = [[0f32; 8]; 8];
     let mut j = 0;
@@ -493,7 +359,7 @@ const fn input_matrix() -> [[f32; 8]; 8] {
     bt
 }
 
-/// [`Transform::new`]'s `Aᵀ` for eight points and output side `M`.
+/// `Aᵀ` `[M × 8]` for output side `M`: `Aᵀ[i][j] = p_jⁱ`, the infinity column `e_{M−1}`.
 const fn output_matrix<const M: usize>() -> [[f32; 8]; M] {
     let mut at = [[0f32; 8]; M];
     let mut i = 0;
@@ -525,7 +391,50 @@ const fn grad_matrix<const M: usize>() -> [[f32; M]; 8] {
     a
 }
 
-/// [`mix`] with a compile-time matrix `C` `[PA × P]`.
+/// `G` `[8 × R]`: `G[j][k] = p_jᵏ / q_j(p_j)`, the infinity row `e_{R−1}`.
+const fn filter_matrix<const R: usize>() -> [[f32; R]; 8] {
+    let mut g = [[0f32; R]; 8];
+    let mut j = 0;
+    while j < 7 {
+        let (mut scale, mut l) = (1.0f64, 0);
+        while l < 7 {
+            if l != j {
+                scale *= POINTS[j] - POINTS[l];
+            }
+            l += 1;
+        }
+        let mut k = 0;
+        while k < R {
+            g[j][k] = (power(POINTS[j], k) / scale) as f32;
+            k += 1;
+        }
+        j += 1;
+    }
+    g[7][R - 1] = 1.0;
+    g
+}
+
+/// `Gᵀ`.
+const fn weight_matrix<const R: usize>() -> [[f32; 8]; R] {
+    let g = filter_matrix::<R>();
+    let mut gt = [[0f32; 8]; R];
+    let mut j = 0;
+    while j < 8 {
+        let mut k = 0;
+        while k < R {
+            gt[k][j] = g[j][k];
+            k += 1;
+        }
+        j += 1;
+    }
+    gt
+}
+
+/// `dst row a = Σ_i C[a][i] · src row i` over rows of `len` values for a compile-time matrix
+/// `C` `[PA × P]`, [`LANES`] values at a time held in a local block (which LLVM keeps in
+/// registers); zero coefficients are skipped and ones folded. Every output value is the same
+/// sequence of products and sums in the full blocks and in the tail, so the result does not
+/// depend on where a block starts.
 #[inline(always)]
 fn mix_c<const P: usize, const PA: usize, C: Coefs<P, PA>>(
     src: &[f32],
@@ -558,7 +467,7 @@ fn mix_c<const P: usize, const PA: usize, C: Coefs<P, PA>>(
     }
 }
 
-/// [`combine`] for a compile-time row of coefficients.
+/// `Σ_i coef[i] · x[i]` lane by lane, skipping zero coefficients.
 #[inline(always)]
 fn combine_c<const P: usize>(coef: &[f32; P], x: &[[f32; LANES]; P]) -> [f32; LANES] {
     let mut acc = [0f32; LANES];
@@ -643,9 +552,15 @@ impl Tiles {
             across,
             down: d.h.div_ceil(t.m),
             len: {
-                // A multiple of 16 tiles (the GEMM's tile) when whole rows allow one.
-                let step = 16 / gcd(across, 16);
-                ((fit / across) / step * step).max(step) * across
+                // A multiple of 16 tiles (the GEMM's tile) when whole rows that fit allow one;
+                // never less than one tile row.
+                let (rows, step) = ((fit / across).max(1), 16 / gcd(across, 16));
+                let rows = if rows >= step {
+                    rows / step * step
+                } else {
+                    rows
+                };
+                rows * across
             },
         }
     }
@@ -790,33 +705,43 @@ impl Scratch {
 }
 
 /// `U[ξ][o][c] = (G g Gᵀ)[ξ]` for every kernel of `weight` `[o, c, r, r]`: the rows of the
-/// transform are `o · c` kernels wide.
+/// passes are `o · c` kernels wide.
 fn filters(weight: &[f32], d: &ConvDims, t: &Transform) -> Vec<f32> {
-    let (oc, rr) = (d.o * d.c, t.r * t.r);
-    let by_tap = transpose(weight, oc, rr);
-    let mut u = vec![0f32; t.n * t.n * oc];
-    let mut mid = vec![0f32; t.n * t.r * oc];
-    let src = Grid {
-        base: 0,
-        down: t.r * oc,
-        across: oc,
-    };
-    let dst = Grid {
-        base: 0,
-        down: t.n * oc,
-        across: oc,
-    };
-    let (g, n) = (&t.g[..], t.n);
-    transform2(
-        (&by_tap, src),
-        [t.r, t.r],
-        (g, n),
-        (g, n),
-        oc,
-        &mut mid,
-        (&mut u, dst),
-    );
+    match t.r {
+        3 => filters_r::<3>(weight, d.o * d.c),
+        _ => filters_r::<5>(weight, d.o * d.c),
+    }
+}
+
+/// [`filters`] for kernels of side `R`.
+fn filters_r<const R: usize>(weight: &[f32], oc: usize) -> Vec<f32> {
+    let by_tap = transpose(weight, oc, R * R);
+    let mut mid = vec![0f32; 8 * R * oc];
+    let mut u = vec![0f32; 64 * oc];
+    for j in 0..R {
+        let (src, dst) = (|i: usize| (i * R + j) * oc, |a: usize| (a * R + j) * oc);
+        pass::<R, 8, FilterT<R>>(&by_tap, src, &mut mid, dst, oc);
+    }
+    for a in 0..8 {
+        let (src, dst) = (|j: usize| (a * R + j) * oc, |b: usize| (a * 8 + b) * oc);
+        pass::<R, 8, FilterT<R>>(&mid, src, &mut u, dst, oc);
+    }
     u
+}
+
+/// `gW[o][c] = Gᵀ sums[·][o][c] G` for kernels of side `R`, as `[o, c, R, R]`.
+fn unfilter_r<const R: usize>(sums: &[f32], oc: usize) -> Vec<f32> {
+    let mut mid = vec![0f32; R * 8 * oc];
+    let mut by_tap = vec![0f32; R * R * oc];
+    for j in 0..8 {
+        let (src, dst) = (|i: usize| (i * 8 + j) * oc, |a: usize| (a * 8 + j) * oc);
+        pass::<8, R, WeightT<R>>(sums, src, &mut mid, dst, oc);
+    }
+    for a in 0..R {
+        let (src, dst) = (|j: usize| (a * 8 + j) * oc, |b: usize| (a * R + b) * oc);
+        pass::<8, R, WeightT<R>>(&mid, src, &mut by_tap, dst, oc);
+    }
+    transpose(&by_tap, R * R, oc)
 }
 
 /// `y = conv(x, weight) + bias` (ReLU after when `relu`), as [`super::conv_forward`], by
@@ -927,29 +852,10 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], d: &ConvDims, t: &Transform) ->
             *a += v;
         }
     }
-    let mut by_tap = vec![0f32; t.r * t.r * oc];
-    let mut mid = vec![0f32; t.r * t.n * oc];
-    let src = Grid {
-        base: 0,
-        down: t.n * oc,
-        across: oc,
-    };
-    let dst = Grid {
-        base: 0,
-        down: t.r * oc,
-        across: oc,
-    };
-    let (gt, r) = (&t.gt[..], t.r);
-    transform2(
-        (&sums, src),
-        [t.n, t.n],
-        (gt, r),
-        (gt, r),
-        oc,
-        &mut mid,
-        (&mut by_tap, dst),
-    );
-    transpose(&by_tap, t.r * t.r, oc)
+    match t.r {
+        3 => unfilter_r::<3>(&sums, oc),
+        _ => unfilter_r::<5>(&sums, oc),
+    }
 }
 
 /// The sums `Σ_tiles (A gY Aᵀ) ⊙ (Bᵀ d B)`, `[n²][o][c]`, of one chunk (see [`weight_grad`]).
@@ -994,35 +900,6 @@ fn weight_grad_chunk(
 mod tests {
     use super::*;
 
-    /// The per-tile matrices LLVM sees as constants are the ones [`Transform::new`] builds.
-    #[test]
-    fn compile_time_matrices_are_the_constructed_ones() {
-        let flat = |rows: &[&[f32]]| rows.concat();
-        let t4 = Transform::new(4, 5);
-        let t6 = Transform::new(6, 3);
-        assert_eq!(t4.bt, t6.bt);
-        assert_eq!(
-            flat(&InputT::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
-            t4.bt
-        );
-        assert_eq!(
-            flat(&OutputT::<4>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
-            t4.at
-        );
-        assert_eq!(
-            flat(&OutputT::<6>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
-            t6.at
-        );
-        assert_eq!(
-            flat(&GradT::<4>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
-            t4.a
-        );
-        assert_eq!(
-            flat(&GradT::<6>::L.iter().map(|r| &r[..]).collect::<Vec<_>>()),
-            t6.a
-        );
-    }
-
     /// The hand-written sequences equal the matrices they stand for (up to rounding).
     #[test]
     fn cheaper_sequences_equal_their_matrices() {
@@ -1043,29 +920,34 @@ mod tests {
         check::<4, 8, GradT<4>>();
     }
 
-    /// The 1-D identity `y_i = Σ_k g_k d_{i+k}` holds for every transform, in `f64` terms:
-    /// small integers in, so `f32` rounding stays far below the tolerance.
+    /// The 1-D identity `y_i = Σ_k g_k d_{i+k}` holds for both transforms: small integers in,
+    /// so `f32` rounding stays far below the tolerance.
     #[test]
     fn transforms_compute_a_correlation() {
-        for (m, r) in [(6, 3), (4, 5)] {
-            let t = Transform::new(m, r);
-            let n = t.n;
-            let g: Vec<f32> = (0..r).map(|i| i as f32 - 1.5).collect();
-            let d: Vec<f32> = (0..n).map(|i| (i * 7 % 5) as f32 - 2.0).collect();
-            let gg: Vec<f32> = (0..n)
-                .map(|j| (0..r).map(|k| t.g[j * r + k] * g[k]).sum())
-                .collect();
-            let bd: Vec<f32> = (0..n)
-                .map(|j| (0..n).map(|i| t.bt[j * n + i] * d[i]).sum())
-                .collect();
-            for i in 0..m {
-                let got: f32 = (0..n).map(|j| t.at[i * n + j] * gg[j] * bd[j]).sum();
-                let want: f32 = (0..r).map(|k| g[k] * d[i + k]).sum();
+        fn check<const M: usize, const R: usize>()
+        where
+            OutputT<M>: Coefs<8, M>,
+        {
+            let g: [f32; R] = std::array::from_fn(|i| i as f32 - 1.5);
+            let d: [f32; 8] = std::array::from_fn(|i| (i * 7 % 5) as f32 - 2.0);
+            let gg: [f32; 8] =
+                std::array::from_fn(|j| (0..R).map(|k| FilterT::<R>::L[j][k] * g[k]).sum());
+            let bd: [f32; 8] =
+                std::array::from_fn(|j| (0..8).map(|i| InputT::L[j][i] * d[i]).sum());
+            for i in 0..M {
+                let got: f32 = (0..8).map(|j| OutputT::<M>::L[i][j] * gg[j] * bd[j]).sum();
+                let want: f32 = (0..R).map(|k| g[k] * d[i + k]).sum();
                 assert!(
                     (got - want).abs() < 1e-3 * (1.0 + want.abs()),
-                    "F({m},{r}) y{i}: {got} vs {want}"
+                    "F({M},{R}) y{i}: {got} vs {want}"
                 );
             }
+            for (k, row) in WeightT::<R>::L.iter().enumerate() {
+                let column: Vec<f32> = FilterT::<R>::L.iter().map(|r| r[k]).collect();
+                assert_eq!(row.to_vec(), column, "Gᵀ is G transposed");
+            }
         }
+        check::<6, 3>();
+        check::<4, 5>();
     }
 }
