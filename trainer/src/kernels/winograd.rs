@@ -200,7 +200,7 @@ trait Coefs<const IN: usize, const OUT: usize> {
     fn apply(x: &[[f32; LANES]; IN]) -> [[f32; LANES]; OUT] {
         let mut y = [[0f32; LANES]; OUT];
         for (row, coef) in y.iter_mut().zip(&Self::L) {
-            *row = combine_c(coef, x);
+            *row = combine(coef, x);
         }
         y
     }
@@ -436,7 +436,7 @@ const fn weight_matrix<const R: usize>() -> [[f32; 8]; R] {
 /// sequence of products and sums in the full blocks and in the tail, so the result does not
 /// depend on where a block starts.
 #[inline(always)]
-fn mix_c<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+fn mix<const P: usize, const PA: usize, C: Coefs<P, PA>>(
     src: &[f32],
     src_row: impl Fn(usize) -> usize,
     dst: &mut [f32],
@@ -469,7 +469,7 @@ fn mix_c<const P: usize, const PA: usize, C: Coefs<P, PA>>(
 
 /// `Σ_i coef[i] · x[i]` lane by lane, skipping zero coefficients.
 #[inline(always)]
-fn combine_c<const P: usize>(coef: &[f32; P], x: &[[f32; LANES]; P]) -> [f32; LANES] {
+fn combine<const P: usize>(coef: &[f32; P], x: &[[f32; LANES]; P]) -> [f32; LANES] {
     let mut acc = [0f32; LANES];
     for (c, xi) in coef.iter().zip(x) {
         if *c != 0.0 {
@@ -481,7 +481,7 @@ fn combine_c<const P: usize>(coef: &[f32; P], x: &[[f32; LANES]; P]) -> [f32; LA
     acc
 }
 
-/// `dst row a = Σ_i C[a][i] · src row i` over rows of `len` values ([`mix_c`]), compiled
+/// `dst row a = Σ_i C[a][i] · src row i` over rows of `len` values ([`mix`]), compiled
 /// for AVX-512, AVX2 and the baseline and picked at run time. The versions are the same
 /// element-wise products and sums (no fused multiply-add), so they give the same bits; only
 /// the register width differs.
@@ -504,34 +504,29 @@ fn pass<const P: usize, const PA: usize, C: Coefs<P, PA>>(
             return unsafe { pass_avx2::<P, PA, C>(src, src_row, dst, dst_row, len) };
         }
     }
-    mix_c::<P, PA, C>(src, src_row, dst, dst_row, len)
+    mix::<P, PA, C>(src, src_row, dst, dst_row, len)
 }
 
-/// [`pass`] with AVX-512 registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn pass_avx512<const P: usize, const PA: usize, C: Coefs<P, PA>>(
-    src: &[f32],
-    src_row: impl Fn(usize) -> usize,
-    dst: &mut [f32],
-    dst_row: impl Fn(usize) -> usize,
-    len: usize,
-) {
-    mix_c::<P, PA, C>(src, src_row, dst, dst_row, len)
+/// Defines `$name`: [`pass`] compiled with the target feature `$feature` (wider registers,
+/// the same operations).
+macro_rules! pass_with {
+    ($name:ident, $feature:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        fn $name<const P: usize, const PA: usize, C: Coefs<P, PA>>(
+            src: &[f32],
+            src_row: impl Fn(usize) -> usize,
+            dst: &mut [f32],
+            dst_row: impl Fn(usize) -> usize,
+            len: usize,
+        ) {
+            mix::<P, PA, C>(src, src_row, dst, dst_row, len)
+        }
+    };
 }
 
-/// [`pass`] with AVX2 registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn pass_avx2<const P: usize, const PA: usize, C: Coefs<P, PA>>(
-    src: &[f32],
-    src_row: impl Fn(usize) -> usize,
-    dst: &mut [f32],
-    dst_row: impl Fn(usize) -> usize,
-    len: usize,
-) {
-    mix_c::<P, PA, C>(src, src_row, dst, dst_row, len)
-}
+pass_with!(pass_avx512, "avx512f");
+pass_with!(pass_avx2, "avx2");
 
 /// How a chunk of samples is cut into output tiles and blocks of whole tile rows.
 #[derive(Debug, Clone, Copy)]
@@ -909,7 +904,7 @@ mod tests {
             });
             let fast = C::apply(&x);
             for (row, coef) in fast.iter().zip(&C::L) {
-                let slow = combine_c(coef, &x);
+                let slow = combine(coef, &x);
                 for (a, b) in row.iter().zip(&slow) {
                     assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
                 }
