@@ -640,6 +640,11 @@ struct Scratch {
     prod: Vec<f32>,
 }
 
+/// The most values (32 MB) a thread keeps in its [`Scratch`] between calls; a layer that needs
+/// more gets its buffers and frees them when done, so a node's memory after a large job
+/// returns to where it was.
+const KEEP_VALUES: usize = 8 * 1024 * 1024;
+
 thread_local! {
     /// This thread's [`Scratch`].
     static POOL: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -666,8 +671,26 @@ impl Scratch {
                     buf.resize(len, 0.0);
                 }
             }
-            f(s)
+            let r = f(s);
+            if s.values() > KEEP_VALUES {
+                // A very large layer: give its buffers back rather than hold them for good.
+                *s = Scratch::default();
+            }
+            r
         })
+    }
+
+    fn values(&self) -> usize {
+        [
+            &self.framed,
+            &self.framed_gy,
+            &self.mid,
+            &self.v,
+            &self.prod,
+        ]
+        .iter()
+        .map(|b| b.len())
+        .sum()
     }
 
     /// The chunk `x` `[s, c, h, w]` framed for input tiles: `k / 2` zeros before, enough
@@ -894,6 +917,36 @@ fn weight_grad_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread keeps the buffers of ordinary layers between calls and gives back those of a
+    /// layer past [`KEEP_VALUES`].
+    #[test]
+    fn a_thread_keeps_small_buffers_and_frees_large_ones() {
+        let t = Transform::new(4, 5);
+        let small = ConvDims {
+            b: 1,
+            c: 32,
+            h: 28,
+            w: 28,
+            o: 32,
+            k: 5,
+        };
+        let large = ConvDims {
+            c: 128,
+            o: 128,
+            w: 2048,
+            h: 4,
+            ..small
+        };
+        let held = || POOL.with(|p| p.borrow().values());
+        Scratch::with(&small, &t, &Tiles::new(&small, &t), |_| ());
+        let kept = held();
+        assert!(kept > 0 && kept <= KEEP_VALUES);
+        Scratch::with(&large, &t, &Tiles::new(&large, &t), |s| {
+            assert!(s.values() > KEEP_VALUES)
+        });
+        assert_eq!(held(), 0);
+    }
 
     /// The hand-written sequences equal the matrices they stand for (up to rounding).
     #[test]
