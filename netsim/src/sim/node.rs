@@ -239,7 +239,9 @@ impl Node {
             match o {
                 PeerOutput::Broadcast(m) => effects.push(Effect::Broadcast(m)),
                 PeerOutput::Execute(job) => self.execute(job, effects),
-                PeerOutput::Closed { generation, root } => {
+                PeerOutput::Closed {
+                    generation, root, ..
+                } => {
                     self.closed_at.insert(generation, (now.as_millis(), root));
                     effects.push(Effect::Closed { generation });
                 }

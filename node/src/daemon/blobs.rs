@@ -3,12 +3,13 @@
 //! (driving the sans-IO [`BlobFetch`] of `crate::fetch`, writing verified parts to disk as they
 //! arrive) for jobs and clients waiting on them (ADR 0008).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use hivemesh_protocol::closure::Entry;
 use hivemesh_protocol::envelope::Signed;
-use hivemesh_protocol::id::{BlobId, CampaignId};
+use hivemesh_protocol::id::{BlobId, CampaignId, JobId};
 use hivemesh_protocol::message::Reveal;
 use hivemesh_protocol::outcome::Outcome;
 use hivemesh_protocol::spec::{JobPayload, JobSpec, Search};
@@ -477,12 +478,9 @@ impl EventLoop {
             let Some((id, campaign, holder)) = self.blobs.prefetches.pop_front() else {
                 return;
             };
-            if self
-                .campaigns
-                .map
-                .get(&campaign)
-                .is_some_and(|c| !c.peer.finished())
-            {
+            // A finished campaign's last results are still wanted (the copy a node following
+            // it keeps): only a campaign no longer followed drops its queue.
+            if self.campaigns.map.contains_key(&campaign) {
                 self.prefetch_blob(id, campaign, holder);
             }
         }
@@ -508,8 +506,9 @@ impl EventLoop {
         let mut fetch = BlobFetch::new(id, limit, true);
         // Connected peers are asked too (after any provider found): in a small swarm they are
         // likely holders, and asking costs one round trip.
-        fetch.add_candidates(self.swarm.connected_peers().copied(), false);
+        // The holder first: added after them, a connected holder would keep its place.
         fetch.add_candidates(holder, true);
+        fetch.add_candidates(self.swarm.connected_peers().copied(), false);
         self.blobs.fetches.insert(
             id,
             Fetching {
@@ -532,7 +531,7 @@ impl EventLoop {
     /// the next round's start model need it: a client gone right after its step would take
     /// the round with it. So every node following the campaign fetches such a result as soon
     /// as its reveal is accepted (one blob per result, for jobs of the current generation
-    /// only).
+    /// only; the others when their generation closes: [`EventLoop::prefetch_closed_step_blobs`]).
     pub(super) fn prefetch_step_blobs(&mut self, campaign: CampaignId, reveal: &Signed<Reveal>) {
         let holder = super::peer_id_of(&reveal.signer());
         let reveal = reveal.message();
@@ -555,6 +554,59 @@ impl EventLoop {
         // The step's own blob (a masked update's second artifact is the start model it
         // trained from, which every client builds for itself).
         if let Some(id) = m.artifacts.first().copied() {
+            self.prefetch_blob(id, campaign, holder);
+        }
+    }
+
+    /// A secure federated campaign's generation closed: fetch each step result it settled
+    /// that is not held. The reveal-time prefetch ([`EventLoop::prefetch_step_blobs`]) sees
+    /// only reveals of jobs of the generation this node is in; a reveal that came before this
+    /// node entered the generation, or after it closed, is caught here. The closure is agreed,
+    /// so it names only results its executors committed to: no peer can make a node fetch
+    /// arbitrary blobs through it. `jobs` are the closed generation's.
+    pub(super) fn prefetch_closed_step_blobs(
+        &mut self,
+        campaign: CampaignId,
+        generation: u32,
+        jobs: &BTreeMap<JobId, JobSpec>,
+    ) {
+        let Some(c) = self.campaigns.map.get(&campaign) else {
+            return;
+        };
+        if !matches!(&c.spec.search, Search::Federated(p) if p.secure.is_some()) {
+            return;
+        }
+        let Some((closure, _)) = c
+            .peer
+            .closures()
+            .iter()
+            .rev()
+            .find(|(cl, _)| cl.generation == generation)
+        else {
+            return;
+        };
+        let is_step = |job: &JobId| {
+            jobs.get(job).is_some_and(
+                |j| matches!(&j.payload, JobPayload::Federated(f) if f.client.is_some()),
+            )
+        };
+        let wanted: Vec<(BlobId, Option<PeerId>)> = closure
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Settled {
+                    job, settlement, ..
+                } if is_step(job) => match &settlement.canonical {
+                    Outcome::Success(m) => m.artifacts.first().map(|id| {
+                        let holder = settlement.agreeing.first().and_then(super::peer_id_of);
+                        (*id, holder)
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        for (id, holder) in wanted {
             self.prefetch_blob(id, campaign, holder);
         }
     }

@@ -386,8 +386,13 @@ impl EventLoop {
                         error,
                         action,
                     } => verdicts.push((mid, error, action)),
-                    PeerOutput::Closed { generation, root } => {
+                    PeerOutput::Closed {
+                        generation,
+                        root,
+                        jobs,
+                    } => {
                         self.on_closed(id, generation, root);
+                        self.prefetch_closed_step_blobs(id, generation, &jobs);
                     }
                     PeerOutput::Finished => {
                         tracing::info!(campaign = %id, "campaign finished");

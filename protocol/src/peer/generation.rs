@@ -325,6 +325,7 @@ impl Peer {
         out.push(PeerOutput::Closed {
             generation: closure.generation,
             root,
+            jobs: Arc::clone(&self.chain.cur.jobs),
         });
         let jobs = self.chain.next_jobs(&closure, root);
         let next = self.chain.successor(&closure, root, jobs, now);
@@ -383,7 +384,9 @@ mod tests {
     fn closed(out: &[PeerOutput]) -> Vec<(u32, [u8; 32])> {
         out.iter()
             .filter_map(|o| match o {
-                PeerOutput::Closed { generation, root } => Some((*generation, *root)),
+                PeerOutput::Closed {
+                    generation, root, ..
+                } => Some((*generation, *root)),
                 _ => None,
             })
             .collect()

@@ -152,6 +152,9 @@ pub enum PeerOutput {
         generation: u32,
         /// Its closure root.
         root: [u8; 32],
+        /// Its jobs (what the closure's entries name), for a driver acting on the results it
+        /// settled.
+        jobs: Arc<BTreeMap<JobId, JobSpec>>,
     },
     /// The campaign's last generation closed.
     Finished,

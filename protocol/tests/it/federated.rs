@@ -180,7 +180,9 @@ fn run_swarm(silent: Option<usize>) -> (Vec<Ran>, BTreeMap<u32, [u8; 32]>) {
                         },
                     ));
                 }
-                PeerOutput::Closed { generation, root } => {
+                PeerOutput::Closed {
+                    generation, root, ..
+                } => {
                     roots[i].insert(generation, root);
                 }
                 PeerOutput::Finished => {

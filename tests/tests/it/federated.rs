@@ -361,9 +361,10 @@ async fn every_node_fetches_each_secure_step_result_as_its_reveal_arrives() {
     // Four steps in each of two rounds, each by at least two clients (a member offering no
     // data may be sampled until its heartbeat of capacity 0 removes it; its jobs go void).
     assert!(results.len() >= 2 * 4 * 2, "{:#?}", ran.settled);
-    // A fetch starts when the reveal arrives and may still be under way when the campaign
-    // ends (the last round's results): each must land within a bounded wait, polled because
-    // the client API has no blob-arrival event.
+    // A fetch starts when the reveal arrives (or, for a reveal that came before the observer
+    // entered the generation or after it closed, when the generation closes) and may still be
+    // under way when the campaign ends (the last round's results): each must land within a
+    // bounded wait, polled because the client API has no blob-arrival event.
     let observer = &ran.nodes[3].client;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     for r in &results {
