@@ -188,6 +188,17 @@ pub(crate) fn relu_mask(g: &mut [f32], y: &[f32]) {
     }
 }
 
+/// `dst = g` masked by the ReLU whose output was `y` ([`relu_mask`] of a copy, in one pass).
+fn masked_copy(dst: &mut [f32], g: &[f32], y: &[f32]) {
+    let n = dst.len();
+    let (g, y) = (&g[..n], &y[..n]);
+    for i in 0..n {
+        // Both loaded unconditionally: a select, not a branch around a load.
+        let (v, out) = (g[i], y[i]);
+        dst[i] = if out <= 0.0 { 0.0 } else { v };
+    }
+}
+
 /// `y = conv(x, weight) + bias`, then ReLU when `relu`: `x` `[b, c, h, w]`, `weight`
 /// `[o, c, k, k]`, `bias` `[o]`. Each sample is one product `weight [o, c·k·k] × patches
 /// [c·k·k, h·w]` written straight into its output planes, which already hold the bias.
@@ -295,8 +306,7 @@ fn direct_backward(
             for s in s0..s1 {
                 let mut gys = &gy[s * d.o * hw..][..d.o * hw];
                 if let Some(y) = relu_out {
-                    masked.copy_from_slice(gys);
-                    relu_mask(&mut masked, &y[s * d.o * hw..][..d.o * hw]);
+                    masked_copy(&mut masked, gys, &y[s * d.o * hw..][..d.o * hw]);
                     gys = &masked;
                 }
                 for (acc, plane) in gb.iter_mut().zip(gys.chunks(hw)) {
