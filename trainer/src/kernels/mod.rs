@@ -18,6 +18,7 @@
 
 mod linalg;
 mod norm;
+mod taps;
 mod winograd;
 
 use rayon::prelude::*;
@@ -211,6 +212,7 @@ pub(crate) fn conv_forward(
 ) -> Vec<f32> {
     match Transform::choose(d) {
         Some(t) => winograd::forward(x, weight, bias, d, relu, &t),
+        None if taps::suits(d) => taps::forward(x, weight, bias, d, relu, None),
         None => direct_forward(x, weight, bias, d, relu),
     }
 }
@@ -264,6 +266,16 @@ pub(crate) fn conv_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     match Transform::choose(d) {
         Some(t) => winograd_backward(x, weight, gy, relu_out, d, want_x, &t),
+        None if want_x && taps::suits(d) => {
+            let dt = ConvDims {
+                c: d.o,
+                o: d.c,
+                ..*d
+            };
+            let gx = taps::forward(gy, &flipped(weight, d), &[], &dt, false, relu_out);
+            let (_, gw, gb) = direct_backward(x, weight, gy, relu_out, d, false);
+            (gx, gw, gb)
+        }
         None => direct_backward(x, weight, gy, relu_out, d, want_x),
     }
 }
