@@ -41,8 +41,10 @@ pub use ops::{ModelBackend, TrainBackend};
 /// `k2` = convolutions and dense layers multiply with the `gemm` crate; `k3` = batch norm is
 /// one fused op (with its ReLU), a convolution's input gradient is a convolution, and its
 /// weight gradient is summed over bands of output rows; `k4` = 3×3 and 5×5 convolutions with
-/// at least 8 channels each way run as Winograd F(6×6, 3×3) / F(4×4, 5×5).
-pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k4");
+/// at least 8 channels each way run as Winograd F(6×6, 3×3) / F(4×4, 5×5); `k5` = the other
+/// 3×3 to 7×7 convolutions (forward and input gradient) run tap by tap with fused
+/// multiply-adds on CPUs with FMA (AVX2 or AVX-512: the same bits).
+pub const CODE_VERSION: &str = concat!("hivemesh-trainer/", env!("CARGO_PKG_VERSION"), "+k5");
 
 /// The default CPU backend: burn's ndarray backend on `f32` (bit-exact across runs).
 pub type Cpu = burn::backend::NdArray<f32>;
