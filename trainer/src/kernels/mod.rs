@@ -3,7 +3,9 @@
 //! Adam update, on contiguous `f32` slices (images in NCHW order). ADR 0004 and ADR 0012.
 //!
 //! 3×3 and 5×5 convolutions with enough channels run as Winograd transforms ([`winograd`],
-//! where [`Transform::choose`] expects them to be cheaper). Every other convolution is im2col +
+//! where [`Transform::choose`] expects them to be cheaper). The other 3×3 to 7×7 convolutions,
+//! on CPUs with FMA, run their forward pass and input gradient tap by tap ([`taps`]: no patch
+//! matrix, no packing) and their weight gradient as below. Every other convolution is im2col +
 //! matrix multiplication, one product per sample (the `gemm` crate's
 //! AVX-512/AVX2 kernels through [`linalg`]). The batch is cut into [`CHUNKS`] runs of samples
 //! that rayon processes in parallel, each with its own patch buffer, so a GEMM's output rows
