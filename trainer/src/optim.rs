@@ -29,9 +29,8 @@ pub struct AdamStep {
 
 impl AdamStep {
     /// One element: `(parameter, m₁, m₂)` after the update, given the gradient and the moments
-    /// before it (`None` on the first step). The expression order is burn's. Always inlined,
-    /// so that it compiles with the instruction set of the loop it is in.
-    #[inline(always)]
+    /// before it (`None` on the first step). The expression order is burn's.
+    #[inline]
     pub fn apply(&self, p: f32, g: f32, m: Option<(f32, f32)>) -> (f32, f32, f32) {
         let (m1, m2) = match m {
             Some((m1, m2)) => (

@@ -557,67 +557,17 @@ pub(crate) fn adam(
         .zip(m2.par_chunks_mut(PIECE))
         .for_each(|(((p, g), m1), m2)| {
             if first {
-                adam_piece_widest::<true>(p, g, m1, m2, step);
+                adam_piece::<true>(p, g, m1, m2, step);
             } else {
-                adam_piece_widest::<false>(p, g, m1, m2, step);
+                adam_piece::<false>(p, g, m1, m2, step);
             }
         });
-}
-
-/// [`adam_piece`] compiled for AVX-512 or AVX2 when the CPU has them: 16 or 8 square roots
-/// and divisions per instruction instead of the baseline's 4. Products, sums, `sqrt` and `/`
-/// only (no fused multiply-add), each correctly rounded: every version gives the same bits.
-#[allow(unsafe_code)]
-fn adam_piece_widest<const FIRST: bool>(
-    p: &mut [f32],
-    g: &[f32],
-    m1: &mut [f32],
-    m2: &mut [f32],
-    step: &AdamStep,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { adam_piece_avx512::<FIRST>(p, g, m1, m2, step) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { adam_piece_avx2::<FIRST>(p, g, m1, m2, step) };
-        }
-    }
-    adam_piece::<FIRST>(p, g, m1, m2, step)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn adam_piece_avx512<const FIRST: bool>(
-    p: &mut [f32],
-    g: &[f32],
-    m1: &mut [f32],
-    m2: &mut [f32],
-    step: &AdamStep,
-) {
-    adam_piece::<FIRST>(p, g, m1, m2, step)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn adam_piece_avx2<const FIRST: bool>(
-    p: &mut [f32],
-    g: &[f32],
-    m1: &mut [f32],
-    m2: &mut [f32],
-    step: &AdamStep,
-) {
-    adam_piece::<FIRST>(p, g, m1, m2, step)
 }
 
 /// One piece of [`adam`], written so that it vectorises (the first step's case known at
 /// compile time, every slice cut to one length): `sqrt` and `/` are correctly rounded in
 /// vector registers as in scalar ones, so the bits are the scalar loop's. Scalar, the square
 /// root and division of every element were half of the MLP's training step.
-#[inline(always)]
 fn adam_piece<const FIRST: bool>(
     p: &mut [f32],
     g: &[f32],
