@@ -504,10 +504,11 @@ impl EventLoop {
             .get_providers(kad::RecordKey::new(id.as_bytes()));
         self.blobs.searches.insert(query, id);
         let mut fetch = BlobFetch::new(id, limit, true);
+        // The holder first (added after the connected peers, a connected holder would keep
+        // its place among them).
+        fetch.add_candidates(holder, true);
         // Connected peers are asked too (after any provider found): in a small swarm they are
         // likely holders, and asking costs one round trip.
-        // The holder first: added after them, a connected holder would keep its place.
-        fetch.add_candidates(holder, true);
         fetch.add_candidates(self.swarm.connected_peers().copied(), false);
         self.blobs.fetches.insert(
             id,
