@@ -121,13 +121,7 @@ impl Frame {
                 let dst = &mut plane[(y + p) * self.wp + p..][..d.w];
                 let src = &x[ci * hw + y * d.w..][..d.w];
                 match mask {
-                    Some(m) => {
-                        let m = &m[ci * hw + y * d.w..][..d.w];
-                        for ((t, v), m) in dst.iter_mut().zip(src).zip(m) {
-                            let (v, m) = (*v, *m);
-                            *t = if m <= 0.0 { 0.0 } else { v };
-                        }
-                    }
+                    Some(m) => super::masked_copy(dst, src, &m[ci * hw + y * d.w..][..d.w]),
                     None => dst.copy_from_slice(src),
                 }
             }
